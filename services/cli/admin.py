@@ -1,0 +1,120 @@
+"""Admin operations run by the `sightline` command: direct database access, not through PgBouncer."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from alembic.config import Config
+
+from alembic import command
+from services.common import partition_repository, project_repository
+from services.common.db import create_admin_engine
+from services.common.keys import generate_project_keys
+from services.common.settings import AdminDatabaseSettings
+
+ALEMBIC_INI = Path(__file__).resolve().parents[2] / "alembic.ini"
+
+# Partitions are made for days an event may still arrive for, and for the week ahead.
+PARTITION_DAYS_BEHIND = 8
+PARTITION_DAYS_AHEAD = 7
+
+
+class ProjectInputError(ValueError):
+    pass
+
+
+def alembic_config(database_url: str) -> Config:
+    config = Config(str(ALEMBIC_INI))
+    config.attributes["database_url"] = database_url
+    config.attributes["configure_logging"] = False
+    return config
+
+
+def migrate(settings: AdminDatabaseSettings, revision: str = "head") -> list[str]:
+    """Brings the schema to revision, then makes sure upcoming event partitions exist."""
+    command.upgrade(alembic_config(settings.url), revision)
+    return asyncio.run(ensure_partitions(settings))
+
+
+async def ensure_partitions(settings: AdminDatabaseSettings) -> list[str]:
+    today = datetime.now(UTC).date()
+    engine = create_admin_engine(settings)
+    try:
+        async with engine.begin() as connection:
+            return await partition_repository.ensure_event_partitions(
+                connection,
+                today - timedelta(days=PARTITION_DAYS_BEHIND),
+                today + timedelta(days=PARTITION_DAYS_AHEAD),
+            )
+    finally:
+        await engine.dispose()
+
+
+def normalise_domain(domain: str) -> str:
+    host = domain.strip().lower().rstrip(".")
+    if "://" in host:
+        raise ProjectInputError(f"domain {domain!r} must be a host name such as example.com, not a URL")
+    host = host.removeprefix("www.")
+    if not host or "/" in host or " " in host:
+        raise ProjectInputError(f"domain {domain!r} is not a host name")
+    return host
+
+
+async def create_project(
+    settings: AdminDatabaseSettings,
+    *,
+    name: str,
+    domains: list[str],
+    timezone: str,
+    retention_days: int | None = None,
+) -> dict[str, object]:
+    if not 1 <= len(name) <= 200:
+        raise ProjectInputError("name must be 1 to 200 characters")
+    allowed_domains = sorted({normalise_domain(domain) for domain in domains})
+    keys = generate_project_keys()
+    engine = create_admin_engine(settings)
+    try:
+        async with engine.begin() as connection:
+            if not await project_repository.is_valid_timezone(connection, timezone):
+                raise ProjectInputError(f"unknown timezone {timezone!r}; use an IANA name such as Europe/Berlin")
+            project = await project_repository.insert_project(
+                connection,
+                name=name,
+                allowed_domains=allowed_domains,
+                timezone=timezone,
+                public_key=keys.public_key,
+                secret_key_hash=keys.secret_key_hash,
+                retention_days=retention_days,
+            )
+    finally:
+        await engine.dispose()
+    return {
+        "id": project.project_id,
+        "name": project.name,
+        "domains": list(project.allowed_domains),
+        "timezone": project.timezone,
+        "publicKey": keys.public_key,
+        "secretKey": keys.secret_key,
+    }
+
+
+async def list_projects(settings: AdminDatabaseSettings) -> list[dict[str, object]]:
+    engine = create_admin_engine(settings)
+    try:
+        async with engine.connect() as connection:
+            projects = await project_repository.list_projects(connection)
+    finally:
+        await engine.dispose()
+    return [
+        {
+            "id": project.project_id,
+            "name": project.name,
+            "domains": list(project.allowed_domains),
+            "timezone": project.timezone,
+            "publicKey": project.public_key,
+            "retentionDays": project.retention_days,
+        }
+        for project in projects
+    ]

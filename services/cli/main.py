@@ -1,0 +1,142 @@
+"""The `sightline` command."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import click
+
+from services.cli import admin
+from services.cli.processes import StackError
+from services.cli.stack import LocalStack, granian_command, read_env_file
+from services.common.log import granian_log_config
+from services.common.settings import SERVICES, AdminDatabaseSettings, ServerSettings, ServiceName, StackSettings
+
+DEMO_DOMAINS = ["localhost", "127.0.0.1", "example.com"]
+
+
+def _load_local_env() -> None:
+    """Database URLs that `sightline up` wrote, as defaults under the real environment."""
+    env_file = StackSettings.from_env().data_dir / "sightline.env"
+    for key, value in read_env_file(env_file).items():
+        os.environ.setdefault(key, value)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def cli() -> None:
+    """Sightline: self-hosted web analytics and session replay."""
+    _load_local_env()
+
+
+@cli.command()
+def up() -> None:
+    """Start Postgres, PgBouncer and the three services; return when all are ready."""
+    stack = LocalStack(StackSettings.from_env())
+    try:
+        env_values = stack.up()
+        os.environ.update(env_values)
+        project = stack.demo_project()
+        if project is None:
+            project = asyncio.run(
+                admin.create_project(
+                    AdminDatabaseSettings.from_env(), name="Demo", domains=DEMO_DOMAINS, timezone="UTC"
+                )
+            )
+            stack.paths.demo_project.touch(mode=0o600)
+            stack.paths.demo_project.write_text(json.dumps(project, indent=2) + "\n")
+    except (StackError, admin.ProjectInputError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo("Sightline is up:")
+    for service in SERVICES:
+        server = ServerSettings.from_env(service)
+        click.echo(f"  {service:<7} http://{server.host}:{server.port}  (OpenAPI: /schema)")
+    click.echo(f"  pgbouncer 127.0.0.1:{stack.settings.pgbouncer_port}")
+    click.echo(f"  postgres  127.0.0.1:{stack.settings.postgres_port}  (admin commands and migrations only)")
+    click.echo(f"Demo project (keys also in {stack.paths.demo_project}):")
+    click.echo(f"  publicKey {project['publicKey']}")
+    click.echo(f"  secretKey {project['secretKey']}")
+
+
+@cli.command()
+def down() -> None:
+    """Stop everything `sightline up` started (by PID file)."""
+    stopped = LocalStack(StackSettings.from_env()).down()
+    click.echo("stopped: " + (", ".join(stopped) if stopped else "nothing was running"))
+
+
+@cli.command()
+def status() -> None:
+    """Show what runs, with PIDs and readiness."""
+    rows = LocalStack(StackSettings.from_env()).status()
+    for row in rows:
+        state = "stopped" if row["pid"] is None else f"running pid {row['pid']}"
+        if "ready" in row:
+            state += ", ready" if row["ready"] else ", NOT ready"
+        click.echo(f"{row['name']:<10} :{row['port']:<6} {state}")
+    if any(row["pid"] is None or row.get("ready") is False for row in rows):
+        sys.exit(3)
+
+
+@cli.command()
+@click.argument("service", type=click.Choice(SERVICES))
+def serve(service: ServiceName) -> None:
+    """Serve one service in the foreground under Granian (what containers run)."""
+    server = ServerSettings.from_env(service)
+    log_config = Path(tempfile.gettempdir()) / f"sightline-{service}-log-config.json"
+    log_config.write_text(json.dumps(granian_log_config(service)))
+    command = granian_command(service, server, log_config)
+    os.execv(command[0], command)
+
+
+@cli.command()
+@click.option("--revision", default="head", show_default=True)
+def migrate(revision: str) -> None:
+    """Apply Alembic migrations (directly, not through PgBouncer) and create event partitions."""
+    created = admin.migrate(AdminDatabaseSettings.from_env(), revision)
+    click.echo(f"schema at {revision}; partitions created: {len(created)}")
+
+
+@cli.group()
+def project() -> None:
+    """Create and list projects."""
+
+
+@project.command("create")
+@click.option("--name", required=True)
+@click.option("--domain", "domains", multiple=True, required=True, help="Allowed host; repeat for more.")
+@click.option("--timezone", default="UTC", show_default=True, help="IANA zone for dashboards.")
+@click.option("--retention-days", type=click.IntRange(min=1), default=None)
+def project_create(name: str, domains: tuple[str, ...], timezone: str, retention_days: int | None) -> None:
+    """Create a project; prints JSON {id, publicKey, secretKey, ...}. The secret key is shown only once."""
+    try:
+        created = asyncio.run(
+            admin.create_project(
+                AdminDatabaseSettings.from_env(),
+                name=name,
+                domains=list(domains),
+                timezone=timezone,
+                retention_days=retention_days,
+            )
+        )
+    except admin.ProjectInputError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(json.dumps(created))
+
+
+@project.command("list")
+def project_list() -> None:
+    """List projects as JSON (secret keys are never stored, so never shown)."""
+    click.echo(json.dumps(asyncio.run(admin.list_projects(AdminDatabaseSettings.from_env())), indent=2))
+
+
+def main() -> None:
+    cli()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,68 @@
+"""What every service's app has in common: engine lifespan, health, errors, OpenAPI, logs."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Any
+
+from litestar import Litestar
+from litestar.config.cors import CORSConfig
+from litestar.datastructures import State
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import JsonRenderPlugin, ScalarRenderPlugin
+from litestar.types import ControllerRouterHandler
+
+from services.common.db import create_engine
+from services.common.errors import EXCEPTION_HANDLERS
+from services.common.health import HealthController
+from services.common.log import configure_logging
+from services.common.settings import DatabaseSettings, LogSettings, ServiceName
+from services.common.telemetry import configure_tracing
+
+Lifespan = Callable[[Litestar], AbstractAsyncContextManager[None]]
+
+VERSION = "0.1.0"
+
+
+def build_app(
+    *,
+    service: ServiceName,
+    title: str,
+    description: str,
+    route_handlers: Sequence[ControllerRouterHandler],
+    database: DatabaseSettings,
+    logs: LogSettings,
+    lifespans: Sequence[Lifespan] = (),
+    cors: CORSConfig | None = None,
+    state: dict[str, Any] | None = None,
+) -> Litestar:
+    configure_logging(service, logs.level)
+    configure_tracing(service)
+
+    @asynccontextmanager
+    async def database_engine(app: Litestar) -> AsyncIterator[None]:
+        # Made here, not at import, so every Granian worker gets its own pool and tests
+        # can point an app at their own database.
+        app.state.engine = create_engine(service, database)
+        try:
+            yield
+        finally:
+            await app.state.engine.dispose()
+
+    return Litestar(
+        route_handlers=[HealthController, *route_handlers],
+        lifespan=[database_engine, *lifespans],
+        exception_handlers=EXCEPTION_HANDLERS,
+        openapi_config=OpenAPIConfig(
+            title=title,
+            version=VERSION,
+            description=description,
+            path="/schema",
+            render_plugins=[ScalarRenderPlugin(), JsonRenderPlugin()],
+        ),
+        cors_config=cors,
+        state=State(state or {}),
+        logging_config=None,
+        debug=False,
+    )

@@ -1,0 +1,84 @@
+"""The one place that knows how services talk to Postgres: through PgBouncer, transaction mode.
+
+Engines are created in each app's lifespan (never at import) and disposed on shutdown.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from services.common.settings import AdminDatabaseSettings, DatabaseSettings
+
+
+def _unnamed_statement() -> str:
+    # An empty name makes asyncpg use Postgres's unnamed prepared statement, which lives
+    # only until the next Parse on that server connection. PgBouncer 1.18 in transaction
+    # mode hands each transaction a different server connection and does not track
+    # prepared statements, so named ones ("__asyncpg_stmt_N__") either vanish between
+    # transactions ("does not exist") or collide with another client's leftovers
+    # ("already exists") and pile up on the server. SQLAlchemy always runs statements
+    # inside a transaction, so prepare and execute land on the same server connection.
+    return ""
+
+
+def create_engine(service_name: str, settings: DatabaseSettings) -> AsyncEngine:
+    """Engine for a service's requests; every connection goes through PgBouncer."""
+    return create_async_engine(
+        settings.url,
+        pool_size=settings.pool_size,
+        max_overflow=settings.max_overflow,
+        pool_timeout=settings.pool_timeout_s,
+        # PgBouncer closes idle client links only if told to; recycling keeps the pool
+        # healthy across PgBouncer restarts without a ping on every checkout.
+        pool_recycle=300,
+        connect_args=_asyncpg_connect_args(f"sightline-{service_name}", settings),
+    )
+
+
+def _asyncpg_connect_args(application_name: str, settings: DatabaseSettings) -> dict[str, Any]:
+    return {
+        # No client-side statement caches: see _unnamed_statement.
+        "statement_cache_size": 0,
+        "prepared_statement_cache_size": 0,
+        "prepared_statement_name_func": _unnamed_statement,
+        "timeout": settings.connect_timeout_s,
+        "command_timeout": settings.command_timeout_s,
+        # PgBouncer passes these startup parameters to every server connection it pairs
+        # with this client (application_name is tracked by PgBouncer; statement_timeout is
+        # set per transaction in repositories that need it, see statement_timeout()).
+        "server_settings": {"application_name": application_name},
+    }
+
+
+def create_admin_engine(settings: AdminDatabaseSettings) -> AsyncEngine:
+    """Direct engine for migrations and admin commands, never for request handling."""
+    return create_async_engine(
+        settings.url,
+        pool_size=2,
+        max_overflow=0,
+        connect_args={"server_settings": {"application_name": "sightline-admin"}},
+    )
+
+
+async def set_statement_timeout(connection: AsyncConnection, timeout_ms: int) -> None:
+    """Cap every statement of the current transaction.
+
+    ``SET LOCAL`` ends with the transaction, which is the only scope that is safe in
+    transaction pooling: a plain ``SET`` would stick to a server connection that the next
+    transaction, from another client, inherits.
+    """
+    await connection.execute(
+        text("SELECT set_config('statement_timeout', :value, true)"), {"value": f"{int(timeout_ms)}ms"}
+    )
+
+
+@asynccontextmanager
+async def transaction(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
+    """One transaction, committed when the block ends, rolled back if it raises."""
+    async with engine.begin() as connection:
+        yield connection

@@ -1,0 +1,166 @@
+"""One error shape for every service: ``{"error": {"code", "message", "field"?}}``."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import asyncpg
+import msgspec
+from litestar import MediaType, Request, Response
+from litestar.exceptions import HTTPException, ValidationException
+from litestar.openapi import ResponseSpec
+from litestar.status_codes import (
+    HTTP_422_UNPROCESSABLE_ENTITY,
+    HTTP_500_INTERNAL_SERVER_ERROR,
+    HTTP_503_SERVICE_UNAVAILABLE,
+)
+from litestar.types import ExceptionHandlersMap
+from sqlalchemy import exc as sa_exc
+
+logger = logging.getLogger(__name__)
+
+# Seconds a client should wait before retrying when the database is unreachable.
+DATABASE_RETRY_AFTER_S = 2
+
+
+class ErrorDetail(msgspec.Struct, omit_defaults=True):
+    code: str
+    message: str
+    field: str | None = None
+
+
+class ErrorBody(msgspec.Struct):
+    error: ErrorDetail
+
+
+class ApiError(Exception):
+    """An error the client should see as-is, raised from routes and services."""
+
+    def __init__(
+        self,
+        status_code: int,
+        code: str,
+        message: str,
+        *,
+        field: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+        self.code = code
+        self.message = message
+        self.field = field
+        self.headers = headers or {}
+
+
+class ServiceUnavailable(ApiError):
+    def __init__(self, code: str, message: str, retry_after_s: int = DATABASE_RETRY_AFTER_S) -> None:
+        super().__init__(HTTP_503_SERVICE_UNAVAILABLE, code, message, headers={"Retry-After": str(retry_after_s)})
+
+
+def error_responses(descriptions: dict[int, str]) -> dict[int, ResponseSpec]:
+    """OpenAPI entries for the error statuses a route can answer, all with the error body."""
+    return {
+        status: ResponseSpec(data_container=ErrorBody, description=description, generate_examples=False)
+        for status, description in descriptions.items()
+    }
+
+
+def error_response(
+    status_code: int, code: str, message: str, field: str | None = None, headers: dict[str, str] | None = None
+) -> Response[ErrorBody]:
+    return Response(
+        ErrorBody(ErrorDetail(code=code, message=message, field=field)),
+        status_code=status_code,
+        media_type=MediaType.JSON,
+        headers=headers,
+    )
+
+
+def _api_error(_: Request[Any, Any, Any], exc: ApiError) -> Response[ErrorBody]:
+    return error_response(exc.status_code, exc.code, exc.message, exc.field, exc.headers)
+
+
+def _validation_error(_: Request[Any, Any, Any], exc: ValidationException) -> Response[ErrorBody]:
+    # Litestar reports body and parameter validation failures as a list; the first one
+    # names the field, which is what a client needs to fix its request.
+    field: str | None = None
+    message = exc.detail
+    if isinstance(exc.extra, list) and exc.extra:
+        first = exc.extra[0]
+        if isinstance(first, dict):
+            key = first.get("key")
+            field = str(key) if key else None
+            message = str(first.get("message") or message)
+    return error_response(HTTP_422_UNPROCESSABLE_ENTITY, "invalid_request", message, field)
+
+
+def _http_error(_: Request[Any, Any, Any], exc: HTTPException) -> Response[ErrorBody]:
+    code = {
+        400: "bad_request",
+        401: "unauthorized",
+        403: "forbidden",
+        404: "not_found",
+        405: "method_not_allowed",
+        413: "payload_too_large",
+        415: "unsupported_media_type",
+        429: "rate_limited",
+    }.get(exc.status_code, "http_error")
+    return error_response(exc.status_code, code, exc.detail, headers=exc.headers)
+
+
+def _driver_error(exc: BaseException) -> BaseException:
+    # SQLAlchemy wraps asyncpg's exception in its adapter's exception, wrapped in a DBAPIError.
+    if isinstance(exc, sa_exc.DBAPIError) and exc.orig is not None:
+        return exc.orig.__cause__ or exc.orig
+    return exc
+
+
+def is_database_unavailable(exc: BaseException) -> bool:
+    """True when the database could not be reached in time, as opposed to a bug in a query."""
+    if isinstance(exc, sa_exc.TimeoutError):  # no pooled connection within pool_timeout
+        return True
+    if isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated:
+        return True
+    return isinstance(
+        _driver_error(exc),
+        OSError  # refused, reset, and connect timeouts (TimeoutError is an OSError)
+        | asyncpg.PostgresConnectionError
+        | asyncpg.CannotConnectNowError
+        | asyncpg.TooManyConnectionsError
+        | asyncpg.AdminShutdownError
+        | asyncpg.InterfaceError,
+    )
+
+
+def is_statement_timeout(exc: BaseException) -> bool:
+    return isinstance(_driver_error(exc), asyncpg.QueryCanceledError)
+
+
+def _unexpected_error(request: Request[Any, Any, Any], exc: Exception) -> Response[ErrorBody]:
+    if is_database_unavailable(exc):
+        logger.warning("database unavailable: %s", type(exc).__name__)
+        return error_response(
+            HTTP_503_SERVICE_UNAVAILABLE,
+            "database_unavailable",
+            "The database cannot be reached right now; retry later.",
+            headers={"Retry-After": str(DATABASE_RETRY_AFTER_S)},
+        )
+    if is_statement_timeout(exc):
+        return error_response(
+            HTTP_503_SERVICE_UNAVAILABLE,
+            "query_timeout",
+            "The query took longer than the statement timeout allows; narrow the date range or filters.",
+            headers={"Retry-After": str(DATABASE_RETRY_AFTER_S)},
+        )
+    logger.exception("unhandled error on %s %s", request.method, request.url.path)
+    return error_response(HTTP_500_INTERNAL_SERVER_ERROR, "internal_error", "Internal server error.")
+
+
+EXCEPTION_HANDLERS: ExceptionHandlersMap = {
+    ApiError: _api_error,
+    ValidationException: _validation_error,
+    HTTPException: _http_error,
+    Exception: _unexpected_error,
+}

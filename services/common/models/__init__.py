@@ -1,0 +1,10 @@
+"""Every table, one module each; importing this package registers them on ``Base.metadata``."""
+
+from services.common.models.base import Base
+from services.common.models.event import Event
+from services.common.models.ingested_event import IngestedEvent
+from services.common.models.project import Project
+from services.common.models.replay_chunk import ReplayChunk
+from services.common.models.replay_session import ReplaySession
+
+__all__ = ["Base", "Event", "IngestedEvent", "Project", "ReplayChunk", "ReplaySession"]

@@ -1,0 +1,91 @@
+"""All SQL about projects. Callers own the transaction."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Row, insert, select, text
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from services.common.models import Project
+
+
+@dataclass(frozen=True)
+class ProjectRecord:
+    project_id: int
+    name: str
+    allowed_domains: tuple[str, ...]
+    timezone: str
+    public_key: str
+    retention_days: int
+
+
+_COLUMNS = (
+    Project.project_id,
+    Project.name,
+    Project.allowed_domains,
+    Project.timezone,
+    Project.public_key,
+    Project.retention_days,
+)
+
+
+def _record(row: Row[Any] | Any) -> ProjectRecord:
+    return ProjectRecord(
+        project_id=row.project_id,
+        name=row.name,
+        allowed_domains=tuple(row.allowed_domains),
+        timezone=row.timezone,
+        public_key=row.public_key,
+        retention_days=row.retention_days,
+    )
+
+
+async def insert_project(
+    connection: AsyncConnection,
+    *,
+    name: str,
+    allowed_domains: list[str],
+    timezone: str,
+    public_key: str,
+    secret_key_hash: str,
+    retention_days: int | None = None,
+) -> ProjectRecord:
+    values: dict[str, object] = {
+        "name": name,
+        "allowed_domains": allowed_domains,
+        "timezone": timezone,
+        "public_key": public_key,
+        "secret_key_hash": secret_key_hash,
+    }
+    if retention_days is not None:
+        values["retention_days"] = retention_days
+    result = await connection.execute(insert(Project).values(**values).returning(*_COLUMNS))
+    return _record(result.one())
+
+
+async def find_by_public_key(connection: AsyncConnection, public_key: str) -> ProjectRecord | None:
+    result = await connection.execute(select(*_COLUMNS).where(Project.public_key == public_key))
+    row = result.one_or_none()
+    return None if row is None else _record(row)
+
+
+async def find_by_secret_key_hash(connection: AsyncConnection, secret_key_hash: str) -> ProjectRecord | None:
+    result = await connection.execute(select(*_COLUMNS).where(Project.secret_key_hash == secret_key_hash))
+    row = result.one_or_none()
+    return None if row is None else _record(row)
+
+
+async def list_projects(connection: AsyncConnection) -> list[ProjectRecord]:
+    result = await connection.execute(select(*_COLUMNS).order_by(Project.project_id))
+    return [_record(row) for row in result]
+
+
+async def is_valid_timezone(connection: AsyncConnection, timezone: str) -> bool:
+    """Checked against Postgres's own zone list, since that is what dashboards bucket by."""
+    result = await connection.execute(
+        text("SELECT EXISTS (SELECT 1 FROM pg_timezone_names WHERE name = :timezone)"),
+        {"timezone": timezone},
+    )
+    return bool(result.scalar_one())

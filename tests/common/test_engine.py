@@ -1,0 +1,103 @@
+"""The services' engine through PgBouncer in transaction mode."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from services.common import pgbouncer_console
+from services.common.db import create_engine, set_statement_timeout
+from tests.harness import TEST_MAX_CONNECTIONS, TEST_POOL_SIZE, DatabaseHarness
+
+CONCURRENT_SESSIONS = 500
+
+
+async def test_many_more_sessions_than_postgres_allows(db: DatabaseHarness, admin_engine: AsyncEngine) -> None:
+    assert CONCURRENT_SESSIONS > TEST_MAX_CONNECTIONS * 10
+    engine = create_engine(
+        "load",
+        db.database_for("load", pool_size=CONCURRENT_SESSIONS, pool_timeout_s=60, connect_timeout_s=60),
+    )
+    server_connections_seen: list[int] = []
+    finished = asyncio.Event()
+
+    async def watch_server_connections() -> None:
+        # Sampled directly on Postgres, not through PgBouncer.
+        async with admin_engine.connect() as connection:
+            while not finished.is_set():
+                result = await connection.execute(
+                    text(
+                        "SELECT count(*) FROM pg_stat_activity"
+                        " WHERE datname = 'sightline' AND backend_type = 'client backend'"
+                        " AND application_name = 'sightline-load'"
+                    )
+                )
+                server_connections_seen.append(result.scalar_one())
+                await connection.rollback()
+                await asyncio.sleep(0.02)
+
+    async def one_session(number: int) -> int:
+        async with engine.begin() as connection:
+            await connection.execute(text("SELECT pg_sleep(0.02)"))
+            result = await connection.execute(text("SELECT CAST(:n AS int) * 2"), {"n": number})
+            return int(result.scalar_one())
+
+    watcher = asyncio.create_task(watch_server_connections())
+    try:
+        results = await asyncio.gather(*(one_session(n) for n in range(CONCURRENT_SESSIONS)))
+    finally:
+        finished.set()
+        await watcher
+        await engine.dispose()
+
+    assert results == [n * 2 for n in range(CONCURRENT_SESSIONS)]
+    assert max(server_connections_seen) > 1, "the watcher should have seen the pool at work"
+    # default_pool_size plus reserve_pool_size (infra/pgbouncer/pgbouncer.ini.template)
+    assert max(server_connections_seen) <= TEST_POOL_SIZE + 5
+
+
+async def test_parameterised_statements_survive_transaction_pooling(engine: AsyncEngine) -> None:
+    # Named prepared statements break under transaction pooling; many different statements
+    # from many client connections would trip "does not exist" / "already exists".
+    async def distinct_statements(worker: int) -> int:
+        total = 0
+        for step in range(20):
+            async with engine.begin() as connection:
+                result = await connection.execute(
+                    text(f"SELECT CAST(:a AS int) + CAST(:b AS int) + {step}"), {"a": worker, "b": step}
+                )
+                total += int(result.scalar_one())
+        return total
+
+    totals = await asyncio.gather(*(distinct_statements(w) for w in range(30)))
+    assert totals == [sum(w + 2 * s for s in range(20)) for w in range(30)]
+
+
+async def test_application_name_names_the_service(engine: AsyncEngine) -> None:
+    async with engine.connect() as connection:
+        result = await connection.execute(text("SELECT current_setting('application_name')"))
+        assert result.scalar_one() == "sightline-tests"
+
+
+async def test_statement_timeout_is_local_to_the_transaction(engine: AsyncEngine) -> None:
+    async with engine.begin() as connection:
+        await set_statement_timeout(connection, 50)
+        with pytest.raises(DBAPIError, match="statement timeout"):
+            await connection.execute(text("SELECT pg_sleep(1)"))
+    # The next transaction, maybe on the same server connection, has no such limit.
+    async with engine.begin() as connection:
+        result = await connection.execute(text("SELECT current_setting('statement_timeout')"))
+        assert result.scalar_one() == "0"
+
+
+def test_pgbouncer_console_answers_show_pools(db: DatabaseHarness) -> None:
+    pools = pgbouncer_console.show(db.pgbouncer_admin_url, "POOLS")
+    stats = pgbouncer_console.show(db.pgbouncer_admin_url, "STATS")
+    sightline_pool = [row for row in pools if row["database"] == "sightline"]
+    assert sightline_pool
+    assert sightline_pool[0]["pool_mode"] == "transaction"
+    assert any(row["database"] == "sightline" for row in stats)
