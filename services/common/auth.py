@@ -1,0 +1,88 @@
+"""Finding the project a request acts for: by public ingest key, or by secret read key.
+
+Both lookups are cached in-process for a short time: every tracker request carries a key,
+and a database round trip per request just to resolve it would double the hot path's
+queries. A revoked or rotated key stops working within ``ttl_s``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from typing import Any
+
+from litestar import Request
+from litestar.datastructures import State
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from services.common import project_repository
+from services.common.errors import ApiError
+from services.common.keys import SECRET_KEY_PREFIX, hash_secret_key
+from services.common.project_repository import ProjectRecord
+
+_MISSING = object()
+
+
+class ProjectCache:
+    """A small TTL cache from key to project (or to "no such project")."""
+
+    def __init__(self, ttl_s: float = 30.0, max_entries: int = 10_000) -> None:
+        self._ttl_s = ttl_s
+        self._max_entries = max_entries
+        self._entries: OrderedDict[str, tuple[float, ProjectRecord | None]] = OrderedDict()
+
+    def get(self, key: str) -> ProjectRecord | None | object:
+        entry = self._entries.get(key)
+        if entry is None or entry[0] < time.monotonic():
+            return _MISSING
+        return entry[1]
+
+    def put(self, key: str, project: ProjectRecord | None) -> None:
+        self._entries[key] = (time.monotonic() + self._ttl_s, project)
+        self._entries.move_to_end(key)
+        while len(self._entries) > self._max_entries:
+            self._entries.popitem(last=False)
+
+
+async def project_for_public_key(engine: AsyncEngine, cache: ProjectCache, public_key: str) -> ProjectRecord | None:
+    cached = cache.get(public_key)
+    if cached is not _MISSING:
+        return cached  # type: ignore[return-value]
+    async with engine.connect() as connection:
+        project = await project_repository.find_by_public_key(connection, public_key)
+    cache.put(public_key, project)
+    return project
+
+
+async def project_for_secret_key(engine: AsyncEngine, cache: ProjectCache, secret_key: str) -> ProjectRecord | None:
+    key_hash = hash_secret_key(secret_key)
+    cached = cache.get(key_hash)
+    if cached is not _MISSING:
+        return cached  # type: ignore[return-value]
+    async with engine.connect() as connection:
+        project = await project_repository.find_by_secret_key_hash(connection, key_hash)
+    cache.put(key_hash, project)
+    return project
+
+
+async def provide_read_project(request: Request[Any, Any, Any], state: State) -> ProjectRecord:
+    """Litestar dependency for read APIs: ``Authorization: Bearer <secret key>`` → its project.
+
+    Apps that use it put a ``ProjectCache`` at ``state.project_cache``.
+    """
+    header = request.headers.get("authorization", "")
+    scheme, _, secret_key = header.partition(" ")
+    secret_key = secret_key.strip()
+    if scheme.lower() != "bearer" or not secret_key:
+        raise ApiError(
+            401,
+            "missing_credentials",
+            "Send the project's secret key as 'Authorization: Bearer sk_...'.",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    if not secret_key.startswith(SECRET_KEY_PREFIX) or len(secret_key) > 200:
+        raise ApiError(401, "invalid_key", "That is not a secret key.", headers={"WWW-Authenticate": "Bearer"})
+    project = await project_for_secret_key(state.engine, state.project_cache, secret_key)
+    if project is None:
+        raise ApiError(401, "invalid_key", "No project has that secret key.", headers={"WWW-Authenticate": "Bearer"})
+    return project
