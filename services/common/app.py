@@ -11,7 +11,7 @@ from litestar.config.cors import CORSConfig
 from litestar.datastructures import State
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import JsonRenderPlugin, ScalarRenderPlugin
-from litestar.types import ControllerRouterHandler
+from litestar.types import ControllerRouterHandler, Middleware
 
 from services.common.db import create_engine
 from services.common.errors import EXCEPTION_HANDLERS
@@ -35,6 +35,7 @@ def build_app(
     logs: LogSettings,
     lifespans: Sequence[Lifespan] = (),
     cors: CORSConfig | None = None,
+    middleware: Sequence[Middleware] = (),
     state: dict[str, Any] | None = None,
 ) -> Litestar:
     configure_logging(service, logs.level)
@@ -62,6 +63,7 @@ def build_app(
             render_plugins=[ScalarRenderPlugin(), JsonRenderPlugin()],
         ),
         cors_config=cors,
+        middleware=list(middleware),
         state=State(state or {}),
         logging_config=None,
         debug=False,

@@ -89,3 +89,9 @@ async def is_valid_timezone(connection: AsyncConnection, timezone: str) -> bool:
         {"timezone": timezone},
     )
     return bool(result.scalar_one())
+
+
+async def all_allowed_domains(connection: AsyncConnection) -> set[str]:
+    """Every project's allowed domains: the origins that may post at all (CORS preflight)."""
+    result = await connection.execute(text("SELECT DISTINCT unnest(allowed_domains) FROM projects"))
+    return set(result.scalars())
