@@ -99,6 +99,13 @@ def read_env_file(path: Path) -> dict[str, str]:
     return values
 
 
+def load_local_env() -> None:
+    """Database URLs that `sightline up` wrote, as defaults under the real environment."""
+    env_file = StackSettings.from_env().data_dir / "sightline.env"
+    for key, value in read_env_file(env_file).items():
+        os.environ.setdefault(key, value)
+
+
 class LocalStack:
     def __init__(self, settings: StackSettings) -> None:
         self.settings = settings

@@ -64,12 +64,11 @@ class TrackerCorsMiddleware(ASGIMiddleware):
         if scope["path"] not in TRACKER_PATHS:
             await next_app(scope, receive, send)
             return
-        headers = dict(_decoded_headers(scope))
-        origin = headers.get("origin")
+        origin = _header(scope, b"origin")
         allowed_origins: AllowedOrigins = scope["litestar_app"].state.allowed_origins
         allowed = origin is not None and await allowed_origins.allows(origin)
 
-        if scope.get("method") == "OPTIONS" and "access-control-request-method" in headers:
+        if scope.get("method") == "OPTIONS" and _header(scope, b"access-control-request-method") is not None:
             await _answer_preflight(send, origin if allowed else None)
             return
 
@@ -84,8 +83,12 @@ class TrackerCorsMiddleware(ASGIMiddleware):
         await next_app(scope, receive, send_with_cors)
 
 
-def _decoded_headers(scope: Scope) -> list[tuple[str, str]]:
-    return [(name.decode("latin-1").lower(), value.decode("latin-1")) for name, value in scope["headers"]]
+def _header(scope: Scope, wanted: bytes) -> str | None:
+    # ASGI servers send header names lower-cased.
+    for name, value in scope["headers"]:
+        if name == wanted:
+            return value.decode("latin-1")
+    return None
 
 
 async def _answer_preflight(send: Send, allowed_origin: str | None) -> None:

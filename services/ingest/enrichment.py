@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
+from types import MappingProxyType
 from typing import Protocol
 from urllib.parse import parse_qsl, urlsplit
 
@@ -28,7 +29,7 @@ IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 class PageLocation:
     domain: str
     path: str
-    utm: dict[str, str]
+    utm: Mapping[str, str]
 
 
 class UrlError(ValueError):
@@ -40,7 +41,9 @@ def normalise_host(host: str) -> str:
     return host.removeprefix("www.")
 
 
+@lru_cache(maxsize=16_384)
 def parse_page_url(url: str) -> PageLocation:
+    """Cached: a visitor's batches repeat the same few URLs. PageLocation is read-only."""
     try:
         parts = urlsplit(url)
         host = parts.hostname
@@ -54,9 +57,10 @@ def parse_page_url(url: str) -> PageLocation:
             lowered = key.lower()
             if lowered in UTM_PARAMETERS and lowered not in utm:
                 utm[lowered] = value[:200]
-    return PageLocation(domain=normalise_host(host), path=parts.path or "/", utm=utm)
+    return PageLocation(domain=normalise_host(host), path=parts.path or "/", utm=MappingProxyType(utm))
 
 
+@lru_cache(maxsize=16_384)
 def referrer_domain(referrer: str | None, page_domain: str) -> str | None:
     """The referring site, or None for direct visits and navigation within the site."""
     if not referrer:
@@ -71,7 +75,8 @@ def referrer_domain(referrer: str | None, page_domain: str) -> str | None:
     return None if domain == page_domain else domain
 
 
-def host_is_allowed(host: str, allowed_domains: Sequence[str]) -> bool:
+@lru_cache(maxsize=16_384)
+def host_is_allowed(host: str, allowed_domains: tuple[str, ...]) -> bool:
     """The host or any of its parents is an allowed domain (shop.example.com under example.com)."""
     if not allowed_domains:
         return True

@@ -1,8 +1,7 @@
 """All SQL of the ingest service. The batch writer owns the transaction these run in.
 
-Each write is one statement whatever the number of rows: rows travel as one array per
-column and ``unnest`` turns them back into rows inside Postgres, so a batch of 2,000 events
-costs one round trip.
+Each write is one statement whatever the number of rows, so a batch of 2,000 events costs
+one round trip.
 """
 
 from __future__ import annotations
@@ -10,18 +9,21 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
+import msgspec
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 
-@dataclass(slots=True)
-class EventRow:
+class EventRow(msgspec.Struct, gc=False):
+    """One event as stored; sent to Postgres as one JSON document per batch."""
+
     project_id: int
     occurred_at: datetime
-    event_uuid: uuid.UUID
-    # Only client-made uuids can repeat (a retried batch); server-made ones skip the check.
-    deduplicate: bool
+    # None: Postgres makes one. Only client-made uuids can repeat (a retried batch), so
+    # only those go through ingested_events.
+    event_uuid: uuid.UUID | None
     name: str
     distinct_id: str
     session_id: str
@@ -43,7 +45,7 @@ class EventRow:
     device_type: str | None
     country: str | None
     is_bot: bool
-    properties_json: str
+    properties: dict[str, Any]
 
 
 @dataclass(slots=True)
@@ -69,57 +71,39 @@ class ChunkRow:
     device_type: str | None
 
 
-_EVENT_COLUMNS = (
-    ("project_id", "bigint"),
-    ("occurred_at", "timestamptz"),
-    ("event_uuid", "uuid"),
-    ("deduplicate", "boolean"),
-    ("name", "text"),
-    ("distinct_id", "text"),
-    ("session_id", "text"),
-    ("url", "text"),
-    ("domain", "text"),
-    ("path", "text"),
-    ("title", "text"),
-    ("referrer", "text"),
-    ("referrer_domain", "text"),
-    ("utm_source", "text"),
-    ("utm_medium", "text"),
-    ("utm_campaign", "text"),
-    ("utm_term", "text"),
-    ("utm_content", "text"),
-    ("browser", "text"),
-    ("browser_version", "text"),
-    ("os", "text"),
-    ("os_version", "text"),
-    ("device_type", "text"),
-    ("country", "text"),
-    ("is_bot", "boolean"),
-    ("properties_json", "text"),
-)
+_EVENT_RECORD = """
+    project_id bigint, occurred_at timestamptz, event_uuid uuid, name text, distinct_id text, session_id text,
+    url text, domain text, path text, title text, referrer text, referrer_domain text,
+    utm_source text, utm_medium text, utm_campaign text, utm_term text, utm_content text,
+    browser text, browser_version text, os text, os_version text, device_type text, country text,
+    is_bot boolean, properties jsonb
+"""
+_EVENT_COLUMNS = [line.split()[0] for line in _EVENT_RECORD.replace("\n", " ").split(",")]
 
-_STORED_EVENT_COLUMNS = [name for name, _ in _EVENT_COLUMNS if name not in ("deduplicate", "properties_json")]
-
-
-def _unnest(columns: tuple[tuple[str, str], ...]) -> str:
-    arrays = ", ".join(f"CAST(:{name} AS {sql_type}[])" for name, sql_type in columns)
-    names = ", ".join(name for name, _ in columns)
-    return f"unnest({arrays}) AS input({names})"
-
-
+# The batch travels as one JSON document (one parameter) that json_to_recordset turns back
+# into rows: encoding it is one C call, where per-column arrays cost asyncpg a type check
+# per element. Client uuids are claimed in ingested_events first; an event whose uuid was
+# already there is a retry and is skipped.
 _INSERT_EVENTS = text(
     f"""
-    WITH input AS (SELECT * FROM {_unnest(_EVENT_COLUMNS)}),
+    WITH input AS (
+        SELECT * FROM json_to_recordset(CAST(:rows AS json)) AS input({_EVENT_RECORD})
+    ),
     first_seen AS (
         INSERT INTO ingested_events (project_id, event_uuid)
-        SELECT project_id, event_uuid FROM input WHERE deduplicate
+        SELECT project_id, event_uuid FROM input WHERE event_uuid IS NOT NULL
         ON CONFLICT DO NOTHING
         RETURNING project_id, event_uuid
     )
-    INSERT INTO events ({", ".join(_STORED_EVENT_COLUMNS)}, properties)
-    SELECT {", ".join("input." + name for name in _STORED_EVENT_COLUMNS)}, input.properties_json::jsonb
+    INSERT INTO events ({", ".join(_EVENT_COLUMNS)})
+    SELECT {
+        ", ".join(
+            "COALESCE(input.event_uuid, gen_random_uuid())" if c == "event_uuid" else "input." + c
+            for c in _EVENT_COLUMNS
+        )
+    }
     FROM input
-    WHERE NOT input.deduplicate
+    WHERE input.event_uuid IS NULL
        OR EXISTS (SELECT 1 FROM first_seen
                   WHERE first_seen.project_id = input.project_id AND first_seen.event_uuid = input.event_uuid)
     """
@@ -130,11 +114,17 @@ async def insert_events(connection: AsyncConnection, rows: list[EventRow]) -> in
     """Stores the events whose uuid was not stored before; returns how many were new."""
     if not rows:
         return 0
-    parameters = {name: [getattr(row, name) for row in rows] for name, _ in _EVENT_COLUMNS}
-    result = await connection.execute(_INSERT_EVENTS, parameters)
+    result = await connection.execute(_INSERT_EVENTS, {"rows": msgspec.json.encode(rows).decode()})
     return int(result.rowcount)
 
 
+def _unnest(columns: tuple[tuple[str, str], ...]) -> str:
+    arrays = ", ".join(f"CAST(:{name} AS {sql_type}[])" for name, sql_type in columns)
+    names = ", ".join(name for name, _ in columns)
+    return f"unnest({arrays}) AS input({names})"
+
+
+# Chunks travel as one array per column: a batch has few chunks, and bytea does not fit JSON.
 _CHUNK_COLUMNS = (
     ("project_id", "bigint"),
     ("session_id", "text"),

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-import msgspec
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.common.auth import ProjectCache, project_for_public_key
@@ -139,8 +137,7 @@ class IngestService:
                 EventRow(
                     project_id=project.project_id,
                     occurred_at=occurred_at.astimezone(UTC),
-                    event_uuid=event.uuid or uuid.uuid4(),
-                    deduplicate=event.uuid is not None,
+                    event_uuid=event.uuid,
                     name=event.event,
                     distinct_id=event.distinct_id,
                     session_id=event.session_id,
@@ -162,7 +159,7 @@ class IngestService:
                     device_type=client.device_type,
                     country=country,
                     is_bot=client.is_bot,
-                    properties_json=msgspec.json.encode(event.properties).decode() if event.properties else "{}",
+                    properties=event.properties,
                 )
             )
         return rows

@@ -183,8 +183,8 @@ def _unique_events(rows: list[EventRow]) -> list[EventRow]:
     seen: set[tuple[int, object]] = set()
     unique: list[EventRow] = []
     for row in rows:
-        key = (row.project_id, row.event_uuid)
-        if row.deduplicate:
+        if row.event_uuid is not None:
+            key = (row.project_id, row.event_uuid)
             if key in seen:
                 continue
             seen.add(key)
