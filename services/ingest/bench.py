@@ -166,8 +166,8 @@ Measured {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {platform.node()} ({os.cpu_co
 Python {platform.python_version()}); wrk, Postgres, PgBouncer and the services share the machine.
 
 Command: `make up && make bench-ingest`
-(wrk -t{args.threads} -c{args.connections} -d{args.seconds}s, {args.rounds} rounds, alternating endpoints; body {body_bytes} bytes of JSON, {args.events} events per batch, no uuids so every request
-stores new rows).
+(wrk -t{args.threads} -c{args.connections} -d{args.seconds}s, {args.rounds} rounds, alternating endpoints;
+body {body_bytes} bytes of JSON, {args.events} events per batch, no uuids so every request stores new rows).
 
 | endpoint | requests/s | p50 ms | p99 ms | non-2xx | socket errors |
 | --- | --- | --- | --- | --- | --- |
@@ -175,7 +175,8 @@ stores new rows).
 
 POST /v1/events reaches **{events_rps / noop_rps:.0%}** of the no-op endpoint's requests/s in the same run
 ({events_rps:.0f} vs {noop_rps:.0f} requests/s, {events_rps * args.events:.0f} events/s committed).
-{verdict}: {acknowledged} events acknowledged by a 202 that wrk counted, {stored} new rows in `events` (more rows than 202s: requests in flight when wrk stopped were committed
+{verdict}: {acknowledged} events acknowledged by a 202 that wrk counted,
+{stored} new rows in `events` (more rows than 202s: requests in flight when wrk stopped were committed
 but not counted).
 {END}"""
 
