@@ -17,7 +17,7 @@ from services.common.auth import ProjectCache
 from services.common.errors import is_database_unavailable
 from services.common.settings import DatabaseSettings, LogSettings
 from services.ingest.cors import AllowedOrigins, TrackerCorsMiddleware
-from services.ingest.enrichment import open_country_lookup
+from services.ingest.enrichment import open_country_lookup, warm_up
 from services.ingest.routes import post_events, post_noop, post_replay
 from services.ingest.service import IngestService
 from services.ingest.settings import IngestSettings
@@ -52,11 +52,11 @@ def create_app(
             ),
         )
         project_cache = ProjectCache(ttl_s=settings.project_cache_ttl_s)
+        country_lookup = open_country_lookup(settings.geoip_database)
+        warm_up(country_lookup)
         app.state.ingest_settings = settings
         app.state.allowed_origins = AllowedOrigins(engine, settings.project_cache_ttl_s)
-        app.state.ingest_service = IngestService(
-            engine, writer, settings, project_cache, open_country_lookup(settings.geoip_database)
-        )
+        app.state.ingest_service = IngestService(engine, writer, settings, project_cache, country_lookup)
         await writer.start()
         partitions = asyncio.create_task(_keep_partitions_ahead(app), name="event-partitions")
         try:

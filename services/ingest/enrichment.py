@@ -199,3 +199,9 @@ def _is_trusted(address: str, trusted_proxies: Sequence[IpNetwork]) -> bool:
     except ValueError:
         return False
     return any(ip in network for network in trusted_proxies)
+
+
+def warm_up(country_lookup: CountryLookup) -> None:
+    """Loads the parsers' rule sets now: the first request would otherwise pay ~0.6 s."""
+    describe_client("Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 Chrome/120.0 Safari/537.36")
+    country_lookup("8.8.8.8")

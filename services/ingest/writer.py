@@ -21,6 +21,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 import asyncpg
+from opentelemetry import trace
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -36,14 +37,24 @@ _RETRYABLE_SQLSTATES = {"40P01", "40001"}
 _MAX_RETRIES = 3
 
 
+@dataclass
+class BatchTimings:
+    """When the transaction holding a batch reached each step (perf_counter seconds)."""
+
+    picked_at: float = 0.0
+    connected_at: float = 0.0
+    written_at: float = 0.0
+    committed_at: float = 0.0
+
+
 @dataclass(eq=False)
 class Submission:
     events: list[EventRow]
     chunks: list[ChunkRow]
     done: asyncio.Future[None]
     enqueued_at: float = field(default_factory=time.perf_counter)
-    # Set by the writer, for the request's queue-wait span.
-    picked_at: float = 0.0
+    # Shared by every submission of the batch that carried this one.
+    timings: BatchTimings | None = None
 
     @property
     def rows(self) -> int:
@@ -96,8 +107,7 @@ class BatchWriter:
         except TimeoutError as exc:
             raise ServiceUnavailable("commit_timeout", "The database did not commit in time; retry.") from exc
         finally:
-            if submission.picked_at:
-                _record_queue_wait(submission)
+            _record_write_spans(submission)
 
     async def close(self) -> None:
         """Stops taking submissions, writes everything already queued, then stops."""
@@ -113,9 +123,10 @@ class BatchWriter:
     def _take_batch(self) -> list[Submission]:
         batch: list[Submission] = []
         rows = 0
+        timings = BatchTimings(picked_at=time.perf_counter())
         while self._queue and (not batch or rows + self._queue[0].rows <= self._limits.max_batch_rows):
             submission = self._queue.popleft()
-            submission.picked_at = time.perf_counter()
+            submission.timings = timings
             rows += submission.rows
             batch.append(submission)
         self._queued_rows -= rows
@@ -164,12 +175,14 @@ class BatchWriter:
         chunks = _unique_chunks([row for submission in batch for row in submission.chunks])
         for attempt in range(1, _MAX_RETRIES + 1):
             try:
-                with tracer.start_as_current_span("ingest.writer.transaction") as span:
-                    span.set_attribute("sightline.events", len(events))
-                    span.set_attribute("sightline.replay_chunks", len(chunks))
-                    async with self._engine.begin() as connection:
+                timings = batch[0].timings or BatchTimings(picked_at=time.perf_counter())
+                async with self._engine.connect() as connection:
+                    timings.connected_at = time.perf_counter()
+                    async with connection.begin():
                         await repository.insert_events(connection, events)
                         await repository.insert_replay_chunks(connection, chunks)
+                        timings.written_at = time.perf_counter()
+                    timings.committed_at = time.perf_counter()
                 return
             except sa_exc.DBAPIError as exc:
                 sqlstate = getattr(exc.orig, "sqlstate", None) or getattr(exc.orig, "pgcode", None)
@@ -208,10 +221,29 @@ def _client_error(exc: Exception) -> Exception:
     return exc
 
 
-def _record_queue_wait(submission: Submission) -> None:
-    # A span with explicit times: from enqueue to the moment a writer took the rows.
-    start_ns = time.time_ns() - int((time.perf_counter() - submission.enqueued_at) * 1e9)
-    end_ns = start_ns + int((submission.picked_at - submission.enqueued_at) * 1e9)
-    span = tracer.start_span("ingest.writer.queue_wait", start_time=start_ns)
-    span.set_attribute("sightline.rows", submission.rows)
-    span.end(end_time=end_ns)
+def _record_write_spans(submission: Submission) -> None:
+    """Spans in the request's trace for the steps of the shared transaction that carried it.
+
+    The writer's transaction serves many requests, so each request gets its own copy of
+    the steps (with the real times): queue wait, pool checkout, SQL, commit.
+    """
+    timings = submission.timings
+    if timings is None or not tracer_is_recording():
+        return
+    epoch_offset_ns = time.time_ns() - time.perf_counter_ns()
+    steps = (
+        ("ingest.writer.queue_wait", submission.enqueued_at, timings.picked_at),
+        ("db.pool_checkout", timings.picked_at, timings.connected_at),
+        ("db.sql", timings.connected_at, timings.written_at),
+        ("db.commit", timings.written_at, timings.committed_at),
+    )
+    for name, started, ended in steps:
+        if started and ended >= started:
+            span = tracer.start_span(name, start_time=epoch_offset_ns + int(started * 1e9))
+            span.set_attribute("sightline.rows", submission.rows)
+            span.end(end_time=epoch_offset_ns + int(ended * 1e9))
+
+
+def tracer_is_recording() -> bool:
+    # Only a sampled request has a recording span to hang these on.
+    return trace.get_current_span().is_recording()
