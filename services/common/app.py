@@ -11,7 +11,7 @@ from litestar.config.cors import CORSConfig
 from litestar.datastructures import State
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import JsonRenderPlugin, ScalarRenderPlugin
-from litestar.plugins.opentelemetry import OpenTelemetryConfig, OpenTelemetryPlugin
+from litestar.plugins.opentelemetry import OpenTelemetryConfig
 from litestar.types import ControllerRouterHandler, Middleware
 
 from services.common.db import create_engine
@@ -19,7 +19,7 @@ from services.common.errors import EXCEPTION_HANDLERS
 from services.common.health import HealthController
 from services.common.log import configure_logging
 from services.common.settings import DatabaseSettings, LogSettings, ServiceName
-from services.common.telemetry import configure_tracing, instrument_engine
+from services.common.telemetry import HeadSampledTracingMiddleware, configure_tracing, instrument_engine
 
 Lifespan = Callable[[Litestar], AbstractAsyncContextManager[None]]
 
@@ -41,17 +41,18 @@ def build_app(
 ) -> Litestar:
     configure_logging(service, logs.level)
     tracer_provider = configure_tracing(service)
-    plugins = []
+    tracing_middleware: list[Middleware] = []
     if tracer_provider is not None:
-        plugins.append(
-            OpenTelemetryPlugin(
-                OpenTelemetryConfig(
-                    tracer_provider=tracer_provider,
-                    # One span per ASGI message cost most of a no-op endpoint's throughput.
-                    exclude_spans=["receive", "send"],
-                    exclude=["^/health/", "^/schema"],
-                )
-            )
+        # Given as middleware, Litestar wraps it in its OpenTelemetryPlugin with our
+        # middleware class (the plugin's own constructor ignores middleware_class).
+        tracing_middleware.append(
+            OpenTelemetryConfig(
+                tracer_provider=tracer_provider,
+                # One span per ASGI message cost most of a no-op endpoint's throughput.
+                exclude_spans=["receive", "send"],
+                exclude=["^/health/", "^/schema"],
+                middleware_class=HeadSampledTracingMiddleware,
+            ).middleware
         )
 
     @asynccontextmanager
@@ -78,8 +79,7 @@ def build_app(
             render_plugins=[ScalarRenderPlugin(), JsonRenderPlugin()],
         ),
         cors_config=cors,
-        plugins=plugins,
-        middleware=list(middleware),
+        middleware=[*tracing_middleware, *middleware],
         state=State(state or {}),
         logging_config=None,
         debug=False,

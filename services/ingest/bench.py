@@ -138,7 +138,7 @@ def main() -> None:
     summary = summarise(results, len(body), args, stored_after - stored_before, int(acknowledged))
     print(summary)
     if not args.no_write:
-        write_section(summary)
+        replace_section(START, END, summary, "## Ingest: closed-loop throughput (wrk)")
 
 
 def _best(runs: list[dict[str, float]], key: str) -> float:
@@ -181,15 +181,15 @@ but not counted).
 {END}"""
 
 
-def write_section(section: str) -> None:
+def replace_section(start: str, end: str, section: str, heading: str) -> None:
+    """Puts section (which begins with start and ends with end) into docs/benchmarks.md."""
     BENCHMARKS.parent.mkdir(exist_ok=True)
     current = BENCHMARKS.read_text() if BENCHMARKS.exists() else "# Benchmarks\n"
-    if START in current and END in current:
-        before, rest = current.split(START, 1)
-        after = rest.split(END, 1)[1]
-        current = before + section + after
+    if start in current and end in current:
+        before, rest = current.split(start, 1)
+        current = before + section + rest.split(end, 1)[1]
     else:
-        current = current.rstrip() + "\n\n## Ingest: closed-loop throughput (wrk)\n\n" + section + "\n"
+        current = current.rstrip() + f"\n\n{heading}\n\n{section}\n"
     BENCHMARKS.write_text(current)
 
 

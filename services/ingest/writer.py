@@ -26,7 +26,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.common.errors import ApiError, ServiceUnavailable, is_database_unavailable
-from services.common.telemetry import tracer
+from services.common.telemetry import tracer, unsampled_span
 from services.ingest import repository
 from services.ingest.repository import ChunkRow, EventRow
 
@@ -133,6 +133,12 @@ class BatchWriter:
         return batch
 
     async def _run(self) -> None:
+        # The writer's own statements belong to no request: keep them out of the traces
+        # (each request gets copies of its batch's steps instead, see _record_write_spans).
+        with trace.use_span(unsampled_span(), end_on_exit=False):
+            await self._loop()
+
+    async def _loop(self) -> None:
         while True:
             while not self._queue:
                 self._wakeup.clear()
