@@ -17,6 +17,9 @@ ServiceName = Literal["ingest", "query", "replay"]
 SERVICES: tuple[ServiceName, ...] = ("ingest", "query", "replay")
 
 DEFAULT_PORTS: dict[ServiceName, int] = {"ingest": 8001, "query": 8002, "replay": 8003}
+# Ingest takes the tracker traffic, which needs more than one core's worth of Python at
+# the seed load; reads are light and wait mostly on Postgres.
+DEFAULT_WORKERS: dict[ServiceName, int] = {"ingest": 2, "query": 1, "replay": 1}
 
 
 class SettingsError(ValueError):
@@ -137,7 +140,7 @@ class ServerSettings:
             # A shared SIGHTLINE_PORT would put three services on one port, so only the
             # per-service name (SIGHTLINE_INGEST_PORT) sets a port.
             port=env.integer("PORT", DEFAULT_PORTS[service], shared=False),
-            workers=env.integer("WORKERS", cls.workers),
+            workers=env.integer("WORKERS", DEFAULT_WORKERS[service]),
             backpressure=env.integer("BACKPRESSURE", cls.backpressure),
         )
 

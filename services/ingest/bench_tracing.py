@@ -13,58 +13,22 @@ import argparse
 import json
 import os
 import platform
-import subprocess
-import sys
 import tempfile
-import time
-import urllib.request
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
-from services.cli.processes import free_port
+from services.cli.serving import running_service
 from services.cli.stack import load_local_env
 from services.common.settings import StackSettings
 from services.common.telemetry import DEFAULT_SAMPLE_RATIO
 from services.ingest.bench import LUA, batch_body, replace_section, run_wrk
 
-ROOT = Path(__file__).resolve().parents[2]
 START, END = "<!-- tracing-cost:start -->", "<!-- tracing-cost:end -->"
 
 
-@contextmanager
-def ingest_server(extra_env: dict[str, str], log_dir: Path) -> Iterator[str]:
-    port = free_port()
+def ingest_env(extra_env: dict[str, str]) -> dict[str, str]:
     env = {key: value for key, value in os.environ.items() if not key.startswith(("OTEL_", "SIGHTLINE_TRACE"))}
-    env.update({"SIGHTLINE_INGEST_PORT": str(port), **extra_env})
-    log = (log_dir / f"ingest-{port}.log").open("wb")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "services.cli.main", "serve", "ingest"],
-        env=env,
-        cwd=ROOT,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/health/ready", timeout=1) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"ingest did not start; see {log.name}")
-            time.sleep(0.2)
-        yield url
-    finally:
-        process.terminate()
-        process.wait(timeout=60)
-        log.close()
+    return {**env, "SIGHTLINE_INGEST_WORKERS": "1", **extra_env}
 
 
 def main() -> None:
@@ -89,8 +53,8 @@ def main() -> None:
         lua_file.write_text(LUA)
         variants = {"off": {}, "on": {"SIGHTLINE_TRACE_DIR": str(scratch_dir / "traces")}}
         with (
-            ingest_server(variants["off"], scratch_dir) as off_url,
-            ingest_server(variants["on"], scratch_dir) as on_url,
+            running_service("ingest", ingest_env(variants["off"]), scratch_dir / "off.log") as off_url,
+            running_service("ingest", ingest_env(variants["on"]), scratch_dir / "on.log") as on_url,
         ):
             urls = {"off": off_url, "on": on_url}
             for _ in range(args.rounds):

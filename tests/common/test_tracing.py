@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -17,11 +15,9 @@ import pytest
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 
-from services.cli.processes import free_port
+from services.cli.serving import running_service
 from services.common.telemetry import OtlpJsonLinesExporter, tracing_enabled
 from tests.harness import DatabaseHarness
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def _spans(path: Path) -> list[dict[str, Any]]:
@@ -63,42 +59,16 @@ def test_tracing_is_off_without_a_destination() -> None:
 
 @pytest.fixture
 def traced_ingest(db: DatabaseHarness) -> Iterator[tuple[str, Path]]:
-    port = free_port()
-    trace_file = db.root / f"traces-{port}.jsonl"
+    trace_file = db.root / f"traces-{uuid.uuid4().hex[:8]}.jsonl"
     env = {
         **os.environ,
         "SIGHTLINE_DATABASE_URL": db.database.url,
-        "SIGHTLINE_INGEST_PORT": str(port),
         "SIGHTLINE_TRACE_FILE": str(trace_file),
         "OTEL_TRACES_SAMPLER": "always_on",
         "OTEL_BSP_SCHEDULE_DELAY": "100",
     }
-    log = (db.root / f"ingest-traced-{port}.log").open("wb")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "services.cli.main", "serve", "ingest"],
-        env=env,
-        cwd=ROOT,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(f"{url}/health/ready", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert process.poll() is None, "traced ingest exited"
-            assert time.monotonic() < deadline, "traced ingest did not become ready"
-            time.sleep(0.2)
+    with running_service("ingest", env, db.root / "log" / f"{trace_file.stem}.log") as url:
         yield url, trace_file
-    finally:
-        process.terminate()  # the batch processor flushes on shutdown
-        process.wait(timeout=30)
-        log.close()
 
 
 def test_an_ingest_request_leaves_its_breakdown_in_the_trace_file(

@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import os
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -21,57 +18,25 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.cli.pgbouncer import LocalPgBouncer
 from services.cli.processes import free_port
+from services.cli.serving import running_service
 from services.ingest.app import create_app
 from services.ingest.settings import IngestSettings
 from tests.harness import TEST_POOL_SIZE, DatabaseHarness
 from tests.ingest.conftest import JSON, json_body, pageview, stored_events
 
-ROOT = Path(__file__).resolve().parents[2]
-
 
 @pytest.fixture(scope="module")
 def ingest_server(db: DatabaseHarness) -> Iterator[str]:
     """The ingest service under Granian, trusting 127.0.0.1 as its proxy."""
-    port = free_port()
     env = {
         **os.environ,
         "SIGHTLINE_DATABASE_URL": db.database.url,
-        "SIGHTLINE_INGEST_PORT": str(port),
         "SIGHTLINE_INGEST_TRUSTED_PROXIES": "127.0.0.1/32",
         "SIGHTLINE_INGEST_WORKERS": "2",
         "SIGHTLINE_LOG_LEVEL": "WARNING",
     }
-    log_path = db.root / "log" / "ingest-under-load.log"
-    log = log_path.open("wb")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "services.cli.main", "serve", "ingest"],
-        env=env,
-        cwd=ROOT,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(f"{url}/health/ready", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert process.poll() is None, log_path.read_text()
-            assert time.monotonic() < deadline, "ingest did not become ready"
-            time.sleep(0.2)
+    with running_service("ingest", env, db.root / "log" / "ingest-under-load.log") as url:
         yield url
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, 9)
-            process.wait()
-        log.close()
 
 
 async def test_hundreds_of_concurrent_clients_every_acknowledged_event_is_stored_once(
