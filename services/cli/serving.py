@@ -10,6 +10,7 @@ import time
 import urllib.request
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 from services.cli.processes import StackError, free_port
@@ -18,11 +19,17 @@ from services.common.settings import ServiceName
 ROOT = Path(__file__).resolve().parents[2]
 
 
+@dataclass(frozen=True)
+class RunningService:
+    url: str
+    process: subprocess.Popen[bytes]
+
+
 @contextmanager
 def running_service(
     service: ServiceName, env: Mapping[str, str], log_path: Path, ready_timeout_s: float = 30.0
-) -> Iterator[str]:
-    """`sightline serve <service>` on a free port with env; yields its base URL; stops it after."""
+) -> Iterator[RunningService]:
+    """`sightline serve <service>` on a free port with env, ready; stopped (SIGTERM) after."""
     port = free_port()
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("wb") as log:
@@ -37,10 +44,11 @@ def running_service(
         url = f"http://127.0.0.1:{port}"
         try:
             _wait_ready(process, url, log_path, ready_timeout_s)
-            yield url
+            yield RunningService(url, process)
         finally:
             # SIGTERM: Granian lets in-flight requests finish and runs the lifespan's shutdown.
-            process.terminate()
+            if process.poll() is None:
+                process.terminate()
             try:
                 process.wait(timeout=60)
             except subprocess.TimeoutExpired:

@@ -53,10 +53,10 @@ def main() -> None:
         lua_file.write_text(LUA)
         variants = {"off": {}, "on": {"SIGHTLINE_TRACE_DIR": str(scratch_dir / "traces")}}
         with (
-            running_service("ingest", ingest_env(variants["off"]), scratch_dir / "off.log") as off_url,
-            running_service("ingest", ingest_env(variants["on"]), scratch_dir / "on.log") as on_url,
+            running_service("ingest", ingest_env(variants["off"]), scratch_dir / "off.log") as untraced,
+            running_service("ingest", ingest_env(variants["on"]), scratch_dir / "on.log") as traced,
         ):
-            urls = {"off": off_url, "on": on_url}
+            urls = {"off": untraced.url, "on": traced.url}
             for _ in range(args.rounds):
                 for path in ("/v1/noop", "/v1/events"):
                     for variant in ("off", "on"):

@@ -67,8 +67,8 @@ def traced_ingest(db: DatabaseHarness) -> Iterator[tuple[str, Path]]:
         "OTEL_TRACES_SAMPLER": "always_on",
         "OTEL_BSP_SCHEDULE_DELAY": "100",
     }
-    with running_service("ingest", env, db.root / "log" / f"{trace_file.stem}.log") as url:
-        yield url, trace_file
+    with running_service("ingest", env, db.root / "log" / f"{trace_file.stem}.log") as ingest:
+        yield ingest.url, trace_file
 
 
 def test_an_ingest_request_leaves_its_breakdown_in_the_trace_file(

@@ -35,8 +35,8 @@ def ingest_server(db: DatabaseHarness) -> Iterator[str]:
         "SIGHTLINE_INGEST_WORKERS": "2",
         "SIGHTLINE_LOG_LEVEL": "WARNING",
     }
-    with running_service("ingest", env, db.root / "log" / "ingest-under-load.log") as url:
-        yield url
+    with running_service("ingest", env, db.root / "log" / "ingest-under-load.log") as ingest:
+        yield ingest.url
 
 
 async def test_hundreds_of_concurrent_clients_every_acknowledged_event_is_stored_once(
@@ -163,3 +163,45 @@ async def test_with_pgbouncer_stopped_ingest_answers_503_fast_and_recovers_by_it
 
     # Only the acknowledged events were stored: the first and the one after recovery.
     assert len(await stored_events(admin_engine, project["id"])) == 2
+
+
+async def test_sigterm_loses_no_acknowledged_event_and_exits_cleanly(
+    db: DatabaseHarness, project: dict[str, Any], admin_engine: AsyncEngine
+) -> None:
+    """A deploy stops ingest while trackers post: whatever got a 202 is stored, the rest can retry.
+
+    Granian stops accepting, the app's shutdown commits what the writer holds, and the
+    process exits by itself. Requests Granian drops during the stop (on kept-alive
+    connections) got no answer, so a tracker retries them with the same uuids.
+    """
+    env = {**os.environ, "SIGHTLINE_DATABASE_URL": db.database.url, "SIGHTLINE_INGEST_WORKERS": "1"}
+    log_path = db.root / "log" / "ingest-sigterm.log"
+    acknowledged: set[str] = set()
+    outcomes: list[str] = []
+
+    async def send(http: httpx.AsyncClient, url: str) -> None:
+        events = [pageview(uuid=str(uuid.uuid4())) for _ in range(5)]
+        body = json_body({"projectKey": project["publicKey"], "events": events})
+        try:
+            response = await http.post(f"{url}/v1/events", content=body, headers=JSON)
+        except httpx.TransportError as exc:
+            outcomes.append(type(exc).__name__)
+            return
+        outcomes.append(str(response.status_code))
+        if response.status_code == 202:
+            acknowledged.update(event["uuid"] for event in events)
+
+    with running_service("ingest", env, log_path) as ingest:
+        async with asyncio.timeout(120), httpx.AsyncClient(timeout=60, limits=httpx.Limits(max_connections=50)) as http:
+            in_flight = [asyncio.create_task(send(http, ingest.url)) for _ in range(1000)]
+            while outcomes.count("202") < 20:
+                await asyncio.sleep(0.01)
+            ingest.process.terminate()
+            await asyncio.gather(*in_flight)
+            exit_code = await asyncio.to_thread(ingest.process.wait, 60)
+
+    assert exit_code == 0
+    assert "batch writer stopped" in log_path.read_text()
+    assert set(outcomes) <= {"202", "503", "ConnectError", "RemoteProtocolError", "ReadError"}
+    stored = {str(row.event_uuid) for row in await stored_events(admin_engine, project["id"])}
+    assert acknowledged <= stored, "an acknowledged event was lost in the shutdown"
