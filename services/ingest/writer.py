@@ -103,8 +103,11 @@ class BatchWriter:
         try:
             # shield: a timed-out request stops waiting, but its rows may still commit;
             # the client's retry with the same uuids is then a no-op.
-            await asyncio.wait_for(asyncio.shield(submission.done), self._limits.commit_timeout_s)
+            async with asyncio.timeout(self._limits.commit_timeout_s):
+                await asyncio.shield(submission.done)
         except TimeoutError as exc:
+            # Nobody awaits the outcome any more; take it so asyncio does not log it as lost.
+            submission.done.add_done_callback(_consume_outcome)
             raise ServiceUnavailable("commit_timeout", "The database did not commit in time; retry.") from exc
         finally:
             _record_write_spans(submission)
@@ -195,6 +198,11 @@ class BatchWriter:
                 if sqlstate in _RETRYABLE_SQLSTATES and attempt < _MAX_RETRIES:
                     continue
                 raise
+
+
+def _consume_outcome(done: asyncio.Future[None]) -> None:
+    if not done.cancelled():
+        done.exception()
 
 
 def _unique_events(rows: list[EventRow]) -> list[EventRow]:

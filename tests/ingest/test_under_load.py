@@ -205,3 +205,28 @@ async def test_sigterm_loses_no_acknowledged_event_and_exits_cleanly(
     assert set(outcomes) <= {"202", "503", "ConnectError", "RemoteProtocolError", "ReadError"}
     stored = {str(row.event_uuid) for row in await stored_events(admin_engine, project["id"])}
     assert acknowledged <= stored, "an acknowledged event was lost in the shutdown"
+
+
+async def test_a_commit_slower_than_the_deadline_is_503_and_the_retry_is_stored_once(
+    db: DatabaseHarness, project: dict[str, Any], admin_engine: AsyncEngine
+) -> None:
+    event_uuid = str(uuid.uuid4())
+    body = json_body({"projectKey": project["publicKey"], "events": [pageview(uuid=event_uuid)]})
+    app = create_app(db.database, settings=IngestSettings(writer_commit_timeout_s=1.0))
+    async with AsyncTestClient(app) as client, admin_engine.connect() as blocker:
+        # Another transaction holds the same uuid, uncommitted: the writer's insert waits on it.
+        await blocker.execute(
+            text("INSERT INTO ingested_events (project_id, event_uuid) VALUES (:p, :u)"),
+            {"p": project["id"], "u": event_uuid},
+        )
+        async with asyncio.timeout(10):
+            slow = await client.post("/v1/events", content=body, headers=JSON)
+        assert slow.status_code == 503
+        assert slow.json()["error"]["code"] == "commit_timeout"
+        assert slow.headers["retry-after"] == "2"
+        await blocker.rollback()  # the holder gives up; the waiting insert goes through
+
+        retried = await client.post("/v1/events", content=body, headers=JSON)
+        assert retried.status_code == 202
+    rows = await stored_events(admin_engine, project["id"])
+    assert [str(row.event_uuid) for row in rows] == [event_uuid]
