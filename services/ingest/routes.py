@@ -26,6 +26,7 @@ _ERRORS = error_responses(
         413: "Body over the limit, compressed or decompressed",
         415: "Content-Type other than application/json or text/plain, or Content-Encoding other than gzip",
         422: "The body does not match the contract; `field` names the first offending field",
+        429: "The project is over its rate limit; retry after Retry-After seconds",
         503: "Writer queue full or database unreachable; retry after Retry-After seconds",
     }
 )

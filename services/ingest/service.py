@@ -10,6 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from services.common.auth import ProjectCache, project_for_public_key
 from services.common.errors import ApiError
 from services.common.project_repository import ProjectRecord
+from services.common.rate_limit import TokenBuckets
 from services.common.telemetry import tracer
 from services.ingest import enrichment
 from services.ingest.enrichment import CountryLookup, UrlError
@@ -53,6 +54,7 @@ class IngestService:
         self._settings = settings
         self._project_cache = project_cache
         self._country_lookup = country_lookup
+        self._rate_limit = TokenBuckets(settings.rate_limit_requests_per_s, settings.rate_limit_burst)
 
     async def ingest_events(self, batch: EventBatch, context: RequestContext) -> int:
         project = await self._project(batch.project_key)
@@ -93,6 +95,8 @@ class IngestService:
         project = await project_for_public_key(self._engine, self._project_cache, public_key)
         if project is None:
             raise ApiError(401, "unknown_project_key", "No project has that projectKey.", field="projectKey")
+        # Before any enrichment or writing: a flooding project costs the others little.
+        self._rate_limit.take(project.project_id)
         return project
 
     def _event_rows(self, batch: EventBatch, project: ProjectRecord, context: RequestContext) -> list[EventRow]:

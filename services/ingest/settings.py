@@ -45,6 +45,10 @@ class IngestSettings:
     # geoip2fast package ships (GeoLite2 Country, IPv4 only).
     geoip_database: str = ""
     project_cache_ttl_s: float = 30.0
+    # Per project, per worker process (0 turns the limit off). The default lets one project
+    # send the seed load (about 1,000 requests/s) through two workers with room to spare.
+    rate_limit_requests_per_s: float = 1_000.0
+    rate_limit_burst: float = 2_000.0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> IngestSettings:
@@ -73,4 +77,6 @@ class IngestSettings:
             trusted_proxies=proxies,
             geoip_database=env.text("GEOIP_DATABASE", ""),
             project_cache_ttl_s=env.number("PROJECT_CACHE_TTL_S", cls.project_cache_ttl_s),
+            rate_limit_requests_per_s=env.number("RATE_LIMIT_REQUESTS_PER_S", cls.rate_limit_requests_per_s),
+            rate_limit_burst=env.number("RATE_LIMIT_BURST", cls.rate_limit_burst),
         )
