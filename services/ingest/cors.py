@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.common import project_repository
 from services.common.errors import ErrorBody, ErrorDetail
-from services.ingest.enrichment import host_is_allowed, normalise_host
+from services.ingest.enrichment import host_is_allowed, origin_host
 
 TRACKER_PATHS = frozenset({"/v1/events", "/v1/replay"})
 _PREFLIGHT_MAX_AGE_S = "86400"
@@ -38,7 +38,7 @@ class AllowedOrigins:
         self._loaded_at = float("-inf")
 
     async def allows(self, origin: str) -> bool:
-        host = _origin_host(origin)
+        host = origin_host(origin)
         if host is None:
             return False
         if time.monotonic() - self._loaded_at > self._ttl_s:
@@ -46,15 +46,6 @@ class AllowedOrigins:
                 self._domains = tuple(sorted(await project_repository.all_allowed_domains(connection)))
             self._loaded_at = time.monotonic()
         return bool(self._domains) and host_is_allowed(host, self._domains)
-
-
-def _origin_host(origin: str) -> str | None:
-    if "://" not in origin:
-        return None
-    host = origin.split("://", 1)[1].split("/", 1)[0]
-    if host.startswith("["):  # IPv6 literal
-        return host.split("]", 1)[0].lstrip("[").lower()
-    return normalise_host(host.split(":", 1)[0]) or None
 
 
 class TrackerCorsMiddleware(ASGIMiddleware):

@@ -60,6 +60,16 @@ def parse_page_url(url: str) -> PageLocation:
     return PageLocation(domain=normalise_host(host), path=parts.path or "/", utm=MappingProxyType(utm))
 
 
+def origin_host(origin: str) -> str | None:
+    """The host of an Origin header ("https://www.example.com:8443" -> "example.com")."""
+    if "://" not in origin:
+        return None  # absent, or "null" from a sandboxed page
+    host = origin.split("://", 1)[1].split("/", 1)[0]
+    if host.startswith("["):  # IPv6 literal
+        return host.split("]", 1)[0].lstrip("[").lower()
+    return normalise_host(host.split(":", 1)[0]) or None
+
+
 @lru_cache(maxsize=16_384)
 def referrer_domain(referrer: str | None, page_domain: str) -> str | None:
     """The referring site, or None for direct visits and navigation within the site."""

@@ -13,7 +13,7 @@ from litestar.status_codes import HTTP_202_ACCEPTED
 from services.common.errors import ApiError, error_responses
 from services.common.telemetry import tracer
 from services.ingest.decoding import check_content_headers, decode_json, gunzip_bounded
-from services.ingest.enrichment import client_ip, normalise_host
+from services.ingest.enrichment import client_ip, origin_host
 from services.ingest.schemas import Accepted, EventBatch, ReplayChunkBody
 from services.ingest.service import IngestService, RequestContext
 from services.ingest.settings import IngestSettings
@@ -64,9 +64,6 @@ class TrackerRequest(Request[Any, Any, Any]):
 
 def _context(request: Request[Any, Any, Any], settings: IngestSettings) -> RequestContext:
     origin = request.headers.get("origin")
-    origin_host = None
-    if origin and origin != "null":
-        origin_host = normalise_host(origin.split("://", 1)[-1].split("/", 1)[0].split(":", 1)[0])
     return RequestContext(
         received_at=datetime.now(UTC),
         user_agent=request.headers.get("user-agent", ""),
@@ -75,7 +72,7 @@ def _context(request: Request[Any, Any, Any], settings: IngestSettings) -> Reque
             request.headers.get("x-forwarded-for"),
             settings.trusted_proxies,
         ),
-        origin_host=origin_host,
+        origin_host=origin_host(origin) if origin else None,
     )
 
 
