@@ -18,6 +18,7 @@ from services.cli.processes import (
     run,
     running_as_root,
     stop_pid,
+    with_open_files_raised,
 )
 
 TEMPLATE_DIR = Path(__file__).resolve().parents[2] / "infra" / "pgbouncer"
@@ -78,7 +79,7 @@ class LocalPgBouncer:
         if binary is None:
             raise StackError(f"'{self.binary}' not found: apt-get install -y pgbouncer")
         self.render()
-        run(as_service_account([binary, "-d", str(self.config_file)]))
+        run(as_service_account(with_open_files_raised([binary, "-d", str(self.config_file)])))
         self.wait_listening()
 
     def wait_listening(self, timeout_s: float = 15.0) -> None:

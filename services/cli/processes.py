@@ -67,11 +67,22 @@ def check_reachable_by_service_account(path: Path) -> None:
 
 
 def raise_open_files_limit() -> None:
-    """Used as preexec_fn: runs in the child before exec, while it is still root."""
+    """Used as preexec_fn: the child's descriptor limit as high as it may go, before exec."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    target = OPEN_FILES_LIMIT if running_as_root() else max(soft, hard)
-    with contextlib.suppress(ValueError, OSError):
-        resource.setrlimit(resource.RLIMIT_NOFILE, (target, target))
+    for target in (max(OPEN_FILES_LIMIT, hard), hard):
+        # Raising the hard limit needs CAP_SYS_RESOURCE, which a container may not grant.
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, target))
+            return
+
+
+def with_open_files_raised(command: Sequence[str]) -> list[str]:
+    """Wraps command so it raises its own soft descriptor limit to the hard one first.
+
+    runuser's PAM session resets the soft limit (1024 on Debian), below what PgBouncer
+    needs for thousands of clients.
+    """
+    return ["sh", "-c", 'ulimit -n "$(ulimit -Hn)" && exec "$0" "$@"', *command]
 
 
 def run(

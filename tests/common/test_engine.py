@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import pytest
 from sqlalchemy import text
@@ -101,3 +102,13 @@ def test_pgbouncer_console_answers_show_pools(db: DatabaseHarness) -> None:
     assert sightline_pool
     assert sightline_pool[0]["pool_mode"] == "transaction"
     assert any(row["database"] == "sightline" for row in stats)
+
+
+def test_pgbouncer_may_open_a_descriptor_per_allowed_client(db: DatabaseHarness) -> None:
+    # runuser's PAM session would leave PgBouncer at a soft limit of 1024 descriptors.
+    pid = db.pgbouncer.pid()
+    assert pid is not None
+    limits = Path(f"/proc/{pid}/limits").read_text().splitlines()
+    [open_files] = [line for line in limits if line.startswith("Max open files")]
+    soft_limit = int(open_files.split()[3])
+    assert soft_limit >= db.pgbouncer.max_client_conn + 2 * TEST_POOL_SIZE
