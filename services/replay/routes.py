@@ -177,7 +177,6 @@ class ReplayController(Controller):
         "/sessions/{session_id:str}/recording",
         summary="The session's rrweb events, streamed, from the nearest full snapshot before `from`",
         description=RECORDING_DESCRIPTION,
-        media_type=service.RecordingFormat.NDJSON.value,
         responses=error_responses(
             {
                 **AUTH_ERRORS,
@@ -194,9 +193,7 @@ class ReplayController(Controller):
         session_id: FromPath[str],
         from_: Annotated[
             str | None,
-            QueryParameter(
-                name="from", pattern="^[0-9]+$", description="ms after the session's start (integer, at least 0)"
-            ),
+            QueryParameter(name="from", description="ms after the session's start (integer, at least 0)"),
         ] = None,
         to: Annotated[
             int | None, QueryParameter(ge=0, le=MAX_OFFSET_MS, description="ms after the session's start")
