@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import NamedTuple
 
 from sqlalchemy import delete, exists, func, literal, or_, select, tuple_, union
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -56,6 +57,21 @@ class ChunkIndexRow:
     has_full_snapshot: bool
     content_encoding: str
     byte_size: int
+
+
+class PlanChunk(NamedTuple):
+    """What planning a recording needs of each chunk; a tuple, since a session has hundreds."""
+
+    seq: int
+    first_timestamp: datetime
+    has_full_snapshot: bool
+    byte_size: int
+
+
+@dataclass(frozen=True)
+class RecordingIndex:
+    started_at: datetime
+    chunks: list[PlanChunk]
 
 
 @dataclass(frozen=True)
@@ -163,6 +179,31 @@ async def chunk_index(connection: AsyncConnection, project_id: int, session_id: 
         .order_by(ReplayChunk.seq)
     )
     return [ChunkIndexRow(**row._mapping) for row in result]
+
+
+async def recording_index(connection: AsyncConnection, project_id: int, session_id: str) -> RecordingIndex | None:
+    """The session's start and its chunks' plan columns in seq order, in one round trip; None if unknown."""
+    result = await connection.execute(
+        select(
+            ReplaySession.started_at,
+            ReplayChunk.seq,
+            ReplayChunk.first_timestamp,
+            ReplayChunk.has_full_snapshot,
+            ReplayChunk.byte_size,
+        )
+        .select_from(ReplaySession)
+        .outerjoin(
+            ReplayChunk,
+            (ReplayChunk.project_id == ReplaySession.project_id) & (ReplayChunk.session_id == ReplaySession.session_id),
+        )
+        .where(ReplaySession.project_id == project_id, ReplaySession.session_id == session_id)
+        .order_by(ReplayChunk.seq)
+    )
+    rows = result.all()
+    if not rows:
+        return None
+    chunks = [PlanChunk(row[1], row[2], row[3], row[4]) for row in rows if row[1] is not None]
+    return RecordingIndex(started_at=rows[0][0], chunks=chunks)
 
 
 async def chunk_bodies(

@@ -200,8 +200,10 @@ class ReplayController(Controller):
         ] = None,
     ) -> Stream:
         output = _recording_format(request)
-        loaded = await service.load_session(state.engine, project.project_id, _session_id(session_id))
-        plan = service.plan_recording(loaded, _offset_ms("from", from_), to)
+        opened = await service.open_recording(
+            state.engine, project.project_id, _session_id(session_id), _offset_ms("from", from_), to
+        )
+        plan = opened.plan
         headers = {
             "X-Replay-Start-Offset-Ms": str(plan.start_offset_ms),
             "X-Replay-Chunk-Count": str(len(plan.chunks)),
@@ -212,7 +214,7 @@ class ReplayController(Controller):
             headers["X-Replay-First-Seq"] = str(plan.chunks[0].seq)
             headers["X-Replay-Last-Seq"] = str(plan.chunks[-1].seq)
         return Stream(
-            service.stream_recording(state.engine, project.project_id, session_id, plan, output),
+            service.stream_recording(state.engine, project.project_id, session_id, opened, output),
             media_type=output.value,
             headers=headers,
         )

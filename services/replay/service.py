@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import bisect
 import enum
 import logging
 import zlib
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -18,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from services.common.db import set_statement_timeout, transaction
 from services.common.errors import ApiError
 from services.replay import repository
-from services.replay.repository import ChunkBody, ChunkIndexRow, SessionFilters, SessionRow
+from services.replay.repository import ChunkBody, ChunkIndexRow, PlanChunk, RecordingIndex, SessionFilters, SessionRow
 from services.replay.schemas import ChunkEntry, PersonDeletion, SessionDetail, SessionPage, SessionSummary
 
 logger = logging.getLogger(__name__)
@@ -30,9 +31,10 @@ MAX_PAGE_SIZE = 200
 # its own short transaction: memory per stream stays bounded whatever the session's
 # length, and a slow client never holds a pooled connection (nor, through PgBouncer, a
 # server connection) while it downloads. The first batch is small so the first bytes
-# leave as soon as the first chunk (the full snapshot) is read.
+# leave as soon as the first chunk (the full snapshot) is read. Two batches at most are in
+# memory per stream (see stream_recording).
 FIRST_BATCH_BYTES = 64 * 1024
-BATCH_BYTES = 512 * 1024
+BATCH_BYTES = 1024 * 1024
 
 # NDJSON output is written to the socket in pieces of about this size: one write per
 # 3 kB chunk would spend more time in the server than in the data.
@@ -160,7 +162,7 @@ def session_detail(loaded: LoadedSession) -> SessionDetail:
 class RecordingPlan:
     """Which chunks a recording request streams, and in which read batches."""
 
-    chunks: list[ChunkIndexRow]
+    chunks: list[PlanChunk]
     batches: list[tuple[int, int]]  # (first seq, last seq), inclusive
     # Where the first streamed chunk begins, in ms from the session's start: a player that
     # asked for ``from`` skips (from - start_offset_ms) of replay after the snapshot.
@@ -168,8 +170,8 @@ class RecordingPlan:
 
 
 def window_chunks(
-    chunks: list[ChunkIndexRow], started_at: datetime, from_ms: int | None, to_ms: int | None
-) -> list[ChunkIndexRow]:
+    chunks: Sequence[PlanChunk], started_at: datetime, from_ms: int | None, to_ms: int | None
+) -> Sequence[PlanChunk]:
     """The chunks (seq order) a player needs to show [from, to] ms after the session's start.
 
     The window begins at the nearest chunk at or before ``from`` that holds a full
@@ -191,10 +193,9 @@ def window_chunks(
     last = len(chunks) - 1
     if to_ms is not None:
         end_at = started_at + timedelta(milliseconds=to_ms)
-        starts = [chunk.first_timestamp for chunk in chunks]
-        # Chunks are in seq order, which is time order for one tracker; bisect on the
-        # running maximum keeps this correct even if a clock stepped back.
-        last = max(bisect.bisect_right(_running_max(starts), end_at) - 1, first)
+        # Chunks are in seq order, which is time order for one tracker; bisecting the
+        # running maximum keeps this correct even if the browser's clock stepped back.
+        last = max(bisect.bisect_right(_running_max([c.first_timestamp for c in chunks]), end_at) - 1, first)
     return chunks[first : last + 1]
 
 
@@ -205,7 +206,7 @@ def _running_max(values: list[datetime]) -> list[datetime]:
     return result
 
 
-def plan_batches(chunks: list[ChunkIndexRow]) -> list[tuple[int, int]]:
+def plan_batches(chunks: Sequence[PlanChunk]) -> list[tuple[int, int]]:
     batches: list[tuple[int, int]] = []
     budget = FIRST_BATCH_BYTES
     batch_first: int | None = None
@@ -224,39 +225,85 @@ def plan_batches(chunks: list[ChunkIndexRow]) -> list[tuple[int, int]]:
     return batches
 
 
-def plan_recording(loaded: LoadedSession, from_ms: int | None, to_ms: int | None) -> RecordingPlan:
-    if from_ms is not None and to_ms is not None and to_ms < from_ms:
-        raise ApiError(422, "invalid_window", "'to' must not be before 'from'.", field="to")
-    chunks = window_chunks(loaded.chunks, loaded.session.started_at, from_ms, to_ms)
+def plan_recording(index: RecordingIndex, from_ms: int | None, to_ms: int | None) -> RecordingPlan:
+    chunks = list(window_chunks(index.chunks, index.started_at, from_ms, to_ms))
     start_offset_ms = 0
     if chunks:
-        offset = chunks[0].first_timestamp - loaded.session.started_at
+        offset = chunks[0].first_timestamp - index.started_at
         start_offset_ms = max(0, int(offset / timedelta(milliseconds=1)))
     return RecordingPlan(chunks=chunks, batches=plan_batches(chunks), start_offset_ms=start_offset_ms)
 
 
+@dataclass(frozen=True)
+class OpenedRecording:
+    plan: RecordingPlan
+    # The first batch, read together with the index: an unknown session is a 404 before
+    # any byte is sent, and the first bytes need no second checkout.
+    first_batch: list[ChunkBody]
+
+
+async def open_recording(
+    engine: AsyncEngine, project_id: int, session_id: str, from_ms: int | None, to_ms: int | None
+) -> OpenedRecording:
+    if from_ms is not None and to_ms is not None and to_ms < from_ms:
+        raise ApiError(422, "invalid_window", "'to' must not be before 'from'.", field="to")
+    async with engine.connect() as connection:
+        index = await repository.recording_index(connection, project_id, session_id)
+        if index is None:
+            raise _not_found(session_id)
+        plan = plan_recording(index, from_ms, to_ms)
+        first_batch = (
+            await repository.chunk_bodies(connection, project_id, session_id, *plan.batches[0]) if plan.batches else []
+        )
+    return OpenedRecording(plan=plan, first_batch=first_batch)
+
+
+async def _read_batch(engine: AsyncEngine, project_id: int, session_id: str, batch: tuple[int, int]) -> list[ChunkBody]:
+    async with engine.connect() as connection:
+        return await repository.chunk_bodies(connection, project_id, session_id, *batch)
+
+
 async def stream_recording(
-    engine: AsyncEngine, project_id: int, session_id: str, plan: RecordingPlan, output: RecordingFormat
+    engine: AsyncEngine, project_id: int, session_id: str, opened: OpenedRecording, output: RecordingFormat
 ) -> AsyncIterator[bytes]:
-    """Yields the recording batch by batch; never more than one batch of chunks in memory."""
+    """Yields the recording batch by batch.
+
+    The next batch is read while the current one is written to the client, so database
+    latency overlaps the network; at most two batches are in memory, whatever the
+    session's length.
+    """
+    later_batches = opened.plan.batches[1:]
+    bodies = opened.first_batch
+    next_read: asyncio.Task[list[ChunkBody]] | None = None
+    try:
+        for position in range(len(later_batches) + 1):
+            if position < len(later_batches):
+                next_read = asyncio.create_task(_read_batch(engine, project_id, session_id, later_batches[position]))
+            for piece in _encode(bodies, output):
+                yield piece
+            if next_read is None:
+                break
+            bodies, next_read = await next_read, None
+    finally:
+        # The client went away mid-stream: do not leave a read running on its behalf.
+        if next_read is not None:
+            next_read.cancel()
+
+
+def _encode(bodies: list[ChunkBody], output: RecordingFormat) -> Iterator[bytes]:
+    if output is RecordingFormat.CHUNK_FRAMES:
+        yield b"".join(piece for body in bodies for piece in _frame(body))
+        return
     pending = bytearray()
-    for first_seq, last_seq in plan.batches:
-        async with engine.connect() as connection:
-            bodies = await repository.chunk_bodies(connection, project_id, session_id, first_seq, last_seq)
-        if output is RecordingFormat.CHUNK_FRAMES:
-            yield b"".join(piece for body in bodies for piece in _frame(body))
-            continue
-        for body in bodies:
-            for piece in ndjson_line(body):
-                pending += piece
-                if len(pending) >= NDJSON_WRITE_BYTES:
-                    yield bytes(pending)
-                    pending.clear()
-        # Flush at the end of every batch, so the first batch's lines leave before the
-        # second batch is read.
-        if pending:
-            yield bytes(pending)
-            pending.clear()
+    for body in bodies:
+        for piece in ndjson_line(body):
+            pending += piece
+            if len(pending) >= NDJSON_WRITE_BYTES:
+                yield bytes(pending)
+                pending.clear()
+    # Every batch ends with a flush, so its lines leave before the next batch is awaited.
+    if pending:
+        yield bytes(pending)
 
 
 def _frame(body: ChunkBody) -> Iterator[bytes]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -12,8 +13,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.replay import service
-from services.replay.repository import ChunkBody
-from tests.harness import DatabaseHarness
+from services.replay.repository import ChunkBody, PlanChunk
 from tests.replay.conftest import Chunk, StoredSession, StoreSession
 
 FRAMES = "application/vnd.sightline.replay-chunks"
@@ -199,41 +199,35 @@ def test_a_body_of_several_gzip_members_is_read_whole() -> None:
 
 
 def test_batches_are_bounded_by_bytes_and_the_first_is_small() -> None:
-    from datetime import UTC, datetime
-
-    from services.replay.repository import ChunkIndexRow
-
     now = datetime(2026, 1, 1, tzinfo=UTC)
     sizes = [50_000] + [3_000] * 359
-    chunks = [ChunkIndexRow(seq, now, now, 10, seq == 0, "gzip", size) for seq, size in enumerate(sizes)]
-    batches = service.plan_batches(chunks)
+    chunks = [PlanChunk(seq, now, seq == 0, size) for seq, size in enumerate(sizes)]
     # First 64 KiB (65,536 bytes): 50,000 + 5 × 3,000 = 65,000 fits, a sixth small chunk does
-    # not. Then 512 KiB (524,288 bytes): 174 × 3,000 = 522,000 fits, 175 do not.
-    assert batches == [(0, 5), (6, 179), (180, 353), (354, 359)]
+    # not. Then 1 MiB (1,048,576 bytes): 349 × 3,000 = 1,047,000 fits, 350 do not.
+    assert service.plan_batches(chunks) == [(0, 5), (6, 354), (355, 359)]
 
 
 async def test_first_bytes_leave_before_later_chunks_are_read(
-    db: DatabaseHarness, store: StoreSession, admin_engine: AsyncEngine, project: dict[str, Any], engine: AsyncEngine
+    store: StoreSession, admin_engine: AsyncEngine, project: dict[str, Any], engine: AsyncEngine
 ) -> None:
-    # 40 chunks of ~30 kB of incompressible-ish data: more than one read batch.
+    # 100 chunks of ~30 kB gzip each: several read batches.
     session = await store(
-        [Chunk(0, list(range(0, 4_000, 1)), full_snapshot=True)]
-        + [Chunk(seq, list(range(seq * 10_000, seq * 10_000 + 4_000, 1))) for seq in range(1, 40)],
+        [Chunk(0, list(range(4_000)), full_snapshot=True)]
+        + [Chunk(seq, list(range(seq * 10_000, seq * 10_000 + 4_000))) for seq in range(1, 100)],
         session_id="long",
     )
-    loaded = await service.load_session(engine, project["id"], "long")
-    plan = service.plan_recording(loaded, None, None)
-    assert len(plan.batches) > 1
-    stream = service.stream_recording(engine, project["id"], "long", plan, service.RecordingFormat.CHUNK_FRAMES)
+    opened = await service.open_recording(engine, project["id"], "long", None, None)
+    assert len(opened.plan.batches) >= 3
+    stream = service.stream_recording(engine, project["id"], "long", opened, service.RecordingFormat.CHUNK_FRAMES)
     first = await anext(stream)
-    # Chunks deleted after the first bytes were produced are missing from the rest of the
-    # stream: they had not been read yet.
+    # Chunks deleted once the first bytes are out are missing from the rest of the stream:
+    # they had not been read yet. (The batch after the first may already be read ahead.)
+    third_batch_start = opened.plan.batches[2][0]
     async with admin_engine.begin() as connection:
         await connection.execute(
-            text("DELETE FROM replay_chunks WHERE project_id = :p AND session_id = 'long' AND seq >= 20"),
-            {"p": project["id"]},
+            text("DELETE FROM replay_chunks WHERE project_id = :p AND session_id = 'long' AND seq >= :seq"),
+            {"p": project["id"], "seq": third_batch_start},
         )
     rest = b"".join([piece async for piece in stream])
-    seqs = [header["seq"] for header, _ in parse_frames(first + rest)]
-    assert seqs == list(range(20))
+    assert [header["seq"] for header, _ in parse_frames(first + rest)] == list(range(third_batch_start))
     assert parse_frames(first)[0][1] == session.chunks[0].data
