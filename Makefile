@@ -7,7 +7,7 @@ SIGHTLINE := $(BIN)/sightline
 
 .DEFAULT_GOAL := help
 
-.PHONY: help up down status test lint migrate install install-dev clean
+.PHONY: help up down status test lint migrate install install-dev clean bench-replay
 
 help: ## List the targets with one line each
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -47,6 +47,9 @@ lint: install-dev ## ruff and mypy --strict
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+
+bench-replay: install-dev ## Replay: first byte, throughput, worker memory for 30- vs 3-minute recordings (own throwaway stack)
+	$(BIN)/python -m services.replay.bench $(BENCH_ARGS)
 
 clean: down ## Stop everything and delete .data (the local database) and .venv
 	rm -rf .data $(VENV)

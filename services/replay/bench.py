@@ -1,10 +1,11 @@
 """`make bench-replay`: how fast a recording starts and streams, and the worker's memory.
 
 Starts its own throwaway Postgres + PgBouncer (free ports, a temporary directory) and the
-replay service under Granian, stores a 30-minute and a 3-minute session the way ingest
+replay service under Granian, stores a 3-, a 30- and a 120-minute session the way ingest
 does (a first chunk of 15-60 kB gzip with a full snapshot, then one ~3 kB gzip chunk every
 5 s), then fetches the recordings in both formats and reports time to first byte,
-throughput, and the Granian worker's peak RSS (psutil, sampled every 2 ms). Each session
+throughput, and the Granian worker's peak RSS (psutil, sampled every 2 ms), one client
+at a time and then 8 at once. Each session
 length gets a fresh server, warmed up identically, so the two peaks compare like for like.
 Everything it started is stopped and its directory removed, also on failure.
 
@@ -33,6 +34,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -54,6 +56,7 @@ FIRST_CHUNK_GZIP_BYTES = 40_000  # inside the seed's 15-60 kB range for a first 
 LATER_CHUNK_GZIP_BYTES = 3_000
 FRAMES = "application/vnd.sightline.replay-chunks"
 NDJSON = "application/x-ndjson"
+CONCURRENT_CLIENTS = 8
 
 WORDS = " ".join(
     [
@@ -379,6 +382,20 @@ def measure(port: int, secret_key: str, session_id: str, accept: str, runs: int)
     }
 
 
+def measure_concurrent(port: int, secret_key: str, session_id: str, clients: int, runs: int) -> dict[str, float]:
+    """``clients`` connections fetching the recording (frames) at once: aggregate throughput."""
+    started = time.perf_counter()
+    with ThreadPoolExecutor(clients) as pool:
+        results = list(pool.map(lambda _: measure(port, secret_key, session_id, FRAMES, runs), range(clients)))
+    elapsed = time.perf_counter() - started
+    return {
+        "clients": clients,
+        "fetchesPerClient": runs,
+        "aggregateMBps": round(sum(r["bodyBytes"] * runs for r in results) / 1e6 / elapsed, 1),
+        "firstByteMsMedianOfMedians": round(statistics.median(r["firstByteMsMedian"] for r in results), 2),
+    }
+
+
 def health_latency_ms(port: int, runs: int) -> float:
     """Median round trip of GET /health/live: this machine's floor for any request, in the same run."""
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
@@ -409,7 +426,8 @@ def run(runs: int, seed: int) -> dict[str, Any]:
                 admin.create_project(db.admin, name="bench", domains=["shop.example"], timezone="UTC")
             )
             rng = random.Random(seed)
-            sessions = {"3min": 3, "30min": 30}
+            # 120 minutes as well: beyond the read batch size, memory must stay flat.
+            sessions = {"3min": 3, "30min": 30, "120min": 120}
             for name, minutes in sessions.items():
                 chunks = generate_session(rng, f"bench-{name}", minutes, str(project["publicKey"]))
                 asyncio.run(store_session(db.admin, int(str(project["id"])), f"bench-{name}", chunks))
@@ -430,13 +448,17 @@ def run(runs: int, seed: int) -> dict[str, Any]:
                     with PeakRss(worker) as peak:
                         frames = measure(port, secret, f"bench-{name}", FRAMES, runs)
                         ndjson = measure(port, secret, f"bench-{name}", NDJSON, runs)
+                    with PeakRss(worker) as concurrent_peak:
+                        concurrent = measure_concurrent(port, secret, f"bench-{name}", CONCURRENT_CLIENTS, 5)
                     results["sessions"][name].update(
                         {
                             "healthLiveMsMedian": health_ms,
                             "frames": frames,
                             "ndjson": ndjson,
+                            "concurrentFrames": concurrent,
                             "workerRssBaselineMiB": round(baseline / 2**20, 1),
                             "workerRssPeakMiB": round(peak.peak / 2**20, 1),
+                            "workerRssPeakConcurrentMiB": round(concurrent_peak.peak / 2**20, 1),
                         }
                     )
     finally:
@@ -461,6 +483,18 @@ def markdown(results: dict[str, Any]) -> str:
                 f" | {session['workerRssBaselineMiB']} → {session['workerRssPeakMiB']} MiB"
                 f" | {session['healthLiveMsMedian']} ms |"
             )
+    lines += [
+        "",
+        f"| session | {CONCURRENT_CLIENTS} clients at once (frames): aggregate throughput | their median first byte"
+        " | worker RSS peak |",
+        "| --- | --- | --- | --- |",
+    ]
+    for name, session in results["sessions"].items():
+        concurrent = session["concurrentFrames"]
+        lines.append(
+            f"| {name} | {concurrent['aggregateMBps']} MB/s | {concurrent['firstByteMsMedianOfMedians']} ms"
+            f" | {session['workerRssPeakConcurrentMiB']} MiB |"
+        )
     return "\n".join(lines)
 
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import NamedTuple
 
-from sqlalchemy import delete, exists, func, literal, or_, select, tuple_, union
+from sqlalchemy import BigInteger, Text, bindparam, delete, exists, func, literal, or_, select, text, tuple_, union
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.common.models import Event, ReplayChunk, ReplaySession
@@ -59,19 +59,18 @@ class ChunkIndexRow:
     byte_size: int
 
 
-class PlanChunk(NamedTuple):
-    """What planning a recording needs of each chunk; a tuple, since a session has hundreds."""
-
-    seq: int
-    first_timestamp: datetime
-    has_full_snapshot: bool
-    byte_size: int
+class ReadBatch(NamedTuple):
+    first_seq: int
+    last_seq: int
+    chunk_count: int
 
 
 @dataclass(frozen=True)
-class RecordingIndex:
+class RecordingWindow:
     started_at: datetime
-    chunks: list[PlanChunk]
+    # When the first chunk of the window begins; None if the session has no chunks.
+    window_start: datetime | None
+    batches: list[ReadBatch]
 
 
 @dataclass(frozen=True)
@@ -181,29 +180,92 @@ async def chunk_index(connection: AsyncConnection, project_id: int, session_id: 
     return [ChunkIndexRow(**row._mapping) for row in result]
 
 
-async def recording_index(connection: AsyncConnection, project_id: int, session_id: str) -> RecordingIndex | None:
-    """The session's start and its chunks' plan columns in seq order, in one round trip; None if unknown."""
+# The window and its read batches are worked out in Postgres, so that opening a recording
+# returns a few rows per megabyte instead of one per chunk: its cost and memory do not grow
+# with the session's length. The rules (service.py explains why):
+# - the window starts at the last chunk with a full snapshot that begins at or before
+#   `from`; failing that, at the first chunk with one; failing that, at the first chunk;
+# - it ends just before the first later chunk that begins after `to` (all chunks if no `to`);
+# - a chunk goes into the batch where its first byte falls, counting from the window's
+#   start: the first batch holds the first `first_batch_bytes`, each later one
+#   `batch_bytes`, so a batch overshoots its budget by at most one chunk.
+_RECORDING_WINDOW = text(
+    """
+    WITH session AS (
+        SELECT started_at FROM replay_sessions WHERE project_id = :project_id AND session_id = :session_id
+    ),
+    chunks AS (
+        SELECT seq, first_timestamp, has_full_snapshot, byte_size FROM replay_chunks
+        WHERE project_id = :project_id AND session_id = :session_id
+    ),
+    first_chunk AS (
+        SELECT COALESCE(
+            (SELECT max(seq) FROM chunks WHERE has_full_snapshot
+                AND first_timestamp <= (SELECT started_at FROM session) + :from_ms * interval '1 millisecond'),
+            (SELECT min(seq) FROM chunks WHERE has_full_snapshot),
+            (SELECT min(seq) FROM chunks)
+        ) AS seq
+    ),
+    last_chunk AS (
+        SELECT COALESCE(
+            (SELECT min(seq) - 1 FROM chunks WHERE seq > (SELECT seq FROM first_chunk)
+                AND first_timestamp > (SELECT started_at FROM session) + :to_ms * interval '1 millisecond'),
+            (SELECT max(seq) FROM chunks)
+        ) AS seq
+    ),
+    window_chunks AS (
+        SELECT seq, sum(byte_size) OVER (ORDER BY seq) - byte_size AS bytes_before
+        FROM chunks WHERE seq BETWEEN (SELECT seq FROM first_chunk) AND (SELECT seq FROM last_chunk)
+    ),
+    batches AS (
+        SELECT min(seq) AS first_seq, max(seq) AS last_seq, count(*) AS chunk_count
+        FROM window_chunks
+        GROUP BY CASE WHEN bytes_before < :first_batch_bytes THEN 0
+                      ELSE 1 + (bytes_before - :first_batch_bytes) / :batch_bytes END
+    )
+    SELECT session.started_at,
+           (SELECT first_timestamp FROM chunks WHERE seq = (SELECT seq FROM first_chunk)) AS window_start,
+           batches.first_seq, batches.last_seq, batches.chunk_count
+    FROM session LEFT JOIN batches ON true
+    ORDER BY batches.first_seq
+    """
+).bindparams(
+    bindparam("project_id", type_=BigInteger),
+    bindparam("session_id", type_=Text),
+    bindparam("from_ms", type_=BigInteger),
+    bindparam("to_ms", type_=BigInteger),
+    bindparam("first_batch_bytes", type_=BigInteger),
+    bindparam("batch_bytes", type_=BigInteger),
+)
+
+
+async def recording_window(
+    connection: AsyncConnection,
+    project_id: int,
+    session_id: str,
+    *,
+    from_ms: int,
+    to_ms: int | None,
+    first_batch_bytes: int,
+    batch_bytes: int,
+) -> RecordingWindow | None:
+    """The session's start and the read batches of the window [from, to]; None if no such session."""
     result = await connection.execute(
-        select(
-            ReplaySession.started_at,
-            ReplayChunk.seq,
-            ReplayChunk.first_timestamp,
-            ReplayChunk.has_full_snapshot,
-            ReplayChunk.byte_size,
-        )
-        .select_from(ReplaySession)
-        .outerjoin(
-            ReplayChunk,
-            (ReplayChunk.project_id == ReplaySession.project_id) & (ReplayChunk.session_id == ReplaySession.session_id),
-        )
-        .where(ReplaySession.project_id == project_id, ReplaySession.session_id == session_id)
-        .order_by(ReplayChunk.seq)
+        _RECORDING_WINDOW,
+        {
+            "project_id": project_id,
+            "session_id": session_id,
+            "from_ms": from_ms,
+            "to_ms": to_ms,
+            "first_batch_bytes": first_batch_bytes,
+            "batch_bytes": batch_bytes,
+        },
     )
     rows = result.all()
     if not rows:
         return None
-    chunks = [PlanChunk(row[1], row[2], row[3], row[4]) for row in rows if row[1] is not None]
-    return RecordingIndex(started_at=rows[0][0], chunks=chunks)
+    batches = [ReadBatch(row.first_seq, row.last_seq, row.chunk_count) for row in rows if row.first_seq is not None]
+    return RecordingWindow(started_at=rows[0].started_at, window_start=rows[0].window_start, batches=batches)
 
 
 async def chunk_bodies(

@@ -206,13 +206,13 @@ class ReplayController(Controller):
         plan = opened.plan
         headers = {
             "X-Replay-Start-Offset-Ms": str(plan.start_offset_ms),
-            "X-Replay-Chunk-Count": str(len(plan.chunks)),
+            "X-Replay-Chunk-Count": str(plan.chunk_count),
             "Vary": "Accept",
             "Cache-Control": "private, no-store",
         }
-        if plan.chunks:
-            headers["X-Replay-First-Seq"] = str(plan.chunks[0].seq)
-            headers["X-Replay-Last-Seq"] = str(plan.chunks[-1].seq)
+        if plan.batches:
+            headers["X-Replay-First-Seq"] = str(plan.batches[0].first_seq)
+            headers["X-Replay-Last-Seq"] = str(plan.batches[-1].last_seq)
         return Stream(
             service.stream_recording(state.engine, project.project_id, session_id, opened, output),
             media_type=output.value,

@@ -5,11 +5,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import bisect
 import enum
 import logging
 import zlib
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -19,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from services.common.db import set_statement_timeout, transaction
 from services.common.errors import ApiError
 from services.replay import repository
-from services.replay.repository import ChunkBody, ChunkIndexRow, PlanChunk, RecordingIndex, SessionFilters, SessionRow
+from services.replay.repository import ChunkBody, ChunkIndexRow, ReadBatch, SessionFilters, SessionRow
 from services.replay.schemas import ChunkEntry, PersonDeletion, SessionDetail, SessionPage, SessionSummary
 
 logger = logging.getLogger(__name__)
@@ -34,7 +33,7 @@ MAX_PAGE_SIZE = 200
 # leave as soon as the first chunk (the full snapshot) is read. Two batches at most are in
 # memory per stream (see stream_recording).
 FIRST_BATCH_BYTES = 64 * 1024
-BATCH_BYTES = 1024 * 1024
+BATCH_BYTES = 256 * 1024
 
 # NDJSON output is written to the socket in pieces of about this size: one write per
 # 3 kB chunk would spend more time in the server than in the data.
@@ -160,107 +159,66 @@ def session_detail(loaded: LoadedSession) -> SessionDetail:
 
 @dataclass(frozen=True)
 class RecordingPlan:
-    """Which chunks a recording request streams, and in which read batches."""
+    """Which chunks a recording request streams, as read batches (a few per megabyte)."""
 
-    chunks: list[PlanChunk]
-    batches: list[tuple[int, int]]  # (first seq, last seq), inclusive
+    batches: list[ReadBatch]
     # Where the first streamed chunk begins, in ms from the session's start: a player that
     # asked for ``from`` skips (from - start_offset_ms) of replay after the snapshot.
     start_offset_ms: int
 
-
-def window_chunks(
-    chunks: Sequence[PlanChunk], started_at: datetime, from_ms: int | None, to_ms: int | None
-) -> Sequence[PlanChunk]:
-    """The chunks (seq order) a player needs to show [from, to] ms after the session's start.
-
-    The window begins at the nearest chunk at or before ``from`` that holds a full
-    snapshot, since incremental events mean nothing without one; if no snapshot precedes
-    ``from``, at the first chunk with a snapshot; in a session without any, at the first
-    chunk. It ends with the last chunk that begins at or before ``to``.
-    """
-    if not chunks:
-        return []
-    start_at = started_at + timedelta(milliseconds=from_ms or 0)
-    snapshot_positions = [i for i, chunk in enumerate(chunks) if chunk.has_full_snapshot]
-    preceding = [i for i in snapshot_positions if chunks[i].first_timestamp <= start_at]
-    if preceding:
-        first = preceding[-1]
-    elif snapshot_positions:
-        first = snapshot_positions[0]
-    else:
-        first = 0
-    last = len(chunks) - 1
-    if to_ms is not None:
-        end_at = started_at + timedelta(milliseconds=to_ms)
-        # Chunks are in seq order, which is time order for one tracker; bisecting the
-        # running maximum keeps this correct even if the browser's clock stepped back.
-        last = max(bisect.bisect_right(_running_max([c.first_timestamp for c in chunks]), end_at) - 1, first)
-    return chunks[first : last + 1]
-
-
-def _running_max(values: list[datetime]) -> list[datetime]:
-    result: list[datetime] = []
-    for value in values:
-        result.append(value if not result or value > result[-1] else result[-1])
-    return result
-
-
-def plan_batches(chunks: Sequence[PlanChunk]) -> list[tuple[int, int]]:
-    batches: list[tuple[int, int]] = []
-    budget = FIRST_BATCH_BYTES
-    batch_first: int | None = None
-    batch_bytes = 0
-    previous_seq = -1
-    for chunk in chunks:
-        if batch_first is not None and batch_bytes + chunk.byte_size > budget:
-            batches.append((batch_first, previous_seq))
-            batch_first, batch_bytes, budget = None, 0, BATCH_BYTES
-        if batch_first is None:
-            batch_first = chunk.seq
-        batch_bytes += chunk.byte_size
-        previous_seq = chunk.seq
-    if batch_first is not None:
-        batches.append((batch_first, previous_seq))
-    return batches
-
-
-def plan_recording(index: RecordingIndex, from_ms: int | None, to_ms: int | None) -> RecordingPlan:
-    chunks = list(window_chunks(index.chunks, index.started_at, from_ms, to_ms))
-    start_offset_ms = 0
-    if chunks:
-        offset = chunks[0].first_timestamp - index.started_at
-        start_offset_ms = max(0, int(offset / timedelta(milliseconds=1)))
-    return RecordingPlan(chunks=chunks, batches=plan_batches(chunks), start_offset_ms=start_offset_ms)
+    @property
+    def chunk_count(self) -> int:
+        return sum(batch.chunk_count for batch in self.batches)
 
 
 @dataclass(frozen=True)
 class OpenedRecording:
     plan: RecordingPlan
-    # The first batch, read together with the index: an unknown session is a 404 before
-    # any byte is sent, and the first bytes need no second checkout.
+    # The first batch, read in the same checkout as the plan: an unknown session is a 404
+    # before any byte is sent, and the first bytes need no second checkout.
     first_batch: list[ChunkBody]
 
 
 async def open_recording(
     engine: AsyncEngine, project_id: int, session_id: str, from_ms: int | None, to_ms: int | None
 ) -> OpenedRecording:
+    """Plans the window [from, to] and reads its first batch.
+
+    The window begins at the nearest chunk at or before ``from`` that holds a full
+    snapshot, since incremental events mean nothing without one; if no snapshot precedes
+    ``from``, at the first chunk with a snapshot; in a session without any, at the first
+    chunk. It ends with the last chunk that begins at or before ``to``. The first read
+    batch is small so the first bytes (the snapshot) leave early; later ones are larger.
+    """
     if from_ms is not None and to_ms is not None and to_ms < from_ms:
         raise ApiError(422, "invalid_window", "'to' must not be before 'from'.", field="to")
     async with engine.connect() as connection:
-        index = await repository.recording_index(connection, project_id, session_id)
-        if index is None:
-            raise _not_found(session_id)
-        plan = plan_recording(index, from_ms, to_ms)
-        first_batch = (
-            await repository.chunk_bodies(connection, project_id, session_id, *plan.batches[0]) if plan.batches else []
+        window = await repository.recording_window(
+            connection,
+            project_id,
+            session_id,
+            from_ms=from_ms or 0,
+            to_ms=to_ms,
+            first_batch_bytes=FIRST_BATCH_BYTES,
+            batch_bytes=BATCH_BYTES,
         )
-    return OpenedRecording(plan=plan, first_batch=first_batch)
+        if window is None:
+            raise _not_found(session_id)
+        first_batch = []
+        if window.batches:
+            first = window.batches[0]
+            first_batch = await repository.chunk_bodies(
+                connection, project_id, session_id, first.first_seq, first.last_seq
+            )
+    start_offset_ms = 0
+    if window.window_start is not None:
+        start_offset_ms = max(0, int((window.window_start - window.started_at) / timedelta(milliseconds=1)))
+    return OpenedRecording(plan=RecordingPlan(window.batches, start_offset_ms), first_batch=first_batch)
 
 
-async def _read_batch(engine: AsyncEngine, project_id: int, session_id: str, batch: tuple[int, int]) -> list[ChunkBody]:
+async def _read_batch(engine: AsyncEngine, project_id: int, session_id: str, batch: ReadBatch) -> list[ChunkBody]:
     async with engine.connect() as connection:
-        return await repository.chunk_bodies(connection, project_id, session_id, *batch)
+        return await repository.chunk_bodies(connection, project_id, session_id, batch.first_seq, batch.last_seq)
 
 
 async def stream_recording(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import gzip
 import json
-from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -13,7 +12,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.replay import service
-from services.replay.repository import ChunkBody, PlanChunk
+from services.replay.repository import ChunkBody
 from tests.replay.conftest import Chunk, StoredSession, StoreSession
 
 FRAMES = "application/vnd.sightline.replay-chunks"
@@ -198,13 +197,37 @@ def test_a_body_of_several_gzip_members_is_read_whole() -> None:
     assert b"".join(service.ndjson_line(ChunkBody(0, "gzip", data))) == b'{"seq": 0, "events": []}\n'
 
 
-def test_batches_are_bounded_by_bytes_and_the_first_is_small() -> None:
-    now = datetime(2026, 1, 1, tzinfo=UTC)
-    sizes = [50_000] + [3_000] * 359
-    chunks = [PlanChunk(seq, now, seq == 0, size) for seq, size in enumerate(sizes)]
-    # First 64 KiB (65,536 bytes): 50,000 + 5 × 3,000 = 65,000 fits, a sixth small chunk does
-    # not. Then 1 MiB (1,048,576 bytes): 349 × 3,000 = 1,047,000 fits, 350 do not.
-    assert service.plan_batches(chunks) == [(0, 5), (6, 354), (355, 359)]
+async def test_read_batches_are_bounded_by_bytes_and_the_first_is_small(
+    store: StoreSession, admin_engine: AsyncEngine, project: dict[str, Any], engine: AsyncEngine
+) -> None:
+    await store([Chunk(0, [0], full_snapshot=True)] + [Chunk(seq, [seq * 5_000]) for seq in range(1, 360)])
+    session_id = "sizes"
+    async with admin_engine.begin() as connection:
+        await connection.execute(
+            text(
+                "UPDATE replay_chunks SET session_id = :s, byte_size = CASE WHEN seq = 0 THEN 50000 ELSE 3000 END"
+                " WHERE project_id = :p"
+            ),
+            {"s": session_id, "p": project["id"]},
+        )
+        await connection.execute(
+            text("UPDATE replay_sessions SET session_id = :s WHERE project_id = :p"),
+            {"s": session_id, "p": project["id"]},
+        )
+    opened = await service.open_recording(engine, project["id"], session_id, None, None)
+    # A chunk joins the batch where its first byte falls. Chunk i >= 1 starts at
+    # 50,000 + 3,000 (i - 1). First batch: starts below 64 KiB (65,536), i <= 6. Then
+    # 256 KiB (262,144) each: starts below 327,680 (i <= 93), 589,824 (i <= 180),
+    # 851,968 (i <= 268), 1,114,112 (i <= 355), and the rest.
+    assert [(b.first_seq, b.last_seq, b.chunk_count) for b in opened.plan.batches] == [
+        (0, 6, 7),
+        (7, 93, 87),
+        (94, 180, 87),
+        (181, 268, 88),
+        (269, 355, 87),
+        (356, 359, 4),
+    ]
+    assert [body.seq for body in opened.first_batch] == list(range(7))
 
 
 async def test_first_bytes_leave_before_later_chunks_are_read(
@@ -222,7 +245,7 @@ async def test_first_bytes_leave_before_later_chunks_are_read(
     first = await anext(stream)
     # Chunks deleted once the first bytes are out are missing from the rest of the stream:
     # they had not been read yet. (The batch after the first may already be read ahead.)
-    third_batch_start = opened.plan.batches[2][0]
+    third_batch_start = opened.plan.batches[2].first_seq
     async with admin_engine.begin() as connection:
         await connection.execute(
             text("DELETE FROM replay_chunks WHERE project_id = :p AND session_id = 'long' AND seq >= :seq"),
@@ -231,3 +254,23 @@ async def test_first_bytes_leave_before_later_chunks_are_read(
     rest = b"".join([piece async for piece in stream])
     assert [header["seq"] for header, _ in parse_frames(first + rest)] == list(range(third_batch_start))
     assert parse_frames(first)[0][1] == session.chunks[0].data
+
+
+async def test_a_session_without_chunks_streams_nothing(
+    client: AsyncTestClient[Any], admin_engine: AsyncEngine, project: dict[str, Any]
+) -> None:
+    # Ingest writes the session row with its first chunk, but a retention or GDPR run
+    # could race with it; an empty recording is then the honest answer.
+    async with admin_engine.begin() as connection:
+        await connection.execute(
+            text(
+                "INSERT INTO replay_sessions (project_id, session_id, distinct_id, started_at, ended_at)"
+                " VALUES (:p, 'empty', 'v', now(), now())"
+            ),
+            {"p": project["id"]},
+        )
+    for accept in ("application/x-ndjson", FRAMES):
+        response = await client.get("/v1/sessions/empty/recording", headers={"Accept": accept})
+        assert (response.status_code, response.content) == (200, b"")
+        assert response.headers["x-replay-chunk-count"] == "0"
+        assert "x-replay-first-seq" not in response.headers
