@@ -69,7 +69,8 @@ def _session_id(session_id: FromPath[str]) -> str:
 def _offset_ms(field: str, value: str | None) -> int | None:
     if value is None:
         return None
-    if not value.isascii() or not value.isdigit() or int(value) > MAX_OFFSET_MS:
+    # The length check comes first: int() refuses (with an error) strings over 4300 digits.
+    if len(value) > 15 or not value.isascii() or not value.isdigit() or int(value) > MAX_OFFSET_MS:
         raise ApiError(
             422, "invalid_window", f"'{field}' must be a whole number of ms from 0 to {MAX_OFFSET_MS}.", field=field
         )
@@ -83,10 +84,18 @@ def _datetime(field: str, value: str | None) -> datetime | None:
         return None
     try:
         parsed = datetime.fromisoformat(value)
-    except ValueError as exc:
+        # Without an offset, UTC: the zone every timestamp is stored in. Converting now
+        # also refuses instants at the very edge of datetime's range (year 1 at +14:00).
+        return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+    except (ValueError, OverflowError) as exc:
         raise ApiError(422, "invalid_date", f"{field} must be an ISO 8601 date or date-time.", field=field) from exc
-    # Without an offset, UTC: the zone every timestamp is stored in.
-    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed
+
+
+def _text(field: str, value: str | None) -> str | None:
+    # Postgres refuses NUL in text; refused here, it is the client's 422, not our 500.
+    if value is not None and "\x00" in value:
+        raise ApiError(422, "invalid_request", f"{field} must not contain NUL characters.", field=field)
+    return value
 
 
 def _recording_format(request: Request[Any, Any, Any]) -> service.RecordingFormat:
@@ -145,11 +154,11 @@ class ReplayController(Controller):
             started_from=_datetime("dateFrom", dateFrom),
             started_before=_datetime("dateTo", dateTo),
             min_duration_ms=minDurationMs,
-            distinct_id=distinctId,
-            url_contains=urlContains,
+            distinct_id=_text("distinctId", distinctId),
+            url_contains=_text("urlContains", urlContains),
             country=country,
-            browser=browser,
-            device_type=device,
+            browser=_text("browser", browser),
+            device_type=_text("device", device),
         )
         return await service.list_sessions(
             state.engine,

@@ -10,7 +10,7 @@ import logging
 import zlib
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 import msgspec
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -68,9 +68,12 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
         started_at, session_id = msgspec.json.decode(raw, type=tuple[datetime, str])
     except (binascii.Error, ValueError, msgspec.DecodeError) as exc:
         raise ApiError(422, "invalid_cursor", "The cursor is not one this API returned.", field="cursor") from exc
-    if started_at.tzinfo is None:
-        raise ApiError(422, "invalid_cursor", "The cursor is not one this API returned.", field="cursor")
-    return started_at, session_id
+    try:
+        if started_at.tzinfo is None:
+            raise ValueError("naive")
+        return started_at.astimezone(UTC), session_id
+    except (ValueError, OverflowError) as exc:
+        raise ApiError(422, "invalid_cursor", "The cursor is not one this API returned.", field="cursor") from exc
 
 
 def _summary(row: SessionRow) -> SessionSummary:

@@ -116,6 +116,9 @@ async def test_seeking_before_the_first_snapshot_starts_at_the_first_snapshot(
         ("from=abc", "from"),
         ("from=1.5", "from"),
         ("from=99999999999999999999", "from"),
+        ("from=" + "9" * 5000, "from"),
+        ("from=%C2%B2", "from"),  # a superscript two: a digit to str.isdigit, not to us
+        ("to=" + "9" * 5000, "to"),
         ("to=-5", "to"),
         ("to=x", "to"),
         ("from=20000&to=10000", "to"),

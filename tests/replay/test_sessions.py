@@ -205,6 +205,15 @@ async def test_last_page_has_no_cursor_when_it_is_exactly_full(
         ({"dateFrom": "yesterday"}, "dateFrom"),
         ({"minDurationMs": -1}, "minDurationMs"),
         ({"country": "DEU"}, "country"),
+        ({"dateFrom": "0001-01-01T00:00:00+14:00"}, "dateFrom"),
+        ({"dateTo": "2026-13-01"}, "dateTo"),
+        ({"urlContains": "a\x00b"}, "urlContains"),
+        ({"distinctId": "\x00"}, "distinctId"),
+        ({"browser": "x\x00"}, "browser"),
+        ({"device": "\x00"}, "device"),
+        # base64 of ["0001-01-01T00:00:00+14:00","s"]: well-formed, but outside what UTC can hold
+        ({"cursor": "WyIwMDAxLTAxLTAxVDAwOjAwOjAwKzE0OjAwIiwicyJd"}, "cursor"),
+        ({"cursor": "WyIyMDI2LTAxLTAxVDAwOjAwOjAwIiwicyJd"}, "cursor"),  # a date-time without offset
     ],
 )
 async def test_malformed_list_parameters_answer_422(
