@@ -418,6 +418,8 @@ def run(runs: int, seed: int) -> dict[str, Any]:
         "machine": f"{platform.node()}: {psutil.cpu_count()} CPUs, {psutil.virtual_memory().total / 2**30:.1f} GiB,"
         f" Python {platform.python_version()}, {platform.platform()}",
         "runsPerFigure": runs,
+        # Other work on the machine skews every figure; the load average says how much.
+        "loadAverageAtStart": [round(value, 2) for value in os.getloadavg()],
         "sessions": {},
     }
     try:
@@ -507,6 +509,7 @@ def main() -> None:
     results = run(arguments.runs, arguments.seed)
     results["command"] = " ".join(["python -m services.replay.bench", *sys.argv[1:]])
     results["finishedAt"] = datetime.now(UTC).isoformat(timespec="seconds")
+    results["loadAverageAtEnd"] = [round(value, 2) for value in os.getloadavg()]
     if arguments.output:
         arguments.output.write_text(json.dumps(results, indent=2) + "\n")
     print(json.dumps({key: value for key, value in results.items() if key != "sessions"}, indent=2))
