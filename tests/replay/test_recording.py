@@ -195,6 +195,14 @@ async def test_ndjson_keeps_one_chunk_per_line_even_if_the_body_has_line_breaks(
     assert json.loads(lines[1]) == pretty
 
 
+def test_a_body_larger_than_one_inflate_step_is_decompressed_whole_and_in_steps() -> None:
+    body = json.dumps({"seq": 0, "events": [{"type": 3, "data": {"x": i}, "timestamp": i} for i in range(60_000)]})
+    assert len(body) > 3 * service.INFLATE_STEP_BYTES
+    pieces = list(service.ndjson_line(ChunkBody(0, "gzip", gzip.compress(body.encode()))))
+    assert b"".join(pieces) == body.encode() + b"\n"
+    assert max(len(piece) for piece in pieces) <= service.INFLATE_STEP_BYTES
+
+
 def test_a_body_of_several_gzip_members_is_read_whole() -> None:
     data = gzip.compress(b'{"seq": 0, ') + gzip.compress(b'"events": []}')
     assert b"".join(service.ndjson_line(ChunkBody(0, "gzip", data))) == b'{"seq": 0, "events": []}\n'
