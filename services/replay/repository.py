@@ -268,21 +268,32 @@ async def recording_window(
     return RecordingWindow(started_at=rows[0].started_at, window_start=rows[0].window_start, batches=batches)
 
 
+_CHUNK_BODIES = (
+    "SELECT seq, content_encoding, data FROM replay_chunks"
+    " WHERE project_id = $1 AND session_id = $2 AND seq BETWEEN $3 AND $4 ORDER BY seq"
+)
+
+
 async def chunk_bodies(
     connection: AsyncConnection, project_id: int, session_id: str, first_seq: int, last_seq: int
 ) -> list[ChunkBody]:
-    """The stored bytes of chunks first_seq..last_seq, in seq order (a range of the primary key)."""
-    result = await connection.execute(
-        select(ReplayChunk.seq, ReplayChunk.content_encoding, ReplayChunk.data)
-        .where(
-            ReplayChunk.project_id == project_id,
-            ReplayChunk.session_id == session_id,
-            ReplayChunk.seq >= first_seq,
-            ReplayChunk.seq <= last_seq,
-        )
-        .order_by(ReplayChunk.seq)
-    )
-    return [ChunkBody(seq=row.seq, content_encoding=row.content_encoding, data=row.data) for row in result]
+    """The stored bytes of chunks first_seq..last_seq, in seq order (a range of the primary key).
+
+    Straight through asyncpg: this is where a recording's bytes come from, and SQLAlchemy's
+    adapter (greenlet hops, row objects) cost 2.5 times the CPU for the same rows, measured
+    on a 120-minute session (80 vs 32 ms per 4.6 MB).
+    """
+    driver = (await connection.get_raw_connection()).driver_connection
+    if driver is None:
+        raise RuntimeError("the pooled connection has no asyncpg connection")
+    if driver.is_in_transaction():
+        rows = await driver.fetch(_CHUNK_BODIES, project_id, session_id, first_seq, last_seq)
+    else:
+        # Inside a transaction, so PgBouncer keeps the unnamed statement's prepare and
+        # execute on one server connection (see services/common/db.py).
+        async with driver.transaction(readonly=True):
+            rows = await driver.fetch(_CHUNK_BODIES, project_id, session_id, first_seq, last_seq)
+    return [ChunkBody(seq=row[0], content_encoding=row[1], data=row[2]) for row in rows]
 
 
 async def delete_person(connection: AsyncConnection, project_id: int, distinct_id: str) -> PersonDeletionCounts:
