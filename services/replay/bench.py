@@ -382,6 +382,24 @@ def measure(port: int, secret_key: str, session_id: str, accept: str, runs: int)
     }
 
 
+def measure_with_cpu(
+    worker: psutil.Process, port: int, secret_key: str, session_id: str, accept: str, runs: int
+) -> dict[str, float]:
+    """``measure``, plus the worker's own CPU time per fetch.
+
+    On a shared machine wall-clock figures mostly measure the neighbours; CPU seconds the
+    worker spent per recording do not, and bytes per CPU second is what one dedicated core
+    would stream (Postgres and PgBouncer, also on this machine, are not counted).
+    """
+    before = worker.cpu_times()
+    figures = measure(port, secret_key, session_id, accept, runs)
+    after = worker.cpu_times()
+    cpu_s = (after.user - before.user + after.system - before.system) / runs
+    figures["workerCpuMsPerFetch"] = round(cpu_s * 1000, 2)
+    figures["MBPerWorkerCpuSecond"] = round(figures["bodyBytes"] / 1e6 / cpu_s, 1) if cpu_s > 0 else float("nan")
+    return figures
+
+
 def measure_concurrent(port: int, secret_key: str, session_id: str, clients: int, runs: int) -> dict[str, float]:
     """``clients`` connections fetching the recording (frames) at once: aggregate throughput."""
     started = time.perf_counter()
@@ -448,8 +466,8 @@ def run(runs: int, seed: int) -> dict[str, Any]:
                     health_ms = health_latency_ms(port, runs)
                     baseline = worker.memory_info().rss
                     with PeakRss(worker) as peak:
-                        frames = measure(port, secret, f"bench-{name}", FRAMES, runs)
-                        ndjson = measure(port, secret, f"bench-{name}", NDJSON, runs)
+                        frames = measure_with_cpu(worker, port, secret, f"bench-{name}", FRAMES, runs)
+                        ndjson = measure_with_cpu(worker, port, secret, f"bench-{name}", NDJSON, runs)
                     with PeakRss(worker) as concurrent_peak:
                         concurrent = measure_concurrent(port, secret, f"bench-{name}", CONCURRENT_CLIENTS, 5)
                     results["sessions"][name].update(
@@ -471,8 +489,9 @@ def run(runs: int, seed: int) -> dict[str, Any]:
 def markdown(results: dict[str, Any]) -> str:
     lines = [
         "| session | chunks | stored (gzip) | format | body bytes | first byte median / max | total median"
-        " | throughput | worker RSS baseline → peak | GET /health/live median |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        " | throughput | worker CPU per fetch | MB per worker CPU second | worker RSS baseline → peak"
+        " | GET /health/live median |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for name, session in results["sessions"].items():
         for fmt in ("frames", "ndjson"):
@@ -482,6 +501,7 @@ def markdown(results: dict[str, Any]) -> str:
                 f" | {figures['bodyBytes'] / 1e6:.2f} MB"
                 f" | {figures['firstByteMsMedian']} / {figures['firstByteMsMax']} ms"
                 f" | {figures['totalMsMedian']} ms | {figures['throughputMBps']} MB/s"
+                f" | {figures['workerCpuMsPerFetch']} ms | {figures['MBPerWorkerCpuSecond']}"
                 f" | {session['workerRssBaselineMiB']} → {session['workerRssPeakMiB']} MiB"
                 f" | {session['healthLiveMsMedian']} ms |"
             )
