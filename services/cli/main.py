@@ -104,7 +104,7 @@ def migrate(revision: str) -> None:
 
 @cli.group()
 def project() -> None:
-    """Create and list projects."""
+    """Create, list and configure projects."""
 
 
 @project.command("create")
