@@ -9,6 +9,8 @@ import pytest
 from litestar.testing import AsyncTestClient
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from services.replay.app import create_app
+from tests.harness import DatabaseHarness
 from tests.replay.conftest import T0, Chunk, StoreSession, auth, insert_event, insert_session
 
 
@@ -290,9 +292,7 @@ async def test_unknown_session_is_404_and_malformed_id_is_422(client: AsyncTestC
     "headers",
     [{}, {"Authorization": "Bearer sk_wrong"}, {"Authorization": "Basic abc"}, {"Authorization": "Bearer pk_x"}],
 )
-async def test_missing_or_wrong_key_is_401(db: Any, headers: dict[str, str]) -> None:
-    from services.replay.app import create_app
-
+async def test_missing_or_wrong_key_is_401(db: DatabaseHarness, headers: dict[str, str]) -> None:
     async with AsyncTestClient(create_app(db.database)) as anonymous:
         for path in ("/v1/sessions", "/v1/sessions/abc", "/v1/sessions/abc/recording"):
             response = await anonymous.get(path, headers=headers)
