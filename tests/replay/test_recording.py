@@ -135,7 +135,7 @@ async def test_malformed_window_is_422(
 
 async def test_unknown_session_is_404_and_malformed_id_is_422(client: AsyncTestClient[Any]) -> None:
     assert (await client.get("/v1/sessions/nope/recording")).status_code == 404
-    response = await client.get("/v1/sessions/bad%20id/recording")
+    response = await client.get("/v1/sessions/" + "x" * 201 + "/recording")
     assert response.status_code == 422
     assert response.json()["error"]["field"] == "id"
 
