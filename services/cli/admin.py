@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 
 from alembic.config import Config
@@ -15,10 +15,6 @@ from services.common.keys import generate_project_keys
 from services.common.settings import AdminDatabaseSettings
 
 ALEMBIC_INI = Path(__file__).resolve().parents[2] / "alembic.ini"
-
-# Partitions are made for days an event may still arrive for, and for the week ahead.
-PARTITION_DAYS_BEHIND = 8
-PARTITION_DAYS_AHEAD = 7
 
 
 class ProjectInputError(ValueError):
@@ -43,11 +39,7 @@ async def ensure_partitions(settings: AdminDatabaseSettings) -> list[str]:
     engine = create_admin_engine(settings)
     try:
         async with engine.begin() as connection:
-            return await partition_repository.ensure_event_partitions(
-                connection,
-                today - timedelta(days=PARTITION_DAYS_BEHIND),
-                today + timedelta(days=PARTITION_DAYS_AHEAD),
-            )
+            return await partition_repository.ensure_partitions_around(connection, today)
     finally:
         await engine.dispose()
 

@@ -14,24 +14,17 @@ import click
 
 from services.cli import admin, retention
 from services.cli.processes import StackError
-from services.cli.stack import LocalStack, granian_command, read_env_file
+from services.cli.stack import LocalStack, granian_command, load_local_env
 from services.common.log import granian_log_config
 from services.common.settings import SERVICES, AdminDatabaseSettings, ServerSettings, ServiceName, StackSettings
 
 DEMO_DOMAINS = ["localhost", "127.0.0.1", "example.com"]
 
 
-def _load_local_env() -> None:
-    """Database URLs that `sightline up` wrote, as defaults under the real environment."""
-    env_file = StackSettings.from_env().data_dir / "sightline.env"
-    for key, value in read_env_file(env_file).items():
-        os.environ.setdefault(key, value)
-
-
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def cli() -> None:
     """Sightline: self-hosted web analytics and session replay."""
-    _load_local_env()
+    load_local_env()
 
 
 @cli.command()

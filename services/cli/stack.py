@@ -6,6 +6,7 @@ Everything lives under the data directory (``.data/`` by default):
     pgbouncer/       pgbouncer.ini and userlist.txt, mode 600
     run/             sockets and PID files
     log/             one log file per process
+    traces/          OTLP/JSON span lines, one file per process (when no collector is set)
     sightline.env    database URLs with the generated password (mode 600)
     demo-project.json  the demo project's keys
 """
@@ -41,6 +42,12 @@ from services.common.settings import SERVICES, ServerSettings, ServiceName, Stac
 DATABASE_USER = "sightline"
 DATABASE_NAME = "sightline"
 READY_TIMEOUT_S = 60.0
+TRACE_DESTINATIONS = (
+    "OTEL_EXPORTER_OTLP_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+    "SIGHTLINE_TRACE_FILE",
+    "SIGHTLINE_TRACE_DIR",
+)
 
 
 @dataclass(frozen=True)
@@ -62,6 +69,10 @@ class StackPaths:
     @property
     def log(self) -> Path:
         return self.root / "log"
+
+    @property
+    def traces(self) -> Path:
+        return self.root / "traces"
 
     @property
     def env_file(self) -> Path:
@@ -97,6 +108,13 @@ def read_env_file(path: Path) -> dict[str, str]:
             key, value = line.split("=", 1)
             values[key.strip()] = value.strip()
     return values
+
+
+def load_local_env() -> None:
+    """Database URLs that `sightline up` wrote, as defaults under the real environment."""
+    env_file = StackSettings.from_env().data_dir / "sightline.env"
+    for key, value in read_env_file(env_file).items():
+        os.environ.setdefault(key, value)
 
 
 class LocalStack:
@@ -195,6 +213,9 @@ class LocalStack:
                 started.append("pgbouncer")
 
             service_env = {**os.environ, **env_values}
+            if not any(name in service_env for name in TRACE_DESTINATIONS):
+                # No collector configured: traces go to local files, so diagnosis needs no server.
+                service_env["SIGHTLINE_TRACE_DIR"] = str(self.paths.traces)
             _run_cli(["migrate"], service_env)
 
             for service in SERVICES:

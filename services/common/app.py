@@ -11,14 +11,15 @@ from litestar.config.cors import CORSConfig
 from litestar.datastructures import State
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import JsonRenderPlugin, ScalarRenderPlugin
-from litestar.types import ControllerRouterHandler
+from litestar.plugins.opentelemetry import OpenTelemetryConfig
+from litestar.types import ControllerRouterHandler, Middleware
 
 from services.common.db import create_engine
 from services.common.errors import EXCEPTION_HANDLERS
 from services.common.health import HealthController
 from services.common.log import configure_logging
 from services.common.settings import DatabaseSettings, LogSettings, ServiceName
-from services.common.telemetry import configure_tracing
+from services.common.telemetry import HeadSampledTracingMiddleware, configure_tracing, instrument_engine
 
 Lifespan = Callable[[Litestar], AbstractAsyncContextManager[None]]
 
@@ -35,16 +36,32 @@ def build_app(
     logs: LogSettings,
     lifespans: Sequence[Lifespan] = (),
     cors: CORSConfig | None = None,
+    middleware: Sequence[Middleware] = (),
     state: dict[str, Any] | None = None,
 ) -> Litestar:
     configure_logging(service, logs.level)
-    configure_tracing(service)
+    tracer_provider = configure_tracing(service)
+    tracing_middleware: list[Middleware] = []
+    if tracer_provider is not None:
+        # Given as middleware, Litestar wraps it in its OpenTelemetryPlugin with our
+        # middleware class (the plugin's own constructor ignores middleware_class).
+        tracing_middleware.append(
+            OpenTelemetryConfig(
+                tracer_provider=tracer_provider,
+                # One span per ASGI message cost most of a no-op endpoint's throughput.
+                exclude_spans=["receive", "send"],
+                exclude=["^/health/", "^/schema"],
+                middleware_class=HeadSampledTracingMiddleware,
+            ).middleware
+        )
 
     @asynccontextmanager
     async def database_engine(app: Litestar) -> AsyncIterator[None]:
         # Made here, not at import, so every Granian worker gets its own pool and tests
         # can point an app at their own database.
         app.state.engine = create_engine(service, database)
+        if tracer_provider is not None:
+            instrument_engine(app.state.engine, tracer_provider)
         try:
             yield
         finally:
@@ -62,6 +79,7 @@ def build_app(
             render_plugins=[ScalarRenderPlugin(), JsonRenderPlugin()],
         ),
         cors_config=cors,
+        middleware=[*tracing_middleware, *middleware],
         state=State(state or {}),
         logging_config=None,
         debug=False,

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from litestar import Request
 from litestar.datastructures import State
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from services.common import project_repository
 from services.common.errors import ApiError
@@ -45,23 +46,25 @@ class ProjectCache:
 
 
 async def project_for_public_key(engine: AsyncEngine, cache: ProjectCache, public_key: str) -> ProjectRecord | None:
-    cached = cache.get(public_key)
-    if cached is not _MISSING:
-        return cached  # type: ignore[return-value]
-    async with engine.connect() as connection:
-        project = await project_repository.find_by_public_key(connection, public_key)
-    cache.put(public_key, project)
-    return project
+    return await _cached(engine, cache, public_key, project_repository.find_by_public_key)
 
 
 async def project_for_secret_key(engine: AsyncEngine, cache: ProjectCache, secret_key: str) -> ProjectRecord | None:
-    key_hash = hash_secret_key(secret_key)
-    cached = cache.get(key_hash)
+    return await _cached(engine, cache, hash_secret_key(secret_key), project_repository.find_by_secret_key_hash)
+
+
+async def _cached(
+    engine: AsyncEngine,
+    cache: ProjectCache,
+    key: str,
+    find: Callable[[AsyncConnection, str], Awaitable[ProjectRecord | None]],
+) -> ProjectRecord | None:
+    cached = cache.get(key)
     if cached is not _MISSING:
         return cached  # type: ignore[return-value]
     async with engine.connect() as connection:
-        project = await project_repository.find_by_secret_key_hash(connection, key_hash)
-    cache.put(key_hash, project)
+        project = await find(connection, key)
+    cache.put(key, project)
     return project
 
 

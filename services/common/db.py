@@ -13,6 +13,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from services.common.settings import AdminDatabaseSettings, DatabaseSettings
+from services.common.telemetry import tracer
 
 
 def _unnamed_statement() -> str:
@@ -79,6 +80,15 @@ async def set_statement_timeout(connection: AsyncConnection, timeout_ms: int) ->
 
 @asynccontextmanager
 async def transaction(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
-    """One transaction, committed when the block ends, rolled back if it raises."""
-    async with engine.begin() as connection:
-        yield connection
+    """One transaction, committed when the block ends, rolled back if it raises.
+
+    The wait for a pooled connection gets its own span: under load it is where time goes
+    when a worker's pool is too small.
+    """
+    with tracer.start_as_current_span("db.pool_checkout"):
+        connection = await engine.connect().start()
+    try:
+        async with connection.begin():
+            yield connection
+    finally:
+        await connection.close()

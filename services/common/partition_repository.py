@@ -15,6 +15,11 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 logger = logging.getLogger(__name__)
 
+# Partitions exist for the days an event may still arrive for (ingest refuses events older
+# than a week) and for the week ahead.
+DAYS_BEHIND = 8
+DAYS_AHEAD = 7
+
 # Any constant works; it only has to be the same for every process that creates partitions.
 _PARTITION_DDL_LOCK = 7_345_001
 
@@ -70,3 +75,9 @@ async def ensure_event_partitions(connection: AsyncConnection, first_day: date, 
                 created.append(name)
         day += timedelta(days=1)
     return created
+
+
+async def ensure_partitions_around(connection: AsyncConnection, today: date) -> list[str]:
+    return await ensure_event_partitions(
+        connection, today - timedelta(days=DAYS_BEHIND), today + timedelta(days=DAYS_AHEAD)
+    )

@@ -91,6 +91,12 @@ async def is_valid_timezone(connection: AsyncConnection, timezone: str) -> bool:
     return bool(result.scalar_one())
 
 
+async def all_allowed_domains(connection: AsyncConnection) -> set[str]:
+    """Every project's allowed domains: the origins that may post at all (CORS preflight)."""
+    result = await connection.execute(text("SELECT DISTINCT unnest(allowed_domains) FROM projects"))
+    return set(result.scalars())
+
+
 async def set_retention_days(connection: AsyncConnection, project_id: int, retention_days: int) -> ProjectRecord | None:
     result = await connection.execute(
         update(Project)

@@ -17,13 +17,16 @@ ServiceName = Literal["ingest", "query", "replay"]
 SERVICES: tuple[ServiceName, ...] = ("ingest", "query", "replay")
 
 DEFAULT_PORTS: dict[ServiceName, int] = {"ingest": 8001, "query": 8002, "replay": 8003}
+# Ingest takes the tracker traffic, which needs more than one core's worth of Python at
+# the seed load; reads are light and wait mostly on Postgres.
+DEFAULT_WORKERS: dict[ServiceName, int] = {"ingest": 2, "query": 1, "replay": 1}
 
 
 class SettingsError(ValueError):
     """A setting in the environment has a value we cannot use."""
 
 
-class _Env:
+class Env:
     """Looks a name up with the service prefix first, then the shared prefix."""
 
     def __init__(self, service: str | None, environ: Mapping[str, str]) -> None:
@@ -89,7 +92,7 @@ class DatabaseSettings:
 
     @classmethod
     def from_env(cls, service: str | None, environ: Mapping[str, str] | None = None) -> DatabaseSettings:
-        env = _Env(service, os.environ if environ is None else environ)
+        env = Env(service, os.environ if environ is None else environ)
         return cls(
             url=env.text("DATABASE_URL", cls.url),
             pool_size=env.integer("DB_POOL_SIZE", cls.pool_size),
@@ -113,7 +116,7 @@ class AdminDatabaseSettings:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> AdminDatabaseSettings:
-        env = _Env(None, os.environ if environ is None else environ)
+        env = Env(None, os.environ if environ is None else environ)
         return cls(url=env.text("ADMIN_DATABASE_URL", cls.url))
 
 
@@ -131,13 +134,13 @@ class ServerSettings:
     @classmethod
     def from_env(cls, service: ServiceName, environ: Mapping[str, str] | None = None) -> ServerSettings:
         environ = os.environ if environ is None else environ
-        env = _Env(service, environ)
+        env = Env(service, environ)
         return cls(
             host=env.text("HOST", cls.host),
             # A shared SIGHTLINE_PORT would put three services on one port, so only the
             # per-service name (SIGHTLINE_INGEST_PORT) sets a port.
             port=env.integer("PORT", DEFAULT_PORTS[service], shared=False),
-            workers=env.integer("WORKERS", cls.workers),
+            workers=env.integer("WORKERS", DEFAULT_WORKERS[service]),
             backpressure=env.integer("BACKPRESSURE", cls.backpressure),
         )
 
@@ -148,7 +151,7 @@ class LogSettings:
 
     @classmethod
     def from_env(cls, service: str | None, environ: Mapping[str, str] | None = None) -> LogSettings:
-        env = _Env(service, os.environ if environ is None else environ)
+        env = Env(service, os.environ if environ is None else environ)
         return cls(level=env.text("LOG_LEVEL", cls.level).upper())
 
 
@@ -169,7 +172,7 @@ class StackSettings:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> StackSettings:
-        env = _Env(None, os.environ if environ is None else environ)
+        env = Env(None, os.environ if environ is None else environ)
         return cls(
             data_dir=Path(env.text("DATA_DIR", ".data")).resolve(),
             pg_bin_dir=Path(env.text("PG_BIN_DIR", str(cls.pg_bin_dir))),

@@ -1,0 +1,134 @@
+"""HTTP for the tracker contract: parse, call the service, answer 202 once stored."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from litestar import Request, Response, post
+from litestar.datastructures import State
+from litestar.params import JSONBody
+from litestar.status_codes import HTTP_202_ACCEPTED
+
+from services.common.errors import ApiError, error_responses
+from services.common.telemetry import tracer
+from services.ingest.decoding import check_content_headers, decode_json, gunzip_bounded
+from services.ingest.enrichment import client_ip, normalise_host
+from services.ingest.schemas import Accepted, EventBatch, ReplayChunkBody
+from services.ingest.service import IngestService, RequestContext
+from services.ingest.settings import IngestSettings
+
+_ERRORS = error_responses(
+    {
+        400: "Malformed JSON or gzip",
+        401: "Missing or unknown projectKey",
+        403: "The page's host is not among the project's allowed domains",
+        413: "Body over the limit, compressed or decompressed",
+        415: "Content-Type other than application/json or text/plain, or Content-Encoding other than gzip",
+        422: "The body does not match the contract; `field` names the first offending field",
+        429: "The project is over its rate limit; retry after Retry-After seconds",
+        503: "Writer queue full or database unreachable; retry after Retry-After seconds",
+    }
+)
+
+
+class TrackerRequest(Request[Any, Any, Any]):
+    """A request whose JSON body may be gzip, decoded straight into the handler's msgspec type.
+
+    Litestar asks ``json()`` for the ``data`` argument; answering with the typed struct
+    decodes once (not to dicts first) and turns every problem into the contract's errors.
+    The raw body stays available through ``body()``, which replay stores as sent.
+    """
+
+    async def json(self) -> Any:
+        body_type: type[Any] = self.route_handler.opt["tracker_body"]
+        settings: IngestSettings = self.app.state.ingest_settings
+        limits = settings.events if body_type is EventBatch else settings.replay
+        is_gzip = check_content_headers(self.headers.get("content-type"), self.headers.get("content-encoding"))
+        body = await self.body()
+        if is_gzip:
+            with tracer.start_as_current_span("ingest.decompress") as span:
+                span.set_attribute("sightline.compressed_bytes", len(body))
+                body = gunzip_bounded(body, limits.max_decompressed_bytes)
+        elif len(body) > limits.max_decompressed_bytes:
+            raise ApiError(413, "payload_too_large", f"The body is larger than {limits.max_decompressed_bytes} bytes.")
+        with tracer.start_as_current_span("ingest.decode_json") as span:
+            span.set_attribute("sightline.json_bytes", len(body))
+            try:
+                return decode_json(body, body_type)
+            except ApiError as exc:
+                if exc.field == "projectKey":
+                    raise ApiError(401, "missing_project_key", exc.message, field="projectKey") from exc
+                raise
+
+
+def _context(request: Request[Any, Any, Any], settings: IngestSettings) -> RequestContext:
+    origin = request.headers.get("origin")
+    origin_host = None
+    if origin and origin != "null":
+        origin_host = normalise_host(origin.split("://", 1)[-1].split("/", 1)[0].split(":", 1)[0])
+    return RequestContext(
+        received_at=datetime.now(UTC),
+        user_agent=request.headers.get("user-agent", ""),
+        client_ip=client_ip(
+            request.client.host if request.client else None,
+            request.headers.get("x-forwarded-for"),
+            settings.trusted_proxies,
+        ),
+        origin_host=origin_host,
+    )
+
+
+@post(
+    "/v1/events",
+    summary="Store a batch of pageviews and custom events",
+    description=(
+        "JSON, optionally `Content-Encoding: gzip`. Answers 202 only after the events are committed. "
+        "`sentAt` corrects the client's clock; timestamps after the receive time are set to it. "
+        "Events with a `uuid` are stored once however often a batch is retried."
+    ),
+    status_code=HTTP_202_ACCEPTED,
+    request_class=TrackerRequest,
+    opt={"tracker_body": EventBatch},
+    responses=_ERRORS,
+    tags=["tracker"],
+)
+async def post_events(data: JSONBody[EventBatch], request: Request[Any, Any, Any], state: State) -> Accepted:
+    service: IngestService = state.ingest_service
+    accepted = await service.ingest_events(data, _context(request, state.ingest_settings))
+    return Accepted(accepted=accepted)
+
+
+@post(
+    "/v1/replay",
+    summary="Store one chunk of an rrweb session recording",
+    description=(
+        "Usually `Content-Encoding: gzip`. The body is stored exactly as sent (no recompression); "
+        "a chunk is identified by (sessionId, seq), so a retried chunk is stored once. "
+        "`accepted` counts the chunk's rrweb events."
+    ),
+    status_code=HTTP_202_ACCEPTED,
+    request_class=TrackerRequest,
+    opt={"tracker_body": ReplayChunkBody},
+    responses=_ERRORS,
+    tags=["tracker"],
+)
+async def post_replay(data: JSONBody[ReplayChunkBody], request: Request[Any, Any, Any], state: State) -> Accepted:
+    service: IngestService = state.ingest_service
+    encoding = "gzip" if "gzip" in request.headers.get("content-encoding", "").lower() else "identity"
+    accepted = await service.ingest_replay_chunk(
+        data, await request.body(), encoding, _context(request, state.ingest_settings)
+    )
+    return Accepted(accepted=accepted)
+
+
+@post(
+    "/v1/noop",
+    summary="Read the body and answer 202 without storing anything",
+    description="A baseline for load tests: the same HTTP path as /v1/events, minus decoding and storage.",
+    status_code=HTTP_202_ACCEPTED,
+    tags=["benchmark"],
+)
+async def post_noop(request: Request[Any, Any, Any]) -> Response[Accepted]:
+    await request.body()
+    return Response(Accepted(accepted=0), status_code=HTTP_202_ACCEPTED)

@@ -1,0 +1,112 @@
+"""Tracing: a served request leaves its spans in the local OTLP/JSON file."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+
+from services.cli.serving import running_service
+from services.common.telemetry import OtlpJsonLinesExporter, tracing_enabled
+from tests.harness import DatabaseHarness
+
+
+def _spans(path: Path) -> list[dict[str, Any]]:
+    spans = []
+    for line in path.read_text().splitlines():
+        for resource in json.loads(line)["resourceSpans"]:
+            service = {a["key"]: a["value"] for a in resource["resource"]["attributes"]}["service.name"]["stringValue"]
+            for scope in resource["scopeSpans"]:
+                for span in scope["spans"]:
+                    spans.append({**span, "service": service})
+    return spans
+
+
+def test_exporter_writes_otlp_json_lines(tmp_path: Path) -> None:
+    path = tmp_path / "spans.jsonl"
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(OtlpJsonLinesExporter(path)))
+    tracer = provider.get_tracer("test")
+    with tracer.start_as_current_span("outer") as outer, tracer.start_as_current_span("inner") as inner:
+        inner.set_attribute("rows", 3)
+        inner.set_attribute("ok", True)
+    provider.shutdown()
+    spans = {span["name"]: span for span in _spans(path)}
+    assert set(spans) == {"outer", "inner"}
+    assert spans["inner"]["traceId"] == format(outer.get_span_context().trace_id, "032x")
+    assert spans["inner"]["parentSpanId"] == format(outer.get_span_context().span_id, "016x")
+    assert spans["outer"]["parentSpanId"] == ""
+    assert int(spans["inner"]["endTimeUnixNano"]) >= int(spans["inner"]["startTimeUnixNano"]) > 0
+    assert {"key": "rows", "value": {"intValue": "3"}} in spans["inner"]["attributes"]
+    assert {"key": "ok", "value": {"boolValue": True}} in spans["inner"]["attributes"]
+
+
+def test_tracing_is_off_without_a_destination() -> None:
+    assert not tracing_enabled({})
+    assert tracing_enabled({"SIGHTLINE_TRACE_DIR": "/tmp/x"})
+    assert tracing_enabled({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4318"})
+    assert not tracing_enabled({"SIGHTLINE_TRACE_DIR": "/tmp/x", "OTEL_SDK_DISABLED": "true"})
+
+
+@pytest.fixture
+def traced_ingest(db: DatabaseHarness) -> Iterator[tuple[str, Path]]:
+    trace_file = db.root / f"traces-{uuid.uuid4().hex[:8]}.jsonl"
+    env = {
+        **os.environ,
+        "SIGHTLINE_DATABASE_URL": db.database.url,
+        "SIGHTLINE_TRACE_FILE": str(trace_file),
+        "OTEL_TRACES_SAMPLER": "always_on",
+        "OTEL_BSP_SCHEDULE_DELAY": "100",
+    }
+    with running_service("ingest", env, db.root / "log" / f"{trace_file.stem}.log") as ingest:
+        yield ingest.url, trace_file
+
+
+def test_an_ingest_request_leaves_its_breakdown_in_the_trace_file(
+    traced_ingest: tuple[str, Path], project: dict[str, Any]
+) -> None:
+    url, trace_file = traced_ingest
+    body = {
+        "projectKey": project["publicKey"],
+        "events": [
+            {
+                "event": "pageview",
+                "distinctId": "d",
+                "sessionId": "s",
+                "url": "https://example.com/",
+                "timestamp": "2030-01-01T00:00:00Z",
+                "uuid": str(uuid.uuid4()),
+            }
+        ],
+    }
+    response = httpx.post(f"{url}/v1/events", json=body)
+    assert response.status_code == 202
+    deadline = time.monotonic() + 10
+    while not (trace_file.exists() and any(s["name"] == "POST /v1/events" for s in _spans(trace_file))):
+        assert time.monotonic() < deadline, "no server span was exported"
+        time.sleep(0.2)
+    spans = _spans(trace_file)
+    [server] = [s for s in spans if s["name"] == "POST /v1/events"]
+    assert server["kind"] == 2
+    assert server["service"] == "sightline-ingest"
+    children = {s["name"] for s in spans if s["traceId"] == server["traceId"] and s is not server}
+    assert {
+        "ingest.decode_json",
+        "ingest.enrich",
+        "ingest.writer.queue_wait",
+        "db.pool_checkout",
+        "db.sql",
+        "db.commit",
+    } <= children
+    # Health checks and per-message ASGI spans are not traced.
+    assert not any(s["name"].startswith("GET /health") for s in spans)
+    assert not any("http send" in s["name"] or "http receive" in s["name"] for s in spans)
