@@ -7,7 +7,7 @@ SIGHTLINE := $(BIN)/sightline
 
 .DEFAULT_GOAL := help
 
-.PHONY: help up down status test lint migrate install install-dev clean bench-ingest bench-tracing
+.PHONY: help up down status test lint migrate install install-dev clean bench-ingest bench-tracing bench-replay
 
 help: ## List the targets with one line each
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -55,6 +55,9 @@ bench-ingest: install ## wrk against POST /v1/events vs the no-op endpoint (need
 bench-tracing: install ## Throughput with tracing on vs off in one run (needs `make up`); writes docs/benchmarks.md
 	@command -v wrk >/dev/null || { echo "wrk is missing: apt-get install -y wrk"; exit 1; }
 	$(BIN)/python -m services.ingest.bench_tracing
+
+bench-replay: install-dev ## Replay: first byte, throughput, worker memory for 30- vs 3-minute recordings (own throwaway stack)
+	$(BIN)/python -m services.replay.bench $(BENCH_ARGS)
 
 clean: down ## Stop everything and delete .data (the local database) and .venv
 	rm -rf .data $(VENV)

@@ -7,11 +7,12 @@ import json
 import os
 import sys
 import tempfile
+from datetime import UTC, datetime
 from pathlib import Path
 
 import click
 
-from services.cli import admin
+from services.cli import admin, retention
 from services.cli.processes import StackError
 from services.cli.stack import LocalStack, granian_command, load_local_env
 from services.common.log import granian_log_config
@@ -96,7 +97,7 @@ def migrate(revision: str) -> None:
 
 @cli.group()
 def project() -> None:
-    """Create and list projects."""
+    """Create, list and configure projects."""
 
 
 @project.command("create")
@@ -125,6 +126,49 @@ def project_create(name: str, domains: tuple[str, ...], timezone: str, retention
 def project_list() -> None:
     """List projects as JSON (secret keys are never stored, so never shown)."""
     click.echo(json.dumps(asyncio.run(admin.list_projects(AdminDatabaseSettings.from_env())), indent=2))
+
+
+@project.command("set-retention")
+@click.option("--project", "project_id", type=int, required=True, help="The project's id.")
+@click.option("--days", type=click.IntRange(min=1), required=True, help="Keep events and recordings this many days.")
+def project_set_retention(project_id: int, days: int) -> None:
+    """Set how many days a project's events and recordings are kept (applied by `retention apply`)."""
+    if not asyncio.run(retention.set_project_retention(AdminDatabaseSettings.from_env(), project_id, days)):
+        raise click.ClickException(f"no project with id {project_id}")
+    click.echo(json.dumps({"id": project_id, "retentionDays": days}))
+
+
+@cli.group("retention")
+def retention_group() -> None:
+    """Remove data that projects' retention no longer allows."""
+
+
+@retention_group.command("apply")
+@click.option(
+    "--project",
+    "project_ids",
+    type=int,
+    multiple=True,
+    help="Delete rows of this project only (repeat for more); whole expired partitions are still dropped.",
+)
+@click.option(
+    "--idempotency-days",
+    type=click.IntRange(min=1),
+    default=retention.IDEMPOTENCY_KEEP_DAYS,
+    show_default=True,
+    help="Keep ingest idempotency keys this many days.",
+)
+def retention_apply(project_ids: tuple[int, ...], idempotency_days: int) -> None:
+    """Drop expired event partitions, delete expired events and recordings, prune idempotency keys; prints JSON."""
+    report = asyncio.run(
+        retention.apply_retention(
+            AdminDatabaseSettings.from_env(),
+            datetime.now(UTC),
+            project_ids=set(project_ids) or None,
+            idempotency_keep_days=idempotency_days,
+        )
+    )
+    click.echo(json.dumps(report.as_json()))
 
 
 def main() -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Row, insert, select, text
+from sqlalchemy import Row, insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.common.models import Project
@@ -95,3 +95,14 @@ async def all_allowed_domains(connection: AsyncConnection) -> set[str]:
     """Every project's allowed domains: the origins that may post at all (CORS preflight)."""
     result = await connection.execute(text("SELECT DISTINCT unnest(allowed_domains) FROM projects"))
     return set(result.scalars())
+
+
+async def set_retention_days(connection: AsyncConnection, project_id: int, retention_days: int) -> ProjectRecord | None:
+    result = await connection.execute(
+        update(Project)
+        .where(Project.project_id == project_id)
+        .values(retention_days=retention_days)
+        .returning(*_COLUMNS)
+    )
+    row = result.one_or_none()
+    return None if row is None else _record(row)

@@ -5,19 +5,24 @@ from __future__ import annotations
 from litestar import Litestar
 
 from services.common.app import build_app
+from services.common.auth import ProjectCache
 from services.common.settings import DatabaseSettings, LogSettings
+from services.replay.routes import ReplayController
 
 DESCRIPTION = (
-    "Session list and streamed rrweb recordings for a replay player, authenticated with a project's secret key."
+    "Session list and streamed rrweb recordings for a replay player, authenticated with a project's secret key"
+    " (`Authorization: Bearer sk_...`). A key only ever reads its own project's sessions."
 )
 
 
 def create_app(database: DatabaseSettings | None = None, logs: LogSettings | None = None) -> Litestar:
+    database = database or DatabaseSettings.from_env("replay")
     return build_app(
         service="replay",
         title="Sightline replay",
         description=DESCRIPTION,
-        route_handlers=[],
-        database=database or DatabaseSettings.from_env("replay"),
+        route_handlers=[ReplayController],
+        database=database,
         logs=logs or LogSettings.from_env("replay"),
+        state={"project_cache": ProjectCache(), "statement_timeout_ms": database.statement_timeout_ms},
     )

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import BigInteger, Computed, DateTime, Integer, Text, func
+from sqlalchemy import BigInteger, Computed, DateTime, Index, Integer, Text, func
 from sqlalchemy.orm import Mapped, mapped_column
 
 from services.common.models.base import Base
@@ -40,3 +40,10 @@ class ReplaySession(Base):
     total_bytes: Mapped[int] = mapped_column(BigInteger, server_default="0")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+    __table_args__ = (
+        # The session list pages newest first by (started_at, session_id) within a project.
+        Index("ix_replay_sessions_project_id_started_at_session_id", "project_id", "started_at", "session_id"),
+        # A person's sessions, for GDPR deletion.
+        Index("ix_replay_sessions_project_id_distinct_id", "project_id", "distinct_id"),
+    )

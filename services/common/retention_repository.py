@@ -1,0 +1,82 @@
+"""All SQL of data retention: expired events, recordings and idempotency keys. Callers own the transaction."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
+
+from sqlalchemy import delete, select, text
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from services.common.models import Event, IngestedEvent, Project, ReplayChunk, ReplaySession
+from services.common.partition_repository import existing_event_partitions
+
+_DAILY_PARTITION = re.compile(r"events_p(\d{8})")
+
+
+@dataclass(frozen=True)
+class ProjectRetention:
+    project_id: int
+    retention_days: int
+
+
+async def project_retentions(connection: AsyncConnection) -> list[ProjectRetention]:
+    result = await connection.execute(select(Project.project_id, Project.retention_days).order_by(Project.project_id))
+    return [ProjectRetention(row.project_id, row.retention_days) for row in result]
+
+
+async def daily_partitions_ending_by(connection: AsyncConnection, end: datetime) -> list[str]:
+    """Daily partitions of ``events`` whose whole day lies before ``end`` (a UTC instant)."""
+    names: list[tuple[date, str]] = []
+    for name in await existing_event_partitions(connection):
+        match = _DAILY_PARTITION.fullmatch(name)
+        if match is None:
+            continue  # events_default, or something an operator made by hand
+        day = datetime.strptime(match.group(1), "%Y%m%d").date()
+        day_end = datetime(day.year, day.month, day.day, tzinfo=end.tzinfo) + timedelta(days=1)
+        if day_end <= end:
+            names.append((day, name))
+    return [name for _, name in sorted(names)]
+
+
+async def drop_event_partition(connection: AsyncConnection, name: str, lock_timeout_ms: int) -> None:
+    if _DAILY_PARTITION.fullmatch(name) is None:
+        raise ValueError(f"not a daily events partition: {name!r}")
+    # DROP needs an exclusive lock on the parent; waiting behind a long query would queue
+    # every ingest insert behind this statement, so give up instead and retry next run.
+    await connection.execute(
+        text("SELECT set_config('lock_timeout', :value, true)"), {"value": f"{int(lock_timeout_ms)}ms"}
+    )
+    # The name matched the pattern above, so it is safe to put in the statement.
+    await connection.execute(text(f"DROP TABLE {name}"))
+
+
+async def delete_events_before(connection: AsyncConnection, project_id: int, cutoff: datetime) -> int:
+    # occurred_at is the partition key: Postgres visits only the partitions before the
+    # cutoff (and events_default).
+    result = await connection.execute(delete(Event).where(Event.project_id == project_id, Event.occurred_at < cutoff))
+    return result.rowcount
+
+
+async def delete_recordings_ended_before(
+    connection: AsyncConnection, project_id: int, cutoff: datetime
+) -> tuple[int, int]:
+    """Deletes recordings whose last event is before the cutoff; returns (sessions, chunks)."""
+    expired = select(ReplaySession.session_id).where(
+        ReplaySession.project_id == project_id, ReplaySession.ended_at < cutoff
+    )
+    chunks = await connection.execute(
+        delete(ReplayChunk).where(ReplayChunk.project_id == project_id, ReplayChunk.session_id.in_(expired))
+    )
+    sessions = await connection.execute(
+        delete(ReplaySession).where(ReplaySession.project_id == project_id, ReplaySession.ended_at < cutoff)
+    )
+    return sessions.rowcount, chunks.rowcount
+
+
+async def prune_ingested_events(connection: AsyncConnection, project_id: int, received_before: datetime) -> int:
+    result = await connection.execute(
+        delete(IngestedEvent).where(IngestedEvent.project_id == project_id, IngestedEvent.received_at < received_before)
+    )
+    return result.rowcount

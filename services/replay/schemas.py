@@ -1,0 +1,53 @@
+"""What the replay API answers, as msgspec structs (camelCase on the wire)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import msgspec
+
+
+class SessionSummary(msgspec.Struct, rename="camel"):
+    id: str
+    distinct_id: str
+    started_at: datetime
+    ended_at: datetime
+    duration_ms: int
+    active_ms: int
+    page_count: int
+    click_count: int
+    first_url: str | None
+    country: str | None
+    browser: str | None
+    os: str | None
+    device_type: str | None
+    chunk_count: int
+    total_bytes: int
+
+
+class SessionPage(msgspec.Struct, rename="camel"):
+    sessions: list[SessionSummary]
+    # Opaque; pass it back as ``cursor`` for the next (older) page. Null on the last page.
+    next_cursor: str | None
+
+
+class ChunkEntry(msgspec.Struct, rename="camel"):
+    seq: int
+    first_timestamp: datetime
+    last_timestamp: datetime
+    event_count: int
+    full_snapshot: bool
+    content_encoding: str
+    byte_size: int
+
+
+class SessionDetail(msgspec.Struct, rename="camel"):
+    session: SessionSummary
+    chunks: list[ChunkEntry]
+
+
+class PersonDeletion(msgspec.Struct, rename="camel"):
+    distinct_id: str
+    deleted_events: int
+    deleted_sessions: int
+    deleted_chunks: int

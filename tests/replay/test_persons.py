@@ -1,0 +1,102 @@
+"""DELETE /v1/persons/{distinctId}: a person's events and recordings go, nobody else's."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from litestar.testing import AsyncTestClient
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from tests.replay.conftest import T0, Chunk, StoreSession, auth, insert_event, insert_session
+
+
+async def _counts(engine: AsyncEngine, project_id: int) -> dict[str, list[Any]]:
+    async with engine.connect() as connection:
+        events = await connection.execute(
+            text("SELECT distinct_id FROM events WHERE project_id = :p ORDER BY distinct_id"), {"p": project_id}
+        )
+        sessions = await connection.execute(
+            text("SELECT session_id FROM replay_sessions WHERE project_id = :p ORDER BY session_id"),
+            {"p": project_id},
+        )
+        chunks = await connection.execute(
+            text("SELECT session_id, seq FROM replay_chunks WHERE project_id = :p ORDER BY session_id, seq"),
+            {"p": project_id},
+        )
+        return {
+            "events": list(events.scalars()),
+            "sessions": list(sessions.scalars()),
+            "chunks": [tuple(row) for row in chunks],
+        }
+
+
+async def test_deleting_a_person_removes_their_events_and_recordings_only(
+    client: AsyncTestClient[Any],
+    store: StoreSession,
+    admin_engine: AsyncEngine,
+    project: dict[str, Any],
+    other_project: dict[str, Any],
+) -> None:
+    today = datetime.now(UTC).replace(hour=12, minute=0, second=0, microsecond=0)
+    # alice: one recording under her id (2 chunks), one recorded while still anonymous
+    # ("anon-7") that her events name after she was identified, events on a day with a
+    # partition and on one far outside every partition (events_default).
+    await store([Chunk(0, [0], full_snapshot=True), Chunk(1, [5_000])], session_id="alice-1", distinct_id="alice")
+    await store([Chunk(0, [0], full_snapshot=True)], session_id="anon-session", distinct_id="anon-7")
+    for occurred_at, session_id in [(today, "alice-1"), (today, "anon-session"), (T0 - timedelta(days=900), "x")]:
+        await insert_event(
+            admin_engine, project["id"], distinct_id="alice", session_id=session_id, occurred_at=occurred_at
+        )
+    # bob, in the same project, and alice in another project, stay.
+    await store([Chunk(0, [0], full_snapshot=True)], session_id="bob-1", distinct_id="bob")
+    await insert_event(admin_engine, project["id"], distinct_id="bob", session_id="bob-1", occurred_at=today)
+    await insert_session(
+        admin_engine, other_project, [Chunk(0, [0], full_snapshot=True)], session_id="alice-1", distinct_id="alice"
+    )
+    await insert_event(admin_engine, other_project["id"], distinct_id="alice", session_id="alice-1", occurred_at=today)
+
+    response = await client.delete("/v1/persons/alice")
+    assert response.status_code == 200, response.text
+    assert response.json() == {"distinctId": "alice", "deletedEvents": 3, "deletedSessions": 2, "deletedChunks": 3}
+
+    assert await _counts(admin_engine, project["id"]) == {
+        "events": ["bob"],
+        "sessions": ["bob-1"],
+        "chunks": [("bob-1", 0)],
+    }
+    assert await _counts(admin_engine, other_project["id"]) == {
+        "events": ["alice"],
+        "sessions": ["alice-1"],
+        "chunks": [("alice-1", 0)],
+    }
+
+    again = await client.delete("/v1/persons/alice")
+    assert again.json() == {"distinctId": "alice", "deletedEvents": 0, "deletedSessions": 0, "deletedChunks": 0}
+
+
+async def test_distinct_ids_with_url_characters_are_deleted_by_their_exact_value(
+    client: AsyncTestClient[Any], store: StoreSession
+) -> None:
+    await store([Chunk(0, [0], full_snapshot=True)], session_id="mail-1", distinct_id="a.b+c@example.com")
+    await store([Chunk(0, [0], full_snapshot=True)], session_id="mail-2", distinct_id="a.b c@example.com")
+    response = await client.delete("/v1/persons/a.b%2Bc%40example.com")
+    assert response.json()["deletedSessions"] == 1
+    remaining = (await client.get("/v1/sessions")).json()["sessions"]
+    assert [s["id"] for s in remaining] == ["mail-2"]
+
+
+async def test_malformed_distinct_id_is_422(client: AsyncTestClient[Any]) -> None:
+    response = await client.delete("/v1/persons/" + "x" * 201)
+    assert response.status_code == 422
+    assert response.json()["error"]["field"] == "distinctId"
+
+
+async def test_another_projects_key_deletes_nothing_here(
+    client: AsyncTestClient[Any], store: StoreSession, other_project: dict[str, Any]
+) -> None:
+    await store([Chunk(0, [0], full_snapshot=True)], session_id="alice-1", distinct_id="alice")
+    response = await client.delete("/v1/persons/alice", headers=auth(other_project))
+    assert response.json()["deletedSessions"] == 0
+    assert [s["id"] for s in (await client.get("/v1/sessions")).json()["sessions"]] == ["alice-1"]

@@ -1,0 +1,155 @@
+"""`sightline project set-retention` and `sightline retention apply`: expired data goes, the rest stays."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+import pytest
+from click.testing import CliRunner, Result
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from services.cli.main import cli
+from services.common import partition_repository
+from tests.harness import DatabaseHarness
+from tests.replay.conftest import Chunk, insert_event, insert_session
+
+
+@pytest.fixture
+def admin_env(db: DatabaseHarness, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SIGHTLINE_ADMIN_DATABASE_URL", db.admin.url)
+    monkeypatch.setenv("SIGHTLINE_DATA_DIR", str(db.root / "no-local-stack"))
+
+
+async def sightline(*arguments: str) -> Result:
+    # The command runs its own event loop, so it runs in a thread of its own here.
+    result = await asyncio.to_thread(CliRunner().invoke, cli, list(arguments))
+    assert result.exit_code == 0, result.output
+    return result
+
+
+async def _rows(engine: AsyncEngine, project_id: int) -> dict[str, list[Any]]:
+    async with engine.connect() as connection:
+        events = await connection.execute(
+            text("SELECT session_id FROM events WHERE project_id = :p ORDER BY session_id"), {"p": project_id}
+        )
+        sessions = await connection.execute(
+            text("SELECT session_id FROM replay_sessions WHERE project_id = :p ORDER BY session_id"),
+            {"p": project_id},
+        )
+        chunks = await connection.execute(
+            text("SELECT DISTINCT session_id FROM replay_chunks WHERE project_id = :p ORDER BY 1"), {"p": project_id}
+        )
+        keys = await connection.execute(
+            text("SELECT count(*) FROM ingested_events WHERE project_id = :p"), {"p": project_id}
+        )
+        return {
+            "events": list(events.scalars()),
+            "sessions": list(sessions.scalars()),
+            "chunks": list(chunks.scalars()),
+            "idempotencyKeys": [keys.scalar_one()],
+        }
+
+
+async def _data_around_thirty_days(engine: AsyncEngine, project: dict[str, Any], now: datetime) -> None:
+    for age_days, name in [(31, "old"), (29, "recent")]:
+        started = now - timedelta(days=age_days, minutes=10)
+        # The recording's last event is what counts: it ends age_days ago.
+        await insert_session(
+            engine,
+            project,
+            [Chunk(0, [0], full_snapshot=True), Chunk(1, [600_000])],
+            session_id=name,
+            started_at=started,
+        )
+        await insert_event(engine, project["id"], distinct_id="v", session_id=name, occurred_at=started)
+    async with engine.begin() as connection:
+        for age_days in (8, 1):
+            await connection.execute(
+                text("INSERT INTO ingested_events (project_id, event_uuid, received_at) VALUES (:p, :u, :t)"),
+                {"p": project["id"], "u": uuid.uuid4(), "t": now - timedelta(days=age_days)},
+            )
+
+
+async def test_retention_removes_what_each_projects_setting_no_longer_allows(
+    admin_env: None, admin_engine: AsyncEngine, project: dict[str, Any], other_project: dict[str, Any]
+) -> None:
+    now = datetime.now(UTC)
+    await _data_around_thirty_days(admin_engine, project, now)
+    await _data_around_thirty_days(admin_engine, other_project, now)
+
+    result = await sightline("project", "set-retention", "--project", str(project["id"]), "--days", "30")
+    assert json.loads(result.output) == {"id": project["id"], "retentionDays": 30}
+
+    applied = await sightline(
+        "retention", "apply", "--project", str(project["id"]), "--project", str(other_project["id"])
+    )
+    report = json.loads(applied.output)
+    assert {key: report[key] for key in report if key not in ("droppedPartitions", "skippedPartitions")} == {
+        "deletedEvents": 1,
+        "deletedSessions": 1,
+        "deletedChunks": 2,
+        "prunedIdempotencyKeys": 2,  # the 8-day-old key of each project
+        "projects": 2,
+    }
+    assert await _rows(admin_engine, project["id"]) == {
+        "events": ["recent"],
+        "sessions": ["recent"],
+        "chunks": ["recent"],
+        "idempotencyKeys": [1],
+    }
+    # The other project keeps the default 395 days: only its old idempotency key went.
+    assert await _rows(admin_engine, other_project["id"]) == {
+        "events": ["old", "recent"],
+        "sessions": ["old", "recent"],
+        "chunks": ["old", "recent"],
+        "idempotencyKeys": [1],
+    }
+
+    again = json.loads((await sightline("retention", "apply", "--project", str(project["id"]))).output)
+    assert (again["deletedEvents"], again["deletedSessions"], again["deletedChunks"]) == (0, 0, 0)
+
+
+async def test_a_day_past_every_projects_retention_is_dropped_as_a_whole_partition(
+    admin_env: None, admin_engine: AsyncEngine, project: dict[str, Any]
+) -> None:
+    # A day long past the longest retention any project can have here (the default 395).
+    old_day = date(2003, 3, 3)
+    async with admin_engine.begin() as connection:
+        await partition_repository.ensure_event_partitions(connection, old_day, old_day)
+    await insert_event(
+        admin_engine,
+        project["id"],
+        distinct_id="v",
+        session_id="ancient",
+        occurred_at=datetime(2003, 3, 3, 12, tzinfo=UTC),
+    )
+    await insert_event(admin_engine, project["id"], distinct_id="v", session_id="today", occurred_at=datetime.now(UTC))
+
+    report = json.loads((await sightline("retention", "apply", "--project", str(project["id"]))).output)
+
+    assert "events_p20030303" in report["droppedPartitions"]
+    # Its row went with the table, not through a DELETE.
+    assert report["deletedEvents"] == 0
+    async with admin_engine.connect() as connection:
+        partitions = await partition_repository.existing_event_partitions(connection)
+    assert "events_p20030303" not in partitions
+    today = partition_repository.partition_name(datetime.now(UTC).date())
+    assert {today, "events_default"} <= partitions
+    assert (await _rows(admin_engine, project["id"]))["events"] == ["today"]
+
+
+async def test_set_retention_refuses_an_unknown_project_and_a_non_positive_number(admin_env: None) -> None:
+    unknown = await asyncio.to_thread(
+        CliRunner().invoke, cli, ["project", "set-retention", "--project", "987654321", "--days", "30"]
+    )
+    assert unknown.exit_code == 1
+    assert "no project with id 987654321" in unknown.output
+    zero = await asyncio.to_thread(
+        CliRunner().invoke, cli, ["project", "set-retention", "--project", "1", "--days", "0"]
+    )
+    assert zero.exit_code == 2
