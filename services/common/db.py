@@ -79,6 +79,20 @@ async def set_statement_timeout(connection: AsyncConnection, timeout_ms: int) ->
 
 
 @asynccontextmanager
+async def read_connection(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
+    """A pooled connection for reads (SQLAlchemy begins a transaction on first use).
+
+    The wait for it gets its own span, like in transaction().
+    """
+    with tracer.start_as_current_span("db.pool_checkout"):
+        pooled = await engine.connect().start()
+    try:
+        yield pooled
+    finally:
+        await pooled.close()
+
+
+@asynccontextmanager
 async def transaction(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
     """One transaction, committed when the block ends, rolled back if it raises.
 

@@ -15,8 +15,9 @@ from datetime import UTC, datetime, timedelta
 import msgspec
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from services.common.db import set_statement_timeout, transaction
+from services.common.db import read_connection, set_statement_timeout, transaction
 from services.common.errors import ApiError
+from services.common.telemetry import tracer
 from services.replay import repository
 from services.replay.repository import ChunkBody, ChunkIndexRow, ReadBatch, SessionFilters, SessionRow
 from services.replay.schemas import ChunkEntry, PersonDeletion, SessionDetail, SessionPage, SessionSummary
@@ -196,7 +197,16 @@ async def open_recording(
     """
     if from_ms is not None and to_ms is not None and to_ms < from_ms:
         raise ApiError(422, "invalid_window", "'to' must not be before 'from'.", field="to")
-    async with engine.connect() as connection:
+    with tracer.start_as_current_span("replay.read_chunks") as span:
+        opened = await _plan_and_read_first(engine, project_id, session_id, from_ms, to_ms)
+        span.set_attribute("sightline.chunks", len(opened.first_batch))
+    return opened
+
+
+async def _plan_and_read_first(
+    engine: AsyncEngine, project_id: int, session_id: str, from_ms: int | None, to_ms: int | None
+) -> OpenedRecording:
+    async with read_connection(engine) as connection:
         window = await repository.recording_window(
             connection,
             project_id,
@@ -221,8 +231,11 @@ async def open_recording(
 
 
 async def _read_batch(engine: AsyncEngine, project_id: int, session_id: str, batch: ReadBatch) -> list[ChunkBody]:
-    async with engine.connect() as connection:
-        return await repository.chunk_bodies(connection, project_id, session_id, batch.first_seq, batch.last_seq)
+    with tracer.start_as_current_span("replay.read_chunks") as span:
+        span.set_attribute("sightline.first_seq", batch.first_seq)
+        span.set_attribute("sightline.last_seq", batch.last_seq)
+        async with read_connection(engine) as connection:
+            return await repository.chunk_bodies(connection, project_id, session_id, batch.first_seq, batch.last_seq)
 
 
 async def stream_recording(
@@ -237,11 +250,15 @@ async def stream_recording(
     later_batches = opened.plan.batches[1:]
     bodies = opened.first_batch
     next_read: asyncio.Task[list[ChunkBody]] | None = None
+    # Not made current: a context entered in a generator would be exited in another frame.
+    span = tracer.start_span("replay.stream")
+    sent_bytes = 0
     try:
         for position in range(len(later_batches) + 1):
             if position < len(later_batches):
                 next_read = asyncio.create_task(_read_batch(engine, project_id, session_id, later_batches[position]))
             for piece in _encode(bodies, output):
+                sent_bytes += len(piece)
                 yield piece
             if next_read is None:
                 break
@@ -250,6 +267,8 @@ async def stream_recording(
         # The client went away mid-stream: do not leave a read running on its behalf.
         if next_read is not None:
             next_read.cancel()
+        span.set_attribute("sightline.bytes", sent_bytes)
+        span.end()
 
 
 def _encode(bodies: list[ChunkBody], output: RecordingFormat) -> Iterator[bytes]:
