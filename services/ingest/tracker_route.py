@@ -64,7 +64,7 @@ def _accepts_gzip(accept_encoding: str) -> bool:
         "it sends to the origin it was loaded from. See docs/tracker.md."
     ),
     tags=["tracker"],
-    media_type="text/javascript; charset=utf-8",
+    media_type="text/javascript",
 )
 async def get_tracker_script(request: Request[Any, Any, Any]) -> Response[bytes]:
     script = load_tracker_script()
