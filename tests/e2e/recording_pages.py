@@ -9,7 +9,8 @@ from __future__ import annotations
 import random
 from html import escape
 
-_SYLLABLES = "ka lo mi sen tor va pri del un mar ost ri fen la qui dor bel tas ne cor wi lum pa gro es".split()
+_SYLLABLES = ["ka", "lo", "mi", "sen", "tor", "va", "pri", "del", "un", "mar", "ost", "ri", "fen"]
+_SYLLABLES += ["la", "qui", "dor", "bel", "tas", "ne", "cor", "wi", "lum", "pa", "gro", "es"]
 
 
 def _vocabulary(rng: random.Random, size: int = 600) -> list[str]:
@@ -89,7 +90,8 @@ def catalogue(tracker_tag: str) -> str:
         "body{font:14px system-ui,sans-serif;margin:0}header{padding:1rem;background:#f4f4f4}"
         ".layout{display:flex}aside{width:14rem;padding:1rem}aside ul{list-style:none;padding:0}"
         ".grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(12rem,1fr));gap:1rem;list-style:none;"
-        "padding:1rem}.card{border:1px solid #ddd;border-radius:6px;padding:.75rem}.thumb{height:6rem;border-radius:4px}"
+        "padding:1rem}.card{border:1px solid #ddd;border-radius:6px;padding:.75rem}"
+        ".thumb{height:6rem;border-radius:4px}"
         ".price{font-weight:bold;display:block;margin:.5rem 0}"
     )
     return _page("Shop: all products", tracker_tag, style, body)
@@ -104,8 +106,8 @@ def dashboard(tracker_tag: str) -> str:
         f"<tr><td>#{100000 + number}</td><td>{escape(rng.choice(words).title())} {escape(rng.choice(words).title())}"
         f"</td><td>{escape(rng.choice(words))}@{escape(rng.choice(words))}.test</td>"
         f"<td>2026-{rng.randint(1, 11):02d}-{rng.randint(1, 28):02d}</td>"
-        f'<td class="{(status := rng.choice(statuses))}">{status}</td><td>{rng.randint(1, 9999)}.{rng.randint(0, 99):02d}'
-        "</td></tr>"
+        f'<td class="{(status := rng.choice(statuses))}">{status}</td>'
+        f"<td>{rng.randint(1, 9999)}.{rng.randint(0, 99):02d}</td></tr>"
         for number in range(380)
     )
     body = (
@@ -119,8 +121,8 @@ def dashboard(tracker_tag: str) -> str:
         '<label>API token <input id="token" type="password"></label>'
         '<button type="button">Save</button></form></section>'
         "<script>for(const[tab,id]of[['tab-orders','orders'],['tab-settings','settings']])"
-        "document.getElementById(tab).addEventListener('click',()=>{for(const s of document.querySelectorAll('section'))"
-        "s.hidden=s.id!==id;});</script>"
+        "document.getElementById(tab).addEventListener('click',()=>{"
+        "for(const s of document.querySelectorAll('section'))s.hidden=s.id!==id;});</script>"
     )
     style = (
         "body{font:13px system-ui,sans-serif;margin:0 1rem}table{border-collapse:collapse;width:100%}"
