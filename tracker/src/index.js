@@ -20,6 +20,8 @@ const MAX_TITLE = 1000;
 const MAX_NAME = 200;
 const MAX_PROPERTIES = 50;
 const MAX_PROPERTY_VALUE = 1000;
+// Well under ingest's 500, and small enough for a beacon when the page is left.
+const MAX_EVENTS_PER_BATCH = 50;
 
 function flag(script, name, fallback) {
   const value = script.getAttribute(`data-${name}`);
@@ -55,6 +57,10 @@ function pageUrl() {
 }
 
 function start(script) {
+  if (!script) {
+    console.warn('sightline: load tracker.js with a classic <script src> tag (not a module)');
+    return null;
+  }
   const projectKey = script.getAttribute('data-project-key');
   if (!projectKey) {
     console.warn('sightline: the script tag has no data-project-key; nothing is tracked');
@@ -75,8 +81,8 @@ function start(script) {
     clearTimeout(batchTimer);
     batchTimer = null;
     if (pending.length === 0) return;
-    const events = pending;
-    pending = [];
+    const events = pending.splice(0, MAX_EVENTS_PER_BATCH);
+    if (pending.length > 0) batchTimer = setTimeout(flushEvents, 0);
     // sentAt is set per attempt: ingest corrects the client's clock by its difference from
     // the receive time, so a retry must say when it was really sent. The events keep their uuids.
     const text = () => JSON.stringify({ projectKey, sentAt: new Date().toISOString(), events });
@@ -132,7 +138,7 @@ function start(script) {
   // pagehide is the last reliable moment on desktop, visibilitychange (hidden) on mobile,
   // where a hidden page may be killed without pagehide.
   function onHide() {
-    flushEvents();
+    while (pending.length > 0) flushEvents();
     if (replay) replay.flush(true);
     eventQueue.flushWithBeacon();
     replayQueue.flushWithBeacon();

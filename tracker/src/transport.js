@@ -75,6 +75,8 @@ export function createQueue(url) {
   // Resolves to null when done (stored, or refused for good), or to the ms to wait before retrying.
   async function attempt(delivery) {
     const { bytes, gzip } = await delivery.body();
+    // Handed to sendBeacon while its body was being compressed: already on its way.
+    if (!waiting.includes(delivery)) return null;
     // A keepalive request outlives the page, so a chunk in flight at unload is not lost.
     const keepalive = keepaliveBytesInFlight + bytes.byteLength <= KEEPALIVE_BUDGET_BYTES;
     if (keepalive) keepaliveBytesInFlight += bytes.byteLength;
