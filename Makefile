@@ -7,7 +7,8 @@ SIGHTLINE := $(BIN)/sightline
 
 .DEFAULT_GOAL := help
 
-.PHONY: help up down status test lint migrate install install-dev clean bench-ingest bench-tracing bench-replay
+.PHONY: help up down status test lint migrate install install-dev clean bench-ingest bench-tracing bench-replay \
+	tracker tracker-deps capture-recordings
 
 help: ## List the targets with one line each
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -47,6 +48,15 @@ lint: install-dev ## ruff and mypy --strict
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+
+tracker-deps: ## npm ci in tracker/ (esbuild and rrweb's recorder; the bundle test needs them)
+	cd tracker && npm ci --no-audit --no-fund
+
+tracker: tracker-deps ## Rebuild services/ingest/static/tracker.js from tracker/src; commit the result
+	cd tracker && node build.mjs
+
+capture-recordings: install-dev ## Record tests/e2e/recordings/*.json.gz with Chromium (replay payloads for the load test)
+	$(BIN)/python -m tests.e2e.capture_recordings
 
 bench-ingest: install ## wrk against POST /v1/events vs the no-op endpoint (needs `make up`); writes docs/benchmarks.md
 	@command -v wrk >/dev/null || { echo "wrk is missing: apt-get install -y wrk"; exit 1; }

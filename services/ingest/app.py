@@ -21,6 +21,7 @@ from services.ingest.enrichment import open_country_lookup, warm_up
 from services.ingest.routes import post_events, post_noop, post_replay
 from services.ingest.service import IngestService
 from services.ingest.settings import IngestSettings
+from services.ingest.tracker_route import get_tracker_script
 from services.ingest.writer import BatchWriter, WriterLimits
 
 logger = logging.getLogger(__name__)
@@ -77,6 +78,7 @@ def create_app(
             Router("/", route_handlers=[post_events], request_max_body_size=settings.events.max_body_bytes),
             Router("/", route_handlers=[post_replay], request_max_body_size=settings.replay.max_body_bytes),
             Router("/", route_handlers=[post_noop], request_max_body_size=settings.replay.max_body_bytes),
+            get_tracker_script,
         ],
         database=database or DatabaseSettings.from_env("ingest"),
         logs=logs or LogSettings.from_env("ingest"),
