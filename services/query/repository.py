@@ -1,14 +1,26 @@
-"""All SQL of the query service. Callers own the transaction.
+"""All SQL of the query service's reads. Callers own the transaction.
 
 Statements are assembled only from the whitelists below (column names, metric expressions,
 time-bucket expressions keyed by the API's own names) and bind parameters; no value from a
 request is ever spliced into SQL text.
+
+Two ways to answer an aggregate query, with the same semantics:
+- raw: from the range's events (exact);
+- cube: from the per-day rollups (services/query/rollup_repository.py) for days whose rollup is
+  current, plus the same cube computed on the fly from events for the other days. Unique
+  visitors there are HyperLogLog unions (approximate); every other metric is exact.
+
+Semantics shared by both: a session is a session_id's non-bot events within one local day of
+the project's timezone (a visit crossing midnight counts as two, as in Google Analytics); the
+visit dimensions (referrer, UTM tags, country, browser, OS, device, entry and exit page) are
+the session's first event's (or first/last pageview's), so a later internal pageview keeps the
+visit's source; a session belongs to one visitor.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date, datetime
 from typing import Any
 
@@ -17,59 +29,142 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-# API dimension -> column of the `ev` CTE (the range's non-bot events) or of the `sess` CTE
-# (one row per session). Where a visit came from is a property of the session, taken from its
-# first event: later pageviews of the same visit carry an internal (NULL) referrer and no UTM tags.
-_DIMENSION_COLUMNS: dict[str, str] = {
+# One precision for every sketch: unions of sketches with different parameters are refused.
+HLL_LOG2M = 12
+# HyperLogLog's relative standard error is 1.04 / sqrt(2^log2m).
+HLL_RELATIVE_STANDARD_ERROR = 1.04 / (2**HLL_LOG2M) ** 0.5
+
+
+def events_cte(extra_condition: str = "") -> str:
+    """`ev`: the non-bot events of [:start, :end) with their local day."""
+    return (
+        "ev AS (SELECT occurred_at, event_uuid, name, distinct_id, session_id, path, domain, referrer_domain,"
+        " utm_source, utm_medium, utm_campaign, country, browser, os, device_type,"
+        " (occurred_at AT TIME ZONE :timezone)::date AS day"
+        " FROM events WHERE project_id = :project_id AND occurred_at >= :start AND occurred_at < :end"
+        f" AND NOT is_bot{extra_condition})"
+    )
+
+
+def _first(column: str) -> str:
+    return f"(array_agg({column} ORDER BY occurred_at, event_uuid))[1]"
+
+
+# `sess`: one row per session and local day, with the visit's attributes.
+SESSIONS_CTE = (
+    "sess AS (SELECT session_id, day, min(distinct_id) AS s_visitor,"
+    " extract(epoch FROM max(occurred_at) - min(occurred_at))::float8 AS s_duration,"
+    " count(*) FILTER (WHERE name = 'pageview') AS s_pageviews,"
+    " count(*) AS s_events,"
+    " (array_agg(path ORDER BY occurred_at, event_uuid) FILTER (WHERE name = 'pageview'))[1] AS entry_page,"
+    " (array_agg(path ORDER BY occurred_at DESC, event_uuid DESC) FILTER (WHERE name = 'pageview'))[1]"
+    " AS exit_page,"
+    f" {_first('referrer_domain')} AS v_referrer, {_first('utm_source')} AS v_utm_source,"
+    f" {_first('utm_medium')} AS v_utm_medium, {_first('utm_campaign')} AS v_utm_campaign,"
+    f" {_first('country')} AS v_country, {_first('browser')} AS v_browser, {_first('os')} AS v_os,"
+    f" {_first('device_type')} AS v_device"
+    " FROM ev GROUP BY session_id, day)"
+)
+
+# A session's bounce: a single pageview and nothing else.
+_BOUNCE = "s_pageviews = 1 AND s_events = 1"
+
+# The cubes' rows as computed from `ev` and `sess`; the rollup tables store exactly these.
+VISITS_CUBE_SELECT = (
+    "SELECT day, v_referrer AS referrer, v_utm_source AS utm_source, v_utm_medium AS utm_medium,"
+    " v_utm_campaign AS utm_campaign, v_country AS country, v_browser AS browser, v_os AS os, v_device AS device,"
+    f" hll_add_agg(hll_hash_text(s_visitor), {HLL_LOG2M}) AS visitors, count(*) AS sessions,"
+    f" count(*) FILTER (WHERE {_BOUNCE}) AS bounces, sum(s_duration) AS duration_s,"
+    " sum(s_pageviews) AS pageviews, sum(s_events) AS events, sum(s_pageviews) AS session_pageviews"
+    " FROM sess GROUP BY day, v_referrer, v_utm_source, v_utm_medium, v_utm_campaign, v_country, v_browser,"
+    " v_os, v_device"
+)
+PAGES_CUBE_SELECT = (
+    "SELECT ps.day, ps.path AS page, s.v_country AS country, s.v_device AS device,"
+    f" hll_add_agg(hll_hash_text(s.s_visitor), {HLL_LOG2M}) AS visitors, count(*) AS sessions,"
+    f" count(*) FILTER (WHERE {_BOUNCE}) AS bounces, sum(s.s_duration) AS duration_s,"
+    " sum(ps.pageviews) AS pageviews, sum(ps.events) AS events, sum(s.s_pageviews) AS session_pageviews"
+    " FROM (SELECT day, path, session_id, count(*) FILTER (WHERE name = 'pageview') AS pageviews,"
+    " count(*) AS events FROM ev GROUP BY day, path, session_id) ps"
+    " JOIN sess s ON s.session_id = ps.session_id AND s.day = ps.day"
+    " GROUP BY ps.day, ps.path, s.v_country, s.v_device"
+)
+CUBE_METRIC_COLUMNS = "visitors, sessions, bounces, duration_s, pageviews, events, session_pageviews"
+
+
+@dataclass(frozen=True)
+class Cube:
+    table: str
+    dimensions: tuple[str, ...]  # API dimension names, equal to the table's column names
+    select_sql: str
+
+
+VISITS_CUBE = Cube(
+    "query_rollup_visits",
+    ("referrer", "utm_source", "utm_medium", "utm_campaign", "country", "browser", "os", "device"),
+    VISITS_CUBE_SELECT,
+)
+PAGES_CUBE = Cube("query_rollup_pages", ("page", "country", "device"), PAGES_CUBE_SELECT)
+CUBES = (VISITS_CUBE, PAGES_CUBE)
+
+# API dimension -> column of the raw query's `ev` joined with `sess`.
+_RAW_COLUMNS: dict[str, str] = {
     "page": "path",
     "domain": "domain",
-    "referrer": "entry_referrer",
-    "utm_source": "entry_utm_source",
-    "utm_medium": "entry_utm_medium",
-    "utm_campaign": "entry_utm_campaign",
-    "country": "country",
-    "browser": "browser",
-    "os": "os",
-    "device": "device_type",
+    "referrer": "v_referrer",
+    "utm_source": "v_utm_source",
+    "utm_medium": "v_utm_medium",
+    "utm_campaign": "v_utm_campaign",
+    "country": "v_country",
+    "browser": "v_browser",
+    "os": "v_os",
+    "device": "v_device",
     "event_name": "name",
     "entry_page": "entry_page",
     "exit_page": "exit_page",
 }
-_SESSION_DIMENSIONS = frozenset({"entry_page", "exit_page", "referrer", "utm_source", "utm_medium", "utm_campaign"})
 
-# Buckets are rendered as text that sorts in time order, in the project's timezone
-# (:timezone); ISO weeks start on Monday.
-_TIME_BUCKETS: dict[str, str] = {
+# Buckets are rendered as text that sorts in time order, in the project's timezone; ISO weeks
+# start on Monday.
+_RAW_TIME_BUCKETS: dict[str, str] = {
     "time:hour": "to_char(date_trunc('hour', occurred_at AT TIME ZONE :timezone), 'YYYY-MM-DD\"T\"HH24:00')",
-    "time:day": "to_char(date_trunc('day', occurred_at AT TIME ZONE :timezone), 'YYYY-MM-DD')",
-    "time:week": "to_char(date_trunc('week', occurred_at AT TIME ZONE :timezone), 'YYYY-MM-DD')",
-    "time:month": "to_char(date_trunc('month', occurred_at AT TIME ZONE :timezone), 'YYYY-MM')",
+    "time:day": "to_char(day, 'YYYY-MM-DD')",
+    "time:week": "to_char(date_trunc('week', day), 'YYYY-MM-DD')",
+    "time:month": "to_char(day, 'YYYY-MM')",
 }
+CUBE_TIME_DIMENSIONS = frozenset({"time:day", "time:week", "time:month"})
 
-# Session metrics look at each (group, session) pair once: `session_first` marks one row per
-# pair, and s_* carry the whole session's figures within the date range.
-_METRICS: dict[str, str] = {
+# Raw: session metrics look at each (group, session) pair once: `session_first` marks one row
+# per pair, and s_* carry the whole session's figures.
+_RAW_METRICS: dict[str, str] = {
     "visitors": "count(DISTINCT distinct_id)",
     "pageviews": "count(*) FILTER (WHERE name = 'pageview')",
     "events": "count(*)",
     "sessions": "count(*) FILTER (WHERE session_first)",
     "bounce_rate": (
-        "coalesce(round(100.0 * count(*) FILTER (WHERE session_first AND s_pageviews = 1 AND s_events = 1)"
+        f"coalesce(round(100.0 * count(*) FILTER (WHERE session_first AND {_BOUNCE})"
         " / nullif(count(*) FILTER (WHERE session_first), 0), 2), 0)"
     ),
-    "visit_duration": "coalesce(round(avg(s_duration) FILTER (WHERE session_first), 2), 0)",
+    "visit_duration": (
+        "coalesce(round((sum(s_duration) FILTER (WHERE session_first)"
+        " / nullif(count(*) FILTER (WHERE session_first), 0))::numeric, 2), 0)"
+    ),
     "views_per_session": (
         "coalesce(round(sum(s_pageviews) FILTER (WHERE session_first)::numeric"
         " / nullif(count(*) FILTER (WHERE session_first), 0), 2), 0)"
     ),
 }
+_CUBE_METRICS: dict[str, str] = {
+    "visitors": "coalesce(round(hll_cardinality(hll_union_agg(visitors)))::bigint, 0)",
+    "pageviews": "coalesce(sum(pageviews), 0)::bigint",
+    "events": "coalesce(sum(events), 0)::bigint",
+    "sessions": "coalesce(sum(sessions), 0)::bigint",
+    "bounce_rate": "coalesce(round(100.0 * sum(bounces) / nullif(sum(sessions), 0), 2), 0)",
+    "visit_duration": "coalesce(round((sum(duration_s) / nullif(sum(sessions), 0))::numeric, 2), 0)",
+    "views_per_session": "coalesce(round(sum(session_pageviews)::numeric / nullif(sum(sessions), 0), 2), 0)",
+}
 SESSION_METRICS = frozenset({"sessions", "bounce_rate", "visit_duration", "views_per_session"})
 INTEGER_METRICS = frozenset({"visitors", "pageviews", "events", "sessions"})
-
-_EVENT_COLUMNS = (
-    "occurred_at, event_uuid, name, distinct_id, session_id, path, domain, referrer_domain,"
-    " utm_source, utm_medium, utm_campaign, country, browser, os, device_type"
-)
 
 
 class InvalidPatternError(ValueError):
@@ -105,9 +200,42 @@ class AggregateQuery:
 
 
 @dataclass(frozen=True)
+class CubePlan:
+    """Answer from `cube`: its rollup rows for `rolled_days`, computed rows for `computed_days`."""
+
+    cube: Cube
+    rolled_days: tuple[date, ...]
+    computed_days: tuple[date, ...]
+    computed_start: datetime | None  # UTC bounds around computed_days, so partitions are pruned
+    computed_end: datetime | None
+
+
+@dataclass(frozen=True)
 class AggregateRow:
     dimensions: tuple[str | None, ...]
     metrics: tuple[Any, ...]
+
+
+def cube_for(query: AggregateQuery) -> Cube | None:
+    """The cube that answers this query with the raw path's semantics, if any."""
+    plain_dimensions = [name for name in query.dimensions if not name.startswith("time:")]
+    if any(name.startswith("time:") and name not in CUBE_TIME_DIMENSIONS for name in query.dimensions):
+        return None
+    used = {*plain_dimensions, *(clause.dimension for clause in query.filters)}
+    for cube in CUBES:
+        if not used <= set(cube.dimensions):
+            continue
+        if cube is PAGES_CUBE and SESSION_METRICS.intersection(query.metrics) and "page" not in plain_dimensions:
+            # Page rows count a session once per page; summing several pages' rows would count a
+            # session that saw two of them twice. Only one exact page keeps that sum exact.
+            page_filters = [clause for clause in query.filters if clause.dimension == "page"]
+            if not any(
+                clause.operator == "is" and len(clause.values) == 1 and not clause.includes_null
+                for clause in page_filters
+            ):
+                continue
+        return cube
+    return None
 
 
 def _like_pattern(value: str) -> str:
@@ -115,8 +243,7 @@ def _like_pattern(value: str) -> str:
     return f"%{escaped}%"
 
 
-def _filter_sql(clause: FilterClause, param: str, params: dict[str, Any]) -> str:
-    column = _DIMENSION_COLUMNS[clause.dimension]
+def _filter_sql(clause: FilterClause, column: str, param: str, params: dict[str, Any]) -> str:
     if clause.operator in ("is", "is_not"):
         params[param] = list(clause.values)
         # `= ANY` of an empty array is false, never NULL, so the NOT below is safe.
@@ -133,62 +260,8 @@ def _filter_sql(clause: FilterClause, param: str, params: dict[str, Any]) -> str
     raise ValueError(f"unknown operator {clause.operator}")
 
 
-def _dimension_sql(dimension: str) -> str:
-    return _TIME_BUCKETS.get(dimension) or _DIMENSION_COLUMNS[dimension]
-
-
-def build_aggregate_sql(query: AggregateQuery) -> tuple[str, dict[str, Any]]:
-    params: dict[str, Any] = {
-        "project_id": query.project_id,
-        "start": query.start,
-        "end": query.end,
-        "timezone": query.timezone,
-    }
-    needs_sessions = bool(SESSION_METRICS.intersection(query.metrics)) or any(
-        name in _SESSION_DIMENSIONS for name in (*query.dimensions, *(f.dimension for f in query.filters))
-    )
-    ctes = [
-        f"ev AS (SELECT {_EVENT_COLUMNS} FROM events"
-        " WHERE project_id = :project_id AND occurred_at >= :start AND occurred_at < :end AND NOT is_bot)"
-    ]
-    source = "ev"
-    session_columns = ""
-    if needs_sessions:
-        # A session is the range's events with one session_id: the date range clips sessions
-        # that cross its edges, so every figure is computed from events inside the range.
-        ctes.append(
-            "sess AS (SELECT session_id,"
-            " extract(epoch FROM max(occurred_at) - min(occurred_at)) AS s_duration,"
-            " count(*) FILTER (WHERE name = 'pageview') AS s_pageviews,"
-            " count(*) AS s_events,"
-            " (array_agg(path ORDER BY occurred_at, event_uuid) FILTER (WHERE name = 'pageview'))[1] AS entry_page,"
-            " (array_agg(path ORDER BY occurred_at DESC, event_uuid DESC) FILTER (WHERE name = 'pageview'))[1]"
-            " AS exit_page,"
-            " (array_agg(referrer_domain ORDER BY occurred_at, event_uuid))[1] AS entry_referrer,"
-            " (array_agg(utm_source ORDER BY occurred_at, event_uuid))[1] AS entry_utm_source,"
-            " (array_agg(utm_medium ORDER BY occurred_at, event_uuid))[1] AS entry_utm_medium,"
-            " (array_agg(utm_campaign ORDER BY occurred_at, event_uuid))[1] AS entry_utm_campaign"
-            " FROM ev GROUP BY session_id)"
-        )
-        source = "ev JOIN sess USING (session_id)"
-        session_columns = ", s_duration, s_pageviews, s_events"
-
-    dimension_aliases = [f"d{index}" for index in range(len(query.dimensions))]
-    dimension_columns = "".join(
-        f", {_dimension_sql(name)} AS {alias}" for name, alias in zip(query.dimensions, dimension_aliases, strict=True)
-    )
-    conditions = [_filter_sql(clause, f"f{index}", params) for index, clause in enumerate(query.filters)]
-    where = f" WHERE {' AND '.join(conditions)}" if conditions else ""
-    ctes.append(f"m AS (SELECT distinct_id, session_id, name{session_columns}{dimension_columns} FROM {source}{where})")
-    if needs_sessions:
-        partition = ", ".join([*dimension_aliases, "session_id"])
-        ctes.append(f"g AS (SELECT *, row_number() OVER (PARTITION BY {partition}) = 1 AS session_first FROM m)")
-    else:
-        ctes.append("g AS (SELECT * FROM m)")
-
-    metric_columns = ", ".join(f"{_METRICS[name]} AS {name}" for name in query.metrics)
-    select_columns = ", ".join([*dimension_aliases, metric_columns])
-    alias_of = {name: alias for name, alias in zip(query.dimensions, dimension_aliases, strict=True)}
+def _order_and_page(query: AggregateQuery, dimension_aliases: list[str], params: dict[str, Any]) -> str:
+    alias_of = dict(zip(query.dimensions, dimension_aliases, strict=True))
     alias_of.update({name: name for name in query.metrics})
     order_terms = [
         f"{alias_of[ordering.field]} {'DESC' if ordering.descending else 'ASC'} NULLS LAST"
@@ -196,21 +269,86 @@ def build_aggregate_sql(query: AggregateQuery) -> tuple[str, dict[str, Any]]:
     ]
     # Dimensions last, so equal metric values page in a stable order.
     order_terms.extend(f"{alias} ASC NULLS LAST" for alias in dimension_aliases)
-    group_by = f" GROUP BY {', '.join(dimension_aliases)}" if dimension_aliases else ""
-    order = f" ORDER BY {', '.join(order_terms)}" if order_terms else ""
     params["limit"] = query.limit
     params["offset"] = query.offset
+    group_by = f" GROUP BY {', '.join(dimension_aliases)}" if dimension_aliases else ""
+    order = f" ORDER BY {', '.join(order_terms)}" if order_terms else ""
+    return f"{group_by}{order} LIMIT :limit OFFSET :offset"
+
+
+def build_raw_sql(query: AggregateQuery) -> tuple[str, dict[str, Any]]:
+    params: dict[str, Any] = {
+        "project_id": query.project_id,
+        "start": query.start,
+        "end": query.end,
+        "timezone": query.timezone,
+    }
+    dimension_aliases = [f"d{index}" for index in range(len(query.dimensions))]
+    dimension_columns = "".join(
+        f", {_RAW_TIME_BUCKETS.get(name) or _RAW_COLUMNS[name]} AS {alias}"
+        for name, alias in zip(query.dimensions, dimension_aliases, strict=True)
+    )
+    conditions = [
+        _filter_sql(clause, _RAW_COLUMNS[clause.dimension], f"f{index}", params)
+        for index, clause in enumerate(query.filters)
+    ]
+    where = f" WHERE {' AND '.join(conditions)}" if conditions else ""
+    partition = ", ".join([*dimension_aliases, "session_id", "day"])
+    metric_columns = ", ".join(f"{_RAW_METRICS[name]} AS {name}" for name in query.metrics)
     sql = (
-        f"WITH {', '.join(ctes)}"
-        f" SELECT {select_columns}, count(*) OVER () AS total_rows FROM g{group_by}{order}"
-        " LIMIT :limit OFFSET :offset"
+        f"WITH {events_cte()}, {SESSIONS_CTE},"
+        " m AS (SELECT distinct_id, session_id, day, name, s_duration, s_pageviews, s_events"
+        f"{dimension_columns} FROM ev JOIN sess USING (session_id, day){where}),"
+        f" g AS (SELECT *, row_number() OVER (PARTITION BY {partition}) = 1 AS session_first FROM m)"
+        f" SELECT {', '.join([*dimension_aliases, metric_columns])}, count(*) OVER () AS total_rows FROM g"
+        f"{_order_and_page(query, dimension_aliases, params)}"
     )
     return sql, params
 
 
-async def aggregate(connection: AsyncConnection, query: AggregateQuery) -> tuple[list[AggregateRow], int]:
-    """Rows of one page and the number of rows before limit/offset."""
-    sql, params = build_aggregate_sql(query)
+def build_cube_sql(query: AggregateQuery, plan: CubePlan) -> tuple[str, dict[str, Any]]:
+    cube = plan.cube
+    grain = ", ".join(("day", *cube.dimensions))
+    params: dict[str, Any] = {"project_id": query.project_id, "rolled_days": list(plan.rolled_days)}
+    parts = [
+        f"SELECT {grain}, {CUBE_METRIC_COLUMNS} FROM {cube.table}"
+        " WHERE project_id = :project_id AND day = ANY(CAST(:rolled_days AS date[]))"
+    ]
+    ctes = ""
+    if plan.computed_days:
+        params.update(
+            start=plan.computed_start,
+            end=plan.computed_end,
+            timezone=query.timezone,
+            computed_days=list(plan.computed_days),
+        )
+        day_condition = " AND (occurred_at AT TIME ZONE :timezone)::date = ANY(CAST(:computed_days AS date[]))"
+        ctes = f"{events_cte(day_condition)}, {SESSIONS_CTE}, "
+        parts.append(f"SELECT {grain}, {CUBE_METRIC_COLUMNS} FROM ({cube.select_sql}) computed")
+    dimension_aliases = [f"d{index}" for index in range(len(query.dimensions))]
+    time_buckets = {
+        "time:day": "to_char(day, 'YYYY-MM-DD')",
+        "time:week": "to_char(date_trunc('week', day), 'YYYY-MM-DD')",
+        "time:month": "to_char(day, 'YYYY-MM')",
+    }
+    dimension_columns = [
+        f"{time_buckets.get(name, name)} AS {alias}"
+        for name, alias in zip(query.dimensions, dimension_aliases, strict=True)
+    ]
+    conditions = [
+        _filter_sql(clause, clause.dimension, f"f{index}", params) for index, clause in enumerate(query.filters)
+    ]
+    where = f" WHERE {' AND '.join(conditions)}" if conditions else ""
+    metric_columns = ", ".join(f"{_CUBE_METRICS[name]} AS {name}" for name in query.metrics)
+    sql = (
+        f"WITH {ctes}cube AS ({' UNION ALL '.join(parts)})"
+        f" SELECT {', '.join([*dimension_columns, metric_columns])}, count(*) OVER () AS total_rows"
+        f" FROM cube{where}{_order_and_page(query, dimension_aliases, params)}"
+    )
+    return sql, params
+
+
+async def _execute(connection: AsyncConnection, sql: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
     try:
         result = await connection.execute(text(sql), params)
     except sa_exc.DBAPIError as exc:
@@ -218,25 +356,26 @@ async def aggregate(connection: AsyncConnection, query: AggregateQuery) -> tuple
         if exc.orig is not None and isinstance(exc.orig.__cause__, asyncpg.InvalidRegularExpressionError):
             raise InvalidPatternError(str(exc.orig.__cause__)) from exc
         raise
-    rows: list[AggregateRow] = []
-    total_rows = 0
+    return [tuple(row) for row in result]
+
+
+async def aggregate(
+    connection: AsyncConnection, query: AggregateQuery, plan: CubePlan | None
+) -> tuple[list[AggregateRow], int]:
+    """Rows of one page and the number of rows before limit/offset."""
+    sql, params = build_raw_sql(query) if plan is None else build_cube_sql(query, plan)
     width = len(query.dimensions)
-    for row in result:
-        values = tuple(row)
-        rows.append(AggregateRow(dimensions=values[:width], metrics=values[width:-1]))
-        total_rows = int(values[-1])
-    if not rows and query.offset > 0:
-        total_rows = await _count_groups(connection, query)
-    return rows, total_rows
-
-
-async def _count_groups(connection: AsyncConnection, query: AggregateQuery) -> int:
-    # A page past the end has no row to carry count(*) OVER (); ask for the first row instead.
-    first_page = AggregateQuery(**{**query.__dict__, "limit": 1, "offset": 0})
-    sql, params = build_aggregate_sql(first_page)
-    result = await connection.execute(text(sql), params)
-    row = result.first()
-    return 0 if row is None else int(row[-1])
+    raw_rows = await _execute(connection, sql, params)
+    if raw_rows:
+        rows = [AggregateRow(dimensions=values[:width], metrics=values[width:-1]) for values in raw_rows]
+        return rows, int(raw_rows[0][-1])
+    if query.offset > 0:
+        # A page past the end has no row to carry count(*) OVER (); ask for the first row instead.
+        first_page = replace(query, limit=1, offset=0)
+        sql, params = build_raw_sql(first_page) if plan is None else build_cube_sql(first_page, plan)
+        first = await _execute(connection, sql, params)
+        return [], int(first[0][-1]) if first else 0
+    return [], 0
 
 
 async def realtime(connection: AsyncConnection, project_id: int, since: datetime) -> tuple[int, int]:

@@ -65,10 +65,16 @@ class QueryController(Controller):
         per group in which it has a matching event; a session is made of its events inside the date range.
         bounce_rate is the percent of sessions that consist of a single pageview; visit_duration is the
         mean of (last event - first event) in seconds. Time buckets are in the project's timezone.
-        Results are exact (no sampling, no sketches).
+        A session is a session_id's events within one local day (a visit crossing midnight counts on each
+        day, as in Google Analytics). referrer, utm_*, country, browser, os, device, entry_page and
+        exit_page describe the visit (its first event, or first/last pageview).
+
+        Queries whose dimensions and filters a per-day rollup holds (visit dimensions; or page with
+        country/device) read the rollups for days already rolled up and raw events for the rest; there
+        unique visitors are HyperLogLog estimates, stated in `meta`. Every other figure is exact.
         """
         async with read_transaction(state) as connection:
-            return await service.run_query(connection, project, data, datetime.now(UTC))
+            return await service.run_query(connection, project, data, datetime.now(UTC), state.query_settings)
 
     @get("/realtime", summary="Visitors in the last 5 minutes", responses=error_responses(_READ_ERRORS))
     async def realtime(self, state: State, project: NamedDependency[ProjectRecord]) -> RealtimeResponse:

@@ -113,9 +113,23 @@ class ComparisonResult(msgspec.Struct):
     total_rows: int
 
 
-class QueryMeta(msgspec.Struct):
+class QueryMeta(msgspec.Struct, omit_defaults=True):
     timezone: str
-    exact: bool = True
+    source: Annotated[
+        Literal["events", "rollups"],
+        msgspec.Meta(description="'rollups': per-day rollups (plus raw events for days not rolled up yet)."),
+    ]
+    exact: Annotated[
+        bool, msgspec.Meta(description="False when unique visitors are HyperLogLog estimates; other metrics are exact.")
+    ]
+    visitors_relative_standard_error: Annotated[
+        float | None,
+        msgspec.Meta(
+            description="When visitors are estimates: their relative standard error (1.04/sqrt(4096) = 1.63%); "
+            "about 95% of estimates are within 2 and 99.7% within 3 standard errors of the exact count. Counts up "
+            "to a few hundred visitors per group are exact."
+        ),
+    ] = None
 
 
 class QueryResponse(msgspec.Struct):

@@ -12,8 +12,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.common.errors import ApiError
 from services.common.project_repository import ProjectRecord
-from services.query import repository
-from services.query.repository import AggregateQuery, FilterClause, FunnelStepMatch, Ordering
+from services.query import repository, rollup_repository
+from services.query.repository import AggregateQuery, CubePlan, FilterClause, FunnelStepMatch, Ordering
 from services.query.schemas import (
     ComparisonResult,
     DateRange,
@@ -31,6 +31,7 @@ from services.query.schemas import (
     RetentionSpec,
     RetentionWeek,
 )
+from services.query.settings import QuerySettings
 
 # Longer custom ranges would scan years of raw events for one request.
 MAX_RANGE_DAYS = 3 * 366
@@ -135,9 +136,36 @@ def _number(metric: str, value: object) -> float | int:
     return float(value) if isinstance(value, Decimal | int | float) else 0.0
 
 
-async def _rows(connection: AsyncConnection, query: AggregateQuery) -> tuple[list[ResultRow], int]:
+async def _plan(
+    connection: AsyncConnection, query: AggregateQuery, span: ResolvedRange, settings: QuerySettings
+) -> CubePlan | None:
+    """Read the rollups when a cube answers the query and at least one day of the range is rolled up."""
+    cube = repository.cube_for(query) if settings.rollups else None
+    if cube is None:
+        return None
+    rolled = await rollup_repository.usable_days(
+        connection, query.project_id, span.date_from, span.date_to, settings.rollup_max_staleness_s
+    )
+    if not rolled:
+        return None
+    computed = [span.date_from + timedelta(days=n) for n in range(span.days)]
+    computed = [day for day in computed if day not in rolled]
+    return CubePlan(
+        cube=cube,
+        rolled_days=tuple(sorted(rolled)),
+        computed_days=tuple(computed),
+        computed_start=local_midnight(computed[0], query.timezone) if computed else None,
+        computed_end=local_midnight(computed[-1] + timedelta(days=1), query.timezone) if computed else None,
+    )
+
+
+async def _rows(
+    connection: AsyncConnection, query: AggregateQuery, span: ResolvedRange, settings: QuerySettings
+) -> tuple[list[ResultRow], int, bool]:
+    """Result rows, rows before paging, and whether the figures came from the rollups."""
+    plan = await _plan(connection, query, span, settings)
     try:
-        rows, total_rows = await repository.aggregate(connection, query)
+        rows, total_rows = await repository.aggregate(connection, query, plan)
     except repository.InvalidPatternError as exc:
         raise invalid(f"A 'matches' pattern is not a valid regular expression: {exc}", "filters") from exc
     results = [
@@ -147,11 +175,11 @@ async def _rows(connection: AsyncConnection, query: AggregateQuery) -> tuple[lis
         )
         for row in rows
     ]
-    return results, total_rows
+    return results, total_rows, plan is not None
 
 
 async def run_query(
-    connection: AsyncConnection, project: ProjectRecord, spec: QuerySpec, now: datetime
+    connection: AsyncConnection, project: ProjectRecord, spec: QuerySpec, now: datetime, settings: QuerySettings
 ) -> QueryResponse:
     _validate(spec)
     current = resolve_range(spec, project.timezone, now)
@@ -180,13 +208,14 @@ async def run_query(
         limit=spec.limit,
         offset=spec.offset,
     )
-    results, total_rows = await _rows(connection, query)
+    results, total_rows, from_rollups = await _rows(connection, query, current, settings)
     comparison = None
     if spec.comparison == "previous_period":
         previous = previous_period(current, project.timezone)
-        previous_results, previous_total = await _rows(
-            connection, replace(query, start=previous.start, end=previous.end)
+        previous_results, previous_total, previous_from_rollups = await _rows(
+            connection, replace(query, start=previous.start, end=previous.end), previous, settings
         )
+        from_rollups = from_rollups or previous_from_rollups
         comparison = ComparisonResult(
             date_range=DateRange(previous.date_from, previous.date_to),
             results=previous_results,
@@ -200,8 +229,19 @@ async def run_query(
         total_rows=total_rows,
         limit=spec.limit,
         offset=spec.offset,
-        meta=QueryMeta(timezone=project.timezone),
+        meta=_meta(project.timezone, from_rollups and "visitors" in spec.metrics, from_rollups),
         comparison=comparison,
+    )
+
+
+def _meta(timezone: str, approximate_visitors: bool, from_rollups: bool) -> QueryMeta:
+    return QueryMeta(
+        timezone=timezone,
+        source="rollups" if from_rollups else "events",
+        exact=not approximate_visitors,
+        visitors_relative_standard_error=(
+            round(repository.HLL_RELATIVE_STANDARD_ERROR, 4) if approximate_visitors else None
+        ),
     )
 
 

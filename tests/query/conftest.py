@@ -16,6 +16,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.cli import admin
 from services.query.app import create_app
+from services.query.rollups import refresh_until_current
+from services.query.settings import QuerySettings
 from tests.harness import DatabaseHarness
 
 BERLIN = ZoneInfo("Europe/Berlin")
@@ -125,10 +127,16 @@ def main_events() -> list[Event]:
 class Dataset:
     project: dict[str, Any]
     other_project: dict[str, Any]
+    source: str  # where the figures come from: "events" or "rollups"
 
 
-@pytest.fixture
-async def dataset(db: DatabaseHarness, engine: AsyncEngine) -> Dataset:
+async def build_rollups(engine: AsyncEngine, project: dict[str, Any]) -> None:
+    await refresh_until_current(engine, 100, int(project["id"]))
+
+
+@pytest.fixture(params=["events", "rollups"])
+async def dataset(request: pytest.FixtureRequest, db: DatabaseHarness, engine: AsyncEngine) -> Dataset:
+    """The same expected numbers must come out of the raw events and out of the rollups."""
     project = await new_project(db)
     other = await new_project(db)
     await insert_events(engine, int(project["id"]), main_events())
@@ -140,12 +148,17 @@ async def dataset(db: DatabaseHarness, engine: AsyncEngine) -> Dataset:
             Event("x1", "sx1", berlin("2026-01-13T10:01:00"), "/pricing"),
         ],
     )
-    return Dataset(project, other)
+    if request.param == "rollups":
+        await build_rollups(engine, project)
+        await build_rollups(engine, other)
+    return Dataset(project, other, request.param)
 
 
 @pytest.fixture
 async def client(db: DatabaseHarness) -> AsyncIterator[AsyncTestClient[Any]]:
-    async with AsyncTestClient(create_app(db.database)) as test_client:
+    # Rollups are read only where a test built them, and only while current; no background refresher.
+    settings = QuerySettings(rollup_max_staleness_s=0, rollup_interval_s=0)
+    async with AsyncTestClient(create_app(db.database, query_settings=settings)) as test_client:
         yield test_client
 
 
