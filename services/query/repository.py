@@ -69,43 +69,92 @@ SESSIONS_CTE = (
 # A session's bounce: a single pageview and nothing else.
 _BOUNCE = "s_pageviews = 1 AND s_events = 1"
 
-# The cubes' rows as computed from `ev` and `sess`; the rollup tables store exactly these.
-VISITS_CUBE_SELECT = (
-    "SELECT day, v_referrer AS referrer, v_utm_source AS utm_source, v_utm_medium AS utm_medium,"
-    " v_utm_campaign AS utm_campaign, v_country AS country, v_browser AS browser, v_os AS os, v_device AS device,"
-    f" hll_add_agg(hll_hash_text(s_visitor), {HLL_LOG2M}) AS visitors, count(*) AS sessions,"
-    f" count(*) FILTER (WHERE {_BOUNCE}) AS bounces, sum(s_duration) AS duration_s,"
-    " sum(s_pageviews) AS pageviews, sum(s_events) AS events, sum(s_pageviews) AS session_pageviews"
-    " FROM sess GROUP BY day, v_referrer, v_utm_source, v_utm_medium, v_utm_campaign, v_country, v_browser,"
-    " v_os, v_device"
-)
-PAGES_CUBE_SELECT = (
-    "SELECT ps.day, ps.path AS page, s.v_country AS country, s.v_device AS device,"
-    f" hll_add_agg(hll_hash_text(s.s_visitor), {HLL_LOG2M}) AS visitors, count(*) AS sessions,"
-    f" count(*) FILTER (WHERE {_BOUNCE}) AS bounces, sum(s.s_duration) AS duration_s,"
-    " sum(ps.pageviews) AS pageviews, sum(ps.events) AS events, sum(s.s_pageviews) AS session_pageviews"
-    " FROM (SELECT day, path, session_id, count(*) FILTER (WHERE name = 'pageview') AS pageviews,"
-    " count(*) AS events FROM ev GROUP BY day, path, session_id) ps"
-    " JOIN sess s ON s.session_id = ps.session_id AND s.day = ps.day"
-    " GROUP BY ps.day, ps.path, s.v_country, s.v_device"
-)
+# Visit dimensions, in the order of the `grain` bit mask (GROUPING() puts the first argument in
+# the highest bit, and sets the bits of the dimensions a row is *not* grouped by).
+VISIT_DIMENSIONS = ("referrer", "utm_source", "utm_medium", "utm_campaign", "country", "browser", "os", "device")
+_VISIT_COLUMNS = {name: f"v_{name}" for name in VISIT_DIMENSIONS}
 CUBE_METRIC_COLUMNS = "visitors, sessions, bounces, duration_s, pageviews, events, session_pageviews"
+
+
+def grain_id(dimensions: frozenset[str]) -> int:
+    """The `grain` of rows grouped by these visit dimensions (as GROUPING() computes it)."""
+    width = len(VISIT_DIMENSIONS)
+    return sum(1 << (width - 1 - index) for index, name in enumerate(VISIT_DIMENSIONS) if name not in dimensions)
 
 
 @dataclass(frozen=True)
 class Cube:
+    """A rollup table: rows per day and grain; `fixed` dimensions are in every grain."""
+
     table: str
-    dimensions: tuple[str, ...]  # API dimension names, equal to the table's column names
-    select_sql: str
+    fixed: tuple[str, ...]
+    grains: tuple[frozenset[str], ...]
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        return (*self.fixed, *VISIT_DIMENSIONS)
+
+    def grain_for(self, dimensions: set[str]) -> frozenset[str] | None:
+        """The smallest stored grain that holds these dimensions."""
+        wanted = dimensions - set(self.fixed)
+        candidates = [grain for grain in self.grains if wanted <= grain]
+        return min(candidates, key=len) if candidates else None
+
+    def select_sql(self, grains: tuple[frozenset[str], ...]) -> str:
+        """The cube's rows for these grains, computed from `ev` and `sess` (rollup build and tail)."""
+        sets = ", ".join(
+            "(" + ", ".join(f"s.{_VISIT_COLUMNS[name]}" for name in VISIT_DIMENSIONS if name in grain) + ")"
+            for grain in grains
+        )
+        grouped = frozenset().union(*grains)
+        # Columns in no grouping set cannot be selected; they are NULL in every row anyway.
+        visit_columns = ", ".join(
+            f"s.{_VISIT_COLUMNS[name]} AS {name}" if name in grouped else f"NULL::text AS {name}"
+            for name in VISIT_DIMENSIONS
+        )
+        if len(grains) == 1:
+            grain = str(grain_id(grains[0]))
+        else:
+            # GROUPING() takes only grouped columns; every build lists all of them somewhere.
+            assert grouped == frozenset(VISIT_DIMENSIONS)
+            grain = "GROUPING(" + ", ".join(f"s.{_VISIT_COLUMNS[name]}" for name in VISIT_DIMENSIONS) + ")"
+        metrics = (
+            f"hll_add_agg(hll_hash_text(s.s_visitor), {HLL_LOG2M}) AS visitors, count(*) AS sessions,"
+            f" count(*) FILTER (WHERE {_BOUNCE}) AS bounces, sum(s.s_duration) AS duration_s"
+        )
+        if not self.fixed:
+            return (
+                f"SELECT s.day, {grain} AS grain, {visit_columns}, {metrics},"
+                " sum(s.s_pageviews) AS pageviews, sum(s.s_events) AS events, sum(s.s_pageviews) AS session_pageviews"
+                f" FROM sess s GROUP BY s.day, GROUPING SETS ({sets})"
+            )
+        # Pages: one row per (day, page, session) first, so a session counts once per page.
+        return (
+            f"SELECT s.day, {grain} AS grain, ps.path AS page, {visit_columns}, {metrics},"
+            " sum(ps.pageviews) AS pageviews, sum(ps.events) AS events, sum(s.s_pageviews) AS session_pageviews"
+            " FROM (SELECT day, path, session_id, count(*) FILTER (WHERE name = 'pageview') AS pageviews,"
+            " count(*) AS events FROM ev GROUP BY day, path, session_id) ps"
+            " JOIN sess s ON s.session_id = ps.session_id AND s.day = ps.day"
+            f" GROUP BY s.day, ps.path, GROUPING SETS ({sets})"
+        )
 
 
-VISITS_CUBE = Cube(
-    "query_rollup_visits",
-    ("referrer", "utm_source", "utm_medium", "utm_campaign", "country", "browser", "os", "device"),
-    VISITS_CUBE_SELECT,
-)
-PAGES_CUBE = Cube("query_rollup_pages", ("page", "country", "device"), PAGES_CUBE_SELECT)
+def _grains_up_to_pairs(extra: tuple[frozenset[str], ...] = ()) -> tuple[frozenset[str], ...]:
+    singles = [frozenset({name}) for name in VISIT_DIMENSIONS]
+    pairs = [
+        frozenset({first, second})
+        for index, first in enumerate(VISIT_DIMENSIONS)
+        for second in VISIT_DIMENSIONS[index + 1 :]
+    ]
+    return (frozenset(), *singles, *pairs, *extra)
+
+
+# Visits: totals, each visit dimension, each pair (one filter plus one breakdown), and the full
+# cube for anything with more dimensions. Pages: each page alone and with one visit dimension.
+VISITS_CUBE = Cube("query_rollup_visits", (), _grains_up_to_pairs((frozenset(VISIT_DIMENSIONS),)))
+PAGES_CUBE = Cube("query_rollup_pages", ("page",), (frozenset(), *(frozenset({name}) for name in VISIT_DIMENSIONS)))
 CUBES = (VISITS_CUBE, PAGES_CUBE)
+
 
 # API dimension -> column of the raw query's `ev` joined with `sess`.
 _RAW_COLUMNS: dict[str, str] = {
@@ -201,9 +250,10 @@ class AggregateQuery:
 
 @dataclass(frozen=True)
 class CubePlan:
-    """Answer from `cube`: its rollup rows for `rolled_days`, computed rows for `computed_days`."""
+    """Answer from `cube` rows of `grain`: rollup rows for `rolled_days`, computed ones for `computed_days`."""
 
     cube: Cube
+    grain: frozenset[str]
     rolled_days: tuple[date, ...]
     computed_days: tuple[date, ...]
     computed_start: datetime | None  # UTC bounds around computed_days, so partitions are pruned
@@ -216,14 +266,14 @@ class AggregateRow:
     metrics: tuple[Any, ...]
 
 
-def cube_for(query: AggregateQuery) -> Cube | None:
-    """The cube that answers this query with the raw path's semantics, if any."""
+def cube_for(query: AggregateQuery) -> tuple[Cube, frozenset[str]] | None:
+    """The cube and grain that answer this query with the raw path's semantics, if any."""
     plain_dimensions = [name for name in query.dimensions if not name.startswith("time:")]
     if any(name.startswith("time:") and name not in CUBE_TIME_DIMENSIONS for name in query.dimensions):
         return None
     used = {*plain_dimensions, *(clause.dimension for clause in query.filters)}
     for cube in CUBES:
-        if not used <= set(cube.dimensions):
+        if not used <= set(cube.columns) or not set(cube.fixed) <= used:
             continue
         if cube is PAGES_CUBE and SESSION_METRICS.intersection(query.metrics) and "page" not in plain_dimensions:
             # Page rows count a session once per page; summing several pages' rows would count a
@@ -234,7 +284,9 @@ def cube_for(query: AggregateQuery) -> Cube | None:
                 for clause in page_filters
             ):
                 continue
-        return cube
+        grain = cube.grain_for(used)
+        if grain is not None:
+            return cube, grain
     return None
 
 
@@ -308,11 +360,15 @@ def build_raw_sql(query: AggregateQuery) -> tuple[str, dict[str, Any]]:
 
 def build_cube_sql(query: AggregateQuery, plan: CubePlan) -> tuple[str, dict[str, Any]]:
     cube = plan.cube
-    grain = ", ".join(("day", *cube.dimensions))
-    params: dict[str, Any] = {"project_id": query.project_id, "rolled_days": list(plan.rolled_days)}
+    columns = ", ".join(("day", *cube.columns))
+    params: dict[str, Any] = {
+        "project_id": query.project_id,
+        "grain": grain_id(plan.grain),
+        "rolled_days": list(plan.rolled_days),
+    }
     parts = [
-        f"SELECT {grain}, {CUBE_METRIC_COLUMNS} FROM {cube.table}"
-        " WHERE project_id = :project_id AND day = ANY(CAST(:rolled_days AS date[]))"
+        f"SELECT {columns}, {CUBE_METRIC_COLUMNS} FROM {cube.table}"
+        " WHERE project_id = :project_id AND grain = :grain AND day = ANY(CAST(:rolled_days AS date[]))"
     ]
     ctes = ""
     if plan.computed_days:
@@ -324,7 +380,7 @@ def build_cube_sql(query: AggregateQuery, plan: CubePlan) -> tuple[str, dict[str
         )
         day_condition = " AND (occurred_at AT TIME ZONE :timezone)::date = ANY(CAST(:computed_days AS date[]))"
         ctes = f"{events_cte(day_condition)}, {SESSIONS_CTE}, "
-        parts.append(f"SELECT {grain}, {CUBE_METRIC_COLUMNS} FROM ({cube.select_sql}) computed")
+        parts.append(f"SELECT {columns}, {CUBE_METRIC_COLUMNS} FROM ({cube.select_sql((plan.grain,))}) computed")
     dimension_aliases = [f"d{index}" for index in range(len(query.dimensions))]
     time_buckets = {
         "time:day": "to_char(day, 'YYYY-MM-DD')",

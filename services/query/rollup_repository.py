@@ -69,6 +69,17 @@ async def days_to_build(connection: AsyncConnection, limit: int, project_id: int
     return [DayToBuild(row.project_id, row.timezone, row.day) for row in result]
 
 
+async def count_days_to_build(connection: AsyncConnection, project_id: int | None = None) -> int:
+    result = await connection.execute(
+        text(
+            "SELECT count(*) FROM query_rollup_days WHERE built_changes IS DISTINCT FROM changes"
+            " AND (CAST(:project_id AS bigint) IS NULL OR project_id = :project_id)"
+        ),
+        {"project_id": project_id},
+    )
+    return int(result.scalar_one())
+
+
 async def claim_day(connection: AsyncConnection, project_id: int, day: date) -> int | None:
     """The day's change generation, read under its row lock: waits for batches in flight.
 
@@ -103,12 +114,12 @@ async def rebuild_day(
         await connection.execute(
             text(f"DELETE FROM {cube.table} WHERE project_id = :project_id AND day = :day"), params
         )
-        grain = ", ".join(("day", *cube.dimensions))
+        columns = ", ".join(("day", "grain", *cube.columns))
         await connection.execute(
             text(
                 f"WITH {events_cte()}, {SESSIONS_CTE}"
-                f" INSERT INTO {cube.table} (project_id, {grain}, {CUBE_METRIC_COLUMNS})"
-                f" SELECT :project_id, {grain}, {CUBE_METRIC_COLUMNS} FROM ({cube.select_sql}) computed"
+                f" INSERT INTO {cube.table} (project_id, {columns}, {CUBE_METRIC_COLUMNS})"
+                f" SELECT :project_id, {columns}, {CUBE_METRIC_COLUMNS} FROM ({cube.select_sql(cube.grains)}) computed"
             ),
             params,
         )

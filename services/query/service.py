@@ -140,9 +140,10 @@ async def _plan(
     connection: AsyncConnection, query: AggregateQuery, span: ResolvedRange, settings: QuerySettings
 ) -> CubePlan | None:
     """Read the rollups when a cube answers the query and at least one day of the range is rolled up."""
-    cube = repository.cube_for(query) if settings.rollups else None
-    if cube is None:
+    choice = repository.cube_for(query) if settings.rollups else None
+    if choice is None:
         return None
+    cube, grain = choice
     rolled = await rollup_repository.usable_days(
         connection, query.project_id, span.date_from, span.date_to, settings.rollup_max_staleness_s
     )
@@ -152,6 +153,7 @@ async def _plan(
     computed = [day for day in computed if day not in rolled]
     return CubePlan(
         cube=cube,
+        grain=grain,
         rolled_days=tuple(sorted(rolled)),
         computed_days=tuple(computed),
         computed_start=local_midnight(computed[0], query.timezone) if computed else None,

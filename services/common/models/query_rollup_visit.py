@@ -1,4 +1,4 @@
-"""Per-day cube of visits (sessions clipped at local midnight) by where they came from and who they were.
+"""Per-day rollup of visits (sessions clipped at local midnight) by where they came from and who they were.
 
 Owned by the query service: rebuilt from events by services/query/rollup_repository.py.
 Core tables rather than mapped classes: the grain columns are nullable, so there is no key.
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import BigInteger, Column, Date, Float, Index, Table, Text
+from sqlalchemy import BigInteger, Column, Date, Float, Index, SmallInteger, Table, Text
 from sqlalchemy.dialects.postgresql.base import ischema_names
 from sqlalchemy.types import UserDefinedType
 
@@ -33,6 +33,8 @@ query_rollup_visits = Table(
     Base.metadata,
     Column("project_id", BigInteger, nullable=False),
     Column("day", Date, nullable=False),
+    # GROUPING() bit mask of the visit dimensions a row is not grouped by (its grouping set).
+    Column("grain", SmallInteger, nullable=False),
     Column("referrer", Text),
     Column("utm_source", Text),
     Column("utm_medium", Text),
@@ -48,5 +50,5 @@ query_rollup_visits = Table(
     Column("pageviews", BigInteger, nullable=False),
     Column("events", BigInteger, nullable=False),
     Column("session_pageviews", BigInteger, nullable=False),
-    Index("ix_query_rollup_visits_project_id_day", "project_id", "day"),
+    Index("ix_query_rollup_visits_project_id_grain_day", "project_id", "grain", "day"),
 )
