@@ -35,6 +35,19 @@ HLL_LOG2M = 12
 HLL_RELATIVE_STANDARD_ERROR = 1.04 / (2**HLL_LOG2M) ** 0.5
 
 
+async def configure_transaction(connection: AsyncConnection, *, read_only: bool) -> None:
+    """Settings for the current transaction only (SET LOCAL semantics, safe under PgBouncer).
+
+    The per-session CTE's row estimate is Postgres's default of 200 whatever the range holds,
+    which makes the planner join it to the events with a nested loop: quadratic, minutes on a
+    busy day. A hash join is right for every statement here.
+    """
+    if read_only:
+        # Must come first in the transaction; a query can then never write, whatever it says.
+        await connection.execute(text("SET TRANSACTION READ ONLY"))
+    await connection.execute(text("SELECT set_config('enable_nestloop', 'off', true)"))
+
+
 def events_cte(extra_condition: str = "") -> str:
     """`ev`: the non-bot events of [:start, :end) with their local day."""
     return (

@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.common.db import set_statement_timeout
 from services.query import rollup_repository
+from services.query.repository import configure_transaction
 from services.query.service import local_midnight
 from services.query.settings import QuerySettings
 
@@ -35,6 +36,7 @@ async def refresh_rollups(engine: AsyncEngine, days_per_round: int, project_id: 
         if generation is None:
             continue
         async with engine.begin() as connection:
+            await configure_transaction(connection, read_only=False)
             await set_statement_timeout(connection, REBUILD_STATEMENT_TIMEOUT_MS)
             if await rollup_repository.rebuild_day(
                 connection,

@@ -10,14 +10,13 @@ from litestar import Controller, get, post
 from litestar.datastructures import State
 from litestar.di import NamedDependency, Provide
 from litestar.params import JSONBody
-from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.common.auth import provide_read_project
 from services.common.db import set_statement_timeout
 from services.common.errors import error_responses
 from services.common.project_repository import ProjectRecord
-from services.query import service
+from services.query import repository, service
 from services.query.schemas import (
     FunnelResponse,
     FunnelSpec,
@@ -39,8 +38,7 @@ _SPEC_ERRORS = {422: "The spec is invalid; the error names the field and the pro
 async def read_transaction(state: State) -> AsyncIterator[AsyncConnection]:
     """One read-only transaction per request, every statement under the statement timeout."""
     async with state.engine.begin() as connection:
-        # Must come first in the transaction; a query can then never write, whatever it says.
-        await connection.execute(text("SET TRANSACTION READ ONLY"))
+        await repository.configure_transaction(connection, read_only=True)
         await set_statement_timeout(connection, state.statement_timeout_ms)
         yield connection
 
