@@ -36,7 +36,7 @@ def create_app(
         if settings.rollup_interval_s <= 0:
             yield
             return
-        task = asyncio.create_task(run_refresher(app.state.engine, settings))
+        task = asyncio.create_task(run_refresher(database, settings))
         try:
             yield
         finally:

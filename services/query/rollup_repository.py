@@ -114,15 +114,21 @@ async def rebuild_day(
         await connection.execute(
             text(f"DELETE FROM {cube.table} WHERE project_id = :project_id AND day = :day"), params
         )
+    # One statement for both tables, so the day's events are read and sessionised once.
+    inserts = []
+    for cube in (VISITS_CUBE, PAGES_CUBE):
         columns = ", ".join(("day", "grain", *cube.columns))
-        await connection.execute(
-            text(
-                f"WITH {events_cte()}, {SESSIONS_CTE}"
-                f" INSERT INTO {cube.table} (project_id, {columns}, {CUBE_METRIC_COLUMNS})"
-                f" SELECT :project_id, {columns}, {CUBE_METRIC_COLUMNS} FROM ({cube.select_sql(cube.grains)}) computed"
-            ),
-            params,
+        inserts.append(
+            f"INSERT INTO {cube.table} (project_id, {columns}, {CUBE_METRIC_COLUMNS})"
+            f" SELECT :project_id, {columns}, {CUBE_METRIC_COLUMNS} FROM ({cube.select_sql(cube.grains)}) computed"
         )
+    await connection.execute(
+        text(
+            f"WITH {events_cte()}, {SESSIONS_CTE.replace('sess AS (', 'sess AS MATERIALIZED (', 1)},"
+            f" visits AS ({inserts[0]}) {inserts[1]}"
+        ),
+        params,
+    )
     await connection.execute(
         text(
             "UPDATE query_rollup_days SET built_changes = :generation, built_at = now()"

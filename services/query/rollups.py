@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import replace
 from datetime import timedelta
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from services.common.db import set_statement_timeout
+from services.common.db import create_engine, set_statement_timeout
+from services.common.settings import DatabaseSettings
 from services.query import rollup_repository
 from services.query.repository import configure_transaction
 from services.query.service import local_midnight
@@ -62,15 +64,36 @@ async def refresh_until_current(engine: AsyncEngine, days_per_round: int, projec
             return total
 
 
-async def run_refresher(engine: AsyncEngine, settings: QuerySettings) -> None:
+def rollup_engine(database: DatabaseSettings) -> AsyncEngine:
+    """A small pool of its own whose client-side timeout outlasts a rebuild's statement timeout."""
+    return create_engine(
+        "query-rollup",
+        replace(database, pool_size=1, max_overflow=0, command_timeout_s=REBUILD_STATEMENT_TIMEOUT_MS / 1000 + 10),
+    )
+
+
+async def rebuild_changed_days(database: DatabaseSettings, project_id: int | None = None) -> int:
+    """`sightline rollup`: rounds until current."""
+    engine = rollup_engine(database)
+    try:
+        return await refresh_until_current(engine, 10, project_id)
+    finally:
+        await engine.dispose()
+
+
+async def run_refresher(database: DatabaseSettings, settings: QuerySettings) -> None:
     """Forever: rebuild changed days, then sleep. Errors are logged and retried next round."""
-    while True:
-        try:
-            await refresh_rollups(engine, settings.rollup_days_per_round)
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            # A failed round (database restarting, a timeout) must not end the refresher; the
-            # same days are still marked changed and are retried next round.
-            logger.exception("rollup refresh failed")
-        await asyncio.sleep(settings.rollup_interval_s)
+    engine = rollup_engine(database)
+    try:
+        while True:
+            try:
+                await refresh_rollups(engine, settings.rollup_days_per_round)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                # A failed round (database restarting, a timeout) must not end the refresher;
+                # the same days are still marked changed and are retried next round.
+                logger.exception("rollup refresh failed")
+            await asyncio.sleep(settings.rollup_interval_s)
+    finally:
+        await engine.dispose()
