@@ -249,6 +249,47 @@ async def measure(base_url: str, secret_key: str, runs: int) -> list[dict[str, A
     return figures
 
 
+async def explain(admin_settings: AdminDatabaseSettings, project: dict[str, Any], names: list[str]) -> None:
+    """EXPLAIN (ANALYZE, BUFFERS) of the SQL the service runs for some standard calls."""
+    from services.query import repository, service
+    from services.query.schemas import QuerySpec
+    from services.query.settings import QuerySettings
+
+    engine = create_admin_engine(admin_settings)
+    try:
+        for name in names:
+            call_name, _, filter_name = name.partition("/")
+            spec = QuerySpec(**STANDARD_CALLS[call_name], period="30d", filters=[])
+            query_filters = tuple(
+                repository.FilterClause(item["dimension"], item["operator"], tuple(item["values"]))
+                for item in FILTERS[filter_name or "no filter"]
+            )
+            span = service.resolve_range(spec, TIMEZONE, datetime.now(UTC))
+            query = repository.AggregateQuery(
+                project_id=int(project["id"]),
+                timezone=TIMEZONE,
+                start=span.start,
+                end=span.end,
+                metrics=tuple(spec.metrics),
+                dimensions=tuple(spec.dimensions),
+                filters=query_filters,
+                order_by=service._default_order(spec),
+                limit=spec.limit,
+                offset=0,
+            )
+            async with engine.begin() as connection:
+                await repository.configure_transaction(connection, read_only=True)
+                plan = await service._plan(connection, query, span, QuerySettings())
+                sql, params = (
+                    repository.build_raw_sql(query) if plan is None else repository.build_cube_sql(query, plan)
+                )
+                result = await connection.execute(text(f"EXPLAIN (ANALYZE, BUFFERS) {sql}"), params)
+                log(f"--- {name} ({'events' if plan is None else plan.cube.table})")
+                log("\n".join(row[0] for row in result))
+    finally:
+        await engine.dispose()
+
+
 async def count_events(admin_settings: AdminDatabaseSettings, project_id: int) -> tuple[int, int]:
     engine = create_admin_engine(admin_settings)
     try:
@@ -281,6 +322,9 @@ async def main(arguments: argparse.Namespace) -> None:
     admin_settings = AdminDatabaseSettings.from_env()
     database = DatabaseSettings.from_env("query")
     project = await load(admin_settings, arguments.events, arguments.name)
+    if arguments.explain:
+        await explain(admin_settings, project, arguments.explain)
+        return
     own, total = await count_events(admin_settings, int(project["id"]))
     log(f"events: {own:,} in project {project['id']}, {total:,} in all projects")
     await build_rollups(database)
@@ -303,6 +347,12 @@ def cli() -> None:
     parser.add_argument("--events", type=int, default=10_000_000, help="events for the measured project")
     parser.add_argument("--name", default="bench-query", help="the measured project's name (noise: NAME-noise-N)")
     parser.add_argument("--runs", type=int, default=30, help="timed runs per call")
+    parser.add_argument(
+        "--explain",
+        nargs="*",
+        metavar="CALL[/FILTER]",
+        help="only print the plans of these calls, e.g. 'top pages' 'overview/country is DE'",
+    )
     parser.add_argument("--out", default="/tmp/sightline-bench-query.json", help="JSON file for the figures")
     asyncio.run(main(parser.parse_args()))
 
