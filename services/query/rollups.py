@@ -54,14 +54,17 @@ async def refresh_rollups(engine: AsyncEngine, days_per_round: int, project_id: 
 
 
 async def refresh_until_current(engine: AsyncEngine, days_per_round: int, project_id: int | None = None) -> int:
-    """Rounds until one finds fewer days than it may take (days that keep changing under live
-    ingest would otherwise keep this going forever)."""
+    """Rounds until a round rebuilds nothing (days held by another builder are theirs), at most
+    enough rounds for the days changed at the start: under live ingest today keeps changing."""
+    async with engine.connect() as connection:
+        changed = await rollup_repository.count_days_to_build(connection, project_id)
     total = 0
-    while True:
+    for _ in range(changed // days_per_round + 2):
         rebuilt = await refresh_rollups(engine, days_per_round, project_id)
         total += rebuilt
-        if rebuilt < days_per_round:
-            return total
+        if rebuilt == 0:
+            break
+    return total
 
 
 def rollup_engine(database: DatabaseSettings) -> AsyncEngine:
