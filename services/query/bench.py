@@ -26,11 +26,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.cli import admin
 from services.cli.stack import read_env_file
-from services.common.db import create_admin_engine, create_engine
+from services.common.db import create_admin_engine
 from services.common.partition_repository import ensure_event_partitions
 from services.common.settings import AdminDatabaseSettings, DatabaseSettings, ServerSettings, StackSettings
 from services.query import rollup_repository
-from services.query.rollups import refresh_until_current
+from services.query.rollups import refresh_until_current, rollup_engine
 
 TIMEZONE = "Europe/Berlin"
 DAYS = 30
@@ -191,7 +191,7 @@ async def load(admin_settings: AdminDatabaseSettings, total_events: int, name: s
 
 
 async def build_rollups(database: DatabaseSettings) -> None:
-    engine = create_engine("bench", database)
+    engine = rollup_engine(database)
     try:
         started = time.monotonic()
         rebuilt = 0

@@ -59,24 +59,33 @@ def events_cte(extra_condition: str = "") -> str:
     )
 
 
-def _first(column: str) -> str:
-    return f"(array_agg({column} ORDER BY occurred_at, event_uuid))[1]"
-
-
-# `sess`: one row per session and local day, with the visit's attributes.
+# `sess`: one row per session and local day, with the visit's attributes. The first event's
+# attributes come from one ordered array of arrays (one sort per session instead of one per
+# attribute), unpacked by the outer SELECT.
+_VISIT_SOURCE_COLUMNS = (
+    ("referrer_domain", "v_referrer"),
+    ("utm_source", "v_utm_source"),
+    ("utm_medium", "v_utm_medium"),
+    ("utm_campaign", "v_utm_campaign"),
+    ("country", "v_country"),
+    ("browser", "v_browser"),
+    ("os", "v_os"),
+    ("device_type", "v_device"),
+)
 SESSIONS_CTE = (
-    "sess AS (SELECT session_id, day, min(distinct_id) AS s_visitor,"
+    "sess AS (SELECT session_id, day, s_visitor, s_duration, s_pageviews, s_events, entry_page, exit_page, "
+    + ", ".join(f"first_event[1][{index}] AS {alias}" for index, (_, alias) in enumerate(_VISIT_SOURCE_COLUMNS, 1))
+    + " FROM (SELECT session_id, day, min(distinct_id) AS s_visitor,"
     " extract(epoch FROM max(occurred_at) - min(occurred_at))::float8 AS s_duration,"
     " count(*) FILTER (WHERE name = 'pageview') AS s_pageviews,"
     " count(*) AS s_events,"
     " (array_agg(path ORDER BY occurred_at, event_uuid) FILTER (WHERE name = 'pageview'))[1] AS entry_page,"
     " (array_agg(path ORDER BY occurred_at DESC, event_uuid DESC) FILTER (WHERE name = 'pageview'))[1]"
     " AS exit_page,"
-    f" {_first('referrer_domain')} AS v_referrer, {_first('utm_source')} AS v_utm_source,"
-    f" {_first('utm_medium')} AS v_utm_medium, {_first('utm_campaign')} AS v_utm_campaign,"
-    f" {_first('country')} AS v_country, {_first('browser')} AS v_browser, {_first('os')} AS v_os,"
-    f" {_first('device_type')} AS v_device"
-    " FROM ev GROUP BY session_id, day)"
+    " array_agg(ARRAY["
+    + ", ".join(column for column, _ in _VISIT_SOURCE_COLUMNS)
+    + "] ORDER BY occurred_at, event_uuid) AS first_event"
+    " FROM ev GROUP BY session_id, day) grouped)"
 )
 
 # A session's bounce: a single pageview and nothing else.
