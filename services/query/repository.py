@@ -318,19 +318,23 @@ def _like_pattern(value: str) -> str:
 
 
 def _filter_sql(clause: FilterClause, column: str, param: str, params: dict[str, Any]) -> str:
+    # Only ever used in WHERE, where NULL drops a row like false does; the positive operators
+    # stay bare so that indexes on the rollups apply. `is_not` must keep rows whose value is
+    # NULL (unless null is among its values), hence the coalesce there.
     if clause.operator in ("is", "is_not"):
         params[param] = list(clause.values)
-        # `= ANY` of an empty array is false, never NULL, so the NOT below is safe.
-        equal = f"coalesce({column} = ANY(CAST(:{param} AS text[])), false)"
+        equal = f"{column} = ANY(CAST(:{param} AS text[]))"
+        if clause.operator == "is":
+            return f"({equal} OR {column} IS NULL)" if clause.includes_null else equal
         if clause.includes_null:
-            equal = f"({equal} OR {column} IS NULL)"
-        return equal if clause.operator == "is" else f"NOT {equal}"
+            return f"(NOT coalesce({equal}, false) AND {column} IS NOT NULL)"
+        return f"NOT coalesce({equal}, false)"
     if clause.operator == "contains":
         params[param] = [_like_pattern(value) for value in clause.values]
-        return f"coalesce({column} ILIKE ANY(CAST(:{param} AS text[])), false)"
+        return f"{column} ILIKE ANY(CAST(:{param} AS text[]))"
     if clause.operator == "matches":
         params[param] = list(clause.values)
-        return f"coalesce({column} ~ ANY(CAST(:{param} AS text[])), false)"
+        return f"{column} ~ ANY(CAST(:{param} AS text[]))"
     raise ValueError(f"unknown operator {clause.operator}")
 
 

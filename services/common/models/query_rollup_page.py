@@ -33,4 +33,19 @@ query_rollup_pages = Table(
     Column("events", BigInteger, nullable=False),
     Column("session_pageviews", BigInteger, nullable=False),
     Index("ix_query_rollup_pages_project_id_grain_day", "project_id", "grain", "day"),
+    # One per filterable column (migration 0101): a filtered page query reads only its rows.
+    *(
+        Index(f"ix_query_rollup_pages_project_id_grain_{column}_day", "project_id", "grain", column, "day")
+        for column in (
+            "page",
+            "referrer",
+            "utm_source",
+            "utm_medium",
+            "utm_campaign",
+            "country",
+            "browser",
+            "os",
+            "device",
+        )
+    ),
 )
