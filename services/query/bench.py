@@ -283,6 +283,8 @@ async def explain(admin_settings: AdminDatabaseSettings, project: dict[str, Any]
                 sql, params = (
                     repository.build_raw_sql(query) if plan is None else repository.build_cube_sql(query, plan)
                 )
+                if plan is not None:  # as repository.aggregate does
+                    await connection.execute(text("SELECT set_config('enable_hashagg', 'off', true)"))
                 result = await connection.execute(text(f"EXPLAIN (ANALYZE, BUFFERS) {sql}"), params)
                 log(f"--- {name} ({'events' if plan is None else plan.cube.table})")
                 log("\n".join(row[0] for row in result))
