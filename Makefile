@@ -8,7 +8,7 @@ SIGHTLINE := $(BIN)/sightline
 .DEFAULT_GOAL := help
 
 .PHONY: help up down status test lint migrate install install-dev clean bench-ingest bench-tracing bench-replay \
-	tracker tracker-deps capture-recordings
+	bench-query tracker tracker-deps capture-recordings
 
 help: ## List the targets with one line each
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -71,3 +71,12 @@ bench-replay: install-dev ## Replay: first byte, throughput, worker memory for 3
 
 clean: down ## Stop everything and delete .data (the local database) and .venv
 	rm -rf .data $(VENV)
+
+# The query benchmark runs its own stack (data dir and ports), apart from `make up`'s.
+BENCH_QUERY_ENV := SIGHTLINE_DATA_DIR=/tmp/sightline-bench-query SIGHTLINE_POSTGRES_PORT=56432 \
+	SIGHTLINE_PGBOUNCER_PORT=7432 SIGHTLINE_INGEST_PORT=9101 SIGHTLINE_QUERY_PORT=9102 SIGHTLINE_REPLAY_PORT=9103
+
+bench-query: install-dev ## Load 10M events (30 days) into a separate stack and time the dashboard's queries
+	env $(BENCH_QUERY_ENV) $(SIGHTLINE) up
+	env $(BENCH_QUERY_ENV) $(BIN)/python -m services.query.bench $(BENCH_ARGS)
+	@echo "The bench stack keeps running for reruns. Stop it: env $(BENCH_QUERY_ENV) $(SIGHTLINE) down"

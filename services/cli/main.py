@@ -16,7 +16,14 @@ from services.cli import admin, retention
 from services.cli.processes import StackError
 from services.cli.stack import LocalStack, granian_command, load_local_env
 from services.common.log import granian_log_config
-from services.common.settings import SERVICES, AdminDatabaseSettings, ServerSettings, ServiceName, StackSettings
+from services.common.settings import (
+    SERVICES,
+    AdminDatabaseSettings,
+    DatabaseSettings,
+    ServerSettings,
+    ServiceName,
+    StackSettings,
+)
 
 DEMO_DOMAINS = ["localhost", "127.0.0.1", "example.com"]
 
@@ -93,6 +100,16 @@ def migrate(revision: str) -> None:
     """Apply Alembic migrations (directly, not through PgBouncer) and create event partitions."""
     created = admin.migrate(AdminDatabaseSettings.from_env(), revision)
     click.echo(f"schema at {revision}; partitions created: {len(created)}")
+
+
+@cli.command()
+@click.option("--project-id", type=int, default=None, help="Only this project's days.")
+def rollup(project_id: int | None) -> None:
+    """Rebuild the query rollups of every changed day now (query workers also do it in the background)."""
+    from services.query.rollups import rebuild_changed_days
+
+    rebuilt = asyncio.run(rebuild_changed_days(DatabaseSettings.from_env("query"), project_id))
+    click.echo(f"rollups: {rebuilt} days rebuilt")
 
 
 @cli.group()

@@ -161,6 +161,11 @@ class LocalPostgres:
             self.psql(f"ALTER ROLE {user} LOGIN PASSWORD '{quoted_password}'")
         if self.psql(f"SELECT 1 FROM pg_database WHERE datname = '{database}'") != "1":
             self.psql(f"CREATE DATABASE {database} OWNER {user}")
+        # The query rollups' HyperLogLog type (Debian: postgresql-15-hll). `hll` is not a
+        # trusted extension, so the superuser creates it here and the (non-superuser)
+        # migration finds it in place; template1 too, for databases made later (tests).
+        for target in ("template1", database):
+            self.psql("CREATE EXTENSION IF NOT EXISTS hll", database=target)
 
     def wait_accepting(self, timeout_s: float = 30.0) -> None:
         deadline = time.monotonic() + timeout_s

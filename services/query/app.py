@@ -2,20 +2,59 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
 from litestar import Litestar
 
 from services.common.app import build_app
+from services.common.auth import ProjectCache
 from services.common.settings import DatabaseSettings, LogSettings
+from services.query.rollups import run_refresher
+from services.query.routes import QueryController
+from services.query.settings import QuerySettings
 
-DESCRIPTION = "Dashboard API: aggregates over stored events, authenticated with a project's secret key."
+DESCRIPTION = (
+    "Dashboard API: aggregates over stored events, authenticated with a project's secret key "
+    "(`Authorization: Bearer sk_...`). Bots are excluded from every figure; every query runs under a "
+    "statement timeout and answers 503 `query_timeout` when it hits it."
+)
 
 
-def create_app(database: DatabaseSettings | None = None, logs: LogSettings | None = None) -> Litestar:
+def create_app(
+    database: DatabaseSettings | None = None,
+    logs: LogSettings | None = None,
+    query_settings: QuerySettings | None = None,
+) -> Litestar:
+    database = database or DatabaseSettings.from_env("query")
+    settings = query_settings or QuerySettings.from_env()
+
+    @asynccontextmanager
+    async def rollup_refresher(app: Litestar) -> AsyncIterator[None]:
+        if settings.rollup_interval_s <= 0:
+            yield
+            return
+        task = asyncio.create_task(run_refresher(database, settings))
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
     return build_app(
         service="query",
         title="Sightline query",
         description=DESCRIPTION,
-        route_handlers=[],
-        database=database or DatabaseSettings.from_env("query"),
+        route_handlers=[QueryController],
+        database=database,
         logs=logs or LogSettings.from_env("query"),
+        lifespans=[rollup_refresher],
+        state={
+            "project_cache": ProjectCache(),
+            "statement_timeout_ms": database.statement_timeout_ms,
+            "query_settings": settings,
+        },
     )

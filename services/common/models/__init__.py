@@ -4,7 +4,20 @@ from services.common.models.base import Base
 from services.common.models.event import Event
 from services.common.models.ingested_event import IngestedEvent
 from services.common.models.project import Project
+from services.common.models.query_rollup_day import QueryRollupDay
+from services.common.models.query_rollup_page import query_rollup_pages
+from services.common.models.query_rollup_visit import query_rollup_visits
 from services.common.models.replay_chunk import ReplayChunk
 from services.common.models.replay_session import ReplaySession
 
-__all__ = ["Base", "Event", "IngestedEvent", "Project", "ReplayChunk", "ReplaySession"]
+__all__ = [
+    "Base",
+    "Event",
+    "IngestedEvent",
+    "Project",
+    "QueryRollupDay",
+    "ReplayChunk",
+    "ReplaySession",
+    "query_rollup_pages",
+    "query_rollup_visits",
+]

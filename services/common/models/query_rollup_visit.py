@@ -1,0 +1,54 @@
+"""Per-day rollup of visits (sessions clipped at local midnight) by where they came from and who they were.
+
+Owned by the query service: rebuilt from events by services/query/rollup_repository.py.
+Core tables rather than mapped classes: the grain columns are nullable, so there is no key.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import BigInteger, Column, Date, Float, Index, SmallInteger, Table, Text
+from sqlalchemy.dialects.postgresql.base import ischema_names
+from sqlalchemy.types import UserDefinedType
+
+from services.common.models.base import Base
+
+
+class Hll(UserDefinedType[Any]):
+    """A HyperLogLog sketch of the `hll` extension (postgresql-15-hll)."""
+
+    cache_ok = True
+
+    def get_col_spec(self, **kw: Any) -> str:
+        return "hll"
+
+
+# So that reflection (Alembic's model/migration comparison) knows the type instead of warning.
+ischema_names["hll"] = Hll
+
+
+query_rollup_visits = Table(
+    "query_rollup_visits",
+    Base.metadata,
+    Column("project_id", BigInteger, nullable=False),
+    Column("day", Date, nullable=False),
+    # GROUPING() bit mask of the visit dimensions a row is not grouped by (its grouping set).
+    Column("grain", SmallInteger, nullable=False),
+    Column("referrer", Text),
+    Column("utm_source", Text),
+    Column("utm_medium", Text),
+    Column("utm_campaign", Text),
+    Column("country", Text),
+    Column("browser", Text),
+    Column("os", Text),
+    Column("device", Text),
+    Column("visitors", Hll, nullable=False),
+    Column("sessions", BigInteger, nullable=False),
+    Column("bounces", BigInteger, nullable=False),
+    Column("duration_s", Float, nullable=False),
+    Column("pageviews", BigInteger, nullable=False),
+    Column("events", BigInteger, nullable=False),
+    Column("session_pageviews", BigInteger, nullable=False),
+    Index("ix_query_rollup_visits_project_id_grain_day", "project_id", "grain", "day"),
+)

@@ -1,0 +1,363 @@
+"""`make bench-query`: load 10M events over 30 days, then time the dashboard's standard calls.
+
+Runs against a stack started by `sightline up` with the same environment (the Makefile target
+uses its own data directory and ports). Loading happens inside Postgres (generate_series), one
+local day per statement, with progress; a second run reuses the loaded project. Timings are of
+HTTP calls to the running query service (Granian, through PgBouncer), p50/p95 over repeated
+runs; nothing here is asserted, the figures are printed and written to --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import time
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import httpx
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from services.cli import admin
+from services.cli.stack import read_env_file
+from services.common.db import create_admin_engine
+from services.common.partition_repository import ensure_event_partitions
+from services.common.settings import AdminDatabaseSettings, DatabaseSettings, ServerSettings, StackSettings
+from services.query import rollup_repository
+from services.query.rollups import refresh_until_current, rollup_engine
+
+TIMEZONE = "Europe/Berlin"
+DAYS = 30
+
+# One statement per local day. Sessions get their visitor, source and client once (the
+# MATERIALIZED CTE keeps random() from being re-drawn per event); events follow 20-60 s apart.
+# Skews: visitors, pages and countries are drawn as floor(random()^k * n), so a few are common
+# and many are rare; 40% of visits are direct; 10% carry UTM tags; ~3% of events are bots.
+LOAD_DAY_SQL = """
+WITH bounds AS (
+    SELECT CAST(:day_start AS timestamptz) AS day_start, CAST(:day_end AS timestamptz) AS day_end
+), sessions AS MATERIALIZED (
+    SELECT n AS session_no,
+           floor(power(random(), 2) * CAST(:visitor_pool AS int))::int AS visitor,
+           b.day_start + random() * (b.day_end - b.day_start) AS started_at,
+           b.day_end,
+           1 + floor(-ln(1 - random()) * 3)::int AS length,
+           CASE WHEN random() < 0.4 THEN NULL
+                ELSE (ARRAY['google.com','bing.com','duckduckgo.com','news.ycombinator.com','reddit.com',
+                            't.co','facebook.com','linkedin.com','github.com','stackoverflow.com',
+                            'producthunt.com','medium.com','dev.to','lobste.rs','yandex.ru'])
+                     [1 + floor(power(random(), 2) * 15)::int] END AS referrer_domain,
+           CASE WHEN random() < 0.1
+                THEN (ARRAY['newsletter','twitter','google','partner','podcast'])[1 + floor(random() * 5)::int]
+                END AS utm_source,
+           (ARRAY['DE','US','FR','GB','NL','AT','CH','IT','ES','PL','SE','CA','BR','IN','JP','AU','DK','NO',
+                  'FI','BE','CZ','PT','IE','NZ','MX','AR','ZA','KR','SG','TR'])
+                 [1 + floor(power(random(), 2) * 30)::int] AS country,
+           floor(random() * 8)::int AS client,
+           random() < 0.03 AS is_bot
+    FROM bounds b, generate_series(1, CAST(:sessions AS int)) AS n
+)
+INSERT INTO events (project_id, occurred_at, event_uuid, name, distinct_id, session_id, url, domain, path,
+                    referrer, referrer_domain, utm_source, utm_medium, utm_campaign, browser, os, device_type,
+                    country, is_bot)
+SELECT CAST(:project_id AS bigint),
+       least(s.started_at + e.step * interval '40 seconds' * (0.5 + random()), s.day_end - interval '1 ms'),
+       gen_random_uuid(),
+       CASE WHEN e.step > 0 AND random() < 0.1 THEN 'signup' ELSE 'pageview' END,
+       'visitor-' || s.visitor,
+       CAST(:day_key AS text) || '-' || s.session_no,
+       'https://example.com' || p.path,
+       'example.com',
+       p.path,
+       CASE WHEN e.step = 0 AND s.referrer_domain IS NOT NULL THEN 'https://' || s.referrer_domain || '/' END,
+       CASE WHEN e.step = 0 THEN s.referrer_domain END,
+       CASE WHEN e.step = 0 THEN s.utm_source END,
+       CASE WHEN e.step = 0 AND s.utm_source IS NOT NULL THEN 'campaign' END,
+       CASE WHEN e.step = 0 AND s.utm_source IS NOT NULL THEN 'autumn' END,
+       (ARRAY['Chrome','Chrome','Firefox','Safari','Mobile Safari','Chrome Mobile','Edge','Samsung Internet'])
+           [1 + s.client],
+       (ARRAY['Windows','Mac OS X','Linux','Mac OS X','iOS','Android','Windows','Android'])[1 + s.client],
+       CASE WHEN s.is_bot THEN 'bot' ELSE (ARRAY['desktop','desktop','desktop','desktop','mobile','mobile',
+                                                  'desktop','tablet'])[1 + s.client] END,
+       s.country,
+       s.is_bot
+FROM sessions s
+CROSS JOIN LATERAL generate_series(0, s.length - 1) AS e(step)
+CROSS JOIN LATERAL (
+    SELECT CASE WHEN e.step = 0 AND random() < 0.5 THEN '/'
+                ELSE (ARRAY['/','/pricing','/docs','/blog','/features','/signup','/about','/contact'])
+                         [1 + floor(power(random(), 2) * 8)::int]
+                     || CASE WHEN random() < 0.5 THEN '' ELSE '/' || floor(power(random(), 3) * 60)::int END
+           END AS path
+) AS p
+"""
+
+# The 30-day dashboard: each call without a filter and with one.
+STANDARD_CALLS: dict[str, dict[str, Any]] = {
+    "overview": {"metrics": ["visitors", "pageviews", "sessions", "bounce_rate", "visit_duration"]},
+    "timeseries by day": {"metrics": ["visitors", "pageviews"], "dimensions": ["time:day"]},
+    "top pages": {"metrics": ["visitors", "pageviews"], "dimensions": ["page"], "limit": 10},
+    "top referrers": {"metrics": ["visitors"], "dimensions": ["referrer"], "limit": 10},
+    "countries": {"metrics": ["visitors"], "dimensions": ["country"], "limit": 10},
+    "browsers": {"metrics": ["visitors"], "dimensions": ["browser"], "limit": 10},
+}
+FILTERS: dict[str, list[dict[str, Any]]] = {
+    "no filter": [],
+    "country is DE": [{"dimension": "country", "operator": "is", "values": ["DE"]}],
+    "page is /pricing": [{"dimension": "page", "operator": "is", "values": ["/pricing"]}],
+}
+
+
+def log(message: str) -> None:
+    print(message, flush=True)
+
+
+async def find_or_create_project(admin_settings: AdminDatabaseSettings, name: str) -> tuple[dict[str, Any], bool]:
+    """(project, created). A stored bench project keeps its keys in the data directory."""
+    key_file = Path(f"/tmp/{name}.json")
+    for project in await admin.list_projects(admin_settings):
+        if project["name"] == name and key_file.exists():
+            return json.loads(key_file.read_text()), False
+    project = await admin.create_project(admin_settings, name=name, domains=["example.com"], timezone=TIMEZONE)
+    key_file.write_text(json.dumps(project))
+    key_file.chmod(0o600)
+    return project, True
+
+
+async def load_project(
+    engine: AsyncEngine, project_id: int, total_events: int, today: date, now: datetime, label: str
+) -> None:
+    zone = ZoneInfo(TIMEZONE)
+    first_day = today - timedelta(days=DAYS - 1)
+    # Today is loaded up to now, at the same rate as the full days before it.
+    day_fraction = (now - datetime.combine(today, datetime.min.time(), zone)).total_seconds() / 86400
+    per_full_day = total_events / (DAYS - 1 + day_fraction)
+    mean_session_length = 3.5  # 1 + floor(exponential with mean 3), measured: ~3.5 events
+    loaded = 0
+    started = time.monotonic()
+    for offset in range(DAYS):
+        day = first_day + timedelta(days=offset)
+        day_start = datetime.combine(day, datetime.min.time(), zone)
+        day_end = min(day_start + timedelta(days=1), now) if day == today else day_start + timedelta(days=1)
+        share = (day_end - day_start).total_seconds() / 86400
+        sessions = int(per_full_day * share / mean_session_length)
+        async with engine.begin() as connection:
+            result = await connection.execute(
+                text(LOAD_DAY_SQL),
+                {
+                    "project_id": project_id,
+                    "visitor_pool": max(1000, total_events // 8),
+                    "day_start": day_start.astimezone(UTC),
+                    "day_end": day_end.astimezone(UTC),
+                    "sessions": sessions,
+                    "day_key": f"{day:%Y%m%d}",
+                },
+            )
+            loaded += result.rowcount
+        elapsed = time.monotonic() - started
+        log(f"  {label}: day {offset + 1}/{DAYS} ({day}) {loaded:,} events, {loaded / elapsed:,.0f} events/s")
+
+
+async def load(admin_settings: AdminDatabaseSettings, total_events: int, name: str) -> dict[str, Any]:
+    now = datetime.now(UTC)
+    today = now.astimezone(ZoneInfo(TIMEZONE)).date()
+    engine = create_admin_engine(admin_settings)
+    try:
+        async with engine.begin() as connection:
+            # Daily partitions for every loaded day (UTC days, one either side of the local range).
+            await ensure_event_partitions(connection, today - timedelta(days=DAYS + 1), today + timedelta(days=1))
+        project, created = await find_or_create_project(admin_settings, name)
+        if not created:
+            log(f"project {name} already loaded; delete /tmp/{name}.json to load afresh")
+            return project
+        log(f"loading {total_events:,} events over {DAYS} days into project {project['id']} ({TIMEZONE}) ...")
+        await load_project(engine, int(project["id"]), total_events, today, now, name)
+        for noise_name in (f"{name}-noise-1", f"{name}-noise-2"):
+            noise, _ = await find_or_create_project(admin_settings, noise_name)
+            await load_project(engine, int(noise["id"]), total_events // 10, today, now, noise_name)
+        log("ANALYZE ...")
+        async with engine.connect() as connection:
+            await connection.execution_options(isolation_level="AUTOCOMMIT")
+            await connection.execute(text("VACUUM ANALYZE events"))
+        return project
+    finally:
+        await engine.dispose()
+
+
+async def build_rollups(database: DatabaseSettings) -> None:
+    engine = rollup_engine(database)
+    try:
+        started = time.monotonic()
+        rebuilt = 0
+        while True:
+            rebuilt += await refresh_until_current(engine, 10)
+            async with engine.connect() as connection:
+                # The query service's own refresher may hold some days; wait for those too.
+                if not await rollup_repository.count_days_to_build(connection):
+                    break
+            await asyncio.sleep(1)
+        log(
+            f"rollups: all days current after {time.monotonic() - started:.1f} s"
+            f" ({rebuilt} rebuilt here, the rest by the query service's refresher)"
+        )
+    finally:
+        await engine.dispose()
+
+
+def percentile(samples: list[float], share: float) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, max(0, round(share * len(ordered) + 0.5) - 1))]
+
+
+async def measure(base_url: str, secret_key: str, runs: int) -> list[dict[str, Any]]:
+    headers = {"Authorization": f"Bearer {secret_key}"}
+    figures: list[dict[str, Any]] = []
+    async with httpx.AsyncClient(base_url=base_url, headers=headers, timeout=60) as client:
+        for filter_name, filters in FILTERS.items():
+            for call_name, spec in STANDARD_CALLS.items():
+                body = {**spec, "period": "30d", "filters": filters}
+                timings: list[float] = []
+                response = await client.post("/v1/query", json=body)  # warm-up, not timed
+                if response.status_code != 200:
+                    raise SystemExit(f"{call_name} / {filter_name}: {response.status_code} {response.text}")
+                for _ in range(runs):
+                    started = time.perf_counter()
+                    response = await client.post("/v1/query", json=body)
+                    timings.append((time.perf_counter() - started) * 1000)
+                    response.raise_for_status()
+                meta = response.json()["meta"]
+                figures.append(
+                    {
+                        "call": call_name,
+                        "filter": filter_name,
+                        "p50_ms": statistics.median(timings),
+                        "p95_ms": percentile(timings, 0.95),
+                        "source": meta["source"],
+                        "first_row": response.json()["results"][:1],
+                    }
+                )
+                log(
+                    f"  {call_name:<18} {filter_name:<17} p50 {figures[-1]['p50_ms']:7.1f} ms"
+                    f"  p95 {figures[-1]['p95_ms']:7.1f} ms  ({meta['source']})"
+                )
+    return figures
+
+
+async def explain(admin_settings: AdminDatabaseSettings, project: dict[str, Any], names: list[str]) -> None:
+    """EXPLAIN (ANALYZE, BUFFERS) of the SQL the service runs for some standard calls."""
+    from services.query import repository, service
+    from services.query.schemas import QuerySpec
+    from services.query.settings import QuerySettings
+
+    engine = create_admin_engine(admin_settings)
+    try:
+        for name in names:
+            call_name, _, filter_name = name.partition("/")
+            spec = QuerySpec(**STANDARD_CALLS[call_name], period="30d", filters=[])
+            query_filters = tuple(
+                repository.FilterClause(item["dimension"], item["operator"], tuple(item["values"]))
+                for item in FILTERS[filter_name or "no filter"]
+            )
+            span = service.resolve_range(spec, TIMEZONE, datetime.now(UTC))
+            query = repository.AggregateQuery(
+                project_id=int(project["id"]),
+                timezone=TIMEZONE,
+                start=span.start,
+                end=span.end,
+                metrics=tuple(spec.metrics),
+                dimensions=tuple(spec.dimensions),
+                filters=query_filters,
+                order_by=service._default_order(spec),
+                limit=spec.limit,
+                offset=0,
+            )
+            async with engine.begin() as connection:
+                await repository.configure_transaction(connection, read_only=True)
+                plan = await service._plan(connection, query, span, QuerySettings())
+                sql, params = (
+                    repository.build_raw_sql(query) if plan is None else repository.build_cube_sql(query, plan)
+                )
+                if plan is not None:  # as repository.aggregate does
+                    await connection.execute(text("SELECT set_config('enable_hashagg', 'off', true)"))
+                result = await connection.execute(text(f"EXPLAIN (ANALYZE, BUFFERS) {sql}"), params)
+                log(f"--- {name} ({'events' if plan is None else plan.cube.table})")
+                log("\n".join(row[0] for row in result))
+    finally:
+        await engine.dispose()
+
+
+async def count_events(admin_settings: AdminDatabaseSettings, project_id: int) -> tuple[int, int]:
+    engine = create_admin_engine(admin_settings)
+    try:
+        async with engine.connect() as connection:
+            result = await connection.execute(
+                text("SELECT count(*) FILTER (WHERE project_id = :project_id), count(*) FROM events"),
+                {"project_id": project_id},
+            )
+            own, total = result.one()
+            return int(own), int(total)
+    finally:
+        await engine.dispose()
+
+
+def markdown(figures: list[dict[str, Any]], runs: int) -> str:
+    lines = [
+        f"| call | filter | p50 ms | p95 ms | source |  (runs per call: {runs})",
+        "| --- | --- | ---: | ---: | --- |",
+    ]
+    lines += [
+        f"| {f['call']} | {f['filter']} | {f['p50_ms']:.1f} | {f['p95_ms']:.1f} | {f['source']} |" for f in figures
+    ]
+    return "\n".join(lines)
+
+
+async def main(arguments: argparse.Namespace) -> None:
+    # The database URLs `sightline up` wrote for this data directory, under the real environment.
+    for key, value in read_env_file(StackSettings.from_env().data_dir / "sightline.env").items():
+        os.environ.setdefault(key, value)
+    admin_settings = AdminDatabaseSettings.from_env()
+    database = DatabaseSettings.from_env("query")
+    project = await load(admin_settings, arguments.events, arguments.name)
+    if arguments.explain:
+        await explain(admin_settings, project, arguments.explain)
+        return
+    own, total = await count_events(admin_settings, int(project["id"]))
+    log(f"events: {own:,} in project {project['id']}, {total:,} in all projects")
+    await build_rollups(database)
+    server = ServerSettings.from_env("query")
+    base_url = f"http://{server.host}:{server.port}"
+    log(f"timing {base_url}/v1/query, {arguments.runs} runs per call after one warm-up ...")
+    figures = await measure(base_url, str(project["secretKey"]), arguments.runs)
+    report = markdown(figures, arguments.runs)
+    log(report)
+    if arguments.out:
+        Path(arguments.out).write_text(
+            json.dumps({"events": own, "all_events": total, "runs": arguments.runs, "figures": figures}, indent=2)
+            + "\n"
+        )
+        log(f"figures written to {arguments.out}")
+
+
+def cli() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--events", type=int, default=10_000_000, help="events for the measured project")
+    parser.add_argument("--name", default="bench-query", help="the measured project's name (noise: NAME-noise-N)")
+    parser.add_argument("--runs", type=int, default=30, help="timed runs per call")
+    parser.add_argument(
+        "--explain",
+        nargs="*",
+        metavar="CALL[/FILTER]",
+        help="only print the plans of these calls, e.g. 'top pages' 'overview/country is DE'",
+    )
+    parser.add_argument("--out", default="/tmp/sightline-bench-query.json", help="JSON file for the figures")
+    asyncio.run(main(parser.parse_args()))
+
+
+if __name__ == "__main__":
+    cli()

@@ -1,0 +1,139 @@
+"""All SQL that builds the query rollups and tells which days are current. Callers own the transaction.
+
+A day's rollup rows are computed from that day's raw events with the same SQL the query path
+uses for days without rollups (services/query/repository.py), so both give the same figures.
+
+Freshness: a trigger on events bumps `query_rollup_days.changes` for every statement that
+inserts or deletes events of a (project, local day), holding that row's lock until the
+inserting transaction commits. A rebuild first locks the row and reads `changes` in a short
+transaction of its own (`claim_day`), which waits for in-flight batches; then it reads the
+events with a later snapshot and records that generation as built. A batch that commits after
+the claim bumps `changes` past it, so the day shows as changed again and is rebuilt.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date, datetime
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from services.query.repository import (
+    CUBE_METRIC_COLUMNS,
+    PAGES_CUBE,
+    SESSIONS_CTE,
+    VISITS_CUBE,
+    events_cte,
+)
+
+# Any constant works; it only has to be the same for every process that builds rollups.
+_ROLLUP_LOCK_NAMESPACE = 7_345_100
+
+
+@dataclass(frozen=True)
+class DayToBuild:
+    project_id: int
+    timezone: str
+    day: date
+
+
+async def usable_days(
+    connection: AsyncConnection, project_id: int, date_from: date, date_to: date, max_staleness_s: float
+) -> set[date]:
+    """Days whose rollup is current, or was current less than max_staleness_s ago."""
+    result = await connection.execute(
+        text(
+            "SELECT day FROM query_rollup_days"
+            " WHERE project_id = :project_id AND day BETWEEN :date_from AND :date_to"
+            " AND built_changes IS NOT NULL"
+            " AND (built_changes = changes OR built_at > now() - make_interval(secs => :max_staleness_s))"
+        ),
+        {"project_id": project_id, "date_from": date_from, "date_to": date_to, "max_staleness_s": max_staleness_s},
+    )
+    return set(result.scalars())
+
+
+async def days_to_build(connection: AsyncConnection, limit: int, project_id: int | None = None) -> list[DayToBuild]:
+    """Changed or never-built days, newest first (today's figures matter most)."""
+    result = await connection.execute(
+        text(
+            "SELECT d.project_id, p.timezone, d.day FROM query_rollup_days d"
+            " JOIN projects p ON p.project_id = d.project_id"
+            " WHERE d.built_changes IS DISTINCT FROM d.changes"
+            " AND (CAST(:project_id AS bigint) IS NULL OR d.project_id = :project_id)"
+            " ORDER BY d.day DESC, d.project_id LIMIT :limit"
+        ),
+        {"limit": limit, "project_id": project_id},
+    )
+    return [DayToBuild(row.project_id, row.timezone, row.day) for row in result]
+
+
+async def count_days_to_build(connection: AsyncConnection, project_id: int | None = None) -> int:
+    result = await connection.execute(
+        text(
+            "SELECT count(*) FROM query_rollup_days WHERE built_changes IS DISTINCT FROM changes"
+            " AND (CAST(:project_id AS bigint) IS NULL OR project_id = :project_id)"
+        ),
+        {"project_id": project_id},
+    )
+    return int(result.scalar_one())
+
+
+async def claim_day(connection: AsyncConnection, project_id: int, day: date) -> int | None:
+    """The day's change generation, read under its row lock: waits for batches in flight.
+
+    Run it in a transaction of its own and commit before `rebuild_day`.
+    """
+    result = await connection.execute(
+        text("SELECT changes FROM query_rollup_days WHERE project_id = :project_id AND day = :day FOR UPDATE"),
+        {"project_id": project_id, "day": day},
+    )
+    return result.scalar_one_or_none()
+
+
+async def rebuild_day(
+    connection: AsyncConnection,
+    *,
+    project_id: int,
+    timezone: str,
+    day: date,
+    start: datetime,
+    end: datetime,
+    generation: int,
+) -> bool:
+    """Replace the day's cube rows; False if another process is rebuilding that day right now."""
+    locked = await connection.execute(
+        text("SELECT pg_try_advisory_xact_lock(:namespace, hashtext(:key))"),
+        {"namespace": _ROLLUP_LOCK_NAMESPACE, "key": f"{project_id}:{day.isoformat()}"},
+    )
+    if not locked.scalar_one():
+        return False
+    params = {"project_id": project_id, "timezone": timezone, "day": day, "start": start, "end": end}
+    for cube in (VISITS_CUBE, PAGES_CUBE):
+        await connection.execute(
+            text(f"DELETE FROM {cube.table} WHERE project_id = :project_id AND day = :day"), params
+        )
+    # One statement for both tables, so the day's events are read and sessionised once.
+    inserts = []
+    for cube in (VISITS_CUBE, PAGES_CUBE):
+        columns = ", ".join(("day", "grain", *cube.columns))
+        inserts.append(
+            f"INSERT INTO {cube.table} (project_id, {columns}, {CUBE_METRIC_COLUMNS})"
+            f" SELECT :project_id, {columns}, {CUBE_METRIC_COLUMNS} FROM ({cube.select_sql(cube.grains)}) computed"
+        )
+    await connection.execute(
+        text(
+            f"WITH {events_cte()}, {SESSIONS_CTE.replace('sess AS (', 'sess AS MATERIALIZED (', 1)},"
+            f" visits AS ({inserts[0]}) {inserts[1]}"
+        ),
+        params,
+    )
+    await connection.execute(
+        text(
+            "UPDATE query_rollup_days SET built_changes = :generation, built_at = now()"
+            " WHERE project_id = :project_id AND day = :day"
+        ),
+        {"project_id": project_id, "day": day, "generation": generation},
+    )
+    return True

@@ -1,0 +1,102 @@
+"""The rollup refresher: a writer task that rebuilds changed days, one transaction per step.
+
+Runs in every query worker (a per-day advisory lock keeps two from building the same day) and
+as `sightline rollup`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import replace
+from datetime import timedelta
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from services.common.db import create_engine, set_statement_timeout
+from services.common.settings import DatabaseSettings
+from services.query import rollup_repository
+from services.query.repository import configure_transaction
+from services.query.service import local_midnight
+from services.query.settings import QuerySettings
+
+logger = logging.getLogger(__name__)
+
+# Rebuilding one busy day reads a few hundred thousand events; the requests' timeout is too tight.
+REBUILD_STATEMENT_TIMEOUT_MS = 120_000
+
+
+async def refresh_rollups(engine: AsyncEngine, days_per_round: int, project_id: int | None = None) -> int:
+    """Rebuild up to days_per_round changed days; return how many were rebuilt."""
+    async with engine.begin() as connection:
+        days = await rollup_repository.days_to_build(connection, days_per_round, project_id)
+    rebuilt = 0
+    for item in days:
+        # Its own transaction, committed before the read: see rollup_repository.claim_day.
+        async with engine.begin() as connection:
+            generation = await rollup_repository.claim_day(connection, item.project_id, item.day)
+        if generation is None:
+            continue
+        async with engine.begin() as connection:
+            await configure_transaction(connection, read_only=False)
+            await set_statement_timeout(connection, REBUILD_STATEMENT_TIMEOUT_MS)
+            if await rollup_repository.rebuild_day(
+                connection,
+                project_id=item.project_id,
+                timezone=item.timezone,
+                day=item.day,
+                start=local_midnight(item.day, item.timezone),
+                end=local_midnight(item.day + timedelta(days=1), item.timezone),
+                generation=generation,
+            ):
+                rebuilt += 1
+    return rebuilt
+
+
+async def refresh_until_current(engine: AsyncEngine, days_per_round: int, project_id: int | None = None) -> int:
+    """Rounds until a round rebuilds nothing (days held by another builder are theirs), at most
+    enough rounds for the days changed at the start: under live ingest today keeps changing."""
+    async with engine.connect() as connection:
+        changed = await rollup_repository.count_days_to_build(connection, project_id)
+    total = 0
+    for _ in range(changed // days_per_round + 2):
+        rebuilt = await refresh_rollups(engine, days_per_round, project_id)
+        total += rebuilt
+        if rebuilt == 0:
+            break
+    return total
+
+
+def rollup_engine(database: DatabaseSettings) -> AsyncEngine:
+    """A small pool of its own whose client-side timeout outlasts a rebuild's statement timeout."""
+    return create_engine(
+        "query-rollup",
+        replace(database, pool_size=1, max_overflow=0, command_timeout_s=REBUILD_STATEMENT_TIMEOUT_MS / 1000 + 10),
+    )
+
+
+async def rebuild_changed_days(database: DatabaseSettings, project_id: int | None = None) -> int:
+    """`sightline rollup`: rounds until current."""
+    engine = rollup_engine(database)
+    try:
+        return await refresh_until_current(engine, 10, project_id)
+    finally:
+        await engine.dispose()
+
+
+async def run_refresher(database: DatabaseSettings, settings: QuerySettings) -> None:
+    """Forever: rebuild changed days, then sleep. Errors are logged and retried next round."""
+    engine = rollup_engine(database)
+    try:
+        while True:
+            try:
+                await refresh_rollups(engine, settings.rollup_days_per_round)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                # A failed round (database restarting, a timeout) must not end the refresher;
+                # the same days are still marked changed and are retried next round.
+                logger.exception("rollup refresh failed")
+            await asyncio.sleep(settings.rollup_interval_s)
+    finally:
+        await engine.dispose()

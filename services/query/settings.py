@@ -1,0 +1,44 @@
+"""The query service's own settings (rollups), read from SIGHTLINE_QUERY_* variables."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from services.common.settings import SettingsError
+
+
+def _number(environ: Mapping[str, str], name: str, default: float) -> float:
+    value = environ.get(f"SIGHTLINE_QUERY_{name}", "")
+    if value == "":
+        return default
+    try:
+        return float(value)
+    except ValueError as exc:
+        raise SettingsError(f"SIGHTLINE_QUERY_{name} must be a number, got {value!r}") from exc
+
+
+@dataclass(frozen=True)
+class QuerySettings:
+    # Read the per-day rollups where they answer a query; off means every query reads raw events.
+    rollups: bool = True
+    # A day whose events changed since its rollup was built is still read from the rollup for
+    # this long after that build; later it is computed from events until rebuilt. This bounds
+    # how stale a dashboard figure can be (the realtime endpoint always reads events).
+    rollup_max_staleness_s: float = 60.0
+    # How often each query worker looks for days to rebuild; 0 turns the background refresher
+    # off (then `sightline rollup` must run).
+    rollup_interval_s: float = 30.0
+    # Days rebuilt per round, newest first, so one round stays short.
+    rollup_days_per_round: int = 40
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> QuerySettings:
+        environ = os.environ if environ is None else environ
+        return cls(
+            rollups=environ.get("SIGHTLINE_QUERY_ROLLUPS", "on").lower() not in ("off", "0", "false", "no"),
+            rollup_max_staleness_s=_number(environ, "ROLLUP_MAX_STALENESS_S", cls.rollup_max_staleness_s),
+            rollup_interval_s=_number(environ, "ROLLUP_INTERVAL_S", cls.rollup_interval_s),
+            rollup_days_per_round=int(_number(environ, "ROLLUP_DAYS_PER_ROUND", cls.rollup_days_per_round)),
+        )

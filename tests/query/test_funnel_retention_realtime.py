@@ -1,0 +1,220 @@
+"""Funnels, retention cohorts, realtime, presets and the statement timeout; expected numbers by hand."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+import pytest
+from litestar.testing import AsyncTestClient
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from services.query.app import create_app
+from services.query.schemas import QuerySpec
+from services.query.service import resolve_range
+from tests.harness import DatabaseHarness
+from tests.query.conftest import RANGE, Dataset, Event, auth, berlin, insert_events, new_project, query, table
+
+
+async def funnel(client: AsyncTestClient[Any], project: dict[str, Any], **spec: Any) -> list[list[Any]]:
+    response = await client.post("/v1/funnel", json={**RANGE, **spec}, headers=auth(project))
+    assert response.status_code == 200, response.text
+    return [
+        [step["visitors"], step["conversion_rate"], step["drop_off"], step["drop_off_rate"]]
+        for step in response.json()["steps"]
+    ]
+
+
+async def test_funnel_counts_ordered_steps(client: AsyncTestClient[Any], dataset: Dataset) -> None:
+    steps = [
+        {"type": "page", "value": "/"},
+        {"type": "page", "value": "/pricing"},
+        {"type": "event", "value": "signup"},
+    ]
+    # "/" is seen by v1, v2, v4 (the bot's "/" does not count); only v1 goes on to /pricing (10:01)
+    # and signs up (10:05). v3 signs up too, but never saw "/".
+    assert await funnel(client, dataset.project, steps=steps, window_minutes=60) == [
+        [3, 100.0, 0, 0.0],
+        [1, 33.33, 2, 66.67],
+        [1, 33.33, 0, 0.0],
+    ]
+    # v1's signup comes 5 minutes after its "/": outside a 3-minute window
+    assert await funnel(client, dataset.project, steps=steps, window_minutes=3) == [
+        [3, 100.0, 0, 0.0],
+        [1, 33.33, 2, 66.67],
+        [0, 0.0, 1, 100.0],
+    ]
+
+
+async def test_funnel_steps_must_come_in_order(client: AsyncTestClient[Any], dataset: Dataset) -> None:
+    # v3: signup 12:00:30 then /checkout 12:02; v1 signs up but never checks out
+    forward = [{"type": "event", "value": "signup"}, {"type": "page", "value": "/checkout"}]
+    assert await funnel(client, dataset.project, steps=forward) == [[2, 100.0, 0, 0.0], [1, 50.0, 1, 50.0]]
+    backward = [{"type": "page", "value": "/checkout"}, {"type": "event", "value": "signup"}]
+    assert await funnel(client, dataset.project, steps=backward) == [[1, 100.0, 0, 0.0], [0, 0.0, 1, 100.0]]
+
+
+async def test_funnel_needs_two_steps(client: AsyncTestClient[Any], dataset: Dataset) -> None:
+    response = await client.post(
+        "/v1/funnel", json={**RANGE, "steps": [{"type": "page", "value": "/"}]}, headers=auth(dataset.project)
+    )
+    assert response.status_code == 422
+    assert "steps" in response.json()["error"]["field"]
+
+
+async def test_weekly_retention_cohorts(client: AsyncTestClient[Any], db: DatabaseHarness, engine: AsyncEngine) -> None:
+    project = await new_project(db)
+    # Weeks (Mondays, Berlin): W1 Jan 5, W2 Jan 12, W3 Jan 19, W4 Jan 26.
+    await insert_events(
+        engine,
+        int(project["id"]),
+        [
+            # r1: first seen W1, back in W2 and W4
+            Event("r1", "a", berlin("2026-01-05T10:00:00")),
+            Event("r1", "b", berlin("2026-01-13T10:00:00")),
+            Event("r1", "c", berlin("2026-01-27T10:00:00")),
+            # r2: W1 only (twice in the same week)
+            Event("r2", "d", berlin("2026-01-07T10:00:00")),
+            Event("r2", "e", berlin("2026-01-08T10:00:00")),
+            # r3: first seen Monday Jan 12 00:30 in Berlin (still Sunday, W1, in UTC), back in W3
+            Event("r3", "f", berlin("2026-01-12T00:30:00")),
+            Event("r3", "g", berlin("2026-01-20T10:00:00")),
+            # r4: W2 only
+            Event("r4", "h", berlin("2026-01-13T11:00:00")),
+            # r6 was first seen before the range: in no cohort, though active in W1
+            Event("r6", "i", berlin("2025-12-20T10:00:00")),
+            Event("r6", "j", berlin("2026-01-06T10:00:00")),
+            # a bot is in no cohort
+            Event("bot", "k", berlin("2026-01-06T10:00:00"), is_bot=True),
+            Event("bot", "l", berlin("2026-01-14T10:00:00"), is_bot=True),
+        ],
+    )
+    response = await client.post(
+        "/v1/retention",
+        json={"period": "custom", "date_from": "2026-01-05", "date_to": "2026-01-28", "weeks": 8},
+        headers=auth(project),
+    )
+    assert response.status_code == 200, response.text
+    cohorts = response.json()["cohorts"]
+    # Jan 28 is in W4: W1 has offsets 0..3 so far, W2 has 0..2.
+    assert cohorts == [
+        {
+            "week": "2026-01-05",
+            "visitors": 2,
+            "retention": [
+                {"week_offset": 0, "visitors": 2, "percentage": 100.0},
+                {"week_offset": 1, "visitors": 1, "percentage": 50.0},
+                {"week_offset": 2, "visitors": 0, "percentage": 0.0},
+                {"week_offset": 3, "visitors": 1, "percentage": 50.0},
+            ],
+        },
+        {
+            "week": "2026-01-12",
+            "visitors": 2,
+            "retention": [
+                {"week_offset": 0, "visitors": 2, "percentage": 100.0},
+                {"week_offset": 1, "visitors": 1, "percentage": 50.0},
+                {"week_offset": 2, "visitors": 0, "percentage": 0.0},
+            ],
+        },
+    ]
+
+
+async def test_realtime_counts_the_last_five_minutes(
+    client: AsyncTestClient[Any], db: DatabaseHarness, engine: AsyncEngine
+) -> None:
+    project, other = await new_project(db), await new_project(db)
+    now = datetime.now(UTC)
+    await insert_events(
+        engine,
+        int(project["id"]),
+        [
+            Event("a", "sa", now - timedelta(minutes=1)),
+            Event("a", "sa", now - timedelta(minutes=2)),
+            Event("b", "sb", now - timedelta(minutes=4), name="click"),
+            Event("c", "sc", now - timedelta(minutes=10)),  # too old
+            Event("bot", "sd", now - timedelta(minutes=1), is_bot=True),
+        ],
+    )
+    await insert_events(engine, int(other["id"]), [Event("z", "sz", now - timedelta(minutes=1))])
+    response = await client.get("/v1/realtime", headers=auth(project))
+    assert response.status_code == 200
+    assert response.json() == {"visitors": 2, "pageviews": 2, "window_seconds": 300}
+    assert (await client.get("/v1/realtime", headers={"Authorization": "Bearer sk_wrong"})).status_code == 401
+
+
+def spec(period: str) -> QuerySpec:
+    return QuerySpec(metrics=["visitors"], period=period)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("period", "expected"),
+    [
+        ("today", (date(2026, 3, 1), date(2026, 3, 1))),
+        ("7d", (date(2026, 2, 23), date(2026, 3, 1))),
+        ("30d", (date(2026, 1, 31), date(2026, 3, 1))),
+        ("month", (date(2026, 3, 1), date(2026, 3, 1))),
+        ("12mo", (date(2025, 4, 1), date(2026, 3, 1))),
+    ],
+)
+def test_presets_are_days_in_the_project_timezone(period: str, expected: tuple[date, date]) -> None:
+    # 23:30 UTC on Feb 28 is already Mar 1 in Berlin
+    now = datetime(2026, 2, 28, 23, 30, tzinfo=UTC)
+    resolved = resolve_range(spec(period), "Europe/Berlin", now)
+    assert (resolved.date_from, resolved.date_to) == expected
+    assert resolved.end == datetime(2026, 3, 1, 23, 0, tzinfo=UTC)
+
+
+async def test_today_preset_through_the_api(
+    client: AsyncTestClient[Any], db: DatabaseHarness, engine: AsyncEngine
+) -> None:
+    project = await new_project(db, timezone="America/New_York")
+    now = datetime.now(UTC)
+    await insert_events(
+        engine,
+        int(project["id"]),
+        [Event("a", "s1", now - timedelta(seconds=1)), Event("b", "s2", now - timedelta(days=2))],
+    )
+    response = await client.post("/v1/query", json={"metrics": ["visitors"], "period": "today"}, headers=auth(project))
+    assert response.status_code == 200, response.text
+    assert table(response.json()) == [[1]]
+
+
+async def test_statement_timeout_answers_a_clear_error(
+    db: DatabaseHarness, engine: AsyncEngine, dataset: Dataset
+) -> None:
+    project_id = int(dataset.project["id"])
+    async with engine.begin() as connection:
+        await connection.execute(
+            text(
+                "INSERT INTO events (project_id, occurred_at, event_uuid, name, distinct_id, session_id, url,"
+                " domain, path)"
+                " SELECT :project_id, timestamptz '2026-01-13 10:00+00' + n * interval '1 second',"
+                " gen_random_uuid(), 'pageview', 'v' || (n % 5000), 's' || (n % 9000), 'https://example.com/',"
+                " 'example.com', '/p' || (n % 300) FROM generate_series(1, 60000) AS n"
+            ),
+            {"project_id": project_id},
+        )
+    async with AsyncTestClient(create_app(db.database_for("query", statement_timeout_ms=1))) as client:
+        response = await client.post(
+            "/v1/query",
+            json={**RANGE, "metrics": ["visitors", "sessions", "bounce_rate"], "dimensions": ["page"]},
+            headers=auth(dataset.project),
+        )
+    assert response.status_code == 503
+    assert response.json()["error"]["code"] == "query_timeout"
+    assert response.headers["retry-after"] == "2"
+
+
+async def test_openapi_documents_the_endpoints(client: AsyncTestClient[Any]) -> None:
+    schema = (await client.get("/schema/openapi.json")).json()
+    assert {"/v1/query", "/v1/realtime", "/v1/funnel", "/v1/retention"} <= set(schema["paths"])
+    query_post = schema["paths"]["/v1/query"]["post"]
+    assert {"200", "401", "422", "503"} <= set(query_post["responses"])
+
+
+async def test_query_results_are_exact_across_projects(client: AsyncTestClient[Any], dataset: Dataset) -> None:
+    # the other project's two pageviews of Jan 13 never leak into this one's day
+    body = await query(client, dataset.project, metrics=["pageviews"], dimensions=["time:day"])
+    assert table(body) == [["2026-01-12", 3], ["2026-01-13", 4], ["2026-01-14", 2]]

@@ -1,0 +1,156 @@
+"""The rollups: change tracking, freshness, grain choice and the HyperLogLog error bound."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from litestar.testing import AsyncTestClient
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from services.query.app import create_app
+from services.query.repository import (
+    HLL_RELATIVE_STANDARD_ERROR,
+    PAGES_CUBE,
+    VISITS_CUBE,
+    AggregateQuery,
+    FilterClause,
+    cube_for,
+)
+from services.query.settings import QuerySettings
+from tests.harness import DatabaseHarness
+from tests.query.conftest import Event, auth, berlin, build_rollups, insert_events, new_project, query, table
+
+
+async def rollup_days(engine: AsyncEngine, project_id: int) -> list[tuple[Any, ...]]:
+    async with engine.connect() as connection:
+        result = await connection.execute(
+            text(
+                "SELECT day::text, changes, built_changes FROM query_rollup_days"
+                " WHERE project_id = :project_id ORDER BY day"
+            ),
+            {"project_id": project_id},
+        )
+        return [tuple(row) for row in result]
+
+
+async def test_inserts_are_counted_per_local_day(db: DatabaseHarness, engine: AsyncEngine) -> None:
+    project = await new_project(db)
+    project_id = int(project["id"])
+    # 23:30 on Jan 12 in Berlin is 22:30Z, still Jan 12; 00:30 on Jan 13 in Berlin is 23:30Z on Jan 12.
+    await insert_events(engine, project_id, [Event("a", "s", berlin("2026-01-12T23:30:00"))])
+    await insert_events(
+        engine,
+        project_id,
+        [Event("a", "s", berlin("2026-01-12T23:40:00")), Event("a", "s", berlin("2026-01-13T00:30:00"))],
+    )
+    assert await rollup_days(engine, project_id) == [("2026-01-12", 2, None), ("2026-01-13", 1, None)]
+    await build_rollups(engine, project)
+    assert await rollup_days(engine, project_id) == [("2026-01-12", 2, 2), ("2026-01-13", 1, 1)]
+    async with engine.begin() as connection:
+        await connection.execute(text("DELETE FROM events WHERE project_id = :p"), {"p": project_id})
+    assert await rollup_days(engine, project_id) == [("2026-01-12", 3, 2), ("2026-01-13", 2, 1)]
+
+
+async def test_a_late_event_is_seen_at_once_or_within_the_staleness_bound(
+    db: DatabaseHarness, engine: AsyncEngine
+) -> None:
+    project = await new_project(db)
+    project_id = int(project["id"])
+    await insert_events(
+        engine,
+        project_id,
+        [Event("a", "s1", berlin("2026-01-12T10:00:00")), Event("b", "s2", berlin("2026-01-13T10:00:00"))],
+    )
+    await build_rollups(engine, project)
+    await insert_events(engine, project_id, [Event("c", "s3", berlin("2026-01-12T11:00:00"))])
+    spec = {"metrics": ["visitors", "pageviews"], "dimensions": ["time:day"], "date_to": "2026-01-13"}
+    strict = QuerySettings(rollup_max_staleness_s=0, rollup_interval_s=0)
+    lenient = QuerySettings(rollup_max_staleness_s=3600, rollup_interval_s=0)
+    async with AsyncTestClient(create_app(db.database, query_settings=strict)) as client:
+        # Jan 12 changed since its build, so it is computed from events; Jan 13 comes from the rollup.
+        body = await query(client, project, **spec)
+        assert (table(body), body["meta"]["source"]) == ([["2026-01-12", 2, 2], ["2026-01-13", 1, 1]], "rollups")
+    async with AsyncTestClient(create_app(db.database, query_settings=lenient)) as client:
+        # Within the staleness bound the day's last build is served: the late event is not in it yet.
+        assert table(await query(client, project, **spec)) == [["2026-01-12", 1, 1], ["2026-01-13", 1, 1]]
+        await build_rollups(engine, project)
+        assert table(await query(client, project, **spec)) == [["2026-01-12", 2, 2], ["2026-01-13", 1, 1]]
+
+
+async def test_visitor_estimates_stay_within_the_stated_bound(db: DatabaseHarness, engine: AsyncEngine) -> None:
+    project = await new_project(db)
+    project_id = int(project["id"])
+    # 5,000 visitors with one pageview each on Jan 12, and 1,000 of them again on Jan 13.
+    async with engine.begin() as connection:
+        await connection.execute(
+            text(
+                "INSERT INTO events (project_id, occurred_at, event_uuid, name, distinct_id, session_id, url, domain,"
+                " path, country)"
+                " SELECT :project_id, CAST(:day AS timestamptz) + n * interval '1 second', gen_random_uuid(),"
+                " 'pageview', 'visitor-' || n,"
+                " 'session-' || n || '-' || CAST(:label AS text), 'https://example.com/', 'example.com', '/', 'DE'"
+                " FROM generate_series(1, CAST(:visitors AS int)) AS n"
+            ),
+            [
+                {"project_id": project_id, "day": berlin("2026-01-12T01:00:00"), "visitors": 5_000, "label": "a"},
+                {"project_id": project_id, "day": berlin("2026-01-13T01:00:00"), "visitors": 1_000, "label": "b"},
+            ],
+        )
+    await build_rollups(engine, project)
+    settings = QuerySettings(rollup_max_staleness_s=0, rollup_interval_s=0)
+    async with AsyncTestClient(create_app(db.database, query_settings=settings)) as client:
+        body = await query(client, project, metrics=["visitors", "pageviews", "sessions"])
+        exact = await client.post(
+            "/v1/query",
+            # an hour bucket is not in any rollup, so this reads events: exact
+            json={"period": "custom", "date_from": "2026-01-12", "date_to": "2026-01-13", "metrics": ["visitors"]}
+            | {"dimensions": ["time:hour"], "limit": 1},
+            headers=auth(project),
+        )
+    estimate, pageviews, sessions = table(body)[0]
+    assert (pageviews, sessions) == (6_000, 6_000)  # exact, whatever the sketches say
+    assert body["meta"]["exact"] is False
+    bound = body["meta"]["visitors_relative_standard_error"]
+    assert bound == pytest.approx(HLL_RELATIVE_STANDARD_ERROR, abs=1e-4)
+    # The API states 99.7% of estimates fall within three standard errors.
+    assert abs(estimate - 5_000) <= 3 * bound * 5_000, estimate
+    assert exact.json()["meta"]["exact"] is True
+
+
+def aggregate(dimensions: tuple[str, ...], filters: tuple[FilterClause, ...] = (), metrics=("visitors",)) -> Any:  # type: ignore[no-untyped-def]
+    return AggregateQuery(
+        project_id=1,
+        timezone="UTC",
+        start=datetime(2026, 1, 1, tzinfo=UTC),
+        end=datetime(2026, 1, 2, tzinfo=UTC),
+        metrics=metrics,
+        dimensions=dimensions,
+        filters=filters,
+        order_by=(),
+        limit=10,
+        offset=0,
+    )
+
+
+def test_the_smallest_grain_that_holds_the_query_is_chosen() -> None:
+    country_de = FilterClause("country", "is", ("DE",))
+    assert cube_for(aggregate(())) == (VISITS_CUBE, frozenset())
+    assert cube_for(aggregate(("time:day",), (country_de,))) == (VISITS_CUBE, frozenset({"country"}))
+    assert cube_for(aggregate(("referrer",), (country_de,))) == (VISITS_CUBE, frozenset({"referrer", "country"}))
+    three = (FilterClause("os", "is", ("iOS",)), country_de)
+    assert cube_for(aggregate(("browser",), three)) == (VISITS_CUBE, VISITS_CUBE.grains[-1])
+    assert cube_for(aggregate(("page",), (country_de,))) == (PAGES_CUBE, frozenset({"country"}))
+    pricing = FilterClause("page", "is", ("/pricing",))
+    assert cube_for(aggregate(("browser",), (pricing,), ("sessions",))) == (PAGES_CUBE, frozenset({"browser"}))
+    # Not in any rollup: hours, event-level dimensions other than page, page with two visit dimensions,
+    # and session metrics over several pages (a session seeing two of them would count twice).
+    assert cube_for(aggregate(("time:hour",))) is None
+    assert cube_for(aggregate(("entry_page",))) is None
+    assert cube_for(aggregate(("domain",))) is None
+    assert cube_for(aggregate(("page", "country"), (FilterClause("device", "is", ("mobile",)),))) is None
+    some_pages = FilterClause("page", "contains", ("pri",))
+    assert cube_for(aggregate((), (some_pages,), ("sessions",))) is None
+    assert cube_for(aggregate((), (some_pages,), ("visitors", "pageviews"))) == (PAGES_CUBE, frozenset())
