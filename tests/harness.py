@@ -11,7 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from services.cli import admin
-from services.cli.pgbouncer import LocalPgBouncer, ensure_pgbouncer_installed
+from services.cli.packages import ensure_packages_installed
+from services.cli.pgbouncer import LocalPgBouncer
 from services.cli.postgres import LocalPostgres
 from services.cli.processes import free_port
 from services.cli.stack import database_urls
@@ -38,7 +39,7 @@ class DatabaseHarness:
 
 @contextmanager
 def start_database_harness() -> Iterator[DatabaseHarness]:
-    ensure_pgbouncer_installed()
+    ensure_packages_installed()
     # Not under pytest's tmp dir: that is private to root and the service account must reach it.
     root = Path(tempfile.mkdtemp(prefix="sightline-test-", dir="/tmp"))
     root.chmod(0o755)

@@ -10,7 +10,7 @@ deletion from 65-86 ms to under 0.1 ms.
 Built CONCURRENTLY, outside a transaction, so ingest keeps writing sessions meanwhile.
 
 Revision ID: 0200
-Revises: 0001
+Revises: 0101
 Create Date: 2026-11-27
 """
 
@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from alembic import op
 
 revision: str = "0200"
-down_revision: str | None = "0001"
+down_revision: str | None = "0101"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

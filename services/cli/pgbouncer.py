@@ -16,7 +16,6 @@ from services.cli.processes import (
     port_is_free,
     read_pid,
     run,
-    running_as_root,
     stop_pid,
     with_open_files_raised,
 )
@@ -96,19 +95,3 @@ class LocalPgBouncer:
         # SIGTERM: close every connection now; a SIGINT would wait for clients to leave.
         stop_pid(pid, sig=signal.SIGTERM, timeout_s=10)
         return True
-
-
-def ensure_pgbouncer_installed(binary: str = "pgbouncer") -> None:
-    """Installs Debian's pgbouncer package when it is missing and we may."""
-    if shutil.which(binary):
-        return
-    if not running_as_root() or not shutil.which("apt-get"):
-        raise StackError("pgbouncer is not installed: apt-get install -y pgbouncer")
-    print("Installing PgBouncer from Debian's packages ...", flush=True)
-    run(["apt-get", "update", "-qq"])
-    run(
-        ["apt-get", "install", "-y", "-qq", "--no-install-recommends", "pgbouncer"],
-        env={"DEBIAN_FRONTEND": "noninteractive", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
-    )
-    if not shutil.which(binary):
-        raise StackError("pgbouncer is still not on PATH after installing it")

@@ -26,7 +26,8 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from services.cli.pgbouncer import LocalPgBouncer, ensure_pgbouncer_installed
+from services.cli.packages import ensure_packages_installed
+from services.cli.pgbouncer import LocalPgBouncer
 from services.cli.postgres import LocalPostgres
 from services.cli.processes import (
     StackError,
@@ -189,7 +190,7 @@ class LocalStack:
 
     def up(self) -> dict[str, str]:
         """Start whatever is not running yet; return the environment the services use."""
-        ensure_pgbouncer_installed(self.settings.pgbouncer_bin)
+        ensure_packages_installed()
         self.paths.root.mkdir(parents=True, exist_ok=True)
         check_reachable_by_service_account(self.paths.root)
         self.check_ports()

@@ -44,7 +44,8 @@ import psutil
 from sqlalchemy import text
 
 from services.cli import admin
-from services.cli.pgbouncer import LocalPgBouncer, ensure_pgbouncer_installed
+from services.cli.packages import ensure_packages_installed
+from services.cli.pgbouncer import LocalPgBouncer
 from services.cli.postgres import LocalPostgres
 from services.cli.processes import free_port, stop_pid
 from services.cli.stack import database_urls, granian_command
@@ -244,7 +245,7 @@ class Database:
 
 @contextlib.contextmanager
 def database(root: Path) -> Iterator[Database]:
-    ensure_pgbouncer_installed()
+    ensure_packages_installed()
     password = secrets.token_urlsafe(16)
     postgres_port, pgbouncer_port = free_port(), free_port()
     postgres = LocalPostgres(

@@ -110,3 +110,31 @@ def test_an_ingest_request_leaves_its_breakdown_in_the_trace_file(
     # Health checks and per-message ASGI spans are not traced.
     assert not any(s["name"].startswith("GET /health") for s in spans)
     assert not any("http send" in s["name"] or "http receive" in s["name"] for s in spans)
+
+
+def test_a_read_api_request_has_sql_client_spans(db: DatabaseHarness, project: dict[str, Any]) -> None:
+    trace_file = db.root / f"traces-{uuid.uuid4().hex[:8]}.jsonl"
+    env = {
+        **os.environ,
+        "SIGHTLINE_DATABASE_URL": db.database.url,
+        "SIGHTLINE_TRACE_FILE": str(trace_file),
+        "OTEL_TRACES_SAMPLER": "always_on",
+        "OTEL_BSP_SCHEDULE_DELAY": "100",
+    }
+    with running_service("replay", env, db.root / "log" / f"{trace_file.stem}.log") as replay:
+        response = httpx.get(f"{replay.url}/v1/sessions", headers={"Authorization": f"Bearer {project['secretKey']}"})
+        assert response.status_code == 200
+        deadline = time.monotonic() + 10
+        while not (trace_file.exists() and any(s["name"] == "GET /v1/sessions" for s in _spans(trace_file))):
+            assert time.monotonic() < deadline, "no server span was exported"
+            time.sleep(0.2)
+    spans = _spans(trace_file)
+    [server] = [s for s in spans if s["name"] == "GET /v1/sessions"]
+    sql = [
+        s
+        for s in spans
+        if s["traceId"] == server["traceId"]
+        and s["kind"] == 3
+        and {"key": "db.system", "value": {"stringValue": "postgresql"}} in s["attributes"]
+    ]
+    assert sql, "the session list's SQL should appear as client spans"
