@@ -40,8 +40,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 tracer = trace.get_tracer("sightline")
 
 # Share of requests traced when OTEL_TRACES_SAMPLER is not set: at the seed load (~1,000
-# requests/s) this still yields about 20 traces a second for the latency breakdown.
-DEFAULT_SAMPLE_RATIO = 0.02
+# requests/s) this still yields about 10 traces a second for the latency breakdown.
+DEFAULT_SAMPLE_RATIO = 0.01
 
 _KIND_NUMBERS = {
     SpanKind.INTERNAL: 1,
