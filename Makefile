@@ -7,7 +7,7 @@ SIGHTLINE := $(BIN)/sightline
 
 .DEFAULT_GOAL := help
 
-.PHONY: help up down status test lint migrate install install-dev clean bench-ingest
+.PHONY: help up down status test lint migrate install install-dev clean bench-ingest load
 
 help: ## List the targets with one line each
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -23,6 +23,10 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/activate
 $(VENV)/.installed-dev: pyproject.toml | $(BIN)/activate
 	$(BIN)/pip install --quiet -e '.[dev]'
 	@touch $@ $(VENV)/.installed
+
+$(VENV)/.installed-load: pyproject.toml | $(VENV)/.installed
+	$(BIN)/pip install --quiet -e '.[load]'
+	@touch $@
 
 install: $(VENV)/.installed ## Create .venv and install Sightline into it
 
@@ -51,6 +55,9 @@ lint: install-dev ## ruff and mypy --strict
 bench-ingest: install ## wrk against POST /v1/events vs the no-op endpoint (needs `make up`); writes docs/benchmarks.md
 	@command -v wrk >/dev/null || { echo "wrk is missing: apt-get install -y wrk"; exit 1; }
 	$(BIN)/python -m services.ingest.bench
+
+load: $(VENV)/.installed-load ## Seed load test on `make up`'s stack (5000 users, ~5 min); LOAD_ARGS="--users 500 --find-limit ..."
+	$(SIGHTLINE) load $(LOAD_ARGS)
 
 clean: down ## Stop everything and delete .data (the local database) and .venv
 	rm -rf .data $(VENV)

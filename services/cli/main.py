@@ -16,6 +16,7 @@ from services.cli.processes import StackError
 from services.cli.stack import LocalStack, granian_command, load_local_env
 from services.common.log import granian_log_config
 from services.common.settings import SERVICES, AdminDatabaseSettings, ServerSettings, ServiceName, StackSettings
+from services.loadtest.cli import load
 
 DEMO_DOMAINS = ["localhost", "127.0.0.1", "example.com"]
 
@@ -125,6 +126,9 @@ def project_create(name: str, domains: tuple[str, ...], timezone: str, retention
 def project_list() -> None:
     """List projects as JSON (secret keys are never stored, so never shown)."""
     click.echo(json.dumps(asyncio.run(admin.list_projects(AdminDatabaseSettings.from_env())), indent=2))
+
+
+cli.add_command(load)
 
 
 def main() -> None:
