@@ -49,6 +49,8 @@ class LoadOptions:
     processes: int
     reports_dir: Path
     progress_s: float = 5.0
+    # Distinct full snapshots in the pool (incremental chunks and event batches scale with it).
+    payload_variants: int = 24
 
 
 @dataclass(frozen=True)
@@ -143,7 +145,11 @@ def run_load(
     (folder / "plan.json").write_text(json.dumps({**public_plan, "project_id": project["id"]}, indent=2))
 
     echo("building payloads (rrweb snapshots, incremental chunks, event batches)")
-    payloads.save_pools(folder / PAYLOADS_FILE, payloads.build_pools(plan.project_key))
+    variants = options.payload_variants
+    pools = payloads.build_pools(
+        plan.project_key, first_chunks=variants, incremental_chunks=2 * variants, event_batches=variants
+    )
+    payloads.save_pools(folder / PAYLOADS_FILE, pools)
 
     console_url = os.environ.get("SIGHTLINE_PGBOUNCER_ADMIN_URL")
     pool = pool_limits(console_url, "sightline") if console_url else {}
