@@ -58,6 +58,7 @@ def _loopback(_: click.Context, __: click.Parameter, value: str | None) -> str |
 @click.option("--limit-start", type=click.IntRange(min=1), default=1000, show_default=True)
 @click.option("--limit-step", type=click.IntRange(min=1), default=1000, show_default=True)
 @click.option("--limit-max", type=click.IntRange(min=1), default=20000, show_default=True)
+@click.option("--write-benchmarks", is_flag=True, help="Write the figures into docs/benchmarks.md (own section).")
 def load(
     users: int,
     hold_s: float,
@@ -75,6 +76,7 @@ def load(
     limit_start: int,
     limit_step: int,
     limit_max: int,
+    write_benchmarks: bool,
 ) -> None:
     """Run the seed's load test against the local stack (`make up` first) and write a report folder.
 
@@ -83,7 +85,7 @@ def load(
     by itself; the report ends with acknowledged vs stored rows.
     """
     # Imported here: Locust and matplotlib are the `load` extra, and slow to import for other commands.
-    from services.loadtest import runner
+    from services.loadtest import benchmarks, runner
 
     options = runner.LoadOptions(
         users=users,
@@ -102,12 +104,16 @@ def load(
     command = runner.shell_command(sys.argv[2:] if len(sys.argv) > 1 and sys.argv[1] == "load" else [])
     if find_limit:
         levels = list(range(limit_start, limit_max + 1, limit_step))
-        last_good, _ = runner.find_limit(options, levels, command, click.echo)
+        last_good, results = runner.find_limit(options, levels, command, click.echo)
+        if write_benchmarks:
+            benchmarks.write_section(benchmarks.limit_section(last_good, results, command), benchmarks.LIMIT)
         if last_good is None:
             sys.exit(1)
         return
     result = runner.run_load(options, command, click.echo)
     click.echo(runner.describe(result))
     click.echo(f"report: {result.report}")
+    if write_benchmarks:
+        benchmarks.write_section(benchmarks.seed_section(result, command), benchmarks.SEED)
     if not all(item.passed for item in result.checks):
         raise click.ClickException("acknowledged events or replay chunks are missing from the database")

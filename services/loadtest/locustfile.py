@@ -35,6 +35,10 @@ PLAN = LoadPlan.from_env()
 SAMPLE_S = 2.0
 # Workers report to the master every 3 s by default; every second keeps the time series smooth.
 runners.WORKER_REPORT_INTERVAL = 1.0
+# With --processes on a 2-core machine that also runs the whole stack, a starved worker can miss
+# Locust's default 3 heartbeats; the master then hands its users to the others while it keeps
+# running them (seen here: 151 users for a plan of 106). Ten seconds tolerates that.
+runners.HEARTBEAT_LIVENESS = 10
 
 # A tracker gives up on a batch after this many attempts; the last refusal is a failure.
 MAX_ATTEMPTS = 6
@@ -161,9 +165,16 @@ class NoopVisitor(_Sender):
             "content-encoding": "gzip",
             "user-agent": random.choice(payloads.USER_AGENTS),
         }
+        self.phase_set = False
 
     @task
     def send_noop(self) -> None:
+        if not self.phase_set:
+            # Locust starts fixed-count users first and almost at once; without a random offset they
+            # would post in bursts every 5 s and the baseline would measure the burst, not the load.
+            # (Sleeping in on_start instead made Locust's worker processes miss their heartbeats.)
+            self.phase_set = True
+            gevent.sleep(random.uniform(0, PLAN.pacing_s))
         self.deliver("/v1/noop", NOOP_ENDPOINT, payloads.noop_body(pools(), self.visitor, self.variant), self.headers)
 
 
@@ -180,6 +191,7 @@ class Reader(FastHttpUser):
     concurrency = 1
 
     def on_start(self) -> None:
+        self.phase_set = False
         self.authorization = {"authorization": f"Bearer {PLAN.secret_key}"}
         self.calls: list[tuple[str, str, str, bytes | None]] = []
         for service, base in (("query", PLAN.query_url), ("replay", PLAN.replay_url)):
@@ -195,6 +207,9 @@ class Reader(FastHttpUser):
 
     @task
     def read_dashboard(self) -> None:
+        if not self.phase_set:
+            self.phase_set = True  # as for the no-op users: no bursts
+            gevent.sleep(random.uniform(0, PLAN.pacing_s))
         for method, url, name, body in self.calls:
             headers = {**self.authorization, "content-type": "application/json"} if body else self.authorization
             self.client.request(method, url, name=name, data=body, headers=headers)  # type: ignore[arg-type]
@@ -288,6 +303,8 @@ def _sample_stats(environment: Environment) -> None:
             "failures": sum(endpoints.get(name, {}).get("failures", 0) for name in TRACKER_ENDPOINTS),
             **stats.summary(tracker),
         }
+        # The interval histograms themselves, so the report can give percentiles of the hold alone.
+        record["histograms"] = {"ingest": tracker, "noop": intervals.get(NOOP_ENDPOINT, {})}
         record["errors"] = {f"{error.name}: {error.error}": error.occurrences for error in runner.stats.errors.values()}
         with output.open("a") as file:
             file.write(json.dumps(record) + "\n")

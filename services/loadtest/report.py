@@ -17,6 +17,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from services.loadtest.check import Acknowledged, DeliveryCheck  # noqa: E402
 from services.loadtest.plan import LoadPlan  # noqa: E402
+from services.loadtest.stats import merge, summary  # noqa: E402
 from services.loadtest.traces import CATEGORIES, EndpointBreakdown  # noqa: E402
 
 RETRIED_SUFFIX = " (retried)"
@@ -138,6 +139,13 @@ def plot_cpu(data: RunData, start: float, path: Path) -> None:
     times = _elapsed(records, start)
     names = sorted({name for record in records for name in record["cpu"]})
     axis.stackplot(times, *[[r["cpu"].get(name, 0.0) for r in records] for name in names], labels=names)
+    axis.plot(
+        times,
+        [r.get("machine_cpu", 0.0) * (os.cpu_count() or 1) for r in records],
+        color="black",
+        linewidth=1,
+        label="whole machine (other work included)",
+    )
     axis.axhline(100 * (os.cpu_count() or 1), color="black", linestyle="--", label="all cores")
     axis.set_ylabel("% of one core")
     axis.set_xlabel("seconds since start")
@@ -161,7 +169,12 @@ def plot_breakdown(data: RunData, path: Path) -> None:
 
 
 def _cpu_table(records: Sequence[Mapping[str, Any]]) -> str:
-    cpu_records = [record["cpu"] for record in records if "cpu" in record]
+    cores = os.cpu_count() or 1
+    cpu_records = [
+        {**record["cpu"], "(whole machine)": record.get("machine_cpu", 0.0) * cores}
+        for record in records
+        if "cpu" in record
+    ]
     names = sorted({name for record in cpu_records for name in record})
     rows = []
     for name in names:
@@ -201,6 +214,25 @@ def _failure_table(errors: Iterable[Mapping[str, Any]]) -> str:
     return "| endpoint | failure | count |\n| --- | --- | --- |\n" + "\n".join(rows)
 
 
+def hold_figures(timeseries: Sequence[Mapping[str, Any]]) -> dict[str, float]:
+    """Ingest and no-op percentiles while all users ran: the steady state, without the ramps."""
+    peak_users = max((record["users"] for record in timeseries), default=0)
+    at_peak = [record for record in timeseries if record["users"] == peak_users and "histograms" in record]
+    if not at_peak:
+        return {}
+    # JSON turned the histogram's int buckets into strings.
+    ingest = merge({int(k): v for k, v in record["histograms"]["ingest"].items()} for record in at_peak)
+    noop = merge({int(k): v for k, v in record["histograms"]["noop"].items()} for record in at_peak)
+    seconds = sum(record["interval_s"] for record in at_peak)
+    requests = sum(sum(endpoint["requests"] for endpoint in record["endpoints"].values()) for record in at_peak)
+    return {
+        "hold_s": seconds,
+        "hold_rps": requests / seconds if seconds else 0.0,
+        **{f"hold_ingest_{key}": value for key, value in summary(ingest).items()},
+        **{f"hold_noop_{key}": value for key, value in summary(noop).items()},
+    }
+
+
 def summary_figures(data: RunData) -> dict[str, float]:
     """The figures a run is judged by (also used by --find-limit)."""
     final = data.final
@@ -223,6 +255,7 @@ def summary_figures(data: RunData) -> dict[str, float]:
         "noop_p95": float(endpoints.get(NOOP_ENDPOINT, {}).get("p95", 0.0)),
         "server_connections_max": float(max(pgbouncer, default=0)),
         "peak_users": float(max((record["users"] for record in data.timeseries), default=0)),
+        **hold_figures(data.timeseries),
     }
 
 
@@ -268,6 +301,11 @@ def write_report(data: RunData, folder: Path) -> Path:
             "window): run the stack with tracing on (`SIGHTLINE_TRACE_FILE` or the `make up` default of "
             "`.data/traces/*.jsonl`) to get the breakdown."
         )
+    hold = (
+        f"{figures.get('hold_rps', 0):.1f}; {figures.get('hold_ingest_p50', 0):.0f} / "
+        f"{figures.get('hold_ingest_p95', 0):.0f} / {figures.get('hold_ingest_p99', 0):.0f} ms; "
+        f"{figures.get('hold_noop_p95', 0):.0f} ms"
+    )
     latencies = f"{figures['ingest_p50']:.0f} / {figures['ingest_p95']:.0f} / {figures['ingest_p99']:.0f}"
     connections = f"{figures['server_connections_max']:.0f} (pool {pool}, reserve {reserve}: {connections_verdict})"
     text = f"""# Load test {data.started_at:%Y-%m-%d %H:%M:%S} UTC
@@ -294,6 +332,7 @@ Ingest {plan.ingest_url}, query {plan.query_url}, replay {plan.replay_url}.
 | attempts answered 503 or lost and retried with the same body | {figures["retried_attempts"]:.0f} |
 | ingest p50 / p95 / p99 (events + replay) | {latencies} ms |
 | no-op p95 in the same run | {figures["noop_p95"]:.0f} ms (ingest p95 is {ratio:.1f}× that) |
+| at full load only ({figures.get("hold_s", 0):.0f} s): requests/s, ingest p50 / p95 / p99, no-op p95 | {hold} |
 | PgBouncer server connections, max | {connections} |
 | acknowledged = stored | {"yes" if all_passed else "**NO**"} |
 
@@ -320,6 +359,7 @@ sampled every few seconds. Maximum {figures["server_connections_max"]:.0f}; pool
 
 Percent of one core ({os.cpu_count()} cores = {100 * (os.cpu_count() or 1)} %), from psutil: services with their
 Granian workers, PgBouncer, Postgres with its backends, the load generator (all its processes).
+"(whole machine)" includes work outside this run: whatever else shares the machine.
 
 {_cpu_table(data.monitor)}
 

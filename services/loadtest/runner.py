@@ -162,7 +162,7 @@ def run_load(
         # In-flight deliveries finish when users stop, so their 202s are counted.
         "--stop-timeout", str(STOP_TIMEOUT_S),
         "--exit-code-on-error", "0",
-        "--loglevel", "WARNING",
+        "--loglevel", os.environ.get("SIGHTLINE_LOAD_LOCUST_LOGLEVEL", "WARNING"),
     ]  # fmt: skip
     if options.processes > 1:
         locust_command += ["--processes", str(options.processes)]
