@@ -65,6 +65,7 @@ Command: `{command}`
 | at full load only ({figures.get("hold_s", 0):.0f} s): requests/s | {figures.get("hold_rps", 0):.1f} |
 | at full load only: ingest p50 / p95 / p99, no-op p95 | {hold} |
 | PgBouncer server connections, max | {figures["server_connections_max"]:.0f} |
+| load generator CPU per request | {figures["generator_cpu_ms_per_request"]:.2f} ms |
 
 CPU, mean (max) in % of one core: {_cpu(result)}.
 

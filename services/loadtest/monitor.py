@@ -161,6 +161,7 @@ class Monitor(threading.Thread):
                 cpu_seconds = self.cpu.sample()
                 record: dict[str, Any] = {
                     "t": time.time(),
+                    "interval_s": now - last,
                     # percent of one core, as top shows it
                     "cpu": {name: 100.0 * used / (now - last) for name, used in cpu_seconds.items()},
                     "machine_cpu": psutil.cpu_percent(),

@@ -242,6 +242,11 @@ def summary_figures(data: RunData) -> dict[str, float]:
     all_failures = sum(entry["failures"] for entry in endpoints.values())
     retried = sum(entry["requests"] for name, entry in endpoints.items() if name.endswith(RETRIED_SUFFIX))
     pgbouncer = [record["pgbouncer"]["server_connections"] for record in data.monitor if "pgbouncer" in record]
+    generator_cpu_s = sum(
+        record["cpu"].get("load generator", 0.0) / 100 * record.get("interval_s", 0.0)
+        for record in data.monitor
+        if "cpu" in record
+    )
     return {
         "requests": float(all_requests),
         "failures": float(all_failures),
@@ -254,6 +259,8 @@ def summary_figures(data: RunData) -> dict[str, float]:
         "ingest_p99": float(tracker["p99"]),
         "noop_p95": float(endpoints.get(NOOP_ENDPOINT, {}).get("p95", 0.0)),
         "server_connections_max": float(max(pgbouncer, default=0)),
+        # What one request costs the load generator (start-up included), to size --processes.
+        "generator_cpu_ms_per_request": 1000 * generator_cpu_s / all_requests if all_requests else 0.0,
         "peak_users": float(max((record["users"] for record in data.timeseries), default=0)),
         **hold_figures(data.timeseries),
     }
@@ -334,6 +341,7 @@ Ingest {plan.ingest_url}, query {plan.query_url}, replay {plan.replay_url}.
 | no-op p95 in the same run | {figures["noop_p95"]:.0f} ms (ingest p95 is {ratio:.1f}× that) |
 | at full load only ({figures.get("hold_s", 0):.0f} s): requests/s, ingest p50 / p95 / p99, no-op p95 | {hold} |
 | PgBouncer server connections, max | {connections} |
+| load generator CPU per request | {figures["generator_cpu_ms_per_request"]:.2f} ms |
 | acknowledged = stored | {"yes" if all_passed else "**NO**"} |
 
 ## Requests and failures over time
