@@ -97,16 +97,41 @@ def _print_progress(run_dir: Path, echo: Callable[[str], None], last_printed: fl
     return float(latest["t"])
 
 
-def _stop_process_group(process: subprocess.Popen[bytes]) -> None:
-    """Locust and its worker processes, which we started in their own session."""
-    if process.poll() is not None:
-        return
-    os.killpg(process.pid, signal.SIGTERM)
+def _group_alive(process_group: int) -> bool:
     try:
-        process.wait(timeout=STOP_TIMEOUT_S + 10)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
+        os.killpg(process_group, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def _wait_for_group(process_group: int, timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while _group_alive(process_group):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.2)
+    return True
+
+
+def _stop_process_group(process: subprocess.Popen[bytes]) -> None:
+    """Locust and its worker processes, which we started in their own session (process group).
+
+    With --processes the master can exit before its workers have stopped their users and
+    written their counts; reading the counts (or the database) before then would compare a
+    moving target, so the whole group is waited for, and only then stopped by force.
+    """
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=STOP_TIMEOUT_S + 10)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+    if not _wait_for_group(process.pid, STOP_TIMEOUT_S + 10):
+        os.killpg(process.pid, signal.SIGTERM)
+        if not _wait_for_group(process.pid, 10):
+            os.killpg(process.pid, signal.SIGKILL)
 
 
 def run_load(
@@ -187,7 +212,7 @@ def run_load(
         deadline = time.monotonic() + plan.total_s + STARTUP_ALLOWANCE_S + STOP_TIMEOUT_S + 60
         last_printed = 0.0
         try:
-            while process.poll() is None:
+            while process.poll() is None or _group_alive(process.pid):
                 if time.monotonic() > deadline:
                     echo("the load generator did not stop by itself in time; stopping it")
                     break
