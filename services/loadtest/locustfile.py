@@ -17,6 +17,7 @@ import math
 import os
 import random
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -79,6 +80,26 @@ def _retry_after_s(response: Any) -> float:
         return min(MAX_RETRY_AFTER_S, max(0.0, float(response.headers.get("retry-after") or 1)))
     except ValueError:
         return 1.0
+
+
+def paced_with_random_phase(pacing_s: float) -> Callable[[Any], float]:
+    """One task start every pacing_s, like constant_pacing, but shifted by a random phase.
+
+    Locust starts fixed-count users first and almost at once; paced exactly, they would post in
+    a burst every 5 s and the no-op baseline would measure the burst, not the load. (A sleep in
+    the task, or constant_pacing plus a random wait, is compensated back into the same phase by
+    constant_pacing; a sleep in on_start made Locust's worker processes miss heartbeats.)
+    """
+
+    def wait_time(user: Any) -> float:
+        now = time.monotonic()
+        previous: float | None = getattr(user, "next_task_at", None)
+        # Late (a slow task): start now rather than try to catch up with a burst.
+        next_task_at = now + random.uniform(0, pacing_s) if previous is None else max(now, previous + pacing_s)
+        user.next_task_at = next_task_at
+        return next_task_at - now
+
+    return wait_time
 
 
 class _Sender(FastHttpUser):
@@ -154,7 +175,7 @@ class Visitor(_Sender):
 class NoopVisitor(_Sender):
     """Posts an events-sized gzip body to the no-op endpoint at the visitors' pace."""
 
-    wait_time = constant_pacing(PLAN.pacing_s)
+    wait_time = paced_with_random_phase(PLAN.pacing_s)
     fixed_count = PLAN.noop_users
 
     def on_start(self) -> None:
@@ -165,16 +186,9 @@ class NoopVisitor(_Sender):
             "content-encoding": "gzip",
             "user-agent": random.choice(payloads.USER_AGENTS),
         }
-        self.phase_set = False
 
     @task
     def send_noop(self) -> None:
-        if not self.phase_set:
-            # Locust starts fixed-count users first and almost at once; without a random offset they
-            # would post in bursts every 5 s and the baseline would measure the burst, not the load.
-            # (Sleeping in on_start instead made Locust's worker processes miss their heartbeats.)
-            self.phase_set = True
-            gevent.sleep(random.uniform(0, PLAN.pacing_s))
         self.deliver("/v1/noop", NOOP_ENDPOINT, payloads.noop_body(pools(), self.visitor, self.variant), self.headers)
 
 
@@ -191,7 +205,6 @@ class Reader(FastHttpUser):
     concurrency = 1
 
     def on_start(self) -> None:
-        self.phase_set = False
         self.authorization = {"authorization": f"Bearer {PLAN.secret_key}"}
         self.calls: list[tuple[str, str, str, bytes | None]] = []
         for service, base in (("query", PLAN.query_url), ("replay", PLAN.replay_url)):
@@ -207,9 +220,6 @@ class Reader(FastHttpUser):
 
     @task
     def read_dashboard(self) -> None:
-        if not self.phase_set:
-            self.phase_set = True  # as for the no-op users: no bursts
-            gevent.sleep(random.uniform(0, PLAN.pacing_s))
         for method, url, name, body in self.calls:
             headers = {**self.authorization, "content-type": "application/json"} if body else self.authorization
             self.client.request(method, url, name=name, data=body, headers=headers)  # type: ignore[arg-type]
