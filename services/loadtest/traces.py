@@ -17,6 +17,15 @@ from pathlib import Path
 from typing import Any
 
 SERVER, CLIENT = 2, 3
+# protobuf's MessageToJson writes enums by name unless told otherwise; both forms are accepted.
+SPAN_KIND_NAMES = {
+    "SPAN_KIND_UNSPECIFIED": 0,
+    "SPAN_KIND_INTERNAL": 1,
+    "SPAN_KIND_SERVER": 2,
+    "SPAN_KIND_CLIENT": 3,
+    "SPAN_KIND_PRODUCER": 4,
+    "SPAN_KIND_CONSUMER": 5,
+}
 
 CATEGORIES = (
     "pool wait",
@@ -75,6 +84,12 @@ def _attributes(items: Iterable[dict[str, Any]]) -> dict[str, Any]:
     return {item["key"]: _attribute_value(item.get("value", {})) for item in items}
 
 
+def _kind(value: int | str) -> int:
+    if isinstance(value, str) and not value.isdigit():
+        return SPAN_KIND_NAMES.get(value, 0)
+    return int(value)
+
+
 def parse_line(line: str) -> Iterator[Span]:
     document = json.loads(line)
     for resource_spans in document.get("resourceSpans", []):
@@ -87,7 +102,7 @@ def parse_line(line: str) -> Iterator[Span]:
                     span_id=span["spanId"],
                     parent_id=span.get("parentSpanId") or "",
                     name=span.get("name", ""),
-                    kind=int(span.get("kind", 0)),
+                    kind=_kind(span.get("kind", 0)),
                     start_ns=int(span["startTimeUnixNano"]),
                     end_ns=int(span["endTimeUnixNano"]),
                     service=service,

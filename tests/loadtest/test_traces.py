@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from services.loadtest.traces import breakdown, read_spans
+from services.loadtest.traces import breakdown, parse_line, read_spans
 
 FIXTURES = Path(__file__).parent / "fixtures"
 WINDOW_START_NS = 1_764_000_000_000_000_000  # the fixture's time 0; trace d starts a minute before it
@@ -58,6 +58,22 @@ def test_database_client_spans_count_as_sql_for_the_read_services() -> None:
     assert sessions.by_category_ns["pool wait"] == 2 * MS
     assert sessions.by_category_ns["SQL"] == 4 * MS
     assert sessions.rest_ns == 2 * MS  # 8 ms - 2 - 4; replay.stream is not a category
+
+
+def test_span_kinds_written_by_name_are_understood() -> None:
+    # What protobuf's MessageToJson writes by default: enum names, base64 ids, no empty parent.
+    line = (
+        '{"resourceSpans":[{"resource":{"attributes":[]},"scopeSpans":[{"spans":['
+        '{"traceId":"q83vEjRWeJA=","spanId":"AAAAAAAAAAE=","name":"POST /v1/replay","kind":"SPAN_KIND_SERVER",'
+        '"startTimeUnixNano":"1000000","endTimeUnixNano":"5000000"},'
+        '{"traceId":"q83vEjRWeJA=","spanId":"AAAAAAAAAAI=","parentSpanId":"AAAAAAAAAAE=","name":"INSERT",'
+        '"kind":"SPAN_KIND_CLIENT","startTimeUnixNano":"2000000","endTimeUnixNano":"3000000",'
+        '"attributes":[{"key":"db.system","value":{"stringValue":"postgresql"}}]}]}]}]}'
+    )
+    [replay] = breakdown(parse_line(line)).values()
+    assert (replay.endpoint, replay.requests, replay.total_ns) == ("POST /v1/replay", 1, 4 * MS)
+    assert replay.by_category_ns["SQL"] == 1 * MS
+    assert replay.rest_ns == 3 * MS
 
 
 def test_no_spans_give_an_empty_breakdown() -> None:
