@@ -235,8 +235,9 @@ class RampShape(LoadTestShape):
             if PLAN.shape == "steps":
                 step = min(PLAN.steps, int(elapsed / max(PLAN.ramp_up_s, 1e-9) * PLAN.steps) + 1)
                 visitors = math.ceil(PLAN.users * step / PLAN.steps)
-                # Each step is reached within a few seconds, then held until the next.
-                return visitors + extras, max(1.0, PLAN.users / PLAN.steps / 5.0)
+                # Each step is reached in a fifth of its time, then held until the next.
+                step_s = max(1.0, PLAN.ramp_up_s / PLAN.steps)
+                return visitors + extras, max(1.0, PLAN.users / PLAN.steps / max(1.0, step_s / 5))
             return PLAN.locust_users, max(1.0, PLAN.locust_users / max(PLAN.ramp_up_s, 1.0))
         if elapsed < PLAN.total_s or (self.runner is not None and self.runner.user_count > 0):
             if elapsed > PLAN.total_s + 60:
