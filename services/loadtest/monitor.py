@@ -154,6 +154,7 @@ class Monitor(threading.Thread):
 
     def run(self) -> None:
         self.cpu.sample()  # the baseline: the first interval starts now
+        psutil.cpu_percent()  # likewise: its first answer is a meaningless 0.0
         last = time.monotonic()
         with self.output.open("a") as file:
             while not self._stop_event.wait(self.interval_s):
