@@ -8,7 +8,7 @@ SIGHTLINE := $(BIN)/sightline
 .DEFAULT_GOAL := help
 
 .PHONY: help up down status test lint migrate install install-dev clean bench-ingest bench-tracing bench-replay \
-	bench-query tracker tracker-deps capture-recordings
+	bench-query tracker tracker-deps capture-recordings load
 
 help: ## List the targets with one line each
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -24,6 +24,10 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/activate
 $(VENV)/.installed-dev: pyproject.toml | $(BIN)/activate
 	$(BIN)/pip install --quiet -e '.[dev]'
 	@touch $@ $(VENV)/.installed
+
+$(VENV)/.installed-load: pyproject.toml | $(VENV)/.installed
+	$(BIN)/pip install --quiet -e '.[load]'
+	@touch $@
 
 install: $(VENV)/.installed ## Create .venv and install Sightline into it
 
@@ -68,6 +72,9 @@ bench-tracing: install ## Throughput with tracing on vs off in one run (needs `m
 
 bench-replay: install-dev ## Replay: first byte, throughput, worker memory for 30- vs 3-minute recordings (own throwaway stack)
 	$(BIN)/python -m services.replay.bench $(BENCH_ARGS)
+
+load: $(VENV)/.installed-load ## Seed load test on `make up`'s stack (5000 users, ~5 min); LOAD_ARGS="--users 500 --find-limit ..."
+	$(SIGHTLINE) load $(LOAD_ARGS)
 
 clean: down ## Stop everything and delete .data (the local database) and .venv
 	rm -rf .data $(VENV)

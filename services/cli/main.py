@@ -24,6 +24,7 @@ from services.common.settings import (
     ServiceName,
     StackSettings,
 )
+from services.loadtest.cli import load
 
 DEMO_DOMAINS = ["localhost", "127.0.0.1", "example.com"]
 
@@ -186,6 +187,9 @@ def retention_apply(project_ids: tuple[int, ...], idempotency_days: int) -> None
         )
     )
     click.echo(json.dumps(report.as_json()))
+
+
+cli.add_command(load)
 
 
 def main() -> None:

@@ -1,0 +1,112 @@
+"""A tiny real run: Locust against Granian-served ingest, a report folder, and acknowledged == stored."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from services.cli.processes import free_port
+from services.loadtest.runner import LoadOptions, run_load
+from tests.harness import DatabaseHarness
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def ingest_url(db: DatabaseHarness) -> Iterator[str]:
+    port = free_port()
+    env = {
+        **os.environ,
+        "SIGHTLINE_DATABASE_URL": db.database.url,
+        "SIGHTLINE_INGEST_PORT": str(port),
+        "SIGHTLINE_LOG_LEVEL": "WARNING",
+    }
+    log_path = db.root / "log" / "ingest-loadtest.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "services.cli.main", "serve", "ingest"],
+            env=env,
+            cwd=ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        url = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    if httpx.get(f"{url}/health/ready", timeout=1).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                assert process.poll() is None, log_path.read_text()
+                assert time.monotonic() < deadline, "ingest did not become ready"
+                time.sleep(0.2)
+            yield url
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, 9)
+                process.wait()
+
+
+@pytest.mark.slow
+def test_a_small_run_writes_the_report_and_every_acknowledged_row_is_stored(
+    db: DatabaseHarness, ingest_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SIGHTLINE_ADMIN_DATABASE_URL", db.admin.url)
+    monkeypatch.setenv("SIGHTLINE_PGBOUNCER_ADMIN_URL", db.pgbouncer_admin_url)
+    monkeypatch.setenv("SIGHTLINE_DATA_DIR", str(tmp_path / "no-local-stack"))
+    options = LoadOptions(
+        users=20,
+        ramp_up_s=4,
+        hold_s=8,
+        ramp_down_s=3,
+        ingest_url=ingest_url,
+        # Ingest also serves /health/ready and an OpenAPI document (with no readable /v1 GETs),
+        # so the readers have something real to poll without starting two more services.
+        query_url=ingest_url,
+        replay_url=ingest_url,
+        shape="linear",
+        steps=1,
+        processes=1,
+        reports_dir=tmp_path / "reports",
+        progress_s=2,
+        payload_variants=2,
+    )
+    progress: list[str] = []
+    result = run_load(options, "sightline load --users 20 (test)", progress.append)
+
+    assert result.folder.parent == tmp_path / "reports"
+    assert result.folder.name.startswith("load-")
+    for name in ("report.md", "requests.png", "latency.png", "pgbouncer.png", "cpu.png", "final.json"):
+        assert (result.folder / name).stat().st_size > 0, name
+    report = result.report.read_text()
+    assert "## Acknowledged vs stored" in report
+    assert "No server spans were found" in report  # this harness runs without tracing
+    assert not (set(json.loads((result.folder / "plan.json").read_text())) & {"secret_key", "secretKey"})
+
+    events, chunks = result.checks
+    # 20 visitors each sent their first chunk; every 202 is in the database, nothing more.
+    assert chunks.acknowledged >= 20
+    assert events.acknowledged > 0
+    assert (events.stored, chunks.stored) == (events.acknowledged, chunks.acknowledged)
+    assert result.figures["failures"] == 0
+    assert result.figures["peak_users"] == 20 + 1 + 1  # visitors, one reader, one no-op user
+    final = json.loads((result.folder / "final.json").read_text())
+    assert final["endpoints"]["POST /v1/replay (first chunk)"]["requests"] >= 20
+    assert final["endpoints"]["POST /v1/noop"]["requests"] > 0
+    assert final["endpoints"]["GET query /health/ready"]["requests"] > 0
+    assert 0 < result.figures["server_connections_max"] <= 20 + 5
+    assert any("users" in line for line in progress)
