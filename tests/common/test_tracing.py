@@ -57,8 +57,8 @@ def test_tracing_is_off_without_a_destination() -> None:
     assert not tracing_enabled({"SIGHTLINE_TRACE_DIR": "/tmp/x", "OTEL_SDK_DISABLED": "true"})
 
 
-@pytest.fixture
-def traced_ingest(db: DatabaseHarness) -> Iterator[tuple[str, Path]]:
+def _traced(db: DatabaseHarness) -> tuple[Path, dict[str, str]]:
+    """A trace file of its own, and an environment that traces every request into it."""
     trace_file = db.root / f"traces-{uuid.uuid4().hex[:8]}.jsonl"
     env = {
         **os.environ,
@@ -67,6 +67,12 @@ def traced_ingest(db: DatabaseHarness) -> Iterator[tuple[str, Path]]:
         "OTEL_TRACES_SAMPLER": "always_on",
         "OTEL_BSP_SCHEDULE_DELAY": "100",
     }
+    return trace_file, env
+
+
+@pytest.fixture
+def traced_ingest(db: DatabaseHarness) -> Iterator[tuple[str, Path]]:
+    trace_file, env = _traced(db)
     with running_service("ingest", env, db.root / "log" / f"{trace_file.stem}.log") as ingest:
         yield ingest.url, trace_file
 
@@ -113,14 +119,7 @@ def test_an_ingest_request_leaves_its_breakdown_in_the_trace_file(
 
 
 def test_a_read_api_request_has_sql_client_spans(db: DatabaseHarness, project: dict[str, Any]) -> None:
-    trace_file = db.root / f"traces-{uuid.uuid4().hex[:8]}.jsonl"
-    env = {
-        **os.environ,
-        "SIGHTLINE_DATABASE_URL": db.database.url,
-        "SIGHTLINE_TRACE_FILE": str(trace_file),
-        "OTEL_TRACES_SAMPLER": "always_on",
-        "OTEL_BSP_SCHEDULE_DELAY": "100",
-    }
+    trace_file, env = _traced(db)
     with running_service("replay", env, db.root / "log" / f"{trace_file.stem}.log") as replay:
         response = httpx.get(f"{replay.url}/v1/sessions", headers={"Authorization": f"Bearer {project['secretKey']}"})
         assert response.status_code == 200
