@@ -46,6 +46,8 @@ migrate: install ## Apply migrations to the local cluster (make up does this too
 	$(SIGHTLINE) migrate
 
 test: install-dev ## Run the test suite (it starts its own Postgres and PgBouncer)
+	@# The tracker bundle's check needs esbuild from npm; without npm that test is skipped.
+	@if command -v npm >/dev/null && [ ! -d tracker/node_modules/esbuild ]; then $(MAKE) --no-print-directory tracker-deps; fi
 	$(BIN)/pytest
 
 lint: install-dev ## ruff and mypy --strict
