@@ -23,16 +23,12 @@ import json
 import os
 import platform
 import random
-import secrets
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -44,13 +40,10 @@ import psutil
 from sqlalchemy import text
 
 from services.cli import admin
-from services.cli.packages import ensure_packages_installed
-from services.cli.pgbouncer import LocalPgBouncer
-from services.cli.postgres import LocalPostgres
-from services.cli.processes import free_port, stop_pid
-from services.cli.stack import database_urls, granian_command
+from services.cli.serving import running_service
+from services.cli.throwaway import throwaway_database
 from services.common.db import create_admin_engine
-from services.common.settings import AdminDatabaseSettings, ServerSettings
+from services.common.settings import AdminDatabaseSettings
 
 CHUNK_INTERVAL_MS = 5_000
 FIRST_CHUNK_GZIP_BYTES = 40_000  # inside the seed's 15-60 kB range for a first chunk
@@ -237,74 +230,17 @@ async def store_session(
 # --- processes ------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Database:
-    admin: AdminDatabaseSettings
-    service_url: str
-
-
-@contextlib.contextmanager
-def database(root: Path) -> Iterator[Database]:
-    ensure_packages_installed()
-    password = secrets.token_urlsafe(16)
-    postgres_port, pgbouncer_port = free_port(), free_port()
-    postgres = LocalPostgres(
-        data_dir=root / "postgres", run_dir=root / "run", log_file=root / "log" / "postgres.log", port=postgres_port
-    )
-    pgbouncer = LocalPgBouncer(
-        conf_dir=root / "pgbouncer",
-        run_dir=root / "run",
-        log_file=root / "log" / "pgbouncer.log",
-        listen_port=pgbouncer_port,
-        postgres_port=postgres_port,
-        user="sightline",
-        password=password,
-        pool_size=20,
-        max_client_conn=1000,
-    )
-    try:
-        postgres.init()
-        postgres.start()
-        postgres.wait_accepting()
-        postgres.ensure_role_and_database("sightline", password, "sightline")
-        pgbouncer.start()
-        urls = database_urls(password, postgres_port, pgbouncer_port)
-        settings = AdminDatabaseSettings(url=urls["SIGHTLINE_ADMIN_DATABASE_URL"])
-        admin.migrate(settings)
-        yield Database(admin=settings, service_url=urls["SIGHTLINE_DATABASE_URL"])
-    finally:
-        pgbouncer.stop()
-        postgres.stop(mode="fast")
-
-
 @contextlib.contextmanager
 def replay_server(database_url: str, log_file: Path) -> Iterator[tuple[int, psutil.Process]]:
     """The replay service under Granian with one worker, as `sightline up` runs it."""
-    port = free_port()
-    server = ServerSettings(host="127.0.0.1", port=port, workers=1)
-    env = {**os.environ, "SIGHTLINE_DATABASE_URL": database_url, "SIGHTLINE_LOG_LEVEL": "WARNING"}
-    with log_file.open("ab") as log:
-        process = subprocess.Popen(granian_command("replay", server), env=env, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"the replay service exited; see {log_file}")
-            ready_url = f"http://127.0.0.1:{port}/health/ready"
-            with (
-                contextlib.suppress(urllib.error.URLError, OSError),
-                urllib.request.urlopen(ready_url, timeout=2) as response,
-            ):
-                if response.status == 200:
-                    break
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"the replay service did not get ready; see {log_file}")
-            time.sleep(0.2)
-        yield port, _worker(psutil.Process(process.pid))
-    finally:
-        stop_pid(process.pid, timeout_s=30)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            process.wait(timeout=5)
+    env = {
+        **os.environ,
+        "SIGHTLINE_DATABASE_URL": database_url,
+        "SIGHTLINE_LOG_LEVEL": "WARNING",
+        "SIGHTLINE_REPLAY_WORKERS": "1",
+    }
+    with running_service("replay", env, log_file, ready_timeout_s=60) as replay:
+        yield int(replay.url.rsplit(":", 1)[1]), _worker(psutil.Process(replay.process.pid))
 
 
 def _worker(granian: psutil.Process) -> psutil.Process:
@@ -442,7 +378,7 @@ def run(runs: int, seed: int) -> dict[str, Any]:
         "sessions": {},
     }
     try:
-        with database(root) as db:
+        with throwaway_database(root) as db:
             project = asyncio.run(
                 admin.create_project(db.admin, name="bench", domains=["shop.example"], timezone="UTC")
             )

@@ -27,7 +27,8 @@ from pathlib import Path
 from typing import ClassVar
 
 from services.cli import admin
-from services.replay.bench import database, generate_session, replay_server, store_session
+from services.cli.throwaway import throwaway_database
+from services.replay.bench import generate_session, replay_server, store_session
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 
@@ -103,7 +104,7 @@ def main() -> None:
     root = Path(tempfile.mkdtemp(prefix="sightline-player-probe-", dir="/tmp"))
     root.chmod(0o755)
     try:
-        with database(root) as db:
+        with throwaway_database(root) as db:
             project = asyncio.run(
                 admin.create_project(db.admin, name="probe", domains=["shop.example"], timezone="UTC")
             )

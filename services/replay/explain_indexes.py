@@ -16,9 +16,9 @@ from pathlib import Path
 
 from sqlalchemy import text
 
+from services.cli.throwaway import throwaway_database
 from services.common.db import create_admin_engine
 from services.common.settings import AdminDatabaseSettings
-from services.replay.bench import database
 
 QUERIES = {
     "first page": "SELECT session_id, started_at FROM replay_sessions WHERE project_id = 2"
@@ -63,7 +63,7 @@ def main() -> None:
     root = Path(tempfile.mkdtemp(prefix="sightline-explain-replay-", dir="/tmp"))
     root.chmod(0o755)
     try:
-        with database(root) as db:
+        with throwaway_database(root) as db:
             asyncio.run(explain_all(db.admin))
     finally:
         shutil.rmtree(root, ignore_errors=True)

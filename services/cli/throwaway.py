@@ -1,0 +1,82 @@
+"""A throwaway Postgres + PgBouncer on free ports, built with the same code as `sightline up`.
+
+For the test harness and for benchmarks that must not touch a developer's `.data/`.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from services.cli import admin
+from services.cli.packages import ensure_packages_installed
+from services.cli.pgbouncer import LocalPgBouncer
+from services.cli.postgres import DEFAULT_SERVER_SETTINGS, LocalPostgres
+from services.cli.processes import free_port
+from services.cli.stack import database_urls
+from services.common.settings import AdminDatabaseSettings
+
+
+@dataclass(frozen=True)
+class ThrowawayDatabase:
+    postgres: LocalPostgres
+    pgbouncer: LocalPgBouncer
+    admin: AdminDatabaseSettings
+    service_url: str  # through PgBouncer
+    pgbouncer_admin_url: str
+
+
+@contextmanager
+def throwaway_database(
+    root: Path,
+    *,
+    max_connections: int = 100,
+    server_settings: dict[str, str] | None = None,
+    pool_size: int = 20,
+    max_client_conn: int = 1000,
+) -> Iterator[ThrowawayDatabase]:
+    """Initialises a cluster under root (which the service account must reach), migrated to head."""
+    ensure_packages_installed()
+    password = secrets.token_urlsafe(16)
+    postgres_port, pgbouncer_port = free_port(), free_port()
+    postgres = LocalPostgres(
+        data_dir=root / "postgres",
+        run_dir=root / "run",
+        log_file=root / "log" / "postgres.log",
+        port=postgres_port,
+        max_connections=max_connections,
+        server_settings=dict(DEFAULT_SERVER_SETTINGS if server_settings is None else server_settings),
+    )
+    pgbouncer = LocalPgBouncer(
+        conf_dir=root / "pgbouncer",
+        run_dir=root / "run",
+        log_file=root / "log" / "pgbouncer.log",
+        listen_port=pgbouncer_port,
+        postgres_port=postgres_port,
+        user="sightline",
+        password=password,
+        pool_size=pool_size,
+        max_client_conn=max_client_conn,
+    )
+    try:
+        postgres.init()
+        postgres.start()
+        postgres.wait_accepting()
+        postgres.ensure_role_and_database("sightline", password, "sightline")
+        pgbouncer.start()
+        urls = database_urls(password, postgres_port, pgbouncer_port)
+        admin_settings = AdminDatabaseSettings(url=urls["SIGHTLINE_ADMIN_DATABASE_URL"])
+        admin.migrate(admin_settings)
+        yield ThrowawayDatabase(
+            postgres=postgres,
+            pgbouncer=pgbouncer,
+            admin=admin_settings,
+            service_url=urls["SIGHTLINE_DATABASE_URL"],
+            pgbouncer_admin_url=urls["SIGHTLINE_PGBOUNCER_ADMIN_URL"],
+        )
+    finally:
+        pgbouncer.stop()
+        postgres.stop(mode="immediate")
