@@ -198,12 +198,14 @@ async def build_rollups(database: DatabaseSettings) -> None:
         while True:
             rebuilt += await refresh_until_current(engine, 10)
             async with engine.connect() as connection:
-                # The query service's own refresher may hold some days; wait for those too.
-                if not await rollup_repository.count_days_to_build(connection):
+                # The query service's own refresher may hold some days (or weeks); wait for those too.
+                if not await rollup_repository.count_days_to_build(
+                    connection
+                ) and not await rollup_repository.weeks_to_build(connection, 1):
                     break
             await asyncio.sleep(1)
         log(
-            f"rollups: all days current after {time.monotonic() - started:.1f} s"
+            f"rollups: all days and complete weeks current after {time.monotonic() - started:.1f} s"
             f" ({rebuilt} rebuilt here, the rest by the query service's refresher)"
         )
     finally:

@@ -106,11 +106,15 @@ def grain_id(dimensions: frozenset[str]) -> int:
 
 @dataclass(frozen=True)
 class Cube:
-    """A rollup table: rows per day and grain; `fixed` dimensions are in every grain."""
+    """A rollup table: rows per day and grain; `fixed` dimensions are in every grain.
+
+    `weekly_table`, if any, holds the same rows pre-unioned per complete week (Monday first).
+    """
 
     table: str
     fixed: tuple[str, ...]
     grains: tuple[frozenset[str], ...]
+    weekly_table: str | None = None
 
     @property
     def columns(self) -> tuple[str, ...]:
@@ -175,7 +179,14 @@ def _grains_up_to_pairs(extra: tuple[frozenset[str], ...] = ()) -> tuple[frozens
 # Visits: totals, each visit dimension, each pair (one filter plus one breakdown), and the full
 # cube for anything with more dimensions. Pages: each page alone and with one visit dimension.
 VISITS_CUBE = Cube("query_rollup_visits", (), _grains_up_to_pairs((frozenset(VISIT_DIMENSIONS),)))
-PAGES_CUBE = Cube("query_rollup_pages", ("page",), (frozenset(), *(frozenset({name}) for name in VISIT_DIMENSIONS)))
+# Only pages have weekly rows: a page query unions a sketch per page and day, hundreds of
+# pages times thirty days, where a visits query unions thirty.
+PAGES_CUBE = Cube(
+    "query_rollup_pages",
+    ("page",),
+    (frozenset(), *(frozenset({name}) for name in VISIT_DIMENSIONS)),
+    weekly_table="query_rollup_page_weeks",
+)
 CUBES = (VISITS_CUBE, PAGES_CUBE)
 
 
@@ -273,7 +284,8 @@ class AggregateQuery:
 
 @dataclass(frozen=True)
 class CubePlan:
-    """Answer from `cube` rows of `grain`: rollup rows for `rolled_days`, computed ones for `computed_days`."""
+    """Answer from `cube` rows of `grain`: weekly rows for `rolled_weeks` (their Mondays), daily
+    rollup rows for `rolled_days`, rows computed from events for `computed_days`."""
 
     cube: Cube
     grain: frozenset[str]
@@ -281,6 +293,7 @@ class CubePlan:
     computed_days: tuple[date, ...]
     computed_start: datetime | None  # UTC bounds around computed_days, so partitions are pruned
     computed_end: datetime | None
+    rolled_weeks: tuple[date, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -397,6 +410,15 @@ def build_cube_sql(query: AggregateQuery, plan: CubePlan) -> tuple[str, dict[str
         f"SELECT {columns}, {CUBE_METRIC_COLUMNS} FROM {cube.table}"
         " WHERE project_id = :project_id AND grain = :grain AND day = ANY(CAST(:rolled_days AS date[]))"
     ]
+    if plan.rolled_weeks:
+        if cube.weekly_table is None:
+            raise ValueError(f"{cube.table} has no weekly rows")
+        params["rolled_weeks"] = list(plan.rolled_weeks)
+        # A week's rows stand for its seven days; only undivided time (no day buckets) may use them.
+        parts.append(
+            f"SELECT week AS day, {', '.join(cube.columns)}, {CUBE_METRIC_COLUMNS} FROM {cube.weekly_table}"
+            " WHERE project_id = :project_id AND grain = :grain AND week = ANY(CAST(:rolled_weeks AS date[]))"
+        )
     ctes = ""
     if plan.computed_days:
         params.update(

@@ -9,6 +9,12 @@ inserting transaction commits. A rebuild first locks the row and reads `changes`
 transaction of its own (`claim_day`), which waits for in-flight batches; then it reads the
 events with a later snapshot and records that generation as built. A batch that commits after
 the claim bumps `changes` past it, so the day shows as changed again and is rebuilt.
+
+Weeks: once every day of a complete week (Monday to Sunday, before today) is current, the
+week's page rows are unioned from the days' rows into `query_rollup_page_weeks`, and
+`query_rollup_weeks.days_built_at` records the latest build among those days. A day rebuilt
+afterwards has a later `built_at`, so the week stops being usable (its days are read instead)
+until it is rebuilt in turn.
 """
 
 from __future__ import annotations
@@ -30,6 +36,13 @@ from services.query.repository import (
 # Any constant works; it only has to be the same for every process that builds rollups.
 _ROLLUP_LOCK_NAMESPACE = 7_345_100
 
+# A day row of query_rollup_days (alias d) that queries may read: current, or current less than
+# :max_staleness_s ago.
+_USABLE_DAY = (
+    "d.built_changes IS NOT NULL"
+    " AND (d.built_changes = d.changes OR d.built_at > now() - make_interval(secs => :max_staleness_s))"
+)
+
 
 @dataclass(frozen=True)
 class DayToBuild:
@@ -38,16 +51,43 @@ class DayToBuild:
     day: date
 
 
+@dataclass(frozen=True)
+class WeekToBuild:
+    project_id: int
+    week: date  # the Monday
+
+
 async def usable_days(
     connection: AsyncConnection, project_id: int, date_from: date, date_to: date, max_staleness_s: float
 ) -> set[date]:
     """Days whose rollup is current, or was current less than max_staleness_s ago."""
     result = await connection.execute(
         text(
-            "SELECT day FROM query_rollup_days"
-            " WHERE project_id = :project_id AND day BETWEEN :date_from AND :date_to"
-            " AND built_changes IS NOT NULL"
-            " AND (built_changes = changes OR built_at > now() - make_interval(secs => :max_staleness_s))"
+            "SELECT d.day FROM query_rollup_days d"
+            f" WHERE d.project_id = :project_id AND d.day BETWEEN :date_from AND :date_to AND {_USABLE_DAY}"
+        ),
+        {"project_id": project_id, "date_from": date_from, "date_to": date_to, "max_staleness_s": max_staleness_s},
+    )
+    return set(result.scalars())
+
+
+async def usable_weeks(
+    connection: AsyncConnection, project_id: int, date_from: date, date_to: date, max_staleness_s: float
+) -> set[date]:
+    """Mondays of the weeks inside [date_from, date_to] whose weekly rows equal their days' rows.
+
+    Every day of such a week that has events is usable, and none was rebuilt after the week.
+    A day without a query_rollup_days row has never had an event.
+    """
+    result = await connection.execute(
+        text(
+            "SELECT w.week FROM query_rollup_weeks w"
+            " WHERE w.project_id = :project_id AND w.week >= :date_from AND w.week + 6 <= :date_to"
+            " AND w.days_built_at = (SELECT max(d.built_at) FROM query_rollup_days d"
+            " WHERE d.project_id = w.project_id AND d.day BETWEEN w.week AND w.week + 6)"
+            " AND NOT EXISTS (SELECT FROM query_rollup_days d"
+            " WHERE d.project_id = w.project_id AND d.day BETWEEN w.week AND w.week + 6"
+            f" AND NOT ({_USABLE_DAY}))"
         ),
         {"project_id": project_id, "date_from": date_from, "date_to": date_to, "max_staleness_s": max_staleness_s},
     )
@@ -135,5 +175,62 @@ async def rebuild_day(
             " WHERE project_id = :project_id AND day = :day"
         ),
         {"project_id": project_id, "day": day, "generation": generation},
+    )
+    return True
+
+
+async def weeks_to_build(connection: AsyncConnection, limit: int, project_id: int | None = None) -> list[WeekToBuild]:
+    """Complete weeks (ended before the project's today) whose days are all current and were
+    built after the week's rows were, newest first."""
+    result = await connection.execute(
+        text(
+            "SELECT d.project_id, d.week FROM"
+            " (SELECT project_id, date_trunc('week', day)::date AS week, built_changes, changes, built_at"
+            " FROM query_rollup_days) d"
+            " JOIN projects p ON p.project_id = d.project_id"
+            " LEFT JOIN query_rollup_weeks w ON w.project_id = d.project_id AND w.week = d.week"
+            " WHERE (CAST(:project_id AS bigint) IS NULL OR d.project_id = :project_id)"
+            " AND d.week + 7 <= (now() AT TIME ZONE p.timezone)::date"
+            " GROUP BY d.project_id, d.week, w.days_built_at"
+            " HAVING bool_and(d.built_changes IS NOT NULL AND d.built_changes = d.changes)"
+            " AND w.days_built_at IS DISTINCT FROM max(d.built_at)"
+            " ORDER BY d.week DESC, d.project_id LIMIT :limit"
+        ),
+        {"limit": limit, "project_id": project_id},
+    )
+    return [WeekToBuild(row.project_id, row.week) for row in result]
+
+
+async def rebuild_week(connection: AsyncConnection, *, project_id: int, week: date) -> bool:
+    """Replace the week's page rows with the union of its days' rows; False if another process
+    is rebuilding that week right now."""
+    locked = await connection.execute(
+        text("SELECT pg_try_advisory_xact_lock(:namespace, hashtext(:key))"),
+        {"namespace": _ROLLUP_LOCK_NAMESPACE, "key": f"{project_id}:week:{week.isoformat()}"},
+    )
+    if not locked.scalar_one():
+        return False
+    # Sorted aggregation: a sketch union's state is ~130 kB per group (see repository.aggregate).
+    await connection.execute(text("SELECT set_config('enable_hashagg', 'off', true)"))
+    table, weekly_table = PAGES_CUBE.table, PAGES_CUBE.weekly_table
+    params = {"project_id": project_id, "week": week}
+    await connection.execute(
+        text(f"DELETE FROM {weekly_table} WHERE project_id = :project_id AND week = :week"), params
+    )
+    columns = ", ".join(("grain", *PAGES_CUBE.columns))
+    # One statement, so the stamp and the rows come from the same snapshot of the days.
+    await connection.execute(
+        text(
+            "WITH stamp AS (INSERT INTO query_rollup_weeks AS w (project_id, week, days_built_at)"
+            " SELECT :project_id, :week, max(built_at) FROM query_rollup_days"
+            " WHERE project_id = :project_id AND day BETWEEN :week AND CAST(:week AS date) + 6"
+            " ON CONFLICT (project_id, week) DO UPDATE SET days_built_at = excluded.days_built_at)"
+            f" INSERT INTO {weekly_table} (project_id, week, {columns}, {CUBE_METRIC_COLUMNS})"
+            f" SELECT :project_id, :week, {columns}, hll_union_agg(visitors), sum(sessions), sum(bounces),"
+            " sum(duration_s), sum(pageviews), sum(events), sum(session_pageviews)"
+            f" FROM {table} WHERE project_id = :project_id AND day BETWEEN :week AND CAST(:week AS date) + 6"
+            f" GROUP BY {columns}"
+        ),
+        params,
     )
     return True

@@ -1,4 +1,5 @@
-"""The rollup refresher: a writer task that rebuilds changed days, one transaction per step.
+"""The rollup refresher: a writer task that rebuilds changed days, then the complete weeks whose
+days changed, one transaction per step.
 
 Runs in every query worker (a per-day advisory lock keeps two from building the same day) and
 as `sightline rollup`.
@@ -27,7 +28,8 @@ REBUILD_STATEMENT_TIMEOUT_MS = 120_000
 
 
 async def refresh_rollups(engine: AsyncEngine, days_per_round: int, project_id: int | None = None) -> int:
-    """Rebuild up to days_per_round changed days; return how many were rebuilt."""
+    """Rebuild up to days_per_round changed days, then the weeks they complete; return how many
+    days and weeks were rebuilt."""
     async with engine.begin() as connection:
         days = await rollup_repository.days_to_build(connection, days_per_round, project_id)
     rebuilt = 0
@@ -50,6 +52,13 @@ async def refresh_rollups(engine: AsyncEngine, days_per_round: int, project_id: 
                 generation=generation,
             ):
                 rebuilt += 1
+    async with engine.begin() as connection:
+        weeks = await rollup_repository.weeks_to_build(connection, days_per_round, project_id)
+    for week in weeks:
+        async with engine.begin() as connection:
+            await set_statement_timeout(connection, REBUILD_STATEMENT_TIMEOUT_MS)
+            if await rollup_repository.rebuild_week(connection, project_id=week.project_id, week=week.week):
+                rebuilt += 1
     return rebuilt
 
 
@@ -59,7 +68,8 @@ async def refresh_until_current(engine: AsyncEngine, days_per_round: int, projec
     async with engine.connect() as connection:
         changed = await rollup_repository.count_days_to_build(connection, project_id)
     total = 0
-    for _ in range(changed // days_per_round + 2):
+    # Twice the rounds the days need: the weeks they complete are built in rounds of their own.
+    for _ in range(2 * (changed // days_per_round) + 2):
         rebuilt = await refresh_rollups(engine, days_per_round, project_id)
         total += rebuilt
         if rebuilt == 0:

@@ -149,11 +149,22 @@ async def _plan(
     )
     if not rolled:
         return None
+    weeks: set[date] = set()
+    # A week's rows fit only when no time bucket splits its seven days (a month might).
+    if cube.weekly_table is not None and all(
+        name == "time:week" or not name.startswith("time:") for name in query.dimensions
+    ):
+        weeks = await rollup_repository.usable_weeks(
+            connection, query.project_id, span.date_from, span.date_to, settings.rollup_max_staleness_s
+        )
+    in_weeks = {week + timedelta(days=n) for week in weeks for n in range(7)}
+    rolled -= in_weeks
     computed = [span.date_from + timedelta(days=n) for n in range(span.days)]
-    computed = [day for day in computed if day not in rolled]
+    computed = [day for day in computed if day not in rolled and day not in in_weeks]
     return CubePlan(
         cube=cube,
         grain=grain,
+        rolled_weeks=tuple(sorted(weeks)),
         rolled_days=tuple(sorted(rolled)),
         computed_days=tuple(computed),
         computed_start=local_midnight(computed[0], query.timezone) if computed else None,

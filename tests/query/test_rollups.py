@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Any
 
 import pytest
@@ -10,6 +10,7 @@ from litestar.testing import AsyncTestClient
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from services.query import rollup_repository
 from services.query.app import create_app
 from services.query.repository import (
     HLL_RELATIVE_STANDARD_ERROR,
@@ -21,7 +22,17 @@ from services.query.repository import (
 )
 from services.query.settings import QuerySettings
 from tests.harness import DatabaseHarness
-from tests.query.conftest import Event, auth, berlin, build_rollups, insert_events, new_project, query, table
+from tests.query.conftest import (
+    Event,
+    auth,
+    berlin,
+    build_rollups,
+    insert_events,
+    main_events,
+    new_project,
+    query,
+    table,
+)
 
 
 async def rollup_days(engine: AsyncEngine, project_id: int) -> list[tuple[Any, ...]]:
@@ -154,3 +165,82 @@ def test_the_smallest_grain_that_holds_the_query_is_chosen() -> None:
     some_pages = FilterClause("page", "contains", ("pri",))
     assert cube_for(aggregate((), (some_pages,), ("sessions",))) is None
     assert cube_for(aggregate((), (some_pages,), ("visitors", "pageviews"))) == (PAGES_CUBE, frozenset())
+
+
+async def weekly_rows(engine: AsyncEngine, project_id: int) -> dict[str, int]:
+    async with engine.connect() as connection:
+        result = await connection.execute(
+            text(
+                "SELECT week::text, count(*) FROM query_rollup_page_weeks WHERE project_id = :project_id GROUP BY week"
+            ),
+            {"project_id": project_id},
+        )
+        return {week: int(rows) for week, rows in result}
+
+
+async def usable_weeks_of(engine: AsyncEngine, project_id: int) -> set[str]:
+    async with engine.connect() as connection:
+        weeks = await rollup_repository.usable_weeks(
+            connection, project_id, date(2026, 1, 5), date(2026, 1, 25), max_staleness_s=0
+        )
+    return {week.isoformat() for week in weeks}
+
+
+# Page queries over two complete weeks (Jan 5-11 and Jan 12-18, 2026) and two days after them.
+WEEKS_RANGE = {"period": "custom", "date_from": "2026-01-05", "date_to": "2026-01-20"}
+WEEKLY_SPECS: list[dict[str, Any]] = [
+    {"metrics": ["visitors", "pageviews", "events"], "dimensions": ["page"]},
+    {
+        "metrics": ["visitors", "pageviews"],
+        "dimensions": ["page"],
+        "filters": [{"dimension": "country", "operator": "is", "values": ["DE"]}],
+    },
+    {"metrics": ["visitors", "pageviews"], "dimensions": ["page", "browser"]},
+    {
+        "metrics": ["visitors", "sessions", "bounce_rate", "visit_duration"],
+        "dimensions": ["time:week"],
+        "filters": [{"dimension": "page", "operator": "is", "values": ["/pricing"]}],
+    },
+]
+
+
+async def test_complete_weeks_are_read_from_weekly_rows_with_the_same_figures(
+    db: DatabaseHarness, engine: AsyncEngine
+) -> None:
+    project = await new_project(db)
+    project_id = int(project["id"])
+    extra = [
+        Event("w1", "sw1", berlin("2026-01-06T09:00:00"), "/pricing"),
+        Event("w1", "sw1", berlin("2026-01-06T09:03:00"), "/"),
+        Event("w2", "sw2", berlin("2026-01-17T18:00:00"), "/pricing", country="FR", browser="Firefox"),
+        Event("w1", "sw3", berlin("2026-01-19T08:00:00"), "/pricing"),
+    ]
+    await insert_events(engine, project_id, [*main_events(), *extra])
+    await build_rollups(engine, project)
+    # Every complete week with events gets rows; the range below ends inside the third.
+    assert set(await weekly_rows(engine, project_id)) == {"2026-01-05", "2026-01-12", "2026-01-19"}
+    assert await usable_weeks_of(engine, project_id) == {"2026-01-05", "2026-01-12", "2026-01-19"}
+
+    strict = QuerySettings(rollup_max_staleness_s=0, rollup_interval_s=0)
+    raw = QuerySettings(rollups=False)
+
+    async def answers(settings: QuerySettings) -> list[tuple[Any, str]]:
+        async with AsyncTestClient(create_app(db.database, query_settings=settings)) as client:
+            bodies = [await query(client, project, **WEEKS_RANGE, **spec) for spec in WEEKLY_SPECS]
+        return [(table(body), body["meta"]["source"]) for body in bodies]
+
+    from_events = await answers(raw)
+    assert all(source == "events" for _, source in from_events)
+    # Sketches this small are exact (hll keeps the hashes themselves), so every figure must match.
+    assert [rows for rows, _ in await answers(strict)] == [rows for rows, _ in from_events]
+    assert all(source == "rollups" for _, source in await answers(strict))
+
+    # A late event in the second week: that week is stale (its day is read from events) until rebuilt.
+    await insert_events(engine, project_id, [Event("w3", "sw4", berlin("2026-01-15T12:00:00"), "/pricing")])
+    assert await usable_weeks_of(engine, project_id) == {"2026-01-05", "2026-01-19"}
+    with_late_event = await answers(raw)
+    assert with_late_event != from_events
+    assert [rows for rows, _ in await answers(strict)] == [rows for rows, _ in with_late_event]
+    await build_rollups(engine, project)
+    assert await usable_weeks_of(engine, project_id) == {"2026-01-05", "2026-01-12", "2026-01-19"}
+    assert [rows for rows, _ in await answers(strict)] == [rows for rows, _ in with_late_event]

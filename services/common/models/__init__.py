@@ -5,8 +5,9 @@ from services.common.models.event import Event
 from services.common.models.ingested_event import IngestedEvent
 from services.common.models.project import Project
 from services.common.models.query_rollup_day import QueryRollupDay
-from services.common.models.query_rollup_page import query_rollup_pages
+from services.common.models.query_rollup_page import query_rollup_page_weeks, query_rollup_pages
 from services.common.models.query_rollup_visit import query_rollup_visits
+from services.common.models.query_rollup_week import QueryRollupWeek
 from services.common.models.replay_chunk import ReplayChunk
 from services.common.models.replay_session import ReplaySession
 
@@ -16,8 +17,10 @@ __all__ = [
     "IngestedEvent",
     "Project",
     "QueryRollupDay",
+    "QueryRollupWeek",
     "ReplayChunk",
     "ReplaySession",
+    "query_rollup_page_weeks",
     "query_rollup_pages",
     "query_rollup_visits",
 ]
