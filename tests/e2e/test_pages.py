@@ -22,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.cli import admin
 from services.common.pages import CONTENT_SECURITY_POLICY
-from tests.e2e.browser import chromium, tracker_ready, wait_for
+from tests.e2e.browser import chromium, console_problems, tracker_ready, wait_for
 from tests.e2e.conftest import PagesStack
 from tests.e2e.recording_store import chunk_json, poll, stored_chunks, stored_events
 from tests.e2e.screenshots import colour_census
@@ -185,6 +185,7 @@ async def test_the_player_plays_the_recorded_visit_from_the_start_and_from_a_lat
         assert recording_fetches[0].endswith(f"/v1/sessions/{recorded_visit.session_id}/recording?")
         assert recording_fetches[-1].endswith(f"/recording?from={duration_s * 1000}")
         urls = loaded_urls(driver)
+        assert console_problems(driver) == []
 
     assert_key_nowhere(key, urls, pages_stack.log_paths)
     # The typed text is in no stored chunk and in nothing the replay API serves.
@@ -232,6 +233,7 @@ def test_the_dashboard_shows_the_visited_paths_a_chart_and_links_to_the_player(
         href = links["/pricing"].get_attribute("href")
         assert href == f"{pages_stack.replay_url}/player?urlContains=%2Fpricing"
         dashboard_urls = loaded_urls(driver)
+        assert console_problems(driver) == []
 
         # The player is another origin: it has no key of its own yet and asks for it; the
         # filter from the link is applied once the key is in.
