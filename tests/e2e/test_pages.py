@@ -202,7 +202,7 @@ async def test_the_player_plays_the_recorded_visit_from_the_start_and_from_a_lat
 
 
 def test_the_dashboard_shows_the_visited_paths_a_chart_and_links_to_the_player(
-    db: DatabaseHarness, pages_stack: PagesStack, recorded_visit: RecordedVisit
+    db: DatabaseHarness, pages_stack: PagesStack, recorded_visit: RecordedVisit, tmp_path: Path
 ) -> None:
     key = recorded_visit.secret_key
     with chromium(db.root / "log" / "chromedriver-dashboard.log") as driver:
@@ -232,6 +232,7 @@ def test_the_dashboard_shows_the_visited_paths_a_chart_and_links_to_the_player(
         }
         href = links["/pricing"].get_attribute("href")
         assert href == f"{pages_stack.replay_url}/player?urlContains=%2Fpricing"
+        driver.save_screenshot(str(tmp_path / "dashboard.png"))
         dashboard_urls = loaded_urls(driver)
         assert console_problems(driver) == []
 
