@@ -68,7 +68,7 @@ pages-deps: ## npm ci in web/ (esbuild, rrweb-player, uPlot; the pages' bundle t
 pages: pages-deps ## Rebuild the player's and dashboard's scripts and styles from web/src; commit the result
 	cd web && node build.mjs
 
-capture-recordings: install-dev ## Record tests/e2e/recordings/*.json.gz with Chromium (replay payloads for the load test)
+capture-recordings: install-dev ## Record services/loadtest/recordings/*.json.gz with Chromium (replay payloads for the load test)
 	$(BIN)/python -m tests.e2e.capture_recordings
 
 bench-ingest: install ## wrk against POST /v1/events vs the no-op endpoint (needs `make up`); writes docs/benchmarks.md
