@@ -10,6 +10,7 @@ the services' logs, and the typed text never in the recording.
 from __future__ import annotations
 
 import json
+import re
 import urllib.request
 import uuid
 from dataclasses import dataclass
@@ -181,6 +182,11 @@ async def test_the_player_plays_the_recorded_visit_from_the_start_and_from_a_lat
         seek.send_keys(str(duration_s))
         driver.find_element(By.CSS_SELECTOR, "#seek-form button").click()
         wait_for(driver, lambda d: PRICING_HEADING in d.execute_script(IFRAME_TEXT))
+        # The stream began at the pricing page's chunk, not at the session's start (the home
+        # page filled the first 5-second chunk): the player says where its events begin.
+        status = wait_for(driver, lambda d: d.find_element(By.ID, "player-status").text.startswith("Loaded:") and d)
+        loaded_from = status.find_element(By.ID, "player-status").text
+        assert re.search(r"from [1-9]\d* s on", loaded_from), loaded_from
         recording_fetches = [url for url in loaded_urls(driver) if "/recording" in url]
         assert recording_fetches[0].endswith(f"/v1/sessions/{recorded_visit.session_id}/recording?")
         assert recording_fetches[-1].endswith(f"/recording?from={duration_s * 1000}")

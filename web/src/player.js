@@ -9,6 +9,9 @@ import { apiFetch, apiJson, element, setUpKey, showError } from './key.js';
 // Never a key: the key is entered on this page, once per tab.
 const URL_FILTERS = ['dateFrom', 'dateTo', 'distinctId', 'urlContains', 'country', 'browser', 'device'];
 const PAGE_SIZE = 50;
+// rrweb's event types.
+const FULL_SNAPSHOT = 2;
+const META = 4;
 
 const state = { nextCursor: null, player: null, session: null, loading: 0 };
 
@@ -104,6 +107,7 @@ async function openSession(sessionId, fromMs) {
     const response = await apiFetch(`/v1/sessions/${encodeURIComponent(sessionId)}/recording?${params}`, {
       headers: { Accept: FRAMES_MEDIA_TYPE },
     });
+    // Where the first streamed chunk begins, in ms after the session's start.
     const startOffsetMs = Number(response.headers.get('X-Replay-Start-Offset-Ms') || '0');
     const pending = [];
     let events = 0;
@@ -114,8 +118,15 @@ async function openSession(sessionId, fromMs) {
         for (const event of chunk.events) state.player.addEvent(event);
       } else {
         pending.push(...chunk.events);
-        // rrweb needs the meta event and the full snapshot before it can draw anything.
-        if (pending.length >= 2) startPlayer(pending, Math.max(0, fromMs - startOffsetMs));
+        // rrweb needs the meta event and the full snapshot before it can draw anything. A
+        // chunk found by `from` may begin with the previous page's last events: they would
+        // refer to nodes the player never saw, so playback starts at the meta event.
+        const meta = pending.findIndex((event) => event.type === META);
+        if (meta >= 0 && pending.slice(meta).some((event) => event.type === FULL_SNAPSHOT)) {
+          const events = pending.slice(meta);
+          const sessionStartMs = Date.parse(detail.session.startedAt);
+          startPlayer(events, Math.max(0, sessionStartMs + fromMs - events[0].timestamp));
+        }
       }
       status.textContent = `Playing; ${events} events loaded`;
     }
@@ -140,7 +151,6 @@ function prefillFilters() {
   const query = new URLSearchParams(window.location.search);
   const form = $('filters');
   for (const name of URL_FILTERS) if (query.has(name)) form.elements[name].value = query.get(name);
-  return query.get('session');
 }
 
 function start() {
