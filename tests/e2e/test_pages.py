@@ -174,12 +174,13 @@ async def test_the_player_plays_the_recorded_visit_from_the_start_and_from_a_lat
         assert len(census) >= 10, f"{len(census)} colours in {screenshot}"
         assert pixels - background >= 500, f"only {pixels - background} non-background pixels in {screenshot}"
 
-        # Seeking asks the API for the window from that second: the recording then starts at
-        # the pricing page's full snapshot, recorded at the end of the session.
+        # Loading from a second asks the API for that window (from/to): the recording then
+        # starts at the pricing page's full snapshot, recorded at the end of the session.
         duration_s = int(driver.find_element(By.ID, "seek-seconds").get_attribute("max"))
         seek = driver.find_element(By.ID, "seek-seconds")
         seek.clear()
         seek.send_keys(str(duration_s))
+        driver.find_element(By.ID, "until-seconds").send_keys(str(duration_s + 60))
         driver.find_element(By.CSS_SELECTOR, "#seek-form button").click()
         wait_for(driver, lambda d: PRICING_HEADING in d.execute_script(IFRAME_TEXT))
         # The stream began at the pricing page's chunk, not at the session's start (the home
@@ -189,7 +190,7 @@ async def test_the_player_plays_the_recorded_visit_from_the_start_and_from_a_lat
         assert re.search(r"from [1-9]\d* s on", loaded_from), loaded_from
         recording_fetches = [url for url in loaded_urls(driver) if "/recording" in url]
         assert recording_fetches[0].endswith(f"/v1/sessions/{recorded_visit.session_id}/recording?")
-        assert recording_fetches[-1].endswith(f"/recording?from={duration_s * 1000}")
+        assert recording_fetches[-1].endswith(f"/recording?from={duration_s * 1000}&to={(duration_s + 60) * 1000}")
         urls = loaded_urls(driver)
         assert console_problems(driver) == []
 

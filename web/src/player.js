@@ -81,10 +81,11 @@ function destroyPlayer() {
   $('player').replaceChildren();
 }
 
-// Streams the recording from the first full snapshot at or before fromMs (the API's `from`
-// window) and starts playing as soon as the first chunk is in; later chunks are added to the
-// running player. Seeking further than what is loaded asks the API again with a new `from`.
-async function openSession(sessionId, fromMs) {
+// Streams the recording from the first full snapshot at or before fromMs (the API's `from`;
+// toMs, when given, is its `to`: the last chunk streamed is the last one beginning by then)
+// and starts playing as soon as the first chunk is in; later chunks are added to the
+// running player. Loading from another second asks the API again with a new window.
+async function openSession(sessionId, fromMs, toMs = null) {
   const loading = ++state.loading;
   const status = $('player-status');
   destroyPlayer();
@@ -101,9 +102,11 @@ async function openSession(sessionId, fromMs) {
     const seek = $('seek-seconds');
     seek.max = String(Math.ceil(detail.session.durationMs / 1000));
     seek.value = String(Math.floor(fromMs / 1000));
+    $('until-seconds').value = toMs === null ? '' : String(Math.floor(toMs / 1000));
 
     const params = new URLSearchParams();
     if (fromMs > 0) params.set('from', String(fromMs));
+    if (toMs !== null) params.set('to', String(toMs));
     const response = await apiFetch(`/v1/sessions/${encodeURIComponent(sessionId)}/recording?${params}`, {
       headers: { Accept: FRAMES_MEDIA_TYPE },
     });
@@ -168,7 +171,10 @@ document.addEventListener('DOMContentLoaded', () => {
   $('load-more').addEventListener('click', () => loadSessions(false));
   $('seek-form').addEventListener('submit', (event) => {
     event.preventDefault();
-    if (state.session) openSession(state.session.id, Math.round(Number($('seek-seconds').value || '0') * 1000));
+    if (!state.session) return;
+    const until = $('until-seconds').value.trim();
+    const fromMs = Math.round(Number($('seek-seconds').value || '0') * 1000);
+    openSession(state.session.id, fromMs, until ? Math.round(Number(until) * 1000) : null);
   });
   setUpKey(start);
 });
