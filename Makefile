@@ -8,7 +8,7 @@ SIGHTLINE := $(BIN)/sightline
 .DEFAULT_GOAL := help
 
 .PHONY: help up down status test lint migrate install install-dev clean bench-ingest bench-tracing bench-replay \
-	bench-query tracker tracker-deps capture-recordings load
+	bench-query tracker tracker-deps pages pages-deps capture-recordings load
 
 help: ## List the targets with one line each
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -46,8 +46,9 @@ migrate: install ## Apply migrations to the local cluster (make up does this too
 	$(SIGHTLINE) migrate
 
 test: install-dev ## Run the test suite (it starts its own Postgres and PgBouncer)
-	@# The tracker bundle's check needs esbuild from npm; without npm that test is skipped.
+	@# The bundle checks need esbuild from npm; without npm those tests are skipped.
 	@if command -v npm >/dev/null && [ ! -d tracker/node_modules/esbuild ]; then $(MAKE) --no-print-directory tracker-deps; fi
+	@if command -v npm >/dev/null && [ ! -d web/node_modules/esbuild ]; then $(MAKE) --no-print-directory pages-deps; fi
 	$(BIN)/pytest
 
 lint: install-dev ## ruff and mypy --strict
@@ -61,7 +62,13 @@ tracker-deps: ## npm ci in tracker/ (esbuild and rrweb's recorder; the bundle te
 tracker: tracker-deps ## Rebuild services/ingest/static/tracker.js from tracker/src; commit the result
 	cd tracker && node build.mjs
 
-capture-recordings: install-dev ## Record tests/e2e/recordings/*.json.gz with Chromium (replay payloads for the load test)
+pages-deps: ## npm ci in web/ (esbuild, rrweb-player, uPlot; the pages' bundle test needs them)
+	cd web && npm ci --no-audit --no-fund
+
+pages: pages-deps ## Rebuild the player's and dashboard's scripts and styles from web/src; commit the result
+	cd web && node build.mjs
+
+capture-recordings: install-dev ## Record services/loadtest/recordings/*.json.gz with Chromium (replay payloads for the load test)
 	$(BIN)/python -m tests.e2e.capture_recordings
 
 bench-ingest: install ## wrk against POST /v1/events vs the no-op endpoint (needs `make up`); writes docs/benchmarks.md

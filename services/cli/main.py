@@ -62,6 +62,10 @@ def up() -> None:
     click.echo(f"Demo project (keys also in {stack.paths.demo_project}):")
     click.echo(f"  publicKey {project['publicKey']}")
     click.echo(f"  secretKey {project['secretKey']}")
+    query, replay = ServerSettings.from_env("query"), ServerSettings.from_env("replay")
+    click.echo("Pages (paste the secretKey into their key form; it never goes into a URL):")
+    click.echo(f"  dashboard http://{query.host}:{query.port}/dashboard")
+    click.echo(f"  player    http://{replay.host}:{replay.port}/player")
 
 
 @cli.command()

@@ -2,16 +2,31 @@
 
 Nothing logs per request at INFO on the hot path: under load that is thousands of lines a
 second, and the seed's deploy hung while its tooling read such a flood.
+
+No line carries a project's secret key: requests send it only in the Authorization header,
+which nothing logs, and Granian runs without an access log. Should one reach a message or a
+traceback anyway (a library quoting a header, an access log switched on for a URL someone
+built by hand), the formatter replaces it.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 from datetime import UTC, datetime
 
 from opentelemetry import trace
+
+# services.common.keys makes secret keys as "sk_" + 43 URL-safe characters; shorter runs
+# (a prefix in a sentence such as "sk_...") are left alone.
+_SECRET_KEY = re.compile(r"(?<![A-Za-z0-9_-])sk_[A-Za-z0-9_-]{16,}")
+REDACTED_KEY = "sk_[redacted]"
+
+
+def redact_secret_keys(text: str) -> str:
+    return _SECRET_KEY.sub(REDACTED_KEY, text)
 
 
 class JsonLineFormatter(logging.Formatter):
@@ -25,14 +40,14 @@ class JsonLineFormatter(logging.Formatter):
             "level": record.levelname,
             "service": self._service,
             "logger": record.name,
-            "message": record.getMessage(),
+            "message": redact_secret_keys(record.getMessage()),
         }
         span_context = trace.get_current_span().get_span_context()
         if span_context.is_valid:
             line["trace_id"] = format(span_context.trace_id, "032x")
             line["span_id"] = format(span_context.span_id, "016x")
         if record.exc_info:
-            line["exception"] = self.formatException(record.exc_info)
+            line["exception"] = redact_secret_keys(self.formatException(record.exc_info))
         return json.dumps(line, ensure_ascii=False)
 
 

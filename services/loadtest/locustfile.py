@@ -1,7 +1,8 @@
 """The seed's k6 test as a Locust scenario: `sightline load` runs it; see docs/load-testing.md.
 
 Visitors post what a tracker posts every 5 seconds: first a 15-60 kB gzip replay chunk with the
-page's full rrweb snapshot, then event batches and incremental replay chunks alternately.
+page's full rrweb snapshot (the first chunk of a session recorded in Chromium), then event batches
+and incremental replay chunks alternately.
 Readers poll what a dashboard or replay viewer would, and a few users post to the no-op endpoint
 so a run states ingest's latency next to the bare HTTP path's under the same load.
 

@@ -1,5 +1,11 @@
 """Tracker payloads for the load test, built before the run so the generator spends its CPU on HTTP.
 
+A visitor's first replay chunk (meta event + full snapshot, 15-60 kB of gzip as in the seed's
+test) comes from real sessions recorded by the tracker in Chromium
+(``services/loadtest/recordings/*.json.gz``, made by ``make capture-recordings``); only when
+those files are missing is it a synthetic rrweb-shaped snapshot. Later replay chunks (~3 kB)
+and event batches are generated.
+
 Everything heavy (rrweb DOM snapshots, incremental chunks, JSON encoding, gzip of the large parts)
 is done once per process into small pools. At send time only the per-user parts change:
 
@@ -13,6 +19,9 @@ is done once per process into small pools. At send time only the per-user parts 
 
 from __future__ import annotations
 
+import copy
+import gzip
+import json
 import os
 import random
 import time
@@ -32,6 +41,10 @@ CLICK = 2
 NODE_DOCUMENT, NODE_DOCTYPE, NODE_ELEMENT, NODE_TEXT = 0, 1, 2, 3
 
 FIRST_CHUNK_MIN_BYTES, FIRST_CHUNK_MAX_BYTES = 15_000, 60_000
+RECORDINGS_DIR = Path(__file__).parent / "recordings"
+# The recorded pages were served on 127.0.0.1 by the capture; the load test's visitors are on
+# the load project's site, so the recorded page URL keeps its path on this origin.
+LOAD_SITE = "https://example.com"
 INCREMENTAL_CHUNK_TARGET_BYTES = 3_000
 EVENTS_PER_BATCH = 8  # about 3 kB of JSON, the same batch as `make bench-ingest`
 
@@ -395,6 +408,66 @@ class PayloadPools:
     first_chunks: tuple[ReplayMember, ...]
     incremental_chunks: tuple[ReplayMember, ...]
     event_batches: tuple[tuple[bytes, ...], ...]
+    # Where the first chunks came from: "recordings: article, ..." or "synthetic".
+    first_chunk_source: str = "synthetic"
+
+
+@dataclass(frozen=True)
+class Recording:
+    """A captured session: its name and each chunk's rrweb events, in seq order."""
+
+    name: str
+    chunks: list[list[dict[str, object]]]
+
+
+def load_recordings(directory: Path = RECORDINGS_DIR) -> list[Recording]:
+    """The captured recordings in directory, by name; none when it is missing or empty."""
+    recordings = []
+    for path in sorted(directory.glob("*.json.gz")):
+        captured = json.loads(gzip.decompress(path.read_bytes()))
+        chunks = sorted(captured["chunks"], key=lambda chunk: chunk["seq"])
+        recordings.append(Recording(path.name.removesuffix(".json.gz"), [chunk["events"] for chunk in chunks]))
+    return recordings
+
+
+def _events_gzip_size(events: list[dict[str, object]]) -> int:
+    return len(gzip_member(msgspec.json.encode(events)))
+
+
+def recorded_first_chunk_events(
+    recording: Recording,
+    started_ms: int,
+    min_bytes: int = FIRST_CHUNK_MIN_BYTES,
+    max_bytes: int = FIRST_CHUNK_MAX_BYTES,
+) -> list[dict[str, object]] | None:
+    """The recording's first chunk as a visitor's seq 0, or None if it cannot be made to fit.
+
+    Fitted to min_bytes..max_bytes of gzip: one too large loses its trailing events (never the
+    meta event or the full snapshot, which come first); one too small takes the next events of
+    the same recording, in order, as if the tracker had sent its first chunk later. The
+    committed recordings' first chunks fit as they are (20-32 kB), so neither happens today.
+    Timestamps are shifted so the first event is at started_ms (ingest refuses rrweb
+    timestamps older than 7 days), and the meta event's page URL moves to LOAD_SITE.
+    """
+    events = list(recording.chunks[0])
+    later = [event for chunk in recording.chunks[1:] for event in chunk]
+    while _events_gzip_size(events) < min_bytes:
+        if not later:
+            return None
+        events.append(later.pop(0))
+    while _events_gzip_size(events) > max_bytes:
+        if len(events) <= 2:
+            return None
+        events.pop()
+    events = copy.deepcopy(events)
+    shift_ms = started_ms - int(str(events[0]["timestamp"]))
+    for event in events:
+        event["timestamp"] = int(str(event["timestamp"])) + shift_ms
+        data = event.get("data")
+        if event["type"] == META and isinstance(data, dict) and isinstance(data.get("href"), str):
+            _, _, rest = data["href"].partition("//")
+            data["href"] = LOAD_SITE + "/" + rest.partition("/")[2]
+    return events
 
 
 _CLOSING_BRACE_MEMBER = gzip_member(b"}")
@@ -407,13 +480,25 @@ def build_pools(
     incremental_chunks: int = 48,
     event_batches: int = 32,
     started_ms: int | None = None,
+    recordings_dir: Path = RECORDINGS_DIR,
 ) -> PayloadPools:
-    """The payload pools for one run; a few seconds of CPU before the first request."""
+    """The payload pools for one run; a few seconds of CPU before the first request.
+
+    First chunks: one per captured recording in recordings_dir that fits the seed's sizes;
+    only without any, first_chunks synthetic snapshots.
+    """
     rng = random.Random(seed)
     # rrweb timestamps must be recent (ingest refuses ones older than 7 days), so they start now.
     base_ms = int(time.time() * 1000) if started_ms is None else started_ms
     firsts = []
-    for _ in range(first_chunks):
+    recorded = []
+    for recording in load_recordings(recordings_dir):
+        events = recorded_first_chunk_events(recording, base_ms)
+        if events is not None:
+            firsts.append(ReplayMember(gzip_member(msgspec.json.encode(events)), len(events)))
+            recorded.append(recording.name)
+    source = f"recordings: {', '.join(recorded)}" if recorded else "synthetic"
+    for _ in range(0 if recorded else first_chunks):
         events = first_chunk_events(
             rng, base_ms, rng.randint(FIRST_CHUNK_MIN_BYTES + 1000, FIRST_CHUNK_MAX_BYTES - 3000)
         )
@@ -423,7 +508,7 @@ def build_pools(
         events = incremental_chunk_events(rng, base_ms + 5_000 * (number + 1))
         increments.append(ReplayMember(gzip_member(msgspec.json.encode(events)), len(events)))
     batches = tuple(events_batch_template(rng, project_key) for _ in range(event_batches))
-    return PayloadPools(tuple(firsts), tuple(increments), batches)
+    return PayloadPools(tuple(firsts), tuple(increments), batches, source)
 
 
 def save_pools(path: Path, pools: PayloadPools) -> None:

@@ -324,7 +324,8 @@ The load generator ({data.processes} Locust process(es)), Postgres, PgBouncer an
 
 Plan: {plan.users} visitors ({plan.shape} ramp up over {plan.ramp_up_s:.0f} s, hold {plan.hold_s:.0f} s,
 ramp down over {plan.ramp_down_s:.0f} s), one request per visitor every {plan.pacing_s:.0f} s (first a 15-60 kB gzip
-replay chunk with a full snapshot, then events batches and incremental replay chunks alternately), plus
+replay chunk with a full snapshot, from a session recorded in Chromium (services/loadtest/recordings; synthetic only
+when those are missing), then events batches and incremental replay chunks alternately), plus
 {plan.noop_users} no-op users (same pace, events-sized gzip body to `POST /v1/noop`) and {plan.readers} reader(s).
 Ingest {plan.ingest_url}, query {plan.query_url}, replay {plan.replay_url}.
 

@@ -49,7 +49,8 @@ class LoadOptions:
     processes: int
     reports_dir: Path
     progress_s: float = 5.0
-    # Distinct full snapshots in the pool (incremental chunks and event batches scale with it).
+    # Incremental chunks and event batches in the pool scale with it; first chunks are the
+    # captured recordings (this many synthetic full snapshots only when they are missing).
     payload_variants: int = 24
 
 
@@ -175,6 +176,7 @@ def run_load(
         plan.project_key, first_chunks=variants, incremental_chunks=2 * variants, event_batches=variants
     )
     payloads.save_pools(folder / PAYLOADS_FILE, pools)
+    echo(f"first replay chunks: {pools.first_chunk_source}")
 
     console_url = os.environ.get("SIGHTLINE_PGBOUNCER_ADMIN_URL")
     pool = pool_limits(console_url, "sightline") if console_url else {}

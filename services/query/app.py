@@ -12,6 +12,7 @@ from litestar import Litestar
 from services.common.app import build_app
 from services.common.auth import ProjectCache
 from services.common.settings import DatabaseSettings, LogSettings
+from services.query.pages import PAGE_HANDLERS
 from services.query.rollups import run_refresher
 from services.query.routes import QueryController
 from services.query.settings import QuerySettings
@@ -48,7 +49,7 @@ def create_app(
         service="query",
         title="Sightline query",
         description=DESCRIPTION,
-        route_handlers=[QueryController],
+        route_handlers=[QueryController, *PAGE_HANDLERS],
         database=database,
         logs=logs or LogSettings.from_env("query"),
         lifespans=[rollup_refresher],

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 from services.common.settings import SettingsError
 
@@ -32,6 +33,9 @@ class QuerySettings:
     rollup_interval_s: float = 30.0
     # Days rebuilt per round, newest first, so one round stays short.
     rollup_days_per_round: int = 40
+    # Where the dashboard page links for session recordings: the replay service's base URL as
+    # the browser reaches it (SIGHTLINE_QUERY_REPLAY_URL; default 127.0.0.1 on the replay port).
+    replay_url: str = "http://127.0.0.1:8003"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> QuerySettings:
@@ -41,4 +45,15 @@ class QuerySettings:
             rollup_max_staleness_s=_number(environ, "ROLLUP_MAX_STALENESS_S", cls.rollup_max_staleness_s),
             rollup_interval_s=_number(environ, "ROLLUP_INTERVAL_S", cls.rollup_interval_s),
             rollup_days_per_round=int(_number(environ, "ROLLUP_DAYS_PER_ROUND", cls.rollup_days_per_round)),
+            replay_url=_replay_url(environ),
         )
+
+
+def _replay_url(environ: Mapping[str, str]) -> str:
+    value = environ.get("SIGHTLINE_QUERY_REPLAY_URL", "").strip()
+    if not value:
+        return f"http://127.0.0.1:{environ.get('SIGHTLINE_REPLAY_PORT', '').strip() or 8003}"
+    parsed = urlsplit(value)
+    if parsed.scheme not in ("http", "https") or not parsed.netloc:
+        raise SettingsError(f"SIGHTLINE_QUERY_REPLAY_URL must be an http(s) URL, got {value!r}")
+    return value.rstrip("/")

@@ -7,6 +7,7 @@ from litestar import Litestar
 from services.common.app import build_app
 from services.common.auth import ProjectCache
 from services.common.settings import DatabaseSettings, LogSettings
+from services.replay.pages import PAGE_HANDLERS
 from services.replay.routes import ReplayController
 
 DESCRIPTION = (
@@ -21,7 +22,7 @@ def create_app(database: DatabaseSettings | None = None, logs: LogSettings | Non
         service="replay",
         title="Sightline replay",
         description=DESCRIPTION,
-        route_handlers=[ReplayController],
+        route_handlers=[ReplayController, *PAGE_HANDLERS],
         database=database,
         logs=logs or LogSettings.from_env("replay"),
         state={"project_cache": ProjectCache(), "statement_timeout_ms": database.statement_timeout_ms},

@@ -77,6 +77,8 @@ def chromium(log_path: Path, preferences: dict[str, object] | None = None) -> It
         options.add_argument(flag)
     if preferences:
         options.add_experimental_option("prefs", preferences)
+    # The console's messages, for driver.get_log("browser") (CSP violations are reported there).
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     log_path.parent.mkdir(parents=True, exist_ok=True)
     driver = webdriver.Chrome(options=options, service=Service(str(CHROMEDRIVER), log_output=str(log_path)))
     try:
@@ -94,3 +96,8 @@ def wait_for(driver: webdriver.Chrome, condition: Callable[[webdriver.Chrome], T
 
 def tracker_ready(driver: webdriver.Chrome) -> bool:
     return bool(driver.execute_script("return !!(window.sightline && window.sightline.track)"))
+
+
+def console_problems(driver: webdriver.Chrome) -> list[str]:
+    """Console errors and warnings since the last call (Chromium reports CSP violations as errors)."""
+    return [entry["message"] for entry in driver.get_log("browser") if entry["level"] in ("SEVERE", "WARNING")]

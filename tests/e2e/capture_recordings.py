@@ -3,7 +3,8 @@
 `make capture-recordings` (or `python -m tests.e2e.capture_recordings`): starts a throwaway
 Postgres + PgBouncer and ingest, visits each page of tests/e2e/recording_pages.py (scrolls,
 clicks, types), reads back the chunks ingest stored, and writes
-tests/e2e/recordings/<page>.json.gz. The format is described in docs/tracker.md.
+services/loadtest/recordings/<page>.json.gz (the load test's first replay chunks). The format is
+described in docs/tracker.md.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ import os
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 from selenium.webdriver.common.action_chains import ActionChains
@@ -24,13 +24,12 @@ from selenium.webdriver.common.by import By
 from services.cli import admin
 from services.cli.serving import running_service
 from services.common.db import create_admin_engine
+from services.loadtest.payloads import RECORDINGS_DIR
 from tests.e2e import recording_pages
 from tests.e2e.browser import chromium, desktop_user_agent, tracker_ready, wait_for
 from tests.e2e.recording_store import chunk_events, poll, stored_chunks, stored_session
 from tests.e2e.site import serve_site, tracker_tag
 from tests.harness import DatabaseHarness, start_database_harness
-
-RECORDINGS = Path(__file__).parent / "recordings"
 
 
 def _pause() -> None:
@@ -141,7 +140,7 @@ async def capture(db: DatabaseHarness, ingest_url: str) -> list[tuple[str, int, 
                 "capturedAt": datetime.now(UTC).isoformat(timespec="seconds"),
                 "chunks": [{"seq": chunk.seq, "events": chunk_events(chunk)} for chunk in chunks],
             }
-            path = RECORDINGS / f"{name}.json.gz"
+            path = RECORDINGS_DIR / f"{name}.json.gz"
             path.write_bytes(gzip.compress(json.dumps(recording, separators=(",", ":")).encode(), mtime=0))
             first = chunks[0]
             sizes.append((name, len(chunks), first.byte_size, sum(chunk.byte_size for chunk in chunks)))
@@ -151,7 +150,7 @@ async def capture(db: DatabaseHarness, ingest_url: str) -> list[tuple[str, int, 
 
 
 def main() -> None:
-    RECORDINGS.mkdir(exist_ok=True)
+    RECORDINGS_DIR.mkdir(exist_ok=True)
     with start_database_harness() as db:
         env = {**os.environ, "SIGHTLINE_DATABASE_URL": db.database.url, "SIGHTLINE_INGEST_WORKERS": "1"}
         with running_service("ingest", env, db.root / "log" / "ingest-capture.log") as ingest:

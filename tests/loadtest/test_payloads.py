@@ -1,4 +1,5 @@
-"""The load test's payloads: sizes like the seed's, valid against the tracker contract, stored by real ingest."""
+"""The load test's payloads: recorded first chunks, sizes like the seed's, valid against the tracker contract,
+stored by real ingest."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
+import msgspec
 import pytest
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
@@ -30,40 +32,109 @@ HEADERS = {
 }
 
 
+STARTED_MS = 1_795_000_000_000
+
+
 @pytest.fixture(scope="module")
 def pools() -> payloads.PayloadPools:
-    return payloads.build_pools("pk_placeholder", seed=11, first_chunks=6, incremental_chunks=6, event_batches=4)
+    return payloads.build_pools(
+        "pk_placeholder", seed=11, first_chunks=6, incremental_chunks=6, event_batches=4, started_ms=STARTED_MS
+    )
 
 
-def test_first_chunks_are_15_to_60_kb_of_gzip_with_meta_and_full_snapshot(pools: payloads.PayloadPools) -> None:
+@pytest.fixture(scope="module")
+def synthetic_pools(tmp_path_factory: pytest.TempPathFactory) -> payloads.PayloadPools:
+    # Without recordings (an empty directory) the first chunks are synthetic.
+    return payloads.build_pools(
+        "pk_placeholder",
+        seed=11,
+        first_chunks=6,
+        incremental_chunks=6,
+        event_batches=4,
+        recordings_dir=tmp_path_factory.mktemp("no-recordings"),
+    )
+
+
+def recorded_events(name: str) -> list[dict[str, Any]]:
+    captured = json.loads(gzip.decompress((payloads.RECORDINGS_DIR / f"{name}.json.gz").read_bytes()))
+    events: list[dict[str, Any]] = captured["chunks"][0]["events"]
+    return events
+
+
+def test_first_chunks_are_the_recorded_sessions_first_chunks_shifted_to_now(pools: payloads.PayloadPools) -> None:
+    assert pools.first_chunk_source == "recordings: article, catalogue, dashboard"
+    assert len(pools.first_chunks) == 3
+    for member, name in zip(pools.first_chunks, ["article", "catalogue", "dashboard"], strict=True):
+        sent = json.loads(gzip.decompress(member.gzip))
+        recorded = recorded_events(name)
+        # Every event of the recorded first chunk, as recorded, but for the time and the site.
+        assert member.rrweb_events == len(recorded) == len(sent)
+        shift = STARTED_MS - recorded[0]["timestamp"]
+        assert [event["timestamp"] for event in sent] == [event["timestamp"] + shift for event in recorded]
+        assert sent[0]["data"]["href"] == "https://example.com/"
+        assert recorded[0]["data"]["href"].startswith("http://127.0.0.1:")
+        assert sent[1:] == [{**event, "timestamp": event["timestamp"] + shift} for event in recorded[1:]]
+
+
+@pytest.mark.parametrize("which", ["recorded", "synthetic"])
+def test_first_chunks_are_15_to_60_kb_of_gzip_starting_with_meta_and_full_snapshot(
+    pools: payloads.PayloadPools, synthetic_pools: payloads.PayloadPools, which: str
+) -> None:
+    chosen = pools if which == "recorded" else synthetic_pools
+    assert (chosen.first_chunk_source == "synthetic") == (which == "synthetic")
     visitor = payloads.VisitorIdentity("pk_placeholder")
-    for variant in range(len(pools.first_chunks)):
-        request = payloads.tracker_request(pools, visitor, 0, variant)
+    for variant in range(len(chosen.first_chunks)):
+        request = payloads.tracker_request(chosen, visitor, 0, variant)
         assert request.path == "/v1/replay"
         assert payloads.FIRST_CHUNK_MIN_BYTES <= len(request.body) <= payloads.FIRST_CHUNK_MAX_BYTES
         chunk = decode_json(gunzip_bounded(request.body, 32 * 1024 * 1024), ReplayChunkBody)
         assert chunk.seq == 0
-        assert [event.type for event in chunk.events] == [payloads.META, payloads.FULL_SNAPSHOT]
+        assert [event.type for event in chunk.events][:2] == [payloads.META, payloads.FULL_SNAPSHOT]
         assert chunk.events[0].data.href is not None
         assert chunk.events[0].data.href.startswith("https://example.com/")
 
 
-def test_full_snapshot_is_a_nested_dom_with_text_and_attributes(pools: payloads.PayloadPools) -> None:
-    events = json.loads(gzip.decompress(pools.first_chunks[0].gzip))
-    document = events[1]["data"]["node"]
+def test_a_recording_too_large_is_cut_and_one_too_small_takes_its_next_events() -> None:
+    recording = payloads.load_recordings()[0]
+    whole = len(recording.chunks[0])
+    size = len(payloads.gzip_member(msgspec.json.encode(recording.chunks[0])))
+    cut = payloads.recorded_first_chunk_events(recording, STARTED_MS, min_bytes=1_000, max_bytes=size - 1)
+    assert cut is not None
+    assert 2 <= len(cut) < whole
+    assert [event["type"] for event in cut[:2]] == [payloads.META, payloads.FULL_SNAPSHOT]
+    padded = payloads.recorded_first_chunk_events(recording, STARTED_MS, min_bytes=size + 1, max_bytes=10**6)
+    assert padded is not None
+    assert len(padded) == whole + 1
+    assert (
+        padded[whole]["timestamp"] - STARTED_MS
+        == recording.chunks[1][0]["timestamp"] - recording.chunks[0][0]["timestamp"]
+    )
+    everything = sum(len(chunk) for chunk in recording.chunks)
+    assert payloads.recorded_first_chunk_events(recording, STARTED_MS, min_bytes=10**7, max_bytes=10**8) is None
+    assert everything > whole
 
-    def walk(node: dict[str, Any], depth: int) -> tuple[int, int, int]:
-        """(deepest level, text nodes, elements with attributes)"""
-        deepest, texts, attributed = depth, int(node["type"] == payloads.NODE_TEXT), int(bool(node.get("attributes")))
-        for child in node.get("childNodes", []):
-            child_deepest, child_texts, child_attributed = walk(child, depth + 1)
-            deepest, texts, attributed = max(deepest, child_deepest), texts + child_texts, attributed + child_attributed
-        return deepest, texts, attributed
 
-    deepest, texts, attributed = walk(document, 0)
-    assert deepest >= 6
-    assert texts >= 50
-    assert attributed >= 50
+def test_full_snapshot_is_a_nested_dom_with_text_and_attributes(
+    pools: payloads.PayloadPools, synthetic_pools: payloads.PayloadPools
+) -> None:
+    for member in (*pools.first_chunks, synthetic_pools.first_chunks[0]):
+        events = json.loads(gzip.decompress(member.gzip))
+        document = events[1]["data"]["node"]
+
+        def walk(node: dict[str, Any], depth: int) -> tuple[int, int, int]:
+            """(deepest level, text nodes, elements with attributes)"""
+            deepest = depth
+            texts, attributed = int(node["type"] == payloads.NODE_TEXT), int(bool(node.get("attributes")))
+            for child in node.get("childNodes", []):
+                child_deepest, child_texts, child_attributed = walk(child, depth + 1)
+                deepest = max(deepest, child_deepest)
+                texts, attributed = texts + child_texts, attributed + child_attributed
+            return deepest, texts, attributed
+
+        deepest, texts, attributed = walk(document, 0)
+        assert deepest >= 6
+        assert texts >= 50
+        assert attributed >= 50
 
 
 def test_later_requests_alternate_events_and_replay_with_increasing_seq(pools: payloads.PayloadPools) -> None:

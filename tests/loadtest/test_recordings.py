@@ -1,20 +1,20 @@
-"""The captured recordings keep the shape the load test relies on (see docs/tracker.md)."""
+"""The captured recordings keep the shape the load test relies on (see docs/tracker.md and docs/load-testing.md)."""
 
 from __future__ import annotations
 
 import gzip
 import json
-from pathlib import Path
 
 import pytest
 
-RECORDINGS = Path(__file__).parent / "recordings"
+from services.loadtest.payloads import RECORDINGS_DIR
+
 FULL_SNAPSHOT, META = 2, 4
 
 
 @pytest.mark.parametrize("name", ["article", "catalogue", "dashboard"])
 def test_a_recording_is_numbered_chunks_starting_with_a_full_snapshot_of_seed_size(name: str) -> None:
-    recording = json.loads(gzip.decompress((RECORDINGS / f"{name}.json.gz").read_bytes()))
+    recording = json.loads(gzip.decompress((RECORDINGS_DIR / f"{name}.json.gz").read_bytes()))
     chunks = recording["chunks"]
     assert [chunk["seq"] for chunk in chunks] == list(range(len(chunks)))
     assert len(chunks) >= 2

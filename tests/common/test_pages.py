@@ -1,0 +1,77 @@
+"""The pages' HTML, scripts and styles as the replay and query services serve them (no browser)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from litestar.testing import AsyncTestClient
+
+from services.common.pages import CONTENT_SECURITY_POLICY
+from services.common.settings import SettingsError
+from services.query.app import create_app as create_query_app
+from services.query.settings import QuerySettings
+from services.replay.app import create_app as create_replay_app
+from tests.harness import DatabaseHarness
+
+REPLAY_URL = "https://replay.example.com:9443"
+
+
+@pytest.fixture
+async def replay(db: DatabaseHarness) -> AsyncIterator[AsyncTestClient[Any]]:
+    async with AsyncTestClient(create_replay_app(db.database)) as client:
+        yield client
+
+
+@pytest.fixture
+async def query(db: DatabaseHarness) -> AsyncIterator[AsyncTestClient[Any]]:
+    settings = QuerySettings(rollup_interval_s=0, replay_url=REPLAY_URL)
+    async with AsyncTestClient(create_query_app(db.database, query_settings=settings)) as client:
+        yield client
+
+
+@pytest.mark.parametrize(
+    ("service", "page", "files"),
+    [
+        ("replay", "/player", ["/static/player.js", "/static/player.css"]),
+        ("query", "/dashboard", ["/static/dashboard.js", "/static/dashboard.css"]),
+    ],
+)
+async def test_a_page_and_its_files_are_public_with_the_policy_and_revalidate_by_etag(
+    replay: AsyncTestClient[Any], query: AsyncTestClient[Any], service: str, page: str, files: list[str]
+) -> None:
+    client = replay if service == "replay" else query
+    root = await client.get("/", follow_redirects=False)
+    assert (root.status_code, root.headers["location"]) == (302, page)
+    html = await client.get(page)
+    assert html.status_code == 200
+    assert html.headers["content-type"] == "text/html; charset=utf-8"
+    assert html.headers["content-security-policy"] == CONTENT_SECURITY_POLICY
+    assert html.headers["referrer-policy"] == "no-referrer"
+    for path in files:
+        assert f'"{path}"' in html.text
+        asset = await client.get(path, headers={"accept-encoding": "gzip"})
+        assert asset.status_code == 200
+        assert asset.headers["content-encoding"] == "gzip"
+        assert asset.headers["content-type"].startswith("text/javascript" if path.endswith(".js") else "text/css")
+        again = await client.get(path, headers={"accept-encoding": "gzip", "if-none-match": asset.headers["etag"]})
+        assert again.status_code == 304
+        assert again.content == b""
+    # The data is behind the key; the page itself never is.
+    assert (await client.get("/v1/sessions" if service == "replay" else "/v1/realtime")).status_code == 401
+
+
+async def test_the_dashboard_links_to_the_configured_replay_url(query: AsyncTestClient[Any]) -> None:
+    html = (await query.get("/dashboard")).text
+    assert f'<body data-replay-url="{REPLAY_URL}">' in html
+    assert "{{" not in html
+
+
+def test_the_replay_url_setting() -> None:
+    assert QuerySettings.from_env({}).replay_url == "http://127.0.0.1:8003"
+    assert QuerySettings.from_env({"SIGHTLINE_REPLAY_PORT": "9103"}).replay_url == "http://127.0.0.1:9103"
+    settings = QuerySettings.from_env({"SIGHTLINE_QUERY_REPLAY_URL": "https://replay.example.com/"})
+    assert settings.replay_url == "https://replay.example.com"
+    with pytest.raises(SettingsError, match="SIGHTLINE_QUERY_REPLAY_URL"):
+        QuerySettings.from_env({"SIGHTLINE_QUERY_REPLAY_URL": "javascript:alert(1)"})
