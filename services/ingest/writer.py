@@ -188,8 +188,11 @@ class BatchWriter:
                 async with self._engine.connect() as connection:
                     timings.connected_at = time.perf_counter()
                     async with connection.begin():
-                        await repository.insert_events(connection, events)
+                        # Chunks first: inserting events fires the query rollups' trigger, which
+                        # holds the (project, day) counter row until commit, so concurrent
+                        # batches wait on it; the chunks (tens of kB) stay outside that window.
                         await repository.insert_replay_chunks(connection, chunks)
+                        await repository.insert_events(connection, events)
                         timings.written_at = time.perf_counter()
                     timings.committed_at = time.perf_counter()
                 return
