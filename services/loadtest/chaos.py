@@ -44,7 +44,7 @@ FAULT_BUDGET_S = {"pgbouncer-restart": 10.0, "postgres-restart": 15.0, "ingest-s
 
 @dataclass(frozen=True)
 class ChaosOptions:
-    users: int = 1500
+    users: int = 1000
     ramp_up_s: float = 20.0
     # At full load; None: long enough for the faults (warm-up, then each fault and its gap).
     hold_s: float | None = None

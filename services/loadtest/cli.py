@@ -123,7 +123,7 @@ def load(
 
 @click.command()
 @click.option(
-    "--users", type=click.IntRange(min=1), default=1500, show_default=True, help="Visitors (one request per 5 s each)."
+    "--users", type=click.IntRange(min=1), default=1000, show_default=True, help="Visitors (one request per 5 s each)."
 )
 @click.option(
     "--duration",

@@ -72,7 +72,7 @@ class FaultWindow:
 def failure_label(record: RequestRecord) -> str:
     if record.status == 0:
         return f"no answer ({record.error})" if record.error else "no answer"
-    return f"HTTP {record.status}"
+    return f"HTTP {record.status} {record.error}".strip()
 
 
 def percentile(values: Sequence[float], fraction: float) -> float:

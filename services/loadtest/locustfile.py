@@ -289,11 +289,14 @@ def _record_request(
         return
     retried = name.endswith(RETRIED_SUFFIX)
     status = int(getattr(response, "status_code", 0) or 0)
+    # The service's error code for an HTTP refusal (database_unavailable, commit_timeout, ...),
+    # the connection error for no answer.
     error = ""
-    if exception is not None:
-        error = str(exception)[:200]
-    elif status == 0 and getattr(response, "error", None) is not None:
-        error = type(response.error).__name__
+    if status == 0:
+        failure = getattr(response, "error", None) or exception
+        error = type(failure).__name__ if failure is not None else ""
+    elif status >= 300:
+        error = _error_code(response).removeprefix(f"HTTP {status}").strip()
     if status == 503 and not response.headers.get("retry-after"):
         error = (error + "; " if error else "") + "no Retry-After"
     TIMELINE.request(

@@ -18,18 +18,18 @@ EVENTS, REPLAY, READY = "POST /v1/events", "POST /v1/replay", "GET query /health
 def _synthetic_timeline() -> list[RequestRecord]:
     return [
         RequestRecord(99.0, 50, EVENTS, 202, "ok", delivery="d0"),  # before the first fault
-        RequestRecord(100.2, 10, READY, 503, "failed", "HTTPError 503"),
-        RequestRecord(100.5, 10, EVENTS, 503, "retried", delivery="d1"),
+        RequestRecord(100.2, 10, READY, 503, "failed", "database_unavailable"),
+        RequestRecord(100.5, 10, EVENTS, 503, "retried", "database_unavailable", delivery="d1"),
         RequestRecord(101.0, 5, EVENTS, 0, "retried", "ConnectionRefusedError", delivery="d2"),
-        RequestRecord(101.5, 2000, REPLAY, 503, "retried", delivery="d3"),
+        RequestRecord(101.5, 2000, REPLAY, 503, "retried", "commit_timeout", delivery="d3"),
         RequestRecord(102.6, 20, EVENTS, 202, "ok", delivery="d1"),
-        RequestRecord(103.0, 5, EVENTS, 503, "failed", "HTTP 503 database_unavailable", delivery="d2"),
+        RequestRecord(103.0, 5, EVENTS, 503, "failed", "database_unavailable", delivery="d2"),
         RequestRecord(104.0, 30, READY, 200, "ok"),
         RequestRecord(104.0, 40, EVENTS, 202, "ok", delivery="d4"),
         RequestRecord(105.0, 60, REPLAY, 202, "ok", delivery="d3"),
         # Second fault: a 503 without Retry-After, and the endpoint never answers again.
         RequestRecord(111.0, 10, REPLAY, 202, "ok", delivery="d5"),
-        RequestRecord(111.0, 100, EVENTS, 503, "retried", "no Retry-After", delivery="d6"),
+        RequestRecord(111.0, 100, EVENTS, 503, "retried", "shutting_down; no Retry-After", delivery="d6"),
     ]
 
 
@@ -54,10 +54,13 @@ def test_fault_windows_count_refusals_unavailability_and_recovery_per_endpoint()
     assert first.recovery_s == pytest.approx(1.5)
     assert first.ready_after_s == pytest.approx(1.0)
     # d1 and d3 were delivered after their 503s; d2 never was.
-    assert dict(first.retried_then_delivered) == {"HTTP 503": 2}
+    assert dict(first.retried_then_delivered) == {"HTTP 503 database_unavailable": 1, "HTTP 503 commit_timeout": 1}
     assert dict(first.retried_never_delivered) == {"no answer (ConnectionRefusedError)": 1}
-    assert dict(first.final_failures) == {f"{EVENTS}: HTTP 503": 1, f"{READY}: HTTP 503": 1}
-    assert (first.longest_ms, first.longest_request) == (2000, f"{REPLAY} (HTTP 503)")
+    assert dict(first.final_failures) == {
+        f"{EVENTS}: HTTP 503 database_unavailable": 1,
+        f"{READY}: HTTP 503 database_unavailable": 1,
+    }
+    assert (first.longest_ms, first.longest_request) == (2000, f"{REPLAY} (HTTP 503 commit_timeout)")
     assert first.p95_ms == 2000  # nearest rank: the 9th of 9
     assert first.without_retry_after == 0
     assert first.passed(deadline_s=12)
