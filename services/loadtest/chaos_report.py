@@ -120,7 +120,7 @@ report of the same run (throughput, latency, PgBouncer, CPU plots): [report.md](
 ## Per fault
 
 *Refused*: a retried attempt (503 or no answer, sent again with the same body after Retry-After or
-1 s) or a final failure. *Unavailable*: from the start of the first refused request to the end of the
+the tracker's backoff) or a final failure. *Unavailable*: from the start of the first refused request to the end of the
 last, on the worst endpoint. *Recovered*: seconds from the fault's lift to the end of the last refused
 request / until every service's `/health/ready` answered 200. Verdict: the longest request within
 the deadline ({options.deadline_s:.0f} s), every endpoint answered again after its last refusal, and
@@ -183,7 +183,7 @@ Command: `{command}`
 
 {result.options.users} visitors, {figures.get("hold_rps", figures.get("rps", 0)):.0f} requests/s at full load
 (final failures over the whole run: {figures.get("failures", 0):.0f}); deadline {result.options.deadline_s:.0f} s;
-{verdict}.
+{verdict}. Columns and faults are defined in [reliability.md](reliability.md#fault-run-make-chaos--sightline-chaos).
 
 {fault_table(result.windows, result.options.deadline_s)}
 
