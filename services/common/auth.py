@@ -31,8 +31,8 @@ class ProjectCache:
 
     Every tracker request of a site carries the same key, so when its entry expires (every ttl_s,
     or after a database outage) hundreds of requests miss at once. Each running its own lookup
-    took every pooled connection from the batch writer and answered 503 (pool timeout) for tens
-    of seconds after the database came back (seen in the fault run, `sightline chaos`); now the
+    took every pooled connection from the batch writer and answered 503 (pool timeout) for about
+    13 s after the database came back (seen in the fault run, `sightline chaos`); now the
     first miss looks the key up and the others wait for that answer.
     """
 
