@@ -8,7 +8,7 @@ SIGHTLINE := $(BIN)/sightline
 .DEFAULT_GOAL := help
 
 .PHONY: help up down status test lint migrate install install-dev clean bench-ingest bench-tracing bench-replay \
-	bench-query tracker tracker-deps pages pages-deps capture-recordings load
+	bench-query tracker tracker-deps pages pages-deps capture-recordings load chaos
 
 help: ## List the targets with one line each
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -84,6 +84,9 @@ bench-replay: install-dev ## Replay: first byte, throughput, worker memory for 3
 
 load: $(VENV)/.installed-load ## Seed load test on `make up`'s stack (5000 users, ~5 min); LOAD_ARGS="--users 500 --find-limit ..."
 	$(SIGHTLINE) load $(LOAD_ARGS)
+
+chaos: $(VENV)/.installed-load ## Fault run on its own stack: restarts under load, lost/duplicated = 0; CHAOS_ARGS="--users 500 --duration 120"
+	$(SIGHTLINE) chaos --write-benchmarks $(CHAOS_ARGS)
 
 clean: down ## Stop everything and delete .data (the local database) and .venv
 	rm -rf .data $(VENV)

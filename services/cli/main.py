@@ -24,7 +24,7 @@ from services.common.settings import (
     ServiceName,
     StackSettings,
 )
-from services.loadtest.cli import load
+from services.loadtest.cli import chaos, load
 
 DEMO_DOMAINS = ["localhost", "127.0.0.1", "example.com"]
 
@@ -194,6 +194,7 @@ def retention_apply(project_ids: tuple[int, ...], idempotency_days: int) -> None
 
 
 cli.add_command(load)
+cli.add_command(chaos)
 
 
 def main() -> None:

@@ -124,6 +124,26 @@ class LocalPostgres:
             stop_pid(pid)
         return True
 
+    def restart(self, mode: str = "fast") -> None:
+        """`pg_ctl restart`: every connection is cut (fast: transactions are rolled back) and the server comes back."""
+        run(
+            as_service_account(
+                [
+                    self._bin("pg_ctl"),
+                    "-D",
+                    str(self.data_dir),
+                    "-l",
+                    str(self.log_file),
+                    "-m",
+                    mode,
+                    "-w",
+                    "-t",
+                    "60",
+                    "restart",
+                ]
+            )
+        )
+
     def psql(self, sql: str, database: str = "postgres") -> str:
         """Runs sql as the cluster's superuser over the unix socket; returns unaligned output."""
         result = run(

@@ -133,6 +133,9 @@ class LocalStack:
 
     # -- credentials -------------------------------------------------------------------
 
+    def database_password(self) -> str:
+        return self._password()
+
     def _password(self) -> str:
         existing = read_env_file(self.paths.env_file).get("SIGHTLINE_DATABASE_PASSWORD")
         return existing or secrets.token_urlsafe(24)
@@ -213,10 +216,7 @@ class LocalStack:
                 bouncer.start()
                 started.append("pgbouncer")
 
-            service_env = {**os.environ, **env_values}
-            if not any(name in service_env for name in TRACE_DESTINATIONS):
-                # No collector configured: traces go to local files, so diagnosis needs no server.
-                service_env["SIGHTLINE_TRACE_DIR"] = str(self.paths.traces)
+            service_env = self._service_env(env_values)
             _run_cli(["migrate"], service_env)
 
             for service in SERVICES:
@@ -231,6 +231,22 @@ class LocalStack:
                 self._stop(name)
             raise
         return env_values
+
+    def _service_env(self, env_values: dict[str, str]) -> dict[str, str]:
+        service_env = {**os.environ, **env_values}
+        if not any(name in service_env for name in TRACE_DESTINATIONS):
+            # No collector configured: traces go to local files, so diagnosis needs no server.
+            service_env["SIGHTLINE_TRACE_DIR"] = str(self.paths.traces)
+        return service_env
+
+    def stop_service(self, service: ServiceName) -> bool:
+        """SIGTERM and wait for the exit (Granian finishes in-flight requests, the app flushes)."""
+        return self._stop(service)
+
+    def start_service(self, service: ServiceName) -> None:
+        """Start one service of a running stack again and wait until it is ready."""
+        self._start_service(service, self._service_env(read_env_file(self.paths.env_file)))
+        self._wait_ready(service)
 
     def _start_service(self, service: ServiceName, env: dict[str, str]) -> None:
         server = ServerSettings.from_env(service, env)

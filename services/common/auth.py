@@ -7,6 +7,7 @@ queries. A revoked or rotated key stops working within ``ttl_s``.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
@@ -22,15 +23,24 @@ from services.common.keys import SECRET_KEY_PREFIX, hash_secret_key
 from services.common.project_repository import ProjectRecord
 
 _MISSING = object()
+Finder = Callable[[], Awaitable[ProjectRecord | None]]
 
 
 class ProjectCache:
-    """A small TTL cache from key to project (or to "no such project")."""
+    """A small TTL cache from key to project (or to "no such project"), one lookup per key at a time.
+
+    Every tracker request of a site carries the same key, so when its entry expires (every ttl_s,
+    or after a database outage) hundreds of requests miss at once. Each running its own lookup
+    took every pooled connection from the batch writer and answered 503 (pool timeout) for about
+    13 s after the database came back (seen in the fault run, `sightline chaos`); now the
+    first miss looks the key up and the others wait for that answer.
+    """
 
     def __init__(self, ttl_s: float = 30.0, max_entries: int = 10_000) -> None:
         self._ttl_s = ttl_s
         self._max_entries = max_entries
         self._entries: OrderedDict[str, tuple[float, ProjectRecord | None]] = OrderedDict()
+        self._loading: dict[str, asyncio.Future[ProjectRecord | None]] = {}
 
     def get(self, key: str) -> ProjectRecord | None | object:
         entry = self._entries.get(key)
@@ -43,6 +53,30 @@ class ProjectCache:
         self._entries.move_to_end(key)
         while len(self._entries) > self._max_entries:
             self._entries.popitem(last=False)
+
+    async def load(self, key: str, find: Finder) -> ProjectRecord | None:
+        """find()'s answer, cached; concurrent misses of one key share a single find()."""
+        loading = self._loading.get(key)
+        if loading is None:
+            loading = asyncio.ensure_future(self._find_and_put(key, find))
+            # If every waiter was cancelled, nobody reads a failure: take it so it is not logged as lost.
+            loading.add_done_callback(_consume_outcome)
+            self._loading[key] = loading
+        # shield: a client that goes away must not cancel the lookup others are waiting for.
+        return await asyncio.shield(loading)
+
+    async def _find_and_put(self, key: str, find: Finder) -> ProjectRecord | None:
+        try:
+            project = await find()
+            self.put(key, project)
+            return project
+        finally:
+            self._loading.pop(key, None)
+
+
+def _consume_outcome(future: asyncio.Future[ProjectRecord | None]) -> None:
+    if not future.cancelled():
+        future.exception()
 
 
 async def project_for_public_key(engine: AsyncEngine, cache: ProjectCache, public_key: str) -> ProjectRecord | None:
@@ -62,10 +96,12 @@ async def _cached(
     cached = cache.get(key)
     if cached is not _MISSING:
         return cached  # type: ignore[return-value]
-    async with engine.connect() as connection:
-        project = await find(connection, key)
-    cache.put(key, project)
-    return project
+
+    async def look_up() -> ProjectRecord | None:
+        async with engine.connect() as connection:
+            return await find(connection, key)
+
+    return await cache.load(key, look_up)
 
 
 async def provide_read_project(request: Request[Any, Any, Any], state: State) -> ProjectRecord:

@@ -8,6 +8,8 @@ domains (403 otherwise). Error responses carry the headers too, so a tracker can
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 
 import msgspec
@@ -18,8 +20,10 @@ from litestar.types import ASGIApp, HTTPResponseBodyEvent, HTTPResponseStartEven
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.common import project_repository
-from services.common.errors import ErrorBody, ErrorDetail
+from services.common.errors import ErrorBody, ErrorDetail, is_database_unavailable
 from services.ingest.enrichment import host_is_allowed, origin_host
+
+logger = logging.getLogger(__name__)
 
 TRACKER_PATHS = frozenset({"/v1/events", "/v1/replay"})
 _PREFLIGHT_MAX_AGE_S = "86400"
@@ -29,23 +33,56 @@ _ORIGIN_NOT_ALLOWED = msgspec.json.encode(
 
 
 class AllowedOrigins:
-    """Every project's allowed domains, reloaded at most every ttl_s."""
+    """Every project's allowed domains, reloaded at most every ttl_s, by one request at a time.
+
+    When the reload fails because the database is unreachable, the previous list is kept (and
+    tried again after RETRY_AFTER_FAILURE_S): the request then goes on to its own 503, which must
+    carry the CORS headers or a browser's tracker cannot read its Retry-After. Before, the
+    middleware raised and the 503 left without them, and every waiting request ran its own reload.
+    """
+
+    RETRY_AFTER_FAILURE_S = 1.0
 
     def __init__(self, engine: AsyncEngine, ttl_s: float) -> None:
         self._engine = engine
         self._ttl_s = ttl_s
-        self._domains: tuple[str, ...] = ()
-        self._loaded_at = float("-inf")
+        self._domains: tuple[str, ...] | None = None
+        self._next_load_at = float("-inf")
+        self._loading: asyncio.Task[None] | None = None
 
     async def allows(self, origin: str) -> bool:
         host = origin_host(origin)
         if host is None:
             return False
-        if time.monotonic() - self._loaded_at > self._ttl_s:
+        if time.monotonic() >= self._next_load_at:
+            await self._reload()
+        return bool(self._domains) and host_is_allowed(host, self._domains or ())
+
+    async def _reload(self) -> None:
+        if self._loading is None:
+            self._loading = asyncio.create_task(self._load())
+            self._loading.add_done_callback(self._loaded)
+        try:
+            await asyncio.shield(self._loading)
+        except Exception as exc:
+            if self._domains is None or not is_database_unavailable(exc):
+                raise  # nothing to fall back on, or not an outage
+
+    async def _load(self) -> None:
+        try:
             async with self._engine.connect() as connection:
                 self._domains = tuple(sorted(await project_repository.all_allowed_domains(connection)))
-            self._loaded_at = time.monotonic()
-        return bool(self._domains) and host_is_allowed(host, self._domains)
+            self._next_load_at = time.monotonic() + self._ttl_s
+        except Exception as exc:
+            if is_database_unavailable(exc) and self._domains is not None:
+                logger.warning("allowed domains not reloaded, keeping the previous list: %s", type(exc).__name__)
+                self._next_load_at = time.monotonic() + self.RETRY_AFTER_FAILURE_S
+            raise
+
+    def _loaded(self, task: asyncio.Task[None]) -> None:
+        self._loading = None
+        if not task.cancelled():
+            task.exception()  # read here too, in case no request is still waiting for it
 
 
 class TrackerCorsMiddleware(ASGIMiddleware):

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import shlex
 import sys
 from pathlib import Path
 
 import click
 
 from services.common.settings import ServerSettings, ServiceName
+from services.loadtest.faults import FAULTS
 from services.loadtest.hosts import NotLoopbackError, require_loopback
 
 
@@ -117,3 +119,96 @@ def load(
         benchmarks.write_section(benchmarks.seed_section(result, command), benchmarks.SEED)
     if not all(item.passed for item in result.checks):
         raise click.ClickException("acknowledged events or replay chunks are missing from the database")
+
+
+@click.command()
+@click.option(
+    "--users", type=click.IntRange(min=1), default=1000, show_default=True, help="Visitors (one request per 5 s each)."
+)
+@click.option(
+    "--duration",
+    "hold_s",
+    type=click.FloatRange(min=0),
+    default=None,
+    help="Seconds at full load [default: warm-up plus each fault's time and recovery gap].",
+)
+@click.option("--ramp-up", "ramp_up_s", type=click.FloatRange(min=0), default=20, show_default=True)
+@click.option(
+    "--fault",
+    "faults",
+    type=click.Choice(FAULTS),
+    multiple=True,
+    help="Only this fault (repeat for more, in the given order) [default: all, in the order listed].",
+)
+@click.option("--warmup", "warmup_s", type=click.FloatRange(min=0), default=15, show_default=True, help="Seconds.")
+@click.option(
+    "--gap", "gap_s", type=click.FloatRange(min=0), default=30, show_default=True, help="Seconds between faults."
+)
+@click.option(
+    "--reject-for",
+    "reject_s",
+    type=click.FloatRange(min=0),
+    default=10,
+    show_default=True,
+    help="Seconds Postgres rejects connections.",
+)
+@click.option(
+    "--deadline",
+    "deadline_s",
+    type=click.FloatRange(min=0),
+    default=12,
+    show_default=True,
+    help="No request may take longer (seconds).",
+)
+@click.option("--ingest-workers", type=click.IntRange(min=1), default=None, help="Granian workers for ingest.")
+@click.option("--reports-dir", type=click.Path(path_type=Path), default=Path("reports"), show_default=True)
+@click.option("--progress", "progress_s", type=click.FloatRange(min=1), default=10, show_default=True, help="Seconds.")
+@click.option("--write-benchmarks", is_flag=True, help="Write the summary into docs/benchmarks.md (own section).")
+def chaos(
+    users: int,
+    hold_s: float | None,
+    ramp_up_s: float,
+    faults: tuple[str, ...],
+    warmup_s: float,
+    gap_s: float,
+    reject_s: float,
+    deadline_s: float,
+    ingest_workers: int | None,
+    reports_dir: Path,
+    progress_s: float,
+    write_benchmarks: bool,
+) -> None:
+    """Fault run: the seed load on a throwaway stack while PgBouncer, Postgres and ingest are knocked over.
+
+    Starts its own stack (own data directory under /tmp, free ports), runs the seed scenario,
+    and at full load restarts PgBouncer, restarts Postgres (fast), sends ingest SIGTERM and starts
+    it again, and makes Postgres reject connections for a while; one after another, each after the
+    stack recovered. Reports per fault: unavailability, refused and failed requests, p95, the
+    longest request, recovery; and every acknowledged event uuid looked up: lost and duplicated
+    must be 0. Exits non-zero otherwise.
+    """
+    from services.loadtest import benchmarks, chaos_report
+    from services.loadtest.chaos import ChaosOptions, run_chaos
+
+    options = ChaosOptions(
+        users=users,
+        ramp_up_s=ramp_up_s,
+        hold_s=hold_s,
+        faults=faults or FAULTS,
+        warmup_s=warmup_s,
+        gap_s=gap_s,
+        reject_s=reject_s,
+        deadline_s=deadline_s,
+        reports_dir=reports_dir,
+        progress_s=progress_s,
+        ingest_workers=ingest_workers,
+    )
+    invoked = len(sys.argv) > 1 and sys.argv[1] == "chaos"
+    command = shlex.join(["sightline", *sys.argv[1:]]) if invoked else "sightline chaos"
+    result = run_chaos(options, command, click.echo)
+    click.echo(result.report.read_text().split("## Per fault", 1)[-1].split("\n### ", 1)[0])
+    click.echo(f"report: {result.report}")
+    if write_benchmarks:
+        benchmarks.write_section(chaos_report.benchmarks_section(result, command), chaos_report.CHAOS)
+    if not result.passed:
+        raise click.ClickException("the fault run failed: see the verdicts and the rows lost or duplicated")

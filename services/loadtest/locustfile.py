@@ -13,6 +13,7 @@ writes how many events and replay chunks a 202 acknowledged, to compare with wha
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -32,6 +33,7 @@ from services.loadtest.check import Acknowledged, write_acknowledged
 from services.loadtest.hosts import require_loopback
 from services.loadtest.plan import PAYLOADS_FILE, LoadPlan
 from services.loadtest.readers import readable_endpoints
+from services.loadtest.timeline import RequestRecord, TimelineWriter
 
 PLAN = LoadPlan.from_env()
 SAMPLE_S = 2.0
@@ -42,8 +44,11 @@ runners.WORKER_REPORT_INTERVAL = 1.0
 # running them (seen here: 151 users for a plan of 106). Ten seconds tolerates that.
 runners.HEARTBEAT_LIVENESS = 10
 
-# A tracker gives up on a batch after this many attempts; the last refusal is a failure.
-MAX_ATTEMPTS = 6
+# As the tracker (tracker/src/transport.js): it gives up on a batch after this many attempts (the
+# last refusal is a failure); without Retry-After it backs off 1 s, 2 s, 4 s ... up to 60 s, with jitter.
+MAX_ATTEMPTS = 8
+BACKOFF_BASE_S = 1.0
+BACKOFF_MAX_S = 60.0
 MAX_RETRY_AFTER_S = 30.0
 RETRIED_SUFFIX = " (retried)"
 
@@ -64,6 +69,9 @@ def pools() -> payloads.PayloadPools:
 
 
 ACKNOWLEDGED = Acknowledged()
+# The fault run's per-request and per-row record (plan.record_timeline); None otherwise.
+TIMELINE = TimelineWriter(Path(PLAN.run_dir)) if PLAN.record_timeline else None
+_DELIVERY_NUMBERS = itertools.count(1)
 
 
 def _error_code(response: Any) -> str:
@@ -76,11 +84,16 @@ def _error_code(response: Any) -> str:
     return f"HTTP {response.status_code} {code}".strip()
 
 
-def _retry_after_s(response: Any) -> float:
-    try:
-        return min(MAX_RETRY_AFTER_S, max(0.0, float(response.headers.get("retry-after") or 1)))
-    except ValueError:
-        return 1.0
+def _retry_after_s(response: Any, failed_attempts: int) -> float:
+    """Retry-After when the answer has it (capped), else the tracker's exponential backoff with jitter."""
+    header = response.headers.get("retry-after") if response.status_code else None
+    if header:
+        try:
+            return min(MAX_RETRY_AFTER_S, max(0.0, float(header)))
+        except ValueError:
+            pass
+    backoff = min(BACKOFF_MAX_S, BACKOFF_BASE_S * 2.0 ** (failed_attempts - 1))
+    return backoff / 2 + random.random() * backoff / 2
 
 
 def paced_with_random_phase(pacing_s: float) -> Callable[[Any], float]:
@@ -114,6 +127,7 @@ class _Sender(FastHttpUser):
     concurrency = 1
 
     def deliver(self, path: str, name: str, body: bytes, headers: dict[str, str]) -> bool:
+        delivery = f"{os.getpid()}-{next(_DELIVERY_NUMBERS)}"
         for attempt in range(1, MAX_ATTEMPTS + 1):
             wait_s = 0.0
             # Locust's annotation says str, but the body goes to geventhttpclient as is: bytes are fine.
@@ -123,6 +137,7 @@ class _Sender(FastHttpUser):
                 headers=headers,
                 name=name,
                 catch_response=True,
+                context={"delivery": delivery},
             ) as response:
                 if response.status_code == 202:
                     response.success()
@@ -134,7 +149,7 @@ class _Sender(FastHttpUser):
                     response.request_meta["name"] = name + RETRIED_SUFFIX
                     response.success()
                     ACKNOWLEDGED.retried_attempts += 1
-                    wait_s = _retry_after_s(response) if response.status_code == 503 else 1.0
+                    wait_s = _retry_after_s(response, attempt)
                 else:
                     response.failure(_error_code(response))
                     return False
@@ -167,10 +182,14 @@ class Visitor(_Sender):
         if self.deliver(request.path, name, request.body, self.headers):
             ACKNOWLEDGED.events += request.events
             ACKNOWLEDGED.replay_chunks += request.replay_chunks
+            if TIMELINE is not None:
+                TIMELINE.rows("ack", request.event_uuids, request.chunk_key)
         else:
             ACKNOWLEDGED.failed_deliveries += 1
             ACKNOWLEDGED.events_in_failed_deliveries += request.events
             ACKNOWLEDGED.replay_chunks_in_failed_deliveries += request.replay_chunks
+            if TIMELINE is not None:
+                TIMELINE.rows("doubt", request.event_uuids, request.chunk_key)
 
 
 class NoopVisitor(_Sender):
@@ -257,6 +276,43 @@ def _check_and_prepare(environment: Environment, **_: Any) -> None:
         gevent.spawn(_sample_stats, environment)
 
 
+@events.request.add_listener
+def _record_request(
+    name: str,
+    response_time: float,
+    start_time: float,
+    response: Any = None,
+    context: dict[str, Any] | None = None,
+    exception: BaseException | None = None,
+    **_: Any,
+) -> None:
+    if TIMELINE is None:
+        return
+    retried = name.endswith(RETRIED_SUFFIX)
+    status = int(getattr(response, "status_code", 0) or 0)
+    # The service's error code for an HTTP refusal (database_unavailable, commit_timeout, ...),
+    # the connection error for no answer.
+    error = ""
+    if status == 0:
+        failure = getattr(response, "error", None) or exception
+        error = type(failure).__name__ if failure is not None else ""
+    elif status >= 300:
+        error = _error_code(response).removeprefix(f"HTTP {status}").strip()
+    if status == 503 and not response.headers.get("retry-after"):
+        error = (error + "; " if error else "") + "no Retry-After"
+    TIMELINE.request(
+        RequestRecord(
+            started=start_time,
+            duration_ms=response_time,
+            endpoint=name.removesuffix(RETRIED_SUFFIX),
+            status=status,
+            outcome="retried" if retried else "failed" if exception is not None else "ok",
+            error=error,
+            delivery=(context or {}).get("delivery"),
+        )
+    )
+
+
 @events.test_stop.add_listener
 def _write_acknowledged_on_stop(environment: Environment, **_: Any) -> None:
     _write_acknowledged()
@@ -271,6 +327,8 @@ def _write_on_quit(environment: Environment, **_: Any) -> None:
 
 def _write_acknowledged() -> None:
     write_acknowledged(Path(PLAN.run_dir) / f"acknowledged-{os.getpid()}.json", ACKNOWLEDGED)
+    if TIMELINE is not None:
+        TIMELINE.flush()
 
 
 def _entries(environment: Environment) -> dict[str, Any]:

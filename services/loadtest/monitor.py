@@ -62,7 +62,6 @@ class ProcessGroups:
 
     @classmethod
     def for_stack(cls, data_dir: Path) -> ProcessGroups:
-        roots: dict[str, list[int]] = {}
         candidates = {
             "ingest": data_dir / "run" / "ingest.pid",
             "query": data_dir / "run" / "query.pid",
@@ -70,15 +69,14 @@ class ProcessGroups:
             "pgbouncer": data_dir / "run" / "pgbouncer.pid",
             "postgres": data_dir / "postgres" / "postmaster.pid",
         }
-        for name, pid_file in candidates.items():
-            pid = read_pid(pid_file)
-            if pid is not None:
-                roots[name] = [pid]
-        return cls(roots)
+        # Read at every sample, not once: the fault run restarts these processes mid-run.
+        return cls({}, extra={name: _pid_file_reader(pid_file) for name, pid_file in candidates.items()})
 
     def pids(self) -> dict[str, list[int]]:
         groups: dict[str, list[int]] = {}
         for name, roots in {**self.roots, **{name: get() for name, get in self.extra.items()}}.items():
+            if not roots:
+                continue  # not running (yet, or any more)
             pids: list[int] = []
             for root in roots:
                 try:
@@ -90,6 +88,14 @@ class ProcessGroups:
         for name, pid in self.solo.items():
             groups[name] = [pid]
         return groups
+
+
+def _pid_file_reader(pid_file: Path) -> Callable[[], list[int]]:
+    def current() -> list[int]:
+        pid = read_pid(pid_file)
+        return [] if pid is None else [pid]
+
+    return current
 
 
 class CpuSampler:

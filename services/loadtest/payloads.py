@@ -535,6 +535,9 @@ class TrackerRequest:
     # What a 202 for this body acknowledges: events rows, or one replay chunk.
     events: int
     replay_chunks: int
+    # Which rows exactly, for the fault run's check by uuid: the events' uuids, or the chunk's key.
+    event_uuids: tuple[str, ...] = ()
+    chunk_key: tuple[str, int] | None = None
 
 
 class _UniqueUuids:
@@ -569,15 +572,21 @@ def replay_body(visitor: VisitorIdentity, seq: int, member: ReplayMember) -> byt
     return gzip_member(envelope, 1) + member.gzip + _CLOSING_BRACE_MEMBER
 
 
-def events_body(visitor: VisitorIdentity, template: tuple[bytes, ...]) -> bytes:
+def events_body(visitor: VisitorIdentity, template: tuple[bytes, ...], uuids: list[bytes] | None = None) -> bytes:
+    """The template filled in; each fresh uuid is also appended to uuids when given."""
     values = {
         b"@D@": visitor.distinct_id.encode(),
         b"@S@": visitor.session_id.encode(),
         b"@T@": datetime.now(UTC).isoformat().encode(),
     }
-    filled = b"".join(
-        _EVENT_UUIDS.next() if segment == b"@U@" else values.get(segment, segment) for segment in template
-    )
+
+    def fresh_uuid() -> bytes:
+        made = _EVENT_UUIDS.next()
+        if uuids is not None:
+            uuids.append(made)
+        return made
+
+    filled = b"".join(fresh_uuid() if segment == b"@U@" else values.get(segment, segment) for segment in template)
     # Level 1: a few bytes larger than a browser's default level, at half the generator's CPU.
     return gzip_member(filled, 1)
 
@@ -586,13 +595,20 @@ def tracker_request(pools: PayloadPools, visitor: VisitorIdentity, seq: int, var
     """The seq-th request of a visitor: seq 0 the first snapshot, then events and replay alternately."""
     if seq == 0:
         member = pools.first_chunks[variant % len(pools.first_chunks)]
-        return TrackerRequest("/v1/replay", replay_body(visitor, 0, member), 0, 1)
+        return TrackerRequest("/v1/replay", replay_body(visitor, 0, member), 0, 1, chunk_key=(visitor.session_id, 0))
     if seq % 2 == 1:
         template = pools.event_batches[(variant + seq) % len(pools.event_batches)]
-        return TrackerRequest("/v1/events", events_body(visitor, template), EVENTS_PER_BATCH, 0)
+        uuids: list[bytes] = []
+        body = events_body(visitor, template, uuids)
+        return TrackerRequest(
+            "/v1/events", body, EVENTS_PER_BATCH, 0, event_uuids=tuple(made.decode() for made in uuids)
+        )
     member = pools.incremental_chunks[(variant + seq) % len(pools.incremental_chunks)]
     # Replay seq counts replay chunks only: 0, 1, 2, ... for requests 0, 2, 4, ...
-    return TrackerRequest("/v1/replay", replay_body(visitor, seq // 2, member), 0, 1)
+    replay_seq = seq // 2
+    return TrackerRequest(
+        "/v1/replay", replay_body(visitor, replay_seq, member), 0, 1, chunk_key=(visitor.session_id, replay_seq)
+    )
 
 
 def noop_body(pools: PayloadPools, visitor: VisitorIdentity, variant: int) -> bytes:

@@ -39,6 +39,8 @@ class LoadPlan:
     pacing_s: float = PACING_S
     visitors_per_reader: int = VISITORS_PER_READER
     noop_share: float = NOOP_SHARE
+    # The fault run's timeline: every request (time, latency, status) and every acknowledged row's key.
+    record_timeline: bool = False
 
     def __post_init__(self) -> None:
         for url in (self.ingest_url, self.query_url, self.replay_url):
@@ -75,5 +77,8 @@ class LoadPlan:
             if raw is None:
                 continue
             kind = field.type if isinstance(field.type, str) else field.type.__name__
-            values[field.name] = int(raw) if kind == "int" else float(raw) if kind == "float" else raw
+            if kind == "bool":
+                values[field.name] = raw == "True"
+            else:
+                values[field.name] = int(raw) if kind == "int" else float(raw) if kind == "float" else raw
         return cls(**values)  # type: ignore[arg-type]

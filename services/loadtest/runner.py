@@ -52,6 +52,8 @@ class LoadOptions:
     # Incremental chunks and event batches in the pool scale with it; first chunks are the
     # captured recordings (this many synthetic full snapshots only when they are missing).
     payload_variants: int = 24
+    # Every request and every acknowledged row's key into the run folder (the fault run's check).
+    record_timeline: bool = False
 
 
 @dataclass(frozen=True)
@@ -60,6 +62,7 @@ class RunResult:
     report: Path
     figures: dict[str, float]
     checks: list[check.DeliveryCheck]
+    project_id: int = 0
 
     @property
     def good(self) -> bool:
@@ -136,8 +139,13 @@ def _stop_process_group(process: subprocess.Popen[bytes]) -> None:
 
 
 def run_load(
-    options: LoadOptions, command: str, echo: Callable[[str], None] = print, folder_suffix: str = ""
+    options: LoadOptions,
+    command: str,
+    echo: Callable[[str], None] = print,
+    folder_suffix: str = "",
+    on_started: Callable[[Path, LoadPlan], None] | None = None,
 ) -> RunResult:
+    """One run; on_started(folder, plan) is called once the load generator has been started."""
     stack = StackSettings.from_env()
     admin_settings = AdminDatabaseSettings.from_env()
     started_at = datetime.now(UTC)
@@ -166,6 +174,7 @@ def run_load(
         run_dir=str(folder),
         shape=options.shape,
         steps=options.steps,
+        record_timeline=options.record_timeline,
     )
     public_plan = {key: value for key, value in asdict(plan).items() if key != "secret_key"}
     (folder / "plan.json").write_text(json.dumps({**public_plan, "project_id": project["id"]}, indent=2))
@@ -211,6 +220,8 @@ def run_load(
         # Only this process: Locust, its child, is counted above.
         groups.solo["sightline load"] = os.getpid()
         monitor.start()
+        if on_started is not None:
+            on_started(folder, plan)
         deadline = time.monotonic() + plan.total_s + STARTUP_ALLOWANCE_S + STOP_TIMEOUT_S + 60
         last_printed = 0.0
         try:
@@ -256,7 +267,7 @@ def run_load(
     path = report.write_report(data, folder)
     figures = report.summary_figures(data)
     (folder / "figures.json").write_text(json.dumps(figures, indent=2))
-    return RunResult(folder, path, figures, checks)
+    return RunResult(folder, path, figures, checks, int(str(project["id"])))
 
 
 def describe(result: RunResult) -> str:

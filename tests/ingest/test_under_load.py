@@ -179,6 +179,40 @@ async def test_with_pgbouncer_stopped_ingest_answers_503_fast_and_recovers_by_it
     assert len(await stored_events(admin_engine, project["id"])) == 2
 
 
+async def test_a_503_in_an_outage_keeps_its_cors_headers_so_a_browser_can_read_retry_after(
+    db: DatabaseHarness, own_pgbouncer: LocalPgBouncer, project: dict[str, Any]
+) -> None:
+    """The allowed-domains list falls due during the outage (TTL 0 here): the old list is kept.
+
+    Found by the fault run: the CORS middleware's reload raised, so the 503 left without
+    Access-Control-Allow-Origin and a browser's tracker saw a network error, not Retry-After.
+    """
+    url = db.database.url.replace(f":{db.pgbouncer.listen_port}/", f":{own_pgbouncer.listen_port}/")
+    app = create_app(db.database_for("ingest", url=url), settings=IngestSettings(project_cache_ttl_s=0.0))
+    origin = {"origin": "https://shop.example.org"}
+
+    def body() -> bytes:
+        return json_body({"projectKey": project["publicKey"], "events": [pageview(uuid=str(uuid.uuid4()))]})
+
+    async with AsyncTestClient(app) as client:
+        stored = await client.post("/v1/events", content=body(), headers={**JSON, **origin})
+        assert stored.status_code == 202
+        assert stored.headers["access-control-allow-origin"] == origin["origin"]
+
+        own_pgbouncer.stop()
+        async with asyncio.timeout(10):
+            refused = await client.post("/v1/events", content=body(), headers={**JSON, **origin})
+        assert refused.status_code == 503
+        assert refused.headers["retry-after"] == "2"
+        assert refused.headers["access-control-allow-origin"] == origin["origin"]
+        assert "retry-after" in refused.headers["access-control-expose-headers"].lower()
+
+        own_pgbouncer.start()
+        async with asyncio.timeout(15):
+            while (await client.post("/v1/events", content=body(), headers={**JSON, **origin})).status_code != 202:
+                await asyncio.sleep(0.2)
+
+
 async def test_sigterm_loses_no_acknowledged_event_and_exits_cleanly(
     db: DatabaseHarness, project: dict[str, Any], admin_engine: AsyncEngine
 ) -> None:
