@@ -102,7 +102,11 @@ def _recording_format(request: Request[Any, Any, Any]) -> service.RecordingForma
     return service.RecordingFormat.NDJSON
 
 
-AUTH_ERRORS = {401: "Missing or wrong secret key", 503: "The database cannot be reached; retry later"}
+AUTH_ERRORS = {
+    401: "Missing or wrong secret key",
+    429: "The project is over its rate limit; retry after Retry-After seconds",
+    503: "The database cannot be reached; retry later",
+}
 
 
 class ReplayController(Controller):
