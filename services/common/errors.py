@@ -59,11 +59,18 @@ class ServiceUnavailable(ApiError):
         super().__init__(HTTP_503_SERVICE_UNAVAILABLE, code, message, headers={"Retry-After": str(retry_after_s)})
 
 
+MALFORMED_REQUEST = "The request is malformed, for example a body that is not JSON"
+
+
 def error_responses(descriptions: dict[int, str]) -> dict[int, ResponseSpec]:
-    """OpenAPI entries for the error statuses a route can answer, all with the error body."""
+    """OpenAPI entries for the error statuses a route can answer, all with the error body.
+
+    400 is always listed: otherwise Litestar documents its own 400 body (``detail``,
+    ``status_code``), which is not what our exception handlers answer.
+    """
     return {
         status: ResponseSpec(data_container=ErrorBody, description=description, generate_examples=False)
-        for status, description in descriptions.items()
+        for status, description in {400: MALFORMED_REQUEST, **descriptions}.items()
     }
 
 

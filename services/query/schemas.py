@@ -104,7 +104,9 @@ class DateRange(msgspec.Struct):
 
 class ResultRow(msgspec.Struct):
     dimensions: list[str | None]
-    metrics: list[float | int]
+    # One JSON number per metric: counts are integers, rates and durations may have a fraction.
+    # (float | int would be documented as oneOf number/integer, which no integer satisfies.)
+    metrics: list[float]
 
 
 class ComparisonResult(msgspec.Struct):
