@@ -8,7 +8,7 @@ from typing import Any
 import asyncpg
 import msgspec
 from litestar import MediaType, Request, Response
-from litestar.exceptions import HTTPException, ValidationException
+from litestar.exceptions import HTTPException, SerializationException, ValidationException
 from litestar.openapi import ResponseSpec
 from litestar.status_codes import (
     HTTP_422_UNPROCESSABLE_ENTITY,
@@ -83,6 +83,23 @@ def error_response(
         media_type=MediaType.JSON,
         headers=headers,
     )
+
+
+class JsonBodyRequest(Request[Any, Any, Any]):
+    """A request whose undecodable JSON body is the client's 400 ``malformed_json``.
+
+    Litestar turns msgspec's DecodeError into a 400 itself, but lets the UnicodeDecodeError
+    (invalid UTF-8 inside a string) and the RecursionError (nesting deeper than msgspec
+    follows) that the same decoder raises through, which would be our 500.
+    """
+
+    async def json(self) -> Any:
+        try:
+            return await super().json()
+        except (SerializationException, UnicodeDecodeError) as exc:
+            raise ApiError(400, "malformed_json", "The body is not valid UTF-8 JSON.") from exc
+        except RecursionError as exc:
+            raise ApiError(400, "malformed_json", "The body's JSON is nested too deeply.") from exc
 
 
 def _api_error(_: Request[Any, Any, Any], exc: ApiError) -> Response[ErrorBody]:
