@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from typing import Annotated, Any
+from urllib.parse import unquote
 
 from litestar import Controller, Request, delete, get
 from litestar.datastructures import State
@@ -93,6 +94,24 @@ def _text(field: str, value: str | None) -> str | None:
     if value is not None and "\x00" in value:
         raise ApiError(422, "invalid_request", f"{field} must not contain NUL characters.", field=field)
     return value
+
+
+PERSONS_PREFIX = "/v1/persons/"
+
+
+def _exact_path_tail(request: Request[Any, Any, Any], prefix: str, decoded: str) -> str:
+    """What follows prefix in the path as the client sent it, percent-decoded once.
+
+    A ``path`` parameter arrives normalised ("a//b/" becomes "/a/b"); the raw path keeps
+    every character of an id, so erasure deletes exactly the id that was named.
+    """
+    raw_path = request.scope.get("raw_path")
+    if isinstance(raw_path, bytes):
+        # Some servers (and test transports) leave the query string on; an unencoded "?" ends the path.
+        raw = raw_path.decode("latin-1").partition("?")[0]
+        if raw.startswith(prefix):
+            return unquote(raw[len(prefix) :], errors="replace")
+    return decoded.removeprefix("/")
 
 
 def _recording_format(request: Request[Any, Any, Any]) -> service.RecordingFormat:
@@ -230,7 +249,9 @@ class ReplayController(Controller):
         )
 
     @delete(
-        "/persons/{distinct_id:str}",
+        # A path parameter, so that a distinctId holding "/" (sent as %2F, which the server has
+        # decoded before routing) can be erased too; the exact id is read back from the raw path.
+        "/persons/{distinct_id:path}",
         status_code=200,
         summary="Delete a person's events and recordings in this project (GDPR erasure)",
         description=(
@@ -240,8 +261,13 @@ class ReplayController(Controller):
         responses=error_responses({**AUTH_ERRORS, 422: "The distinctId is malformed"}),
     )
     async def delete_person(
-        self, project: NamedDependency[ProjectRecord], state: State, distinct_id: FromPath[str]
+        self,
+        request: Request[Any, Any, Any],
+        project: NamedDependency[ProjectRecord],
+        state: State,
+        distinct_id: FromPath[str],
     ) -> PersonDeletion:
+        distinct_id = _exact_path_tail(request, PERSONS_PREFIX, distinct_id)
         if not 1 <= len(distinct_id) <= 200 or "\x00" in distinct_id:
             raise ApiError(
                 422, "invalid_distinct_id", "A distinctId is 1 to 200 characters without NUL.", field="distinctId"
