@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any
 from urllib.parse import unquote
@@ -9,6 +10,8 @@ from urllib.parse import unquote
 from litestar import Controller, Request, delete, get
 from litestar.datastructures import State
 from litestar.di import NamedDependency, Provide
+from litestar.openapi.spec import OpenAPIMediaType, OpenAPIResponse, Operation, Schema
+from litestar.openapi.spec.enums import OpenAPIFormat, OpenAPIType
 from litestar.params import FromPath, QueryParameter
 from litestar.response import Stream
 
@@ -121,6 +124,22 @@ def _recording_format(request: Request[Any, Any, Any]) -> service.RecordingForma
     return service.RecordingFormat.NDJSON
 
 
+@dataclass
+class RecordingOperation(Operation):
+    """The recording's 200 in the OpenAPI document: a stream in one of two formats, not JSON.
+
+    Litestar documents a Stream response as the handler's single media type (JSON by
+    default); this one answers whichever format Accept chose.
+    """
+
+    def __post_init__(self) -> None:
+        ok = self.responses.get("200") if self.responses else None
+        if isinstance(ok, OpenAPIResponse):
+            stream = OpenAPIMediaType(schema=Schema(type=OpenAPIType.STRING, format=OpenAPIFormat.BINARY))
+            ok.content = {output.value: stream for output in service.RecordingFormat}
+            ok.description = "The recording, streamed in the format Accept chose (see the description)"
+
+
 AUTH_ERRORS = {
     401: "Missing or wrong secret key",
     429: "The project is over its rate limit; retry after Retry-After seconds",
@@ -206,6 +225,7 @@ class ReplayController(Controller):
         "/sessions/{session_id:str}/recording",
         summary="The session's rrweb events, streamed, from the nearest full snapshot before `from`",
         description=RECORDING_DESCRIPTION,
+        operation_class=RecordingOperation,
         responses=error_responses(
             {
                 **AUTH_ERRORS,

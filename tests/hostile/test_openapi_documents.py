@@ -53,3 +53,9 @@ def test_every_read_operation_documents_the_rate_limit(service: str) -> None:
     document = _document(APPS[service]())
     labels = [label for label, operation in _operations(document) if "429" not in operation["responses"]]
     assert labels == []
+
+
+def test_the_recording_documents_both_stream_formats() -> None:
+    document = _document(APPS["replay"]())
+    ok = document["paths"]["/v1/sessions/{session_id}/recording"]["get"]["responses"]["200"]
+    assert sorted(ok["content"]) == ["application/vnd.sightline.replay-chunks", "application/x-ndjson"]

@@ -10,11 +10,13 @@ so each operation is a parametrised test that runs Hypothesis over the operation
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import hypothesis
 import pytest
 import schemathesis
+from hypothesis import strategies as st
 from schemathesis.checks import not_a_server_error
 from schemathesis.generation.modes import GenerationMode
 from schemathesis.python import asgi
@@ -24,6 +26,7 @@ from schemathesis.specs.openapi.checks import (
     response_schema_conformance,
     status_code_conformance,
 )
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.cli import admin
 from services.common.settings import RateLimitSettings
@@ -33,6 +36,8 @@ from services.query.app import create_app as create_query_app
 from services.query.settings import QuerySettings
 from services.replay.app import create_app as create_replay_app
 from tests.harness import DatabaseHarness
+from tests.query.conftest import Event, insert_events
+from tests.replay.conftest import Chunk, insert_session
 
 OFF = RateLimitSettings(requests_per_s=0, burst=0)
 
@@ -50,6 +55,9 @@ OPERATIONS = {
 # Nothing in these requests can be generated against their schema: no body, no query
 # parameters, and a path parameter is any string (the service itself refuses over-long ones).
 NOTHING_TO_NEGATE = {"GET /v1/realtime", "GET /v1/sessions/{session_id}", "DELETE /v1/persons/{distinct_id}"}
+
+# The recording endpoint chooses its format by Accept; the others answer JSON whatever is asked.
+ACCEPT = ["*/*", "application/json", "application/x-ndjson", "application/vnd.sightline.replay-chunks", "text/html"]
 
 CHECKS = [
     not_a_server_error,
@@ -71,9 +79,36 @@ def schemas(db: DatabaseHarness) -> Iterator[dict[str, Any]]:
     asgi.shutdown_lifespans()
 
 
+# A stored session and some events, so that generated requests also reach the paths that read
+# and stream rows (a generated session id names nothing).
+FUZZ_SESSION = "fuzz-session"
+
+
 @pytest.fixture(scope="module")
-async def keys(db: DatabaseHarness) -> dict[str, Any]:
-    return await admin.create_project(db.admin, name="fuzz", domains=["example.com"], timezone="Europe/Berlin")
+async def keys(db: DatabaseHarness, admin_engine: AsyncEngine) -> dict[str, Any]:
+    project = await admin.create_project(db.admin, name="fuzz", domains=["example.com"], timezone="Europe/Berlin")
+    an_hour_ago = datetime.now(UTC) - timedelta(hours=1)
+    await insert_session(
+        admin_engine,
+        project,
+        [
+            Chunk(0, [0, 500], full_snapshot=True),
+            Chunk(1, [1_000, 4_000]),
+            Chunk(2, [5_000, 9_000], full_snapshot=True, content_encoding="identity"),
+        ],
+        session_id=FUZZ_SESSION,
+        started_at=an_hour_ago,
+    )
+    await insert_events(
+        admin_engine,
+        int(project["id"]),
+        [
+            Event("v1", "s1", an_hour_ago, "/"),
+            Event("v1", "s1", an_hour_ago + timedelta(minutes=1), "/pricing", name="signup"),
+            Event("v2", "s2", an_hour_ago, "/blog", referrer_domain="google.com", country="FR"),
+        ],
+    )
+    return project
 
 
 @pytest.mark.parametrize(
@@ -92,12 +127,16 @@ def test_every_answer_is_documented_and_never_a_500(
     operation = schemas[service].find_operation_by_label(label)
     assert operation is not None
 
-    @hypothesis.given(case=operation.as_strategy(generation_mode=mode))
+    strategy = operation.as_strategy(generation_mode=mode)
+    if "{session_id}" in label:
+        strategy |= operation.as_strategy(generation_mode=mode, path_parameters={"session_id": FUZZ_SESSION})
+
+    @hypothesis.given(case=strategy, accept=st.sampled_from(ACCEPT))
     @hypothesis.settings(
         max_examples=40, deadline=None, database=None, suppress_health_check=list(hypothesis.HealthCheck)
     )
-    def run(case: Any) -> None:
-        headers = {"Authorization": f"Bearer {keys['secretKey']}"}
+    def run(case: Any, accept: str) -> None:
+        headers = {"Authorization": f"Bearer {keys['secretKey']}", "Accept": accept}
         # A random projectKey would stop every positive case at 401; a real one reaches the checks behind it.
         if isinstance(case.body, dict) and "projectKey" in case.body and mode is GenerationMode.POSITIVE:
             case.body["projectKey"] = keys["publicKey"]
