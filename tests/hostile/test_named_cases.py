@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import quote
 
+import msgspec
 import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -544,3 +545,35 @@ async def test_another_projects_keys_reach_none_of_this_projects_data(
     assert await count_rows(admin_engine, other_project["id"]) == NOTHING_STORED
     # And this project's own key still sees it all.
     assert (await services.query.get("/v1/realtime", headers=bearer(project))).json()["visitors"] == 1
+
+
+@pytest.mark.parametrize("offset", [2**31, 2**63 - 1, 2**63, 2**64 - 1, 10**30])
+async def test_a_huge_offset_answers_an_empty_page_or_a_422(
+    services: Services, project: dict[str, Any], offset: int
+) -> None:
+    spec = {"metrics": ["pageviews"], "period": "today", "offset": offset}
+    response = await services.query.post("/v1/query", json=spec, headers=bearer(project))
+    if response.status_code == 200:
+        assert response.json()["results"] == []
+    else:
+        assert_error(response, 422, response.json()["error"]["code"], "offset")
+
+
+async def test_huge_numbers_in_properties_are_stored_exactly(
+    services: Services, project: dict[str, Any], admin_engine: AsyncEngine
+) -> None:
+    properties = {"big": 10**30, "small": -(10**30), "float": 1.5e308, "tiny": 5e-324}
+    response = await _ingest_events(services, project, pageview(properties=properties))
+    assert response.status_code == 202, response.text
+    async with admin_engine.connect() as connection:
+        stored = (
+            await connection.execute(
+                text("SELECT properties::text FROM events WHERE project_id = :p"), {"p": project["id"]}
+            )
+        ).scalar_one()
+    decoded = msgspec.json.decode(stored)
+    # jsonb keeps numbers as numeric: 1.5e308 comes back written out in digits, the same number.
+    assert {key: float(value) for key, value in decoded.items()} == {
+        key: float(value) for key, value in properties.items()
+    }
+    assert decoded["big"] == 10**30
