@@ -7,6 +7,7 @@ refused write stores nothing. Ingest's own refusals are in tests/ingest/test_bad
 
 from __future__ import annotations
 
+import base64
 import zlib
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -577,3 +578,26 @@ async def test_huge_numbers_in_properties_are_stored_exactly(
         key: float(value) for key, value in properties.items()
     }
     assert decoded["big"] == 10**30
+
+
+def _cursor(started_at: str, session_id: str) -> str:
+    return base64.urlsafe_b64encode(msgspec.json.encode([started_at, session_id])).decode().rstrip("=")
+
+
+@pytest.mark.parametrize(
+    "cursor",
+    [
+        _cursor("2026-01-01T00:00:00Z", "a\u0000b"),
+        _cursor("9999-12-31T23:59:59-14:00", "s"),
+        _cursor("2026-01-01T00:00:00Z", "x' OR '1'='1"),
+    ],
+    ids=["nul", "beyond-9999", "sql-looking"],
+)
+async def test_a_forged_cursor_is_422_or_an_empty_page(
+    services: Services, project: dict[str, Any], cursor: str
+) -> None:
+    response = await services.replay.get("/v1/sessions", params={"cursor": cursor}, headers=bearer(project))
+    if response.status_code == 200:
+        assert response.json() == {"sessions": [], "nextCursor": None}
+    else:
+        assert_error(response, 422, "invalid_cursor", "cursor")

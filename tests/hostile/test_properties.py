@@ -3,8 +3,9 @@ answer is a client error with a code (or the decoded value), never an unexpected
 
 from __future__ import annotations
 
+import base64
 import gzip
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta, timezone
 from typing import Any
 
 import msgspec
@@ -242,3 +243,24 @@ def test_any_cursor_decodes_or_is_a_422(cursor: str) -> None:
         _client_error(exc, {422}, {"cursor"})
         return
     assert started_at.tzinfo is not None
+
+
+@FAST
+@given(
+    started_at=st.datetimes(
+        timezones=st.sampled_from([UTC, timezone(timedelta(hours=14)), timezone(-timedelta(hours=12))])
+    ),
+    session_id=st.text(alphabet="ab/%'\x00é", max_size=8),
+)
+def test_a_well_formed_cursor_decodes_to_what_it_holds_and_never_to_a_nul(
+    started_at: datetime, session_id: str
+) -> None:
+    raw = msgspec.json.encode([started_at.isoformat(), session_id])
+    cursor = base64.urlsafe_b64encode(raw).decode().rstrip("=")
+    try:
+        decoded = decode_cursor(cursor)
+    except ApiError as exc:
+        _client_error(exc, {422}, {"cursor"})
+        return
+    assert decoded == (started_at.astimezone(UTC), session_id)
+    assert "\x00" not in decoded[1]
