@@ -601,3 +601,44 @@ async def test_a_forged_cursor_is_422_or_an_empty_page(
         assert response.json() == {"sessions": [], "nextCursor": None}
     else:
         assert_error(response, 422, "invalid_cursor", "cursor")
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"url": "https://[::1/"},
+        {"url": "https://example.com:99999/"},
+        {"url": "https://example.com:-1/"},
+        {"url": "https://exa mple.com/"},
+        {"url": "https://example.com/%ZZ?utm_source=%FF%FE"},
+        {"url": "https://EXAMPLE.com./x"},
+        {"url": "https://user:pass@example.com/"},
+        {"referrer": "https://[::1/"},
+        {"referrer": "javascript:alert(1)"},
+        {"referrer": "https://example.com:99999/"},
+    ],
+)
+async def test_malformed_urls_are_422_or_stored(
+    services: Services, project: dict[str, Any], admin_engine: AsyncEngine, overrides: dict[str, str]
+) -> None:
+    response = await _ingest_events(services, project, pageview(**overrides))
+    if response.status_code == 202:
+        assert (await count_rows(admin_engine, project["id"]))["events"] == 1
+        return
+    assert response.status_code in (403, 422), response.text
+    assert_error(response, response.status_code, response.json()["error"]["code"])
+    await _nothing_stored(admin_engine, project)
+
+
+async def test_a_lone_surrogate_escape_is_refused(
+    services: Services, project: dict[str, Any], admin_engine: AsyncEngine
+) -> None:
+    body = json_body({"projectKey": project["publicKey"], "events": [pageview(title="PLACEHOLDER")]})
+    response = await services.ingest.post("/v1/events", content=body.replace(b"PLACEHOLDER", b"\\ud800"), headers=JSON)
+    assert_error(response, 400, "malformed_json")
+    await _nothing_stored(admin_engine, project)
+    spec = b'{"metrics": ["visitors"], "filters": [{"dimension": "page", "operator": "is", "values": ["\\ud800"]}]}'
+    response = await services.query.post(
+        "/v1/query", content=spec, headers={**bearer(project), "content-type": "application/json"}
+    )
+    assert_error(response, 400, "malformed_json")
