@@ -15,7 +15,7 @@ from litestar.plugins.opentelemetry import OpenTelemetryConfig
 from litestar.types import ControllerRouterHandler, Middleware
 
 from services.common.db import create_engine
-from services.common.errors import EXCEPTION_HANDLERS
+from services.common.errors import EXCEPTION_HANDLERS, JsonBodyRequest
 from services.common.health import HealthController
 from services.common.log import configure_logging
 from services.common.settings import DatabaseSettings, LogSettings, ServiceName
@@ -71,6 +71,7 @@ def build_app(
         route_handlers=[HealthController, *route_handlers],
         lifespan=[database_engine, *lifespans],
         exception_handlers=EXCEPTION_HANDLERS,
+        request_class=JsonBodyRequest,
         openapi_config=OpenAPIConfig(
             title=title,
             version=VERSION,

@@ -21,6 +21,7 @@ from services.common import project_repository
 from services.common.errors import ApiError
 from services.common.keys import SECRET_KEY_PREFIX, hash_secret_key
 from services.common.project_repository import ProjectRecord
+from services.common.rate_limit import TokenBuckets
 
 _MISSING = object()
 Finder = Callable[[], Awaitable[ProjectRecord | None]]
@@ -107,7 +108,9 @@ async def _cached(
 async def provide_read_project(request: Request[Any, Any, Any], state: State) -> ProjectRecord:
     """Litestar dependency for read APIs: ``Authorization: Bearer <secret key>`` → its project.
 
-    Apps that use it put a ``ProjectCache`` at ``state.project_cache``.
+    Apps that use it put a ``ProjectCache`` at ``state.project_cache`` and the per-project
+    ``TokenBuckets`` at ``state.rate_limit``: a project over its limit is answered 429 here,
+    before its request reaches the database.
     """
     header = request.headers.get("authorization", "")
     scheme, _, secret_key = header.partition(" ")
@@ -124,4 +127,6 @@ async def provide_read_project(request: Request[Any, Any, Any], state: State) ->
     project = await project_for_secret_key(state.engine, state.project_cache, secret_key)
     if project is None:
         raise ApiError(401, "invalid_key", "No project has that secret key.", headers={"WWW-Authenticate": "Bearer"})
+    rate_limit: TokenBuckets = state.rate_limit
+    rate_limit.take(project.project_id)
     return project

@@ -8,7 +8,7 @@ from typing import Any
 import asyncpg
 import msgspec
 from litestar import MediaType, Request, Response
-from litestar.exceptions import HTTPException, ValidationException
+from litestar.exceptions import HTTPException, SerializationException, ValidationException
 from litestar.openapi import ResponseSpec
 from litestar.status_codes import (
     HTTP_422_UNPROCESSABLE_ENTITY,
@@ -59,11 +59,18 @@ class ServiceUnavailable(ApiError):
         super().__init__(HTTP_503_SERVICE_UNAVAILABLE, code, message, headers={"Retry-After": str(retry_after_s)})
 
 
+MALFORMED_REQUEST = "The request is malformed, for example a body that is not JSON"
+
+
 def error_responses(descriptions: dict[int, str]) -> dict[int, ResponseSpec]:
-    """OpenAPI entries for the error statuses a route can answer, all with the error body."""
+    """OpenAPI entries for the error statuses a route can answer, all with the error body.
+
+    400 is always listed: otherwise Litestar documents its own 400 body (``detail``,
+    ``status_code``), which is not what our exception handlers answer.
+    """
     return {
         status: ResponseSpec(data_container=ErrorBody, description=description, generate_examples=False)
-        for status, description in descriptions.items()
+        for status, description in {400: MALFORMED_REQUEST, **descriptions}.items()
     }
 
 
@@ -76,6 +83,23 @@ def error_response(
         media_type=MediaType.JSON,
         headers=headers,
     )
+
+
+class JsonBodyRequest(Request[Any, Any, Any]):
+    """A request whose undecodable JSON body is the client's 400 ``malformed_json``.
+
+    Litestar turns msgspec's DecodeError into a 400 itself, but lets the UnicodeDecodeError
+    (invalid UTF-8 inside a string) and the RecursionError (nesting deeper than msgspec
+    follows) that the same decoder raises through, which would be our 500.
+    """
+
+    async def json(self) -> Any:
+        try:
+            return await super().json()
+        except (SerializationException, UnicodeDecodeError) as exc:
+            raise ApiError(400, "malformed_json", "The body is not valid UTF-8 JSON.") from exc
+        except RecursionError as exc:
+            raise ApiError(400, "malformed_json", "The body's JSON is nested too deeply.") from exc
 
 
 def _api_error(_: Request[Any, Any, Any], exc: ApiError) -> Response[ErrorBody]:

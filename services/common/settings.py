@@ -146,6 +146,27 @@ class ServerSettings:
 
 
 @dataclass(frozen=True)
+class RateLimitSettings:
+    """Per-project token bucket of a read API (query, replay), per worker process; 0 turns it off.
+
+    A dashboard page fires about ten queries at once and a replay viewer a few requests, so a
+    burst of 100 serves people in a browser while a script hammering one project is slowed
+    before it takes the database's connections from everyone else.
+    """
+
+    requests_per_s: float = 20.0
+    burst: float = 100.0
+
+    @classmethod
+    def from_env(cls, service: ServiceName, environ: Mapping[str, str] | None = None) -> RateLimitSettings:
+        env = Env(service, os.environ if environ is None else environ)
+        return cls(
+            requests_per_s=env.number("RATE_LIMIT_REQUESTS_PER_S", cls.requests_per_s),
+            burst=env.number("RATE_LIMIT_BURST", cls.burst),
+        )
+
+
+@dataclass(frozen=True)
 class LogSettings:
     level: str = "INFO"
 

@@ -84,6 +84,9 @@ def decode_json(body: bytes, target: type[T]) -> T:
         raise ApiError(422, "invalid_field", message, field=field) from exc
     except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         raise ApiError(400, "malformed_json", f"The body is not valid UTF-8 JSON: {exc}.") from exc
+    except RecursionError as exc:
+        # msgspec follows nesting only so deep (rrweb data it skips included); past that, it raises this.
+        raise ApiError(400, "malformed_json", "The body's JSON is nested too deeply.") from exc
     # Postgres refuses U+0000 in text and jsonb; JSON can only carry it escaped.
     if b"\\u0000" in body:
         field = _find_nul(msgspec.to_builtins(decoded), "")

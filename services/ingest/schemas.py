@@ -55,7 +55,12 @@ class RrwebEvent(msgspec.Struct):
 
 class ReplayChunkBody(msgspec.Struct, rename="camel"):
     project_key: Annotated[str, Meta(min_length=1, max_length=200, description="The project's public key (pk_...)")]
-    session_id: ShortText
+    # The replay API names a session in a URL path (/v1/sessions/{id}), where a "/" cannot be
+    # told from a separator once the server has decoded the path: such a session could be
+    # stored but never read.
+    session_id: Annotated[
+        str, Meta(min_length=1, max_length=200, pattern="^[^/]*$", description="Any text without '/'")
+    ]
     distinct_id: ShortText
     seq: Annotated[int, Meta(ge=0, le=2_147_483_647, description="Chunk number within the session, from 0")]
     events: Annotated[list[RrwebEvent], Meta(min_length=1)]

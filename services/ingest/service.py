@@ -127,7 +127,16 @@ class IngestService:
                     f"{location.domain!r} is not among this project's allowed domains.",
                     field=f"events[{index}].url",
                 )
-            occurred_at = event.timestamp + skew
+            try:
+                occurred_at = event.timestamp + skew
+            except OverflowError as exc:
+                # A sentAt near year 1 or 9999 moves the event outside what a datetime holds.
+                raise ApiError(
+                    422,
+                    "timestamp_out_of_range",
+                    "sentAt is so far from the server's clock that the corrected timestamp is not a date.",
+                    field="sentAt",
+                ) from exc
             if occurred_at > now:
                 occurred_at = now  # no event happens after we received it
             if occurred_at < oldest_allowed:

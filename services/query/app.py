@@ -11,7 +11,8 @@ from litestar import Litestar
 
 from services.common.app import build_app
 from services.common.auth import ProjectCache
-from services.common.settings import DatabaseSettings, LogSettings
+from services.common.rate_limit import TokenBuckets
+from services.common.settings import DatabaseSettings, LogSettings, RateLimitSettings
 from services.query.pages import PAGE_HANDLERS
 from services.query.rollups import run_refresher
 from services.query.routes import QueryController
@@ -28,9 +29,11 @@ def create_app(
     database: DatabaseSettings | None = None,
     logs: LogSettings | None = None,
     query_settings: QuerySettings | None = None,
+    rate_limit: RateLimitSettings | None = None,
 ) -> Litestar:
     database = database or DatabaseSettings.from_env("query")
     settings = query_settings or QuerySettings.from_env()
+    rate_limit = rate_limit or RateLimitSettings.from_env("query")
 
     @asynccontextmanager
     async def rollup_refresher(app: Litestar) -> AsyncIterator[None]:
@@ -55,6 +58,7 @@ def create_app(
         lifespans=[rollup_refresher],
         state={
             "project_cache": ProjectCache(),
+            "rate_limit": TokenBuckets(rate_limit.requests_per_s, rate_limit.burst),
             "statement_timeout_ms": database.statement_timeout_ms,
             "query_settings": settings,
         },

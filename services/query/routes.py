@@ -29,6 +29,7 @@ from services.query.schemas import (
 
 _READ_ERRORS = {
     401: "Missing or unknown secret key.",
+    429: "The project is over its rate limit; retry after Retry-After seconds.",
     503: "Database unavailable, or the query exceeded the statement timeout (code 'query_timeout').",
 }
 _SPEC_ERRORS = {422: "The spec is invalid; the error names the field and the problem.", **_READ_ERRORS}

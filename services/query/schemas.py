@@ -94,7 +94,8 @@ class QuerySpec(DateRangeFields, forbid_unknown_fields=True, kw_only=True):
         msgspec.Meta(description="Default: time ascending if grouped by time, else the first metric descending."),
     ] = None
     limit: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 100
-    offset: Annotated[int, msgspec.Meta(ge=0)] = 0
+    # Postgres's OFFSET is a bigint: a larger one would fail in the driver (a 500), not page.
+    offset: Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)] = 0
 
 
 class DateRange(msgspec.Struct):
@@ -104,7 +105,9 @@ class DateRange(msgspec.Struct):
 
 class ResultRow(msgspec.Struct):
     dimensions: list[str | None]
-    metrics: list[float | int]
+    # One JSON number per metric: counts are integers, rates and durations may have a fraction.
+    # (float | int would be documented as oneOf number/integer, which no integer satisfies.)
+    metrics: list[float]
 
 
 class ComparisonResult(msgspec.Struct):

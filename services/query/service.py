@@ -35,6 +35,10 @@ from services.query.settings import QuerySettings
 
 # Longer custom ranges would scan years of raw events for one request.
 MAX_RANGE_DAYS = 3 * 366
+# Custom dates outside these cannot hold events, and near year 1 or 9999 a day's local midnight
+# (or the comparison period before it) is outside what a datetime can hold.
+EARLIEST_DATE = date(1970, 1, 1)
+LATEST_DATE = date(9999, 12, 30)
 REALTIME_WINDOW = timedelta(minutes=5)
 
 
@@ -84,6 +88,10 @@ def resolve_range(spec: DateRangeFields, timezone: str, now: datetime) -> Resolv
         raise invalid("period 'custom' needs date_from.", "date_from")
     if spec.date_to is None:
         raise invalid("period 'custom' needs date_to.", "date_to")
+    if spec.date_from < EARLIEST_DATE:
+        raise invalid(f"date_from must not be before {EARLIEST_DATE}.", "date_from")
+    if spec.date_to > LATEST_DATE:
+        raise invalid(f"date_to must not be after {LATEST_DATE}.", "date_to")
     if spec.date_from > spec.date_to:
         raise invalid("date_from must not be after date_to.", "date_from")
     resolved = range_of(spec.date_from, spec.date_to, timezone)
@@ -95,6 +103,10 @@ def resolve_range(spec: DateRangeFields, timezone: str, now: datetime) -> Resolv
 def previous_period(current: ResolvedRange, timezone: str) -> ResolvedRange:
     date_to = current.date_from - timedelta(days=1)
     return range_of(date_to - timedelta(days=current.days - 1), date_to, timezone)
+
+
+# Postgres refuses U+0000 in text: no stored value holds it, and sending it would be our 500.
+_NUL_MESSAGE = "Text must not contain the NUL character (\\u0000)."
 
 
 def _validate(spec: QuerySpec) -> None:
@@ -113,6 +125,8 @@ def _validate(spec: QuerySpec) -> None:
             raise invalid(f"'{condition.operator}' needs text values, not null.", field)
         if any(value is not None and len(value) > 2000 for value in condition.values):
             raise invalid("Filter values are limited to 2000 characters.", field)
+        if any(value is not None and "\x00" in value for value in condition.values):
+            raise invalid(_NUL_MESSAGE, field)
     if spec.order_by is not None:
         known = {*spec.metrics, *spec.dimensions}
         for index, ordering in enumerate(spec.order_by):
@@ -270,6 +284,9 @@ def _percent(part: int, whole: int) -> float:
 async def funnel(
     connection: AsyncConnection, project: ProjectRecord, spec: FunnelSpec, now: datetime
 ) -> FunnelResponse:
+    for index, step in enumerate(spec.steps):
+        if "\x00" in step.value:
+            raise invalid(_NUL_MESSAGE, f"steps[{index}].value")
     current = resolve_range(spec, project.timezone, now)
     counts = await repository.funnel(
         connection,

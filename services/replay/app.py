@@ -6,7 +6,8 @@ from litestar import Litestar
 
 from services.common.app import build_app
 from services.common.auth import ProjectCache
-from services.common.settings import DatabaseSettings, LogSettings
+from services.common.rate_limit import TokenBuckets
+from services.common.settings import DatabaseSettings, LogSettings, RateLimitSettings
 from services.replay.pages import PAGE_HANDLERS
 from services.replay.routes import ReplayController
 
@@ -16,8 +17,13 @@ DESCRIPTION = (
 )
 
 
-def create_app(database: DatabaseSettings | None = None, logs: LogSettings | None = None) -> Litestar:
+def create_app(
+    database: DatabaseSettings | None = None,
+    logs: LogSettings | None = None,
+    rate_limit: RateLimitSettings | None = None,
+) -> Litestar:
     database = database or DatabaseSettings.from_env("replay")
+    rate_limit = rate_limit or RateLimitSettings.from_env("replay")
     return build_app(
         service="replay",
         title="Sightline replay",
@@ -25,5 +31,9 @@ def create_app(database: DatabaseSettings | None = None, logs: LogSettings | Non
         route_handlers=[ReplayController, *PAGE_HANDLERS],
         database=database,
         logs=logs or LogSettings.from_env("replay"),
-        state={"project_cache": ProjectCache(), "statement_timeout_ms": database.statement_timeout_ms},
+        state={
+            "project_cache": ProjectCache(),
+            "rate_limit": TokenBuckets(rate_limit.requests_per_s, rate_limit.burst),
+            "statement_timeout_ms": database.statement_timeout_ms,
+        },
     )

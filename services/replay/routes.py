@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any
+from urllib.parse import unquote
 
 from litestar import Controller, Request, delete, get
 from litestar.datastructures import State
 from litestar.di import NamedDependency, Provide
+from litestar.openapi.spec import OpenAPIMediaType, OpenAPIResponse, Operation, Schema
+from litestar.openapi.spec.enums import OpenAPIFormat, OpenAPIType
 from litestar.params import FromPath, QueryParameter
 from litestar.response import Stream
 
@@ -95,6 +99,24 @@ def _text(field: str, value: str | None) -> str | None:
     return value
 
 
+PERSONS_PREFIX = "/v1/persons/"
+
+
+def _exact_path_tail(request: Request[Any, Any, Any], prefix: str, decoded: str) -> str:
+    """What follows prefix in the path as the client sent it, percent-decoded once.
+
+    A ``path`` parameter arrives normalised ("a//b/" becomes "/a/b"); the raw path keeps
+    every character of an id, so erasure deletes exactly the id that was named.
+    """
+    raw_path = request.scope.get("raw_path")
+    if isinstance(raw_path, bytes):
+        # Some servers (and test transports) leave the query string on; an unencoded "?" ends the path.
+        raw = raw_path.decode("latin-1").partition("?")[0]
+        if raw.startswith(prefix):
+            return unquote(raw[len(prefix) :], errors="replace")
+    return decoded.removeprefix("/")
+
+
 def _recording_format(request: Request[Any, Any, Any]) -> service.RecordingFormat:
     accept = request.headers.get("accept", "")
     if service.RecordingFormat.CHUNK_FRAMES.value in accept.lower():
@@ -102,7 +124,27 @@ def _recording_format(request: Request[Any, Any, Any]) -> service.RecordingForma
     return service.RecordingFormat.NDJSON
 
 
-AUTH_ERRORS = {401: "Missing or wrong secret key", 503: "The database cannot be reached; retry later"}
+@dataclass
+class RecordingOperation(Operation):
+    """The recording's 200 in the OpenAPI document: a stream in one of two formats, not JSON.
+
+    Litestar documents a Stream response as the handler's single media type (JSON by
+    default); this one answers whichever format Accept chose.
+    """
+
+    def __post_init__(self) -> None:
+        ok = self.responses.get("200") if self.responses else None
+        if isinstance(ok, OpenAPIResponse):
+            stream = OpenAPIMediaType(schema=Schema(type=OpenAPIType.STRING, format=OpenAPIFormat.BINARY))
+            ok.content = {output.value: stream for output in service.RecordingFormat}
+            ok.description = "The recording, streamed in the format Accept chose (see the description)"
+
+
+AUTH_ERRORS = {
+    401: "Missing or wrong secret key",
+    429: "The project is over its rate limit; retry after Retry-After seconds",
+    503: "The database cannot be reached; retry later",
+}
 
 
 class ReplayController(Controller):
@@ -183,6 +225,7 @@ class ReplayController(Controller):
         "/sessions/{session_id:str}/recording",
         summary="The session's rrweb events, streamed, from the nearest full snapshot before `from`",
         description=RECORDING_DESCRIPTION,
+        operation_class=RecordingOperation,
         responses=error_responses(
             {
                 **AUTH_ERRORS,
@@ -226,7 +269,9 @@ class ReplayController(Controller):
         )
 
     @delete(
-        "/persons/{distinct_id:str}",
+        # A path parameter, so that a distinctId holding "/" (sent as %2F, which the server has
+        # decoded before routing) can be erased too; the exact id is read back from the raw path.
+        "/persons/{distinct_id:path}",
         status_code=200,
         summary="Delete a person's events and recordings in this project (GDPR erasure)",
         description=(
@@ -236,8 +281,13 @@ class ReplayController(Controller):
         responses=error_responses({**AUTH_ERRORS, 422: "The distinctId is malformed"}),
     )
     async def delete_person(
-        self, project: NamedDependency[ProjectRecord], state: State, distinct_id: FromPath[str]
+        self,
+        request: Request[Any, Any, Any],
+        project: NamedDependency[ProjectRecord],
+        state: State,
+        distinct_id: FromPath[str],
     ) -> PersonDeletion:
+        distinct_id = _exact_path_tail(request, PERSONS_PREFIX, distinct_id)
         if not 1 <= len(distinct_id) <= 200 or "\x00" in distinct_id:
             raise ApiError(
                 422, "invalid_distinct_id", "A distinctId is 1 to 200 characters without NUL.", field="distinctId"

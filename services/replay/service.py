@@ -72,6 +72,9 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
     try:
         if started_at.tzinfo is None:
             raise ValueError("naive")
+        # No stored session id holds NUL (Postgres refuses it in text, so sending one is a 500).
+        if "\x00" in session_id:
+            raise ValueError("NUL")
         return started_at.astimezone(UTC), session_id
     except (ValueError, OverflowError) as exc:
         raise ApiError(422, "invalid_cursor", "The cursor is not one this API returned.", field="cursor") from exc
