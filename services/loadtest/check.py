@@ -16,7 +16,9 @@ class Acknowledged:
     """What one load-generator process's 202s acknowledged, and what its final failures left in doubt.
 
     A delivery that finally failed (a timeout, say) may still have been committed, so its rows
-    may or may not be stored; they are "in doubt", not lost.
+    may or may not be stored; they are "in doubt", not lost. So are the rows of a delivery that
+    the end of the run interrupted (Locust stops a user mid-request or mid-retry): the server
+    may have committed what the client never heard back about.
     """
 
     events: int = 0
@@ -26,6 +28,9 @@ class Acknowledged:
     failed_deliveries: int = 0
     events_in_failed_deliveries: int = 0
     replay_chunks_in_failed_deliveries: int = 0
+    interrupted_deliveries: int = 0
+    events_in_interrupted_deliveries: int = 0
+    replay_chunks_in_interrupted_deliveries: int = 0
 
     def __add__(self, other: Acknowledged) -> Acknowledged:
         return Acknowledged(**{f.name: getattr(self, f.name) + getattr(other, f.name) for f in fields(self)})
@@ -68,12 +73,17 @@ class DeliveryCheck:
 
 def compare(acknowledged: Acknowledged, stored: dict[str, int]) -> list[DeliveryCheck]:
     return [
-        DeliveryCheck("events", acknowledged.events, stored["events"], acknowledged.events_in_failed_deliveries),
+        DeliveryCheck(
+            "events",
+            acknowledged.events,
+            stored["events"],
+            acknowledged.events_in_failed_deliveries + acknowledged.events_in_interrupted_deliveries,
+        ),
         DeliveryCheck(
             "replay chunks",
             acknowledged.replay_chunks,
             stored["replay_chunks"],
-            acknowledged.replay_chunks_in_failed_deliveries,
+            acknowledged.replay_chunks_in_failed_deliveries + acknowledged.replay_chunks_in_interrupted_deliveries,
         ),
     ]
 

@@ -179,17 +179,27 @@ class Visitor(_Sender):
         name = FIRST_CHUNK if self.seq == 0 else f"POST {request.path}"
         self.seq += 1
         ACKNOWLEDGED.deliveries += 1
-        if self.deliver(request.path, name, request.body, self.headers):
+        delivered: bool | None = None
+        try:
+            delivered = self.deliver(request.path, name, request.body, self.headers)
+        finally:
+            # None: the run's end stopped this user mid-delivery (GreenletExit); the server
+            # may have committed rows the client never heard back about.
+            if delivered is None:
+                ACKNOWLEDGED.interrupted_deliveries += 1
+                ACKNOWLEDGED.events_in_interrupted_deliveries += request.events
+                ACKNOWLEDGED.replay_chunks_in_interrupted_deliveries += request.replay_chunks
+                if TIMELINE is not None:
+                    TIMELINE.rows("doubt", request.event_uuids, request.chunk_key)
+        if delivered:
             ACKNOWLEDGED.events += request.events
             ACKNOWLEDGED.replay_chunks += request.replay_chunks
-            if TIMELINE is not None:
-                TIMELINE.rows("ack", request.event_uuids, request.chunk_key)
         else:
             ACKNOWLEDGED.failed_deliveries += 1
             ACKNOWLEDGED.events_in_failed_deliveries += request.events
             ACKNOWLEDGED.replay_chunks_in_failed_deliveries += request.replay_chunks
-            if TIMELINE is not None:
-                TIMELINE.rows("doubt", request.event_uuids, request.chunk_key)
+        if TIMELINE is not None:
+            TIMELINE.rows("ack" if delivered else "doubt", request.event_uuids, request.chunk_key)
 
 
 class NoopVisitor(_Sender):

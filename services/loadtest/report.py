@@ -382,13 +382,14 @@ Granian workers, PgBouncer, Postgres with its backends, the load generator (all 
 
 Acknowledged = counted by the load generator for every 202 ({data.acknowledged_files} process file(s));
 stored = rows of this run's own project (id in `plan.json`). "In doubt" are rows of deliveries that finally
-failed (their commit may have happened after the client gave up).
+failed or that the run's end interrupted (their commit may have happened after the client gave up).
 
 | kind | acknowledged by 202 | stored | in doubt | verdict |
 | --- | --- | --- | --- | --- |
 {check_rows}
 
 Deliveries: {data.acknowledged.deliveries}, finally failed: {data.acknowledged.failed_deliveries},
+interrupted by the run's end: {data.acknowledged.interrupted_deliveries},
 retried attempts: {data.acknowledged.retried_attempts}.
 """
     report = folder / "report.md"

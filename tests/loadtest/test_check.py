@@ -52,3 +52,21 @@ def test_a_level_is_good_only_within_both_bounds_and_with_nothing_lost(tmp_path:
     assert not result(0.0011, 100, equal).good
     assert not result(0.0, 510, equal).good
     assert not result(0.0, 100, lost).good
+
+
+def test_rows_of_deliveries_the_run_end_interrupted_are_in_doubt_not_unexpected() -> None:
+    # 8 events and a chunk were in flight when Locust stopped their users; the server stored them.
+    acknowledged = Acknowledged(
+        events=96,
+        replay_chunks=15,
+        interrupted_deliveries=2,
+        events_in_interrupted_deliveries=8,
+        replay_chunks_in_interrupted_deliveries=1,
+    )
+    events, chunks = compare(acknowledged, {"events": 104, "replay_chunks": 16})
+    assert events == DeliveryCheck("events", 96, 104, 8)
+    assert chunks == DeliveryCheck("replay chunks", 15, 16, 1)
+    assert events.passed
+    assert chunks.passed
+    events, _ = compare(acknowledged, {"events": 105, "replay_chunks": 16})
+    assert not events.passed
