@@ -83,7 +83,7 @@ def load_page_file(path: Path, replacements: tuple[tuple[str, str], ...] = ()) -
     )
 
 
-def _accepts_gzip(accept_encoding: str) -> bool:
+def accepts_gzip(accept_encoding: str) -> bool:
     for coding in accept_encoding.lower().split(","):
         name, _, params = coding.strip().partition(";")
         if name.strip() in ("gzip", "*"):
@@ -94,7 +94,7 @@ def _accepts_gzip(accept_encoding: str) -> bool:
 def page_file_response(
     request: Request[Any, Any, Any], page_file: PageFile, extra_headers: Mapping[str, str] | None = None
 ) -> Response[bytes]:
-    use_gzip = _accepts_gzip(request.headers.get("accept-encoding", ""))
+    use_gzip = accepts_gzip(request.headers.get("accept-encoding", ""))
     # Each encoding is its own representation and so has its own strong ETag.
     etag = page_file.etag[:-1] + '-gzip"' if use_gzip else page_file.etag
     headers = {**PAGE_HEADERS, **(extra_headers or {}), "ETag": etag, "Vary": "Accept-Encoding"}

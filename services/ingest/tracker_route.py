@@ -17,6 +17,7 @@ from typing import Any
 from litestar import Request, Response, get
 
 from services.common.errors import ApiError
+from services.common.pages import accepts_gzip
 
 TRACKER_BUNDLE = Path(__file__).parent / "static" / "tracker.js"
 # The URL in sites' script tags carries no version, so a long cache would keep an old
@@ -48,14 +49,6 @@ def load_tracker_script(path: Path = TRACKER_BUNDLE) -> TrackerScript:
     return TrackerScript(plain, gzip.compress(plain, mtime=0), f'"{hashlib.sha256(plain).hexdigest()[:32]}"')
 
 
-def _accepts_gzip(accept_encoding: str) -> bool:
-    for coding in accept_encoding.lower().split(","):
-        name, _, params = coding.strip().partition(";")
-        if name.strip() in ("gzip", "*"):
-            return params.replace(" ", "") not in ("q=0", "q=0.0", "q=0.00", "q=0.000")
-    return False
-
-
 @get(
     "/tracker.js",
     summary="The browser tracker script",
@@ -68,7 +61,7 @@ def _accepts_gzip(accept_encoding: str) -> bool:
 )
 async def get_tracker_script(request: Request[Any, Any, Any]) -> Response[bytes]:
     script = load_tracker_script()
-    use_gzip = _accepts_gzip(request.headers.get("accept-encoding", ""))
+    use_gzip = accepts_gzip(request.headers.get("accept-encoding", ""))
     etag = script.gzip_etag if use_gzip else script.etag
     headers = {
         "Cache-Control": CACHE_CONTROL,

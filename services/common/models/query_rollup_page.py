@@ -6,10 +6,10 @@ Owned by the query service: rebuilt from events by services/query/rollup_reposit
 
 from __future__ import annotations
 
-from sqlalchemy import BigInteger, Column, Date, Float, Index, SmallInteger, Table, Text
+from sqlalchemy import BigInteger, Column, Date, Index, SmallInteger, Table, Text
 
 from services.common.models.base import Base
-from services.common.models.query_rollup_visit import Hll
+from services.common.models.query_rollup_visit import visit_and_metric_columns
 
 # One index per filterable column (migrations 0101, 0300): a filtered page query reads only its rows.
 FILTER_COLUMNS = ("page", "referrer", "utm_source", "utm_medium", "utm_campaign", "country", "browser", "os", "device")
@@ -24,21 +24,7 @@ def _page_rollup_table(name: str, period: str) -> Table:
         Column(period, Date, nullable=False),
         Column("grain", SmallInteger, nullable=False),
         Column("page", Text, nullable=False),
-        Column("referrer", Text),
-        Column("utm_source", Text),
-        Column("utm_medium", Text),
-        Column("utm_campaign", Text),
-        Column("country", Text),
-        Column("browser", Text),
-        Column("os", Text),
-        Column("device", Text),
-        Column("visitors", Hll, nullable=False),
-        Column("sessions", BigInteger, nullable=False),
-        Column("bounces", BigInteger, nullable=False),
-        Column("duration_s", Float, nullable=False),
-        Column("pageviews", BigInteger, nullable=False),
-        Column("events", BigInteger, nullable=False),
-        Column("session_pageviews", BigInteger, nullable=False),
+        *visit_and_metric_columns(),
         Index(f"ix_{name}_project_id_grain_{period}", "project_id", "grain", period),
         *(
             Index(f"ix_{name}_project_id_grain_{column}_{period}", "project_id", "grain", column, period)

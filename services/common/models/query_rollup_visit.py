@@ -28,6 +28,27 @@ class Hll(UserDefinedType[Any]):
 ischema_names["hll"] = Hll
 
 
+def visit_and_metric_columns() -> list[Column[Any]]:
+    """The visit dimensions and the measures, the same in every rollup table (new objects per table)."""
+    return [
+        Column("referrer", Text),
+        Column("utm_source", Text),
+        Column("utm_medium", Text),
+        Column("utm_campaign", Text),
+        Column("country", Text),
+        Column("browser", Text),
+        Column("os", Text),
+        Column("device", Text),
+        Column("visitors", Hll, nullable=False),
+        Column("sessions", BigInteger, nullable=False),
+        Column("bounces", BigInteger, nullable=False),
+        Column("duration_s", Float, nullable=False),
+        Column("pageviews", BigInteger, nullable=False),
+        Column("events", BigInteger, nullable=False),
+        Column("session_pageviews", BigInteger, nullable=False),
+    ]
+
+
 query_rollup_visits = Table(
     "query_rollup_visits",
     Base.metadata,
@@ -35,20 +56,6 @@ query_rollup_visits = Table(
     Column("day", Date, nullable=False),
     # GROUPING() bit mask of the visit dimensions a row is not grouped by (its grouping set).
     Column("grain", SmallInteger, nullable=False),
-    Column("referrer", Text),
-    Column("utm_source", Text),
-    Column("utm_medium", Text),
-    Column("utm_campaign", Text),
-    Column("country", Text),
-    Column("browser", Text),
-    Column("os", Text),
-    Column("device", Text),
-    Column("visitors", Hll, nullable=False),
-    Column("sessions", BigInteger, nullable=False),
-    Column("bounces", BigInteger, nullable=False),
-    Column("duration_s", Float, nullable=False),
-    Column("pageviews", BigInteger, nullable=False),
-    Column("events", BigInteger, nullable=False),
-    Column("session_pageviews", BigInteger, nullable=False),
+    *visit_and_metric_columns(),
     Index("ix_query_rollup_visits_project_id_grain_day", "project_id", "grain", "day"),
 )
