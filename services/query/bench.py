@@ -198,7 +198,7 @@ async def build_rollups(database: DatabaseSettings) -> None:
         while True:
             rebuilt += await refresh_until_current(engine, 10)
             async with engine.connect() as connection:
-                # The query service's own refresher may hold some days (or weeks); wait for those too.
+                # A query service running its refresher may hold some days (or weeks); wait for those too.
                 if not await rollup_repository.count_days_to_build(
                     connection
                 ) and not await rollup_repository.weeks_to_build(connection, 1):
@@ -206,7 +206,7 @@ async def build_rollups(database: DatabaseSettings) -> None:
             await asyncio.sleep(1)
         log(
             f"rollups: all days and complete weeks current after {time.monotonic() - started:.1f} s"
-            f" ({rebuilt} rebuilt here, the rest by the query service's refresher)"
+            f" ({rebuilt} days and weeks rebuilt here)"
         )
     finally:
         await engine.dispose()
@@ -217,12 +217,15 @@ def percentile(samples: list[float], share: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, round(share * len(ordered) + 0.5) - 1))]
 
 
-async def measure(base_url: str, secret_key: str, runs: int) -> list[dict[str, Any]]:
+async def measure(
+    base_url: str, secret_key: str, runs: int, calls: tuple[str, ...] = tuple(STANDARD_CALLS)
+) -> list[dict[str, Any]]:
     headers = {"Authorization": f"Bearer {secret_key}"}
     figures: list[dict[str, Any]] = []
     async with httpx.AsyncClient(base_url=base_url, headers=headers, timeout=60) as client:
         for filter_name, filters in FILTERS.items():
-            for call_name, spec in STANDARD_CALLS.items():
+            for call_name in calls:
+                spec = STANDARD_CALLS[call_name]
                 body = {**spec, "period": "30d", "filters": filters}
                 timings: list[float] = []
                 response = await client.post("/v1/query", json=body)  # warm-up, not timed
@@ -249,6 +252,42 @@ async def measure(base_url: str, secret_key: str, runs: int) -> list[dict[str, A
                     f"  p95 {figures[-1]['p95_ms']:7.1f} ms  ({meta['source']})"
                 )
     return figures
+
+
+async def measure_without_weeks(
+    admin_settings: AdminDatabaseSettings, project_id: int, base_url: str, secret_key: str, runs: int
+) -> list[dict[str, Any]]:
+    """Top pages again with the weekly page rows hidden, so every day is read from the daily rows.
+
+    The weeks' stamps are taken out for the measurement and put back after it. The query
+    service's refresher must be off (the Makefile's bench stack runs it with interval 0), or it
+    would rebuild the weeks meanwhile.
+    """
+    engine = create_admin_engine(admin_settings)
+    try:
+        async with engine.begin() as connection:
+            result = await connection.execute(
+                text("DELETE FROM query_rollup_weeks WHERE project_id = :project_id RETURNING week, days_built_at"),
+                {"project_id": project_id},
+            )
+            stamps = [
+                {"project_id": project_id, "week": row.week, "days_built_at": row.days_built_at} for row in result
+            ]
+        log(f"timing top pages with the {len(stamps)} weekly stamps hidden ...")
+        try:
+            return await measure(base_url, secret_key, runs, calls=("top pages",))
+        finally:
+            if stamps:
+                async with engine.begin() as connection:
+                    await connection.execute(
+                        text(
+                            "INSERT INTO query_rollup_weeks (project_id, week, days_built_at)"
+                            " VALUES (:project_id, :week, :days_built_at)"
+                        ),
+                        stamps,
+                    )
+    finally:
+        await engine.dispose()
 
 
 async def explain(admin_settings: AdminDatabaseSettings, project: dict[str, Any], names: list[str]) -> None:
@@ -338,9 +377,25 @@ async def main(arguments: argparse.Namespace) -> None:
     figures = await measure(base_url, str(project["secretKey"]), arguments.runs)
     report = markdown(figures, arguments.runs)
     log(report)
+    daily_only: list[dict[str, Any]] = []
+    if arguments.compare_daily:
+        daily_only = await measure_without_weeks(
+            admin_settings, int(project["id"]), base_url, str(project["secretKey"]), arguments.runs
+        )
+        log("without the weekly rows (daily rows only):")
+        log(markdown(daily_only, arguments.runs))
     if arguments.out:
         Path(arguments.out).write_text(
-            json.dumps({"events": own, "all_events": total, "runs": arguments.runs, "figures": figures}, indent=2)
+            json.dumps(
+                {
+                    "events": own,
+                    "all_events": total,
+                    "runs": arguments.runs,
+                    "figures": figures,
+                    "daily_only": daily_only,
+                },
+                indent=2,
+            )
             + "\n"
         )
         log(f"figures written to {arguments.out}")
@@ -356,6 +411,11 @@ def cli() -> None:
         nargs="*",
         metavar="CALL[/FILTER]",
         help="only print the plans of these calls, e.g. 'top pages' 'overview/country is DE'",
+    )
+    parser.add_argument(
+        "--compare-daily",
+        action="store_true",
+        help="then time top pages again with the weekly page rows hidden (daily rows only)",
     )
     parser.add_argument("--out", default="/tmp/sightline-bench-query.json", help="JSON file for the figures")
     asyncio.run(main(parser.parse_args()))

@@ -68,9 +68,10 @@ class QueryController(Controller):
         day, as in Google Analytics). referrer, utm_*, country, browser, os, device, entry_page and
         exit_page describe the visit (its first event, or first/last pageview).
 
-        Queries whose dimensions and filters a per-day rollup holds (visit dimensions; or page with
-        country/device) read the rollups for days already rolled up and raw events for the rest; there
-        unique visitors are HyperLogLog estimates, stated in `meta`. Every other figure is exact.
+        Queries whose dimensions and filters a rollup holds (visit dimensions; or page with at most one
+        visit dimension) read the per-day rollups (page rows also pre-combined per complete week) for days
+        already rolled up and raw events for the rest; there unique visitors are HyperLogLog estimates,
+        stated in `meta`. Every other figure is exact.
         """
         async with read_transaction(state) as connection:
             return await service.run_query(connection, project, data, datetime.now(UTC), state.query_settings)
