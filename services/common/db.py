@@ -9,11 +9,12 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import asyncpg
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from services.common.settings import AdminDatabaseSettings, DatabaseSettings
-from services.common.telemetry import tracer
+from services.common.telemetry import step_span
 
 
 def _unnamed_statement() -> str:
@@ -78,13 +79,25 @@ async def set_statement_timeout(connection: AsyncConnection, timeout_ms: int) ->
     )
 
 
+async def asyncpg_connection(connection: AsyncConnection) -> asyncpg.Connection:
+    """The asyncpg connection under a pooled SQLAlchemy one, for the few hot paths that skip the adapter.
+
+    Statements on it must run inside a transaction (asyncpg's ``transaction()``, or one that
+    SQLAlchemy began): see _unnamed_statement.
+    """
+    driver = (await connection.get_raw_connection()).driver_connection
+    if not isinstance(driver, asyncpg.Connection):
+        raise RuntimeError("the pooled connection has no asyncpg connection")
+    return driver
+
+
 @asynccontextmanager
 async def read_connection(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
     """A pooled connection for reads (SQLAlchemy begins a transaction on first use).
 
     The wait for it gets its own span, like in transaction().
     """
-    with tracer.start_as_current_span("db.pool_checkout"):
+    with step_span("db.pool_checkout"):
         pooled = await engine.connect().start()
     try:
         yield pooled
@@ -99,7 +112,7 @@ async def transaction(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
     The wait for a pooled connection gets its own span: under load it is where time goes
     when a worker's pool is too small.
     """
-    with tracer.start_as_current_span("db.pool_checkout"):
+    with step_span("db.pool_checkout"):
         connection = await engine.connect().start()
     try:
         async with connection.begin():

@@ -11,7 +11,7 @@ from litestar.params import JSONBody
 from litestar.status_codes import HTTP_202_ACCEPTED
 
 from services.common.errors import ApiError, error_responses
-from services.common.telemetry import tracer
+from services.common.telemetry import step_span
 from services.ingest.decoding import check_content_headers, decode_json, gunzip_bounded
 from services.ingest.enrichment import client_ip, origin_host
 from services.ingest.schemas import Accepted, EventBatch, ReplayChunkBody
@@ -47,12 +47,12 @@ class TrackerRequest(Request[Any, Any, Any]):
         is_gzip = check_content_headers(self.headers.get("content-type"), self.headers.get("content-encoding"))
         body = await self.body()
         if is_gzip:
-            with tracer.start_as_current_span("ingest.decompress") as span:
+            with step_span("ingest.decompress") as span:
                 span.set_attribute("sightline.compressed_bytes", len(body))
                 body = gunzip_bounded(body, limits.max_decompressed_bytes)
         elif len(body) > limits.max_decompressed_bytes:
             raise ApiError(413, "payload_too_large", f"The body is larger than {limits.max_decompressed_bytes} bytes.")
-        with tracer.start_as_current_span("ingest.decode_json") as span:
+        with step_span("ingest.decode_json") as span:
             span.set_attribute("sightline.json_bytes", len(body))
             try:
                 return decode_json(body, body_type)

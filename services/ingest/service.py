@@ -11,7 +11,7 @@ from services.common.auth import ProjectCache, project_for_public_key
 from services.common.errors import ApiError
 from services.common.project_repository import ProjectRecord
 from services.common.rate_limit import TokenBuckets
-from services.common.telemetry import tracer
+from services.common.telemetry import step_span
 from services.ingest import enrichment
 from services.ingest.enrichment import CountryLookup, UrlError
 from services.ingest.repository import ChunkRow, EventRow
@@ -58,7 +58,7 @@ class IngestService:
 
     async def ingest_events(self, batch: EventBatch, context: RequestContext) -> int:
         project = await self._project(batch.project_key)
-        with tracer.start_as_current_span("ingest.enrich") as span:
+        with step_span("ingest.enrich") as span:
             rows = self._event_rows(batch, project, context)
             span.set_attribute("sightline.events", len(rows))
         await self._writer.submit(rows, [])
@@ -75,7 +75,7 @@ class IngestService:
                 f"A chunk may hold at most {self._settings.max_rrweb_events_per_chunk} rrweb events.",
                 field="events",
             )
-        with tracer.start_as_current_span("ingest.enrich"):
+        with step_span("ingest.enrich"):
             row = self._chunk_row(chunk, stored_body, content_encoding, project, context)
         # rrweb timestamps come from the client's clock with nothing to correct it by;
         # refuse what no plausible clock would say.

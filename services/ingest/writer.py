@@ -22,9 +22,9 @@ from dataclasses import dataclass, field
 
 import asyncpg
 from opentelemetry import trace
-from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from services.common.db import asyncpg_connection
 from services.common.errors import ApiError, ServiceUnavailable, is_database_unavailable
 from services.common.telemetry import tracer, unsampled_span
 from services.ingest import repository
@@ -187,18 +187,25 @@ class BatchWriter:
                 timings = batch[0].timings or BatchTimings(picked_at=time.perf_counter())
                 async with self._engine.connect() as connection:
                     timings.connected_at = time.perf_counter()
-                    async with connection.begin():
-                        # Chunks first: inserting events fires the query rollups' trigger, which
-                        # holds the (project, day) counter row until commit, so concurrent
-                        # batches wait on it; the chunks (tens of kB) stay outside that window.
-                        await repository.insert_replay_chunks(connection, chunks)
-                        await repository.insert_events(connection, events)
-                        timings.written_at = time.perf_counter()
+                    driver = await asyncpg_connection(connection)
+                    try:
+                        async with driver.transaction():
+                            # Chunks first: inserting events fires the query rollups' trigger,
+                            # which holds the (project, day) counter row until commit, so
+                            # concurrent batches wait on it; the chunks (tens of kB) stay
+                            # outside that window.
+                            await repository.insert_replay_chunks(driver, chunks)
+                            await repository.insert_events(driver, events)
+                            timings.written_at = time.perf_counter()
+                    except BaseException as exc:
+                        if is_database_unavailable(exc) or not isinstance(exc, Exception):
+                            # SQLAlchemy did not see this fail: keep the link out of the pool.
+                            await connection.invalidate()
+                        raise
                     timings.committed_at = time.perf_counter()
                 return
-            except sa_exc.DBAPIError as exc:
-                sqlstate = getattr(exc.orig, "sqlstate", None) or getattr(exc.orig, "pgcode", None)
-                if sqlstate in _RETRYABLE_SQLSTATES and attempt < _MAX_RETRIES:
+            except asyncpg.PostgresError as exc:
+                if exc.sqlstate in _RETRYABLE_SQLSTATES and attempt < _MAX_RETRIES:
                     continue
                 raise
 
@@ -231,9 +238,8 @@ def _unique_chunks(rows: list[ChunkRow]) -> list[ChunkRow]:
 def _client_error(exc: Exception) -> Exception:
     if is_database_unavailable(exc):
         return ServiceUnavailable("database_unavailable", "The database cannot be reached right now; retry later.")
-    driver_error = exc.orig.__cause__ if isinstance(exc, sa_exc.DBAPIError) and exc.orig is not None else None
-    if isinstance(driver_error, asyncpg.DataError):
-        return ApiError(422, "rejected_by_database", f"The database refused a value: {driver_error}.")
+    if isinstance(exc, asyncpg.DataError):
+        return ApiError(422, "rejected_by_database", f"The database refused a value: {exc}.")
     logger.error("batch write failed", exc_info=exc)
     return exc
 

@@ -31,6 +31,12 @@ class QuerySettings:
     # How often each query worker looks for days to rebuild; 0 turns the background refresher
     # off (then `sightline rollup` must run).
     rollup_interval_s: float = 30.0
+    # At most this share of the refresher's time is spent rebuilding: after a round that took
+    # b seconds it waits at least b * (1 - share) / share. Rebuilding a day recomputes it from
+    # its events, so a busy day costs more each round; this keeps that cost a bounded share
+    # of a Postgres core (a day whose rebuild is spaced out past rollup_max_staleness_s is
+    # read from events meanwhile, exact and slower).
+    rollup_max_busy_share: float = 0.1
     # Days rebuilt per round, newest first, so one round stays short.
     rollup_days_per_round: int = 40
     # Where the dashboard page links for session recordings: the replay service's base URL as
@@ -44,6 +50,7 @@ class QuerySettings:
             rollups=environ.get("SIGHTLINE_QUERY_ROLLUPS", "on").lower() not in ("off", "0", "false", "no"),
             rollup_max_staleness_s=_number(environ, "ROLLUP_MAX_STALENESS_S", cls.rollup_max_staleness_s),
             rollup_interval_s=_number(environ, "ROLLUP_INTERVAL_S", cls.rollup_interval_s),
+            rollup_max_busy_share=_number(environ, "ROLLUP_MAX_BUSY_SHARE", cls.rollup_max_busy_share),
             rollup_days_per_round=int(_number(environ, "ROLLUP_DAYS_PER_ROUND", cls.rollup_days_per_round)),
             replay_url=_replay_url(environ),
         )

@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.common.db import read_connection, set_statement_timeout, transaction
 from services.common.errors import ApiError
-from services.common.telemetry import tracer
+from services.common.telemetry import step_span, tracer
 from services.replay import repository
 from services.replay.repository import ChunkBody, ChunkIndexRow, ReadBatch, SessionFilters, SessionRow
 from services.replay.schemas import ChunkEntry, PersonDeletion, SessionDetail, SessionPage, SessionSummary
@@ -200,7 +200,7 @@ async def open_recording(
     """
     if from_ms is not None and to_ms is not None and to_ms < from_ms:
         raise ApiError(422, "invalid_window", "'to' must not be before 'from'.", field="to")
-    with tracer.start_as_current_span("replay.read_chunks") as span:
+    with step_span("replay.read_chunks") as span:
         opened = await _plan_and_read_first(engine, project_id, session_id, from_ms, to_ms)
         span.set_attribute("sightline.chunks", len(opened.first_batch))
     return opened
@@ -234,7 +234,7 @@ async def _plan_and_read_first(
 
 
 async def _read_batch(engine: AsyncEngine, project_id: int, session_id: str, batch: ReadBatch) -> list[ChunkBody]:
-    with tracer.start_as_current_span("replay.read_chunks") as span:
+    with step_span("replay.read_chunks") as span:
         span.set_attribute("sightline.first_seq", batch.first_seq)
         span.set_attribute("sightline.last_seq", batch.last_seq)
         async with read_connection(engine) as connection:

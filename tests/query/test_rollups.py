@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.query import rollup_repository
 from services.query.app import create_app
+from services.query.rollups import pause_after_round
 from services.query.repository import (
     HLL_RELATIVE_STANDARD_ERROR,
     PAGES_CUBE,
@@ -244,3 +245,19 @@ async def test_complete_weeks_are_read_from_weekly_rows_with_the_same_figures(
     await build_rollups(engine, project)
     assert await usable_weeks_of(engine, project_id) == {"2026-01-05", "2026-01-12", "2026-01-19"}
     assert [rows for rows, _ in await answers(strict)] == [rows for rows, _ in with_late_event]
+
+
+@pytest.mark.parametrize(
+    ("busy_s", "share", "expected_s"),
+    [
+        (0.5, 0.1, 30.0),  # a cheap round: the interval
+        (5.0, 0.1, 45.0),  # 5 s of rebuilding, then 45 s of rest: 10 % of the time
+        (5.0, 0.5, 30.0),
+        (60.0, 0.2, 240.0),
+    ],
+)
+def test_the_refresher_spaces_rounds_out_so_rebuilding_stays_under_its_share(
+    busy_s: float, share: float, expected_s: float
+) -> None:
+    settings = QuerySettings(rollup_interval_s=30.0, rollup_max_busy_share=share)
+    assert pause_after_round(busy_s, settings) == pytest.approx(expected_s)
