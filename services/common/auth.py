@@ -7,9 +7,6 @@ queries. A revoked or rotated key stops working within ``ttl_s``.
 
 from __future__ import annotations
 
-import asyncio
-import time
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -22,13 +19,11 @@ from services.common.errors import ApiError
 from services.common.keys import SECRET_KEY_PREFIX, hash_secret_key
 from services.common.project_repository import ProjectRecord
 from services.common.rate_limit import TokenBuckets
-
-_MISSING = object()
-Finder = Callable[[], Awaitable[ProjectRecord | None]]
+from services.common.ttl_cache import SharedTtlCache
 
 
-class ProjectCache:
-    """A small TTL cache from key to project (or to "no such project"), one lookup per key at a time.
+class ProjectCache(SharedTtlCache[str, ProjectRecord | None]):
+    """Key to project (or to "no such project") for ttl_s, one lookup per key at a time.
 
     Every tracker request of a site carries the same key, so when its entry expires (every ttl_s,
     or after a database outage) hundreds of requests miss at once. Each running its own lookup
@@ -38,46 +33,7 @@ class ProjectCache:
     """
 
     def __init__(self, ttl_s: float = 30.0, max_entries: int = 10_000) -> None:
-        self._ttl_s = ttl_s
-        self._max_entries = max_entries
-        self._entries: OrderedDict[str, tuple[float, ProjectRecord | None]] = OrderedDict()
-        self._loading: dict[str, asyncio.Future[ProjectRecord | None]] = {}
-
-    def get(self, key: str) -> ProjectRecord | None | object:
-        entry = self._entries.get(key)
-        if entry is None or entry[0] < time.monotonic():
-            return _MISSING
-        return entry[1]
-
-    def put(self, key: str, project: ProjectRecord | None) -> None:
-        self._entries[key] = (time.monotonic() + self._ttl_s, project)
-        self._entries.move_to_end(key)
-        while len(self._entries) > self._max_entries:
-            self._entries.popitem(last=False)
-
-    async def load(self, key: str, find: Finder) -> ProjectRecord | None:
-        """find()'s answer, cached; concurrent misses of one key share a single find()."""
-        loading = self._loading.get(key)
-        if loading is None:
-            loading = asyncio.ensure_future(self._find_and_put(key, find))
-            # If every waiter was cancelled, nobody reads a failure: take it so it is not logged as lost.
-            loading.add_done_callback(_consume_outcome)
-            self._loading[key] = loading
-        # shield: a client that goes away must not cancel the lookup others are waiting for.
-        return await asyncio.shield(loading)
-
-    async def _find_and_put(self, key: str, find: Finder) -> ProjectRecord | None:
-        try:
-            project = await find()
-            self.put(key, project)
-            return project
-        finally:
-            self._loading.pop(key, None)
-
-
-def _consume_outcome(future: asyncio.Future[ProjectRecord | None]) -> None:
-    if not future.cancelled():
-        future.exception()
+        super().__init__(ttl_s, max_entries)
 
 
 async def project_for_public_key(engine: AsyncEngine, cache: ProjectCache, public_key: str) -> ProjectRecord | None:
@@ -94,15 +50,11 @@ async def _cached(
     key: str,
     find: Callable[[AsyncConnection, str], Awaitable[ProjectRecord | None]],
 ) -> ProjectRecord | None:
-    cached = cache.get(key)
-    if cached is not _MISSING:
-        return cached  # type: ignore[return-value]
-
     async def look_up() -> ProjectRecord | None:
         async with engine.connect() as connection:
             return await find(connection, key)
 
-    return await cache.load(key, look_up)
+    return await cache.get_or_load(key, look_up)
 
 
 async def provide_read_project(request: Request[Any, Any, Any], state: State) -> ProjectRecord:

@@ -13,9 +13,11 @@ from services.common.app import build_app
 from services.common.auth import ProjectCache
 from services.common.rate_limit import TokenBuckets
 from services.common.settings import DatabaseSettings, LogSettings, RateLimitSettings
+from services.common.ttl_cache import SharedTtlCache
 from services.query.pages import PAGE_HANDLERS
 from services.query.rollups import run_refresher
 from services.query.routes import QueryController
+from services.query.schemas import RealtimeResponse
 from services.query.settings import QuerySettings
 
 DESCRIPTION = (
@@ -61,5 +63,6 @@ def create_app(
             "rate_limit": TokenBuckets(rate_limit.requests_per_s, rate_limit.burst),
             "statement_timeout_ms": database.statement_timeout_ms,
             "query_settings": settings,
+            "realtime_cache": SharedTtlCache[int, RealtimeResponse](ttl_s=settings.realtime_cache_s),
         },
     )

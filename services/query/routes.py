@@ -16,6 +16,7 @@ from services.common.auth import provide_read_project
 from services.common.db import set_statement_timeout
 from services.common.errors import error_responses
 from services.common.project_repository import ProjectRecord
+from services.common.ttl_cache import SharedTtlCache
 from services.query import repository, service
 from services.query.schemas import (
     FunnelResponse,
@@ -78,8 +79,15 @@ class QueryController(Controller):
 
     @get("/realtime", summary="Visitors in the last 5 minutes", responses=error_responses(_READ_ERRORS))
     async def realtime(self, state: State, project: NamedDependency[ProjectRecord]) -> RealtimeResponse:
-        async with read_transaction(state) as connection:
-            return await service.realtime(connection, project, datetime.now(UTC))
+        """Counted from events; every open dashboard polls it, so one answer per project serves all
+        callers for SIGHTLINE_QUERY_REALTIME_CACHE_S (5 s)."""
+
+        async def count() -> RealtimeResponse:
+            async with read_transaction(state) as connection:
+                return await service.realtime(connection, project, datetime.now(UTC))
+
+        realtime_cache: SharedTtlCache[int, RealtimeResponse] = state.realtime_cache
+        return await realtime_cache.get_or_load(project.project_id, count)
 
     @post(
         "/funnel",

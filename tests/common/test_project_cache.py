@@ -21,7 +21,7 @@ async def test_concurrent_misses_of_one_key_share_a_single_lookup() -> None:
         await answer.wait()
         return None  # "no such project" is cached like a project
 
-    waiting = [asyncio.create_task(cache.load("pk_unknown", find)) for _ in range(50)]
+    waiting = [asyncio.create_task(cache.get_or_load("pk_unknown", find)) for _ in range(50)]
     await asyncio.sleep(0.01)
     answer.set()
     assert await asyncio.gather(*waiting) == [None] * 50
@@ -40,7 +40,7 @@ async def test_a_failed_lookup_fails_every_waiter_and_the_next_miss_looks_again(
         await answer.wait()
         raise ConnectionRefusedError("database down")
 
-    waiting = [asyncio.create_task(cache.load("pk_a", unreachable)) for _ in range(5)]
+    waiting = [asyncio.create_task(cache.get_or_load("pk_a", unreachable)) for _ in range(5)]
     await asyncio.sleep(0.01)
     answer.set()
     results = await asyncio.gather(*waiting, return_exceptions=True)
@@ -50,7 +50,7 @@ async def test_a_failed_lookup_fails_every_waiter_and_the_next_miss_looks_again(
     async def found() -> ProjectRecord | None:
         return None
 
-    assert await cache.load("pk_a", found) is None  # not stuck on the failed lookup
+    assert await cache.get_or_load("pk_a", found) is None  # not stuck on the failed lookup
 
 
 async def test_a_cancelled_waiter_does_not_cancel_the_lookup_of_the_others() -> None:
@@ -61,8 +61,8 @@ async def test_a_cancelled_waiter_does_not_cancel_the_lookup_of_the_others() -> 
         await answer.wait()
         return None
 
-    first = asyncio.create_task(cache.load("pk_b", find))
-    second = asyncio.create_task(cache.load("pk_b", find))
+    first = asyncio.create_task(cache.get_or_load("pk_b", find))
+    second = asyncio.create_task(cache.get_or_load("pk_b", find))
     await asyncio.sleep(0.01)
     first.cancel()
     answer.set()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
@@ -13,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from services.query.app import create_app
 from services.query.schemas import QuerySpec
 from services.query.service import resolve_range
+from services.query.settings import QuerySettings
 from tests.harness import DatabaseHarness
 from tests.query.conftest import RANGE, Dataset, Event, auth, berlin, insert_events, new_project, query, table
 
@@ -142,6 +144,24 @@ async def test_realtime_counts_the_last_five_minutes(
     assert response.status_code == 200
     assert response.json() == {"visitors": 2, "pageviews": 2, "window_seconds": 300}
     assert (await client.get("/v1/realtime", headers={"Authorization": "Bearer sk_wrong"})).status_code == 401
+
+
+async def test_realtime_is_counted_once_per_project_for_the_cache_time(
+    db: DatabaseHarness, engine: AsyncEngine
+) -> None:
+    project, other = await new_project(db), await new_project(db)
+    now = datetime.now(UTC)
+    await insert_events(engine, int(project["id"]), [Event("a", "sa", now - timedelta(minutes=1))])
+    await insert_events(engine, int(other["id"]), [Event("z", "sz", now - timedelta(minutes=1))])
+    app = create_app(db.database, query_settings=QuerySettings(rollup_interval_s=0, realtime_cache_s=0.5))
+    async with AsyncTestClient(app) as client:
+        assert (await client.get("/v1/realtime", headers=auth(project))).json()["visitors"] == 1
+        await insert_events(engine, int(project["id"]), [Event("b", "sb", now - timedelta(minutes=1))])
+        # Within the cache time: the same answer for this project; the other project has its own.
+        assert (await client.get("/v1/realtime", headers=auth(project))).json()["visitors"] == 1
+        assert (await client.get("/v1/realtime", headers=auth(other))).json()["visitors"] == 1
+        await asyncio.sleep(0.6)
+        assert (await client.get("/v1/realtime", headers=auth(project))).json()["visitors"] == 2
 
 
 def spec(period: str) -> QuerySpec:

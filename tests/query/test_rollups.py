@@ -12,7 +12,6 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.query import rollup_repository
 from services.query.app import create_app
-from services.query.rollups import pause_after_round
 from services.query.repository import (
     HLL_RELATIVE_STANDARD_ERROR,
     PAGES_CUBE,
@@ -21,6 +20,7 @@ from services.query.repository import (
     FilterClause,
     cube_for,
 )
+from services.query.rollups import pause_after_round
 from services.query.settings import QuerySettings
 from tests.harness import DatabaseHarness
 from tests.query.conftest import (
