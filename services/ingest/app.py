@@ -47,6 +47,7 @@ def create_app(
             WriterLimits(
                 linger_s=settings.writer_linger_ms / 1000,
                 max_batch_rows=settings.writer_max_batch_rows,
+                max_batch_chunk_bytes=settings.writer_max_batch_chunk_bytes,
                 max_queue_rows=settings.writer_max_queue_rows,
                 concurrency=settings.writer_concurrency,
                 commit_timeout_s=settings.writer_commit_timeout_s,

@@ -34,6 +34,8 @@ class IngestSettings:
     # Past a few hundred rows a statement gets slower per row (measured: 40 us/row at 256
     # rows, 88 us/row at 1,000), so big backlogs go in several transactions.
     writer_max_batch_rows: int = 500
+    # Stored replay bytes per batch (one batch is one message to Postgres, hex-encoded).
+    writer_max_batch_chunk_bytes: int = 8 * MIB
     writer_max_queue_rows: int = 50_000
     writer_concurrency: int = 2
     # A request waits at most this long for its rows to commit, then answers 503; a retry
@@ -71,6 +73,7 @@ class IngestSettings:
             max_event_age_days=env.integer("MAX_EVENT_AGE_DAYS", cls.max_event_age_days),
             writer_linger_ms=env.number("WRITER_LINGER_MS", cls.writer_linger_ms),
             writer_max_batch_rows=env.integer("WRITER_MAX_BATCH_ROWS", cls.writer_max_batch_rows),
+            writer_max_batch_chunk_bytes=env.integer("WRITER_MAX_BATCH_CHUNK_BYTES", cls.writer_max_batch_chunk_bytes),
             writer_max_queue_rows=env.integer("WRITER_MAX_QUEUE_ROWS", cls.writer_max_queue_rows),
             writer_concurrency=env.integer("WRITER_CONCURRENCY", cls.writer_concurrency),
             writer_commit_timeout_s=env.number("WRITER_COMMIT_TIMEOUT_S", cls.writer_commit_timeout_s),

@@ -43,7 +43,6 @@ class BatchTimings:
 
     picked_at: float = 0.0
     connected_at: float = 0.0
-    written_at: float = 0.0
     committed_at: float = 0.0
 
 
@@ -60,11 +59,17 @@ class Submission:
     def rows(self) -> int:
         return len(self.events) + len(self.chunks)
 
+    @property
+    def chunk_bytes(self) -> int:
+        return sum(len(chunk.data) for chunk in self.chunks)
+
 
 @dataclass(frozen=True)
 class WriterLimits:
     linger_s: float
     max_batch_rows: int
+    # Replay bytes per batch: a batch is one message, and a chunk may be megabytes.
+    max_batch_chunk_bytes: int
     max_queue_rows: int
     concurrency: int
     commit_timeout_s: float
@@ -125,12 +130,19 @@ class BatchWriter:
 
     def _take_batch(self) -> list[Submission]:
         batch: list[Submission] = []
-        rows = 0
+        rows = chunk_bytes = 0
         timings = BatchTimings(picked_at=time.perf_counter())
-        while self._queue and (not batch or rows + self._queue[0].rows <= self._limits.max_batch_rows):
+        while self._queue and (
+            not batch
+            or (
+                rows + self._queue[0].rows <= self._limits.max_batch_rows
+                and chunk_bytes + self._queue[0].chunk_bytes <= self._limits.max_batch_chunk_bytes
+            )
+        ):
             submission = self._queue.popleft()
             submission.timings = timings
             rows += submission.rows
+            chunk_bytes += submission.chunk_bytes
             batch.append(submission)
         self._queued_rows -= rows
         return batch
@@ -189,14 +201,8 @@ class BatchWriter:
                     timings.connected_at = time.perf_counter()
                     driver = await asyncpg_connection(connection)
                     try:
-                        async with driver.transaction():
-                            # Chunks first: inserting events fires the query rollups' trigger,
-                            # which holds the (project, day) counter row until commit, so
-                            # concurrent batches wait on it; the chunks (tens of kB) stay
-                            # outside that window.
-                            await repository.insert_replay_chunks(driver, chunks)
-                            await repository.insert_events(driver, events)
-                            timings.written_at = time.perf_counter()
+                        # One message, one implicit transaction: committed when it returns.
+                        await repository.write_batch(driver, events, chunks)
                     except BaseException as exc:
                         if is_database_unavailable(exc) or not isinstance(exc, Exception):
                             # SQLAlchemy did not see this fail: keep the link out of the pool.
@@ -254,11 +260,12 @@ def _record_write_spans(submission: Submission) -> None:
     if timings is None or not tracer_is_recording():
         return
     epoch_offset_ns = time.time_ns() - time.perf_counter_ns()
+    # The statements and their commit are one round trip (repository.write_batch), so the commit
+    # has no span of its own: it is inside db.sql.
     steps = (
         ("ingest.writer.queue_wait", submission.enqueued_at, timings.picked_at),
         ("db.pool_checkout", timings.picked_at, timings.connected_at),
-        ("db.sql", timings.connected_at, timings.written_at),
-        ("db.commit", timings.written_at, timings.committed_at),
+        ("db.sql", timings.connected_at, timings.committed_at),
     )
     for name, started, ended in steps:
         if started and ended >= started:

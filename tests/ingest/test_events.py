@@ -195,3 +195,28 @@ async def test_bots_are_stored_flagged(
         (True, "bot", "", ""),
         (True, "bot", "Googlebot", ""),
     ]
+
+
+async def test_values_that_look_like_sql_or_quote_ends_are_stored_verbatim(
+    client: AsyncTestClient[Litestar], project: dict[str, Any], admin_engine: AsyncEngine
+) -> None:
+    # The batch reaches Postgres as a dollar-quoted JSON literal (repository.write_batch):
+    # none of these may end it early or change what is stored.
+    tricky = [
+        "$rows$); DROP TABLE events; --",
+        "ends with $rows",
+        "it's \\' a \"quote\" \\\\ and \\u0000-looking text",
+        "$$ $rows_0 $ unicode: żółw 🐢",
+    ]
+    payload = {
+        "projectKey": project["publicKey"],
+        "events": [
+            pageview(uuid=new_uuid(), title=title, properties={"text": title}, distinctId=title) for title in tricky
+        ],
+    }
+    response = await client.post("/v1/events", content=json_body(payload), headers=JSON)
+    assert response.status_code == 202, response.text
+    rows = await stored_events(admin_engine, project["id"])
+    assert sorted(row.title for row in rows) == sorted(tricky)
+    assert sorted(row.properties["text"] for row in rows) == sorted(tricky)
+    assert sorted(row.distinct_id for row in rows) == sorted(tricky)
