@@ -16,6 +16,7 @@ from services.common.app import build_app
 from services.common.auth import ProjectCache
 from services.common.errors import is_database_unavailable
 from services.common.settings import DatabaseSettings, LogSettings
+from services.ingest.admission import TrackerAdmissionMiddleware
 from services.ingest.cors import AllowedOrigins, TrackerCorsMiddleware
 from services.ingest.enrichment import open_country_lookup, warm_up
 from services.ingest.routes import post_events, post_noop, post_replay
@@ -84,7 +85,7 @@ def create_app(
         database=database or DatabaseSettings.from_env("ingest"),
         logs=logs or LogSettings.from_env("ingest"),
         lifespans=[ingest_pipeline],
-        middleware=[TrackerCorsMiddleware()],
+        middleware=[TrackerCorsMiddleware(), TrackerAdmissionMiddleware(settings.max_concurrent_requests)],
     )
 
 

@@ -34,6 +34,10 @@ class IngestSettings:
     # Past a few hundred rows a statement gets slower per row (measured: 40 us/row at 256
     # rows, 88 us/row at 1,000), so big backlogs go in several transactions.
     writer_max_batch_rows: int = 500
+    # Tracker requests one process works on at once; more wait before their body is read
+    # (services/ingest/admission.py). 0: no cap. 64 keeps the writer's batches full (a batch
+    # takes up to 500 rows, ~60 requests) while an overloaded process's loop turns stay short.
+    max_concurrent_requests: int = 64
     # Stored replay bytes per batch (one batch is one message to Postgres, hex-encoded).
     writer_max_batch_chunk_bytes: int = 8 * MIB
     writer_max_queue_rows: int = 50_000
@@ -73,6 +77,7 @@ class IngestSettings:
             max_event_age_days=env.integer("MAX_EVENT_AGE_DAYS", cls.max_event_age_days),
             writer_linger_ms=env.number("WRITER_LINGER_MS", cls.writer_linger_ms),
             writer_max_batch_rows=env.integer("WRITER_MAX_BATCH_ROWS", cls.writer_max_batch_rows),
+            max_concurrent_requests=env.integer("MAX_CONCURRENT_REQUESTS", cls.max_concurrent_requests),
             writer_max_batch_chunk_bytes=env.integer("WRITER_MAX_BATCH_CHUNK_BYTES", cls.writer_max_batch_chunk_bytes),
             writer_max_queue_rows=env.integer("WRITER_MAX_QUEUE_ROWS", cls.writer_max_queue_rows),
             writer_concurrency=env.integer("WRITER_CONCURRENCY", cls.writer_concurrency),

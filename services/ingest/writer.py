@@ -35,6 +35,8 @@ logger = logging.getLogger(__name__)
 # Deadlocks and serialisation failures are safe to retry: the transaction was rolled back.
 _RETRYABLE_SQLSTATES = {"40P01", "40001"}
 _MAX_RETRIES = 3
+# Requests already queued that make the writer skip its linger.
+LINGER_UNLESS_QUEUED = 16
 
 
 @dataclass
@@ -158,8 +160,9 @@ class BatchWriter:
             while not self._queue:
                 self._wakeup.clear()
                 await self._wakeup.wait()
-            if self._limits.linger_s > 0:
-                # A moment for concurrent requests to join this batch.
+            if self._limits.linger_s > 0 and len(self._queue) < LINGER_UNLESS_QUEUED:
+                # A moment for concurrent requests to join this batch. Not when enough are
+                # already waiting: on a busy process the sleep costs a whole event-loop turn.
                 await asyncio.sleep(self._limits.linger_s)
             batch = self._take_batch()
             if not batch:
