@@ -82,8 +82,9 @@ async def set_statement_timeout(connection: AsyncConnection, timeout_ms: int) ->
 async def asyncpg_connection(connection: AsyncConnection) -> asyncpg.Connection:
     """The asyncpg connection under a pooled SQLAlchemy one, for the few hot paths that skip the adapter.
 
-    Statements on it must run inside a transaction (asyncpg's ``transaction()``, or one that
-    SQLAlchemy began): see _unnamed_statement.
+    Statements with parameters on it must run inside a transaction (asyncpg's ``transaction()``,
+    or one that SQLAlchemy began): see _unnamed_statement. A script without parameters goes as
+    one simple-protocol message and needs none (the ingest writer's batches).
     """
     driver = (await connection.get_raw_connection()).driver_connection
     if not isinstance(driver, asyncpg.Connection):

@@ -17,6 +17,7 @@ from litestar.enums import ScopeType
 from litestar.middleware import ASGIMiddleware
 from litestar.types import ASGIApp, Receive, Scope, Send
 
+from services.common.telemetry import step_span
 from services.ingest.cors import TRACKER_PATHS
 
 # The no-op endpoint is the load test's baseline for the tracker path, so it waits at the same door.
@@ -36,5 +37,9 @@ class TrackerAdmissionMiddleware(ASGIMiddleware):
             return
         if self._slots is None:
             self._slots = asyncio.Semaphore(self._max_concurrent)  # made on the worker's loop
-        async with self._slots:
+        with step_span("ingest.admission_wait"):
+            await self._slots.acquire()
+        try:
             await next_app(scope, receive, send)
+        finally:
+            self._slots.release()
