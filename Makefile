@@ -68,19 +68,19 @@ pages-deps: ## npm ci in web/ (esbuild, rrweb-player, uPlot; the pages' bundle t
 pages: pages-deps ## Rebuild the player's and dashboard's scripts and styles from web/src; commit the result
 	cd web && node build.mjs
 
-capture-recordings: install-dev ## Record services/loadtest/recordings/*.json.gz with Chromium (replay payloads for the load test)
+capture-recordings: install-dev ## Record tools/loadtest/recordings/*.json.gz with Chromium (replay payloads for the load test)
 	$(BIN)/python -m tests.e2e.capture_recordings
 
 bench-ingest: install ## wrk against POST /v1/events vs the no-op endpoint (needs `make up`); writes docs/benchmarks.md
 	@command -v wrk >/dev/null || { echo "wrk is missing: apt-get install -y wrk"; exit 1; }
-	$(BIN)/python -m services.ingest.bench
+	$(BIN)/python -m tools.bench.ingest
 
 bench-tracing: install ## Throughput with tracing on vs off in one run (needs `make up`); writes docs/benchmarks.md
 	@command -v wrk >/dev/null || { echo "wrk is missing: apt-get install -y wrk"; exit 1; }
-	$(BIN)/python -m services.ingest.bench_tracing
+	$(BIN)/python -m tools.bench.tracing
 
 bench-replay: install-dev ## Replay: first byte, throughput, worker memory for 30- vs 3-minute recordings (own throwaway stack)
-	$(BIN)/python -m services.replay.bench $(BENCH_ARGS)
+	$(BIN)/python -m tools.bench.replay $(BENCH_ARGS)
 
 load: $(VENV)/.installed-load ## Seed load test on `make up`'s stack (5000 users, ~5 min); LOAD_ARGS="--users 500 --find-limit ..."
 	$(SIGHTLINE) load $(LOAD_ARGS)
@@ -100,5 +100,5 @@ BENCH_QUERY_ENV := SIGHTLINE_DATA_DIR=/tmp/sightline-bench-query SIGHTLINE_POSTG
 
 bench-query: install-dev ## Load 10M events (30 days) into a separate stack and time the dashboard's queries
 	env $(BENCH_QUERY_ENV) $(SIGHTLINE) up
-	env $(BENCH_QUERY_ENV) $(BIN)/python -m services.query.bench $(BENCH_ARGS)
+	env $(BENCH_QUERY_ENV) $(BIN)/python -m tools.bench.query $(BENCH_ARGS)
 	@echo "The bench stack keeps running for reruns. Stop it: env $(BENCH_QUERY_ENV) $(SIGHTLINE) down"

@@ -1,7 +1,7 @@
 """Replay session indexes: the session list's order, and a person's sessions.
 
 Measured with EXPLAIN (ANALYZE, BUFFERS) on 3 projects x 200,000 sessions
-(`python -m services.replay.explain_indexes`, two runs on the shared 2-core dev machine):
+(`python -m tools.probes.replay_indexes`, two runs on the shared 2-core dev machine):
 the list's first page went from a scan of the project's whole primary key plus a top-N sort
 (~42,000 buffers, 100-135 ms) to a backward index-only scan of 5 buffers (0.12-0.17 ms); a
 later keyset page from 100-161 ms to 0.11-0.13 ms; finding a person's sessions for a GDPR

@@ -8,6 +8,8 @@ import os
 import sys
 import tempfile
 from datetime import UTC, datetime
+from importlib.metadata import EntryPoint, entry_points
+from importlib.util import find_spec
 from pathlib import Path
 
 import click
@@ -24,12 +26,39 @@ from services.common.settings import (
     ServiceName,
     StackSettings,
 )
-from services.loadtest.cli import chaos, load
 
 DEMO_DOMAINS = ["localhost", "127.0.0.1", "example.com"]
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+TOOL_COMMANDS = "sightline.commands"
+
+
+class SightlineGroup(click.Group):
+    """The built-in commands, plus those that tooling beside the services registers.
+
+    The load test and the fault run (`tools/`) add `sightline load` and `sightline chaos` through
+    the `sightline.commands` entry points, loaded only when named: the services never import the
+    tooling, and an install without it (the production image) simply lacks those commands.
+    """
+
+    def _tool_entry_points(self) -> dict[str, EntryPoint]:
+        return {entry.name: entry for entry in entry_points(group=TOOL_COMMANDS)}
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *self._tool_available()})
+
+    def _tool_available(self) -> list[str]:
+        return [name for name, entry in self._tool_entry_points().items() if find_spec(entry.module.split(".")[0])]
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        command = super().get_command(ctx, cmd_name)
+        if command is not None or cmd_name not in self._tool_available():
+            return command
+        loaded = self._tool_entry_points()[cmd_name].load()
+        return loaded if isinstance(loaded, click.Command) else None
+
+
+@click.group(cls=SightlineGroup, context_settings={"help_option_names": ["-h", "--help"]})
 def cli() -> None:
     """Sightline: self-hosted web analytics and session replay."""
     load_local_env()
@@ -191,10 +220,6 @@ def retention_apply(project_ids: tuple[int, ...], idempotency_days: int) -> None
         )
     )
     click.echo(json.dumps(report.as_json()))
-
-
-cli.add_command(load)
-cli.add_command(chaos)
 
 
 def main() -> None:

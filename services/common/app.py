@@ -14,8 +14,10 @@ from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import JsonRenderPlugin, ScalarRenderPlugin
 from litestar.plugins.opentelemetry import OpenTelemetryConfig
 from litestar.types import ControllerRouterHandler, Middleware
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection
 
-from services.common.db import create_engine
+from services.common.db import create_engine, set_statement_timeout, transaction
 from services.common.errors import EXCEPTION_HANDLERS, JsonBodyRequest
 from services.common.health import HealthController
 from services.common.log import configure_logging
@@ -23,6 +25,29 @@ from services.common.settings import DatabaseSettings, LogSettings, ServiceName
 from services.common.telemetry import HeadSampledTracingMiddleware, configure_tracing, instrument_engine
 
 Lifespan = Callable[[Litestar], AbstractAsyncContextManager[None]]
+
+
+async def provide_read_transaction(state: State) -> AsyncIterator[AsyncConnection]:
+    """The request's transaction, read-only: the dependency a read route names ``connection``.
+
+    The one transaction rule of every service: the edge owns the transaction. It begins here,
+    commits when the handler returns and rolls back when it raises (Litestar throws the
+    handler's exception into this generator); services and repositories never begin or commit.
+    Every statement runs under the service's statement timeout (SET LOCAL, PgBouncer-safe).
+    """
+    async with transaction(state.engine) as connection:
+        # Must come first in the transaction; a query can then never write, whatever it says.
+        await connection.execute(text("SET TRANSACTION READ ONLY"))
+        await set_statement_timeout(connection, state.statement_timeout_ms)
+        yield connection
+
+
+async def provide_write_transaction(state: State) -> AsyncIterator[AsyncConnection]:
+    """Like provide_read_transaction, for the routes that change rows (erasure)."""
+    async with transaction(state.engine) as connection:
+        await set_statement_timeout(connection, state.statement_timeout_ms)
+        yield connection
+
 
 VERSION = "0.1.0"
 
@@ -107,7 +132,7 @@ def build_app(
         ),
         cors_config=cors,
         middleware=[*tracing_middleware, *middleware],
-        state=State(state or {}),
+        state=State({"statement_timeout_ms": database.statement_timeout_ms, **(state or {})}),
         logging_config=None,
         debug=False,
     )

@@ -3,7 +3,7 @@
 `make capture-recordings` (or `python -m tests.e2e.capture_recordings`): starts a throwaway
 Postgres + PgBouncer and ingest, visits each page of tests/e2e/recording_pages.py (scrolls,
 clicks, types), reads back the chunks ingest stored, and writes
-services/loadtest/recordings/<page>.json.gz (the load test's first replay chunks). The format is
+tools/loadtest/recordings/<page>.json.gz (the load test's first replay chunks). The format is
 described in docs/tracker.md.
 """
 
@@ -24,12 +24,12 @@ from selenium.webdriver.common.by import By
 from services.cli import admin
 from services.cli.serving import running_service
 from services.common.db import create_admin_engine
-from services.loadtest.payloads import RECORDINGS_DIR
 from tests.e2e import recording_pages
 from tests.e2e.browser import chromium, desktop_user_agent, tracker_ready, wait_for
 from tests.e2e.recording_store import chunk_events, poll, stored_chunks, stored_session
 from tests.e2e.site import serve_site, tracker_tag
 from tests.harness import DatabaseHarness, start_database_harness
+from tools.loadtest.payloads import RECORDINGS_DIR
 
 
 def _pause() -> None:

@@ -1,0 +1,186 @@
+"""`make bench-ingest`: closed-loop throughput of POST /v1/events against the no-op endpoint.
+
+Runs wrk (Debian's package) against the stack that `make up` started, alternating the
+no-op endpoint and /v1/events with the same body, connections and duration, so the figure
+is a ratio within one run on a shared machine. Checks that every 202 stored its events.
+Writes the figures to docs/benchmarks.md between the ingest-wrk markers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import re
+import shutil
+import subprocess
+import tempfile
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+
+import msgspec
+from sqlalchemy import text
+
+from services.cli.stack import load_local_env
+from services.common.db import create_admin_engine
+from services.common.settings import AdminDatabaseSettings, ServerSettings, StackSettings
+from tools.benchmarks_file import write_section
+
+ROOT = Path(__file__).resolve().parents[2]
+MARKERS = ("<!-- ingest-wrk:start -->", "<!-- ingest-wrk:end -->", "## Ingest: closed-loop throughput (wrk)")
+START, END, _ = MARKERS
+
+LUA = """
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["User-Agent"] = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 Chrome/120.0 Safari/537.36"
+local f = io.open(os.getenv("SIGHTLINE_BENCH_BODY"), "rb")
+wrk.body = f:read("*a")
+f:close()
+"""
+
+
+def batch_body(public_key: str, events: int) -> bytes:
+    """About 3 kB: a batch of pageviews and custom events like a tracker's 5-second flush."""
+    now = datetime.now(UTC).isoformat()
+    session = str(uuid.uuid4())
+    batch = [
+        {
+            "event": "pageview" if n % 3 == 0 else "click_cta",
+            "distinctId": "bench-visitor-0001",
+            "sessionId": session,
+            "timestamp": now,
+            "url": f"https://example.com/docs/getting-started/section-{n}?utm_source=bench&utm_medium=wrk",
+            "referrer": "https://www.google.com/",
+            "title": "Getting started with Sightline - documentation",
+            "properties": {"plan": "pro", "position": n, "variant": "b", "label": "Start your free trial"},
+        }
+        for n in range(events)
+    ]
+    return msgspec.json.encode({"projectKey": public_key, "events": batch})
+
+
+def run_wrk(
+    url: str, body_file: Path, lua_file: Path, seconds: int, connections: int, threads: int
+) -> dict[str, float]:
+    output = subprocess.run(
+        ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(lua_file), url],
+        env={**os.environ, "SIGHTLINE_BENCH_BODY": str(body_file)},
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    figures: dict[str, float] = {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))}  # type: ignore[union-attr]
+    figures["requests"] = float(re.search(r"(\d+) requests in", output).group(1))  # type: ignore[union-attr]
+    non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
+    figures["non_2xx"] = float(non_2xx.group(1)) if non_2xx else 0.0
+    errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output)
+    figures["socket_errors"] = float(sum(int(g) for g in errors.groups())) if errors else 0.0
+    for percentile in ("50", "99"):
+        match = re.search(rf"\s{percentile}%\s+([\d.]+)(us|ms|s)\b", output)
+        if match:
+            value, unit = float(match.group(1)), match.group(2)
+            figures[f"p{percentile}_ms"] = value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
+    return figures
+
+
+async def count_events(settings: AdminDatabaseSettings, project_id: int) -> int:
+    engine = create_admin_engine(settings)
+    try:
+        async with engine.connect() as connection:
+            result = await connection.execute(
+                text("SELECT count(*) FROM events WHERE project_id = :p"), {"p": project_id}
+            )
+            return int(result.scalar_one())
+    finally:
+        await engine.dispose()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--seconds", type=int, default=15)
+    parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--events", type=int, default=8, help="events per batch (8 is about 3 kB)")
+    parser.add_argument("--no-write", action="store_true", help="print figures without editing docs/benchmarks.md")
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        raise SystemExit("wrk is not installed: apt-get install -y wrk")
+
+    load_local_env()
+    stack = StackSettings.from_env()
+    demo_file = stack.data_dir / "demo-project.json"
+    if not demo_file.exists():
+        raise SystemExit("run `make up` first: the benchmark uses the running stack and its demo project")
+    demo = json.loads(demo_file.read_text())
+    admin = AdminDatabaseSettings.from_env()
+    server = ServerSettings.from_env("ingest")
+    base = f"http://{server.host}:{server.port}"
+
+    with tempfile.TemporaryDirectory() as scratch:
+        body_file, lua_file = Path(scratch) / "body.json", Path(scratch) / "post.lua"
+        body = batch_body(str(demo["publicKey"]), args.events)
+        body_file.write_bytes(body)
+        lua_file.write_text(LUA)
+        stored_before = asyncio.run(count_events(admin, int(demo["id"])))
+        results: dict[str, list[dict[str, float]]] = {"noop": [], "events": []}
+        for _ in range(args.rounds):
+            for name, path in (("noop", "/v1/noop"), ("events", "/v1/events")):
+                figures = run_wrk(base + path, body_file, lua_file, args.seconds, args.connections, args.threads)
+                results[name].append(figures)
+                print(f"{name:>6}: {figures}", flush=True)
+        stored_after = asyncio.run(count_events(admin, int(demo["id"])))
+
+    acknowledged = sum(r["requests"] - r["non_2xx"] for r in results["events"]) * args.events
+    summary = summarise(results, len(body), args, stored_after - stored_before, int(acknowledged))
+    print(summary)
+    if not args.no_write:
+        write_section(summary, MARKERS)
+
+
+def _best(runs: list[dict[str, float]], key: str) -> float:
+    return max(run.get(key, 0.0) for run in runs)
+
+
+def summarise(
+    results: dict[str, list[dict[str, float]]],
+    body_bytes: int,
+    args: argparse.Namespace,
+    stored: int,
+    acknowledged: int,
+) -> str:
+    noop_rps = sum(r["rps"] for r in results["noop"]) / len(results["noop"])
+    events_rps = sum(r["rps"] for r in results["events"]) / len(results["events"])
+    verdict = "Every 202 was stored" if stored >= acknowledged else "**ACKNOWLEDGED EVENTS ARE MISSING**"
+    rows = "\n".join(
+        f"| {name} | {run['rps']:.0f} | {run.get('p50_ms', 0):.1f} | {run.get('p99_ms', 0):.1f} | "
+        f"{run['non_2xx']:.0f} | {run['socket_errors']:.0f} |"
+        for name in ("noop", "events")
+        for run in results[name]
+    )
+    return f"""{START}
+Measured {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {platform.node()} ({os.cpu_count()} cores, {platform.machine()},
+Python {platform.python_version()}); wrk, Postgres, PgBouncer and the services share the machine.
+
+Command: `make up && make bench-ingest`
+(wrk -t{args.threads} -c{args.connections} -d{args.seconds}s, {args.rounds} rounds, alternating endpoints;
+body {body_bytes} bytes of JSON, {args.events} events per batch, no uuids so every request stores new rows).
+
+| endpoint | requests/s | p50 ms | p99 ms | non-2xx | socket errors |
+| --- | --- | --- | --- | --- | --- |
+{rows}
+
+POST /v1/events reaches **{events_rps / noop_rps:.0%}** of the no-op endpoint's requests/s in the same run
+({events_rps:.0f} vs {noop_rps:.0f} requests/s, {events_rps * args.events:.0f} events/s committed).
+{verdict}: {acknowledged} events acknowledged by a 202 that wrk counted,
+{stored} new rows in `events` (more rows than 202s: requests in flight when wrk stopped were committed
+but not counted).
+{END}"""
+
+
+if __name__ == "__main__":
+    main()

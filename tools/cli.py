@@ -1,0 +1,215 @@
+"""`sightline load`: the seed's load test against the local stack, with a report folder."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+
+import click
+
+from services.common.settings import ServerSettings, ServiceName
+from tools.benchmarks_file import write_section
+from tools.loadtest.faults import FAULTS
+from tools.loadtest.hosts import NotLoopbackError, require_loopback
+
+
+def _default_url(service: ServiceName) -> str:
+    # The stack may listen on another address; the load generator still only talks to loopback.
+    return f"http://127.0.0.1:{ServerSettings.from_env(service).port}"
+
+
+def _loopback(_: click.Context, __: click.Parameter, value: str | None) -> str | None:
+    if value is None:
+        return None
+    try:
+        return require_loopback(value)
+    except NotLoopbackError as exc:
+        raise click.BadParameter(str(exc)) from exc
+
+
+@click.command()
+@click.option("--users", type=click.IntRange(min=1), default=5000, show_default=True, help="Concurrent visitors.")
+@click.option(
+    "--duration", "hold_s", type=click.FloatRange(min=0), default=180, show_default=True, help="Seconds at full load."
+)
+@click.option("--ramp-up", "ramp_up_s", type=click.FloatRange(min=0), default=60, show_default=True)
+@click.option(
+    "--ramp-down", "ramp_down_s", type=click.FloatRange(min=0), default=60, show_default=True, help="Seconds."
+)
+@click.option(
+    "--shape",
+    type=click.Choice(["linear", "steps"]),
+    default="linear",
+    show_default=True,
+    help="Ramp up linearly, or in --steps equal steps each held until the next.",
+)
+@click.option("--steps", type=click.IntRange(min=1), default=5, show_default=True, help="Steps for --shape steps.")
+@click.option("--host", "ingest_url", callback=_loopback, help="Ingest base URL (default: the local stack's).")
+@click.option("--query-host", "query_url", callback=_loopback, help="Query base URL (default: the local stack's).")
+@click.option("--replay-host", "replay_url", callback=_loopback, help="Replay base URL (default: the local stack's).")
+@click.option(
+    "--processes", type=click.IntRange(min=1), default=1, show_default=True, help="Locust processes generating load."
+)
+@click.option("--reports-dir", type=click.Path(path_type=Path), default=Path("reports"), show_default=True)
+@click.option("--progress", "progress_s", type=click.FloatRange(min=1), default=5, show_default=True, help="Seconds.")
+@click.option(
+    "--find-limit",
+    is_flag=True,
+    help="Step users up (--limit-start, --limit-step) until failures > 0.1 % or p95 > 500 ms; report the last good.",
+)
+@click.option("--limit-start", type=click.IntRange(min=1), default=1000, show_default=True)
+@click.option("--limit-step", type=click.IntRange(min=1), default=1000, show_default=True)
+@click.option("--limit-max", type=click.IntRange(min=1), default=20000, show_default=True)
+@click.option("--write-benchmarks", is_flag=True, help="Write the figures into docs/benchmarks.md (own section).")
+def load(
+    users: int,
+    hold_s: float,
+    ramp_up_s: float,
+    ramp_down_s: float,
+    shape: str,
+    steps: int,
+    ingest_url: str | None,
+    query_url: str | None,
+    replay_url: str | None,
+    processes: int,
+    reports_dir: Path,
+    progress_s: float,
+    find_limit: bool,
+    limit_start: int,
+    limit_step: int,
+    limit_max: int,
+    write_benchmarks: bool,
+) -> None:
+    """Run the seed's load test against the local stack (`make up` first) and write a report folder.
+
+    Visitors post a full rrweb snapshot, then events and replay chunks every 5 s; readers poll the
+    query and replay services; a few users post to the no-op endpoint as a baseline. The run stops
+    by itself; the report ends with acknowledged vs stored rows.
+    """
+    # Imported here: Locust and matplotlib are the `load` extra, and slow to import for other commands.
+    from tools.loadtest import benchmarks, runner
+
+    options = runner.LoadOptions(
+        users=users,
+        ramp_up_s=ramp_up_s,
+        hold_s=hold_s,
+        ramp_down_s=ramp_down_s,
+        ingest_url=ingest_url or _default_url("ingest"),
+        query_url=query_url or _default_url("query"),
+        replay_url=replay_url or _default_url("replay"),
+        shape="steps" if shape == "steps" else "linear",
+        steps=steps,
+        processes=processes,
+        reports_dir=reports_dir,
+        progress_s=progress_s,
+    )
+    command = runner.shell_command(sys.argv[2:] if len(sys.argv) > 1 and sys.argv[1] == "load" else [])
+    if find_limit:
+        levels = list(range(limit_start, limit_max + 1, limit_step))
+        last_good, results = runner.find_limit(options, levels, command, click.echo)
+        if write_benchmarks:
+            write_section(benchmarks.limit_section(last_good, results, command), benchmarks.LIMIT)
+        if last_good is None:
+            sys.exit(1)
+        return
+    result = runner.run_load(options, command, click.echo)
+    click.echo(runner.describe(result))
+    click.echo(f"report: {result.report}")
+    if write_benchmarks:
+        write_section(benchmarks.seed_section(result, command), benchmarks.SEED)
+    if not all(item.passed for item in result.checks):
+        raise click.ClickException("acknowledged events or replay chunks are missing from the database")
+
+
+@click.command()
+@click.option(
+    "--users", type=click.IntRange(min=1), default=1000, show_default=True, help="Visitors (one request per 5 s each)."
+)
+@click.option(
+    "--duration",
+    "hold_s",
+    type=click.FloatRange(min=0),
+    default=None,
+    help="Seconds at full load [default: warm-up plus each fault's time and recovery gap].",
+)
+@click.option("--ramp-up", "ramp_up_s", type=click.FloatRange(min=0), default=20, show_default=True)
+@click.option(
+    "--fault",
+    "faults",
+    type=click.Choice(FAULTS),
+    multiple=True,
+    help="Only this fault (repeat for more, in the given order) [default: all, in the order listed].",
+)
+@click.option("--warmup", "warmup_s", type=click.FloatRange(min=0), default=15, show_default=True, help="Seconds.")
+@click.option(
+    "--gap", "gap_s", type=click.FloatRange(min=0), default=30, show_default=True, help="Seconds between faults."
+)
+@click.option(
+    "--reject-for",
+    "reject_s",
+    type=click.FloatRange(min=0),
+    default=10,
+    show_default=True,
+    help="Seconds Postgres rejects connections.",
+)
+@click.option(
+    "--deadline",
+    "deadline_s",
+    type=click.FloatRange(min=0),
+    default=12,
+    show_default=True,
+    help="No request may take longer (seconds).",
+)
+@click.option("--ingest-workers", type=click.IntRange(min=1), default=None, help="Granian workers for ingest.")
+@click.option("--reports-dir", type=click.Path(path_type=Path), default=Path("reports"), show_default=True)
+@click.option("--progress", "progress_s", type=click.FloatRange(min=1), default=10, show_default=True, help="Seconds.")
+@click.option("--write-benchmarks", is_flag=True, help="Write the summary into docs/benchmarks.md (own section).")
+def chaos(
+    users: int,
+    hold_s: float | None,
+    ramp_up_s: float,
+    faults: tuple[str, ...],
+    warmup_s: float,
+    gap_s: float,
+    reject_s: float,
+    deadline_s: float,
+    ingest_workers: int | None,
+    reports_dir: Path,
+    progress_s: float,
+    write_benchmarks: bool,
+) -> None:
+    """Fault run: the seed load on a throwaway stack while PgBouncer, Postgres and ingest are knocked over.
+
+    Starts its own stack (own data directory under /tmp, free ports), runs the seed scenario,
+    and at full load restarts PgBouncer, restarts Postgres (fast), sends ingest SIGTERM and starts
+    it again, and makes Postgres reject connections for a while; one after another, each after the
+    stack recovered. Reports per fault: unavailability, refused and failed requests, p95, the
+    longest request, recovery; and every acknowledged event uuid looked up: lost and duplicated
+    must be 0. Exits non-zero otherwise.
+    """
+    from tools.loadtest import chaos_report
+    from tools.loadtest.chaos import ChaosOptions, run_chaos
+
+    options = ChaosOptions(
+        users=users,
+        ramp_up_s=ramp_up_s,
+        hold_s=hold_s,
+        faults=faults or FAULTS,
+        warmup_s=warmup_s,
+        gap_s=gap_s,
+        reject_s=reject_s,
+        deadline_s=deadline_s,
+        reports_dir=reports_dir,
+        progress_s=progress_s,
+        ingest_workers=ingest_workers,
+    )
+    invoked = len(sys.argv) > 1 and sys.argv[1] == "chaos"
+    command = shlex.join(["sightline", *sys.argv[1:]]) if invoked else "sightline chaos"
+    result = run_chaos(options, command, click.echo)
+    click.echo(result.report.read_text().split("## Per fault", 1)[-1].split("\n### ", 1)[0])
+    click.echo(f"report: {result.report}")
+    if write_benchmarks:
+        write_section(chaos_report.benchmarks_section(result, command), chaos_report.CHAOS)
+    if not result.passed:
+        raise click.ClickException("the fault run failed: see the verdicts and the rows lost or duplicated")

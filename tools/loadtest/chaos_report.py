@@ -1,0 +1,191 @@
+"""The fault run's report: `chaos.md` in the run folder, and its summary in docs/benchmarks.md."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from tools.benchmarks_file import machine_line
+from tools.loadtest.fault_windows import FaultWindow
+from tools.loadtest.faults import FaultRecord
+from tools.loadtest.runner import RunResult
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from tools.loadtest.chaos import ChaosOptions, ChaosResult, RowCheck
+
+CHAOS = ("<!-- chaos:start -->", "<!-- chaos:end -->", "## Fault run (`sightline chaos`)")
+
+
+def _counts(counter: Counter[str]) -> str:
+    if not counter:
+        return "0"
+    return f"{sum(counter.values())} (" + ", ".join(f"{label}: {n}" for label, n in counter.most_common()) + ")"
+
+
+def _seconds(value: float | None) -> str:
+    return "never" if value is None else f"{value:.1f}"
+
+
+def fault_table(windows: Sequence[FaultWindow], deadline_s: float) -> str:
+    lines = [
+        "| fault | fault lasted s | unavailable s (longest endpoint) | refused requests | retried, then delivered "
+        "| final failures | p95 ms | longest request ms | recovered s after lift (last refusal / all ready) "
+        "| verdict |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for window in windows:
+        fault = window.fault
+        refused = sum(endpoint.refused for endpoint in window.endpoints)
+        verdict = "pass" if window.passed(deadline_s) else "FAIL"
+        lines.append(
+            f"| {fault.name} | {fault.lifted_at - fault.injected_at:.1f} | {window.unavailable_s:.1f} | "
+            f"{refused} of {window.requests} | {sum(window.retried_then_delivered.values())} | "
+            f"{sum(window.final_failures.values())} | {window.p95_ms:.0f} | {window.longest_ms:.0f} | "
+            f"{window.recovery_s:.1f} / {_seconds(window.ready_after_s)} | {verdict} |"
+        )
+    return "\n".join(lines)
+
+
+def rows_table(rows: Sequence[RowCheck]) -> str:
+    lines = [
+        "| rows | acknowledged (2xx) | stored | lost | duplicates | stored from failed deliveries | unexpected |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for row in rows:
+        lines.append(
+            f"| {row.kind} | {row.acknowledged} | {row.stored} | **{row.lost}** | **{row.duplicates}** | "
+            f"{row.stored_in_doubt} | {row.unexpected} |"
+        )
+    return "\n".join(lines)
+
+
+def _fault_details(window: FaultWindow) -> str:
+    fault = window.fault
+    endpoint_rows = "\n".join(
+        f"| {endpoint.endpoint} | {endpoint.requests} | {endpoint.refused} | {endpoint.unavailable_s:.1f} | "
+        f"{endpoint.recovery_s:.1f} | {'yes' if endpoint.recovered else 'NO'} |"
+        for endpoint in window.endpoints
+    )
+    notes = f" ({fault.notes})" if fault.notes else ""
+    return f"""### {fault.name}
+
+{fault.description}{notes}. Window: {window.window_end - window.window_start:.0f} s from the injection
+to the next fault (or the end of the hold); {window.requests} requests answered in it.
+
+- retried attempts whose delivery got its 202 later: {_counts(window.retried_then_delivered)}
+- retried attempts of deliveries that never got a 202: {_counts(window.retried_never_delivered)}
+- final failures: {_counts(window.final_failures)}
+- 503 answers without Retry-After: {window.without_retry_after}
+- longest request: {window.longest_ms:.0f} ms, {window.longest_request}
+
+| endpoint | requests | refused | unavailable s | recovery s after lift | answered again after |
+| --- | --- | --- | --- | --- | --- |
+{endpoint_rows}
+"""
+
+
+def report_text(
+    run: RunResult,
+    faults: Sequence[FaultRecord],
+    windows: Sequence[FaultWindow],
+    rows: Sequence[RowCheck],
+    options: ChaosOptions,
+    command: str,
+    fault_error: str | None,
+) -> str:
+    figures = run.figures
+    missing = [name for name in options.faults if name not in {fault.name for fault in faults}]
+    problems = []
+    if fault_error:
+        problems.append(f"**A fault could not be injected:** {fault_error}")
+    if missing:
+        problems.append(f"**Faults not run:** {', '.join(missing)}")
+    details = "\n".join(_fault_details(window) for window in windows)
+    return f"""# Fault run
+
+Command: `{command}`
+
+{options.users} visitors (plus {figures.get("peak_users", 0) - options.users:.0f} readers and no-op users),
+{figures.get("hold_rps", figures.get("rps", 0)):.0f} requests/s at full load, on a stack of its own
+(`sightline up` in a throwaway data directory, free ports). Faults one after another, each after
+{options.warmup_s:.0f} s of warm-up or {options.gap_s:.0f} s after the previous one recovered. The load
+report of the same run (throughput, latency, PgBouncer, CPU plots): [report.md](report.md).
+
+{chr(10).join(problems)}
+
+## Per fault
+
+*Refused*: a retried attempt (503 or no answer, sent again with the same body after Retry-After or
+the tracker's backoff) or a final failure. *Unavailable*: from the start of the first refused request to the end of the
+last, on the worst endpoint. *Recovered*: seconds from the fault's lift to the end of the last refused
+request / until every service's `/health/ready` answered 200. Verdict: the longest request within
+the deadline ({options.deadline_s:.0f} s), every endpoint answered again after its last refusal, and
+every 503 carried Retry-After.
+
+{fault_table(windows, options.deadline_s)}
+
+## Acknowledged vs stored, by key
+
+Every event uuid and replay chunk (session, seq) that got a 202, looked up in the run's project.
+
+{rows_table(rows)}
+
+{details}"""
+
+
+def write(
+    run: RunResult,
+    faults: Sequence[FaultRecord],
+    windows: Sequence[FaultWindow],
+    rows: Sequence[RowCheck],
+    options: ChaosOptions,
+    command: str,
+    fault_error: str | None,
+) -> Path:
+    path = run.folder / "chaos.md"
+    path.write_text(report_text(run, faults, windows, rows, options, command, fault_error))
+    summary = {
+        "faults": [fault.as_json() for fault in faults],
+        "windows": [
+            {
+                "fault": window.fault.name,
+                "unavailable_s": window.unavailable_s,
+                "recovery_s": window.recovery_s,
+                "ready_after_s": window.ready_after_s,
+                "requests": window.requests,
+                "retried_then_delivered": dict(window.retried_then_delivered),
+                "retried_never_delivered": dict(window.retried_never_delivered),
+                "final_failures": dict(window.final_failures),
+                "without_retry_after": window.without_retry_after,
+                "p95_ms": window.p95_ms,
+                "longest_ms": window.longest_ms,
+            }
+            for window in windows
+        ],
+        "rows": [row.__dict__ for row in rows],
+        "fault_error": fault_error,
+    }
+    (run.folder / "chaos.json").write_text(json.dumps(summary, indent=2))
+    return path
+
+
+def benchmarks_section(result: ChaosResult, command: str) -> str:
+    figures = result.run.figures
+    verdict = "every fault passed" if result.passed else "NOT every fault passed (see the table)"
+    return f"""{CHAOS[0]}
+{machine_line()}
+
+Command: `{command}`
+
+{result.options.users} visitors, {figures.get("hold_rps", figures.get("rps", 0)):.0f} requests/s at full load
+(final failures over the whole run: {figures.get("failures", 0):.0f}); deadline {result.options.deadline_s:.0f} s;
+{verdict}. Columns and faults are defined in [reliability.md](reliability.md#fault-run-make-chaos--sightline-chaos).
+
+{fault_table(result.windows, result.options.deadline_s)}
+
+{rows_table(result.rows)}
+{CHAOS[1]}"""

@@ -1,0 +1,401 @@
+"""The run's report: report.md and PNG plots in the run folder."""
+
+from __future__ import annotations
+
+import os
+import platform
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display; set before pyplot is imported
+import matplotlib.pyplot as plt  # noqa: E402
+
+from tools.loadtest.check import Acknowledged, DeliveryCheck  # noqa: E402
+from tools.loadtest.plan import LoadPlan  # noqa: E402
+from tools.loadtest.stats import merge, summary  # noqa: E402
+from tools.loadtest.traces import CATEGORIES, EndpointBreakdown  # noqa: E402
+
+RETRIED_SUFFIX = " (retried)"
+NOOP_ENDPOINT = "POST /v1/noop"
+INGEST_ENDPOINTS = ("POST /v1/events", "POST /v1/replay", "POST /v1/replay (first chunk)")
+
+
+@dataclass(frozen=True)
+class RunData:
+    plan: LoadPlan
+    command: str
+    started_at: datetime
+    timeseries: list[dict[str, Any]]
+    monitor: list[dict[str, Any]]
+    final: dict[str, Any]
+    acknowledged: Acknowledged
+    acknowledged_files: int
+    checks: list[DeliveryCheck]
+    pool: dict[str, int]
+    breakdown: dict[str, EndpointBreakdown]
+    spans_read: int
+    trace_files: int
+    unreadable_trace_lines: int
+    processes: int
+
+
+def _elapsed(records: Sequence[Mapping[str, Any]], start: float) -> list[float]:
+    return [float(record["t"]) - start for record in records]
+
+
+def _save(figure: Any, path: Path) -> None:
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def plot_requests(data: RunData, start: float, path: Path) -> None:
+    series = data.timeseries
+    times = _elapsed(series, start)
+    figure, (rate_axis, failure_axis) = plt.subplots(2, 1, figsize=(10, 7), sharex=True)
+    interval = [max(1e-3, record["interval_s"]) for record in series]
+    names = sorted({name for record in series for name in record["endpoints"]})
+    for name in names:
+        rates = [
+            record["endpoints"].get(name, {}).get("requests", 0) / dt
+            for record, dt in zip(series, interval, strict=True)
+        ]
+        if max(rates, default=0) > 0:
+            rate_axis.plot(times, rates, label=name, linewidth=1)
+    users_axis = rate_axis.twinx()
+    users_axis.plot(times, [record["users"] for record in series], color="black", linestyle="--", label="users")
+    users_axis.set_ylabel("users (dashed)")
+    rate_axis.set_ylabel("requests/s")
+    rate_axis.set_title("Requests per second by endpoint")
+    rate_axis.legend(fontsize=7, loc="upper left")
+    error_names = sorted({name for record in series for name in record.get("errors", {})})
+    previous: dict[str, int] = {}
+    for name in error_names:
+        counts = []
+        for record, dt in zip(series, interval, strict=True):
+            now = int(record.get("errors", {}).get(name, previous.get(name, 0)))
+            counts.append((now - previous.get(name, 0)) / dt)
+            previous[name] = now
+        failure_axis.plot(times, counts, label=name[:80], linewidth=1)
+    failure_axis.set_ylabel("failures/s")
+    failure_axis.set_xlabel("seconds since start")
+    failure_axis.set_title("Failures per second by endpoint and type" + ("" if error_names else " (none)"))
+    if error_names:
+        failure_axis.legend(fontsize=7, loc="upper left")
+    _save(figure, path)
+
+
+def plot_latency(data: RunData, start: float, path: Path) -> None:
+    series = data.timeseries
+    times = _elapsed(series, start)
+    figure, (tracker_axis, endpoint_axis) = plt.subplots(2, 1, figsize=(10, 7), sharex=True)
+    for key in ("p50", "p95", "p99"):
+        tracker_axis.plot(times, [record["tracker"][key] for record in series], label=f"ingest {key}")
+    tracker_axis.plot(
+        times,
+        [record["endpoints"].get(NOOP_ENDPOINT, {}).get("p95", 0) for record in series],
+        label="no-op p95",
+        linestyle=":",
+    )
+    tracker_axis.set_ylabel("ms")
+    tracker_axis.set_title("Ingest (events + replay) latency per interval, and the no-op endpoint's p95")
+    tracker_axis.legend(fontsize=8)
+    names = sorted({name for record in series for name in record["endpoints"] if not name.endswith(RETRIED_SUFFIX)})
+    for name in names:
+        endpoint_axis.plot(times, [record["endpoints"].get(name, {}).get("p95", 0) for record in series], label=name)
+    endpoint_axis.set_ylabel("p95 ms")
+    endpoint_axis.set_xlabel("seconds since start")
+    endpoint_axis.set_title("p95 by endpoint")
+    endpoint_axis.legend(fontsize=7)
+    _save(figure, path)
+
+
+def plot_pgbouncer(data: RunData, start: float, path: Path) -> None:
+    records = [record for record in data.monitor if "pgbouncer" in record]
+    figure, axis = plt.subplots(figsize=(10, 4))
+    times = _elapsed(records, start)
+    axis.plot(times, [r["pgbouncer"]["server_connections"] for r in records], label="server connections in use")
+    axis.plot(times, [r["pgbouncer"]["sv_active"] for r in records], label="of which active", linewidth=1)
+    axis.plot(times, [r["pgbouncer"]["cl_waiting"] for r in records], label="clients waiting", linewidth=1)
+    pool = data.pool.get("pool_size", 0)
+    axis.axhline(pool, color="red", linestyle="--", label=f"pool size {pool}")
+    if data.pool.get("reserve_pool"):
+        axis.axhline(pool + data.pool["reserve_pool"], color="orange", linestyle=":", label="pool + reserve")
+    axis.set_ylabel("connections")
+    axis.set_xlabel("seconds since start")
+    axis.set_title("PgBouncer → Postgres server connections (SHOW POOLS, database sightline)")
+    axis.legend(fontsize=8)
+    _save(figure, path)
+
+
+def plot_cpu(data: RunData, start: float, path: Path) -> None:
+    records = [record for record in data.monitor if "cpu" in record]
+    figure, axis = plt.subplots(figsize=(10, 4.5))
+    times = _elapsed(records, start)
+    names = sorted({name for record in records for name in record["cpu"]})
+    axis.stackplot(times, *[[r["cpu"].get(name, 0.0) for r in records] for name in names], labels=names)
+    axis.plot(
+        times,
+        [r.get("machine_cpu", 0.0) * (os.cpu_count() or 1) for r in records],
+        color="black",
+        linewidth=1,
+        label="whole machine (other work included)",
+    )
+    axis.axhline(100 * (os.cpu_count() or 1), color="black", linestyle="--", label="all cores")
+    axis.set_ylabel("% of one core")
+    axis.set_xlabel("seconds since start")
+    axis.set_title("CPU per process group (stacked; services include their Granian workers)")
+    axis.legend(fontsize=8, loc="upper left")
+    _save(figure, path)
+
+
+def plot_breakdown(data: RunData, path: Path) -> None:
+    entries = sorted(data.breakdown.values(), key=lambda entry: entry.endpoint)
+    figure, axis = plt.subplots(figsize=(10, 1.5 + 0.6 * max(1, len(entries))))
+    left = [0.0] * len(entries)
+    for category in (*CATEGORIES, "rest"):
+        shares = [100 * entry.shares()[category] for entry in entries]
+        axis.barh([entry.endpoint for entry in entries], shares, left=left, label=category)
+        left = [a + b for a, b in zip(left, shares, strict=True)]
+    axis.set_xlabel("% of server time (sampled traces)")
+    axis.set_title("Latency breakdown from traces")
+    axis.legend(fontsize=7, ncol=4, loc="lower right")
+    _save(figure, path)
+
+
+def _cpu_table(records: Sequence[Mapping[str, Any]]) -> str:
+    cores = os.cpu_count() or 1
+    cpu_records = [
+        {**record["cpu"], "(whole machine)": record.get("machine_cpu", 0.0) * cores}
+        for record in records
+        if "cpu" in record
+    ]
+    names = sorted({name for record in cpu_records for name in record})
+    rows = []
+    for name in names:
+        values = [record.get(name, 0.0) for record in cpu_records]
+        rows.append(f"| {name} | {sum(values) / max(1, len(values)):.0f} | {max(values, default=0):.0f} |")
+    return "| process group | mean % of a core | max % |\n| --- | --- | --- |\n" + "\n".join(rows)
+
+
+def _endpoint_table(final: Mapping[str, Any]) -> str:
+    rows = []
+    for name, entry in sorted(final.get("endpoints", {}).items()):
+        rows.append(
+            f"| {name} | {entry['requests']} | {entry['failures']} | {entry['rps']:.1f} | {entry['p50']:.0f} | "
+            f"{entry['p95']:.0f} | {entry['p99']:.0f} | {entry['max']:.0f} |"
+        )
+    return (
+        "| endpoint | requests | failures | req/s | p50 ms | p95 ms | p99 ms | max ms |\n"
+        "| --- | --- | --- | --- | --- | --- | --- | --- |\n" + "\n".join(rows)
+    )
+
+
+def _breakdown_table(breakdown: Mapping[str, EndpointBreakdown]) -> str:
+    header = "| endpoint | traced requests | mean ms | " + " | ".join((*CATEGORIES, "rest")) + " |"
+    rule = "|" + " --- |" * (3 + len(CATEGORIES) + 1)
+    rows = []
+    for name, entry in sorted(breakdown.items()):
+        shares = entry.shares()
+        cells = " | ".join(f"{100 * shares[category]:.0f} %" for category in (*CATEGORIES, "rest"))
+        rows.append(f"| {name} | {entry.requests} | {entry.mean_ms:.1f} | {cells} |")
+    return "\n".join([header, rule, *rows])
+
+
+def _failure_table(errors: Iterable[Mapping[str, Any]]) -> str:
+    rows = [f"| {error['name']} | {error['error']} | {error['occurrences']} |" for error in errors]
+    if not rows:
+        return "No request failed."
+    return "| endpoint | failure | count |\n| --- | --- | --- |\n" + "\n".join(rows)
+
+
+def hold_figures(timeseries: Sequence[Mapping[str, Any]]) -> dict[str, float]:
+    """Ingest and no-op percentiles while all users ran: the steady state, without the ramps."""
+    peak_users = max((record["users"] for record in timeseries), default=0)
+    at_peak = [record for record in timeseries if record["users"] == peak_users and "histograms" in record]
+    if not at_peak:
+        return {}
+    # JSON turned the histogram's int buckets into strings.
+    ingest = merge({int(k): v for k, v in record["histograms"]["ingest"].items()} for record in at_peak)
+    noop = merge({int(k): v for k, v in record["histograms"]["noop"].items()} for record in at_peak)
+    seconds = sum(record["interval_s"] for record in at_peak)
+    requests = sum(sum(endpoint["requests"] for endpoint in record["endpoints"].values()) for record in at_peak)
+    return {
+        "hold_s": seconds,
+        "hold_rps": requests / seconds if seconds else 0.0,
+        **{f"hold_ingest_{key}": value for key, value in summary(ingest).items()},
+        **{f"hold_noop_{key}": value for key, value in summary(noop).items()},
+    }
+
+
+def summary_figures(data: RunData) -> dict[str, float]:
+    """The figures a run is judged by (also used by --find-limit)."""
+    final = data.final
+    endpoints = final.get("endpoints", {})
+    tracker = final.get("tracker", {"requests": 0, "failures": 0, "p50": 0, "p95": 0, "p99": 0})
+    all_requests = sum(entry["requests"] for entry in endpoints.values())
+    all_failures = sum(entry["failures"] for entry in endpoints.values())
+    retried = sum(entry["requests"] for name, entry in endpoints.items() if name.endswith(RETRIED_SUFFIX))
+    pgbouncer = [record["pgbouncer"]["server_connections"] for record in data.monitor if "pgbouncer" in record]
+    generator_cpu_s = sum(
+        record["cpu"].get("load generator", 0.0) / 100 * record.get("interval_s", 0.0)
+        for record in data.monitor
+        if "cpu" in record
+    )
+    return {
+        "requests": float(all_requests),
+        "failures": float(all_failures),
+        "failure_ratio": all_failures / all_requests if all_requests else 0.0,
+        "rps": all_requests / final["duration_s"] if final.get("duration_s") else 0.0,
+        "retried_attempts": float(retried),
+        "ingest_requests": float(tracker["requests"]),
+        "ingest_p50": float(tracker["p50"]),
+        "ingest_p95": float(tracker["p95"]),
+        "ingest_p99": float(tracker["p99"]),
+        "noop_p95": float(endpoints.get(NOOP_ENDPOINT, {}).get("p95", 0.0)),
+        "server_connections_max": float(max(pgbouncer, default=0)),
+        # What one request costs the load generator (start-up included), to size --processes.
+        "generator_cpu_ms_per_request": 1000 * generator_cpu_s / all_requests if all_requests else 0.0,
+        "peak_users": float(max((record["users"] for record in data.timeseries), default=0)),
+        **hold_figures(data.timeseries),
+    }
+
+
+def write_report(data: RunData, folder: Path) -> Path:
+    # Time 0 is when Locust's first statistics interval began, not when the command started.
+    first = data.timeseries[0] if data.timeseries else None
+    start = first["t"] - first["interval_s"] if first else data.started_at.timestamp()
+    if data.timeseries:
+        plot_requests(data, start, folder / "requests.png")
+        plot_latency(data, start, folder / "latency.png")
+    if any("pgbouncer" in record for record in data.monitor):
+        plot_pgbouncer(data, start, folder / "pgbouncer.png")
+    if any("cpu" in record for record in data.monitor):
+        plot_cpu(data, start, folder / "cpu.png")
+    if data.breakdown:
+        plot_breakdown(data, folder / "breakdown.png")
+    figures = summary_figures(data)
+    plan = data.plan
+    pool = data.pool.get("pool_size", 0)
+    reserve = data.pool.get("reserve_pool", 0)
+    connections_verdict = (
+        "never above the pool"
+        if figures["server_connections_max"] <= pool
+        else ("within pool + reserve" if figures["server_connections_max"] <= pool + reserve else "ABOVE the pool")
+    )
+    ratio = figures["ingest_p95"] / figures["noop_p95"] if figures["noop_p95"] else float("nan")
+    check_rows = "\n".join(
+        f"| {check.kind} | {check.acknowledged} | {check.stored} | {check.in_doubt} | {check.verdict} |"
+        for check in data.checks
+    )
+    all_passed = all(check.passed for check in data.checks)
+    if data.breakdown:
+        breakdown_section = (
+            f"From {data.spans_read} spans in {data.trace_files} trace file(s) written during the run "
+            f"({data.unreadable_trace_lines} unreadable lines). Shares of the server span's duration; "
+            "tracing samples requests, so these are shares of the sampled ones.\n\n"
+            + _breakdown_table(data.breakdown)
+            + "\n\n![breakdown](breakdown.png)"
+        )
+    else:
+        breakdown_section = (
+            f"No server spans were found ({data.trace_files} trace file(s), {data.spans_read} spans in the run's "
+            "window): run the stack with tracing on (`SIGHTLINE_TRACE_FILE` or the `make up` default of "
+            "`.data/traces/*.jsonl`) to get the breakdown."
+        )
+    hold = (
+        f"{figures.get('hold_rps', 0):.1f}; {figures.get('hold_ingest_p50', 0):.0f} / "
+        f"{figures.get('hold_ingest_p95', 0):.0f} / {figures.get('hold_ingest_p99', 0):.0f} ms; "
+        f"{figures.get('hold_noop_p95', 0):.0f} ms"
+    )
+    latencies = f"{figures['ingest_p50']:.0f} / {figures['ingest_p95']:.0f} / {figures['ingest_p99']:.0f}"
+    connections = f"{figures['server_connections_max']:.0f} (pool {pool}, reserve {reserve}: {connections_verdict})"
+    text = f"""# Load test {data.started_at:%Y-%m-%d %H:%M:%S} UTC
+
+Command: `{data.command}`
+
+Machine: {platform.node()}, {os.cpu_count()} cores, {platform.machine()}, Python {platform.python_version()}.
+The load generator ({data.processes} Locust process(es)), Postgres, PgBouncer and the services share it.
+
+Plan: {plan.users} visitors ({plan.shape} ramp up over {plan.ramp_up_s:.0f} s, hold {plan.hold_s:.0f} s,
+ramp down over {plan.ramp_down_s:.0f} s), one request per visitor every {plan.pacing_s:.0f} s (first a 15-60 kB gzip
+replay chunk with a full snapshot, from a session recorded in Chromium (tools/loadtest/recordings; synthetic only
+when those are missing), then events batches and incremental replay chunks alternately), plus
+{plan.noop_users} no-op users (same pace, events-sized gzip body to `POST /v1/noop`) and {plan.readers} reader(s).
+Ingest {plan.ingest_url}, query {plan.query_url}, replay {plan.replay_url}.
+
+## Summary
+
+| figure | value |
+| --- | --- |
+| peak users | {figures["peak_users"]:.0f} |
+| requests (all endpoints, retried attempts included) | {figures["requests"]:.0f} |
+| requests/s (mean over the run) | {figures["rps"]:.1f} |
+| final failures | {figures["failures"]:.0f} ({100 * figures["failure_ratio"]:.3f} %) |
+| attempts answered 503 or lost and retried with the same body | {figures["retried_attempts"]:.0f} |
+| ingest p50 / p95 / p99 (events + replay) | {latencies} ms |
+| no-op p95 in the same run | {figures["noop_p95"]:.0f} ms (ingest p95 is {ratio:.1f}× that) |
+| at full load only ({figures.get("hold_s", 0):.0f} s): requests/s, ingest p50 / p95 / p99, no-op p95 | {hold} |
+| PgBouncer server connections, max | {connections} |
+| load generator CPU per request | {figures["generator_cpu_ms_per_request"]:.2f} ms |
+| acknowledged = stored | {"yes" if all_passed else "**NO**"} |
+
+## Requests and failures over time
+
+![requests](requests.png)
+
+![latency](latency.png)
+
+{_endpoint_table(data.final)}
+
+Failures by endpoint and type:
+
+{_failure_table(data.final.get("errors", []))}
+
+## Postgres server connections (PgBouncer SHOW POOLS)
+
+Server connections in use = sv_active + sv_idle + sv_used + sv_tested + sv_login for database `sightline`,
+sampled every few seconds. Maximum {figures["server_connections_max"]:.0f}; pool size {pool} (+{reserve} reserve).
+
+![pgbouncer](pgbouncer.png)
+
+## CPU per process
+
+Percent of one core ({os.cpu_count()} cores = {100 * (os.cpu_count() or 1)} %), from psutil: services with their
+Granian workers, PgBouncer, Postgres with its backends, the load generator (all its processes).
+"(whole machine)" includes work outside this run: whatever else shares the machine.
+
+{_cpu_table(data.monitor)}
+
+![cpu](cpu.png)
+
+## Latency breakdown from traces
+
+{breakdown_section}
+
+## Acknowledged vs stored
+
+Acknowledged = counted by the load generator for every 202 ({data.acknowledged_files} process file(s));
+stored = rows of this run's own project (id in `plan.json`). "In doubt" are rows of deliveries that finally
+failed or that the run's end interrupted (their commit may have happened after the client gave up).
+
+| kind | acknowledged by 202 | stored | in doubt | verdict |
+| --- | --- | --- | --- | --- |
+{check_rows}
+
+Deliveries: {data.acknowledged.deliveries}, finally failed: {data.acknowledged.failed_deliveries},
+interrupted by the run's end: {data.acknowledged.interrupted_deliveries},
+retried attempts: {data.acknowledged.retried_attempts}.
+"""
+    report = folder / "report.md"
+    report.write_text(text)
+    return report
+
+
+def stamp(moment: datetime | None = None) -> str:
+    return (moment or datetime.now(UTC)).strftime("%Y%m%d-%H%M%S")
