@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from services.cli.pgbouncer import LocalPgBouncer
 from services.cli.postgres import LocalPostgres
+from services.cli.serving import RunningService, running_service
 from services.cli.throwaway import throwaway_database
-from services.common.settings import AdminDatabaseSettings, DatabaseSettings
+from services.common.settings import AdminDatabaseSettings, DatabaseSettings, ServiceName
 
 # Deliberately small, so a test can open far more sessions than Postgres allows.
 TEST_MAX_CONNECTIONS = 40
@@ -27,6 +29,16 @@ class DatabaseHarness:
     admin: AdminDatabaseSettings
     pgbouncer_admin_url: str
     root: Path
+
+    def serve(self, service: ServiceName, log_name: str, **settings: str) -> AbstractContextManager[RunningService]:
+        """The service under Granian on this database (settings: SIGHTLINE_* names without the prefix)."""
+        env = {
+            **os.environ,
+            "SIGHTLINE_DATABASE_URL": self.database.url,
+            "SIGHTLINE_LOG_LEVEL": "WARNING",
+            **{f"SIGHTLINE_{name}": value for name, value in settings.items()},
+        }
+        return running_service(service, env, self.root / "log" / f"{log_name}.log")
 
     def database_for(self, service: str, **overrides: object) -> DatabaseSettings:
         values = {**self.database.__dict__, **overrides}

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import shlex
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import click
+from click.decorators import FC
 
 from services.common.settings import ServerSettings, ServiceName
 from tools.benchmarks_file import write_section
@@ -28,15 +30,16 @@ def _loopback(_: click.Context, __: click.Parameter, value: str | None) -> str |
         raise click.BadParameter(str(exc)) from exc
 
 
+def _seconds(flag: str, name: str, default: float, help_text: str) -> Callable[[FC], FC]:
+    """A duration option in seconds (at least 0) with its default shown."""
+    return click.option(flag, name, type=click.FloatRange(min=0), default=default, show_default=True, help=help_text)
+
+
 @click.command()
 @click.option("--users", type=click.IntRange(min=1), default=5000, show_default=True, help="Concurrent visitors.")
-@click.option(
-    "--duration", "hold_s", type=click.FloatRange(min=0), default=180, show_default=True, help="Seconds at full load."
-)
-@click.option("--ramp-up", "ramp_up_s", type=click.FloatRange(min=0), default=60, show_default=True)
-@click.option(
-    "--ramp-down", "ramp_down_s", type=click.FloatRange(min=0), default=60, show_default=True, help="Seconds."
-)
+@_seconds("--duration", "hold_s", 180, "Seconds at full load.")
+@_seconds("--ramp-up", "ramp_up_s", 60, "Seconds from 0 to full load.")
+@_seconds("--ramp-down", "ramp_down_s", 60, "Seconds from full load to 0.")
 @click.option(
     "--shape",
     type=click.Choice(["linear", "steps"]),
@@ -133,7 +136,7 @@ def load(
     default=None,
     help="Seconds at full load [default: warm-up plus each fault's time and recovery gap].",
 )
-@click.option("--ramp-up", "ramp_up_s", type=click.FloatRange(min=0), default=20, show_default=True)
+@_seconds("--ramp-up", "ramp_up_s", 20, "Seconds from 0 to full load.")
 @click.option(
     "--fault",
     "faults",
@@ -141,26 +144,10 @@ def load(
     multiple=True,
     help="Only this fault (repeat for more, in the given order) [default: all, in the order listed].",
 )
-@click.option("--warmup", "warmup_s", type=click.FloatRange(min=0), default=15, show_default=True, help="Seconds.")
-@click.option(
-    "--gap", "gap_s", type=click.FloatRange(min=0), default=30, show_default=True, help="Seconds between faults."
-)
-@click.option(
-    "--reject-for",
-    "reject_s",
-    type=click.FloatRange(min=0),
-    default=10,
-    show_default=True,
-    help="Seconds Postgres rejects connections.",
-)
-@click.option(
-    "--deadline",
-    "deadline_s",
-    type=click.FloatRange(min=0),
-    default=12,
-    show_default=True,
-    help="No request may take longer (seconds).",
-)
+@_seconds("--warmup", "warmup_s", 15, "Seconds of load before the first fault.")
+@_seconds("--gap", "gap_s", 30, "Seconds between faults.")
+@_seconds("--reject-for", "reject_s", 10, "Seconds Postgres rejects connections.")
+@_seconds("--deadline", "deadline_s", 12, "No request may take longer (seconds).")
 @click.option("--ingest-workers", type=click.IntRange(min=1), default=None, help="Granian workers for ingest.")
 @click.option("--reports-dir", type=click.Path(path_type=Path), default=Path("reports"), show_default=True)
 @click.option("--progress", "progress_s", type=click.FloatRange(min=1), default=10, show_default=True, help="Seconds.")

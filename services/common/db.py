@@ -120,3 +120,14 @@ async def transaction(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
             yield connection
     finally:
         await connection.close()
+
+
+@asynccontextmanager
+async def admin_transaction(settings: AdminDatabaseSettings) -> AsyncIterator[AsyncConnection]:
+    """A one-off direct transaction for a command: its own engine, committed, then disposed."""
+    engine = create_admin_engine(settings)
+    try:
+        async with engine.begin() as connection:
+            yield connection
+    finally:
+        await engine.dispose()

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal, TypeVar
 
 ServiceName = Literal["ingest", "query", "replay"]
 SERVICES: tuple[ServiceName, ...] = ("ingest", "query", "replay")
@@ -40,8 +40,8 @@ class Env:
                 return value
         return self._environ.get(f"SIGHTLINE_{name}") if shared else None
 
-    def text(self, name: str, default: str) -> str:
-        value = self.raw(name)
+    def text(self, name: str, default: str, *, shared: bool = True) -> str:
+        value = self.raw(name, shared=shared)
         return default if value is None or value == "" else value
 
     def integer(self, name: str, default: int, *, shared: bool = True) -> int:
@@ -53,8 +53,8 @@ class Env:
         except ValueError as exc:
             raise SettingsError(f"SIGHTLINE_{name} must be an integer, got {value!r}") from exc
 
-    def number(self, name: str, default: float) -> float:
-        value = self.raw(name)
+    def number(self, name: str, default: float, *, shared: bool = True) -> float:
+        value = self.raw(name, shared=shared)
         if value is None or value == "":
             return default
         try:
@@ -68,6 +68,47 @@ class Env:
             return default
         return tuple(part.strip() for part in value.split(",") if part.strip())
 
+    def typed(self, name: str, default: Any, *, shared: bool = True) -> Any:
+        """The value parsed as the default's type: bool, int, float, str, tuple of str, or Path."""
+        if isinstance(default, bool):
+            value = self.raw(name, shared=shared)
+            if value is None or value == "":
+                return default
+            return value.strip().lower() not in ("off", "0", "false", "no")
+        if isinstance(default, int):
+            return self.integer(name, default, shared=shared)
+        if isinstance(default, float):
+            return self.number(name, default, shared=shared)
+        if isinstance(default, tuple):
+            return self.items(name, default)
+        if isinstance(default, Path):
+            return Path(self.text(name, str(default), shared=shared))
+        return self.text(name, default, shared=shared)
+
+
+def setting(name: str, default: Any, *, shared: bool = True) -> Any:
+    """A settings field read from SIGHTLINE_<SERVICE>_<name>, else SIGHTLINE_<name> (unless not shared)."""
+    return field(default=default, metadata={"env": name, "shared": shared})
+
+
+S = TypeVar("S")
+
+
+def load_settings(cls: type[S], service: str | None, environ: Mapping[str, str] | None = None, **defaults: Any) -> S:
+    """An instance of the settings dataclass cls with every `setting()` field read from the environment.
+
+    defaults replace a field's declared default (a service's own port, say) before the lookup.
+    """
+    env = Env(service, os.environ if environ is None else environ)
+    values = {
+        item.name: env.typed(
+            item.metadata["env"], defaults.get(item.name, item.default), shared=item.metadata["shared"]
+        )
+        for item in fields(cls)  # type: ignore[arg-type]
+        if "env" in item.metadata
+    }
+    return cls(**values)
+
 
 DEFAULT_DATABASE_URL = "postgresql+asyncpg://sightline:sightline@127.0.0.1:6432/sightline"
 
@@ -76,32 +117,23 @@ DEFAULT_DATABASE_URL = "postgresql+asyncpg://sightline:sightline@127.0.0.1:6432/
 class DatabaseSettings:
     """How a service reaches Postgres: always through PgBouncer in transaction mode."""
 
-    url: str = DEFAULT_DATABASE_URL
+    url: str = setting("DATABASE_URL", DEFAULT_DATABASE_URL)
     # Per worker process. PgBouncer multiplexes all of these onto its small server pool,
     # so this bounds a worker's concurrency, not Postgres's connection count.
-    pool_size: int = 10
-    max_overflow: int = 0
+    pool_size: int = setting("DB_POOL_SIZE", 10)
+    max_overflow: int = setting("DB_MAX_OVERFLOW", 0)
     # How long a request may wait for a pooled connection before it is answered 503.
-    pool_timeout_s: float = 2.0
+    pool_timeout_s: float = setting("DB_POOL_TIMEOUT_S", 2.0)
     # TCP connect + authentication to PgBouncer.
-    connect_timeout_s: float = 2.0
+    connect_timeout_s: float = setting("DB_CONNECT_TIMEOUT_S", 2.0)
     # Client-side cap on any one statement; the server-side statement_timeout is shorter
     # so Postgres cancels the query itself and the connection stays usable.
-    command_timeout_s: float = 15.0
-    statement_timeout_ms: int = 10_000
+    command_timeout_s: float = setting("DB_COMMAND_TIMEOUT_S", 15.0)
+    statement_timeout_ms: int = setting("DB_STATEMENT_TIMEOUT_MS", 10_000)
 
     @classmethod
     def from_env(cls, service: str | None, environ: Mapping[str, str] | None = None) -> DatabaseSettings:
-        env = Env(service, os.environ if environ is None else environ)
-        return cls(
-            url=env.text("DATABASE_URL", cls.url),
-            pool_size=env.integer("DB_POOL_SIZE", cls.pool_size),
-            max_overflow=env.integer("DB_MAX_OVERFLOW", cls.max_overflow),
-            pool_timeout_s=env.number("DB_POOL_TIMEOUT_S", cls.pool_timeout_s),
-            connect_timeout_s=env.number("DB_CONNECT_TIMEOUT_S", cls.connect_timeout_s),
-            command_timeout_s=env.number("DB_COMMAND_TIMEOUT_S", cls.command_timeout_s),
-            statement_timeout_ms=env.integer("DB_STATEMENT_TIMEOUT_MS", cls.statement_timeout_ms),
-        )
+        return load_settings(cls, service, environ)
 
 
 @dataclass(frozen=True)
@@ -112,37 +144,29 @@ class AdminDatabaseSettings:
     session, which transaction pooling does not give.
     """
 
-    url: str = "postgresql+asyncpg://sightline:sightline@127.0.0.1:55432/sightline"
+    url: str = setting("ADMIN_DATABASE_URL", "postgresql+asyncpg://sightline:sightline@127.0.0.1:55432/sightline")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> AdminDatabaseSettings:
-        env = Env(None, os.environ if environ is None else environ)
-        return cls(url=env.text("ADMIN_DATABASE_URL", cls.url))
+        return load_settings(cls, None, environ)
 
 
 @dataclass(frozen=True)
 class ServerSettings:
     """How Granian serves one service."""
 
-    host: str = "127.0.0.1"
-    port: int = 8001
-    workers: int = 1
+    host: str = setting("HOST", "127.0.0.1")
+    # A shared SIGHTLINE_PORT would put three services on one port, so only the
+    # per-service name (SIGHTLINE_INGEST_PORT) sets a port.
+    port: int = setting("PORT", 8001, shared=False)
+    workers: int = setting("WORKERS", 1)
     # Granian's default backpressure (about 1024 open connections per process group) makes
     # a 5000-user load test time out; the app's own limits decide when to shed load instead.
-    backpressure: int = 16384
+    backpressure: int = setting("BACKPRESSURE", 16384)
 
     @classmethod
     def from_env(cls, service: ServiceName, environ: Mapping[str, str] | None = None) -> ServerSettings:
-        environ = os.environ if environ is None else environ
-        env = Env(service, environ)
-        return cls(
-            host=env.text("HOST", cls.host),
-            # A shared SIGHTLINE_PORT would put three services on one port, so only the
-            # per-service name (SIGHTLINE_INGEST_PORT) sets a port.
-            port=env.integer("PORT", DEFAULT_PORTS[service], shared=False),
-            workers=env.integer("WORKERS", DEFAULT_WORKERS[service]),
-            backpressure=env.integer("BACKPRESSURE", cls.backpressure),
-        )
+        return load_settings(cls, service, environ, port=DEFAULT_PORTS[service], workers=DEFAULT_WORKERS[service])
 
 
 @dataclass(frozen=True)
@@ -154,53 +178,45 @@ class RateLimitSettings:
     before it takes the database's connections from everyone else.
     """
 
-    requests_per_s: float = 20.0
-    burst: float = 100.0
+    requests_per_s: float = setting("RATE_LIMIT_REQUESTS_PER_S", 20.0)
+    burst: float = setting("RATE_LIMIT_BURST", 100.0)
 
     @classmethod
     def from_env(cls, service: ServiceName, environ: Mapping[str, str] | None = None) -> RateLimitSettings:
-        env = Env(service, os.environ if environ is None else environ)
-        return cls(
-            requests_per_s=env.number("RATE_LIMIT_REQUESTS_PER_S", cls.requests_per_s),
-            burst=env.number("RATE_LIMIT_BURST", cls.burst),
-        )
+        return load_settings(cls, service, environ)
 
 
 @dataclass(frozen=True)
 class LogSettings:
-    level: str = "INFO"
+    level: str = setting("LOG_LEVEL", "INFO")
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "level", self.level.upper())
 
     @classmethod
     def from_env(cls, service: str | None, environ: Mapping[str, str] | None = None) -> LogSettings:
-        env = Env(service, os.environ if environ is None else environ)
-        return cls(level=env.text("LOG_LEVEL", cls.level).upper())
+        return load_settings(cls, service, environ)
 
 
 @dataclass(frozen=True)
 class StackSettings:
     """The local stack that ``sightline up`` runs without Docker."""
 
-    data_dir: Path = field(default_factory=lambda: Path(".data").resolve())
-    pg_bin_dir: Path = Path("/usr/lib/postgresql/15/bin")
-    postgres_port: int = 55432
-    pgbouncer_port: int = 6432
-    pgbouncer_bin: str = "pgbouncer"
+    # Relative paths are taken from the working directory, once, when the settings are made.
+    data_dir: Path = setting("DATA_DIR", Path(".data"))
+    pg_bin_dir: Path = setting("PG_BIN_DIR", Path("/usr/lib/postgresql/15/bin"))
+    postgres_port: int = setting("POSTGRES_PORT", 55432)
+    pgbouncer_port: int = setting("PGBOUNCER_PORT", 6432)
+    pgbouncer_bin: str = setting("PGBOUNCER_BIN", "pgbouncer")
     # Postgres's own limit stays at a size a 2-core machine handles well; PgBouncer's
     # server pool is what every service shares.
-    postgres_max_connections: int = 100
-    pgbouncer_pool_size: int = 30
-    pgbouncer_max_client_conn: int = 10_000
+    postgres_max_connections: int = setting("POSTGRES_MAX_CONNECTIONS", 100)
+    pgbouncer_pool_size: int = setting("PGBOUNCER_POOL_SIZE", 30)
+    pgbouncer_max_client_conn: int = setting("PGBOUNCER_MAX_CLIENT_CONN", 10_000)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "data_dir", self.data_dir.resolve())
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> StackSettings:
-        env = Env(None, os.environ if environ is None else environ)
-        return cls(
-            data_dir=Path(env.text("DATA_DIR", ".data")).resolve(),
-            pg_bin_dir=Path(env.text("PG_BIN_DIR", str(cls.pg_bin_dir))),
-            postgres_port=env.integer("POSTGRES_PORT", cls.postgres_port),
-            pgbouncer_port=env.integer("PGBOUNCER_PORT", cls.pgbouncer_port),
-            pgbouncer_bin=env.text("PGBOUNCER_BIN", cls.pgbouncer_bin),
-            postgres_max_connections=env.integer("POSTGRES_MAX_CONNECTIONS", cls.postgres_max_connections),
-            pgbouncer_pool_size=env.integer("PGBOUNCER_POOL_SIZE", cls.pgbouncer_pool_size),
-            pgbouncer_max_client_conn=env.integer("PGBOUNCER_MAX_CLIENT_CONN", cls.pgbouncer_max_client_conn),
-        )
+        return load_settings(cls, None, environ)

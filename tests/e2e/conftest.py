@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -11,7 +10,6 @@ from pathlib import Path
 import pytest
 
 from services.cli import admin
-from services.cli.serving import running_service
 from tests.e2e.browser import require_chromium
 from tests.harness import DatabaseHarness
 
@@ -19,15 +17,8 @@ from tests.harness import DatabaseHarness
 @pytest.fixture(scope="module")
 def ingest_url(db: DatabaseHarness) -> Iterator[str]:
     require_chromium()
-    env = {
-        **os.environ,
-        "SIGHTLINE_DATABASE_URL": db.database.url,
-        "SIGHTLINE_INGEST_WORKERS": "1",
-        # Projects are made per test, after ingest started: CORS must see them quickly.
-        "SIGHTLINE_INGEST_PROJECT_CACHE_TTL_S": "0.5",
-        "SIGHTLINE_LOG_LEVEL": "WARNING",
-    }
-    with running_service("ingest", env, db.root / "log" / "ingest-e2e.log") as ingest:
+    # Projects are made per test, after ingest started: CORS must see them quickly.
+    with db.serve("ingest", "ingest-e2e", INGEST_WORKERS="1", INGEST_PROJECT_CACHE_TTL_S="0.5") as ingest:
         yield ingest.url
 
 
@@ -51,19 +42,17 @@ class PagesStack:
 @pytest.fixture(scope="module")
 def pages_stack(db: DatabaseHarness) -> Iterator[PagesStack]:
     require_chromium()
-    env = {
-        **os.environ,
-        "SIGHTLINE_DATABASE_URL": db.database.url,
-        "SIGHTLINE_REPLAY_WORKERS": "1",
-        "SIGHTLINE_QUERY_WORKERS": "1",
+    settings = {
+        "REPLAY_WORKERS": "1",
+        "QUERY_WORKERS": "1",
         # Rollups are rebuilt by a background task; off, every figure is read from events at once.
-        "SIGHTLINE_QUERY_ROLLUP_INTERVAL_S": "0",
+        "QUERY_ROLLUP_INTERVAL_S": "0",
         # INFO, the level `make up` runs at: whatever the services log there must not hold a key.
-        "SIGHTLINE_LOG_LEVEL": "INFO",
+        "LOG_LEVEL": "INFO",
     }
-    replay_log = db.root / "log" / "replay-pages.log"
-    query_log = db.root / "log" / "query-pages.log"
-    with running_service("replay", env, replay_log) as replay:
-        query_env = {**env, "SIGHTLINE_QUERY_REPLAY_URL": replay.url}
-        with running_service("query", query_env, query_log) as query:
-            yield PagesStack(replay.url, query.url, (replay_log, query_log))
+    with db.serve("replay", "replay-pages", **settings) as replay:
+        # The dashboard links to the replay service, so query starts second, with its URL.
+        query_service = db.serve("query", "query-pages", **settings, QUERY_REPLAY_URL=replay.url)
+        with query_service as query:
+            logs = (db.root / "log" / "replay-pages.log", db.root / "log" / "query-pages.log")
+            yield PagesStack(replay.url, query.url, logs)

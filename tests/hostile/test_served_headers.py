@@ -2,21 +2,18 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
 
-from services.cli.serving import running_service
 from tests.harness import DatabaseHarness
 
 
 @pytest.fixture(scope="module")
 def query_url(db: DatabaseHarness) -> Iterator[str]:
-    env = {**os.environ, "SIGHTLINE_DATABASE_URL": db.database.url, "SIGHTLINE_QUERY_ROLLUP_INTERVAL_S": "0"}
-    with running_service("query", env, db.root / "log" / "hostile-query.log") as query:
+    with db.serve("query", "hostile-query", QUERY_ROLLUP_INTERVAL_S="0", LOG_LEVEL="INFO") as query:
         yield query.url
 
 

@@ -48,10 +48,11 @@ async def test_a_batch_is_stored_enriched_and_acknowledged(
             ),
         ],
     }
-    # A recent date keeps the events inside the accepted window.
-    today = datetime.now(UTC).date().isoformat()
-    payload["events"][0]["timestamp"] = f"{today}T10:00:00+01:00"
-    payload["events"][1]["timestamp"] = f"{today}T09:00:05Z"
+    # Yesterday keeps the events inside the accepted window and never in the future, whatever
+    # the time of day the suite runs at (a future timestamp would be clamped to the receive time).
+    day = (datetime.now(UTC) - timedelta(days=1)).date().isoformat()
+    payload["events"][0]["timestamp"] = f"{day}T10:00:00+01:00"
+    payload["events"][1]["timestamp"] = f"{day}T09:00:05Z"
 
     response = await client.post("/v1/events", content=json_body(payload), headers=JSON)
 
@@ -61,7 +62,7 @@ async def test_a_batch_is_stored_enriched_and_acknowledged(
     assert len(rows) == 2
     view, signup = rows  # 09:00:00Z then 09:00:05Z
     assert view.event_uuid == uuid.UUID(first)
-    assert view.occurred_at == datetime.fromisoformat(f"{today}T09:00:00+00:00")
+    assert view.occurred_at == datetime.fromisoformat(f"{day}T09:00:00+00:00")
     assert (view.name, view.distinct_id, view.session_id) == ("pageview", "visitor-1", "session-1")
     assert (view.domain, view.path, view.title) == ("example.com", "/pricing", "Pricing")
     assert view.referrer == "https://www.Google.com/search?q=sightline"

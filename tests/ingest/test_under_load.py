@@ -28,14 +28,7 @@ from tests.ingest.conftest import JSON, json_body, pageview, stored_events
 @pytest.fixture(scope="module")
 def ingest_server(db: DatabaseHarness) -> Iterator[str]:
     """The ingest service under Granian, trusting 127.0.0.1 as its proxy."""
-    env = {
-        **os.environ,
-        "SIGHTLINE_DATABASE_URL": db.database.url,
-        "SIGHTLINE_INGEST_TRUSTED_PROXIES": "127.0.0.1/32",
-        "SIGHTLINE_INGEST_WORKERS": "2",
-        "SIGHTLINE_LOG_LEVEL": "WARNING",
-    }
-    with running_service("ingest", env, db.root / "log" / "ingest-under-load.log") as ingest:
+    with db.serve("ingest", "ingest-under-load", INGEST_TRUSTED_PROXIES="127.0.0.1/32", INGEST_WORKERS="2") as ingest:
         yield ingest.url
 
 

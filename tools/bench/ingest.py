@@ -25,7 +25,7 @@ import msgspec
 from sqlalchemy import text
 
 from services.cli.stack import load_local_env
-from services.common.db import create_admin_engine
+from services.common.db import admin_transaction
 from services.common.settings import AdminDatabaseSettings, ServerSettings, StackSettings
 from tools.benchmarks_file import write_section
 
@@ -88,15 +88,9 @@ def run_wrk(
 
 
 async def count_events(settings: AdminDatabaseSettings, project_id: int) -> int:
-    engine = create_admin_engine(settings)
-    try:
-        async with engine.connect() as connection:
-            result = await connection.execute(
-                text("SELECT count(*) FROM events WHERE project_id = :p"), {"p": project_id}
-            )
-            return int(result.scalar_one())
-    finally:
-        await engine.dispose()
+    async with admin_transaction(settings) as connection:
+        result = await connection.execute(text("SELECT count(*) FROM events WHERE project_id = :p"), {"p": project_id})
+        return int(result.scalar_one())
 
 
 def main() -> None:

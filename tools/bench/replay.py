@@ -42,7 +42,7 @@ from sqlalchemy import text
 from services.cli import admin
 from services.cli.serving import running_service
 from services.cli.throwaway import throwaway_database
-from services.common.db import create_admin_engine
+from services.common.db import admin_transaction
 from services.common.settings import AdminDatabaseSettings
 
 CHUNK_INTERVAL_MS = 5_000
@@ -184,47 +184,43 @@ async def store_session(
     def at(ms: int) -> datetime:
         return datetime.fromtimestamp(ms / 1000, tz=UTC)
 
-    engine = create_admin_engine(settings)
-    try:
-        async with engine.begin() as connection:
-            await connection.execute(
-                text(
-                    "INSERT INTO replay_sessions (project_id, session_id, distinct_id, started_at, ended_at,"
-                    " chunk_count, total_bytes) VALUES (:p, :s, 'bench', :start, :end, :count, :bytes)"
-                ),
+    async with admin_transaction(settings) as connection:
+        await connection.execute(
+            text(
+                "INSERT INTO replay_sessions (project_id, session_id, distinct_id, started_at, ended_at,"
+                " chunk_count, total_bytes) VALUES (:p, :s, 'bench', :start, :end, :count, :bytes)"
+            ),
+            {
+                "p": project_id,
+                "s": session_id,
+                "start": at(chunks[0].first_ms),
+                "end": at(chunks[-1].last_ms),
+                "count": len(chunks),
+                "bytes": sum(len(chunk.data) for chunk in chunks),
+            },
+        )
+        await connection.execute(
+            text(
+                "INSERT INTO replay_chunks (project_id, session_id, seq, first_timestamp, last_timestamp,"
+                " event_count, has_full_snapshot, content_encoding, byte_size, data)"
+                " VALUES (:p, :s, :seq, :first, :last, :count, :snapshot, 'gzip', :size, :data)"
+            ),
+            [
                 {
                     "p": project_id,
                     "s": session_id,
-                    "start": at(chunks[0].first_ms),
-                    "end": at(chunks[-1].last_ms),
-                    "count": len(chunks),
-                    "bytes": sum(len(chunk.data) for chunk in chunks),
-                },
-            )
-            await connection.execute(
-                text(
-                    "INSERT INTO replay_chunks (project_id, session_id, seq, first_timestamp, last_timestamp,"
-                    " event_count, has_full_snapshot, content_encoding, byte_size, data)"
-                    " VALUES (:p, :s, :seq, :first, :last, :count, :snapshot, 'gzip', :size, :data)"
-                ),
-                [
-                    {
-                        "p": project_id,
-                        "s": session_id,
-                        "seq": chunk.seq,
-                        "first": at(chunk.first_ms),
-                        "last": at(chunk.last_ms),
-                        "count": chunk.event_count,
-                        "snapshot": chunk.full_snapshot,
-                        "size": len(chunk.data),
-                        "data": chunk.data,
-                    }
-                    for chunk in chunks
-                ],
-            )
-            await connection.execute(text("ANALYZE replay_chunks"))
-    finally:
-        await engine.dispose()
+                    "seq": chunk.seq,
+                    "first": at(chunk.first_ms),
+                    "last": at(chunk.last_ms),
+                    "count": chunk.event_count,
+                    "snapshot": chunk.full_snapshot,
+                    "size": len(chunk.data),
+                    "data": chunk.data,
+                }
+                for chunk in chunks
+            ],
+        )
+        await connection.execute(text("ANALYZE replay_chunks"))
 
 
 # --- processes ------------------------------------------------------------------------------

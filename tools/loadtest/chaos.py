@@ -26,7 +26,7 @@ from typing import TypeVar
 
 from services.cli.processes import free_port
 from services.cli.stack import LocalStack
-from services.common.db import create_admin_engine
+from services.common.db import admin_transaction
 from services.common.settings import AdminDatabaseSettings, ServerSettings, StackSettings
 from tools.loadtest import chaos_report, repository
 from tools.loadtest.fault_windows import FaultWindow, fault_windows
@@ -210,15 +210,11 @@ class FaultInjector(threading.Thread):
 async def _stored_keys(
     settings: AdminDatabaseSettings, project_id: int
 ) -> tuple[dict[str, int], dict[tuple[str, int], int]]:
-    engine = create_admin_engine(settings)
-    try:
-        async with engine.connect() as connection:
-            return (
-                await repository.stored_event_uuids(connection, project_id),
-                await repository.stored_chunk_keys(connection, project_id),
-            )
-    finally:
-        await engine.dispose()
+    async with admin_transaction(settings) as connection:
+        return (
+            await repository.stored_event_uuids(connection, project_id),
+            await repository.stored_chunk_keys(connection, project_id),
+        )
 
 
 def run_chaos(options: ChaosOptions, command: str, echo: Callable[[str], None] = print) -> ChaosResult:
@@ -265,5 +261,6 @@ def run_chaos(options: ChaosOptions, command: str, echo: Callable[[str], None] =
         compare_rows("replay chunks", set(ledger.acknowledged_chunks), set(ledger.doubtful_chunks), chunk_counts),
     ]
     windows = fault_windows(read_requests(run.folder), thread.records, run_end=thread.hold_end)
-    report = chaos_report.write(run, thread.records, windows, rows, options, command, thread.error)
-    return ChaosResult(run, thread.records, windows, rows, report, options, thread.error)
+    result = ChaosResult(run, thread.records, windows, rows, run.folder / "chaos.md", options, thread.error)
+    chaos_report.write(result, command)
+    return result

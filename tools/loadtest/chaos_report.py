@@ -9,13 +9,9 @@ from typing import TYPE_CHECKING
 
 from tools.benchmarks_file import machine_line
 from tools.loadtest.fault_windows import FaultWindow
-from tools.loadtest.faults import FaultRecord
-from tools.loadtest.runner import RunResult
 
 if TYPE_CHECKING:
-    from pathlib import Path
-
-    from tools.loadtest.chaos import ChaosOptions, ChaosResult, RowCheck
+    from tools.loadtest.chaos import ChaosResult, RowCheck
 
 CHAOS = ("<!-- chaos:start -->", "<!-- chaos:end -->", "## Fault run (`sightline chaos`)")
 
@@ -88,15 +84,15 @@ to the next fault (or the end of the hold); {window.requests} requests answered 
 """
 
 
-def report_text(
-    run: RunResult,
-    faults: Sequence[FaultRecord],
-    windows: Sequence[FaultWindow],
-    rows: Sequence[RowCheck],
-    options: ChaosOptions,
-    command: str,
-    fault_error: str | None,
-) -> str:
+def report_text(result: ChaosResult, command: str) -> str:
+    run, faults, windows, rows, options, fault_error = (
+        result.run,
+        result.faults,
+        result.windows,
+        result.rows,
+        result.options,
+        result.fault_error,
+    )
     figures = run.figures
     missing = [name for name in options.faults if name not in {fault.name for fault in faults}]
     problems = []
@@ -137,17 +133,10 @@ Every event uuid and replay chunk (session, seq) that got a 202, looked up in th
 {details}"""
 
 
-def write(
-    run: RunResult,
-    faults: Sequence[FaultRecord],
-    windows: Sequence[FaultWindow],
-    rows: Sequence[RowCheck],
-    options: ChaosOptions,
-    command: str,
-    fault_error: str | None,
-) -> Path:
-    path = run.folder / "chaos.md"
-    path.write_text(report_text(run, faults, windows, rows, options, command, fault_error))
+def write(result: ChaosResult, command: str) -> None:
+    """chaos.md (the report) and chaos.json (its figures) in the run folder."""
+    result.report.write_text(report_text(result, command))
+    faults, windows, rows, fault_error = result.faults, result.windows, result.rows, result.fault_error
     summary = {
         "faults": [fault.as_json() for fault in faults],
         "windows": [
@@ -169,8 +158,7 @@ def write(
         "rows": [row.__dict__ for row in rows],
         "fault_error": fault_error,
     }
-    (run.folder / "chaos.json").write_text(json.dumps(summary, indent=2))
-    return path
+    (result.run.folder / "chaos.json").write_text(json.dumps(summary, indent=2))
 
 
 def benchmarks_section(result: ChaosResult, command: str) -> str:

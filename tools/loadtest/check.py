@@ -6,7 +6,7 @@ import json
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-from services.common.db import create_admin_engine
+from services.common.db import admin_transaction
 from services.common.settings import AdminDatabaseSettings
 from tools.loadtest import repository
 
@@ -89,9 +89,5 @@ def compare(acknowledged: Acknowledged, stored: dict[str, int]) -> list[Delivery
 
 
 async def stored_rows(settings: AdminDatabaseSettings, project_id: int) -> dict[str, int]:
-    engine = create_admin_engine(settings)
-    try:
-        async with engine.connect() as connection:
-            return await repository.stored_rows(connection, project_id)
-    finally:
-        await engine.dispose()
+    async with admin_transaction(settings) as connection:
+        return await repository.stored_rows(connection, project_id)

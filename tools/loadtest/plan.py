@@ -6,7 +6,7 @@ import math
 import os
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
-from typing import Literal
+from typing import Any, Literal
 
 from tools.loadtest.hosts import require_loopback
 
@@ -22,8 +22,10 @@ NOOP_SHARE = 0.05
 PAYLOADS_FILE = "payloads.msgpack"
 
 
-@dataclass(frozen=True)
-class LoadPlan:
+@dataclass(frozen=True, kw_only=True)
+class Traffic:
+    """How many visitors, how they ramp, and which services they reach (loopback only)."""
+
     users: int
     ramp_up_s: float
     hold_s: float
@@ -31,22 +33,31 @@ class LoadPlan:
     ingest_url: str
     query_url: str
     replay_url: str
-    project_key: str
-    secret_key: str
-    run_dir: str
     shape: Shape = "linear"
     steps: int = 5
-    pacing_s: float = PACING_S
-    visitors_per_reader: int = VISITORS_PER_READER
-    noop_share: float = NOOP_SHARE
     # The fault run's timeline: every request (time, latency, status) and every acknowledged row's key.
     record_timeline: bool = False
+
+    def traffic(self) -> dict[str, Any]:
+        return {field.name: getattr(self, field.name) for field in fields(Traffic)}
 
     def __post_init__(self) -> None:
         for url in (self.ingest_url, self.query_url, self.replay_url):
             require_loopback(url)
         if self.users < 1:
             raise ValueError("users must be at least 1")
+
+
+@dataclass(frozen=True, kw_only=True)
+class LoadPlan(Traffic):
+    """A run as the Locust processes read it: the traffic, the demo project's keys, the run folder."""
+
+    project_key: str
+    secret_key: str
+    run_dir: str
+    pacing_s: float = PACING_S
+    visitors_per_reader: int = VISITORS_PER_READER
+    noop_share: float = NOOP_SHARE
 
     @property
     def readers(self) -> int:

@@ -54,6 +54,14 @@ def _save(figure: Any, path: Path) -> None:
     plt.close(figure)
 
 
+def _label(axis: Any, ylabel: str, title: str, *, legend_size: int = 8) -> None:
+    """The labels of a plot over the run's time, with its legend upper left."""
+    axis.set_ylabel(ylabel)
+    axis.set_xlabel("seconds since start")
+    axis.set_title(title)
+    axis.legend(fontsize=legend_size, loc="upper left")
+
+
 def plot_requests(data: RunData, start: float, path: Path) -> None:
     series = data.timeseries
     times = _elapsed(series, start)
@@ -108,10 +116,7 @@ def plot_latency(data: RunData, start: float, path: Path) -> None:
     names = sorted({name for record in series for name in record["endpoints"] if not name.endswith(RETRIED_SUFFIX)})
     for name in names:
         endpoint_axis.plot(times, [record["endpoints"].get(name, {}).get("p95", 0) for record in series], label=name)
-    endpoint_axis.set_ylabel("p95 ms")
-    endpoint_axis.set_xlabel("seconds since start")
-    endpoint_axis.set_title("p95 by endpoint")
-    endpoint_axis.legend(fontsize=7)
+    _label(endpoint_axis, "p95 ms", "p95 by endpoint", legend_size=7)
     _save(figure, path)
 
 
@@ -126,10 +131,7 @@ def plot_pgbouncer(data: RunData, start: float, path: Path) -> None:
     axis.axhline(pool, color="red", linestyle="--", label=f"pool size {pool}")
     if data.pool.get("reserve_pool"):
         axis.axhline(pool + data.pool["reserve_pool"], color="orange", linestyle=":", label="pool + reserve")
-    axis.set_ylabel("connections")
-    axis.set_xlabel("seconds since start")
-    axis.set_title("PgBouncer → Postgres server connections (SHOW POOLS, database sightline)")
-    axis.legend(fontsize=8)
+    _label(axis, "connections", "PgBouncer → Postgres server connections (SHOW POOLS, database sightline)")
     _save(figure, path)
 
 
@@ -147,10 +149,7 @@ def plot_cpu(data: RunData, start: float, path: Path) -> None:
         label="whole machine (other work included)",
     )
     axis.axhline(100 * (os.cpu_count() or 1), color="black", linestyle="--", label="all cores")
-    axis.set_ylabel("% of one core")
-    axis.set_xlabel("seconds since start")
-    axis.set_title("CPU per process group (stacked; services include their Granian workers)")
-    axis.legend(fontsize=8, loc="upper left")
+    _label(axis, "% of one core", "CPU per process group (stacked; services include their Granian workers)")
     _save(figure, path)
 
 

@@ -21,7 +21,7 @@ from services.cli.processes import raise_open_files_limit
 from services.common.settings import AdminDatabaseSettings, StackSettings
 from tools.loadtest import check, payloads, report
 from tools.loadtest.monitor import Monitor, ProcessGroups, pool_limits, read_jsonl
-from tools.loadtest.plan import PAYLOADS_FILE, LoadPlan, Shape
+from tools.loadtest.plan import PAYLOADS_FILE, LoadPlan, Traffic
 from tools.loadtest.traces import breakdown, read_spans
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -35,25 +35,16 @@ MAX_FAILURE_RATIO = 0.001
 MAX_P95_MS = 500.0
 
 
-@dataclass(frozen=True)
-class LoadOptions:
-    users: int
-    ramp_up_s: float
-    hold_s: float
-    ramp_down_s: float
-    ingest_url: str
-    query_url: str
-    replay_url: str
-    shape: Shape
-    steps: int
+@dataclass(frozen=True, kw_only=True)
+class LoadOptions(Traffic):
+    """`sightline load`'s choices: the traffic, and how the run is generated and reported."""
+
     processes: int
     reports_dir: Path
     progress_s: float = 5.0
     # Incremental chunks and event batches in the pool scale with it; first chunks are the
     # captured recordings (this many synthetic full snapshots only when they are missing).
     payload_variants: int = 24
-    # Every request and every acknowledged row's key into the run folder (the fault run's check).
-    record_timeline: bool = False
 
 
 @dataclass(frozen=True)
@@ -162,19 +153,10 @@ def run_load(
         )
     )
     plan = LoadPlan(
-        users=options.users,
-        ramp_up_s=options.ramp_up_s,
-        hold_s=options.hold_s,
-        ramp_down_s=options.ramp_down_s,
-        ingest_url=options.ingest_url,
-        query_url=options.query_url,
-        replay_url=options.replay_url,
+        **options.traffic(),
         project_key=str(project["publicKey"]),
         secret_key=str(project["secretKey"]),
         run_dir=str(folder),
-        shape=options.shape,
-        steps=options.steps,
-        record_timeline=options.record_timeline,
     )
     public_plan = {key: value for key, value in asdict(plan).items() if key != "secret_key"}
     (folder / "plan.json").write_text(json.dumps({**public_plan, "project_id": project["id"]}, indent=2))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from click.testing import CliRunner
 
@@ -32,20 +34,25 @@ def test_other_hosts_are_refused(url: str) -> None:
         require_loopback(url)
 
 
+def _plan(**changes: Any) -> LoadPlan:
+    values: dict[str, Any] = {
+        "users": 1234,
+        "ramp_up_s": 30,
+        "hold_s": 60.5,
+        "ramp_down_s": 10,
+        "ingest_url": "http://127.0.0.1:9301",
+        "query_url": "http://127.0.0.1:9302",
+        "replay_url": "http://127.0.0.1:9303",
+        "project_key": "pk_a",
+        "secret_key": "sk_b",
+        "run_dir": "/tmp/run",
+    }
+    return LoadPlan(**{**values, **changes})
+
+
 def test_a_plan_aimed_elsewhere_cannot_be_made() -> None:
     with pytest.raises(NotLoopbackError):
-        LoadPlan(
-            users=10,
-            ramp_up_s=1,
-            hold_s=1,
-            ramp_down_s=1,
-            ingest_url="http://127.0.0.1:8001",
-            query_url="http://192.168.1.20:8002",
-            replay_url="http://127.0.0.1:8003",
-            project_key="pk",
-            secret_key="sk",
-            run_dir="/tmp",
-        )
+        _plan(query_url="http://192.168.1.20:8002")
 
 
 @pytest.mark.parametrize("option", ["--host", "--query-host", "--replay-host"])
@@ -57,19 +64,6 @@ def test_the_command_refuses_a_remote_host_before_doing_anything(option: str, tm
 
 
 def test_plan_travels_through_the_environment() -> None:
-    plan = LoadPlan(
-        users=1234,
-        ramp_up_s=30,
-        hold_s=60.5,
-        ramp_down_s=10,
-        ingest_url="http://127.0.0.1:9301",
-        query_url="http://127.0.0.1:9302",
-        replay_url="http://127.0.0.1:9303",
-        project_key="pk_a",
-        secret_key="sk_b",
-        run_dir="/tmp/run",
-        shape="steps",
-        steps=4,
-    )
+    plan = _plan(shape="steps", steps=4)
     assert LoadPlan.from_env(plan.to_env()) == plan
     assert (plan.readers, plan.noop_users, plan.locust_users) == (2, 62, 1298)

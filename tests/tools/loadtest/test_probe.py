@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import os
 from typing import Any
 from urllib.parse import urlsplit
 
-from services.cli.serving import running_service
 from tests.harness import DatabaseHarness
 from tools.loadtest.probe import probe
 
@@ -14,8 +12,7 @@ from tools.loadtest.probe import probe
 def test_the_probe_times_events_and_no_op_requests_that_were_accepted(
     db: DatabaseHarness, project: dict[str, Any]
 ) -> None:
-    env = {**os.environ, "SIGHTLINE_DATABASE_URL": db.database.url}
-    with running_service("ingest", env, db.root / "log" / "probe-ingest.log") as ingest:
+    with db.serve("ingest", "probe-ingest", LOG_LEVEL="INFO") as ingest:
         port = urlsplit(ingest.url).port
         assert port is not None
         results = probe(port, str(project["publicKey"]), seconds=0.5, interval_s=0.05)

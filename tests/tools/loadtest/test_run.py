@@ -3,21 +3,18 @@
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from services.cli.serving import running_service
 from tests.harness import DatabaseHarness
 from tools.loadtest.runner import LoadOptions, run_load
 
 
 @pytest.fixture(scope="module")
 def ingest_url(db: DatabaseHarness) -> Iterator[str]:
-    env = {**os.environ, "SIGHTLINE_DATABASE_URL": db.database.url, "SIGHTLINE_LOG_LEVEL": "WARNING"}
-    with running_service("ingest", env, db.root / "log" / "ingest-loadtest.log") as ingest:
+    with db.serve("ingest", "ingest-loadtest") as ingest:
         yield ingest.url
 
 
