@@ -152,7 +152,9 @@ AUTH_ERRORS = {
 class ReplayController(Controller):
     path = "/v1"
     tags = ["replay"]
-    dependencies = {"project": Provide(provide_read_project)}
+    # A handler that names "connection" runs in the request's read-only transaction (erasure: a
+    # write one); the recording names none, since it reads in short reads of its own.
+    dependencies = {"project": Provide(provide_read_project), "connection": Provide(provide_read_transaction)}
 
     @get(
         "/sessions",
@@ -163,7 +165,6 @@ class ReplayController(Controller):
             " the first URL or any pageview URL of the session, case-insensitively."
         ),
         responses=error_responses({**AUTH_ERRORS, 422: "A filter, the limit or the cursor is malformed"}),
-        dependencies={"connection": Provide(provide_read_transaction)},
     )
     async def list_sessions(
         self,
@@ -212,7 +213,6 @@ class ReplayController(Controller):
         responses=error_responses(
             {**AUTH_ERRORS, 404: "No such session in this project", 422: "The session id is malformed"}
         ),
-        dependencies={"connection": Provide(provide_read_transaction)},
     )
     async def get_session(
         self,
@@ -251,7 +251,6 @@ class ReplayController(Controller):
             int | None, QueryParameter(ge=0, le=MAX_OFFSET_MS, description="ms after the session's start")
         ] = None,
     ) -> Stream:
-        # No request transaction: the service reads the recording in short reads of its own.
         service: ReplayService = state.replay_service
         output = _recording_format(request)
         opened = await service.open_recording(

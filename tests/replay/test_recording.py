@@ -269,19 +269,10 @@ async def test_first_bytes_leave_before_later_chunks_are_read(
     assert parse_frames(first)[0][1] == session.chunks[0].data
 
 
-async def test_a_session_without_chunks_streams_nothing(
-    client: AsyncTestClient[Any], admin_engine: AsyncEngine, project: dict[str, Any]
-) -> None:
+async def test_a_session_without_chunks_streams_nothing(client: AsyncTestClient[Any], store: StoreSession) -> None:
     # Ingest writes the session row with its first chunk, but a retention or GDPR run
     # could race with it; an empty recording is then the honest answer.
-    async with admin_engine.begin() as connection:
-        await connection.execute(
-            text(
-                "INSERT INTO replay_sessions (project_id, session_id, distinct_id, started_at, ended_at)"
-                " VALUES (:p, 'empty', 'v', now(), now())"
-            ),
-            {"p": project["id"]},
-        )
+    await store([], session_id="empty")
     for accept in ("application/x-ndjson", FRAMES):
         response = await client.get("/v1/sessions/empty/recording", headers={"Accept": accept})
         assert (response.status_code, response.content) == (200, b"")

@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from services.cli.main import cli
 from services.common import partition_repository
 from tests.harness import DatabaseHarness
-from tests.replay.conftest import Chunk, insert_event, insert_session
+from tests.replay.conftest import Chunk, insert_event, insert_session, project_rows
 
 
 @pytest.fixture
@@ -33,26 +33,14 @@ async def sightline(*arguments: str) -> Result:
 
 
 async def _rows(engine: AsyncEngine, project_id: int) -> dict[str, list[Any]]:
-    async with engine.connect() as connection:
-        events = await connection.execute(
-            text("SELECT session_id FROM events WHERE project_id = :p ORDER BY session_id"), {"p": project_id}
-        )
-        sessions = await connection.execute(
-            text("SELECT session_id FROM replay_sessions WHERE project_id = :p ORDER BY session_id"),
-            {"p": project_id},
-        )
-        chunks = await connection.execute(
-            text("SELECT DISTINCT session_id FROM replay_chunks WHERE project_id = :p ORDER BY 1"), {"p": project_id}
-        )
-        keys = await connection.execute(
-            text("SELECT count(*) FROM ingested_events WHERE project_id = :p"), {"p": project_id}
-        )
-        return {
-            "events": list(events.scalars()),
-            "sessions": list(sessions.scalars()),
-            "chunks": list(chunks.scalars()),
-            "idempotencyKeys": [keys.scalar_one()],
-        }
+    return await project_rows(
+        engine,
+        project_id,
+        events="SELECT session_id FROM events WHERE project_id = :p ORDER BY session_id",
+        sessions="SELECT session_id FROM replay_sessions WHERE project_id = :p ORDER BY session_id",
+        chunks="SELECT DISTINCT session_id FROM replay_chunks WHERE project_id = :p ORDER BY 1",
+        idempotencyKeys="SELECT count(*) FROM ingested_events WHERE project_id = :p",
+    )
 
 
 async def _data_around_thirty_days(engine: AsyncEngine, project: dict[str, Any], now: datetime) -> None:
