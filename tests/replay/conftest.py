@@ -9,7 +9,7 @@ from __future__ import annotations
 import gzip
 import json
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -192,8 +192,8 @@ async def insert_event(
         )
 
 
-async def project_rows(engine: AsyncEngine, project_id: int, **queries: str) -> dict[str, list[Any]]:
-    """Each query's rows (the project bound as ``:p``): values for one column, tuples for several."""
+async def project_rows(engine: AsyncEngine, project_id: int, queries: Mapping[str, str]) -> dict[str, list[Any]]:
+    """Each named query's rows (the project bound as ``:p``): values for one column, tuples for several."""
     rows: dict[str, list[Any]] = {}
     async with engine.connect() as connection:
         for name, query in queries.items():

@@ -32,15 +32,13 @@ async def sightline(*arguments: str) -> Result:
     return result
 
 
-async def _rows(engine: AsyncEngine, project_id: int) -> dict[str, list[Any]]:
-    return await project_rows(
-        engine,
-        project_id,
-        events="SELECT session_id FROM events WHERE project_id = :p ORDER BY session_id",
-        sessions="SELECT session_id FROM replay_sessions WHERE project_id = :p ORDER BY session_id",
-        chunks="SELECT DISTINCT session_id FROM replay_chunks WHERE project_id = :p ORDER BY 1",
-        idempotencyKeys="SELECT count(*) FROM ingested_events WHERE project_id = :p",
-    )
+# What retention removes, per project: session ids of events, sessions and chunks.
+RETAINED_ROWS = {
+    "events": "SELECT session_id FROM events WHERE project_id = :p ORDER BY session_id",
+    "sessions": "SELECT session_id FROM replay_sessions WHERE project_id = :p ORDER BY session_id",
+    "chunks": "SELECT DISTINCT session_id FROM replay_chunks WHERE project_id = :p ORDER BY 1",
+    "idempotencyKeys": "SELECT count(*) FROM ingested_events WHERE project_id = :p",
+}
 
 
 async def _data_around_thirty_days(engine: AsyncEngine, project: dict[str, Any], now: datetime) -> None:
@@ -84,14 +82,14 @@ async def test_retention_removes_what_each_projects_setting_no_longer_allows(
         "prunedIdempotencyKeys": 2,  # the 8-day-old key of each project
         "projects": 2,
     }
-    assert await _rows(admin_engine, project["id"]) == {
+    assert await project_rows(admin_engine, project["id"], RETAINED_ROWS) == {
         "events": ["recent"],
         "sessions": ["recent"],
         "chunks": ["recent"],
         "idempotencyKeys": [1],
     }
     # The other project keeps the default 395 days: only its old idempotency key went.
-    assert await _rows(admin_engine, other_project["id"]) == {
+    assert await project_rows(admin_engine, other_project["id"], RETAINED_ROWS) == {
         "events": ["old", "recent"],
         "sessions": ["old", "recent"],
         "chunks": ["old", "recent"],
@@ -128,7 +126,7 @@ async def test_a_day_past_every_projects_retention_is_dropped_as_a_whole_partiti
     assert "events_p20030303" not in partitions
     today = partition_repository.partition_name(datetime.now(UTC).date())
     assert {today, "events_default"} <= partitions
-    assert (await _rows(admin_engine, project["id"]))["events"] == ["today"]
+    assert (await project_rows(admin_engine, project["id"], RETAINED_ROWS))["events"] == ["today"]
 
 
 async def test_set_retention_refuses_an_unknown_project_and_a_non_positive_number(admin_env: None) -> None:
