@@ -10,6 +10,7 @@ from typing import Any
 from litestar import Litestar
 from litestar.config.cors import CORSConfig
 from litestar.datastructures import State
+from litestar.di import NamedDependency
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import JsonRenderPlugin, ScalarRenderPlugin
 from litestar.plugins.opentelemetry import OpenTelemetryConfig
@@ -21,19 +22,26 @@ from services.common.db import create_engine, set_statement_timeout, transaction
 from services.common.errors import EXCEPTION_HANDLERS, JsonBodyRequest
 from services.common.health import HealthController
 from services.common.log import configure_logging
+from services.common.project_repository import ProjectRecord
 from services.common.settings import DatabaseSettings, LogSettings, ServiceName
 from services.common.telemetry import HeadSampledTracingMiddleware, configure_tracing, instrument_engine
 
 Lifespan = Callable[[Litestar], AbstractAsyncContextManager[None]]
 
 
-async def provide_read_transaction(state: State) -> AsyncIterator[AsyncConnection]:
+async def provide_read_transaction(
+    state: State, project: NamedDependency[ProjectRecord]
+) -> AsyncIterator[AsyncConnection]:
     """The request's transaction, read-only: the dependency a read route names ``connection``.
 
     The one transaction rule of every service: the edge owns the transaction. It begins here,
     commits when the handler returns and rolls back when it raises (Litestar throws the
     handler's exception into this generator); services and repositories never begin or commit.
     Every statement runs under the service's statement timeout (SET LOCAL, PgBouncer-safe).
+
+    ``project`` (the key check) is named so that Litestar resolves it first: resolved side by
+    side, a wrong key would hold a second pooled connection for nothing, and its 401 would leave
+    the begun transaction to the garbage collector (SQLAlchemy warns, and terminates it).
     """
     async with transaction(state.engine) as connection:
         # Must come first in the transaction; a query can then never write, whatever it says.
@@ -42,7 +50,9 @@ async def provide_read_transaction(state: State) -> AsyncIterator[AsyncConnectio
         yield connection
 
 
-async def provide_write_transaction(state: State) -> AsyncIterator[AsyncConnection]:
+async def provide_write_transaction(
+    state: State, project: NamedDependency[ProjectRecord]
+) -> AsyncIterator[AsyncConnection]:
     """Like provide_read_transaction, for the routes that change rows (erasure)."""
     async with transaction(state.engine) as connection:
         await set_statement_timeout(connection, state.statement_timeout_ms)

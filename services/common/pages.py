@@ -16,7 +16,9 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from litestar import Request, Response
+from litestar import Request, Response, get
+from litestar.handlers import HTTPRouteHandler
+from litestar.response import Redirect
 
 from services.common.errors import ApiError
 
@@ -106,3 +108,23 @@ def page_file_response(
     return Response(
         page_file.gzipped if use_gzip else page_file.plain, headers=headers, media_type=page_file.media_type
     )
+
+
+def redirect_root_to(page_path: str) -> HTTPRouteHandler:
+    """GET /: a redirect to the service's page."""
+
+    @get("/", include_in_schema=False)
+    async def root() -> Redirect:
+        return Redirect(page_path, status_code=302)
+
+    return root
+
+
+def page_file_handler(path: str, file: Path) -> HTTPRouteHandler:
+    """GET path: a built page file served as it is (a script, a stylesheet, HTML without placeholders)."""
+
+    @get(path, include_in_schema=False)
+    async def page_file(request: Request[Any, Any, Any]) -> Response[bytes]:
+        return page_file_response(request, load_page_file(file))
+
+    return page_file

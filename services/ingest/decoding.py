@@ -13,11 +13,9 @@ from typing import Any, TypeVar
 import msgspec
 
 from services.common.errors import ApiError
+from services.common.gzip_stream import TruncatedGzip, inflate_gzip
 
 T = TypeVar("T")
-
-_STEP_BYTES = 256 * 1024
-_GZIP_WBITS = 16 + zlib.MAX_WBITS
 
 _MISSING_FIELD = re.compile(r"Object missing required field `([^`]+)`")
 
@@ -45,15 +43,8 @@ def check_content_headers(content_type: str | None, content_encoding: str | None
 def gunzip_bounded(body: bytes, max_output_bytes: int) -> bytes:
     """Decompresses gzip (one or more members), refusing output beyond max_output_bytes."""
     output = bytearray()
-    remaining = body
-    while remaining:
-        decompressor = zlib.decompressobj(_GZIP_WBITS)
-        pending = remaining
-        while True:
-            try:
-                piece = decompressor.decompress(pending, _STEP_BYTES)
-            except zlib.error as exc:
-                raise ApiError(400, "malformed_gzip", f"The body is not valid gzip: {exc}.") from exc
+    try:
+        for piece in inflate_gzip(body):
             output += piece
             if len(output) > max_output_bytes:
                 raise ApiError(
@@ -61,13 +52,10 @@ def gunzip_bounded(body: bytes, max_output_bytes: int) -> bytes:
                     "payload_too_large",
                     f"The body decompresses to more than {max_output_bytes} bytes.",
                 )
-            pending = decompressor.unconsumed_tail
-            if decompressor.eof or (not pending and not piece):
-                break
-        if not decompressor.eof:
-            raise ApiError(400, "malformed_gzip", "The gzip stream is truncated.")
-        # Concatenated gzip members are one valid stream (RFC 1952).
-        remaining = decompressor.unused_data
+    except zlib.error as exc:
+        raise ApiError(400, "malformed_gzip", f"The body is not valid gzip: {exc}.") from exc
+    except TruncatedGzip as exc:
+        raise ApiError(400, "malformed_gzip", "The gzip stream is truncated.") from exc
     return bytes(output)
 
 

@@ -12,17 +12,11 @@ from typing import Any
 
 from litestar import Request, Response, get
 from litestar.datastructures import State
-from litestar.response import Redirect
 
-from services.common.pages import load_page_file, page_file_response
+from services.common.pages import load_page_file, page_file_handler, page_file_response, redirect_root_to
 from services.query.settings import QuerySettings
 
 STATIC = Path(__file__).parent / "static"
-
-
-@get("/", include_in_schema=False)
-async def root() -> Redirect:
-    return Redirect("/dashboard", status_code=302)
 
 
 @get("/dashboard", include_in_schema=False)
@@ -32,14 +26,9 @@ async def dashboard_page(request: Request[Any, Any, Any], state: State) -> Respo
     return page_file_response(request, load_page_file(STATIC / "dashboard.html", replacements))
 
 
-@get("/static/dashboard.js", include_in_schema=False)
-async def dashboard_script(request: Request[Any, Any, Any]) -> Response[bytes]:
-    return page_file_response(request, load_page_file(STATIC / "dashboard.js"))
-
-
-@get("/static/dashboard.css", include_in_schema=False)
-async def dashboard_styles(request: Request[Any, Any, Any]) -> Response[bytes]:
-    return page_file_response(request, load_page_file(STATIC / "dashboard.css"))
-
-
-PAGE_HANDLERS = [root, dashboard_page, dashboard_script, dashboard_styles]
+PAGE_HANDLERS = [
+    redirect_root_to("/dashboard"),
+    dashboard_page,
+    page_file_handler("/static/dashboard.js", STATIC / "dashboard.js"),
+    page_file_handler("/static/dashboard.css", STATIC / "dashboard.css"),
+]

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
 from litestar import Litestar
 
 from services.common.app import build_app
@@ -10,11 +13,19 @@ from services.common.rate_limit import TokenBuckets
 from services.common.settings import DatabaseSettings, LogSettings, RateLimitSettings
 from services.replay.pages import PAGE_HANDLERS
 from services.replay.routes import ReplayController
+from services.replay.service import ReplayService
 
 DESCRIPTION = (
     "Session list and streamed rrweb recordings for a replay player, authenticated with a project's secret key"
     " (`Authorization: Bearer sk_...`). A key only ever reads its own project's sessions."
 )
+
+
+@asynccontextmanager
+async def replay_service(app: Litestar) -> AsyncIterator[None]:
+    # After the engine's lifespan: the service streams recordings from that engine.
+    app.state.replay_service = ReplayService(app.state.engine)
+    yield
 
 
 def create_app(
@@ -31,9 +42,9 @@ def create_app(
         route_handlers=[ReplayController, *PAGE_HANDLERS],
         database=database,
         logs=logs or LogSettings.from_env("replay"),
+        lifespans=[replay_service],
         state={
             "project_cache": ProjectCache(),
             "rate_limit": TokenBuckets(rate_limit.requests_per_s, rate_limit.burst),
-            "statement_timeout_ms": database.statement_timeout_ms,
         },
     )

@@ -1,4 +1,4 @@
-"""All SQL of the replay service. Callers own the transaction (or the short read)."""
+"""All SQL of the replay service. Callers own the transaction (the request's, or a stream's short read)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.common.db import asyncpg_connection
 from services.common.models import Event, ReplayChunk, ReplaySession
+from services.replay.schemas import ChunkEntry, PersonDeletion, SessionSummary
 
 # Events and replay chunks carry timestamps from the same browser clock, but events are
 # skew-corrected at ingest and chunks are not; this much slack keeps a session's own
@@ -28,36 +29,6 @@ class SessionFilters:
     country: str | None = None
     browser: str | None = None
     device_type: str | None = None
-
-
-@dataclass(frozen=True)
-class SessionRow:
-    session_id: str
-    distinct_id: str
-    started_at: datetime
-    ended_at: datetime
-    duration_ms: int
-    active_ms: int
-    page_count: int
-    click_count: int
-    first_url: str | None
-    country: str | None
-    browser: str | None
-    os: str | None
-    device_type: str | None
-    chunk_count: int
-    total_bytes: int
-
-
-@dataclass(frozen=True)
-class ChunkIndexRow:
-    seq: int
-    first_timestamp: datetime
-    last_timestamp: datetime
-    event_count: int
-    has_full_snapshot: bool
-    content_encoding: str
-    byte_size: int
 
 
 class ReadBatch(NamedTuple):
@@ -81,30 +52,9 @@ class ChunkBody:
     data: bytes
 
 
-@dataclass(frozen=True)
-class PersonDeletionCounts:
-    events: int
-    sessions: int
-    chunks: int
-
-
-_SESSION_COLUMNS = (
-    ReplaySession.session_id,
-    ReplaySession.distinct_id,
-    ReplaySession.started_at,
-    ReplaySession.ended_at,
-    ReplaySession.duration_ms,
-    ReplaySession.active_ms,
-    ReplaySession.page_count,
-    ReplaySession.click_count,
-    ReplaySession.first_url,
-    ReplaySession.country,
-    ReplaySession.browser,
-    ReplaySession.os,
-    ReplaySession.device_type,
-    ReplaySession.chunk_count,
-    ReplaySession.total_bytes,
-)
+# Selected by the answer's own attribute names: what the API lists is what is read.
+_SESSION_COLUMNS = tuple(getattr(ReplaySession, name) for name in SessionSummary.__struct_fields__)
+_CHUNK_INDEX_COLUMNS = tuple(getattr(ReplayChunk, name) for name in ChunkEntry.__struct_fields__)
 
 
 async def list_sessions(
@@ -114,7 +64,7 @@ async def list_sessions(
     *,
     after: tuple[datetime, str] | None,
     limit: int,
-) -> list[SessionRow]:
+) -> list[SessionSummary]:
     """Newest first by (started_at, session_id); ``after`` is the last row of the previous page.
 
     Keyset pagination, not OFFSET: sessions that arrive between two pages sort before the
@@ -152,33 +102,25 @@ async def list_sessions(
         query = query.where(tuple_(ReplaySession.started_at, ReplaySession.session_id) < tuple_(*after))
     query = query.order_by(ReplaySession.started_at.desc(), ReplaySession.session_id.desc()).limit(limit)
     result = await connection.execute(query)
-    return [SessionRow(**row._mapping) for row in result]
+    return [SessionSummary(**row._mapping) for row in result]
 
 
-async def find_session(connection: AsyncConnection, project_id: int, session_id: str) -> SessionRow | None:
+async def find_session(connection: AsyncConnection, project_id: int, session_id: str) -> SessionSummary | None:
     result = await connection.execute(
         select(*_SESSION_COLUMNS).where(ReplaySession.project_id == project_id, ReplaySession.session_id == session_id)
     )
     row = result.one_or_none()
-    return None if row is None else SessionRow(**row._mapping)
+    return None if row is None else SessionSummary(**row._mapping)
 
 
-async def chunk_index(connection: AsyncConnection, project_id: int, session_id: str) -> list[ChunkIndexRow]:
+async def chunk_index(connection: AsyncConnection, project_id: int, session_id: str) -> list[ChunkEntry]:
     """Every chunk's metadata in seq order, without the bytes (a few dozen bytes per chunk)."""
     result = await connection.execute(
-        select(
-            ReplayChunk.seq,
-            ReplayChunk.first_timestamp,
-            ReplayChunk.last_timestamp,
-            ReplayChunk.event_count,
-            ReplayChunk.has_full_snapshot,
-            ReplayChunk.content_encoding,
-            ReplayChunk.byte_size,
-        )
+        select(*_CHUNK_INDEX_COLUMNS)
         .where(ReplayChunk.project_id == project_id, ReplayChunk.session_id == session_id)
         .order_by(ReplayChunk.seq)
     )
-    return [ChunkIndexRow(**row._mapping) for row in result]
+    return [ChunkEntry(**row._mapping) for row in result]
 
 
 # The window and its read batches are worked out in Postgres, so that opening a recording
@@ -295,7 +237,7 @@ async def chunk_bodies(
     return [ChunkBody(seq=row[0], content_encoding=row[1], data=row[2]) for row in rows]
 
 
-async def delete_person(connection: AsyncConnection, project_id: int, distinct_id: str) -> PersonDeletionCounts:
+async def delete_person(connection: AsyncConnection, project_id: int, distinct_id: str) -> PersonDeletion:
     """Deletes a person's events, and every recording of a session they appear in.
 
     A session counts as theirs when its recording was made under their distinct id or
@@ -323,6 +265,9 @@ async def delete_person(connection: AsyncConnection, project_id: int, distinct_i
     deleted_events = await connection.execute(
         delete(Event).where(Event.project_id == project_id, Event.distinct_id == distinct_id)
     )
-    return PersonDeletionCounts(
-        events=deleted_events.rowcount, sessions=deleted_sessions.rowcount, chunks=deleted_chunks.rowcount
+    return PersonDeletion(
+        distinct_id=distinct_id,
+        deleted_events=deleted_events.rowcount,
+        deleted_sessions=deleted_sessions.rowcount,
+        deleted_chunks=deleted_chunks.rowcount,
     )

@@ -14,13 +14,15 @@ from litestar.openapi.spec import OpenAPIMediaType, OpenAPIResponse, Operation, 
 from litestar.openapi.spec.enums import OpenAPIFormat, OpenAPIType
 from litestar.params import FromPath, QueryParameter
 from litestar.response import Stream
+from sqlalchemy.ext.asyncio import AsyncConnection
 
+from services.common.app import provide_read_transaction, provide_write_transaction
 from services.common.auth import provide_read_project
 from services.common.errors import ApiError, error_responses
 from services.common.project_repository import ProjectRecord
-from services.replay import service
 from services.replay.repository import SessionFilters
 from services.replay.schemas import PersonDeletion, SessionDetail, SessionPage
+from services.replay.service import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, RecordingFormat, ReplayService
 
 # A session id is what ingest accepts and stores: 1 to 200 characters, no NUL (which
 # Postgres refuses in text). Anything else cannot name a stored session.
@@ -42,10 +44,10 @@ can render from there, and ends with the last chunk that begins at or before `to
 
 **Two formats, chosen with `Accept`:**
 
-- `{service.RecordingFormat.NDJSON.value}` (default): one line per chunk, each line the JSON
+- `{RecordingFormat.NDJSON.value}` (default): one line per chunk, each line the JSON
   body the tracker sent, `{{"projectKey", "sessionId", "distinctId", "seq", "events": [...]}}`,
   decompressed by the server. Not compressed on the wire.
-- `{service.RecordingFormat.CHUNK_FRAMES.value}`: the stored bytes passed through as the
+- `{RecordingFormat.CHUNK_FRAMES.value}`: the stored bytes passed through as the
   tracker sent them (usually gzip), never recompressed. The body is a sequence of frames; each
   frame is one line of JSON `{{"seq": N, "contentEncoding": "gzip"|"identity", "byteSize": L}}`
   followed by exactly `L` bytes of that chunk. A browser inflates each gzip frame with its own
@@ -117,11 +119,11 @@ def _exact_path_tail(request: Request[Any, Any, Any], prefix: str, decoded: str)
     return decoded.removeprefix("/")
 
 
-def _recording_format(request: Request[Any, Any, Any]) -> service.RecordingFormat:
+def _recording_format(request: Request[Any, Any, Any]) -> RecordingFormat:
     accept = request.headers.get("accept", "")
-    if service.RecordingFormat.CHUNK_FRAMES.value in accept.lower():
-        return service.RecordingFormat.CHUNK_FRAMES
-    return service.RecordingFormat.NDJSON
+    if RecordingFormat.CHUNK_FRAMES.value in accept.lower():
+        return RecordingFormat.CHUNK_FRAMES
+    return RecordingFormat.NDJSON
 
 
 @dataclass
@@ -136,7 +138,7 @@ class RecordingOperation(Operation):
         ok = self.responses.get("200") if self.responses else None
         if isinstance(ok, OpenAPIResponse):
             stream = OpenAPIMediaType(schema=Schema(type=OpenAPIType.STRING, format=OpenAPIFormat.BINARY))
-            ok.content = {output.value: stream for output in service.RecordingFormat}
+            ok.content = {output.value: stream for output in RecordingFormat}
             ok.description = "The recording, streamed in the format Accept chose (see the description)"
 
 
@@ -150,7 +152,9 @@ AUTH_ERRORS = {
 class ReplayController(Controller):
     path = "/v1"
     tags = ["replay"]
-    dependencies = {"project": Provide(provide_read_project)}
+    # A handler that names "connection" runs in the request's read-only transaction (erasure: a
+    # write one); the recording names none, since it reads in short reads of its own.
+    dependencies = {"project": Provide(provide_read_project), "connection": Provide(provide_read_transaction)}
 
     @get(
         "/sessions",
@@ -165,9 +169,10 @@ class ReplayController(Controller):
     async def list_sessions(
         self,
         project: NamedDependency[ProjectRecord],
+        connection: NamedDependency[AsyncConnection],
         state: State,
         cursor: Annotated[str | None, QueryParameter(max_length=400)] = None,
-        limit: Annotated[int, QueryParameter(ge=1, le=service.MAX_PAGE_SIZE)] = service.DEFAULT_PAGE_SIZE,
+        limit: Annotated[int, QueryParameter(ge=1, le=MAX_PAGE_SIZE)] = DEFAULT_PAGE_SIZE,
         dateFrom: Annotated[
             str | None,
             QueryParameter(
@@ -199,14 +204,8 @@ class ReplayController(Controller):
             browser=_text("browser", browser),
             device_type=_text("device", device),
         )
-        return await service.list_sessions(
-            state.engine,
-            project.project_id,
-            filters,
-            cursor=cursor,
-            limit=limit,
-            statement_timeout_ms=state.statement_timeout_ms,
-        )
+        service: ReplayService = state.replay_service
+        return await service.list_sessions(connection, project.project_id, filters, cursor=cursor, limit=limit)
 
     @get(
         "/sessions/{session_id:str}",
@@ -216,10 +215,14 @@ class ReplayController(Controller):
         ),
     )
     async def get_session(
-        self, project: NamedDependency[ProjectRecord], state: State, session_id: FromPath[str]
+        self,
+        project: NamedDependency[ProjectRecord],
+        connection: NamedDependency[AsyncConnection],
+        state: State,
+        session_id: FromPath[str],
     ) -> SessionDetail:
-        loaded = await service.load_session(state.engine, project.project_id, _session_id(session_id))
-        return service.session_detail(loaded)
+        service: ReplayService = state.replay_service
+        return await service.session_detail(connection, project.project_id, _session_id(session_id))
 
     @get(
         "/sessions/{session_id:str}/recording",
@@ -248,9 +251,10 @@ class ReplayController(Controller):
             int | None, QueryParameter(ge=0, le=MAX_OFFSET_MS, description="ms after the session's start")
         ] = None,
     ) -> Stream:
+        service: ReplayService = state.replay_service
         output = _recording_format(request)
         opened = await service.open_recording(
-            state.engine, project.project_id, _session_id(session_id), _offset_ms("from", from_), to
+            project.project_id, _session_id(session_id), _offset_ms("from", from_), to
         )
         plan = opened.plan
         headers = {
@@ -263,7 +267,7 @@ class ReplayController(Controller):
             headers["X-Replay-First-Seq"] = str(plan.batches[0].first_seq)
             headers["X-Replay-Last-Seq"] = str(plan.batches[-1].last_seq)
         return Stream(
-            service.stream_recording(state.engine, project.project_id, session_id, opened, output),
+            service.stream_recording(project.project_id, session_id, opened, output),
             media_type=output.value,
             headers=headers,
         )
@@ -279,11 +283,13 @@ class ReplayController(Controller):
             " by one of its events. Answers the counts deleted; deleting again answers zeros."
         ),
         responses=error_responses({**AUTH_ERRORS, 422: "The distinctId is malformed"}),
+        dependencies={"connection": Provide(provide_write_transaction)},
     )
     async def delete_person(
         self,
         request: Request[Any, Any, Any],
         project: NamedDependency[ProjectRecord],
+        connection: NamedDependency[AsyncConnection],
         state: State,
         distinct_id: FromPath[str],
     ) -> PersonDeletion:
@@ -292,4 +298,5 @@ class ReplayController(Controller):
             raise ApiError(
                 422, "invalid_distinct_id", "A distinctId is 1 to 200 characters without NUL.", field="distinctId"
             )
-        return await service.delete_person(state.engine, project.project_id, distinct_id)
+        service: ReplayService = state.replay_service
+        return await service.delete_person(connection, project.project_id, distinct_id)

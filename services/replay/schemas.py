@@ -1,4 +1,9 @@
-"""What the replay API answers, as msgspec structs (camelCase on the wire)."""
+"""What the replay API answers, as msgspec structs (camelCase on the wire).
+
+SessionSummary and ChunkEntry are also what the repository reads: their attributes are the
+columns of replay_sessions and replay_chunks (the repository selects them by these names), so
+the session and chunk vocabularies are written here once.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +13,7 @@ import msgspec
 
 
 class SessionSummary(msgspec.Struct, rename="camel"):
-    id: str
+    session_id: str = msgspec.field(name="id")
     distinct_id: str
     started_at: datetime
     ended_at: datetime
@@ -36,7 +41,7 @@ class ChunkEntry(msgspec.Struct, rename="camel"):
     first_timestamp: datetime
     last_timestamp: datetime
     event_count: int
-    full_snapshot: bool
+    has_full_snapshot: bool = msgspec.field(name="fullSnapshot")
     content_encoding: str
     byte_size: int
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import gzip
 import json
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -102,7 +102,8 @@ async def insert_session(
         raw = json.dumps(body).encode()
         data = gzip.compress(raw) if chunk.content_encoding == "gzip" else raw
         stored[chunk.seq] = StoredChunk(chunk.seq, body, data, chunk.content_encoding)
-    all_offsets = [offset for chunk in chunks for offset in chunk.offsets_ms]
+    # No chunks: a session row alone (as a retention or erasure run racing ingest can leave).
+    all_offsets = [offset for chunk in chunks for offset in chunk.offsets_ms] or [0]
     session = StoredSession(
         session_id=session_id,
         started_at=started_at + timedelta(milliseconds=min(all_offsets)),
@@ -189,6 +190,16 @@ async def insert_event(
                 "url": url,
             },
         )
+
+
+async def project_rows(engine: AsyncEngine, project_id: int, queries: Mapping[str, str]) -> dict[str, list[Any]]:
+    """Each named query's rows (the project bound as ``:p``): values for one column, tuples for several."""
+    rows: dict[str, list[Any]] = {}
+    async with engine.connect() as connection:
+        for name, query in queries.items():
+            result = await connection.execute(text(query), {"p": project_id})
+            rows[name] = [row[0] if len(row) == 1 else tuple(row) for row in result]
+    return rows
 
 
 StoreSession = Callable[..., Awaitable[StoredSession]]

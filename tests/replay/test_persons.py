@@ -6,30 +6,16 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from litestar.testing import AsyncTestClient
-from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from tests.replay.conftest import T0, Chunk, StoreSession, auth, insert_event, insert_session
+from tests.replay.conftest import T0, Chunk, StoreSession, auth, insert_event, insert_session, project_rows
 
-
-async def _counts(engine: AsyncEngine, project_id: int) -> dict[str, list[Any]]:
-    async with engine.connect() as connection:
-        events = await connection.execute(
-            text("SELECT distinct_id FROM events WHERE project_id = :p ORDER BY distinct_id"), {"p": project_id}
-        )
-        sessions = await connection.execute(
-            text("SELECT session_id FROM replay_sessions WHERE project_id = :p ORDER BY session_id"),
-            {"p": project_id},
-        )
-        chunks = await connection.execute(
-            text("SELECT session_id, seq FROM replay_chunks WHERE project_id = :p ORDER BY session_id, seq"),
-            {"p": project_id},
-        )
-        return {
-            "events": list(events.scalars()),
-            "sessions": list(sessions.scalars()),
-            "chunks": [tuple(row) for row in chunks],
-        }
+# What a person's erasure touches, per project.
+PERSON_ROWS = {
+    "events": "SELECT distinct_id FROM events WHERE project_id = :p ORDER BY distinct_id",
+    "sessions": "SELECT session_id FROM replay_sessions WHERE project_id = :p ORDER BY session_id",
+    "chunks": "SELECT session_id, seq FROM replay_chunks WHERE project_id = :p ORDER BY session_id, seq",
+}
 
 
 async def test_deleting_a_person_removes_their_events_and_recordings_only(
@@ -61,12 +47,12 @@ async def test_deleting_a_person_removes_their_events_and_recordings_only(
     assert response.status_code == 200, response.text
     assert response.json() == {"distinctId": "alice", "deletedEvents": 3, "deletedSessions": 2, "deletedChunks": 3}
 
-    assert await _counts(admin_engine, project["id"]) == {
+    assert await project_rows(admin_engine, project["id"], PERSON_ROWS) == {
         "events": ["bob"],
         "sessions": ["bob-1"],
         "chunks": [("bob-1", 0)],
     }
-    assert await _counts(admin_engine, other_project["id"]) == {
+    assert await project_rows(admin_engine, other_project["id"], PERSON_ROWS) == {
         "events": ["alice"],
         "sessions": ["alice-1"],
         "chunks": [("alice-1", 0)],

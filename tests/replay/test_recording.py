@@ -11,8 +11,9 @@ from litestar.testing import AsyncTestClient
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from services.replay import service
+from services.common.gzip_stream import STEP_BYTES
 from services.replay.repository import ChunkBody
+from services.replay.service import RecordingFormat, ReplayService, ndjson_line
 from tests.replay.conftest import Chunk, StoredSession, StoreSession
 
 FRAMES = "application/vnd.sightline.replay-chunks"
@@ -197,15 +198,15 @@ async def test_ndjson_keeps_one_chunk_per_line_even_if_the_body_has_line_breaks(
 
 def test_a_body_larger_than_one_inflate_step_is_decompressed_whole_and_in_steps() -> None:
     body = json.dumps({"seq": 0, "events": [{"type": 3, "data": {"x": i}, "timestamp": i} for i in range(60_000)]})
-    assert len(body) > 3 * service.INFLATE_STEP_BYTES
-    pieces = list(service.ndjson_line(ChunkBody(0, "gzip", gzip.compress(body.encode()))))
+    assert len(body) > 3 * STEP_BYTES
+    pieces = list(ndjson_line(ChunkBody(0, "gzip", gzip.compress(body.encode()))))
     assert b"".join(pieces) == body.encode() + b"\n"
-    assert max(len(piece) for piece in pieces) <= service.INFLATE_STEP_BYTES
+    assert max(len(piece) for piece in pieces) <= STEP_BYTES
 
 
 def test_a_body_of_several_gzip_members_is_read_whole() -> None:
     data = gzip.compress(b'{"seq": 0, ') + gzip.compress(b'"events": []}')
-    assert b"".join(service.ndjson_line(ChunkBody(0, "gzip", data))) == b'{"seq": 0, "events": []}\n'
+    assert b"".join(ndjson_line(ChunkBody(0, "gzip", data))) == b'{"seq": 0, "events": []}\n'
 
 
 async def test_read_batches_are_bounded_by_bytes_and_the_first_is_small(
@@ -225,7 +226,7 @@ async def test_read_batches_are_bounded_by_bytes_and_the_first_is_small(
             text("UPDATE replay_sessions SET session_id = :s WHERE project_id = :p"),
             {"s": session_id, "p": project["id"]},
         )
-    opened = await service.open_recording(engine, project["id"], session_id, None, None)
+    opened = await ReplayService(engine).open_recording(project["id"], session_id, None, None)
     # A chunk joins the batch where its first byte falls. Chunk i >= 1 starts at
     # 50,000 + 3,000 (i - 1). First batch: starts below 64 KiB (65,536), i <= 6. Then
     # 256 KiB (262,144) each: starts below 327,680 (i <= 93), 589,824 (i <= 180),
@@ -250,9 +251,10 @@ async def test_first_bytes_leave_before_later_chunks_are_read(
         + [Chunk(seq, list(range(seq * 10_000, seq * 10_000 + 4_000))) for seq in range(1, 100)],
         session_id="long",
     )
-    opened = await service.open_recording(engine, project["id"], "long", None, None)
+    service = ReplayService(engine)
+    opened = await service.open_recording(project["id"], "long", None, None)
     assert len(opened.plan.batches) >= 3
-    stream = service.stream_recording(engine, project["id"], "long", opened, service.RecordingFormat.CHUNK_FRAMES)
+    stream = service.stream_recording(project["id"], "long", opened, RecordingFormat.CHUNK_FRAMES)
     first = await anext(stream)
     # Chunks deleted once the first bytes are out are missing from the rest of the stream:
     # they had not been read yet. (The batch after the first may already be read ahead.)
@@ -267,19 +269,10 @@ async def test_first_bytes_leave_before_later_chunks_are_read(
     assert parse_frames(first)[0][1] == session.chunks[0].data
 
 
-async def test_a_session_without_chunks_streams_nothing(
-    client: AsyncTestClient[Any], admin_engine: AsyncEngine, project: dict[str, Any]
-) -> None:
+async def test_a_session_without_chunks_streams_nothing(client: AsyncTestClient[Any], store: StoreSession) -> None:
     # Ingest writes the session row with its first chunk, but a retention or GDPR run
     # could race with it; an empty recording is then the honest answer.
-    async with admin_engine.begin() as connection:
-        await connection.execute(
-            text(
-                "INSERT INTO replay_sessions (project_id, session_id, distinct_id, started_at, ended_at)"
-                " VALUES (:p, 'empty', 'v', now(), now())"
-            ),
-            {"p": project["id"]},
-        )
+    await store([], session_id="empty")
     for accept in ("application/x-ndjson", FRAMES):
         response = await client.get("/v1/sessions/empty/recording", headers={"Accept": accept})
         assert (response.status_code, response.content) == (200, b"")

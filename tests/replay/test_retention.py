@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from services.cli.main import cli
 from services.common import partition_repository
 from tests.harness import DatabaseHarness
-from tests.replay.conftest import Chunk, insert_event, insert_session
+from tests.replay.conftest import Chunk, insert_event, insert_session, project_rows
 
 
 @pytest.fixture
@@ -32,27 +32,13 @@ async def sightline(*arguments: str) -> Result:
     return result
 
 
-async def _rows(engine: AsyncEngine, project_id: int) -> dict[str, list[Any]]:
-    async with engine.connect() as connection:
-        events = await connection.execute(
-            text("SELECT session_id FROM events WHERE project_id = :p ORDER BY session_id"), {"p": project_id}
-        )
-        sessions = await connection.execute(
-            text("SELECT session_id FROM replay_sessions WHERE project_id = :p ORDER BY session_id"),
-            {"p": project_id},
-        )
-        chunks = await connection.execute(
-            text("SELECT DISTINCT session_id FROM replay_chunks WHERE project_id = :p ORDER BY 1"), {"p": project_id}
-        )
-        keys = await connection.execute(
-            text("SELECT count(*) FROM ingested_events WHERE project_id = :p"), {"p": project_id}
-        )
-        return {
-            "events": list(events.scalars()),
-            "sessions": list(sessions.scalars()),
-            "chunks": list(chunks.scalars()),
-            "idempotencyKeys": [keys.scalar_one()],
-        }
+# What retention removes, per project: session ids of events, sessions and chunks.
+RETAINED_ROWS = {
+    "events": "SELECT session_id FROM events WHERE project_id = :p ORDER BY session_id",
+    "sessions": "SELECT session_id FROM replay_sessions WHERE project_id = :p ORDER BY session_id",
+    "chunks": "SELECT DISTINCT session_id FROM replay_chunks WHERE project_id = :p ORDER BY 1",
+    "idempotencyKeys": "SELECT count(*) FROM ingested_events WHERE project_id = :p",
+}
 
 
 async def _data_around_thirty_days(engine: AsyncEngine, project: dict[str, Any], now: datetime) -> None:
@@ -96,14 +82,14 @@ async def test_retention_removes_what_each_projects_setting_no_longer_allows(
         "prunedIdempotencyKeys": 2,  # the 8-day-old key of each project
         "projects": 2,
     }
-    assert await _rows(admin_engine, project["id"]) == {
+    assert await project_rows(admin_engine, project["id"], RETAINED_ROWS) == {
         "events": ["recent"],
         "sessions": ["recent"],
         "chunks": ["recent"],
         "idempotencyKeys": [1],
     }
     # The other project keeps the default 395 days: only its old idempotency key went.
-    assert await _rows(admin_engine, other_project["id"]) == {
+    assert await project_rows(admin_engine, other_project["id"], RETAINED_ROWS) == {
         "events": ["old", "recent"],
         "sessions": ["old", "recent"],
         "chunks": ["old", "recent"],
@@ -140,7 +126,7 @@ async def test_a_day_past_every_projects_retention_is_dropped_as_a_whole_partiti
     assert "events_p20030303" not in partitions
     today = partition_repository.partition_name(datetime.now(UTC).date())
     assert {today, "events_default"} <= partitions
-    assert (await _rows(admin_engine, project["id"]))["events"] == ["today"]
+    assert (await project_rows(admin_engine, project["id"], RETAINED_ROWS))["events"] == ["today"]
 
 
 async def test_set_retention_refuses_an_unknown_project_and_a_non_positive_number(admin_env: None) -> None:

@@ -73,36 +73,23 @@ async def test_list_is_newest_first(client: AsyncTestClient[Any], store: StoreSe
 
 
 async def _three_kinds_of_session(store: StoreSession) -> None:
-    await store(
-        [Chunk(0, [0, 60_000], full_snapshot=True)],
-        session_id="long-de-firefox",
-        distinct_id="alice",
-        started_at=T0,
-        first_url="https://example.com/checkout?step=1",
-        country="DE",
-        browser="Firefox",
-        device_type="desktop",
-    )
-    await store(
-        [Chunk(0, [0, 5_000], full_snapshot=True)],
-        session_id="short-us-safari",
-        distinct_id="bob",
-        started_at=T0 + timedelta(hours=2),
-        first_url="https://example.com/",
-        country="US",
-        browser="Mobile Safari",
-        device_type="mobile",
-    )
-    await store(
-        [Chunk(0, [0, 30_000], full_snapshot=True)],
-        session_id="mid-fr-chrome",
-        distinct_id="carol",
-        started_at=T0 + timedelta(days=1),
-        first_url="https://example.com/blog/100%_real",
-        country="FR",
-        browser="Chrome",
-        device_type="tablet",
-    )
+    kinds = [
+        # id, person, start (hours after T0), duration (ms), first path, country, browser, device
+        ("long-de-firefox", "alice", 0, 60_000, "/checkout?step=1", "DE", "Firefox", "desktop"),
+        ("short-us-safari", "bob", 2, 5_000, "/", "US", "Mobile Safari", "mobile"),
+        ("mid-fr-chrome", "carol", 24, 30_000, "/blog/100%_real", "FR", "Chrome", "tablet"),
+    ]
+    for session_id, distinct_id, start_hours, duration_ms, first_path, country, browser, device_type in kinds:
+        await store(
+            [Chunk(0, [0, duration_ms], full_snapshot=True)],
+            session_id=session_id,
+            distinct_id=distinct_id,
+            started_at=T0 + timedelta(hours=start_hours),
+            first_url=f"https://example.com{first_path}",
+            country=country,
+            browser=browser,
+            device_type=device_type,
+        )
 
 
 @pytest.mark.parametrize(

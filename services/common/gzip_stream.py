@@ -1,0 +1,37 @@
+"""Gzip inflated in bounded steps: one loop for ingest's request bodies and replay's stored chunks.
+
+A body may hold several gzip members one after another (RFC 1952 allows it, and a tracker's
+retry or a proxy can produce it); all are read. Output comes in pieces of at most
+``step_bytes``, so a caller can stop early (a gzip bomb) or pass pieces on (a stream) without
+ever holding a whole inflated body.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Iterator
+
+STEP_BYTES = 256 * 1024
+_GZIP_WBITS = 16 + zlib.MAX_WBITS
+
+
+class TruncatedGzip(ValueError):
+    """The data ends inside a gzip member."""
+
+
+def inflate_gzip(data: bytes, step_bytes: int = STEP_BYTES) -> Iterator[bytes]:
+    """The inflated bytes of every member, in pieces of at most step_bytes.
+
+    Raises zlib.error for bytes that are not gzip and TruncatedGzip for a member cut short.
+    """
+    remaining = data
+    while remaining:
+        inflater = zlib.decompressobj(_GZIP_WBITS)
+        piece = inflater.decompress(remaining, step_bytes)
+        # An empty piece means the input is used up (a full one may leave output pending).
+        while piece:
+            yield piece
+            piece = inflater.decompress(inflater.unconsumed_tail, step_bytes)
+        if not inflater.eof:
+            raise TruncatedGzip("the gzip data is truncated")
+        remaining = inflater.unused_data
