@@ -36,8 +36,13 @@ _SPEC_ERRORS = {422: "The spec is invalid; the error names the field and the pro
 
 _read_transaction = asynccontextmanager(provide_read_transaction)
 
+# What the handlers are given (the controller's dependencies, by name).
+Service = NamedDependency[QueryService]
+Connection = NamedDependency[AsyncConnection]
+Project = NamedDependency[ProjectRecord]
 
-async def provide_connection(state: State, project: NamedDependency[ProjectRecord]) -> AsyncIterator[AsyncConnection]:
+
+async def provide_connection(state: State, project: Project) -> AsyncIterator[AsyncConnection]:
     """The request's read-only transaction (services.common.app.provide_read_transaction).
 
     It names `project` so that it begins only once the key is checked: a request refused by
@@ -45,6 +50,11 @@ async def provide_connection(state: State, project: NamedDependency[ProjectRecor
     """
     async with _read_transaction(state) as connection:
         yield connection
+
+
+def _post_spec(path: str, summary: str) -> post:
+    """A POST that takes a spec and answers 200 (not Litestar's 201: nothing is created)."""
+    return post(path, status_code=200, summary=summary, responses=error_responses(_SPEC_ERRORS))
 
 
 def provide_query_service(state: State) -> QueryService:
@@ -61,18 +71,9 @@ class QueryController(Controller):
         "connection": Provide(provide_connection),
     }
 
-    @post(
-        "/query",
-        status_code=200,
-        summary="Aggregate metrics by dimensions over a date range",
-        responses=error_responses(_SPEC_ERRORS),
-    )
+    @_post_spec("/query", "Aggregate metrics by dimensions over a date range")
     async def query(
-        self,
-        query_service: NamedDependency[QueryService],
-        connection: NamedDependency[AsyncConnection],
-        project: NamedDependency[ProjectRecord],
-        data: JSONBody[QuerySpec],
+        self, query_service: Service, connection: Connection, project: Project, data: JSONBody[QuerySpec]
     ) -> QueryResponse:
         """Metrics over the project's non-bot events, grouped by dimensions and filtered (filters are ANDed).
 
@@ -92,9 +93,7 @@ class QueryController(Controller):
         return await query_service.run_query(connection, project, data, datetime.now(UTC))
 
     @get("/realtime", summary="Visitors in the last 5 minutes", responses=error_responses(_READ_ERRORS))
-    async def realtime(
-        self, state: State, query_service: NamedDependency[QueryService], project: NamedDependency[ProjectRecord]
-    ) -> RealtimeResponse:
+    async def realtime(self, state: State, query_service: Service, project: Project) -> RealtimeResponse:
         """Counted from events; every open dashboard polls it, so one answer per project serves all
         callers for SIGHTLINE_QUERY_REALTIME_CACHE_S (5 s)."""
         # The one route without the `connection` dependency: a cached answer must not check out a
@@ -102,35 +101,17 @@ class QueryController(Controller):
         # dependency's) and a hit opens none.
         return await query_service.realtime(project, lambda: _read_transaction(state))
 
-    @post(
-        "/funnel",
-        status_code=200,
-        summary="Ordered steps: visitors, conversion and drop-off per step",
-        responses=error_responses(_SPEC_ERRORS),
-    )
+    @_post_spec("/funnel", "Ordered steps: visitors, conversion and drop-off per step")
     async def funnel(
-        self,
-        query_service: NamedDependency[QueryService],
-        connection: NamedDependency[AsyncConnection],
-        project: NamedDependency[ProjectRecord],
-        data: JSONBody[FunnelSpec],
+        self, query_service: Service, connection: Connection, project: Project, data: JSONBody[FunnelSpec]
     ) -> FunnelResponse:
         """A visitor reaches step n if they did steps 1..n in this order, each strictly after the previous,
         all within window_minutes after their first step-1 event in the date range."""
         return await query_service.funnel(connection, project, data, datetime.now(UTC))
 
-    @post(
-        "/retention",
-        status_code=200,
-        summary="Weekly cohorts by first seen, share returning each following week",
-        responses=error_responses(_SPEC_ERRORS),
-    )
+    @_post_spec("/retention", "Weekly cohorts by first seen, share returning each following week")
     async def retention(
-        self,
-        query_service: NamedDependency[QueryService],
-        connection: NamedDependency[AsyncConnection],
-        project: NamedDependency[ProjectRecord],
-        data: JSONBody[RetentionSpec],
+        self, query_service: Service, connection: Connection, project: Project, data: JSONBody[RetentionSpec]
     ) -> RetentionResponse:
         """Cohorts are visitors first seen (ever) inside the date range, by the Monday-starting week of their
         first event in the project's timezone; week_offset n counts cohort members with an event in the n-th
