@@ -140,7 +140,7 @@ def migrate(revision: str) -> None:
 @click.option("--project-id", type=int, default=None, help="Only this project's days.")
 def rollup(project_id: int | None) -> None:
     """Rebuild the query rollups of every changed day now (query workers also do it in the background)."""
-    from services.query.rollups import rebuild_changed_days
+    from services.query.tasks import rebuild_changed_days
 
     rebuilt = asyncio.run(rebuild_changed_days(DatabaseSettings.from_env("query"), project_id))
     click.echo(f"rollups: {rebuilt} days rebuilt")

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -15,10 +13,11 @@ from services.common.rate_limit import TokenBuckets
 from services.common.settings import DatabaseSettings, LogSettings, RateLimitSettings
 from services.common.ttl_cache import SharedTtlCache
 from services.query.pages import PAGE_HANDLERS
-from services.query.rollups import run_refresher
 from services.query.routes import QueryController
 from services.query.schemas import RealtimeResponse
+from services.query.service import QueryService
 from services.query.settings import QuerySettings
+from services.query.tasks import rollup_refresher
 
 DESCRIPTION = (
     "Dashboard API: aggregates over stored events, authenticated with a project's secret key "
@@ -38,17 +37,10 @@ def create_app(
     rate_limit = rate_limit or RateLimitSettings.from_env("query")
 
     @asynccontextmanager
-    async def rollup_refresher(app: Litestar) -> AsyncIterator[None]:
-        if settings.rollup_interval_s <= 0:
-            yield
-            return
-        task = asyncio.create_task(run_refresher(database, settings))
-        try:
-            yield
-        finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+    async def query_service(app: Litestar) -> AsyncIterator[None]:
+        realtime_cache = SharedTtlCache[int, RealtimeResponse](ttl_s=settings.realtime_cache_s)
+        app.state.query_service = QueryService(settings, realtime_cache)
+        yield
 
     return build_app(
         service="query",
@@ -57,12 +49,10 @@ def create_app(
         route_handlers=[QueryController, *PAGE_HANDLERS],
         database=database,
         logs=logs or LogSettings.from_env("query"),
-        lifespans=[rollup_refresher],
+        lifespans=[query_service, rollup_refresher(database, settings)],
         state={
             "project_cache": ProjectCache(),
             "rate_limit": TokenBuckets(rate_limit.requests_per_s, rate_limit.burst),
-            "statement_timeout_ms": database.statement_timeout_ms,
             "query_settings": settings,
-            "realtime_cache": SharedTtlCache[int, RealtimeResponse](ttl_s=settings.realtime_cache_s),
         },
     )

@@ -6,9 +6,10 @@ request is ever spliced into SQL text.
 
 Two ways to answer an aggregate query, with the same semantics:
 - raw: from the range's events (exact);
-- cube: from the per-day rollups (services/query/rollup_repository.py) for days whose rollup is
-  current, plus the same cube computed on the fly from events for the other days. Unique
-  visitors there are HyperLogLog unions (approximate); every other metric is exact.
+- cube: from the per-day rollups (services/query/rollup_repository.py) for the days and weeks a
+  plan names, plus the same cube computed on the fly from events for the plan's other days.
+  Unique visitors there are HyperLogLog unions (approximate); every other metric is exact.
+Which way, which cube and which days is decided by services/query/planner.py, not here.
 
 Semantics shared by both: a session is a session_id's non-bot events within one local day of
 the project's timezone (a visit crossing midnight counts as two, as in Google Analytics); the
@@ -19,9 +20,10 @@ visit's source; a session belongs to one visitor.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import date, datetime
+from decimal import Decimal
 from typing import Any
 
 import asyncpg
@@ -29,22 +31,27 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-# One precision for every sketch: unions of sketches with different parameters are refused.
-HLL_LOG2M = 12
-# HyperLogLog's relative standard error is 1.04 / sqrt(2^log2m).
-HLL_RELATIVE_STANDARD_ERROR = 1.04 / (2**HLL_LOG2M) ** 0.5
+from services.query.vocabulary import (
+    DIMENSIONS,
+    HLL_LOG2M,
+    INTEGER_METRICS,
+    VISIT_DIMENSIONS,
+    Cube,
+    Dimension,
+    DimensionSpec,
+    FilterDimension,
+    Metric,
+    grain_id,
+)
 
 
-async def configure_transaction(connection: AsyncConnection, *, read_only: bool) -> None:
+async def configure_transaction(connection: AsyncConnection) -> None:
     """Settings for the current transaction only (SET LOCAL semantics, safe under PgBouncer).
 
     The per-session CTE's row estimate is Postgres's default of 200 whatever the range holds,
     which makes the planner join it to the events with a nested loop: quadratic, minutes on a
     busy day. A hash join is right for every statement here.
     """
-    if read_only:
-        # Must come first in the transaction; a query can then never write, whatever it says.
-        await connection.execute(text("SET TRANSACTION READ ONLY"))
     await connection.execute(text("SELECT set_config('enable_nestloop', 'off', true)"))
 
 
@@ -62,19 +69,10 @@ def events_cte(extra_condition: str = "") -> str:
 # `sess`: one row per session and local day, with the visit's attributes. The first event's
 # attributes come from one ordered array of arrays (one sort per session instead of one per
 # attribute), unpacked by the outer SELECT.
-_VISIT_SOURCE_COLUMNS = (
-    ("referrer_domain", "v_referrer"),
-    ("utm_source", "v_utm_source"),
-    ("utm_medium", "v_utm_medium"),
-    ("utm_campaign", "v_utm_campaign"),
-    ("country", "v_country"),
-    ("browser", "v_browser"),
-    ("os", "v_os"),
-    ("device_type", "v_device"),
-)
+_VISITS = [DIMENSIONS[name] for name in VISIT_DIMENSIONS]
 SESSIONS_CTE = (
     "sess AS (SELECT session_id, day, s_visitor, s_duration, s_pageviews, s_events, entry_page, exit_page, "
-    + ", ".join(f"first_event[1][{index}] AS {alias}" for index, (_, alias) in enumerate(_VISIT_SOURCE_COLUMNS, 1))
+    + ", ".join(f"first_event[1][{index}] AS {visit.raw}" for index, visit in enumerate(_VISITS, 1))
     + " FROM (SELECT session_id, day, min(distinct_id) AS s_visitor,"
     " extract(epoch FROM max(occurred_at) - min(occurred_at))::float8 AS s_duration,"
     " count(*) FILTER (WHERE name = 'pageview') AS s_pageviews,"
@@ -83,7 +81,7 @@ SESSIONS_CTE = (
     " (array_agg(path ORDER BY occurred_at DESC, event_uuid DESC) FILTER (WHERE name = 'pageview'))[1]"
     " AS exit_page,"
     " array_agg(ARRAY["
-    + ", ".join(column for column, _ in _VISIT_SOURCE_COLUMNS)
+    + ", ".join(f"{visit.visit_source}" for visit in _VISITS)
     + "] ORDER BY occurred_at, event_uuid) AS first_event"
     " FROM ev GROUP BY session_id, day) grouped)"
 )
@@ -91,135 +89,52 @@ SESSIONS_CTE = (
 # A session's bounce: a single pageview and nothing else.
 _BOUNCE = "s_pageviews = 1 AND s_events = 1"
 
-# Visit dimensions, in the order of the `grain` bit mask (GROUPING() puts the first argument in
-# the highest bit, and sets the bits of the dimensions a row is *not* grouped by).
-VISIT_DIMENSIONS = ("referrer", "utm_source", "utm_medium", "utm_campaign", "country", "browser", "os", "device")
-_VISIT_COLUMNS = {name: f"v_{name}" for name in VISIT_DIMENSIONS}
 CUBE_METRIC_COLUMNS = "visitors, sessions, bounces, duration_s, pageviews, events, session_pageviews"
 
 
-def grain_id(dimensions: frozenset[str]) -> int:
-    """The `grain` of rows grouped by these visit dimensions (as GROUPING() computes it)."""
-    width = len(VISIT_DIMENSIONS)
-    return sum(1 << (width - 1 - index) for index, name in enumerate(VISIT_DIMENSIONS) if name not in dimensions)
-
-
-@dataclass(frozen=True)
-class Cube:
-    """A rollup table: rows per day and grain; `fixed` dimensions are in every grain.
-
-    `weekly_table`, if any, holds the same rows pre-unioned per complete week (Monday first).
-    """
-
-    table: str
-    fixed: tuple[str, ...]
-    grains: tuple[frozenset[str], ...]
-    weekly_table: str | None = None
-
-    @property
-    def columns(self) -> tuple[str, ...]:
-        return (*self.fixed, *VISIT_DIMENSIONS)
-
-    def grain_for(self, dimensions: set[str]) -> frozenset[str] | None:
-        """The smallest stored grain that holds these dimensions."""
-        wanted = dimensions - set(self.fixed)
-        candidates = [grain for grain in self.grains if wanted <= grain]
-        return min(candidates, key=len) if candidates else None
-
-    def select_sql(self, grains: tuple[frozenset[str], ...]) -> str:
-        """The cube's rows for these grains, computed from `ev` and `sess` (rollup build and tail)."""
-        sets = ", ".join(
-            "(" + ", ".join(f"s.{_VISIT_COLUMNS[name]}" for name in VISIT_DIMENSIONS if name in grain) + ")"
-            for grain in grains
-        )
-        grouped = frozenset().union(*grains)
-        # Columns in no grouping set cannot be selected; they are NULL in every row anyway.
-        visit_columns = ", ".join(
-            f"s.{_VISIT_COLUMNS[name]} AS {name}" if name in grouped else f"NULL::text AS {name}"
-            for name in VISIT_DIMENSIONS
-        )
-        if len(grains) == 1:
-            grain = str(grain_id(grains[0]))
-        else:
-            # GROUPING() takes only grouped columns; every build lists all of them somewhere.
-            if grouped != frozenset(VISIT_DIMENSIONS):
-                raise ValueError("a multi-grain rollup build must group by every visit dimension")
-            grain = "GROUPING(" + ", ".join(f"s.{_VISIT_COLUMNS[name]}" for name in VISIT_DIMENSIONS) + ")"
-        metrics = (
-            f"hll_add_agg(hll_hash_text(s.s_visitor), {HLL_LOG2M}) AS visitors, count(*) AS sessions,"
-            f" count(*) FILTER (WHERE {_BOUNCE}) AS bounces, sum(s.s_duration) AS duration_s"
-        )
-        if not self.fixed:
-            return (
-                f"SELECT s.day, {grain} AS grain, {visit_columns}, {metrics},"
-                " sum(s.s_pageviews) AS pageviews, sum(s.s_events) AS events, sum(s.s_pageviews) AS session_pageviews"
-                f" FROM sess s GROUP BY s.day, GROUPING SETS ({sets})"
-            )
-        # Pages: one row per (day, page, session) first, so a session counts once per page.
+def cube_select_sql(cube: Cube, grains: tuple[frozenset[str], ...]) -> str:
+    """The cube's rows for these grains, computed from `ev` and `sess` (rollup build and tail)."""
+    sets = ", ".join(
+        "(" + ", ".join(f"s.{DIMENSIONS[name].raw}" for name in VISIT_DIMENSIONS if name in grain) + ")"
+        for grain in grains
+    )
+    grouped = frozenset().union(*grains)
+    # Columns in no grouping set cannot be selected; they are NULL in every row anyway.
+    visit_columns = ", ".join(
+        f"s.{DIMENSIONS[name].raw} AS {name}" if name in grouped else f"NULL::text AS {name}"
+        for name in VISIT_DIMENSIONS
+    )
+    if len(grains) == 1:
+        grain = str(grain_id(grains[0]))
+    else:
+        # GROUPING() takes only grouped columns; every build lists all of them somewhere.
+        if grouped != frozenset(VISIT_DIMENSIONS):
+            raise ValueError("a multi-grain rollup build must group by every visit dimension")
+        grain = "GROUPING(" + ", ".join(f"s.{DIMENSIONS[name].raw}" for name in VISIT_DIMENSIONS) + ")"
+    metrics = (
+        f"hll_add_agg(hll_hash_text(s.s_visitor), {HLL_LOG2M}) AS visitors, count(*) AS sessions,"
+        f" count(*) FILTER (WHERE {_BOUNCE}) AS bounces, sum(s.s_duration) AS duration_s"
+    )
+    if not cube.fixed:
         return (
-            f"SELECT s.day, {grain} AS grain, ps.path AS page, {visit_columns}, {metrics},"
-            " sum(ps.pageviews) AS pageviews, sum(ps.events) AS events, sum(s.s_pageviews) AS session_pageviews"
-            " FROM (SELECT day, path, session_id, count(*) FILTER (WHERE name = 'pageview') AS pageviews,"
-            " count(*) AS events FROM ev GROUP BY day, path, session_id) ps"
-            " JOIN sess s ON s.session_id = ps.session_id AND s.day = ps.day"
-            f" GROUP BY s.day, ps.path, GROUPING SETS ({sets})"
+            f"SELECT s.day, {grain} AS grain, {visit_columns}, {metrics},"
+            " sum(s.s_pageviews) AS pageviews, sum(s.s_events) AS events, sum(s.s_pageviews) AS session_pageviews"
+            f" FROM sess s GROUP BY s.day, GROUPING SETS ({sets})"
         )
+    # Pages: one row per (day, page, session) first, so a session counts once per page.
+    return (
+        f"SELECT s.day, {grain} AS grain, ps.path AS page, {visit_columns}, {metrics},"
+        " sum(ps.pageviews) AS pageviews, sum(ps.events) AS events, sum(s.s_pageviews) AS session_pageviews"
+        " FROM (SELECT day, path, session_id, count(*) FILTER (WHERE name = 'pageview') AS pageviews,"
+        " count(*) AS events FROM ev GROUP BY day, path, session_id) ps"
+        " JOIN sess s ON s.session_id = ps.session_id AND s.day = ps.day"
+        f" GROUP BY s.day, ps.path, GROUPING SETS ({sets})"
+    )
 
-
-def _grains_up_to_pairs(extra: tuple[frozenset[str], ...] = ()) -> tuple[frozenset[str], ...]:
-    singles = [frozenset({name}) for name in VISIT_DIMENSIONS]
-    pairs = [
-        frozenset({first, second})
-        for index, first in enumerate(VISIT_DIMENSIONS)
-        for second in VISIT_DIMENSIONS[index + 1 :]
-    ]
-    return (frozenset(), *singles, *pairs, *extra)
-
-
-# Visits: totals, each visit dimension, each pair (one filter plus one breakdown), and the full
-# cube for anything with more dimensions. Pages: each page alone and with one visit dimension.
-VISITS_CUBE = Cube("query_rollup_visits", (), _grains_up_to_pairs((frozenset(VISIT_DIMENSIONS),)))
-# Only pages have weekly rows: a page query unions a sketch per page and day, hundreds of
-# pages times thirty days, where a visits query unions thirty.
-PAGES_CUBE = Cube(
-    "query_rollup_pages",
-    ("page",),
-    (frozenset(), *(frozenset({name}) for name in VISIT_DIMENSIONS)),
-    weekly_table="query_rollup_page_weeks",
-)
-CUBES = (VISITS_CUBE, PAGES_CUBE)
-
-
-# API dimension -> column of the raw query's `ev` joined with `sess`.
-_RAW_COLUMNS: dict[str, str] = {
-    "page": "path",
-    "domain": "domain",
-    "referrer": "v_referrer",
-    "utm_source": "v_utm_source",
-    "utm_medium": "v_utm_medium",
-    "utm_campaign": "v_utm_campaign",
-    "country": "v_country",
-    "browser": "v_browser",
-    "os": "v_os",
-    "device": "v_device",
-    "event_name": "name",
-    "entry_page": "entry_page",
-    "exit_page": "exit_page",
-}
-
-# Buckets are rendered as text that sorts in time order, in the project's timezone; ISO weeks
-# start on Monday.
-_RAW_TIME_BUCKETS: dict[str, str] = {
-    "time:hour": "to_char(date_trunc('hour', occurred_at AT TIME ZONE :timezone), 'YYYY-MM-DD\"T\"HH24:00')",
-    "time:day": "to_char(day, 'YYYY-MM-DD')",
-    "time:week": "to_char(date_trunc('week', day), 'YYYY-MM-DD')",
-    "time:month": "to_char(day, 'YYYY-MM')",
-}
-CUBE_TIME_DIMENSIONS = frozenset({"time:day", "time:week", "time:month"})
 
 # Raw: session metrics look at each (group, session) pair once: `session_first` marks one row
 # per pair, and s_* carry the whole session's figures.
-_RAW_METRICS: dict[str, str] = {
+_RAW_METRICS: dict[Metric, str] = {
     "visitors": "count(DISTINCT distinct_id)",
     "pageviews": "count(*) FILTER (WHERE name = 'pageview')",
     "events": "count(*)",
@@ -237,7 +152,7 @@ _RAW_METRICS: dict[str, str] = {
         " / nullif(count(*) FILTER (WHERE session_first), 0), 2), 0)"
     ),
 }
-_CUBE_METRICS: dict[str, str] = {
+_CUBE_METRICS: dict[Metric, str] = {
     "visitors": "coalesce(round(hll_cardinality(hll_union_agg(visitors)))::bigint, 0)",
     "pageviews": "coalesce(sum(pageviews), 0)::bigint",
     "events": "coalesce(sum(events), 0)::bigint",
@@ -246,8 +161,6 @@ _CUBE_METRICS: dict[str, str] = {
     "visit_duration": "coalesce(round((sum(duration_s) / nullif(sum(sessions), 0))::numeric, 2), 0)",
     "views_per_session": "coalesce(round(sum(session_pageviews)::numeric / nullif(sum(sessions), 0), 2), 0)",
 }
-SESSION_METRICS = frozenset({"sessions", "bounce_rate", "visit_duration", "views_per_session"})
-INTEGER_METRICS = frozenset({"visitors", "pageviews", "events", "sessions"})
 
 
 class InvalidPatternError(ValueError):
@@ -256,7 +169,7 @@ class InvalidPatternError(ValueError):
 
 @dataclass(frozen=True)
 class FilterClause:
-    dimension: str
+    dimension: FilterDimension
     operator: str  # is | is_not | contains | matches
     values: tuple[str, ...]
     includes_null: bool = False
@@ -274,8 +187,8 @@ class AggregateQuery:
     timezone: str
     start: datetime  # inclusive, UTC
     end: datetime  # exclusive, UTC
-    metrics: tuple[str, ...]
-    dimensions: tuple[str, ...]
+    metrics: tuple[Metric, ...]
+    dimensions: tuple[Dimension, ...]
     filters: tuple[FilterClause, ...]
     order_by: tuple[Ordering, ...]
     limit: int
@@ -299,31 +212,8 @@ class CubePlan:
 @dataclass(frozen=True)
 class AggregateRow:
     dimensions: tuple[str | None, ...]
-    metrics: tuple[Any, ...]
-
-
-def cube_for(query: AggregateQuery) -> tuple[Cube, frozenset[str]] | None:
-    """The cube and grain that answer this query with the raw path's semantics, if any."""
-    plain_dimensions = [name for name in query.dimensions if not name.startswith("time:")]
-    if any(name.startswith("time:") and name not in CUBE_TIME_DIMENSIONS for name in query.dimensions):
-        return None
-    used = {*plain_dimensions, *(clause.dimension for clause in query.filters)}
-    for cube in CUBES:
-        if not used <= set(cube.columns) or not set(cube.fixed) <= used:
-            continue
-        if cube is PAGES_CUBE and SESSION_METRICS.intersection(query.metrics) and "page" not in plain_dimensions:
-            # Page rows count a session once per page; summing several pages' rows would count a
-            # session that saw two of them twice. Only one exact page keeps that sum exact.
-            page_filters = [clause for clause in query.filters if clause.dimension == "page"]
-            if not any(
-                clause.operator == "is" and len(clause.values) == 1 and not clause.includes_null
-                for clause in page_filters
-            ):
-                continue
-        grain = cube.grain_for(used)
-        if grain is not None:
-            return cube, grain
-    return None
+    # Counts as int; rates and durations as float.
+    metrics: tuple[float, ...]
 
 
 def _like_pattern(value: str) -> str:
@@ -353,7 +243,7 @@ def _filter_sql(clause: FilterClause, column: str, param: str, params: dict[str,
 
 
 def _order_and_page(query: AggregateQuery, dimension_aliases: list[str], params: dict[str, Any]) -> str:
-    alias_of = dict(zip(query.dimensions, dimension_aliases, strict=True))
+    alias_of: dict[str, str] = dict(zip(query.dimensions, dimension_aliases, strict=True))
     alias_of.update({name: name for name in query.metrics})
     order_terms = [
         f"{alias_of[ordering.field]} {'DESC' if ordering.descending else 'ASC'} NULLS LAST"
@@ -368,29 +258,46 @@ def _order_and_page(query: AggregateQuery, dimension_aliases: list[str], params:
     return f"{group_by}{order} LIMIT :limit OFFSET :offset"
 
 
-def build_raw_sql(query: AggregateQuery) -> tuple[str, dict[str, Any]]:
+def _rolled(spec: DimensionSpec) -> str:
+    if spec.rolled is None:
+        raise ValueError("the plan's cube does not hold this dimension")
+    return spec.rolled
+
+
+def _raw(spec: DimensionSpec) -> str:
+    return spec.raw
+
+
+def _dimensions_and_filters(
+    query: AggregateQuery, column_of: Callable[[DimensionSpec], str], params: dict[str, Any]
+) -> tuple[list[str], list[str], str]:
+    """The dimensions' aliases, their `<expression> AS <alias>` columns, and the filters' WHERE."""
+    aliases = [f"d{index}" for index in range(len(query.dimensions))]
+    columns = [
+        f"{column_of(DIMENSIONS[name])} AS {alias}" for name, alias in zip(query.dimensions, aliases, strict=True)
+    ]
+    conditions = [
+        _filter_sql(clause, column_of(DIMENSIONS[clause.dimension]), f"f{index}", params)
+        for index, clause in enumerate(query.filters)
+    ]
+    where = f" WHERE {' AND '.join(conditions)}" if conditions else ""
+    return aliases, columns, where
+
+
+def _raw_sql(query: AggregateQuery) -> tuple[str, dict[str, Any]]:
     params: dict[str, Any] = {
         "project_id": query.project_id,
         "start": query.start,
         "end": query.end,
         "timezone": query.timezone,
     }
-    dimension_aliases = [f"d{index}" for index in range(len(query.dimensions))]
-    dimension_columns = "".join(
-        f", {_RAW_TIME_BUCKETS.get(name) or _RAW_COLUMNS[name]} AS {alias}"
-        for name, alias in zip(query.dimensions, dimension_aliases, strict=True)
-    )
-    conditions = [
-        _filter_sql(clause, _RAW_COLUMNS[clause.dimension], f"f{index}", params)
-        for index, clause in enumerate(query.filters)
-    ]
-    where = f" WHERE {' AND '.join(conditions)}" if conditions else ""
+    dimension_aliases, dimension_columns, where = _dimensions_and_filters(query, _raw, params)
     partition = ", ".join([*dimension_aliases, "session_id", "day"])
     metric_columns = ", ".join(f"{_RAW_METRICS[name]} AS {name}" for name in query.metrics)
     sql = (
         f"WITH {events_cte()}, {SESSIONS_CTE},"
         " m AS (SELECT distinct_id, session_id, day, name, s_duration, s_pageviews, s_events"
-        f"{dimension_columns} FROM ev JOIN sess USING (session_id, day){where}),"
+        f"{''.join(f', {column}' for column in dimension_columns)} FROM ev JOIN sess USING (session_id, day){where}),"
         f" g AS (SELECT *, row_number() OVER (PARTITION BY {partition}) = 1 AS session_first FROM m)"
         f" SELECT {', '.join([*dimension_aliases, metric_columns])}, count(*) OVER () AS total_rows FROM g"
         f"{_order_and_page(query, dimension_aliases, params)}"
@@ -398,7 +305,7 @@ def build_raw_sql(query: AggregateQuery) -> tuple[str, dict[str, Any]]:
     return sql, params
 
 
-def build_cube_sql(query: AggregateQuery, plan: CubePlan) -> tuple[str, dict[str, Any]]:
+def _cube_sql(query: AggregateQuery, plan: CubePlan) -> tuple[str, dict[str, Any]]:
     cube = plan.cube
     columns = ", ".join(("day", *cube.columns))
     params: dict[str, Any] = {
@@ -429,21 +336,8 @@ def build_cube_sql(query: AggregateQuery, plan: CubePlan) -> tuple[str, dict[str
         )
         day_condition = " AND (occurred_at AT TIME ZONE :timezone)::date = ANY(CAST(:computed_days AS date[]))"
         ctes = f"{events_cte(day_condition)}, {SESSIONS_CTE}, "
-        parts.append(f"SELECT {columns}, {CUBE_METRIC_COLUMNS} FROM ({cube.select_sql((plan.grain,))}) computed")
-    dimension_aliases = [f"d{index}" for index in range(len(query.dimensions))]
-    time_buckets = {
-        "time:day": "to_char(day, 'YYYY-MM-DD')",
-        "time:week": "to_char(date_trunc('week', day), 'YYYY-MM-DD')",
-        "time:month": "to_char(day, 'YYYY-MM')",
-    }
-    dimension_columns = [
-        f"{time_buckets.get(name, name)} AS {alias}"
-        for name, alias in zip(query.dimensions, dimension_aliases, strict=True)
-    ]
-    conditions = [
-        _filter_sql(clause, clause.dimension, f"f{index}", params) for index, clause in enumerate(query.filters)
-    ]
-    where = f" WHERE {' AND '.join(conditions)}" if conditions else ""
+        parts.append(f"SELECT {columns}, {CUBE_METRIC_COLUMNS} FROM ({cube_select_sql(cube, (plan.grain,))}) computed")
+    dimension_aliases, dimension_columns, where = _dimensions_and_filters(query, _rolled, params)
     metric_columns = ", ".join(f"{_CUBE_METRICS[name]} AS {name}" for name in query.metrics)
     sql = (
         f"WITH {ctes}cube AS ({' UNION ALL '.join(parts)})"
@@ -451,6 +345,20 @@ def build_cube_sql(query: AggregateQuery, plan: CubePlan) -> tuple[str, dict[str
         f" FROM cube{where}{_order_and_page(query, dimension_aliases, params)}"
     )
     return sql, params
+
+
+async def _prepared_sql(
+    connection: AsyncConnection, query: AggregateQuery, plan: CubePlan | None
+) -> tuple[str, dict[str, Any]]:
+    """The statement that answers the query by this plan, with this transaction set up for it."""
+    if plan is None:
+        return _raw_sql(query)
+    # A HyperLogLog union's aggregate state is ~130 kB whatever the sketches hold, so a hash
+    # aggregate over a few hundred groups spills to disk (measured: 65 MB, 4 batches, 500 ms
+    # for top pages of one country); sorting the few thousand rows and aggregating one group
+    # at a time does not.
+    await connection.execute(text("SELECT set_config('enable_hashagg', 'off', true)"))
+    return _cube_sql(query, plan)
 
 
 async def _execute(connection: AsyncConnection, sql: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
@@ -464,29 +372,43 @@ async def _execute(connection: AsyncConnection, sql: str, params: dict[str, Any]
     return [tuple(row) for row in result]
 
 
+def _number(metric: Metric, value: object) -> float:
+    if metric in INTEGER_METRICS:
+        return int(value)  # type: ignore[call-overload, no-any-return]
+    return float(value) if isinstance(value, Decimal | int | float) else 0.0
+
+
 async def aggregate(
     connection: AsyncConnection, query: AggregateQuery, plan: CubePlan | None
 ) -> tuple[list[AggregateRow], int]:
-    """Rows of one page and the number of rows before limit/offset."""
-    sql, params = build_raw_sql(query) if plan is None else build_cube_sql(query, plan)
-    if plan is not None:
-        # A HyperLogLog union's aggregate state is ~130 kB whatever the sketches hold, so a hash
-        # aggregate over a few hundred groups spills to disk (measured: 65 MB, 4 batches, 500 ms
-        # for top pages of one country); sorting the few thousand rows and aggregating one group
-        # at a time does not.
-        await connection.execute(text("SELECT set_config('enable_hashagg', 'off', true)"))
+    """Rows of one page and the number of rows before limit/offset; raw events when plan is None."""
+    sql, params = await _prepared_sql(connection, query, plan)
     width = len(query.dimensions)
     raw_rows = await _execute(connection, sql, params)
     if raw_rows:
-        rows = [AggregateRow(dimensions=values[:width], metrics=values[width:-1]) for values in raw_rows]
+        rows = [
+            AggregateRow(
+                dimensions=values[:width],
+                metrics=tuple(
+                    _number(metric, value) for metric, value in zip(query.metrics, values[width:-1], strict=True)
+                ),
+            )
+            for values in raw_rows
+        ]
         return rows, int(raw_rows[0][-1])
     if query.offset > 0:
         # A page past the end has no row to carry count(*) OVER (); ask for the first row instead.
-        first_page = replace(query, limit=1, offset=0)
-        sql, params = build_raw_sql(first_page) if plan is None else build_cube_sql(first_page, plan)
+        sql, params = await _prepared_sql(connection, replace(query, limit=1, offset=0), plan)
         first = await _execute(connection, sql, params)
         return [], int(first[0][-1]) if first else 0
     return [], 0
+
+
+async def explain(connection: AsyncConnection, query: AggregateQuery, plan: CubePlan | None) -> list[str]:
+    """EXPLAIN (ANALYZE, BUFFERS) of the statement `aggregate` runs for this query and plan."""
+    sql, params = await _prepared_sql(connection, query, plan)
+    result = await connection.execute(text(f"EXPLAIN (ANALYZE, BUFFERS) {sql}"), params)
+    return [row[0] for row in result]
 
 
 async def realtime(connection: AsyncConnection, project_id: int, since: datetime) -> tuple[int, int]:
@@ -516,7 +438,6 @@ def _step_condition(step: FunnelStepMatch, alias: str, param: str) -> str:
 
 async def funnel(
     connection: AsyncConnection,
-    *,
     project_id: int,
     start: datetime,
     end: datetime,
@@ -558,7 +479,7 @@ class RetentionCell:
 
 
 async def retention(
-    connection: AsyncConnection, *, project_id: int, timezone: str, start: datetime, end: datetime, weeks: int
+    connection: AsyncConnection, project_id: int, timezone: str, start: datetime, end: datetime, weeks: int
 ) -> list[RetentionCell]:
     """Visitors first seen (ever) inside [start, end), by first-seen week, active in each later week."""
     result = await connection.execute(

@@ -25,13 +25,8 @@ from datetime import date, datetime
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from services.query.repository import (
-    CUBE_METRIC_COLUMNS,
-    PAGES_CUBE,
-    SESSIONS_CTE,
-    VISITS_CUBE,
-    events_cte,
-)
+from services.query.repository import CUBE_METRIC_COLUMNS, SESSIONS_CTE, cube_select_sql, events_cte
+from services.query.vocabulary import CUBES, PAGES_CUBE
 
 # Any constant works; it only has to be the same for every process that builds rollups.
 _ROLLUP_LOCK_NAMESPACE = 7_345_100
@@ -150,17 +145,18 @@ async def rebuild_day(
     if not locked.scalar_one():
         return False
     params = {"project_id": project_id, "timezone": timezone, "day": day, "start": start, "end": end}
-    for cube in (VISITS_CUBE, PAGES_CUBE):
+    for cube in CUBES:
         await connection.execute(
             text(f"DELETE FROM {cube.table} WHERE project_id = :project_id AND day = :day"), params
         )
     # One statement for both tables, so the day's events are read and sessionised once.
     inserts = []
-    for cube in (VISITS_CUBE, PAGES_CUBE):
+    for cube in CUBES:
         columns = ", ".join(("day", "grain", *cube.columns))
+        computed = cube_select_sql(cube, cube.grains)
         inserts.append(
             f"INSERT INTO {cube.table} (project_id, {columns}, {CUBE_METRIC_COLUMNS})"
-            f" SELECT :project_id, {columns}, {CUBE_METRIC_COLUMNS} FROM ({cube.select_sql(cube.grains)}) computed"
+            f" SELECT :project_id, {columns}, {CUBE_METRIC_COLUMNS} FROM ({computed}) computed"
         )
     await connection.execute(
         text(

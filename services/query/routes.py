@@ -1,4 +1,4 @@
-"""HTTP edge of the query service: authorise, own the read transaction, call the service."""
+"""HTTP edge of the query service: authorise, name the read transaction (`connection`), call the service."""
 
 from __future__ import annotations
 
@@ -12,12 +12,10 @@ from litestar.di import NamedDependency, Provide
 from litestar.params import JSONBody
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from services.common.app import provide_read_transaction
 from services.common.auth import provide_read_project
-from services.common.db import set_statement_timeout
 from services.common.errors import error_responses
 from services.common.project_repository import ProjectRecord
-from services.common.ttl_cache import SharedTtlCache
-from services.query import repository, service
 from services.query.schemas import (
     FunnelResponse,
     FunnelSpec,
@@ -27,6 +25,7 @@ from services.query.schemas import (
     RetentionResponse,
     RetentionSpec,
 )
+from services.query.service import QueryService
 
 _READ_ERRORS = {
     401: "Missing or unknown secret key.",
@@ -35,29 +34,46 @@ _READ_ERRORS = {
 }
 _SPEC_ERRORS = {422: "The spec is invalid; the error names the field and the problem.", **_READ_ERRORS}
 
+_read_transaction = asynccontextmanager(provide_read_transaction)
 
-@asynccontextmanager
-async def read_transaction(state: State) -> AsyncIterator[AsyncConnection]:
-    """One read-only transaction per request, every statement under the statement timeout."""
-    async with state.engine.begin() as connection:
-        await repository.configure_transaction(connection, read_only=True)
-        await set_statement_timeout(connection, state.statement_timeout_ms)
+# What the handlers are given (the controller's dependencies, by name).
+Service = NamedDependency[QueryService]
+Connection = NamedDependency[AsyncConnection]
+Project = NamedDependency[ProjectRecord]
+
+
+async def provide_connection(state: State, project: Project) -> AsyncIterator[AsyncConnection]:
+    """The request's read-only transaction (services.common.app.provide_read_transaction).
+
+    It names `project` so that it begins only once the key is checked: a request refused by
+    authentication or the rate limit never checks out a pooled connection.
+    """
+    async with _read_transaction(state) as connection:
         yield connection
+
+
+def _post_spec(path: str, summary: str) -> post:
+    """A POST that takes a spec and answers 200 (not Litestar's 201: nothing is created)."""
+    return post(path, status_code=200, summary=summary, responses=error_responses(_SPEC_ERRORS))
+
+
+def provide_query_service(state: State) -> QueryService:
+    service: QueryService = state.query_service
+    return service
 
 
 class QueryController(Controller):
     path = "/v1"
     tags = ["query"]
-    dependencies = {"project": Provide(provide_read_project)}
+    dependencies = {
+        "project": Provide(provide_read_project),
+        "query_service": Provide(provide_query_service, sync_to_thread=False),
+        "connection": Provide(provide_connection),
+    }
 
-    @post(
-        "/query",
-        status_code=200,
-        summary="Aggregate metrics by dimensions over a date range",
-        responses=error_responses(_SPEC_ERRORS),
-    )
+    @_post_spec("/query", "Aggregate metrics by dimensions over a date range")
     async def query(
-        self, state: State, project: NamedDependency[ProjectRecord], data: JSONBody[QuerySpec]
+        self, query_service: Service, connection: Connection, project: Project, data: JSONBody[QuerySpec]
     ) -> QueryResponse:
         """Metrics over the project's non-bot events, grouped by dimensions and filtered (filters are ANDed).
 
@@ -74,46 +90,30 @@ class QueryController(Controller):
         already rolled up and raw events for the rest; there unique visitors are HyperLogLog estimates,
         stated in `meta`. Every other figure is exact.
         """
-        async with read_transaction(state) as connection:
-            return await service.run_query(connection, project, data, datetime.now(UTC), state.query_settings)
+        return await query_service.run_query(connection, project, data, datetime.now(UTC))
 
     @get("/realtime", summary="Visitors in the last 5 minutes", responses=error_responses(_READ_ERRORS))
-    async def realtime(self, state: State, project: NamedDependency[ProjectRecord]) -> RealtimeResponse:
+    async def realtime(self, state: State, query_service: Service, project: Project) -> RealtimeResponse:
         """Counted from events; every open dashboard polls it, so one answer per project serves all
         callers for SIGHTLINE_QUERY_REALTIME_CACHE_S (5 s)."""
+        # The one route without the `connection` dependency: a cached answer must not check out a
+        # pooled connection, so a miss opens its own short read transaction (same rules as the
+        # dependency's) and a hit opens none.
+        return await query_service.realtime(project, lambda: _read_transaction(state))
 
-        async def count() -> RealtimeResponse:
-            async with read_transaction(state) as connection:
-                return await service.realtime(connection, project, datetime.now(UTC))
-
-        realtime_cache: SharedTtlCache[int, RealtimeResponse] = state.realtime_cache
-        return await realtime_cache.get_or_load(project.project_id, count)
-
-    @post(
-        "/funnel",
-        status_code=200,
-        summary="Ordered steps: visitors, conversion and drop-off per step",
-        responses=error_responses(_SPEC_ERRORS),
-    )
+    @_post_spec("/funnel", "Ordered steps: visitors, conversion and drop-off per step")
     async def funnel(
-        self, state: State, project: NamedDependency[ProjectRecord], data: JSONBody[FunnelSpec]
+        self, query_service: Service, connection: Connection, project: Project, data: JSONBody[FunnelSpec]
     ) -> FunnelResponse:
         """A visitor reaches step n if they did steps 1..n in this order, each strictly after the previous,
         all within window_minutes after their first step-1 event in the date range."""
-        async with read_transaction(state) as connection:
-            return await service.funnel(connection, project, data, datetime.now(UTC))
+        return await query_service.funnel(connection, project, data, datetime.now(UTC))
 
-    @post(
-        "/retention",
-        status_code=200,
-        summary="Weekly cohorts by first seen, share returning each following week",
-        responses=error_responses(_SPEC_ERRORS),
-    )
+    @_post_spec("/retention", "Weekly cohorts by first seen, share returning each following week")
     async def retention(
-        self, state: State, project: NamedDependency[ProjectRecord], data: JSONBody[RetentionSpec]
+        self, query_service: Service, connection: Connection, project: Project, data: JSONBody[RetentionSpec]
     ) -> RetentionResponse:
         """Cohorts are visitors first seen (ever) inside the date range, by the Monday-starting week of their
         first event in the project's timezone; week_offset n counts cohort members with an event in the n-th
         following week. Only weeks that have begun by the end of the range are listed."""
-        async with read_transaction(state) as connection:
-            return await service.retention(connection, project, data, datetime.now(UTC))
+        return await query_service.retention(connection, project, data, datetime.now(UTC))

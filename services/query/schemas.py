@@ -7,42 +7,8 @@ from typing import Annotated, Literal
 
 import msgspec
 
-Metric = Literal["visitors", "pageviews", "sessions", "bounce_rate", "visit_duration", "views_per_session", "events"]
-Dimension = Literal[
-    "time:hour",
-    "time:day",
-    "time:week",
-    "time:month",
-    "page",
-    "domain",
-    "referrer",
-    "utm_source",
-    "utm_medium",
-    "utm_campaign",
-    "country",
-    "browser",
-    "os",
-    "device",
-    "event_name",
-    "entry_page",
-    "exit_page",
-]
-# Time buckets are results of a grouping, not properties of an event, so they cannot be filtered on.
-FilterDimension = Literal[
-    "page",
-    "domain",
-    "referrer",
-    "utm_source",
-    "utm_medium",
-    "utm_campaign",
-    "country",
-    "browser",
-    "os",
-    "device",
-    "event_name",
-    "entry_page",
-    "exit_page",
-]
+from services.query.vocabulary import Dimension, FilterDimension, Metric
+
 Operator = Literal["is", "is_not", "contains", "matches"]
 Period = Literal["today", "7d", "30d", "month", "12mo", "custom"]
 

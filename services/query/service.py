@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
-from datetime import UTC, date, datetime, time, timedelta
-from decimal import Decimal
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
+from dataclasses import replace
+from datetime import UTC, date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 from litestar.status_codes import HTTP_422_UNPROCESSABLE_ENTITY
@@ -12,8 +13,10 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.common.errors import ApiError
 from services.common.project_repository import ProjectRecord
-from services.query import repository, rollup_repository
-from services.query.repository import AggregateQuery, CubePlan, FilterClause, FunnelStepMatch, Ordering
+from services.common.ttl_cache import SharedTtlCache
+from services.query import planner, repository
+from services.query.planner import ResolvedRange, range_of
+from services.query.repository import AggregateQuery, FunnelStepMatch, InvalidPatternError
 from services.query.schemas import (
     ComparisonResult,
     DateRange,
@@ -32,6 +35,7 @@ from services.query.schemas import (
     RetentionWeek,
 )
 from services.query.settings import QuerySettings
+from services.query.vocabulary import HLL_RELATIVE_STANDARD_ERROR, TIME_DIMENSIONS
 
 # Longer custom ranges would scan years of raw events for one request.
 MAX_RANGE_DAYS = 3 * 366
@@ -44,29 +48,6 @@ REALTIME_WINDOW = timedelta(minutes=5)
 
 def invalid(message: str, field: str) -> ApiError:
     return ApiError(HTTP_422_UNPROCESSABLE_ENTITY, "invalid_query", message, field=field)
-
-
-@dataclass(frozen=True)
-class ResolvedRange:
-    date_from: date
-    date_to: date  # inclusive
-    start: datetime  # UTC instant of date_from's local midnight
-    end: datetime  # UTC instant of the local midnight after date_to
-
-    @property
-    def days(self) -> int:
-        return (self.date_to - self.date_from).days + 1
-
-
-def local_midnight(day: date, timezone: str) -> datetime:
-    # zoneinfo resolves a midnight that falls in a DST gap or fold consistently (fold=0).
-    return datetime.combine(day, time(0), tzinfo=ZoneInfo(timezone)).astimezone(UTC)
-
-
-def range_of(date_from: date, date_to: date, timezone: str) -> ResolvedRange:
-    return ResolvedRange(
-        date_from, date_to, local_midnight(date_from, timezone), local_midnight(date_to + timedelta(days=1), timezone)
-    )
 
 
 def resolve_range(spec: DateRangeFields, timezone: str, now: datetime) -> ResolvedRange:
@@ -113,7 +94,7 @@ def _validate(spec: QuerySpec) -> None:
     for index, metric in enumerate(spec.metrics):
         if metric in spec.metrics[:index]:
             raise invalid(f"Metric '{metric}' is listed twice.", f"metrics[{index}]")
-    time_dimensions = [name for name in spec.dimensions if name.startswith("time:")]
+    time_dimensions = [name for name in spec.dimensions if name in TIME_DIMENSIONS]
     if len(time_dimensions) > 1:
         raise invalid("At most one time dimension per query.", "dimensions")
     for index, dimension in enumerate(spec.dimensions):
@@ -137,128 +118,8 @@ def _validate(spec: QuerySpec) -> None:
                 )
 
 
-def _default_order(spec: QuerySpec) -> tuple[Ordering, ...]:
-    time_dimensions = [name for name in spec.dimensions if name.startswith("time:")]
-    if time_dimensions:
-        return (Ordering(time_dimensions[0], descending=False),)
-    return (Ordering(spec.metrics[0], descending=True),)
-
-
-def _number(metric: str, value: object) -> float | int:
-    if metric in repository.INTEGER_METRICS:
-        return int(value)  # type: ignore[call-overload, no-any-return]
-    return float(value) if isinstance(value, Decimal | int | float) else 0.0
-
-
-async def _plan(
-    connection: AsyncConnection, query: AggregateQuery, span: ResolvedRange, settings: QuerySettings
-) -> CubePlan | None:
-    """Read the rollups when a cube answers the query and at least one day of the range is rolled up."""
-    choice = repository.cube_for(query) if settings.rollups else None
-    if choice is None:
-        return None
-    cube, grain = choice
-    rolled = await rollup_repository.usable_days(
-        connection, query.project_id, span.date_from, span.date_to, settings.rollup_max_staleness_s
-    )
-    if not rolled:
-        return None
-    weeks: set[date] = set()
-    # A week's rows fit only when no time bucket splits its seven days (a month might).
-    if cube.weekly_table is not None and all(
-        name == "time:week" or not name.startswith("time:") for name in query.dimensions
-    ):
-        weeks = await rollup_repository.usable_weeks(
-            connection, query.project_id, span.date_from, span.date_to, settings.rollup_max_staleness_s
-        )
-    in_weeks = {week + timedelta(days=n) for week in weeks for n in range(7)}
-    rolled -= in_weeks
-    computed = [span.date_from + timedelta(days=n) for n in range(span.days)]
-    computed = [day for day in computed if day not in rolled and day not in in_weeks]
-    return CubePlan(
-        cube=cube,
-        grain=grain,
-        rolled_weeks=tuple(sorted(weeks)),
-        rolled_days=tuple(sorted(rolled)),
-        computed_days=tuple(computed),
-        computed_start=local_midnight(computed[0], query.timezone) if computed else None,
-        computed_end=local_midnight(computed[-1] + timedelta(days=1), query.timezone) if computed else None,
-    )
-
-
-async def _rows(
-    connection: AsyncConnection, query: AggregateQuery, span: ResolvedRange, settings: QuerySettings
-) -> tuple[list[ResultRow], int, bool]:
-    """Result rows, rows before paging, and whether the figures came from the rollups."""
-    plan = await _plan(connection, query, span, settings)
-    try:
-        rows, total_rows = await repository.aggregate(connection, query, plan)
-    except repository.InvalidPatternError as exc:
-        raise invalid(f"A 'matches' pattern is not a valid regular expression: {exc}", "filters") from exc
-    results = [
-        ResultRow(
-            dimensions=list(row.dimensions),
-            metrics=[_number(metric, value) for metric, value in zip(query.metrics, row.metrics, strict=True)],
-        )
-        for row in rows
-    ]
-    return results, total_rows, plan is not None
-
-
-async def run_query(
-    connection: AsyncConnection, project: ProjectRecord, spec: QuerySpec, now: datetime, settings: QuerySettings
-) -> QueryResponse:
-    _validate(spec)
-    current = resolve_range(spec, project.timezone, now)
-    order_by = (
-        tuple(Ordering(item.field, item.direction == "desc") for item in spec.order_by)
-        if spec.order_by
-        else _default_order(spec)
-    )
-    query = AggregateQuery(
-        project_id=project.project_id,
-        timezone=project.timezone,
-        start=current.start,
-        end=current.end,
-        metrics=tuple(spec.metrics),
-        dimensions=tuple(spec.dimensions),
-        filters=tuple(
-            FilterClause(
-                dimension=item.dimension,
-                operator=item.operator,
-                values=tuple(value for value in item.values if value is not None),
-                includes_null=any(value is None for value in item.values),
-            )
-            for item in spec.filters
-        ),
-        order_by=order_by,
-        limit=spec.limit,
-        offset=spec.offset,
-    )
-    results, total_rows, from_rollups = await _rows(connection, query, current, settings)
-    comparison = None
-    if spec.comparison == "previous_period":
-        previous = previous_period(current, project.timezone)
-        previous_results, previous_total, previous_from_rollups = await _rows(
-            connection, replace(query, start=previous.start, end=previous.end), previous, settings
-        )
-        from_rollups = from_rollups or previous_from_rollups
-        comparison = ComparisonResult(
-            date_range=DateRange(previous.date_from, previous.date_to),
-            results=previous_results,
-            total_rows=previous_total,
-        )
-    return QueryResponse(
-        date_range=DateRange(current.date_from, current.date_to),
-        metrics=list(spec.metrics),
-        dimensions=list(spec.dimensions),
-        results=results,
-        total_rows=total_rows,
-        limit=spec.limit,
-        offset=spec.offset,
-        meta=_meta(project.timezone, from_rollups and "visitors" in spec.metrics, from_rollups),
-        comparison=comparison,
-    )
+def _percent(part: int, whole: int) -> float:
+    return round(100.0 * part / whole, 2) if whole else 0.0
 
 
 def _meta(timezone: str, approximate_visitors: bool, from_rollups: bool) -> QueryMeta:
@@ -266,84 +127,140 @@ def _meta(timezone: str, approximate_visitors: bool, from_rollups: bool) -> Quer
         timezone=timezone,
         source="rollups" if from_rollups else "events",
         exact=not approximate_visitors,
-        visitors_relative_standard_error=(
-            round(repository.HLL_RELATIVE_STANDARD_ERROR, 4) if approximate_visitors else None
-        ),
+        visitors_relative_standard_error=round(HLL_RELATIVE_STANDARD_ERROR, 4) if approximate_visitors else None,
     )
 
 
-async def realtime(connection: AsyncConnection, project: ProjectRecord, now: datetime) -> RealtimeResponse:
-    visitors, pageviews = await repository.realtime(connection, project.project_id, now - REALTIME_WINDOW)
-    return RealtimeResponse(visitors=visitors, pageviews=pageviews, window_seconds=int(REALTIME_WINDOW.total_seconds()))
+class QueryService:
+    """The query API's decisions: validation, date ranges, plans, and the shape of each answer.
 
+    Every method that reads takes the request's read-only transaction; it first sets the query
+    path's transaction settings (repository.configure_transaction), then reads.
+    """
 
-def _percent(part: int, whole: int) -> float:
-    return round(100.0 * part / whole, 2) if whole else 0.0
+    def __init__(self, settings: QuerySettings, realtime_cache: SharedTtlCache[int, RealtimeResponse]) -> None:
+        self.settings = settings
+        self._realtime_cache = realtime_cache
 
-
-async def funnel(
-    connection: AsyncConnection, project: ProjectRecord, spec: FunnelSpec, now: datetime
-) -> FunnelResponse:
-    for index, step in enumerate(spec.steps):
-        if "\x00" in step.value:
-            raise invalid(_NUL_MESSAGE, f"steps[{index}].value")
-    current = resolve_range(spec, project.timezone, now)
-    counts = await repository.funnel(
-        connection,
-        project_id=project.project_id,
-        start=current.start,
-        end=current.end,
-        steps=[FunnelStepMatch(step.type, step.value) for step in spec.steps],
-        window_seconds=spec.window_minutes * 60,
-    )
-    steps: list[FunnelStepResult] = []
-    for index, (step, visitors) in enumerate(zip(spec.steps, counts, strict=True)):
-        previous = counts[index - 1] if index else visitors
-        steps.append(
-            FunnelStepResult(
-                step=index + 1,
-                type=step.type,
-                value=step.value,
-                visitors=visitors,
-                conversion_rate=_percent(visitors, counts[0]),
-                drop_off=previous - visitors,
-                drop_off_rate=_percent(previous - visitors, previous),
+    async def run_query(
+        self, connection: AsyncConnection, project: ProjectRecord, spec: QuerySpec, now: datetime
+    ) -> QueryResponse:
+        _validate(spec)
+        current = resolve_range(spec, project.timezone, now)
+        await repository.configure_transaction(connection)
+        query = planner.aggregate_query(project.project_id, project.timezone, spec, current)
+        results, total_rows, from_rollups = await self._rows(connection, query, current)
+        comparison = None
+        if spec.comparison == "previous_period":
+            previous = previous_period(current, project.timezone)
+            previous_results, previous_total, previous_from_rollups = await self._rows(
+                connection, replace(query, start=previous.start, end=previous.end), previous
             )
-        )
-    return FunnelResponse(
-        date_range=DateRange(current.date_from, current.date_to), window_minutes=spec.window_minutes, steps=steps
-    )
-
-
-async def retention(
-    connection: AsyncConnection, project: ProjectRecord, spec: RetentionSpec, now: datetime
-) -> RetentionResponse:
-    current = resolve_range(spec, project.timezone, now)
-    cells = await repository.retention(
-        connection,
-        project_id=project.project_id,
-        timezone=project.timezone,
-        start=current.start,
-        end=current.end,
-        weeks=spec.weeks,
-    )
-    by_cohort: dict[date, dict[int, int]] = {}
-    for cell in cells:
-        by_cohort.setdefault(cell.cohort_week, {})[cell.week_offset] = cell.visitors
-    last_week = current.date_to - timedelta(days=current.date_to.weekday())
-    cohorts: list[RetentionCohort] = []
-    for cohort_week, active in sorted(by_cohort.items()):
-        size = active.get(0, 0)
-        # Only weeks that have begun inside the range are reported; later ones are unknown, not zero.
-        elapsed = min(spec.weeks, (last_week - cohort_week).days // 7)
-        cohorts.append(
-            RetentionCohort(
-                week=cohort_week,
-                visitors=size,
-                retention=[
-                    RetentionWeek(offset, active.get(offset, 0), _percent(active.get(offset, 0), size))
-                    for offset in range(elapsed + 1)
-                ],
+            from_rollups = from_rollups or previous_from_rollups
+            comparison = ComparisonResult(
+                date_range=DateRange(previous.date_from, previous.date_to),
+                results=previous_results,
+                total_rows=previous_total,
             )
+        return QueryResponse(
+            date_range=DateRange(current.date_from, current.date_to),
+            metrics=list(spec.metrics),
+            dimensions=list(spec.dimensions),
+            results=results,
+            total_rows=total_rows,
+            limit=spec.limit,
+            offset=spec.offset,
+            meta=_meta(project.timezone, from_rollups and "visitors" in spec.metrics, from_rollups),
+            comparison=comparison,
         )
-    return RetentionResponse(date_range=DateRange(current.date_from, current.date_to), cohorts=cohorts)
+
+    async def _rows(
+        self, connection: AsyncConnection, query: AggregateQuery, span: ResolvedRange
+    ) -> tuple[list[ResultRow], int, bool]:
+        """Result rows, rows before paging, and whether the figures came from the rollups."""
+        plan = await planner.plan(connection, query, span, self.settings)
+        try:
+            rows, total_rows = await repository.aggregate(connection, query, plan)
+        except InvalidPatternError as exc:
+            raise invalid(f"A 'matches' pattern is not a valid regular expression: {exc}", "filters") from exc
+        results = [ResultRow(dimensions=list(row.dimensions), metrics=list(row.metrics)) for row in rows]
+        return results, total_rows, plan is not None
+
+    async def realtime(
+        self, project: ProjectRecord, read: Callable[[], AbstractAsyncContextManager[AsyncConnection]]
+    ) -> RealtimeResponse:
+        """Visitors and pageviews of the last five minutes, counted once per project for the cache time.
+
+        Every open dashboard polls this, so a cached answer must not hold a pooled connection:
+        the route passes `read`, which opens a short read transaction, and only a miss calls it.
+        """
+
+        async def count() -> RealtimeResponse:
+            async with read() as connection:
+                await repository.configure_transaction(connection)
+                since = datetime.now(UTC) - REALTIME_WINDOW
+                visitors, pageviews = await repository.realtime(connection, project.project_id, since)
+            return RealtimeResponse(
+                visitors=visitors, pageviews=pageviews, window_seconds=int(REALTIME_WINDOW.total_seconds())
+            )
+
+        return await self._realtime_cache.get_or_load(project.project_id, count)
+
+    async def funnel(
+        self, connection: AsyncConnection, project: ProjectRecord, spec: FunnelSpec, now: datetime
+    ) -> FunnelResponse:
+        for index, step in enumerate(spec.steps):
+            if "\x00" in step.value:
+                raise invalid(_NUL_MESSAGE, f"steps[{index}].value")
+        current = resolve_range(spec, project.timezone, now)
+        await repository.configure_transaction(connection)
+        matches = [FunnelStepMatch(step.type, step.value) for step in spec.steps]
+        counts = await repository.funnel(
+            connection, project.project_id, current.start, current.end, matches, spec.window_minutes * 60
+        )
+        steps: list[FunnelStepResult] = []
+        for index, (step, visitors) in enumerate(zip(spec.steps, counts, strict=True)):
+            previous = counts[index - 1] if index else visitors
+            steps.append(
+                FunnelStepResult(
+                    step=index + 1,
+                    type=step.type,
+                    value=step.value,
+                    visitors=visitors,
+                    conversion_rate=_percent(visitors, counts[0]),
+                    drop_off=previous - visitors,
+                    drop_off_rate=_percent(previous - visitors, previous),
+                )
+            )
+        return FunnelResponse(
+            date_range=DateRange(current.date_from, current.date_to), window_minutes=spec.window_minutes, steps=steps
+        )
+
+    async def retention(
+        self, connection: AsyncConnection, project: ProjectRecord, spec: RetentionSpec, now: datetime
+    ) -> RetentionResponse:
+        current = resolve_range(spec, project.timezone, now)
+        await repository.configure_transaction(connection)
+        cells = await repository.retention(
+            connection, project.project_id, project.timezone, current.start, current.end, spec.weeks
+        )
+        by_cohort: dict[date, dict[int, int]] = {}
+        for cell in cells:
+            by_cohort.setdefault(cell.cohort_week, {})[cell.week_offset] = cell.visitors
+        last_week = current.date_to - timedelta(days=current.date_to.weekday())
+        cohorts: list[RetentionCohort] = []
+        for cohort_week, active in sorted(by_cohort.items()):
+            size = active.get(0, 0)
+            # Only weeks that have begun inside the range are reported; later ones are unknown, not zero.
+            elapsed = min(spec.weeks, (last_week - cohort_week).days // 7)
+            cohorts.append(
+                RetentionCohort(
+                    week=cohort_week,
+                    visitors=size,
+                    retention=[
+                        RetentionWeek(offset, active.get(offset, 0), _percent(active.get(offset, 0), size))
+                        for offset in range(elapsed + 1)
+                    ],
+                )
+            )
+        return RetentionResponse(date_range=DateRange(current.date_from, current.date_to), cohorts=cohorts)

@@ -16,8 +16,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.cli import admin
 from services.query.app import create_app
-from services.query.rollups import refresh_until_current
 from services.query.settings import QuerySettings
+from services.query.tasks import refresh_until_current
 from tests.harness import DatabaseHarness
 
 BERLIN = ZoneInfo("Europe/Berlin")

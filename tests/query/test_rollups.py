@@ -12,16 +12,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.query import rollup_repository
 from services.query.app import create_app
-from services.query.repository import (
-    HLL_RELATIVE_STANDARD_ERROR,
-    PAGES_CUBE,
-    VISITS_CUBE,
-    AggregateQuery,
-    FilterClause,
-    cube_for,
-)
-from services.query.rollups import pause_after_round
+from services.query.planner import cube_for
+from services.query.repository import AggregateQuery, FilterClause
 from services.query.settings import QuerySettings
+from services.query.tasks import pause_after_round
+from services.query.vocabulary import HLL_RELATIVE_STANDARD_ERROR, PAGES_CUBE, VISITS_CUBE
 from tests.harness import DatabaseHarness
 from tests.query.conftest import (
     Event,

@@ -15,12 +15,15 @@ import json
 import os
 import statistics
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
 import httpx
+import msgspec
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -29,8 +32,10 @@ from services.cli.stack import read_env_file
 from services.common.db import create_admin_engine
 from services.common.partition_repository import ensure_event_partitions
 from services.common.settings import AdminDatabaseSettings, DatabaseSettings, ServerSettings, StackSettings
-from services.query import rollup_repository
-from services.query.rollups import refresh_until_current, rollup_engine
+from services.query import planner, repository, rollup_repository, service
+from services.query.schemas import QuerySpec
+from services.query.settings import QuerySettings
+from services.query.tasks import refresh_until_current, rollup_engine
 
 TIMEZONE = "Europe/Berlin"
 DAYS = 30
@@ -118,6 +123,16 @@ def log(message: str) -> None:
     print(message, flush=True)
 
 
+@asynccontextmanager
+async def admin_engine(admin_settings: AdminDatabaseSettings) -> AsyncIterator[AsyncEngine]:
+    """A direct engine for loading and inspecting, disposed on the way out."""
+    engine = create_admin_engine(admin_settings)
+    try:
+        yield engine
+    finally:
+        await engine.dispose()
+
+
 async def find_or_create_project(admin_settings: AdminDatabaseSettings, name: str) -> tuple[dict[str, Any], bool]:
     """(project, created). A stored bench project keeps its keys in the data directory."""
     key_file = Path(f"/tmp/{name}.json")
@@ -167,8 +182,7 @@ async def load_project(
 async def load(admin_settings: AdminDatabaseSettings, total_events: int, name: str) -> dict[str, Any]:
     now = datetime.now(UTC)
     today = now.astimezone(ZoneInfo(TIMEZONE)).date()
-    engine = create_admin_engine(admin_settings)
-    try:
+    async with admin_engine(admin_settings) as engine:
         async with engine.begin() as connection:
             # Daily partitions for every loaded day (UTC days, one either side of the local range).
             await ensure_event_partitions(connection, today - timedelta(days=DAYS + 1), today + timedelta(days=1))
@@ -186,8 +200,6 @@ async def load(admin_settings: AdminDatabaseSettings, total_events: int, name: s
             await connection.execution_options(isolation_level="AUTOCOMMIT")
             await connection.execute(text("VACUUM ANALYZE events"))
         return project
-    finally:
-        await engine.dispose()
 
 
 async def build_rollups(database: DatabaseSettings) -> None:
@@ -263,8 +275,7 @@ async def measure_without_weeks(
     service's refresher must be off (the Makefile's bench stack runs it with interval 0), or it
     would rebuild the weeks meanwhile.
     """
-    engine = create_admin_engine(admin_settings)
-    try:
+    async with admin_engine(admin_settings) as engine:
         async with engine.begin() as connection:
             result = await connection.execute(
                 text("DELETE FROM query_rollup_weeks WHERE project_id = :project_id RETURNING week, days_built_at"),
@@ -286,65 +297,34 @@ async def measure_without_weeks(
                         ),
                         stamps,
                     )
-    finally:
-        await engine.dispose()
 
 
 async def explain(admin_settings: AdminDatabaseSettings, project: dict[str, Any], names: list[str]) -> None:
-    """EXPLAIN (ANALYZE, BUFFERS) of the SQL the service runs for some standard calls."""
-    from services.query import repository, service
-    from services.query.schemas import QuerySpec
-    from services.query.settings import QuerySettings
-
-    engine = create_admin_engine(admin_settings)
-    try:
+    """EXPLAIN (ANALYZE, BUFFERS) of the SQL the service runs for some standard calls, as it plans them."""
+    async with admin_engine(admin_settings) as engine:
         for name in names:
             call_name, _, filter_name = name.partition("/")
-            spec = QuerySpec(**STANDARD_CALLS[call_name], period="30d", filters=[])
-            query_filters = tuple(
-                repository.FilterClause(item["dimension"], item["operator"], tuple(item["values"]))
-                for item in FILTERS[filter_name or "no filter"]
-            )
+            body = {**STANDARD_CALLS[call_name], "period": "30d", "filters": FILTERS[filter_name or "no filter"]}
+            spec = msgspec.convert(body, QuerySpec)
             span = service.resolve_range(spec, TIMEZONE, datetime.now(UTC))
-            query = repository.AggregateQuery(
-                project_id=int(project["id"]),
-                timezone=TIMEZONE,
-                start=span.start,
-                end=span.end,
-                metrics=tuple(spec.metrics),
-                dimensions=tuple(spec.dimensions),
-                filters=query_filters,
-                order_by=service._default_order(spec),
-                limit=spec.limit,
-                offset=0,
-            )
+            query = planner.aggregate_query(int(project["id"]), TIMEZONE, spec, span)
             async with engine.begin() as connection:
-                await repository.configure_transaction(connection, read_only=True)
-                plan = await service._plan(connection, query, span, QuerySettings())
-                sql, params = (
-                    repository.build_raw_sql(query) if plan is None else repository.build_cube_sql(query, plan)
-                )
-                if plan is not None:  # as repository.aggregate does
-                    await connection.execute(text("SELECT set_config('enable_hashagg', 'off', true)"))
-                result = await connection.execute(text(f"EXPLAIN (ANALYZE, BUFFERS) {sql}"), params)
-                log(f"--- {name} ({'events' if plan is None else plan.cube.table})")
-                log("\n".join(row[0] for row in result))
-    finally:
-        await engine.dispose()
+                await connection.execute(text("SET TRANSACTION READ ONLY"))
+                await repository.configure_transaction(connection)
+                plan = await planner.plan(connection, query, span, QuerySettings())
+                lines = await repository.explain(connection, query, plan)
+            log(f"--- {name} ({'events' if plan is None else plan.cube.table})")
+            log("\n".join(lines))
 
 
 async def count_events(admin_settings: AdminDatabaseSettings, project_id: int) -> tuple[int, int]:
-    engine = create_admin_engine(admin_settings)
-    try:
-        async with engine.connect() as connection:
-            result = await connection.execute(
-                text("SELECT count(*) FILTER (WHERE project_id = :project_id), count(*) FROM events"),
-                {"project_id": project_id},
-            )
-            own, total = result.one()
-            return int(own), int(total)
-    finally:
-        await engine.dispose()
+    async with admin_engine(admin_settings) as engine, engine.connect() as connection:
+        result = await connection.execute(
+            text("SELECT count(*) FILTER (WHERE project_id = :project_id), count(*) FROM events"),
+            {"project_id": project_id},
+        )
+        own, total = result.one()
+        return int(own), int(total)
 
 
 def markdown(figures: list[dict[str, Any]], runs: int) -> str:

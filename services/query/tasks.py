@@ -1,25 +1,31 @@
-"""The rollup refresher: a writer task that rebuilds changed days, then the complete weeks whose
-days changed, one transaction per step.
+"""The query service's background work: the rollup refresher.
 
-Runs in every query worker (a per-day advisory lock keeps two from building the same day) and
-as `sightline rollup`.
+It rebuilds changed days, then the complete weeks whose days changed, one transaction of its
+own per step (the one writer of the query service; requests only read). It runs in every query
+worker, started by the app's lifespan (a per-day advisory lock keeps two from building the same
+day), and as `sightline rollup`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import replace
 from datetime import timedelta
 
+from litestar import Litestar
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from services.common.app import Lifespan
 from services.common.db import create_engine, set_statement_timeout
 from services.common.settings import DatabaseSettings
 from services.query import rollup_repository
+from services.query.planner import local_midnight
 from services.query.repository import configure_transaction
-from services.query.service import local_midnight
 from services.query.settings import QuerySettings
 
 logger = logging.getLogger(__name__)
@@ -41,7 +47,7 @@ async def refresh_rollups(engine: AsyncEngine, days_per_round: int, project_id: 
         if generation is None:
             continue
         async with engine.begin() as connection:
-            await configure_transaction(connection, read_only=False)
+            await configure_transaction(connection)
             await set_statement_timeout(connection, REBUILD_STATEMENT_TIMEOUT_MS)
             if await rollup_repository.rebuild_day(
                 connection,
@@ -93,6 +99,26 @@ async def rebuild_changed_days(database: DatabaseSettings, project_id: int | Non
         return await refresh_until_current(engine, 10, project_id)
     finally:
         await engine.dispose()
+
+
+def rollup_refresher(database: DatabaseSettings, settings: QuerySettings) -> Lifespan:
+    """The lifespan that runs the refresher in the background while the app serves (unless its
+    interval is 0)."""
+
+    @asynccontextmanager
+    async def refresher(app: Litestar) -> AsyncIterator[None]:
+        if settings.rollup_interval_s <= 0:
+            yield
+            return
+        task = asyncio.create_task(run_refresher(database, settings))
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    return refresher
 
 
 async def run_refresher(database: DatabaseSettings, settings: QuerySettings) -> None:

@@ -1,0 +1,139 @@
+"""How an aggregate query is answered: the whole decision, made here and nowhere else.
+
+From a validated spec and its date range the planner makes the `AggregateQuery` (what to
+count), then the plan (where to read it): raw events, or a rollup cube and its grain, with the
+complete weeks read from weekly rows, the days read from daily rows and the days computed from
+events. The repository builds and runs the SQL for the plan it is given.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, time, timedelta
+from zoneinfo import ZoneInfo
+
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from services.query import rollup_repository
+from services.query.repository import AggregateQuery, CubePlan, FilterClause, Ordering
+from services.query.schemas import QuerySpec
+from services.query.settings import QuerySettings
+from services.query.vocabulary import CUBES, DIMENSIONS, PAGES_CUBE, SESSION_METRICS, TIME_DIMENSIONS, Cube
+
+
+@dataclass(frozen=True)
+class ResolvedRange:
+    date_from: date
+    date_to: date  # inclusive
+    start: datetime  # UTC instant of date_from's local midnight
+    end: datetime  # UTC instant of the local midnight after date_to
+
+    @property
+    def days(self) -> int:
+        return (self.date_to - self.date_from).days + 1
+
+
+def local_midnight(day: date, timezone: str) -> datetime:
+    # zoneinfo resolves a midnight that falls in a DST gap or fold consistently (fold=0).
+    return datetime.combine(day, time(0), tzinfo=ZoneInfo(timezone)).astimezone(UTC)
+
+
+def range_of(date_from: date, date_to: date, timezone: str) -> ResolvedRange:
+    return ResolvedRange(
+        date_from, date_to, local_midnight(date_from, timezone), local_midnight(date_to + timedelta(days=1), timezone)
+    )
+
+
+def default_order(spec: QuerySpec) -> tuple[Ordering, ...]:
+    """Time ascending if grouped by time, else the first metric descending."""
+    time_dimensions = [name for name in spec.dimensions if name in TIME_DIMENSIONS]
+    if time_dimensions:
+        return (Ordering(time_dimensions[0], descending=False),)
+    return (Ordering(spec.metrics[0], descending=True),)
+
+
+def aggregate_query(project_id: int, timezone: str, spec: QuerySpec, span: ResolvedRange) -> AggregateQuery:
+    """What a validated spec asks for, over this range."""
+    return AggregateQuery(
+        project_id=project_id,
+        timezone=timezone,
+        start=span.start,
+        end=span.end,
+        metrics=tuple(spec.metrics),
+        dimensions=tuple(spec.dimensions),
+        filters=tuple(
+            FilterClause(
+                dimension=item.dimension,
+                operator=item.operator,
+                values=tuple(value for value in item.values if value is not None),
+                includes_null=any(value is None for value in item.values),
+            )
+            for item in spec.filters
+        ),
+        order_by=(
+            tuple(Ordering(item.field, item.direction == "desc") for item in spec.order_by)
+            if spec.order_by
+            else default_order(spec)
+        ),
+        limit=spec.limit,
+        offset=spec.offset,
+    )
+
+
+def cube_for(query: AggregateQuery) -> tuple[Cube, frozenset[str]] | None:
+    """The cube and grain that answer this query with the raw path's semantics, if any."""
+    if any(DIMENSIONS[name].rolled is None for name in query.dimensions if name in TIME_DIMENSIONS):
+        return None
+    plain_dimensions = [name for name in query.dimensions if name not in TIME_DIMENSIONS]
+    used: set[str] = {*plain_dimensions, *(clause.dimension for clause in query.filters)}
+    for cube in CUBES:
+        if not used <= set(cube.columns) or not set(cube.fixed) <= used:
+            continue
+        if cube is PAGES_CUBE and SESSION_METRICS.intersection(query.metrics) and "page" not in plain_dimensions:
+            # Page rows count a session once per page; summing several pages' rows would count a
+            # session that saw two of them twice. Only one exact page keeps that sum exact.
+            page_filters = [clause for clause in query.filters if clause.dimension == "page"]
+            if not any(
+                clause.operator == "is" and len(clause.values) == 1 and not clause.includes_null
+                for clause in page_filters
+            ):
+                continue
+        grain = cube.grain_for(used)
+        if grain is not None:
+            return cube, grain
+    return None
+
+
+async def plan(
+    connection: AsyncConnection, query: AggregateQuery, span: ResolvedRange, settings: QuerySettings
+) -> CubePlan | None:
+    """Read the rollups when a cube answers the query and at least one day of the range is rolled
+    up; None: read the raw events."""
+    choice = cube_for(query) if settings.rollups else None
+    if choice is None:
+        return None
+    cube, grain = choice
+    rolled = await rollup_repository.usable_days(
+        connection, query.project_id, span.date_from, span.date_to, settings.rollup_max_staleness_s
+    )
+    if not rolled:
+        return None
+    weeks: set[date] = set()
+    # A week's rows fit only when no time bucket splits its seven days (a month might).
+    if cube.weekly_table is not None and not any(DIMENSIONS[name].splits_weeks for name in query.dimensions):
+        weeks = await rollup_repository.usable_weeks(
+            connection, query.project_id, span.date_from, span.date_to, settings.rollup_max_staleness_s
+        )
+    in_weeks = {week + timedelta(days=n) for week in weeks for n in range(7)}
+    rolled -= in_weeks
+    computed = [span.date_from + timedelta(days=n) for n in range(span.days)]
+    computed = [day for day in computed if day not in rolled and day not in in_weeks]
+    return CubePlan(
+        cube=cube,
+        grain=grain,
+        rolled_weeks=tuple(sorted(weeks)),
+        rolled_days=tuple(sorted(rolled)),
+        computed_days=tuple(computed),
+        computed_start=local_midnight(computed[0], query.timezone) if computed else None,
+        computed_end=local_midnight(computed[-1] + timedelta(days=1), query.timezone) if computed else None,
+    )
