@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 
@@ -42,16 +41,6 @@ Connection = NamedDependency[AsyncConnection]
 Project = NamedDependency[ProjectRecord]
 
 
-async def provide_connection(state: State, project: Project) -> AsyncIterator[AsyncConnection]:
-    """The request's read-only transaction (services.common.app.provide_read_transaction).
-
-    It names `project` so that it begins only once the key is checked: a request refused by
-    authentication or the rate limit never checks out a pooled connection.
-    """
-    async with _read_transaction(state) as connection:
-        yield connection
-
-
 def _post_spec(path: str, summary: str) -> post:
     """A POST that takes a spec and answers 200 (not Litestar's 201: nothing is created)."""
     return post(path, status_code=200, summary=summary, responses=error_responses(_SPEC_ERRORS))
@@ -68,7 +57,7 @@ class QueryController(Controller):
     dependencies = {
         "project": Provide(provide_read_project),
         "query_service": Provide(provide_query_service, sync_to_thread=False),
-        "connection": Provide(provide_connection),
+        "connection": Provide(provide_read_transaction),
     }
 
     @_post_spec("/query", "Aggregate metrics by dimensions over a date range")
@@ -99,7 +88,7 @@ class QueryController(Controller):
         # The one route without the `connection` dependency: a cached answer must not check out a
         # pooled connection, so a miss opens its own short read transaction (same rules as the
         # dependency's) and a hit opens none.
-        return await query_service.realtime(project, lambda: _read_transaction(state))
+        return await query_service.realtime(project, lambda: _read_transaction(state, project))
 
     @_post_spec("/funnel", "Ordered steps: visitors, conversion and drop-off per step")
     async def funnel(
