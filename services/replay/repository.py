@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import NamedTuple
 
-from sqlalchemy import BigInteger, Text, bindparam, delete, exists, func, literal, or_, select, text, tuple_, union
+from sqlalchemy import BigInteger, Text, bindparam, exists, func, literal, or_, select, text, tuple_
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.common.db import asyncpg_connection
@@ -79,13 +79,6 @@ class ChunkBody:
     seq: int
     content_encoding: str
     data: bytes
-
-
-@dataclass(frozen=True)
-class PersonDeletionCounts:
-    events: int
-    sessions: int
-    chunks: int
 
 
 _SESSION_COLUMNS = (
@@ -293,36 +286,3 @@ async def chunk_bodies(
         async with driver.transaction(readonly=True):
             rows = await driver.fetch(_CHUNK_BODIES, project_id, session_id, first_seq, last_seq)
     return [ChunkBody(seq=row[0], content_encoding=row[1], data=row[2]) for row in rows]
-
-
-async def delete_person(connection: AsyncConnection, project_id: int, distinct_id: str) -> PersonDeletionCounts:
-    """Deletes a person's events, and every recording of a session they appear in.
-
-    A session counts as theirs when its recording was made under their distinct id or
-    when any of their events names it: a visitor identified mid-session has events under
-    two ids but one recording, and that recording shows them.
-    """
-    sessions_of_person = union(
-        select(ReplaySession.session_id).where(
-            ReplaySession.project_id == project_id, ReplaySession.distinct_id == distinct_id
-        ),
-        select(Event.session_id).where(Event.project_id == project_id, Event.distinct_id == distinct_id),
-    )
-    # Recordings first: the events are what names some of the sessions.
-    deleted_chunks = await connection.execute(
-        delete(ReplayChunk).where(
-            ReplayChunk.project_id == project_id, ReplayChunk.session_id.in_(sessions_of_person.scalar_subquery())
-        )
-    )
-    deleted_sessions = await connection.execute(
-        delete(ReplaySession).where(
-            ReplaySession.project_id == project_id,
-            ReplaySession.session_id.in_(sessions_of_person.scalar_subquery()),
-        )
-    )
-    deleted_events = await connection.execute(
-        delete(Event).where(Event.project_id == project_id, Event.distinct_id == distinct_id)
-    )
-    return PersonDeletionCounts(
-        events=deleted_events.rowcount, sessions=deleted_sessions.rowcount, chunks=deleted_chunks.rowcount
-    )

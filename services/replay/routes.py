@@ -14,11 +14,13 @@ from litestar.openapi.spec import OpenAPIMediaType, OpenAPIResponse, Operation, 
 from litestar.openapi.spec.enums import OpenAPIFormat, OpenAPIType
 from litestar.params import FromPath, QueryParameter
 from litestar.response import Stream
+from sqlalchemy.ext.asyncio import AsyncConnection
 
+from services.common.app import provide_write_transaction
 from services.common.auth import provide_read_project
 from services.common.errors import ApiError, error_responses
 from services.common.project_repository import ProjectRecord
-from services.replay import service
+from services.replay import erasure, service
 from services.replay.repository import SessionFilters
 from services.replay.schemas import PersonDeletion, SessionDetail, SessionPage
 
@@ -273,10 +275,16 @@ class ReplayController(Controller):
         # decoded before routing) can be erased too; the exact id is read back from the raw path.
         "/persons/{distinct_id:path}",
         status_code=200,
+        dependencies={"connection": Provide(provide_write_transaction)},
         summary="Delete a person's events and recordings in this project (GDPR erasure)",
         description=(
-            "Deletes every event with this distinctId, and every recorded session made under it or named"
-            " by one of its events. Answers the counts deleted; deleting again answers zeros."
+            "Deletes every event with this distinctId, their ingest idempotency keys, and every recorded"
+            " session begun under it or holding a chunk sent under it (never a session merely named by one"
+            " of its events). The query rollups of every day the person had events on are deleted before"
+            " the answer; until the rollup refresher rebuilds them, queries read those days from raw"
+            " events. One transaction under the server's statement timeout: an erasure that fails or times"
+            " out deleted nothing and can be retried. Answers the rows deleted per table; deleting again"
+            " answers zeros. See docs/privacy.md."
         ),
         responses=error_responses({**AUTH_ERRORS, 422: "The distinctId is malformed"}),
     )
@@ -284,7 +292,7 @@ class ReplayController(Controller):
         self,
         request: Request[Any, Any, Any],
         project: NamedDependency[ProjectRecord],
-        state: State,
+        connection: NamedDependency[AsyncConnection],
         distinct_id: FromPath[str],
     ) -> PersonDeletion:
         distinct_id = _exact_path_tail(request, PERSONS_PREFIX, distinct_id)
@@ -292,4 +300,4 @@ class ReplayController(Controller):
             raise ApiError(
                 422, "invalid_distinct_id", "A distinctId is 1 to 200 characters without NUL.", field="distinctId"
             )
-        return await service.delete_person(state.engine, project.project_id, distinct_id)
+        return await erasure.erase_person(connection, project.project_id, distinct_id)

@@ -15,12 +15,12 @@ from datetime import UTC, datetime, timedelta
 import msgspec
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from services.common.db import read_connection, set_statement_timeout, transaction
+from services.common.db import read_connection, set_statement_timeout
 from services.common.errors import ApiError
 from services.common.telemetry import step_span, tracer
 from services.replay import repository
 from services.replay.repository import ChunkBody, ChunkIndexRow, ReadBatch, SessionFilters, SessionRow
-from services.replay.schemas import ChunkEntry, PersonDeletion, SessionDetail, SessionPage, SessionSummary
+from services.replay.schemas import ChunkEntry, SessionDetail, SessionPage, SessionSummary
 
 logger = logging.getLogger(__name__)
 
@@ -323,17 +323,3 @@ def _gunzip(data: bytes) -> Iterator[bytes]:
         if not inflater.eof:
             raise ValueError("stored replay chunk is truncated gzip")
         remaining = inflater.unused_data
-
-
-# --- GDPR -----------------------------------------------------------------------------------
-
-
-async def delete_person(engine: AsyncEngine, project_id: int, distinct_id: str) -> PersonDeletion:
-    async with transaction(engine) as connection:
-        counts = await repository.delete_person(connection, project_id, distinct_id)
-    return PersonDeletion(
-        distinct_id=distinct_id,
-        deleted_events=counts.events,
-        deleted_sessions=counts.sessions,
-        deleted_chunks=counts.chunks,
-    )
