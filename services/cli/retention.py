@@ -53,6 +53,10 @@ class RetentionReport:
     rollups: rollup_purge_repository.RollupPurgeCounts = field(
         default_factory=rollup_purge_repository.RollupPurgeCounts
     )
+    # With --project: rollups of the other projects' days that went with dropped partitions.
+    other_projects_rollups: rollup_purge_repository.RollupPurgeCounts = field(
+        default_factory=rollup_purge_repository.RollupPurgeCounts
+    )
 
     def as_json(self) -> dict[str, object]:
         return {
@@ -64,6 +68,7 @@ class RetentionReport:
                 **self.rollups.by_table(),
             },
             "rollupDaysToRebuild": self.rollups.days_to_rebuild,
+            "otherProjectsDeletedRows": self.other_projects_rollups.by_table(),
             "droppedPartitions": self.dropped_partitions,
             "skippedPartitions": self.skipped_partitions,
             "deletedEvents": self.deleted_events,
@@ -113,7 +118,7 @@ async def apply_retention(
         for retention in retentions:
             if project_ids is not None and retention.project_id not in project_ids:
                 # Only what the dropped partitions held: their days' rollups.
-                report.rollups.add(
+                report.other_projects_rollups.add(
                     await _purge_rollups(engine, retention.project_id, retention.timezone, every_projects_cutoff)
                 )
                 continue
