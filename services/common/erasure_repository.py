@@ -102,3 +102,36 @@ async def delete_events(connection: AsyncConnection, project_id: int, distinct_i
         {"project_id": project_id, "distinct_id": distinct_id},
     )
     return int(result.rowcount)
+
+
+# Children before the project row; events before the rollups, since deleting events marks
+# their days changed (the trigger inserts day markers while the project exists).
+_PROJECT_TABLES = (
+    "replay_chunks",
+    "replay_sessions",
+    "ingested_events",
+    "events",
+    "query_rollup_visits",
+    "query_rollup_pages",
+    "query_rollup_page_weeks",
+    "query_rollup_weeks",
+    "query_rollup_days",
+    "projects",
+)
+
+
+async def delete_project(connection: AsyncConnection, project_id: int) -> dict[str, int]:
+    """Every row of the project, the project itself last; rows deleted per table.
+
+    Take ``rollup_purge_repository.lock_days`` for the project's marked days first, so a
+    rollup build in flight cannot write a day's rows back after they are gone.
+    """
+    deleted: dict[str, int] = {}
+    for table in _PROJECT_TABLES:
+        # The table names are the constants above, never input.
+        result = await connection.execute(
+            text(f"DELETE FROM {table} WHERE project_id = :project_id").bindparams(_PERSON_PARAMS[0]),
+            {"project_id": project_id},
+        )
+        deleted[table] = int(result.rowcount)
+    return deleted

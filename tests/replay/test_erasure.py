@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -10,11 +11,14 @@ from litestar.testing import AsyncTestClient
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from services.common.db import asyncpg_connection
+from services.ingest.repository import ChunkRow, write_batch
 from services.query.app import create_app as create_query_app
 from services.query.settings import QuerySettings
+from services.replay.erasure import erase_person
 from tests.harness import DatabaseHarness
 from tests.query.conftest import Event, berlin, build_rollups, insert_events, query, table
-from tests.replay.conftest import Chunk, auth, insert_session
+from tests.replay.conftest import T0, Chunk, auth, insert_session
 
 
 @pytest.fixture
@@ -166,3 +170,49 @@ async def test_erasure_removes_every_row_of_the_person_and_their_share_of_the_ro
     rebuilt = await query(query_client, project, metrics=["visitors", "pageviews"], dimensions=["time:day"])
     assert rebuilt["meta"]["source"] == "rollups"
     assert table(rebuilt) == table(after)
+
+
+async def test_a_chunk_arriving_during_an_erasure_is_never_left_without_its_session(
+    engine: AsyncEngine, admin_engine: AsyncEngine, project: dict[str, Any]
+) -> None:
+    project_id = int(project["id"])
+    await insert_session(admin_engine, project, [Chunk(0, [0], full_snapshot=True)], session_id="s", distinct_id="zed")
+    late_chunk = ChunkRow(
+        project_id=project_id,
+        session_id="s",
+        seq=1,
+        first_timestamp=T0,
+        last_timestamp=T0,
+        event_count=1,
+        has_full_snapshot=False,
+        content_encoding="identity",
+        data=b"{}",
+        distinct_id="zed",
+        click_count=0,
+        page_count=0,
+        active_ms=0,
+        first_url=None,
+        country=None,
+        browser=None,
+        os=None,
+        device_type=None,
+    )
+    async with engine.connect() as erasing, engine.connect() as ingesting:
+        async with erasing.begin():
+            deletion = await erase_person(erasing, project_id, "zed")
+            # The erasure holds the session's row: ingest's batch stores its chunk, then waits.
+            write = asyncio.create_task(write_batch(await asyncpg_connection(ingesting), [], [late_chunk]))
+            await asyncio.sleep(0.5)
+            assert not write.done()
+        await write
+    assert (deletion.deleted_sessions, deletion.deleted_chunks) == (1, 1)
+    async with admin_engine.connect() as connection:
+        rows = await connection.execute(
+            text(
+                "SELECT c.seq, s.chunk_count FROM replay_chunks c"
+                " LEFT JOIN replay_sessions s USING (project_id, session_id) WHERE c.project_id = :p"
+            ),
+            {"p": project_id},
+        )
+        # The late chunk came after the erasure committed: it is stored with a fresh session row.
+        assert [tuple(row) for row in rows] == [(1, 1)]
