@@ -58,7 +58,6 @@ def start_database_harness() -> Iterator[DatabaseHarness]:
                 "shared_buffers": "128MB",
                 "fsync": "off",  # a throwaway cluster; durability is not what these tests check
                 "jit": "off",
-                "log_min_duration_statement": "-1",
             },
             pool_size=TEST_POOL_SIZE,
             max_client_conn=2000,

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from pathlib import Path
 
 from alembic.config import Config
 
 from alembic import command
-from services.common import partition_repository, project_repository
+from services.common import erasure_repository, partition_repository, project_repository, rollup_purge_repository
 from services.common.db import create_admin_engine
 from services.common.keys import generate_project_keys
 from services.common.settings import AdminDatabaseSettings
@@ -110,3 +110,56 @@ async def list_projects(settings: AdminDatabaseSettings) -> list[dict[str, objec
         }
         for project in projects
     ]
+
+
+# Trackers already deployed keep the old public key until their pages are updated.
+DEFAULT_PUBLIC_KEY_GRACE_S = 24 * 3600
+
+
+async def rotate_project_keys(
+    settings: AdminDatabaseSettings, project_id: int, public_key_grace_s: float = DEFAULT_PUBLIC_KEY_GRACE_S
+) -> dict[str, object] | None:
+    """New public and secret keys; None if there is no such project. The secret is shown only here."""
+    keys = generate_project_keys()
+    engine = create_admin_engine(settings)
+    try:
+        async with engine.begin() as connection:
+            project = await project_repository.rotate_keys(
+                connection,
+                project_id,
+                public_key=keys.public_key,
+                secret_key_hash=keys.secret_key_hash,
+                public_key_grace_s=public_key_grace_s,
+            )
+    finally:
+        await engine.dispose()
+    if project is None:
+        return None
+    return {
+        "id": project.project_id,
+        "publicKey": keys.public_key,
+        "secretKey": keys.secret_key,
+        "previousPublicKeyValidForSeconds": public_key_grace_s,
+    }
+
+
+async def revoke_project(settings: AdminDatabaseSettings, project_id: int) -> bool:
+    engine = create_admin_engine(settings)
+    try:
+        async with engine.begin() as connection:
+            return await project_repository.revoke(connection, project_id)
+    finally:
+        await engine.dispose()
+
+
+async def delete_project(settings: AdminDatabaseSettings, project_id: int) -> dict[str, int] | None:
+    """Deletes the project and every row of its data, like an erasure of everyone; None if unknown."""
+    engine = create_admin_engine(settings)
+    try:
+        async with engine.begin() as connection:
+            days = await rollup_purge_repository.rollup_days_through(connection, project_id, date.max)
+            await rollup_purge_repository.lock_days(connection, project_id, days)
+            deleted = await erasure_repository.delete_project(connection, project_id)
+    finally:
+        await engine.dispose()
+    return deleted if deleted["projects"] else None

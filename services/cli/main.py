@@ -189,6 +189,46 @@ def project_set_retention(project_id: int, days: int) -> None:
     click.echo(json.dumps({"id": project_id, "retentionDays": days}))
 
 
+@project.command("rotate-keys")
+@click.option("--project", "project_id", type=int, required=True, help="The project's id.")
+@click.option(
+    "--grace-hours",
+    type=click.FloatRange(min=0),
+    default=admin.DEFAULT_PUBLIC_KEY_GRACE_S / 3600,
+    show_default=True,
+    help="How long the old public key keeps working (trackers already on pages).",
+)
+def project_rotate_keys(project_id: int, grace_hours: float) -> None:
+    """New public and secret keys; prints them once. The old secret key stops now (services cache
+    keys for up to 30 s), the old public key after the grace period."""
+    rotated = asyncio.run(admin.rotate_project_keys(AdminDatabaseSettings.from_env(), project_id, grace_hours * 3600))
+    if rotated is None:
+        raise click.ClickException(f"no project with id {project_id}")
+    click.echo(json.dumps(rotated, indent=2))
+
+
+@project.command("revoke")
+@click.option("--project", "project_id", type=int, required=True, help="The project's id.")
+def project_revoke(project_id: int) -> None:
+    """Stop every key of the project (its data stays; `project delete` removes it)."""
+    if not asyncio.run(admin.revoke_project(AdminDatabaseSettings.from_env(), project_id)):
+        raise click.ClickException(f"no project with id {project_id}")
+    click.echo(json.dumps({"id": project_id, "revoked": True}))
+
+
+@project.command("delete")
+@click.option("--project", "project_id", type=int, required=True, help="The project's id.")
+@click.option("--yes", is_flag=True, help="Confirm: every event, recording and rollup of the project goes.")
+def project_delete(project_id: int, yes: bool) -> None:
+    """Delete the project and all its data (like an erasure of every person in it); prints rows per table."""
+    if not yes:
+        raise click.UsageError("deleting a project removes all its data; pass --yes to confirm")
+    deleted = asyncio.run(admin.delete_project(AdminDatabaseSettings.from_env(), project_id))
+    if deleted is None:
+        raise click.ClickException(f"no project with id {project_id}")
+    click.echo(json.dumps({"id": project_id, "deletedRows": deleted}, indent=2))
+
+
 @cli.group("retention")
 def retention_group() -> None:
     """Remove data that projects' retention no longer allows."""

@@ -29,8 +29,27 @@ DEFAULT_SERVER_SETTINGS: dict[str, str] = {
     "random_page_cost": "1.1",
     # An acknowledged event must survive a crash, so commits stay synchronous.
     "synchronous_commit": "on",
-    "log_min_duration_statement": "1000",
     "log_line_prefix": "%m [%p] %q%a ",
+}
+
+# No visitor's data in the server log (docs/privacy.md). Always applied, whatever settings a
+# caller passes: the ingest writer sends a batch's rows inside its statement text (one round
+# trip, services/ingest/repository.py), so any setting that logs statements would copy other
+# visitors' events into a file that neither erasure nor retention can reach.
+# - log_min_error_statement = panic: a failing statement is logged without its text;
+# - log_error_verbosity = terse: no DETAIL/CONTEXT, which repeat the failing row or JSON;
+# - log_parameter_max_length*: bound values never logged (the services use parameters too);
+# - log_min_duration_statement = -1: a slow statement would be logged with its text
+#   (pg_stat_statements normalises constants, if timings of slow statements are wanted);
+# - log_statement = none: the default, stated so nobody turns it on by accident here.
+PRIVACY_SERVER_SETTINGS: dict[str, str] = {
+    "log_min_error_statement": "panic",
+    "log_error_verbosity": "terse",
+    "log_parameter_max_length": "0",
+    "log_parameter_max_length_on_error": "0",
+    "log_min_duration_statement": "-1",
+    "log_min_duration_sample": "-1",
+    "log_statement": "none",
 }
 
 
@@ -79,6 +98,7 @@ class LocalPostgres:
         )
         settings = {
             **self.server_settings,
+            **PRIVACY_SERVER_SETTINGS,
             "listen_addresses": "'127.0.0.1'",
             "port": str(self.port),
             "unix_socket_directories": f"'{self.run_dir}'",

@@ -5,7 +5,12 @@
   vacuuming after them); rows older than a project's own, shorter retention are deleted.
 - Recordings: sessions whose last event is older than the project's retention, with
   their chunks.
-- Idempotency keys (``ingested_events``) older than the retry window.
+- Idempotency keys (``ingested_events``) older than the retry window, or than the
+  project's retention if that is shorter.
+- Query rollups (per-day cubes, HyperLogLog sketches of visitors, weekly unions, day
+  markers) of every expired day: a dropped partition fires no delete trigger, and the
+  rollups would otherwise keep serving paths, referrers and visitors of expired days. The
+  day the cutoff falls in is rebuilt from the events it keeps (read raw until then).
 
 Each step commits on its own, so a partition that cannot be locked right now (it is
 skipped and retried on the next run) does not undo the rest. Meant to run daily (cron,
@@ -18,11 +23,13 @@ import logging
 from collections.abc import Collection
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from zoneinfo import ZoneInfo
 
 import asyncpg
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncEngine
 
-from services.common import project_repository, retention_repository
+from services.common import project_repository, retention_repository, rollup_purge_repository
 from services.common.db import create_admin_engine
 from services.common.settings import AdminDatabaseSettings
 
@@ -43,9 +50,25 @@ class RetentionReport:
     deleted_chunks: int = 0
     pruned_idempotency_keys: int = 0
     projects: int = 0
+    rollups: rollup_purge_repository.RollupPurgeCounts = field(
+        default_factory=rollup_purge_repository.RollupPurgeCounts
+    )
+    # With --project: rollups of the other projects' days that went with dropped partitions.
+    other_projects_rollups: rollup_purge_repository.RollupPurgeCounts = field(
+        default_factory=rollup_purge_repository.RollupPurgeCounts
+    )
 
     def as_json(self) -> dict[str, object]:
         return {
+            "deletedRows": {
+                "events": self.deleted_events,
+                "replay_sessions": self.deleted_sessions,
+                "replay_chunks": self.deleted_chunks,
+                "ingested_events": self.pruned_idempotency_keys,
+                **self.rollups.by_table(),
+            },
+            "rollupDaysToRebuild": self.rollups.days_to_rebuild,
+            "otherProjectsDeletedRows": self.other_projects_rollups.by_table(),
             "droppedPartitions": self.dropped_partitions,
             "skippedPartitions": self.skipped_partitions,
             "deletedEvents": self.deleted_events,
@@ -91,8 +114,13 @@ async def apply_retention(
             else:
                 report.dropped_partitions.append(name)
 
+        every_projects_cutoff = now - timedelta(days=longest)
         for retention in retentions:
             if project_ids is not None and retention.project_id not in project_ids:
+                # Only what the dropped partitions held: their days' rollups.
+                report.other_projects_rollups.add(
+                    await _purge_rollups(engine, retention.project_id, retention.timezone, every_projects_cutoff)
+                )
                 continue
             report.projects += 1
             cutoff = now - timedelta(days=retention.retention_days)
@@ -106,13 +134,29 @@ async def apply_retention(
                 )
                 report.deleted_sessions += sessions
                 report.deleted_chunks += chunks
+            # A key is only a uuid, but one outliving its event outlives the retention promise.
+            keys_before = max(now - timedelta(days=idempotency_keep_days), cutoff)
             async with engine.begin() as connection:
                 report.pruned_idempotency_keys += await retention_repository.prune_ingested_events(
-                    connection, retention.project_id, now - timedelta(days=idempotency_keep_days)
+                    connection, retention.project_id, keys_before
                 )
+            # After the events: deleting them marks their days changed, which this then clears.
+            report.rollups.add(await _purge_rollups(engine, retention.project_id, retention.timezone, cutoff))
     finally:
         await engine.dispose()
     return report
+
+
+async def _purge_rollups(
+    engine: AsyncEngine, project_id: int, timezone: str, cutoff: datetime
+) -> rollup_purge_repository.RollupPurgeCounts:
+    """Rollups of the project's local days before the cutoff go; the day holding it is rebuilt."""
+    first_kept_day = cutoff.astimezone(ZoneInfo(timezone)).date()
+    async with engine.begin() as connection:
+        days = await rollup_purge_repository.rollup_days_through(connection, project_id, first_kept_day)
+        # Waits for a rebuild in flight, which could otherwise write an expired day's rows back.
+        await rollup_purge_repository.lock_days(connection, project_id, days)
+        return await rollup_purge_repository.purge_before(connection, project_id, first_kept_day)
 
 
 def is_lock_timeout(exc: DBAPIError) -> bool:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Row, insert, select, text, update
+from sqlalchemy import Row, and_, func, insert, or_, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.common.models import Project
@@ -66,15 +66,59 @@ async def insert_project(
 
 
 async def find_by_public_key(connection: AsyncConnection, public_key: str) -> ProjectRecord | None:
-    result = await connection.execute(select(*_COLUMNS).where(Project.public_key == public_key))
+    """The project of a current public key, or of a rotated one still in its grace period."""
+    result = await connection.execute(
+        select(*_COLUMNS).where(
+            Project.revoked_at.is_(None),
+            or_(
+                Project.public_key == public_key,
+                and_(Project.previous_public_key == public_key, Project.previous_public_key_expires_at > func.now()),
+            ),
+        )
+    )
     row = result.one_or_none()
     return None if row is None else _record(row)
 
 
 async def find_by_secret_key_hash(connection: AsyncConnection, secret_key_hash: str) -> ProjectRecord | None:
-    result = await connection.execute(select(*_COLUMNS).where(Project.secret_key_hash == secret_key_hash))
+    result = await connection.execute(
+        select(*_COLUMNS).where(Project.secret_key_hash == secret_key_hash, Project.revoked_at.is_(None))
+    )
     row = result.one_or_none()
     return None if row is None else _record(row)
+
+
+async def rotate_keys(
+    connection: AsyncConnection,
+    project_id: int,
+    *,
+    public_key: str,
+    secret_key_hash: str,
+    public_key_grace_s: float,
+) -> ProjectRecord | None:
+    """New keys; the old public key stays valid for the grace period, the old secret key stops now."""
+    result = await connection.execute(
+        update(Project)
+        .where(Project.project_id == project_id)
+        .values(
+            previous_public_key=Project.public_key,
+            previous_public_key_expires_at=func.now() + func.make_interval(0, 0, 0, 0, 0, 0, public_key_grace_s),
+            public_key=public_key,
+            secret_key_hash=secret_key_hash,
+        )
+        .returning(*_COLUMNS)
+    )
+    row = result.one_or_none()
+    return None if row is None else _record(row)
+
+
+async def revoke(connection: AsyncConnection, project_id: int) -> bool:
+    result = await connection.execute(
+        update(Project)
+        .where(Project.project_id == project_id)
+        .values(revoked_at=func.coalesce(Project.revoked_at, func.now()))
+    )
+    return bool(result.rowcount)
 
 
 async def list_projects(connection: AsyncConnection) -> list[ProjectRecord]:

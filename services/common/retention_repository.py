@@ -19,11 +19,14 @@ _DAILY_PARTITION = re.compile(r"events_p(\d{8})")
 class ProjectRetention:
     project_id: int
     retention_days: int
+    timezone: str
 
 
 async def project_retentions(connection: AsyncConnection) -> list[ProjectRetention]:
-    result = await connection.execute(select(Project.project_id, Project.retention_days).order_by(Project.project_id))
-    return [ProjectRetention(row.project_id, row.retention_days) for row in result]
+    result = await connection.execute(
+        select(Project.project_id, Project.retention_days, Project.timezone).order_by(Project.project_id)
+    )
+    return [ProjectRetention(row.project_id, row.retention_days, row.timezone) for row in result]
 
 
 async def daily_partitions_ending_by(connection: AsyncConnection, end: datetime) -> list[str]:

@@ -25,7 +25,7 @@ import threading
 from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from litestar.plugins.opentelemetry import OpenTelemetryConfig
 from litestar.plugins.opentelemetry.middleware import OpenTelemetryInstrumentationMiddleware
@@ -154,7 +154,11 @@ def configure_tracing(service: str, environ: Mapping[str, str] | None = None) ->
     else:
         path = trace_file_for(service, env)
         assert path is not None  # tracing_enabled() checked one of the two is set
-        exporter = OtlpJsonLinesExporter(path)
+        exporter = OtlpJsonLinesExporter(
+            path,
+            max_bytes=int(env.get("SIGHTLINE_TRACE_FILE_MAX_BYTES", DEFAULT_TRACE_FILE_MAX_BYTES)),
+            backups=int(env.get("SIGHTLINE_TRACE_FILE_BACKUPS", DEFAULT_TRACE_FILE_BACKUPS)),
+        )
     # The processor reads OTEL_BSP_* for its queue and batch sizes; spans are exported by
     # its own thread, never on a request.
     provider.add_span_processor(BatchSpanProcessor(exporter))
@@ -171,13 +175,53 @@ def instrument_engine(engine: AsyncEngine, tracer_provider: TracerProvider) -> N
     SQLAlchemyInstrumentor().instrument(engine=engine.sync_engine, tracer_provider=tracer_provider, skip_dep_check=True)
 
 
-class OtlpJsonLinesExporter(SpanExporter):
-    """Appends each export as one OTLP/JSON line (hex ids, 64-bit integers as strings)."""
+# Spans hold URLs and User-Agents: a file of them grows to this size, then is rotated, and
+# only the newest few files are kept (docs/privacy.md).
+DEFAULT_TRACE_FILE_MAX_BYTES = 64 * 1024 * 1024
+DEFAULT_TRACE_FILE_BACKUPS = 2
 
-    def __init__(self, path: Path) -> None:
+
+class OtlpJsonLinesExporter(SpanExporter):
+    """Appends each export as one OTLP/JSON line (hex ids, 64-bit integers as strings).
+
+    The file is readable by its owner only (0600), and once it reaches ``max_bytes`` it is
+    renamed to ``<name>.1`` (older ones shift to ``.2`` ...) and a new one begun; files beyond
+    ``backups`` are deleted.
+    """
+
+    def __init__(
+        self, path: Path, max_bytes: int = DEFAULT_TRACE_FILE_MAX_BYTES, backups: int = DEFAULT_TRACE_FILE_BACKUPS
+    ) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = path.open("a", encoding="utf-8")
+        self._path = path
+        self._max_bytes = max_bytes
+        self._backups = backups
         self._lock = threading.Lock()
+        self._file = self._open()
+
+    def _open(self) -> TextIO:
+        descriptor = os.open(self._path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        # A file made earlier with a looser mode (or under another umask) is tightened too.
+        os.fchmod(descriptor, 0o600)
+        return os.fdopen(descriptor, "a", encoding="utf-8")
+
+    def _rotate_if_full(self) -> None:
+        if self._file.tell() < self._max_bytes:
+            return
+        self._file.close()
+        # .1 -> .2 ... (a rename replaces the oldest), then the full file becomes .1.
+        for index in range(self._backups - 1, 0, -1):
+            older = self._backup(index)
+            if older.exists():
+                older.rename(self._backup(index + 1))
+        if self._backups > 0:
+            self._path.rename(self._backup(1))
+        else:
+            self._path.unlink()
+        self._file = self._open()
+
+    def _backup(self, index: int) -> Path:
+        return self._path.with_name(f"{self._path.name}.{index}")
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         by_resource: dict[int, tuple[Any, dict[str, list[dict[str, Any]]]]] = {}
@@ -201,6 +245,7 @@ class OtlpJsonLinesExporter(SpanExporter):
         with self._lock:
             self._file.write(json.dumps(line, separators=(",", ":")) + "\n")
             self._file.flush()
+            self._rotate_if_full()
         return SpanExportResult.SUCCESS
 
     def shutdown(self) -> None:

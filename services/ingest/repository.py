@@ -128,9 +128,9 @@ _INSERT_CHUNKS = f"""
     ),
     stored AS (
         INSERT INTO replay_chunks (project_id, session_id, seq, first_timestamp, last_timestamp, event_count,
-                                   has_full_snapshot, content_encoding, byte_size, data)
+                                   has_full_snapshot, content_encoding, byte_size, data, distinct_id)
         SELECT project_id, session_id, seq, first_timestamp, last_timestamp, event_count,
-               has_full_snapshot, content_encoding, octet_length(data), data
+               has_full_snapshot, content_encoding, octet_length(data), data, distinct_id
         FROM input
         ON CONFLICT DO NOTHING
         RETURNING project_id, session_id, seq

@@ -15,6 +15,9 @@ week's page rows are unioned from the days' rows into `query_rollup_page_weeks`,
 `query_rollup_weeks.days_built_at` records the latest build among those days. A day rebuilt
 afterwards has a later `built_at`, so the week stops being usable (its days are read instead)
 until it is rebuilt in turn.
+
+Erasure and retention remove rows derived from deleted events through
+services/common/rollup_purge_repository.py, which takes the same per-day and per-week locks.
 """
 
 from __future__ import annotations
@@ -25,11 +28,9 @@ from datetime import date, datetime
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from services.common.rollup_purge_repository import ROLLUP_LOCK_NAMESPACE, day_lock_key, week_lock_key
 from services.query.repository import CUBE_METRIC_COLUMNS, SESSIONS_CTE, cube_select_sql, events_cte
 from services.query.vocabulary import CUBES, PAGES_CUBE
-
-# Any constant works; it only has to be the same for every process that builds rollups.
-_ROLLUP_LOCK_NAMESPACE = 7_345_100
 
 # A day row of query_rollup_days (alias d) that queries may read: current, or current less than
 # :max_staleness_s ago.
@@ -140,7 +141,7 @@ async def rebuild_day(
     """Replace the day's cube rows; False if another process is rebuilding that day right now."""
     locked = await connection.execute(
         text("SELECT pg_try_advisory_xact_lock(:namespace, hashtext(:key))"),
-        {"namespace": _ROLLUP_LOCK_NAMESPACE, "key": f"{project_id}:{day.isoformat()}"},
+        {"namespace": ROLLUP_LOCK_NAMESPACE, "key": day_lock_key(project_id, day)},
     )
     if not locked.scalar_one():
         return False
@@ -202,7 +203,7 @@ async def rebuild_week(connection: AsyncConnection, *, project_id: int, week: da
     is rebuilding that week right now."""
     locked = await connection.execute(
         text("SELECT pg_try_advisory_xact_lock(:namespace, hashtext(:key))"),
-        {"namespace": _ROLLUP_LOCK_NAMESPACE, "key": f"{project_id}:week:{week.isoformat()}"},
+        {"namespace": ROLLUP_LOCK_NAMESPACE, "key": week_lock_key(project_id, week)},
     )
     if not locked.scalar_one():
         return False

@@ -6,12 +6,12 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import NamedTuple
 
-from sqlalchemy import BigInteger, Text, bindparam, delete, exists, func, literal, or_, select, text, tuple_, union
+from sqlalchemy import BigInteger, Text, bindparam, exists, func, literal, or_, select, text, tuple_
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.common.db import asyncpg_connection
 from services.common.models import Event, ReplayChunk, ReplaySession
-from services.replay.schemas import ChunkEntry, PersonDeletion, SessionSummary
+from services.replay.schemas import ChunkEntry, SessionSummary
 
 # Events and replay chunks carry timestamps from the same browser clock, but events are
 # skew-corrected at ingest and chunks are not; this much slack keeps a session's own
@@ -235,39 +235,3 @@ async def chunk_bodies(
         async with driver.transaction(readonly=True):
             rows = await driver.fetch(_CHUNK_BODIES, project_id, session_id, first_seq, last_seq)
     return [ChunkBody(seq=row[0], content_encoding=row[1], data=row[2]) for row in rows]
-
-
-async def delete_person(connection: AsyncConnection, project_id: int, distinct_id: str) -> PersonDeletion:
-    """Deletes a person's events, and every recording of a session they appear in.
-
-    A session counts as theirs when its recording was made under their distinct id or
-    when any of their events names it: a visitor identified mid-session has events under
-    two ids but one recording, and that recording shows them.
-    """
-    sessions_of_person = union(
-        select(ReplaySession.session_id).where(
-            ReplaySession.project_id == project_id, ReplaySession.distinct_id == distinct_id
-        ),
-        select(Event.session_id).where(Event.project_id == project_id, Event.distinct_id == distinct_id),
-    )
-    # Recordings first: the events are what names some of the sessions.
-    deleted_chunks = await connection.execute(
-        delete(ReplayChunk).where(
-            ReplayChunk.project_id == project_id, ReplayChunk.session_id.in_(sessions_of_person.scalar_subquery())
-        )
-    )
-    deleted_sessions = await connection.execute(
-        delete(ReplaySession).where(
-            ReplaySession.project_id == project_id,
-            ReplaySession.session_id.in_(sessions_of_person.scalar_subquery()),
-        )
-    )
-    deleted_events = await connection.execute(
-        delete(Event).where(Event.project_id == project_id, Event.distinct_id == distinct_id)
-    )
-    return PersonDeletion(
-        distinct_id=distinct_id,
-        deleted_events=deleted_events.rowcount,
-        deleted_sessions=deleted_sessions.rowcount,
-        deleted_chunks=deleted_chunks.rowcount,
-    )

@@ -277,13 +277,18 @@ class ReplayController(Controller):
         # decoded before routing) can be erased too; the exact id is read back from the raw path.
         "/persons/{distinct_id:path}",
         status_code=200,
+        dependencies={"connection": Provide(provide_write_transaction)},
         summary="Delete a person's events and recordings in this project (GDPR erasure)",
         description=(
-            "Deletes every event with this distinctId, and every recorded session made under it or named"
-            " by one of its events. Answers the counts deleted; deleting again answers zeros."
+            "Deletes every event with this distinctId, their ingest idempotency keys, and every recorded"
+            " session begun under it or holding a chunk sent under it (never a session merely named by one"
+            " of its events). The query rollups of every day the person had events on are deleted before"
+            " the answer; until the rollup refresher rebuilds them, queries read those days from raw"
+            " events. One transaction under the server's statement timeout: an erasure that fails or times"
+            " out deleted nothing and can be retried. Answers the rows deleted per table; deleting again"
+            " answers zeros. See docs/privacy.md."
         ),
         responses=error_responses({**AUTH_ERRORS, 422: "The distinctId is malformed"}),
-        dependencies={"connection": Provide(provide_write_transaction)},
     )
     async def delete_person(
         self,

@@ -56,3 +56,8 @@ class PersonDeletion(msgspec.Struct, rename="camel"):
     deleted_events: int
     deleted_sessions: int
     deleted_chunks: int
+    # Rows deleted per table, rollups included (table names as in the database).
+    deleted_rows: dict[str, int]
+    # Days whose rollups held the person and still hold others' events: read from raw events
+    # until the refresher has rebuilt them.
+    rollup_days_to_rebuild: int

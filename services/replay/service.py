@@ -17,7 +17,7 @@ from services.common.db import read_connection
 from services.common.errors import ApiError
 from services.common.gzip_stream import inflate_gzip
 from services.common.telemetry import step_span, tracer
-from services.replay import repository
+from services.replay import erasure, repository
 from services.replay.repository import ChunkBody, ReadBatch, SessionFilters
 from services.replay.schemas import PersonDeletion, SessionDetail, SessionPage, SessionSummary
 
@@ -220,8 +220,8 @@ class ReplayService:
             span.end()
 
     async def delete_person(self, connection: AsyncConnection, project_id: int, distinct_id: str) -> PersonDeletion:
-        """GDPR erasure, in the request's write transaction: all of it is deleted, or none."""
-        return await repository.delete_person(connection, project_id, distinct_id)
+        """GDPR erasure, in the request's write transaction: all of it is deleted, or none (erasure.py)."""
+        return await erasure.erase_person(connection, project_id, distinct_id)
 
 
 # --- recording bytes -----------------------------------------------------------------------

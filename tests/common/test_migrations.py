@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Callable, Iterator
+from datetime import date
 from typing import Any, TypeVar
 
 import pytest
@@ -14,6 +15,7 @@ from sqlalchemy import Connection, inspect, text
 
 from alembic import command
 from services.cli import admin
+from services.common import partition_repository
 from services.common.db import create_admin_engine
 from services.common.models import Base
 from services.common.settings import AdminDatabaseSettings
@@ -79,9 +81,51 @@ def test_models_match_the_migrations(scratch_database: AdminDatabaseSettings) ->
         return list(compare_metadata(context, Base.metadata))
 
     differences = _with_connection(scratch_database, compare)
-    # Partitions are made at run time and are not models.
-    differences = [d for d in differences if not (d[0] == "remove_table" and d[1].name.startswith("events_"))]
+    # Partitions are made at run time and are not models, nor are their copies of the parent's indexes.
+    differences = [
+        d
+        for d in differences
+        if not (d[0] == "remove_table" and d[1].name.startswith("events_"))
+        and not (d[0] == "remove_index" and d[1].table.name.startswith("events_"))
+    ]
     assert differences == []
+
+
+def test_the_person_index_covers_partitions_made_before_and_after_it(scratch_database: AdminDatabaseSettings) -> None:
+    """events is partitioned: 0400 builds each partition's index concurrently and attaches it."""
+    config = admin.alembic_config(scratch_database.url)
+    command.upgrade(config, "0300")
+
+    async def add_partitions(first: date, last: date) -> None:
+        engine = create_admin_engine(scratch_database)
+        try:
+            async with engine.begin() as connection:
+                await partition_repository.ensure_event_partitions(connection, first, last)
+        finally:
+            await engine.dispose()
+
+    asyncio.run(add_partitions(date(2026, 1, 1), date(2026, 1, 2)))
+    command.upgrade(config, "head")
+    asyncio.run(add_partitions(date(2026, 1, 3), date(2026, 1, 3)))
+
+    def person_indexes(connection: Connection) -> list[tuple[str, str, bool]]:
+        rows = connection.execute(
+            text(
+                "SELECT t.relname, i.relname, x.indisvalid FROM pg_index x"
+                " JOIN pg_class i ON i.oid = x.indexrelid JOIN pg_class t ON t.oid = x.indrelid"
+                " WHERE t.relname LIKE 'events%' AND pg_get_indexdef(x.indexrelid) LIKE '%(project_id, distinct_id)'"
+                " ORDER BY 1"
+            )
+        )
+        return [(row[0], row[1], row[2]) for row in rows]
+
+    assert _with_connection(scratch_database, person_indexes) == [
+        ("events", "ix_events_project_id_distinct_id", True),
+        ("events_default", "events_default_project_id_distinct_id_idx", True),
+        ("events_p20260101", "events_p20260101_project_id_distinct_id_idx", True),
+        ("events_p20260102", "events_p20260102_project_id_distinct_id_idx", True),
+        ("events_p20260103", "events_p20260103_project_id_distinct_id_idx", True),
+    ]
 
 
 def test_every_key_includes_project_id(scratch_database: AdminDatabaseSettings) -> None:

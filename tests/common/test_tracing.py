@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import time
 import uuid
 from collections.abc import Iterator
@@ -29,6 +30,28 @@ def _spans(path: Path) -> list[dict[str, Any]]:
                 for span in scope["spans"]:
                     spans.append({**span, "service": service})
     return spans
+
+
+def test_span_files_are_private_and_rotate_at_their_size_cap(tmp_path: Path) -> None:
+    path = tmp_path / "spans.jsonl"
+    path.write_text("")
+    path.chmod(0o644)  # made earlier, world-readable: tightened when opened
+    # Each export of one span is one line of a few hundred bytes; 1 byte cap = one line per file.
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(OtlpJsonLinesExporter(path, max_bytes=1, backups=2)))
+    tracer = provider.get_tracer("test")
+    for name in ("first", "second", "third", "fourth"):
+        with tracer.start_as_current_span(name):
+            pass
+    provider.shutdown()
+
+    files = sorted(p.name for p in tmp_path.iterdir())
+    assert files == ["spans.jsonl", "spans.jsonl.1", "spans.jsonl.2"]
+    assert {p.name: stat.S_IMODE(p.stat().st_mode) for p in tmp_path.iterdir()} == dict.fromkeys(files, 0o600)
+    # The newest two full files are kept, "first" is gone; the current file is empty.
+    assert [span["name"] for span in _spans(tmp_path / "spans.jsonl.2")] == ["third"]
+    assert [span["name"] for span in _spans(tmp_path / "spans.jsonl.1")] == ["fourth"]
+    assert path.read_text() == ""
 
 
 def test_exporter_writes_otlp_json_lines(tmp_path: Path) -> None:

@@ -130,6 +130,23 @@ async def test_chunks_out_of_order_and_retried_sum_up_once(
     assert session.total_bytes == sum(len(gzip_body(c)) for c in (first, second, third))
 
 
+async def test_each_chunk_keeps_the_distinct_id_it_was_sent_under(
+    client: AsyncTestClient[Litestar], project: dict[str, Any], admin_engine: AsyncEngine
+) -> None:
+    """The session keeps its first id; erasure of the later id finds the later chunk by its own."""
+    anonymous = chunk(project, 0, [meta(0, "https://example.com/"), full_snapshot(1)])
+    identified = {**chunk(project, 1, [click(2_000)]), "distinctId": "user-42"}
+    for body in (anonymous, identified):
+        response = await client.post("/v1/replay", content=gzip_body(body), headers=GZIP_JSON)
+        assert response.status_code == 202, response.text
+
+    assert [(c.seq, c.distinct_id) for c in await _chunks(admin_engine, project["id"])] == [
+        (0, "visitor-1"),
+        (1, "user-42"),
+    ]
+    assert (await _session(admin_engine, project["id"])).distinct_id == "visitor-1"
+
+
 async def test_an_uncompressed_chunk_is_stored_as_identity(
     client: AsyncTestClient[Litestar], project: dict[str, Any], admin_engine: AsyncEngine
 ) -> None:

@@ -36,6 +36,8 @@ class Chunk:
     offsets_ms: Sequence[int]
     full_snapshot: bool = False
     content_encoding: str = "gzip"
+    # The id the tracker sent this chunk under; the session's id when None.
+    distinct_id: str | None = None
 
 
 @dataclass
@@ -95,7 +97,7 @@ async def insert_session(
         body = {
             "projectKey": project["publicKey"],
             "sessionId": session_id,
-            "distinctId": distinct_id,
+            "distinctId": chunk.distinct_id or distinct_id,
             "seq": chunk.seq,
             "events": rrweb_events(chunk, started_at),
         }
@@ -143,9 +145,9 @@ async def insert_session(
             await connection.execute(
                 text(
                     "INSERT INTO replay_chunks (project_id, session_id, seq, first_timestamp, last_timestamp,"
-                    " event_count, has_full_snapshot, content_encoding, byte_size, data)"
+                    " event_count, has_full_snapshot, content_encoding, byte_size, data, distinct_id)"
                     " VALUES (:project_id, :session_id, :seq, :first, :last, :count, :snapshot, :encoding,"
-                    " :size, :data)"
+                    " :size, :data, :distinct_id)"
                 ),
                 {
                     "project_id": project["id"],
@@ -158,6 +160,7 @@ async def insert_session(
                     "encoding": chunk.content_encoding,
                     "size": len(stored[seq].data),
                     "data": stored[seq].data,
+                    "distinct_id": chunk.distinct_id or distinct_id,
                 },
             )
     return session

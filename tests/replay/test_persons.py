@@ -26,17 +26,22 @@ async def test_deleting_a_person_removes_their_events_and_recordings_only(
     other_project: dict[str, Any],
 ) -> None:
     today = datetime.now(UTC).replace(hour=12, minute=0, second=0, microsecond=0)
-    # alice: one recording under her id (2 chunks), one recorded while still anonymous
-    # ("anon-7") that her events name after she was identified, events on a day with a
-    # partition and on one far outside every partition (events_default).
+    # alice: one recording under her id (2 chunks); one begun while still anonymous ("anon-7")
+    # whose second chunk was sent after she was identified; events on a day with a partition
+    # and on one far outside every partition (events_default). One of her events names bob's
+    # session (anyone with the public key can post that): bob's recording is not hers.
     await store([Chunk(0, [0], full_snapshot=True), Chunk(1, [5_000])], session_id="alice-1", distinct_id="alice")
-    await store([Chunk(0, [0], full_snapshot=True)], session_id="anon-session", distinct_id="anon-7")
-    for occurred_at, session_id in [(today, "alice-1"), (today, "anon-session"), (T0 - timedelta(days=900), "x")]:
+    await store(
+        [Chunk(0, [0], full_snapshot=True), Chunk(1, [5_000], distinct_id="alice")],
+        session_id="anon-session",
+        distinct_id="anon-7",
+    )
+    await store([Chunk(0, [0], full_snapshot=True)], session_id="bob-1", distinct_id="bob")
+    for occurred_at, session_id in [(today, "alice-1"), (today, "bob-1"), (T0 - timedelta(days=900), "x")]:
         await insert_event(
             admin_engine, project["id"], distinct_id="alice", session_id=session_id, occurred_at=occurred_at
         )
     # bob, in the same project, and alice in another project, stay.
-    await store([Chunk(0, [0], full_snapshot=True)], session_id="bob-1", distinct_id="bob")
     await insert_event(admin_engine, project["id"], distinct_id="bob", session_id="bob-1", occurred_at=today)
     await insert_session(
         admin_engine, other_project, [Chunk(0, [0], full_snapshot=True)], session_id="alice-1", distinct_id="alice"
@@ -45,7 +50,27 @@ async def test_deleting_a_person_removes_their_events_and_recordings_only(
 
     response = await client.delete("/v1/persons/alice")
     assert response.status_code == 200, response.text
-    assert response.json() == {"distinctId": "alice", "deletedEvents": 3, "deletedSessions": 2, "deletedChunks": 3}
+    body = response.json()
+    assert {key: body[key] for key in ("distinctId", "deletedEvents", "deletedSessions", "deletedChunks")} == {
+        "distinctId": "alice",
+        "deletedEvents": 3,
+        "deletedSessions": 2,
+        "deletedChunks": 4,
+    }
+    assert body["deletedRows"] == {
+        "events": 3,
+        "ingested_events": 0,  # inserted with SQL here, so no client uuids were claimed
+        "replay_sessions": 2,
+        "replay_chunks": 4,
+        "query_rollup_visits": 0,  # no rollups were built in this test
+        "query_rollup_pages": 0,
+        "query_rollup_page_weeks": 0,
+        "query_rollup_weeks": 0,
+        # Today keeps bob's event, so its marker stays (to rebuild); the day 900 days back
+        # loses its only event and its marker.
+        "query_rollup_days": 1,
+    }
+    assert body["rollupDaysToRebuild"] == 1
 
     assert await project_rows(admin_engine, project["id"], PERSON_ROWS) == {
         "events": ["bob"],
@@ -58,8 +83,9 @@ async def test_deleting_a_person_removes_their_events_and_recordings_only(
         "chunks": [("alice-1", 0)],
     }
 
-    again = await client.delete("/v1/persons/alice")
-    assert again.json() == {"distinctId": "alice", "deletedEvents": 0, "deletedSessions": 0, "deletedChunks": 0}
+    again = (await client.delete("/v1/persons/alice")).json()
+    assert (again["deletedEvents"], again["deletedSessions"], again["deletedChunks"]) == (0, 0, 0)
+    assert set(again["deletedRows"].values()) == {0}
 
 
 async def test_distinct_ids_with_url_characters_are_deleted_by_their_exact_value(

@@ -10,12 +10,17 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner, Result
+from litestar.testing import AsyncTestClient
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.cli.main import cli
 from services.common import partition_repository
+from services.query.app import create_app as create_query_app
+from services.query.settings import QuerySettings
 from tests.harness import DatabaseHarness
+from tests.query.conftest import Event as QueryEvent
+from tests.query.conftest import berlin, build_rollups, insert_events, new_project
 from tests.replay.conftest import Chunk, insert_event, insert_session, project_rows
 
 
@@ -75,7 +80,20 @@ async def test_retention_removes_what_each_projects_setting_no_longer_allows(
         "retention", "apply", "--project", str(project["id"]), "--project", str(other_project["id"])
     )
     report = json.loads(applied.output)
-    assert {key: report[key] for key in report if key not in ("droppedPartitions", "skippedPartitions")} == {
+    ignored = ("droppedPartitions", "skippedPartitions", "otherProjectsDeletedRows")
+    assert {key: report[key] for key in report if key not in ignored} == {
+        "deletedRows": {
+            "events": 1,
+            "replay_sessions": 1,
+            "replay_chunks": 2,
+            "ingested_events": 2,
+            "query_rollup_visits": 0,  # no rollups were built here
+            "query_rollup_pages": 0,
+            "query_rollup_page_weeks": 0,
+            "query_rollup_weeks": 0,
+            "query_rollup_days": 1,  # the 31-day-old day's marker (its event's insert made it)
+        },
+        "rollupDaysToRebuild": 0,
         "deletedEvents": 1,
         "deletedSessions": 1,
         "deletedChunks": 2,
@@ -139,3 +157,65 @@ async def test_set_retention_refuses_an_unknown_project_and_a_non_positive_numbe
         CliRunner().invoke, cli, ["project", "set-retention", "--project", "1", "--days", "0"]
     )
     assert zero.exit_code == 2
+
+
+ROLLUP_TABLES = ("query_rollup_visits", "query_rollup_pages", "query_rollup_page_weeks", "query_rollup_weeks")
+
+
+async def _rollup_counts(engine: AsyncEngine, project_id: int) -> dict[str, int]:
+    async with engine.connect() as connection:
+        counts = {}
+        for table_name in (*ROLLUP_TABLES, "query_rollup_days"):
+            result = await connection.execute(
+                text(f"SELECT count(*) FROM {table_name} WHERE project_id = :p"), {"p": project_id}
+            )
+            counts[table_name] = result.scalar_one()
+        return counts
+
+
+async def test_retention_past_every_projects_window_leaves_no_rollups_and_no_figures(
+    admin_env: None, db: DatabaseHarness, engine: AsyncEngine, admin_engine: AsyncEngine
+) -> None:
+    # Monday 10 and Tuesday 11 May 2004 (Berlin), long past the default 395 days of every
+    # project here; their week is complete, so weekly rows are built too.
+    project = await new_project(db)
+    project_id = int(project["id"])
+    async with admin_engine.begin() as connection:
+        await partition_repository.ensure_event_partitions(connection, date(2004, 5, 9), date(2004, 5, 11))
+    await insert_events(
+        admin_engine,
+        project_id,
+        [
+            QueryEvent("v1", "s1", berlin("2004-05-10T10:00:00"), "/private?email=a@example.com"),
+            QueryEvent("v2", "s2", berlin("2004-05-11T10:00:00"), "/"),
+        ],
+    )
+    await build_rollups(engine, project)
+    built = await _rollup_counts(admin_engine, project_id)
+    assert (built["query_rollup_days"], built["query_rollup_weeks"]) == (2, 1)
+    assert min(built[name] for name in ROLLUP_TABLES) > 0
+
+    report = json.loads((await sightline("retention", "apply", "--project", str(project_id))).output)
+
+    # Berlin's May 10 begins on May 9 in UTC: three UTC partitions held the two local days.
+    assert {"events_p20040509", "events_p20040510", "events_p20040511"} <= set(report["droppedPartitions"])
+    deleted = report["deletedRows"]
+    assert {name: deleted[name] for name in (*ROLLUP_TABLES, "query_rollup_days")} == {**built, "query_rollup_days": 2}
+    assert await _rollup_counts(admin_engine, project_id) == dict.fromkeys((*ROLLUP_TABLES, "query_rollup_days"), 0)
+
+    settings = QuerySettings(rollup_max_staleness_s=3600, rollup_interval_s=0)
+    async with AsyncTestClient(create_query_app(db.database, query_settings=settings)) as client:
+        for dimension in ("time:day", "page"):
+            response = await client.post(
+                "/v1/query",
+                json={
+                    "period": "custom",
+                    "date_from": "2004-05-10",
+                    "date_to": "2004-05-16",
+                    "metrics": ["visitors", "pageviews"],
+                    "dimensions": [dimension],
+                },
+                headers={"Authorization": f"Bearer {project['secretKey']}"},
+            )
+            assert response.status_code == 200, response.text
+            assert response.json()["results"] == []

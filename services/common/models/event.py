@@ -4,7 +4,7 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, Boolean, DateTime, Text, Uuid, func
+from sqlalchemy import BigInteger, Boolean, DateTime, Index, Text, Uuid, func
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -54,4 +54,8 @@ class Event(Base):
     is_bot: Mapped[bool] = mapped_column(Boolean, server_default="false")
     properties: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default="{}")
 
-    __table_args__ = ({"postgresql_partition_by": "RANGE (occurred_at)"},)
+    __table_args__ = (
+        # Erasure finds a person's events through it (one index per partition).
+        Index("ix_events_project_id_distinct_id", "project_id", "distinct_id"),
+        {"postgresql_partition_by": "RANGE (occurred_at)"},
+    )

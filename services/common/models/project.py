@@ -29,6 +29,12 @@ class Project(Base):
     public_key: Mapped[str] = mapped_column(Text, unique=True)
     # SHA-256 of the secret read key; the key itself is shown once, at creation.
     secret_key_hash: Mapped[str] = mapped_column(Text, unique=True)
+    # After `sightline project rotate-keys`: the replaced public key, accepted until
+    # previous_public_key_expires_at so trackers already on pages keep working meanwhile.
+    previous_public_key: Mapped[str | None] = mapped_column(Text, unique=True)
+    previous_public_key_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # `sightline project revoke`: no key of the project is accepted any more.
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     retention_days: Mapped[int] = mapped_column(Integer, server_default="395")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 

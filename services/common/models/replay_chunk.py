@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import BigInteger, Boolean, CheckConstraint, DateTime, Integer, LargeBinary, Text, func
+from sqlalchemy import BigInteger, Boolean, CheckConstraint, DateTime, Index, Integer, LargeBinary, Text, func
 from sqlalchemy.orm import Mapped, mapped_column
 
 from services.common.models.base import Base
@@ -32,8 +32,12 @@ class ReplayChunk(Base):
     byte_size: Mapped[int] = mapped_column(Integer)
     data: Mapped[bytes] = mapped_column(LargeBinary)
     received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    # The distinct id the tracker sent this chunk under (a session may change id midway);
+    # erasure deletes by it. None for chunks stored before it was recorded.
+    distinct_id: Mapped[str | None] = mapped_column(Text)
 
     __table_args__ = (
         CheckConstraint("seq >= 0", name="seq_non_negative"),
         CheckConstraint("content_encoding IN ('gzip', 'identity')", name="content_encoding_known"),
+        Index("ix_replay_chunks_project_id_distinct_id", "project_id", "distinct_id"),
     )

@@ -1,0 +1,188 @@
+"""All SQL that removes query rollups derived from data that is gone. Callers own the transaction.
+
+Rollup rows (per-day cubes with HyperLogLog sketches of visitors, their weekly unions) are
+derived from events; when events go (erasure, retention), so must every row computed from
+them. A day whose events partly remain is marked never built (``built_changes`` NULL): the
+query service reads such a day from raw events, and the refresher rebuilds it, first among
+equals, as it rebuilds any changed day. A day with no events left loses its marker too.
+
+Builders (services/query/rollup_repository.py) take a transaction-scoped advisory lock per
+day and per week before they write; ``lock_days`` takes the same locks, waiting for a build
+in flight to commit, so a build that read the events before they were deleted cannot write
+its rows back afterwards.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from dataclasses import dataclass
+from datetime import date, timedelta
+
+from sqlalchemy import BigInteger, Date, bindparam, text
+from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+# Any constant works; it only has to be the same for every process that builds rollups.
+ROLLUP_LOCK_NAMESPACE = 7_345_100
+
+
+def day_lock_key(project_id: int, day: date) -> str:
+    return f"{project_id}:{day.isoformat()}"
+
+
+def week_lock_key(project_id: int, week: date) -> str:
+    return f"{project_id}:week:{week.isoformat()}"
+
+
+def week_of(day: date) -> date:
+    """The Monday of the day's week (Postgres's date_trunc('week', ...))."""
+    return day - timedelta(days=day.weekday())
+
+
+@dataclass
+class RollupPurgeCounts:
+    visit_rows: int = 0
+    page_rows: int = 0
+    page_week_rows: int = 0
+    weeks: int = 0
+    days_forgotten: int = 0
+    days_to_rebuild: int = 0
+
+    def add(self, other: RollupPurgeCounts) -> None:
+        self.visit_rows += other.visit_rows
+        self.page_rows += other.page_rows
+        self.page_week_rows += other.page_week_rows
+        self.weeks += other.weeks
+        self.days_forgotten += other.days_forgotten
+        self.days_to_rebuild += other.days_to_rebuild
+
+    def by_table(self) -> dict[str, int]:
+        return {
+            "query_rollup_visits": self.visit_rows,
+            "query_rollup_pages": self.page_rows,
+            "query_rollup_page_weeks": self.page_week_rows,
+            "query_rollup_weeks": self.weeks,
+            "query_rollup_days": self.days_forgotten,
+        }
+
+
+async def lock_days(connection: AsyncConnection, project_id: int, days: Collection[date]) -> None:
+    """Waits for, then holds until commit, the builders' locks of these days and their weeks.
+
+    Keys are taken in one sorted order, so two callers never deadlock on each other; builders
+    only ever try a lock, never wait for one.
+    """
+    keys = sorted(
+        {day_lock_key(project_id, day) for day in days} | {week_lock_key(project_id, week_of(day)) for day in days}
+    )
+    if not keys:
+        return
+    await connection.execute(
+        text(
+            "SELECT count(pg_advisory_xact_lock(:namespace, hashtext(key)))"
+            " FROM (SELECT key FROM unnest(CAST(:keys AS text[])) AS key ORDER BY key) AS ordered"
+        ),
+        {"namespace": ROLLUP_LOCK_NAMESPACE, "keys": keys},
+    )
+
+
+_DAYS = bindparam("days", type_=ARRAY(Date))
+_PROJECT = bindparam("project_id", type_=BigInteger)
+
+
+async def purge_days(connection: AsyncConnection, project_id: int, days: Collection[date]) -> RollupPurgeCounts:
+    """Removes the rollup rows of these days and of their weeks; the days must be rebuilt.
+
+    Take ``lock_days`` first. A day still holding events is rebuilt by the refresher; until
+    then queries read it from raw events. A day without events left loses its marker.
+    """
+    counts = RollupPurgeCounts()
+    if not days:
+        return counts
+    day_list = sorted(set(days))
+    week_list = sorted({week_of(day) for day in day_list})
+    params = {"project_id": project_id, "days": day_list, "weeks": week_list}
+    counts.visit_rows = await _rowcount(
+        connection, "DELETE FROM query_rollup_visits WHERE project_id = :project_id AND day = ANY(:days)", params
+    )
+    counts.page_rows = await _rowcount(
+        connection, "DELETE FROM query_rollup_pages WHERE project_id = :project_id AND day = ANY(:days)", params
+    )
+    counts.page_week_rows = await _rowcount(
+        connection, "DELETE FROM query_rollup_page_weeks WHERE project_id = :project_id AND week = ANY(:weeks)", params
+    )
+    counts.weeks = await _rowcount(
+        connection, "DELETE FROM query_rollup_weeks WHERE project_id = :project_id AND week = ANY(:weeks)", params
+    )
+    # Days left without any event need no marker (a day without one has never had an event).
+    # The timezone is the project's: the same local day the delete trigger counted.
+    counts.days_forgotten = await _rowcount(
+        connection,
+        "DELETE FROM query_rollup_days d USING projects p"
+        " WHERE d.project_id = :project_id AND d.day = ANY(:days) AND p.project_id = d.project_id"
+        " AND NOT EXISTS (SELECT FROM events e WHERE e.project_id = d.project_id"
+        " AND e.occurred_at >= (d.day::timestamp AT TIME ZONE p.timezone)"
+        " AND e.occurred_at < ((d.day + 1)::timestamp AT TIME ZONE p.timezone))",
+        params,
+    )
+    counts.days_to_rebuild = await _rowcount(
+        connection,
+        "UPDATE query_rollup_days SET built_changes = NULL, built_at = NULL, changes = changes + 1, changed_at = now()"
+        " WHERE project_id = :project_id AND day = ANY(:days)",
+        params,
+    )
+    return counts
+
+
+async def purge_before(connection: AsyncConnection, project_id: int, first_kept_day: date) -> RollupPurgeCounts:
+    """Retention: removes every rollup row of the days before ``first_kept_day``, and their markers.
+
+    ``first_kept_day`` may itself have lost its earliest events (the cutoff falls inside it): its
+    rows and its week's rows go too and it is rebuilt from the events it keeps. Every week that
+    holds an expired day loses its weekly rows; the refresher unions it again from the days kept.
+    """
+    params = {"project_id": project_id, "day": first_kept_day, "week": week_of(first_kept_day)}
+    counts = RollupPurgeCounts()
+    counts.visit_rows = await _rowcount(
+        connection, "DELETE FROM query_rollup_visits WHERE project_id = :project_id AND day <= :day", params
+    )
+    counts.page_rows = await _rowcount(
+        connection, "DELETE FROM query_rollup_pages WHERE project_id = :project_id AND day <= :day", params
+    )
+    counts.page_week_rows = await _rowcount(
+        connection, "DELETE FROM query_rollup_page_weeks WHERE project_id = :project_id AND week <= :week", params
+    )
+    counts.weeks = await _rowcount(
+        connection, "DELETE FROM query_rollup_weeks WHERE project_id = :project_id AND week <= :week", params
+    )
+    counts.days_forgotten = await _rowcount(
+        connection, "DELETE FROM query_rollup_days WHERE project_id = :project_id AND day < :day", params
+    )
+    counts.days_to_rebuild = await _rowcount(
+        connection,
+        "UPDATE query_rollup_days SET built_changes = NULL, built_at = NULL, changes = changes + 1, changed_at = now()"
+        " WHERE project_id = :project_id AND day = :day",
+        params,
+    )
+    return counts
+
+
+async def _rowcount(connection: AsyncConnection, sql: str, params: dict[str, object]) -> int:
+    statement = text(sql)
+    if ":days" in sql:
+        statement = statement.bindparams(_DAYS)
+    if ":weeks" in sql:
+        statement = statement.bindparams(bindparam("weeks", type_=ARRAY(Date)))
+    if ":project_id" in sql:
+        statement = statement.bindparams(_PROJECT)
+    result = await connection.execute(statement, params)
+    return int(result.rowcount)
+
+
+async def rollup_days_through(connection: AsyncConnection, project_id: int, last_day: date) -> list[date]:
+    """The days up to last_day that have a rollup marker (so a builder may be working on them)."""
+    result = await connection.execute(
+        text("SELECT day FROM query_rollup_days WHERE project_id = :project_id AND day <= :day ORDER BY day"),
+        {"project_id": project_id, "day": last_day},
+    )
+    return list(result.scalars())

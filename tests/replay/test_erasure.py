@@ -1,0 +1,218 @@
+"""Erasure leaves nothing behind: events, idempotency keys, recordings, rollups (issue 14)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from litestar.testing import AsyncTestClient
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from services.common.db import asyncpg_connection
+from services.ingest.repository import ChunkRow, write_batch
+from services.query.app import create_app as create_query_app
+from services.query.settings import QuerySettings
+from services.replay.erasure import erase_person
+from tests.harness import DatabaseHarness
+from tests.query.conftest import Event, berlin, build_rollups, insert_events, query, table
+from tests.replay.conftest import T0, Chunk, auth, insert_session
+
+
+@pytest.fixture
+async def query_client(db: DatabaseHarness) -> AsyncIterator[AsyncTestClient[Any]]:
+    # Rollups an hour stale are still served: only marking the days unusable (or deleting their
+    # rows) makes the erased person's visits leave the figures before the refresher runs.
+    settings = QuerySettings(rollup_max_staleness_s=3600, rollup_interval_s=0)
+    async with AsyncTestClient(create_query_app(db.database, query_settings=settings)) as test_client:
+        yield test_client
+
+
+async def _rows_for(engine: AsyncEngine, project_id: int, distinct_id: str, claimed: list[Any]) -> dict[str, int]:
+    async with engine.connect() as connection:
+        counts = {}
+        for table_name in ("events", "replay_sessions", "replay_chunks"):
+            result = await connection.execute(
+                text(f"SELECT count(*) FROM {table_name} WHERE project_id = :p AND distinct_id = :d"),
+                {"p": project_id, "d": distinct_id},
+            )
+            counts[table_name] = result.scalar_one()
+        keys = await connection.execute(
+            text("SELECT count(*) FROM ingested_events WHERE project_id = :p AND event_uuid = ANY(:u)"),
+            {"p": project_id, "u": claimed},
+        )
+        counts["ingested_events"] = keys.scalar_one()
+        return counts
+
+
+async def _rollup_rows(engine: AsyncEngine, project_id: int) -> dict[str, int]:
+    async with engine.connect() as connection:
+        counts = {}
+        for table_name in ("query_rollup_visits", "query_rollup_pages", "query_rollup_page_weeks"):
+            result = await connection.execute(
+                text(f"SELECT count(*) > 0 FROM {table_name} WHERE project_id = :p"), {"p": project_id}
+            )
+            counts[table_name] = int(result.scalar_one())
+        return counts
+
+
+async def test_erasure_removes_every_row_of_the_person_and_their_share_of_the_rollups(
+    client: AsyncTestClient[Any],
+    query_client: AsyncTestClient[Any],
+    engine: AsyncEngine,
+    admin_engine: AsyncEngine,
+    project: dict[str, Any],
+) -> None:
+    project_id = int(project["id"])
+    # Berlin days Jan 12-14 2026 (Monday to Wednesday). zed (the person) has events on all three days;
+    # bob on all three; carol on Jan 13. One of zed's events names bob's session (a session counts
+    # one visitor, its smallest distinct id: bob, so zed's event only adds a pageview there).
+    events = [
+        Event("zed", "s-zed", berlin("2026-01-12T10:00:00"), "/"),
+        Event("zed", "s-zed", berlin("2026-01-13T10:00:00"), "/pricing"),
+        Event("zed", "s-bob", berlin("2026-01-13T10:05:00"), "/pricing"),
+        Event("zed", "s-zed", berlin("2026-01-14T10:00:00"), "/"),
+        Event("bob", "s-bob", berlin("2026-01-12T11:00:00"), "/"),
+        Event("bob", "s-bob", berlin("2026-01-13T11:00:00"), "/"),
+        Event("bob", "s-bob", berlin("2026-01-14T11:00:00"), "/blog"),
+        Event("carol", "s-carol", berlin("2026-01-13T12:00:00"), "/"),
+    ]
+    await insert_events(admin_engine, project_id, events)
+    # Ingest claims every client uuid in ingested_events.
+    async with admin_engine.begin() as connection:
+        await connection.execute(
+            text("INSERT INTO ingested_events (project_id, event_uuid) VALUES (:p, :u)"),
+            [{"p": project_id, "u": event.event_uuid} for event in events],
+        )
+    zeds_uuids = [event.event_uuid for event in events if event.distinct_id == "zed"]
+    # zed's recording was begun while she was anonymous; its second chunk came after she was
+    # identified. bob's recording is his own, even though one of zed's events names it.
+    await insert_session(
+        admin_engine,
+        project,
+        [Chunk(0, [0], full_snapshot=True), Chunk(1, [5_000], distinct_id="zed")],
+        session_id="s-zed-recording",
+        distinct_id="anon-9",
+        started_at=berlin("2026-01-13T10:00:00"),
+    )
+    await insert_session(
+        admin_engine,
+        project,
+        [Chunk(0, [0], full_snapshot=True), Chunk(1, [3_000])],
+        session_id="s-bob",
+        distinct_id="bob",
+        started_at=berlin("2026-01-13T11:00:00"),
+    )
+    await build_rollups(engine, project)
+    assert await _rollup_rows(admin_engine, project_id) == {
+        "query_rollup_visits": 1,
+        "query_rollup_pages": 1,
+        "query_rollup_page_weeks": 1,  # the week of Jan 12 is complete
+    }
+
+    before = await query(query_client, project, metrics=["visitors", "pageviews"], dimensions=["time:day"])
+    assert before["meta"]["source"] == "rollups"
+    assert table(before) == [["2026-01-12", 2, 2], ["2026-01-13", 3, 4], ["2026-01-14", 2, 2]]
+
+    response = await client.delete("/v1/persons/zed")
+    assert response.status_code == 200, response.text
+    assert response.json() == {
+        "distinctId": "zed",
+        "deletedEvents": 4,
+        "deletedSessions": 1,
+        "deletedChunks": 2,
+        "deletedRows": {
+            "events": 4,
+            "ingested_events": 4,
+            "replay_sessions": 1,
+            "replay_chunks": 2,
+            # Every row of the three days and of their week: the sketches hold zed.
+            "query_rollup_visits": response.json()["deletedRows"]["query_rollup_visits"],
+            "query_rollup_pages": response.json()["deletedRows"]["query_rollup_pages"],
+            "query_rollup_page_weeks": response.json()["deletedRows"]["query_rollup_page_weeks"],
+            "query_rollup_weeks": 1,
+            "query_rollup_days": 0,  # bob still has events on each day
+        },
+        "rollupDaysToRebuild": 3,
+    }
+    assert min(response.json()["deletedRows"][name] for name in ("query_rollup_visits", "query_rollup_pages")) > 0
+
+    assert await _rows_for(admin_engine, project_id, "zed", zeds_uuids) == {
+        "events": 0,
+        "replay_sessions": 0,
+        "replay_chunks": 0,
+        "ingested_events": 0,
+    }
+    # No rollup row of the project survives: they all covered zed's days or her week.
+    assert await _rollup_rows(admin_engine, project_id) == {
+        "query_rollup_visits": 0,
+        "query_rollup_pages": 0,
+        "query_rollup_page_weeks": 0,
+    }
+    # bob's recording is intact, the one begun as anon-9 is gone whole.
+    sessions = (await client.get("/v1/sessions", headers=auth(project))).json()["sessions"]
+    assert [(s["id"], s["chunkCount"]) for s in sessions] == [("s-bob", 2)]
+    async with admin_engine.connect() as connection:
+        chunks = await connection.execute(
+            text("SELECT session_id, seq FROM replay_chunks WHERE project_id = :p ORDER BY 1, 2"), {"p": project_id}
+        )
+        assert [tuple(row) for row in chunks] == [("s-bob", 0), ("s-bob", 1)]
+
+    # Visitors fall by exactly one on each day, at once (from raw events, the rollups being unusable).
+    after = await query(query_client, project, metrics=["visitors", "pageviews"], dimensions=["time:day"])
+    assert after["meta"]["source"] == "events"
+    assert table(after) == [["2026-01-12", 1, 1], ["2026-01-13", 2, 2], ["2026-01-14", 1, 1]]
+
+    # Rebuilt by the refresher, the rollups give the same figures.
+    await build_rollups(engine, project)
+    rebuilt = await query(query_client, project, metrics=["visitors", "pageviews"], dimensions=["time:day"])
+    assert rebuilt["meta"]["source"] == "rollups"
+    assert table(rebuilt) == table(after)
+
+
+async def test_a_chunk_arriving_during_an_erasure_is_never_left_without_its_session(
+    engine: AsyncEngine, admin_engine: AsyncEngine, project: dict[str, Any]
+) -> None:
+    project_id = int(project["id"])
+    await insert_session(admin_engine, project, [Chunk(0, [0], full_snapshot=True)], session_id="s", distinct_id="zed")
+    late_chunk = ChunkRow(
+        project_id=project_id,
+        session_id="s",
+        seq=1,
+        first_timestamp=T0,
+        last_timestamp=T0,
+        event_count=1,
+        has_full_snapshot=False,
+        content_encoding="identity",
+        data=b"{}",
+        distinct_id="zed",
+        click_count=0,
+        page_count=0,
+        active_ms=0,
+        first_url=None,
+        country=None,
+        browser=None,
+        os=None,
+        device_type=None,
+    )
+    async with engine.connect() as erasing, engine.connect() as ingesting:
+        async with erasing.begin():
+            deletion = await erase_person(erasing, project_id, "zed")
+            # The erasure holds the session's row: ingest's batch stores its chunk, then waits.
+            write = asyncio.create_task(write_batch(await asyncpg_connection(ingesting), [], [late_chunk]))
+            await asyncio.sleep(0.5)
+            assert not write.done()
+        await write
+    assert (deletion.deleted_sessions, deletion.deleted_chunks) == (1, 1)
+    async with admin_engine.connect() as connection:
+        rows = await connection.execute(
+            text(
+                "SELECT c.seq, s.chunk_count FROM replay_chunks c"
+                " LEFT JOIN replay_sessions s USING (project_id, session_id) WHERE c.project_id = :p"
+            ),
+            {"p": project_id},
+        )
+        # The late chunk came after the erasure committed: it is stored with a fresh session row.
+        assert [tuple(row) for row in rows] == [(1, 1)]
