@@ -10,7 +10,7 @@ from alembic.config import Config
 
 from alembic import command
 from services.common import erasure_repository, partition_repository, project_repository, rollup_purge_repository
-from services.common.db import create_admin_engine
+from services.common.db import admin_transaction
 from services.common.keys import generate_project_keys
 from services.common.settings import AdminDatabaseSettings
 
@@ -36,12 +36,8 @@ def migrate(settings: AdminDatabaseSettings, revision: str = "head") -> list[str
 
 async def ensure_partitions(settings: AdminDatabaseSettings) -> list[str]:
     today = datetime.now(UTC).date()
-    engine = create_admin_engine(settings)
-    try:
-        async with engine.begin() as connection:
-            return await partition_repository.ensure_partitions_around(connection, today)
-    finally:
-        await engine.dispose()
+    async with admin_transaction(settings) as connection:
+        return await partition_repository.ensure_partitions_around(connection, today)
 
 
 def normalise_domain(domain: str) -> str:
@@ -66,22 +62,18 @@ async def create_project(
         raise ProjectInputError("name must be 1 to 200 characters")
     allowed_domains = sorted({normalise_domain(domain) for domain in domains})
     keys = generate_project_keys()
-    engine = create_admin_engine(settings)
-    try:
-        async with engine.begin() as connection:
-            if not await project_repository.is_valid_timezone(connection, timezone):
-                raise ProjectInputError(f"unknown timezone {timezone!r}; use an IANA name such as Europe/Berlin")
-            project = await project_repository.insert_project(
-                connection,
-                name=name,
-                allowed_domains=allowed_domains,
-                timezone=timezone,
-                public_key=keys.public_key,
-                secret_key_hash=keys.secret_key_hash,
-                retention_days=retention_days,
-            )
-    finally:
-        await engine.dispose()
+    async with admin_transaction(settings) as connection:
+        if not await project_repository.is_valid_timezone(connection, timezone):
+            raise ProjectInputError(f"unknown timezone {timezone!r}; use an IANA name such as Europe/Berlin")
+        project = await project_repository.insert_project(
+            connection,
+            name=name,
+            allowed_domains=allowed_domains,
+            timezone=timezone,
+            public_key=keys.public_key,
+            secret_key_hash=keys.secret_key_hash,
+            retention_days=retention_days,
+        )
     return {
         "id": project.project_id,
         "name": project.name,
@@ -93,12 +85,8 @@ async def create_project(
 
 
 async def list_projects(settings: AdminDatabaseSettings) -> list[dict[str, object]]:
-    engine = create_admin_engine(settings)
-    try:
-        async with engine.connect() as connection:
-            projects = await project_repository.list_projects(connection)
-    finally:
-        await engine.dispose()
+    async with admin_transaction(settings) as connection:
+        projects = await project_repository.list_projects(connection)
     return [
         {
             "id": project.project_id,
@@ -121,18 +109,14 @@ async def rotate_project_keys(
 ) -> dict[str, object] | None:
     """New public and secret keys; None if there is no such project. The secret is shown only here."""
     keys = generate_project_keys()
-    engine = create_admin_engine(settings)
-    try:
-        async with engine.begin() as connection:
-            project = await project_repository.rotate_keys(
-                connection,
-                project_id,
-                public_key=keys.public_key,
-                secret_key_hash=keys.secret_key_hash,
-                public_key_grace_s=public_key_grace_s,
-            )
-    finally:
-        await engine.dispose()
+    async with admin_transaction(settings) as connection:
+        project = await project_repository.rotate_keys(
+            connection,
+            project_id,
+            public_key=keys.public_key,
+            secret_key_hash=keys.secret_key_hash,
+            public_key_grace_s=public_key_grace_s,
+        )
     if project is None:
         return None
     return {
@@ -144,22 +128,14 @@ async def rotate_project_keys(
 
 
 async def revoke_project(settings: AdminDatabaseSettings, project_id: int) -> bool:
-    engine = create_admin_engine(settings)
-    try:
-        async with engine.begin() as connection:
-            return await project_repository.revoke(connection, project_id)
-    finally:
-        await engine.dispose()
+    async with admin_transaction(settings) as connection:
+        return await project_repository.revoke(connection, project_id)
 
 
 async def delete_project(settings: AdminDatabaseSettings, project_id: int) -> dict[str, int] | None:
     """Deletes the project and every row of its data, like an erasure of everyone; None if unknown."""
-    engine = create_admin_engine(settings)
-    try:
-        async with engine.begin() as connection:
-            days = await rollup_purge_repository.rollup_days_through(connection, project_id, date.max)
-            await rollup_purge_repository.lock_days(connection, project_id, days)
-            deleted = await erasure_repository.delete_project(connection, project_id)
-    finally:
-        await engine.dispose()
+    async with admin_transaction(settings) as connection:
+        days = await rollup_purge_repository.rollup_days_through(connection, project_id, date.max)
+        await rollup_purge_repository.lock_days(connection, project_id, days)
+        deleted = await erasure_repository.delete_project(connection, project_id)
     return deleted if deleted["projects"] else None

@@ -8,7 +8,7 @@ once, in an app factory or a command, and passed down; tests build their own.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -20,6 +20,9 @@ DEFAULT_PORTS: dict[ServiceName, int] = {"ingest": 8001, "query": 8002, "replay"
 # Ingest takes the tracker traffic, which needs more than one core's worth of Python at
 # the seed load; reads are light and wait mostly on Postgres.
 DEFAULT_WORKERS: dict[ServiceName, int] = {"ingest": 2, "query": 1, "replay": 1}
+
+
+N = TypeVar("N", int, float)
 
 
 class SettingsError(ValueError):
@@ -45,22 +48,19 @@ class Env:
         return default if value is None or value == "" else value
 
     def integer(self, name: str, default: int, *, shared: bool = True) -> int:
-        value = self.raw(name, shared=shared)
-        if value is None or value == "":
-            return default
-        try:
-            return int(value)
-        except ValueError as exc:
-            raise SettingsError(f"SIGHTLINE_{name} must be an integer, got {value!r}") from exc
+        return self._parsed(name, default, int, "an integer", shared=shared)
 
     def number(self, name: str, default: float, *, shared: bool = True) -> float:
+        return self._parsed(name, default, float, "a number", shared=shared)
+
+    def _parsed(self, name: str, default: N, parse: Callable[[str], N], kind: str, *, shared: bool) -> N:
         value = self.raw(name, shared=shared)
         if value is None or value == "":
             return default
         try:
-            return float(value)
+            return parse(value)
         except ValueError as exc:
-            raise SettingsError(f"SIGHTLINE_{name} must be a number, got {value!r}") from exc
+            raise SettingsError(f"SIGHTLINE_{name} must be {kind}, got {value!r}") from exc
 
     def items(self, name: str, default: tuple[str, ...]) -> tuple[str, ...]:
         value = self.raw(name)
