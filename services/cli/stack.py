@@ -229,7 +229,7 @@ class LocalStack:
             self.postgres.wait_accepting()
             self.postgres.ensure_role_and_database(DATABASE_USER, password, DATABASE_NAME)
             # Before `migrate`, whose migration 0600 grants this role its rows.
-            self.postgres.ensure_login_role(SERVICE_DATABASE_USER, service_password)
+            self.postgres.ensure_login_role(SERVICE_DATABASE_USER, service_password, watched_by=DATABASE_USER)
 
             bouncer = self.pgbouncer()
             if bouncer.pid() is None:

@@ -67,7 +67,7 @@ def throwaway_database(
         postgres.start()
         postgres.wait_accepting()
         postgres.ensure_role_and_database(DATABASE_USER, password, DATABASE_NAME)
-        postgres.ensure_login_role(SERVICE_DATABASE_USER, service_password)
+        postgres.ensure_login_role(SERVICE_DATABASE_USER, service_password, watched_by=DATABASE_USER)
         pgbouncer.start()
         urls = database_urls(password, service_password, postgres_port, pgbouncer_port)
         admin_settings = AdminDatabaseSettings(url=urls["SIGHTLINE_ADMIN_DATABASE_URL"])

@@ -79,4 +79,3 @@ def create_app(
         lifespans=[ingest_pipeline, partition_upkeep(admin_database)],
         middleware=[TrackerCorsMiddleware(), TrackerAdmissionMiddleware(settings.max_concurrent_requests)],
     )
-

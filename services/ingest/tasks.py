@@ -56,9 +56,7 @@ async def keep_partitions_ahead(admin: AdminDatabaseSettings) -> None:
         while True:
             try:
                 async with engine.begin() as connection:
-                    created = await partition_repository.ensure_partitions_around(
-                        connection, datetime.now(UTC).date()
-                    )
+                    created = await partition_repository.ensure_partitions_around(connection, datetime.now(UTC).date())
                 if created:
                     logger.info("created event partitions: %s", ", ".join(created))
             except Exception as exc:

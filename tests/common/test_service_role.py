@@ -63,6 +63,11 @@ async def test_the_services_connect_as_a_role_that_owns_nothing(engine: AsyncEng
             {"role": SERVICE_DATABASE_USER},
         )
         assert list(owned.scalars()) == [0, 0]
+        # The other way round: the owner watches the services' sessions (pg_stat_activity).
+        watched = await connection.execute(
+            text("SELECT pg_has_role(current_user, :role, 'MEMBER')"), {"role": SERVICE_DATABASE_USER}
+        )
+        assert watched.scalar_one() is True
 
 
 async def test_the_service_role_cannot_drop_alter_or_truncate_any_table(
@@ -103,9 +108,12 @@ async def test_the_service_role_reads_projects_but_cannot_change_them_or_alembic
     async with engine.connect() as connection:
         name = await connection.execute(text("SELECT name FROM projects WHERE project_id = :id"), {"id": project["id"]})
         assert name.scalar_one() == project["name"]
+    project_id = int(str(project["id"]))
     assert [
-        await _refused(engine, f"UPDATE projects SET allowed_domains = '{{evil.example}}' WHERE project_id = {project['id']}"),
-        await _refused(engine, f"DELETE FROM projects WHERE project_id = {project['id']}"),
+        await _refused(
+            engine, f"UPDATE projects SET allowed_domains = '{{evil.example}}' WHERE project_id = {project_id}"
+        ),
+        await _refused(engine, f"DELETE FROM projects WHERE project_id = {project_id}"),
         await _refused(engine, "SELECT * FROM alembic_version"),
     ] == [INSUFFICIENT_PRIVILEGE] * 3
 
