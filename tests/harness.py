@@ -25,8 +25,8 @@ TEST_POOL_SIZE = 20
 class DatabaseHarness:
     postgres: LocalPostgres
     pgbouncer: LocalPgBouncer
-    database: DatabaseSettings
-    admin: AdminDatabaseSettings
+    database: DatabaseSettings  # what services use: the services' role, through PgBouncer
+    admin: AdminDatabaseSettings  # the owner, direct
     pgbouncer_admin_url: str
     root: Path
 
@@ -38,6 +38,9 @@ class DatabaseHarness:
             "SIGHTLINE_LOG_LEVEL": "WARNING",
             **{f"SIGHTLINE_{name}": value for name, value in settings.items()},
         }
+        if service == "ingest":
+            # As `sightline up` does: only ingest holds the owner's URL, for partition upkeep.
+            env["SIGHTLINE_ADMIN_DATABASE_URL"] = self.admin.url
         return running_service(service, env, self.root / "log" / f"{log_name}.log")
 
     def database_for(self, service: str, **overrides: object) -> DatabaseSettings:

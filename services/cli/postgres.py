@@ -191,14 +191,26 @@ class LocalPostgres:
         )
         return result.stdout.strip()
 
-    def ensure_role_and_database(self, user: str, password: str, database: str) -> None:
-        if not user.isidentifier() or not database.isidentifier():
-            raise StackError("database user and name must be plain identifiers")
+    def ensure_login_role(self, user: str, password: str, *, watched_by: str | None = None) -> None:
+        """A plain login role (no superuser, no CREATEROLE, no CREATEDB) with this password.
+
+        watched_by: a role made a member of it, so that it sees the role's sessions in full in
+        pg_stat_activity and may cancel them (the owner watching the services' role).
+        """
+        if not user.isidentifier() or not (watched_by or "x").isidentifier():
+            raise StackError("database users must be plain identifiers")
         quoted_password = password.replace("'", "''")
         if self.psql(f"SELECT 1 FROM pg_roles WHERE rolname = '{user}'") != "1":
             self.psql(f"CREATE ROLE {user} LOGIN PASSWORD '{quoted_password}'")
         else:
             self.psql(f"ALTER ROLE {user} LOGIN PASSWORD '{quoted_password}'")
+        if watched_by is not None:
+            self.psql(f"GRANT {user} TO {watched_by}")
+
+    def ensure_role_and_database(self, user: str, password: str, database: str) -> None:
+        if not user.isidentifier() or not database.isidentifier():
+            raise StackError("database user and name must be plain identifiers")
+        self.ensure_login_role(user, password)
         if self.psql(f"SELECT 1 FROM pg_database WHERE datname = '{database}'") != "1":
             self.psql(f"CREATE DATABASE {database} OWNER {user}")
         # The query rollups' HyperLogLog type (Debian: postgresql-15-hll). `hll` is not a

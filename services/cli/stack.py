@@ -7,7 +7,7 @@ Everything lives under the data directory (``.data/`` by default):
     run/             sockets and PID files
     log/             one log file per process
     traces/          OTLP/JSON span lines, one file per process (when no collector is set)
-    sightline.env    database URLs with the generated password (mode 600)
+    sightline.env    database URLs with the generated passwords (mode 600)
     demo-project.json  the demo project's keys
 """
 
@@ -40,7 +40,10 @@ from services.cli.processes import (
 from services.common.log import granian_log_config
 from services.common.settings import SERVICES, ServerSettings, ServiceName, StackSettings
 
+# The owner of the schema: migrations, retention, partitions, `sightline project ...` (direct).
 DATABASE_USER = "sightline"
+# What the services log in as, through PgBouncer: rows only, no DDL (alembic/versions/*_0600_*).
+SERVICE_DATABASE_USER = "sightline_service"
 DATABASE_NAME = "sightline"
 READY_TIMEOUT_S = 60.0
 TRACE_DESTINATIONS = (
@@ -90,14 +93,20 @@ class StackPaths:
         return self.log / f"{service}.log"
 
 
-def database_urls(password: str, postgres_port: int, pgbouncer_port: int) -> dict[str, str]:
-    credentials = f"{DATABASE_USER}:{password}"
+def database_urls(password: str, service_password: str, postgres_port: int, pgbouncer_port: int) -> dict[str, str]:
+    owner = f"{DATABASE_USER}:{password}"
+    service = f"{SERVICE_DATABASE_USER}:{service_password}"
     return {
-        "SIGHTLINE_DATABASE_URL": f"postgresql+asyncpg://{credentials}@127.0.0.1:{pgbouncer_port}/{DATABASE_NAME}",
-        "SIGHTLINE_ADMIN_DATABASE_URL": f"postgresql+asyncpg://{credentials}@127.0.0.1:{postgres_port}/{DATABASE_NAME}",
-        # PgBouncer's read-only console (SHOW POOLS / SHOW STATS).
-        "SIGHTLINE_PGBOUNCER_ADMIN_URL": f"postgresql://{credentials}@127.0.0.1:{pgbouncer_port}/pgbouncer",
+        "SIGHTLINE_DATABASE_URL": f"postgresql+asyncpg://{service}@127.0.0.1:{pgbouncer_port}/{DATABASE_NAME}",
+        "SIGHTLINE_ADMIN_DATABASE_URL": f"postgresql+asyncpg://{owner}@127.0.0.1:{postgres_port}/{DATABASE_NAME}",
+        # PgBouncer's read-only console (SHOW POOLS / SHOW STATS); PgBouncer knows only the service role.
+        "SIGHTLINE_PGBOUNCER_ADMIN_URL": f"postgresql://{service}@127.0.0.1:{pgbouncer_port}/pgbouncer",
     }
+
+
+# The owner's credentials go to the ingest service alone (it creates each day's event
+# partition, services/ingest/tasks.py); query and replay never hold them.
+OWNER_ONLY_VARIABLES = ("SIGHTLINE_ADMIN_DATABASE_URL", "SIGHTLINE_DATABASE_PASSWORD")
 
 
 def read_env_file(path: Path) -> dict[str, str]:
@@ -140,10 +149,18 @@ class LocalStack:
         existing = read_env_file(self.paths.env_file).get("SIGHTLINE_DATABASE_PASSWORD")
         return existing or secrets.token_urlsafe(24)
 
-    def _write_env_file(self, password: str) -> dict[str, str]:
+    def _service_password(self) -> str:
+        """The services' role's password: SIGHTLINE_SERVICE_DATABASE_PASSWORD, else the one
+        `up` generated before, else a new one."""
+        configured = os.environ.get("SIGHTLINE_SERVICE_DATABASE_PASSWORD")
+        existing = read_env_file(self.paths.env_file).get("SIGHTLINE_SERVICE_DATABASE_PASSWORD")
+        return configured or existing or secrets.token_urlsafe(24)
+
+    def _write_env_file(self, password: str, service_password: str) -> dict[str, str]:
         values = {
             "SIGHTLINE_DATABASE_PASSWORD": password,
-            **database_urls(password, self.settings.postgres_port, self.settings.pgbouncer_port),
+            "SIGHTLINE_SERVICE_DATABASE_PASSWORD": service_password,
+            **database_urls(password, service_password, self.settings.postgres_port, self.settings.pgbouncer_port),
         }
         self.paths.root.mkdir(parents=True, exist_ok=True)
         self.paths.env_file.touch(mode=0o600)
@@ -153,15 +170,16 @@ class LocalStack:
         )
         return values
 
-    def pgbouncer(self, password: str) -> LocalPgBouncer:
+    def pgbouncer(self) -> LocalPgBouncer:
+        """PgBouncer knows only the services' role: nobody reaches the owner through it."""
         return LocalPgBouncer(
             conf_dir=self.paths.pgbouncer,
             run_dir=self.paths.run,
             log_file=self.paths.log / "pgbouncer.log",
             listen_port=self.settings.pgbouncer_port,
             postgres_port=self.settings.postgres_port,
-            user=DATABASE_USER,
-            password=password,
+            user=SERVICE_DATABASE_USER,
+            password=self._service_password(),
             database=DATABASE_NAME,
             pool_size=self.settings.pgbouncer_pool_size,
             max_client_conn=self.settings.pgbouncer_max_client_conn,
@@ -172,10 +190,9 @@ class LocalStack:
 
     def check_ports(self) -> None:
         """Fail before starting anything if a port we need is held by someone else."""
-        password = self._password()
         wanted: list[tuple[str, int, int | None]] = [
             ("Postgres", self.settings.postgres_port, self.postgres.pid()),
-            ("PgBouncer", self.settings.pgbouncer_port, self.pgbouncer(password).pid()),
+            ("PgBouncer", self.settings.pgbouncer_port, self.pgbouncer().pid()),
         ]
         for service in SERVICES:
             server = ServerSettings.from_env(service)
@@ -199,7 +216,8 @@ class LocalStack:
         self.check_ports()
 
         password = self._password()
-        env_values = self._write_env_file(password)
+        service_password = self._service_password()
+        env_values = self._write_env_file(password, service_password)
         started: list[str] = []
         try:
             if not self.postgres.initialised:
@@ -210,8 +228,10 @@ class LocalStack:
                 started.append("postgres")
             self.postgres.wait_accepting()
             self.postgres.ensure_role_and_database(DATABASE_USER, password, DATABASE_NAME)
+            # Before `migrate`, whose migration 0600 grants this role its rows.
+            self.postgres.ensure_login_role(SERVICE_DATABASE_USER, service_password, watched_by=DATABASE_USER)
 
-            bouncer = self.pgbouncer(password)
+            bouncer = self.pgbouncer()
             if bouncer.pid() is None:
                 bouncer.start()
                 started.append("pgbouncer")
@@ -249,6 +269,8 @@ class LocalStack:
         self._wait_ready(service)
 
     def _start_service(self, service: ServiceName, env: dict[str, str]) -> None:
+        if service != "ingest":
+            env = {key: value for key, value in env.items() if key not in OWNER_ONLY_VARIABLES}
         server = ServerSettings.from_env(service, env)
         self.paths.log.mkdir(parents=True, exist_ok=True)
         self.paths.run.mkdir(parents=True, exist_ok=True)
@@ -292,7 +314,7 @@ class LocalStack:
         if name == "postgres":
             return self.postgres.stop()
         if name == "pgbouncer":
-            return self.pgbouncer(self._password()).stop()
+            return self.pgbouncer().stop()
         pid_file = self.paths.service_pid(name)
         pid = read_pid(pid_file)
         stopped = pid is not None and stop_pid(pid, timeout_s=40)
@@ -309,13 +331,12 @@ class LocalStack:
         return stopped
 
     def status(self) -> list[dict[str, object]]:
-        password = self._password()
         rows: list[dict[str, object]] = [
             {"name": "postgres", "port": self.settings.postgres_port, "pid": self.postgres.pid()},
             {
                 "name": "pgbouncer",
                 "port": self.settings.pgbouncer_port,
-                "pid": self.pgbouncer(password).pid(),
+                "pid": self.pgbouncer().pid(),
             },
         ]
         for service in SERVICES:

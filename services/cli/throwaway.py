@@ -16,7 +16,7 @@ from services.cli.packages import ensure_packages_installed
 from services.cli.pgbouncer import LocalPgBouncer
 from services.cli.postgres import DEFAULT_SERVER_SETTINGS, LocalPostgres
 from services.cli.processes import free_port
-from services.cli.stack import database_urls
+from services.cli.stack import DATABASE_NAME, DATABASE_USER, SERVICE_DATABASE_USER, database_urls
 from services.common.settings import AdminDatabaseSettings
 
 
@@ -25,7 +25,7 @@ class ThrowawayDatabase:
     postgres: LocalPostgres
     pgbouncer: LocalPgBouncer
     admin: AdminDatabaseSettings
-    service_url: str  # through PgBouncer
+    service_url: str  # through PgBouncer, as the services' role (rows only, no DDL)
     pgbouncer_admin_url: str
 
 
@@ -41,6 +41,7 @@ def throwaway_database(
     """Initialises a cluster under root (which the service account must reach), migrated to head."""
     ensure_packages_installed()
     password = secrets.token_urlsafe(16)
+    service_password = secrets.token_urlsafe(16)
     postgres_port, pgbouncer_port = free_port(), free_port()
     postgres = LocalPostgres(
         data_dir=root / "postgres",
@@ -56,8 +57,8 @@ def throwaway_database(
         log_file=root / "log" / "pgbouncer.log",
         listen_port=pgbouncer_port,
         postgres_port=postgres_port,
-        user="sightline",
-        password=password,
+        user=SERVICE_DATABASE_USER,
+        password=service_password,
         pool_size=pool_size,
         max_client_conn=max_client_conn,
     )
@@ -65,9 +66,10 @@ def throwaway_database(
         postgres.init()
         postgres.start()
         postgres.wait_accepting()
-        postgres.ensure_role_and_database("sightline", password, "sightline")
+        postgres.ensure_role_and_database(DATABASE_USER, password, DATABASE_NAME)
+        postgres.ensure_login_role(SERVICE_DATABASE_USER, service_password, watched_by=DATABASE_USER)
         pgbouncer.start()
-        urls = database_urls(password, postgres_port, pgbouncer_port)
+        urls = database_urls(password, service_password, postgres_port, pgbouncer_port)
         admin_settings = AdminDatabaseSettings(url=urls["SIGHTLINE_ADMIN_DATABASE_URL"])
         admin.migrate(admin_settings)
         yield ThrowawayDatabase(

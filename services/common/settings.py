@@ -150,6 +150,13 @@ class AdminDatabaseSettings:
     def from_env(cls, environ: Mapping[str, str] | None = None) -> AdminDatabaseSettings:
         return load_settings(cls, None, environ)
 
+    @classmethod
+    def from_env_if_set(cls, environ: Mapping[str, str] | None = None) -> AdminDatabaseSettings | None:
+        """Only where SIGHTLINE_ADMIN_DATABASE_URL is set: a service is given the owner's URL
+        on purpose (ingest, for partition upkeep), never by falling back to the default."""
+        environ = os.environ if environ is None else environ
+        return cls.from_env(environ) if environ.get("SIGHTLINE_ADMIN_DATABASE_URL") else None
+
 
 @dataclass(frozen=True)
 class ServerSettings:

@@ -2,43 +2,39 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime
 
 from litestar import Litestar, Router
 
-from services.common import partition_repository
 from services.common.app import build_app
 from services.common.auth import ProjectCache
-from services.common.errors import is_database_unavailable
-from services.common.settings import DatabaseSettings, LogSettings
+from services.common.settings import AdminDatabaseSettings, DatabaseSettings, LogSettings
 from services.ingest.admission import TrackerAdmissionMiddleware
 from services.ingest.cors import AllowedOrigins, TrackerCorsMiddleware
 from services.ingest.enrichment import open_country_lookup, warm_up
 from services.ingest.routes import post_events, post_noop, post_replay
 from services.ingest.service import IngestService
 from services.ingest.settings import IngestSettings
+from services.ingest.tasks import partition_upkeep
 from services.ingest.tracker_route import get_tracker_script
 from services.ingest.writer import BatchWriter, WriterLimits
-
-logger = logging.getLogger(__name__)
 
 DESCRIPTION = (
     "Receives events and session-replay chunks from browser trackers; answers 202 only once rows are committed."
 )
-PARTITION_CHECK_INTERVAL_S = 3600
 
 
 def create_app(
     database: DatabaseSettings | None = None,
     logs: LogSettings | None = None,
     settings: IngestSettings | None = None,
+    admin_database: AdminDatabaseSettings | None = None,
 ) -> Litestar:
+    """admin_database: the owner's direct connection, used only to create event partitions
+    ahead (tasks.py); when None, SIGHTLINE_ADMIN_DATABASE_URL if it is set, else no upkeep."""
     settings = settings or IngestSettings.from_env()
+    admin_database = admin_database or AdminDatabaseSettings.from_env_if_set()
 
     @asynccontextmanager
     async def ingest_pipeline(app: Litestar) -> AsyncIterator[None]:
@@ -61,13 +57,9 @@ def create_app(
         app.state.allowed_origins = AllowedOrigins(engine, settings.project_cache_ttl_s)
         app.state.ingest_service = IngestService(engine, writer, settings, project_cache, country_lookup)
         await writer.start()
-        partitions = asyncio.create_task(_keep_partitions_ahead(app), name="event-partitions")
         try:
             yield
         finally:
-            partitions.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await partitions
             # Granian has stopped accepting and let in-flight requests finish; what they
             # queued is committed before the process exits.
             await writer.close()
@@ -84,21 +76,6 @@ def create_app(
         ],
         database=database or DatabaseSettings.from_env("ingest"),
         logs=logs or LogSettings.from_env("ingest"),
-        lifespans=[ingest_pipeline],
+        lifespans=[ingest_pipeline, partition_upkeep(admin_database)],
         middleware=[TrackerCorsMiddleware(), TrackerAdmissionMiddleware(settings.max_concurrent_requests)],
     )
-
-
-async def _keep_partitions_ahead(app: Litestar) -> None:
-    """Daily partitions for the days events may arrive for, checked at start and hourly."""
-    while True:
-        try:
-            async with app.state.engine.begin() as connection:
-                created = await partition_repository.ensure_partitions_around(connection, datetime.now(UTC).date())
-            if created:
-                logger.info("created event partitions: %s", ", ".join(created))
-        except Exception as exc:
-            # Not fatal: events_default takes rows for a missing day, and we try again.
-            level = logging.WARNING if is_database_unavailable(exc) else logging.ERROR
-            logger.log(level, "could not check event partitions: %s", exc)
-        await asyncio.sleep(PARTITION_CHECK_INTERVAL_S)

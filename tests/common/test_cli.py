@@ -134,6 +134,11 @@ def _own_pids(data_dir: Path) -> set[int]:
     return pids
 
 
+def _environment(pid: int) -> dict[str, str]:
+    entries = (Path("/proc") / str(pid) / "environ").read_bytes().decode().split("\0")
+    return dict(entry.split("=", 1) for entry in entries if "=" in entry)
+
+
 @pytest.mark.slow
 def test_up_is_idempotent_and_down_leaves_nothing_behind(stack_env: dict[str, str]) -> None:
     data_dir = Path(stack_env["SIGHTLINE_DATA_DIR"])
@@ -151,6 +156,13 @@ def test_up_is_idempotent_and_down_leaves_nothing_behind(stack_env: dict[str, st
     status = _sightline(stack_env, "status")
     assert status.returncode == 0, status.stdout
     assert status.stdout.count("ready") == 3
+    # Every service logs in as the services' role; only ingest holds the owner's credentials
+    # (partition upkeep, services/ingest/tasks.py).
+    for service in ("ingest", "query", "replay"):
+        environ = _environment(int((data_dir / "run" / f"{service}.pid").read_text()))
+        assert environ["SIGHTLINE_DATABASE_URL"].startswith("postgresql+asyncpg://sightline_service:"), service
+        owner_variables = {"SIGHTLINE_ADMIN_DATABASE_URL", "SIGHTLINE_DATABASE_PASSWORD"}
+        assert owner_variables & set(environ) == (owner_variables if service == "ingest" else set()), service
 
     down = _sightline(stack_env, "down")
     assert down.returncode == 0

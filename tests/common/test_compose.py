@@ -30,3 +30,4 @@ def test_every_build_context_and_dockerfile_exists() -> None:
         assert (ROOT / context / "Dockerfile").is_file(), context
     for copied in ("pgbouncer.ini.template", "userlist.txt.template", "entrypoint.sh"):
         assert (ROOT / "infra" / "pgbouncer" / copied).is_file()
+    assert (ROOT / "infra" / "postgres" / "service-role.sh").is_file()

@@ -31,7 +31,8 @@ GOOGLEBOT = "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.
 
 @pytest.fixture
 async def ingest_app(db: DatabaseHarness) -> Litestar:
-    return create_app(db.database, settings=IngestSettings())
+    # As served: requests as the services' role, partition upkeep as the owner.
+    return create_app(db.database, settings=IngestSettings(), admin_database=db.admin)
 
 
 @pytest.fixture

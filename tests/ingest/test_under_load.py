@@ -47,7 +47,7 @@ async def test_hundreds_of_concurrent_clients_every_acknowledged_event_is_stored
                 result = await connection.execute(
                     text(
                         "SELECT count(*) FROM pg_stat_activity WHERE datname = 'sightline'"
-                        " AND backend_type = 'client backend' AND usename = 'sightline' AND pid <> pg_backend_pid()"
+                        " AND backend_type = 'client backend' AND usename = 'sightline_service'"
                     )
                 )
                 server_connections.append(result.scalar_one())

@@ -59,7 +59,7 @@ def inject(stack: LocalStack, name: str, *, reject_s: float) -> FaultRecord:
     notes = ""
     injected_at = time.time()
     if name == "pgbouncer-restart":
-        bouncer = stack.pgbouncer(stack.database_password())
+        bouncer = stack.pgbouncer()
         bouncer.stop()
         bouncer.start()
     elif name == "postgres-restart":
