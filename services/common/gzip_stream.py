@@ -27,11 +27,16 @@ def inflate_gzip(data: bytes, step_bytes: int = STEP_BYTES) -> Iterator[bytes]:
     remaining = data
     while remaining:
         inflater = zlib.decompressobj(_GZIP_WBITS)
-        piece = inflater.decompress(remaining, step_bytes)
-        # An empty piece means the input is used up (a full one may leave output pending).
-        while piece:
-            yield piece
-            piece = inflater.decompress(inflater.unconsumed_tail, step_bytes)
+        pending = remaining
+        # Stop at the member's end: once eof is set, zlib appends whatever it is given to
+        # unused_data, so passing the tail again would read the next member twice.
+        while not inflater.eof:
+            piece = inflater.decompress(pending, step_bytes)
+            if piece:
+                yield piece
+            pending = inflater.unconsumed_tail
+            if not piece and not pending:
+                break
         if not inflater.eof:
             raise TruncatedGzip("the gzip data is truncated")
         remaining = inflater.unused_data
