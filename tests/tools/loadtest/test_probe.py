@@ -14,7 +14,7 @@ from tools.loadtest.probe import probe
 def test_the_probe_times_events_and_no_op_requests_that_were_accepted(
     db: DatabaseHarness, project: dict[str, Any]
 ) -> None:
-    env = {**os.environ, "SIGHTLINE_DATABASE_URL": db.database.url}
+    env = {**os.environ, "SIGHTLINE_DATABASE_URL": db.database.url, "SIGHTLINE_INGEST_BENCHMARK_NOOP": "1"}
     with running_service("ingest", env, db.root / "log" / "probe-ingest.log") as ingest:
         port = urlsplit(ingest.url).port
         assert port is not None

@@ -16,7 +16,12 @@ from tools.loadtest.runner import LoadOptions, run_load
 
 @pytest.fixture(scope="module")
 def ingest_url(db: DatabaseHarness) -> Iterator[str]:
-    env = {**os.environ, "SIGHTLINE_DATABASE_URL": db.database.url, "SIGHTLINE_LOG_LEVEL": "WARNING"}
+    env = {
+        **os.environ,
+        "SIGHTLINE_DATABASE_URL": db.database.url,
+        "SIGHTLINE_LOG_LEVEL": "WARNING",
+        "SIGHTLINE_INGEST_BENCHMARK_NOOP": "1",
+    }
     with running_service("ingest", env, db.root / "log" / "ingest-loadtest.log") as ingest:
         yield ingest.url
 
