@@ -34,7 +34,7 @@ from dataclasses import dataclass
 import msgspec
 from litestar.enums import ScopeType
 from litestar.middleware import ASGIMiddleware
-from litestar.types import ASGIApp, Message, Receive, Scope, Send
+from litestar.types import ASGIApp, HTTPRequestEvent, Message, Receive, ReceiveMessage, Scope, Send
 
 from services.common.errors import ErrorBody, ErrorDetail
 from services.common.telemetry import step_span
@@ -114,7 +114,7 @@ async def read_body_with_deadline(receive: Receive, max_bytes: int, limits: Admi
             ) from exc
         if message["type"] == "http.disconnect":
             raise _ClientGone
-        chunk = message.get("body", b"")
+        chunk: bytes = message.get("body", b"")  # type: ignore[assignment]
         if chunk:
             received += len(chunk)
             if received > max_bytes:
@@ -128,11 +128,12 @@ def _replaying(body: bytes, receive: Receive) -> Receive:
     """A receive that hands the app the body already read, then passes through (disconnects)."""
     sent = False
 
-    async def replay() -> Message:
+    async def replay() -> ReceiveMessage:
         nonlocal sent
         if not sent:
             sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
+            request: HTTPRequestEvent = {"type": "http.request", "body": body, "more_body": False}
+            return request
         return await receive()
 
     return replay

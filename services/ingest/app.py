@@ -10,6 +10,7 @@ from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 
 from litestar import Litestar, Router
+from litestar.types import ControllerRouterHandler
 
 from services.common import partition_repository
 from services.common.app import build_app
@@ -73,7 +74,7 @@ def create_app(
             await writer.close()
 
     max_body_bytes = {"/v1/events": settings.events.max_body_bytes, "/v1/replay": settings.replay.max_body_bytes}
-    route_handlers = [
+    route_handlers: list[ControllerRouterHandler] = [
         Router("/", route_handlers=[post_events], request_max_body_size=settings.events.max_body_bytes),
         Router("/", route_handlers=[post_replay], request_max_body_size=settings.replay.max_body_bytes),
         get_tracker_script,

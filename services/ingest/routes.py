@@ -11,8 +11,9 @@ from litestar.params import JSONBody
 from litestar.status_codes import HTTP_202_ACCEPTED
 
 from services.common.errors import ApiError, error_responses
+from services.common.project_repository import ProjectRecord
 from services.common.telemetry import step_span
-from services.ingest.decoding import check_content_headers, decode_json, gunzip_bounded
+from services.ingest.decoding import check_content_headers, check_event_count, decode_json, gunzip_bounded, skim
 from services.ingest.enrichment import client_ip, origin_host
 from services.ingest.schemas import Accepted, EventBatch, ReplayChunkBody
 from services.ingest.service import IngestService, RequestContext
@@ -38,13 +39,24 @@ class TrackerRequest(Request[Any, Any, Any]):
     Litestar asks ``json()`` for the ``data`` argument; answering with the typed struct
     decodes once (not to dicts first) and turns every problem into the contract's errors.
     The raw body stays available through ``body()``, which replay stores as sent.
+
+    Cheap checks come before expensive work. A key in the URL (``?key=pk_...``, what the
+    tracker sends) is checked, with the project's rate limit, before the body is decompressed;
+    a body-only request's key is checked after a skim of the body, before its events are
+    decoded; either way the events are counted before they are decoded. The project found is
+    kept in ``scope["state"]`` for the handler (``admitted_project``).
     """
 
     async def json(self) -> Any:
         body_type: type[Any] = self.route_handler.opt["tracker_body"]
         settings: IngestSettings = self.app.state.ingest_settings
-        limits = settings.events if body_type is EventBatch else settings.replay
+        service: IngestService = self.app.state.ingest_service
+        is_events = body_type is EventBatch
+        limits = settings.events if is_events else settings.replay
+        max_events = settings.max_events_per_batch if is_events else settings.max_rrweb_events_per_chunk
         is_gzip = check_content_headers(self.headers.get("content-type"), self.headers.get("content-encoding"))
+        url_key = self.query_params.get("key")
+        project = await service.admit(url_key) if url_key is not None else None
         body = await self.body()
         if is_gzip:
             with step_span("ingest.decompress") as span:
@@ -54,12 +66,37 @@ class TrackerRequest(Request[Any, Any, Any]):
             raise ApiError(413, "payload_too_large", f"The body is larger than {limits.max_decompressed_bytes} bytes.")
         with step_span("ingest.decode_json") as span:
             span.set_attribute("sightline.json_bytes", len(body))
+            envelope = skim(body)
+            if envelope is not None and isinstance(envelope.project_key, str):
+                if project is None:
+                    project = await service.admit(envelope.project_key)
+                elif envelope.project_key != url_key:
+                    raise _key_mismatch()
+            check_event_count(envelope, max_events)
             try:
-                return decode_json(body, body_type)
+                decoded = decode_json(body, body_type, envelope)
             except ApiError as exc:
                 if exc.field == "projectKey":
                     raise ApiError(401, "missing_project_key", exc.message, field="projectKey") from exc
                 raise
+        if project is not None and decoded.project_key != project.public_key:
+            raise _key_mismatch()
+        self.scope["state"][ADMITTED_PROJECT] = project
+        return decoded
+
+
+ADMITTED_PROJECT = "admitted_project"
+
+
+def _key_mismatch() -> ApiError:
+    return ApiError(
+        401, "project_key_mismatch", "projectKey in the body differs from the key in the URL.", field="projectKey"
+    )
+
+
+def _admitted(request: Request[Any, Any, Any]) -> ProjectRecord | None:
+    project: ProjectRecord | None = request.scope["state"].get(ADMITTED_PROJECT)
+    return project
 
 
 def _context(request: Request[Any, Any, Any], settings: IngestSettings) -> RequestContext:
@@ -81,6 +118,7 @@ def _context(request: Request[Any, Any, Any], settings: IngestSettings) -> Reque
     summary="Store a batch of pageviews and custom events",
     description=(
         "JSON, optionally `Content-Encoding: gzip`. Answers 202 only after the events are committed. "
+        "`?key=pk_...` (optional) names the project before the body is read; it must match `projectKey`. "
         "`sentAt` corrects the client's clock; timestamps after the receive time are set to it. "
         "Events with a `uuid` are stored once however often a batch is retried."
     ),
@@ -92,7 +130,7 @@ def _context(request: Request[Any, Any, Any], settings: IngestSettings) -> Reque
 )
 async def post_events(data: JSONBody[EventBatch], request: Request[Any, Any, Any], state: State) -> Accepted:
     service: IngestService = state.ingest_service
-    accepted = await service.ingest_events(data, _context(request, state.ingest_settings))
+    accepted = await service.ingest_events(data, _context(request, state.ingest_settings), _admitted(request))
     return Accepted(accepted=accepted)
 
 
@@ -101,6 +139,7 @@ async def post_events(data: JSONBody[EventBatch], request: Request[Any, Any, Any
     summary="Store one chunk of an rrweb session recording",
     description=(
         "Usually `Content-Encoding: gzip`. The body is stored exactly as sent (no recompression); "
+        "`?key=pk_...` (optional) names the project before the body is read; it must match `projectKey`. "
         "a chunk is identified by (sessionId, seq), so a retried chunk is stored once. "
         "`accepted` counts the chunk's rrweb events."
     ),
@@ -114,7 +153,7 @@ async def post_replay(data: JSONBody[ReplayChunkBody], request: Request[Any, Any
     service: IngestService = state.ingest_service
     encoding = "gzip" if "gzip" in request.headers.get("content-encoding", "").lower() else "identity"
     accepted = await service.ingest_replay_chunk(
-        data, await request.body(), encoding, _context(request, state.ingest_settings)
+        data, await request.body(), encoding, _context(request, state.ingest_settings), _admitted(request)
     )
     return Accepted(accepted=accepted)
 
