@@ -68,7 +68,9 @@ async def test_a_project_over_its_limit_is_refused_before_its_body_is_decompress
     settings = IngestSettings(rate_limit_requests_per_s=0.01, rate_limit_burst=1)
     async with AsyncTestClient(create_app(db.database, settings=settings)) as client:
         first = await client.post(
-            f"/v1/events?key={project['publicKey']}", content=gzip.compress(batch(project["publicKey"])), headers=GZIP_JSON
+            f"/v1/events?key={project['publicKey']}",
+            content=gzip.compress(batch(project["publicKey"])),
+            headers=GZIP_JSON,
         )
         second = await client.post(f"/v1/events?key={project['publicKey']}", content=NOT_GZIP, headers=GZIP_JSON)
     assert first.status_code == 202, first.text
@@ -107,7 +109,9 @@ async def test_a_nul_in_an_ignored_rrweb_field_is_kept_and_one_in_a_read_field_i
 ) -> None:
     text_with_nul = {"type": 3, "timestamp": mouse_move(10)["timestamp"], "data": {"source": 0, "texts": ["a\u0000b"]}}
     events = [meta(0, "https://example.com/"), full_snapshot(1), text_with_nul, mouse_move(20)]
-    kept = await client.post("/v1/replay", content=gzip.compress(json_body(chunk(project, 0, events))), headers=GZIP_JSON)
+    kept = await client.post(
+        "/v1/replay", content=gzip.compress(json_body(chunk(project, 0, events))), headers=GZIP_JSON
+    )
     assert kept.status_code == 202, kept.text
     assert kept.json() == {"accepted": 4}
 

@@ -19,9 +19,7 @@ def in_process(app: Litestar) -> httpx.AsyncClient:
 ADMITTED = {"/v1/events": 1_000_000, "/v1/noop": 1_000_000}
 
 
-def counting_app(
-    max_concurrent: int, admission_wait_s: float = 30.0
-) -> tuple[Litestar, dict[str, int], asyncio.Event]:
+def counting_app(max_concurrent: int, admission_wait_s: float = 30.0) -> tuple[Litestar, dict[str, int], asyncio.Event]:
     seen = {"now": 0, "most": 0}
     release = asyncio.Event()
 
@@ -43,7 +41,10 @@ def counting_app(
     async def live() -> None:
         await hold()
 
-    app = Litestar([events, noop, live], middleware=[TrackerAdmissionMiddleware(AdmissionLimits(max_concurrent, admission_wait_s), ADMITTED)])
+    app = Litestar(
+        [events, noop, live],
+        middleware=[TrackerAdmissionMiddleware(AdmissionLimits(max_concurrent, admission_wait_s), ADMITTED)],
+    )
     return app, seen, release
 
 
