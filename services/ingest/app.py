@@ -53,6 +53,7 @@ def create_app(
                 max_queue_rows=settings.writer_max_queue_rows,
                 concurrency=settings.writer_concurrency,
                 commit_timeout_s=settings.writer_commit_timeout_s,
+                max_queue_bytes=settings.writer_max_queue_bytes,
             ),
         )
         project_cache = ProjectCache(ttl_s=settings.project_cache_ttl_s)

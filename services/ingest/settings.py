@@ -50,6 +50,8 @@ class IngestSettings:
     # Stored replay bytes per batch (one batch is one message to Postgres, hex-encoded).
     writer_max_batch_chunk_bytes: int = 8 * MIB
     writer_max_queue_rows: int = 50_000
+    # Also bounded in bytes (replay chunks as stored, events roughly): past either, 503.
+    writer_max_queue_bytes: int = 128 * MIB
     writer_concurrency: int = 2
     # A request waits at most this long for its rows to commit, then answers 503; a retry
     # with the same uuids is stored once.
@@ -93,6 +95,7 @@ class IngestSettings:
             benchmark_noop=env.integer("BENCHMARK_NOOP", 0) == 1,
             writer_max_batch_chunk_bytes=env.integer("WRITER_MAX_BATCH_CHUNK_BYTES", cls.writer_max_batch_chunk_bytes),
             writer_max_queue_rows=env.integer("WRITER_MAX_QUEUE_ROWS", cls.writer_max_queue_rows),
+            writer_max_queue_bytes=env.integer("WRITER_MAX_QUEUE_BYTES", cls.writer_max_queue_bytes),
             writer_concurrency=env.integer("WRITER_CONCURRENCY", cls.writer_concurrency),
             writer_commit_timeout_s=env.number("WRITER_COMMIT_TIMEOUT_S", cls.writer_commit_timeout_s),
             trusted_proxies=proxies,
