@@ -7,15 +7,12 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime
 
 from litestar import Litestar, Router
 from litestar.types import ControllerRouterHandler
 
-from services.common import partition_repository
 from services.common.app import build_app
 from services.common.auth import ProjectCache
-from services.common.errors import is_database_unavailable
 from services.common.settings import DatabaseSettings, LogSettings
 from services.ingest.admission import AdmissionLimits, TrackerAdmissionMiddleware
 from services.ingest.cors import AllowedOrigins, TrackerCorsMiddleware
@@ -23,6 +20,7 @@ from services.ingest.enrichment import open_country_lookup, warm_up
 from services.ingest.routes import post_events, post_noop, post_replay
 from services.ingest.service import IngestService
 from services.ingest.settings import IngestSettings
+from services.ingest.tasks import keep_partitions_ahead
 from services.ingest.tracker_route import get_tracker_script
 from services.ingest.writer import BatchWriter, WriterLimits
 
@@ -31,7 +29,6 @@ logger = logging.getLogger(__name__)
 DESCRIPTION = (
     "Receives events and session-replay chunks from browser trackers; answers 202 only once rows are committed."
 )
-PARTITION_CHECK_INTERVAL_S = 3600
 
 
 def create_app(
@@ -63,7 +60,7 @@ def create_app(
         app.state.allowed_origins = AllowedOrigins(engine, settings.project_cache_ttl_s)
         app.state.ingest_service = IngestService(engine, writer, settings, project_cache, country_lookup)
         await writer.start()
-        partitions = asyncio.create_task(_keep_partitions_ahead(app), name="event-partitions")
+        partitions = asyncio.create_task(keep_partitions_ahead(engine), name="event-partitions")
         try:
             yield
         finally:
@@ -105,18 +102,3 @@ def create_app(
         lifespans=[ingest_pipeline],
         middleware=[TrackerCorsMiddleware(), admission],
     )
-
-
-async def _keep_partitions_ahead(app: Litestar) -> None:
-    """Daily partitions for the days events may arrive for, checked at start and hourly."""
-    while True:
-        try:
-            async with app.state.engine.begin() as connection:
-                created = await partition_repository.ensure_partitions_around(connection, datetime.now(UTC).date())
-            if created:
-                logger.info("created event partitions: %s", ", ".join(created))
-        except Exception as exc:
-            # Not fatal: events_default takes rows for a missing day, and we try again.
-            level = logging.WARNING if is_database_unavailable(exc) else logging.ERROR
-            logger.log(level, "could not check event partitions: %s", exc)
-        await asyncio.sleep(PARTITION_CHECK_INTERVAL_S)
