@@ -121,6 +121,10 @@ class HeadSampledTracingMiddleware(OpenTelemetryInstrumentationMiddleware):
     a 2 % sample rate. Here the decision comes first: a request that carries a W3C
     ``traceparent`` (its caller decided) or wins the draw goes through the full middleware;
     any other runs under a non-recording parent, so its child spans cost almost nothing.
+
+    On the public tracker paths (``UNTRUSTED_TRACE_CONTEXT_PATHS``) anyone can send a
+    ``traceparent``, so it is removed there: otherwise every client could decide to be traced
+    and how fast span files grow. Those requests are traced by the draw alone.
     """
 
     def __init__(self, app: ASGIApp, config: OpenTelemetryConfig) -> None:
@@ -128,11 +132,19 @@ class HeadSampledTracingMiddleware(OpenTelemetryInstrumentationMiddleware):
         self._ratio = head_sample_ratio(os.environ)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope.get("path") in UNTRUSTED_TRACE_CONTEXT_PATHS and _has_traceparent(scope):
+            scope = scope.copy()
+            scope["headers"] = [(name, value) for name, value in scope["headers"] if name not in _TRACE_HEADERS]
         if self._ratio >= 1.0 or random.random() < self._ratio or _has_traceparent(scope):
             await super().__call__(scope, receive, send)
             return
         with trace.use_span(unsampled_span(), end_on_exit=False):
             await self.app(scope, receive, send)
+
+
+# Ingest's public routes: the tracker's posts and its script.
+UNTRUSTED_TRACE_CONTEXT_PATHS = frozenset({"/v1/events", "/v1/replay", "/tracker.js"})
+_TRACE_HEADERS = (b"traceparent", b"tracestate")
 
 
 def _has_traceparent(scope: Scope) -> bool:
@@ -154,7 +166,8 @@ def configure_tracing(service: str, environ: Mapping[str, str] | None = None) ->
     else:
         path = trace_file_for(service, env)
         assert path is not None  # tracing_enabled() checked one of the two is set
-        exporter = OtlpJsonLinesExporter(path)
+        max_bytes = int(env.get("SIGHTLINE_TRACE_FILE_MAX_BYTES", DEFAULT_TRACE_FILE_MAX_BYTES))
+        exporter = OtlpJsonLinesExporter(path, max_bytes)
     # The processor reads OTEL_BSP_* for its queue and batch sizes; spans are exported by
     # its own thread, never on a request.
     provider.add_span_processor(BatchSpanProcessor(exporter))
@@ -171,13 +184,35 @@ def instrument_engine(engine: AsyncEngine, tracer_provider: TracerProvider) -> N
     SQLAlchemyInstrumentor().instrument(engine=engine.sync_engine, tracer_provider=tracer_provider, skip_dep_check=True)
 
 
-class OtlpJsonLinesExporter(SpanExporter):
-    """Appends each export as one OTLP/JSON line (hex ids, 64-bit integers as strings)."""
+# A span file past this size is moved to "<name>.1" (replacing the one before) and started
+# afresh, so at most about twice this much is kept per process.
+DEFAULT_TRACE_FILE_MAX_BYTES = 256 * 1024 * 1024
 
-    def __init__(self, path: Path) -> None:
+
+class OtlpJsonLinesExporter(SpanExporter):
+    """Appends each export as one OTLP/JSON line (hex ids, 64-bit integers as strings).
+
+    Spans hold URLs and timings of visitors' requests: the file is readable by its owner only.
+    """
+
+    def __init__(self, path: Path, max_bytes: int = DEFAULT_TRACE_FILE_MAX_BYTES) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = path.open("a", encoding="utf-8")
+        self._path = path
+        self._max_bytes = max_bytes
+        self._file = self._open()
         self._lock = threading.Lock()
+
+    def _open(self) -> Any:
+        descriptor = os.open(self._path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        os.fchmod(descriptor, 0o600)  # also a file an older version made with the umask's mode
+        return os.fdopen(descriptor, "a", encoding="utf-8")
+
+    def _rotate_if_full(self) -> None:
+        if self._file.tell() < self._max_bytes:
+            return
+        self._file.close()
+        self._path.replace(self._path.with_name(self._path.name + ".1"))
+        self._file = self._open()
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         by_resource: dict[int, tuple[Any, dict[str, list[dict[str, Any]]]]] = {}
@@ -201,6 +236,7 @@ class OtlpJsonLinesExporter(SpanExporter):
         with self._lock:
             self._file.write(json.dumps(line, separators=(",", ":")) + "\n")
             self._file.flush()
+            self._rotate_if_full()
         return SpanExportResult.SUCCESS
 
     def shutdown(self) -> None:
