@@ -86,7 +86,7 @@ async def _cached(
         stale = cache.stale(key)
         if stale is not MISSING and stale is not None:
             return stale  # type: ignore[return-value]
-        raise ServiceUnavailable("key_lookups_busy", "Too many key lookups are waiting; retry shortly.", 1) from exc
+        raise ServiceUnavailable("key_lookups_busy", "Too many key lookups are waiting; retry shortly.") from exc
 
 
 async def provide_read_project(request: Request[Any, Any, Any], state: State) -> ProjectRecord:

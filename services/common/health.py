@@ -20,11 +20,12 @@ class ReadyProbe:
     """The database probe behind /health/ready, run at most once per ``ok_for_s`` however often it is asked.
 
     /health/ready is public; a query per call would let anyone spend pooled connections with it.
-    Concurrent calls share one probe; a success is reused for ok_for_s, a failure for failed_for_s
-    (shorter, so recovery shows quickly).
+    Concurrent calls share one probe, and a success is reused for ok_for_s. A failure is not
+    reused (by default), so recovery shows at once; while the database is away, the calls still
+    share one probe at a time.
     """
 
-    def __init__(self, engine: AsyncEngine, ok_for_s: float = 1.0, failed_for_s: float = 0.5) -> None:
+    def __init__(self, engine: AsyncEngine, ok_for_s: float = 1.0, failed_for_s: float = 0.0) -> None:
         self._engine = engine
         self._ok_for_s = ok_for_s
         self._failed_for_s = failed_for_s

@@ -25,8 +25,6 @@ Ingest is public, so the door must also hold against a client that does not play
 from __future__ import annotations
 
 import asyncio
-import math
-import random
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -36,7 +34,7 @@ from litestar.enums import ScopeType
 from litestar.middleware import ASGIMiddleware
 from litestar.types import ASGIApp, HTTPRequestEvent, Message, Receive, ReceiveMessage, Scope, Send
 
-from services.common.errors import ErrorBody, ErrorDetail
+from services.common.errors import ErrorBody, ErrorDetail, retry_after_s
 from services.common.telemetry import step_span
 
 
@@ -48,20 +46,9 @@ class AdmissionLimits:
     # The most a request waits for a slot once its body is in, then 503.
     admission_wait_s: float = 5.0
     # Any upload may take this long; after it, it must have averaged min_upload_bytes_per_s.
-    body_grace_s: float = 5.0
+    body_grace_s: float = 10.0
     # 4 KiB/s is slower than a 2G (EDGE) link; a tracker body is a few kB, a replay chunk tens.
     min_upload_bytes_per_s: float = 4096.0
-
-
-def retry_after_s(backlog: float) -> int:
-    """Seconds to tell a refused client: 1 s plus one per unit of backlog, plus up to as much again at random.
-
-    ``backlog`` is how far past capacity the process is (queued / capacity). A fixed value makes
-    every refused client return in the same second (a herd); spreading them over a window that
-    widens with the backlog lets the queue drain between returns.
-    """
-    base = 1.0 + max(backlog, 0.0)
-    return max(1, math.ceil(base + random.uniform(0.0, base)))
 
 
 def _error_message(status: int, code: str, message: str, headers: Mapping[str, str]) -> tuple[Message, Message]:
@@ -95,23 +82,35 @@ class _ClientGone(Exception):
 
 
 async def read_body_with_deadline(receive: Receive, max_bytes: int, limits: AdmissionLimits) -> bytes:
-    """The whole request body, or _BodyRefused (408 too slow, 413 too large) / _ClientGone."""
+    """The whole request body, or _BodyRefused (408 too slow, 413 too large) / _ClientGone.
+
+    The deadline is the client's, not the server's: when this process is so busy that the timer
+    itself fires late (the event loop lagging), the lag is added to the deadline instead of
+    being blamed on the upload.
+    """
     started = time.monotonic()
     parts: list[bytes] = []
     received = 0
     while True:
-        # The moment the upload falls behind the minimum rate, counting what it has sent.
-        due = started + limits.body_grace_s + received / limits.min_upload_bytes_per_s
-        try:
-            async with asyncio.timeout(max(due - time.monotonic(), 0.0)):
-                message = await receive()
-        except TimeoutError as exc:
+        pending = asyncio.ensure_future(receive())
+        while True:
+            # The moment the upload falls behind the minimum rate, counting what it has sent.
+            due = started + limits.body_grace_s + received / limits.min_upload_bytes_per_s
+            done, _ = await asyncio.wait({pending}, timeout=max(due - time.monotonic(), 0.0))
+            if done:
+                break
+            lag = time.monotonic() - due
+            if lag > LOOP_LAG_TOLERANCE_S:
+                started += lag
+                continue
+            pending.cancel()
             raise _BodyRefused(
                 408,
                 "request_timeout",
                 f"The body arrived too slowly (under {limits.min_upload_bytes_per_s:.0f} bytes/s "
                 f"after {limits.body_grace_s:.0f} s).",
-            ) from exc
+            )
+        message = pending.result()
         if message["type"] == "http.disconnect":
             raise _ClientGone
         chunk: bytes = message.get("body", b"")  # type: ignore[assignment]
@@ -122,6 +121,10 @@ async def read_body_with_deadline(receive: Receive, max_bytes: int, limits: Admi
             parts.append(chunk)
         if not message.get("more_body", False):
             return b"".join(parts)
+
+
+# A deadline timer that fires this much late says the event loop is lagging, not the client.
+LOOP_LAG_TOLERANCE_S = 0.5
 
 
 def _replaying(body: bytes, receive: Receive) -> Receive:

@@ -43,7 +43,7 @@ class IngestSettings:
     # A body is read before it may take a slot: any upload may take body_grace_s, after which it
     # must have averaged min_upload_bytes_per_s, else 408 and the connection is closed
     # (services/ingest/admission.py). Stalled and trickling uploads then hold only their socket.
-    body_grace_s: float = 5.0
+    body_grace_s: float = 10.0
     min_upload_bytes_per_s: float = 4096.0
     # POST /v1/noop (the load test's baseline) exists only when a benchmark turns it on.
     benchmark_noop: bool = False

@@ -33,7 +33,7 @@ from opentelemetry import trace
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.common.db import asyncpg_connection
-from services.common.errors import ApiError, ServiceUnavailable, is_database_unavailable
+from services.common.errors import ApiError, ServiceUnavailable, is_database_unavailable, retry_after_s
 from services.common.telemetry import tracer, unsampled_span
 from services.ingest import repository
 from services.ingest.repository import ChunkRow, EventRow
@@ -134,7 +134,9 @@ class BatchWriter:
             self._queued_rows + submission.rows > self._limits.max_queue_rows
             or self._queued_bytes + submission.queued_bytes > self._limits.max_queue_bytes
         ):
-            raise ServiceUnavailable("writer_queue_full", "Too much is waiting to be written; retry shortly.", 1)
+            raise ServiceUnavailable(
+                "writer_queue_full", "Too much is waiting to be written; retry shortly.", retry_after_s(backlog=3)
+            )
         self._queue.append(submission)
         self._queued_rows += submission.rows
         self._queued_bytes += submission.queued_bytes

@@ -7,7 +7,8 @@ import asyncio
 import httpx
 from litestar import Litestar, get, post
 
-from services.ingest.admission import AdmissionLimits, TrackerAdmissionMiddleware, retry_after_s
+from services.common.errors import retry_after_s
+from services.ingest.admission import AdmissionLimits, TrackerAdmissionMiddleware
 
 
 def in_process(app: Litestar) -> httpx.AsyncClient:
