@@ -8,7 +8,7 @@ SIGHTLINE := $(BIN)/sightline
 .DEFAULT_GOAL := help
 
 .PHONY: help up down status test lint migrate install install-dev clean bench-ingest bench-tracing bench-replay \
-	bench-query tracker tracker-deps pages pages-deps capture-recordings load chaos
+	bench-query tracker tracker-deps pages pages-deps capture-recordings load chaos attack
 
 help: ## List the targets with one line each
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -87,6 +87,9 @@ load: $(VENV)/.installed-load ## Seed load test on `SIGHTLINE_INGEST_BENCHMARK_N
 
 chaos: $(VENV)/.installed-load ## Fault run on its own stack: restarts under load, lost/duplicated = 0; CHAOS_ARGS="--users 500 --duration 120"
 	$(SIGHTLINE) chaos --write-benchmarks $(CHAOS_ARGS)
+
+attack: install-dev ## Honest traffic next to each attack (stalled uploads, bombs, key floods...) on its own stack; writes docs/reliability.md
+	$(BIN)/python -m tools.attack $(ATTACK_ARGS)
 
 clean: down ## Stop everything and delete .data (the local database) and .venv
 	rm -rf .data $(VENV)

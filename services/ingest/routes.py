@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime
 from typing import Any
 
@@ -13,7 +14,14 @@ from litestar.status_codes import HTTP_202_ACCEPTED
 from services.common.errors import ApiError, error_responses
 from services.common.project_repository import ProjectRecord
 from services.common.telemetry import step_span
-from services.ingest.decoding import check_content_headers, check_event_count, decode_json, gunzip_bounded, skim
+from services.ingest.decoding import (
+    check_content_headers,
+    check_event_count,
+    decode_json,
+    gunzip_bounded,
+    gzip_output_budget,
+    skim,
+)
 from services.ingest.enrichment import client_ip, origin_host
 from services.ingest.schemas import Accepted, EventBatch, ReplayChunkBody
 from services.ingest.service import IngestService, RequestContext
@@ -31,6 +39,10 @@ _ERRORS = error_responses(
         503: "Writer queue full or database unreachable; retry after Retry-After seconds",
     }
 )
+
+
+# Bodies larger than this (as sent) are inflated on a worker thread.
+THREADED_GUNZIP_BYTES = 32 * 1024
 
 
 class TrackerRequest(Request[Any, Any, Any]):
@@ -61,7 +73,12 @@ class TrackerRequest(Request[Any, Any, Any]):
         if is_gzip:
             with step_span("ingest.decompress") as span:
                 span.set_attribute("sightline.compressed_bytes", len(body))
-                body = gunzip_bounded(body, limits.max_decompressed_bytes)
+                budget = gzip_output_budget(len(body), limits.max_decompressed_bytes)
+                if len(body) > THREADED_GUNZIP_BYTES:
+                    # zlib lets go of the GIL while it inflates: the event loop serves others meanwhile.
+                    body = await asyncio.to_thread(gunzip_bounded, body, budget)
+                else:
+                    body = gunzip_bounded(body, budget)
         elif len(body) > limits.max_decompressed_bytes:
             raise ApiError(413, "payload_too_large", f"The body is larger than {limits.max_decompressed_bytes} bytes.")
         with step_span("ingest.decode_json") as span:

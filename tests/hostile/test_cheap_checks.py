@@ -85,19 +85,29 @@ async def test_a_body_only_request_has_its_key_checked_before_its_events_are_dec
     assert_error(await client.post("/v1/events", content=body, headers=JSON), 401, "unknown_project_key", "projectKey")
 
 
-async def test_a_bomb_of_tiny_rrweb_events_is_counted_before_it_is_decoded(
+def rrweb_chunk_bytes(key: str, events: bytes) -> bytes:
+    return b'{"projectKey":"' + key.encode() + b'","sessionId":"s","distinctId":"d","seq":0,"events":[' + events + b"]}"
+
+
+async def test_a_bomb_of_tiny_rrweb_events_is_refused_by_its_gzip_ratio(
     client: AsyncTestClient[Litestar], project: dict[str, Any]
 ) -> None:
-    # About 1.6 MB of gzip that inflates to ~29 MB: one over a million events (the limit is 50,000).
-    events = b",".join([b'{"type":3,"timestamp":1}'] * 1_200_000)
-    body = (
-        b'{"projectKey":"'
-        + project["publicKey"].encode()
-        + b'","sessionId":"s","distinctId":"d","seq":0,"events":['
-        + events
-        + b"]}"
+    # ~80 KiB of gzip that would inflate to ~29 MB: over 100 times its size past the first MiB.
+    body = gzip.compress(rrweb_chunk_bytes(project["publicKey"], b",".join([b'{"type":3,"timestamp":1}'] * 1_200_000)))
+    assert len(body) < 120_000
+    response = await client.post("/v1/replay", content=body, headers=GZIP_JSON)
+    error = assert_error(response, 413, "payload_too_large")
+    assert error["message"] == f"The body decompresses to more than {100 * len(body)} bytes."
+
+
+async def test_too_many_events_are_counted_before_they_are_decoded(
+    client: AsyncTestClient[Litestar], project: dict[str, Any]
+) -> None:
+    # 60,001 rrweb events (the limit is 50,000) whose timestamps differ: an ordinary gzip ratio.
+    events = b",".join(b'{"type":3,"timestamp":%d}' % (1_700_000_000_000 + n * 7919) for n in range(60_001))
+    response = await client.post(
+        "/v1/replay", content=gzip.compress(rrweb_chunk_bytes(project["publicKey"], events)), headers=GZIP_JSON
     )
-    response = await client.post("/v1/replay", content=gzip.compress(body), headers=GZIP_JSON)
     error = assert_error(response, 422, "too_many_events", "events")
     assert error["message"] == "A body may hold at most 50000 events."
     over = json_body({"projectKey": project["publicKey"], "events": [pageview()] * 501})
