@@ -44,7 +44,7 @@ class ProjectCache(SharedTtlCache[str, ProjectRecord | None]):
         max_entries: int = 10_000,
         max_unknown_entries: int = 10_000,
         max_concurrent_lookups: int = 4,
-        lookup_wait_s: float = 2.0,
+        lookup_wait_s: float = 0.5,
     ) -> None:
         super().__init__(ttl_s, max_entries, max_concurrent_lookups, lookup_wait_s)
         self._unknown: SharedTtlCache[str, None] = SharedTtlCache(ttl_s, max_unknown_entries)
