@@ -1,5 +1,8 @@
 """`make attack`: honest tracker traffic next to one attack at a time, on a throwaway stack.
 
+The attacker runs in a process of its own, so the honest visitors' timings carry only the
+server's delay, not the attacking client's CPU (both still share the machine with the stack).
+
 Honest visitors post event batches (with uuids, retried like the tracker) for the whole run.
 The run is cut in phases of --phase seconds: a baseline with no attack, then each attack
 alone. Per phase it reports the honest requests' p50/p95 (first attempts), their refusals,
@@ -13,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gzip
+import multiprocessing
 import os
 import platform
 import random
@@ -135,11 +139,23 @@ async def honest_visitor(run: Run, client: httpx.AsyncClient, visitor: int) -> N
         await asyncio.sleep(random.uniform(0.5, 1.5))
 
 
-# Attacks: each runs until cancelled, counting its requests in run.phase.attack_requests.
+# Attacks: each runs in a process of its own (so the honest visitors' timings do not include the
+# attacker's CPU) until the phase ends, counting its requests in attacker.sent.
 
 
-async def stalled_uploads(run: Run, sockets: int = 1000) -> None:
-    host, port = run.ingest_url.removeprefix("http://").split(":")
+@dataclass
+class Attacker:
+    ingest_url: str
+    attacker_key: str
+    sent: Any  # a multiprocessing Value shared with the parent
+
+    def count(self) -> None:
+        with self.sent.get_lock():
+            self.sent.value += 1
+
+
+async def stalled_uploads(attacker: Attacker, sockets: int = 1000) -> None:
+    host, port = attacker.ingest_url.removeprefix("http://").split(":")
     while True:
         writers = []
         for _ in range(sockets):
@@ -153,7 +169,7 @@ async def stalled_uploads(run: Run, sockets: int = 1000) -> None:
                 b"Content-Length: 500000\r\n\r\n{"
             )
             writers.append(writer)
-            run.phase.attack_requests += 1
+            attacker.count()
         try:
             await asyncio.sleep(15)  # each is answered 408 and closed after its grace; open new ones
         finally:
@@ -168,8 +184,8 @@ def rrweb_bomb(key: str | None) -> bytes:
     return gzip.compress(b"{" + key_part + b'"sessionId":"s","distinctId":"d","seq":0,"events":[' + events + b"]}", 9)
 
 
-async def bombs(run: Run, client: httpx.AsyncClient, valid_key: bool) -> None:
-    key = run.attacker_key if valid_key else "pk_" + secrets.token_urlsafe(16)
+async def bombs(attacker: Attacker, client: httpx.AsyncClient, valid_key: bool) -> None:
+    key = attacker.attacker_key if valid_key else "pk_" + secrets.token_urlsafe(16)
     body = rrweb_bomb(key)
     # With a valid key: the body-only contract (no ?key=), the most the server must read.
     url = "/v1/replay" if valid_key else f"/v1/replay?key={key}"
@@ -178,34 +194,34 @@ async def bombs(run: Run, client: httpx.AsyncClient, valid_key: bool) -> None:
     async def one_stream() -> None:
         while True:
             await client.post(url, content=body, headers=headers)
-            run.phase.attack_requests += 1
+            attacker.count()
 
     await asyncio.gather(*(one_stream() for _ in range(4)))
 
 
-async def random_keys(run: Run, client: httpx.AsyncClient) -> None:
+async def random_keys(attacker: Attacker, client: httpx.AsyncClient) -> None:
     async def one_stream() -> None:
         while True:
             key = "pk_" + secrets.token_urlsafe(16)
             body = msgspec.json.encode({"projectKey": key, "events": [{"event": "x"}]})
             await client.post("/v1/events", content=body, headers={"Content-Type": "text/plain"})
-            run.phase.attack_requests += 1
+            attacker.count()
 
     await asyncio.gather(*(one_stream() for _ in range(50)))
 
 
-async def huge_user_agents(run: Run, client: httpx.AsyncClient) -> None:
+async def huge_user_agents(attacker: Attacker, client: httpx.AsyncClient) -> None:
     async def one_stream() -> None:
         while True:
-            body, _ = honest_batch(run.attacker_key, 0)
+            body, _ = honest_batch(attacker.attacker_key, 0)
             agent = CHROME + " " + secrets.token_hex(30_000)  # 60 kB, unique
             await client.post("/v1/events", content=body, headers={"Content-Type": "text/plain", "User-Agent": agent})
-            run.phase.attack_requests += 1
+            attacker.count()
 
     await asyncio.gather(*(one_stream() for _ in range(10)))
 
 
-async def counter_overflow(run: Run, client: httpx.AsyncClient) -> None:
+async def counter_overflow(attacker: Attacker, client: httpx.AsyncClient) -> None:
     base_ms = int((datetime.now(UTC) - timedelta(minutes=5)).timestamp() * 1000)
     clicks = [{"type": 3, "timestamp": base_ms + n, "data": {"source": 2, "type": 2}} for n in range(49_999)]
     events = [{"type": 4, "timestamp": base_ms, "data": {"href": "https://example.com/"}}, *clicks]
@@ -215,20 +231,20 @@ async def counter_overflow(run: Run, client: httpx.AsyncClient) -> None:
         nonlocal seq
         while True:
             seq += 1
-            chunk = {"projectKey": run.attacker_key, "sessionId": "overflow", "distinctId": "d", "seq": seq}
+            chunk = {"projectKey": attacker.attacker_key, "sessionId": "overflow", "distinctId": "d", "seq": seq}
             body = gzip.compress(msgspec.json.encode({**chunk, "events": events}))
             await client.post(
                 "/v1/replay", content=body, headers={"Content-Type": "application/json", "Content-Encoding": "gzip"}
             )
-            run.phase.attack_requests += 1
+            attacker.count()
 
     await asyncio.gather(*(one_stream() for _ in range(2)))
 
 
-async def partition_ddl_behind_a_long_read(run: Run, database: DatabaseSettings, admin_settings: Any) -> None:
+async def partition_ddl_behind_a_long_read(attacker: Attacker) -> None:
     """A long dashboard read holds events while partitions for far-future days are created."""
-    admin_engine = create_admin_engine(admin_settings)
-    engine = create_engine("attack", database)
+    admin_engine = create_admin_engine(AdminDatabaseSettings.from_env())
+    engine = create_engine("attack", DatabaseSettings.from_env("ingest"))
     future = datetime.now(UTC).date() + timedelta(days=1000)
     try:
         async with admin_engine.connect() as dashboard:
@@ -236,13 +252,35 @@ async def partition_ddl_behind_a_long_read(run: Run, database: DatabaseSettings,
             try:
                 while True:
                     await create_missing_partitions(engine, future, attempts=1)
-                    run.phase.attack_requests += 1
+                    attacker.count()
                     await asyncio.sleep(1)
             finally:
                 await dashboard.rollback()
     finally:
         await engine.dispose()
         await admin_engine.dispose()
+
+
+ATTACKS: dict[str, Callable[[Attacker, httpx.AsyncClient], Coroutine[Any, Any, None]]] = {
+    "1,000 stalled uploads": lambda attacker, _: stalled_uploads(attacker),
+    "gzip bombs, unknown key in URL": lambda attacker, client: bombs(attacker, client, valid_key=False),
+    "gzip bombs, valid key in body": lambda attacker, client: bombs(attacker, client, valid_key=True),
+    "random-key flood": random_keys,
+    "unique 60 kB User-Agents": huge_user_agents,
+    "counter-overflow chunks": counter_overflow,
+    "partition DDL behind a long read": lambda attacker, _: partition_ddl_behind_a_long_read(attacker),
+}
+
+
+def attack_process(name: str, ingest_url: str, attacker_key: str, sent: Any) -> None:
+    """Runs one attack until the parent ends this process."""
+
+    async def attack() -> None:
+        limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
+        async with httpx.AsyncClient(base_url=ingest_url, timeout=60, limits=limits) as client:
+            await ATTACKS[name](Attacker(ingest_url, attacker_key, sent), client)
+
+    asyncio.run(attack())
 
 
 async def run_attacks(args: argparse.Namespace, stack: LocalStack) -> tuple[list[PhaseFigures], int, int]:
@@ -257,36 +295,28 @@ async def run_attacks(args: argparse.Namespace, stack: LocalStack) -> tuple[list
     assert pid is not None
     run = Run(ingest_url, str(honest["publicKey"]), str(attacker["publicKey"]), pid)
     limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
-    async with (
-        httpx.AsyncClient(base_url=ingest_url, timeout=60, limits=limits) as honest_client,
-        httpx.AsyncClient(base_url=ingest_url, timeout=60, limits=limits) as attack_client,
-    ):
+    spawn = multiprocessing.get_context("spawn")
+    async with httpx.AsyncClient(base_url=ingest_url, timeout=60, limits=limits) as honest_client:
         visitors = [asyncio.create_task(honest_visitor(run, honest_client, n)) for n in range(args.visitors)]
-        database = DatabaseSettings.from_env("ingest")
-        attacks: dict[str, Callable[[], Coroutine[Any, Any, None]] | None] = {
-            "baseline (no attack)": None,
-            "1,000 stalled uploads": lambda: stalled_uploads(run),
-            "gzip bombs, unknown key in URL": lambda: bombs(run, attack_client, valid_key=False),
-            "gzip bombs, valid key in body": lambda: bombs(run, attack_client, valid_key=True),
-            "random-key flood": lambda: random_keys(run, attack_client),
-            "unique 60 kB User-Agents": lambda: huge_user_agents(run, attack_client),
-            "counter-overflow chunks": lambda: counter_overflow(run, attack_client),
-            "partition DDL behind a long read": lambda: partition_ddl_behind_a_long_read(run, database, admin_settings),
-        }
         await asyncio.sleep(args.warmup)
         phases: list[PhaseFigures] = []
-        for name, attack in attacks.items():
+        for name in ["baseline (no attack)", *ATTACKS]:
             print(f"phase: {name}", flush=True)
             run.phase = figures = PhaseFigures(name)
             cpu_before, started = run.cpu_s(), time.monotonic()
-            task = asyncio.create_task(attack()) if attack is not None else None
+            sent = spawn.Value("q", 0)
+            process = None
+            if name in ATTACKS:
+                process = spawn.Process(target=attack_process, args=(name, ingest_url, run.attacker_key, sent))
+                process.start()
             await asyncio.sleep(args.phase)
-            if task is not None:
-                task.cancel()
-                await asyncio.gather(task, return_exceptions=True)
+            if process is not None:
+                process.terminate()
+                await asyncio.to_thread(process.join)
             figures.seconds = time.monotonic() - started
             figures.cpu_s = run.cpu_s() - cpu_before
             figures.rss_mb = run.rss_mb()
+            figures.attack_requests = int(sent.value)
             phases.append(figures)
             run.phase = PhaseFigures("settle")
             await asyncio.sleep(args.settle)

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime
-from typing import Any
+from typing import Annotated, Any
 
 from litestar import Request, Response, post
 from litestar.datastructures import State
-from litestar.params import JSONBody
+from litestar.params import JSONBody, QueryParameter
 from litestar.status_codes import HTTP_202_ACCEPTED
 
 from services.common.errors import ApiError, error_responses
@@ -30,13 +30,17 @@ from services.ingest.settings import IngestSettings
 _ERRORS = error_responses(
     {
         400: "Malformed JSON or gzip",
-        401: "Missing or unknown projectKey",
+        401: "Missing or unknown projectKey (or ?key=), or a ?key= that differs from projectKey",
+        408: "The body arrived too slowly (see docs/ingest.md, The door); the connection is closed",
         403: "The page's host is not among the project's allowed domains",
         413: "Body over the limit, compressed or decompressed",
         415: "Content-Type other than application/json or text/plain, or Content-Encoding other than gzip",
         422: "The body does not match the contract; `field` names the first offending field",
         429: "The project is over its rate limit; retry after Retry-After seconds",
-        503: "Writer queue full or database unreachable; retry after Retry-After seconds",
+        503: (
+            "Writer queue full, database unreachable, no admission slot in time, or too many key lookups waiting;"
+            " retry after Retry-After seconds"
+        ),
     }
 )
 
@@ -116,6 +120,17 @@ def _admitted(request: Request[Any, Any, Any]) -> ProjectRecord | None:
     return project
 
 
+# Declared on the handlers for the OpenAPI document; TrackerRequest.json reads it, before the body.
+UrlKey = Annotated[
+    str | None,
+    QueryParameter(
+        name="key",
+        max_length=200,
+        description="The project's public key, checked before the body is read; must equal projectKey",
+    ),
+]
+
+
 def _context(request: Request[Any, Any, Any], settings: IngestSettings) -> RequestContext:
     origin = request.headers.get("origin")
     return RequestContext(
@@ -145,7 +160,9 @@ def _context(request: Request[Any, Any, Any], settings: IngestSettings) -> Reque
     responses=_ERRORS,
     tags=["tracker"],
 )
-async def post_events(data: JSONBody[EventBatch], request: Request[Any, Any, Any], state: State) -> Accepted:
+async def post_events(
+    data: JSONBody[EventBatch], request: Request[Any, Any, Any], state: State, key: UrlKey = None
+) -> Accepted:
     service: IngestService = state.ingest_service
     accepted = await service.ingest_events(data, _context(request, state.ingest_settings), _admitted(request))
     return Accepted(accepted=accepted)
@@ -166,7 +183,9 @@ async def post_events(data: JSONBody[EventBatch], request: Request[Any, Any, Any
     responses=_ERRORS,
     tags=["tracker"],
 )
-async def post_replay(data: JSONBody[ReplayChunkBody], request: Request[Any, Any, Any], state: State) -> Accepted:
+async def post_replay(
+    data: JSONBody[ReplayChunkBody], request: Request[Any, Any, Any], state: State, key: UrlKey = None
+) -> Accepted:
     service: IngestService = state.ingest_service
     encoding = "gzip" if "gzip" in request.headers.get("content-encoding", "").lower() else "identity"
     accepted = await service.ingest_replay_chunk(
