@@ -8,7 +8,7 @@ SIGHTLINE := $(BIN)/sightline
 .DEFAULT_GOAL := help
 
 .PHONY: help up down status test lint migrate install install-dev clean bench-ingest bench-tracing bench-replay \
-	bench-query tracker tracker-deps pages pages-deps capture-recordings load chaos
+	bench-query tracker tracker-deps pages pages-deps capture-recordings load chaos attack
 
 help: ## List the targets with one line each
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -71,7 +71,7 @@ pages: pages-deps ## Rebuild the player's and dashboard's scripts and styles fro
 capture-recordings: install-dev ## Record tools/loadtest/recordings/*.json.gz with Chromium (replay payloads for the load test)
 	$(BIN)/python -m tests.e2e.capture_recordings
 
-bench-ingest: install ## wrk against POST /v1/events vs the no-op endpoint (needs `make up`); writes docs/benchmarks.md
+bench-ingest: install ## wrk against POST /v1/events vs the no-op endpoint (needs `SIGHTLINE_INGEST_BENCHMARK_NOOP=1 make up`); writes docs/benchmarks.md
 	@command -v wrk >/dev/null || { echo "wrk is missing: apt-get install -y wrk"; exit 1; }
 	$(BIN)/python -m tools.bench.ingest
 
@@ -82,11 +82,14 @@ bench-tracing: install ## Throughput with tracing on vs off in one run (needs `m
 bench-replay: install-dev ## Replay: first byte, throughput, worker memory for 30- vs 3-minute recordings (own throwaway stack)
 	$(BIN)/python -m tools.bench.replay $(BENCH_ARGS)
 
-load: $(VENV)/.installed-load ## Seed load test on `make up`'s stack (5000 users, ~5 min); LOAD_ARGS="--users 500 --find-limit ..."
+load: $(VENV)/.installed-load ## Seed load test on `SIGHTLINE_INGEST_BENCHMARK_NOOP=1 make up`'s stack (5000 users, ~5 min); LOAD_ARGS="--users 500 --find-limit ..."
 	$(SIGHTLINE) load $(LOAD_ARGS)
 
 chaos: $(VENV)/.installed-load ## Fault run on its own stack: restarts under load, lost/duplicated = 0; CHAOS_ARGS="--users 500 --duration 120"
 	$(SIGHTLINE) chaos --write-benchmarks $(CHAOS_ARGS)
+
+attack: install-dev ## Honest traffic next to each attack (stalled uploads, bombs, key floods...) on its own stack; writes docs/reliability.md
+	$(BIN)/python -m tools.attack $(ATTACK_ARGS)
 
 clean: down ## Stop everything and delete .data (the local database) and .venv
 	rm -rf .data $(VENV)

@@ -14,7 +14,7 @@ partition's index is attached the parent's becomes valid. Partitions created lat
 (CREATE TABLE ... PARTITION OF events) get their index automatically.
 
 Revision ID: 0400
-Revises: 0300
+Revises: 0310
 Create Date: 2026-11-27
 """
 
@@ -25,7 +25,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0400"
-down_revision: str | None = "0300"
+down_revision: str | None = "0310"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

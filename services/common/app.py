@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.common.db import create_engine, set_statement_timeout, transaction
 from services.common.errors import EXCEPTION_HANDLERS, JsonBodyRequest
-from services.common.health import HealthController
+from services.common.health import HealthController, ReadyProbe
 from services.common.log import configure_logging
 from services.common.project_repository import ProjectRecord
 from services.common.settings import DatabaseSettings, LogSettings, ServiceName
@@ -121,6 +121,7 @@ def build_app(
         # Made here, not at import, so every Granian worker gets its own pool and tests
         # can point an app at their own database.
         app.state.engine = create_engine(service, database)
+        app.state.ready_probe = ReadyProbe(app.state.engine)
         if tracer_provider is not None:
             instrument_engine(app.state.engine, tracer_provider)
         try:

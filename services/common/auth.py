@@ -15,11 +15,11 @@ from litestar.datastructures import State
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from services.common import project_repository
-from services.common.errors import ApiError
+from services.common.errors import ApiError, ServiceUnavailable
 from services.common.keys import SECRET_KEY_PREFIX, hash_secret_key
 from services.common.project_repository import ProjectRecord
 from services.common.rate_limit import TokenBuckets
-from services.common.ttl_cache import SharedTtlCache
+from services.common.ttl_cache import MISSING, SharedTtlCache
 
 
 class ProjectCache(SharedTtlCache[str, ProjectRecord | None]):
@@ -30,10 +30,34 @@ class ProjectCache(SharedTtlCache[str, ProjectRecord | None]):
     took every pooled connection from the batch writer and answered 503 (pool timeout) for about
     13 s after the database came back (seen in the fault run, `sightline chaos`); now the
     first miss looks the key up and the others wait for that answer.
+
+    Keys are public (they sit in every tracked page), so anyone can send random ones. "No such
+    project" answers live apart (``max_unknown_entries``), so a flood of unknown keys evicts only
+    other unknown keys, never a real project; and at most ``max_concurrent_lookups`` lookups run at
+    once (a miss waits ``lookup_wait_s`` for a turn, then 503), so the flood never holds more than
+    that many pooled connections and the batch writer keeps the rest.
     """
 
-    def __init__(self, ttl_s: float = 30.0, max_entries: int = 10_000) -> None:
-        super().__init__(ttl_s, max_entries)
+    def __init__(
+        self,
+        ttl_s: float = 30.0,
+        max_entries: int = 10_000,
+        max_unknown_entries: int = 10_000,
+        max_concurrent_lookups: int = 4,
+        lookup_wait_s: float = 0.5,
+    ) -> None:
+        super().__init__(ttl_s, max_entries, max_concurrent_lookups, lookup_wait_s)
+        self._unknown: SharedTtlCache[str, None] = SharedTtlCache(ttl_s, max_unknown_entries)
+
+    def get(self, key: str) -> ProjectRecord | None | object:
+        found = super().get(key)
+        return self._unknown.get(key) if found is MISSING else found
+
+    def put(self, key: str, value: ProjectRecord | None) -> None:
+        if value is None:
+            self._unknown.put(key, None)
+        else:
+            super().put(key, value)
 
 
 async def project_for_public_key(engine: AsyncEngine, cache: ProjectCache, public_key: str) -> ProjectRecord | None:
@@ -54,7 +78,15 @@ async def _cached(
         async with engine.connect() as connection:
             return await find(connection, key)
 
-    return await cache.get_or_load(key, look_up)
+    try:
+        return await cache.get_or_load(key, look_up)
+    except TimeoutError as exc:
+        # Waited too long for a lookup turn (a flood of unknown keys), or the lookup itself hung.
+        # A project known a moment ago is still good for its own requests meanwhile.
+        stale = cache.stale(key)
+        if stale is not MISSING and stale is not None:
+            return stale  # type: ignore[return-value]
+        raise ServiceUnavailable("key_lookups_busy", "Too many key lookups are waiting; retry shortly.") from exc
 
 
 async def provide_read_project(request: Request[Any, Any, Any], state: State) -> ProjectRecord:

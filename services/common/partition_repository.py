@@ -16,9 +16,10 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 logger = logging.getLogger(__name__)
 
 # Partitions exist for the days an event may still arrive for (ingest refuses events older
-# than a week) and for the week ahead.
+# than a week) and for two weeks ahead, so a partition that cannot get its lock today has days
+# of retries before any event needs it.
 DAYS_BEHIND = 8
-DAYS_AHEAD = 7
+DAYS_AHEAD = 14
 
 # Any constant works; it only has to be the same for every process that creates partitions.
 _PARTITION_DDL_LOCK = 7_345_001
@@ -47,34 +48,54 @@ async def existing_event_partitions(connection: AsyncConnection) -> set[str]:
 
 async def ensure_event_partitions(connection: AsyncConnection, first_day: date, last_day: date) -> list[str]:
     """Create the missing daily partitions from first_day to last_day; return the names created."""
-    # Two ingest workers starting together would otherwise race on CREATE TABLE.
-    await connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PARTITION_DDL_LOCK})
-    existing = await existing_event_partitions(connection)
     created: list[str] = []
     day = first_day
     while day <= last_day:
-        name = partition_name(day)
-        if name not in existing:
-            start, end = _bounds(day)
-            rows_in_default = await connection.execute(
-                text("SELECT EXISTS (SELECT 1 FROM events_default WHERE occurred_at >= :start AND occurred_at < :end)"),
-                {"start": start, "end": end},
-            )
-            if rows_in_default.scalar_one():
-                # Postgres refuses a partition whose range already has rows in the default
-                # partition; that day stays in events_default, where queries still see it.
-                logger.warning("events_default holds rows for %s; partition %s not created", day, name)
-            else:
-                # The name and bounds come from a date object, never from input.
-                await connection.execute(
-                    text(
-                        f"CREATE TABLE {name} PARTITION OF events"
-                        f" FOR VALUES FROM ('{start.isoformat()}') TO ('{end.isoformat()}')"
-                    )
-                )
-                created.append(name)
+        if await create_event_partition(connection, day):
+            created.append(partition_name(day))
         day += timedelta(days=1)
     return created
+
+
+async def missing_event_partitions(connection: AsyncConnection, first_day: date, last_day: date) -> list[date]:
+    existing = await existing_event_partitions(connection)
+    days = [first_day + timedelta(days=offset) for offset in range((last_day - first_day).days + 1)]
+    return [day for day in days if partition_name(day) not in existing]
+
+
+async def create_event_partition(connection: AsyncConnection, day: date, lock_timeout_ms: int | None = None) -> bool:
+    """Create day's partition unless it exists; True if created.
+
+    CREATE TABLE ... PARTITION OF takes an ACCESS EXCLUSIVE lock on ``events``. Waiting for it
+    behind a long read (a dashboard query, a rollup rebuild), it would make every INSERT queue
+    behind it too; with lock_timeout_ms it gives up instead (LockNotAvailable, SQLSTATE 55P03)
+    and the caller tries again later. Partitions are made days ahead, so there is time.
+    """
+    if lock_timeout_ms is not None:
+        # SET cannot take a bind parameter; the value is an int.
+        await connection.execute(text(f"SET LOCAL lock_timeout = '{int(lock_timeout_ms)}ms'"))
+    # Two ingest workers starting together would otherwise race on CREATE TABLE.
+    await connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PARTITION_DDL_LOCK})
+    name = partition_name(day)
+    if name in await existing_event_partitions(connection):
+        return False
+    start, end = _bounds(day)
+    rows_in_default = await connection.execute(
+        text("SELECT EXISTS (SELECT 1 FROM events_default WHERE occurred_at >= :start AND occurred_at < :end)"),
+        {"start": start, "end": end},
+    )
+    if rows_in_default.scalar_one():
+        # Postgres refuses a partition whose range already has rows in the default
+        # partition; that day stays in events_default, where queries still see it.
+        logger.warning("events_default holds rows for %s; partition %s not created", day, name)
+        return False
+    # The name and bounds come from a date object, never from input.
+    await connection.execute(
+        text(
+            f"CREATE TABLE {name} PARTITION OF events FOR VALUES FROM ('{start.isoformat()}') TO ('{end.isoformat()}')"
+        )
+    )
+    return True
 
 
 async def ensure_partitions_around(connection: AsyncConnection, today: date) -> list[str]:

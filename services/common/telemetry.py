@@ -121,6 +121,10 @@ class HeadSampledTracingMiddleware(OpenTelemetryInstrumentationMiddleware):
     a 2 % sample rate. Here the decision comes first: a request that carries a W3C
     ``traceparent`` (its caller decided) or wins the draw goes through the full middleware;
     any other runs under a non-recording parent, so its child spans cost almost nothing.
+
+    On the public tracker paths (``UNTRUSTED_TRACE_CONTEXT_PATHS``) anyone can send a
+    ``traceparent``, so it is removed there: otherwise every client could decide to be traced
+    and how fast span files grow. Those requests are traced by the draw alone.
     """
 
     def __init__(self, app: ASGIApp, config: OpenTelemetryConfig) -> None:
@@ -128,11 +132,19 @@ class HeadSampledTracingMiddleware(OpenTelemetryInstrumentationMiddleware):
         self._ratio = head_sample_ratio(os.environ)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope.get("path") in UNTRUSTED_TRACE_CONTEXT_PATHS and _has_traceparent(scope):
+            scope = scope.copy()
+            scope["headers"] = [(name, value) for name, value in scope["headers"] if name not in _TRACE_HEADERS]
         if self._ratio >= 1.0 or random.random() < self._ratio or _has_traceparent(scope):
             await super().__call__(scope, receive, send)
             return
         with trace.use_span(unsampled_span(), end_on_exit=False):
             await self.app(scope, receive, send)
+
+
+# Ingest's public routes: the tracker's posts and its script.
+UNTRUSTED_TRACE_CONTEXT_PATHS = frozenset({"/v1/events", "/v1/replay", "/tracker.js"})
+_TRACE_HEADERS = (b"traceparent", b"tracestate")
 
 
 def _has_traceparent(scope: Scope) -> bool:

@@ -4,6 +4,12 @@ For answers that every request of a busy project asks for (its project record, t
 count): when an entry expires, hundreds of concurrent requests miss at once, and each running
 its own query is what overloads the pool or Postgres. Here the first miss loads and the others
 wait for that answer. Per process: replicas stay stateless, each holds its own short-lived copy.
+
+Eviction is least-recently-used (a hit moves an entry to the back), so a stream of one-off keys
+evicts other one-off keys, not the entries that requests keep using. With
+``max_concurrent_loads``, at most that many loads run at once and a miss waits for a turn at
+most ``load_wait_s`` (then TimeoutError): misses of many distinct keys cannot take every
+pooled connection.
 """
 
 from __future__ import annotations
@@ -21,18 +27,29 @@ MISSING = object()
 
 
 class SharedTtlCache(Generic[K, V]):
-    def __init__(self, ttl_s: float, max_entries: int = 10_000) -> None:
+    def __init__(
+        self, ttl_s: float, max_entries: int = 10_000, max_concurrent_loads: int = 0, load_wait_s: float = 2.0
+    ) -> None:
         self._ttl_s = ttl_s
         self._max_entries = max_entries
         self._entries: OrderedDict[K, tuple[float, V]] = OrderedDict()
         self._loading: dict[K, asyncio.Future[V]] = {}
+        self._max_concurrent_loads = max_concurrent_loads
+        self._load_wait_s = load_wait_s
+        self._load_slots: asyncio.Semaphore | None = None
 
     def get(self, key: K) -> V | object:
         """The cached value, or MISSING when there is none or it expired."""
         entry = self._entries.get(key)
         if entry is None or entry[0] < time.monotonic():
             return MISSING
+        self._entries.move_to_end(key)
         return entry[1]
+
+    def stale(self, key: K) -> V | object:
+        """The last value stored for key, expired or not (MISSING if none): for when a load cannot run."""
+        entry = self._entries.get(key)
+        return MISSING if entry is None else entry[1]
 
     def put(self, key: K, value: V) -> None:
         self._entries[key] = (time.monotonic() + self._ttl_s, value)
@@ -56,7 +73,17 @@ class SharedTtlCache(Generic[K, V]):
 
     async def _load_and_put(self, key: K, load: Callable[[], Awaitable[V]]) -> V:
         try:
-            value = await load()
+            if self._max_concurrent_loads <= 0:
+                value = await load()
+            else:
+                if self._load_slots is None:
+                    self._load_slots = asyncio.Semaphore(self._max_concurrent_loads)  # on the running loop
+                async with asyncio.timeout(self._load_wait_s):
+                    await self._load_slots.acquire()
+                try:
+                    value = await load()
+                finally:
+                    self._load_slots.release()
             self.put(key, value)
             return value
         finally:

@@ -1,45 +1,211 @@
-"""A cap on the tracker requests one ingest process works on at once; the rest wait at the door.
+"""The door of the tracker routes: a body is read in full, under a deadline, before it may take a slot.
 
+A cap on the tracker requests one ingest process works on at once; the rest wait at the door.
 Granian's own backpressure caps connections, not requests, and trackers keep their connections
-open, so it cannot be used for this. Past the cap, a request waits before its body is read or
-decoded: waiting costs the event loop nothing, so the loop's turns stay short and the batch
-writer (which needs a few turns per batch) keeps up. Without a cap, an overloaded process
-starts work on every request at once, each loop turn grows to hundreds of milliseconds, and
-the writer falls behind (seen in the 5000-visitor load test: 50-65 % of a request's time in
-the writer's queue).
+open, so it cannot be used for this. Past the cap, a request waits before it is decoded:
+waiting costs the event loop nothing, so the loop's turns stay short and the batch writer
+(which needs a few turns per batch) keeps up. Without a cap, an overloaded process starts work
+on every request at once, each loop turn grows to hundreds of milliseconds, and the writer
+falls behind (seen in the 5000-visitor load test: 50-65 % of a request's time in the writer's
+queue).
+
+Ingest is public, so the door must also hold against a client that does not play along:
+
+- The body is read *before* a slot is taken, so a client that sends headers and then stalls
+  (or trickles a byte a second) holds only its own socket, never a slot other requests need.
+  Reading has a deadline: after a grace period the upload must keep a minimum average rate
+  (``min_upload_bytes_per_s``), else the request is answered 408 and its connection closed.
+  One rule covers both: a stalled upload fails at the end of the grace period, a trickle
+  as soon as it falls behind the rate.
+- A declared or streamed body over the route's limit is answered 413 before it is buffered.
+- Waiting for a slot is bounded (``admission_wait_s``); past it, 503 with a Retry-After that
+  grows with the queue and carries jitter, so refused clients do not come back together.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
 
+import msgspec
 from litestar.enums import ScopeType
 from litestar.middleware import ASGIMiddleware
-from litestar.types import ASGIApp, Receive, Scope, Send
+from litestar.types import ASGIApp, HTTPRequestEvent, Message, Receive, ReceiveMessage, Scope, Send
 
+from services.common.errors import ErrorBody, ErrorDetail, retry_after_s
 from services.common.telemetry import step_span
-from services.ingest.cors import TRACKER_PATHS
 
-# The no-op endpoint is the load test's baseline for the tracker path, so it waits at the same door.
-ADMITTED_PATHS = TRACKER_PATHS | {"/v1/noop"}
+
+@dataclass(frozen=True)
+class AdmissionLimits:
+    # Tracker requests in progress at once per process; 0: no cap (bodies are still read under
+    # the deadline).
+    max_concurrent: int
+    # The most a request waits for a slot once its body is in, then 503.
+    admission_wait_s: float = 5.0
+    # Any upload may take this long; after it, it must have averaged min_upload_bytes_per_s.
+    body_grace_s: float = 10.0
+    # 4 KiB/s is slower than a 2G (EDGE) link; a tracker body is a few kB, a replay chunk tens.
+    min_upload_bytes_per_s: float = 4096.0
+
+
+def _error_message(status: int, code: str, message: str, headers: Mapping[str, str]) -> tuple[Message, Message]:
+    body = msgspec.json.encode(ErrorBody(ErrorDetail(code=code, message=message)))
+    raw_headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        *((name.lower().encode(), value.encode()) for name, value in headers.items()),
+    ]
+    start: Message = {"type": "http.response.start", "status": status, "headers": raw_headers}
+    end: Message = {"type": "http.response.body", "body": body, "more_body": False}
+    return start, end
+
+
+async def _answer(send: Send, status: int, code: str, message: str, headers: Mapping[str, str]) -> None:
+    start, end = _error_message(status, code, message, headers)
+    await send(start)
+    await send(end)
+
+
+class _BodyRefused(Exception):
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+class _ClientGone(Exception):
+    pass
+
+
+async def read_body_with_deadline(receive: Receive, max_bytes: int, limits: AdmissionLimits) -> bytes:
+    """The whole request body, or _BodyRefused (408 too slow, 413 too large) / _ClientGone.
+
+    The deadline is the client's, not the server's: when this process is so busy that the timer
+    itself fires late (the event loop lagging), the lag is added to the deadline instead of
+    being blamed on the upload.
+    """
+    started = time.monotonic()
+    parts: list[bytes] = []
+    received = 0
+    while True:
+        pending = asyncio.ensure_future(receive())
+        while True:
+            # The moment the upload falls behind the minimum rate, counting what it has sent.
+            due = started + limits.body_grace_s + received / limits.min_upload_bytes_per_s
+            done, _ = await asyncio.wait({pending}, timeout=max(due - time.monotonic(), 0.0))
+            if done:
+                break
+            lag = time.monotonic() - due
+            if lag > LOOP_LAG_TOLERANCE_S:
+                started += lag
+                continue
+            pending.cancel()
+            raise _BodyRefused(
+                408,
+                "request_timeout",
+                f"The body arrived too slowly (under {limits.min_upload_bytes_per_s:.0f} bytes/s "
+                f"after {limits.body_grace_s:.0f} s).",
+            )
+        message = pending.result()
+        if message["type"] == "http.disconnect":
+            raise _ClientGone
+        chunk: bytes = message.get("body", b"")  # type: ignore[assignment]
+        if chunk:
+            received += len(chunk)
+            if received > max_bytes:
+                raise _BodyRefused(413, "payload_too_large", f"The body is larger than {max_bytes} bytes.")
+            parts.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(parts)
+
+
+# A deadline timer that fires this much late says the event loop is lagging, not the client.
+LOOP_LAG_TOLERANCE_S = 0.5
+
+
+def _replaying(body: bytes, receive: Receive) -> Receive:
+    """A receive that hands the app the body already read, then passes through (disconnects)."""
+    sent = False
+
+    async def replay() -> ReceiveMessage:
+        nonlocal sent
+        if not sent:
+            sent = True
+            request: HTTPRequestEvent = {"type": "http.request", "body": body, "more_body": False}
+            return request
+        return await receive()
+
+    return replay
 
 
 class TrackerAdmissionMiddleware(ASGIMiddleware):
     scopes = (ScopeType.HTTP,)
 
-    def __init__(self, max_concurrent: int) -> None:
-        self._max_concurrent = max_concurrent
+    def __init__(self, limits: AdmissionLimits, max_body_bytes: Mapping[str, int]) -> None:
+        """max_body_bytes: the admitted paths, each with its largest body as sent."""
+        self._limits = limits
+        self._max_body_bytes = dict(max_body_bytes)
         self._slots: asyncio.Semaphore | None = None
+        self._waiting = 0
 
     async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
-        if self._max_concurrent <= 0 or scope["path"] not in ADMITTED_PATHS or scope.get("method") != "POST":
+        max_bytes = self._max_body_bytes.get(scope["path"])
+        if max_bytes is None or scope.get("method") != "POST":
+            await next_app(scope, receive, send)
+            return
+        declared = _content_length(scope)
+        if declared is not None and declared > max_bytes:
+            await _answer(
+                send, 413, "payload_too_large", f"The body is larger than {max_bytes} bytes.", {"Connection": "close"}
+            )
+            return
+        try:
+            with step_span("ingest.read_body"):
+                body = await read_body_with_deadline(receive, max_bytes, self._limits)
+        except _BodyRefused as refused:
+            # Closing the connection: what is left of the body is never read.
+            await _answer(send, refused.status, refused.code, refused.message, {"Connection": "close"})
+            return
+        except _ClientGone:
+            return
+        receive = _replaying(body, receive)
+        if self._limits.max_concurrent <= 0:
             await next_app(scope, receive, send)
             return
         if self._slots is None:
-            self._slots = asyncio.Semaphore(self._max_concurrent)  # made on the worker's loop
-        with step_span("ingest.admission_wait"):
-            await self._slots.acquire()
+            self._slots = asyncio.Semaphore(self._limits.max_concurrent)  # made on the worker's loop
+        self._waiting += 1
+        try:
+            with step_span("ingest.admission_wait"):
+                async with asyncio.timeout(self._limits.admission_wait_s):
+                    await self._slots.acquire()
+        except TimeoutError:
+            backlog = self._waiting / self._limits.max_concurrent
+            await _answer(
+                send,
+                503,
+                "overloaded",
+                "This ingest process has more requests than it can take; retry after Retry-After seconds.",
+                {"Retry-After": str(retry_after_s(backlog))},
+            )
+            return
+        finally:
+            self._waiting -= 1
         try:
             await next_app(scope, receive, send)
         finally:
             self._slots.release()
+
+
+def _content_length(scope: Scope) -> int | None:
+    for name, value in scope.get("headers", ()):
+        if name == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return None
+    return None

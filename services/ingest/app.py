@@ -6,11 +6,12 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from litestar import Litestar, Router
+from litestar.types import ControllerRouterHandler
 
 from services.common.app import build_app
 from services.common.auth import ProjectCache
 from services.common.settings import AdminDatabaseSettings, DatabaseSettings, LogSettings
-from services.ingest.admission import TrackerAdmissionMiddleware
+from services.ingest.admission import AdmissionLimits, TrackerAdmissionMiddleware
 from services.ingest.cors import AllowedOrigins, TrackerCorsMiddleware
 from services.ingest.enrichment import open_country_lookup, warm_up
 from services.ingest.routes import post_events, post_noop, post_replay
@@ -48,6 +49,7 @@ def create_app(
                 max_queue_rows=settings.writer_max_queue_rows,
                 concurrency=settings.writer_concurrency,
                 commit_timeout_s=settings.writer_commit_timeout_s,
+                max_queue_bytes=settings.writer_max_queue_bytes,
             ),
         )
         project_cache = ProjectCache(ttl_s=settings.project_cache_ttl_s)
@@ -64,18 +66,34 @@ def create_app(
             # queued is committed before the process exits.
             await writer.close()
 
+    max_body_bytes = {"/v1/events": settings.events.max_body_bytes, "/v1/replay": settings.replay.max_body_bytes}
+    route_handlers: list[ControllerRouterHandler] = [
+        Router("/", route_handlers=[post_events], request_max_body_size=settings.events.max_body_bytes),
+        Router("/", route_handlers=[post_replay], request_max_body_size=settings.replay.max_body_bytes),
+        get_tracker_script,
+    ]
+    if settings.benchmark_noop:
+        # A public no-op would let anyone spend admission slots for free; only benchmarks need it.
+        max_body_bytes["/v1/noop"] = settings.replay.max_body_bytes
+        route_handlers.append(
+            Router("/", route_handlers=[post_noop], request_max_body_size=settings.replay.max_body_bytes)
+        )
+    admission = TrackerAdmissionMiddleware(
+        AdmissionLimits(
+            max_concurrent=settings.max_concurrent_requests,
+            admission_wait_s=settings.admission_wait_s,
+            body_grace_s=settings.body_grace_s,
+            min_upload_bytes_per_s=settings.min_upload_bytes_per_s,
+        ),
+        max_body_bytes,
+    )
     return build_app(
         service="ingest",
         title="Sightline ingest",
         description=DESCRIPTION,
-        route_handlers=[
-            Router("/", route_handlers=[post_events], request_max_body_size=settings.events.max_body_bytes),
-            Router("/", route_handlers=[post_replay], request_max_body_size=settings.replay.max_body_bytes),
-            Router("/", route_handlers=[post_noop], request_max_body_size=settings.replay.max_body_bytes),
-            get_tracker_script,
-        ],
+        route_handlers=route_handlers,
         database=database or DatabaseSettings.from_env("ingest"),
         logs=logs or LogSettings.from_env("ingest"),
         lifespans=[ingest_pipeline, partition_upkeep(admin_database)],
-        middleware=[TrackerCorsMiddleware(), TrackerAdmissionMiddleware(settings.max_concurrent_requests)],
+        middleware=[TrackerCorsMiddleware(), admission],
     )

@@ -106,8 +106,18 @@ class Client:
 _TABLET_DEVICES = ("iPad", "Kindle", "Tablet", "Nexus 7", "Nexus 9", "Nexus 10")
 
 
-@lru_cache(maxsize=4096)
+# Real User-Agents are 100-300 characters; everything a parser needs is in the first few hundred.
+# A header is limited only by Granian (tens of kB), and parsing a unique 60 kB one cost ~0.3 s
+# and kept it in the parsers' caches, so only this prefix is ever parsed or cached.
+MAX_USER_AGENT_CHARS = 512
+
+
 def describe_client(user_agent: str) -> Client:
+    return _describe_client(user_agent[:MAX_USER_AGENT_CHARS])
+
+
+@lru_cache(maxsize=4096)
+def _describe_client(user_agent: str) -> Client:
     if not user_agent:
         # Real browsers always send a User-Agent; scripts often do not.
         return Client(None, None, None, None, "bot", True)

@@ -2,17 +2,26 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime
-from typing import Any
+from typing import Annotated, Any
 
 from litestar import Request, Response, post
 from litestar.datastructures import State
-from litestar.params import JSONBody
+from litestar.params import JSONBody, QueryParameter
 from litestar.status_codes import HTTP_202_ACCEPTED
 
 from services.common.errors import ApiError, error_responses
+from services.common.project_repository import ProjectRecord
 from services.common.telemetry import step_span
-from services.ingest.decoding import check_content_headers, decode_json, gunzip_bounded
+from services.ingest.decoding import (
+    check_content_headers,
+    check_event_count,
+    decode_json,
+    gunzip_bounded,
+    gzip_output_budget,
+    skim,
+)
 from services.ingest.enrichment import client_ip, origin_host
 from services.ingest.schemas import Accepted, EventBatch, ReplayChunkBody
 from services.ingest.service import IngestService, RequestContext
@@ -21,15 +30,23 @@ from services.ingest.settings import IngestSettings
 _ERRORS = error_responses(
     {
         400: "Malformed JSON or gzip",
-        401: "Missing or unknown projectKey",
+        401: "Missing or unknown projectKey (or ?key=), or a ?key= that differs from projectKey",
+        408: "The body arrived too slowly (see docs/ingest.md, The door); the connection is closed",
         403: "The page's host is not among the project's allowed domains",
         413: "Body over the limit, compressed or decompressed",
         415: "Content-Type other than application/json or text/plain, or Content-Encoding other than gzip",
         422: "The body does not match the contract; `field` names the first offending field",
         429: "The project is over its rate limit; retry after Retry-After seconds",
-        503: "Writer queue full or database unreachable; retry after Retry-After seconds",
+        503: (
+            "Writer queue full, database unreachable, no admission slot in time, or too many key lookups waiting;"
+            " retry after Retry-After seconds"
+        ),
     }
 )
+
+
+# Bodies larger than this (as sent) are inflated on a worker thread.
+THREADED_GUNZIP_BYTES = 32 * 1024
 
 
 class TrackerRequest(Request[Any, Any, Any]):
@@ -38,28 +55,80 @@ class TrackerRequest(Request[Any, Any, Any]):
     Litestar asks ``json()`` for the ``data`` argument; answering with the typed struct
     decodes once (not to dicts first) and turns every problem into the contract's errors.
     The raw body stays available through ``body()``, which replay stores as sent.
+
+    Cheap checks come before expensive work. A key in the URL (``?key=pk_...``, what the
+    tracker sends) is checked, with the project's rate limit, before the body is decompressed;
+    a body-only request's key is checked after a skim of the body, before its events are
+    decoded; either way the events are counted before they are decoded. The project found is
+    kept in ``scope["state"]`` for the handler (``admitted_project``).
     """
 
     async def json(self) -> Any:
         body_type: type[Any] = self.route_handler.opt["tracker_body"]
         settings: IngestSettings = self.app.state.ingest_settings
-        limits = settings.events if body_type is EventBatch else settings.replay
+        service: IngestService = self.app.state.ingest_service
+        is_events = body_type is EventBatch
+        limits = settings.events if is_events else settings.replay
+        max_events = settings.max_events_per_batch if is_events else settings.max_rrweb_events_per_chunk
         is_gzip = check_content_headers(self.headers.get("content-type"), self.headers.get("content-encoding"))
+        url_key = self.query_params.get("key")
+        project = await service.admit(url_key) if url_key is not None else None
         body = await self.body()
         if is_gzip:
             with step_span("ingest.decompress") as span:
                 span.set_attribute("sightline.compressed_bytes", len(body))
-                body = gunzip_bounded(body, limits.max_decompressed_bytes)
+                budget = gzip_output_budget(len(body), limits.max_decompressed_bytes)
+                if len(body) > THREADED_GUNZIP_BYTES:
+                    # zlib lets go of the GIL while it inflates: the event loop serves others meanwhile.
+                    body = await asyncio.to_thread(gunzip_bounded, body, budget)
+                else:
+                    body = gunzip_bounded(body, budget)
         elif len(body) > limits.max_decompressed_bytes:
             raise ApiError(413, "payload_too_large", f"The body is larger than {limits.max_decompressed_bytes} bytes.")
         with step_span("ingest.decode_json") as span:
             span.set_attribute("sightline.json_bytes", len(body))
+            envelope = skim(body)
+            if envelope is not None and isinstance(envelope.project_key, str):
+                if project is None:
+                    project = await service.admit(envelope.project_key)
+                elif envelope.project_key != url_key:
+                    raise _key_mismatch()
+            check_event_count(envelope, max_events)
             try:
-                return decode_json(body, body_type)
+                decoded = decode_json(body, body_type, envelope)
             except ApiError as exc:
                 if exc.field == "projectKey":
                     raise ApiError(401, "missing_project_key", exc.message, field="projectKey") from exc
                 raise
+        if project is not None and decoded.project_key != project.public_key:
+            raise _key_mismatch()
+        self.scope["state"][ADMITTED_PROJECT] = project
+        return decoded
+
+
+ADMITTED_PROJECT = "admitted_project"
+
+
+def _key_mismatch() -> ApiError:
+    return ApiError(
+        401, "project_key_mismatch", "projectKey in the body differs from the key in the URL.", field="projectKey"
+    )
+
+
+def _admitted(request: Request[Any, Any, Any]) -> ProjectRecord | None:
+    project: ProjectRecord | None = request.scope["state"].get(ADMITTED_PROJECT)
+    return project
+
+
+# Declared on the handlers for the OpenAPI document; TrackerRequest.json reads it, before the body.
+UrlKey = Annotated[
+    str | None,
+    QueryParameter(
+        name="key",
+        max_length=200,
+        description="The project's public key, checked before the body is read; must equal projectKey",
+    ),
+]
 
 
 def _context(request: Request[Any, Any, Any], settings: IngestSettings) -> RequestContext:
@@ -81,6 +150,7 @@ def _context(request: Request[Any, Any, Any], settings: IngestSettings) -> Reque
     summary="Store a batch of pageviews and custom events",
     description=(
         "JSON, optionally `Content-Encoding: gzip`. Answers 202 only after the events are committed. "
+        "`?key=pk_...` (optional) names the project before the body is read; it must match `projectKey`. "
         "`sentAt` corrects the client's clock; timestamps after the receive time are set to it. "
         "Events with a `uuid` are stored once however often a batch is retried."
     ),
@@ -90,9 +160,11 @@ def _context(request: Request[Any, Any, Any], settings: IngestSettings) -> Reque
     responses=_ERRORS,
     tags=["tracker"],
 )
-async def post_events(data: JSONBody[EventBatch], request: Request[Any, Any, Any], state: State) -> Accepted:
+async def post_events(
+    data: JSONBody[EventBatch], request: Request[Any, Any, Any], state: State, key: UrlKey = None
+) -> Accepted:
     service: IngestService = state.ingest_service
-    accepted = await service.ingest_events(data, _context(request, state.ingest_settings))
+    accepted = await service.ingest_events(data, _context(request, state.ingest_settings), _admitted(request))
     return Accepted(accepted=accepted)
 
 
@@ -101,6 +173,7 @@ async def post_events(data: JSONBody[EventBatch], request: Request[Any, Any, Any
     summary="Store one chunk of an rrweb session recording",
     description=(
         "Usually `Content-Encoding: gzip`. The body is stored exactly as sent (no recompression); "
+        "`?key=pk_...` (optional) names the project before the body is read; it must match `projectKey`. "
         "a chunk is identified by (sessionId, seq), so a retried chunk is stored once. "
         "`accepted` counts the chunk's rrweb events."
     ),
@@ -110,11 +183,13 @@ async def post_events(data: JSONBody[EventBatch], request: Request[Any, Any, Any
     responses=_ERRORS,
     tags=["tracker"],
 )
-async def post_replay(data: JSONBody[ReplayChunkBody], request: Request[Any, Any, Any], state: State) -> Accepted:
+async def post_replay(
+    data: JSONBody[ReplayChunkBody], request: Request[Any, Any, Any], state: State, key: UrlKey = None
+) -> Accepted:
     service: IngestService = state.ingest_service
     encoding = "gzip" if "gzip" in request.headers.get("content-encoding", "").lower() else "identity"
     accepted = await service.ingest_replay_chunk(
-        data, await request.body(), encoding, _context(request, state.ingest_settings)
+        data, await request.body(), encoding, _context(request, state.ingest_settings), _admitted(request)
     )
     return Accepted(accepted=accepted)
 

@@ -9,6 +9,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.common.auth import ProjectCache, project_for_public_key
 from services.common.errors import ApiError
+from services.common.keys import PUBLIC_KEY_PREFIX
 from services.common.project_repository import ProjectRecord
 from services.common.rate_limit import TokenBuckets
 from services.common.telemetry import step_span
@@ -28,6 +29,8 @@ MOUSE_INTERACTION, CLICK = 2, 2
 # Gaps between interactions longer than this are idle time, not active time.
 ACTIVITY_GAP_MS = 5_000
 MAX_REPLAY_CLOCK_AHEAD = timedelta(days=1)
+# Public keys are "pk_" and 22 characters; this leaves room for other key formats.
+MAX_PUBLIC_KEY_LENGTH = 64
 
 
 @dataclass(frozen=True)
@@ -56,8 +59,11 @@ class IngestService:
         self._country_lookup = country_lookup
         self._rate_limit = TokenBuckets(settings.rate_limit_requests_per_s, settings.rate_limit_burst)
 
-    async def ingest_events(self, batch: EventBatch, context: RequestContext) -> int:
-        project = await self._project(batch.project_key)
+    async def ingest_events(
+        self, batch: EventBatch, context: RequestContext, admitted: ProjectRecord | None = None
+    ) -> int:
+        """admitted: the project admit() already found for this request (its rate limit taken)."""
+        project = admitted or await self.admit(batch.project_key)
         with step_span("ingest.enrich") as span:
             rows = self._event_rows(batch, project, context)
             span.set_attribute("sightline.events", len(rows))
@@ -65,9 +71,14 @@ class IngestService:
         return len(rows)
 
     async def ingest_replay_chunk(
-        self, chunk: ReplayChunkBody, stored_body: bytes, content_encoding: str, context: RequestContext
+        self,
+        chunk: ReplayChunkBody,
+        stored_body: bytes,
+        content_encoding: str,
+        context: RequestContext,
+        admitted: ProjectRecord | None = None,
     ) -> int:
-        project = await self._project(chunk.project_key)
+        project = admitted or await self.admit(chunk.project_key)
         if len(chunk.events) > self._settings.max_rrweb_events_per_chunk:
             raise ApiError(
                 422,
@@ -91,7 +102,11 @@ class IngestService:
         await self._writer.submit([], [row])
         return row.event_count
 
-    async def _project(self, public_key: str) -> ProjectRecord:
+    async def admit(self, public_key: str) -> ProjectRecord:
+        """The key's project, its rate limit taken; 401 for an unknown key, 429 over the limit."""
+        if not public_key.startswith(PUBLIC_KEY_PREFIX) or len(public_key) > MAX_PUBLIC_KEY_LENGTH:
+            # Not a key at all: no lookup, no cache entry.
+            raise ApiError(401, "unknown_project_key", "No project has that projectKey.", field="projectKey")
         project = await project_for_public_key(self._engine, self._project_cache, public_key)
         if project is None:
             raise ApiError(401, "unknown_project_key", "No project has that projectKey.", field="projectKey")

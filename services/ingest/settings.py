@@ -38,9 +38,20 @@ class IngestSettings:
     # (services/ingest/admission.py). 0: no cap. 64 keeps the writer's batches full (a batch
     # takes up to 500 rows, ~60 requests) while an overloaded process's loop turns stay short.
     max_concurrent_requests: int = 64
+    # The most a tracker request waits for one of those slots (its body already read), then 503.
+    admission_wait_s: float = 5.0
+    # A body is read before it may take a slot: any upload may take body_grace_s, after which it
+    # must have averaged min_upload_bytes_per_s, else 408 and the connection is closed
+    # (services/ingest/admission.py). Stalled and trickling uploads then hold only their socket.
+    body_grace_s: float = 10.0
+    min_upload_bytes_per_s: float = 4096.0
+    # POST /v1/noop (the load test's baseline) exists only when a benchmark turns it on.
+    benchmark_noop: bool = False
     # Stored replay bytes per batch (one batch is one message to Postgres, hex-encoded).
     writer_max_batch_chunk_bytes: int = 8 * MIB
     writer_max_queue_rows: int = 50_000
+    # Also bounded in bytes (replay chunks as stored, events roughly): past either, 503.
+    writer_max_queue_bytes: int = 128 * MIB
     writer_concurrency: int = 2
     # A request waits at most this long for its rows to commit, then answers 503; a retry
     # with the same uuids is stored once.
@@ -78,8 +89,13 @@ class IngestSettings:
             writer_linger_ms=env.number("WRITER_LINGER_MS", cls.writer_linger_ms),
             writer_max_batch_rows=env.integer("WRITER_MAX_BATCH_ROWS", cls.writer_max_batch_rows),
             max_concurrent_requests=env.integer("MAX_CONCURRENT_REQUESTS", cls.max_concurrent_requests),
+            admission_wait_s=env.number("ADMISSION_WAIT_S", cls.admission_wait_s),
+            body_grace_s=env.number("BODY_GRACE_S", cls.body_grace_s),
+            min_upload_bytes_per_s=env.number("MIN_UPLOAD_BYTES_PER_S", cls.min_upload_bytes_per_s),
+            benchmark_noop=env.integer("BENCHMARK_NOOP", 0) == 1,
             writer_max_batch_chunk_bytes=env.integer("WRITER_MAX_BATCH_CHUNK_BYTES", cls.writer_max_batch_chunk_bytes),
             writer_max_queue_rows=env.integer("WRITER_MAX_QUEUE_ROWS", cls.writer_max_queue_rows),
+            writer_max_queue_bytes=env.integer("WRITER_MAX_QUEUE_BYTES", cls.writer_max_queue_bytes),
             writer_concurrency=env.integer("WRITER_CONCURRENCY", cls.writer_concurrency),
             writer_commit_timeout_s=env.number("WRITER_COMMIT_TIMEOUT_S", cls.writer_commit_timeout_s),
             trusted_proxies=proxies,

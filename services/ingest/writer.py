@@ -10,6 +10,14 @@ An acknowledged event is a stored event: a request is answered 202 only after th
 that holds its rows succeeded. Anything else (database unreachable, queue full, commit
 too slow, shutdown) is a 503 with Retry-After, and the tracker's retry with the same uuids
 is stored once.
+
+The queue is bounded by rows and by bytes (replay chunks are up to megabytes each). A
+submission whose request stopped waiting (commit timeout, client gone) and that no batch has
+picked yet is dropped, so a retry does not queue a second copy next to it; one already in a
+batch may still commit, which is harmless: events with a uuid go through ingested_events and a
+chunk is keyed by (session, seq), so the retry stores nothing twice. A batch that fails for a
+reason other than the database being unreachable is split in halves until the submissions at
+fault are alone: each of those fails with its own error, every other one is committed.
 """
 
 from __future__ import annotations
@@ -25,7 +33,7 @@ from opentelemetry import trace
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.common.db import asyncpg_connection
-from services.common.errors import ApiError, ServiceUnavailable, is_database_unavailable
+from services.common.errors import ApiError, ServiceUnavailable, is_database_unavailable, retry_after_s
 from services.common.telemetry import tracer, unsampled_span
 from services.ingest import repository
 from services.ingest.repository import ChunkRow, EventRow
@@ -56,6 +64,9 @@ class Submission:
     enqueued_at: float = field(default_factory=time.perf_counter)
     # Shared by every submission of the batch that carried this one.
     timings: BatchTimings | None = None
+    # Its request stopped waiting; not written unless a batch already holds it.
+    abandoned: bool = False
+    queued_bytes: int = 0
 
     @property
     def rows(self) -> int:
@@ -64,6 +75,20 @@ class Submission:
     @property
     def chunk_bytes(self) -> int:
         return sum(len(chunk.data) for chunk in self.chunks)
+
+    def estimated_bytes(self) -> int:
+        """Roughly what the rows hold in memory: the chunks' data plus the events' text."""
+        return self.chunk_bytes + sum(_event_bytes(event) for event in self.events)
+
+
+# An event row's fixed fields (ids, timestamps, enrichment) in memory, roughly.
+_EVENT_ROW_BYTES = 512
+
+
+def _event_bytes(event: EventRow) -> int:
+    texts = len(event.url) + len(event.title or "") + len(event.referrer or "")
+    properties = sum(len(key) + len(str(value)) for key, value in event.properties.items())
+    return _EVENT_ROW_BYTES + texts + properties
 
 
 @dataclass(frozen=True)
@@ -75,6 +100,7 @@ class WriterLimits:
     max_queue_rows: int
     concurrency: int
     commit_timeout_s: float
+    max_queue_bytes: int = 128 * 1024 * 1024
 
 
 class BatchWriter:
@@ -83,6 +109,7 @@ class BatchWriter:
         self._limits = limits
         self._queue: deque[Submission] = deque()
         self._queued_rows = 0
+        self._queued_bytes = 0
         self._wakeup = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._accepting = False
@@ -102,10 +129,17 @@ class BatchWriter:
         if not self._accepting:
             raise ServiceUnavailable("shutting_down", "This ingest process is shutting down; retry.", 1)
         submission = Submission(events, chunks, asyncio.get_running_loop().create_future())
-        if self._queued_rows + submission.rows > self._limits.max_queue_rows:
-            raise ServiceUnavailable("writer_queue_full", "Too much is waiting to be written; retry shortly.", 1)
+        submission.queued_bytes = submission.estimated_bytes()
+        if (
+            self._queued_rows + submission.rows > self._limits.max_queue_rows
+            or self._queued_bytes + submission.queued_bytes > self._limits.max_queue_bytes
+        ):
+            raise ServiceUnavailable(
+                "writer_queue_full", "Too much is waiting to be written; retry shortly.", retry_after_s(backlog=3)
+            )
         self._queue.append(submission)
         self._queued_rows += submission.rows
+        self._queued_bytes += submission.queued_bytes
         self._wakeup.set()
         try:
             # shield: a timed-out request stops waiting, but its rows may still commit;
@@ -113,11 +147,22 @@ class BatchWriter:
             async with asyncio.timeout(self._limits.commit_timeout_s):
                 await asyncio.shield(submission.done)
         except TimeoutError as exc:
-            # Nobody awaits the outcome any more; take it so asyncio does not log it as lost.
-            submission.done.add_done_callback(_consume_outcome)
+            self._abandon(submission)
             raise ServiceUnavailable("commit_timeout", "The database did not commit in time; retry.") from exc
+        except asyncio.CancelledError:
+            self._abandon(submission)  # the client went away
+            raise
         finally:
             _record_write_spans(submission)
+
+    @property
+    def queued_bytes(self) -> int:
+        return self._queued_bytes
+
+    def _abandon(self, submission: Submission) -> None:
+        submission.abandoned = True
+        # Nobody awaits the outcome any more; take it so asyncio does not log it as lost.
+        submission.done.add_done_callback(_consume_outcome)
 
     async def close(self) -> None:
         """Stops taking submissions, writes everything already queued, then stops."""
@@ -142,11 +187,21 @@ class BatchWriter:
             )
         ):
             submission = self._queue.popleft()
+            self._queued_rows -= submission.rows
+            self._queued_bytes -= submission.queued_bytes
+            if submission.abandoned:
+                # Its request has answered 503 already; the client's retry brings the rows again.
+                if not submission.done.done():
+                    submission.done.set_exception(
+                        ServiceUnavailable(
+                            "commit_timeout", "The request stopped waiting before its rows were written."
+                        )
+                    )
+                continue
             submission.timings = timings
             rows += submission.rows
             chunk_bytes += submission.chunk_bytes
             batch.append(submission)
-        self._queued_rows -= rows
         return batch
 
     async def _run(self) -> None:
@@ -178,10 +233,12 @@ class BatchWriter:
             await self._commit_with_retries(batch)
         except Exception as exc:
             if len(batch) > 1 and not is_database_unavailable(exc):
-                # One bad submission must not fail its neighbours: write each on its own.
-                logger.warning("batch of %d failed (%s); writing its submissions one by one", len(batch), exc)
-                for submission in batch:
-                    await self._write([submission])
+                # One bad submission must not fail its neighbours: halve until it is alone
+                # (about 2 log2(n) statements per bad submission, not n).
+                logger.warning("batch of %d failed (%s); writing it in halves", len(batch), exc)
+                middle = len(batch) // 2
+                await self._write(batch[:middle])
+                await self._write(batch[middle:])
                 return
             error = _client_error(exc)
             for submission in batch:

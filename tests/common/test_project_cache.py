@@ -8,6 +8,7 @@ import pytest
 
 from services.common.auth import ProjectCache
 from services.common.project_repository import ProjectRecord
+from services.common.ttl_cache import MISSING
 
 
 async def test_concurrent_misses_of_one_key_share_a_single_lookup() -> None:
@@ -69,3 +70,52 @@ async def test_a_cancelled_waiter_does_not_cancel_the_lookup_of_the_others() -> 
     assert await second is None
     with pytest.raises(asyncio.CancelledError):
         await first
+
+
+def project_record(key: str) -> ProjectRecord:
+    return ProjectRecord(
+        project_id=1, name="p", allowed_domains=("example.com",), timezone="UTC", public_key=key, retention_days=30
+    )
+
+
+async def test_eviction_is_least_recently_used() -> None:
+    cache = ProjectCache(ttl_s=30, max_entries=2)
+    cache.put("pk_a", project_record("pk_a"))
+    cache.put("pk_b", project_record("pk_b"))
+    assert cache.get("pk_a") == project_record("pk_a")  # a is used again, b is not
+    cache.put("pk_c", project_record("pk_c"))
+    assert cache.get("pk_b") is MISSING
+    assert cache.get("pk_a") == project_record("pk_a")
+    assert cache.get("pk_c") == project_record("pk_c")
+
+
+async def test_a_flood_of_unknown_keys_never_evicts_a_known_project() -> None:
+    cache = ProjectCache(ttl_s=30, max_entries=2, max_unknown_entries=100)
+    cache.put("pk_real", project_record("pk_real"))
+    for number in range(10_000):
+        cache.put(f"pk_random{number}", None)
+    assert cache.get("pk_real") == project_record("pk_real")
+    assert cache.get("pk_random9999") is None  # the latest unknown keys are remembered as unknown
+    assert cache.get("pk_random0") is MISSING  # the oldest fell out of the unknown store
+
+
+async def test_lookups_of_distinct_keys_run_a_few_at_a_time_and_a_long_wait_gives_up() -> None:
+    cache = ProjectCache(ttl_s=30, max_concurrent_lookups=2, lookup_wait_s=0.2)
+    running = most = 0
+    answer = asyncio.Event()
+
+    async def slow() -> ProjectRecord | None:
+        nonlocal running, most
+        running += 1
+        most = max(most, running)
+        await answer.wait()
+        running -= 1
+        return None
+
+    lookups = [asyncio.create_task(cache.get_or_load(f"pk_{n}", slow)) for n in range(6)]
+    await asyncio.sleep(0.5)  # past lookup_wait_s: the four without a turn gave up
+    answer.set()
+    results = await asyncio.gather(*lookups, return_exceptions=True)
+    assert most == 2
+    assert [result is None for result in results].count(True) == 2
+    assert [type(result) for result in results if result is not None] == [TimeoutError] * 4

@@ -73,6 +73,25 @@ def test_exporter_writes_otlp_json_lines(tmp_path: Path) -> None:
     assert {"key": "ok", "value": {"boolValue": True}} in spans["inner"]["attributes"]
 
 
+def test_the_span_file_is_private_and_rotates_at_its_size_cap(tmp_path: Path) -> None:
+    path = tmp_path / "spans.jsonl"
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(OtlpJsonLinesExporter(path, max_bytes=1)))
+    tracer = provider.get_tracer("test")
+    for name in ("first", "second", "third"):
+        with tracer.start_as_current_span(name):
+            pass
+    provider.shutdown()
+    rotated = path.with_name("spans.jsonl.1")
+    # Every line passes the 1-byte cap: the last export sits in .1, the current file is empty,
+    # and no older file is kept.
+    assert [span["name"] for span in _spans(rotated)] == ["third"]
+    assert path.read_text() == ""
+    assert sorted(child.name for child in tmp_path.iterdir()) == ["spans.jsonl", "spans.jsonl.1"]
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert rotated.stat().st_mode & 0o777 == 0o600
+
+
 def test_tracing_is_off_without_a_destination() -> None:
     assert not tracing_enabled({})
     assert tracing_enabled({"SIGHTLINE_TRACE_DIR": "/tmp/x"})
@@ -159,3 +178,42 @@ def test_a_read_api_request_has_sql_client_spans(db: DatabaseHarness, project: d
         and {"key": "db.system", "value": {"stringValue": "postgresql"}} in s["attributes"]
     ]
     assert sql, "the session list's SQL should appear as client spans"
+
+
+def test_a_client_traceparent_is_ignored_on_tracker_routes_and_honoured_elsewhere(
+    db: DatabaseHarness, project: dict[str, Any]
+) -> None:
+    trace_file, env = _traced(db)
+    # Nothing is traced by the draw; only a caller's traceparent could ask for it.
+    env = {key: value for key, value in env.items() if key != "OTEL_TRACES_SAMPLER"}
+    env |= {"SIGHTLINE_TRACE_SAMPLE_RATIO": "0", "SIGHTLINE_INGEST_BENCHMARK_NOOP": "1"}
+    tracker_trace, noop_trace = uuid.uuid4().hex, uuid.uuid4().hex
+    body = {
+        "projectKey": project["publicKey"],
+        "events": [
+            {
+                "event": "pageview",
+                "distinctId": "d",
+                "sessionId": "s",
+                "url": "https://example.com/",
+                "timestamp": "2030-01-01T00:00:00Z",
+            }
+        ],
+    }
+    with running_service("ingest", env, db.root / "log" / f"{trace_file.stem}.log") as ingest:
+        forced = httpx.post(
+            f"{ingest.url}/v1/events", json=body, headers={"traceparent": f"00-{tracker_trace}-00f067aa0ba902b7-01"}
+        )
+        benchmark = httpx.post(
+            f"{ingest.url}/v1/noop", json=body, headers={"traceparent": f"00-{noop_trace}-00f067aa0ba902b7-01"}
+        )
+        assert (forced.status_code, benchmark.status_code) == (202, 202)
+        deadline = time.monotonic() + 10
+        while not (trace_file.exists() and any(s["name"] == "POST /v1/noop" for s in _spans(trace_file))):
+            assert time.monotonic() < deadline, "the no-op request's span was not exported"
+            time.sleep(0.2)
+    spans = _spans(trace_file)
+    # (Other spans in the file are the background tasks' own statements.)
+    assert {s["name"] for s in spans if s["traceId"] == noop_trace} >= {"POST /v1/noop"}
+    assert not any(s["traceId"] == tracker_trace for s in spans)
+    assert not any(s["name"] == "POST /v1/events" for s in spans)

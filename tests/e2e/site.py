@@ -88,11 +88,13 @@ def serve_site_with_flaky_ingest(
 
         def do_POST(self) -> None:  # noqa: N802
             body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+            # The tracker names its key in the query (?key=pk_...); faults and records go by path.
+            path = self.path.split("?", 1)[0]
             with lock:
-                plan = remaining.get(self.path, [])
+                plan = remaining.get(path, [])
                 fault = plan.pop(0) if plan else 200
             if fault not in (None, 200):
-                seen.append(SeenRequest(self.path, body, self.headers.get("Content-Encoding"), fault))
+                seen.append(SeenRequest(path, body, self.headers.get("Content-Encoding"), fault))
                 self._answer(fault, b'{"error": {"code": "injected", "message": "a test fault"}}', "application/json")
                 return
             request = urllib.request.Request(f"{ingest_url}{self.path}", data=body, method="POST")
@@ -104,7 +106,7 @@ def serve_site_with_flaky_ingest(
                     status, answer = response.status, response.read()
             except urllib.error.HTTPError as exc:
                 status, answer = exc.code, exc.read()
-            seen.append(SeenRequest(self.path, body, self.headers.get("Content-Encoding"), status if fault else None))
+            seen.append(SeenRequest(path, body, self.headers.get("Content-Encoding"), status if fault else None))
             if fault is None:
                 self.close_connection = True  # ingest stored it; the browser never hears so
                 return

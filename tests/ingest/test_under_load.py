@@ -77,8 +77,10 @@ async def test_hundreds_of_concurrent_clients_every_acknowledged_event_is_stored
             else:
                 if response.status_code == 202:
                     return
-                assert response.status_code == 503, response.text
-                retried.append("503")
+                # 408: this (test) client was so busy that its body came too late; the
+                # tracker retries it like a 503.
+                assert response.status_code in (408, 503), response.text
+                retried.append(str(response.status_code))
             await asyncio.sleep(0.5)
         raise AssertionError("a batch was never acknowledged")
 
@@ -152,7 +154,8 @@ async def test_with_pgbouncer_stopped_ingest_answers_503_fast_and_recovers_by_it
                 (response.status_code, response.headers.get("retry-after"), time.monotonic() - started)
             )
             assert response.json()["error"]["code"] == "database_unavailable"
-        assert [(status, retry) for status, retry, _ in outage_answers] == [(503, "2")] * 3
+        assert [status for status, _, _ in outage_answers] == [503] * 3
+        assert all(2 <= int(retry) <= 4 for _, retry, _ in outage_answers)  # 2 s plus jitter
         ready = await client.get("/health/ready")
         assert ready.status_code == 503
 
@@ -196,7 +199,7 @@ async def test_a_503_in_an_outage_keeps_its_cors_headers_so_a_browser_can_read_r
         async with asyncio.timeout(10):
             refused = await client.post("/v1/events", content=body(), headers={**JSON, **origin})
         assert refused.status_code == 503
-        assert refused.headers["retry-after"] == "2"
+        assert 2 <= int(refused.headers["retry-after"]) <= 4  # 2 s plus jitter
         assert refused.headers["access-control-allow-origin"] == origin["origin"]
         assert "retry-after" in refused.headers["access-control-expose-headers"].lower()
 
@@ -264,7 +267,7 @@ async def test_a_commit_slower_than_the_deadline_is_503_and_the_retry_is_stored_
             slow = await client.post("/v1/events", content=body, headers=JSON)
         assert slow.status_code == 503
         assert slow.json()["error"]["code"] == "commit_timeout"
-        assert slow.headers["retry-after"] == "2"
+        assert 2 <= int(slow.headers["retry-after"]) <= 4  # 2 s plus jitter
         await blocker.rollback()  # the holder gives up; the waiting insert goes through
 
         retried = await client.post("/v1/events", content=body, headers=JSON)

@@ -28,6 +28,7 @@ from services.cli.stack import load_local_env
 from services.common.db import admin_transaction
 from services.common.settings import AdminDatabaseSettings, ServerSettings, StackSettings
 from tools.benchmarks_file import write_section
+from tools.noop import require_noop_endpoint
 
 ROOT = Path(__file__).resolve().parents[2]
 MARKERS = ("<!-- ingest-wrk:start -->", "<!-- ingest-wrk:end -->", "## Ingest: closed-loop throughput (wrk)")
@@ -114,6 +115,7 @@ def main() -> None:
     admin = AdminDatabaseSettings.from_env()
     server = ServerSettings.from_env("ingest")
     base = f"http://{server.host}:{server.port}"
+    require_noop_endpoint(base)
 
     with tempfile.TemporaryDirectory() as scratch:
         body_file, lua_file = Path(scratch) / "body.json", Path(scratch) / "post.lua"

@@ -30,7 +30,7 @@ START, END, _ = MARKERS
 
 def ingest_env(extra_env: dict[str, str]) -> dict[str, str]:
     env = {key: value for key, value in os.environ.items() if not key.startswith(("OTEL_", "SIGHTLINE_TRACE"))}
-    return {**env, "SIGHTLINE_INGEST_WORKERS": "1", **extra_env}
+    return {**env, "SIGHTLINE_INGEST_WORKERS": "1", "SIGHTLINE_INGEST_BENCHMARK_NOOP": "1", **extra_env}
 
 
 def main() -> None:

@@ -152,6 +152,8 @@ def throwaway_stack(keep_logs_in: Callable[[], Path | None], ingest_workers: int
         "SIGHTLINE_INGEST_PORT": str(free_port()),
         "SIGHTLINE_QUERY_PORT": str(free_port()),
         "SIGHTLINE_REPLAY_PORT": str(free_port()),
+        # The load test's no-op users need POST /v1/noop, which exists only when this is on.
+        "SIGHTLINE_INGEST_BENCHMARK_NOOP": "1",
     }
     if ingest_workers is not None:
         ports["SIGHTLINE_INGEST_WORKERS"] = str(ingest_workers)

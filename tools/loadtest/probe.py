@@ -20,6 +20,7 @@ from services.cli.stack import load_local_env
 from services.common.settings import ServerSettings, StackSettings
 from tools.bench.ingest import batch_body
 from tools.loadtest.hosts import LOOPBACK
+from tools.noop import require_noop_endpoint
 
 
 @dataclass
@@ -78,7 +79,9 @@ def main() -> None:
     if not demo_file.exists():
         raise SystemExit("run `make up` first: the probe posts to the running stack as its demo project")
     public_key = str(json.loads(demo_file.read_text())["publicKey"])
-    results = probe(ServerSettings.from_env("ingest").port, public_key, args.seconds, args.interval)
+    port = ServerSettings.from_env("ingest").port
+    require_noop_endpoint(f"http://{LOOPBACK}:{port}")
+    results = probe(port, public_key, args.seconds, args.interval)
     print(json.dumps({path: collected.summary() for path, collected in results.items()}, indent=2))
 
 

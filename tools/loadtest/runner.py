@@ -23,6 +23,7 @@ from tools.loadtest import check, payloads, report
 from tools.loadtest.monitor import Monitor, ProcessGroups, pool_limits, read_jsonl
 from tools.loadtest.plan import PAYLOADS_FILE, LoadPlan, Traffic
 from tools.loadtest.traces import breakdown, read_spans
+from tools.noop import require_noop_endpoint
 
 ROOT = Path(__file__).resolve().parents[2]
 LOCUSTFILE = Path(__file__).resolve().parent / "locustfile.py"
@@ -139,6 +140,7 @@ def run_load(
     """One run; on_started(folder, plan) is called once the load generator has been started."""
     stack = StackSettings.from_env()
     admin_settings = AdminDatabaseSettings.from_env()
+    require_noop_endpoint(options.ingest_url)
     started_at = datetime.now(UTC)
     folder = options.reports_dir / f"load-{report.stamp(started_at)}{folder_suffix}"
     folder.mkdir(parents=True, exist_ok=False)

@@ -71,8 +71,11 @@ function start(script) {
   // Ingest is wherever this script came from.
   const ingest = new URL(script.src).origin;
   const identity = createIdentity();
-  const eventQueue = createQueue(`${ingest}/v1/events`);
-  const replayQueue = createQueue(`${ingest}/v1/replay`);
+  // The key in the URL too (sendBeacon can carry nothing else): ingest checks it before it
+  // reads or decompresses the body, so a page of an unknown or throttled project costs little.
+  const keyParameter = `?key=${encodeURIComponent(projectKey)}`;
+  const eventQueue = createQueue(`${ingest}/v1/events${keyParameter}`);
+  const replayQueue = createQueue(`${ingest}/v1/replay${keyParameter}`);
 
   let pending = [];
   let batchTimer = null;

@@ -17,9 +17,10 @@ function retryAfterMs(response, attempt) {
   const header = response && response.headers.get('Retry-After');
   if (header) {
     const seconds = Number(header);
-    if (Number.isFinite(seconds)) return Math.max(0, seconds * 1000);
+    // Up to half as long again at random: pages refused together do not all return together.
+    if (Number.isFinite(seconds)) return Math.max(0, seconds * 1000) * (1 + Math.random() / 2);
     const date = Date.parse(header);
-    if (!Number.isNaN(date)) return Math.max(0, date - Date.now());
+    if (!Number.isNaN(date)) return Math.max(0, date - Date.now()) * (1 + Math.random() / 2);
   }
   const backoff = Math.min(BACKOFF_MAX_MS, BACKOFF_BASE_MS * 2 ** attempt);
   // Jitter keeps many pages that failed together from retrying together.

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import BigInteger, Computed, DateTime, Index, Integer, Text, func
+from sqlalchemy import BigInteger, Computed, DateTime, Index, Text, func
 from sqlalchemy.orm import Mapped, mapped_column
 
 from services.common.models.base import Base
@@ -29,14 +29,14 @@ class ReplaySession(Base):
     )
     # Time with user input, gaps of inactivity removed.
     active_ms: Mapped[int] = mapped_column(BigInteger, server_default="0")
-    click_count: Mapped[int] = mapped_column(Integer, server_default="0")
-    page_count: Mapped[int] = mapped_column(Integer, server_default="0")
+    click_count: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    page_count: Mapped[int] = mapped_column(BigInteger, server_default="0")
     first_url: Mapped[str | None] = mapped_column(Text)
     country: Mapped[str | None] = mapped_column(Text)
     browser: Mapped[str | None] = mapped_column(Text)
     os: Mapped[str | None] = mapped_column(Text)
     device_type: Mapped[str | None] = mapped_column(Text)
-    chunk_count: Mapped[int] = mapped_column(Integer, server_default="0")
+    chunk_count: Mapped[int] = mapped_column(BigInteger, server_default="0")
     total_bytes: Mapped[int] = mapped_column(BigInteger, server_default="0")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())

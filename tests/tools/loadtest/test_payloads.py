@@ -169,7 +169,7 @@ def test_event_batches_carry_fresh_uuids_and_the_visitors_ids(pools: payloads.Pa
 
 @pytest.fixture
 async def ingest(db: DatabaseHarness) -> AsyncIterator[AsyncTestClient[Litestar]]:
-    async with AsyncTestClient(create_app(db.database, settings=IngestSettings())) as client:
+    async with AsyncTestClient(create_app(db.database, settings=IngestSettings(benchmark_noop=True))) as client:
         yield client
 
 

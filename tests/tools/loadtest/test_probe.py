@@ -12,7 +12,7 @@ from tools.loadtest.probe import probe
 def test_the_probe_times_events_and_no_op_requests_that_were_accepted(
     db: DatabaseHarness, project: dict[str, Any]
 ) -> None:
-    with db.serve("ingest", "probe-ingest", LOG_LEVEL="INFO") as ingest:
+    with db.serve("ingest", "probe-ingest", LOG_LEVEL="INFO", INGEST_BENCHMARK_NOOP="1") as ingest:
         port = urlsplit(ingest.url).port
         assert port is not None
         results = probe(port, str(project["publicKey"]), seconds=0.5, interval_s=0.05)

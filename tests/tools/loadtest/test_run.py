@@ -14,7 +14,7 @@ from tools.loadtest.runner import LoadOptions, run_load
 
 @pytest.fixture(scope="module")
 def ingest_url(db: DatabaseHarness) -> Iterator[str]:
-    with db.serve("ingest", "ingest-loadtest") as ingest:
+    with db.serve("ingest", "ingest-loadtest", INGEST_BENCHMARK_NOOP="1") as ingest:
         yield ingest.url
 
 

@@ -1,0 +1,179 @@
+"""The batch writer under hostile input: counters that cannot overflow, one bad submission failing
+alone, a queue bounded in bytes, and submissions whose request gave up not written later."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from services.common.errors import ApiError, ServiceUnavailable
+from services.ingest.repository import ChunkRow, EventRow
+from services.ingest.writer import BatchWriter, WriterLimits
+
+BIGINT_MAX = 2**63 - 1
+
+
+def limits(**overrides: Any) -> WriterLimits:
+    values: dict[str, Any] = {
+        "linger_s": 0.2,  # long enough for every submission of a test to share one batch
+        "max_batch_rows": 500,
+        "max_batch_chunk_bytes": 8 * 1024 * 1024,
+        "max_queue_rows": 50_000,
+        "concurrency": 1,
+        "commit_timeout_s": 10.0,
+    }
+    values.update(overrides)
+    return WriterLimits(**values)
+
+
+@pytest.fixture
+async def writer(engine: AsyncEngine) -> AsyncIterator[BatchWriter]:
+    batch_writer = BatchWriter(engine, limits())
+    await batch_writer.start()
+    yield batch_writer
+    await batch_writer.close()
+
+
+def event_row(project_id: int) -> EventRow:
+    return EventRow(
+        project_id=project_id,
+        occurred_at=datetime.now(UTC),
+        event_uuid=uuid.uuid4(),
+        name="pageview",
+        distinct_id="visitor",
+        session_id="session",
+        url="https://example.com/",
+        domain="example.com",
+        path="/",
+        title=None,
+        referrer=None,
+        referrer_domain=None,
+        utm_source=None,
+        utm_medium=None,
+        utm_campaign=None,
+        utm_term=None,
+        utm_content=None,
+        browser=None,
+        browser_version=None,
+        os=None,
+        os_version=None,
+        device_type="desktop",
+        country=None,
+        is_bot=False,
+        properties={},
+    )
+
+
+def chunk_row(project_id: int, session_id: str, seq: int, clicks: int, data: bytes = b"{}") -> ChunkRow:
+    now = datetime.now(UTC)
+    return ChunkRow(
+        project_id=project_id,
+        session_id=session_id,
+        seq=seq,
+        first_timestamp=now,
+        last_timestamp=now,
+        event_count=clicks + 1,
+        has_full_snapshot=seq == 0,
+        content_encoding="identity",
+        data=data,
+        distinct_id="visitor",
+        click_count=clicks,
+        page_count=1,
+        active_ms=0,
+        first_url=None,
+        country=None,
+        browser=None,
+        os=None,
+        device_type=None,
+    )
+
+
+async def scalar(admin_engine: AsyncEngine, sql: str, **parameters: Any) -> Any:
+    async with admin_engine.begin() as connection:
+        result = await connection.execute(text(sql), parameters)
+        return result.scalar() if result.returns_rows else None
+
+
+async def test_a_session_counts_past_2_to_the_31_without_failing(
+    writer: BatchWriter, admin_engine: AsyncEngine, project: dict[str, Any]
+) -> None:
+    project_id = int(project["id"])
+    await writer.submit([], [chunk_row(project_id, "long", 0, clicks=1)])
+    await scalar(
+        admin_engine,
+        "UPDATE replay_sessions SET click_count = 2147483647 WHERE project_id = :p AND session_id = 'long'",
+        p=project_id,
+    )
+    await writer.submit([], [chunk_row(project_id, "long", 1, clicks=2)])
+    clicks = await scalar(
+        admin_engine,
+        "SELECT click_count FROM replay_sessions WHERE project_id = :p AND session_id = 'long'",
+        p=project_id,
+    )
+    assert clicks == 2147483649
+
+
+async def test_a_submission_the_database_refuses_fails_alone_and_its_batch_neighbours_are_stored(
+    writer: BatchWriter, admin_engine: AsyncEngine, project: dict[str, Any]
+) -> None:
+    project_id = int(project["id"])
+    await writer.submit([], [chunk_row(project_id, "full", 0, clicks=1)])
+    # Only a direct UPDATE can get here: the one counter a further click would overflow.
+    await scalar(
+        admin_engine,
+        "UPDATE replay_sessions SET click_count = :max WHERE project_id = :p AND session_id = 'full'",
+        max=BIGINT_MAX,
+        p=project_id,
+    )
+    good_events = [[event_row(project_id)] for _ in range(6)]
+    good_chunks = [chunk_row(project_id, f"fine-{n}", 0, clicks=1) for n in range(3)]
+    outcomes = await asyncio.gather(
+        *(writer.submit(rows, []) for rows in good_events[:3]),
+        writer.submit([], [chunk_row(project_id, "full", 1, clicks=1)]),
+        *(writer.submit([], [chunk]) for chunk in good_chunks),
+        *(writer.submit(rows, []) for rows in good_events[3:]),
+        return_exceptions=True,
+    )
+    refused = outcomes.pop(3)
+    assert outcomes == [None] * 9
+    assert isinstance(refused, ApiError)
+    assert (refused.status_code, refused.code) == (422, "rejected_by_database")
+    assert await scalar(admin_engine, "SELECT count(*) FROM events WHERE project_id = :p", p=project_id) == 6
+    assert await scalar(admin_engine, "SELECT count(*) FROM replay_chunks WHERE project_id = :p", p=project_id) == 4
+
+
+async def test_the_queue_is_bounded_in_bytes(engine: AsyncEngine, project: dict[str, Any]) -> None:
+    batch_writer = BatchWriter(engine, limits(max_queue_bytes=100_000))
+    await batch_writer.start()
+    try:
+        with pytest.raises(ServiceUnavailable) as full:
+            await batch_writer.submit([], [chunk_row(int(project["id"]), "big", 0, clicks=0, data=b"x" * 200_000)])
+    finally:
+        await batch_writer.close()
+    assert full.value.code == "writer_queue_full"
+    assert batch_writer.queued_bytes == 0
+
+
+async def test_a_submission_whose_request_gave_up_is_not_written_later(
+    engine: AsyncEngine, admin_engine: AsyncEngine, project: dict[str, Any]
+) -> None:
+    # The writer lingers 1 s before it takes a batch; the request waits only 0.1 s.
+    batch_writer = BatchWriter(engine, limits(linger_s=1.0, commit_timeout_s=0.1))
+    await batch_writer.start()
+    try:
+        with pytest.raises(ServiceUnavailable) as gave_up:
+            await batch_writer.submit([event_row(int(project["id"]))], [])
+        assert gave_up.value.code == "commit_timeout"
+        await asyncio.sleep(1.5)  # past the linger: the writer has taken (and dropped) it
+        assert batch_writer.queued_bytes == 0
+    finally:
+        await batch_writer.close()
+    assert batch_writer.rows_committed == 0
+    assert await scalar(admin_engine, "SELECT count(*) FROM events WHERE project_id = :p", p=int(project["id"])) == 0
