@@ -73,25 +73,6 @@ def test_exporter_writes_otlp_json_lines(tmp_path: Path) -> None:
     assert {"key": "ok", "value": {"boolValue": True}} in spans["inner"]["attributes"]
 
 
-def test_the_span_file_is_private_and_rotates_at_its_size_cap(tmp_path: Path) -> None:
-    path = tmp_path / "spans.jsonl"
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(OtlpJsonLinesExporter(path, max_bytes=1)))
-    tracer = provider.get_tracer("test")
-    for name in ("first", "second", "third"):
-        with tracer.start_as_current_span(name):
-            pass
-    provider.shutdown()
-    rotated = path.with_name("spans.jsonl.1")
-    # Every line passes the 1-byte cap: the last export sits in .1, the current file is empty,
-    # and no older file is kept.
-    assert [span["name"] for span in _spans(rotated)] == ["third"]
-    assert path.read_text() == ""
-    assert sorted(child.name for child in tmp_path.iterdir()) == ["spans.jsonl", "spans.jsonl.1"]
-    assert path.stat().st_mode & 0o777 == 0o600
-    assert rotated.stat().st_mode & 0o777 == 0o600
-
-
 def test_tracing_is_off_without_a_destination() -> None:
     assert not tracing_enabled({})
     assert tracing_enabled({"SIGHTLINE_TRACE_DIR": "/tmp/x"})
