@@ -8,7 +8,7 @@ SIGHTLINE := $(BIN)/sightline
 .DEFAULT_GOAL := help
 
 .PHONY: help up down status test lint migrate install install-dev clean bench-ingest bench-tracing bench-replay \
-	bench-query tracker tracker-deps pages pages-deps capture-recordings load chaos
+	bench-query tracker tracker-deps pages pages-deps screenshots capture-recordings load chaos
 
 help: ## List the targets with one line each
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -67,6 +67,9 @@ pages-deps: ## npm ci in web/ (esbuild, rrweb-player, uPlot; the pages' bundle t
 
 pages: pages-deps ## Rebuild the player's and dashboard's scripts and styles from web/src; commit the result
 	cd web && node build.mjs
+
+screenshots: install-dev ## PNGs of every dashboard and player state at 1440 and 390 px in reports/screenshots (own throwaway stack, Chromium)
+	$(BIN)/python -m tests.e2e.page_screenshots reports/screenshots
 
 capture-recordings: install-dev ## Record tools/loadtest/recordings/*.json.gz with Chromium (replay payloads for the load test)
 	$(BIN)/python -m tests.e2e.capture_recordings

@@ -17,6 +17,8 @@ from services.replay.schemas import ChunkEntry, SessionSummary
 # skew-corrected at ingest and chunks are not; this much slack keeps a session's own
 # pageviews inside the window used to match "url contains" against them.
 _EVENT_MATCH_SLACK = timedelta(hours=1)
+# The device type ingest gives a crawler (services/ingest/enrichment.py).
+BOT_DEVICE_TYPE = "bot"
 
 
 @dataclass(frozen=True)
@@ -29,6 +31,9 @@ class SessionFilters:
     country: str | None = None
     browser: str | None = None
     device_type: str | None = None
+    # Ingest marks a crawler's session with device type "bot" (as it flags the crawler's
+    # events, which every dashboard query leaves out); the list leaves them out unless asked.
+    include_bots: bool = False
 
 
 class ReadBatch(NamedTuple):
@@ -85,6 +90,8 @@ async def list_sessions(
         query = query.where(func.lower(ReplaySession.browser) == filters.browser.lower())
     if filters.device_type is not None:
         query = query.where(ReplaySession.device_type == filters.device_type.lower())
+    if not filters.include_bots and (filters.device_type or "").lower() != BOT_DEVICE_TYPE:
+        query = query.where(ReplaySession.device_type.is_distinct_from(BOT_DEVICE_TYPE))
     if filters.url_contains is not None:
         # strpos, not LIKE: the user's text may hold % or _, which must match literally.
         needle = literal(filters.url_contains.lower())
