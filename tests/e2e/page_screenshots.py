@@ -34,7 +34,8 @@ def enter_key(driver: Any, secret_key: str) -> None:
 
 
 def dashboard_loaded(driver: Any) -> bool:
-    return bool(driver.execute_script("return document.getElementById('dashboard-status').textContent.startsWith('Updated')"))
+    status = driver.find_element(By.ID, "dashboard-status").text
+    return bool(status.startswith("Updated"))
 
 
 def set_window(driver: Any, size: tuple[int, int]) -> None:
@@ -54,9 +55,7 @@ def full_page(driver: Any, path: Path) -> None:
     print(f"wrote {path} ({width} px wide)")
 
 
-def capture(
-    driver: Any, url: str, key: str, path: Path, ready: Callable[[Any], object], *, whole: bool = True
-) -> None:
+def capture(driver: Any, url: str, key: str, path: Path, ready: Callable[[Any], object], *, whole: bool = True) -> None:
     driver.get(url)
     if driver.execute_script("return !sessionStorage.getItem('sightline_secret_key')"):
         enter_key(driver, key)
@@ -97,7 +96,8 @@ async def write_screenshots(db: DatabaseHarness, out: Path) -> None:
                 for name, url, ready in states:
                     capture(driver, url, demo.secret_key, out / f"{name}-{label}.png", ready)
                 driver.execute_script("sessionStorage.clear()")
-                capture(driver, dashboard, str(empty["secretKey"]), out / f"dashboard-empty-{label}.png", dashboard_loaded)
+                empty_key = str(empty["secretKey"])
+                capture(driver, dashboard, empty_key, out / f"dashboard-empty-{label}.png", dashboard_loaded)
                 driver.execute_script("sessionStorage.clear()")
                 capture(
                     driver,
