@@ -152,6 +152,24 @@ export function drawTimeChart(container, previous, { granularity, times, series,
       })),
     ],
   };
-  const chart = new uPlot(options, [times, ...series.map((line) => line.values)], container);
-  return chart;
+  // What was drawn, on the container, for the browser tests (labels are pixels on a canvas).
+  options.hooks = {
+    draw: [
+      (self) => {
+        const axis = self.axes[1];
+        self.ctx.font = axis.font[0];
+        const widest = Math.max(0, ...(axis._values || []).map((value) => self.ctx.measureText(value).width / uPlot.pxRatio));
+        Object.assign(container.dataset, {
+          buckets: String(times.length),
+          firstBucket: times.length ? new Date(times[0] * 1000).toISOString().slice(0, 16) : '',
+          lastBucket: times.length ? new Date(times[times.length - 1] * 1000).toISOString().slice(0, 16) : '',
+          yTicks: (axis._values || []).join('|'),
+          yAxisWidth: String(axis._size),
+          yLabelWidth: String(Math.ceil(widest + axis.ticks.size + axis.gap)),
+          width: String(self.width),
+        });
+      },
+    ],
+  };
+  return new uPlot(options, [times, ...series.map((line) => line.values)], container);
 }
