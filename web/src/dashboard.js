@@ -146,11 +146,11 @@ function apiFilters(extra = []) {
 }
 
 async function query(spec) {
-  const { extraFilters, ...rest } = spec;
+  const { extraFilters, unfiltered, ...rest } = spec;
   return apiJson('/v1/query', {
     method: 'POST',
     headers: { 'Content-Type': 'application/json' },
-    body: JSON.stringify({ ...rangeFields(), filters: apiFilters(extraFilters), ...rest }),
+    body: JSON.stringify({ ...rangeFields(), filters: unfiltered ? [] : apiFilters(extraFilters), ...rest }),
   });
 }
 
@@ -468,7 +468,11 @@ async function drawFunnel(topPages) {
         ),
         element('tbody', {}, ...rows),
       ),
-      element('p', { className: 'status note' }, 'Funnel visitors are exact counts over raw events.'),
+      element(
+        'p',
+        { className: 'status note' },
+        'Funnel visitors are exact counts over raw events, of all traffic in the period (filters do not apply).',
+      ),
     );
   } catch (error) {
     if (error instanceof Unauthorised) throw error;
@@ -486,7 +490,9 @@ async function drawRetention() {
       target.replaceChildren(element('p', { className: 'status' }, 'No visitors first seen in this period.'));
       return;
     }
-    const weeks = Math.max(...response.cohorts.map((cohort) => cohort.retention.length));
+    // The newest twelve cohorts (a 12-month period has 52): the table stays readable.
+    const cohorts = response.cohorts.slice(-12);
+    const weeks = Math.max(...cohorts.map((cohort) => cohort.retention.length));
     const head = element(
       'tr',
       {},
@@ -494,7 +500,7 @@ async function drawRetention() {
       element('th', { className: 'number' }, 'Visitors'),
       ...Array.from({ length: weeks }, (_, n) => element('th', { className: 'number' }, `Week ${n + 1}`)),
     );
-    const rows = response.cohorts.map((cohort) =>
+    const rows = cohorts.map((cohort) =>
       element(
         'tr',
         {},
@@ -509,7 +515,8 @@ async function drawRetention() {
         }),
       ),
     );
-    target.replaceChildren(element('table', {}, element('thead', {}, head), element('tbody', {}, ...rows)));
+    const shown = cohorts.length < response.cohorts.length ? [element('p', { className: 'status note' }, `The newest ${cohorts.length} of ${response.cohorts.length} weekly cohorts.`)] : [];
+    target.replaceChildren(element('table', {}, element('thead', {}, head), element('tbody', {}, ...rows)), ...shown);
   } catch (error) {
     if (error instanceof Unauthorised) throw error;
     target.replaceChildren(element('p', { className: 'error' }, ''));
@@ -563,8 +570,12 @@ async function refresh() {
       drawRetention(),
     ]);
     if (mine !== generation) return;
-    const pagesTab = state.tabs.pages === 'page' ? topPages : null;
-    await drawFunnel(pagesTab || (await query({ metrics: ['visitors'], dimensions: ['page'], limit: 3 })));
+    // The funnel API takes no filters: its suggestion comes from all traffic too.
+    const suggestion =
+      state.tabs.pages === 'page' && Object.keys(state.filters).length === 0
+        ? topPages
+        : await query({ metrics: ['visitors'], dimensions: ['page'], limit: 3, unfiltered: true });
+    await drawFunnel(suggestion);
     status.textContent = `Updated ${new Date().toLocaleTimeString()}`;
   } catch (error) {
     if (error instanceof Unauthorised) {
