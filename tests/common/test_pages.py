@@ -15,14 +15,17 @@ from services.common.settings import SettingsError
 from services.query.app import create_app as create_query_app
 from services.query.settings import QuerySettings
 from services.replay.app import create_app as create_replay_app
+from services.replay.settings import ReplaySettings
 from tests.harness import DatabaseHarness
 
 REPLAY_URL = "https://replay.example.com:9443"
+DASHBOARD_URL = "https://stats.example.com"
 
 
 @pytest.fixture
 async def replay(db: DatabaseHarness) -> AsyncIterator[AsyncTestClient[Any]]:
-    async with AsyncTestClient(create_replay_app(db.database)) as client:
+    app = create_replay_app(db.database, replay_settings=ReplaySettings(dashboard_url=DASHBOARD_URL))
+    async with AsyncTestClient(app) as client:
         yield client
 
 
@@ -68,6 +71,21 @@ async def test_the_dashboard_links_to_the_configured_replay_url(query: AsyncTest
     html = (await query.get("/dashboard")).text
     assert f'<body data-replay-url="{REPLAY_URL}">' in html
     assert "{{" not in html
+
+
+async def test_the_player_links_back_to_the_configured_dashboard_url(replay: AsyncTestClient[Any]) -> None:
+    html = (await replay.get("/player")).text
+    assert f'<body data-dashboard-url="{DASHBOARD_URL}">' in html
+    assert "{{" not in html
+
+
+def test_the_dashboard_url_setting() -> None:
+    assert ReplaySettings.from_env({}).dashboard_url == "http://127.0.0.1:8002"
+    assert ReplaySettings.from_env({"SIGHTLINE_QUERY_PORT": "9102"}).dashboard_url == "http://127.0.0.1:9102"
+    settings = ReplaySettings.from_env({"SIGHTLINE_REPLAY_DASHBOARD_URL": "https://stats.example.com/"})
+    assert settings.dashboard_url == "https://stats.example.com"
+    with pytest.raises(SettingsError, match="SIGHTLINE_REPLAY_DASHBOARD_URL"):
+        ReplaySettings.from_env({"SIGHTLINE_REPLAY_DASHBOARD_URL": "javascript:alert(1)"})
 
 
 def test_the_replay_url_setting() -> None:

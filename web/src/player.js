@@ -47,6 +47,23 @@ function writeUrl() {
   if (state.openId) params.set('session', state.openId);
   const search = params.toString();
   history.replaceState(null, '', search ? `?${search}` : window.location.pathname);
+  drawDashboardLink();
+}
+
+// Back to the dashboard (its URL is written into the page by the replay service), filtered
+// the same way where the dashboard has the same filter.
+const DASHBOARD_FILTERS = { country: 'country', browser: 'browser', device: 'device' };
+
+function drawDashboardLink() {
+  const base = document.body.dataset.dashboardUrl.replace(/\/+$/, '');
+  const params = new URLSearchParams();
+  const form = $('filters');
+  for (const [name, dimension] of Object.entries(DASHBOARD_FILTERS)) {
+    const value = form.elements[name].value.trim();
+    if (value) params.set(`f.${dimension}`, name === 'country' ? value.toUpperCase() : value);
+  }
+  const search = params.toString();
+  $('dashboard-link').href = `${base}/dashboard${search ? `?${search}` : ''}`;
 }
 
 function formatDuration(ms) {
@@ -350,6 +367,7 @@ function start() {
 
 document.addEventListener('DOMContentLoaded', () => {
   prefillFilters();
+  drawDashboardLink();
   window.addEventListener('error', (event) => playerFailed(event.error || event.message));
   window.addEventListener('unhandledrejection', (event) => playerFailed(event.reason));
   $('filters').addEventListener('submit', (event) => {
