@@ -30,6 +30,7 @@ class SessionFilters:
     url_contains: str | None = None
     country: str | None = None
     browser: str | None = None
+    os: str | None = None
     device_type: str | None = None
     # Ingest marks a crawler's session with device type "bot" (as it flags the crawler's
     # events, which every dashboard query leaves out); the list leaves them out unless asked.
@@ -123,6 +124,8 @@ async def _list_sessions(
         query = query.where(ReplaySession.country == filters.country.upper())
     if filters.browser is not None:
         query = query.where(func.lower(ReplaySession.browser) == filters.browser.lower())
+    if filters.os is not None:
+        query = query.where(func.lower(ReplaySession.os) == filters.os.lower())
     if filters.device_type is not None:
         query = query.where(ReplaySession.device_type == filters.device_type.lower())
     if not filters.include_bots and (filters.device_type or "").lower() != BOT_DEVICE_TYPE:

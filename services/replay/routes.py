@@ -190,6 +190,9 @@ class ReplayController(Controller):
             str | None, QueryParameter(pattern="^[A-Za-z]{2}$", description="ISO 3166-1 alpha-2 code")
         ] = None,
         browser: Annotated[str | None, QueryParameter(min_length=1, max_length=100)] = None,
+        os: Annotated[
+            str | None, QueryParameter(min_length=1, max_length=100, description="Operating system, e.g. iOS")
+        ] = None,
         device: Annotated[
             str | None, QueryParameter(min_length=1, max_length=20, description="desktop, mobile, tablet or other")
         ] = None,
@@ -209,6 +212,7 @@ class ReplayController(Controller):
             url_contains=_text("urlContains", urlContains),
             country=country,
             browser=_text("browser", browser),
+            os=_text("os", os),
             device_type=_text("device", device),
             include_bots=bots == "include",
         )

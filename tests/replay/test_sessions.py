@@ -88,6 +88,7 @@ async def _three_kinds_of_session(store: StoreSession) -> None:
             first_url=f"https://example.com{first_path}",
             country=country,
             browser=browser,
+            os="iOS" if device_type == "mobile" else "Linux",
             device_type=device_type,
         )
 
@@ -107,6 +108,7 @@ async def _three_kinds_of_session(store: StoreSession) -> None:
         ({"urlContains": "0%_x"}, []),
         ({"country": "fr"}, ["mid-fr-chrome"]),
         ({"browser": "mobile safari"}, ["short-us-safari"]),
+        ({"os": "ios"}, ["short-us-safari"]),
         ({"device": "desktop"}, ["long-de-firefox"]),
         ({"device": "tablet", "country": "FR", "minDurationMs": 1}, ["mid-fr-chrome"]),
         ({"device": "tablet", "country": "DE"}, []),
@@ -222,6 +224,7 @@ async def test_last_page_has_no_cursor_when_it_is_exactly_full(
         ({"urlContains": "a\x00b"}, "urlContains"),
         ({"distinctId": "\x00"}, "distinctId"),
         ({"browser": "x\x00"}, "browser"),
+        ({"os": "x\x00"}, "os"),
         ({"device": "\x00"}, "device"),
         ({"bots": "yes"}, "bots"),
         # base64 of ["0001-01-01T00:00:00+14:00","s"]: well-formed, but outside what UTC can hold

@@ -52,7 +52,7 @@ const BREAKDOWNS = {
   locations: [{ dimension: 'country', label: 'Countries', metrics: ['visitors', 'pageviews'], player: 'country' }],
   devices: [
     { dimension: 'browser', label: 'Browsers', metrics: ['visitors', 'pageviews'], player: 'browser' },
-    { dimension: 'os', label: 'Operating systems', metrics: ['visitors', 'pageviews'] },
+    { dimension: 'os', label: 'Operating systems', metrics: ['visitors', 'pageviews'], player: 'os' },
     { dimension: 'device', label: 'Devices', metrics: ['visitors', 'pageviews'], player: 'device' },
   ],
   events: [

@@ -9,7 +9,7 @@ import { ApiFailure, Unauthorised, apiFetch, apiJson, element, setUpKey, showErr
 // Filters the page takes from its own query string (the dashboard links here with them) and
 // keeps there, with the open session, so a reload or a shared link shows the same view.
 // Never a key: the key is entered on this page, once per tab.
-const URL_FILTERS = ['dateFrom', 'dateTo', 'distinctId', 'urlContains', 'country', 'browser', 'device', 'bots'];
+const URL_FILTERS = ['dateFrom', 'dateTo', 'distinctId', 'urlContains', 'country', 'browser', 'os', 'device', 'bots'];
 const PAGE_SIZE = 50;
 // rrweb's event types and sources.
 const FULL_SNAPSHOT = 2;
@@ -52,7 +52,7 @@ function writeUrl() {
 
 // Back to the dashboard (its URL is written into the page by the replay service), filtered
 // the same way where the dashboard has the same filter.
-const DASHBOARD_FILTERS = { country: 'country', browser: 'browser', device: 'device' };
+const DASHBOARD_FILTERS = { country: 'country', browser: 'browser', os: 'os', device: 'device' };
 
 function drawDashboardLink() {
   const base = document.body.dataset.dashboardUrl.replace(/\/+$/, '');
