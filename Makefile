@@ -8,7 +8,8 @@ SIGHTLINE := $(BIN)/sightline
 .DEFAULT_GOAL := help
 
 .PHONY: help up down status test lint migrate install install-dev clean bench-ingest bench-tracing bench-replay \
-	bench-query tracker tracker-deps pages pages-deps capture-recordings load chaos attack
+	bench-query bench-session-list tracker tracker-deps pages pages-deps screenshots capture-recordings load chaos \
+	attack
 
 help: ## List the targets with one line each
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -68,6 +69,9 @@ pages-deps: ## npm ci in web/ (esbuild, rrweb-player, uPlot; the pages' bundle t
 pages: pages-deps ## Rebuild the player's and dashboard's scripts and styles from web/src; commit the result
 	cd web && node build.mjs
 
+screenshots: install-dev ## PNGs of every dashboard and player state at 1440 and 390 px in reports/screenshots (own throwaway stack, Chromium)
+	$(BIN)/python -m tests.e2e.page_screenshots reports/screenshots
+
 capture-recordings: install-dev ## Record tools/loadtest/recordings/*.json.gz with Chromium (replay payloads for the load test)
 	$(BIN)/python -m tests.e2e.capture_recordings
 
@@ -78,6 +82,9 @@ bench-ingest: install ## wrk against POST /v1/events vs the no-op endpoint (need
 bench-tracing: install ## Throughput with tracing on vs off in one run (needs `make up`); writes docs/benchmarks.md
 	@command -v wrk >/dev/null || { echo "wrk is missing: apt-get install -y wrk"; exit 1; }
 	$(BIN)/python -m tools.bench.tracing
+
+bench-session-list: install-dev ## The player's session list under every filter at 100k sessions: p50/p95 (own throwaway stack)
+	$(BIN)/python -m tools.bench.session_list $(BENCH_ARGS)
 
 bench-replay: install-dev ## Replay: first byte, throughput, worker memory for 30- vs 3-minute recordings (own throwaway stack)
 	$(BIN)/python -m tools.bench.replay $(BENCH_ARGS)

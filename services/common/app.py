@@ -7,17 +7,18 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
-from litestar import Litestar
+from litestar import Litestar, Response
 from litestar.config.cors import CORSConfig
 from litestar.datastructures import State
 from litestar.di import NamedDependency
 from litestar.openapi import OpenAPIConfig
-from litestar.openapi.plugins import JsonRenderPlugin, ScalarRenderPlugin
+from litestar.openapi.plugins import JsonRenderPlugin
 from litestar.plugins.opentelemetry import OpenTelemetryConfig
 from litestar.types import ControllerRouterHandler, Middleware
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from services.common.api_reference import API_REFERENCE_POLICY, PlainReferencePlugin
 from services.common.db import create_engine, set_statement_timeout, transaction
 from services.common.errors import EXCEPTION_HANDLERS, JsonBodyRequest
 from services.common.health import HealthController, ReadyProbe
@@ -87,6 +88,16 @@ async def garbage_collection_for_serving(app: Litestar) -> AsyncIterator[None]:
         gc.unfreeze()
 
 
+async def default_content_security_policy(response: Response[Any]) -> Response[Any]:
+    """A policy that runs no script on every answer without its own (the pages set theirs).
+
+    The API reference at /schema is HTML on the origin that keeps the secret key; JSON and
+    streams gain nothing from a script either.
+    """
+    response.headers.setdefault("Content-Security-Policy", API_REFERENCE_POLICY)
+    return response
+
+
 def build_app(
     *,
     service: ServiceName,
@@ -139,11 +150,13 @@ def build_app(
             version=VERSION,
             description=description,
             path="/schema",
-            render_plugins=[ScalarRenderPlugin(), JsonRenderPlugin()],
+            # Not Scalar/Swagger: they load scripts from a CDN onto the origin that keeps the key.
+            render_plugins=[PlainReferencePlugin(), JsonRenderPlugin()],
         ),
         cors_config=cors,
         middleware=[*tracing_middleware, *middleware],
         state=State({"statement_timeout_ms": database.statement_timeout_ms, **(state or {})}),
         logging_config=None,
+        after_request=default_content_security_policy,
         debug=False,
     )

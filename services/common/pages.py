@@ -22,20 +22,23 @@ from litestar.response import Redirect
 
 from services.common.errors import ApiError
 
-# Scripts and styles only from the page's own origin. The recorded pages rrweb rebuilds in
-# the player's iframe (about:blank, which inherits this policy) carry their CSS as inline
-# <style> elements and their images and fonts from the recorded site, hence 'unsafe-inline'
-# for styles and any source for images, fonts and media. rrweb never runs recorded scripts.
+# Scripts, styles, images, fonts and media only from the page's own origin. The recorded
+# pages rrweb rebuilds in the player's iframe (about:blank, which inherits this policy) carry
+# their CSS as inline <style> elements, hence 'unsafe-inline' for styles (no script can run:
+# script-src has no 'unsafe-inline'). Their images, fonts and media stay on the recorded site:
+# a recording must not make the browser of whoever plays it call out to other hosts (which
+# would tell them who watches, and when), so those are blocked and the replay shows gaps
+# where they were. data: and blob: are what rrweb itself builds (inlined images, canvas).
 # connect-src 'self': the pages talk to their own service only; links to the other page
 # are plain navigations.
 CONTENT_SECURITY_POLICY = "; ".join(
     (
         "default-src 'none'",
         "script-src 'self'",
-        "style-src 'self' 'unsafe-inline' http: https:",
-        "img-src * data: blob:",
-        "font-src * data:",
-        "media-src * data: blob:",
+        "style-src 'self' 'unsafe-inline'",
+        "img-src 'self' data: blob:",
+        "font-src 'self' data:",
+        "media-src 'self' data: blob:",
         "connect-src 'self'",
         "frame-src 'self'",
         "base-uri 'none'",

@@ -14,6 +14,7 @@ from services.common.settings import DatabaseSettings, LogSettings, RateLimitSet
 from services.replay.pages import PAGE_HANDLERS
 from services.replay.routes import ReplayController
 from services.replay.service import ReplayService
+from services.replay.settings import ReplaySettings
 
 DESCRIPTION = (
     "Session list and streamed rrweb recordings for a replay player, authenticated with a project's secret key"
@@ -32,8 +33,10 @@ def create_app(
     database: DatabaseSettings | None = None,
     logs: LogSettings | None = None,
     rate_limit: RateLimitSettings | None = None,
+    replay_settings: ReplaySettings | None = None,
 ) -> Litestar:
     database = database or DatabaseSettings.from_env("replay")
+    settings = replay_settings or ReplaySettings.from_env()
     rate_limit = rate_limit or RateLimitSettings.from_env("replay")
     return build_app(
         service="replay",
@@ -46,5 +49,6 @@ def create_app(
         state={
             "project_cache": ProjectCache(),
             "rate_limit": TokenBuckets(rate_limit.requests_per_s, rate_limit.burst),
+            "replay_settings": settings,
         },
     )

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import NamedTuple
 
-from sqlalchemy import BigInteger, Text, bindparam, exists, func, literal, or_, select, text, tuple_
+from sqlalchemy import BigInteger, Text, bindparam, func, or_, select, text, tuple_
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.common.db import asyncpg_connection
@@ -17,6 +17,8 @@ from services.replay.schemas import ChunkEntry, SessionSummary
 # skew-corrected at ingest and chunks are not; this much slack keeps a session's own
 # pageviews inside the window used to match "url contains" against them.
 _EVENT_MATCH_SLACK = timedelta(hours=1)
+# The device type ingest gives a crawler (services/ingest/enrichment.py).
+BOT_DEVICE_TYPE = "bot"
 
 
 @dataclass(frozen=True)
@@ -28,7 +30,11 @@ class SessionFilters:
     url_contains: str | None = None
     country: str | None = None
     browser: str | None = None
+    os: str | None = None
     device_type: str | None = None
+    # Ingest marks a crawler's session with device type "bot" (as it flags the crawler's
+    # events, which every dashboard query leaves out); the list leaves them out unless asked.
+    include_bots: bool = False
 
 
 class ReadBatch(NamedTuple):
@@ -57,6 +63,13 @@ _SESSION_COLUMNS = tuple(getattr(ReplaySession, name) for name in SessionSummary
 _CHUNK_INDEX_COLUMNS = tuple(getattr(ReplayChunk, name) for name in ChunkEntry.__struct_fields__)
 
 
+# A "URL contains" search looks at the newest sessions first, in widening windows back from
+# the cursor (or now): a common term fills a page from the last day's events alone, and only
+# a rare one (which the trigram index finds fast) reads the whole history. Measured with
+# `make bench-session-list`, see docs/benchmarks.md.
+_URL_SEARCH_WINDOWS = (timedelta(days=1), timedelta(days=7), None)
+
+
 async def list_sessions(
     connection: AsyncConnection,
     project_id: int,
@@ -70,9 +83,37 @@ async def list_sessions(
     Keyset pagination, not OFFSET: sessions that arrive between two pages sort before the
     cursor (they are newer), so a page never repeats or skips a row that existed before.
     """
+    if filters.url_contains is None:
+        return await _list_sessions(connection, project_id, filters, after=after, limit=limit, searched_from=None)
+    newest = after[0] if after is not None else (await connection.execute(select(func.now()))).scalar_one()
+    sessions: list[SessionSummary] = []
+    for window in _URL_SEARCH_WINDOWS:
+        searched_from = None if window is None else newest - window
+        if searched_from is not None and filters.started_from is not None and searched_from <= filters.started_from:
+            searched_from = None  # the filter's own start is nearer: this is the last search
+        sessions = await _list_sessions(
+            connection, project_id, filters, after=after, limit=limit, searched_from=searched_from
+        )
+        if len(sessions) >= limit or searched_from is None:
+            break
+    return sessions
+
+
+async def _list_sessions(
+    connection: AsyncConnection,
+    project_id: int,
+    filters: SessionFilters,
+    *,
+    after: tuple[datetime, str] | None,
+    limit: int,
+    searched_from: datetime | None,
+) -> list[SessionSummary]:
     query = select(*_SESSION_COLUMNS).where(ReplaySession.project_id == project_id)
-    if filters.started_from is not None:
-        query = query.where(ReplaySession.started_at >= filters.started_from)
+    started_from = filters.started_from
+    if searched_from is not None:
+        started_from = searched_from if started_from is None else max(started_from, searched_from)
+    if started_from is not None:
+        query = query.where(ReplaySession.started_at >= started_from)
     if filters.started_before is not None:
         query = query.where(ReplaySession.started_at < filters.started_before)
     if filters.min_duration_ms is not None:
@@ -83,26 +124,39 @@ async def list_sessions(
         query = query.where(ReplaySession.country == filters.country.upper())
     if filters.browser is not None:
         query = query.where(func.lower(ReplaySession.browser) == filters.browser.lower())
+    if filters.os is not None:
+        query = query.where(func.lower(ReplaySession.os) == filters.os.lower())
     if filters.device_type is not None:
         query = query.where(ReplaySession.device_type == filters.device_type.lower())
+    if not filters.include_bots and (filters.device_type or "").lower() != BOT_DEVICE_TYPE:
+        query = query.where(ReplaySession.device_type.is_distinct_from(BOT_DEVICE_TYPE))
     if filters.url_contains is not None:
-        # strpos, not LIKE: the user's text may hold % or _, which must match literally.
-        needle = literal(filters.url_contains.lower())
-        visited_url = exists(
-            select(literal(1)).where(
-                Event.project_id == project_id,
-                Event.session_id == ReplaySession.session_id,
-                Event.occurred_at >= ReplaySession.started_at - _EVENT_MATCH_SLACK,
-                Event.occurred_at <= ReplaySession.ended_at + _EVENT_MATCH_SLACK,
-                func.strpos(func.lower(Event.url), needle) > 0,
+        # LIKE with the user's % and _ escaped (they match literally), on lower(url): the form
+        # the trigram indexes of migration 0610 serve. The events are searched once for the
+        # sessions whose pages matched (a semi-join), not once per listed session.
+        pattern = "%" + _escape_like(filters.url_contains.lower()) + "%"
+        visited = select(Event.session_id).where(
+            Event.project_id == project_id, func.lower(Event.url).like(pattern, escape="\\")
+        )
+        if started_from is not None:
+            visited = visited.where(Event.occurred_at >= started_from - _EVENT_MATCH_SLACK)
+        if filters.started_before is not None:
+            visited = visited.where(Event.occurred_at < filters.started_before + _EVENT_MATCH_SLACK)
+        query = query.where(
+            or_(
+                func.lower(ReplaySession.first_url).like(pattern, escape="\\"),
+                ReplaySession.session_id.in_(visited),
             )
         )
-        query = query.where(or_(func.strpos(func.lower(ReplaySession.first_url), needle) > 0, visited_url))
     if after is not None:
         query = query.where(tuple_(ReplaySession.started_at, ReplaySession.session_id) < tuple_(*after))
     query = query.order_by(ReplaySession.started_at.desc(), ReplaySession.session_id.desc()).limit(limit)
     result = await connection.execute(query)
     return [SessionSummary(**row._mapping) for row in result]
+
+
+def _escape_like(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
 async def find_session(connection: AsyncConnection, project_id: int, session_id: str) -> SessionSummary | None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 from urllib.parse import unquote
 
 from litestar import Controller, Request, delete, get
@@ -190,9 +190,19 @@ class ReplayController(Controller):
             str | None, QueryParameter(pattern="^[A-Za-z]{2}$", description="ISO 3166-1 alpha-2 code")
         ] = None,
         browser: Annotated[str | None, QueryParameter(min_length=1, max_length=100)] = None,
+        os: Annotated[
+            str | None, QueryParameter(min_length=1, max_length=100, description="Operating system, e.g. iOS")
+        ] = None,
         device: Annotated[
             str | None, QueryParameter(min_length=1, max_length=20, description="desktop, mobile, tablet or other")
         ] = None,
+        bots: Annotated[
+            Literal["exclude", "include"],
+            QueryParameter(
+                description="Sessions of crawlers (device type 'bot') are left out, as the dashboard leaves out"
+                " their events; 'include' lists them too."
+            ),
+        ] = "exclude",
     ) -> SessionPage:
         filters = SessionFilters(
             started_from=_datetime("dateFrom", dateFrom),
@@ -202,7 +212,9 @@ class ReplayController(Controller):
             url_contains=_text("urlContains", urlContains),
             country=country,
             browser=_text("browser", browser),
+            os=_text("os", os),
             device_type=_text("device", device),
+            include_bots=bots == "include",
         )
         service: ReplayService = state.replay_service
         return await service.list_sessions(connection, project.project_id, filters, cursor=cursor, limit=limit)

@@ -3,24 +3,29 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from html import escape
 from typing import Any
 
 import pytest
 from litestar.testing import AsyncTestClient
 
+from services.common.api_reference import API_REFERENCE_POLICY
 from services.common.pages import CONTENT_SECURITY_POLICY
 from services.common.settings import SettingsError
 from services.query.app import create_app as create_query_app
 from services.query.settings import QuerySettings
 from services.replay.app import create_app as create_replay_app
+from services.replay.settings import ReplaySettings
 from tests.harness import DatabaseHarness
 
 REPLAY_URL = "https://replay.example.com:9443"
+DASHBOARD_URL = "https://stats.example.com"
 
 
 @pytest.fixture
 async def replay(db: DatabaseHarness) -> AsyncIterator[AsyncTestClient[Any]]:
-    async with AsyncTestClient(create_replay_app(db.database)) as client:
+    app = create_replay_app(db.database, replay_settings=ReplaySettings(dashboard_url=DASHBOARD_URL))
+    async with AsyncTestClient(app) as client:
         yield client
 
 
@@ -68,6 +73,21 @@ async def test_the_dashboard_links_to_the_configured_replay_url(query: AsyncTest
     assert "{{" not in html
 
 
+async def test_the_player_links_back_to_the_configured_dashboard_url(replay: AsyncTestClient[Any]) -> None:
+    html = (await replay.get("/player")).text
+    assert f'<body data-dashboard-url="{DASHBOARD_URL}">' in html
+    assert "{{" not in html
+
+
+def test_the_dashboard_url_setting() -> None:
+    assert ReplaySettings.from_env({}).dashboard_url == "http://127.0.0.1:8002"
+    assert ReplaySettings.from_env({"SIGHTLINE_QUERY_PORT": "9102"}).dashboard_url == "http://127.0.0.1:9102"
+    settings = ReplaySettings.from_env({"SIGHTLINE_REPLAY_DASHBOARD_URL": "https://stats.example.com/"})
+    assert settings.dashboard_url == "https://stats.example.com"
+    with pytest.raises(SettingsError, match="SIGHTLINE_REPLAY_DASHBOARD_URL"):
+        ReplaySettings.from_env({"SIGHTLINE_REPLAY_DASHBOARD_URL": "javascript:alert(1)"})
+
+
 def test_the_replay_url_setting() -> None:
     assert QuerySettings.from_env({}).replay_url == "http://127.0.0.1:8003"
     assert QuerySettings.from_env({"SIGHTLINE_REPLAY_PORT": "9103"}).replay_url == "http://127.0.0.1:9103"
@@ -75,3 +95,35 @@ def test_the_replay_url_setting() -> None:
     assert settings.replay_url == "https://replay.example.com"
     with pytest.raises(SettingsError, match="SIGHTLINE_QUERY_REPLAY_URL"):
         QuerySettings.from_env({"SIGHTLINE_QUERY_REPLAY_URL": "javascript:alert(1)"})
+
+
+def test_the_policy_keeps_a_recording_from_calling_out() -> None:
+    directives = dict(directive.split(" ", 1) for directive in CONTENT_SECURITY_POLICY.split("; "))
+    # Images, fonts, media and styles from the page itself (and what rrweb builds) only.
+    assert directives["img-src"] == "'self' data: blob:"
+    assert directives["font-src"] == "'self' data:"
+    assert directives["media-src"] == "'self' data: blob:"
+    assert directives["style-src"] == "'self' 'unsafe-inline'"
+    assert directives["script-src"] == "'self'"
+    assert directives["connect-src"] == "'self'"
+
+
+@pytest.mark.parametrize("service", ["replay", "query"])
+async def test_the_api_reference_runs_no_script_and_names_every_operation(
+    replay: AsyncTestClient[Any], query: AsyncTestClient[Any], service: str
+) -> None:
+    client = replay if service == "replay" else query
+    page = await client.get("/schema")
+    assert page.status_code == 200
+    assert page.headers["content-type"].startswith("text/html")
+    assert page.headers["content-security-policy"] == API_REFERENCE_POLICY
+    assert "script-src" not in API_REFERENCE_POLICY
+    assert "default-src 'none'" in API_REFERENCE_POLICY
+    # No script of any origin, no resource from another host: the key's origin runs nothing else.
+    assert "<script" not in page.text.lower()
+    assert "http://" not in page.text
+    assert "https://" not in page.text.replace("https://example", "")
+    document = (await client.get("/schema/openapi.json")).json()
+    for path, item in document["paths"].items():
+        for method in item:
+            assert f"<span class='method'>{method}</span> <span class='path'>{escape(path)}</span>" in page.text

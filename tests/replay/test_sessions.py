@@ -88,6 +88,7 @@ async def _three_kinds_of_session(store: StoreSession) -> None:
             first_url=f"https://example.com{first_path}",
             country=country,
             browser=browser,
+            os="iOS" if device_type == "mobile" else "Linux",
             device_type=device_type,
         )
 
@@ -107,6 +108,7 @@ async def _three_kinds_of_session(store: StoreSession) -> None:
         ({"urlContains": "0%_x"}, []),
         ({"country": "fr"}, ["mid-fr-chrome"]),
         ({"browser": "mobile safari"}, ["short-us-safari"]),
+        ({"os": "ios"}, ["short-us-safari"]),
         ({"device": "desktop"}, ["long-de-firefox"]),
         ({"device": "tablet", "country": "FR", "minDurationMs": 1}, ["mid-fr-chrome"]),
         ({"device": "tablet", "country": "DE"}, []),
@@ -119,6 +121,29 @@ async def test_every_filter(
     response = await client.get("/v1/sessions", params=query)
     assert response.status_code == 200, response.text
     assert [s["id"] for s in response.json()["sessions"]] == expected
+
+
+async def test_bot_sessions_are_left_out_unless_asked_for(client: AsyncTestClient[Any], store: StoreSession) -> None:
+    await _three_kinds_of_session(store)
+    await store(
+        [Chunk(0, [0, 1_000], full_snapshot=True)],
+        session_id="crawler",
+        started_at=T0 + timedelta(hours=30),
+        browser=None,
+        device_type="bot",
+    )
+    everyone = ["crawler", "mid-fr-chrome", "short-us-safari", "long-de-firefox"]
+    for query, expected in [
+        ({}, everyone[1:]),
+        ({"bots": "exclude"}, everyone[1:]),
+        ({"bots": "include"}, everyone),
+        # Asking for bots by their device type finds them without the switch.
+        ({"device": "bot"}, ["crawler"]),
+        ({"bots": "include", "device": "mobile"}, ["short-us-safari"]),
+    ]:
+        response = await client.get("/v1/sessions", params=query)
+        assert response.status_code == 200, response.text
+        assert [s["id"] for s in response.json()["sessions"]] == expected, query
 
 
 async def test_url_contains_also_matches_pages_visited_later_in_the_session(
@@ -199,7 +224,9 @@ async def test_last_page_has_no_cursor_when_it_is_exactly_full(
         ({"urlContains": "a\x00b"}, "urlContains"),
         ({"distinctId": "\x00"}, "distinctId"),
         ({"browser": "x\x00"}, "browser"),
+        ({"os": "x\x00"}, "os"),
         ({"device": "\x00"}, "device"),
+        ({"bots": "yes"}, "bots"),
         # base64 of ["0001-01-01T00:00:00+14:00","s"]: well-formed, but outside what UTC can hold
         ({"cursor": "WyIwMDAxLTAxLTAxVDAwOjAwOjAwKzE0OjAwIiwicyJd"}, "cursor"),
         ({"cursor": "WyIyMDI2LTAxLTAxVDAwOjAwOjAwIiwicyJd"}, "cursor"),  # a date-time without offset

@@ -1,171 +1,454 @@
 // The dashboard page: the query API's figures for one project, drawn with uPlot.
-import uPlot from 'uplot';
+// Everything the user chooses (period, custom range, comparison, filters, tabs, chart metric,
+// funnel steps) lives in the page's query string, so a reload or a shared link keeps it.
 import 'uplot/dist/uPlot.min.css';
 import './dashboard.css';
-import { apiJson, element, setUpKey, showError } from './key.js';
+import { bucketKeys, drawTimeChart, formatValue, keySeconds, localNow } from './chart.js';
+import { Unauthorised, apiJson, element, setUpKey, showError } from './key.js';
 
 const $ = (id) => document.getElementById(id);
 const REALTIME_REFRESH_MS = 30_000;
 const TABLE_ROWS = 10;
+const PERIODS = ['today', '7d', '30d', 'month', '12mo', 'custom'];
+const CHART_METRICS = ['visitors', 'pageviews', 'sessions', 'bounce_rate', 'visit_duration'];
+const COUNT_METRICS = new Set(['visitors', 'pageviews', 'sessions', 'events']);
+const METRIC_LABELS = {
+  visitors: 'Visitors',
+  pageviews: 'Pageviews',
+  sessions: 'Sessions',
+  bounce_rate: 'Bounce rate',
+  visit_duration: 'Visit duration',
+  events: 'Events',
+};
+// Dimensions a row click filters on (the query API's filter dimensions).
+const FILTER_LABELS = {
+  page: 'Page',
+  entry_page: 'Entry page',
+  exit_page: 'Exit page',
+  referrer: 'Source',
+  utm_source: 'UTM source',
+  utm_medium: 'UTM medium',
+  utm_campaign: 'UTM campaign',
+  country: 'Country',
+  browser: 'Browser',
+  os: 'OS',
+  device: 'Device',
+  event_name: 'Event',
+};
+// Each breakdown card: its tabs, each a dimension with the metrics its table shows, and where
+// a row links in the player (the replay API's filter of the same meaning), if anywhere.
+const BREAKDOWNS = {
+  pages: [
+    { dimension: 'page', label: 'Top pages', metrics: ['visitors', 'pageviews'], player: 'urlContains' },
+    { dimension: 'entry_page', label: 'Entry pages', metrics: ['visitors', 'sessions'], player: 'urlContains' },
+    { dimension: 'exit_page', label: 'Exit pages', metrics: ['visitors', 'sessions'], player: 'urlContains' },
+  ],
+  sources: [
+    { dimension: 'referrer', label: 'Referrers', metrics: ['visitors', 'pageviews'] },
+    { dimension: 'utm_source', label: 'UTM source', metrics: ['visitors', 'pageviews'] },
+    { dimension: 'utm_medium', label: 'UTM medium', metrics: ['visitors', 'pageviews'] },
+    { dimension: 'utm_campaign', label: 'UTM campaign', metrics: ['visitors', 'pageviews'] },
+  ],
+  locations: [{ dimension: 'country', label: 'Countries', metrics: ['visitors', 'pageviews'], player: 'country' }],
+  devices: [
+    { dimension: 'browser', label: 'Browsers', metrics: ['visitors', 'pageviews'], player: 'browser' },
+    { dimension: 'os', label: 'Operating systems', metrics: ['visitors', 'pageviews'], player: 'os' },
+    { dimension: 'device', label: 'Devices', metrics: ['visitors', 'pageviews'], player: 'device' },
+  ],
+  events: [
+    {
+      dimension: 'event_name',
+      label: 'Custom events',
+      metrics: ['visitors', 'events'],
+      extraFilters: [{ dimension: 'event_name', operator: 'is_not', values: ['pageview'] }],
+    },
+  ],
+};
 
 // The replay service's base URL, written into the page by the query service
 // (SIGHTLINE_QUERY_REPLAY_URL); session links go to its player page.
 const replayUrl = () => document.body.dataset.replayUrl.replace(/\/+$/, '');
 
 let chart = null;
+let chartData = null;
 let realtimeTimer = null;
+let generation = 0;
 
-function period() {
-  return $('period').value;
+// --- state in the URL ------------------------------------------------------------------------
+
+function readState() {
+  const query = new URLSearchParams(window.location.search);
+  const period = PERIODS.includes(query.get('period')) ? query.get('period') : '30d';
+  const filters = {};
+  for (const [name, value] of query) {
+    const dimension = name.startsWith('f.') ? name.slice(2) : null;
+    if (dimension && dimension in FILTER_LABELS) filters[dimension] = value;
+  }
+  const tabs = {};
+  for (const card of Object.keys(BREAKDOWNS)) {
+    const wanted = query.get(`tab.${card}`);
+    tabs[card] = BREAKDOWNS[card].some((tab) => tab.dimension === wanted) ? wanted : BREAKDOWNS[card][0].dimension;
+  }
+  const metric = CHART_METRICS.includes(query.get('metric')) ? query.get('metric') : 'visitors';
+  return {
+    period,
+    from: query.get('from') || '',
+    to: query.get('to') || '',
+    compare: query.get('compare') === '1',
+    metric,
+    filters,
+    tabs,
+    funnel: query.get('funnel'),
+  };
 }
 
-function timeDimension() {
-  return { today: 'time:hour', '12mo': 'time:month' }[period()] || 'time:day';
+function writeState(state) {
+  const query = new URLSearchParams();
+  if (state.period !== '30d') query.set('period', state.period);
+  if (state.period === 'custom') {
+    query.set('from', state.from);
+    query.set('to', state.to);
+  }
+  if (state.compare) query.set('compare', '1');
+  if (state.metric !== 'visitors') query.set('metric', state.metric);
+  for (const [dimension, value] of Object.entries(state.filters)) query.set(`f.${dimension}`, value);
+  for (const [card, dimension] of Object.entries(state.tabs)) {
+    if (dimension !== BREAKDOWNS[card][0].dimension) query.set(`tab.${card}`, dimension);
+  }
+  if (state.funnel) query.set('funnel', state.funnel);
+  const search = query.toString();
+  history.replaceState(null, '', search ? `?${search}` : window.location.pathname);
+}
+
+let state = readState();
+
+function update(change, { reload = true } = {}) {
+  state = { ...state, ...change };
+  writeState(state);
+  if (reload) refresh();
+}
+
+// --- API -------------------------------------------------------------------------------------
+
+function rangeFields() {
+  return state.period === 'custom' ? { period: 'custom', date_from: state.from, date_to: state.to } : { period: state.period };
+}
+
+function apiFilters(extra = []) {
+  return [
+    ...Object.entries(state.filters).map(([dimension, value]) => ({
+      dimension,
+      operator: 'is',
+      values: [value === '' ? null : value],
+    })),
+    ...extra,
+  ];
 }
 
 async function query(spec) {
+  const { extraFilters, unfiltered, ...rest } = spec;
   return apiJson('/v1/query', {
     method: 'POST',
     headers: { 'Content-Type': 'application/json' },
-    body: JSON.stringify({ period: period(), ...spec }),
+    body: JSON.stringify({ ...rangeFields(), filters: unfiltered ? [] : apiFilters(extraFilters), ...rest }),
   });
 }
 
-// Buckets the API leaves out (no events) are drawn as zero.
-function bucketTimes(response, dimension) {
-  const from = Date.parse(`${response.date_range.date_from}T00:00:00Z`);
-  const to = Date.parse(`${response.date_range.date_to}T00:00:00Z`);
-  const keys = [];
-  if (dimension === 'time:hour') {
-    for (let t = from; t < to + 86_400_000; t += 3_600_000) keys.push(new Date(t).toISOString().slice(0, 13) + ':00');
-  } else if (dimension === 'time:day') {
-    for (let t = from; t <= to; t += 86_400_000) keys.push(new Date(t).toISOString().slice(0, 10));
-  } else {
-    for (const row of response.results) keys.push(row.dimensions[0]);
-  }
-  return keys;
+async function post(path, body) {
+  return apiJson(path, {
+    method: 'POST',
+    headers: { 'Content-Type': 'application/json' },
+    body: JSON.stringify({ ...rangeFields(), ...body }),
+  });
 }
 
-function keyToSeconds(key) {
-  if (key.length === 7) return Date.parse(`${key}-01T00:00:00Z`) / 1000;
-  if (key.length === 10) return Date.parse(`${key}T00:00:00Z`) / 1000;
-  return Date.parse(`${key}:00Z`) / 1000;
+function estimateNote(response) {
+  if (response.meta.exact) return '';
+  const error = (response.meta.visitors_relative_standard_error * 100).toFixed(1);
+  return `Visitors marked \u2248 are HyperLogLog estimates (\u00b1${error} % standard error) from rolled-up days; other figures are exact, so a page's visitors may differ slightly between widgets.`;
 }
 
-async function drawChart() {
-  const dimension = timeDimension();
-  const response = await query({ metrics: ['visitors', 'pageviews'], dimensions: [dimension], limit: 10_000 });
-  const byKey = new Map(response.results.map((row) => [row.dimensions[0], row.metrics]));
-  const keys = bucketTimes(response, dimension);
-  const data = [
-    keys.map(keyToSeconds),
-    keys.map((key) => (byKey.get(key) || [0, 0])[0]),
-    keys.map((key) => (byKey.get(key) || [0, 0])[1]),
-  ];
-  const container = $('chart');
-  if (chart) chart.destroy();
-  chart = new uPlot(
-    {
-      width: Math.max(320, container.clientWidth),
-      height: 300,
-      // Buckets are days of the project's timezone, named by their date: shown as such.
-      tzDate: (seconds) => uPlot.tzDate(new Date(seconds * 1000), 'Etc/UTC'),
-      scales: { y: { range: (_, min, max) => [0, Math.max(1, max)] } },
-      series: [
-        {},
-        { label: 'Visitors', stroke: '#3358d4', width: 2, fill: 'rgba(51, 88, 212, 0.08)' },
-        { label: 'Pageviews', stroke: '#12805c', width: 2 },
-      ],
-    },
-    data,
-    container,
+// --- loading states ------------------------------------------------------------------------
+
+function skeleton(target, rows = 5) {
+  target.replaceChildren(
+    element('div', { className: 'skeleton', 'aria-busy': 'true' }, ...Array.from({ length: rows }, () => element('span'))),
   );
 }
 
-function formatNumber(value) {
-  return Number.isInteger(value) ? value.toLocaleString() : value.toFixed(1);
+// --- totals ----------------------------------------------------------------------------------
+
+function change(current, previous) {
+  if (previous === undefined || previous === null) return null;
+  if (previous === 0) return current === 0 ? '0 %' : 'new';
+  const percent = Math.round(((current - previous) / previous) * 100);
+  return `${percent > 0 ? '+' : ''}${percent} %`;
 }
 
 async function drawTotals() {
-  const response = await query({ metrics: ['visitors', 'pageviews', 'sessions', 'bounce_rate', 'visit_duration'] });
-  const values = response.results[0]?.metrics || [0, 0, 0, 0, 0];
-  const labels = ['Visitors', 'Pageviews', 'Sessions', 'Bounce rate %', 'Visit duration s'];
+  const metrics = CHART_METRICS;
+  const response = await query({ metrics, comparison: state.compare ? 'previous_period' : undefined });
+  const values = response.results[0]?.metrics || metrics.map(() => 0);
+  const previous = state.compare ? response.comparison?.results[0]?.metrics || metrics.map(() => 0) : null;
+  const estimated = !response.meta.exact;
   $('totals').replaceChildren(
-    ...labels.map((label, n) =>
-      element('div', {}, element('strong', { 'data-metric': label }, formatNumber(values[n])), element('span', {}, label)),
-    ),
+    ...metrics.map((metric, n) => {
+      const delta = previous ? change(values[n], previous[n]) : null;
+      const button = element(
+        'button',
+        {
+          type: 'button',
+          className: `total${metric === state.metric ? ' selected' : ''}`,
+          'data-total': metric,
+          'aria-pressed': String(metric === state.metric),
+          title: `Chart ${METRIC_LABELS[metric].toLowerCase()}`,
+        },
+        element('span', { className: 'total-label' }, METRIC_LABELS[metric]),
+        element(
+          'strong',
+          { 'data-metric': METRIC_LABELS[metric] },
+          `${estimated && metric === 'visitors' ? '\u2248' : ''}${formatValue(metric, values[n])}`,
+        ),
+        delta ? element('span', { className: 'delta', 'data-delta': metric }, `${delta} vs previous`) : '',
+      );
+      button.addEventListener('click', () => update({ metric }));
+      return button;
+    }),
   );
-  const note = response.meta.exact ? '' : 'Visitors are HyperLogLog estimates on rolled-up days.';
-  $('totals-note').textContent = note;
+  $('totals-note').textContent = estimateNote(response);
+  const empty = values[1] === 0 && values[2] === 0 && Object.keys(state.filters).length === 0;
+  $('empty-state').hidden = !empty;
+  return response;
 }
 
-// A table of one dimension's top values; withSessions adds a link to the player filtered to it.
-async function drawBreakdown(targetId, dimension, label, withSessions) {
-  const target = $(targetId);
-  try {
-    const response = await query({ metrics: ['visitors', 'pageviews'], dimensions: [dimension], limit: TABLE_ROWS });
-    const head = element(
-      'tr',
-      {},
-      element('th', {}, label),
-      element('th', { className: 'number' }, 'Visitors'),
-      element('th', { className: 'number' }, 'Pageviews'),
-      withSessions ? element('th', {}, '') : '',
-    );
-    const rows = response.results.map((row) => {
-      const value = row.dimensions[0];
-      const cells = [
-        element('td', { className: 'url' }, value ?? '(none)'),
-        element('td', { className: 'number' }, formatNumber(row.metrics[0])),
-        element('td', { className: 'number' }, formatNumber(row.metrics[1])),
-      ];
-      if (withSessions) {
-        const link = withSessions(value);
-        cells.push(element('td', {}, link ? element('a', { href: link, className: 'sessions-link' }, 'Sessions') : ''));
-      }
-      return element('tr', {}, ...cells);
+// --- chart -----------------------------------------------------------------------------------
+
+function granularity() {
+  if (state.period === 'today') return 'hour';
+  if (state.period === '12mo') return 'month';
+  if (state.period === 'custom' && state.from && state.to) {
+    const days = (Date.parse(state.to) - Date.parse(state.from)) / 86_400_000;
+    if (days < 1) return 'hour';
+    if (days > 92) return 'month';
+  }
+  return 'day';
+}
+
+async function drawChart() {
+  const metric = state.metric;
+  const unit = granularity();
+  $('chart-title').textContent = METRIC_LABELS[metric];
+  $('chart-metric').value = metric;
+  const response = await query({
+    metrics: [metric],
+    dimensions: [`time:${unit}`],
+    limit: 10_000,
+    comparison: state.compare ? 'previous_period' : undefined,
+  });
+  // Up to the current bucket of the project's timezone, never the hours or days still to come.
+  const now = localNow(response.meta.timezone);
+  const keys = bucketKeys(unit, response.date_range.date_from, response.date_range.date_to, now);
+  const values = (results) => new Map(results.map((row) => [row.dimensions[0], row.metrics[0]]));
+  const current = values(response.results);
+  const series = [{ label: METRIC_LABELS[metric], values: keys.map((key) => current.get(key) ?? 0) }];
+  if (response.comparison) {
+    const previous = values(response.comparison.results);
+    const previousKeys = bucketKeys(unit, response.comparison.date_range.date_from, response.comparison.date_range.date_to);
+    series.push({
+      label: 'Previous period',
+      dashed: true,
+      values: keys.map((_, index) => (index < previousKeys.length ? previous.get(previousKeys[index]) ?? 0 : null)),
     });
-    const empty = rows.length ? [] : [element('tr', {}, element('td', { colspan: '4' }, 'No data in this period.'))];
-    target.replaceChildren(element('table', {}, element('thead', {}, head), element('tbody', {}, ...rows, ...empty)));
-  } catch (error) {
-    showError(target, error);
+  }
+  chartData = { granularity: unit, times: keys.map(keySeconds), series, metric, integer: COUNT_METRICS.has(metric) };
+  chart = drawTimeChart($('chart'), chart, chartData);
+  $('chart-note').textContent = metric === 'visitors' ? estimateNote(response) : '';
+}
+
+// --- breakdowns ------------------------------------------------------------------------------
+
+function playerLink(name, value) {
+  const params = new URLSearchParams();
+  params.set(name, value);
+  return `${replayUrl()}/player?${params}`;
+}
+
+function setUpTabs() {
+  for (const card of document.querySelectorAll('section.breakdown')) {
+    const name = card.dataset.tabs;
+    const tabs = BREAKDOWNS[name];
+    const bar = card.querySelector('.tabs');
+    if (tabs.length < 2) continue;
+    bar.replaceChildren(
+      ...tabs.map((tab) => {
+        const button = element(
+          'button',
+          { type: 'button', role: 'tab', className: 'tab', 'data-tab': tab.dimension },
+          tab.label,
+        );
+        button.addEventListener('click', () => {
+          update({ tabs: { ...state.tabs, [name]: tab.dimension } }, { reload: false });
+          drawBreakdown(name).catch(ignoreRefused);
+        });
+        return button;
+      }),
+    );
   }
 }
 
-function playerLink(filters) {
-  const params = new URLSearchParams();
-  for (const [name, value] of Object.entries(filters)) if (value) params.set(name, value);
-  return `${replayUrl()}/player?${params}`;
+async function drawBreakdown(name) {
+  const tab = BREAKDOWNS[name].find((candidate) => candidate.dimension === state.tabs[name]);
+  const card = document.querySelector(`section.breakdown[data-tabs="${name}"]`);
+  for (const button of card.querySelectorAll('.tab')) {
+    button.setAttribute('aria-selected', String(button.dataset.tab === tab.dimension));
+  }
+  const target = $(`${name}-table`);
+  skeleton(target);
+  try {
+    const response = await query({
+      metrics: tab.metrics,
+      dimensions: [tab.dimension],
+      limit: TABLE_ROWS,
+      extraFilters: tab.extraFilters,
+    });
+    const estimated = !response.meta.exact;
+    const head = element(
+      'tr',
+      {},
+      element('th', {}, tab.label.replace(/^Top /, '').replace(/^./, (c) => c.toUpperCase())),
+      ...tab.metrics.map((metric) => element('th', { className: 'number' }, METRIC_LABELS[metric])),
+      tab.player ? element('th', { className: 'link' }, '') : '',
+    );
+    const rows = response.results.map((row) => {
+      const value = row.dimensions[0];
+      const filter = element(
+        'button',
+        {
+          type: 'button',
+          className: 'row-filter',
+          'data-dimension': tab.dimension,
+          title: `Only ${FILTER_LABELS[tab.dimension].toLowerCase()} ${value ?? '(none)'}`,
+        },
+        value ?? '(none)',
+      );
+      filter.addEventListener('click', () => update({ filters: { ...state.filters, [tab.dimension]: value ?? '' } }));
+      const cells = [
+        element('td', { className: 'url' }, filter),
+        ...tab.metrics.map((metric, n) =>
+          element(
+            'td',
+            { className: 'number' },
+            `${estimated && metric === 'visitors' ? '\u2248' : ''}${formatValue(metric, row.metrics[n])}`,
+          ),
+        ),
+      ];
+      if (tab.player) {
+        cells.push(
+          element(
+            'td',
+            { className: 'link' },
+            value ? element('a', { href: playerLink(tab.player, value), className: 'sessions-link' }, 'Sessions') : '',
+          ),
+        );
+      }
+      return element('tr', {}, ...cells);
+    });
+    const columns = String(tab.metrics.length + (tab.player ? 2 : 1));
+    const empty = rows.length ? [] : [element('tr', {}, element('td', { colspan: columns, className: 'empty' }, 'No data in this period.'))];
+    const note = estimated ? [element('p', { className: 'status note' }, '\u2248 HyperLogLog estimate.')] : [];
+    target.replaceChildren(element('table', {}, element('thead', {}, head), element('tbody', {}, ...rows, ...empty)), ...note);
+    return response;
+  } catch (error) {
+    if (error instanceof Unauthorised) throw error;
+    target.replaceChildren(element('p', { className: 'error' }, ''));
+    showError(target.firstChild, error);
+    return null;
+  }
 }
+
+// --- filter chips ----------------------------------------------------------------------------
+
+function drawChips() {
+  const chips = Object.entries(state.filters).map(([dimension, value]) => {
+    const remove = element('button', { type: 'button', className: 'chip-remove', 'aria-label': `Remove ${FILTER_LABELS[dimension]} filter` }, '\u00d7');
+    remove.addEventListener('click', () => {
+      const filters = { ...state.filters };
+      delete filters[dimension];
+      update({ filters });
+    });
+    return element(
+      'span',
+      { className: 'chip', 'data-filter': dimension },
+      `${FILTER_LABELS[dimension]} is ${value === '' ? '(none)' : value}`,
+      remove,
+    );
+  });
+  if (chips.length > 1) {
+    const clear = element('button', { type: 'button', className: 'secondary small' }, 'Clear all');
+    clear.addEventListener('click', () => update({ filters: {} }));
+    chips.push(clear);
+  }
+  $('filter-chips').replaceChildren(...chips);
+}
+
+// --- realtime, funnel, retention -------------------------------------------------------------
 
 async function drawRealtime() {
   try {
     const response = await apiJson('/v1/realtime');
     $('realtime').replaceChildren(
+      element('span', { className: 'pulse', 'aria-hidden': 'true' }),
       element('strong', { id: 'realtime-visitors' }, String(response.visitors)),
-      ` visitors in the last ${Math.round(response.window_seconds / 60)} minutes`,
+      ` ${response.visitors === 1 ? 'visitor' : 'visitors'} in the last ${Math.round(response.window_seconds / 60)} minutes (realtime)`,
     );
   } catch (error) {
     showError($('realtime'), error);
   }
 }
 
-async function drawFunnel() {
-  const target = $('funnel-result');
-  const steps = $('funnel-steps')
-    .value.split(',')
+function funnelSteps(text) {
+  return text
+    .split(',')
     .map((step) => step.trim())
     .filter(Boolean)
     .map((value) => ({ type: value.startsWith('/') ? 'page' : 'event', value }));
+}
+
+// Without steps of the user's own, the funnel follows the project's most visited pages.
+function defaultFunnel(topPages) {
+  const pages = (topPages?.results || []).map((row) => row.dimensions[0]).filter(Boolean).slice(0, 3);
+  return pages.length >= 2 ? pages.join(', ') : '';
+}
+
+async function drawFunnel(topPages) {
+  const target = $('funnel-result');
+  const input = $('funnel-steps');
+  if (state.funnel) input.value = state.funnel;
+  else if (!input.value || input.dataset.auto === '1') {
+    input.value = defaultFunnel(topPages);
+    input.dataset.auto = '1';
+  }
+  const steps = funnelSteps(input.value);
   if (steps.length < 2) {
-    target.textContent = 'A funnel needs 2 to 8 steps: page paths (starting with /) or event names.';
+    target.replaceChildren(
+      element('p', { className: 'status' }, 'A funnel needs 2 to 8 steps: page paths (starting with /) or event names. This period has fewer than 2 pages to suggest.'),
+    );
     return;
   }
+  skeleton(target, 3);
   try {
-    const response = await apiJson('/v1/funnel', {
-      method: 'POST',
-      headers: { 'Content-Type': 'application/json' },
-      body: JSON.stringify({ period: period(), steps }),
+    const response = await post('/v1/funnel', { steps });
+    const rows = response.steps.map((step, index) => {
+      const reached = step.visitors > 0;
+      return element(
+        'tr',
+        {},
+        element('td', { className: 'url' }, `${step.step}. ${step.value}`),
+        element('td', { className: 'number' }, formatValue('visitors', step.visitors)),
+        // A step nobody reached has no conversion to speak of.
+        element('td', { className: 'number' }, reached ? `${step.conversion_rate.toFixed(1)} %` : '-'),
+        element('td', { className: 'number' }, index === 0 ? '-' : formatValue('visitors', step.drop_off)),
+      );
     });
     target.replaceChildren(
       element(
@@ -179,49 +462,130 @@ async function drawFunnel() {
             {},
             element('th', {}, 'Step'),
             element('th', { className: 'number' }, 'Visitors'),
-            element('th', { className: 'number' }, 'Conversion %'),
+            element('th', { className: 'number' }, 'Conversion'),
             element('th', { className: 'number' }, 'Drop-off'),
           ),
         ),
-        element(
-          'tbody',
-          {},
-          ...response.steps.map((step) =>
-            element(
-              'tr',
-              {},
-              element('td', {}, `${step.step}. ${step.value}`),
-              element('td', { className: 'number' }, formatNumber(step.visitors)),
-              element('td', { className: 'number' }, step.conversion_rate.toFixed(1)),
-              element('td', { className: 'number' }, formatNumber(step.drop_off)),
-            ),
-          ),
-        ),
+        element('tbody', {}, ...rows),
+      ),
+      element(
+        'p',
+        { className: 'status note' },
+        'Funnel visitors are exact counts over raw events, of all traffic in the period (filters do not apply).',
       ),
     );
   } catch (error) {
-    showError(target, error);
+    if (error instanceof Unauthorised) throw error;
+    target.replaceChildren(element('p', { className: 'error' }, ''));
+    showError(target.firstChild, error);
   }
 }
 
-async function refresh() {
-  const status = $('dashboard-status');
-  status.textContent = 'Loading\u2026';
+async function drawRetention() {
+  const target = $('retention');
+  skeleton(target, 4);
   try {
-    await Promise.all([
-      drawTotals(),
+    const response = await post('/v1/retention', { weeks: 6 });
+    if (!response.cohorts.length) {
+      target.replaceChildren(element('p', { className: 'status' }, 'No visitors first seen in this period.'));
+      return;
+    }
+    // The newest twelve cohorts (a 12-month period has 52): the table stays readable.
+    const cohorts = response.cohorts.slice(-12);
+    const weeks = Math.max(...cohorts.map((cohort) => cohort.retention.length));
+    const head = element(
+      'tr',
+      {},
+      element('th', {}, 'First seen (week of)'),
+      element('th', { className: 'number' }, 'Visitors'),
+      ...Array.from({ length: weeks }, (_, n) => element('th', { className: 'number' }, `Week ${n + 1}`)),
+    );
+    const rows = cohorts.map((cohort) =>
+      element(
+        'tr',
+        {},
+        element('td', {}, cohort.week),
+        element('td', { className: 'number' }, formatValue('visitors', cohort.visitors)),
+        ...Array.from({ length: weeks }, (_, n) => {
+          const week = cohort.retention.find((entry) => entry.week_offset === n + 1);
+          if (!week) return element('td', { className: 'number' }, '');
+          const cell = element('td', { className: 'number heat' }, `${week.percentage.toFixed(1)} %`);
+          cell.style.setProperty('--heat', String(Math.min(1, week.percentage / 50)));
+          return cell;
+        }),
+      ),
+    );
+    const shown = cohorts.length < response.cohorts.length ? [element('p', { className: 'status note' }, `The newest ${cohorts.length} of ${response.cohorts.length} weekly cohorts.`)] : [];
+    target.replaceChildren(element('table', {}, element('thead', {}, head), element('tbody', {}, ...rows)), ...shown);
+  } catch (error) {
+    if (error instanceof Unauthorised) throw error;
+    target.replaceChildren(element('p', { className: 'error' }, ''));
+    showError(target.firstChild, error);
+  }
+}
+
+// --- the whole page --------------------------------------------------------------------------
+
+function drawControls() {
+  $('period').value = state.period;
+  const custom = state.period === 'custom';
+  for (const id of ['custom-from-label', 'custom-to-label', 'custom-apply']) $(id).hidden = !custom;
+  $('date-from').value = state.from;
+  $('date-to').value = state.to;
+  $('compare').checked = state.compare;
+  $('chart-metric').value = state.metric;
+  drawChips();
+}
+
+function ignoreRefused(error) {
+  if (!(error instanceof Unauthorised)) throw error;
+}
+
+async function refresh() {
+  const mine = ++generation;
+  const status = $('dashboard-status');
+  status.classList.remove('error');
+  drawControls();
+  if (state.period === 'custom' && !(state.from && state.to)) {
+    status.textContent = 'Choose both days of the custom range.';
+    return;
+  }
+  status.textContent = 'Loading\u2026';
+  for (const id of ['pages-table', 'sources-table', 'locations-table', 'devices-table', 'events-table']) skeleton($(id));
+  skeleton($('totals'), 1);
+  $('chart').classList.add('loading');
+  try {
+    // One call first: a refused key stops here, with one message, instead of every widget
+    // asking and failing on its own.
+    await drawTotals();
+    if (mine !== generation) return;
+    const [topPages] = await Promise.all([
+      drawBreakdown('pages'),
       drawChart(),
-      drawBreakdown('top-pages', 'page', 'Page', (page) => page && playerLink({ urlContains: page })),
-      drawBreakdown('referrers', 'referrer', 'Referrer'),
-      drawBreakdown('countries', 'country', 'Country', (country) => country && playerLink({ country })),
-      drawBreakdown('browsers', 'browser', 'Browser', (browser) => browser && playerLink({ browser })),
-      drawBreakdown('devices', 'device', 'Device', (device) => device && playerLink({ device })),
+      drawBreakdown('sources'),
+      drawBreakdown('locations'),
+      drawBreakdown('devices'),
+      drawBreakdown('events'),
       drawRealtime(),
-      drawFunnel(),
+      drawRetention(),
     ]);
+    if (mine !== generation) return;
+    // The funnel API takes no filters: its suggestion comes from all traffic too.
+    const suggestion =
+      state.tabs.pages === 'page' && Object.keys(state.filters).length === 0
+        ? topPages
+        : await query({ metrics: ['visitors'], dimensions: ['page'], limit: 3, unfiltered: true });
+    await drawFunnel(suggestion);
     status.textContent = `Updated ${new Date().toLocaleTimeString()}`;
   } catch (error) {
+    if (error instanceof Unauthorised) {
+      status.textContent = '';
+      return;
+    }
+    status.classList.add('error');
     showError(status, error);
+  } finally {
+    $('chart').classList.remove('loading');
   }
 }
 
@@ -229,14 +593,41 @@ function start() {
   $('all-sessions').href = `${replayUrl()}/player`;
   refresh();
   clearInterval(realtimeTimer);
-  realtimeTimer = setInterval(drawRealtime, REALTIME_REFRESH_MS);
+  realtimeTimer = setInterval(() => drawRealtime(), REALTIME_REFRESH_MS);
+}
+
+let resizeTimer = null;
+function resizeChart() {
+  clearTimeout(resizeTimer);
+  resizeTimer = setTimeout(() => {
+    if (chart && chartData) chart = drawTimeChart($('chart'), chart, chartData);
+  }, 100);
 }
 
 document.addEventListener('DOMContentLoaded', () => {
-  $('period').addEventListener('change', refresh);
+  setUpTabs();
+  drawControls();
+  $('period').addEventListener('change', () => {
+    const period = $('period').value;
+    if (period === 'custom') {
+      // Start from the last 30 days, so the range is never empty.
+      const today = new Date().toISOString().slice(0, 10);
+      const monthAgo = new Date(Date.now() - 29 * 86_400_000).toISOString().slice(0, 10);
+      update({ period, from: state.from || monthAgo, to: state.to || today });
+    } else update({ period });
+  });
+  $('period-form').addEventListener('submit', (event) => {
+    event.preventDefault();
+    update({ from: $('date-from').value, to: $('date-to').value });
+  });
+  $('compare').addEventListener('change', () => update({ compare: $('compare').checked }));
+  $('chart-metric').addEventListener('change', () => update({ metric: $('chart-metric').value }));
   $('funnel-form').addEventListener('submit', (event) => {
     event.preventDefault();
-    drawFunnel();
+    $('funnel-steps').dataset.auto = '';
+    update({ funnel: $('funnel-steps').value.trim() }, { reload: false });
+    drawFunnel(null).catch(ignoreRefused);
   });
+  window.addEventListener('resize', resizeChart);
   setUpKey(start);
 });

@@ -1,34 +1,69 @@
-// The replay player page: the project's recorded sessions with filters, and rrweb-player.
+// The replay player page: the project's recorded sessions with filters, and rrweb-player
+// beside the session's pages, clicks and metadata.
 import rrwebPlayer from 'rrweb-player';
 import 'rrweb-player/dist/style.css';
 import './player.css';
 import { FRAMES_MEDIA_TYPE, recordingChunks } from './frames.js';
-import { apiFetch, apiJson, element, setUpKey, showError } from './key.js';
+import { ApiFailure, Unauthorised, apiFetch, apiJson, element, setUpKey, showError } from './key.js';
 
-// Filters the page takes from its own query string (the dashboard links here with them).
+// Filters the page takes from its own query string (the dashboard links here with them) and
+// keeps there, with the open session, so a reload or a shared link shows the same view.
 // Never a key: the key is entered on this page, once per tab.
-const URL_FILTERS = ['dateFrom', 'dateTo', 'distinctId', 'urlContains', 'country', 'browser', 'device'];
+const URL_FILTERS = ['dateFrom', 'dateTo', 'distinctId', 'urlContains', 'country', 'browser', 'os', 'device', 'bots'];
 const PAGE_SIZE = 50;
-// rrweb's event types.
+// rrweb's event types and sources.
 const FULL_SNAPSHOT = 2;
+const INCREMENTAL = 3;
 const META = 4;
+const CUSTOM = 5;
+const MOUSE_INTERACTION = 2;
+const CLICK = 2;
+// Three clicks within this long of each other, close together, are a rage click.
+const RAGE_WINDOW_MS = 1000;
+const RAGE_DISTANCE_PX = 40;
+const MAX_ACTIVITY = 500;
 
-const state = { nextCursor: null, player: null, session: null, loading: 0 };
+const state = { nextCursor: null, player: null, session: null, openId: null, loading: 0, listing: 0, activity: null };
 
 const $ = (id) => document.getElementById(id);
+
+const plural = (count, one, many = `${one}s`) => `${count.toLocaleString('en-US')} ${count === 1 ? one : many}`;
 
 function filterParams() {
   const form = $('filters');
   const params = new URLSearchParams();
   for (const name of URL_FILTERS) {
-    const value = form.elements[name].value.trim();
-    if (!value) continue;
-    // Date inputs give a day; the API takes ISO 8601 (a day is midnight UTC).
-    params.set(name, value);
+    const input = form.elements[name];
+    const value = input.type === 'checkbox' ? (input.checked ? input.value : '') : input.value.trim();
+    if (value) params.set(name, value);
   }
   const minimumSeconds = form.elements.minDurationS.value.trim();
   if (minimumSeconds) params.set('minDurationMs', String(Math.round(Number(minimumSeconds) * 1000)));
   return params;
+}
+
+function writeUrl() {
+  const params = filterParams();
+  if (state.openId) params.set('session', state.openId);
+  const search = params.toString();
+  history.replaceState(null, '', search ? `?${search}` : window.location.pathname);
+  drawDashboardLink();
+}
+
+// Back to the dashboard (its URL is written into the page by the replay service), filtered
+// the same way where the dashboard has the same filter.
+const DASHBOARD_FILTERS = { country: 'country', browser: 'browser', os: 'os', device: 'device' };
+
+function drawDashboardLink() {
+  const base = document.body.dataset.dashboardUrl.replace(/\/+$/, '');
+  const params = new URLSearchParams();
+  const form = $('filters');
+  for (const [name, dimension] of Object.entries(DASHBOARD_FILTERS)) {
+    const value = form.elements[name].value.trim();
+    if (value) params.set(`f.${dimension}`, name === 'country' ? value.toUpperCase() : value);
+  }
+  const search = params.toString();
+  $('dashboard-link').href = `${base}/dashboard${search ? `?${search}` : ''}`;
 }
 
 function formatDuration(ms) {
@@ -37,48 +72,187 @@ function formatDuration(ms) {
   return minutes ? `${minutes} min ${seconds % 60} s` : `${seconds} s`;
 }
 
+function clock(ms) {
+  const seconds = Math.max(0, Math.floor(ms / 1000));
+  return `${Math.floor(seconds / 60)}:${String(seconds % 60).padStart(2, '0')}`;
+}
+
 function sessionRow(session) {
   const play = element('button', { type: 'button', className: 'play', 'data-session-id': session.id }, 'Play');
   play.addEventListener('click', () => openSession(session.id, 0));
-  return element(
+  const row = element(
     'tr',
     { 'data-session-id': session.id },
+    element('td', {}, play),
     element('td', {}, new Date(session.startedAt).toLocaleString()),
     element('td', {}, formatDuration(session.durationMs)),
-    element('td', { className: 'url' }, session.firstUrl || ''),
-    element('td', {}, session.pageCount),
-    element('td', {}, session.clickCount),
+    element('td', { className: 'url', title: session.firstUrl || '' }, session.firstUrl || ''),
+    element('td', { className: 'number' }, session.pageCount),
+    element('td', { className: 'number' }, session.clickCount),
     element('td', {}, [session.country, session.browser, session.deviceType].filter(Boolean).join(' \u00b7 ')),
-    element('td', {}, play),
   );
+  if (state.session && state.session.id === session.id) row.classList.add('playing');
+  return row;
 }
 
 async function loadSessions(reset) {
+  const listing = ++state.listing;
   const status = $('sessions-status');
+  const body = $('sessions-body');
+  status.classList.remove('error');
   status.textContent = 'Loading\u2026';
   const params = filterParams();
   params.set('limit', String(PAGE_SIZE));
   if (!reset && state.nextCursor) params.set('cursor', state.nextCursor);
+  if (reset) writeUrl();
   try {
     const page = await apiJson(`/v1/sessions?${params}`);
-    const body = $('sessions-body');
+    if (listing !== state.listing) return;
     if (reset) body.replaceChildren();
     for (const session of page.sessions) body.append(sessionRow(session));
     state.nextCursor = page.nextCursor;
     $('load-more').hidden = !page.nextCursor;
-    status.textContent = body.children.length ? `${body.children.length} sessions shown` : 'No sessions match.';
+    const shown = body.children.length;
+    status.textContent = shown ? `${plural(shown, 'session')} shown` : 'No sessions match.';
   } catch (error) {
+    if (listing !== state.listing) return;
+    // Rows of an earlier answer under an error would read as this filter's results.
+    body.replaceChildren();
+    state.nextCursor = null;
+    $('load-more').hidden = true;
+    status.classList.add('error');
     showError(status, error);
   }
 }
 
 function destroyPlayer() {
   if (state.player) {
-    state.player.getReplayer().pause();
-    state.player.$destroy();
+    try {
+      state.player.getReplayer().pause();
+      state.player.$destroy();
+    } catch {
+      // A player whose page could not be rebuilt may fail to stop; it is gone either way.
+    }
     state.player = null;
   }
   $('player').replaceChildren();
+  $('timeline').replaceChildren();
+  $('activity').replaceChildren();
+}
+
+// rrweb rebuilds a recording's page in timers of its own, so a page it cannot rebuild (a
+// DOM a browser refuses, such as two elements under the document) fails there, as an
+// uncaught error. While a player is open, such an error stops it and is shown as an error.
+function playerFailed(error) {
+  if (!state.player) return;
+  const message = error?.message || String(error);
+  try {
+    state.player.getReplayer().pause();
+  } catch {
+    // Already broken; the message below is what matters.
+  }
+  $('player').classList.add('failed');
+  $('player-status').textContent = '';
+  $('player-error').textContent =
+    `This recording cannot be replayed: the recorded page could not be rebuilt (${message}).`;
+}
+
+function metaRow(label, value) {
+  return value ? [element('dt', {}, label), element('dd', {}, value)] : [];
+}
+
+function drawMeta(session, screen) {
+  $('player-meta').replaceChildren(
+    ...metaRow('Started', new Date(session.startedAt).toLocaleString()),
+    ...metaRow('Duration', formatDuration(session.durationMs)),
+    ...metaRow('Active', formatDuration(session.activeMs)),
+    ...metaRow('Pages', plural(session.pageCount, 'page')),
+    ...metaRow('Clicks', plural(session.clickCount, 'click')),
+    ...metaRow('Browser', session.browser),
+    ...metaRow('OS', session.os),
+    ...metaRow('Device', session.deviceType),
+    ...metaRow('Country', session.country),
+    ...metaRow('Screen', screen),
+    ...metaRow('First URL', session.firstUrl),
+    ...metaRow('Visitor', session.distinctId),
+  );
+  $('visitor-sessions').href = `?${new URLSearchParams({ distinctId: session.distinctId })}`;
+}
+
+// The session's page changes, clicks (rage clicks marked) and custom events, from the events
+// loaded so far; each entry seeks the player there.
+function collectActivity(events, sessionStartMs) {
+  const activity = state.activity;
+  for (const event of events) {
+    if (activity.items.length >= MAX_ACTIVITY) return;
+    let item = null;
+    if (event.type === META && event.data?.href) {
+      if (event.data.width && !activity.screen) activity.screen = `${event.data.width} \u00d7 ${event.data.height}`;
+      let path = event.data.href;
+      try {
+        const url = new URL(event.data.href);
+        path = url.pathname + url.search;
+      } catch {
+        // Not a URL: shown as it is.
+      }
+      item = { kind: 'page', what: `Page ${path}` };
+    } else if (event.type === INCREMENTAL && event.data?.source === MOUSE_INTERACTION && event.data.type === CLICK) {
+      const recent = activity.clicks.filter(
+        (click) =>
+          event.timestamp - click.timestamp <= RAGE_WINDOW_MS &&
+          Math.hypot((event.data.x ?? 0) - click.x, (event.data.y ?? 0) - click.y) <= RAGE_DISTANCE_PX,
+      );
+      activity.clicks = [...recent, { timestamp: event.timestamp, x: event.data.x ?? 0, y: event.data.y ?? 0 }];
+      item = recent.length >= 2 ? { kind: 'rage', what: 'Rage click' } : { kind: 'click', what: 'Click' };
+    } else if (event.type === CUSTOM && event.data?.tag) {
+      item = { kind: 'custom', what: `Event ${event.data.tag}` };
+    }
+    if (item) activity.items.push({ ...item, timestamp: event.timestamp, atMs: event.timestamp - sessionStartMs });
+  }
+}
+
+function seek(timestamp) {
+  if (!state.player || !state.activity) return;
+  state.player.goto(Math.max(0, timestamp - state.activity.playerStart), true);
+}
+
+function drawActivity(durationMs) {
+  const { items } = state.activity;
+  $('activity').replaceChildren(
+    ...items.map((item) => {
+      const button = element(
+        'button',
+        { type: 'button', 'data-kind': item.kind },
+        element('span', { className: 'time' }, clock(item.atMs)),
+        element('span', { className: 'what' }, item.what),
+      );
+      button.addEventListener('click', () => seek(item.timestamp));
+      return element('li', { className: item.kind }, button);
+    }),
+  );
+  if (!items.length) $('activity').replaceChildren(element('li', { className: 'status' }, 'No page changes or clicks loaded.'));
+  const span = Math.max(1, durationMs);
+  $('timeline').replaceChildren(
+    ...items
+      .filter((item) => item.kind !== 'custom')
+      .map((item) => {
+        const mark = element('button', {
+          type: 'button',
+          className: item.kind,
+          title: `${clock(item.atMs)} ${item.what}`,
+          'aria-label': `${clock(item.atMs)} ${item.what}`,
+        });
+        mark.style.left = `${Math.min(100, Math.max(0, (item.atMs / span) * 100))}%`;
+        mark.addEventListener('click', () => seek(item.timestamp));
+        return mark;
+      }),
+  );
+}
+
+function markPlayingRow(sessionId) {
+  for (const row of document.querySelectorAll('#sessions-body tr')) {
+    row.classList.toggle('playing', row.dataset.sessionId === sessionId);
+  }
 }
 
 // Streams the recording from the first full snapshot at or before fromMs (the API's `from`;
@@ -88,20 +262,29 @@ function destroyPlayer() {
 async function openSession(sessionId, fromMs, toMs = null) {
   const loading = ++state.loading;
   const status = $('player-status');
+  state.openId = sessionId;
   destroyPlayer();
-  $('player-section').hidden = false;
+  $('player').classList.remove('failed');
+  $('player-error').textContent = '';
+  const section = $('player-section');
+  section.hidden = false;
+  // The player is above the list: bring it into view, as a click on Play means "show me".
+  section.scrollIntoView({ block: 'start' });
   status.textContent = 'Loading the recording\u2026';
   try {
     const detail = await apiJson(`/v1/sessions/${encodeURIComponent(sessionId)}`);
     if (loading !== state.loading) return;
-    state.session = detail.session;
-    $('player-title').textContent = detail.session.firstUrl || detail.session.id;
-    $('player-meta').textContent =
-      `${new Date(detail.session.startedAt).toLocaleString()} \u00b7 ${formatDuration(detail.session.durationMs)}` +
-      ` \u00b7 ${detail.session.pageCount} pages \u00b7 ${detail.chunks.length} chunks`;
-    const seek = $('seek-seconds');
-    seek.max = String(Math.ceil(detail.session.durationMs / 1000));
-    seek.value = String(Math.floor(fromMs / 1000));
+    const session = detail.session;
+    state.session = session;
+    writeUrl();
+    markPlayingRow(session.id);
+    $('player-title').textContent = session.firstUrl || session.id;
+    const sessionStartMs = Date.parse(session.startedAt);
+    state.activity = { items: [], clicks: [], screen: null, playerStart: sessionStartMs };
+    drawMeta(session, null);
+    const seekInput = $('seek-seconds');
+    seekInput.max = String(Math.ceil(session.durationMs / 1000));
+    seekInput.value = String(Math.floor(fromMs / 1000));
     $('until-seconds').value = toMs === null ? '' : String(Math.floor(toMs / 1000));
 
     const params = new URLSearchParams();
@@ -119,6 +302,7 @@ async function openSession(sessionId, fromMs, toMs = null) {
       events += chunk.events.length;
       if (state.player) {
         for (const event of chunk.events) state.player.addEvent(event);
+        collectActivity(chunk.events, sessionStartMs);
       } else {
         pending.push(...chunk.events);
         // rrweb needs the meta event and the full snapshot before it can draw anything. A
@@ -126,26 +310,39 @@ async function openSession(sessionId, fromMs, toMs = null) {
         // refer to nodes the player never saw, so playback starts at the meta event.
         const meta = pending.findIndex((event) => event.type === META);
         if (meta >= 0 && pending.slice(meta).some((event) => event.type === FULL_SNAPSHOT)) {
-          const events = pending.slice(meta);
-          const sessionStartMs = Date.parse(detail.session.startedAt);
-          startPlayer(events, Math.max(0, sessionStartMs + fromMs - events[0].timestamp));
+          const playable = pending.slice(meta);
+          state.activity.playerStart = playable[0].timestamp;
+          collectActivity(playable, sessionStartMs);
+          startPlayer(playable, Math.max(0, sessionStartMs + fromMs - playable[0].timestamp));
         }
       }
-      status.textContent = `Playing; ${events} events loaded`;
+      if (state.player && !$('player-error').textContent) status.textContent = `Playing; ${plural(events, 'event')} loaded`;
     }
-    if (!state.player) status.textContent = 'This recording has no playable events.';
-    else status.textContent = `Loaded: ${events} events from ${formatDuration(startOffsetMs)} on.`;
+    if (!state.player) {
+      $('player-error').textContent = 'This recording has no playable events: no page snapshot was recorded.';
+      status.textContent = '';
+    } else if (!$('player-error').textContent) {
+      status.textContent = `Loaded: ${plural(events, 'event')} from ${formatDuration(startOffsetMs)} on.`;
+    }
+    drawMeta(session, state.activity.screen);
+    drawActivity(session.durationMs);
   } catch (error) {
-    showError(status, error);
+    if (loading !== state.loading || error instanceof Unauthorised) return;
+    status.textContent = '';
+    const target = $('player-error');
+    if (error instanceof ApiFailure) showError(target, error);
+    else target.textContent = `This recording cannot be replayed: ${error?.message || error}`;
   }
 }
 
 function startPlayer(events, offsetMs) {
   const container = $('player');
-  const width = Math.max(320, container.clientWidth - 20);
+  const width = Math.max(240, container.clientWidth);
+  // rrweb-player's controller bar is 80 px below the frame.
+  const height = Math.round(Math.min(width * 0.6, window.innerHeight * 0.7));
   state.player = new rrwebPlayer({
     target: container,
-    props: { events, width, height: Math.round(width * 0.56), autoPlay: true, showWarning: false },
+    props: { events, width, height, autoPlay: true, showWarning: false },
   });
   if (offsetMs > 0) state.player.goto(offsetMs, true);
 }
@@ -153,22 +350,41 @@ function startPlayer(events, offsetMs) {
 function prefillFilters() {
   const query = new URLSearchParams(window.location.search);
   const form = $('filters');
-  for (const name of URL_FILTERS) if (query.has(name)) form.elements[name].value = query.get(name);
+  for (const name of URL_FILTERS) {
+    if (!query.has(name)) continue;
+    const input = form.elements[name];
+    if (input.type === 'checkbox') input.checked = query.get(name) === input.value;
+    else input.value = query.get(name);
+  }
+  if (query.has('minDurationMs')) form.elements.minDurationS.value = String(Number(query.get('minDurationMs')) / 1000);
 }
 
 function start() {
-  loadSessions(true);
   const session = new URLSearchParams(window.location.search).get('session');
   if (session) openSession(session, 0);
+  loadSessions(true);
 }
 
 document.addEventListener('DOMContentLoaded', () => {
   prefillFilters();
+  drawDashboardLink();
+  window.addEventListener('error', (event) => playerFailed(event.error || event.message));
+  window.addEventListener('unhandledrejection', (event) => playerFailed(event.reason));
   $('filters').addEventListener('submit', (event) => {
     event.preventDefault();
     loadSessions(true);
   });
+  $('filters').elements.bots.addEventListener('change', () => loadSessions(true));
   $('load-more').addEventListener('click', () => loadSessions(false));
+  $('close-player').addEventListener('click', () => {
+    state.loading += 1;
+    destroyPlayer();
+    state.session = null;
+    state.openId = null;
+    $('player-section').hidden = true;
+    markPlayingRow(null);
+    writeUrl();
+  });
   $('seek-form').addEventListener('submit', (event) => {
     event.preventDefault();
     if (!state.session) return;

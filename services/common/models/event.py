@@ -57,5 +57,12 @@ class Event(Base):
     __table_args__ = (
         # Erasure finds a person's events through it (one index per partition).
         Index("ix_events_project_id_distinct_id", "project_id", "distinct_id"),
+        # The session list's "URL contains" (pg_trgm; migration 0610, which skips it without pg_trgm).
+        Index(
+            "ix_events_url_trgm",
+            func.lower(url),
+            postgresql_using="gin",
+            postgresql_ops={"lower_1": "gin_trgm_ops"},
+        ),
         {"postgresql_partition_by": "RANGE (occurred_at)"},
     )

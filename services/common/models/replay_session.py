@@ -46,4 +46,11 @@ class ReplaySession(Base):
         Index("ix_replay_sessions_project_id_started_at_session_id", "project_id", "started_at", "session_id"),
         # A person's sessions, for GDPR deletion.
         Index("ix_replay_sessions_project_id_distinct_id", "project_id", "distinct_id"),
+        # The session list's "URL contains" on the first URL (pg_trgm; migration 0610).
+        Index(
+            "ix_replay_sessions_first_url_trgm",
+            func.lower(first_url),
+            postgresql_using="gin",
+            postgresql_ops={"lower_1": "gin_trgm_ops"},
+        ),
     )

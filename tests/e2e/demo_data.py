@@ -1,0 +1,259 @@
+"""A project with a month of made-up traffic and real recordings, for the pages' tests and screenshots.
+
+Events are inserted with SQL as ingest stores them (see tests/query/conftest.py); recordings
+are the three sessions `make capture-recordings` recorded in Chromium
+(tools/loadtest/recordings/*.json.gz), moved to recent times, plus a crawler's session and
+one whose snapshot rrweb cannot rebuild (two elements under the document node).
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import random
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from services.cli import admin
+from services.common.settings import AdminDatabaseSettings
+from tools.loadtest.payloads import RECORDINGS_DIR
+
+PAGES = ("/", "/pricing", "/blog/launch", "/docs/getting-started", "/signup")
+REFERRERS = (None, None, "google.com", "news.ycombinator.com", "twitter.com")
+COUNTRIES = ("DE", "US", "FR", "GB", "NL")
+CLIENTS = (("Chrome", "Windows", "desktop"), ("Safari", "iOS", "mobile"), ("Firefox", "Linux", "desktop"))
+RECORDINGS = ("article", "catalogue", "dashboard")
+BROKEN_SESSION = "broken-recording"
+BOT_SESSION = "crawler-session"
+
+
+@dataclass(frozen=True)
+class DemoProject:
+    project_id: int
+    secret_key: str
+    public_key: str
+    # The recorded sessions' ids, newest first, as the player lists them (bots left out).
+    session_ids: tuple[str, ...]
+    pageviews: int
+    visitors: int
+
+
+def _event_rows(project_id: int, now: datetime, rng: random.Random) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+    # Visitors spread over the last 30 days (more recently), and a few in earlier months.
+    starts = [now - timedelta(minutes=rng.randint(5, 30 * 24 * 60)) for _ in range(120)]
+    starts += [now - timedelta(days=rng.randint(40, 300)) for _ in range(30)]
+    # Two visitors this hour: realtime and today's chart have something to show.
+    starts += [now - timedelta(minutes=2), now - timedelta(minutes=1)]
+    for visitor, started in enumerate(starts):
+        browser, os_name, device = CLIENTS[visitor % len(CLIENTS)]
+        referrer = REFERRERS[visitor % len(REFERRERS)]
+        utm = ("newsletter", "email", "november") if visitor % 7 == 0 else (None, None, None)
+        pages = [PAGES[0] if visitor % 3 else PAGES[2]]
+        pages += rng.sample(PAGES[1:], rng.randint(0, 3))
+        for step, path in enumerate(pages):
+            occurred = min(started + timedelta(seconds=40 * step), now - timedelta(seconds=5))
+            for name in ("pageview", "signup") if path == "/signup" else ("pageview",):
+                rows.append(
+                    {
+                        "project_id": project_id,
+                        "occurred_at": occurred,
+                        "event_uuid": uuid.uuid4(),
+                        "name": name,
+                        "distinct_id": f"visitor-{visitor}",
+                        "session_id": f"visit-{visitor}",
+                        "url": f"https://example.com{path}",
+                        "domain": "example.com",
+                        "path": path,
+                        "referrer": None if referrer is None else f"https://{referrer}/",
+                        "referrer_domain": referrer,
+                        "utm_source": utm[0],
+                        "utm_medium": utm[1],
+                        "utm_campaign": utm[2],
+                        "browser": browser,
+                        "os": os_name,
+                        "device_type": device,
+                        "country": COUNTRIES[visitor % len(COUNTRIES)],
+                        "is_bot": False,
+                    }
+                )
+    return rows
+
+
+def _recording(name: str) -> list[list[dict[str, Any]]]:
+    document = json.loads(gzip.decompress((RECORDINGS_DIR / f"{name}.json.gz").read_bytes()))
+    return [chunk["events"] for chunk in document["chunks"]]
+
+
+def _broken(chunks: list[list[dict[str, Any]]]) -> list[list[dict[str, Any]]]:
+    """The first recording with a second <html> under the document node: no browser can build that."""
+    broken = json.loads(json.dumps(chunks))
+    snapshot = next(event for event in broken[0] if event["type"] == 2)
+    snapshot["data"]["node"]["childNodes"].append(
+        {"type": 2, "tagName": "html", "attributes": {}, "childNodes": [], "id": 999_999}
+    )
+    return broken
+
+
+async def _insert_recording(
+    engine: AsyncEngine,
+    project: dict[str, Any],
+    session_id: str,
+    chunks: list[list[dict[str, Any]]],
+    started_at: datetime,
+    *,
+    distinct_id: str,
+    country: str,
+    browser: str | None,
+    os_name: str | None,
+    device: str,
+) -> None:
+    shift_ms = int(started_at.timestamp() * 1000) - chunks[0][0]["timestamp"]
+    moved = [[{**event, "timestamp": event["timestamp"] + shift_ms} for event in chunk] for chunk in chunks]
+    first = moved[0][0]["timestamp"]
+    last = moved[-1][-1]["timestamp"]
+    pages = sum(1 for chunk in moved for event in chunk if event["type"] == 4)
+    clicks = sum(
+        1
+        for chunk in moved
+        for event in chunk
+        if event["type"] == 3 and event["data"].get("source") == 2 and event["data"].get("type") == 2
+    )
+    first_url = next(event["data"]["href"] for event in moved[0] if event["type"] == 4)
+    first_url = "https://example.com" + "/" + first_url.split("/", 3)[3]
+
+    def at(ms: int) -> datetime:
+        return datetime.fromtimestamp(ms / 1000, UTC)
+
+    async with engine.begin() as connection:
+        await connection.execute(
+            text(
+                "INSERT INTO replay_sessions (project_id, session_id, distinct_id, started_at, ended_at, active_ms,"
+                " click_count, page_count, first_url, country, browser, os, device_type, chunk_count, total_bytes)"
+                " VALUES (:project_id, :session_id, :distinct_id, :started_at, :ended_at, :active_ms, :clicks,"
+                " :pages, :first_url, :country, :browser, :os, :device, :chunk_count, 0)"
+            ),
+            {
+                "project_id": project["id"],
+                "session_id": session_id,
+                "distinct_id": distinct_id,
+                "started_at": at(first),
+                "ended_at": at(last),
+                "active_ms": last - first,
+                "clicks": clicks,
+                "pages": pages,
+                "first_url": first_url,
+                "country": country,
+                "browser": browser,
+                "os": os_name,
+                "device": device,
+                "chunk_count": len(moved),
+            },
+        )
+        for seq, events in enumerate(moved):
+            body = {
+                "projectKey": project["publicKey"],
+                "sessionId": session_id,
+                "distinctId": distinct_id,
+                "seq": seq,
+                "events": events,
+            }
+            data = gzip.compress(json.dumps(body).encode())
+            await connection.execute(
+                text(
+                    "INSERT INTO replay_chunks (project_id, session_id, seq, first_timestamp, last_timestamp,"
+                    " event_count, has_full_snapshot, content_encoding, byte_size, data, distinct_id)"
+                    " VALUES (:project_id, :session_id, :seq, :first, :last, :count, :snapshot, 'gzip', :size,"
+                    " :data, :distinct_id)"
+                ),
+                {
+                    "project_id": project["id"],
+                    "session_id": session_id,
+                    "seq": seq,
+                    "first": at(events[0]["timestamp"]),
+                    "last": at(events[-1]["timestamp"]),
+                    "count": len(events),
+                    "snapshot": any(event["type"] == 2 for event in events),
+                    "size": len(data),
+                    "data": data,
+                    "distinct_id": distinct_id,
+                },
+            )
+
+
+async def seed_demo_project(admin_settings: AdminDatabaseSettings, engine: AsyncEngine) -> DemoProject:
+    project = await admin.create_project(
+        admin_settings, name=f"demo-{uuid.uuid4().hex[:8]}", domains=["example.com"], timezone="UTC"
+    )
+    now = datetime.now(UTC)
+    rows = _event_rows(int(str(project["id"])), now, random.Random(19))
+    async with engine.begin() as connection:
+        await connection.execute(
+            text(
+                "INSERT INTO events (project_id, occurred_at, event_uuid, name, distinct_id, session_id, url, domain,"
+                " path, referrer, referrer_domain, utm_source, utm_medium, utm_campaign, browser, os, device_type,"
+                " country, is_bot)"
+                " VALUES (:project_id, :occurred_at, :event_uuid, :name, :distinct_id, :session_id, :url, :domain,"
+                " :path, :referrer, :referrer_domain, :utm_source, :utm_medium, :utm_campaign, :browser, :os,"
+                " :device_type, :country, :is_bot)"
+            ),
+            rows,
+        )
+    session_ids: list[str] = []
+    for minutes_ago, (name, (browser, os_name, device)) in zip(
+        (50, 30, 10), zip(RECORDINGS, CLIENTS, strict=True), strict=True
+    ):
+        session_id = f"recorded-{name}"
+        await _insert_recording(
+            engine,
+            project,
+            session_id,
+            _recording(name),
+            now - timedelta(minutes=minutes_ago),
+            distinct_id=f"visitor-{name}",
+            country="DE",
+            browser=browser,
+            os_name=os_name,
+            device=device,
+        )
+        session_ids.insert(0, session_id)
+    await _insert_recording(
+        engine,
+        project,
+        BROKEN_SESSION,
+        _broken(_recording("article")),
+        now - timedelta(minutes=70),
+        distinct_id="visitor-broken",
+        country="FR",
+        browser="Chrome",
+        os_name="Windows",
+        device="desktop",
+    )
+    session_ids.append(BROKEN_SESSION)
+    await _insert_recording(
+        engine,
+        project,
+        BOT_SESSION,
+        _recording("catalogue"),
+        now - timedelta(minutes=5),
+        distinct_id="crawler",
+        country="US",
+        browser=None,
+        os_name=None,
+        device="bot",
+    )
+    pageviews = sum(1 for row in rows if row["name"] == "pageview")
+    visitors = len({row["distinct_id"] for row in rows})
+    return DemoProject(
+        int(str(project["id"])),
+        str(project["secretKey"]),
+        str(project["publicKey"]),
+        tuple(session_ids),
+        pageviews,
+        visitors,
+    )
