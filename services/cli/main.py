@@ -65,10 +65,16 @@ def cli() -> None:
 
 
 @cli.command()
-def up() -> None:
+@click.option(
+    "--citus-workers",
+    type=click.IntRange(min=0, max=16),
+    default=0,
+    help="Make Postgres a Citus coordinator with this many worker clusters (docs/scaling.md).",
+)
+def up(citus_workers: int) -> None:
     """Start Postgres, PgBouncer and the three services; return when all are ready."""
-    stack = LocalStack(StackSettings.from_env())
     try:
+        stack = LocalStack(StackSettings.from_env(), citus_workers=citus_workers)
         env_values = stack.up()
         os.environ.update(env_values)
         project = stack.demo_project()
@@ -88,6 +94,9 @@ def up() -> None:
         click.echo(f"  {service:<7} http://{server.host}:{server.port}  (OpenAPI: /schema)")
     click.echo(f"  pgbouncer 127.0.0.1:{stack.settings.pgbouncer_port}")
     click.echo(f"  postgres  127.0.0.1:{stack.settings.postgres_port}  (admin commands and migrations only)")
+    if stack.citus is not None:
+        role = "Citus coordinator of " + ", ".join(f"127.0.0.1:{worker.port}" for worker in stack.citus.workers)
+        click.echo(f"            {role}")
     click.echo(f"Demo project (keys also in {stack.paths.demo_project}):")
     click.echo(f"  publicKey {project['publicKey']}")
     click.echo(f"  secretKey {project['secretKey']}")

@@ -1,0 +1,186 @@
+"""A local Citus cluster: the stack's Postgres as coordinator, plus N worker clusters.
+
+Every node is a `LocalPostgres` with ``shared_preload_libraries = 'citus'``, on 127.0.0.1 and its
+own port, run as the service account. The same database (``sightline``), role and extensions
+(citus, hll) are made on every node; the coordinator then registers itself
+(``citus_set_coordinator_host``) and each worker (``citus_add_node``). Tables are distributed by
+the Alembic revision 0600 (alembic/versions/20261130_0600_citus_distribution.py), not here.
+
+Nodes talk to each other over TCP with scram-sha-256 passwords: ``pg_dist_authinfo`` (kept on the
+coordinator and synced to the workers) holds the password Citus uses per role, for the services'
+role and for the superuser that Citus's own maintenance connections run as. No node trusts
+anything by address.
+
+Worker data lives beside the coordinator's under the stack's data directory::
+
+    citus/worker-1/    PGDATA of worker 1 (port: coordinator port + 1)
+    citus/worker-2/    ...
+    citus/nodes.json   how many workers this stack has, so `down` and `status` find them
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from services.cli.postgres import LocalPostgres
+from services.cli.processes import StackError, make_owned_dir
+
+# Loaded into every node of a Citus stack.
+CITUS_SERVER_SETTINGS: dict[str, str] = {
+    "shared_preload_libraries": "citus",
+    # Citus checks connections between nodes against this list; both are local here.
+    "citus.local_hostname": "127.0.0.1",
+}
+
+# Lets the query rollups' trigger on events (alembic 0100) be created on distributed tables.
+# It writes only the co-located shard of query_rollup_days on the same worker, the one case
+# Citus runs inside a shard's trigger (see the 0600 revision).
+CITUS_DATABASE_SETTINGS: dict[str, str] = {"citus.enable_unsafe_triggers": "on"}
+
+CITUS_EXTENSIONS = ("citus", "hll")
+
+
+def worker_port(coordinator_port: int, index: int) -> int:
+    return coordinator_port + index
+
+
+@dataclass
+class LocalCitus:
+    """The workers of a Citus stack and how they are joined to the coordinator."""
+
+    coordinator: LocalPostgres
+    root: Path  # <data>/citus
+    run_dir: Path
+    log_dir: Path
+    workers: list[LocalPostgres] = field(default_factory=list)
+
+    @classmethod
+    def for_coordinator(
+        cls,
+        coordinator: LocalPostgres,
+        root: Path,
+        worker_count: int,
+        *,
+        worker_ports: list[int] | None = None,
+    ) -> LocalCitus:
+        ports = worker_ports or [worker_port(coordinator.port, index) for index in range(1, worker_count + 1)]
+        if len(ports) != worker_count:
+            raise StackError("one port per Citus worker is needed")
+        workers = [
+            LocalPostgres(
+                data_dir=root / f"worker-{index}",
+                run_dir=coordinator.run_dir,  # one socket per port, so the nodes can share it
+                log_file=coordinator.log_file.parent / f"citus-worker-{index}.log",
+                port=port,
+                bin_dir=coordinator.bin_dir,
+                max_connections=coordinator.max_connections,
+                server_settings=with_citus(coordinator.server_settings),
+            )
+            for index, port in enumerate(ports, start=1)
+        ]
+        return cls(
+            coordinator=coordinator,
+            root=root,
+            run_dir=coordinator.run_dir,
+            log_dir=coordinator.log_file.parent,
+            workers=workers,
+        )
+
+    @classmethod
+    def recorded(cls, coordinator: LocalPostgres, root: Path) -> LocalCitus | None:
+        """The Citus workers that `sightline up --citus-workers` recorded under root, if any."""
+        nodes = root / "nodes.json"
+        if not nodes.exists():
+            return None
+        ports = [int(port) for port in json.loads(nodes.read_text())["worker_ports"]]
+        return cls.for_coordinator(coordinator, root, len(ports), worker_ports=ports)
+
+    def record(self) -> None:
+        make_owned_dir(self.root, 0o755)
+        (self.root / "nodes.json").write_text(
+            json.dumps({"worker_ports": [worker.port for worker in self.workers]}, indent=2) + "\n"
+        )
+
+    # -- start / stop ----------------------------------------------------------------
+
+    def start_workers(self) -> list[str]:
+        """Initialise and start every worker that is not running; returns the names started."""
+        make_owned_dir(self.root, 0o755)
+        started = []
+        for index, worker in enumerate(self.workers, start=1):
+            if not worker.initialised:
+                worker.init()
+            if worker.pid() is None:
+                worker.start()
+                started.append(f"citus-worker-{index}")
+            worker.wait_accepting()
+        return started
+
+    def stop_workers(self, mode: str = "fast") -> list[str]:
+        return [f"citus-worker-{index}" for index, worker in enumerate(self.workers, start=1) if worker.stop(mode)]
+
+    # -- join ------------------------------------------------------------------------
+
+    def join_stack(self, user: str, password: str, database: str) -> None:
+        """Prepares every node and joins the workers; records them for `down` and `status`."""
+        self.prepare_nodes(user, password, database, self.superuser_password())
+        self.join(user, password, database, self.superuser_password())
+        self.record()
+
+    def superuser_password(self) -> str:
+        """The password of `postgres` on every node (Citus's own connections), kept mode 600."""
+        make_owned_dir(self.root, 0o755)
+        path = self.root / "superuser-password"
+        if not path.exists():
+            path.touch(mode=0o600)
+            path.write_text(new_superuser_password() + "\n")
+        return path.read_text().strip()
+
+    def prepare_nodes(self, user: str, password: str, database: str, superuser_password: str) -> None:
+        """The role, database, extensions and passwords every node needs, coordinator included."""
+        for node in (self.coordinator, *self.workers):
+            node.ensure_role_and_database(user, password, database)
+            quoted = superuser_password.replace("'", "''")
+            node.psql(f"ALTER ROLE postgres PASSWORD '{quoted}'")
+            for extension in CITUS_EXTENSIONS:
+                node.psql(f"CREATE EXTENSION IF NOT EXISTS {extension}", database=database)
+            for name, value in CITUS_DATABASE_SETTINGS.items():
+                node.psql(f"ALTER DATABASE {database} SET {name} = '{value}'")
+
+    def join(self, user: str, password: str, database: str, superuser_password: str) -> None:
+        """Registers the coordinator and every worker; idempotent."""
+        coordinator = self.coordinator
+        for role, secret in ((user, password), ("postgres", superuser_password)):
+            authinfo = f"password={secret}".replace("'", "''")
+            coordinator.psql(
+                "INSERT INTO pg_dist_authinfo (nodeid, rolename, authinfo)"
+                f" VALUES (0, '{role}', '{authinfo}')"
+                " ON CONFLICT (nodeid, rolename) DO UPDATE SET authinfo = EXCLUDED.authinfo",
+                database=database,
+            )
+        coordinator.psql(f"SELECT citus_set_coordinator_host('127.0.0.1', {coordinator.port})", database=database)
+        registered = set(
+            coordinator.psql(
+                "SELECT nodeport FROM pg_dist_node WHERE groupid <> 0", database=database
+            ).split()
+        )
+        for worker in self.workers:
+            if str(worker.port) not in registered:
+                coordinator.psql(f"SELECT citus_add_node('127.0.0.1', {worker.port})", database=database)
+
+    def active_worker_ports(self, database: str) -> list[int]:
+        out = self.coordinator.psql(
+            "SELECT nodeport FROM pg_dist_node WHERE groupid <> 0 AND isactive ORDER BY nodeport", database=database
+        )
+        return [int(port) for port in out.split()]
+
+
+def with_citus(server_settings: dict[str, str]) -> dict[str, str]:
+    return {**server_settings, **CITUS_SERVER_SETTINGS}
+
+
+def new_superuser_password() -> str:
+    return secrets.token_urlsafe(24)
