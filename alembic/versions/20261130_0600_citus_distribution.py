@@ -1,6 +1,7 @@
 """Citus: distribute every per-project table by project_id, co-located; projects everywhere.
 
-A no-op on plain Postgres. When the database has the ``citus`` extension (a coordinator made by
+On plain Postgres only the rollup trigger's function is restated (same effect, see
+NOTE_CHANGES_FUNCTION). When the database has the ``citus`` extension (a coordinator made by
 `sightline up --citus-workers N`, the compose ``citus`` profile, or any Citus install), the same
 schema is spread over the workers:
 
@@ -62,7 +63,41 @@ def citus_installed() -> bool:
     )
 
 
+# As in 0100, the same effect on both engines (so it is replaced on plain Postgres too), written
+# in the shape Citus can run inside a trigger on an events shard on a worker:
+# - the transition table is read alone: Citus cannot plan it together with a Citus table
+#   (such as projects), but a query on it alone is plain Postgres;
+# - each (project, day) is then one single-row upsert, which Citus routes to the co-located
+#   query_rollup_days shard on the same worker, in (project, day) order as before, so two
+#   writers still take the rows' locks in one order;
+# - changed_at is taken from the inserted row (its default, now(), the same transaction time):
+#   Citus refuses functions that are not immutable in DO UPDATE SET.
+NOTE_CHANGES_FUNCTION = """
+    CREATE OR REPLACE FUNCTION query_rollup_note_changes() RETURNS trigger LANGUAGE plpgsql AS $$
+    DECLARE
+        changed_project bigint;
+        project_timezone text;
+        changed_day date;
+    BEGIN
+        FOR changed_project IN SELECT DISTINCT c.project_id FROM changed_events c ORDER BY 1 LOOP
+            SELECT p.timezone INTO project_timezone FROM projects p WHERE p.project_id = changed_project;
+            CONTINUE WHEN project_timezone IS NULL;  -- as the join in 0100: no project, no row
+            FOR changed_day IN
+                SELECT DISTINCT (c.occurred_at AT TIME ZONE project_timezone)::date
+                FROM changed_events c WHERE c.project_id = changed_project ORDER BY 1
+            LOOP
+                INSERT INTO query_rollup_days AS d (project_id, day) VALUES (changed_project, changed_day)
+                ON CONFLICT (project_id, day) DO UPDATE SET changes = d.changes + 1, changed_at = EXCLUDED.changed_at;
+            END LOOP;
+        END LOOP;
+        RETURN NULL;
+    END
+    $$
+"""
+
+
 def upgrade() -> None:
+    op.execute(NOTE_CHANGES_FUNCTION)
     if not citus_installed():
         return
     # The rollup trigger on events is what makes Citus refuse to distribute it otherwise; kept for
