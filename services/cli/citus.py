@@ -20,13 +20,23 @@ Worker data lives beside the coordinator's under the stack's data directory::
 
 from __future__ import annotations
 
+import asyncio
 import json
 import secrets
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
+
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.cli.postgres import LocalPostgres
 from services.cli.processes import StackError, make_owned_dir
+from services.common import citus_repository
+from services.common.db import create_admin_engine
+from services.common.settings import AdminDatabaseSettings
+
+T = TypeVar("T")
 
 # Loaded into every node of a Citus stack.
 CITUS_SERVER_SETTINGS: dict[str, str] = {
@@ -125,8 +135,15 @@ class LocalCitus:
     # -- join ------------------------------------------------------------------------
 
     def join_stack(self, user: str, password: str, database: str) -> None:
-        """Prepares every node and joins the workers; records them for `down` and `status`."""
-        self.prepare_nodes(user, password, database, self.superuser_password())
+        """Prepares the coordinator and the workers not joined yet, joins them; records them for `down` and `status`.
+
+        A joined worker is left alone: Citus refuses DDL on objects it manages (the extensions)
+        anywhere but on the coordinator.
+        """
+        self.prepare_nodes([self.coordinator], user, password, database, self.superuser_password())
+        joined = set(self.active_worker_ports(database))
+        fresh = [worker for worker in self.workers if worker.port not in joined]
+        self.prepare_nodes(fresh, user, password, database, self.superuser_password())
         self.join(user, password, database, self.superuser_password())
         self.record()
 
@@ -139,9 +156,11 @@ class LocalCitus:
             path.write_text(new_superuser_password() + "\n")
         return path.read_text().strip()
 
-    def prepare_nodes(self, user: str, password: str, database: str, superuser_password: str) -> None:
+    def prepare_nodes(
+        self, nodes: list[LocalPostgres], user: str, password: str, database: str, superuser_password: str
+    ) -> None:
         """The role, database, extensions and passwords every node needs, coordinator included."""
-        for node in (self.coordinator, *self.workers):
+        for node in nodes:
             node.ensure_role_and_database(user, password, database)
             quoted = superuser_password.replace("'", "''")
             node.psql(f"ALTER ROLE postgres PASSWORD '{quoted}'")
@@ -153,23 +172,44 @@ class LocalCitus:
     def join(self, user: str, password: str, database: str, superuser_password: str) -> None:
         """Registers the coordinator and every worker; idempotent."""
         coordinator = self.coordinator
-        for role, secret in ((user, password), ("postgres", superuser_password)):
-            authinfo = f"password={secret}".replace("'", "''")
-            coordinator.psql(
-                "INSERT INTO pg_dist_authinfo (nodeid, rolename, authinfo)"
-                f" VALUES (0, '{role}', '{authinfo}')"
-                " ON CONFLICT (nodeid, rolename) DO UPDATE SET authinfo = EXCLUDED.authinfo",
-                database=database,
-            )
+        # Not synced by Citus: workers connect to each other too (shard moves), so every node
+        # holds the passwords.
+        for node in (coordinator, *self.workers):
+            for role, secret in ((user, password), ("postgres", superuser_password)):
+                authinfo = f"password={secret}".replace("'", "''")
+                node.psql(
+                    "INSERT INTO pg_dist_authinfo (nodeid, rolename, authinfo)"
+                    f" VALUES (0, '{role}', '{authinfo}')"
+                    " ON CONFLICT (nodeid, rolename) DO UPDATE SET authinfo = EXCLUDED.authinfo",
+                    database=database,
+                )
         coordinator.psql(f"SELECT citus_set_coordinator_host('127.0.0.1', {coordinator.port})", database=database)
         registered = set(
-            coordinator.psql(
-                "SELECT nodeport FROM pg_dist_node WHERE groupid <> 0", database=database
-            ).split()
+            coordinator.psql("SELECT nodeport FROM pg_dist_node WHERE groupid <> 0", database=database).split()
         )
         for worker in self.workers:
             if str(worker.port) not in registered:
                 coordinator.psql(f"SELECT citus_add_node('127.0.0.1', {worker.port})", database=database)
+
+    def add_worker(self, user: str, password: str, database: str, port: int | None = None) -> LocalPostgres:
+        """One more worker (on the next port unless given), started and joined; shards move only on a rebalance."""
+        index = len(self.workers) + 1
+        if port is None:
+            ports = [worker.port for worker in self.workers]
+            port = max(ports) + 1 if ports else worker_port(self.coordinator.port, 1)
+        worker = LocalPostgres(
+            data_dir=self.root / f"worker-{index}",
+            run_dir=self.run_dir,
+            log_file=self.log_dir / f"citus-worker-{index}.log",
+            port=port,
+            bin_dir=self.coordinator.bin_dir,
+            max_connections=self.coordinator.max_connections,
+            server_settings=with_citus(self.coordinator.server_settings),
+        )
+        self.workers.append(worker)
+        self.start_workers()
+        self.join_stack(user, password, database)
+        return worker
 
     def active_worker_ports(self, database: str) -> list[int]:
         out = self.coordinator.psql(
@@ -184,3 +224,51 @@ def with_citus(server_settings: dict[str, str]) -> dict[str, str]:
 
 def new_superuser_password() -> str:
     return secrets.token_urlsafe(24)
+
+
+# -- operations on any Citus deployment (through the admin database URL) -------------------
+
+
+async def _on_coordinator(settings: AdminDatabaseSettings, work: Callable[[AsyncConnection], Awaitable[T]]) -> T:
+    engine = create_admin_engine(settings)
+    try:
+        async with engine.begin() as connection:
+            if not await citus_repository.is_citus(connection):
+                raise StackError("this database is not a Citus coordinator (no citus extension)")
+            return await work(connection)
+    finally:
+        await engine.dispose()
+
+
+async def shards_per_node(settings: AdminDatabaseSettings) -> list[citus_repository.NodeShards]:
+    return await _on_coordinator(settings, citus_repository.shards_per_node)
+
+
+async def isolate_project(settings: AdminDatabaseSettings, project_id: int) -> dict[str, object]:
+    """The project's rows of every co-located table into shards of their own (same worker)."""
+
+    async def isolate(connection: AsyncConnection) -> dict[str, object]:
+        shard = await citus_repository.isolate_project(connection, project_id)
+        _, host, port = await citus_repository.project_shard(connection, project_id)
+        return {"project": project_id, "eventsShard": shard, "node": f"{host}:{port}"}
+
+    return await _on_coordinator(settings, isolate)
+
+
+async def rebalance(settings: AdminDatabaseSettings, *, wait_s: float, poll_s: float = 1.0) -> str:
+    """Starts a rebalance and waits up to wait_s for it; its state ('finished' when every move is done).
+
+    A move that fails is retried by Citus in the background (the job stays 'running'); the
+    reason is in `SELECT * FROM citus_rebalance_status()`.
+    """
+    job = await _on_coordinator(settings, citus_repository.start_rebalance)
+    if job is None:
+        return "nothing to move"
+    deadline = asyncio.get_running_loop().time() + wait_s
+    state: str | None = "scheduled"
+    while asyncio.get_running_loop().time() < deadline:
+        state = await _on_coordinator(settings, citus_repository.rebalance_state)
+        if state in {"finished", "failed", "cancelled"}:
+            break
+        await asyncio.sleep(poll_s)
+    return state or "unknown"

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import click
 
-from services.cli import admin, retention
+from services.cli import admin, citus, retention
 from services.cli.processes import StackError
 from services.cli.stack import LocalStack, granian_command, load_local_env
 from services.common.log import granian_log_config
@@ -269,6 +269,58 @@ def retention_apply(project_ids: tuple[int, ...], idempotency_days: int) -> None
         )
     )
     click.echo(json.dumps(report.as_json()))
+
+
+@cli.group("citus")
+def citus_group() -> None:
+    """Scale out on Citus: shards per node, add a worker, rebalance, isolate a project (docs/scaling.md)."""
+
+
+@citus_group.command("status")
+def citus_status() -> None:
+    """Shard placements and their size per node, as JSON."""
+    try:
+        nodes = asyncio.run(citus.shards_per_node(AdminDatabaseSettings.from_env()))
+    except StackError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(json.dumps([{"node": f"{n.host}:{n.port}", "shards": n.shards, "bytes": n.bytes} for n in nodes]))
+
+
+@citus_group.command("add-worker")
+def citus_add_worker() -> None:
+    """Start one more worker cluster for the local stack and join it (then run `sightline citus rebalance`)."""
+    stack = LocalStack(StackSettings.from_env())
+    if stack.citus is None:
+        raise click.ClickException("this stack is not a Citus stack: start one with `sightline up --citus-workers N`")
+    try:
+        worker = stack.citus.add_worker("sightline", stack.database_password(), "sightline")
+    except StackError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"worker 127.0.0.1:{worker.port} joined; move shards onto it with `sightline citus rebalance`")
+
+
+@citus_group.command("rebalance")
+@click.option("--wait-s", type=click.FloatRange(min=0), default=600, show_default=True, help="How long to wait.")
+def citus_rebalance(wait_s: float) -> None:
+    """Move shards so every worker holds a fair share (citus_rebalance_start); prints the job's state."""
+    try:
+        state = asyncio.run(citus.rebalance(AdminDatabaseSettings.from_env(), wait_s=wait_s))
+    except StackError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"rebalance: {state}")
+    if state not in {"finished", "nothing to move"}:
+        sys.exit(3)
+
+
+@citus_group.command("isolate")
+@click.option("--project", "project_id", type=int, required=True, help="The project's id.")
+def citus_isolate(project_id: int) -> None:
+    """Give a big project shards of its own in every table (isolate_tenant_to_new_shard); prints JSON."""
+    try:
+        result = asyncio.run(citus.isolate_project(AdminDatabaseSettings.from_env(), project_id))
+    except StackError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(json.dumps(result))
 
 
 def main() -> None:

@@ -103,11 +103,7 @@ _INSERT_EVENTS = f"""
         RETURNING project_id, event_uuid
     )
     INSERT INTO events ({", ".join(_EVENT_COLUMNS)})
-    SELECT {
-    ", ".join(
-        "input.stored_event_uuid" if c == "event_uuid" else "input." + c for c in _EVENT_COLUMNS
-    )
-}
+    SELECT {", ".join("input.stored_event_uuid" if c == "event_uuid" else "input." + c for c in _EVENT_COLUMNS)}
     FROM input
     WHERE input.event_uuid IS NULL
        OR EXISTS (SELECT 1 FROM first_seen
