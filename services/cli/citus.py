@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.cli.postgres import LocalPostgres
@@ -118,6 +119,7 @@ class LocalCitus:
 
     def start_workers(self) -> list[str]:
         """Initialise and start every worker that is not running; returns the names started."""
+        ensure_citus_installed(self.coordinator.bin_dir)
         make_owned_dir(self.root, 0o755)
         started = []
         for index, worker in enumerate(self.workers, start=1):
@@ -218,6 +220,15 @@ class LocalCitus:
         return [int(port) for port in out.split()]
 
 
+def ensure_citus_installed(bin_dir: Path) -> None:
+    library = bin_dir.parent / "lib" / "citus.so"
+    if not library.exists():
+        raise StackError(
+            f"{library} not found: install Citus for PostgreSQL 15 (Citus's packages, or on a machine "
+            "without them `bash ../shared/citus/build.sh` as root), or run without --citus-workers"
+        )
+
+
 def with_citus(server_settings: dict[str, str]) -> dict[str, str]:
     return {**server_settings, **CITUS_SERVER_SETTINGS}
 
@@ -236,6 +247,8 @@ async def _on_coordinator(settings: AdminDatabaseSettings, work: Callable[[Async
             if not await citus_repository.is_citus(connection):
                 raise StackError("this database is not a Citus coordinator (no citus extension)")
             return await work(connection)
+    except (OSError, SQLAlchemyError) as exc:
+        raise StackError(f"on the Citus coordinator: {exc}") from exc
     finally:
         await engine.dispose()
 
@@ -272,3 +285,19 @@ async def rebalance(settings: AdminDatabaseSettings, *, wait_s: float, poll_s: f
             break
         await asyncio.sleep(poll_s)
     return state or "unknown"
+
+
+async def wait_for_workers(settings: AdminDatabaseSettings, expected: int, timeout_s: float = 120.0) -> int:
+    """Waits until the coordinator has `expected` active workers (a compose stack joins them in a
+    job of its own, which may finish after the database accepts connections); the count seen."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while True:
+        try:
+            active = await _on_coordinator(settings, citus_repository.active_worker_count)
+        except StackError:
+            active = 0  # not up yet, or no citus extension yet
+        if active >= expected:
+            return active
+        if asyncio.get_running_loop().time() > deadline:
+            raise StackError(f"the coordinator has {active} of {expected} Citus workers after {timeout_s:.0f}s")
+        await asyncio.sleep(1.0)

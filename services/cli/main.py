@@ -140,7 +140,17 @@ def serve(service: ServiceName) -> None:
 @cli.command()
 @click.option("--revision", default="head", show_default=True)
 def migrate(revision: str) -> None:
-    """Apply Alembic migrations (directly, not through PgBouncer) and create event partitions."""
+    """Apply Alembic migrations (directly, not through PgBouncer) and create event partitions.
+
+    With SIGHTLINE_CITUS_WORKERS=N (compose's citus profile), first waits until the Citus
+    coordinator has N workers, so the tables are distributed over all of them.
+    """
+    citus_workers = int(os.environ.get("SIGHTLINE_CITUS_WORKERS", "0") or "0")
+    if citus_workers > 0:
+        try:
+            asyncio.run(citus.wait_for_workers(AdminDatabaseSettings.from_env(), citus_workers))
+        except StackError as exc:
+            raise click.ClickException(str(exc)) from exc
     created = admin.migrate(AdminDatabaseSettings.from_env(), revision)
     click.echo(f"schema at {revision}; partitions created: {len(created)}")
 

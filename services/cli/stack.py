@@ -243,9 +243,11 @@ class LocalStack:
                 self.postgres.start()
                 started.append("postgres")
             self.postgres.wait_accepting()
+            if self.citus is not None:
+                # Before any DDL on the coordinator: Citus sends it on to the joined workers.
+                started += self.citus.start_workers()
             self.postgres.ensure_role_and_database(DATABASE_USER, password, DATABASE_NAME)
             if self.citus is not None:
-                started += self.citus.start_workers()
                 self.citus.join_stack(DATABASE_USER, password, DATABASE_NAME)
 
             bouncer = self.pgbouncer(password)

@@ -82,3 +82,8 @@ async def rebalance_state(connection: AsyncConnection) -> str | None:
     result = await connection.execute(text("SELECT state FROM citus_rebalance_status()"))
     state = result.scalar_one_or_none()
     return None if state is None else str(state)
+
+
+async def active_worker_count(connection: AsyncConnection) -> int:
+    result = await connection.execute(text("SELECT count(*) FROM pg_dist_node WHERE groupid <> 0 AND isactive"))
+    return int(result.scalar_one())
