@@ -7,9 +7,9 @@ SIGHTLINE := $(BIN)/sightline
 
 .DEFAULT_GOAL := help
 
-.PHONY: help up down status test lint migrate install install-dev clean bench-ingest bench-tracing bench-replay \
-	bench-query bench-session-list tracker tracker-deps pages pages-deps screenshots capture-recordings load chaos \
-	attack
+.PHONY: help up up-citus down status test test-citus lint migrate install install-dev clean bench-ingest \
+	bench-tracing bench-replay bench-query bench-session-list tracker tracker-deps pages pages-deps screenshots \
+	capture-recordings load chaos attack
 
 help: ## List the targets with one line each
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -37,6 +37,15 @@ install-dev: $(VENV)/.installed-dev ## Install Sightline with the test and lint 
 up: install ## Start Postgres, PgBouncer, ingest :8001, query :8002, replay :8003; print the demo keys
 	$(SIGHTLINE) up
 
+# Citus (docs/scaling.md): needs citus.so for PostgreSQL 15 (../shared/citus/build.sh builds it).
+CITUS_WORKERS ?= 2
+# The suites whose SQL runs on the distributed tables; see docs/scaling.md, "CI on Citus".
+CITUS_TESTS ?= tests/ingest tests/query tests/replay tests/hostile tests/common/test_citus_routing.py \
+	tests/common/test_citus_operations.py tests/common/test_project_keys.py tests/common/test_migrations.py
+
+up-citus: install ## Like `make up`, with Postgres a Citus coordinator of CITUS_WORKERS (2) workers
+	$(SIGHTLINE) up --citus-workers $(CITUS_WORKERS)
+
 down: ## Stop everything `make up` started
 	@if [ -x $(SIGHTLINE) ]; then $(SIGHTLINE) down; else echo "nothing to stop (no $(VENV))"; fi
 
@@ -51,6 +60,9 @@ test: install-dev ## Run the test suite (it starts its own Postgres and PgBounce
 	@if command -v npm >/dev/null && [ ! -d tracker/node_modules/esbuild ]; then $(MAKE) --no-print-directory tracker-deps; fi
 	@if command -v npm >/dev/null && [ ! -d web/node_modules/esbuild ]; then $(MAKE) --no-print-directory pages-deps; fi
 	$(BIN)/pytest
+
+test-citus: install-dev ## Run the Citus subset of the suite on a coordinator + 2 workers (CITUS_TESTS)
+	SIGHTLINE_TEST_CITUS_WORKERS=2 $(BIN)/pytest $(CITUS_TESTS)
 
 lint: install-dev ## ruff and mypy --strict
 	$(BIN)/ruff check .

@@ -10,6 +10,7 @@ from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from services.cli.citus import LocalCitus
 from services.cli.pgbouncer import LocalPgBouncer
 from services.cli.postgres import LocalPostgres
 from services.cli.serving import RunningService, running_service
@@ -20,6 +21,20 @@ from services.common.settings import AdminDatabaseSettings, DatabaseSettings, Se
 TEST_MAX_CONNECTIONS = 40
 TEST_POOL_SIZE = 20
 
+# SIGHTLINE_TEST_CITUS_WORKERS=2: the whole run against a Citus coordinator with two workers
+# (the tables distributed by the migrations, alembic 0700) instead of one plain Postgres.
+CITUS_WORKERS_VARIABLE = "SIGHTLINE_TEST_CITUS_WORKERS"
+# Few shards per table: each daily partition of events has its own shards, and a test database
+# with Citus's default 32 would take minutes to migrate. Four still spread projects over both workers.
+TEST_CITUS_SHARD_COUNT = 4
+
+
+def citus_workers_under_test() -> int:
+    value = os.environ.get(CITUS_WORKERS_VARIABLE, "0").strip() or "0"
+    if not value.isdigit():
+        raise ValueError(f"{CITUS_WORKERS_VARIABLE} must be a number of workers, not {value!r}")
+    return int(value)
+
 
 @dataclass(frozen=True)
 class DatabaseHarness:
@@ -29,6 +44,7 @@ class DatabaseHarness:
     admin: AdminDatabaseSettings  # the owner, direct
     pgbouncer_admin_url: str
     root: Path
+    citus: LocalCitus | None = None
 
     def serve(self, service: ServiceName, log_name: str, **settings: str) -> AbstractContextManager[RunningService]:
         """The service under Granian on this database (settings: SIGHTLINE_* names without the prefix)."""
@@ -64,6 +80,8 @@ def start_database_harness() -> Iterator[DatabaseHarness]:
             },
             pool_size=TEST_POOL_SIZE,
             max_client_conn=2000,
+            citus_workers=citus_workers_under_test(),
+            citus_shard_count=TEST_CITUS_SHARD_COUNT,
         ) as database:
             yield DatabaseHarness(
                 postgres=database.postgres,
@@ -72,6 +90,7 @@ def start_database_harness() -> Iterator[DatabaseHarness]:
                 admin=database.admin,
                 pgbouncer_admin_url=database.pgbouncer_admin_url,
                 root=root,
+                citus=database.citus,
             )
     finally:
         shutil.rmtree(root, ignore_errors=True)

@@ -38,8 +38,13 @@ class Hll(sa.types.UserDefinedType):
 
 def upgrade() -> None:
     # A no-op when the superuser already created it; on a cluster where the migrating role is
-    # a superuser (docker's postgres image) it creates it.
-    op.execute("CREATE EXTENSION IF NOT EXISTS hll")
+    # a superuser (docker's postgres image) it creates it. Checked before the statement, not
+    # with IF NOT EXISTS: Citus handles every CREATE EXTENSION it sees (to make it on the
+    # workers too) and refuses one from a role that does not own the extension, even a no-op.
+    op.execute(
+        "DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_extension WHERE extname = 'hll')"
+        " THEN CREATE EXTENSION hll; END IF; END $$"
+    )
 
     op.create_table(
         "query_rollup_days",

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import click
 
-from services.cli import admin, retention
+from services.cli import admin, citus, retention
 from services.cli.processes import StackError
-from services.cli.stack import LocalStack, granian_command, load_local_env
+from services.cli.stack import DATABASE_NAME, DATABASE_USER, LocalStack, granian_command, load_local_env
 from services.common.log import granian_log_config
 from services.common.settings import (
     SERVICES,
@@ -65,10 +65,16 @@ def cli() -> None:
 
 
 @cli.command()
-def up() -> None:
+@click.option(
+    "--citus-workers",
+    type=click.IntRange(min=0, max=16),
+    default=0,
+    help="Make Postgres a Citus coordinator with this many worker clusters (docs/scaling.md).",
+)
+def up(citus_workers: int) -> None:
     """Start Postgres, PgBouncer and the three services; return when all are ready."""
-    stack = LocalStack(StackSettings.from_env())
     try:
+        stack = LocalStack(StackSettings.from_env(), citus_workers=citus_workers)
         env_values = stack.up()
         os.environ.update(env_values)
         project = stack.demo_project()
@@ -88,6 +94,9 @@ def up() -> None:
         click.echo(f"  {service:<7} http://{server.host}:{server.port}  (OpenAPI: /schema)")
     click.echo(f"  pgbouncer 127.0.0.1:{stack.settings.pgbouncer_port}")
     click.echo(f"  postgres  127.0.0.1:{stack.settings.postgres_port}  (admin commands and migrations only)")
+    if stack.citus is not None:
+        role = "Citus coordinator of " + ", ".join(f"127.0.0.1:{worker.port}" for worker in stack.citus.workers)
+        click.echo(f"            {role}")
     click.echo(f"Demo project (keys also in {stack.paths.demo_project}):")
     click.echo(f"  publicKey {project['publicKey']}")
     click.echo(f"  secretKey {project['secretKey']}")
@@ -131,7 +140,17 @@ def serve(service: ServiceName) -> None:
 @cli.command()
 @click.option("--revision", default="head", show_default=True)
 def migrate(revision: str) -> None:
-    """Apply Alembic migrations (directly, not through PgBouncer) and create event partitions."""
+    """Apply Alembic migrations (directly, not through PgBouncer) and create event partitions.
+
+    With SIGHTLINE_CITUS_WORKERS=N (compose's citus profile), first waits until the Citus
+    coordinator has N workers, so the tables are distributed over all of them.
+    """
+    citus_workers = int(os.environ.get("SIGHTLINE_CITUS_WORKERS", "0") or "0")
+    if citus_workers > 0:
+        try:
+            asyncio.run(citus.wait_for_workers(AdminDatabaseSettings.from_env(), citus_workers))
+        except StackError as exc:
+            raise click.ClickException(str(exc)) from exc
     created = admin.migrate(AdminDatabaseSettings.from_env(), revision)
     click.echo(f"schema at {revision}; partitions created: {len(created)}")
 
@@ -260,6 +279,60 @@ def retention_apply(project_ids: tuple[int, ...], idempotency_days: int) -> None
         )
     )
     click.echo(json.dumps(report.as_json()))
+
+
+@cli.group("citus")
+def citus_group() -> None:
+    """Scale out on Citus: shards per node, add a worker, rebalance, isolate a project (docs/scaling.md)."""
+
+
+@citus_group.command("status")
+def citus_status() -> None:
+    """Shard placements and their size per node, as JSON."""
+    try:
+        nodes = asyncio.run(citus.shards_per_node(AdminDatabaseSettings.from_env()))
+    except StackError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(json.dumps([{"node": f"{n.host}:{n.port}", "shards": n.shards, "bytes": n.bytes} for n in nodes]))
+
+
+@citus_group.command("add-worker")
+def citus_add_worker() -> None:
+    """Start one more worker cluster for the local stack and join it (then run `sightline citus rebalance`)."""
+    stack = LocalStack(StackSettings.from_env())
+    if stack.citus is None:
+        raise click.ClickException("this stack is not a Citus stack: start one with `sightline up --citus-workers N`")
+    try:
+        worker = stack.citus.add_worker(
+            DATABASE_USER, stack.database_password(), DATABASE_NAME, logins=stack.service_logins()
+        )
+    except StackError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"worker 127.0.0.1:{worker.port} joined; move shards onto it with `sightline citus rebalance`")
+
+
+@citus_group.command("rebalance")
+@click.option("--wait-s", type=click.FloatRange(min=0), default=600, show_default=True, help="How long to wait.")
+def citus_rebalance(wait_s: float) -> None:
+    """Move shards so every worker holds a fair share (citus_rebalance_start); prints the job's state."""
+    try:
+        state = asyncio.run(citus.rebalance(AdminDatabaseSettings.from_env(), wait_s=wait_s))
+    except StackError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"rebalance: {state}")
+    if state not in {"finished", "nothing to move"}:
+        sys.exit(3)
+
+
+@citus_group.command("isolate")
+@click.option("--project", "project_id", type=int, required=True, help="The project's id.")
+def citus_isolate(project_id: int) -> None:
+    """Give a big project shards of its own in every table (isolate_tenant_to_new_shard); prints JSON."""
+    try:
+        result = asyncio.run(citus.isolate_project(AdminDatabaseSettings.from_env(), project_id))
+    except StackError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(json.dumps(result))
 
 
 def main() -> None:

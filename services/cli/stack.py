@@ -7,6 +7,7 @@ Everything lives under the data directory (``.data/`` by default):
     run/             sockets and PID files
     log/             one log file per process
     traces/          OTLP/JSON span lines, one file per process (when no collector is set)
+    citus/           with `--citus-workers N`: the workers' clusters (services/cli/citus.py)
     sightline.env    database URLs with the generated passwords (mode 600)
     demo-project.json  the demo project's keys
 """
@@ -26,6 +27,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from services.cli.citus import LocalCitus, with_citus
 from services.cli.packages import ensure_packages_installed
 from services.cli.pgbouncer import LocalPgBouncer
 from services.cli.postgres import LocalPostgres
@@ -79,6 +81,10 @@ class StackPaths:
         return self.root / "traces"
 
     @property
+    def citus(self) -> Path:
+        return self.root / "citus"
+
+    @property
     def env_file(self) -> Path:
         return self.root / "sightline.env"
 
@@ -128,7 +134,12 @@ def load_local_env() -> None:
 
 
 class LocalStack:
-    def __init__(self, settings: StackSettings) -> None:
+    def __init__(self, settings: StackSettings, citus_workers: int = 0) -> None:
+        """citus_workers > 0: the stack's Postgres is a Citus coordinator with that many workers.
+
+        A data directory made that way stays a Citus stack (its workers are recorded), so a
+        later `sightline up`, `down` or `status` without the option finds them.
+        """
         self.settings = settings
         self.paths = StackPaths(settings.data_dir)
         self.postgres = LocalPostgres(
@@ -139,11 +150,36 @@ class LocalStack:
             bin_dir=settings.pg_bin_dir,
             max_connections=settings.postgres_max_connections,
         )
+        self.citus = self._citus(citus_workers)
+        if self.citus is not None:
+            self.postgres.server_settings = with_citus(self.postgres.server_settings)
+
+    def _citus(self, citus_workers: int) -> LocalCitus | None:
+        recorded = LocalCitus.recorded(self.postgres, self.paths.citus)
+        if recorded is not None:
+            if citus_workers and citus_workers != len(recorded.workers):
+                raise StackError(
+                    f"this stack has {len(recorded.workers)} Citus workers; add one with "
+                    "`sightline citus add-worker` (docs/scaling.md), or start afresh in another SIGHTLINE_DATA_DIR"
+                )
+            return recorded
+        if not citus_workers:
+            return None
+        if self.postgres.initialised:
+            raise StackError(
+                f"{self.paths.postgres} holds a single-node (plain Postgres) stack; a Citus stack needs a "
+                "fresh data directory: `sightline down`, then set SIGHTLINE_DATA_DIR (or move .data away)"
+            )
+        return LocalCitus.for_coordinator(self.postgres, self.paths.citus, citus_workers)
 
     # -- credentials -------------------------------------------------------------------
 
     def database_password(self) -> str:
         return self._password()
+
+    def service_logins(self) -> list[tuple[str, str]]:
+        """The services' role and its password: a Citus worker must know them too."""
+        return [(SERVICE_DATABASE_USER, self._service_password())]
 
     def _password(self) -> str:
         existing = read_env_file(self.paths.env_file).get("SIGHTLINE_DATABASE_PASSWORD")
@@ -194,6 +230,8 @@ class LocalStack:
             ("Postgres", self.settings.postgres_port, self.postgres.pid()),
             ("PgBouncer", self.settings.pgbouncer_port, self.pgbouncer().pid()),
         ]
+        if self.citus is not None:
+            wanted += [(f"Citus worker {worker.port}", worker.port, worker.pid()) for worker in self.citus.workers]
         for service in SERVICES:
             server = ServerSettings.from_env(service)
             wanted.append((service, server.port, read_pid(self.paths.service_pid(service))))
@@ -227,7 +265,14 @@ class LocalStack:
                 self.postgres.start()
                 started.append("postgres")
             self.postgres.wait_accepting()
+            if self.citus is not None:
+                # Before any DDL on the coordinator: Citus sends it on to the joined workers.
+                started += self.citus.start_workers()
             self.postgres.ensure_role_and_database(DATABASE_USER, password, DATABASE_NAME)
+            if self.citus is not None:
+                self.citus.join_stack(
+                    DATABASE_USER, password, DATABASE_NAME, [(SERVICE_DATABASE_USER, service_password)]
+                )
             # Before `migrate`, whose migration 0600 grants this role its rows.
             self.postgres.ensure_login_role(SERVICE_DATABASE_USER, service_password, watched_by=DATABASE_USER)
 
@@ -315,6 +360,8 @@ class LocalStack:
             return self.postgres.stop()
         if name == "pgbouncer":
             return self.pgbouncer().stop()
+        if name.startswith("citus-worker-") and self.citus is not None:
+            return self.citus.workers[int(name.removeprefix("citus-worker-")) - 1].stop()
         pid_file = self.paths.service_pid(name)
         pid = read_pid(pid_file)
         stopped = pid is not None and stop_pid(pid, timeout_s=40)
@@ -328,6 +375,8 @@ class LocalStack:
 
     def down(self) -> list[str]:
         stopped = [name for name in (*SERVICES, "pgbouncer", "postgres") if self._stop(name)]
+        if self.citus is not None:
+            stopped += self.citus.stop_workers()
         return stopped
 
     def status(self) -> list[dict[str, object]]:
@@ -339,6 +388,11 @@ class LocalStack:
                 "pid": self.pgbouncer().pid(),
             },
         ]
+        if self.citus is not None:
+            rows += [
+                {"name": f"worker-{index}", "port": worker.port, "pid": worker.pid()}
+                for index, worker in enumerate(self.citus.workers, start=1)
+            ]
         for service in SERVICES:
             server = ServerSettings.from_env(service)
             row: dict[str, object] = {

@@ -113,12 +113,18 @@ async def rotate_keys(
 
 
 async def revoke(connection: AsyncConnection, project_id: int) -> bool:
-    result = await connection.execute(
+    """Stamps the first revocation (a second keeps it); False when there is no such project.
+
+    Two statements rather than SET revoked_at = COALESCE(revoked_at, now()): Citus refuses a
+    function that is not immutable inside COALESCE or CASE in an UPDATE.
+    """
+    await connection.execute(
         update(Project)
-        .where(Project.project_id == project_id)
-        .values(revoked_at=func.coalesce(Project.revoked_at, func.now()))
+        .where(Project.project_id == project_id, Project.revoked_at.is_(None))
+        .values(revoked_at=func.now())
     )
-    return bool(result.rowcount)
+    exists = await connection.execute(select(Project.project_id).where(Project.project_id == project_id))
+    return exists.first() is not None
 
 
 async def list_projects(connection: AsyncConnection) -> list[ProjectRecord]:

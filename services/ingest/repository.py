@@ -88,9 +88,13 @@ _ROWS = "@ROWS@"  # where a statement's JSON document goes, as a dollar-quoted l
 # The batch travels as one JSON document that json_to_recordset turns back into rows.
 # Client uuids are claimed in ingested_events first; an event whose uuid was already there is
 # a retry and is skipped.
+# The stored uuid is made in `input` itself, not in the outer SELECT: Citus 13.2 (which plans
+# this as "INSERT ... SELECT, pull to coordinator") drops the column from an expression such as
+# COALESCE(input.event_uuid, gen_random_uuid()) there and stores a fresh uuid for every row.
 _INSERT_EVENTS = f"""
     WITH input AS (
-        SELECT * FROM json_to_recordset(CAST({_ROWS} AS json)) AS input({_EVENT_RECORD})
+        SELECT *, COALESCE(input.event_uuid, gen_random_uuid()) AS stored_event_uuid
+        FROM json_to_recordset(CAST({_ROWS} AS json)) AS input({_EVENT_RECORD})
     ),
     first_seen AS (
         INSERT INTO ingested_events (project_id, event_uuid)
@@ -99,11 +103,7 @@ _INSERT_EVENTS = f"""
         RETURNING project_id, event_uuid
     )
     INSERT INTO events ({", ".join(_EVENT_COLUMNS)})
-    SELECT {
-    ", ".join(
-        "COALESCE(input.event_uuid, gen_random_uuid())" if c == "event_uuid" else "input." + c for c in _EVENT_COLUMNS
-    )
-}
+    SELECT {", ".join("input.stored_event_uuid" if c == "event_uuid" else "input." + c for c in _EVENT_COLUMNS)}
     FROM input
     WHERE input.event_uuid IS NULL
        OR EXISTS (SELECT 1 FROM first_seen
@@ -177,7 +177,8 @@ _INSERT_CHUNKS = f"""
         browser = COALESCE(session.browser, EXCLUDED.browser),
         os = COALESCE(session.os, EXCLUDED.os),
         device_type = COALESCE(session.device_type, EXCLUDED.device_type),
-        updated_at = now()
+        -- The column's default, now(): Citus takes only immutable functions in DO UPDATE SET.
+        updated_at = EXCLUDED.updated_at
 """
 
 

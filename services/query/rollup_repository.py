@@ -73,16 +73,19 @@ async def usable_weeks(
     """Mondays of the weeks inside [date_from, date_to] whose weekly rows equal their days' rows.
 
     Every day of such a week that has events is usable, and none was rebuilt after the week.
-    A day without a query_rollup_days row has never had an event.
+    A day without a query_rollup_days row has never had an event. The subqueries name the
+    project by the parameter, not by w.project_id: Citus routes a statement to one shard only
+    when each distributed table in it is filtered on the constant (with the correlation, it ran
+    the statement on every shard).
     """
     result = await connection.execute(
         text(
             "SELECT w.week FROM query_rollup_weeks w"
             " WHERE w.project_id = :project_id AND w.week >= :date_from AND w.week + 6 <= :date_to"
             " AND w.days_built_at = (SELECT max(d.built_at) FROM query_rollup_days d"
-            " WHERE d.project_id = w.project_id AND d.day BETWEEN w.week AND w.week + 6)"
+            " WHERE d.project_id = :project_id AND d.day BETWEEN w.week AND w.week + 6)"
             " AND NOT EXISTS (SELECT FROM query_rollup_days d"
-            " WHERE d.project_id = w.project_id AND d.day BETWEEN w.week AND w.week + 6"
+            " WHERE d.project_id = :project_id AND d.day BETWEEN w.week AND w.week + 6"
             f" AND NOT ({_USABLE_DAY}))"
         ),
         {"project_id": project_id, "date_from": date_from, "date_to": date_to, "max_staleness_s": max_staleness_s},

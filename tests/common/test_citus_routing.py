@@ -1,0 +1,239 @@
+"""On Citus, every statement of a request is routed to one shard (runs with SIGHTLINE_TEST_CITUS_WORKERS).
+
+Each request touches one project, and every per-project table is distributed by project_id
+(alembic 0700), so each statement a request runs should be planned as one task on one worker.
+The test drives the main request paths of ingest, query and replay through the real apps,
+records every statement they send (SQLAlchemy's cursor events), and reads the plan of each
+with EXPLAIN on the coordinator: a statement planned as more than one task fans out to every
+shard and fails the test, unless FANS_OUT_WITH_REASON names it with the reason.
+
+Ingest's batch write goes through asyncpg directly (services/ingest/repository.py); its two
+statements are EXPLAINed on their own below.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import msgspec
+import pytest
+from litestar import Litestar
+from litestar.testing import AsyncTestClient
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from services.common.settings import RateLimitSettings
+from services.ingest import repository as ingest_repository
+from services.ingest.app import create_app as create_ingest_app
+from services.ingest.settings import IngestSettings
+from services.query.app import create_app as create_query_app
+from services.query.settings import QuerySettings
+from services.query.tasks import rebuild_changed_days
+from services.replay.app import create_app as create_replay_app
+from tests.harness import TEST_CITUS_SHARD_COUNT, DatabaseHarness
+from tests.ingest.conftest import JSON, json_body, pageview
+
+NO_RATE_LIMIT = RateLimitSettings(requests_per_s=0, burst=0)
+
+# Statements (by a fragment of their text) allowed to run on every shard, and why.
+FANS_OUT_WITH_REASON: dict[str, str] = {}
+
+TASK_COUNT = re.compile(r"Task Count: (\d+)")
+# Statements that touch no table: transaction settings, health probes.
+NO_TABLE = re.compile(r"^\s*(SELECT set_config|SELECT 1\b|SHOW |SET )", re.IGNORECASE)
+
+
+@pytest.fixture(autouse=True)
+def _only_on_citus(db: DatabaseHarness) -> None:
+    if db.citus is None:
+        pytest.skip("plans are read on Citus only: SIGHTLINE_TEST_CITUS_WORKERS=2")
+
+
+@dataclass
+class Apps:
+    ingest: AsyncTestClient[Litestar]
+    query: AsyncTestClient[Litestar]
+    replay: AsyncTestClient[Litestar]
+
+
+@pytest.fixture
+async def apps(db: DatabaseHarness) -> AsyncIterator[Apps]:
+    if db.citus is None:
+        pytest.skip("plans are read on Citus only")
+    ingest = create_ingest_app(db.database, settings=IngestSettings())
+    # No background refresher: only the requests' own statements are recorded.
+    query = create_query_app(db.database, query_settings=QuerySettings(rollup_interval_s=0), rate_limit=NO_RATE_LIMIT)
+    replay = create_replay_app(db.database, rate_limit=NO_RATE_LIMIT)
+    async with (
+        AsyncTestClient(ingest) as ingest_client,
+        AsyncTestClient(query) as query_client,
+        AsyncTestClient(replay) as replay_client,
+    ):
+        yield Apps(ingest_client, query_client, replay_client)
+
+
+@dataclass
+class Recorded:
+    statements: list[tuple[str, tuple[Any, ...]]]
+
+
+@pytest.fixture
+def recorded() -> Iterator[Recorded]:
+    """Every statement sent through SQLAlchemy while the test runs, with its parameters."""
+    seen = Recorded([])
+
+    def record(connection: Any, cursor: Any, statement: str, parameters: Any, context: Any, executemany: bool) -> None:
+        if not NO_TABLE.match(statement):
+            seen.statements.append((statement, tuple(parameters or ())))
+
+    event.listen(Engine, "before_cursor_execute", record)
+    try:
+        yield seen
+    finally:
+        event.remove(Engine, "before_cursor_execute", record)
+
+
+PARAMETER = re.compile(r"\$(\d+)")
+
+
+def literal(value: Any) -> str:
+    """value as SQL text: the services' statements run with custom plans (their values known),
+    and Citus cannot plan some of them with bare parameters (a generic plan), so each is
+    EXPLAINed with its values in place."""
+    if value is None:
+        return "NULL"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, list | tuple):
+        elements = ",".join('"' + str(item).replace("\\", "\\\\").replace('"', '\\"') + '"' for item in value)
+        return literal("{" + elements + "}")
+    if isinstance(value, datetime):
+        return literal(value.isoformat()) + "::timestamptz"
+    return "'" + str(value).replace("'", "''") + "'"
+
+
+async def task_counts(admin_engine: AsyncEngine, statement: str, parameters: tuple[Any, ...]) -> list[int]:
+    inlined = PARAMETER.sub(lambda match: literal(parameters[int(match.group(1)) - 1]), statement)
+    async with admin_engine.connect() as connection:
+        plan = await connection.exec_driver_sql(f"EXPLAIN {inlined}")
+        lines = [row[0] for row in plan]
+        await connection.rollback()
+    return [int(count) for line in lines for count in TASK_COUNT.findall(line)]
+
+
+def fan_out_reason(statement: str) -> str | None:
+    return next((reason for fragment, reason in FANS_OUT_WITH_REASON.items() if fragment in statement), None)
+
+
+def chunk(project: dict[str, Any], session_id: str, distinct_id: str) -> dict[str, Any]:
+    now = int(datetime.now(UTC).timestamp() * 1000)
+    return {
+        "projectKey": project["publicKey"],
+        "sessionId": session_id,
+        "distinctId": distinct_id,
+        "seq": 0,
+        "events": [
+            {"type": 4, "timestamp": now - 1000, "data": {"href": "https://example.com/"}},
+            {"type": 2, "timestamp": now - 1000, "data": {"node": {"type": 0, "childNodes": []}}},
+        ],
+    }
+
+
+async def test_every_request_statement_is_routed_to_one_shard(
+    db: DatabaseHarness, apps: Apps, project: dict[str, Any], recorded: Recorded, admin_engine: AsyncEngine
+) -> None:
+    secret = {"Authorization": f"Bearer {project['secretKey']}"}
+    events = [pageview(distinctId="alice", sessionId="s-alice"), pageview(distinctId="bob", sessionId="s-bob")]
+    body = json_body({"projectKey": project["publicKey"], "events": events})
+    assert (await apps.ingest.post("/v1/events", content=body, headers=JSON)).status_code == 202
+    replay_body = json_body(chunk(project, "s-alice", "alice"))
+    assert (await apps.ingest.post("/v1/replay", content=replay_body, headers=JSON)).status_code == 202
+
+    # The refresher's work for one project (the rollups the next queries read), then raw events,
+    # a breakdown from the cubes, realtime, a funnel and a retention table.
+    assert await rebuild_changed_days(db.database, int(project["id"])) >= 1
+    for spec in (
+        {"metrics": ["visitors", "pageviews"], "period": "7d"},
+        {
+            "metrics": ["visitors"],
+            "dimensions": ["page"],
+            "period": "30d",
+            "filters": [{"dimension": "country", "operator": "is", "values": ["DE"]}],
+        },
+    ):
+        response = await apps.query.post("/v1/query", json=spec, headers=secret)
+        assert response.status_code == 200, response.text
+    assert (await apps.query.get("/v1/realtime", headers=secret)).status_code == 200
+    funnel = {"period": "7d", "steps": [{"type": "page", "value": "/"}, {"type": "event", "value": "signup"}]}
+    response = await apps.query.post("/v1/funnel", json=funnel, headers=secret)
+    assert response.status_code == 200, response.text
+    retention = {"period": "30d", "weeks": 4}
+    response = await apps.query.post("/v1/retention", json=retention, headers=secret)
+    assert response.status_code == 200, response.text
+
+    # Replay: list, one session, its recording, then erase a person.
+    assert (await apps.replay.get("/v1/sessions", headers=secret)).status_code == 200
+    assert (await apps.replay.get("/v1/sessions/s-alice", headers=secret)).status_code == 200
+    assert (await apps.replay.get("/v1/sessions/s-alice/recording", headers=secret)).status_code == 200
+    assert (await apps.replay.delete("/v1/persons/alice", headers=secret)).status_code == 200
+
+    statements = list(recorded.statements)  # not the EXPLAINs below
+    assert len(statements) > 10
+    # The reading of plans can fail: a statement over every project runs on every shard.
+    assert await task_counts(admin_engine, "SELECT count(*) FROM events", ()) >= [TEST_CITUS_SHARD_COUNT]
+    fanned_out = []
+    for statement, parameters in statements:
+        counts = await task_counts(admin_engine, statement, parameters)
+        if any(count > 1 for count in counts) and fan_out_reason(statement) is None:
+            fanned_out.append((counts, " ".join(statement.split())[:300]))
+    assert fanned_out == []
+
+
+async def test_ingest_writes_reach_only_their_projects_shards(
+    db: DatabaseHarness, project: dict[str, Any], admin_engine: AsyncEngine
+) -> None:
+    """The batch statements are INSERT ... SELECT from a JSON document: Citus evaluates the
+    document on the coordinator and sends each row to its project's shard; no statement of the
+    plan runs on every shard."""
+    yesterday = datetime.now(UTC) - timedelta(days=1)
+    row = ingest_repository.EventRow(
+        project_id=int(project["id"]),
+        occurred_at=yesterday,
+        event_uuid=uuid.uuid4(),
+        name="pageview",
+        distinct_id="alice",
+        session_id="s-alice",
+        url="https://example.com/",
+        domain="example.com",
+        path="/",
+        title=None,
+        referrer=None,
+        referrer_domain=None,
+        utm_source=None,
+        utm_medium=None,
+        utm_campaign=None,
+        utm_term=None,
+        utm_content=None,
+        browser=None,
+        browser_version=None,
+        os=None,
+        os_version=None,
+        device_type=None,
+        country=None,
+        is_bot=False,
+        properties={},
+    )
+    document = ingest_repository._dollar_quoted(msgspec.json.encode([row]).decode())
+    statement = ingest_repository._INSERT_EVENTS.replace(ingest_repository._ROWS, document)
+    async with admin_engine.connect() as connection:
+        plan = "\n".join(row[0] for row in await connection.exec_driver_sql(f"EXPLAIN {statement}"))
+    assert "pull to coordinator" in plan, plan
+    assert all(int(count) == 1 for count in TASK_COUNT.findall(plan)), plan
