@@ -12,6 +12,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal, TypeVar
+from urllib.parse import urlsplit
 
 ServiceName = Literal["ingest", "query", "replay"]
 SERVICES: tuple[ServiceName, ...] = ("ingest", "query", "replay")
@@ -108,6 +109,21 @@ def load_settings(cls: type[S], service: str | None, environ: Mapping[str, str] 
         if "env" in item.metadata
     }
     return cls(**values)
+
+
+def linked_service_url(service: ServiceName, variable: str, environ: Mapping[str, str] | None = None) -> str:
+    """Another service's base URL as the browser reaches it (the pages link to each other).
+
+    SIGHTLINE_<variable> when set (an http(s) URL), else 127.0.0.1 on that service's port.
+    """
+    environ = os.environ if environ is None else environ
+    value = environ.get(f"SIGHTLINE_{variable}", "").strip()
+    if not value:
+        return f"http://127.0.0.1:{ServerSettings.from_env(service, environ).port}"
+    parsed = urlsplit(value)
+    if parsed.scheme not in ("http", "https") or not parsed.netloc:
+        raise SettingsError(f"SIGHTLINE_{variable} must be an http(s) URL, got {value!r}")
+    return value.rstrip("/")
 
 
 DEFAULT_DATABASE_URL = "postgresql+asyncpg://sightline:sightline@127.0.0.1:6432/sightline"

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass
-from urllib.parse import urlsplit
 
-from services.common.settings import DEFAULT_PORTS, SettingsError
+from services.common.settings import DEFAULT_PORTS, linked_service_url
 
 
 @dataclass(frozen=True)
@@ -18,12 +16,4 @@ class ReplaySettings:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> ReplaySettings:
-        environ = os.environ if environ is None else environ
-        value = environ.get("SIGHTLINE_REPLAY_DASHBOARD_URL", "").strip()
-        if not value:
-            port = environ.get("SIGHTLINE_QUERY_PORT", "").strip() or DEFAULT_PORTS["query"]
-            return cls(dashboard_url=f"http://127.0.0.1:{port}")
-        parsed = urlsplit(value)
-        if parsed.scheme not in ("http", "https") or not parsed.netloc:
-            raise SettingsError(f"SIGHTLINE_REPLAY_DASHBOARD_URL must be an http(s) URL, got {value!r}")
-        return cls(dashboard_url=value.rstrip("/"))
+        return cls(dashboard_url=linked_service_url("query", "REPLAY_DASHBOARD_URL", environ))
