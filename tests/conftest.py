@@ -4,13 +4,26 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 
 import pytest
+from litestar import Litestar
+from litestar.testing import AsyncTestClient
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.cli import admin
 from services.common.db import create_admin_engine, create_engine
+from services.common.settings import DatabaseSettings, RateLimitSettings
+from services.ingest.app import create_app as create_ingest_app
+from services.ingest.settings import IngestSettings
+from services.query.app import create_app as create_query_app
+from services.query.settings import QuerySettings
+from services.replay.app import create_app as create_replay_app
 from tests.harness import DatabaseHarness, start_database_harness
+
+# For tests that send many requests for one project; the limit has its own tests.
+NO_RATE_LIMIT = RateLimitSettings(requests_per_s=0, burst=0)
 
 
 @pytest.fixture(scope="session")
@@ -44,3 +57,25 @@ async def project(db: DatabaseHarness) -> dict[str, object]:
         domains=["example.com", "shop.example.org"],
         timezone="Europe/Berlin",
     )
+
+
+@dataclass
+class Services:
+    ingest: AsyncTestClient[Litestar]
+    query: AsyncTestClient[Litestar]
+    replay: AsyncTestClient[Litestar]
+
+
+@asynccontextmanager
+async def serve_all_three(database: DatabaseSettings) -> AsyncIterator[Services]:
+    """The three apps on `database` with no rate limit, and no background rollup refresher: only
+    the requests' own statements run."""
+    ingest = create_ingest_app(database, settings=IngestSettings())
+    query = create_query_app(database, query_settings=QuerySettings(rollup_interval_s=0), rate_limit=NO_RATE_LIMIT)
+    replay = create_replay_app(database, rate_limit=NO_RATE_LIMIT)
+    async with (
+        AsyncTestClient(ingest) as ingest_client,
+        AsyncTestClient(query) as query_client,
+        AsyncTestClient(replay) as replay_client,
+    ):
+        yield Services(ingest_client, query_client, replay_client)

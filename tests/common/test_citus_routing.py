@@ -14,7 +14,6 @@ statements are EXPLAINed on their own below.
 from __future__ import annotations
 
 import re
-import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -22,24 +21,16 @@ from typing import Any
 
 import msgspec
 import pytest
-from litestar import Litestar
-from litestar.testing import AsyncTestClient
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from services.common.settings import RateLimitSettings
 from services.ingest import repository as ingest_repository
-from services.ingest.app import create_app as create_ingest_app
-from services.ingest.settings import IngestSettings
-from services.query.app import create_app as create_query_app
-from services.query.settings import QuerySettings
 from services.query.tasks import rebuild_changed_days
-from services.replay.app import create_app as create_replay_app
+from tests.conftest import Services, serve_all_three
 from tests.harness import TEST_CITUS_SHARD_COUNT, DatabaseHarness
 from tests.ingest.conftest import JSON, json_body, pageview
-
-NO_RATE_LIMIT = RateLimitSettings(requests_per_s=0, burst=0)
+from tests.rows import event_row
 
 # Statements (by a fragment of their text) allowed to run on every shard, and why.
 FANS_OUT_WITH_REASON: dict[str, str] = {}
@@ -55,27 +46,13 @@ def _only_on_citus(db: DatabaseHarness) -> None:
         pytest.skip("plans are read on Citus only: SIGHTLINE_TEST_CITUS_WORKERS=2")
 
 
-@dataclass
-class Apps:
-    ingest: AsyncTestClient[Litestar]
-    query: AsyncTestClient[Litestar]
-    replay: AsyncTestClient[Litestar]
-
-
 @pytest.fixture
-async def apps(db: DatabaseHarness) -> AsyncIterator[Apps]:
+async def apps(db: DatabaseHarness) -> AsyncIterator[Services]:
     if db.citus is None:
         pytest.skip("plans are read on Citus only")
-    ingest = create_ingest_app(db.database, settings=IngestSettings())
-    # No background refresher: only the requests' own statements are recorded.
-    query = create_query_app(db.database, query_settings=QuerySettings(rollup_interval_s=0), rate_limit=NO_RATE_LIMIT)
-    replay = create_replay_app(db.database, rate_limit=NO_RATE_LIMIT)
-    async with (
-        AsyncTestClient(ingest) as ingest_client,
-        AsyncTestClient(query) as query_client,
-        AsyncTestClient(replay) as replay_client,
-    ):
-        yield Apps(ingest_client, query_client, replay_client)
+    # No background refresher (serve_all_three): only the requests' own statements are recorded.
+    async with serve_all_three(db.database) as services:
+        yield services
 
 
 @dataclass
@@ -148,7 +125,7 @@ def chunk(project: dict[str, Any], session_id: str, distinct_id: str) -> dict[st
 
 
 async def test_every_request_statement_is_routed_to_one_shard(
-    db: DatabaseHarness, apps: Apps, project: dict[str, Any], recorded: Recorded, admin_engine: AsyncEngine
+    db: DatabaseHarness, apps: Services, project: dict[str, Any], recorded: Recorded, admin_engine: AsyncEngine
 ) -> None:
     secret = {"Authorization": f"Bearer {project['secretKey']}"}
     events = [pageview(distinctId="alice", sessionId="s-alice"), pageview(distinctId="bob", sessionId="s-bob")]
@@ -204,33 +181,7 @@ async def test_ingest_writes_reach_only_their_projects_shards(
     document on the coordinator and sends each row to its project's shard; no statement of the
     plan runs on every shard."""
     yesterday = datetime.now(UTC) - timedelta(days=1)
-    row = ingest_repository.EventRow(
-        project_id=int(project["id"]),
-        occurred_at=yesterday,
-        event_uuid=uuid.uuid4(),
-        name="pageview",
-        distinct_id="alice",
-        session_id="s-alice",
-        url="https://example.com/",
-        domain="example.com",
-        path="/",
-        title=None,
-        referrer=None,
-        referrer_domain=None,
-        utm_source=None,
-        utm_medium=None,
-        utm_campaign=None,
-        utm_term=None,
-        utm_content=None,
-        browser=None,
-        browser_version=None,
-        os=None,
-        os_version=None,
-        device_type=None,
-        country=None,
-        is_bot=False,
-        properties={},
-    )
+    row = event_row(int(project["id"]), occurred_at=yesterday, distinct_id="alice", session_id="s-alice")
     document = ingest_repository._dollar_quoted(msgspec.json.encode([row]).decode())
     statement = ingest_repository._INSERT_EVENTS.replace(ingest_repository._ROWS, document)
     async with admin_engine.connect() as connection:

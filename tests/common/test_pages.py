@@ -79,22 +79,30 @@ async def test_the_player_links_back_to_the_configured_dashboard_url(replay: Asy
     assert "{{" not in html
 
 
-def test_the_dashboard_url_setting() -> None:
-    assert ReplaySettings.from_env({}).dashboard_url == "http://127.0.0.1:8002"
-    assert ReplaySettings.from_env({"SIGHTLINE_QUERY_PORT": "9102"}).dashboard_url == "http://127.0.0.1:9102"
-    settings = ReplaySettings.from_env({"SIGHTLINE_REPLAY_DASHBOARD_URL": "https://stats.example.com/"})
-    assert settings.dashboard_url == "https://stats.example.com"
-    with pytest.raises(SettingsError, match="SIGHTLINE_REPLAY_DASHBOARD_URL"):
-        ReplaySettings.from_env({"SIGHTLINE_REPLAY_DASHBOARD_URL": "javascript:alert(1)"})
-
-
-def test_the_replay_url_setting() -> None:
-    assert QuerySettings.from_env({}).replay_url == "http://127.0.0.1:8003"
-    assert QuerySettings.from_env({"SIGHTLINE_REPLAY_PORT": "9103"}).replay_url == "http://127.0.0.1:9103"
-    settings = QuerySettings.from_env({"SIGHTLINE_QUERY_REPLAY_URL": "https://replay.example.com/"})
-    assert settings.replay_url == "https://replay.example.com"
-    with pytest.raises(SettingsError, match="SIGHTLINE_QUERY_REPLAY_URL"):
-        QuerySettings.from_env({"SIGHTLINE_QUERY_REPLAY_URL": "javascript:alert(1)"})
+@pytest.mark.parametrize(
+    ("settings_class", "setting", "variable", "port_variable", "default_url"),
+    [
+        (
+            ReplaySettings,
+            "dashboard_url",
+            "SIGHTLINE_REPLAY_DASHBOARD_URL",
+            "SIGHTLINE_QUERY_PORT",
+            "http://127.0.0.1:8002",
+        ),
+        (QuerySettings, "replay_url", "SIGHTLINE_QUERY_REPLAY_URL", "SIGHTLINE_REPLAY_PORT", "http://127.0.0.1:8003"),
+    ],
+)
+def test_the_url_a_page_links_to_the_other_service_at(
+    settings_class: Any, setting: str, variable: str, port_variable: str, default_url: str
+) -> None:
+    """The other service's default address and port, or the variable's URL without its trailing slash."""
+    assert getattr(settings_class.from_env({}), setting) == default_url
+    assert getattr(settings_class.from_env({port_variable: "9100"}), setting) == "http://127.0.0.1:9100"
+    assert getattr(settings_class.from_env({variable: "https://other.example.com/"}), setting) == (
+        "https://other.example.com"
+    )
+    with pytest.raises(SettingsError, match=variable):
+        settings_class.from_env({variable: "javascript:alert(1)"})
 
 
 def test_the_policy_keeps_a_recording_from_calling_out() -> None:

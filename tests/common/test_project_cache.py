@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass, field
 
 import pytest
 
@@ -11,42 +12,43 @@ from services.common.project_repository import ProjectRecord
 from services.common.ttl_cache import MISSING
 
 
+@dataclass
+class HeldLookup:
+    """A lookup that counts its calls and waits until released; then it finds no project, or
+    raises `failure`."""
+
+    failure: Exception | None = None
+    calls: int = 0
+    released: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def __call__(self) -> ProjectRecord | None:
+        self.calls += 1
+        await self.released.wait()
+        if self.failure is not None:
+            raise self.failure
+        return None
+
+
 async def test_concurrent_misses_of_one_key_share_a_single_lookup() -> None:
     cache = ProjectCache(ttl_s=30)
-    lookups = 0
-    answer = asyncio.Event()
-
-    async def find() -> ProjectRecord | None:
-        nonlocal lookups
-        lookups += 1
-        await answer.wait()
-        return None  # "no such project" is cached like a project
-
+    find = HeldLookup()
     waiting = [asyncio.create_task(cache.get_or_load("pk_unknown", find)) for _ in range(50)]
     await asyncio.sleep(0.01)
-    answer.set()
+    find.released.set()
     assert await asyncio.gather(*waiting) == [None] * 50
-    assert lookups == 1
-    assert cache.get("pk_unknown") is None
+    assert find.calls == 1
+    assert cache.get("pk_unknown") is None  # "no such project" is cached like a project
 
 
 async def test_a_failed_lookup_fails_every_waiter_and_the_next_miss_looks_again() -> None:
     cache = ProjectCache(ttl_s=30)
-    lookups = 0
-    answer = asyncio.Event()
-
-    async def unreachable() -> ProjectRecord | None:
-        nonlocal lookups
-        lookups += 1
-        await answer.wait()
-        raise ConnectionRefusedError("database down")
-
+    unreachable = HeldLookup(failure=ConnectionRefusedError("database down"))
     waiting = [asyncio.create_task(cache.get_or_load("pk_a", unreachable)) for _ in range(5)]
     await asyncio.sleep(0.01)
-    answer.set()
+    unreachable.released.set()
     results = await asyncio.gather(*waiting, return_exceptions=True)
     assert [type(result) for result in results] == [ConnectionRefusedError] * 5
-    assert lookups == 1
+    assert unreachable.calls == 1
 
     async def found() -> ProjectRecord | None:
         return None
@@ -56,17 +58,12 @@ async def test_a_failed_lookup_fails_every_waiter_and_the_next_miss_looks_again(
 
 async def test_a_cancelled_waiter_does_not_cancel_the_lookup_of_the_others() -> None:
     cache = ProjectCache(ttl_s=30)
-    answer = asyncio.Event()
-
-    async def find() -> ProjectRecord | None:
-        await answer.wait()
-        return None
-
+    find = HeldLookup()
     first = asyncio.create_task(cache.get_or_load("pk_b", find))
     second = asyncio.create_task(cache.get_or_load("pk_b", find))
     await asyncio.sleep(0.01)
     first.cancel()
-    answer.set()
+    find.released.set()
     assert await second is None
     with pytest.raises(asyncio.CancelledError):
         await first

@@ -93,6 +93,25 @@ def _traced(db: DatabaseHarness) -> tuple[Path, dict[str, str]]:
     return trace_file, env
 
 
+def _one_pageview(project: dict[str, Any], **event: str) -> dict[str, Any]:
+    """An ingest body of one pageview, with `event`'s fields added to it."""
+    pageview = {
+        "event": "pageview",
+        "distinctId": "d",
+        "sessionId": "s",
+        "url": "https://example.com/",
+        "timestamp": "2030-01-01T00:00:00Z",
+    }
+    return {"projectKey": project["publicKey"], "events": [pageview | event]}
+
+
+def _wait_for_span(trace_file: Path, name: str, failure: str = "no server span was exported") -> None:
+    deadline = time.monotonic() + 10
+    while not (trace_file.exists() and any(s["name"] == name for s in _spans(trace_file))):
+        assert time.monotonic() < deadline, failure
+        time.sleep(0.2)
+
+
 @pytest.fixture
 def traced_ingest(db: DatabaseHarness) -> Iterator[tuple[str, Path]]:
     trace_file, env = _traced(db)
@@ -104,25 +123,9 @@ def test_an_ingest_request_leaves_its_breakdown_in_the_trace_file(
     traced_ingest: tuple[str, Path], project: dict[str, Any]
 ) -> None:
     url, trace_file = traced_ingest
-    body = {
-        "projectKey": project["publicKey"],
-        "events": [
-            {
-                "event": "pageview",
-                "distinctId": "d",
-                "sessionId": "s",
-                "url": "https://example.com/",
-                "timestamp": "2030-01-01T00:00:00Z",
-                "uuid": str(uuid.uuid4()),
-            }
-        ],
-    }
-    response = httpx.post(f"{url}/v1/events", json=body)
+    response = httpx.post(f"{url}/v1/events", json=_one_pageview(project, uuid=str(uuid.uuid4())))
     assert response.status_code == 202
-    deadline = time.monotonic() + 10
-    while not (trace_file.exists() and any(s["name"] == "POST /v1/events" for s in _spans(trace_file))):
-        assert time.monotonic() < deadline, "no server span was exported"
-        time.sleep(0.2)
+    _wait_for_span(trace_file, "POST /v1/events")
     spans = _spans(trace_file)
     [server] = [s for s in spans if s["name"] == "POST /v1/events"]
     assert server["kind"] == 2
@@ -145,10 +148,7 @@ def test_a_read_api_request_has_sql_client_spans(db: DatabaseHarness, project: d
     with running_service("replay", env, db.root / "log" / f"{trace_file.stem}.log") as replay:
         response = httpx.get(f"{replay.url}/v1/sessions", headers={"Authorization": f"Bearer {project['secretKey']}"})
         assert response.status_code == 200
-        deadline = time.monotonic() + 10
-        while not (trace_file.exists() and any(s["name"] == "GET /v1/sessions" for s in _spans(trace_file))):
-            assert time.monotonic() < deadline, "no server span was exported"
-            time.sleep(0.2)
+        _wait_for_span(trace_file, "GET /v1/sessions")
     spans = _spans(trace_file)
     [server] = [s for s in spans if s["name"] == "GET /v1/sessions"]
     sql = [
@@ -169,18 +169,7 @@ def test_a_client_traceparent_is_ignored_on_tracker_routes_and_honoured_elsewher
     env = {key: value for key, value in env.items() if key != "OTEL_TRACES_SAMPLER"}
     env |= {"SIGHTLINE_TRACE_SAMPLE_RATIO": "0", "SIGHTLINE_INGEST_BENCHMARK_NOOP": "1"}
     tracker_trace, noop_trace = uuid.uuid4().hex, uuid.uuid4().hex
-    body = {
-        "projectKey": project["publicKey"],
-        "events": [
-            {
-                "event": "pageview",
-                "distinctId": "d",
-                "sessionId": "s",
-                "url": "https://example.com/",
-                "timestamp": "2030-01-01T00:00:00Z",
-            }
-        ],
-    }
+    body = _one_pageview(project)
     with running_service("ingest", env, db.root / "log" / f"{trace_file.stem}.log") as ingest:
         forced = httpx.post(
             f"{ingest.url}/v1/events", json=body, headers={"traceparent": f"00-{tracker_trace}-00f067aa0ba902b7-01"}
@@ -189,10 +178,7 @@ def test_a_client_traceparent_is_ignored_on_tracker_routes_and_honoured_elsewher
             f"{ingest.url}/v1/noop", json=body, headers={"traceparent": f"00-{noop_trace}-00f067aa0ba902b7-01"}
         )
         assert (forced.status_code, benchmark.status_code) == (202, 202)
-        deadline = time.monotonic() + 10
-        while not (trace_file.exists() and any(s["name"] == "POST /v1/noop" for s in _spans(trace_file))):
-            assert time.monotonic() < deadline, "the no-op request's span was not exported"
-            time.sleep(0.2)
+        _wait_for_span(trace_file, "POST /v1/noop", "the no-op request's span was not exported")
     spans = _spans(trace_file)
     # (Other spans in the file are the background tasks' own statements.)
     assert {s["name"] for s in spans if s["traceId"] == noop_trace} >= {"POST /v1/noop"}

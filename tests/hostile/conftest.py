@@ -4,45 +4,20 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from typing import Any
 
 import httpx
 import pytest
-from litestar import Litestar
-from litestar.testing import AsyncTestClient
 
 from services.cli import admin
-from services.common.settings import RateLimitSettings
-from services.ingest.app import create_app as create_ingest_app
-from services.ingest.settings import IngestSettings
-from services.query.app import create_app as create_query_app
-from services.query.settings import QuerySettings
-from services.replay.app import create_app as create_replay_app
+from tests.conftest import Services, serve_all_three
 from tests.harness import DatabaseHarness
-
-# These tests send many requests for one project; the limit has its own tests.
-NO_RATE_LIMIT = RateLimitSettings(requests_per_s=0, burst=0)
-
-
-@dataclass
-class Services:
-    ingest: AsyncTestClient[Litestar]
-    query: AsyncTestClient[Litestar]
-    replay: AsyncTestClient[Litestar]
 
 
 @pytest.fixture(scope="module")
 async def services(db: DatabaseHarness) -> AsyncIterator[Services]:
-    ingest = create_ingest_app(db.database, settings=IngestSettings())
-    query = create_query_app(db.database, query_settings=QuerySettings(rollup_interval_s=0), rate_limit=NO_RATE_LIMIT)
-    replay = create_replay_app(db.database, rate_limit=NO_RATE_LIMIT)
-    async with (
-        AsyncTestClient(ingest) as ingest_client,
-        AsyncTestClient(query) as query_client,
-        AsyncTestClient(replay) as replay_client,
-    ):
-        yield Services(ingest_client, query_client, replay_client)
+    async with serve_all_three(db.database) as running:
+        yield running
 
 
 @pytest.fixture

@@ -18,7 +18,8 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from tests.hostile.conftest import Services, assert_error, bearer
+from tests.conftest import Services
+from tests.hostile.conftest import assert_error, bearer
 from tests.ingest.conftest import JSON, count_rows, json_body, pageview
 
 NOTHING_STORED = {"events": 0, "ingested_events": 0, "replay_chunks": 0, "replay_sessions": 0}

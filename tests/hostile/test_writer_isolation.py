@@ -4,9 +4,7 @@ alone, a queue bounded in bytes, and submissions whose request gave up not writt
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -14,8 +12,9 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.common.errors import ApiError, ServiceUnavailable
-from services.ingest.repository import ChunkRow, EventRow
+from services.ingest.repository import ChunkRow
 from services.ingest.writer import BatchWriter, WriterLimits
+from tests.rows import chunk_row, event_row
 
 BIGINT_MAX = 2**63 - 1
 
@@ -41,58 +40,8 @@ async def writer(engine: AsyncEngine) -> AsyncIterator[BatchWriter]:
     await batch_writer.close()
 
 
-def event_row(project_id: int) -> EventRow:
-    return EventRow(
-        project_id=project_id,
-        occurred_at=datetime.now(UTC),
-        event_uuid=uuid.uuid4(),
-        name="pageview",
-        distinct_id="visitor",
-        session_id="session",
-        url="https://example.com/",
-        domain="example.com",
-        path="/",
-        title=None,
-        referrer=None,
-        referrer_domain=None,
-        utm_source=None,
-        utm_medium=None,
-        utm_campaign=None,
-        utm_term=None,
-        utm_content=None,
-        browser=None,
-        browser_version=None,
-        os=None,
-        os_version=None,
-        device_type="desktop",
-        country=None,
-        is_bot=False,
-        properties={},
-    )
-
-
-def chunk_row(project_id: int, session_id: str, seq: int, clicks: int, data: bytes = b"{}") -> ChunkRow:
-    now = datetime.now(UTC)
-    return ChunkRow(
-        project_id=project_id,
-        session_id=session_id,
-        seq=seq,
-        first_timestamp=now,
-        last_timestamp=now,
-        event_count=clicks + 1,
-        has_full_snapshot=seq == 0,
-        content_encoding="identity",
-        data=data,
-        distinct_id="visitor",
-        click_count=clicks,
-        page_count=1,
-        active_ms=0,
-        first_url=None,
-        country=None,
-        browser=None,
-        os=None,
-        device_type=None,
-    )
+def chunk_with_clicks(project_id: int, session_id: str, seq: int, clicks: int, data: bytes = b"{}") -> ChunkRow:
+    return chunk_row(project_id, session_id, seq, event_count=clicks + 1, click_count=clicks, data=data)
 
 
 async def scalar(admin_engine: AsyncEngine, sql: str, **parameters: Any) -> Any:
@@ -105,13 +54,13 @@ async def test_a_session_counts_past_2_to_the_31_without_failing(
     writer: BatchWriter, admin_engine: AsyncEngine, project: dict[str, Any]
 ) -> None:
     project_id = int(project["id"])
-    await writer.submit([], [chunk_row(project_id, "long", 0, clicks=1)])
+    await writer.submit([], [chunk_with_clicks(project_id, "long", 0, clicks=1)])
     await scalar(
         admin_engine,
         "UPDATE replay_sessions SET click_count = 2147483647 WHERE project_id = :p AND session_id = 'long'",
         p=project_id,
     )
-    await writer.submit([], [chunk_row(project_id, "long", 1, clicks=2)])
+    await writer.submit([], [chunk_with_clicks(project_id, "long", 1, clicks=2)])
     clicks = await scalar(
         admin_engine,
         "SELECT click_count FROM replay_sessions WHERE project_id = :p AND session_id = 'long'",
@@ -124,7 +73,7 @@ async def test_a_submission_the_database_refuses_fails_alone_and_its_batch_neigh
     writer: BatchWriter, admin_engine: AsyncEngine, project: dict[str, Any]
 ) -> None:
     project_id = int(project["id"])
-    await writer.submit([], [chunk_row(project_id, "full", 0, clicks=1)])
+    await writer.submit([], [chunk_with_clicks(project_id, "full", 0, clicks=1)])
     # Only a direct UPDATE can get here: the one counter a further click would overflow.
     await scalar(
         admin_engine,
@@ -133,10 +82,10 @@ async def test_a_submission_the_database_refuses_fails_alone_and_its_batch_neigh
         p=project_id,
     )
     good_events = [[event_row(project_id)] for _ in range(6)]
-    good_chunks = [chunk_row(project_id, f"fine-{n}", 0, clicks=1) for n in range(3)]
+    good_chunks = [chunk_with_clicks(project_id, f"fine-{n}", 0, clicks=1) for n in range(3)]
     outcomes = await asyncio.gather(
         *(writer.submit(rows, []) for rows in good_events[:3]),
-        writer.submit([], [chunk_row(project_id, "full", 1, clicks=1)]),
+        writer.submit([], [chunk_with_clicks(project_id, "full", 1, clicks=1)]),
         *(writer.submit([], [chunk]) for chunk in good_chunks),
         *(writer.submit(rows, []) for rows in good_events[3:]),
         return_exceptions=True,
@@ -154,7 +103,7 @@ async def test_the_queue_is_bounded_in_bytes(engine: AsyncEngine, project: dict[
     await batch_writer.start()
     try:
         with pytest.raises(ServiceUnavailable) as full:
-            await batch_writer.submit([], [chunk_row(int(project["id"]), "big", 0, clicks=0, data=b"x" * 200_000)])
+            await batch_writer.submit([], [chunk_row(int(project["id"]), "big", 0, data=b"x" * 200_000)])
     finally:
         await batch_writer.close()
     assert full.value.code == "writer_queue_full"

@@ -8,45 +8,15 @@ without its text and without the DETAIL that would repeat the failing row.
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime
 
 import asyncpg
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.common.db import asyncpg_connection
-from services.ingest.repository import ChunkRow, EventRow, write_batch
+from services.ingest.repository import write_batch
 from tests.harness import DatabaseHarness
-
-
-def _event(project_id: int, email: str, distinct_id: str, session_id: str) -> EventRow:
-    return EventRow(
-        project_id=project_id,
-        occurred_at=datetime.now(UTC),
-        event_uuid=uuid.uuid4(),
-        name="signup",
-        distinct_id=distinct_id,
-        session_id=session_id,
-        url=f"https://example.com/welcome?email={email}",
-        domain="example.com",
-        path="/welcome",
-        title=None,
-        referrer=None,
-        referrer_domain=None,
-        utm_source=None,
-        utm_medium=None,
-        utm_campaign=None,
-        utm_term=None,
-        utm_content=None,
-        browser=None,
-        browser_version=None,
-        os=None,
-        os_version=None,
-        device_type=None,
-        country=None,
-        is_bot=False,
-        properties={"email": email},
-    )
+from tests.rows import chunk_row, event_row
 
 
 async def test_a_failing_batch_leaves_none_of_its_values_in_the_server_log(
@@ -55,27 +25,25 @@ async def test_a_failing_batch_leaves_none_of_its_values_in_the_server_log(
     marker = uuid.uuid4().hex
     email = f"someone.{marker}@example.com"
     distinct_id, session_id = f"visitor-{marker}", f"session-{marker}"
-    event = _event(int(str(project["id"])), email, distinct_id, session_id)
-    # A content encoding the table's check constraint refuses fails the whole batch.
-    chunk = ChunkRow(
-        project_id=int(str(project["id"])),
+    project_id = int(str(project["id"]))
+    event = event_row(
+        project_id,
+        name="signup",
+        distinct_id=distinct_id,
         session_id=session_id,
-        seq=0,
-        first_timestamp=datetime.now(UTC),
-        last_timestamp=datetime.now(UTC),
-        event_count=1,
-        has_full_snapshot=True,
+        url=f"https://example.com/welcome?email={email}",
+        path="/welcome",
+        properties={"email": email},
+    )
+    # A content encoding the table's check constraint refuses fails the whole batch.
+    chunk = chunk_row(
+        project_id,
+        session_id,
+        0,
         content_encoding="brotli",
         data=f'{{"typed": "{email}"}}'.encode(),
         distinct_id=distinct_id,
-        click_count=0,
-        page_count=1,
-        active_ms=0,
         first_url=f"https://example.com/?u={marker}",
-        country=None,
-        browser=None,
-        os=None,
-        device_type=None,
     )
     async with engine.connect() as connection:
         with pytest.raises(asyncpg.CheckViolationError):

@@ -12,13 +12,14 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.common.db import asyncpg_connection
-from services.ingest.repository import ChunkRow, write_batch
+from services.ingest.repository import write_batch
 from services.query.app import create_app as create_query_app
 from services.query.settings import QuerySettings
 from services.replay.erasure import erase_person
 from tests.harness import DatabaseHarness
 from tests.query.conftest import Event, berlin, build_rollups, insert_events, query, table
 from tests.replay.conftest import T0, Chunk, auth, insert_session
+from tests.rows import chunk_row
 
 
 @pytest.fixture
@@ -177,26 +178,7 @@ async def test_a_chunk_arriving_during_an_erasure_is_never_left_without_its_sess
 ) -> None:
     project_id = int(project["id"])
     await insert_session(admin_engine, project, [Chunk(0, [0], full_snapshot=True)], session_id="s", distinct_id="zed")
-    late_chunk = ChunkRow(
-        project_id=project_id,
-        session_id="s",
-        seq=1,
-        first_timestamp=T0,
-        last_timestamp=T0,
-        event_count=1,
-        has_full_snapshot=False,
-        content_encoding="identity",
-        data=b"{}",
-        distinct_id="zed",
-        click_count=0,
-        page_count=0,
-        active_ms=0,
-        first_url=None,
-        country=None,
-        browser=None,
-        os=None,
-        device_type=None,
-    )
+    late_chunk = chunk_row(project_id, "s", 1, first_timestamp=T0, last_timestamp=T0, distinct_id="zed", page_count=0)
     async with engine.connect() as erasing, engine.connect() as ingesting:
         async with erasing.begin():
             deletion = await erase_person(erasing, project_id, "zed")
