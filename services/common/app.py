@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import gc
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
@@ -19,12 +21,14 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.common.api_reference import API_REFERENCE_POLICY, PlainReferencePlugin
+from services.common.auth import ProjectCache
 from services.common.db import create_engine, set_statement_timeout, transaction
 from services.common.errors import EXCEPTION_HANDLERS, JsonBodyRequest
 from services.common.health import HealthController, ReadyProbe
 from services.common.log import configure_logging
 from services.common.project_repository import ProjectRecord
-from services.common.settings import DatabaseSettings, LogSettings, ServiceName
+from services.common.rate_limit import TokenBuckets
+from services.common.settings import DatabaseSettings, LogSettings, RateLimitSettings, ServiceName
 from services.common.telemetry import HeadSampledTracingMiddleware, configure_tracing, instrument_engine
 
 Lifespan = Callable[[Litestar], AbstractAsyncContextManager[None]]
@@ -58,6 +62,25 @@ async def provide_write_transaction(
     async with transaction(state.engine) as connection:
         await set_statement_timeout(connection, state.statement_timeout_ms)
         yield connection
+
+
+@asynccontextmanager
+async def running_in_background(work: Coroutine[Any, Any, None], name: str) -> AsyncIterator[None]:
+    """`work` runs as a task while the block runs (a background task's lifespan, tasks.py); it
+    is cancelled, and waited for, when the block ends."""
+    task = asyncio.create_task(work, name=name)
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+def secret_key_state(rate_limit: RateLimitSettings) -> dict[str, Any]:
+    """What the secret-key APIs (query, replay) keep in their app's state for
+    services.common.auth: the project cache and each project's rate limit."""
+    return {"project_cache": ProjectCache(), "rate_limit": TokenBuckets(rate_limit.requests_per_s, rate_limit.burst)}
 
 
 VERSION = "0.1.0"

@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-from collections.abc import Mapping
+import html
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from typing import Any
 
 from litestar import Request, Response, get
+from litestar.datastructures import State
 from litestar.handlers import HTTPRouteHandler
 from litestar.response import Redirect
 
@@ -131,3 +133,22 @@ def page_file_handler(path: str, file: Path) -> HTTPRouteHandler:
         return page_file_response(request, load_page_file(file))
 
     return page_file
+
+
+def page_handlers(
+    name: str, static: Path, placeholder: str, linked_url: Callable[[State], str]
+) -> list[HTTPRouteHandler]:
+    """A service's page: GET /{name} (and / redirects there) with its script and stylesheet, all
+    built into `static`; the HTML's `placeholder` is the other service's page URL, from the state."""
+
+    @get(f"/{name}", include_in_schema=False)
+    async def page(request: Request[Any, Any, Any], state: State) -> Response[bytes]:
+        replacements = ((placeholder, html.escape(linked_url(state), quote=True)),)
+        return page_file_response(request, load_page_file(static / f"{name}.html", replacements))
+
+    return [
+        redirect_root_to(f"/{name}"),
+        page,
+        page_file_handler(f"/static/{name}.js", static / f"{name}.js"),
+        page_file_handler(f"/static/{name}.css", static / f"{name}.css"),
+    ]

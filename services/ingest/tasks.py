@@ -10,7 +10,6 @@ the partitions (run it daily from cron); a day without one lands in ``events_def
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 from collections.abc import AsyncIterator, Callable
@@ -23,7 +22,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.common import partition_repository
-from services.common.app import Lifespan
+from services.common.app import Lifespan, running_in_background
 from services.common.db import create_admin_engine
 from services.common.errors import is_database_unavailable
 from services.common.settings import AdminDatabaseSettings
@@ -49,13 +48,10 @@ def partition_upkeep(admin: AdminDatabaseSettings | None) -> Lifespan:
             yield
             return
         engine = create_admin_engine(admin)
-        task = asyncio.create_task(keep_partitions_ahead(engine), name="event-partitions")
         try:
-            yield
+            async with running_in_background(keep_partitions_ahead(engine), "event-partitions"):
+                yield
         finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
             await engine.dispose()
 
     return upkeep

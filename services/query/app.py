@@ -7,9 +7,7 @@ from contextlib import asynccontextmanager
 
 from litestar import Litestar
 
-from services.common.app import build_app
-from services.common.auth import ProjectCache
-from services.common.rate_limit import TokenBuckets
+from services.common.app import build_app, secret_key_state
 from services.common.settings import DatabaseSettings, LogSettings, RateLimitSettings
 from services.common.ttl_cache import SharedTtlCache
 from services.query.pages import PAGE_HANDLERS
@@ -51,8 +49,7 @@ def create_app(
         logs=logs or LogSettings.from_env("query"),
         lifespans=[query_service, rollup_refresher(database, settings)],
         state={
-            "project_cache": ProjectCache(),
-            "rate_limit": TokenBuckets(rate_limit.requests_per_s, rate_limit.burst),
+            **secret_key_state(rate_limit),
             "query_settings": settings,
         },
     )

@@ -6,29 +6,19 @@ The replay service's URL (for links to the player) is written into the HTML as i
 
 from __future__ import annotations
 
-import html
 from pathlib import Path
-from typing import Any
 
-from litestar import Request, Response, get
 from litestar.datastructures import State
 
-from services.common.pages import load_page_file, page_file_handler, page_file_response, redirect_root_to
+from services.common.pages import page_handlers
 from services.query.settings import QuerySettings
 
 STATIC = Path(__file__).parent / "static"
 
 
-@get("/dashboard", include_in_schema=False)
-async def dashboard_page(request: Request[Any, Any, Any], state: State) -> Response[bytes]:
+def replay_url(state: State) -> str:
     settings: QuerySettings = state.query_settings
-    replacements = (("{{REPLAY_URL}}", html.escape(settings.replay_url, quote=True)),)
-    return page_file_response(request, load_page_file(STATIC / "dashboard.html", replacements))
+    return settings.replay_url
 
 
-PAGE_HANDLERS = [
-    redirect_root_to("/dashboard"),
-    dashboard_page,
-    page_file_handler("/static/dashboard.js", STATIC / "dashboard.js"),
-    page_file_handler("/static/dashboard.css", STATIC / "dashboard.css"),
-]
+PAGE_HANDLERS = page_handlers("dashboard", STATIC, "{{REPLAY_URL}}", replay_url)

@@ -9,7 +9,6 @@ day), and as `sightline rollup`.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -20,7 +19,7 @@ from datetime import timedelta
 from litestar import Litestar
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from services.common.app import Lifespan
+from services.common.app import Lifespan, running_in_background
 from services.common.db import create_engine, set_statement_timeout
 from services.common.settings import DatabaseSettings
 from services.query import rollup_repository
@@ -110,13 +109,8 @@ def rollup_refresher(database: DatabaseSettings, settings: QuerySettings) -> Lif
         if settings.rollup_interval_s <= 0:
             yield
             return
-        task = asyncio.create_task(run_refresher(database, settings))
-        try:
+        async with running_in_background(run_refresher(database, settings), "rollup-refresher"):
             yield
-        finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
 
     return refresher
 

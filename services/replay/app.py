@@ -7,9 +7,7 @@ from contextlib import asynccontextmanager
 
 from litestar import Litestar
 
-from services.common.app import build_app
-from services.common.auth import ProjectCache
-from services.common.rate_limit import TokenBuckets
+from services.common.app import build_app, secret_key_state
 from services.common.settings import DatabaseSettings, LogSettings, RateLimitSettings
 from services.replay.pages import PAGE_HANDLERS
 from services.replay.routes import ReplayController
@@ -47,8 +45,7 @@ def create_app(
         logs=logs or LogSettings.from_env("replay"),
         lifespans=[replay_service],
         state={
-            "project_cache": ProjectCache(),
-            "rate_limit": TokenBuckets(rate_limit.requests_per_s, rate_limit.burst),
+            **secret_key_state(rate_limit),
             "replay_settings": settings,
         },
     )

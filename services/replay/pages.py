@@ -6,29 +6,19 @@ The query service's URL (for the link back to the dashboard) is written into the
 
 from __future__ import annotations
 
-import html
 from pathlib import Path
-from typing import Any
 
-from litestar import Request, Response, get
 from litestar.datastructures import State
 
-from services.common.pages import load_page_file, page_file_handler, page_file_response, redirect_root_to
+from services.common.pages import page_handlers
 from services.replay.settings import ReplaySettings
 
 STATIC = Path(__file__).parent / "static"
 
 
-@get("/player", include_in_schema=False)
-async def player_page(request: Request[Any, Any, Any], state: State) -> Response[bytes]:
+def dashboard_url(state: State) -> str:
     settings: ReplaySettings = state.replay_settings
-    replacements = (("{{DASHBOARD_URL}}", html.escape(settings.dashboard_url, quote=True)),)
-    return page_file_response(request, load_page_file(STATIC / "player.html", replacements))
+    return settings.dashboard_url
 
 
-PAGE_HANDLERS = [
-    redirect_root_to("/player"),
-    player_page,
-    page_file_handler("/static/player.js", STATIC / "player.js"),
-    page_file_handler("/static/player.css", STATIC / "player.css"),
-]
+PAGE_HANDLERS = page_handlers("player", STATIC, "{{DASHBOARD_URL}}", dashboard_url)
