@@ -13,23 +13,31 @@ replay_sessions), so the work is proportional to the person's data, not the proj
 from __future__ import annotations
 
 from datetime import date
+from typing import Any
 
-from sqlalchemy import BigInteger, Text, bindparam, text
+from sqlalchemy import BigInteger, CursorResult, Text, bindparam, text
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 _PERSON_PARAMS = (bindparam("project_id", type_=BigInteger), bindparam("distinct_id", type_=Text))
 
 
+async def _for_person(connection: AsyncConnection, sql: str, project_id: int, distinct_id: str) -> CursorResult[Any]:
+    """Runs a statement about one person of one project (:project_id, :distinct_id)."""
+    return await connection.execute(
+        text(sql).bindparams(*_PERSON_PARAMS), {"project_id": project_id, "distinct_id": distinct_id}
+    )
+
+
 async def person_days(connection: AsyncConnection, project_id: int, distinct_id: str) -> list[date]:
     """The project's local days that hold an event of the person: their rollups hold the person."""
-    result = await connection.execute(
-        text(
-            "SELECT DISTINCT (e.occurred_at AT TIME ZONE p.timezone)::date AS day"
-            " FROM events e JOIN projects p ON p.project_id = e.project_id"
-            " WHERE e.project_id = :project_id AND e.distinct_id = :distinct_id ORDER BY 1"
-        ).bindparams(*_PERSON_PARAMS),
-        {"project_id": project_id, "distinct_id": distinct_id},
+    result = await _for_person(
+        connection,
+        "SELECT DISTINCT (e.occurred_at AT TIME ZONE p.timezone)::date AS day"
+        " FROM events e JOIN projects p ON p.project_id = e.project_id"
+        " WHERE e.project_id = :project_id AND e.distinct_id = :distinct_id ORDER BY 1",
+        project_id,
+        distinct_id,
     )
     return list(result.scalars())
 
@@ -45,26 +53,26 @@ async def lock_person_sessions(connection: AsyncConnection, project_id: int, dis
     The row locks make ingest's upsert of these sessions wait until the erasure commits, then
     insert a fresh row: a chunk arriving meanwhile is never left without its session row.
     """
-    result = await connection.execute(
-        text(
-            "SELECT session_id FROM replay_sessions"
-            " WHERE project_id = :project_id AND (distinct_id = :distinct_id OR session_id IN"
-            " (SELECT session_id FROM replay_chunks WHERE project_id = :project_id AND distinct_id = :distinct_id))"
-            " ORDER BY session_id FOR UPDATE"
-        ).bindparams(*_PERSON_PARAMS),
-        {"project_id": project_id, "distinct_id": distinct_id},
+    result = await _for_person(
+        connection,
+        "SELECT session_id FROM replay_sessions"
+        " WHERE project_id = :project_id AND (distinct_id = :distinct_id OR session_id IN"
+        " (SELECT session_id FROM replay_chunks WHERE project_id = :project_id AND distinct_id = :distinct_id))"
+        " ORDER BY session_id FOR UPDATE",
+        project_id,
+        distinct_id,
     )
     return list(result.scalars())
 
 
 async def delete_idempotency_claims(connection: AsyncConnection, project_id: int, distinct_id: str) -> int:
     """The ingest idempotency keys of the person's events (before the events, which name them)."""
-    result = await connection.execute(
-        text(
-            "DELETE FROM ingested_events WHERE project_id = :project_id AND event_uuid IN"
-            " (SELECT event_uuid FROM events WHERE project_id = :project_id AND distinct_id = :distinct_id)"
-        ).bindparams(*_PERSON_PARAMS),
-        {"project_id": project_id, "distinct_id": distinct_id},
+    result = await _for_person(
+        connection,
+        "DELETE FROM ingested_events WHERE project_id = :project_id AND event_uuid IN"
+        " (SELECT event_uuid FROM events WHERE project_id = :project_id AND distinct_id = :distinct_id)",
+        project_id,
+        distinct_id,
     )
     return int(result.rowcount)
 
@@ -95,11 +103,11 @@ async def delete_recordings(
 
 async def delete_events(connection: AsyncConnection, project_id: int, distinct_id: str) -> int:
     # The rollups' delete trigger marks each affected day as changed (and locks its row).
-    result = await connection.execute(
-        text("DELETE FROM events WHERE project_id = :project_id AND distinct_id = :distinct_id").bindparams(
-            *_PERSON_PARAMS
-        ),
-        {"project_id": project_id, "distinct_id": distinct_id},
+    result = await _for_person(
+        connection,
+        "DELETE FROM events WHERE project_id = :project_id AND distinct_id = :distinct_id",
+        project_id,
+        distinct_id,
     )
     return int(result.rowcount)
 

@@ -102,18 +102,7 @@ async def purge_days(connection: AsyncConnection, project_id: int, days: Collect
     day_list = sorted(set(days))
     week_list = sorted({week_of(day) for day in day_list})
     params = {"project_id": project_id, "days": day_list, "weeks": week_list}
-    counts.visit_rows = await _rowcount(
-        connection, "DELETE FROM query_rollup_visits WHERE project_id = :project_id AND day = ANY(:days)", params
-    )
-    counts.page_rows = await _rowcount(
-        connection, "DELETE FROM query_rollup_pages WHERE project_id = :project_id AND day = ANY(:days)", params
-    )
-    counts.page_week_rows = await _rowcount(
-        connection, "DELETE FROM query_rollup_page_weeks WHERE project_id = :project_id AND week = ANY(:weeks)", params
-    )
-    counts.weeks = await _rowcount(
-        connection, "DELETE FROM query_rollup_weeks WHERE project_id = :project_id AND week = ANY(:weeks)", params
-    )
+    await _delete_rollup_rows(connection, counts, params, "day = ANY(:days)", "week = ANY(:weeks)")
     # Days left without any event need no marker (a day without one has never had an event).
     # The timezone is the project's: the same local day the delete trigger counted.
     counts.days_forgotten = await _rowcount(
@@ -125,12 +114,7 @@ async def purge_days(connection: AsyncConnection, project_id: int, days: Collect
         " AND e.occurred_at < ((d.day + 1)::timestamp AT TIME ZONE p.timezone))",
         params,
     )
-    counts.days_to_rebuild = await _rowcount(
-        connection,
-        "UPDATE query_rollup_days SET built_changes = NULL, built_at = NULL, changes = changes + 1, changed_at = now()"
-        " WHERE project_id = :project_id AND day = ANY(:days)",
-        params,
-    )
+    counts.days_to_rebuild = await _mark_to_rebuild(connection, "day = ANY(:days)", params)
     return counts
 
 
@@ -143,28 +127,33 @@ async def purge_before(connection: AsyncConnection, project_id: int, first_kept_
     """
     params = {"project_id": project_id, "day": first_kept_day, "week": week_of(first_kept_day)}
     counts = RollupPurgeCounts()
-    counts.visit_rows = await _rowcount(
-        connection, "DELETE FROM query_rollup_visits WHERE project_id = :project_id AND day <= :day", params
-    )
-    counts.page_rows = await _rowcount(
-        connection, "DELETE FROM query_rollup_pages WHERE project_id = :project_id AND day <= :day", params
-    )
-    counts.page_week_rows = await _rowcount(
-        connection, "DELETE FROM query_rollup_page_weeks WHERE project_id = :project_id AND week <= :week", params
-    )
-    counts.weeks = await _rowcount(
-        connection, "DELETE FROM query_rollup_weeks WHERE project_id = :project_id AND week <= :week", params
-    )
+    await _delete_rollup_rows(connection, counts, params, "day <= :day", "week <= :week")
     counts.days_forgotten = await _rowcount(
         connection, "DELETE FROM query_rollup_days WHERE project_id = :project_id AND day < :day", params
     )
-    counts.days_to_rebuild = await _rowcount(
+    counts.days_to_rebuild = await _mark_to_rebuild(connection, "day = :day", params)
+    return counts
+
+
+async def _delete_rollup_rows(
+    connection: AsyncConnection, counts: RollupPurgeCounts, params: dict[str, object], days: str, weeks: str
+) -> None:
+    """The project's rows of the daily and weekly rollup tables whose day matches ``days`` or
+    whose week matches ``weeks`` (conditions written here, never from input)."""
+    where = "WHERE project_id = :project_id AND"
+    counts.visit_rows = await _rowcount(connection, f"DELETE FROM query_rollup_visits {where} {days}", params)
+    counts.page_rows = await _rowcount(connection, f"DELETE FROM query_rollup_pages {where} {days}", params)
+    counts.page_week_rows = await _rowcount(connection, f"DELETE FROM query_rollup_page_weeks {where} {weeks}", params)
+    counts.weeks = await _rowcount(connection, f"DELETE FROM query_rollup_weeks {where} {weeks}", params)
+
+
+async def _mark_to_rebuild(connection: AsyncConnection, days: str, params: dict[str, object]) -> int:
+    return await _rowcount(
         connection,
         "UPDATE query_rollup_days SET built_changes = NULL, built_at = NULL, changes = changes + 1, changed_at = now()"
-        " WHERE project_id = :project_id AND day = :day",
+        f" WHERE project_id = :project_id AND {days}",
         params,
     )
-    return counts
 
 
 async def _rowcount(connection: AsyncConnection, sql: str, params: dict[str, object]) -> int:
