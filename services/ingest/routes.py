@@ -145,7 +145,21 @@ def _context(request: Request[Any, Any, Any], settings: IngestSettings) -> Reque
     )
 
 
-@post(
+def tracker_post(path: str, *, summary: str, description: str, body: type[Any]) -> post:
+    """A tracker route: a TrackerRequest decoding `body`, answering 202 once stored."""
+    return post(
+        path,
+        summary=summary,
+        description=description,
+        status_code=HTTP_202_ACCEPTED,
+        request_class=TrackerRequest,
+        opt={"tracker_body": body},
+        responses=_ERRORS,
+        tags=["tracker"],
+    )
+
+
+@tracker_post(
     "/v1/events",
     summary="Store a batch of pageviews and custom events",
     description=(
@@ -154,11 +168,7 @@ def _context(request: Request[Any, Any, Any], settings: IngestSettings) -> Reque
         "`sentAt` corrects the client's clock; timestamps after the receive time are set to it. "
         "Events with a `uuid` are stored once however often a batch is retried."
     ),
-    status_code=HTTP_202_ACCEPTED,
-    request_class=TrackerRequest,
-    opt={"tracker_body": EventBatch},
-    responses=_ERRORS,
-    tags=["tracker"],
+    body=EventBatch,
 )
 async def post_events(
     data: JSONBody[EventBatch], request: Request[Any, Any, Any], state: State, key: UrlKey = None
@@ -168,7 +178,7 @@ async def post_events(
     return Accepted(accepted=accepted)
 
 
-@post(
+@tracker_post(
     "/v1/replay",
     summary="Store one chunk of an rrweb session recording",
     description=(
@@ -177,11 +187,7 @@ async def post_events(
         "a chunk is identified by (sessionId, seq), so a retried chunk is stored once. "
         "`accepted` counts the chunk's rrweb events."
     ),
-    status_code=HTTP_202_ACCEPTED,
-    request_class=TrackerRequest,
-    opt={"tracker_body": ReplayChunkBody},
-    responses=_ERRORS,
-    tags=["tracker"],
+    body=ReplayChunkBody,
 )
 async def post_replay(
     data: JSONBody[ReplayChunkBody], request: Request[Any, Any, Any], state: State, key: UrlKey = None

@@ -79,13 +79,7 @@ class IngestService:
         admitted: ProjectRecord | None = None,
     ) -> int:
         project = admitted or await self.admit(chunk.project_key)
-        if len(chunk.events) > self._settings.max_rrweb_events_per_chunk:
-            raise ApiError(
-                422,
-                "too_many_events",
-                f"A chunk may hold at most {self._settings.max_rrweb_events_per_chunk} rrweb events.",
-                field="events",
-            )
+        _refuse_too_many(self._settings.max_rrweb_events_per_chunk, len(chunk.events), "A chunk", "rrweb events")
         with step_span("ingest.enrich"):
             row = self._chunk_row(chunk, stored_body, content_encoding, project, context)
         # rrweb timestamps come from the client's clock with nothing to correct it by;
@@ -115,13 +109,7 @@ class IngestService:
         return project
 
     def _event_rows(self, batch: EventBatch, project: ProjectRecord, context: RequestContext) -> list[EventRow]:
-        if len(batch.events) > self._settings.max_events_per_batch:
-            raise ApiError(
-                422,
-                "too_many_events",
-                f"A batch may hold at most {self._settings.max_events_per_batch} events.",
-                field="events",
-            )
+        _refuse_too_many(self._settings.max_events_per_batch, len(batch.events), "A batch", "events")
         now = context.received_at
         # The client's clock is off by (its sentAt - our receive time); shift every event back.
         skew = now - batch.sent_at if batch.sent_at is not None else timedelta(0)
@@ -280,3 +268,8 @@ def summarise_rrweb(events: list[RrwebEvent]) -> RrwebSummary:
 
 def _from_epoch_ms(epoch_ms: int) -> datetime:
     return datetime.fromtimestamp(epoch_ms / 1000, UTC)
+
+
+def _refuse_too_many(limit: int, count: int, holder: str, events: str) -> None:
+    if count > limit:
+        raise ApiError(422, "too_many_events", f"{holder} may hold at most {limit} {events}.", field="events")
