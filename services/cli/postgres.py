@@ -69,6 +69,10 @@ class LocalPostgres:
             raise StackError(f"{path} not found: install PostgreSQL 15 server binaries or set SIGHTLINE_PG_BIN_DIR")
         return str(path)
 
+    def _pg_ctl(self, *arguments: str) -> list[str]:
+        """`pg_ctl` on this cluster's data directory, run as the service account."""
+        return as_service_account([self._bin("pg_ctl"), "-D", str(self.data_dir), *arguments])
+
     @property
     def initialised(self) -> bool:
         return (self.data_dir / "PG_VERSION").exists()
@@ -116,28 +120,14 @@ class LocalPostgres:
         if self.pid() is not None:
             return
         make_owned_dir(self.run_dir, 0o755)
-        run(
-            as_service_account(
-                [
-                    self._bin("pg_ctl"),
-                    "-D",
-                    str(self.data_dir),
-                    "-l",
-                    str(self.log_file),
-                    "-w",
-                    "-t",
-                    "60",
-                    "start",
-                ]
-            )
-        )
+        run(self._pg_ctl("-l", str(self.log_file), "-w", "-t", "60", "start"))
 
     def stop(self, mode: str = "fast") -> bool:
         pid = self.pid()
         if pid is None:
             return False
         result = run(
-            as_service_account([self._bin("pg_ctl"), "-D", str(self.data_dir), "-m", mode, "-w", "stop"]),
+            self._pg_ctl("-m", mode, "-w", "stop"),
             check=False,
         )
         if result.returncode != 0:
@@ -146,23 +136,7 @@ class LocalPostgres:
 
     def restart(self, mode: str = "fast") -> None:
         """`pg_ctl restart`: every connection is cut (fast: transactions are rolled back) and the server comes back."""
-        run(
-            as_service_account(
-                [
-                    self._bin("pg_ctl"),
-                    "-D",
-                    str(self.data_dir),
-                    "-l",
-                    str(self.log_file),
-                    "-m",
-                    mode,
-                    "-w",
-                    "-t",
-                    "60",
-                    "restart",
-                ]
-            )
-        )
+        run(self._pg_ctl("-l", str(self.log_file), "-m", mode, "-w", "-t", "60", "restart"))
 
     def psql(self, sql: str, database: str = "postgres") -> str:
         """Runs sql as the cluster's superuser over the unix socket; returns unaligned output."""
