@@ -12,7 +12,7 @@ from string import Template
 from services.cli.processes import (
     StackError,
     as_service_account,
-    make_owned_dir,
+    make_server_dirs,
     port_is_free,
     read_pid,
     run,
@@ -45,9 +45,7 @@ class LocalPgBouncer:
         return read_pid(self.run_dir / "pgbouncer.pid")
 
     def render(self) -> None:
-        make_owned_dir(self.conf_dir)
-        make_owned_dir(self.run_dir, 0o755)
-        make_owned_dir(self.log_file.parent, 0o755)
+        make_server_dirs(self.conf_dir, self.run_dir, self.log_file)
         values = {
             "database": self.database,
             "postgres_host": "127.0.0.1",

@@ -10,6 +10,7 @@ from services.cli.processes import (
     StackError,
     as_service_account,
     make_owned_dir,
+    make_server_dirs,
     read_pid,
     run,
     stop_pid,
@@ -81,9 +82,7 @@ class LocalPostgres:
         return read_pid(self.data_dir / "postmaster.pid")
 
     def init(self) -> None:
-        make_owned_dir(self.data_dir)
-        make_owned_dir(self.run_dir, 0o755)
-        make_owned_dir(self.log_file.parent, 0o755)
+        make_server_dirs(self.data_dir, self.run_dir, self.log_file)
         run(
             as_service_account(
                 [

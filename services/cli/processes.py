@@ -55,6 +55,14 @@ def make_owned_dir(path: Path, mode: int = 0o700) -> None:
         os.chown(path, uid, gid)
 
 
+def make_server_dirs(private_dir: Path, run_dir: Path, log_file: Path) -> None:
+    """A server's own directory (only the service account may read it), its run directory and
+    its log's directory."""
+    make_owned_dir(private_dir)
+    make_owned_dir(run_dir, 0o755)
+    make_owned_dir(log_file.parent, 0o755)
+
+
 def check_reachable_by_service_account(path: Path) -> None:
     if not running_as_root():
         return

@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.cli import admin
 from services.common.settings import AdminDatabaseSettings
+from tests.query.conftest import Event, insert_events
 from tools.loadtest.payloads import RECORDINGS_DIR
 
 PAGES = ("/", "/pricing", "/blog/launch", "/docs/getting-started", "/signup")
@@ -43,8 +44,8 @@ class DemoProject:
     visitors: int
 
 
-def _event_rows(project_id: int, now: datetime, rng: random.Random) -> list[dict[str, Any]]:
-    rows: list[dict[str, Any]] = []
+def _events(now: datetime, rng: random.Random) -> list[Event]:
+    events: list[Event] = []
     # Visitors spread over the last 30 days (more recently), and a few in earlier months.
     starts = [now - timedelta(minutes=rng.randint(5, 30 * 24 * 60)) for _ in range(120)]
     starts += [now - timedelta(days=rng.randint(40, 300)) for _ in range(30)]
@@ -59,30 +60,24 @@ def _event_rows(project_id: int, now: datetime, rng: random.Random) -> list[dict
         for step, path in enumerate(pages):
             occurred = min(started + timedelta(seconds=40 * step), now - timedelta(seconds=5))
             for name in ("pageview", "signup") if path == "/signup" else ("pageview",):
-                rows.append(
-                    {
-                        "project_id": project_id,
-                        "occurred_at": occurred,
-                        "event_uuid": uuid.uuid4(),
-                        "name": name,
-                        "distinct_id": f"visitor-{visitor}",
-                        "session_id": f"visit-{visitor}",
-                        "url": f"https://example.com{path}",
-                        "domain": "example.com",
-                        "path": path,
-                        "referrer": None if referrer is None else f"https://{referrer}/",
-                        "referrer_domain": referrer,
-                        "utm_source": utm[0],
-                        "utm_medium": utm[1],
-                        "utm_campaign": utm[2],
-                        "browser": browser,
-                        "os": os_name,
-                        "device_type": device,
-                        "country": COUNTRIES[visitor % len(COUNTRIES)],
-                        "is_bot": False,
-                    }
+                events.append(
+                    Event(
+                        distinct_id=f"visitor-{visitor}",
+                        session_id=f"visit-{visitor}",
+                        occurred_at=occurred,
+                        path=path,
+                        name=name,
+                        referrer_domain=referrer,
+                        utm_source=utm[0],
+                        utm_medium=utm[1],
+                        utm_campaign=utm[2],
+                        country=COUNTRIES[visitor % len(COUNTRIES)],
+                        browser=browser,
+                        os=os_name,
+                        device_type=device,
+                    )
                 )
-    return rows
+    return events
 
 
 def _recording(name: str) -> list[list[dict[str, Any]]]:
@@ -191,19 +186,8 @@ async def seed_demo_project(admin_settings: AdminDatabaseSettings, engine: Async
         admin_settings, name=f"demo-{uuid.uuid4().hex[:8]}", domains=["example.com"], timezone="UTC"
     )
     now = datetime.now(UTC)
-    rows = _event_rows(int(str(project["id"])), now, random.Random(19))
-    async with engine.begin() as connection:
-        await connection.execute(
-            text(
-                "INSERT INTO events (project_id, occurred_at, event_uuid, name, distinct_id, session_id, url, domain,"
-                " path, referrer, referrer_domain, utm_source, utm_medium, utm_campaign, browser, os, device_type,"
-                " country, is_bot)"
-                " VALUES (:project_id, :occurred_at, :event_uuid, :name, :distinct_id, :session_id, :url, :domain,"
-                " :path, :referrer, :referrer_domain, :utm_source, :utm_medium, :utm_campaign, :browser, :os,"
-                " :device_type, :country, :is_bot)"
-            ),
-            rows,
-        )
+    events = _events(now, random.Random(19))
+    await insert_events(engine, int(str(project["id"])), events)
     session_ids: list[str] = []
     for minutes_ago, (name, (browser, os_name, device)) in zip(
         (50, 30, 10), zip(RECORDINGS, CLIENTS, strict=True), strict=True
@@ -247,8 +231,8 @@ async def seed_demo_project(admin_settings: AdminDatabaseSettings, engine: Async
         os_name=None,
         device="bot",
     )
-    pageviews = sum(1 for row in rows if row["name"] == "pageview")
-    visitors = len({row["distinct_id"] for row in rows})
+    pageviews = sum(1 for event in events if event.name == "pageview")
+    visitors = len({event.distinct_id for event in events})
     return DemoProject(
         int(str(project["id"])),
         str(project["secretKey"]),

@@ -53,6 +53,14 @@ async def _ingest_events(services: Services, project: dict[str, Any], *events: d
     )
 
 
+async def _the_stored_event(admin_engine: AsyncEngine, project: dict[str, Any], columns: str) -> tuple[Any, ...]:
+    """These columns of the project's one stored event (written here, never from input)."""
+    async with admin_engine.connect() as connection:
+        sql = f"SELECT {columns} FROM events WHERE project_id = :p"
+        result = await connection.execute(text(sql), {"p": project["id"]})
+        return tuple(result.one())
+
+
 async def _nothing_stored(admin_engine: AsyncEngine, project: dict[str, Any]) -> None:
     assert await count_rows(admin_engine, project["id"]) == NOTHING_STORED
 
@@ -267,12 +275,7 @@ async def test_sql_looking_and_traversal_ids_are_stored_verbatim_and_found_by_ex
     chunk = _chunk(project, sessionId=SQL_LOOKING, distinctId=TRAVERSAL)
     response = await services.ingest.post("/v1/replay", content=json_body(chunk), headers=JSON)
     assert response.status_code == 202, response.text
-    async with admin_engine.connect() as connection:
-        stored = (
-            await connection.execute(
-                text("SELECT distinct_id, session_id, path FROM events WHERE project_id = :p"), {"p": project["id"]}
-            )
-        ).one()
+    stored = await _the_stored_event(admin_engine, project, "distinct_id, session_id, path")
     assert tuple(stored) == (TRAVERSAL, TRAVERSAL, "/a'--")
 
     listed = await services.replay.get("/v1/sessions", params={"distinctId": TRAVERSAL}, headers=bearer(project))
@@ -442,10 +445,7 @@ async def test_times_in_the_future_are_stored_at_the_receive_time(
     before = datetime.now(UTC)
     response = await services.ingest.post("/v1/events", content=json_body(body), headers=JSON)
     assert response.status_code == 202, response.text
-    async with admin_engine.connect() as connection:
-        stored = (
-            await connection.execute(text("SELECT occurred_at FROM events WHERE project_id = :p"), {"p": project["id"]})
-        ).scalar_one()
+    [stored] = await _the_stored_event(admin_engine, project, "occurred_at")
     assert before <= stored <= datetime.now(UTC)
 
 
@@ -568,12 +568,7 @@ async def test_huge_numbers_in_properties_are_stored_exactly(
     properties = {"big": 10**30, "small": -(10**30), "float": 1.5e308, "tiny": 5e-324}
     response = await _ingest_events(services, project, pageview(properties=properties))
     assert response.status_code == 202, response.text
-    async with admin_engine.connect() as connection:
-        stored = (
-            await connection.execute(
-                text("SELECT properties::text FROM events WHERE project_id = :p"), {"p": project["id"]}
-            )
-        ).scalar_one()
+    [stored] = await _the_stored_event(admin_engine, project, "properties::text")
     decoded = msgspec.json.decode(stored)
     # jsonb keeps numbers as numeric: 1.5e308 comes back written out in digits, the same number.
     assert {key: float(value) for key, value in decoded.items()} == {

@@ -6,7 +6,6 @@ depends on the app: these tests need the real server, not the in-process test cl
 
 from __future__ import annotations
 
-import os
 import select
 import socket
 import time
@@ -19,7 +18,6 @@ import httpx
 import msgspec
 import pytest
 
-from services.cli.serving import running_service
 from tests.harness import DatabaseHarness
 
 GRACE_S = 3.0
@@ -28,15 +26,14 @@ STALLED = 200
 
 @pytest.fixture(scope="module")
 def ingest_url(db: DatabaseHarness) -> Iterator[str]:
-    env = {
-        **os.environ,
-        "SIGHTLINE_DATABASE_URL": db.database.url,
-        "SIGHTLINE_INGEST_WORKERS": "1",
+    with db.serve(
+        "ingest",
+        "hostile-slow-uploads",
+        INGEST_WORKERS="1",
         # Few slots, so that 200 stalled bodies would take every one of them if they could.
-        "SIGHTLINE_INGEST_MAX_CONCURRENT_REQUESTS": "4",
-        "SIGHTLINE_INGEST_BODY_GRACE_S": str(GRACE_S),
-    }
-    with running_service("ingest", env, db.root / "log" / "hostile-slow-uploads.log") as ingest:
+        INGEST_MAX_CONCURRENT_REQUESTS="4",
+        INGEST_BODY_GRACE_S=str(GRACE_S),
+    ) as ingest:
         yield ingest.url
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import secrets
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -14,7 +13,6 @@ import msgspec
 import pytest
 from sqlalchemy import event
 
-from services.cli.serving import running_service
 from services.common.db import create_engine
 from services.common.health import ReadyProbe
 from tests.harness import DatabaseHarness
@@ -22,14 +20,8 @@ from tests.harness import DatabaseHarness
 
 @pytest.fixture(scope="module")
 def ingest_url(db: DatabaseHarness) -> Iterator[str]:
-    env = {
-        **os.environ,
-        "SIGHTLINE_DATABASE_URL": db.database.url,
-        "SIGHTLINE_INGEST_WORKERS": "1",
-        # A small pool: before lookups were limited, a flood of unknown keys took all of it.
-        "SIGHTLINE_DB_POOL_SIZE": "5",
-    }
-    with running_service("ingest", env, db.root / "log" / "hostile-unknown-keys.log") as ingest:
+    # A small pool: before lookups were limited, a flood of unknown keys took all of it.
+    with db.serve("ingest", "hostile-unknown-keys", INGEST_WORKERS="1", DB_POOL_SIZE="5") as ingest:
         yield ingest.url
 
 

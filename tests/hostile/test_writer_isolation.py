@@ -50,16 +50,23 @@ async def scalar(admin_engine: AsyncEngine, sql: str, **parameters: Any) -> Any:
         return result.scalar() if result.returns_rows else None
 
 
+async def set_click_count(admin_engine: AsyncEngine, project_id: int, session_id: str, clicks: int) -> None:
+    """Only a direct UPDATE can bring a session's counter near its limit."""
+    await scalar(
+        admin_engine,
+        "UPDATE replay_sessions SET click_count = :clicks WHERE project_id = :p AND session_id = :s",
+        clicks=clicks,
+        p=project_id,
+        s=session_id,
+    )
+
+
 async def test_a_session_counts_past_2_to_the_31_without_failing(
     writer: BatchWriter, admin_engine: AsyncEngine, project: dict[str, Any]
 ) -> None:
     project_id = int(project["id"])
     await writer.submit([], [chunk_with_clicks(project_id, "long", 0, clicks=1)])
-    await scalar(
-        admin_engine,
-        "UPDATE replay_sessions SET click_count = 2147483647 WHERE project_id = :p AND session_id = 'long'",
-        p=project_id,
-    )
+    await set_click_count(admin_engine, project_id, "long", 2147483647)
     await writer.submit([], [chunk_with_clicks(project_id, "long", 1, clicks=2)])
     clicks = await scalar(
         admin_engine,
@@ -74,13 +81,8 @@ async def test_a_submission_the_database_refuses_fails_alone_and_its_batch_neigh
 ) -> None:
     project_id = int(project["id"])
     await writer.submit([], [chunk_with_clicks(project_id, "full", 0, clicks=1)])
-    # Only a direct UPDATE can get here: the one counter a further click would overflow.
-    await scalar(
-        admin_engine,
-        "UPDATE replay_sessions SET click_count = :max WHERE project_id = :p AND session_id = 'full'",
-        max=BIGINT_MAX,
-        p=project_id,
-    )
+    # The one counter a further click would overflow.
+    await set_click_count(admin_engine, project_id, "full", BIGINT_MAX)
     good_events = [[event_row(project_id)] for _ in range(6)]
     good_chunks = [chunk_with_clicks(project_id, f"fine-{n}", 0, clicks=1) for n in range(3)]
     outcomes = await asyncio.gather(

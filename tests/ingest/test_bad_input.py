@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import tracemalloc
 import zlib
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -22,40 +23,44 @@ def _batch(project: dict[str, Any], *events: dict[str, Any], **extra: Any) -> di
     return {"projectKey": project["publicKey"], "events": list(events) or [pageview()], **extra}
 
 
-async def _post_and_check(
-    client: AsyncTestClient[Litestar],
-    admin_engine: AsyncEngine,
-    project: dict[str, Any],
-    body: bytes,
-    headers: dict[str, str],
-    status: int,
-    code: str,
-    field: str | None = None,
-    path: str = "/v1/events",
-) -> dict[str, Any]:
-    response = await client.post(path, content=body, headers=headers)
-    assert response.status_code == status, response.text
-    error = response.json()["error"]
-    assert error["code"] == code
-    assert error["message"]
-    assert error.get("field") == field
-    assert await count_rows(admin_engine, project["id"]) == NOTHING_STORED
-    return dict(error)
+@dataclass
+class IngestUnderTest:
+    client: AsyncTestClient[Litestar]
+    admin_engine: AsyncEngine
+    project: dict[str, Any]
+
+    async def refuses(
+        self,
+        body: bytes,
+        headers: dict[str, str],
+        status: int,
+        code: str,
+        field: str | None = None,
+        path: str = "/v1/events",
+    ) -> dict[str, Any]:
+        """The body is answered with this status and error, and nothing of it is stored."""
+        response = await self.client.post(path, content=body, headers=headers)
+        assert response.status_code == status, response.text
+        error = response.json()["error"]
+        assert error["code"] == code
+        assert error["message"]
+        assert error.get("field") == field
+        assert await count_rows(self.admin_engine, self.project["id"]) == NOTHING_STORED
+        return dict(error)
 
 
-async def test_malformed_json_is_400(
-    client: AsyncTestClient[Litestar], project: dict[str, Any], admin_engine: AsyncEngine
-) -> None:
-    await _post_and_check(
-        client, admin_engine, project, b'{"projectKey": "pk_x", "events": [', JSON, 400, "malformed_json"
-    )
+@pytest.fixture
+def ingest(client: AsyncTestClient[Litestar], admin_engine: AsyncEngine, project: dict[str, Any]) -> IngestUnderTest:
+    return IngestUnderTest(client, admin_engine, project)
 
 
-async def test_invalid_utf8_is_400(
-    client: AsyncTestClient[Litestar], project: dict[str, Any], admin_engine: AsyncEngine
-) -> None:
-    body = json_body(_batch(project)).replace(b"visitor-1", b"visitor-\xff")
-    await _post_and_check(client, admin_engine, project, body, JSON, 400, "malformed_json")
+async def test_malformed_json_is_400(ingest: IngestUnderTest) -> None:
+    await ingest.refuses(b'{"projectKey": "pk_x", "events": [', JSON, 400, "malformed_json")
+
+
+async def test_invalid_utf8_is_400(ingest: IngestUnderTest) -> None:
+    body = json_body(_batch(ingest.project)).replace(b"visitor-1", b"visitor-\xff")
+    await ingest.refuses(body, JSON, 400, "malformed_json")
 
 
 @pytest.mark.parametrize(
@@ -66,47 +71,37 @@ async def test_invalid_utf8_is_400(
     ],
     ids=["garbage", "truncated"],
 )
-async def test_malformed_gzip_is_400(
-    client: AsyncTestClient[Litestar], project: dict[str, Any], admin_engine: AsyncEngine, body: bytes
-) -> None:
-    await _post_and_check(client, admin_engine, project, body, GZIP_JSON, 400, "malformed_gzip")
+async def test_malformed_gzip_is_400(ingest: IngestUnderTest, body: bytes) -> None:
+    await ingest.refuses(body, GZIP_JSON, 400, "malformed_gzip")
 
 
-async def test_missing_project_key_is_401(
-    client: AsyncTestClient[Litestar], project: dict[str, Any], admin_engine: AsyncEngine
-) -> None:
+async def test_missing_project_key_is_401(ingest: IngestUnderTest) -> None:
     body = json_body({"events": [pageview()]})
-    await _post_and_check(client, admin_engine, project, body, JSON, 401, "missing_project_key", "projectKey")
+    await ingest.refuses(body, JSON, 401, "missing_project_key", "projectKey")
 
 
-async def test_unknown_project_key_is_401(
-    client: AsyncTestClient[Litestar], project: dict[str, Any], admin_engine: AsyncEngine
-) -> None:
+async def test_unknown_project_key_is_401(ingest: IngestUnderTest) -> None:
     body = json_body({"projectKey": "pk_nobody", "events": [pageview()]})
-    await _post_and_check(client, admin_engine, project, body, JSON, 401, "unknown_project_key", "projectKey")
+    await ingest.refuses(body, JSON, 401, "unknown_project_key", "projectKey")
 
 
 async def test_a_host_outside_the_allowed_domains_is_403_and_the_whole_batch_is_refused(
-    client: AsyncTestClient[Litestar], project: dict[str, Any], admin_engine: AsyncEngine
+    ingest: IngestUnderTest,
 ) -> None:
-    body = json_body(_batch(project, pageview(), pageview(url="https://evil.example.net/"), pageview()))
-    await _post_and_check(client, admin_engine, project, body, JSON, 403, "domain_not_allowed", "events[1].url")
+    body = json_body(_batch(ingest.project, pageview(), pageview(url="https://evil.example.net/"), pageview()))
+    await ingest.refuses(body, JSON, 403, "domain_not_allowed", "events[1].url")
 
 
-async def test_a_lookalike_domain_is_not_a_subdomain(
-    client: AsyncTestClient[Litestar], project: dict[str, Any], admin_engine: AsyncEngine
-) -> None:
-    body = json_body(_batch(project, pageview(url="https://notexample.com/")))
-    await _post_and_check(client, admin_engine, project, body, JSON, 403, "domain_not_allowed", "events[0].url")
+async def test_a_lookalike_domain_is_not_a_subdomain(ingest: IngestUnderTest) -> None:
+    body = json_body(_batch(ingest.project, pageview(url="https://notexample.com/")))
+    await ingest.refuses(body, JSON, 403, "domain_not_allowed", "events[0].url")
 
 
-async def test_a_body_over_the_limit_is_413(
-    client: AsyncTestClient[Litestar], project: dict[str, Any], admin_engine: AsyncEngine
-) -> None:
+async def test_a_body_over_the_limit_is_413(ingest: IngestUnderTest) -> None:
     limit = IngestSettings().events.max_body_bytes
-    body = json_body(_batch(project, pageview(title="x" * 900)))
+    body = json_body(_batch(ingest.project, pageview(title="x" * 900)))
     body = body[:-1] + b" " * (limit - len(body) + 10) + b"}"
-    await _post_and_check(client, admin_engine, project, body, JSON, 413, "payload_too_large")
+    await ingest.refuses(body, JSON, 413, "payload_too_large")
 
 
 @pytest.fixture(scope="module")
@@ -119,16 +114,12 @@ def gzip_bomb() -> bytes:
     return b"".join(parts)
 
 
-async def test_a_gzip_bomb_is_413_with_flat_memory(
-    client: AsyncTestClient[Litestar], project: dict[str, Any], admin_engine: AsyncEngine, gzip_bomb: bytes
-) -> None:
+async def test_a_gzip_bomb_is_413_with_flat_memory(ingest: IngestUnderTest, gzip_bomb: bytes) -> None:
     assert len(gzip_bomb) < 1_100_000
     limits = IngestSettings().replay
     tracemalloc.start()
     try:
-        await _post_and_check(
-            client, admin_engine, project, gzip_bomb, GZIP_JSON, 413, "payload_too_large", path="/v1/replay"
-        )
+        await ingest.refuses(gzip_bomb, GZIP_JSON, 413, "payload_too_large", path="/v1/replay")
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
@@ -136,13 +127,11 @@ async def test_a_gzip_bomb_is_413_with_flat_memory(
     assert peak < limits.max_decompressed_bytes * 2 + len(gzip_bomb) * 2
 
 
-async def test_a_small_body_that_decompresses_past_the_events_limit_is_413(
-    client: AsyncTestClient[Litestar], project: dict[str, Any], admin_engine: AsyncEngine
-) -> None:
+async def test_a_small_body_that_decompresses_past_the_events_limit_is_413(ingest: IngestUnderTest) -> None:
     limit = IngestSettings().events.max_decompressed_bytes
-    body = gzip.compress(json_body(_batch(project, pageview(title=" " * 10)))[:-1] + b" " * limit + b"}")
+    body = gzip.compress(json_body(_batch(ingest.project, pageview(title=" " * 10)))[:-1] + b" " * limit + b"}")
     assert len(body) < IngestSettings().events.max_body_bytes
-    await _post_and_check(client, admin_engine, project, body, GZIP_JSON, 413, "payload_too_large")
+    await ingest.refuses(body, GZIP_JSON, 413, "payload_too_large")
 
 
 @pytest.mark.parametrize(
@@ -154,13 +143,11 @@ async def test_a_small_body_that_decompresses_past_the_events_limit_is_413(
     ],
 )
 async def test_unsupported_content_type_or_encoding_is_415(
-    client: AsyncTestClient[Litestar],
-    project: dict[str, Any],
-    admin_engine: AsyncEngine,
+    ingest: IngestUnderTest,
     headers: dict[str, str],
     code: str,
 ) -> None:
-    await _post_and_check(client, admin_engine, project, json_body(_batch(project)), headers, 415, code)
+    await ingest.refuses(json_body(_batch(ingest.project)), headers, 415, code)
 
 
 @pytest.mark.parametrize(
@@ -181,23 +168,19 @@ async def test_unsupported_content_type_or_encoding_is_415(
     ],
 )
 async def test_schema_violations_are_422_naming_the_field(
-    client: AsyncTestClient[Litestar],
-    project: dict[str, Any],
-    admin_engine: AsyncEngine,
+    ingest: IngestUnderTest,
     event_overrides: dict[str, Any],
     code: str,
     field: str,
 ) -> None:
     # The offending event is the second one: a good first event must not be stored either.
-    body = json_body(_batch(project, pageview(), pageview(**event_overrides)))
-    await _post_and_check(client, admin_engine, project, body, JSON, 422, code, field)
+    body = json_body(_batch(ingest.project, pageview(), pageview(**event_overrides)))
+    await ingest.refuses(body, JSON, 422, code, field)
 
 
-async def test_too_many_events_is_422(
-    client: AsyncTestClient[Litestar], project: dict[str, Any], admin_engine: AsyncEngine
-) -> None:
-    body = json_body(_batch(project, *[pageview() for _ in range(501)]))
-    await _post_and_check(client, admin_engine, project, body, JSON, 422, "too_many_events", "events")
+async def test_too_many_events_is_422(ingest: IngestUnderTest) -> None:
+    body = json_body(_batch(ingest.project, *[pageview() for _ in range(501)]))
+    await ingest.refuses(body, JSON, 422, "too_many_events", "events")
 
 
 @pytest.mark.parametrize(
@@ -209,21 +192,17 @@ async def test_too_many_events_is_422(
     ],
 )
 async def test_nul_characters_are_422(
-    client: AsyncTestClient[Litestar],
-    project: dict[str, Any],
-    admin_engine: AsyncEngine,
+    ingest: IngestUnderTest,
     event_overrides: dict[str, Any],
     field: str,
 ) -> None:
-    body = json_body(_batch(project, pageview(**event_overrides)))
-    await _post_and_check(client, admin_engine, project, body, JSON, 422, "nul_character", field)
+    body = json_body(_batch(ingest.project, pageview(**event_overrides)))
+    await ingest.refuses(body, JSON, 422, "nul_character", field)
 
 
-async def test_an_event_older_than_the_window_is_422(
-    client: AsyncTestClient[Litestar], project: dict[str, Any], admin_engine: AsyncEngine
-) -> None:
-    body = json_body(_batch(project, pageview(), pageview(timestamp="2001-01-01T00:00:00Z")))
-    await _post_and_check(client, admin_engine, project, body, JSON, 422, "timestamp_too_old", "events[1].timestamp")
+async def test_an_event_older_than_the_window_is_422(ingest: IngestUnderTest) -> None:
+    body = json_body(_batch(ingest.project, pageview(), pageview(timestamp="2001-01-01T00:00:00Z")))
+    await ingest.refuses(body, JSON, 422, "timestamp_too_old", "events[1].timestamp")
 
 
 async def test_a_literal_backslash_u0000_text_is_not_a_nul(
@@ -236,8 +215,6 @@ async def test_a_literal_backslash_u0000_text_is_not_a_nul(
     assert (await count_rows(admin_engine, project["id"]))["events"] == 1
 
 
-async def test_gzip_of_the_same_body_gets_the_same_errors(
-    client: AsyncTestClient[Litestar], project: dict[str, Any], admin_engine: AsyncEngine
-) -> None:
-    body = gzip_body(_batch(project, pageview(distinctId=7)))
-    await _post_and_check(client, admin_engine, project, body, GZIP_JSON, 422, "invalid_field", "events[0].distinctId")
+async def test_gzip_of_the_same_body_gets_the_same_errors(ingest: IngestUnderTest) -> None:
+    body = gzip_body(_batch(ingest.project, pageview(distinctId=7)))
+    await ingest.refuses(body, GZIP_JSON, 422, "invalid_field", "events[0].distinctId")
