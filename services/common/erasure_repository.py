@@ -94,7 +94,9 @@ async def delete_recordings(
 
 
 async def delete_events(connection: AsyncConnection, project_id: int, distinct_id: str) -> int:
-    # The rollups' delete trigger marks each affected day as changed (and locks its row).
+    # The delete trigger marks each affected day (and each touched session's start day) as
+    # changed, and recomputes the touched `query_sessions` rows from the events left: a session
+    # holding only the person's events is gone, one shared with another id keeps only theirs.
     result = await connection.execute(
         text("DELETE FROM events WHERE project_id = :project_id AND distinct_id = :distinct_id").bindparams(
             *_PERSON_PARAMS
@@ -110,6 +112,9 @@ _PROJECT_TABLES = (
     "replay_chunks",
     "replay_sessions",
     "ingested_events",
+    # Before events: a deleted event's session is recomputed from the events left (a trigger),
+    # which is wasted work when every event of the project goes.
+    "query_sessions",
     "events",
     "query_rollup_visits",
     "query_rollup_pages",

@@ -29,7 +29,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.common.rollup_purge_repository import ROLLUP_LOCK_NAMESPACE, day_lock_key, week_lock_key
-from services.query.repository import CUBE_METRIC_COLUMNS, SESSIONS_CTE, cube_select_sql, events_cte
+from services.query.repository import CUBE_METRIC_COLUMNS, cube_select_sql, session_ctes
 from services.query.vocabulary import CUBES, PAGES_CUBE
 
 # A day row of query_rollup_days (alias d) that queries may read: current, or current less than
@@ -160,10 +160,7 @@ async def rebuild_day(
             f" SELECT :project_id, {columns}, {CUBE_METRIC_COLUMNS} FROM ({computed}) computed"
         )
     await connection.execute(
-        text(
-            f"WITH {events_cte()}, {SESSIONS_CTE.replace('sess AS (', 'sess AS MATERIALIZED (', 1)},"
-            f" visits AS ({inserts[0]}) {inserts[1]}"
-        ),
+        text(f"WITH {session_ctes(materialized=True)}, visits AS ({inserts[0]}) {inserts[1]}"),
         params,
     )
     await connection.execute(

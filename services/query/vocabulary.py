@@ -52,6 +52,9 @@ class DimensionSpec:
     # A time bucket shorter or longer than a week (a day, a month) splits a week's seven days,
     # so weekly rollup rows cannot answer it.
     splits_weeks: bool = False
+    # A property of each event rather than of the visit: a session belongs to every group it
+    # has an event in, so its membership needs the session's events.
+    per_event: bool = False
 
 
 def _visit(source_column: str, name: str) -> DimensionSpec:
@@ -72,8 +75,8 @@ DIMENSIONS: dict[Dimension, DimensionSpec] = {
     "time:day": _bucket("to_char(day, 'YYYY-MM-DD')"),
     "time:week": _bucket("to_char(date_trunc('week', day), 'YYYY-MM-DD')", splits_weeks=False),
     "time:month": _bucket("to_char(day, 'YYYY-MM')"),
-    "page": DimensionSpec(raw="path", rolled="page"),
-    "domain": DimensionSpec(raw="domain"),
+    "page": DimensionSpec(raw="path", rolled="page", per_event=True),
+    "domain": DimensionSpec(raw="domain", per_event=True),
     "referrer": _visit("referrer_domain", "referrer"),
     "utm_source": _visit("utm_source", "utm_source"),
     "utm_medium": _visit("utm_medium", "utm_medium"),
@@ -82,7 +85,7 @@ DIMENSIONS: dict[Dimension, DimensionSpec] = {
     "browser": _visit("browser", "browser"),
     "os": _visit("os", "os"),
     "device": _visit("device_type", "device"),
-    "event_name": DimensionSpec(raw="name"),
+    "event_name": DimensionSpec(raw="name", per_event=True),
     "entry_page": DimensionSpec(raw="entry_page"),
     "exit_page": DimensionSpec(raw="exit_page"),
 }

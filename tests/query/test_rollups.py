@@ -53,12 +53,14 @@ async def test_inserts_are_counted_per_local_day(db: DatabaseHarness, engine: As
         project_id,
         [Event("a", "s", berlin("2026-01-12T23:40:00")), Event("a", "s", berlin("2026-01-13T00:30:00"))],
     )
-    assert await rollup_days(engine, project_id) == [("2026-01-12", 2, None), ("2026-01-13", 1, None)]
+    # Each event is its own statement. The 00:30 event extends session s, which started on Jan 12, so
+    # it changes Jan 12 too (the session's figures live on its start day): Jan 12 three times.
+    assert await rollup_days(engine, project_id) == [("2026-01-12", 3, None), ("2026-01-13", 1, None)]
     await build_rollups(engine, project)
-    assert await rollup_days(engine, project_id) == [("2026-01-12", 2, 2), ("2026-01-13", 1, 1)]
+    assert await rollup_days(engine, project_id) == [("2026-01-12", 3, 3), ("2026-01-13", 1, 1)]
     async with engine.begin() as connection:
         await connection.execute(text("DELETE FROM events WHERE project_id = :p"), {"p": project_id})
-    assert await rollup_days(engine, project_id) == [("2026-01-12", 3, 2), ("2026-01-13", 2, 1)]
+    assert await rollup_days(engine, project_id) == [("2026-01-12", 4, 3), ("2026-01-13", 2, 1)]
 
 
 async def test_a_late_event_is_seen_at_once_or_within_the_staleness_bound(

@@ -58,6 +58,15 @@ async def _rollup_rows(engine: AsyncEngine, project_id: int) -> dict[str, int]:
         return counts
 
 
+async def _query_sessions(engine: AsyncEngine, project_id: int) -> list[tuple[Any, ...]]:
+    async with engine.connect() as connection:
+        result = await connection.execute(
+            text("SELECT session_id, distinct_id, pageviews FROM query_sessions WHERE project_id = :p ORDER BY 1"),
+            {"p": project_id},
+        )
+        return [tuple(row) for row in result]
+
+
 async def test_erasure_removes_every_row_of_the_person_and_their_share_of_the_rollups(
     client: AsyncTestClient[Any],
     query_client: AsyncTestClient[Any],
@@ -105,6 +114,12 @@ async def test_erasure_removes_every_row_of_the_person_and_their_share_of_the_ro
         distinct_id="bob",
         started_at=berlin("2026-01-13T11:00:00"),
     )
+    # One query session per session id; a session's visitor is its smallest distinct id.
+    assert await _query_sessions(admin_engine, project_id) == [
+        ("s-bob", "bob", 4),
+        ("s-carol", "carol", 1),
+        ("s-zed", "zed", 3),
+    ]
     await build_rollups(engine, project)
     assert await _rollup_rows(admin_engine, project_id) == {
         "query_rollup_visits": 1,
@@ -151,6 +166,8 @@ async def test_erasure_removes_every_row_of_the_person_and_their_share_of_the_ro
         "query_rollup_pages": 0,
         "query_rollup_page_weeks": 0,
     }
+    # zed's session is gone; bob's, which held one of her events, is recomputed from his own.
+    assert await _query_sessions(admin_engine, project_id) == [("s-bob", "bob", 3), ("s-carol", "carol", 1)]
     # bob's recording is intact, the one begun as anon-9 is gone whole.
     sessions = (await client.get("/v1/sessions", headers=auth(project))).json()["sessions"]
     assert [(s["id"], s["chunkCount"]) for s in sessions] == [("s-bob", 2)]

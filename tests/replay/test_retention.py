@@ -43,6 +43,7 @@ RETAINED_ROWS = {
     "sessions": "SELECT session_id FROM replay_sessions WHERE project_id = :p ORDER BY session_id",
     "chunks": "SELECT DISTINCT session_id FROM replay_chunks WHERE project_id = :p ORDER BY 1",
     "idempotencyKeys": "SELECT count(*) FROM ingested_events WHERE project_id = :p",
+    "querySessions": "SELECT session_id FROM query_sessions WHERE project_id = :p ORDER BY session_id",
 }
 
 
@@ -84,6 +85,7 @@ async def test_retention_removes_what_each_projects_setting_no_longer_allows(
     assert {key: report[key] for key in report if key not in ignored} == {
         "deletedRows": {
             "events": 1,
+            "query_sessions": 1,  # the query service's row of the 31-day-old visit
             "replay_sessions": 1,
             "replay_chunks": 2,
             "ingested_events": 2,
@@ -105,6 +107,7 @@ async def test_retention_removes_what_each_projects_setting_no_longer_allows(
         "sessions": ["recent"],
         "chunks": ["recent"],
         "idempotencyKeys": [1],
+        "querySessions": ["recent"],
     }
     # The other project keeps the default 395 days: only its old idempotency key went.
     assert await project_rows(admin_engine, other_project["id"], RETAINED_ROWS) == {
@@ -112,6 +115,7 @@ async def test_retention_removes_what_each_projects_setting_no_longer_allows(
         "sessions": ["old", "recent"],
         "chunks": ["old", "recent"],
         "idempotencyKeys": [1],
+        "querySessions": ["old", "recent"],
     }
 
     again = json.loads((await sightline("retention", "apply", "--project", str(project["id"]))).output)

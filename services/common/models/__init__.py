@@ -8,6 +8,7 @@ from services.common.models.query_rollup_day import QueryRollupDay
 from services.common.models.query_rollup_page import query_rollup_page_weeks, query_rollup_pages
 from services.common.models.query_rollup_visit import query_rollup_visits
 from services.common.models.query_rollup_week import QueryRollupWeek
+from services.common.models.query_session import QuerySession
 from services.common.models.replay_chunk import ReplayChunk
 from services.common.models.replay_session import ReplaySession
 
@@ -18,6 +19,7 @@ __all__ = [
     "Project",
     "QueryRollupDay",
     "QueryRollupWeek",
+    "QuerySession",
     "ReplayChunk",
     "ReplaySession",
     "query_rollup_page_weeks",
