@@ -15,7 +15,7 @@ its rows back afterwards.
 from __future__ import annotations
 
 from collections.abc import Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, timedelta
 
 from sqlalchemy import BigInteger, Date, bindparam, text
@@ -39,10 +39,15 @@ def week_of(day: date) -> date:
     return day - timedelta(days=day.weekday())
 
 
+# Per-day rollup tables beside visits and pages (migration 0610), purged the same way.
+SESSION_CUBE_TABLES = ("query_rollup_entry_pages", "query_rollup_exit_pages", "query_rollup_hours")
+
+
 @dataclass
 class RollupPurgeCounts:
     visit_rows: int = 0
     page_rows: int = 0
+    session_cube_rows: dict[str, int] = field(default_factory=lambda: dict.fromkeys(SESSION_CUBE_TABLES, 0))
     page_week_rows: int = 0
     weeks: int = 0
     days_forgotten: int = 0
@@ -51,6 +56,8 @@ class RollupPurgeCounts:
     def add(self, other: RollupPurgeCounts) -> None:
         self.visit_rows += other.visit_rows
         self.page_rows += other.page_rows
+        for table, rows in other.session_cube_rows.items():
+            self.session_cube_rows[table] += rows
         self.page_week_rows += other.page_week_rows
         self.weeks += other.weeks
         self.days_forgotten += other.days_forgotten
@@ -60,6 +67,7 @@ class RollupPurgeCounts:
         return {
             "query_rollup_visits": self.visit_rows,
             "query_rollup_pages": self.page_rows,
+            **self.session_cube_rows,
             "query_rollup_page_weeks": self.page_week_rows,
             "query_rollup_weeks": self.weeks,
             "query_rollup_days": self.days_forgotten,
@@ -108,6 +116,11 @@ async def purge_days(connection: AsyncConnection, project_id: int, days: Collect
     counts.page_rows = await _rowcount(
         connection, "DELETE FROM query_rollup_pages WHERE project_id = :project_id AND day = ANY(:days)", params
     )
+    for table in SESSION_CUBE_TABLES:
+        # The names are the constants above, never input.
+        counts.session_cube_rows[table] = await _rowcount(
+            connection, f"DELETE FROM {table} WHERE project_id = :project_id AND day = ANY(:days)", params
+        )
     counts.page_week_rows = await _rowcount(
         connection, "DELETE FROM query_rollup_page_weeks WHERE project_id = :project_id AND week = ANY(:weeks)", params
     )
@@ -149,6 +162,10 @@ async def purge_before(connection: AsyncConnection, project_id: int, first_kept_
     counts.page_rows = await _rowcount(
         connection, "DELETE FROM query_rollup_pages WHERE project_id = :project_id AND day <= :day", params
     )
+    for table in SESSION_CUBE_TABLES:
+        counts.session_cube_rows[table] = await _rowcount(
+            connection, f"DELETE FROM {table} WHERE project_id = :project_id AND day <= :day", params
+        )
     counts.page_week_rows = await _rowcount(
         connection, "DELETE FROM query_rollup_page_weeks WHERE project_id = :project_id AND week <= :week", params
     )

@@ -158,7 +158,7 @@ def cube_select_sql(cube: Cube, grains: tuple[frozenset[str], ...]) -> str:
         " coalesce(sum(u.m_pageviews), 0) AS session_pageviews"
     )
     named = ", ".join(f"{visit.raw} AS {name}" for name, visit in zip(VISIT_DIMENSIONS, _VISITS, strict=True))
-    if not cube.fixed:
+    if not cube.fixed_columns:
         union = (
             f"SELECT day, {named}, {_EVENT_ROW_METRICS} FROM base WHERE e_in_range"
             f" UNION ALL SELECT s_day AS day, {named}, {_SESSION_ROW_METRICS} FROM sess WHERE s_in_range"
@@ -167,15 +167,25 @@ def cube_select_sql(cube: Cube, grains: tuple[frozenset[str], ...]) -> str:
             f"SELECT u.day, {grain} AS grain, {visit_columns}, {metrics}"
             f" FROM ({union}) u GROUP BY u.day, GROUPING SETS ({sets})"
         )
-    # Pages: a session row per (session, page it has an event on), so a session counts once per page.
+    (fixed,) = cube.fixed_columns
+    if fixed.per_event:
+        # A session row per (session, value among its events), so a session counts once per page.
+        session_rows = (
+            f"SELECT DISTINCT s_day AS day, {fixed.session} AS {fixed.name}, {named}, {_SESSION_ROW_METRICS}"
+            " FROM base WHERE s_in_range"
+        )
+    else:
+        session_rows = (
+            f"SELECT s_day AS day, {fixed.session} AS {fixed.name}, {named}, {_SESSION_ROW_METRICS}"
+            " FROM sess WHERE s_in_range"
+        )
     union = (
-        f"SELECT day, path AS page, {named}, {_EVENT_ROW_METRICS} FROM base WHERE e_in_range"
-        f" UNION ALL SELECT DISTINCT s_day AS day, path AS page, {named}, {_SESSION_ROW_METRICS}"
-        " FROM base WHERE s_in_range"
+        f"SELECT day, {fixed.event} AS {fixed.name}, {named}, {_EVENT_ROW_METRICS} FROM base WHERE e_in_range"
+        f" UNION ALL {session_rows}"
     )
     return (
-        f"SELECT u.day, {grain} AS grain, u.page, {visit_columns}, {metrics}"
-        f" FROM ({union}) u GROUP BY u.day, u.page, GROUPING SETS ({sets})"
+        f"SELECT u.day, {grain} AS grain, u.{fixed.name}, {visit_columns}, {metrics}"
+        f" FROM ({union}) u GROUP BY u.day, u.{fixed.name}, GROUPING SETS ({sets})"
     )
 
 
@@ -393,7 +403,7 @@ def _cube_sql(query: AggregateQuery, plan: CubePlan) -> tuple[str, dict[str, Any
             timezone=query.timezone,
             computed_days=list(plan.computed_days),
         )
-        ctes = f"{session_ctes(day_condition=True, events_after_end=bool(cube.fixed))}, "
+        ctes = f"{session_ctes(day_condition=True, events_after_end=cube.per_event)}, "
         parts.append(f"SELECT {columns}, {CUBE_METRIC_COLUMNS} FROM ({cube_select_sql(cube, (plan.grain,))}) computed")
     dimension_aliases, dimension_columns, where = _dimensions_and_filters(query, _rolled, params)
     metric_columns = ", ".join(f"{_CUBE_METRICS[name]} AS {name}" for name in query.metrics)

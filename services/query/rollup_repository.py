@@ -150,7 +150,7 @@ async def rebuild_day(
         await connection.execute(
             text(f"DELETE FROM {cube.table} WHERE project_id = :project_id AND day = :day"), params
         )
-    # One statement for both tables, so the day's events are read and sessionised once.
+    # One statement for every table, so the day's events are read and joined to sessions once.
     inserts = []
     for cube in CUBES:
         columns = ", ".join(("day", "grain", *cube.columns))
@@ -159,10 +159,8 @@ async def rebuild_day(
             f"INSERT INTO {cube.table} (project_id, {columns}, {CUBE_METRIC_COLUMNS})"
             f" SELECT :project_id, {columns}, {CUBE_METRIC_COLUMNS} FROM ({computed}) computed"
         )
-    await connection.execute(
-        text(f"WITH {session_ctes(materialized=True)}, visits AS ({inserts[0]}) {inserts[1]}"),
-        params,
-    )
+    writes = ", ".join(f"c{index} AS ({insert})" for index, insert in enumerate(inserts[:-1]))
+    await connection.execute(text(f"WITH {session_ctes(materialized=True)}, {writes} {inserts[-1]}"), params)
     await connection.execute(
         text(
             "UPDATE query_rollup_days SET built_changes = :generation, built_at = now()"

@@ -16,7 +16,14 @@ from services.query.planner import cube_for
 from services.query.repository import AggregateQuery, FilterClause
 from services.query.settings import QuerySettings
 from services.query.tasks import pause_after_round
-from services.query.vocabulary import HLL_RELATIVE_STANDARD_ERROR, PAGES_CUBE, VISITS_CUBE
+from services.query.vocabulary import (
+    ENTRY_PAGES_CUBE,
+    EXIT_PAGES_CUBE,
+    HLL_RELATIVE_STANDARD_ERROR,
+    HOURS_CUBE,
+    PAGES_CUBE,
+    VISITS_CUBE,
+)
 from tests.harness import DatabaseHarness
 from tests.query.conftest import (
     Event,
@@ -114,9 +121,9 @@ async def test_visitor_estimates_stay_within_the_stated_bound(db: DatabaseHarnes
         body = await query(client, project, metrics=["visitors", "pageviews", "sessions"])
         exact = await client.post(
             "/v1/query",
-            # an hour bucket is not in any rollup, so this reads events: exact
+            # the domain is not in any rollup, so this reads events: exact
             json={"period": "custom", "date_from": "2026-01-12", "date_to": "2026-01-13", "metrics": ["visitors"]}
-            | {"dimensions": ["time:hour"], "limit": 1},
+            | {"dimensions": ["domain"], "limit": 1},
             headers=auth(project),
         )
     estimate, pageviews, sessions = table(body)[0]
@@ -154,10 +161,16 @@ def test_the_smallest_grain_that_holds_the_query_is_chosen() -> None:
     assert cube_for(aggregate(("page",), (country_de,))) == (PAGES_CUBE, frozenset({"country"}))
     pricing = FilterClause("page", "is", ("/pricing",))
     assert cube_for(aggregate(("browser",), (pricing,), ("sessions",))) == (PAGES_CUBE, frozenset({"browser"}))
-    # Not in any rollup: hours, event-level dimensions other than page, page with two visit dimensions,
-    # and session metrics over several pages (a session seeing two of them would count twice).
-    assert cube_for(aggregate(("time:hour",))) is None
-    assert cube_for(aggregate(("entry_page",))) is None
+    # Entry and exit pages and hours have cubes of their own; a session has one of each, so
+    # session metrics over several of them add up.
+    assert cube_for(aggregate(("time:hour",), (country_de,))) == (HOURS_CUBE, frozenset({"country"}))
+    entries = FilterClause("entry_page", "contains", ("pri",))
+    assert cube_for(aggregate(("os",), (entries,), ("sessions",))) == (ENTRY_PAGES_CUBE, frozenset({"os"}))
+    assert cube_for(aggregate(("exit_page",))) == (EXIT_PAGES_CUBE, frozenset())
+    # Not in any rollup: event-level dimensions other than page, two fixed columns, page with two
+    # visit dimensions, and session metrics over several pages (a session seeing two would count twice).
+    assert cube_for(aggregate(("time:hour", "page"))) is None
+    assert cube_for(aggregate(("entry_page", "exit_page"))) is None
     assert cube_for(aggregate(("domain",))) is None
     assert cube_for(aggregate(("page", "country"), (FilterClause("device", "is", ("mobile",)),))) is None
     some_pages = FilterClause("page", "contains", ("pri",))

@@ -50,7 +50,14 @@ async def _rows_for(engine: AsyncEngine, project_id: int, distinct_id: str, clai
 async def _rollup_rows(engine: AsyncEngine, project_id: int) -> dict[str, int]:
     async with engine.connect() as connection:
         counts = {}
-        for table_name in ("query_rollup_visits", "query_rollup_pages", "query_rollup_page_weeks"):
+        for table_name in (
+            "query_rollup_visits",
+            "query_rollup_pages",
+            "query_rollup_entry_pages",
+            "query_rollup_exit_pages",
+            "query_rollup_hours",
+            "query_rollup_page_weeks",
+        ):
             result = await connection.execute(
                 text(f"SELECT count(*) > 0 FROM {table_name} WHERE project_id = :p"), {"p": project_id}
             )
@@ -124,6 +131,9 @@ async def test_erasure_removes_every_row_of_the_person_and_their_share_of_the_ro
     assert await _rollup_rows(admin_engine, project_id) == {
         "query_rollup_visits": 1,
         "query_rollup_pages": 1,
+        "query_rollup_entry_pages": 1,
+        "query_rollup_exit_pages": 1,
+        "query_rollup_hours": 1,
         "query_rollup_page_weeks": 1,  # the week of Jan 12 is complete
     }
 
@@ -146,13 +156,23 @@ async def test_erasure_removes_every_row_of_the_person_and_their_share_of_the_ro
             # Every row of the three days and of their week: the sketches hold zed.
             "query_rollup_visits": response.json()["deletedRows"]["query_rollup_visits"],
             "query_rollup_pages": response.json()["deletedRows"]["query_rollup_pages"],
+            "query_rollup_entry_pages": response.json()["deletedRows"]["query_rollup_entry_pages"],
+            "query_rollup_exit_pages": response.json()["deletedRows"]["query_rollup_exit_pages"],
+            "query_rollup_hours": response.json()["deletedRows"]["query_rollup_hours"],
             "query_rollup_page_weeks": response.json()["deletedRows"]["query_rollup_page_weeks"],
             "query_rollup_weeks": 1,
             "query_rollup_days": 0,  # bob still has events on each day
         },
         "rollupDaysToRebuild": 3,
     }
-    assert min(response.json()["deletedRows"][name] for name in ("query_rollup_visits", "query_rollup_pages")) > 0
+    rollup_tables = (
+        "query_rollup_visits",
+        "query_rollup_pages",
+        "query_rollup_entry_pages",
+        "query_rollup_exit_pages",
+        "query_rollup_hours",
+    )
+    assert min(response.json()["deletedRows"][name] for name in rollup_tables) > 0
 
     assert await _rows_for(admin_engine, project_id, "zed", zeds_uuids) == {
         "events": 0,
@@ -164,6 +184,9 @@ async def test_erasure_removes_every_row_of_the_person_and_their_share_of_the_ro
     assert await _rollup_rows(admin_engine, project_id) == {
         "query_rollup_visits": 0,
         "query_rollup_pages": 0,
+        "query_rollup_entry_pages": 0,
+        "query_rollup_exit_pages": 0,
+        "query_rollup_hours": 0,
         "query_rollup_page_weeks": 0,
     }
     # zed's session is gone; bob's, which held one of her events, is recomputed from his own.

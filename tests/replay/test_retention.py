@@ -91,6 +91,9 @@ async def test_retention_removes_what_each_projects_setting_no_longer_allows(
             "ingested_events": 2,
             "query_rollup_visits": 0,  # no rollups were built here
             "query_rollup_pages": 0,
+            "query_rollup_entry_pages": 0,
+            "query_rollup_exit_pages": 0,
+            "query_rollup_hours": 0,
             "query_rollup_page_weeks": 0,
             "query_rollup_weeks": 0,
             "query_rollup_days": 1,  # the 31-day-old day's marker (its event's insert made it)
@@ -163,7 +166,15 @@ async def test_set_retention_refuses_an_unknown_project_and_a_non_positive_numbe
     assert zero.exit_code == 2
 
 
-ROLLUP_TABLES = ("query_rollup_visits", "query_rollup_pages", "query_rollup_page_weeks", "query_rollup_weeks")
+ROLLUP_TABLES = (
+    "query_rollup_visits",
+    "query_rollup_pages",
+    "query_rollup_entry_pages",
+    "query_rollup_exit_pages",
+    "query_rollup_hours",
+    "query_rollup_page_weeks",
+    "query_rollup_weeks",
+)
 
 
 async def _rollup_counts(engine: AsyncEngine, project_id: int) -> dict[str, int]:

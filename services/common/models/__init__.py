@@ -6,6 +6,11 @@ from services.common.models.ingested_event import IngestedEvent
 from services.common.models.project import Project
 from services.common.models.query_rollup_day import QueryRollupDay
 from services.common.models.query_rollup_page import query_rollup_page_weeks, query_rollup_pages
+from services.common.models.query_rollup_session_cube import (
+    query_rollup_entry_pages,
+    query_rollup_exit_pages,
+    query_rollup_hours,
+)
 from services.common.models.query_rollup_visit import query_rollup_visits
 from services.common.models.query_rollup_week import QueryRollupWeek
 from services.common.models.query_session import QuerySession
@@ -22,6 +27,9 @@ __all__ = [
     "QuerySession",
     "ReplayChunk",
     "ReplaySession",
+    "query_rollup_entry_pages",
+    "query_rollup_exit_pages",
+    "query_rollup_hours",
     "query_rollup_page_weeks",
     "query_rollup_pages",
     "query_rollup_visits",
