@@ -203,3 +203,40 @@ async def rollup_days_through(connection: AsyncConnection, project_id: int, last
         {"project_id": project_id, "day": last_day},
     )
     return list(result.scalars())
+
+
+async def forget_every_day(connection: AsyncConnection, project_id: int) -> RollupPurgeCounts:
+    """A timezone change: every rollup row of the project goes, and its days are marked afresh.
+
+    Local days are the project timezone's, so no built day means anything in another zone. The
+    markers are remade from the events' days in the project's (new) timezone, never built: the
+    query service reads those days from raw events until the refresher rebuilds them. Take
+    ``lock_days`` for the old markers first, so a build in flight cannot write an old day back.
+    """
+    params: dict[str, object] = {"project_id": project_id}
+    counts = RollupPurgeCounts()
+    counts.visit_rows = await _rowcount(
+        connection, "DELETE FROM query_rollup_visits WHERE project_id = :project_id", params
+    )
+    counts.page_rows = await _rowcount(
+        connection, "DELETE FROM query_rollup_pages WHERE project_id = :project_id", params
+    )
+    for table in SESSION_CUBE_TABLES:
+        counts.session_cube_rows[table] = await _rowcount(
+            connection, f"DELETE FROM {table} WHERE project_id = :project_id", params
+        )
+    counts.page_week_rows = await _rowcount(
+        connection, "DELETE FROM query_rollup_page_weeks WHERE project_id = :project_id", params
+    )
+    counts.weeks = await _rowcount(connection, "DELETE FROM query_rollup_weeks WHERE project_id = :project_id", params)
+    counts.days_forgotten = await _rowcount(
+        connection, "DELETE FROM query_rollup_days WHERE project_id = :project_id", params
+    )
+    counts.days_to_rebuild = await _rowcount(
+        connection,
+        "INSERT INTO query_rollup_days (project_id, day)"
+        " SELECT DISTINCT e.project_id, (e.occurred_at AT TIME ZONE p.timezone)::date"
+        " FROM events e JOIN projects p ON p.project_id = e.project_id WHERE e.project_id = :project_id",
+        params,
+    )
+    return counts

@@ -120,14 +120,21 @@ CUBE_METRIC_COLUMNS = "visitors, sessions, bounces, duration_s, pageviews, event
 # window, with its session's visit attributes; a session row ('s') per session that started in
 # the window and group it belongs to, with the whole session's figures.
 _EVENT_ROW_METRICS = (
-    "'e' AS kind, distinct_id, name = 'pageview' AS is_pageview, NULL::text AS member,"
+    "'e' AS kind, distinct_id, (name = 'pageview')::int AS pv, 1 AS ev, NULL::text AS member,"
+    " NULL::float8 AS m_duration, NULL::bigint AS m_pageviews, NULL::bigint AS m_events"
+)
+# The rollups' event rows, pre-aggregated per session and visitor (their GROUP BY follows): the
+# cubes' grouping sets then read one row per session and day instead of one per event.
+_EVENT_ROWS_PER_SESSION = (
+    "'e' AS kind, distinct_id, count(*) FILTER (WHERE name = 'pageview') AS pv, count(*) AS ev, NULL::text AS member,"
     " NULL::float8 AS m_duration, NULL::bigint AS m_pageviews, NULL::bigint AS m_events"
 )
 _SESSION_ROW_METRICS = (
-    "'s' AS kind, NULL::text AS distinct_id, false AS is_pageview, session_id AS member,"
+    "'s' AS kind, NULL::text AS distinct_id, 0 AS pv, 0 AS ev, session_id AS member,"
     " s_duration AS m_duration, s_pageviews AS m_pageviews, s_events AS m_events"
 )
 _MEMBER_BOUNCE = "kind = 's' AND m_pageviews = 1 AND m_events = 1"
+_VISIT_RAW_COLUMNS = ", ".join(visit.raw for visit in _VISITS)
 # A session row's time is its start.
 _SESSION_AS_ROW = f"SELECT s_started_at AS occurred_at, s_day AS day, path, domain, name, {_SESSION_COLUMNS}"
 
@@ -153,14 +160,15 @@ def cube_select_sql(cube: Cube, grains: tuple[frozenset[str], ...]) -> str:
         " count(*) FILTER (WHERE u.kind = 's') AS sessions,"
         f" count(*) FILTER (WHERE {_MEMBER_BOUNCE.replace('kind', 'u.kind').replace('m_', 'u.m_')}) AS bounces,"
         " coalesce(sum(u.m_duration), 0) AS duration_s,"
-        " count(*) FILTER (WHERE u.is_pageview) AS pageviews,"
-        " count(*) FILTER (WHERE u.kind = 'e') AS events,"
+        " coalesce(sum(u.pv), 0) AS pageviews,"
+        " coalesce(sum(u.ev), 0) AS events,"
         " coalesce(sum(u.m_pageviews), 0) AS session_pageviews"
     )
     named = ", ".join(f"{visit.raw} AS {name}" for name, visit in zip(VISIT_DIMENSIONS, _VISITS, strict=True))
     if not cube.fixed_columns:
         union = (
-            f"SELECT day, {named}, {_EVENT_ROW_METRICS} FROM base WHERE e_in_range"
+            f"SELECT day, {named}, {_EVENT_ROWS_PER_SESSION} FROM base WHERE e_in_range"
+            f" GROUP BY day, session_id, distinct_id, {_VISIT_RAW_COLUMNS}"
             f" UNION ALL SELECT s_day AS day, {named}, {_SESSION_ROW_METRICS} FROM sess WHERE s_in_range"
         )
         return (
@@ -180,7 +188,8 @@ def cube_select_sql(cube: Cube, grains: tuple[frozenset[str], ...]) -> str:
             " FROM sess WHERE s_in_range"
         )
     union = (
-        f"SELECT day, {fixed.event} AS {fixed.name}, {named}, {_EVENT_ROW_METRICS} FROM base WHERE e_in_range"
+        f"SELECT day, {fixed.event} AS {fixed.name}, {named}, {_EVENT_ROWS_PER_SESSION} FROM base WHERE e_in_range"
+        f" GROUP BY day, {fixed.event}, session_id, distinct_id, {_VISIT_RAW_COLUMNS}"
         f" UNION ALL {session_rows}"
     )
     return (
@@ -192,8 +201,8 @@ def cube_select_sql(cube: Cube, grains: tuple[frozenset[str], ...]) -> str:
 # Raw: over the union of event rows and session rows (see cube_select_sql).
 _RAW_METRICS: dict[Metric, str] = {
     "visitors": "count(DISTINCT distinct_id)",
-    "pageviews": "count(*) FILTER (WHERE is_pageview)",
-    "events": "count(*) FILTER (WHERE kind = 'e')",
+    "pageviews": "coalesce(sum(pv), 0)",
+    "events": "coalesce(sum(ev), 0)",
     "sessions": "count(*) FILTER (WHERE kind = 's')",
     "bounce_rate": (
         f"coalesce(round(100.0 * count(*) FILTER (WHERE {_MEMBER_BOUNCE})"
@@ -517,10 +526,20 @@ async def funnel(
     For a fixed start, taking the earliest qualifying event for each next step is optimal:
     any later choice leaves less room for the steps after it.
     """
-    params: dict[str, Any] = {"project_id": project_id, "start": start, "end": end, "window": window_seconds}
+    params: dict[str, Any] = {
+        "project_id": project_id,
+        "start": start,
+        "end": end,
+        "window": window_seconds,
+        "step_pages": [step.value for step in steps if step.kind == "page"],
+        "step_events": [step.value for step in steps if step.kind != "page"],
+    }
+    # Only events that match some step can be reached: the steps' joins read those alone.
     ctes = [
-        "ev AS (SELECT distinct_id, occurred_at, name, path FROM events"
-        " WHERE project_id = :project_id AND occurred_at >= :start AND occurred_at < :end AND NOT is_bot)",
+        "ev AS MATERIALIZED (SELECT distinct_id, occurred_at, name, path FROM events"
+        " WHERE project_id = :project_id AND occurred_at >= :start AND occurred_at < :end AND NOT is_bot"
+        " AND ((name = 'pageview' AND path = ANY(CAST(:step_pages AS text[])))"
+        " OR name = ANY(CAST(:step_events AS text[]))))",
         "s0 AS (SELECT distinct_id, min(occurred_at) AS reached_at, min(occurred_at) AS started_at"
         f" FROM ev e WHERE {_step_condition(steps[0], 'e', 'step0')} GROUP BY distinct_id)",
     ]

@@ -10,6 +10,7 @@ from litestar.testing import AsyncTestClient
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from services.cli import admin
 from services.query import rollup_repository
 from services.query.app import create_app
 from services.query.planner import cube_for
@@ -271,3 +272,34 @@ def test_the_refresher_spaces_rounds_out_so_rebuilding_stays_under_its_share(
 ) -> None:
     settings = QuerySettings(rollup_interval_s=30.0, rollup_max_busy_share=share)
     assert pause_after_round(busy_s, settings) == pytest.approx(expected_s)
+
+
+async def test_a_timezone_change_drops_the_rollups_and_rebuilds_them_in_the_new_zone(
+    db: DatabaseHarness, engine: AsyncEngine
+) -> None:
+    project = await new_project(db)
+    project_id = int(project["id"])
+    # Berlin: both on Jan 13 (00:30 and 10:00). New York: Jan 12 18:30 and Jan 13 04:00.
+    await insert_events(
+        engine,
+        project_id,
+        [Event("a", "s1", berlin("2026-01-13T00:30:00")), Event("b", "s2", berlin("2026-01-13T10:00:00"))],
+    )
+    await build_rollups(engine, project)
+    spec = {"metrics": ["pageviews", "sessions"], "dimensions": ["time:day"], "date_from": "2026-01-11"}
+    settings = QuerySettings(rollup_max_staleness_s=3600, rollup_interval_s=0)
+    async with AsyncTestClient(create_app(db.database, query_settings=settings)) as client:
+        before = await query(client, project, **spec)
+    assert (table(before), before["meta"]["source"]) == ([["2026-01-13", 2, 2]], "rollups")
+
+    assert await admin.set_project_timezone(db.admin, project_id, "America/New_York")
+    # Every old-zone row is gone; the days are marked afresh in the new zone, unbuilt.
+    assert await rollup_days(engine, project_id) == [("2026-01-12", 1, None), ("2026-01-13", 1, None)]
+    async with AsyncTestClient(create_app(db.database, query_settings=settings)) as client:
+        raw = await query(client, project, **spec)
+        assert (table(raw), raw["meta"]["source"]) == ([["2026-01-12", 1, 1], ["2026-01-13", 1, 1]], "events")
+        await build_rollups(engine, project)
+        rebuilt = await query(client, project, **spec)
+    assert (table(rebuilt), rebuilt["meta"]["source"]) == (table(raw), "rollups")
+    with pytest.raises(admin.ProjectInputError):
+        await admin.set_project_timezone(db.admin, project_id, "Mars/Olympus_Mons")
