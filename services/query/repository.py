@@ -568,19 +568,22 @@ class RetentionCell:
 async def retention(
     connection: AsyncConnection, project_id: int, timezone: str, start: datetime, end: datetime, weeks: int
 ) -> list[RetentionCell]:
-    """Visitors first seen (ever) inside [start, end), by first-seen week, active in each later week."""
+    """Visitors first seen (ever) inside [start, end), by first-seen week, active in each later week.
+
+    Read from the sessions (a visitor is seen when a session of theirs starts, and active in the
+    week it starts in, as every session figure is), a quarter of the rows of the events.
+    """
     result = await connection.execute(
         text(
             "WITH firsts AS ("
-            " SELECT distinct_id, min(occurred_at) AS first_seen FROM events"
-            " WHERE project_id = :project_id AND occurred_at < :end AND NOT is_bot GROUP BY distinct_id),"
+            " SELECT distinct_id, min(started_at) AS first_seen FROM query_sessions"
+            " WHERE project_id = :project_id AND started_at < :end GROUP BY distinct_id),"
             " cohort AS ("
             " SELECT distinct_id, date_trunc('week', first_seen AT TIME ZONE :timezone)::date AS cohort_week"
             " FROM firsts WHERE first_seen >= :start),"
             " activity AS ("
-            " SELECT DISTINCT distinct_id, date_trunc('week', occurred_at AT TIME ZONE :timezone)::date AS week"
-            " FROM events WHERE project_id = :project_id AND occurred_at >= :start AND occurred_at < :end"
-            " AND NOT is_bot)"
+            " SELECT DISTINCT distinct_id, date_trunc('week', started_at AT TIME ZONE :timezone)::date AS week"
+            " FROM query_sessions WHERE project_id = :project_id AND started_at >= :start AND started_at < :end)"
             " SELECT c.cohort_week, (a.week - c.cohort_week) / 7 AS week_offset, count(*) AS visitors"
             " FROM cohort c JOIN activity a USING (distinct_id)"
             " WHERE a.week >= c.cohort_week AND (a.week - c.cohort_week) / 7 <= :weeks"
