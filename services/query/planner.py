@@ -118,9 +118,10 @@ async def plan(
     if choice is None:
         return None
     cube, grain = choice
-    rolled = await rollup_repository.usable_days(
+    states = await rollup_repository.day_states(
         connection, query.project_id, span.date_from, span.date_to, settings.rollup_max_staleness_s
     )
+    rolled = {day for day, usable in states.items() if usable}
     if not rolled:
         return None
     weeks: set[date] = set()
@@ -131,8 +132,9 @@ async def plan(
         )
     in_weeks = {week + timedelta(days=n) for week in weeks for n in range(7)}
     rolled -= in_weeks
-    computed = [span.date_from + timedelta(days=n) for n in range(span.days)]
-    computed = [day for day in computed if day not in rolled and day not in in_weeks]
+    # Days without events (no marker) need nothing: a 12-month range with 30 days of data
+    # computes none of the other 335 from the events.
+    computed = sorted(day for day in states if day not in rolled and day not in in_weeks)
     return CubePlan(
         cube=cube,
         grain=grain,
