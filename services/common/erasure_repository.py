@@ -121,6 +121,8 @@ _PROJECT_TABLES = (
     "query_rollup_entry_pages",
     "query_rollup_exit_pages",
     "query_rollup_hours",
+    "query_rollup_domains",
+    "query_rollup_event_names",
     "query_rollup_page_weeks",
     "query_rollup_weeks",
     "query_rollup_days",

@@ -39,8 +39,14 @@ def week_of(day: date) -> date:
     return day - timedelta(days=day.weekday())
 
 
-# Per-day rollup tables beside visits and pages (migration 0610), purged the same way.
-SESSION_CUBE_TABLES = ("query_rollup_entry_pages", "query_rollup_exit_pages", "query_rollup_hours")
+# Per-day rollup tables beside visits and pages (migrations 0610, 0620), purged the same way.
+SESSION_CUBE_TABLES = (
+    "query_rollup_entry_pages",
+    "query_rollup_exit_pages",
+    "query_rollup_hours",
+    "query_rollup_domains",
+    "query_rollup_event_names",
+)
 
 
 @dataclass

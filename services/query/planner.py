@@ -93,11 +93,13 @@ def cube_for(query: AggregateQuery) -> tuple[Cube, frozenset[str]] | None:
     for cube in CUBES:
         if not used <= set(cube.columns) or not set(cube.fixed) <= used:
             continue
-        if cube.per_event and SESSION_METRICS.intersection(query.metrics) and "page" not in plain_dimensions:
+        fixed = cube.fixed[0] if cube.fixed else None
+        if cube.per_event and SESSION_METRICS.intersection(query.metrics) and fixed not in plain_dimensions:
             # Page rows count a session once per page; summing several pages' rows would count a
-            # session that saw two of them twice. Only one exact page keeps that sum exact. (A
-            # session has one entry page, one exit page and one start hour: those rows add up.)
-            page_filters = [clause for clause in query.filters if clause.dimension == "page"]
+            # session that saw two of them twice. Only one exact page keeps that sum exact (and
+            # so for domains and event names). A session has one entry page, one exit page and
+            # one start hour: those rows add up.
+            page_filters = [clause for clause in query.filters if clause.dimension == fixed]
             if not any(
                 clause.operator == "is" and len(clause.values) == 1 and not clause.includes_null
                 for clause in page_filters

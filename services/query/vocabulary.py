@@ -81,7 +81,7 @@ DIMENSIONS: dict[Dimension, DimensionSpec] = {
     "time:week": _bucket("to_char(date_trunc('week', day), 'YYYY-MM-DD')", splits_weeks=False),
     "time:month": _bucket("to_char(day, 'YYYY-MM')"),
     "page": DimensionSpec(raw="path", rolled="page", per_event=True, cube_column="page"),
-    "domain": DimensionSpec(raw="domain", per_event=True),
+    "domain": DimensionSpec(raw="domain", rolled="domain", per_event=True, cube_column="domain"),
     "referrer": _visit("referrer_domain", "referrer"),
     "utm_source": _visit("utm_source", "utm_source"),
     "utm_medium": _visit("utm_medium", "utm_medium"),
@@ -90,7 +90,7 @@ DIMENSIONS: dict[Dimension, DimensionSpec] = {
     "browser": _visit("browser", "browser"),
     "os": _visit("os", "os"),
     "device": _visit("device_type", "device"),
-    "event_name": DimensionSpec(raw="name", per_event=True),
+    "event_name": DimensionSpec(raw="name", rolled="event_name", per_event=True, cube_column="event_name"),
     "entry_page": DimensionSpec(raw="entry_page", rolled="entry_page", cube_column="entry_page"),
     "exit_page": DimensionSpec(raw="exit_page", rolled="exit_page", cube_column="exit_page"),
 }
@@ -191,8 +191,13 @@ VISITS_CUBE = Cube("query_rollup_visits", (), _grains_up_to_pairs((frozenset(VIS
 # Only pages have weekly rows: a page query unions a sketch per page and day, hundreds of
 # pages times thirty days, where a visits query unions thirty.
 PAGES_CUBE = Cube("query_rollup_pages", (PAGE,), _SINGLES, weekly_table="query_rollup_page_weeks")
+DOMAIN = FixedColumn("domain", "text", event="domain", session="domain", per_event=True)
+EVENT_NAME = FixedColumn("event_name", "text", event="name", session="name", per_event=True)
 # Entry and exit pages and hours, each alone and with one visit dimension (migration 0610).
 ENTRY_PAGES_CUBE = Cube("query_rollup_entry_pages", (ENTRY_PAGE,), _SINGLES)
 EXIT_PAGES_CUBE = Cube("query_rollup_exit_pages", (EXIT_PAGE,), _SINGLES)
 HOURS_CUBE = Cube("query_rollup_hours", (HOUR,), _SINGLES)
-CUBES = (VISITS_CUBE, PAGES_CUBE, ENTRY_PAGES_CUBE, EXIT_PAGES_CUBE, HOURS_CUBE)
+# Domains and event names: a handful of values each, alone (migration 0620).
+DOMAINS_CUBE = Cube("query_rollup_domains", (DOMAIN,), (frozenset(),))
+EVENT_NAMES_CUBE = Cube("query_rollup_event_names", (EVENT_NAME,), (frozenset(),))
+CUBES = (VISITS_CUBE, PAGES_CUBE, ENTRY_PAGES_CUBE, EXIT_PAGES_CUBE, HOURS_CUBE, DOMAINS_CUBE, EVENT_NAMES_CUBE)

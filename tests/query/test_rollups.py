@@ -19,6 +19,7 @@ from services.query.settings import QuerySettings
 from services.query.tasks import pause_after_round
 from services.query.vocabulary import (
     ENTRY_PAGES_CUBE,
+    EVENT_NAMES_CUBE,
     EXIT_PAGES_CUBE,
     HLL_RELATIVE_STANDARD_ERROR,
     HOURS_CUBE,
@@ -122,9 +123,9 @@ async def test_visitor_estimates_stay_within_the_stated_bound(db: DatabaseHarnes
         body = await query(client, project, metrics=["visitors", "pageviews", "sessions"])
         exact = await client.post(
             "/v1/query",
-            # the domain is not in any rollup, so this reads events: exact
+            # domain with country is not in any rollup, so this reads events: exact
             json={"period": "custom", "date_from": "2026-01-12", "date_to": "2026-01-13", "metrics": ["visitors"]}
-            | {"dimensions": ["domain"], "limit": 1},
+            | {"dimensions": ["domain", "country"], "limit": 1},
             headers=auth(project),
         )
     estimate, pageviews, sessions = table(body)[0]
@@ -168,11 +169,14 @@ def test_the_smallest_grain_that_holds_the_query_is_chosen() -> None:
     entries = FilterClause("entry_page", "contains", ("pri",))
     assert cube_for(aggregate(("os",), (entries,), ("sessions",))) == (ENTRY_PAGES_CUBE, frozenset({"os"}))
     assert cube_for(aggregate(("exit_page",))) == (EXIT_PAGES_CUBE, frozenset())
-    # Not in any rollup: event-level dimensions other than page, two fixed columns, page with two
+    # Not in any rollup: domain or event name with anything else, two fixed columns, page with two
     # visit dimensions, and session metrics over several pages (a session seeing two would count twice).
     assert cube_for(aggregate(("time:hour", "page"))) is None
     assert cube_for(aggregate(("entry_page", "exit_page"))) is None
-    assert cube_for(aggregate(("domain",))) is None
+    assert cube_for(aggregate(("domain", "country"))) is None
+    assert cube_for(aggregate(("event_name",), (), ("sessions",))) == (EVENT_NAMES_CUBE, frozenset())
+    signup = FilterClause("event_name", "is", ("signup",))
+    assert cube_for(aggregate(("country",), (signup,))) is None
     assert cube_for(aggregate(("page", "country"), (FilterClause("device", "is", ("mobile",)),))) is None
     some_pages = FilterClause("page", "contains", ("pri",))
     assert cube_for(aggregate((), (some_pages,), ("sessions",))) is None

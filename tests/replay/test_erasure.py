@@ -56,6 +56,8 @@ async def _rollup_rows(engine: AsyncEngine, project_id: int) -> dict[str, int]:
             "query_rollup_entry_pages",
             "query_rollup_exit_pages",
             "query_rollup_hours",
+            "query_rollup_domains",
+            "query_rollup_event_names",
             "query_rollup_page_weeks",
         ):
             result = await connection.execute(
@@ -134,6 +136,8 @@ async def test_erasure_removes_every_row_of_the_person_and_their_share_of_the_ro
         "query_rollup_entry_pages": 1,
         "query_rollup_exit_pages": 1,
         "query_rollup_hours": 1,
+        "query_rollup_domains": 1,
+        "query_rollup_event_names": 1,
         "query_rollup_page_weeks": 1,  # the week of Jan 12 is complete
     }
 
@@ -159,6 +163,8 @@ async def test_erasure_removes_every_row_of_the_person_and_their_share_of_the_ro
             "query_rollup_entry_pages": response.json()["deletedRows"]["query_rollup_entry_pages"],
             "query_rollup_exit_pages": response.json()["deletedRows"]["query_rollup_exit_pages"],
             "query_rollup_hours": response.json()["deletedRows"]["query_rollup_hours"],
+            "query_rollup_domains": response.json()["deletedRows"]["query_rollup_domains"],
+            "query_rollup_event_names": response.json()["deletedRows"]["query_rollup_event_names"],
             "query_rollup_page_weeks": response.json()["deletedRows"]["query_rollup_page_weeks"],
             "query_rollup_weeks": 1,
             "query_rollup_days": 0,  # bob still has events on each day
@@ -171,6 +177,8 @@ async def test_erasure_removes_every_row_of_the_person_and_their_share_of_the_ro
         "query_rollup_entry_pages",
         "query_rollup_exit_pages",
         "query_rollup_hours",
+        "query_rollup_domains",
+        "query_rollup_event_names",
     )
     assert min(response.json()["deletedRows"][name] for name in rollup_tables) > 0
 
@@ -187,6 +195,8 @@ async def test_erasure_removes_every_row_of_the_person_and_their_share_of_the_ro
         "query_rollup_entry_pages": 0,
         "query_rollup_exit_pages": 0,
         "query_rollup_hours": 0,
+        "query_rollup_domains": 0,
+        "query_rollup_event_names": 0,
         "query_rollup_page_weeks": 0,
     }
     # zed's session is gone; bob's, which held one of her events, is recomputed from his own.

@@ -94,6 +94,8 @@ async def test_retention_removes_what_each_projects_setting_no_longer_allows(
             "query_rollup_entry_pages": 0,
             "query_rollup_exit_pages": 0,
             "query_rollup_hours": 0,
+            "query_rollup_domains": 0,
+            "query_rollup_event_names": 0,
             "query_rollup_page_weeks": 0,
             "query_rollup_weeks": 0,
             "query_rollup_days": 1,  # the 31-day-old day's marker (its event's insert made it)
@@ -172,6 +174,8 @@ ROLLUP_TABLES = (
     "query_rollup_entry_pages",
     "query_rollup_exit_pages",
     "query_rollup_hours",
+    "query_rollup_domains",
+    "query_rollup_event_names",
     "query_rollup_page_weeks",
     "query_rollup_weeks",
 )

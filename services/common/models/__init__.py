@@ -7,7 +7,9 @@ from services.common.models.project import Project
 from services.common.models.query_rollup_day import QueryRollupDay
 from services.common.models.query_rollup_page import query_rollup_page_weeks, query_rollup_pages
 from services.common.models.query_rollup_session_cube import (
+    query_rollup_domains,
     query_rollup_entry_pages,
+    query_rollup_event_names,
     query_rollup_exit_pages,
     query_rollup_hours,
 )
@@ -27,7 +29,9 @@ __all__ = [
     "QuerySession",
     "ReplayChunk",
     "ReplaySession",
+    "query_rollup_domains",
     "query_rollup_entry_pages",
+    "query_rollup_event_names",
     "query_rollup_exit_pages",
     "query_rollup_hours",
     "query_rollup_page_weeks",

@@ -1,4 +1,4 @@
-"""Rollups by entry page, exit page and local hour, each alone and with one visit dimension.
+"""Rollups by entry page, exit page and local hour (each alone and with one visit dimension), domain and event name.
 
 A session has one entry page, one exit page and one start hour, so unlike the page rows these
 add up across values. Owned by the query service: rebuilt by services/query/rollup_repository.py.
@@ -32,3 +32,5 @@ def _table(name: str, column: str, column_type: TypeEngine[Any], *, nullable: bo
 query_rollup_entry_pages = _table("query_rollup_entry_pages", "entry_page", Text(), nullable=True)
 query_rollup_exit_pages = _table("query_rollup_exit_pages", "exit_page", Text(), nullable=True)
 query_rollup_hours = _table("query_rollup_hours", "hour", SmallInteger(), nullable=False)
+query_rollup_domains = _table("query_rollup_domains", "domain", Text(), nullable=True)
+query_rollup_event_names = _table("query_rollup_event_names", "event_name", Text(), nullable=False)
