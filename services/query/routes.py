@@ -106,6 +106,7 @@ class QueryController(Controller):
         self, query_service: Service, connection: Connection, project: Project, data: JSONBody[RetentionSpec]
     ) -> RetentionResponse:
         """Cohorts are visitors first seen (ever) inside the date range, by the Monday-starting week of their
-        first event in the project's timezone; week_offset n counts cohort members with an event in the n-th
-        following week. Only weeks that have begun by the end of the range are listed."""
+        first session's start in the project's timezone; week_offset n counts cohort members with a session
+        starting in the n-th following week (a session belongs to the week it started in, as in /v1/query).
+        Only weeks that have begun by the end of the range are listed."""
         return await query_service.retention(connection, project, data, datetime.now(UTC))
