@@ -111,9 +111,6 @@ def session_ctes(*, day_condition: bool = False, events_after_end: bool = True, 
     )
 
 
-# A session's bounce: a single pageview and nothing else.
-_BOUNCE = "s_pageviews = 1 AND s_events = 1"
-
 CUBE_METRIC_COLUMNS = "visitors, sessions, bounces, duration_s, pageviews, events, session_pageviews"
 
 # Rows of the union `u` that both paths aggregate: an event row ('e') per event inside the
@@ -133,6 +130,7 @@ _SESSION_ROW_METRICS = (
     "'s' AS kind, NULL::text AS distinct_id, 0 AS pv, 0 AS ev, session_id AS member,"
     " s_duration AS m_duration, s_pageviews AS m_pageviews, s_events AS m_events"
 )
+# A session's bounce: a single pageview and nothing else.
 _MEMBER_BOUNCE = "kind = 's' AND m_pageviews = 1 AND m_events = 1"
 _VISIT_RAW_COLUMNS = ", ".join(visit.raw for visit in _VISITS)
 # A session row's time is its start.
@@ -158,7 +156,7 @@ def cube_select_sql(cube: Cube, grains: tuple[frozenset[str], ...]) -> str:
         f"coalesce(hll_add_agg(hll_hash_text(u.distinct_id), {HLL_LOG2M}) FILTER (WHERE u.kind = 'e'),"
         f" hll_empty({HLL_LOG2M})) AS visitors,"
         " count(*) FILTER (WHERE u.kind = 's') AS sessions,"
-        f" count(*) FILTER (WHERE {_MEMBER_BOUNCE.replace('kind', 'u.kind').replace('m_', 'u.m_')}) AS bounces,"
+        " count(*) FILTER (WHERE u.kind = 's' AND u.m_pageviews = 1 AND u.m_events = 1) AS bounces,"
         " coalesce(sum(u.m_duration), 0) AS duration_s,"
         " coalesce(sum(u.pv), 0) AS pageviews,"
         " coalesce(sum(u.ev), 0) AS events,"
