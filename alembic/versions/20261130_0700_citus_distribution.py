@@ -27,7 +27,7 @@ fewer). Distributing a table that holds rows copies them to the workers under a 
 existing large single-node install, plan the move (docs/scaling.md).
 
 Revision ID: 0700
-Revises: 0610
+Revises: 0670
 Create Date: 2026-11-30
 """
 
@@ -38,7 +38,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0700"
-down_revision: str | None = "0610"
+down_revision: str | None = "0670"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
@@ -54,6 +54,12 @@ DISTRIBUTED_TABLES = (
     "query_rollup_pages",
     "query_rollup_weeks",
     "query_rollup_page_weeks",
+    "query_sessions",
+    "query_rollup_entry_pages",
+    "query_rollup_exit_pages",
+    "query_rollup_hours",
+    "query_rollup_domains",
+    "query_rollup_event_names",
 )
 
 

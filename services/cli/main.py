@@ -208,6 +208,21 @@ def project_set_retention(project_id: int, days: int) -> None:
     click.echo(json.dumps({"id": project_id, "retentionDays": days}))
 
 
+@project.command("set-timezone")
+@click.option("--project", "project_id", type=int, required=True, help="The project's id.")
+@click.option("--timezone", required=True, help="IANA zone for dashboards, e.g. America/New_York.")
+def project_set_timezone(project_id: int, timezone: str) -> None:
+    """Set the zone whose local days and hours dashboards count in. The project's rollups are
+    dropped and rebuilt by the query service's refresher (until then queries read raw events)."""
+    try:
+        found = asyncio.run(admin.set_project_timezone(AdminDatabaseSettings.from_env(), project_id, timezone))
+    except admin.ProjectInputError as exc:
+        raise click.ClickException(str(exc)) from exc
+    if not found:
+        raise click.ClickException(f"no project with id {project_id}")
+    click.echo(json.dumps({"id": project_id, "timezone": timezone}))
+
+
 @project.command("rotate-keys")
 @click.option("--project", "project_id", type=int, required=True, help="The project's id.")
 @click.option(

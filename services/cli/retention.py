@@ -46,6 +46,7 @@ class RetentionReport:
     dropped_partitions: list[str] = field(default_factory=list)
     skipped_partitions: list[str] = field(default_factory=list)
     deleted_events: int = 0
+    deleted_query_sessions: int = 0
     deleted_sessions: int = 0
     deleted_chunks: int = 0
     pruned_idempotency_keys: int = 0
@@ -62,6 +63,7 @@ class RetentionReport:
         return {
             "deletedRows": {
                 "events": self.deleted_events,
+                "query_sessions": self.deleted_query_sessions,
                 "replay_sessions": self.deleted_sessions,
                 "replay_chunks": self.deleted_chunks,
                 "ingested_events": self.pruned_idempotency_keys,
@@ -117,7 +119,14 @@ async def apply_retention(
         every_projects_cutoff = now - timedelta(days=longest)
         for retention in retentions:
             if project_ids is not None and retention.project_id not in project_ids:
-                # Only what the dropped partitions held: their days' rollups.
+                # Only what the dropped partitions held: their sessions and their days' rollups.
+                async with engine.begin() as connection:
+                    report.deleted_query_sessions += await retention_repository.delete_sessions_before(
+                        connection, retention.project_id, every_projects_cutoff
+                    )
+                    await retention_repository.recompute_straddling_sessions(
+                        connection, retention.project_id, every_projects_cutoff
+                    )
                 report.other_projects_rollups.add(
                     await _purge_rollups(engine, retention.project_id, retention.timezone, every_projects_cutoff)
                 )
@@ -125,9 +134,13 @@ async def apply_retention(
             report.projects += 1
             cutoff = now - timedelta(days=retention.retention_days)
             async with engine.begin() as connection:
+                report.deleted_query_sessions += await retention_repository.delete_sessions_before(
+                    connection, retention.project_id, cutoff
+                )
                 report.deleted_events += await retention_repository.delete_events_before(
                     connection, retention.project_id, cutoff
                 )
+                await retention_repository.recompute_straddling_sessions(connection, retention.project_id, cutoff)
             async with engine.begin() as connection:
                 sessions, chunks = await retention_repository.delete_recordings_ended_before(
                     connection, retention.project_id, cutoff

@@ -102,7 +102,9 @@ async def delete_recordings(
 
 
 async def delete_events(connection: AsyncConnection, project_id: int, distinct_id: str) -> int:
-    # The rollups' delete trigger marks each affected day as changed (and locks its row).
+    # The delete trigger marks each affected day (and each touched session's start day) as
+    # changed, and recomputes the touched `query_sessions` rows from the events left: a session
+    # holding only the person's events is gone, one shared with another id keeps only theirs.
     result = await _for_person(
         connection,
         "DELETE FROM events WHERE project_id = :project_id AND distinct_id = :distinct_id",
@@ -118,9 +120,17 @@ _PROJECT_TABLES = (
     "replay_chunks",
     "replay_sessions",
     "ingested_events",
+    # Before events: a deleted event's session is recomputed from the events left (a trigger),
+    # which is wasted work when every event of the project goes.
+    "query_sessions",
     "events",
     "query_rollup_visits",
     "query_rollup_pages",
+    "query_rollup_entry_pages",
+    "query_rollup_exit_pages",
+    "query_rollup_hours",
+    "query_rollup_domains",
+    "query_rollup_event_names",
     "query_rollup_page_weeks",
     "query_rollup_weeks",
     "query_rollup_days",

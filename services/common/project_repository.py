@@ -156,3 +156,11 @@ async def set_retention_days(connection: AsyncConnection, project_id: int, reten
     )
     row = result.one_or_none()
     return None if row is None else _record(row)
+
+
+async def set_timezone(connection: AsyncConnection, project_id: int, timezone: str) -> ProjectRecord | None:
+    result = await connection.execute(
+        update(Project).where(Project.project_id == project_id).values(timezone=timezone).returning(*_COLUMNS)
+    )
+    row = result.one_or_none()
+    return None if row is None else _record(row)

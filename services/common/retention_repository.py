@@ -55,6 +55,59 @@ async def drop_event_partition(connection: AsyncConnection, name: str, lock_time
     await connection.execute(text(f"DROP TABLE {name}"))
 
 
+async def delete_sessions_before(connection: AsyncConnection, project_id: int, cutoff: datetime) -> int:
+    """Query sessions that ended before the cutoff; run it before deleting the events.
+
+    Dropping a partition fires no trigger, and deleting events recomputes each touched session
+    from the events left (services/query: migration 0600), needless for a session wholly expired.
+    A session that straddles the cutoff is recomputed from its events kept (``recompute_straddling_sessions``).
+    """
+    result = await connection.execute(
+        text("DELETE FROM query_sessions WHERE project_id = :project_id AND ended_at < :cutoff"),
+        {"project_id": project_id, "cutoff": cutoff},
+    )
+    return int(result.rowcount)
+
+
+# One session row from its events, as migration 0600's triggers compute it.
+_SESSION_FROM_EVENTS = """
+    SELECT a.project_id, a.session_id, a.distinct_id, f.occurred_at, f.event_uuid, a.ended_at, a.pageviews, a.events,
+           en.path, en.occurred_at, en.event_uuid, ex.path, ex.occurred_at, ex.event_uuid,
+           f.referrer_domain, f.utm_source, f.utm_medium, f.utm_campaign, f.country, f.browser, f.os, f.device_type
+    FROM (SELECT project_id, session_id, min(distinct_id) AS distinct_id, max(occurred_at) AS ended_at,
+                 count(*) FILTER (WHERE name = 'pageview') AS pageviews, count(*) AS events
+          FROM kept GROUP BY project_id, session_id) a
+    JOIN (SELECT DISTINCT ON (session_id) * FROM kept ORDER BY session_id, occurred_at, event_uuid) f
+        USING (project_id, session_id)
+    LEFT JOIN (SELECT DISTINCT ON (session_id) * FROM kept WHERE name = 'pageview'
+               ORDER BY session_id, occurred_at, event_uuid) en USING (project_id, session_id)
+    LEFT JOIN (SELECT DISTINCT ON (session_id) * FROM kept WHERE name = 'pageview'
+               ORDER BY session_id, occurred_at DESC, event_uuid DESC) ex USING (project_id, session_id)
+"""
+
+
+async def recompute_straddling_sessions(connection: AsyncConnection, project_id: int, cutoff: datetime) -> int:
+    """Sessions begun before the cutoff and ended after it, again from their events kept.
+
+    Their first events may have gone with a dropped partition (no trigger fires then); the
+    expired events' attributes (a first page, a referrer) must not outlive them.
+    """
+    result = await connection.execute(
+        text(
+            "WITH gone AS (DELETE FROM query_sessions WHERE project_id = :project_id AND started_at < :cutoff"
+            " RETURNING project_id, session_id, ended_at),"
+            " kept AS (SELECT e.* FROM events e JOIN gone g USING (project_id, session_id)"
+            " WHERE e.project_id = :project_id AND e.occurred_at >= :cutoff"
+            " AND e.occurred_at <= (SELECT max(ended_at) FROM gone) AND NOT e.is_bot)"
+            " INSERT INTO query_sessions (project_id, session_id, distinct_id, started_at, first_uuid, ended_at,"
+            " pageviews, events, entry_page, entry_at, entry_uuid, exit_page, exit_at, exit_uuid, referrer,"
+            f" utm_source, utm_medium, utm_campaign, country, browser, os, device) {_SESSION_FROM_EVENTS}"
+        ),
+        {"project_id": project_id, "cutoff": cutoff},
+    )
+    return int(result.rowcount)
+
+
 async def delete_events_before(connection: AsyncConnection, project_id: int, cutoff: datetime) -> int:
     # occurred_at is the partition key: Postgres visits only the partitions before the
     # cutoff (and events_default).

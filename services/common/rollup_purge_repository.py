@@ -15,7 +15,7 @@ its rows back afterwards.
 from __future__ import annotations
 
 from collections.abc import Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, timedelta
 
 from sqlalchemy import BigInteger, Date, bindparam, text
@@ -39,10 +39,21 @@ def week_of(day: date) -> date:
     return day - timedelta(days=day.weekday())
 
 
+# Per-day rollup tables beside visits and pages (migrations 0610, 0620), purged the same way.
+SESSION_CUBE_TABLES = (
+    "query_rollup_entry_pages",
+    "query_rollup_exit_pages",
+    "query_rollup_hours",
+    "query_rollup_domains",
+    "query_rollup_event_names",
+)
+
+
 @dataclass
 class RollupPurgeCounts:
     visit_rows: int = 0
     page_rows: int = 0
+    session_cube_rows: dict[str, int] = field(default_factory=lambda: dict.fromkeys(SESSION_CUBE_TABLES, 0))
     page_week_rows: int = 0
     weeks: int = 0
     days_forgotten: int = 0
@@ -51,6 +62,8 @@ class RollupPurgeCounts:
     def add(self, other: RollupPurgeCounts) -> None:
         self.visit_rows += other.visit_rows
         self.page_rows += other.page_rows
+        for table, rows in other.session_cube_rows.items():
+            self.session_cube_rows[table] += rows
         self.page_week_rows += other.page_week_rows
         self.weeks += other.weeks
         self.days_forgotten += other.days_forgotten
@@ -60,6 +73,7 @@ class RollupPurgeCounts:
         return {
             "query_rollup_visits": self.visit_rows,
             "query_rollup_pages": self.page_rows,
+            **self.session_cube_rows,
             "query_rollup_page_weeks": self.page_week_rows,
             "query_rollup_weeks": self.weeks,
             "query_rollup_days": self.days_forgotten,
@@ -143,6 +157,9 @@ async def _delete_rollup_rows(
     where = "WHERE project_id = :project_id AND"
     counts.visit_rows = await _rowcount(connection, f"DELETE FROM query_rollup_visits {where} {days}", params)
     counts.page_rows = await _rowcount(connection, f"DELETE FROM query_rollup_pages {where} {days}", params)
+    for table in SESSION_CUBE_TABLES:
+        # The names are the constants above, never input.
+        counts.session_cube_rows[table] = await _rowcount(connection, f"DELETE FROM {table} {where} {days}", params)
     counts.page_week_rows = await _rowcount(connection, f"DELETE FROM query_rollup_page_weeks {where} {weeks}", params)
     counts.weeks = await _rowcount(connection, f"DELETE FROM query_rollup_weeks {where} {weeks}", params)
 
@@ -175,3 +192,40 @@ async def rollup_days_through(connection: AsyncConnection, project_id: int, last
         {"project_id": project_id, "day": last_day},
     )
     return list(result.scalars())
+
+
+async def forget_every_day(connection: AsyncConnection, project_id: int) -> RollupPurgeCounts:
+    """A timezone change: every rollup row of the project goes, and its days are marked afresh.
+
+    Local days are the project timezone's, so no built day means anything in another zone. The
+    markers are remade from the events' days in the project's (new) timezone, never built: the
+    query service reads those days from raw events until the refresher rebuilds them. Take
+    ``lock_days`` for the old markers first, so a build in flight cannot write an old day back.
+    """
+    params: dict[str, object] = {"project_id": project_id}
+    counts = RollupPurgeCounts()
+    counts.visit_rows = await _rowcount(
+        connection, "DELETE FROM query_rollup_visits WHERE project_id = :project_id", params
+    )
+    counts.page_rows = await _rowcount(
+        connection, "DELETE FROM query_rollup_pages WHERE project_id = :project_id", params
+    )
+    for table in SESSION_CUBE_TABLES:
+        counts.session_cube_rows[table] = await _rowcount(
+            connection, f"DELETE FROM {table} WHERE project_id = :project_id", params
+        )
+    counts.page_week_rows = await _rowcount(
+        connection, "DELETE FROM query_rollup_page_weeks WHERE project_id = :project_id", params
+    )
+    counts.weeks = await _rowcount(connection, "DELETE FROM query_rollup_weeks WHERE project_id = :project_id", params)
+    counts.days_forgotten = await _rowcount(
+        connection, "DELETE FROM query_rollup_days WHERE project_id = :project_id", params
+    )
+    counts.days_to_rebuild = await _rowcount(
+        connection,
+        "INSERT INTO query_rollup_days (project_id, day)"
+        " SELECT DISTINCT e.project_id, (e.occurred_at AT TIME ZONE p.timezone)::date"
+        " FROM events e JOIN projects p ON p.project_id = e.project_id WHERE e.project_id = :project_id",
+        params,
+    )
+    return counts

@@ -18,7 +18,7 @@ from services.query import rollup_repository
 from services.query.repository import AggregateQuery, CubePlan, FilterClause, Ordering
 from services.query.schemas import QuerySpec
 from services.query.settings import QuerySettings
-from services.query.vocabulary import CUBES, DIMENSIONS, PAGES_CUBE, SESSION_METRICS, TIME_DIMENSIONS, Cube
+from services.query.vocabulary import CUBES, DIMENSIONS, SESSION_METRICS, TIME_DIMENSIONS, Cube
 
 
 @dataclass(frozen=True)
@@ -82,17 +82,24 @@ def aggregate_query(project_id: int, timezone: str, spec: QuerySpec, span: Resol
 
 def cube_for(query: AggregateQuery) -> tuple[Cube, frozenset[str]] | None:
     """The cube and grain that answer this query with the raw path's semantics, if any."""
-    if any(DIMENSIONS[name].rolled is None for name in query.dimensions if name in TIME_DIMENSIONS):
+    if any(DIMENSIONS[name].rolled is None for name in query.dimensions):
         return None
     plain_dimensions = [name for name in query.dimensions if name not in TIME_DIMENSIONS]
     used: set[str] = {*plain_dimensions, *(clause.dimension for clause in query.filters)}
+    # A time bucket finer than a day needs a cube that holds it (the hour).
+    used |= {
+        column for name in query.dimensions if (column := DIMENSIONS[name].cube_column) and name in TIME_DIMENSIONS
+    }
     for cube in CUBES:
         if not used <= set(cube.columns) or not set(cube.fixed) <= used:
             continue
-        if cube is PAGES_CUBE and SESSION_METRICS.intersection(query.metrics) and "page" not in plain_dimensions:
+        fixed = cube.fixed[0] if cube.fixed else None
+        if cube.per_event and SESSION_METRICS.intersection(query.metrics) and fixed not in plain_dimensions:
             # Page rows count a session once per page; summing several pages' rows would count a
-            # session that saw two of them twice. Only one exact page keeps that sum exact.
-            page_filters = [clause for clause in query.filters if clause.dimension == "page"]
+            # session that saw two of them twice. Only one exact page keeps that sum exact (and
+            # so for domains and event names). A session has one entry page, one exit page and
+            # one start hour: those rows add up.
+            page_filters = [clause for clause in query.filters if clause.dimension == fixed]
             if not any(
                 clause.operator == "is" and len(clause.values) == 1 and not clause.includes_null
                 for clause in page_filters
@@ -113,9 +120,10 @@ async def plan(
     if choice is None:
         return None
     cube, grain = choice
-    rolled = await rollup_repository.usable_days(
+    states = await rollup_repository.day_states(
         connection, query.project_id, span.date_from, span.date_to, settings.rollup_max_staleness_s
     )
+    rolled = {day for day, usable in states.items() if usable}
     if not rolled:
         return None
     weeks: set[date] = set()
@@ -126,8 +134,9 @@ async def plan(
         )
     in_weeks = {week + timedelta(days=n) for week in weeks for n in range(7)}
     rolled -= in_weeks
-    computed = [span.date_from + timedelta(days=n) for n in range(span.days)]
-    computed = [day for day in computed if day not in rolled and day not in in_weeks]
+    # Days without events (no marker) need nothing: a 12-month range with 30 days of data
+    # computes none of the other 335 from the events.
+    computed = sorted(day for day in states if day not in rolled and day not in in_weeks)
     return CubePlan(
         cube=cube,
         grain=grain,

@@ -11,11 +11,18 @@ Two ways to answer an aggregate query, with the same semantics:
   Unique visitors there are HyperLogLog unions (approximate); every other metric is exact.
 Which way, which cube and which days is decided by services/query/planner.py, not here.
 
-Semantics shared by both: a session is a session_id's non-bot events within one local day of
-the project's timezone (a visit crossing midnight counts as two, as in Google Analytics); the
-visit dimensions (referrer, UTM tags, country, browser, OS, device, entry and exit page) are
-the session's first event's (or first/last pageview's), so a later internal pageview keeps the
-visit's source; a session belongs to one visitor.
+Semantics shared by both (the API reference, README's "Dashboard queries", says the same):
+- a session is a session_id's non-bot events, whatever days they span: one row of
+  `query_sessions`, kept current by triggers on events (migration 0600);
+- a session belongs to the range, and to the time bucket, in which it started (its first
+  event); its duration, pageviews per session, entry and exit pages and bounce are the whole
+  session's, including events after the range's end. A session that started before the range
+  is not one of its sessions, though its events inside the range count as pageviews and events;
+- pageviews, events and visitors count the events inside the range (and bucket), by their time;
+- the visit dimensions (referrer, UTM tags, country, browser, OS, device, entry and exit page)
+  of an event are its session's, so a later internal pageview keeps the visit's source;
+- with an event dimension (page, domain, event name) a session counts once in each group it
+  has an event in, anywhere in the session.
 """
 
 from __future__ import annotations
@@ -55,101 +62,155 @@ async def configure_transaction(connection: AsyncConnection) -> None:
     await connection.execute(text("SELECT set_config('enable_nestloop', 'off', true)"))
 
 
-def events_cte(extra_condition: str = "") -> str:
-    """`ev`: the non-bot events of [:start, :end) with their local day."""
-    return (
-        "ev AS (SELECT occurred_at, event_uuid, name, distinct_id, session_id, path, domain, referrer_domain,"
-        " utm_source, utm_medium, utm_campaign, country, browser, os, device_type,"
-        " (occurred_at AT TIME ZONE :timezone)::date AS day"
-        " FROM events WHERE project_id = :project_id AND occurred_at >= :start AND occurred_at < :end"
-        f" AND NOT is_bot{extra_condition})"
-    )
-
-
-# `sess`: one row per session and local day, with the visit's attributes. The first event's
-# attributes come from one ordered array of arrays (one sort per session instead of one per
-# attribute), unpacked by the outer SELECT.
+# The columns of `base` (an event joined with its session): event columns, then the session's.
 _VISITS = [DIMENSIONS[name] for name in VISIT_DIMENSIONS]
-SESSIONS_CTE = (
-    "sess AS (SELECT session_id, day, s_visitor, s_duration, s_pageviews, s_events, entry_page, exit_page, "
-    + ", ".join(f"first_event[1][{index}] AS {visit.raw}" for index, visit in enumerate(_VISITS, 1))
-    + " FROM (SELECT session_id, day, min(distinct_id) AS s_visitor,"
-    " extract(epoch FROM max(occurred_at) - min(occurred_at))::float8 AS s_duration,"
-    " count(*) FILTER (WHERE name = 'pageview') AS s_pageviews,"
-    " count(*) AS s_events,"
-    " (array_agg(path ORDER BY occurred_at, event_uuid) FILTER (WHERE name = 'pageview'))[1] AS entry_page,"
-    " (array_agg(path ORDER BY occurred_at DESC, event_uuid DESC) FILTER (WHERE name = 'pageview'))[1]"
-    " AS exit_page,"
-    " array_agg(ARRAY["
-    + ", ".join(f"{visit.visit_source}" for visit in _VISITS)
-    + "] ORDER BY occurred_at, event_uuid) AS first_event"
-    " FROM ev GROUP BY session_id, day) grouped)"
+_SESSION_COLUMNS = (
+    "session_id, s_started_at, s_day, s_visitor, s_duration, s_pageviews, s_events, entry_page, exit_page, "
+    + ", ".join(visit.raw for visit in _VISITS)
 )
 
-# A session's bounce: a single pageview and nothing else.
-_BOUNCE = "s_pageviews = 1 AND s_events = 1"
+
+def session_ctes(*, day_condition: bool = False, events_after_end: bool = True, materialized: bool = False) -> str:
+    """`sess`, `ev` and `base` for the window [:start, :end) in :timezone.
+
+    - `sess`: the sessions that overlap the window, with `s_in_range` true for those that
+      started in it (and, with `day_condition`, on one of :computed_days);
+    - `ev`: the non-bot events from :start, with their local `day` and `e_in_range` (before
+      :end, and on one of :computed_days with `day_condition`). With `events_after_end` it
+      also holds the events after :end of the sessions that started in the window (an event
+      dimension's session membership looks at the whole session);
+    - `base`: each event of `ev` with its session's columns.
+    """
+    days = (
+        " AND (started_at AT TIME ZONE :timezone)::date = ANY(CAST(:computed_days AS date[]))" if day_condition else ""
+    )
+    event_days = (
+        " AND (occurred_at AT TIME ZONE :timezone)::date = ANY(CAST(:computed_days AS date[]))" if day_condition else ""
+    )
+    keyword = "AS MATERIALIZED" if materialized else "AS"
+    visit_columns = ", ".join(f"{visit.rolled} AS {visit.raw}" for visit in _VISITS)
+    events_end = (
+        "occurred_at <= greatest(:end, (SELECT max(s_ended_at) FROM sess WHERE s_in_range))"
+        if events_after_end
+        else "occurred_at < :end"
+    )
+    return (
+        f"sess {keyword} (SELECT session_id, started_at AS s_started_at, ended_at AS s_ended_at,"
+        " (started_at AT TIME ZONE :timezone)::date AS s_day, distinct_id AS s_visitor,"
+        " extract(epoch FROM ended_at - started_at)::float8 AS s_duration, pageviews::bigint AS s_pageviews,"
+        f" events::bigint AS s_events, entry_page, exit_page, {visit_columns},"
+        f" (started_at >= :start AND started_at < :end{days}) AS s_in_range"
+        " FROM query_sessions WHERE project_id = :project_id AND ended_at >= :start AND started_at < :end),"
+        " ev AS (SELECT occurred_at, name, distinct_id, session_id, path, domain,"
+        " (occurred_at AT TIME ZONE :timezone)::date AS day,"
+        f" (occurred_at < :end{event_days}) AS e_in_range"
+        f" FROM events WHERE project_id = :project_id AND occurred_at >= :start AND {events_end} AND NOT is_bot),"
+        f" base {keyword} (SELECT ev.occurred_at, ev.name, ev.distinct_id, ev.path, ev.domain, ev.day, ev.e_in_range,"
+        f" sess.s_in_range, {', '.join('sess.' + column.strip() for column in _SESSION_COLUMNS.split(','))}"
+        " FROM ev JOIN sess USING (session_id))"
+    )
+
 
 CUBE_METRIC_COLUMNS = "visitors, sessions, bounces, duration_s, pageviews, events, session_pageviews"
 
+# Rows of the union `u` that both paths aggregate: an event row ('e') per event inside the
+# window, with its session's visit attributes; a session row ('s') per session that started in
+# the window and group it belongs to, with the whole session's figures.
+_EVENT_ROW_METRICS = (
+    "'e' AS kind, distinct_id, (name = 'pageview')::int AS pv, 1 AS ev, NULL::text AS member,"
+    " NULL::float8 AS m_duration, NULL::bigint AS m_pageviews, NULL::bigint AS m_events"
+)
+# The rollups' event rows, pre-aggregated per session and visitor (their GROUP BY follows): the
+# cubes' grouping sets then read one row per session and day instead of one per event.
+_EVENT_ROWS_PER_SESSION = (
+    "'e' AS kind, distinct_id, count(*) FILTER (WHERE name = 'pageview') AS pv, count(*) AS ev, NULL::text AS member,"
+    " NULL::float8 AS m_duration, NULL::bigint AS m_pageviews, NULL::bigint AS m_events"
+)
+_SESSION_ROW_METRICS = (
+    "'s' AS kind, NULL::text AS distinct_id, 0 AS pv, 0 AS ev, session_id AS member,"
+    " s_duration AS m_duration, s_pageviews AS m_pageviews, s_events AS m_events"
+)
+# A session's bounce: a single pageview and nothing else.
+_MEMBER_BOUNCE = "kind = 's' AND m_pageviews = 1 AND m_events = 1"
+_VISIT_RAW_COLUMNS = ", ".join(visit.raw for visit in _VISITS)
+# A session row's time is its start.
+_SESSION_AS_ROW = f"SELECT s_started_at AS occurred_at, s_day AS day, path, domain, name, {_SESSION_COLUMNS}"
+
 
 def cube_select_sql(cube: Cube, grains: tuple[frozenset[str], ...]) -> str:
-    """The cube's rows for these grains, computed from `ev` and `sess` (rollup build and tail)."""
+    """The cube's rows for these grains, computed from `sess` and `base` (rollup build and tail)."""
     sets = ", ".join(
-        "(" + ", ".join(f"s.{DIMENSIONS[name].raw}" for name in VISIT_DIMENSIONS if name in grain) + ")"
-        for grain in grains
+        "(" + ", ".join(f"u.{name}" for name in VISIT_DIMENSIONS if name in grain) + ")" for grain in grains
     )
     grouped = frozenset().union(*grains)
     # Columns in no grouping set cannot be selected; they are NULL in every row anyway.
-    visit_columns = ", ".join(
-        f"s.{DIMENSIONS[name].raw} AS {name}" if name in grouped else f"NULL::text AS {name}"
-        for name in VISIT_DIMENSIONS
-    )
+    visit_columns = ", ".join(f"u.{name}" if name in grouped else f"NULL::text AS {name}" for name in VISIT_DIMENSIONS)
     if len(grains) == 1:
         grain = str(grain_id(grains[0]))
     else:
         # GROUPING() takes only grouped columns; every build lists all of them somewhere.
         if grouped != frozenset(VISIT_DIMENSIONS):
             raise ValueError("a multi-grain rollup build must group by every visit dimension")
-        grain = "GROUPING(" + ", ".join(f"s.{DIMENSIONS[name].raw}" for name in VISIT_DIMENSIONS) + ")"
+        grain = "GROUPING(" + ", ".join(f"u.{name}" for name in VISIT_DIMENSIONS) + ")"
     metrics = (
-        f"hll_add_agg(hll_hash_text(s.s_visitor), {HLL_LOG2M}) AS visitors, count(*) AS sessions,"
-        f" count(*) FILTER (WHERE {_BOUNCE}) AS bounces, sum(s.s_duration) AS duration_s"
+        f"coalesce(hll_add_agg(hll_hash_text(u.distinct_id), {HLL_LOG2M}) FILTER (WHERE u.kind = 'e'),"
+        f" hll_empty({HLL_LOG2M})) AS visitors,"
+        " count(*) FILTER (WHERE u.kind = 's') AS sessions,"
+        " count(*) FILTER (WHERE u.kind = 's' AND u.m_pageviews = 1 AND u.m_events = 1) AS bounces,"
+        " coalesce(sum(u.m_duration), 0) AS duration_s,"
+        " coalesce(sum(u.pv), 0) AS pageviews,"
+        " coalesce(sum(u.ev), 0) AS events,"
+        " coalesce(sum(u.m_pageviews), 0) AS session_pageviews"
     )
-    if not cube.fixed:
-        return (
-            f"SELECT s.day, {grain} AS grain, {visit_columns}, {metrics},"
-            " sum(s.s_pageviews) AS pageviews, sum(s.s_events) AS events, sum(s.s_pageviews) AS session_pageviews"
-            f" FROM sess s GROUP BY s.day, GROUPING SETS ({sets})"
+    named = ", ".join(f"{visit.raw} AS {name}" for name, visit in zip(VISIT_DIMENSIONS, _VISITS, strict=True))
+    if not cube.fixed_columns:
+        union = (
+            f"SELECT day, {named}, {_EVENT_ROWS_PER_SESSION} FROM base WHERE e_in_range"
+            f" GROUP BY day, session_id, distinct_id, {_VISIT_RAW_COLUMNS}"
+            f" UNION ALL SELECT s_day AS day, {named}, {_SESSION_ROW_METRICS} FROM sess WHERE s_in_range"
         )
-    # Pages: one row per (day, page, session) first, so a session counts once per page.
+        return (
+            f"SELECT u.day, {grain} AS grain, {visit_columns}, {metrics}"
+            f" FROM ({union}) u GROUP BY u.day, GROUPING SETS ({sets})"
+        )
+    (fixed,) = cube.fixed_columns
+    if fixed.per_event:
+        # A session row per (session, value among its events), so a session counts once per page.
+        session_rows = (
+            f"SELECT DISTINCT s_day AS day, {fixed.session} AS {fixed.name}, {named}, {_SESSION_ROW_METRICS}"
+            " FROM base WHERE s_in_range"
+        )
+    else:
+        session_rows = (
+            f"SELECT s_day AS day, {fixed.session} AS {fixed.name}, {named}, {_SESSION_ROW_METRICS}"
+            " FROM sess WHERE s_in_range"
+        )
+    union = (
+        f"SELECT day, {fixed.event} AS {fixed.name}, {named}, {_EVENT_ROWS_PER_SESSION} FROM base WHERE e_in_range"
+        f" GROUP BY day, {fixed.event}, session_id, distinct_id, {_VISIT_RAW_COLUMNS}"
+        f" UNION ALL {session_rows}"
+    )
     return (
-        f"SELECT s.day, {grain} AS grain, ps.path AS page, {visit_columns}, {metrics},"
-        " sum(ps.pageviews) AS pageviews, sum(ps.events) AS events, sum(s.s_pageviews) AS session_pageviews"
-        " FROM (SELECT day, path, session_id, count(*) FILTER (WHERE name = 'pageview') AS pageviews,"
-        " count(*) AS events FROM ev GROUP BY day, path, session_id) ps"
-        " JOIN sess s ON s.session_id = ps.session_id AND s.day = ps.day"
-        f" GROUP BY s.day, ps.path, GROUPING SETS ({sets})"
+        f"SELECT u.day, {grain} AS grain, u.{fixed.name}, {visit_columns}, {metrics}"
+        f" FROM ({union}) u GROUP BY u.day, u.{fixed.name}, GROUPING SETS ({sets})"
     )
 
 
-# Raw: session metrics look at each (group, session) pair once: `session_first` marks one row
-# per pair, and s_* carry the whole session's figures.
+# Raw: over the union of event rows and session rows (see cube_select_sql).
 _RAW_METRICS: dict[Metric, str] = {
     "visitors": "count(DISTINCT distinct_id)",
-    "pageviews": "count(*) FILTER (WHERE name = 'pageview')",
-    "events": "count(*)",
-    "sessions": "count(*) FILTER (WHERE session_first)",
+    "pageviews": "coalesce(sum(pv), 0)",
+    "events": "coalesce(sum(ev), 0)",
+    "sessions": "count(*) FILTER (WHERE kind = 's')",
     "bounce_rate": (
-        f"coalesce(round(100.0 * count(*) FILTER (WHERE session_first AND {_BOUNCE})"
-        " / nullif(count(*) FILTER (WHERE session_first), 0), 2), 0)"
+        f"coalesce(round(100.0 * count(*) FILTER (WHERE {_MEMBER_BOUNCE})"
+        " / nullif(count(*) FILTER (WHERE kind = 's'), 0), 2), 0)"
     ),
     "visit_duration": (
-        "coalesce(round((sum(s_duration) FILTER (WHERE session_first)"
-        " / nullif(count(*) FILTER (WHERE session_first), 0))::numeric, 2), 0)"
+        "coalesce(round((sum(m_duration) / nullif(count(*) FILTER (WHERE kind = 's'), 0))::numeric, 2), 0)"
     ),
     "views_per_session": (
-        "coalesce(round(sum(s_pageviews) FILTER (WHERE session_first)::numeric"
-        " / nullif(count(*) FILTER (WHERE session_first), 0), 2), 0)"
+        "coalesce(round(sum(m_pageviews)::numeric / nullif(count(*) FILTER (WHERE kind = 's'), 0), 2), 0)"
     ),
 }
 _CUBE_METRICS: dict[Metric, str] = {
@@ -292,14 +353,29 @@ def _raw_sql(query: AggregateQuery) -> tuple[str, dict[str, Any]]:
         "timezone": query.timezone,
     }
     dimension_aliases, dimension_columns, where = _dimensions_and_filters(query, _raw, params)
-    partition = ", ".join([*dimension_aliases, "session_id", "day"])
+    conditions = where.removeprefix(" WHERE ")
+    names = {*query.dimensions, *(clause.dimension for clause in query.filters)}
+    per_event = any(DIMENSIONS[name].per_event for name in names)
+    dimensions = "".join(f"{column}, " for column in dimension_columns)
+    event_rows = f"SELECT {dimensions}{_EVENT_ROW_METRICS} FROM base WHERE e_in_range" + (
+        f" AND {conditions}" if conditions else ""
+    )
+    if per_event:
+        # One row per session and group it has an event in.
+        session_rows = (
+            f"SELECT DISTINCT {dimensions}{_SESSION_ROW_METRICS} FROM ({_SESSION_AS_ROW} FROM base WHERE s_in_range) b"
+            f"{where}"
+        )
+    else:
+        session_rows = (
+            f"SELECT {dimensions}{_SESSION_ROW_METRICS} FROM (SELECT s_started_at AS occurred_at, s_day AS day,"
+            f" {_SESSION_COLUMNS} FROM sess WHERE s_in_range) b{where}"
+        )
     metric_columns = ", ".join(f"{_RAW_METRICS[name]} AS {name}" for name in query.metrics)
     sql = (
-        f"WITH {events_cte()}, {SESSIONS_CTE},"
-        " m AS (SELECT distinct_id, session_id, day, name, s_duration, s_pageviews, s_events"
-        f"{''.join(f', {column}' for column in dimension_columns)} FROM ev JOIN sess USING (session_id, day){where}),"
-        f" g AS (SELECT *, row_number() OVER (PARTITION BY {partition}) = 1 AS session_first FROM m)"
-        f" SELECT {', '.join([*dimension_aliases, metric_columns])}, count(*) OVER () AS total_rows FROM g"
+        f"WITH {session_ctes(events_after_end=per_event)}"
+        f" SELECT {', '.join([*dimension_aliases, metric_columns])}, count(*) OVER () AS total_rows"
+        f" FROM ({event_rows} UNION ALL {session_rows}) u"
         f"{_order_and_page(query, dimension_aliases, params)}"
     )
     return sql, params
@@ -334,8 +410,7 @@ def _cube_sql(query: AggregateQuery, plan: CubePlan) -> tuple[str, dict[str, Any
             timezone=query.timezone,
             computed_days=list(plan.computed_days),
         )
-        day_condition = " AND (occurred_at AT TIME ZONE :timezone)::date = ANY(CAST(:computed_days AS date[]))"
-        ctes = f"{events_cte(day_condition)}, {SESSIONS_CTE}, "
+        ctes = f"{session_ctes(day_condition=True, events_after_end=cube.per_event)}, "
         parts.append(f"SELECT {columns}, {CUBE_METRIC_COLUMNS} FROM ({cube_select_sql(cube, (plan.grain,))}) computed")
     dimension_aliases, dimension_columns, where = _dimensions_and_filters(query, _rolled, params)
     metric_columns = ", ".join(f"{_CUBE_METRICS[name]} AS {name}" for name in query.metrics)
@@ -449,10 +524,20 @@ async def funnel(
     For a fixed start, taking the earliest qualifying event for each next step is optimal:
     any later choice leaves less room for the steps after it.
     """
-    params: dict[str, Any] = {"project_id": project_id, "start": start, "end": end, "window": window_seconds}
+    params: dict[str, Any] = {
+        "project_id": project_id,
+        "start": start,
+        "end": end,
+        "window": window_seconds,
+        "step_pages": [step.value for step in steps if step.kind == "page"],
+        "step_events": [step.value for step in steps if step.kind != "page"],
+    }
+    # Only events that match some step can be reached: the steps' joins read those alone.
     ctes = [
-        "ev AS (SELECT distinct_id, occurred_at, name, path FROM events"
-        " WHERE project_id = :project_id AND occurred_at >= :start AND occurred_at < :end AND NOT is_bot)",
+        "ev AS MATERIALIZED (SELECT distinct_id, occurred_at, name, path FROM events"
+        " WHERE project_id = :project_id AND occurred_at >= :start AND occurred_at < :end AND NOT is_bot"
+        " AND ((name = 'pageview' AND path = ANY(CAST(:step_pages AS text[])))"
+        " OR name = ANY(CAST(:step_events AS text[]))))",
         "s0 AS (SELECT distinct_id, min(occurred_at) AS reached_at, min(occurred_at) AS started_at"
         f" FROM ev e WHERE {_step_condition(steps[0], 'e', 'step0')} GROUP BY distinct_id)",
     ]
@@ -481,19 +566,22 @@ class RetentionCell:
 async def retention(
     connection: AsyncConnection, project_id: int, timezone: str, start: datetime, end: datetime, weeks: int
 ) -> list[RetentionCell]:
-    """Visitors first seen (ever) inside [start, end), by first-seen week, active in each later week."""
+    """Visitors first seen (ever) inside [start, end), by first-seen week, active in each later week.
+
+    Read from the sessions (a visitor is seen when a session of theirs starts, and active in the
+    week it starts in, as every session figure is), a quarter of the rows of the events.
+    """
     result = await connection.execute(
         text(
             "WITH firsts AS ("
-            " SELECT distinct_id, min(occurred_at) AS first_seen FROM events"
-            " WHERE project_id = :project_id AND occurred_at < :end AND NOT is_bot GROUP BY distinct_id),"
+            " SELECT distinct_id, min(started_at) AS first_seen FROM query_sessions"
+            " WHERE project_id = :project_id AND started_at < :end GROUP BY distinct_id),"
             " cohort AS ("
             " SELECT distinct_id, date_trunc('week', first_seen AT TIME ZONE :timezone)::date AS cohort_week"
             " FROM firsts WHERE first_seen >= :start),"
             " activity AS ("
-            " SELECT DISTINCT distinct_id, date_trunc('week', occurred_at AT TIME ZONE :timezone)::date AS week"
-            " FROM events WHERE project_id = :project_id AND occurred_at >= :start AND occurred_at < :end"
-            " AND NOT is_bot)"
+            " SELECT DISTINCT distinct_id, date_trunc('week', started_at AT TIME ZONE :timezone)::date AS week"
+            " FROM query_sessions WHERE project_id = :project_id AND started_at >= :start AND started_at < :end)"
             " SELECT c.cohort_week, (a.week - c.cohort_week) / 7 AS week_offset, count(*) AS visitors"
             " FROM cohort c JOIN activity a USING (distinct_id)"
             " WHERE a.week >= c.cohort_week AND (a.week - c.cohort_week) / 7 <= :weeks"

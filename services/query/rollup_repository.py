@@ -1,7 +1,10 @@
 """All SQL that builds the query rollups and tells which days are current. Callers own the transaction.
 
-A day's rollup rows are computed from that day's raw events with the same SQL the query path
-uses for days without rollups (services/query/repository.py), so both give the same figures.
+A day's rollup rows are computed from that day's raw events and the sessions that started on
+it (`query_sessions`) with the same SQL the query path uses for days without rollups
+(services/query/repository.py), so both give the same figures. A session's figures live on
+its start day: an event extending yesterday's session marks yesterday changed too (the
+triggers of migration 0600), so its row is rebuilt with the session's new duration and exit.
 
 Freshness: a trigger on events bumps `query_rollup_days.changes` for every statement that
 inserts or deletes events of a (project, local day), holding that row's lock until the
@@ -29,7 +32,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.common.rollup_purge_repository import ROLLUP_LOCK_NAMESPACE, day_lock_key, week_lock_key
-from services.query.repository import CUBE_METRIC_COLUMNS, SESSIONS_CTE, cube_select_sql, events_cte
+from services.query.repository import CUBE_METRIC_COLUMNS, cube_select_sql, session_ctes
 from services.query.vocabulary import CUBES, PAGES_CUBE
 
 # A day row of query_rollup_days (alias d) that queries may read: current, or current less than
@@ -53,18 +56,20 @@ class WeekToBuild:
     week: date  # the Monday
 
 
-async def usable_days(
+async def day_states(
     connection: AsyncConnection, project_id: int, date_from: date, date_to: date, max_staleness_s: float
-) -> set[date]:
-    """Days whose rollup is current, or was current less than max_staleness_s ago."""
+) -> dict[date, bool]:
+    """The days of the range that hold events (they have a marker), each with whether its rollup
+    is usable: current, or current less than max_staleness_s ago. A day without a marker has
+    never had an event (or lost its last one), so nothing needs computing for it."""
     result = await connection.execute(
         text(
-            "SELECT d.day FROM query_rollup_days d"
-            f" WHERE d.project_id = :project_id AND d.day BETWEEN :date_from AND :date_to AND {_USABLE_DAY}"
+            f"SELECT d.day, coalesce({_USABLE_DAY}, false) FROM query_rollup_days d"
+            " WHERE d.project_id = :project_id AND d.day BETWEEN :date_from AND :date_to"
         ),
         {"project_id": project_id, "date_from": date_from, "date_to": date_to, "max_staleness_s": max_staleness_s},
     )
-    return set(result.scalars())
+    return {row[0]: bool(row[1]) for row in result}
 
 
 async def usable_weeks(
@@ -153,7 +158,7 @@ async def rebuild_day(
         await connection.execute(
             text(f"DELETE FROM {cube.table} WHERE project_id = :project_id AND day = :day"), params
         )
-    # One statement for both tables, so the day's events are read and sessionised once.
+    # One statement for every table, so the day's events are read and joined to sessions once.
     inserts = []
     for cube in CUBES:
         columns = ", ".join(("day", "grain", *cube.columns))
@@ -162,13 +167,8 @@ async def rebuild_day(
             f"INSERT INTO {cube.table} (project_id, {columns}, {CUBE_METRIC_COLUMNS})"
             f" SELECT :project_id, {columns}, {CUBE_METRIC_COLUMNS} FROM ({computed}) computed"
         )
-    await connection.execute(
-        text(
-            f"WITH {events_cte()}, {SESSIONS_CTE.replace('sess AS (', 'sess AS MATERIALIZED (', 1)},"
-            f" visits AS ({inserts[0]}) {inserts[1]}"
-        ),
-        params,
-    )
+    writes = ", ".join(f"c{index} AS ({insert})" for index, insert in enumerate(inserts[:-1]))
+    await connection.execute(text(f"WITH {session_ctes(materialized=True)}, {writes} {inserts[-1]}"), params)
     await connection.execute(
         text(
             "UPDATE query_rollup_days SET built_changes = :generation, built_at = now()"

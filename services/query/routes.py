@@ -66,13 +66,16 @@ class QueryController(Controller):
     ) -> QueryResponse:
         """Metrics over the project's non-bot events, grouped by dimensions and filtered (filters are ANDed).
 
-        Session metrics (sessions, bounce_rate, visit_duration, views_per_session) count each session once
-        per group in which it has a matching event; a session is made of its events inside the date range.
-        bounce_rate is the percent of sessions that consist of a single pageview; visit_duration is the
-        mean of (last event - first event) in seconds. Time buckets are in the project's timezone.
-        A session is a session_id's events within one local day (a visit crossing midnight counts on each
-        day, as in Google Analytics). referrer, utm_*, country, browser, os, device, entry_page and
-        exit_page describe the visit (its first event, or first/last pageview).
+        A session is a session_id's events, whatever days it spans, and counts once: it belongs to the
+        date range and to the time bucket in which it started (its first event); its duration (last event -
+        first event, seconds), views per session, entry and exit pages and bounce (a single pageview and
+        nothing else) are the whole session's, including events after the range's end. Pageviews, events
+        and visitors count the events inside the range (or bucket) by their own time, so a session begun
+        before the range adds its later pageviews but is not one of the range's sessions. referrer, utm_*,
+        country, browser, os, device, entry_page and exit_page describe the visit (its first event, first
+        and last pageview); an event has its session's. Grouped or filtered by page, domain or event_name,
+        a session counts once in each group it has an event in, anywhere in the session. Time buckets are
+        in the project's timezone.
 
         Queries whose dimensions and filters a rollup holds (visit dimensions; or page with at most one
         visit dimension) read the per-day rollups (page rows also pre-combined per complete week) for days
@@ -103,6 +106,7 @@ class QueryController(Controller):
         self, query_service: Service, connection: Connection, project: Project, data: JSONBody[RetentionSpec]
     ) -> RetentionResponse:
         """Cohorts are visitors first seen (ever) inside the date range, by the Monday-starting week of their
-        first event in the project's timezone; week_offset n counts cohort members with an event in the n-th
-        following week. Only weeks that have begun by the end of the range are listed."""
+        first session's start in the project's timezone; week_offset n counts cohort members with a session
+        starting in the n-th following week (a session belongs to the week it started in, as in /v1/query).
+        Only weeks that have begun by the end of the range are listed."""
         return await query_service.retention(connection, project, data, datetime.now(UTC))

@@ -52,28 +52,36 @@ class DimensionSpec:
     # A time bucket shorter or longer than a week (a day, a month) splits a week's seven days,
     # so weekly rollup rows cannot answer it.
     splits_weeks: bool = False
+    # A property of each event rather than of the visit: a session belongs to every group it
+    # has an event in, so its membership needs the session's events.
+    per_event: bool = False
+    # The column a cube must hold for this dimension (its fixed column), if not a visit dimension.
+    cube_column: str | None = None
 
 
 def _visit(source_column: str, name: str) -> DimensionSpec:
     return DimensionSpec(raw=f"v_{name}", rolled=name, visit_source=source_column)
 
 
-def _bucket(expression: str, *, in_rollups: bool = True, splits_weeks: bool = True) -> DimensionSpec:
-    return DimensionSpec(raw=expression, rolled=expression if in_rollups else None, splits_weeks=splits_weeks)
+def _bucket(expression: str, *, splits_weeks: bool = True) -> DimensionSpec:
+    return DimensionSpec(raw=expression, rolled=expression, splits_weeks=splits_weeks)
 
 
 # Buckets are rendered as text that sorts in time order, in the project's timezone; ISO weeks
 # start on Monday. The visit dimensions' order is the bit order of the rollups' stored `grain`
 # (see grain_id): it must not change without rebuilding every rollup.
 DIMENSIONS: dict[Dimension, DimensionSpec] = {
-    "time:hour": _bucket(
-        "to_char(date_trunc('hour', occurred_at AT TIME ZONE :timezone), 'YYYY-MM-DD\"T\"HH24:00')", in_rollups=False
+    "time:hour": DimensionSpec(
+        raw="to_char(date_trunc('hour', occurred_at AT TIME ZONE :timezone), 'YYYY-MM-DD\"T\"HH24:00')",
+        rolled="to_char(day + make_interval(hours => hour), 'YYYY-MM-DD\"T\"HH24:00')",
+        splits_weeks=True,
+        cube_column="hour",
     ),
     "time:day": _bucket("to_char(day, 'YYYY-MM-DD')"),
     "time:week": _bucket("to_char(date_trunc('week', day), 'YYYY-MM-DD')", splits_weeks=False),
     "time:month": _bucket("to_char(day, 'YYYY-MM')"),
-    "page": DimensionSpec(raw="path", rolled="page"),
-    "domain": DimensionSpec(raw="domain"),
+    "page": DimensionSpec(raw="path", rolled="page", per_event=True, cube_column="page"),
+    "domain": DimensionSpec(raw="domain", rolled="domain", per_event=True, cube_column="domain"),
     "referrer": _visit("referrer_domain", "referrer"),
     "utm_source": _visit("utm_source", "utm_source"),
     "utm_medium": _visit("utm_medium", "utm_medium"),
@@ -82,9 +90,9 @@ DIMENSIONS: dict[Dimension, DimensionSpec] = {
     "browser": _visit("browser", "browser"),
     "os": _visit("os", "os"),
     "device": _visit("device_type", "device"),
-    "event_name": DimensionSpec(raw="name"),
-    "entry_page": DimensionSpec(raw="entry_page"),
-    "exit_page": DimensionSpec(raw="exit_page"),
+    "event_name": DimensionSpec(raw="name", rolled="event_name", per_event=True, cube_column="event_name"),
+    "entry_page": DimensionSpec(raw="entry_page", rolled="entry_page", cube_column="entry_page"),
+    "exit_page": DimensionSpec(raw="exit_page", rolled="exit_page", cube_column="exit_page"),
 }
 if tuple(DIMENSIONS) != get_args(Dimension):
     raise RuntimeError("DIMENSIONS must list exactly the Dimension names, in their order")
@@ -109,20 +117,44 @@ def grain_id(dimensions: frozenset[str]) -> int:
 
 
 @dataclass(frozen=True)
+class FixedColumn:
+    """A cube's column that every one of its grains holds: the page, the entry or exit page, the hour.
+
+    `event` is its value for an event row (over `base`: an event with its session's columns),
+    `session` for a session row. A `per_event` column (the page) is a property of each event: a
+    session has a row per value among its events (over `base`); otherwise one (over `sess`).
+    """
+
+    name: str
+    sql_type: str
+    event: str
+    session: str
+    per_event: bool = False
+
+
+@dataclass(frozen=True)
 class Cube:
-    """A rollup table: rows per day and grain; `fixed` dimensions are in every grain.
+    """A rollup table: rows per day and grain; `fixed` columns are in every grain.
 
     `weekly_table`, if any, holds the same rows pre-unioned per complete week (Monday first).
     """
 
     table: str
-    fixed: tuple[str, ...]
+    fixed_columns: tuple[FixedColumn, ...]
     grains: tuple[frozenset[str], ...]
     weekly_table: str | None = None
 
     @property
+    def fixed(self) -> tuple[str, ...]:
+        return tuple(column.name for column in self.fixed_columns)
+
+    @property
     def columns(self) -> tuple[str, ...]:
         return (*self.fixed, *VISIT_DIMENSIONS)
+
+    @property
+    def per_event(self) -> bool:
+        return any(column.per_event for column in self.fixed_columns)
 
     def grain_for(self, dimensions: set[str]) -> frozenset[str] | None:
         """The smallest stored grain that holds these dimensions."""
@@ -141,15 +173,31 @@ def _grains_up_to_pairs(extra: tuple[frozenset[str], ...] = ()) -> tuple[frozens
     return (frozenset(), *singles, *pairs, *extra)
 
 
+_SINGLES = (frozenset(), *(frozenset({name}) for name in VISIT_DIMENSIONS))
+PAGE = FixedColumn("page", "text", event="path", session="path", per_event=True)
+ENTRY_PAGE = FixedColumn("entry_page", "text", event="entry_page", session="entry_page")
+EXIT_PAGE = FixedColumn("exit_page", "text", event="exit_page", session="exit_page")
+# The local hour of the event, or of the session's start.
+HOUR = FixedColumn(
+    "hour",
+    "smallint",
+    event="extract(hour FROM occurred_at AT TIME ZONE :timezone)::smallint",
+    session="extract(hour FROM s_started_at AT TIME ZONE :timezone)::smallint",
+)
+
 # Visits: totals, each visit dimension, each pair (one filter plus one breakdown), and the full
 # cube for anything with more dimensions. Pages: each page alone and with one visit dimension.
 VISITS_CUBE = Cube("query_rollup_visits", (), _grains_up_to_pairs((frozenset(VISIT_DIMENSIONS),)))
 # Only pages have weekly rows: a page query unions a sketch per page and day, hundreds of
 # pages times thirty days, where a visits query unions thirty.
-PAGES_CUBE = Cube(
-    "query_rollup_pages",
-    ("page",),
-    (frozenset(), *(frozenset({name}) for name in VISIT_DIMENSIONS)),
-    weekly_table="query_rollup_page_weeks",
-)
-CUBES = (VISITS_CUBE, PAGES_CUBE)
+PAGES_CUBE = Cube("query_rollup_pages", (PAGE,), _SINGLES, weekly_table="query_rollup_page_weeks")
+DOMAIN = FixedColumn("domain", "text", event="domain", session="domain", per_event=True)
+EVENT_NAME = FixedColumn("event_name", "text", event="name", session="name", per_event=True)
+# Entry and exit pages and hours, each alone and with one visit dimension (migration 0610).
+ENTRY_PAGES_CUBE = Cube("query_rollup_entry_pages", (ENTRY_PAGE,), _SINGLES)
+EXIT_PAGES_CUBE = Cube("query_rollup_exit_pages", (EXIT_PAGE,), _SINGLES)
+HOURS_CUBE = Cube("query_rollup_hours", (HOUR,), _SINGLES)
+# Domains and event names: a handful of values each, alone (migration 0620).
+DOMAINS_CUBE = Cube("query_rollup_domains", (DOMAIN,), (frozenset(),))
+EVENT_NAMES_CUBE = Cube("query_rollup_event_names", (EVENT_NAME,), (frozenset(),))
+CUBES = (VISITS_CUBE, PAGES_CUBE, ENTRY_PAGES_CUBE, EXIT_PAGES_CUBE, HOURS_CUBE, DOMAINS_CUBE, EVENT_NAMES_CUBE)

@@ -10,13 +10,22 @@ from litestar.testing import AsyncTestClient
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from services.cli import admin
 from services.query import rollup_repository
 from services.query.app import create_app
 from services.query.planner import cube_for
 from services.query.repository import AggregateQuery, FilterClause
 from services.query.settings import QuerySettings
 from services.query.tasks import pause_after_round
-from services.query.vocabulary import HLL_RELATIVE_STANDARD_ERROR, PAGES_CUBE, VISITS_CUBE
+from services.query.vocabulary import (
+    ENTRY_PAGES_CUBE,
+    EVENT_NAMES_CUBE,
+    EXIT_PAGES_CUBE,
+    HLL_RELATIVE_STANDARD_ERROR,
+    HOURS_CUBE,
+    PAGES_CUBE,
+    VISITS_CUBE,
+)
 from tests.harness import DatabaseHarness
 from tests.query.conftest import (
     Event,
@@ -53,12 +62,14 @@ async def test_inserts_are_counted_per_local_day(db: DatabaseHarness, engine: As
         project_id,
         [Event("a", "s", berlin("2026-01-12T23:40:00")), Event("a", "s", berlin("2026-01-13T00:30:00"))],
     )
-    assert await rollup_days(engine, project_id) == [("2026-01-12", 2, None), ("2026-01-13", 1, None)]
+    # Each event is its own statement. The 00:30 event extends session s, which started on Jan 12, so
+    # it changes Jan 12 too (the session's figures live on its start day): Jan 12 three times.
+    assert await rollup_days(engine, project_id) == [("2026-01-12", 3, None), ("2026-01-13", 1, None)]
     await build_rollups(engine, project)
-    assert await rollup_days(engine, project_id) == [("2026-01-12", 2, 2), ("2026-01-13", 1, 1)]
+    assert await rollup_days(engine, project_id) == [("2026-01-12", 3, 3), ("2026-01-13", 1, 1)]
     async with engine.begin() as connection:
         await connection.execute(text("DELETE FROM events WHERE project_id = :p"), {"p": project_id})
-    assert await rollup_days(engine, project_id) == [("2026-01-12", 3, 2), ("2026-01-13", 2, 1)]
+    assert await rollup_days(engine, project_id) == [("2026-01-12", 4, 3), ("2026-01-13", 2, 1)]
 
 
 async def test_a_late_event_is_seen_at_once_or_within_the_staleness_bound(
@@ -112,9 +123,9 @@ async def test_visitor_estimates_stay_within_the_stated_bound(db: DatabaseHarnes
         body = await query(client, project, metrics=["visitors", "pageviews", "sessions"])
         exact = await client.post(
             "/v1/query",
-            # an hour bucket is not in any rollup, so this reads events: exact
+            # domain with country is not in any rollup, so this reads events: exact
             json={"period": "custom", "date_from": "2026-01-12", "date_to": "2026-01-13", "metrics": ["visitors"]}
-            | {"dimensions": ["time:hour"], "limit": 1},
+            | {"dimensions": ["domain", "country"], "limit": 1},
             headers=auth(project),
         )
     estimate, pageviews, sessions = table(body)[0]
@@ -152,11 +163,20 @@ def test_the_smallest_grain_that_holds_the_query_is_chosen() -> None:
     assert cube_for(aggregate(("page",), (country_de,))) == (PAGES_CUBE, frozenset({"country"}))
     pricing = FilterClause("page", "is", ("/pricing",))
     assert cube_for(aggregate(("browser",), (pricing,), ("sessions",))) == (PAGES_CUBE, frozenset({"browser"}))
-    # Not in any rollup: hours, event-level dimensions other than page, page with two visit dimensions,
-    # and session metrics over several pages (a session seeing two of them would count twice).
-    assert cube_for(aggregate(("time:hour",))) is None
-    assert cube_for(aggregate(("entry_page",))) is None
-    assert cube_for(aggregate(("domain",))) is None
+    # Entry and exit pages and hours have cubes of their own; a session has one of each, so
+    # session metrics over several of them add up.
+    assert cube_for(aggregate(("time:hour",), (country_de,))) == (HOURS_CUBE, frozenset({"country"}))
+    entries = FilterClause("entry_page", "contains", ("pri",))
+    assert cube_for(aggregate(("os",), (entries,), ("sessions",))) == (ENTRY_PAGES_CUBE, frozenset({"os"}))
+    assert cube_for(aggregate(("exit_page",))) == (EXIT_PAGES_CUBE, frozenset())
+    # Not in any rollup: domain or event name with anything else, two fixed columns, page with two
+    # visit dimensions, and session metrics over several pages (a session seeing two would count twice).
+    assert cube_for(aggregate(("time:hour", "page"))) is None
+    assert cube_for(aggregate(("entry_page", "exit_page"))) is None
+    assert cube_for(aggregate(("domain", "country"))) is None
+    assert cube_for(aggregate(("event_name",), (), ("sessions",))) == (EVENT_NAMES_CUBE, frozenset())
+    signup = FilterClause("event_name", "is", ("signup",))
+    assert cube_for(aggregate(("country",), (signup,))) is None
     assert cube_for(aggregate(("page", "country"), (FilterClause("device", "is", ("mobile",)),))) is None
     some_pages = FilterClause("page", "contains", ("pri",))
     assert cube_for(aggregate((), (some_pages,), ("sessions",))) is None
@@ -256,3 +276,34 @@ def test_the_refresher_spaces_rounds_out_so_rebuilding_stays_under_its_share(
 ) -> None:
     settings = QuerySettings(rollup_interval_s=30.0, rollup_max_busy_share=share)
     assert pause_after_round(busy_s, settings) == pytest.approx(expected_s)
+
+
+async def test_a_timezone_change_drops_the_rollups_and_rebuilds_them_in_the_new_zone(
+    db: DatabaseHarness, engine: AsyncEngine
+) -> None:
+    project = await new_project(db)
+    project_id = int(project["id"])
+    # Berlin: both on Jan 13 (00:30 and 10:00). New York: Jan 12 18:30 and Jan 13 04:00.
+    await insert_events(
+        engine,
+        project_id,
+        [Event("a", "s1", berlin("2026-01-13T00:30:00")), Event("b", "s2", berlin("2026-01-13T10:00:00"))],
+    )
+    await build_rollups(engine, project)
+    spec = {"metrics": ["pageviews", "sessions"], "dimensions": ["time:day"], "date_from": "2026-01-11"}
+    settings = QuerySettings(rollup_max_staleness_s=3600, rollup_interval_s=0)
+    async with AsyncTestClient(create_app(db.database, query_settings=settings)) as client:
+        before = await query(client, project, **spec)
+    assert (table(before), before["meta"]["source"]) == ([["2026-01-13", 2, 2]], "rollups")
+
+    assert await admin.set_project_timezone(db.admin, project_id, "America/New_York")
+    # Every old-zone row is gone; the days are marked afresh in the new zone, unbuilt.
+    assert await rollup_days(engine, project_id) == [("2026-01-12", 1, None), ("2026-01-13", 1, None)]
+    async with AsyncTestClient(create_app(db.database, query_settings=settings)) as client:
+        raw = await query(client, project, **spec)
+        assert (table(raw), raw["meta"]["source"]) == ([["2026-01-12", 1, 1], ["2026-01-13", 1, 1]], "events")
+        await build_rollups(engine, project)
+        rebuilt = await query(client, project, **spec)
+    assert (table(rebuilt), rebuilt["meta"]["source"]) == (table(raw), "rollups")
+    with pytest.raises(admin.ProjectInputError):
+        await admin.set_project_timezone(db.admin, project_id, "Mars/Olympus_Mons")

@@ -51,12 +51,30 @@ async def _rows_for(engine: AsyncEngine, project_id: int, distinct_id: str, clai
 async def _rollup_rows(engine: AsyncEngine, project_id: int) -> dict[str, int]:
     async with engine.connect() as connection:
         counts = {}
-        for table_name in ("query_rollup_visits", "query_rollup_pages", "query_rollup_page_weeks"):
+        for table_name in (
+            "query_rollup_visits",
+            "query_rollup_pages",
+            "query_rollup_entry_pages",
+            "query_rollup_exit_pages",
+            "query_rollup_hours",
+            "query_rollup_domains",
+            "query_rollup_event_names",
+            "query_rollup_page_weeks",
+        ):
             result = await connection.execute(
                 text(f"SELECT count(*) > 0 FROM {table_name} WHERE project_id = :p"), {"p": project_id}
             )
             counts[table_name] = int(result.scalar_one())
         return counts
+
+
+async def _query_sessions(engine: AsyncEngine, project_id: int) -> list[tuple[Any, ...]]:
+    async with engine.connect() as connection:
+        result = await connection.execute(
+            text("SELECT session_id, distinct_id, pageviews FROM query_sessions WHERE project_id = :p ORDER BY 1"),
+            {"p": project_id},
+        )
+        return [tuple(row) for row in result]
 
 
 async def test_erasure_removes_every_row_of_the_person_and_their_share_of_the_rollups(
@@ -106,10 +124,21 @@ async def test_erasure_removes_every_row_of_the_person_and_their_share_of_the_ro
         distinct_id="bob",
         started_at=berlin("2026-01-13T11:00:00"),
     )
+    # One query session per session id; a session's visitor is its smallest distinct id.
+    assert await _query_sessions(admin_engine, project_id) == [
+        ("s-bob", "bob", 4),
+        ("s-carol", "carol", 1),
+        ("s-zed", "zed", 3),
+    ]
     await build_rollups(engine, project)
     assert await _rollup_rows(admin_engine, project_id) == {
         "query_rollup_visits": 1,
         "query_rollup_pages": 1,
+        "query_rollup_entry_pages": 1,
+        "query_rollup_exit_pages": 1,
+        "query_rollup_hours": 1,
+        "query_rollup_domains": 1,
+        "query_rollup_event_names": 1,
         "query_rollup_page_weeks": 1,  # the week of Jan 12 is complete
     }
 
@@ -132,13 +161,27 @@ async def test_erasure_removes_every_row_of_the_person_and_their_share_of_the_ro
             # Every row of the three days and of their week: the sketches hold zed.
             "query_rollup_visits": response.json()["deletedRows"]["query_rollup_visits"],
             "query_rollup_pages": response.json()["deletedRows"]["query_rollup_pages"],
+            "query_rollup_entry_pages": response.json()["deletedRows"]["query_rollup_entry_pages"],
+            "query_rollup_exit_pages": response.json()["deletedRows"]["query_rollup_exit_pages"],
+            "query_rollup_hours": response.json()["deletedRows"]["query_rollup_hours"],
+            "query_rollup_domains": response.json()["deletedRows"]["query_rollup_domains"],
+            "query_rollup_event_names": response.json()["deletedRows"]["query_rollup_event_names"],
             "query_rollup_page_weeks": response.json()["deletedRows"]["query_rollup_page_weeks"],
             "query_rollup_weeks": 1,
             "query_rollup_days": 0,  # bob still has events on each day
         },
         "rollupDaysToRebuild": 3,
     }
-    assert min(response.json()["deletedRows"][name] for name in ("query_rollup_visits", "query_rollup_pages")) > 0
+    rollup_tables = (
+        "query_rollup_visits",
+        "query_rollup_pages",
+        "query_rollup_entry_pages",
+        "query_rollup_exit_pages",
+        "query_rollup_hours",
+        "query_rollup_domains",
+        "query_rollup_event_names",
+    )
+    assert min(response.json()["deletedRows"][name] for name in rollup_tables) > 0
 
     assert await _rows_for(admin_engine, project_id, "zed", zeds_uuids) == {
         "events": 0,
@@ -150,8 +193,15 @@ async def test_erasure_removes_every_row_of_the_person_and_their_share_of_the_ro
     assert await _rollup_rows(admin_engine, project_id) == {
         "query_rollup_visits": 0,
         "query_rollup_pages": 0,
+        "query_rollup_entry_pages": 0,
+        "query_rollup_exit_pages": 0,
+        "query_rollup_hours": 0,
+        "query_rollup_domains": 0,
+        "query_rollup_event_names": 0,
         "query_rollup_page_weeks": 0,
     }
+    # zed's session is gone; bob's, which held one of her events, is recomputed from his own.
+    assert await _query_sessions(admin_engine, project_id) == [("s-bob", "bob", 3), ("s-carol", "carol", 1)]
     # bob's recording is intact, the one begun as anon-9 is gone whole.
     sessions = (await client.get("/v1/sessions", headers=auth(project))).json()["sessions"]
     assert [(s["id"], s["chunkCount"]) for s in sessions] == [("s-bob", 2)]

@@ -43,6 +43,7 @@ RETAINED_ROWS = {
     "sessions": "SELECT session_id FROM replay_sessions WHERE project_id = :p ORDER BY session_id",
     "chunks": "SELECT DISTINCT session_id FROM replay_chunks WHERE project_id = :p ORDER BY 1",
     "idempotencyKeys": "SELECT count(*) FROM ingested_events WHERE project_id = :p",
+    "querySessions": "SELECT session_id FROM query_sessions WHERE project_id = :p ORDER BY session_id",
 }
 
 
@@ -84,11 +85,17 @@ async def test_retention_removes_what_each_projects_setting_no_longer_allows(
     assert {key: report[key] for key in report if key not in ignored} == {
         "deletedRows": {
             "events": 1,
+            "query_sessions": 1,  # the query service's row of the 31-day-old visit
             "replay_sessions": 1,
             "replay_chunks": 2,
             "ingested_events": 2,
             "query_rollup_visits": 0,  # no rollups were built here
             "query_rollup_pages": 0,
+            "query_rollup_entry_pages": 0,
+            "query_rollup_exit_pages": 0,
+            "query_rollup_hours": 0,
+            "query_rollup_domains": 0,
+            "query_rollup_event_names": 0,
             "query_rollup_page_weeks": 0,
             "query_rollup_weeks": 0,
             "query_rollup_days": 1,  # the 31-day-old day's marker (its event's insert made it)
@@ -105,6 +112,7 @@ async def test_retention_removes_what_each_projects_setting_no_longer_allows(
         "sessions": ["recent"],
         "chunks": ["recent"],
         "idempotencyKeys": [1],
+        "querySessions": ["recent"],
     }
     # The other project keeps the default 395 days: only its old idempotency key went.
     assert await project_rows(admin_engine, other_project["id"], RETAINED_ROWS) == {
@@ -112,6 +120,7 @@ async def test_retention_removes_what_each_projects_setting_no_longer_allows(
         "sessions": ["old", "recent"],
         "chunks": ["old", "recent"],
         "idempotencyKeys": [1],
+        "querySessions": ["old", "recent"],
     }
 
     again = json.loads((await sightline("retention", "apply", "--project", str(project["id"]))).output)
@@ -159,7 +168,17 @@ async def test_set_retention_refuses_an_unknown_project_and_a_non_positive_numbe
     assert zero.exit_code == 2
 
 
-ROLLUP_TABLES = ("query_rollup_visits", "query_rollup_pages", "query_rollup_page_weeks", "query_rollup_weeks")
+ROLLUP_TABLES = (
+    "query_rollup_visits",
+    "query_rollup_pages",
+    "query_rollup_entry_pages",
+    "query_rollup_exit_pages",
+    "query_rollup_hours",
+    "query_rollup_domains",
+    "query_rollup_event_names",
+    "query_rollup_page_weeks",
+    "query_rollup_weeks",
+)
 
 
 async def _rollup_counts(engine: AsyncEngine, project_id: int) -> dict[str, int]:

@@ -6,8 +6,16 @@ from services.common.models.ingested_event import IngestedEvent
 from services.common.models.project import Project
 from services.common.models.query_rollup_day import QueryRollupDay
 from services.common.models.query_rollup_page import query_rollup_page_weeks, query_rollup_pages
+from services.common.models.query_rollup_session_cube import (
+    query_rollup_domains,
+    query_rollup_entry_pages,
+    query_rollup_event_names,
+    query_rollup_exit_pages,
+    query_rollup_hours,
+)
 from services.common.models.query_rollup_visit import query_rollup_visits
 from services.common.models.query_rollup_week import QueryRollupWeek
+from services.common.models.query_session import QuerySession
 from services.common.models.replay_chunk import ReplayChunk
 from services.common.models.replay_session import ReplaySession
 
@@ -18,8 +26,14 @@ __all__ = [
     "Project",
     "QueryRollupDay",
     "QueryRollupWeek",
+    "QuerySession",
     "ReplayChunk",
     "ReplaySession",
+    "query_rollup_domains",
+    "query_rollup_entry_pages",
+    "query_rollup_event_names",
+    "query_rollup_exit_pages",
+    "query_rollup_hours",
     "query_rollup_page_weeks",
     "query_rollup_pages",
     "query_rollup_visits",

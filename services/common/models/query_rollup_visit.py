@@ -1,4 +1,4 @@
-"""Per-day rollup of visits (sessions clipped at local midnight) by where they came from and who they were.
+"""Per-day rollup of visits (each session on the day it started) by where they came from and who they were.
 
 Owned by the query service: rebuilt from events by services/query/rollup_repository.py.
 Core tables rather than mapped classes: the grain columns are nullable, so there is no key.
