@@ -27,7 +27,7 @@ fewer). Distributing a table that holds rows copies them to the workers under a 
 existing large single-node install, plan the move (docs/scaling.md).
 
 Revision ID: 0700
-Revises: 0670
+Revises: 0680
 Create Date: 2026-11-30
 """
 
@@ -38,7 +38,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0700"
-down_revision: str | None = "0670"
+down_revision: str | None = "0680"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

@@ -144,18 +144,14 @@ async def delete_project(settings: AdminDatabaseSettings, project_id: int) -> di
 async def set_project_timezone(settings: AdminDatabaseSettings, project_id: int, timezone: str) -> bool:
     """Sets a project's timezone and drops its rollups, whose days were the old zone's; False if
     there is no such project. Raises ProjectInputError for a zone Postgres does not know."""
-    engine = create_admin_engine(settings)
-    try:
-        async with engine.begin() as connection:
-            if not await project_repository.is_valid_timezone(connection, timezone):
-                raise ProjectInputError(f"unknown timezone {timezone!r}; use an IANA name such as Europe/Berlin")
-            days = await rollup_purge_repository.rollup_days_through(connection, project_id, date.max)
-            # Waits for a build in flight, which would otherwise write an old-zone day back.
-            await rollup_purge_repository.lock_days(connection, project_id, days)
-            project = await project_repository.set_timezone(connection, project_id, timezone)
-            if project is None:
-                return False
-            await rollup_purge_repository.forget_every_day(connection, project_id)
-    finally:
-        await engine.dispose()
+    async with admin_transaction(settings) as connection:
+        if not await project_repository.is_valid_timezone(connection, timezone):
+            raise ProjectInputError(f"unknown timezone {timezone!r}; use an IANA name such as Europe/Berlin")
+        days = await rollup_purge_repository.rollup_days_through(connection, project_id, date.max)
+        # Waits for a build in flight, which would otherwise write an old-zone day back.
+        await rollup_purge_repository.lock_days(connection, project_id, days)
+        project = await project_repository.set_timezone(connection, project_id, timezone)
+        if project is None:
+            return False
+        await rollup_purge_repository.forget_every_day(connection, project_id)
     return True
