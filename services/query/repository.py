@@ -13,7 +13,7 @@ Which way, which cube and which days is decided by services/query/planner.py, no
 
 Semantics shared by both (the API reference, README's "Dashboard queries", says the same):
 - a session is a session_id's non-bot events, whatever days they span: one row of
-  `query_sessions`, kept current by triggers on events (migration 0600);
+  `query_sessions`, kept current by triggers on events (migrations 0640, 0680);
 - a session belongs to the range, and to the time bucket, in which it started (its first
   event); its duration, pageviews per session, entry and exit pages and bounce are the whole
   session's, including events after the range's end. A session that started before the range

@@ -4,7 +4,7 @@ A day's rollup rows are computed from that day's raw events and the sessions tha
 it (`query_sessions`) with the same SQL the query path uses for days without rollups
 (services/query/repository.py), so both give the same figures. A session's figures live on
 its start day: an event extending yesterday's session marks yesterday changed too (the
-triggers of migration 0600), so its row is rebuilt with the session's new duration and exit.
+triggers of migrations 0640 and 0680), so its row is rebuilt with the session's new duration and exit.
 
 Freshness: a trigger on events bumps `query_rollup_days.changes` for every statement that
 inserts or deletes events of a (project, local day), holding that row's lock until the

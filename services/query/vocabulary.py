@@ -193,7 +193,7 @@ VISITS_CUBE = Cube("query_rollup_visits", (), _grains_up_to_pairs((frozenset(VIS
 PAGES_CUBE = Cube("query_rollup_pages", (PAGE,), _SINGLES, weekly_table="query_rollup_page_weeks")
 DOMAIN = FixedColumn("domain", "text", event="domain", session="domain", per_event=True)
 EVENT_NAME = FixedColumn("event_name", "text", event="name", session="name", per_event=True)
-# Entry and exit pages and hours, each alone and with one visit dimension (migration 0610).
+# Entry and exit pages and hours, each alone and with one visit dimension (migration 0650).
 ENTRY_PAGES_CUBE = Cube("query_rollup_entry_pages", (ENTRY_PAGE,), _SINGLES)
 EXIT_PAGES_CUBE = Cube("query_rollup_exit_pages", (EXIT_PAGE,), _SINGLES)
 HOURS_CUBE = Cube("query_rollup_hours", (HOUR,), _SINGLES)
