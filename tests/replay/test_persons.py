@@ -8,6 +8,7 @@ from typing import Any
 from litestar.testing import AsyncTestClient
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from services.common.rollup_purge_repository import SESSION_CUBE_TABLES
 from tests.replay.conftest import T0, Chunk, StoreSession, auth, insert_event, insert_session, project_rows
 
 # What a person's erasure touches, per project.
@@ -64,6 +65,7 @@ async def test_deleting_a_person_removes_their_events_and_recordings_only(
         "replay_chunks": 4,
         "query_rollup_visits": 0,  # no rollups were built in this test
         "query_rollup_pages": 0,
+        **dict.fromkeys(SESSION_CUBE_TABLES, 0),
         "query_rollup_page_weeks": 0,
         "query_rollup_weeks": 0,
         # Today keeps bob's event, so its marker stays (to rebuild); the day 900 days back
