@@ -170,6 +170,15 @@ def project() -> None:
     """Create, list and configure projects."""
 
 
+PROJECT_OPTION = click.option("--project", "project_id", type=int, required=True, help="The project's id.")
+
+
+def _found(project_id: int, found: object) -> None:
+    """Every project command's answer when the id names no project."""
+    if not found:
+        raise click.ClickException(f"no project with id {project_id}")
+
+
 @project.command("create")
 @click.option("--name", required=True)
 @click.option("--domain", "domains", multiple=True, required=True, help="Allowed host; repeat for more.")
@@ -199,17 +208,16 @@ def project_list() -> None:
 
 
 @project.command("set-retention")
-@click.option("--project", "project_id", type=int, required=True, help="The project's id.")
+@PROJECT_OPTION
 @click.option("--days", type=click.IntRange(min=1), required=True, help="Keep events and recordings this many days.")
 def project_set_retention(project_id: int, days: int) -> None:
     """Set how many days a project's events and recordings are kept (applied by `retention apply`)."""
-    if not asyncio.run(retention.set_project_retention(AdminDatabaseSettings.from_env(), project_id, days)):
-        raise click.ClickException(f"no project with id {project_id}")
+    _found(project_id, asyncio.run(retention.set_project_retention(AdminDatabaseSettings.from_env(), project_id, days)))
     click.echo(json.dumps({"id": project_id, "retentionDays": days}))
 
 
 @project.command("set-timezone")
-@click.option("--project", "project_id", type=int, required=True, help="The project's id.")
+@PROJECT_OPTION
 @click.option("--timezone", required=True, help="IANA zone for dashboards, e.g. America/New_York.")
 def project_set_timezone(project_id: int, timezone: str) -> None:
     """Set the zone whose local days and hours dashboards count in. The project's rollups are
@@ -218,13 +226,12 @@ def project_set_timezone(project_id: int, timezone: str) -> None:
         found = asyncio.run(admin.set_project_timezone(AdminDatabaseSettings.from_env(), project_id, timezone))
     except admin.ProjectInputError as exc:
         raise click.ClickException(str(exc)) from exc
-    if not found:
-        raise click.ClickException(f"no project with id {project_id}")
+    _found(project_id, found)
     click.echo(json.dumps({"id": project_id, "timezone": timezone}))
 
 
 @project.command("rotate-keys")
-@click.option("--project", "project_id", type=int, required=True, help="The project's id.")
+@PROJECT_OPTION
 @click.option(
     "--grace-hours",
     type=click.FloatRange(min=0),
@@ -236,30 +243,27 @@ def project_rotate_keys(project_id: int, grace_hours: float) -> None:
     """New public and secret keys; prints them once. The old secret key stops now (services cache
     keys for up to 30 s), the old public key after the grace period."""
     rotated = asyncio.run(admin.rotate_project_keys(AdminDatabaseSettings.from_env(), project_id, grace_hours * 3600))
-    if rotated is None:
-        raise click.ClickException(f"no project with id {project_id}")
+    _found(project_id, rotated is not None)
     click.echo(json.dumps(rotated, indent=2))
 
 
 @project.command("revoke")
-@click.option("--project", "project_id", type=int, required=True, help="The project's id.")
+@PROJECT_OPTION
 def project_revoke(project_id: int) -> None:
     """Stop every key of the project (its data stays; `project delete` removes it)."""
-    if not asyncio.run(admin.revoke_project(AdminDatabaseSettings.from_env(), project_id)):
-        raise click.ClickException(f"no project with id {project_id}")
+    _found(project_id, asyncio.run(admin.revoke_project(AdminDatabaseSettings.from_env(), project_id)))
     click.echo(json.dumps({"id": project_id, "revoked": True}))
 
 
 @project.command("delete")
-@click.option("--project", "project_id", type=int, required=True, help="The project's id.")
+@PROJECT_OPTION
 @click.option("--yes", is_flag=True, help="Confirm: every event, recording and rollup of the project goes.")
 def project_delete(project_id: int, yes: bool) -> None:
     """Delete the project and all its data (like an erasure of every person in it); prints rows per table."""
     if not yes:
         raise click.UsageError("deleting a project removes all its data; pass --yes to confirm")
     deleted = asyncio.run(admin.delete_project(AdminDatabaseSettings.from_env(), project_id))
-    if deleted is None:
-        raise click.ClickException(f"no project with id {project_id}")
+    _found(project_id, deleted is not None)
     click.echo(json.dumps({"id": project_id, "deletedRows": deleted}, indent=2))
 
 
@@ -340,7 +344,7 @@ def citus_rebalance(wait_s: float) -> None:
 
 
 @citus_group.command("isolate")
-@click.option("--project", "project_id", type=int, required=True, help="The project's id.")
+@PROJECT_OPTION
 def citus_isolate(project_id: int) -> None:
     """Give a big project shards of its own in every table (isolate_tenant_to_new_shard); prints JSON."""
     try:

@@ -19,6 +19,8 @@ from sqlalchemy import BigInteger, CursorResult, Text, bindparam, text
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from services.common.rollup_purge_repository import DAY_ROLLUP_TABLES, WEEK_ROLLUP_TABLES
+
 _PERSON_PARAMS = (bindparam("project_id", type_=BigInteger), bindparam("distinct_id", type_=Text))
 
 
@@ -124,15 +126,8 @@ _PROJECT_TABLES = (
     # which is wasted work when every event of the project goes.
     "query_sessions",
     "events",
-    "query_rollup_visits",
-    "query_rollup_pages",
-    "query_rollup_entry_pages",
-    "query_rollup_exit_pages",
-    "query_rollup_hours",
-    "query_rollup_domains",
-    "query_rollup_event_names",
-    "query_rollup_page_weeks",
-    "query_rollup_weeks",
+    *DAY_ROLLUP_TABLES,
+    *WEEK_ROLLUP_TABLES,
     "query_rollup_days",
     "projects",
 )

@@ -39,7 +39,7 @@ def week_of(day: date) -> date:
     return day - timedelta(days=day.weekday())
 
 
-# Per-day rollup tables beside visits and pages (migrations 0610, 0620), purged the same way.
+# Per-day rollup tables beside visits and pages (migrations 0650, 0660), purged the same way.
 SESSION_CUBE_TABLES = (
     "query_rollup_entry_pages",
     "query_rollup_exit_pages",
@@ -47,6 +47,9 @@ SESSION_CUBE_TABLES = (
     "query_rollup_domains",
     "query_rollup_event_names",
 )
+# Every table of rows derived from a project's days, and of the weeks made from those days.
+DAY_ROLLUP_TABLES = ("query_rollup_visits", "query_rollup_pages", *SESSION_CUBE_TABLES)
+WEEK_ROLLUP_TABLES = ("query_rollup_page_weeks", "query_rollup_weeks")
 
 
 @dataclass

@@ -12,6 +12,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.common.db import asyncpg_connection
+from services.common.rollup_purge_repository import DAY_ROLLUP_TABLES
 from services.ingest.repository import write_batch
 from services.query.app import create_app as create_query_app
 from services.query.settings import QuerySettings
@@ -51,16 +52,7 @@ async def _rows_for(engine: AsyncEngine, project_id: int, distinct_id: str, clai
 async def _rollup_rows(engine: AsyncEngine, project_id: int) -> dict[str, int]:
     async with engine.connect() as connection:
         counts = {}
-        for table_name in (
-            "query_rollup_visits",
-            "query_rollup_pages",
-            "query_rollup_entry_pages",
-            "query_rollup_exit_pages",
-            "query_rollup_hours",
-            "query_rollup_domains",
-            "query_rollup_event_names",
-            "query_rollup_page_weeks",
-        ):
+        for table_name in (*DAY_ROLLUP_TABLES, "query_rollup_page_weeks"):
             result = await connection.execute(
                 text(f"SELECT count(*) > 0 FROM {table_name} WHERE project_id = :p"), {"p": project_id}
             )
@@ -172,16 +164,7 @@ async def test_erasure_removes_every_row_of_the_person_and_their_share_of_the_ro
         },
         "rollupDaysToRebuild": 3,
     }
-    rollup_tables = (
-        "query_rollup_visits",
-        "query_rollup_pages",
-        "query_rollup_entry_pages",
-        "query_rollup_exit_pages",
-        "query_rollup_hours",
-        "query_rollup_domains",
-        "query_rollup_event_names",
-    )
-    assert min(response.json()["deletedRows"][name] for name in rollup_tables) > 0
+    assert min(response.json()["deletedRows"][name] for name in DAY_ROLLUP_TABLES) > 0
 
     assert await _rows_for(admin_engine, project_id, "zed", zeds_uuids) == {
         "events": 0,

@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.cli.main import cli
 from services.common import partition_repository
+from services.common.rollup_purge_repository import DAY_ROLLUP_TABLES, WEEK_ROLLUP_TABLES
 from services.query.app import create_app as create_query_app
 from services.query.settings import QuerySettings
 from tests.harness import DatabaseHarness
@@ -168,17 +169,7 @@ async def test_set_retention_refuses_an_unknown_project_and_a_non_positive_numbe
     assert zero.exit_code == 2
 
 
-ROLLUP_TABLES = (
-    "query_rollup_visits",
-    "query_rollup_pages",
-    "query_rollup_entry_pages",
-    "query_rollup_exit_pages",
-    "query_rollup_hours",
-    "query_rollup_domains",
-    "query_rollup_event_names",
-    "query_rollup_page_weeks",
-    "query_rollup_weeks",
-)
+ROLLUP_TABLES = (*DAY_ROLLUP_TABLES, *WEEK_ROLLUP_TABLES)
 
 
 async def _rollup_counts(engine: AsyncEngine, project_id: int) -> dict[str, int]:

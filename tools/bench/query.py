@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 from zoneinfo import ZoneInfo
 
 import httpx
@@ -36,6 +36,7 @@ from services.query import planner, repository, rollup_repository, service
 from services.query.schemas import QuerySpec
 from services.query.settings import QuerySettings
 from services.query.tasks import refresh_until_current, rollup_engine
+from services.query.vocabulary import DIMENSIONS, Metric
 
 TIMEZONE = "Europe/Berlin"
 DAYS = 30
@@ -122,26 +123,9 @@ FILTERS: dict[str, list[dict[str, Any]]] = {
 # Every shape the API accepts, timed over HTTP with --shapes: each dimension (with every metric),
 # comparison, a filter on each fixed column, funnels of 3 and 8 steps, retention; over 30 days
 # and 12 months (the 12-month range holds the same 30 days of data and 11 empty months).
-ALL_METRICS = ["visitors", "pageviews", "sessions", "bounce_rate", "visit_duration", "views_per_session", "events"]
-ALL_DIMENSIONS = [
-    "time:hour",
-    "time:day",
-    "time:week",
-    "time:month",
-    "page",
-    "domain",
-    "referrer",
-    "utm_source",
-    "utm_medium",
-    "utm_campaign",
-    "country",
-    "browser",
-    "os",
-    "device",
-    "event_name",
-    "entry_page",
-    "exit_page",
-]
+# Every metric and dimension the API accepts, from the query service's own vocabulary.
+ALL_METRICS = list(get_args(Metric))
+ALL_DIMENSIONS = list(DIMENSIONS)
 FUNNEL_STEPS = ["/", "/pricing", "/docs", "/blog", "/features", "/signup", "/about", "/contact"]
 
 
