@@ -117,9 +117,12 @@ _MARK_DAYS = """
             SELECT DISTINCT c.session_id FROM changed_events c
             WHERE c.project_id = changed_project {touched_filter} ORDER BY 1
         LOOP
-            SELECT s.started_at INTO previous_start FROM query_sessions s
-            WHERE s.project_id = changed_project AND s.session_id = touched.session_id;
-            IF FOUND THEN
+            -- EXECUTE: planned with this call's values every time. A cached generic plan, made
+            -- while query_sessions was small, would scan the whole table for every session.
+            EXECUTE 'SELECT started_at FROM query_sessions WHERE project_id = $1 AND session_id = $2'
+            INTO previous_start USING changed_project, touched.session_id;
+            -- (EXECUTE leaves FOUND alone; no row sets the target to NULL, and started_at never is.)
+            IF previous_start IS NOT NULL THEN
                 days := days || (previous_start AT TIME ZONE project_timezone)::date;
             END IF;
         END LOOP;
@@ -160,9 +163,10 @@ def upgrade() -> None:
         """
     )
     remaining = (
-        "(SELECT * FROM events e WHERE e.project_id = touched.project_id AND e.session_id = touched.session_id"
-        " AND e.occurred_at BETWEEN gone_start AND gone_end) remaining"
+        "(SELECT * FROM events e WHERE e.project_id = $1 AND e.session_id = $2"
+        " AND e.occurred_at BETWEEN $3 AND $4) remaining"
     )
+    recompute = _sessions_of(remaining).replace("'", "''")
     op.execute(
         f"""
         CREATE OR REPLACE FUNCTION query_sessions_note_deletes() RETURNS trigger LANGUAGE plpgsql AS $$
@@ -172,11 +176,13 @@ def upgrade() -> None:
             -- Each touched session again from the events left, which lie within its old span
             -- (so only the partitions of that span are read).
             FOR touched IN SELECT DISTINCT c.project_id, c.session_id FROM changed_events c ORDER BY 1, 2 LOOP
-                DELETE FROM query_sessions s
-                WHERE s.project_id = touched.project_id AND s.session_id = touched.session_id
-                RETURNING s.started_at, s.ended_at INTO gone_start, gone_end;
-                CONTINUE WHEN NOT FOUND;
-                FOR merged IN {_sessions_of(remaining)} LOOP
+                -- EXECUTE, as for the lookup above: each statement planned with its own values.
+                EXECUTE 'DELETE FROM query_sessions WHERE project_id = $1 AND session_id = $2'
+                    ' RETURNING started_at, ended_at'
+                INTO gone_start, gone_end USING touched.project_id, touched.session_id;
+                CONTINUE WHEN gone_start IS NULL;
+                FOR merged IN EXECUTE '{recompute}' USING touched.project_id, touched.session_id, gone_start, gone_end
+                LOOP
                     INSERT INTO query_sessions ({_COLUMNS}) VALUES ({_VALUES});
                 END LOOP;
             END LOOP;
