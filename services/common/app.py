@@ -17,12 +17,11 @@ from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import JsonRenderPlugin
 from litestar.plugins.opentelemetry import OpenTelemetryConfig
 from litestar.types import ControllerRouterHandler, Middleware
-from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.common.api_reference import API_REFERENCE_POLICY, PlainReferencePlugin
 from services.common.auth import ProjectCache
-from services.common.db import create_engine, set_statement_timeout, transaction
+from services.common.db import create_engine, set_read_only, set_statement_timeout, transaction
 from services.common.errors import EXCEPTION_HANDLERS, JsonBodyRequest
 from services.common.health import HealthController, ReadyProbe
 from services.common.log import configure_logging
@@ -50,7 +49,7 @@ async def provide_read_transaction(
     """
     async with transaction(state.engine) as connection:
         # Must come first in the transaction; a query can then never write, whatever it says.
-        await connection.execute(text("SET TRANSACTION READ ONLY"))
+        await set_read_only(connection)
         await set_statement_timeout(connection, state.statement_timeout_ms)
         yield connection
 

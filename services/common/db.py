@@ -79,6 +79,11 @@ async def set_statement_timeout(connection: AsyncConnection, timeout_ms: int) ->
     )
 
 
+async def set_read_only(connection: AsyncConnection) -> None:
+    """The current transaction may not write, whatever a statement says; must come first in it."""
+    await connection.execute(text("SET TRANSACTION READ ONLY"))
+
+
 async def asyncpg_connection(connection: AsyncConnection) -> asyncpg.Connection:
     """The asyncpg connection under a pooled SQLAlchemy one, for the few hot paths that skip the adapter.
 
