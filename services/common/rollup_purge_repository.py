@@ -50,6 +50,10 @@ SESSION_CUBE_TABLES = (
 # Every table of rows derived from a project's days, and of the weeks made from those days.
 DAY_ROLLUP_TABLES = ("query_rollup_visits", "query_rollup_pages", *SESSION_CUBE_TABLES)
 WEEK_ROLLUP_TABLES = ("query_rollup_page_weeks", "query_rollup_weeks")
+# Retention cohorts (migration 0720): counts per (active_day, first_day), and each week's stamp.
+# A week's rows depend on every session up to its Sunday (first-seen days), so a purge of some
+# days drops their rows and the stamps of their weeks and of every later week: those are rebuilt.
+RETENTION_ROLLUP_TABLES = ("query_rollup_retention", "query_rollup_retention_weeks")
 
 
 @dataclass
@@ -59,6 +63,8 @@ class RollupPurgeCounts:
     session_cube_rows: dict[str, int] = field(default_factory=lambda: dict.fromkeys(SESSION_CUBE_TABLES, 0))
     page_week_rows: int = 0
     weeks: int = 0
+    retention_rows: int = 0
+    retention_weeks: int = 0
     days_forgotten: int = 0
     days_to_rebuild: int = 0
 
@@ -69,6 +75,8 @@ class RollupPurgeCounts:
             self.session_cube_rows[table] += rows
         self.page_week_rows += other.page_week_rows
         self.weeks += other.weeks
+        self.retention_rows += other.retention_rows
+        self.retention_weeks += other.retention_weeks
         self.days_forgotten += other.days_forgotten
         self.days_to_rebuild += other.days_to_rebuild
 
@@ -79,6 +87,8 @@ class RollupPurgeCounts:
             **self.session_cube_rows,
             "query_rollup_page_weeks": self.page_week_rows,
             "query_rollup_weeks": self.weeks,
+            "query_rollup_retention": self.retention_rows,
+            "query_rollup_retention_weeks": self.retention_weeks,
             "query_rollup_days": self.days_forgotten,
         }
 
@@ -118,8 +128,9 @@ async def purge_days(connection: AsyncConnection, project_id: int, days: Collect
         return counts
     day_list = sorted(set(days))
     week_list = sorted({week_of(day) for day in day_list})
-    params = {"project_id": project_id, "days": day_list, "weeks": week_list}
+    params = {"project_id": project_id, "days": day_list, "weeks": week_list, "week": week_list[0]}
     await _delete_rollup_rows(connection, counts, params, "day = ANY(:days)", "week = ANY(:weeks)")
+    await _delete_retention_rows(connection, counts, params, "active_day = ANY(:days)")
     # Days left without any event need no marker (a day without one has never had an event).
     # The timezone is the project's: the same local day the delete trigger counted.
     counts.days_forgotten = await _rowcount(
@@ -145,6 +156,8 @@ async def purge_before(connection: AsyncConnection, project_id: int, first_kept_
     params = {"project_id": project_id, "day": first_kept_day, "week": week_of(first_kept_day)}
     counts = RollupPurgeCounts()
     await _delete_rollup_rows(connection, counts, params, "day <= :day", "week <= :week")
+    # Visitors first seen before the cutoff are first seen later once their sessions are gone.
+    await _delete_retention_rows(connection, counts, params, "(active_day <= :day OR first_day <= :day)")
     counts.days_forgotten = await _rowcount(
         connection, "DELETE FROM query_rollup_days WHERE project_id = :project_id AND day < :day", params
     )
@@ -167,6 +180,18 @@ async def _delete_rollup_rows(
     counts.weeks = await _rowcount(connection, f"DELETE FROM query_rollup_weeks {where} {weeks}", params)
 
 
+async def _delete_retention_rows(
+    connection: AsyncConnection, counts: RollupPurgeCounts, params: dict[str, object], rows: str
+) -> None:
+    """The project's retention rows matching ``rows`` (written here, never from input), and the
+    stamps of :week and every later week, which are rebuilt from the sessions left."""
+    where = "WHERE project_id = :project_id AND"
+    counts.retention_rows = await _rowcount(connection, f"DELETE FROM query_rollup_retention {where} {rows}", params)
+    counts.retention_weeks = await _rowcount(
+        connection, f"DELETE FROM query_rollup_retention_weeks {where} week >= :week", params
+    )
+
+
 async def _mark_to_rebuild(connection: AsyncConnection, days: str, params: dict[str, object]) -> int:
     return await _rowcount(
         connection,
@@ -180,6 +205,8 @@ async def _rowcount(connection: AsyncConnection, sql: str, params: dict[str, obj
     statement = text(sql)
     if ":days" in sql:
         statement = statement.bindparams(_DAYS)
+    if ":week " in sql or sql.endswith(":week"):
+        statement = statement.bindparams(bindparam("week", type_=Date))
     if ":weeks" in sql:
         statement = statement.bindparams(bindparam("weeks", type_=ARRAY(Date)))
     if ":project_id" in sql:
@@ -221,6 +248,12 @@ async def forget_every_day(connection: AsyncConnection, project_id: int) -> Roll
         connection, "DELETE FROM query_rollup_page_weeks WHERE project_id = :project_id", params
     )
     counts.weeks = await _rowcount(connection, "DELETE FROM query_rollup_weeks WHERE project_id = :project_id", params)
+    counts.retention_rows = await _rowcount(
+        connection, "DELETE FROM query_rollup_retention WHERE project_id = :project_id", params
+    )
+    counts.retention_weeks = await _rowcount(
+        connection, "DELETE FROM query_rollup_retention_weeks WHERE project_id = :project_id", params
+    )
     counts.days_forgotten = await _rowcount(
         connection, "DELETE FROM query_rollup_days WHERE project_id = :project_id", params
     )

@@ -146,3 +146,26 @@ async def plan(
         computed_start=local_midnight(computed[0], query.timezone) if computed else None,
         computed_end=local_midnight(computed[-1] + timedelta(days=1), query.timezone) if computed else None,
     )
+
+
+async def retention_from_rollups(
+    connection: AsyncConnection, project_id: int, span: ResolvedRange, settings: QuerySettings
+) -> bool:
+    """Whether retention cohorts over the range may be read from the retention rollup.
+
+    All or nothing: every week of the range that holds a day with events must have rows that are
+    exactly current (stamped with the latest build among the project's days up to its Sunday,
+    every one of those days current) or built less than max_staleness_s ago. Otherwise the
+    sessions are read. Weeks without events hold no rows and need none.
+    """
+    if not settings.rollups:
+        return False
+    first_week = span.date_from - timedelta(days=span.date_from.weekday())
+    last_week = span.date_to - timedelta(days=span.date_to.weekday())
+    states = await rollup_repository.retention_week_states(
+        connection, project_id, first_week, last_week, settings.rollup_max_staleness_s
+    )
+    return all(
+        state.fresh or (state.days_current and state.stamp is not None and state.stamp == state.days_built_at)
+        for state in states
+    )

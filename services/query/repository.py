@@ -590,3 +590,25 @@ async def retention(
         {"project_id": project_id, "timezone": timezone, "start": start, "end": end, "weeks": weeks},
     )
     return [RetentionCell(row.cohort_week, int(row.week_offset), int(row.visitors)) for row in result]
+
+
+async def retention_from_rollups(
+    connection: AsyncConnection, project_id: int, date_from: date, date_to: date, weeks: int
+) -> list[RetentionCell]:
+    """The cells of `retention` from query_rollup_retention (migration 0720) over local days
+    [date_from, date_to]: visitors first seen on a day of the range, counted in each week where
+    their first session of the week began by date_to. Every first-seen day of the range is at or
+    after date_from, and so is each later activity: both bounds apply to both days."""
+    cohort_week = "(first_day - (extract(isodow FROM first_day)::int - 1))"
+    active_week = "(active_day - (extract(isodow FROM active_day)::int - 1))"
+    result = await connection.execute(
+        text(
+            f"SELECT cohort_week, week_offset, sum(visitors) AS visitors FROM (SELECT {cohort_week} AS cohort_week,"
+            f" ({active_week} - {cohort_week}) / 7 AS week_offset, visitors FROM query_rollup_retention"
+            " WHERE project_id = :project_id AND active_day BETWEEN :date_from AND :date_to"
+            " AND first_day BETWEEN :date_from AND :date_to) cells"
+            " WHERE week_offset <= :weeks GROUP BY 1, 2 ORDER BY 1, 2"
+        ),
+        {"project_id": project_id, "date_from": date_from, "date_to": date_to, "weeks": weeks},
+    )
+    return [RetentionCell(row.cohort_week, int(row.week_offset), int(row.visitors)) for row in result]

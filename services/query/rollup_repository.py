@@ -234,3 +234,143 @@ async def rebuild_week(connection: AsyncConnection, *, project_id: int, week: da
         params,
     )
     return True
+
+
+# Retention cohorts (migration 0720). A week's rows count, per (active_day, first_day), the
+# visitors whose first session of the week began on active_day and whose first session ever began
+# on first_day. They depend on every session begun up to the week's Sunday (first-seen days go
+# back to the first ever), so a week is stamped with the latest build among the project's days
+# up to its Sunday: a day rebuilt since (events arrived, or were erased) makes the week and
+# every later one stale until rebuilt. query_sessions is kept at ingest, so a rebuild reads
+# sessions at least as fresh as the days' builds; `retention_week_states` says whether the rows
+# are exactly current (stamp equal, every day current).
+
+
+# The Monday of a date column or parameter (date_trunc on a date goes through the session's zone).
+def _monday(expression: str) -> str:
+    return f"({expression} - (extract(isodow FROM {expression})::int - 1))"
+
+
+@dataclass(frozen=True)
+class RetentionWeekState:
+    week: date  # the Monday
+    days_built_at: datetime | None  # latest build among the project's days up to its Sunday
+    days_current: bool  # every one of those days current
+    stamp: datetime | None  # the days_built_at the week's rows were built from; None: never built
+    fresh: bool  # the rows were built less than max_staleness_s ago
+
+
+async def retention_week_states(
+    connection: AsyncConnection, project_id: int, first_week: date, last_week: date, max_staleness_s: float
+) -> list[RetentionWeekState]:
+    """Each week in [first_week, last_week] that holds a day with events, with what decides
+    whether its retention rows may be read. Two statements on one project each (Citus routes
+    both to one shard)."""
+    params = {
+        "project_id": project_id,
+        "first_week": first_week,
+        "last_week": last_week,
+        "max_staleness_s": max_staleness_s,
+    }
+    days = await connection.execute(
+        text(
+            f"SELECT week, days_built_at, days_current FROM (SELECT week,"
+            " max(built_at) OVER (ORDER BY week) AS days_built_at,"
+            " bool_and(current) OVER (ORDER BY week) AS days_current"
+            f" FROM (SELECT {_monday('day')} AS week, max(built_at) AS built_at,"
+            " bool_and(built_changes IS NOT NULL AND built_changes = changes) AS current"
+            " FROM query_rollup_days WHERE project_id = :project_id AND day <= CAST(:last_week AS date) + 6"
+            " GROUP BY 1) per_week) running WHERE week >= :first_week ORDER BY week"
+        ),
+        params,
+    )
+    stamps = await connection.execute(
+        text(
+            "SELECT week, days_built_at, built_at > now() - make_interval(secs => :max_staleness_s) AS fresh"
+            " FROM query_rollup_retention_weeks"
+            " WHERE project_id = :project_id AND week BETWEEN :first_week AND :last_week"
+        ),
+        params,
+    )
+    stamped = {row.week: (row.days_built_at, bool(row.fresh)) for row in stamps}
+    states = []
+    for row in days:
+        stamp, fresh = stamped.get(row.week, (None, False))
+        states.append(RetentionWeekState(row.week, row.days_built_at, bool(row.days_current), stamp, fresh))
+    return states
+
+
+async def retention_weeks_to_build(
+    connection: AsyncConnection, limit: int, project_id: int | None = None
+) -> list[WeekToBuild]:
+    """Weeks holding days with events whose stamp is not the latest build among the days up to
+    their Sunday, newest first; only once each of those days has been built (while the first
+    builds of a project's days go on, every round would otherwise make the later weeks stale)."""
+    result = await connection.execute(
+        text(
+            "SELECT w.project_id, w.week FROM (SELECT project_id, week,"
+            " max(built_at) OVER (PARTITION BY project_id ORDER BY week) AS days_built_at,"
+            " bool_and(built) OVER (PARTITION BY project_id ORDER BY week) AS all_built"
+            f" FROM (SELECT project_id, {_monday('day')} AS week, max(built_at) AS built_at,"
+            " bool_and(built_at IS NOT NULL) AS built FROM query_rollup_days"
+            " WHERE (CAST(:project_id AS bigint) IS NULL OR project_id = :project_id)"
+            " GROUP BY 1, 2) per_week) w"
+            " LEFT JOIN query_rollup_retention_weeks r ON r.project_id = w.project_id AND r.week = w.week"
+            " WHERE w.all_built AND r.days_built_at IS DISTINCT FROM w.days_built_at"
+            " ORDER BY w.week DESC, w.project_id LIMIT :limit"
+        ),
+        {"limit": limit, "project_id": project_id},
+    )
+    return [WeekToBuild(row.project_id, row.week) for row in result]
+
+
+async def rebuild_retention_week(
+    connection: AsyncConnection, *, project_id: int, timezone: str, week: date, start: datetime, end: datetime
+) -> bool:
+    """Replace the week's retention rows (sessions begun in [start, end), the week's local
+    bounds); False if another process holds the week's lock (a builder, or a purge)."""
+    locked = await connection.execute(
+        text("SELECT pg_try_advisory_xact_lock(:namespace, hashtext(:key))"),
+        {"namespace": ROLLUP_LOCK_NAMESPACE, "key": week_lock_key(project_id, week)},
+    )
+    if not locked.scalar_one():
+        return False
+    params = {"project_id": project_id, "timezone": timezone, "week": week, "start": start, "end": end}
+    await connection.execute(
+        text(
+            "DELETE FROM query_rollup_retention WHERE project_id = :project_id"
+            " AND active_day BETWEEN :week AND CAST(:week AS date) + 6"
+        ),
+        params,
+    )
+    # One statement, so the stamp and the rows come from the same snapshot.
+    await connection.execute(
+        text(
+            "WITH stamp AS (INSERT INTO query_rollup_retention_weeks AS w (project_id, week, days_built_at, built_at)"
+            " SELECT :project_id, :week, max(built_at), now() FROM query_rollup_days"
+            " WHERE project_id = :project_id AND day <= CAST(:week AS date) + 6"
+            " ON CONFLICT (project_id, week) DO UPDATE"
+            " SET days_built_at = excluded.days_built_at, built_at = excluded.built_at),"
+            " active AS MATERIALIZED (SELECT distinct_id, min(started_at) AS active_at FROM query_sessions"
+            " WHERE project_id = :project_id AND started_at >= :start AND started_at < :end GROUP BY distinct_id),"
+            " firsts AS (SELECT distinct_id, min(started_at) AS first_at FROM query_sessions"
+            " WHERE project_id = :project_id AND started_at < :end"
+            " AND distinct_id IN (SELECT distinct_id FROM active) GROUP BY distinct_id)"
+            " INSERT INTO query_rollup_retention (project_id, active_day, first_day, visitors)"
+            " SELECT :project_id, (a.active_at AT TIME ZONE :timezone)::date,"
+            " (f.first_at AT TIME ZONE :timezone)::date, count(*)"
+            " FROM active a JOIN firsts f USING (distinct_id) GROUP BY 2, 3"
+        ),
+        params,
+    )
+    return True
+
+
+async def project_timezones(connection: AsyncConnection, project_ids: list[int]) -> dict[int, str]:
+    if not project_ids:
+        return {}
+    result = await connection.execute(
+        text("SELECT project_id, timezone FROM projects WHERE project_id = ANY(CAST(:project_ids AS bigint[]))"),
+        {"project_ids": project_ids},
+    )
+    return {int(row.project_id): str(row.timezone) for row in result}

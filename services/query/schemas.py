@@ -172,6 +172,17 @@ class RetentionCohort(msgspec.Struct):
     retention: list[RetentionWeek]
 
 
+class RetentionMeta(msgspec.Struct):
+    source: Annotated[
+        Literal["events", "rollups"],
+        msgspec.Meta(
+            description="'rollups': the retention rollup (visitors per first-seen day and first active day of "
+            "each week), used when every week of the range is current there; 'events': the sessions. Both exact."
+        ),
+    ]
+
+
 class RetentionResponse(msgspec.Struct):
     date_range: DateRange
     cohorts: list[RetentionCohort]
+    meta: RetentionMeta

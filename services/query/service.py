@@ -6,6 +6,7 @@ from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
+from typing import Literal
 from zoneinfo import ZoneInfo
 
 from litestar.status_codes import HTTP_422_UNPROCESSABLE_ENTITY
@@ -30,6 +31,7 @@ from services.query.schemas import (
     RealtimeResponse,
     ResultRow,
     RetentionCohort,
+    RetentionMeta,
     RetentionResponse,
     RetentionSpec,
     RetentionWeek,
@@ -241,9 +243,16 @@ class QueryService:
     ) -> RetentionResponse:
         current = resolve_range(spec, project.timezone, now)
         await repository.configure_transaction(connection)
-        cells = await repository.retention(
-            connection, project.project_id, project.timezone, current.start, current.end, spec.weeks
-        )
+        if await planner.retention_from_rollups(connection, project.project_id, current, self.settings):
+            source: Literal["events", "rollups"] = "rollups"
+            cells = await repository.retention_from_rollups(
+                connection, project.project_id, current.date_from, current.date_to, spec.weeks
+            )
+        else:
+            source = "events"
+            cells = await repository.retention(
+                connection, project.project_id, project.timezone, current.start, current.end, spec.weeks
+            )
         by_cohort: dict[date, dict[int, int]] = {}
         for cell in cells:
             by_cohort.setdefault(cell.cohort_week, {})[cell.week_offset] = cell.visitors
@@ -263,4 +272,6 @@ class QueryService:
                     ],
                 )
             )
-        return RetentionResponse(date_range=DateRange(current.date_from, current.date_to), cohorts=cohorts)
+        return RetentionResponse(
+            date_range=DateRange(current.date_from, current.date_to), cohorts=cohorts, meta=RetentionMeta(source)
+        )

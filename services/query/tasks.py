@@ -34,8 +34,8 @@ REBUILD_STATEMENT_TIMEOUT_MS = 120_000
 
 
 async def refresh_rollups(engine: AsyncEngine, days_per_round: int, project_id: int | None = None) -> int:
-    """Rebuild up to days_per_round changed days, then the weeks they complete; return how many
-    days and weeks were rebuilt."""
+    """Rebuild up to days_per_round changed days, then the weeks they complete, then as many stale
+    retention weeks; return how many days and weeks were rebuilt."""
     async with engine.begin() as connection:
         days = await rollup_repository.days_to_build(connection, days_per_round, project_id)
     rebuilt = 0
@@ -64,6 +64,27 @@ async def refresh_rollups(engine: AsyncEngine, days_per_round: int, project_id: 
         async with engine.begin() as connection:
             await set_statement_timeout(connection, REBUILD_STATEMENT_TIMEOUT_MS)
             if await rollup_repository.rebuild_week(connection, project_id=week.project_id, week=week.week):
+                rebuilt += 1
+    # Retention weeks last: a week's stamp is the latest build among the days up to its Sunday.
+    async with engine.begin() as connection:
+        retention_weeks = await rollup_repository.retention_weeks_to_build(connection, days_per_round, project_id)
+        timezones = await rollup_repository.project_timezones(
+            connection, sorted({week.project_id for week in retention_weeks})
+        )
+    for week in retention_weeks:
+        timezone = timezones.get(week.project_id)
+        if timezone is None:
+            continue  # the project is gone
+        async with engine.begin() as connection:
+            await set_statement_timeout(connection, REBUILD_STATEMENT_TIMEOUT_MS)
+            if await rollup_repository.rebuild_retention_week(
+                connection,
+                project_id=week.project_id,
+                timezone=timezone,
+                week=week.week,
+                start=local_midnight(week.week, timezone),
+                end=local_midnight(week.week + timedelta(days=7), timezone),
+            ):
                 rebuilt += 1
     return rebuilt
 

@@ -16,7 +16,18 @@ from services.query.schemas import QuerySpec
 from services.query.service import resolve_range
 from services.query.settings import QuerySettings
 from tests.harness import DatabaseHarness
-from tests.query.conftest import RANGE, Dataset, Event, auth, berlin, insert_events, new_project, query, table
+from tests.query.conftest import (
+    RANGE,
+    Dataset,
+    Event,
+    auth,
+    berlin,
+    build_rollups,
+    insert_events,
+    new_project,
+    query,
+    table,
+)
 
 
 async def funnel(client: AsyncTestClient[Any], project: dict[str, Any], **spec: Any) -> list[list[Any]]:
@@ -65,40 +76,58 @@ async def test_funnel_needs_two_steps(client: AsyncTestClient[Any], dataset: Dat
     assert "steps" in response.json()["error"]["field"]
 
 
-async def test_weekly_retention_cohorts(client: AsyncTestClient[Any], db: DatabaseHarness, engine: AsyncEngine) -> None:
-    project = await new_project(db)
+RETENTION_RANGE = {"period": "custom", "date_from": "2026-01-05", "date_to": "2026-01-28", "weeks": 8}
+
+
+def retention_events() -> list[Event]:
     # Weeks (Mondays, Berlin): W1 Jan 5, W2 Jan 12, W3 Jan 19, W4 Jan 26.
-    await insert_events(
-        engine,
-        int(project["id"]),
-        [
-            # r1: first seen W1, back in W2 and W4
-            Event("r1", "a", berlin("2026-01-05T10:00:00")),
-            Event("r1", "b", berlin("2026-01-13T10:00:00")),
-            Event("r1", "c", berlin("2026-01-27T10:00:00")),
-            # r2: W1 only (twice in the same week)
-            Event("r2", "d", berlin("2026-01-07T10:00:00")),
-            Event("r2", "e", berlin("2026-01-08T10:00:00")),
-            # r3: first seen Monday Jan 12 00:30 in Berlin (still Sunday, W1, in UTC), back in W3
-            Event("r3", "f", berlin("2026-01-12T00:30:00")),
-            Event("r3", "g", berlin("2026-01-20T10:00:00")),
-            # r4: W2 only
-            Event("r4", "h", berlin("2026-01-13T11:00:00")),
-            # r6 was first seen before the range: in no cohort, though active in W1
-            Event("r6", "i", berlin("2025-12-20T10:00:00")),
-            Event("r6", "j", berlin("2026-01-06T10:00:00")),
-            # a bot is in no cohort
-            Event("bot", "k", berlin("2026-01-06T10:00:00"), is_bot=True),
-            Event("bot", "l", berlin("2026-01-14T10:00:00"), is_bot=True),
-        ],
-    )
-    response = await client.post(
-        "/v1/retention",
-        json={"period": "custom", "date_from": "2026-01-05", "date_to": "2026-01-28", "weeks": 8},
-        headers=auth(project),
-    )
+    return [
+        # r1: first seen W1, back in W2 and W4
+        Event("r1", "a", berlin("2026-01-05T10:00:00")),
+        Event("r1", "b", berlin("2026-01-13T10:00:00")),
+        Event("r1", "c", berlin("2026-01-27T10:00:00")),
+        # r2: W1 only (twice in the same week)
+        Event("r2", "d", berlin("2026-01-07T10:00:00")),
+        Event("r2", "e", berlin("2026-01-08T10:00:00")),
+        # r3: first seen Monday Jan 12 00:30 in Berlin (still Sunday, W1, in UTC), back in W3
+        Event("r3", "f", berlin("2026-01-12T00:30:00")),
+        Event("r3", "g", berlin("2026-01-20T10:00:00")),
+        # r4: W2 only
+        Event("r4", "h", berlin("2026-01-13T11:00:00")),
+        # r6 was first seen before the range: in no cohort, though active in W1
+        Event("r6", "i", berlin("2025-12-20T10:00:00")),
+        Event("r6", "j", berlin("2026-01-06T10:00:00")),
+        # a bot is in no cohort
+        Event("bot", "k", berlin("2026-01-06T10:00:00"), is_bot=True),
+        Event("bot", "l", berlin("2026-01-14T10:00:00"), is_bot=True),
+    ]
+
+
+async def retention(client: AsyncTestClient[Any], project: dict[str, Any], **spec: Any) -> dict[str, Any]:
+    response = await client.post("/v1/retention", json={**RETENTION_RANGE, **spec}, headers=auth(project))
     assert response.status_code == 200, response.text
-    cohorts = response.json()["cohorts"]
+    return response.json()  # type: ignore[no-any-return]
+
+
+def cohort_rows(body: dict[str, Any]) -> list[tuple[Any, ...]]:
+    """As (week, visitors, [(week_offset, visitors, percentage), ...])."""
+    return [
+        (cohort["week"], cohort["visitors"], [tuple(week.values()) for week in cohort["retention"]])
+        for cohort in body["cohorts"]
+    ]
+
+
+@pytest.mark.parametrize("source", ["events", "rollups"])
+async def test_weekly_retention_cohorts(
+    client: AsyncTestClient[Any], db: DatabaseHarness, engine: AsyncEngine, source: str
+) -> None:
+    project = await new_project(db)
+    await insert_events(engine, int(project["id"]), retention_events())
+    if source == "rollups":
+        await build_rollups(engine, project)
+    body = await retention(client, project)
+    assert body["meta"] == {"source": source}
+    cohorts = body["cohorts"]
     assert cohorts[1] == {
         "week": "2026-01-12",
         "visitors": 2,
@@ -110,13 +139,49 @@ async def test_weekly_retention_cohorts(client: AsyncTestClient[Any], db: Databa
     }
     # As (week, visitors, [(week_offset, visitors, percentage), ...]): Jan 28 is in W4, so W1 has
     # offsets 0..3 so far and W2 0..2.
-    assert [
-        (cohort["week"], cohort["visitors"], [tuple(week.values()) for week in cohort["retention"]])
-        for cohort in cohorts
-    ] == [
+    assert cohort_rows(body) == [
         ("2026-01-05", 2, [(0, 2, 100.0), (1, 1, 50.0), (2, 0, 0.0), (3, 1, 50.0)]),
         ("2026-01-12", 2, [(0, 2, 100.0), (1, 1, 50.0), (2, 0, 0.0)]),
     ]
+    # Ending on Tuesday Jan 13: r1's W4 visit and r3's W3 one are after it; r4 (Jan 13 11:00) is
+    # in, r1's Jan 13 10:00 visit too. Weeks limited to 1 offset.
+    assert cohort_rows(await retention(client, project, date_to="2026-01-13", weeks=1)) == [
+        ("2026-01-05", 2, [(0, 2, 100.0), (1, 1, 50.0)]),
+        ("2026-01-12", 2, [(0, 2, 100.0)]),
+    ]
+    # Starting on Wednesday Jan 7: r1 was first seen before it, so only r2 is W1's cohort; the
+    # visitors first seen in W2 are the same as before.
+    assert cohort_rows(await retention(client, project, date_from="2026-01-07")) == [
+        ("2026-01-05", 1, [(0, 1, 100.0), (1, 0, 0.0), (2, 0, 0.0), (3, 0, 0.0)]),
+        ("2026-01-12", 2, [(0, 2, 100.0), (1, 1, 50.0), (2, 0, 0.0)]),
+    ]
+
+
+async def test_retention_rollup_follows_late_events(
+    client: AsyncTestClient[Any], db: DatabaseHarness, engine: AsyncEngine
+) -> None:
+    """An event arriving late, before a visitor's first one, moves their cohort: the weeks after
+    it are stale (read from the sessions) until the refresher rebuilds them, then exact again."""
+    project = await new_project(db)
+    await insert_events(engine, int(project["id"]), retention_events())
+    await build_rollups(engine, project)
+    # r4 (W2 only) turns out to have been seen on Thursday Jan 8 (W1).
+    await insert_events(engine, int(project["id"]), [Event("r4", "late", berlin("2026-01-08T09:00:00"))])
+    expected = [
+        ("2026-01-05", 3, [(0, 3, 100.0), (1, 2, 66.67), (2, 0, 0.0), (3, 1, 33.33)]),
+        ("2026-01-12", 1, [(0, 1, 100.0), (1, 1, 100.0), (2, 0, 0.0)]),
+    ]
+    stale = await retention(client, project)
+    assert (stale["meta"], cohort_rows(stale)) == ({"source": "events"}, expected)
+    await build_rollups(engine, project)
+    rebuilt = await retention(client, project)
+    assert (rebuilt["meta"], cohort_rows(rebuilt)) == ({"source": "rollups"}, expected)
+
+
+async def test_retention_rollup_over_an_empty_range(client: AsyncTestClient[Any], db: DatabaseHarness) -> None:
+    project = await new_project(db)
+    body = await retention(client, project)
+    assert (body["meta"], body["cohorts"]) == ({"source": "rollups"}, [])
 
 
 async def test_realtime_counts_the_last_five_minutes(

@@ -266,9 +266,11 @@ async def build_rollups(database: DatabaseSettings) -> None:
             rebuilt += await refresh_until_current(engine, 10)
             async with engine.connect() as connection:
                 # A query service running its refresher may hold some days (or weeks); wait for those too.
-                if not await rollup_repository.count_days_to_build(
-                    connection
-                ) and not await rollup_repository.weeks_to_build(connection, 1):
+                if (
+                    not await rollup_repository.count_days_to_build(connection)
+                    and not await rollup_repository.weeks_to_build(connection, 1)
+                    and not await rollup_repository.retention_weeks_to_build(connection, 1)
+                ):
                     break
             await asyncio.sleep(1)
         log(

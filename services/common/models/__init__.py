@@ -6,6 +6,7 @@ from services.common.models.ingested_event import IngestedEvent
 from services.common.models.project import Project
 from services.common.models.query_rollup_day import QueryRollupDay
 from services.common.models.query_rollup_page import query_rollup_page_weeks, query_rollup_pages
+from services.common.models.query_rollup_retention import QueryRollupRetention, QueryRollupRetentionWeek
 from services.common.models.query_rollup_session_cube import (
     query_rollup_domains,
     query_rollup_entry_pages,
@@ -25,6 +26,8 @@ __all__ = [
     "IngestedEvent",
     "Project",
     "QueryRollupDay",
+    "QueryRollupRetention",
+    "QueryRollupRetentionWeek",
     "QueryRollupWeek",
     "QuerySession",
     "ReplayChunk",
