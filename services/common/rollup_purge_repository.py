@@ -130,7 +130,7 @@ async def purge_days(connection: AsyncConnection, project_id: int, days: Collect
     week_list = sorted({week_of(day) for day in day_list})
     params = {"project_id": project_id, "days": day_list, "weeks": week_list, "week": week_list[0]}
     await _delete_rollup_rows(connection, counts, params, "day = ANY(:days)", "week = ANY(:weeks)")
-    await _delete_retention_rows(connection, counts, params, "active_day = ANY(:days)")
+    await _delete_retention_rows(connection, counts, params, "active_day = ANY(:days)", "week >= :week")
     # Days left without any event need no marker (a day without one has never had an event).
     # The timezone is the project's: the same local day the delete trigger counted.
     counts.days_forgotten = await _rowcount(
@@ -156,8 +156,9 @@ async def purge_before(connection: AsyncConnection, project_id: int, first_kept_
     params = {"project_id": project_id, "day": first_kept_day, "week": week_of(first_kept_day)}
     counts = RollupPurgeCounts()
     await _delete_rollup_rows(connection, counts, params, "day <= :day", "week <= :week")
-    # Visitors first seen before the cutoff are first seen later once their sessions are gone.
-    await _delete_retention_rows(connection, counts, params, "(active_day <= :day OR first_day <= :day)")
+    # Visitors first seen before the cutoff are first seen later once their sessions are gone:
+    # every week's rows may change, so every stamp goes.
+    await _delete_retention_rows(connection, counts, params, "(active_day <= :day OR first_day <= :day)", "true")
     counts.days_forgotten = await _rowcount(
         connection, "DELETE FROM query_rollup_days WHERE project_id = :project_id AND day < :day", params
     )
@@ -181,14 +182,14 @@ async def _delete_rollup_rows(
 
 
 async def _delete_retention_rows(
-    connection: AsyncConnection, counts: RollupPurgeCounts, params: dict[str, object], rows: str
+    connection: AsyncConnection, counts: RollupPurgeCounts, params: dict[str, object], rows: str, weeks: str
 ) -> None:
-    """The project's retention rows matching ``rows`` (written here, never from input), and the
-    stamps of :week and every later week, which are rebuilt from the sessions left."""
+    """The project's retention rows matching ``rows`` and week stamps matching ``weeks``
+    (conditions written here, never from input); the weeks are rebuilt from the sessions left."""
     where = "WHERE project_id = :project_id AND"
     counts.retention_rows = await _rowcount(connection, f"DELETE FROM query_rollup_retention {where} {rows}", params)
     counts.retention_weeks = await _rowcount(
-        connection, f"DELETE FROM query_rollup_retention_weeks {where} week >= :week", params
+        connection, f"DELETE FROM query_rollup_retention_weeks {where} {weeks}", params
     )
 
 

@@ -127,6 +127,8 @@ async def test_delete_removes_the_project_and_all_its_data_and_nothing_else(
             **dict.fromkeys(SESSION_CUBE_TABLES, 0),
             "query_rollup_page_weeks": 0,
             "query_rollup_weeks": 0,
+            "query_rollup_retention": 0,
+            "query_rollup_retention_weeks": 0,
             "query_rollup_days": 1,  # today's marker, made by the event's insert
             "projects": 1,
         },

@@ -12,7 +12,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.common.db import asyncpg_connection
-from services.common.rollup_purge_repository import DAY_ROLLUP_TABLES
+from services.common.rollup_purge_repository import DAY_ROLLUP_TABLES, RETENTION_ROLLUP_TABLES
 from services.ingest.repository import write_batch
 from services.query.app import create_app as create_query_app
 from services.query.settings import QuerySettings
@@ -52,7 +52,7 @@ async def _rows_for(engine: AsyncEngine, project_id: int, distinct_id: str, clai
 async def _rollup_rows(engine: AsyncEngine, project_id: int) -> dict[str, int]:
     async with engine.connect() as connection:
         counts = {}
-        for table_name in (*DAY_ROLLUP_TABLES, "query_rollup_page_weeks"):
+        for table_name in (*DAY_ROLLUP_TABLES, "query_rollup_page_weeks", *RETENTION_ROLLUP_TABLES):
             result = await connection.execute(
                 text(f"SELECT count(*) > 0 FROM {table_name} WHERE project_id = :p"), {"p": project_id}
             )
@@ -132,11 +132,20 @@ async def test_erasure_removes_every_row_of_the_person_and_their_share_of_the_ro
         "query_rollup_domains": 1,
         "query_rollup_event_names": 1,
         "query_rollup_page_weeks": 1,  # the week of Jan 12 is complete
+        "query_rollup_retention": 1,
+        "query_rollup_retention_weeks": 1,
     }
 
     before = await query(query_client, project, metrics=["visitors", "pageviews"], dimensions=["time:day"])
     assert before["meta"]["source"] == "rollups"
     assert table(before) == [["2026-01-12", 2, 2], ["2026-01-13", 3, 4], ["2026-01-14", 2, 2]]
+    # Retention counts zed too: zed and bob first seen on Jan 12, carol on Jan 13.
+    cohorts = await query_client.post(
+        "/v1/retention",
+        json={"period": "custom", "date_from": "2026-01-12", "date_to": "2026-01-14"},
+        headers=auth(project),
+    )
+    assert (cohorts.json()["meta"]["source"], cohorts.json()["cohorts"][0]["visitors"]) == ("rollups", 3)
 
     response = await client.delete("/v1/persons/zed")
     assert response.status_code == 200, response.text
@@ -160,6 +169,10 @@ async def test_erasure_removes_every_row_of_the_person_and_their_share_of_the_ro
             "query_rollup_event_names": response.json()["deletedRows"]["query_rollup_event_names"],
             "query_rollup_page_weeks": response.json()["deletedRows"]["query_rollup_page_weeks"],
             "query_rollup_weeks": 1,
+            # Retention counts of (active day, first-seen day): (Jan 12, Jan 12) holds zed and bob,
+            # (Jan 13, Jan 13) carol; both go with zed's days, and the week's stamp.
+            "query_rollup_retention": 2,
+            "query_rollup_retention_weeks": 1,
             "query_rollup_days": 0,  # bob still has events on each day
         },
         "rollupDaysToRebuild": 3,
@@ -182,6 +195,8 @@ async def test_erasure_removes_every_row_of_the_person_and_their_share_of_the_ro
         "query_rollup_domains": 0,
         "query_rollup_event_names": 0,
         "query_rollup_page_weeks": 0,
+        "query_rollup_retention": 0,
+        "query_rollup_retention_weeks": 0,
     }
     # zed's session is gone; bob's, which held one of her events, is recomputed from his own.
     assert await _query_sessions(admin_engine, project_id) == [("s-bob", "bob", 3), ("s-carol", "carol", 1)]
@@ -198,6 +213,20 @@ async def test_erasure_removes_every_row_of_the_person_and_their_share_of_the_ro
     after = await query(query_client, project, metrics=["visitors", "pageviews"], dimensions=["time:day"])
     assert after["meta"]["source"] == "events"
     assert table(after) == [["2026-01-12", 1, 1], ["2026-01-13", 2, 2], ["2026-01-14", 1, 1]]
+    cohorts = await query_client.post(
+        "/v1/retention",
+        json={"period": "custom", "date_from": "2026-01-12", "date_to": "2026-01-14"},
+        headers=auth(project),
+    )
+    assert (cohorts.json()["meta"]["source"], cohorts.json()["cohorts"][0]["visitors"]) == ("events", 2)
+    # Rebuilt without zed, the rollup answers again.
+    await build_rollups(engine, project)
+    cohorts = await query_client.post(
+        "/v1/retention",
+        json={"period": "custom", "date_from": "2026-01-12", "date_to": "2026-01-14"},
+        headers=auth(project),
+    )
+    assert (cohorts.json()["meta"]["source"], cohorts.json()["cohorts"][0]["visitors"]) == ("rollups", 2)
 
     # Rebuilt by the refresher, the rollups give the same figures.
     await build_rollups(engine, project)

@@ -68,6 +68,8 @@ async def test_deleting_a_person_removes_their_events_and_recordings_only(
         **dict.fromkeys(SESSION_CUBE_TABLES, 0),
         "query_rollup_page_weeks": 0,
         "query_rollup_weeks": 0,
+        "query_rollup_retention": 0,
+        "query_rollup_retention_weeks": 0,
         # Today keeps bob's event, so its marker stays (to rebuild); the day 900 days back
         # loses its only event and its marker.
         "query_rollup_days": 1,
