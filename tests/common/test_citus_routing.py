@@ -155,6 +155,8 @@ async def test_every_request_statement_is_routed_to_one_shard(
     retention = {"period": "30d", "weeks": 4}
     response = await apps.query.post("/v1/retention", json=retention, headers=secret)
     assert response.status_code == 200, response.text
+    # Read from the retention rollup the refresher built above (its statements are recorded too).
+    assert response.json()["meta"] == {"source": "rollups"}
 
     # Replay: list, one session, its recording, then erase a person.
     assert (await apps.replay.get("/v1/sessions", headers=secret)).status_code == 200

@@ -305,5 +305,25 @@ async def test_a_timezone_change_drops_the_rollups_and_rebuilds_them_in_the_new_
         await build_rollups(engine, project)
         rebuilt = await query(client, project, **spec)
     assert (table(rebuilt), rebuilt["meta"]["source"]) == (table(raw), "rollups")
+    # Retention too: a first seen Monday Jan 12 18:30 and b Tuesday 04:00 in New York, one cohort.
+    async with AsyncTestClient(create_app(db.database, query_settings=settings)) as client:
+        cohorts = await client.post(
+            "/v1/retention",
+            json={"period": "custom", "date_from": "2026-01-11", "date_to": "2026-01-14"},
+            headers=auth(project),
+        )
+    assert (cohorts.json()["meta"], cohorts.json()["cohorts"]) == (
+        {"source": "rollups"},
+        [{"week": "2026-01-12", "visitors": 2, "retention": [{"week_offset": 0, "visitors": 2, "percentage": 100.0}]}],
+    )
+    async with engine.connect() as connection:
+        first_days = await connection.execute(
+            text("SELECT active_day, first_day, visitors FROM query_rollup_retention WHERE project_id = :p ORDER BY 1"),
+            {"p": project_id},
+        )
+        assert [tuple(str(value) for value in row) for row in first_days] == [
+            ("2026-01-12", "2026-01-12", "1"),
+            ("2026-01-13", "2026-01-13", "1"),
+        ]
     with pytest.raises(admin.ProjectInputError):
         await admin.set_project_timezone(db.admin, project_id, "Mars/Olympus_Mons")
