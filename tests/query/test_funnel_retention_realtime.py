@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
@@ -58,6 +59,50 @@ async def test_funnel_counts_ordered_steps(client: AsyncTestClient[Any], dataset
         [1, 33.33, 2, 66.67],
         [0, 0.0, 1, 100.0],
     ]
+
+
+async def test_funnel_of_eight_steps(client: AsyncTestClient[Any], db: DatabaseHarness, engine: AsyncEngine) -> None:
+    project = await new_project(db)
+    paths = ["/", "/a", "/b", "/c", "/d", "/e", "/f", "/g"]
+
+    def visit(visitor: str, start: str, minutes: list[float], path_list: list[str]) -> list[Event]:
+        at = berlin(start)
+        return [
+            Event(visitor, f"s-{visitor}", at + timedelta(minutes=offset), path)
+            for offset, path in zip(minutes, path_list, strict=True)
+        ]
+
+    await insert_events(
+        engine,
+        int(project["id"]),
+        [
+            # a: all eight, a minute apart
+            *visit("a", "2026-01-12T10:00:00", [0, 1, 2, 3, 4, 5, 6, 7], paths),
+            # b: the eighth exactly 60 minutes after the first (the window's end is included)
+            *visit("b", "2026-01-12T11:00:00", [0, 1, 2, 3, 4, 5, 6, 60], paths),
+            # c: the eighth a second too late
+            *visit("c", "2026-01-13T10:00:00", [0, 1, 2, 3, 4, 5, 6, 60 + 1 / 60], paths),
+            # d: /b before /a, never after it: two steps
+            *visit("d", "2026-01-13T11:00:00", [0, 1, 2, 3], ["/", "/b", "/a", "/c"]),
+            # e: a "/" before the range does not start the funnel; the one inside does
+            *visit("e", "2026-01-11T10:00:00", [0], ["/"]),
+            *visit("e", "2026-01-14T10:00:00", [0, 1], ["/", "/a"]),
+            # f: the funnel starts at the first "/": /a 61 minutes later is outside, though it is
+            # 30 minutes after f's second "/"
+            *visit("f", "2026-01-14T11:00:00", [0, 31, 61], ["/", "/", "/a"]),
+            # g: /a at the same instant as "/" is not after it
+            *visit("g", "2026-01-14T12:00:00", [0, 0], ["/", "/a"]),
+            # a bot going through every step never counts
+            *[
+                replace(event, is_bot=True)
+                for event in visit("bot", "2026-01-12T10:00:00", [0, 1, 2, 3, 4, 5, 6, 7], paths)
+            ],
+        ],
+    )
+    steps = [{"type": "page", "value": path} for path in paths]
+    assert [row[0] for row in await funnel(client, project, steps=steps, window_minutes=60)] == [7, 5, 3, 3, 3, 3, 3, 2]
+    # With a 7-minute window only a goes all the way; b, c stop after /f (6 minutes).
+    assert [row[0] for row in await funnel(client, project, steps=steps, window_minutes=7)] == [7, 5, 3, 3, 3, 3, 3, 1]
 
 
 async def test_funnel_steps_must_come_in_order(client: AsyncTestClient[Any], dataset: Dataset) -> None:
