@@ -155,8 +155,9 @@ async def retention_from_rollups(
 
     All or nothing: every week of the range that holds a day with events must have rows that are
     exactly current (stamped with the latest build among the project's days up to its Sunday,
-    every one of those days current) or built less than max_staleness_s ago. Otherwise the
-    sessions are read. Weeks without events hold no rows and need none.
+    every one of those days current) or built less than max_staleness_s ago while every one of
+    those days has been built. Otherwise the sessions are read. Weeks without events hold no
+    rows and need none.
     """
     if not settings.rollups:
         return False
@@ -165,7 +166,10 @@ async def retention_from_rollups(
     states = await rollup_repository.retention_week_states(
         connection, project_id, first_week, last_week, settings.rollup_max_staleness_s
     )
+    # A purge (erasure, retention, a timezone change) marks days never built: no week after
+    # such a day is read, however recently it was built, until the day is rebuilt.
     return all(
-        state.fresh or (state.days_current and state.stamp is not None and state.stamp == state.days_built_at)
+        state.stamp is not None
+        and ((state.fresh and state.days_built) or (state.days_current and state.stamp == state.days_built_at))
         for state in states
     )

@@ -256,6 +256,7 @@ class RetentionWeekState:
     week: date  # the Monday
     days_built_at: datetime | None  # latest build among the project's days up to its Sunday
     days_current: bool  # every one of those days current
+    days_built: bool  # every one of those days built at least once since it was last purged
     stamp: datetime | None  # the days_built_at the week's rows were built from; None: never built
     fresh: bool  # the rows were built less than max_staleness_s ago
 
@@ -274,11 +275,13 @@ async def retention_week_states(
     }
     days = await connection.execute(
         text(
-            f"SELECT week, days_built_at, days_current FROM (SELECT week,"
+            f"SELECT week, days_built_at, days_current, days_built FROM (SELECT week,"
             " max(built_at) OVER (ORDER BY week) AS days_built_at,"
-            " bool_and(current) OVER (ORDER BY week) AS days_current"
+            " bool_and(current) OVER (ORDER BY week) AS days_current,"
+            " bool_and(built) OVER (ORDER BY week) AS days_built"
             f" FROM (SELECT {_monday('day')} AS week, max(built_at) AS built_at,"
-            " bool_and(built_changes IS NOT NULL AND built_changes = changes) AS current"
+            " bool_and(built_changes IS NOT NULL AND built_changes = changes) AS current,"
+            " bool_and(built_changes IS NOT NULL) AS built"
             " FROM query_rollup_days WHERE project_id = :project_id AND day <= CAST(:last_week AS date) + 6"
             " GROUP BY 1) per_week) running WHERE week >= :first_week ORDER BY week"
         ),
@@ -296,7 +299,9 @@ async def retention_week_states(
     states = []
     for row in days:
         stamp, fresh = stamped.get(row.week, (None, False))
-        states.append(RetentionWeekState(row.week, row.days_built_at, bool(row.days_current), stamp, fresh))
+        states.append(
+            RetentionWeekState(row.week, row.days_built_at, bool(row.days_current), bool(row.days_built), stamp, fresh)
+        )
     return states
 
 
@@ -324,18 +329,20 @@ async def retention_weeks_to_build(
     return [WeekToBuild(row.project_id, row.week) for row in result]
 
 
-async def rebuild_retention_week(
-    connection: AsyncConnection, *, project_id: int, timezone: str, week: date, start: datetime, end: datetime
-) -> bool:
-    """Replace the week's retention rows (sessions begun in [start, end), the week's local
-    bounds); False if another process holds the week's lock (a builder, or a purge)."""
+async def rebuild_retention_week(connection: AsyncConnection, *, project_id: int, week: date) -> bool:
+    """Replace the week's retention rows; False if another process holds the week's lock (a
+    builder, or a purge).
+
+    The project's timezone is read in the statement, not passed in: a timezone change takes the
+    week's lock (``lock_days``), so a build after it sees the new zone.
+    """
     locked = await connection.execute(
         text("SELECT pg_try_advisory_xact_lock(:namespace, hashtext(:key))"),
         {"namespace": ROLLUP_LOCK_NAMESPACE, "key": week_lock_key(project_id, week)},
     )
     if not locked.scalar_one():
         return False
-    params = {"project_id": project_id, "timezone": timezone, "week": week, "start": start, "end": end}
+    params = {"project_id": project_id, "week": week}
     await connection.execute(
         text(
             "DELETE FROM query_rollup_retention WHERE project_id = :project_id"
@@ -343,7 +350,8 @@ async def rebuild_retention_week(
         ),
         params,
     )
-    # One statement, so the stamp and the rows come from the same snapshot.
+    # One statement, so the stamp and the rows come from the same snapshot. The week's bounds
+    # are its local midnights by the same conversion as the days (AT TIME ZONE).
     await connection.execute(
         text(
             "WITH stamp AS (INSERT INTO query_rollup_retention_weeks AS w (project_id, week, days_built_at, built_at)"
@@ -351,26 +359,20 @@ async def rebuild_retention_week(
             " WHERE project_id = :project_id AND day <= CAST(:week AS date) + 6"
             " ON CONFLICT (project_id, week) DO UPDATE"
             " SET days_built_at = excluded.days_built_at, built_at = excluded.built_at),"
-            " active AS MATERIALIZED (SELECT distinct_id, min(started_at) AS active_at FROM query_sessions"
-            " WHERE project_id = :project_id AND started_at >= :start AND started_at < :end GROUP BY distinct_id),"
-            " firsts AS (SELECT distinct_id, min(started_at) AS first_at FROM query_sessions"
-            " WHERE project_id = :project_id AND started_at < :end"
-            " AND distinct_id IN (SELECT distinct_id FROM active) GROUP BY distinct_id)"
+            " zone AS (SELECT timezone, CAST(:week AS date)::timestamp AT TIME ZONE timezone AS week_start,"
+            " (CAST(:week AS date) + 7)::timestamp AT TIME ZONE timezone AS week_end"
+            " FROM projects WHERE project_id = :project_id),"
+            " active AS MATERIALIZED (SELECT s.distinct_id, min(s.started_at) AS active_at"
+            " FROM query_sessions s, zone z WHERE s.project_id = :project_id"
+            " AND s.started_at >= z.week_start AND s.started_at < z.week_end GROUP BY s.distinct_id),"
+            " firsts AS (SELECT s.distinct_id, min(s.started_at) AS first_at FROM query_sessions s, zone z"
+            " WHERE s.project_id = :project_id AND s.started_at < z.week_end"
+            " AND s.distinct_id IN (SELECT distinct_id FROM active) GROUP BY s.distinct_id)"
             " INSERT INTO query_rollup_retention (project_id, active_day, first_day, visitors)"
-            " SELECT :project_id, (a.active_at AT TIME ZONE :timezone)::date,"
-            " (f.first_at AT TIME ZONE :timezone)::date, count(*)"
-            " FROM active a JOIN firsts f USING (distinct_id) GROUP BY 2, 3"
+            " SELECT :project_id, (a.active_at AT TIME ZONE z.timezone)::date,"
+            " (f.first_at AT TIME ZONE z.timezone)::date, count(*)"
+            " FROM active a JOIN firsts f USING (distinct_id) CROSS JOIN zone z GROUP BY 2, 3"
         ),
         params,
     )
     return True
-
-
-async def project_timezones(connection: AsyncConnection, project_ids: list[int]) -> dict[int, str]:
-    if not project_ids:
-        return {}
-    result = await connection.execute(
-        text("SELECT project_id, timezone FROM projects WHERE project_id = ANY(CAST(:project_ids AS bigint[]))"),
-        {"project_ids": project_ids},
-    )
-    return {int(row.project_id): str(row.timezone) for row in result}

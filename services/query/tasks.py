@@ -68,23 +68,10 @@ async def refresh_rollups(engine: AsyncEngine, days_per_round: int, project_id: 
     # Retention weeks last: a week's stamp is the latest build among the days up to its Sunday.
     async with engine.begin() as connection:
         retention_weeks = await rollup_repository.retention_weeks_to_build(connection, days_per_round, project_id)
-        timezones = await rollup_repository.project_timezones(
-            connection, sorted({week.project_id for week in retention_weeks})
-        )
     for week in retention_weeks:
-        timezone = timezones.get(week.project_id)
-        if timezone is None:
-            continue  # the project is gone
         async with engine.begin() as connection:
             await set_statement_timeout(connection, REBUILD_STATEMENT_TIMEOUT_MS)
-            if await rollup_repository.rebuild_retention_week(
-                connection,
-                project_id=week.project_id,
-                timezone=timezone,
-                week=week.week,
-                start=local_midnight(week.week, timezone),
-                end=local_midnight(week.week + timedelta(days=7), timezone),
-            ):
+            if await rollup_repository.rebuild_retention_week(connection, project_id=week.project_id, week=week.week):
                 rebuilt += 1
     return rebuilt
 
