@@ -522,9 +522,7 @@ async def funnel(
     """Visitors reaching each step, in order, within the window after their first step-1 event.
 
     For a fixed start, taking the earliest qualifying event for each next step is optimal:
-    any later choice leaves less room for the steps after it. Every later step lies inside
-    (start, start + window], so the events there (`cand`, one join) are all the steps read:
-    with a window of an hour, a fraction of the events matching some step.
+    any later choice leaves less room for the steps after it.
     """
     params: dict[str, Any] = {
         "project_id": project_id,
@@ -540,20 +538,18 @@ async def funnel(
         " WHERE project_id = :project_id AND occurred_at >= :start AND occurred_at < :end AND NOT is_bot"
         " AND ((name = 'pageview' AND path = ANY(CAST(:step_pages AS text[])))"
         " OR name = ANY(CAST(:step_events AS text[]))))",
-        "s0 AS MATERIALIZED (SELECT distinct_id, min(occurred_at) AS reached_at"
+        "s0 AS (SELECT distinct_id, min(occurred_at) AS reached_at, min(occurred_at) AS started_at"
         f" FROM ev e WHERE {_step_condition(steps[0], 'e', 'step0')} GROUP BY distinct_id)",
-        "cand AS MATERIALIZED (SELECT e.distinct_id, e.occurred_at, e.name, e.path FROM ev e"
-        " JOIN s0 a ON a.distinct_id = e.distinct_id AND e.occurred_at > a.reached_at"
-        " AND e.occurred_at <= a.reached_at + make_interval(secs => :window))",
     ]
     params["step0"] = steps[0].value
     for index, step in enumerate(steps[1:], start=1):
         params[f"step{index}"] = step.value
         ctes.append(
-            f"s{index} AS (SELECT p.distinct_id, min(e.occurred_at) AS reached_at"
-            f" FROM s{index - 1} p JOIN cand e ON e.distinct_id = p.distinct_id AND e.occurred_at > p.reached_at"
+            f"s{index} AS (SELECT p.distinct_id, min(e.occurred_at) AS reached_at, p.started_at"
+            f" FROM s{index - 1} p JOIN ev e ON e.distinct_id = p.distinct_id AND e.occurred_at > p.reached_at"
+            " AND e.occurred_at <= p.started_at + make_interval(secs => :window)"
             f" AND {_step_condition(step, 'e', f'step{index}')}"
-            " GROUP BY p.distinct_id)"
+            " GROUP BY p.distinct_id, p.started_at)"
         )
     counts = ", ".join(f"(SELECT count(*) FROM s{index})" for index in range(len(steps)))
     result = await connection.execute(text(f"WITH {', '.join(ctes)} SELECT {counts}"), params)
