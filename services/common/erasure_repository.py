@@ -19,7 +19,7 @@ from sqlalchemy import BigInteger, CursorResult, Text, bindparam, text
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from services.common.rollup_purge_repository import DAY_ROLLUP_TABLES, WEEK_ROLLUP_TABLES
+from services.common.rollup_purge_repository import DAY_ROLLUP_TABLES, INCREMENT_TABLES, WEEK_ROLLUP_TABLES
 
 _PERSON_PARAMS = (bindparam("project_id", type_=BigInteger), bindparam("distinct_id", type_=Text))
 
@@ -128,6 +128,8 @@ _PROJECT_TABLES = (
     "events",
     *DAY_ROLLUP_TABLES,
     *WEEK_ROLLUP_TABLES,
+    *INCREMENT_TABLES,
+    "query_rollup_pending",
     "query_rollup_days",
     "projects",
 )

@@ -14,7 +14,6 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import replace
-from datetime import timedelta
 
 from litestar import Litestar
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -23,8 +22,6 @@ from services.common.app import Lifespan, running_in_background
 from services.common.db import create_engine, set_statement_timeout
 from services.common.settings import DatabaseSettings
 from services.query import rollup_repository
-from services.query.planner import local_midnight
-from services.query.repository import configure_transaction
 from services.query.settings import QuerySettings
 
 logger = logging.getLogger(__name__)
@@ -34,30 +31,22 @@ REBUILD_STATEMENT_TIMEOUT_MS = 120_000
 
 
 async def refresh_rollups(engine: AsyncEngine, days_per_round: int, project_id: int | None = None) -> int:
-    """Rebuild up to days_per_round changed days, then the weeks they complete; return how many
-    days and weeks were rebuilt."""
+    """Merge every project's pending events and rebuild up to days_per_round unbuilt days per
+    project, then the weeks they complete; return how many days and weeks were refreshed."""
     async with engine.begin() as connection:
-        days = await rollup_repository.days_to_build(connection, days_per_round, project_id)
+        projects = await rollup_repository.projects_to_refresh(connection, project_id)
     rebuilt = 0
-    for item in days:
-        # Its own transaction, committed before the read: see rollup_repository.claim_day.
-        async with engine.begin() as connection:
-            generation = await rollup_repository.claim_day(connection, item.project_id, item.day)
-        if generation is None:
+    for project in projects:
+        try:
+            async with engine.begin() as connection:
+                await set_statement_timeout(connection, REBUILD_STATEMENT_TIMEOUT_MS)
+                outcome = await rollup_repository.refresh_project(connection, project, days_per_round)
+        except rollup_repository.DaysBusy:
+            # Rolled back: the pending rows it took are there again for the next round.
+            logger.info("rollup refresh of project %s postponed: a day is busy", project.project_id)
             continue
-        async with engine.begin() as connection:
-            await configure_transaction(connection)
-            await set_statement_timeout(connection, REBUILD_STATEMENT_TIMEOUT_MS)
-            if await rollup_repository.rebuild_day(
-                connection,
-                project_id=item.project_id,
-                timezone=item.timezone,
-                day=item.day,
-                start=local_midnight(item.day, item.timezone),
-                end=local_midnight(item.day + timedelta(days=1), item.timezone),
-                generation=generation,
-            ):
-                rebuilt += 1
+        if outcome is not None:
+            rebuilt += outcome.days
     async with engine.begin() as connection:
         weeks = await rollup_repository.weeks_to_build(connection, days_per_round, project_id)
     for week in weeks:

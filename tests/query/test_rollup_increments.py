@@ -10,8 +10,8 @@ then compares every cube table with the rows a from-scratch rebuild writes.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
-from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -22,9 +22,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from services.common import rollup_purge_repository
 from services.query import rollup_repository
 from services.query.app import create_app
-from services.query.planner import local_midnight
-from services.query.repository import configure_transaction
 from services.query.settings import QuerySettings
+from services.query.tasks import refresh_rollups
 from services.query.vocabulary import CUBES, VISIT_DIMENSIONS
 from tests.harness import DatabaseHarness
 from tests.query.conftest import Event, berlin, build_rollups, insert_events, main_events, new_project, query, table
@@ -119,30 +118,32 @@ async def test_refreshing_after_every_batch_equals_one_rebuild_from_scratch(
     assert refreshed == await rebuilt_from_scratch(engine, project)
 
 
-async def test_events_committed_between_a_claim_and_its_build_are_built_next_round(
-    db: DatabaseHarness, engine: AsyncEngine
+async def test_a_batch_committed_while_a_refresh_runs_is_merged_by_the_next_one(
+    db: DatabaseHarness, engine: AsyncEngine, admin_engine: AsyncEngine
 ) -> None:
     project = await new_project(db)
     project_id = int(project["id"])
     day = berlin("2026-01-13T12:00:00").date()
     await insert_events(engine, project_id, [Event("a", "sa", berlin("2026-01-13T10:00:00"), "/")])
-    async with engine.begin() as connection:
-        generation = await rollup_repository.claim_day(connection, project_id, day)
-    assert generation is not None
-    # Committed after the claim, before the build reads the day: the build may or may not see
-    # it, but the day must not count as current with the claimed generation.
+    await build_rollups(engine, project)
     await insert_events(engine, project_id, [Event("a", "sa", berlin("2026-01-13T10:05:00"), "/pricing")])
-    async with engine.begin() as connection:
-        await configure_transaction(connection)
-        assert await rollup_repository.rebuild_day(
-            connection,
-            project_id=project_id,
-            timezone="Europe/Berlin",
-            day=day,
-            start=local_midnight(day, "Europe/Berlin"),
-            end=local_midnight(day + timedelta(days=1), "Europe/Berlin"),
-            generation=generation,
+    # A batch in flight: inserted (it holds the day's marker) but not committed while the
+    # refresh takes the pending rows; the refresh waits for it only to stamp the day.
+    in_flight = Event("b", "sb", berlin("2026-01-13T11:00:00"), "/docs")
+    async with admin_engine.connect() as batch:
+        transaction = await batch.begin()
+        await batch.execute(
+            text(
+                "INSERT INTO events (project_id, occurred_at, event_uuid, name, distinct_id, session_id, url,"
+                " domain, path) VALUES (:p, :t, :u, 'pageview', 'b', 'sb', 'https://example.com/docs',"
+                " 'example.com', '/docs')"
+            ),
+            {"p": project_id, "t": in_flight.occurred_at, "u": in_flight.event_uuid},
         )
+        refresh = asyncio.create_task(refresh_rollups(engine, 10, project_id))
+        await asyncio.sleep(1.0)
+        await transaction.commit()
+    assert await refresh >= 1
     async with engine.connect() as connection:
         changes, built = (
             await connection.execute(
@@ -150,9 +151,13 @@ async def test_events_committed_between_a_claim_and_its_build_are_built_next_rou
                 {"p": project_id, "d": day},
             )
         ).one()
-    assert built == generation < changes
+    # Stamped with the generation it merged, before the batch's: not current until the next round.
+    assert built < changes
     await build_rollups(engine, project)
-    assert await cube_rows(engine, project_id) == await rebuilt_from_scratch(engine, project)
+    refreshed = await cube_rows(engine, project_id)
+    totals = [row for row in refreshed["query_rollup_visits"] if row[1] == (1 << len(VISIT_DIMENSIONS)) - 1]
+    assert [(row[0], row[-3], row[-2]) for row in totals] == [("2026-01-13", 3, 3)]
+    assert refreshed == await rebuilt_from_scratch(engine, project)
 
 
 async def test_refreshed_rollups_answer_as_the_raw_events_do(db: DatabaseHarness, engine: AsyncEngine) -> None:
@@ -178,3 +183,26 @@ async def test_refreshed_rollups_answer_as_the_raw_events_do(db: DatabaseHarness
     rolled = await answers(QuerySettings(rollup_max_staleness_s=0, rollup_interval_s=0))
     assert all(source == "rollups" for _, source in rolled)
     assert [rows for rows, _ in rolled] == [rows for rows, _ in raw]
+
+
+async def test_events_after_a_build_are_merged_without_rebuilding_their_day(
+    db: DatabaseHarness, engine: AsyncEngine
+) -> None:
+    project = await new_project(db)
+    project_id = int(project["id"])
+    refresh = rollup_repository.ProjectToRefresh(project_id, "Europe/Berlin")
+    events = main_events()
+    await insert_events(engine, project_id, events[:5])
+    async with engine.begin() as connection:
+        first = await rollup_repository.refresh_project(connection, refresh, 100)
+    # Nothing built yet: both days with events (Jan 12, 13) are rebuilt, with the events taken.
+    assert first is not None
+    assert (first.merged_days, first.rebuilt_days) == (0, 2)
+    # s3 crosses midnight (its exit page and duration change on Jan 12), s4 starts on Jan 13.
+    await insert_events(engine, project_id, events[5:9])
+    async with engine.begin() as connection:
+        second = await rollup_repository.refresh_project(connection, refresh, 100)
+    assert second is not None
+    assert (second.rebuilt_days, second.merged_events) == (0, 4)
+    assert second.merged_days == 2
+    assert await cube_rows(engine, project_id) == await rebuilt_from_scratch(engine, project)

@@ -12,7 +12,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.common.db import asyncpg_connection
-from services.common.rollup_purge_repository import DAY_ROLLUP_TABLES
+from services.common.rollup_purge_repository import DAY_ROLLUP_TABLES, INCREMENT_TABLES
 from services.ingest.repository import write_batch
 from services.query.app import create_app as create_query_app
 from services.query.settings import QuerySettings
@@ -160,11 +160,13 @@ async def test_erasure_removes_every_row_of_the_person_and_their_share_of_the_ro
             "query_rollup_event_names": response.json()["deletedRows"]["query_rollup_event_names"],
             "query_rollup_page_weeks": response.json()["deletedRows"]["query_rollup_page_weeks"],
             "query_rollup_weeks": 1,
+            "query_rollup_sessions_folded": response.json()["deletedRows"]["query_rollup_sessions_folded"],
+            "query_rollup_session_days": response.json()["deletedRows"]["query_rollup_session_days"],
             "query_rollup_days": 0,  # bob still has events on each day
         },
         "rollupDaysToRebuild": 3,
     }
-    assert min(response.json()["deletedRows"][name] for name in DAY_ROLLUP_TABLES) > 0
+    assert min(response.json()["deletedRows"][name] for name in (*DAY_ROLLUP_TABLES, *INCREMENT_TABLES)) > 0
 
     assert await _rows_for(admin_engine, project_id, "zed", zeds_uuids) == {
         "events": 0,
