@@ -4,7 +4,7 @@ A refresh used to rebuild each changed day from all its events: under live inges
 changes every round, so its cost grew with the day. Now (services/query/rollup_repository.py):
 
 - ``query_rollup_pending``: a statement-level trigger on events writes, per inserting statement
-  and session, the keys of its new non-bot events. Committed with the events, so a refresh
+  and project, the keys of its new non-bot events. Committed with the events, so a refresh
   that takes (deletes) the rows it sees has exactly the events committed before it, and a batch
   still in flight is taken by the next refresh.
 - ``query_rollup_sessions_folded``: each session as the rollups hold it (its figures, entry and
@@ -59,19 +59,21 @@ def citus_installed() -> bool:
     )
 
 
+# One row per inserting statement and project: a loop of single-row inserts per session would
+# double the work a large batch does on Citus (each one a routed statement).
 _NOTE_PENDING = """
     CREATE FUNCTION query_rollup_note_pending() RETURNS trigger LANGUAGE plpgsql AS $$
     DECLARE
         batch record;
     BEGIN
         FOR batch IN
-            SELECT c.project_id, c.session_id,
+            SELECT c.project_id,
                    array_agg(c.occurred_at ORDER BY c.occurred_at, c.event_uuid) AS occurred_at,
                    array_agg(c.event_uuid ORDER BY c.occurred_at, c.event_uuid) AS event_uuid
-            FROM changed_events c WHERE NOT c.is_bot GROUP BY c.project_id, c.session_id ORDER BY 1, 2
+            FROM changed_events c WHERE NOT c.is_bot GROUP BY c.project_id ORDER BY 1
         LOOP
-            INSERT INTO query_rollup_pending (project_id, session_id, occurred_at, event_uuid)
-            VALUES (batch.project_id, batch.session_id, batch.occurred_at, batch.event_uuid);
+            INSERT INTO query_rollup_pending (project_id, occurred_at, event_uuid)
+            VALUES (batch.project_id, batch.occurred_at, batch.event_uuid);
         END LOOP;
         RETURN NULL;
     END
@@ -121,7 +123,6 @@ def upgrade() -> None:
     op.create_table(
         "query_rollup_pending",
         sa.Column("project_id", sa.BigInteger(), nullable=False),
-        sa.Column("session_id", sa.Text(), nullable=False),
         sa.Column("occurred_at", postgresql.ARRAY(sa.DateTime(timezone=True)), nullable=False),
         sa.Column("event_uuid", postgresql.ARRAY(sa.Uuid()), nullable=False),
     )

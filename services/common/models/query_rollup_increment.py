@@ -11,13 +11,12 @@ from sqlalchemy.dialects.postgresql import ARRAY
 
 from services.common.models.base import Base
 
-# Per inserting statement and session, the keys of its new non-bot events (a trigger writes
-# them); the refresher takes them. No key: a session may have several rows.
+# Per inserting statement and project, the keys of its new non-bot events (a trigger writes
+# them); the refresher takes them. No key: rows are only ever added and taken whole.
 query_rollup_pending = Table(
     "query_rollup_pending",
     Base.metadata,
     Column("project_id", BigInteger, nullable=False),
-    Column("session_id", Text, nullable=False),
     Column("occurred_at", ARRAY(DateTime(timezone=True)), nullable=False),
     Column("event_uuid", ARRAY(Uuid), nullable=False),
     Index("ix_query_rollup_pending_project_id", "project_id"),
