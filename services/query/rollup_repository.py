@@ -35,7 +35,16 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.common.rollup_purge_repository import ROLLUP_LOCK_NAMESPACE, day_lock_key, week_lock_key
 from services.query.repository import CUBE_METRIC_COLUMNS, configure_transaction, cube_select_sql, session_ctes
-from services.query.vocabulary import CUBES, EXIT_PAGES_CUBE, HLL_LOG2M, PAGES_CUBE, VISIT_DIMENSIONS, Cube, grain_id
+from services.query.vocabulary import (
+    CUBES,
+    DIMENSIONS,
+    EXIT_PAGES_CUBE,
+    HLL_LOG2M,
+    PAGES_CUBE,
+    VISIT_DIMENSIONS,
+    Cube,
+    grain_id,
+)
 
 # A day row of query_rollup_days (alias d) that queries may read: current, or current less than
 # :max_staleness_s ago.
@@ -272,7 +281,10 @@ def _merge_sql(cube: Cube) -> str:
         f"SELECT ne.day, {event_fixed}{_visits_of('cur')}, 'e' AS kind, ne.distinct_id,"
         " count(*) FILTER (WHERE ne.name = 'pageview') AS pv, count(*) AS ev, 1 AS sign,"
         " NULL::float8 AS m_duration, NULL::bigint AS m_pageviews, NULL::bigint AS m_events"
-        f" FROM newev ne JOIN cur USING (session_id) WHERE ne.day {_SKIPPED}"
+        # Each event's session looked up by key: `cur` is a CTE, whose size the planner cannot
+        # know, and a nested loop over two large CTEs is quadratic.
+        " FROM newev ne JOIN query_sessions cur ON cur.project_id = :project_id AND cur.session_id = ne.session_id"
+        f" WHERE ne.day {_SKIPPED}"
         f" GROUP BY ne.day, {fixed.event + ', ' if fixed else ''}ne.session_id, ne.distinct_id, {_visits_of('cur')}"
     )
 
@@ -535,15 +547,25 @@ async def rebuild_day(
         " SELECT :project_id, day, session_id, distinct_id, count(*) FILTER (WHERE name = 'pageview'), count(*)"
         " FROM base WHERE e_in_range GROUP BY day, session_id, distinct_id"
     )
+    # The sessions that started on the day with the pages, domains and event names among their
+    # events: grouped from one union, not joined (a join of two CTEs has no estimates to go by).
+    raw_visits = ", ".join(DIMENSIONS[name].raw for name in VISIT_DIMENSIONS)
+    nulls = ", ".join(["NULL"] * len(VISIT_DIMENSIONS))
+    folded = ", ".join(f"max({DIMENSIONS[name].raw})" for name in VISIT_DIMENSIONS)
     inserts.append(
         f"INSERT INTO query_rollup_sessions_folded AS f (project_id, {_FOLDED_COLUMNS})"
-        " SELECT :project_id, q.session_id, :day, q.started_at, q.first_uuid, q.entry_uuid, q.ended_at, q.pageviews,"
-        f" q.events, q.entry_page, q.exit_page, {_visits_of('q')}, coalesce(b.pages, CAST('{{}}' AS text[])),"
-        " coalesce(b.domains, CAST('{}' AS text[])), coalesce(b.event_names, CAST('{}' AS text[]))"
-        " FROM query_sessions q LEFT JOIN (SELECT session_id, array_agg(DISTINCT path ORDER BY path) AS pages,"
-        " array_agg(DISTINCT domain ORDER BY domain) AS domains, array_agg(DISTINCT name ORDER BY name) AS event_names"
-        " FROM base WHERE s_in_range GROUP BY session_id) b USING (session_id)"
-        " WHERE q.project_id = :project_id AND q.started_at >= :start AND q.started_at < :end"
+        " SELECT :project_id, session_id, :day, max(s_started_at), CAST(max(first_uuid) AS uuid),"
+        " CAST(max(entry_uuid) AS uuid), max(s_ended_at), max(s_pageviews), max(s_events), max(entry_page),"
+        f" max(exit_page), {folded},"
+        " coalesce(array_agg(DISTINCT path ORDER BY path) FILTER (WHERE path IS NOT NULL), CAST('{}' AS text[])),"
+        " coalesce(array_agg(DISTINCT domain ORDER BY domain) FILTER (WHERE domain IS NOT NULL),"
+        " CAST('{}' AS text[])),"
+        " coalesce(array_agg(DISTINCT name ORDER BY name) FILTER (WHERE name IS NOT NULL), CAST('{}' AS text[]))"
+        " FROM (SELECT session_id, s_started_at, CAST(s_first_uuid AS text) AS first_uuid,"
+        " CAST(s_entry_uuid AS text) AS entry_uuid, s_ended_at, s_pageviews, s_events, entry_page, exit_page,"
+        f" {raw_visits}, NULL AS path, NULL AS domain, NULL AS name FROM sess WHERE s_in_range"
+        " UNION ALL SELECT session_id, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,"
+        f" {nulls}, path, domain, name FROM base WHERE s_in_range) u GROUP BY session_id"
         f" ON CONFLICT (project_id, session_id) DO UPDATE SET {_FOLDED_UPDATE}"
     )
     writes = ", ".join(f"c{index} AS ({insert})" for index, insert in enumerate(inserts[:-1]))
