@@ -52,7 +52,7 @@ async def _rows_for(engine: AsyncEngine, project_id: int, distinct_id: str, clai
 async def _rollup_rows(engine: AsyncEngine, project_id: int) -> dict[str, int]:
     async with engine.connect() as connection:
         counts = {}
-        for table_name in (*DAY_ROLLUP_TABLES, "query_rollup_page_weeks"):
+        for table_name in (*DAY_ROLLUP_TABLES, "query_rollup_page_weeks", *INCREMENT_TABLES):
             result = await connection.execute(
                 text(f"SELECT count(*) > 0 FROM {table_name} WHERE project_id = :p"), {"p": project_id}
             )
@@ -184,6 +184,9 @@ async def test_erasure_removes_every_row_of_the_person_and_their_share_of_the_ro
         "query_rollup_domains": 0,
         "query_rollup_event_names": 0,
         "query_rollup_page_weeks": 0,
+        # The refresher's per-visitor counts and session copies of those days (zed's included).
+        "query_rollup_sessions_folded": 0,
+        "query_rollup_session_days": 0,
     }
     # zed's session is gone; bob's, which held one of her events, is recomputed from his own.
     assert await _query_sessions(admin_engine, project_id) == [("s-bob", "bob", 3), ("s-carol", "carol", 1)]
