@@ -132,6 +132,8 @@ async def test_erasure_removes_every_row_of_the_person_and_their_share_of_the_ro
         "query_rollup_domains": 1,
         "query_rollup_event_names": 1,
         "query_rollup_page_weeks": 1,  # the week of Jan 12 is complete
+        "query_rollup_sessions_folded": 1,
+        "query_rollup_session_days": 1,
     }
 
     before = await query(query_client, project, metrics=["visitors", "pageviews"], dimensions=["time:day"])
