@@ -102,6 +102,10 @@ async def usable_weeks(
     return set(result.scalars())
 
 
+# More events than this waiting for one project are not merged: their days are rebuilt.
+MAX_MERGED_EVENTS = 200_000
+
+
 @dataclass(frozen=True)
 class ProjectToRefresh:
     project_id: int
@@ -381,13 +385,28 @@ async def refresh_project(
     )
     if not locked.scalar_one():
         return None
+    waiting = await connection.execute(
+        text(
+            "SELECT coalesce(sum(cardinality(event_uuid)), 0) FROM query_rollup_pending WHERE project_id = :project_id"
+        ),
+        {"project_id": project_id},
+    )
+    # A bulk load (an import, a backlog after downtime) is cheaper rebuilt than merged: its keys
+    # are dropped and every day it changed is rebuilt.
+    bulk = int(waiting.scalar_one()) > MAX_MERGED_EVENTS
+    keys = (
+        "NULL::timestamptz, NULL::uuid FROM taken WHERE false"
+        if bulk
+        else (
+            "k.occurred_at, k.event_uuid"
+            " FROM taken CROSS JOIN unnest(taken.occurred_at, taken.event_uuid) AS k(occurred_at, event_uuid)"
+        )
+    )
     taken = await connection.execute(
         text(
             "WITH taken AS (DELETE FROM query_rollup_pending WHERE project_id = :project_id"
             " RETURNING occurred_at, event_uuid)"
-            " SELECT NULL::date AS day, NULL::bigint AS changes, NULL::bigint AS built_changes,"
-            " k.occurred_at, k.event_uuid"
-            " FROM taken CROSS JOIN unnest(taken.occurred_at, taken.event_uuid) AS k(occurred_at, event_uuid)"
+            f" SELECT NULL::date AS day, NULL::bigint AS changes, NULL::bigint AS built_changes, {keys}"
             " UNION ALL SELECT day, changes, built_changes, NULL, NULL FROM query_rollup_days"
             " WHERE project_id = :project_id"
         ),
@@ -408,6 +427,18 @@ async def refresh_project(
             unbuilt.add(row.day)
         elif row.built_changes != row.changes:
             stale.add(row.day)
+    if bulk:
+        # Every day the load changed was marked changed by the insert triggers.
+        for day in sorted(stale):
+            await connection.execute(
+                text(
+                    "UPDATE query_rollup_days SET built_changes = NULL, built_at = NULL"
+                    " WHERE project_id = :project_id AND day = :day"
+                ),
+                {"project_id": project_id, "day": day},
+            )
+        unbuilt |= stale
+        stale = set()
     params: dict[str, object] = {
         "project_id": project_id,
         "timezone": timezone,

@@ -206,3 +206,22 @@ async def test_events_after_a_build_are_merged_without_rebuilding_their_day(
     assert (second.rebuilt_days, second.merged_events) == (0, 4)
     assert second.merged_days == 2
     assert await cube_rows(engine, project_id) == await rebuilt_from_scratch(engine, project)
+
+
+async def test_a_bulk_load_is_rebuilt_instead_of_merged(
+    db: DatabaseHarness, engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    project = await new_project(db)
+    project_id = int(project["id"])
+    refresh = rollup_repository.ProjectToRefresh(project_id, "Europe/Berlin")
+    batches = late_events_for_older_days(main_events())
+    await insert_events(engine, project_id, batches[0])
+    await build_rollups(engine, project)
+    monkeypatch.setattr(rollup_repository, "MAX_MERGED_EVENTS", 1)
+    await insert_events(engine, project_id, [*batches[1], *batches[2]])
+    async with engine.begin() as connection:
+        outcome = await rollup_repository.refresh_project(connection, refresh, 100)
+    assert outcome is not None
+    # Two events waiting, over the limit of one: Jan 11 and Jan 12 are rebuilt, nothing merged.
+    assert (outcome.merged_events, outcome.merged_days, outcome.rebuilt_days) == (0, 0, 2)
+    assert await cube_rows(engine, project_id) == await rebuilt_from_scratch(engine, project)
