@@ -302,7 +302,7 @@ def _merge_sql(cube: Cube) -> str:
     rows = f"{event_rows} UNION ALL {session_rows('cur', 1)} UNION ALL {session_rows('old', -1)}"
     key = f"project_id, day, grain, {fixed_name}{_VISIT_COLUMNS}"
     return (
-        f"WITH {_SESSION_CTES} INSERT INTO {cube.table} AS c ({key}, {CUBE_METRIC_COLUMNS})"
+        f"INSERT INTO {cube.table} AS c ({key}, {CUBE_METRIC_COLUMNS})"
         f" SELECT :project_id, merged.* FROM ({_aggregate_sql(cube, rows)}) merged"
         f" ON CONFLICT ({key}) DO UPDATE SET visitors = hll_union(c.visitors, excluded.visitors),"
         " sessions = c.sessions + excluded.sessions, bounces = c.bounces + excluded.bounces,"
@@ -314,7 +314,7 @@ def _merge_sql(cube: Cube) -> str:
 _MERGED_CUBES = tuple(cube for cube in CUBES if cube is not EXIT_PAGES_CUBE)
 
 _SESSION_DAYS_MERGE = (
-    f"WITH {_NEW_EVENTS} INSERT INTO query_rollup_session_days AS d"
+    "INSERT INTO query_rollup_session_days AS d"
     " (project_id, day, session_id, distinct_id, pageviews, events)"
     " SELECT :project_id, day, session_id, distinct_id, count(*) FILTER (WHERE name = 'pageview'), count(*)"
     f" FROM newev WHERE day {_SKIPPED} GROUP BY day, session_id, distinct_id"
@@ -328,7 +328,7 @@ _FOLDED_COLUMNS = (
 )
 _FOLDED_UPDATE = ", ".join(f"{column.strip()} = excluded.{column.strip()}" for column in _FOLDED_COLUMNS.split(",")[1:])
 _FOLDED_MERGE = (
-    f"WITH {_SESSION_CTES} INSERT INTO query_rollup_sessions_folded (project_id, {_FOLDED_COLUMNS})"
+    f"INSERT INTO query_rollup_sessions_folded (project_id, {_FOLDED_COLUMNS})"
     f" SELECT :project_id, {_FOLDED_COLUMNS} FROM cur WHERE day {_SKIPPED}"
     f" ON CONFLICT (project_id, session_id) DO UPDATE SET {_FOLDED_UPDATE}"
 )
@@ -482,10 +482,11 @@ async def refresh_project(
                 {"project_id": project_id, "day": day},
             )
         params["skip"] = sorted(unbuilt)
-        for cube in _MERGED_CUBES:
-            await connection.execute(text(_merge_sql(cube)), params)
-        await connection.execute(text(_SESSION_DAYS_MERGE), params)
-        await connection.execute(text(_FOLDED_MERGE), params)
+        # One statement: the new events are looked up once, and every part reads the folded
+        # sessions as they were before this statement replaces them (its last part).
+        writes = [*(_merge_sql(cube) for cube in _MERGED_CUBES), _SESSION_DAYS_MERGE]
+        merges = ", ".join(f"m{index} AS ({write})" for index, write in enumerate(writes))
+        await connection.execute(text(f"WITH {_SESSION_CTES}, {merges} {_FOLDED_MERGE}"), params)
         touched = {"project_id": project_id, "days": sorted(merged)}
         for cube in _MERGED_CUBES:
             # A group whose sessions and events went back to none is not in a rebuild either.
