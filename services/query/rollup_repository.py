@@ -1,17 +1,19 @@
 """All SQL that builds the query rollups and tells which days are current. Callers own the transaction.
 
-A day's rollup rows are computed from that day's raw events and the sessions that started on
-it (`query_sessions`) with the same SQL the query path uses for days without rollups
-(services/query/repository.py), so both give the same figures. A session's figures live on
-its start day: an event extending yesterday's session marks yesterday changed too (the
-triggers of migrations 0640 and 0680), so its row is rebuilt with the session's new duration and exit.
+A day's rollup rows are what the query path computes for a day without rollups
+(services/query/repository.py) from that day's raw events and the sessions that started on it
+(`query_sessions`); a session's figures live on its start day. They are kept current by
+merging (`refresh_project`, migration 0730): each refresh adds the rows of the events inserted
+since the last one and replaces the touched sessions' rows, so it costs in proportion to what
+arrived; days that cannot be corrected by adding (deletes, an earlier event arriving late,
+purges, days never built) are rebuilt from their events (`rebuild_day`). The steps are
+described above `refresh_project`.
 
-Freshness: a trigger on events bumps `query_rollup_days.changes` for every statement that
-inserts or deletes events of a (project, local day), holding that row's lock until the
-inserting transaction commits. A rebuild first locks the row and reads `changes` in a short
-transaction of its own (`claim_day`), which waits for in-flight batches; then it reads the
-events with a later snapshot and records that generation as built. A batch that commits after
-the claim bumps `changes` past it, so the day shows as changed again and is rebuilt.
+Freshness: the triggers on events bump `query_rollup_days.changes` for every statement that
+inserts or deletes events of a (project, local day), in the inserting transaction. A refresh
+reads every marker in the statement that takes the pending event keys, so the `changes` it
+records as built are those of exactly the batches it merged; a batch that commits later bumps
+`changes` past it and the day shows as changed until the next refresh.
 
 Weeks: once every day of a complete week (Monday to Sunday, before today) is current, the
 week's page rows are unioned from the days' rows into `query_rollup_page_weeks`, and

@@ -1,9 +1,10 @@
 """The query service's background work: the rollup refresher.
 
-It rebuilds changed days, then the complete weeks whose days changed, one transaction of its
-own per step (the one writer of the query service; requests only read). It runs in every query
-worker, started by the app's lifespan (a per-day advisory lock keeps two from building the same
-day), and as `sightline rollup`.
+It merges what arrived into each project's days (and rebuilds the days that need it), then the
+complete weeks whose days changed, one transaction of its own per project and per week (the one
+writer of the query service; requests only read). It runs in every query worker, started by the
+app's lifespan (a per-project advisory lock keeps two from refreshing the same project), and as
+`sightline rollup`.
 """
 
 from __future__ import annotations
@@ -126,9 +127,9 @@ async def run_refresher(database: DatabaseSettings, settings: QuerySettings) -> 
 def pause_after_round(busy_s: float, settings: QuerySettings) -> float:
     """The interval, stretched so rebuilding takes at most rollup_max_busy_share of the time.
 
-    Under steady ingest today changes every round and its rebuild grows with its events (at the
-    seed load, 5-6 s of Postgres CPU every 30 s after a few minutes); spacing rounds out caps
-    that cost instead of letting it take a whole core.
+    A round merges what arrived since the last one, but a round that rebuilds days (after a
+    delete, a purge, a bulk load) costs in proportion to those days' events; spacing rounds out
+    caps that cost instead of letting it take a whole core.
     """
     share = min(1.0, max(settings.rollup_max_busy_share, 0.01))
     return max(settings.rollup_interval_s, busy_s * (1 - share) / share)
