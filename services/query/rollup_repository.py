@@ -397,20 +397,22 @@ async def refresh_project(
     # are dropped and every day it changed is rebuilt.
     bulk = int(waiting.scalar_one()) > MAX_MERGED_EVENTS
     keys = (
-        "NULL::timestamptz, NULL::uuid FROM taken WHERE false"
+        "NULL::timestamptz AS occurred_at, NULL::uuid AS event_uuid, NULL::text AS timezone FROM taken WHERE false"
         if bulk
         else (
-            "k.occurred_at, k.event_uuid"
+            "k.occurred_at, k.event_uuid, NULL::text AS timezone"
             " FROM taken CROSS JOIN unnest(taken.occurred_at, taken.event_uuid) AS k(occurred_at, event_uuid)"
         )
     )
+    # The keys, the markers and the timezone (a timezone change remakes the markers) in one snapshot.
     taken = await connection.execute(
         text(
             "WITH taken AS (DELETE FROM query_rollup_pending WHERE project_id = :project_id"
             " RETURNING occurred_at, event_uuid)"
             f" SELECT NULL::date AS day, NULL::bigint AS changes, NULL::bigint AS built_changes, {keys}"
-            " UNION ALL SELECT day, changes, built_changes, NULL, NULL FROM query_rollup_days"
+            " UNION ALL SELECT day, changes, built_changes, NULL, NULL, NULL FROM query_rollup_days"
             " WHERE project_id = :project_id"
+            " UNION ALL SELECT NULL, NULL, NULL, NULL, NULL, timezone FROM projects WHERE project_id = :project_id"
         ),
         {"project_id": project_id},
     )
@@ -420,6 +422,9 @@ async def refresh_project(
     unbuilt: set[date] = set()
     stale: set[date] = set()
     for row in taken:
+        if row.timezone is not None:
+            timezone = row.timezone
+            continue
         if row.day is None:
             occurred_at.append(row.occurred_at)
             event_uuid.append(row.event_uuid)
