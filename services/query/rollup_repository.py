@@ -434,16 +434,13 @@ async def refresh_project(
             unbuilt.add(row.day)
         elif row.built_changes != row.changes:
             stale.add(row.day)
+    # Days whose rows can no longer be corrected by adding: rebuilt below, or marked never built
+    # at the end. Their markers are written last, like every marker: ingest locks a day's marker
+    # in each batch, and would wait for this transaction until it commits.
+    unbuildable: set[date] = set()
     if bulk:
         # Every day the load changed was marked changed by the insert triggers.
-        for day in sorted(stale):
-            await connection.execute(
-                text(
-                    "UPDATE query_rollup_days SET built_changes = NULL, built_at = NULL"
-                    " WHERE project_id = :project_id AND day = :day"
-                ),
-                {"project_id": project_id, "day": day},
-            )
+        unbuildable |= stale
         unbuilt |= stale
         stale = set()
     params: dict[str, object] = {
@@ -477,17 +474,10 @@ async def refresh_project(
             else:
                 merged.update(span)
         moved_days &= changes.keys()
+        unbuildable |= moved_days
         unbuilt |= moved_days
         merged -= unbuilt
         await _try_lock_days(connection, project_id, merged | unbuilt)
-        for day in sorted(moved_days):
-            await connection.execute(
-                text(
-                    "UPDATE query_rollup_days SET built_changes = NULL, built_at = NULL"
-                    " WHERE project_id = :project_id AND day = :day"
-                ),
-                {"project_id": project_id, "day": day},
-            )
         params["skip"] = sorted(unbuilt)
         # One statement: the new events are looked up once, and every part reads the folded
         # sessions as they were before this statement replaces them (its last part).
@@ -536,22 +526,26 @@ async def refresh_project(
         )
         rebuilt.append(day)
     built = {day: changes[day] for day in (merged | stale) - unbuilt if day in changes}
-    for day, generation in sorted(built.items()):
-        await connection.execute(
-            text(
-                "UPDATE query_rollup_days SET built_changes = :generation, built_at = now()"
-                " WHERE project_id = :project_id AND day = :day AND built_changes IS NOT NULL"
-            ),
-            {"project_id": project_id, "day": day, "generation": generation},
-        )
-    for day in rebuilt:
-        await connection.execute(
-            text(
-                "UPDATE query_rollup_days SET built_changes = :generation, built_at = now()"
-                " WHERE project_id = :project_id AND day = :day"
-            ),
-            {"project_id": project_id, "day": day, "generation": changes[day]},
-        )
+    # One pass in day order, as the triggers take the markers' locks: no deadlock with a batch.
+    for day in sorted(built.keys() | set(rebuilt) | unbuildable):
+        if day in built or day in rebuilt:
+            # A merged day purged meanwhile (never built) stays so; a rebuilt one is built.
+            condition = "" if day in rebuilt else " AND built_changes IS NOT NULL"
+            await connection.execute(
+                text(
+                    "UPDATE query_rollup_days SET built_changes = :generation, built_at = now()"
+                    f" WHERE project_id = :project_id AND day = :day{condition}"
+                ),
+                {"project_id": project_id, "day": day, "generation": changes[day]},
+            )
+        else:
+            await connection.execute(
+                text(
+                    "UPDATE query_rollup_days SET built_changes = NULL, built_at = NULL"
+                    " WHERE project_id = :project_id AND day = :day"
+                ),
+                {"project_id": project_id, "day": day},
+            )
     return RefreshOutcome(len(built), len(rebuilt), len(occurred_at))
 
 
