@@ -168,9 +168,10 @@ async def count_days_to_build(connection: AsyncConnection, project_id: int | Non
 #    the markers' `changes` are those of exactly the batches taken. A batch that commits later
 #    is taken next time.
 # 2. Sessions whose first event or entry pageview moved (an earlier event arrived late), or that
-#    the rollups do not hold while their start day is unbuilt, have their days marked unbuilt:
+#    the rollups do not hold while their start day is unbuilt, make their days unbuildable:
 #    their visit attributes, or the day of their session row, changed under rows already
-#    written, and a sketch cannot take a visitor out. Those days are rebuilt (step 5).
+#    written, and a sketch cannot take a visitor out. Those days are rebuilt (step 5). More
+#    than MAX_MERGED_EVENTS waiting (a bulk load) make every changed day unbuildable.
 # 3. Every other day gets the new events' rows added (counts summed, visitors unioned) and each
 #    touched session's old row (query_rollup_sessions_folded) replaced by its new one
 #    (subtracted, added); the sessions' pages, domains and event names are the union of
@@ -181,7 +182,8 @@ async def count_days_to_build(connection: AsyncConnection, project_id: int | Non
 # 5. Unbuilt days (newest first, at most max_rebuilds) are rebuilt from their events, leaving
 #    out events still pending (the next refresh merges them), with their sessions' folded rows
 #    and their session days.
-# 6. The markers get the `changes` read in step 1.
+# 6. The markers get the `changes` read in step 1 (or none, for unbuildable days left for a
+#    later round), last and in day order: ingest locks a day's marker in every batch.
 
 _VISIT_COLUMNS = ", ".join(VISIT_DIMENSIONS)
 
