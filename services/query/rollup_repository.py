@@ -456,7 +456,7 @@ async def refresh_project(
         sessions = await connection.execute(
             text(
                 f"WITH {_NEW_EVENTS}"
-                " SELECT (q.started_at AT TIME ZONE :timezone)::date AS start_day,"
+                " SELECT q.session_id, (q.started_at AT TIME ZONE :timezone)::date AS start_day,"
                 " (q.ended_at AT TIME ZONE :timezone)::date AS end_day, f.day AS folded_day,"
                 " (f.session_id IS NOT NULL AND (f.first_uuid <> q.first_uuid OR f.started_at <> q.started_at"
                 " OR f.entry_uuid IS DISTINCT FROM q.entry_uuid)) AS moved"
@@ -468,6 +468,8 @@ async def refresh_project(
             params,
         )
         moved_days: set[date] = set()
+        touched_sessions: list[str] = []
+        start_days: set[date] = set()
         for session in sessions:
             first = min(session.start_day, session.folded_day or session.start_day)
             span = _days_between(first, session.end_day)
@@ -475,6 +477,8 @@ async def refresh_project(
                 moved_days.update(span)
             else:
                 merged.update(span)
+                touched_sessions.append(session.session_id)
+                start_days.add(session.start_day)
         moved_days &= changes.keys()
         unbuildable |= moved_days
         unbuilt |= moved_days
@@ -496,7 +500,17 @@ async def refresh_project(
                 ),
                 touched,
             )
-        for day in sorted(merged):
+        # The days whose exit pages moved: the touched sessions' start days (their session rows)
+        # and the days they have events on (a long session spans days it has no event on).
+        with_events = await connection.execute(
+            text(
+                "SELECT DISTINCT day FROM query_rollup_session_days WHERE project_id = :project_id"
+                " AND day = ANY(CAST(:days AS date[])) AND session_id = ANY(CAST(:sessions AS text[]))"
+            ),
+            {"project_id": project_id, "days": sorted(merged), "sessions": touched_sessions},
+        )
+        exit_days = (start_days | set(with_events.scalars())) & merged
+        for day in sorted(exit_days):
             await connection.execute(
                 text(f"DELETE FROM {EXIT_PAGES_CUBE.table} WHERE project_id = :project_id AND day = :day"),
                 {"project_id": project_id, "day": day},
