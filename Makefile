@@ -8,7 +8,7 @@ SIGHTLINE := $(BIN)/sightline
 .DEFAULT_GOAL := help
 
 .PHONY: help up up-citus down status test test-citus lint migrate install install-dev clean bench-ingest \
-	bench-tracing bench-replay bench-query bench-session-list tracker tracker-deps pages pages-deps screenshots \
+	bench-tracing bench-replay bench-query bench-rollups bench-session-list tracker tracker-deps pages pages-deps screenshots \
 	capture-recordings load chaos attack
 
 help: ## List the targets with one line each
@@ -124,3 +124,13 @@ bench-query: install-dev ## Load 10M events (30 days) into a separate stack and 
 	env $(BENCH_QUERY_ENV) $(SIGHTLINE) up
 	env $(BENCH_QUERY_ENV) $(BIN)/python -m tools.bench.query $(BENCH_ARGS)
 	@echo "The bench stack keeps running for reruns. Stop it: env $(BENCH_QUERY_ENV) $(SIGHTLINE) down"
+
+# The rollup refresh benchmark: its own stack (data dir and ports), the query service's refresher off.
+BENCH_ROLLUPS_ENV := SIGHTLINE_DATA_DIR=/tmp/sightline-bench-rollups SIGHTLINE_POSTGRES_PORT=22032 \
+	SIGHTLINE_PGBOUNCER_PORT=22064 SIGHTLINE_INGEST_PORT=22001 SIGHTLINE_QUERY_PORT=22002 SIGHTLINE_REPLAY_PORT=22003 \
+	SIGHTLINE_QUERY_ROLLUP_INTERVAL_S=0
+
+bench-rollups: install-dev ## A rollup refresh's cost: rebuilding a day vs merging a batch, at 20k-320k events a day
+	env $(BENCH_ROLLUPS_ENV) $(SIGHTLINE) up
+	env $(BENCH_ROLLUPS_ENV) $(BIN)/python -m tools.bench.rollups --write $(BENCH_ARGS)
+	@echo "Stop the bench stack: env $(BENCH_ROLLUPS_ENV) $(SIGHTLINE) down"

@@ -19,7 +19,12 @@ from sqlalchemy import BigInteger, CursorResult, Text, bindparam, text
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from services.common.rollup_purge_repository import DAY_ROLLUP_TABLES, RETENTION_ROLLUP_TABLES, WEEK_ROLLUP_TABLES
+from services.common.rollup_purge_repository import (
+    DAY_ROLLUP_TABLES,
+    INCREMENT_TABLES,
+    RETENTION_ROLLUP_TABLES,
+    WEEK_ROLLUP_TABLES,
+)
 
 _PERSON_PARAMS = (bindparam("project_id", type_=BigInteger), bindparam("distinct_id", type_=Text))
 
@@ -129,6 +134,8 @@ _PROJECT_TABLES = (
     *DAY_ROLLUP_TABLES,
     *WEEK_ROLLUP_TABLES,
     *RETENTION_ROLLUP_TABLES,
+    *INCREMENT_TABLES,
+    "query_rollup_pending",
     "query_rollup_days",
     "projects",
 )

@@ -49,6 +49,10 @@ SESSION_CUBE_TABLES = (
 )
 # Every table of rows derived from a project's days, and of the weeks made from those days.
 DAY_ROLLUP_TABLES = ("query_rollup_visits", "query_rollup_pages", *SESSION_CUBE_TABLES)
+# What the incremental refresher keeps per day (migration 0730): each session as folded into
+# its start day's rows (by that `day`), and per day, session and visitor (a distinct_id) the
+# counts folded. Both go with their days; the refresher rebuilds them with the day.
+INCREMENT_TABLES = ("query_rollup_sessions_folded", "query_rollup_session_days")
 WEEK_ROLLUP_TABLES = ("query_rollup_page_weeks", "query_rollup_weeks")
 # Retention cohorts (migration 0720): counts per (active_day, first_day), and each week's stamp.
 # A week's rows depend on every session up to its Sunday (first-seen days), so a purge of some
@@ -65,6 +69,7 @@ class RollupPurgeCounts:
     weeks: int = 0
     retention_rows: int = 0
     retention_weeks: int = 0
+    increment_rows: dict[str, int] = field(default_factory=lambda: dict.fromkeys(INCREMENT_TABLES, 0))
     days_forgotten: int = 0
     days_to_rebuild: int = 0
 
@@ -77,6 +82,8 @@ class RollupPurgeCounts:
         self.weeks += other.weeks
         self.retention_rows += other.retention_rows
         self.retention_weeks += other.retention_weeks
+        for table, rows in other.increment_rows.items():
+            self.increment_rows[table] += rows
         self.days_forgotten += other.days_forgotten
         self.days_to_rebuild += other.days_to_rebuild
 
@@ -89,6 +96,7 @@ class RollupPurgeCounts:
             "query_rollup_weeks": self.weeks,
             "query_rollup_retention": self.retention_rows,
             "query_rollup_retention_weeks": self.retention_weeks,
+            **self.increment_rows,
             "query_rollup_days": self.days_forgotten,
         }
 
@@ -179,6 +187,8 @@ async def _delete_rollup_rows(
         counts.session_cube_rows[table] = await _rowcount(connection, f"DELETE FROM {table} {where} {days}", params)
     counts.page_week_rows = await _rowcount(connection, f"DELETE FROM query_rollup_page_weeks {where} {weeks}", params)
     counts.weeks = await _rowcount(connection, f"DELETE FROM query_rollup_weeks {where} {weeks}", params)
+    for table in INCREMENT_TABLES:
+        counts.increment_rows[table] = await _rowcount(connection, f"DELETE FROM {table} {where} {days}", params)
 
 
 async def _delete_retention_rows(
@@ -255,6 +265,10 @@ async def forget_every_day(connection: AsyncConnection, project_id: int) -> Roll
     counts.retention_weeks = await _rowcount(
         connection, "DELETE FROM query_rollup_retention_weeks WHERE project_id = :project_id", params
     )
+    for table in INCREMENT_TABLES:
+        counts.increment_rows[table] = await _rowcount(
+            connection, f"DELETE FROM {table} WHERE project_id = :project_id", params
+        )
     counts.days_forgotten = await _rowcount(
         connection, "DELETE FROM query_rollup_days WHERE project_id = :project_id", params
     )

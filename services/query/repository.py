@@ -70,7 +70,13 @@ _SESSION_COLUMNS = (
 )
 
 
-def session_ctes(*, day_condition: bool = False, events_after_end: bool = True, materialized: bool = False) -> str:
+def session_ctes(
+    *,
+    day_condition: bool = False,
+    events_after_end: bool = True,
+    materialized: bool = False,
+    exclude_pending: bool = False,
+) -> str:
     """`sess`, `ev` and `base` for the window [:start, :end) in :timezone.
 
     - `sess`: the sessions that overlap the window, with `s_in_range` true for those that
@@ -80,6 +86,9 @@ def session_ctes(*, day_condition: bool = False, events_after_end: bool = True, 
       also holds the events after :end of the sessions that started in the window (an event
       dimension's session membership looks at the whole session);
     - `base`: each event of `ev` with its session's columns.
+
+    With `exclude_pending`, `ev` leaves out the events not yet merged into the rollups (listed
+    in query_rollup_pending): a rollup rebuild counts only what the next merge will not.
     """
     days = (
         " AND (started_at AT TIME ZONE :timezone)::date = ANY(CAST(:computed_days AS date[]))" if day_condition else ""
@@ -94,17 +103,28 @@ def session_ctes(*, day_condition: bool = False, events_after_end: bool = True, 
         if events_after_end
         else "occurred_at < :end"
     )
+    pending = (
+        "pend AS MATERIALIZED (SELECT k.occurred_at, k.event_uuid FROM query_rollup_pending p,"
+        " unnest(p.occurred_at, p.event_uuid) AS k(occurred_at, event_uuid) WHERE p.project_id = :project_id), "
+        if exclude_pending
+        else ""
+    )
+    not_pending = (
+        " AND (occurred_at, event_uuid) NOT IN (SELECT occurred_at, event_uuid FROM pend)" if exclude_pending else ""
+    )
     return (
-        f"sess {keyword} (SELECT session_id, started_at AS s_started_at, ended_at AS s_ended_at,"
+        f"{pending}sess {keyword} (SELECT session_id, started_at AS s_started_at, ended_at AS s_ended_at,"
         " (started_at AT TIME ZONE :timezone)::date AS s_day, distinct_id AS s_visitor,"
         " extract(epoch FROM ended_at - started_at)::float8 AS s_duration, pageviews::bigint AS s_pageviews,"
-        f" events::bigint AS s_events, entry_page, exit_page, {visit_columns},"
+        f" events::bigint AS s_events, entry_page, exit_page, {visit_columns}, first_uuid AS s_first_uuid,"
+        " entry_uuid AS s_entry_uuid,"
         f" (started_at >= :start AND started_at < :end{days}) AS s_in_range"
         " FROM query_sessions WHERE project_id = :project_id AND ended_at >= :start AND started_at < :end),"
         " ev AS (SELECT occurred_at, name, distinct_id, session_id, path, domain,"
         " (occurred_at AT TIME ZONE :timezone)::date AS day,"
         f" (occurred_at < :end{event_days}) AS e_in_range"
-        f" FROM events WHERE project_id = :project_id AND occurred_at >= :start AND {events_end} AND NOT is_bot),"
+        f" FROM events WHERE project_id = :project_id AND occurred_at >= :start AND {events_end} AND NOT is_bot"
+        f"{not_pending}),"
         f" base {keyword} (SELECT ev.occurred_at, ev.name, ev.distinct_id, ev.path, ev.domain, ev.day, ev.e_in_range,"
         f" sess.s_in_range, {', '.join('sess.' + column.strip() for column in _SESSION_COLUMNS.split(','))}"
         " FROM ev JOIN sess USING (session_id))"

@@ -1,17 +1,19 @@
 """All SQL that builds the query rollups and tells which days are current. Callers own the transaction.
 
-A day's rollup rows are computed from that day's raw events and the sessions that started on
-it (`query_sessions`) with the same SQL the query path uses for days without rollups
-(services/query/repository.py), so both give the same figures. A session's figures live on
-its start day: an event extending yesterday's session marks yesterday changed too (the
-triggers of migrations 0640 and 0680), so its row is rebuilt with the session's new duration and exit.
+A day's rollup rows are what the query path computes for a day without rollups
+(services/query/repository.py) from that day's raw events and the sessions that started on it
+(`query_sessions`); a session's figures live on its start day. They are kept current by
+merging (`refresh_project`, migration 0730): each refresh adds the rows of the events inserted
+since the last one and replaces the touched sessions' rows, so it costs in proportion to what
+arrived; days that cannot be corrected by adding (deletes, an earlier event arriving late,
+purges, days never built) are rebuilt from their events (`rebuild_day`). The steps are
+described above `refresh_project`.
 
-Freshness: a trigger on events bumps `query_rollup_days.changes` for every statement that
-inserts or deletes events of a (project, local day), holding that row's lock until the
-inserting transaction commits. A rebuild first locks the row and reads `changes` in a short
-transaction of its own (`claim_day`), which waits for in-flight batches; then it reads the
-events with a later snapshot and records that generation as built. A batch that commits after
-the claim bumps `changes` past it, so the day shows as changed again and is rebuilt.
+Freshness: the triggers on events bump `query_rollup_days.changes` for every statement that
+inserts or deletes events of a (project, local day), in the inserting transaction. A refresh
+reads every marker in the statement that takes the pending event keys, so the `changes` it
+records as built are those of exactly the batches it merged; a batch that commits later bumps
+`changes` past it and the day shows as changed until the next refresh.
 
 Weeks: once every day of a complete week (Monday to Sunday, before today) is current, the
 week's page rows are unioned from the days' rows into `query_rollup_page_weeks`, and
@@ -25,15 +27,26 @@ services/common/rollup_purge_repository.py, which takes the same per-day and per
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
+from uuid import UUID
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.common.rollup_purge_repository import ROLLUP_LOCK_NAMESPACE, day_lock_key, week_lock_key
-from services.query.repository import CUBE_METRIC_COLUMNS, cube_select_sql, session_ctes
-from services.query.vocabulary import CUBES, PAGES_CUBE
+from services.query.repository import CUBE_METRIC_COLUMNS, configure_transaction, cube_select_sql, session_ctes
+from services.query.vocabulary import (
+    CUBES,
+    DIMENSIONS,
+    EXIT_PAGES_CUBE,
+    HLL_LOG2M,
+    PAGES_CUBE,
+    VISIT_DIMENSIONS,
+    Cube,
+    grain_id,
+)
 
 # A day row of query_rollup_days (alias d) that queries may read: current, or current less than
 # :max_staleness_s ago.
@@ -41,13 +54,6 @@ _USABLE_DAY = (
     "d.built_changes IS NOT NULL"
     " AND (d.built_changes = d.changes OR d.built_at > now() - make_interval(secs => :max_staleness_s))"
 )
-
-
-@dataclass(frozen=True)
-class DayToBuild:
-    project_id: int
-    timezone: str
-    day: date
 
 
 @dataclass(frozen=True)
@@ -98,19 +104,49 @@ async def usable_weeks(
     return set(result.scalars())
 
 
-async def days_to_build(connection: AsyncConnection, limit: int, project_id: int | None = None) -> list[DayToBuild]:
-    """Changed or never-built days, newest first (today's figures matter most)."""
-    result = await connection.execute(
-        text(
-            "SELECT d.project_id, p.timezone, d.day FROM query_rollup_days d"
-            " JOIN projects p ON p.project_id = d.project_id"
-            " WHERE d.built_changes IS DISTINCT FROM d.changes"
-            " AND (CAST(:project_id AS bigint) IS NULL OR d.project_id = :project_id)"
-            " ORDER BY d.day DESC, d.project_id LIMIT :limit"
-        ),
-        {"limit": limit, "project_id": project_id},
-    )
-    return [DayToBuild(row.project_id, row.timezone, row.day) for row in result]
+# More events than this waiting for one project are not merged: their days are rebuilt.
+MAX_MERGED_EVENTS = 200_000
+
+
+@dataclass(frozen=True)
+class ProjectToRefresh:
+    project_id: int
+    timezone: str
+
+
+@dataclass(frozen=True)
+class RefreshOutcome:
+    merged_days: int
+    rebuilt_days: int
+    merged_events: int
+
+    @property
+    def days(self) -> int:
+        return self.merged_days + self.rebuilt_days
+
+
+class DaysBusy(Exception):
+    """Another builder, or an erasure, holds one of the days; the caller rolls back (the pending
+    rows taken come back) and the project is refreshed next round."""
+
+
+async def projects_to_refresh(connection: AsyncConnection, project_id: int | None = None) -> list[ProjectToRefresh]:
+    """Projects with events not yet merged or days not current (or just this project)."""
+    if project_id is not None:
+        result = await connection.execute(
+            text("SELECT project_id, timezone FROM projects WHERE project_id = :project_id"),
+            {"project_id": project_id},
+        )
+    else:
+        result = await connection.execute(
+            text(
+                "SELECT p.project_id, p.timezone FROM projects p WHERE p.project_id IN ("
+                " SELECT project_id FROM query_rollup_pending UNION"
+                " SELECT project_id FROM query_rollup_days WHERE built_changes IS DISTINCT FROM changes)"
+                " ORDER BY 1"
+            )
+        )
+    return [ProjectToRefresh(row.project_id, row.timezone) for row in result]
 
 
 async def count_days_to_build(connection: AsyncConnection, project_id: int | None = None) -> int:
@@ -124,16 +160,409 @@ async def count_days_to_build(connection: AsyncConnection, project_id: int | Non
     return int(result.scalar_one())
 
 
-async def claim_day(connection: AsyncConnection, project_id: int, day: date) -> int | None:
-    """The day's change generation, read under its row lock: waits for batches in flight.
+# --- Merging what arrived --------------------------------------------------------------------
+#
+# A refresh of one project is one transaction (refresh_project):
+# 1. One statement takes (deletes) the project's pending rows, the keys of the non-bot events
+#    committed since the last refresh, and reads every day's marker: the same snapshot, so
+#    the markers' `changes` are those of exactly the batches taken. A batch that commits later
+#    is taken next time.
+# 2. Sessions whose first event or entry pageview moved (an earlier event arrived late), or that
+#    the rollups do not hold while their start day is unbuilt, make their days unbuildable:
+#    their visit attributes, or the day of their session row, changed under rows already
+#    written, and a sketch cannot take a visitor out. Those days are rebuilt (step 5). More
+#    than MAX_MERGED_EVENTS waiting (a bulk load) make every changed day unbuildable.
+# 3. Every other day gets the new events' rows added (counts summed, visitors unioned) and each
+#    touched session's old row (query_rollup_sessions_folded) replaced by its new one
+#    (subtracted, added); the sessions' pages, domains and event names are the union of
+#    those folded and the new events'.
+# 4. The exit pages of the touched days are recomputed from query_rollup_session_days (per
+#    day, session and visitor, the pageviews and events folded): a new pageview moves a
+#    session's earlier events to its new exit page, which a merge cannot do.
+# 5. Unbuilt days (newest first, at most max_rebuilds) are rebuilt from their events, leaving
+#    out events still pending (the next refresh merges them), with their sessions' folded rows
+#    and their session days.
+# 6. The markers get the `changes` read in step 1 (or none, for unbuildable days left for a
+#    later round), last and in day order: ingest locks a day's marker in every batch.
 
-    Run it in a transaction of its own and commit before `rebuild_day`.
-    """
-    result = await connection.execute(
-        text("SELECT changes FROM query_rollup_days WHERE project_id = :project_id AND day = :day FOR UPDATE"),
-        {"project_id": project_id, "day": day},
+_VISIT_COLUMNS = ", ".join(VISIT_DIMENSIONS)
+
+
+def _visits_of(alias: str) -> str:
+    return ", ".join(f"{alias}.{name}" for name in VISIT_DIMENSIONS)
+
+
+# The new events (by key) and, for their sessions, the current session (`cur`, with the union
+# of folded and new pages, domains, event names) and the folded one (`old`).
+_NEW_EVENTS = (
+    "newev AS MATERIALIZED (SELECT e.occurred_at, e.name, e.distinct_id, e.session_id, e.path, e.domain,"
+    " (e.occurred_at AT TIME ZONE :timezone)::date AS day"
+    " FROM unnest(CAST(:occurred_at AS timestamptz[]), CAST(:event_uuid AS uuid[])) AS k(occurred_at, event_uuid)"
+    " JOIN events e ON e.project_id = :project_id AND e.occurred_at = k.occurred_at"
+    " AND e.event_uuid = k.event_uuid WHERE NOT e.is_bot)"
+)
+
+
+def _union(column: str, new: str) -> str:
+    return (
+        f"ARRAY(SELECT DISTINCT x FROM unnest(coalesce(f.{column}, CAST('{{}}' AS text[])) || n.{new}) AS x ORDER BY 1)"
     )
-    return result.scalar_one_or_none()
+
+
+_SESSION_CTES = (
+    f"{_NEW_EVENTS},"
+    " cur AS MATERIALIZED (SELECT q.session_id, (q.started_at AT TIME ZONE :timezone)::date AS day, q.started_at,"
+    " q.first_uuid, q.entry_uuid, q.ended_at, extract(epoch FROM q.ended_at - q.started_at)::float8 AS duration,"
+    f" q.pageviews::bigint AS pageviews, q.events::bigint AS events, q.entry_page, q.exit_page, {_visits_of('q')},"
+    f" {_union('pages', 'pages')} AS pages, {_union('domains', 'domains')} AS domains,"
+    f" {_union('event_names', 'names')} AS event_names"
+    " FROM (SELECT session_id, array_agg(DISTINCT path) AS pages, array_agg(DISTINCT domain) AS domains,"
+    " array_agg(DISTINCT name) AS names FROM newev GROUP BY session_id) n"
+    " JOIN query_sessions q ON q.project_id = :project_id AND q.session_id = n.session_id"
+    " LEFT JOIN query_rollup_sessions_folded f ON f.project_id = :project_id AND f.session_id = n.session_id),"
+    " old AS MATERIALIZED (SELECT f.session_id, f.day, f.started_at,"
+    " extract(epoch FROM f.ended_at - f.started_at)::float8 AS duration, f.pageviews, f.events, f.entry_page,"
+    f" {_visits_of('f')}, f.pages, f.domains, f.event_names FROM query_rollup_sessions_folded f"
+    " WHERE f.project_id = :project_id AND f.session_id IN (SELECT session_id FROM cur))"
+)
+
+_SKIPPED = "<> ALL(CAST(:skip AS date[]))"
+
+
+@dataclass(frozen=True)
+class _Fixed:
+    """How a merged cube's fixed column is read: from a new event (`ne`, with its session `cur`)
+    and from a session row (`s`); `values` is the session's set it has a row per element of."""
+
+    event: str
+    session: str
+    values: str | None = None
+
+
+_FIXED: dict[str, _Fixed] = {
+    "page": _Fixed("ne.path", "v.value", "pages"),
+    "entry_page": _Fixed("cur.entry_page", "s.entry_page"),
+    "hour": _Fixed(
+        "extract(hour FROM ne.occurred_at AT TIME ZONE :timezone)::smallint",
+        "extract(hour FROM s.started_at AT TIME ZONE :timezone)::smallint",
+    ),
+    "domain": _Fixed("ne.domain", "v.value", "domains"),
+    "event_name": _Fixed("ne.name", "v.value", "event_names"),
+}
+
+
+def _aggregate_sql(cube: Cube, rows: str) -> str:
+    """Cube rows (day, grain, fixed, visit columns, metrics) from `rows`: day, fixed (if any),
+    the visit columns, kind ('e' event row, 's' session row), distinct_id, pv, ev, sign,
+    m_duration, m_pageviews, m_events. Session rows' figures count with their sign."""
+    grains = cube.grains
+    sets = ", ".join(
+        "(" + ", ".join(f"u.{name}" for name in VISIT_DIMENSIONS if name in grain) + ")" for grain in grains
+    )
+    grouped = frozenset().union(*grains)
+    visit_columns = ", ".join(f"u.{name}" if name in grouped else f"NULL::text AS {name}" for name in VISIT_DIMENSIONS)
+    if len(grains) == 1:
+        grain = str(grain_id(grains[0]))
+    else:
+        grain = "GROUPING(" + ", ".join(f"u.{name}" for name in VISIT_DIMENSIONS) + ")"
+    fixed = [f"u.{column}" for column in cube.fixed]
+    return (
+        f"SELECT u.day, {grain} AS grain, {''.join(f'{column}, ' for column in fixed)}{visit_columns},"
+        f" coalesce(hll_add_agg(hll_hash_text(u.distinct_id), {HLL_LOG2M}) FILTER (WHERE u.kind = 'e'),"
+        f" hll_empty({HLL_LOG2M})) AS visitors,"
+        " coalesce(sum(u.sign) FILTER (WHERE u.kind = 's'), 0) AS sessions,"
+        " coalesce(sum(u.sign) FILTER (WHERE u.kind = 's' AND u.m_pageviews = 1 AND u.m_events = 1), 0) AS bounces,"
+        " coalesce(sum(u.sign * u.m_duration), 0) AS duration_s, coalesce(sum(u.pv), 0) AS pageviews,"
+        " coalesce(sum(u.ev), 0) AS events, coalesce(sum(u.sign * u.m_pageviews), 0) AS session_pageviews"
+        f" FROM ({rows}) u GROUP BY u.day, {''.join(f'{column}, ' for column in fixed)}GROUPING SETS ({sets})"
+    )
+
+
+def _merge_sql(cube: Cube) -> str:
+    """Adds the new events' rows and the touched sessions' new rows, subtracts their old rows."""
+    fixed = _FIXED[cube.fixed[0]] if cube.fixed else None
+    fixed_name = f"{cube.fixed[0]}, " if cube.fixed else ""
+    event_fixed = f"{fixed.event} AS {cube.fixed[0]}, " if fixed else ""
+    session_fixed = f"{fixed.session} AS {cube.fixed[0]}, " if fixed else ""
+    values = f" CROSS JOIN unnest(s.{fixed.values}) AS v(value)" if fixed and fixed.values else ""
+    event_rows = (
+        f"SELECT ne.day, {event_fixed}{_visits_of('cur')}, 'e' AS kind, ne.distinct_id,"
+        " count(*) FILTER (WHERE ne.name = 'pageview') AS pv, count(*) AS ev, 1 AS sign,"
+        " NULL::float8 AS m_duration, NULL::bigint AS m_pageviews, NULL::bigint AS m_events"
+        # Each event's session looked up by key: `cur` is a CTE, whose size the planner cannot
+        # know, and a nested loop over two large CTEs is quadratic.
+        " FROM newev ne JOIN query_sessions cur ON cur.project_id = :project_id AND cur.session_id = ne.session_id"
+        f" WHERE ne.day {_SKIPPED}"
+        f" GROUP BY ne.day, {fixed.event + ', ' if fixed else ''}ne.session_id, ne.distinct_id, {_visits_of('cur')}"
+    )
+
+    def session_rows(source: str, sign: int) -> str:
+        return (
+            f"SELECT s.day, {session_fixed}{_visits_of('s')}, 's' AS kind, NULL::text AS distinct_id, 0 AS pv,"
+            f" 0 AS ev, {sign} AS sign, s.duration AS m_duration, s.pageviews AS m_pageviews, s.events AS m_events"
+            f" FROM {source} s{values} WHERE s.day {_SKIPPED}"
+        )
+
+    rows = f"{event_rows} UNION ALL {session_rows('cur', 1)} UNION ALL {session_rows('old', -1)}"
+    key = f"project_id, day, grain, {fixed_name}{_VISIT_COLUMNS}"
+    return (
+        f"INSERT INTO {cube.table} AS c ({key}, {CUBE_METRIC_COLUMNS})"
+        f" SELECT :project_id, merged.* FROM ({_aggregate_sql(cube, rows)}) merged"
+        f" ON CONFLICT ({key}) DO UPDATE SET visitors = hll_union(c.visitors, excluded.visitors),"
+        " sessions = c.sessions + excluded.sessions, bounces = c.bounces + excluded.bounces,"
+        " duration_s = c.duration_s + excluded.duration_s, pageviews = c.pageviews + excluded.pageviews,"
+        " events = c.events + excluded.events, session_pageviews = c.session_pageviews + excluded.session_pageviews"
+    )
+
+
+_MERGED_CUBES = tuple(cube for cube in CUBES if cube is not EXIT_PAGES_CUBE)
+
+_SESSION_DAYS_MERGE = (
+    "INSERT INTO query_rollup_session_days AS d"
+    " (project_id, day, session_id, distinct_id, pageviews, events)"
+    " SELECT :project_id, day, session_id, distinct_id, count(*) FILTER (WHERE name = 'pageview'), count(*)"
+    f" FROM newev WHERE day {_SKIPPED} GROUP BY day, session_id, distinct_id"
+    " ON CONFLICT (project_id, day, session_id, distinct_id) DO UPDATE"
+    " SET pageviews = d.pageviews + excluded.pageviews, events = d.events + excluded.events"
+)
+
+_FOLDED_COLUMNS = (
+    "session_id, day, started_at, first_uuid, entry_uuid, ended_at, pageviews, events, entry_page, exit_page, "
+    f"{_VISIT_COLUMNS}, pages, domains, event_names"
+)
+_FOLDED_UPDATE = ", ".join(f"{column.strip()} = excluded.{column.strip()}" for column in _FOLDED_COLUMNS.split(",")[1:])
+_FOLDED_MERGE = (
+    f"INSERT INTO query_rollup_sessions_folded (project_id, {_FOLDED_COLUMNS})"
+    f" SELECT :project_id, {_FOLDED_COLUMNS} FROM cur WHERE day {_SKIPPED}"
+    f" ON CONFLICT (project_id, session_id) DO UPDATE SET {_FOLDED_UPDATE}"
+)
+
+# One day's exit pages from its session days and the sessions overlapping it (as rebuild_day's
+# SQL computes them from the day's events).
+_EXIT_ROWS = (
+    "WITH sess AS MATERIALIZED (SELECT session_id, (started_at AT TIME ZONE :timezone)::date AS day,"
+    " extract(epoch FROM ended_at - started_at)::float8 AS duration, pageviews::bigint AS pageviews,"
+    f" events::bigint AS events, exit_page, {_VISIT_COLUMNS} FROM query_sessions"
+    " WHERE project_id = :project_id AND ended_at >= :start AND started_at < :end)"
+    f" INSERT INTO {EXIT_PAGES_CUBE.table} (project_id, day, grain, exit_page, {_VISIT_COLUMNS}, {CUBE_METRIC_COLUMNS})"
+    " SELECT :project_id, computed.* FROM ("
+    + _aggregate_sql(
+        EXIT_PAGES_CUBE,
+        f"SELECT sd.day, s.exit_page, {_visits_of('s')}, 'e' AS kind, sd.distinct_id, sd.pageviews AS pv,"
+        " sd.events AS ev, 1 AS sign, NULL::float8 AS m_duration, NULL::bigint AS m_pageviews,"
+        " NULL::bigint AS m_events FROM query_rollup_session_days sd JOIN sess s USING (session_id)"
+        " WHERE sd.project_id = :project_id AND sd.day = :day"
+        f" UNION ALL SELECT s.day, s.exit_page, {_visits_of('s')}, 's', NULL, 0, 0, 1, s.duration, s.pageviews,"
+        " s.events FROM sess s WHERE s.day = :day",
+    )
+    + ") computed"
+)
+
+
+def _days_between(first: date, last: date) -> list[date]:
+    return [first + timedelta(days=offset) for offset in range((last - first).days + 1)]
+
+
+async def _try_lock_days(connection: AsyncConnection, project_id: int, days: Iterable[date]) -> None:
+    for day in sorted(set(days)):
+        locked = await connection.execute(
+            text("SELECT pg_try_advisory_xact_lock(:namespace, hashtext(:key))"),
+            {"namespace": ROLLUP_LOCK_NAMESPACE, "key": day_lock_key(project_id, day)},
+        )
+        if not locked.scalar_one():
+            raise DaysBusy(f"project {project_id}: day {day} is being built or purged")
+
+
+async def refresh_project(
+    connection: AsyncConnection, project: ProjectToRefresh, max_rebuilds: int
+) -> RefreshOutcome | None:
+    """Merges the project's pending events into its rollups and rebuilds its unbuilt days (at
+    most max_rebuilds); None if another refresher holds the project. Raises DaysBusy (roll
+    back) if a day it must write is held. The steps are described above."""
+    # Here, not at the top: the planner reads this module's day states.
+    from services.query.planner import local_midnight
+
+    project_id, timezone = project.project_id, project.timezone
+    locked = await connection.execute(
+        text("SELECT pg_try_advisory_xact_lock(:namespace, hashtext(:key))"),
+        {"namespace": ROLLUP_LOCK_NAMESPACE, "key": f"{project_id}:refresh"},
+    )
+    if not locked.scalar_one():
+        return None
+    waiting = await connection.execute(
+        text(
+            "SELECT coalesce(sum(cardinality(event_uuid)), 0) FROM query_rollup_pending WHERE project_id = :project_id"
+        ),
+        {"project_id": project_id},
+    )
+    # A bulk load (an import, a backlog after downtime) is cheaper rebuilt than merged: its keys
+    # are dropped and every day it changed is rebuilt.
+    bulk = int(waiting.scalar_one()) > MAX_MERGED_EVENTS
+    keys = (
+        "NULL::timestamptz AS occurred_at, NULL::uuid AS event_uuid, NULL::text AS timezone FROM taken WHERE false"
+        if bulk
+        else (
+            "k.occurred_at, k.event_uuid, NULL::text AS timezone"
+            " FROM taken CROSS JOIN unnest(taken.occurred_at, taken.event_uuid) AS k(occurred_at, event_uuid)"
+        )
+    )
+    # The keys, the markers and the timezone (a timezone change remakes the markers) in one snapshot.
+    taken = await connection.execute(
+        text(
+            "WITH taken AS (DELETE FROM query_rollup_pending WHERE project_id = :project_id"
+            " RETURNING occurred_at, event_uuid)"
+            f" SELECT NULL::date AS day, NULL::bigint AS changes, NULL::bigint AS built_changes, {keys}"
+            " UNION ALL SELECT day, changes, built_changes, NULL, NULL, NULL FROM query_rollup_days"
+            " WHERE project_id = :project_id"
+            " UNION ALL SELECT NULL, NULL, NULL, NULL, NULL, timezone FROM projects WHERE project_id = :project_id"
+        ),
+        {"project_id": project_id},
+    )
+    occurred_at: list[datetime] = []
+    event_uuid: list[UUID] = []
+    changes: dict[date, int] = {}
+    unbuilt: set[date] = set()
+    stale: set[date] = set()
+    for row in taken:
+        if row.timezone is not None:
+            timezone = row.timezone
+            continue
+        if row.day is None:
+            occurred_at.append(row.occurred_at)
+            event_uuid.append(row.event_uuid)
+            continue
+        changes[row.day] = row.changes
+        if row.built_changes is None:
+            unbuilt.add(row.day)
+        elif row.built_changes != row.changes:
+            stale.add(row.day)
+    # Days whose rows can no longer be corrected by adding: rebuilt below, or marked never built
+    # at the end. Their markers are written last, like every marker: ingest locks a day's marker
+    # in each batch, and would wait for this transaction until it commits.
+    unbuildable: set[date] = set()
+    if bulk:
+        # Every day the load changed was marked changed by the insert triggers.
+        unbuildable |= stale
+        unbuilt |= stale
+        stale = set()
+    params: dict[str, object] = {
+        "project_id": project_id,
+        "timezone": timezone,
+        "occurred_at": occurred_at,
+        "event_uuid": event_uuid,
+    }
+    merged: set[date] = set()
+    if occurred_at:
+        sessions = await connection.execute(
+            text(
+                f"WITH {_NEW_EVENTS}"
+                " SELECT q.session_id, (q.started_at AT TIME ZONE :timezone)::date AS start_day,"
+                " (q.ended_at AT TIME ZONE :timezone)::date AS end_day, f.day AS folded_day,"
+                " (f.session_id IS NOT NULL AND (f.first_uuid <> q.first_uuid OR f.started_at <> q.started_at"
+                " OR f.entry_uuid IS DISTINCT FROM q.entry_uuid)) AS moved"
+                " FROM (SELECT DISTINCT session_id FROM newev) n"
+                " JOIN query_sessions q ON q.project_id = :project_id AND q.session_id = n.session_id"
+                " LEFT JOIN query_rollup_sessions_folded f ON f.project_id = :project_id"
+                " AND f.session_id = n.session_id"
+            ),
+            params,
+        )
+        moved_days: set[date] = set()
+        touched_sessions: list[str] = []
+        start_days: set[date] = set()
+        for session in sessions:
+            first = min(session.start_day, session.folded_day or session.start_day)
+            span = _days_between(first, session.end_day)
+            if session.moved or (session.folded_day is None and session.start_day in unbuilt):
+                moved_days.update(span)
+            else:
+                merged.update(span)
+                touched_sessions.append(session.session_id)
+                start_days.add(session.start_day)
+        moved_days &= changes.keys()
+        unbuildable |= moved_days
+        unbuilt |= moved_days
+        merged -= unbuilt
+        await _try_lock_days(connection, project_id, merged | unbuilt)
+        params["skip"] = sorted(unbuilt)
+        # One statement: the new events are looked up once, and every part reads the folded
+        # sessions as they were before this statement replaces them (its last part).
+        writes = [*(_merge_sql(cube) for cube in _MERGED_CUBES), _SESSION_DAYS_MERGE]
+        merges = ", ".join(f"m{index} AS ({write})" for index, write in enumerate(writes))
+        await connection.execute(text(f"WITH {_SESSION_CTES}, {merges} {_FOLDED_MERGE}"), params)
+        touched = {"project_id": project_id, "days": sorted(merged)}
+        for cube in _MERGED_CUBES:
+            # A group whose sessions and events went back to none is not in a rebuild either.
+            await connection.execute(
+                text(
+                    f"DELETE FROM {cube.table} WHERE project_id = :project_id"
+                    " AND day = ANY(CAST(:days AS date[])) AND sessions = 0 AND events = 0"
+                ),
+                touched,
+            )
+        # The days whose exit pages moved: the touched sessions' start days (their session rows)
+        # and the days they have events on (a long session spans days it has no event on).
+        with_events = await connection.execute(
+            text(
+                "SELECT DISTINCT day FROM query_rollup_session_days WHERE project_id = :project_id"
+                " AND day = ANY(CAST(:days AS date[])) AND session_id = ANY(CAST(:sessions AS text[]))"
+            ),
+            {"project_id": project_id, "days": sorted(merged), "sessions": touched_sessions},
+        )
+        exit_days = (start_days | set(with_events.scalars())) & merged
+        for day in sorted(exit_days):
+            await connection.execute(
+                text(f"DELETE FROM {EXIT_PAGES_CUBE.table} WHERE project_id = :project_id AND day = :day"),
+                {"project_id": project_id, "day": day},
+            )
+            await connection.execute(
+                text(_EXIT_ROWS),
+                {
+                    "project_id": project_id,
+                    "timezone": timezone,
+                    "day": day,
+                    "start": local_midnight(day, timezone),
+                    "end": local_midnight(day + timedelta(days=1), timezone),
+                },
+            )
+    else:
+        await _try_lock_days(connection, project_id, unbuilt)
+    rebuilt: list[date] = []
+    to_rebuild = sorted(unbuilt, reverse=True)[:max_rebuilds]
+    if to_rebuild:
+        await configure_transaction(connection)
+    for day in to_rebuild:
+        await rebuild_day(
+            connection,
+            project_id=project_id,
+            timezone=timezone,
+            day=day,
+            start=local_midnight(day, timezone),
+            end=local_midnight(day + timedelta(days=1), timezone),
+        )
+        rebuilt.append(day)
+    built = {day: changes[day] for day in (merged | stale) - unbuilt if day in changes}
+    # One pass in day order, as the triggers take the markers' locks: no deadlock with a batch.
+    for day in sorted(built.keys() | set(rebuilt) | unbuildable):
+        if day in built or day in rebuilt:
+            # A merged day purged meanwhile (never built) stays so; a rebuilt one is built.
+            condition = "" if day in rebuilt else " AND built_changes IS NOT NULL"
+            await connection.execute(
+                text(
+                    "UPDATE query_rollup_days SET built_changes = :generation, built_at = now()"
+                    f" WHERE project_id = :project_id AND day = :day{condition}"
+                ),
+                {"project_id": project_id, "day": day, "generation": changes[day]},
+            )
+        else:
+            await connection.execute(
+                text(
+                    "UPDATE query_rollup_days SET built_changes = NULL, built_at = NULL"
+                    " WHERE project_id = :project_id AND day = :day"
+                ),
+                {"project_id": project_id, "day": day},
+            )
+    return RefreshOutcome(len(built), len(rebuilt), len(occurred_at))
 
 
 async def rebuild_day(
@@ -144,20 +573,15 @@ async def rebuild_day(
     day: date,
     start: datetime,
     end: datetime,
-    generation: int,
-) -> bool:
-    """Replace the day's cube rows; False if another process is rebuilding that day right now."""
-    locked = await connection.execute(
-        text("SELECT pg_try_advisory_xact_lock(:namespace, hashtext(:key))"),
-        {"namespace": ROLLUP_LOCK_NAMESPACE, "key": day_lock_key(project_id, day)},
-    )
-    if not locked.scalar_one():
-        return False
+) -> None:
+    """Replace the day's cube rows, session days and the folded rows of the sessions that
+    started on it, from its events less those still pending. Hold the day's lock."""
     params = {"project_id": project_id, "timezone": timezone, "day": day, "start": start, "end": end}
-    for cube in CUBES:
-        await connection.execute(
-            text(f"DELETE FROM {cube.table} WHERE project_id = :project_id AND day = :day"), params
-        )
+    for table in (*(cube.table for cube in CUBES), "query_rollup_session_days"):
+        await connection.execute(text(f"DELETE FROM {table} WHERE project_id = :project_id AND day = :day"), params)
+    await connection.execute(
+        text("DELETE FROM query_rollup_sessions_folded WHERE project_id = :project_id AND day = :day"), params
+    )
     # One statement for every table, so the day's events are read and joined to sessions once.
     inserts = []
     for cube in CUBES:
@@ -167,16 +591,36 @@ async def rebuild_day(
             f"INSERT INTO {cube.table} (project_id, {columns}, {CUBE_METRIC_COLUMNS})"
             f" SELECT :project_id, {columns}, {CUBE_METRIC_COLUMNS} FROM ({computed}) computed"
         )
-    writes = ", ".join(f"c{index} AS ({insert})" for index, insert in enumerate(inserts[:-1]))
-    await connection.execute(text(f"WITH {session_ctes(materialized=True)}, {writes} {inserts[-1]}"), params)
-    await connection.execute(
-        text(
-            "UPDATE query_rollup_days SET built_changes = :generation, built_at = now()"
-            " WHERE project_id = :project_id AND day = :day"
-        ),
-        {"project_id": project_id, "day": day, "generation": generation},
+    inserts.append(
+        "INSERT INTO query_rollup_session_days (project_id, day, session_id, distinct_id, pageviews, events)"
+        " SELECT :project_id, day, session_id, distinct_id, count(*) FILTER (WHERE name = 'pageview'), count(*)"
+        " FROM base WHERE e_in_range GROUP BY day, session_id, distinct_id"
     )
-    return True
+    # The sessions that started on the day with the pages, domains and event names among their
+    # events: grouped from one union, not joined (a join of two CTEs has no estimates to go by).
+    raw_visits = ", ".join(DIMENSIONS[name].raw for name in VISIT_DIMENSIONS)
+    nulls = ", ".join(["NULL"] * len(VISIT_DIMENSIONS))
+    folded = ", ".join(f"max({DIMENSIONS[name].raw})" for name in VISIT_DIMENSIONS)
+    inserts.append(
+        f"INSERT INTO query_rollup_sessions_folded AS f (project_id, {_FOLDED_COLUMNS})"
+        " SELECT :project_id, session_id, :day, max(s_started_at), CAST(max(first_uuid) AS uuid),"
+        " CAST(max(entry_uuid) AS uuid), max(s_ended_at), max(s_pageviews), max(s_events), max(entry_page),"
+        f" max(exit_page), {folded},"
+        " coalesce(array_agg(DISTINCT path ORDER BY path) FILTER (WHERE path IS NOT NULL), CAST('{}' AS text[])),"
+        " coalesce(array_agg(DISTINCT domain ORDER BY domain) FILTER (WHERE domain IS NOT NULL),"
+        " CAST('{}' AS text[])),"
+        " coalesce(array_agg(DISTINCT name ORDER BY name) FILTER (WHERE name IS NOT NULL), CAST('{}' AS text[]))"
+        " FROM (SELECT session_id, s_started_at, CAST(s_first_uuid AS text) AS first_uuid,"
+        " CAST(s_entry_uuid AS text) AS entry_uuid, s_ended_at, s_pageviews, s_events, entry_page, exit_page,"
+        f" {raw_visits}, NULL AS path, NULL AS domain, NULL AS name FROM sess WHERE s_in_range"
+        " UNION ALL SELECT session_id, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,"
+        f" {nulls}, path, domain, name FROM base WHERE s_in_range) u GROUP BY session_id"
+        f" ON CONFLICT (project_id, session_id) DO UPDATE SET {_FOLDED_UPDATE}"
+    )
+    writes = ", ".join(f"c{index} AS ({insert})" for index, insert in enumerate(inserts[:-1]))
+    await connection.execute(
+        text(f"WITH {session_ctes(materialized=True, exclude_pending=True)}, {writes} {inserts[-1]}"), params
+    )
 
 
 async def weeks_to_build(connection: AsyncConnection, limit: int, project_id: int | None = None) -> list[WeekToBuild]:

@@ -1,9 +1,10 @@
 """The query service's background work: the rollup refresher.
 
-It rebuilds changed days, then the complete weeks whose days changed, one transaction of its
-own per step (the one writer of the query service; requests only read). It runs in every query
-worker, started by the app's lifespan (a per-day advisory lock keeps two from building the same
-day), and as `sightline rollup`.
+It merges what arrived into each project's days (and rebuilds the days that need it), then the
+complete weeks whose days changed, one transaction of its own per project and per week (the one
+writer of the query service; requests only read). It runs in every query worker, started by the
+app's lifespan (a per-project advisory lock keeps two from refreshing the same project), and as
+`sightline rollup`.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import replace
-from datetime import timedelta
 
 from litestar import Litestar
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -23,8 +23,6 @@ from services.common.app import Lifespan, running_in_background
 from services.common.db import create_engine, set_statement_timeout
 from services.common.settings import DatabaseSettings
 from services.query import rollup_repository
-from services.query.planner import local_midnight
-from services.query.repository import configure_transaction
 from services.query.settings import QuerySettings
 
 logger = logging.getLogger(__name__)
@@ -34,30 +32,23 @@ REBUILD_STATEMENT_TIMEOUT_MS = 120_000
 
 
 async def refresh_rollups(engine: AsyncEngine, days_per_round: int, project_id: int | None = None) -> int:
-    """Rebuild up to days_per_round changed days, then the weeks they complete, then as many stale
-    retention weeks; return how many days and weeks were rebuilt."""
+    """Merge every project's pending events and rebuild up to days_per_round unbuilt days per
+    project, then the weeks they complete, then as many stale retention weeks; return how many
+    days and weeks were refreshed."""
     async with engine.begin() as connection:
-        days = await rollup_repository.days_to_build(connection, days_per_round, project_id)
+        projects = await rollup_repository.projects_to_refresh(connection, project_id)
     rebuilt = 0
-    for item in days:
-        # Its own transaction, committed before the read: see rollup_repository.claim_day.
-        async with engine.begin() as connection:
-            generation = await rollup_repository.claim_day(connection, item.project_id, item.day)
-        if generation is None:
+    for project in projects:
+        try:
+            async with engine.begin() as connection:
+                await set_statement_timeout(connection, REBUILD_STATEMENT_TIMEOUT_MS)
+                outcome = await rollup_repository.refresh_project(connection, project, days_per_round)
+        except rollup_repository.DaysBusy:
+            # Rolled back: the pending rows it took are there again for the next round.
+            logger.info("rollup refresh of project %s postponed: a day is busy", project.project_id)
             continue
-        async with engine.begin() as connection:
-            await configure_transaction(connection)
-            await set_statement_timeout(connection, REBUILD_STATEMENT_TIMEOUT_MS)
-            if await rollup_repository.rebuild_day(
-                connection,
-                project_id=item.project_id,
-                timezone=item.timezone,
-                day=item.day,
-                start=local_midnight(item.day, item.timezone),
-                end=local_midnight(item.day + timedelta(days=1), item.timezone),
-                generation=generation,
-            ):
-                rebuilt += 1
+        if outcome is not None:
+            rebuilt += outcome.days
     async with engine.begin() as connection:
         weeks = await rollup_repository.weeks_to_build(connection, days_per_round, project_id)
     for week in weeks:
@@ -145,9 +136,9 @@ async def run_refresher(database: DatabaseSettings, settings: QuerySettings) -> 
 def pause_after_round(busy_s: float, settings: QuerySettings) -> float:
     """The interval, stretched so rebuilding takes at most rollup_max_busy_share of the time.
 
-    Under steady ingest today changes every round and its rebuild grows with its events (at the
-    seed load, 5-6 s of Postgres CPU every 30 s after a few minutes); spacing rounds out caps
-    that cost instead of letting it take a whole core.
+    A round merges what arrived since the last one, but a round that rebuilds days (after a
+    delete, a purge, a bulk load) costs in proportion to those days' events; spacing rounds out
+    caps that cost instead of letting it take a whole core.
     """
     share = min(1.0, max(settings.rollup_max_busy_share, 0.01))
     return max(settings.rollup_interval_s, busy_s * (1 - share) / share)

@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from services.cli import admin
 from services.cli.main import cli
 from services.common import project_repository
-from services.common.rollup_purge_repository import SESSION_CUBE_TABLES
+from services.common.rollup_purge_repository import INCREMENT_TABLES, SESSION_CUBE_TABLES
 from services.replay.app import create_app as create_replay_app
 from tests.harness import DatabaseHarness
 from tests.replay.conftest import Chunk, insert_event, insert_session
@@ -129,6 +129,8 @@ async def test_delete_removes_the_project_and_all_its_data_and_nothing_else(
             "query_rollup_weeks": 0,
             "query_rollup_retention": 0,
             "query_rollup_retention_weeks": 0,
+            **dict.fromkeys(INCREMENT_TABLES, 0),
+            "query_rollup_pending": 1,  # the event's keys, waiting for the refresher
             "query_rollup_days": 1,  # today's marker, made by the event's insert
             "projects": 1,
         },

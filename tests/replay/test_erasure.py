@@ -12,7 +12,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.common.db import asyncpg_connection
-from services.common.rollup_purge_repository import DAY_ROLLUP_TABLES, RETENTION_ROLLUP_TABLES
+from services.common.rollup_purge_repository import DAY_ROLLUP_TABLES, INCREMENT_TABLES, RETENTION_ROLLUP_TABLES
 from services.ingest.repository import write_batch
 from services.query.app import create_app as create_query_app
 from services.query.settings import QuerySettings
@@ -52,7 +52,7 @@ async def _rows_for(engine: AsyncEngine, project_id: int, distinct_id: str, clai
 async def _rollup_rows(engine: AsyncEngine, project_id: int) -> dict[str, int]:
     async with engine.connect() as connection:
         counts = {}
-        for table_name in (*DAY_ROLLUP_TABLES, "query_rollup_page_weeks", *RETENTION_ROLLUP_TABLES):
+        for table_name in (*DAY_ROLLUP_TABLES, "query_rollup_page_weeks", *RETENTION_ROLLUP_TABLES, *INCREMENT_TABLES):
             result = await connection.execute(
                 text(f"SELECT count(*) > 0 FROM {table_name} WHERE project_id = :p"), {"p": project_id}
             )
@@ -134,6 +134,8 @@ async def test_erasure_removes_every_row_of_the_person_and_their_share_of_the_ro
         "query_rollup_page_weeks": 1,  # the week of Jan 12 is complete
         "query_rollup_retention": 1,
         "query_rollup_retention_weeks": 1,
+        "query_rollup_sessions_folded": 1,
+        "query_rollup_session_days": 1,
     }
 
     before = await query(query_client, project, metrics=["visitors", "pageviews"], dimensions=["time:day"])
@@ -173,11 +175,13 @@ async def test_erasure_removes_every_row_of_the_person_and_their_share_of_the_ro
             # (Jan 13, Jan 13) carol; both go with zed's days, and the week's stamp.
             "query_rollup_retention": 2,
             "query_rollup_retention_weeks": 1,
+            "query_rollup_sessions_folded": response.json()["deletedRows"]["query_rollup_sessions_folded"],
+            "query_rollup_session_days": response.json()["deletedRows"]["query_rollup_session_days"],
             "query_rollup_days": 0,  # bob still has events on each day
         },
         "rollupDaysToRebuild": 3,
     }
-    assert min(response.json()["deletedRows"][name] for name in DAY_ROLLUP_TABLES) > 0
+    assert min(response.json()["deletedRows"][name] for name in (*DAY_ROLLUP_TABLES, *INCREMENT_TABLES)) > 0
 
     assert await _rows_for(admin_engine, project_id, "zed", zeds_uuids) == {
         "events": 0,
@@ -197,6 +201,9 @@ async def test_erasure_removes_every_row_of_the_person_and_their_share_of_the_ro
         "query_rollup_page_weeks": 0,
         "query_rollup_retention": 0,
         "query_rollup_retention_weeks": 0,
+        # The refresher's per-visitor counts and session copies of those days (zed's included).
+        "query_rollup_sessions_folded": 0,
+        "query_rollup_session_days": 0,
     }
     # zed's session is gone; bob's, which held one of her events, is recomputed from his own.
     assert await _query_sessions(admin_engine, project_id) == [("s-bob", "bob", 3), ("s-carol", "carol", 1)]

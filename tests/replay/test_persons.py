@@ -8,7 +8,7 @@ from typing import Any
 from litestar.testing import AsyncTestClient
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from services.common.rollup_purge_repository import SESSION_CUBE_TABLES
+from services.common.rollup_purge_repository import INCREMENT_TABLES, SESSION_CUBE_TABLES
 from tests.replay.conftest import T0, Chunk, StoreSession, auth, insert_event, insert_session, project_rows
 
 # What a person's erasure touches, per project.
@@ -70,6 +70,7 @@ async def test_deleting_a_person_removes_their_events_and_recordings_only(
         "query_rollup_weeks": 0,
         "query_rollup_retention": 0,
         "query_rollup_retention_weeks": 0,
+        **dict.fromkeys(INCREMENT_TABLES, 0),
         # Today keeps bob's event, so its marker stays (to rebuild); the day 900 days back
         # loses its only event and its marker.
         "query_rollup_days": 1,

@@ -16,7 +16,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.cli.main import cli
 from services.common import partition_repository
-from services.common.rollup_purge_repository import DAY_ROLLUP_TABLES, RETENTION_ROLLUP_TABLES, WEEK_ROLLUP_TABLES
+from services.common.rollup_purge_repository import (
+    DAY_ROLLUP_TABLES,
+    INCREMENT_TABLES,
+    RETENTION_ROLLUP_TABLES,
+    WEEK_ROLLUP_TABLES,
+)
 from services.query.app import create_app as create_query_app
 from services.query.settings import QuerySettings
 from tests.harness import DatabaseHarness
@@ -101,6 +106,7 @@ async def test_retention_removes_what_each_projects_setting_no_longer_allows(
             "query_rollup_weeks": 0,
             "query_rollup_retention": 0,
             "query_rollup_retention_weeks": 0,
+            **dict.fromkeys(INCREMENT_TABLES, 0),
             "query_rollup_days": 1,  # the 31-day-old day's marker (its event's insert made it)
         },
         "rollupDaysToRebuild": 0,

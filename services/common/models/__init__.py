@@ -5,6 +5,11 @@ from services.common.models.event import Event
 from services.common.models.ingested_event import IngestedEvent
 from services.common.models.project import Project
 from services.common.models.query_rollup_day import QueryRollupDay
+from services.common.models.query_rollup_increment import (
+    query_rollup_pending,
+    query_rollup_session_days,
+    query_rollup_sessions_folded,
+)
 from services.common.models.query_rollup_page import query_rollup_page_weeks, query_rollup_pages
 from services.common.models.query_rollup_retention import QueryRollupRetention, QueryRollupRetentionWeek
 from services.common.models.query_rollup_session_cube import (
@@ -39,5 +44,8 @@ __all__ = [
     "query_rollup_hours",
     "query_rollup_page_weeks",
     "query_rollup_pages",
+    "query_rollup_pending",
+    "query_rollup_session_days",
+    "query_rollup_sessions_folded",
     "query_rollup_visits",
 ]

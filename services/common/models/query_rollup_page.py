@@ -9,7 +9,7 @@ from __future__ import annotations
 from sqlalchemy import BigInteger, Column, Date, Index, SmallInteger, Table, Text
 
 from services.common.models.base import Base
-from services.common.models.query_rollup_visit import visit_and_metric_columns
+from services.common.models.query_rollup_visit import group_index, visit_and_metric_columns
 
 # One index per filterable column (migrations 0101, 0300): a filtered page query reads only its rows.
 FILTER_COLUMNS = ("page", "referrer", "utm_source", "utm_medium", "utm_campaign", "country", "browser", "os", "device")
@@ -30,6 +30,7 @@ def _page_rollup_table(name: str, period: str) -> Table:
             Index(f"ix_{name}_project_id_grain_{column}_{period}", "project_id", "grain", column, period)
             for column in FILTER_COLUMNS
         ),
+        *((group_index(name, "page"),) if period == "day" else ()),
     )
 
 

@@ -49,6 +49,23 @@ def visit_and_metric_columns() -> list[Column[Any]]:
     ]
 
 
+_VISIT_COLUMN_NAMES = ("referrer", "utm_source", "utm_medium", "utm_campaign", "country", "browser", "os", "device")
+
+
+def group_index(name: str, *fixed: str) -> Index:
+    """One row per group of a day (migration 0730): the incremental refresher merges into it."""
+    return Index(
+        f"ux_{name}_group",
+        "project_id",
+        "day",
+        "grain",
+        *fixed,
+        *_VISIT_COLUMN_NAMES,
+        unique=True,
+        postgresql_nulls_not_distinct=True,
+    )
+
+
 query_rollup_visits = Table(
     "query_rollup_visits",
     Base.metadata,
@@ -58,4 +75,5 @@ query_rollup_visits = Table(
     Column("grain", SmallInteger, nullable=False),
     *visit_and_metric_columns(),
     Index("ix_query_rollup_visits_project_id_grain_day", "project_id", "grain", "day"),
+    group_index("query_rollup_visits"),
 )

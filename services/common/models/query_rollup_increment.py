@@ -1,0 +1,66 @@
+"""What the incremental rollup refresher keeps besides the cubes (migration 0730).
+
+Owned by the query service (services/query/rollup_repository.py); purged with their days by
+services/common/rollup_purge_repository.py.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import BigInteger, Column, Date, DateTime, Index, PrimaryKeyConstraint, Table, Text, Uuid
+from sqlalchemy.dialects.postgresql import ARRAY
+
+from services.common.models.base import Base
+
+# Per inserting statement and project, the keys of its new non-bot events (a trigger writes
+# them); the refresher takes them. No key: rows are only ever added and taken whole.
+query_rollup_pending = Table(
+    "query_rollup_pending",
+    Base.metadata,
+    Column("project_id", BigInteger, nullable=False),
+    Column("occurred_at", ARRAY(DateTime(timezone=True)), nullable=False),
+    Column("event_uuid", ARRAY(Uuid), nullable=False),
+    Index("ix_query_rollup_pending_project_id", "project_id"),
+)
+
+# Each session as folded into its start day's rollup rows.
+query_rollup_sessions_folded = Table(
+    "query_rollup_sessions_folded",
+    Base.metadata,
+    Column("project_id", BigInteger, nullable=False),
+    Column("session_id", Text, nullable=False),
+    Column("day", Date, nullable=False),
+    Column("started_at", DateTime(timezone=True), nullable=False),
+    Column("first_uuid", Uuid, nullable=False),
+    Column("entry_uuid", Uuid),
+    Column("ended_at", DateTime(timezone=True), nullable=False),
+    Column("pageviews", BigInteger, nullable=False),
+    Column("events", BigInteger, nullable=False),
+    Column("entry_page", Text),
+    Column("exit_page", Text),
+    Column("referrer", Text),
+    Column("utm_source", Text),
+    Column("utm_medium", Text),
+    Column("utm_campaign", Text),
+    Column("country", Text),
+    Column("browser", Text),
+    Column("os", Text),
+    Column("device", Text),
+    Column("pages", ARRAY(Text), nullable=False),
+    Column("domains", ARRAY(Text), nullable=False),
+    Column("event_names", ARRAY(Text), nullable=False),
+    PrimaryKeyConstraint("project_id", "session_id", name="pk_query_rollup_sessions_folded"),
+    Index("ix_query_rollup_sessions_folded_project_id_day", "project_id", "day"),
+)
+
+# Per day, session and visitor: the pageviews and events folded (the exit pages are recomputed from them).
+query_rollup_session_days = Table(
+    "query_rollup_session_days",
+    Base.metadata,
+    Column("project_id", BigInteger, nullable=False),
+    Column("day", Date, nullable=False),
+    Column("session_id", Text, nullable=False),
+    Column("distinct_id", Text, nullable=False),
+    Column("pageviews", BigInteger, nullable=False),
+    Column("events", BigInteger, nullable=False),
+    PrimaryKeyConstraint("project_id", "day", "session_id", "distinct_id", name="pk_query_rollup_session_days"),
+)
