@@ -24,7 +24,7 @@ triggers take the shape 0680 and 0700 describe (the transition table read alone,
 single-row statements by key).
 
 Revision ID: 0730
-Revises: 0700
+Revises: 0720
 Create Date: 2026-11-30
 """
 
