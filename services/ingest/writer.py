@@ -33,7 +33,13 @@ from opentelemetry import trace
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.common.db import asyncpg_connection
-from services.common.errors import DATABASE_OUTAGE, ApiError, ServiceUnavailable, is_database_unavailable
+from services.common.errors import (
+    DATABASE_OUTAGE,
+    ApiError,
+    ServiceUnavailable,
+    is_database_unavailable,
+    retry_after_s,
+)
 from services.common.telemetry import tracer, unsampled_span
 from services.ingest import repository
 from services.ingest.repository import ChunkRow, EventRow
@@ -127,7 +133,9 @@ class BatchWriter:
     async def submit(self, events: list[EventRow], chunks: list[ChunkRow]) -> None:
         """Returns once the rows are committed; raises ServiceUnavailable otherwise."""
         if not self._accepting:
-            raise ServiceUnavailable("shutting_down", "This ingest process is shutting down; retry.", 1)
+            # Not the database's fault, so no outage in it; jittered all the same, since every
+            # tracker of this process hears it at once.
+            raise ServiceUnavailable("shutting_down", "This ingest process is shutting down; retry.", retry_after_s())
         submission = Submission(events, chunks, asyncio.get_running_loop().create_future())
         submission.queued_bytes = submission.estimated_bytes()
         if (

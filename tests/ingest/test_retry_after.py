@@ -12,16 +12,18 @@ import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from litestar.testing import AsyncTestClient
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.cli.pgbouncer import LocalPgBouncer
 from services.cli.processes import free_port
-from services.common.errors import DATABASE_OUTAGE, OUTAGE_GAP_S, DatabaseOutage
+from services.common.errors import DATABASE_OUTAGE, OUTAGE_GAP_S, DatabaseOutage, ServiceUnavailable
 from services.ingest.app import create_app
 from services.ingest.settings import IngestSettings
+from services.ingest.writer import BatchWriter, WriterLimits
 from tests.harness import DatabaseHarness
 from tests.ingest.conftest import JSON, json_body, pageview
 from tests.ingest.test_admission import counting_app, in_process
@@ -151,3 +153,20 @@ async def test_ingest_503s_in_an_outage_widen_with_it_and_narrow_once_a_commit_w
                 await asyncio.sleep(0.2)
         # A commit went through: the next refusal starts from the base again.
         assert DATABASE_OUTAGE.seconds() == 0.0
+
+
+async def test_a_process_shutting_down_spreads_its_refusals_too() -> None:
+    """Every tracker of the process hears it at once; not the database's fault, so 2-4 s."""
+    limits = WriterLimits(
+        linger_s=0, max_batch_rows=10, max_batch_chunk_bytes=1000, max_queue_rows=10, concurrency=1, commit_timeout_s=1
+    )
+    writer = BatchWriter(cast(AsyncEngine, None), limits)  # never started: not accepting
+    DATABASE_OUTAGE.failed(since=time.monotonic() - 40.0)  # an outage does not widen it
+    answers = set()
+    for _ in range(200):
+        with pytest.raises(ServiceUnavailable) as refused:
+            await writer.submit([], [])
+        assert refused.value.code == "shutting_down"
+        answers.add(int(refused.value.headers["Retry-After"]))
+    assert answers <= {2, 3, 4}
+    assert len(answers) >= 2
