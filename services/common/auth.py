@@ -38,9 +38,9 @@ class ProjectCache(SharedTtlCache[str, ProjectRecord | None]):
     once (a miss waits ``lookup_wait_s`` for a turn, then 503), so the flood never holds more than
     that many pooled connections and the batch writer keeps the rest. A key that was a project
     takes its turns apart from those (as many again): when a real project's entry expires during
-    a flood, its requests wait for their own lookup, not behind the flood's (`make attack` saw
-    every honest request of the half second after the expiry wait the whole lookup_wait_s).
-    Only keys that were real projects get there, so a flood cannot use those turns.
+    a flood, its requests wait for their own lookup, not behind the flood's (before, all of them
+    waited for a turn, up to lookup_wait_s, every ttl_s). Only keys that were real projects get
+    there, so a flood cannot use those turns.
     """
 
     def __init__(
