@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.cli import admin
 from services.common.db import create_admin_engine, create_engine
+from services.common.errors import DATABASE_OUTAGE
 from services.common.settings import DatabaseSettings, RateLimitSettings
 from services.ingest.app import create_app as create_ingest_app
 from services.ingest.settings import IngestSettings
@@ -24,6 +25,13 @@ from tests.harness import DatabaseHarness, start_database_harness
 
 # For tests that send many requests for one project; the limit has its own tests.
 NO_RATE_LIMIT = RateLimitSettings(requests_per_s=0, burst=0)
+
+
+@pytest.fixture(autouse=True)
+def no_database_outage_carried_over() -> None:
+    """DATABASE_OUTAGE is per process, like the outage it measures: one test's outage must not
+    widen the next test's Retry-After."""
+    DATABASE_OUTAGE.recovered()
 
 
 @pytest.fixture(scope="session")

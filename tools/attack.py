@@ -9,12 +9,20 @@ alone. Per phase it reports the honest requests' p50/p95 (first attempts), their
 the attack's requests and ingest's CPU per attack request (over the baseline's CPU rate), and
 ingest's RSS; at the end, events acknowledged (202) == events stored. Figures go to
 docs/reliability.md (or only to stdout with --no-write).
+
+On a small machine the attacker's own CPU slows the server as much as anything the server does,
+so each phase also reports the CPU the attacker, ingest, and the whole machine used, and a
+control phase burns a core without sending anything. --attacker-cpus, --visitor-cpus and
+--server-cpus pin the attacker, the honest visitors and the stack (Postgres, PgBouncer, the
+services) to cores (sched_setaffinity, as taskset does), so that the attacker's CPU can be kept
+off the cores the honest path runs on; --attack-rate caps the attack's requests per second.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import gzip
 import multiprocessing
 import os
@@ -39,9 +47,9 @@ from sqlalchemy import text
 from services.cli import admin
 from services.cli.processes import read_pid
 from services.cli.stack import LocalStack
-from services.common.db import create_admin_engine, create_engine
-from services.common.settings import AdminDatabaseSettings, DatabaseSettings, ServerSettings
-from services.ingest.tasks import create_missing_partitions
+from services.common.db import create_admin_engine
+from services.common.settings import AdminDatabaseSettings, ServerSettings
+from services.ingest.tasks import PARTITION_RETRY_INTERVAL_S, create_missing_partitions
 from tools.benchmarks_file import write_section
 from tools.loadtest.chaos import throwaway_stack
 
@@ -59,6 +67,15 @@ class PhaseFigures:
     cpu_s: float = 0.0
     rss_mb: float = 0.0
     seconds: float = 0.0
+    # CPU seconds of the attacker's process, of this process (the honest visitors), and of the
+    # whole machine (all cores) during the phase.
+    attacker_cpu_s: float = 0.0
+    visitors_cpu_s: float = 0.0
+    machine_busy_s: float = 0.0
+
+    def share(self, cpu_s: float) -> float:
+        """CPU seconds as a share of one core over the phase."""
+        return cpu_s / self.seconds if self.seconds else 0.0
 
 
 class Run:
@@ -148,10 +165,18 @@ class Attacker:
     ingest_url: str
     attacker_key: str
     sent: Any  # a multiprocessing Value shared with the parent
+    # Attack requests per second at most (all streams together); 0: as fast as they go.
+    rate: float = 0.0
+    _next_at: float = 0.0
 
-    def count(self) -> None:
+    async def count(self) -> None:
+        """Counts one attack request and, under --attack-rate, waits for the next one's turn."""
         with self.sent.get_lock():
             self.sent.value += 1
+        if self.rate > 0:
+            now = time.monotonic()
+            self._next_at = max(self._next_at + 1 / self.rate, now)
+            await asyncio.sleep(self._next_at - now)
 
 
 async def stalled_uploads(attacker: Attacker, sockets: int = 1000) -> None:
@@ -169,7 +194,7 @@ async def stalled_uploads(attacker: Attacker, sockets: int = 1000) -> None:
                 b"Content-Length: 500000\r\n\r\n{"
             )
             writers.append(writer)
-            attacker.count()
+            await attacker.count()
         try:
             await asyncio.sleep(15)  # each is answered 408 and closed after its grace; open new ones
         finally:
@@ -194,7 +219,7 @@ async def bombs(attacker: Attacker, client: httpx.AsyncClient, valid_key: bool) 
     async def one_stream() -> None:
         while True:
             await client.post(url, content=body, headers=headers)
-            attacker.count()
+            await attacker.count()
 
     await asyncio.gather(*(one_stream() for _ in range(4)))
 
@@ -205,7 +230,7 @@ async def random_keys(attacker: Attacker, client: httpx.AsyncClient) -> None:
             key = "pk_" + secrets.token_urlsafe(16)
             body = msgspec.json.encode({"projectKey": key, "events": [{"event": "x"}]})
             await client.post("/v1/events", content=body, headers={"Content-Type": "text/plain"})
-            attacker.count()
+            await attacker.count()
 
     await asyncio.gather(*(one_stream() for _ in range(50)))
 
@@ -216,7 +241,7 @@ async def huge_user_agents(attacker: Attacker, client: httpx.AsyncClient) -> Non
             body, _ = honest_batch(attacker.attacker_key, 0)
             agent = CHROME + " " + secrets.token_hex(30_000)  # 60 kB, unique
             await client.post("/v1/events", content=body, headers={"Content-Type": "text/plain", "User-Agent": agent})
-            attacker.count()
+            await attacker.count()
 
     await asyncio.gather(*(one_stream() for _ in range(10)))
 
@@ -232,28 +257,37 @@ async def counter_overflow(attacker: Attacker, client: httpx.AsyncClient) -> Non
         while True:
             seq += 1
             chunk = {"projectKey": attacker.attacker_key, "sessionId": "overflow", "distinctId": "d", "seq": seq}
-            body = gzip.compress(msgspec.json.encode({**chunk, "events": events}))
+            # Level 1: the default 9 cost the attacker ~50 ms of its own CPU per chunk (15 ms at 1,
+            # for a body 6 % larger), CPU taken from the box rather than from ingest.
+            body = gzip.compress(msgspec.json.encode({**chunk, "events": events}), compresslevel=1)
             await client.post(
                 "/v1/replay", content=body, headers={"Content-Type": "application/json", "Content-Encoding": "gzip"}
             )
-            attacker.count()
+            await attacker.count()
 
     await asyncio.gather(*(one_stream() for _ in range(2)))
 
 
 async def partition_ddl_behind_a_long_read(attacker: Attacker) -> None:
-    """A long dashboard read holds events while partitions for far-future days are created."""
+    """A long dashboard read holds events while ingest's upkeep creates partitions (far-future days).
+
+    At the upkeep's own pace (tasks.keep_partitions_ahead): a pass of up to PARTITION_ATTEMPTS
+    tries with its backoff, then PARTITION_RETRY_INTERVAL_S before the next. Each try makes the
+    INSERTs behind it wait up to PARTITION_LOCK_TIMEOUT_MS. (This attack used to try once a
+    second, 60 times the upkeep's pace, which measured the harness rather than ingest.)
+    """
     admin_engine = create_admin_engine(AdminDatabaseSettings.from_env())
-    engine = create_engine("attack", DatabaseSettings.from_env("ingest"))
+    # The upkeep's DDL runs as the owner (the services' role may not create tables), on its own engine.
+    engine = create_admin_engine(AdminDatabaseSettings.from_env())
     future = datetime.now(UTC).date() + timedelta(days=1000)
     try:
         async with admin_engine.connect() as dashboard:
             await dashboard.execute(text("LOCK TABLE events IN ACCESS SHARE MODE"))
             try:
                 while True:
-                    await create_missing_partitions(engine, future, attempts=1)
-                    attacker.count()
-                    await asyncio.sleep(1)
+                    await create_missing_partitions(engine, future)
+                    await attacker.count()
+                    await asyncio.sleep(PARTITION_RETRY_INTERVAL_S)
             finally:
                 await dashboard.rollback()
     finally:
@@ -261,26 +295,81 @@ async def partition_ddl_behind_a_long_read(attacker: Attacker) -> None:
         await admin_engine.dispose()
 
 
-ATTACKS: dict[str, Callable[[Attacker, httpx.AsyncClient], Coroutine[Any, Any, None]]] = {
-    "1,000 stalled uploads": lambda attacker, _: stalled_uploads(attacker),
-    "gzip bombs, unknown key in URL": lambda attacker, client: bombs(attacker, client, valid_key=False),
-    "gzip bombs, valid key in body": lambda attacker, client: bombs(attacker, client, valid_key=True),
-    "random-key flood": random_keys,
-    "unique 60 kB User-Agents": huge_user_agents,
-    "counter-overflow chunks": counter_overflow,
-    "partition DDL behind a long read": lambda attacker, _: partition_ddl_behind_a_long_read(attacker),
+async def cpu_burn(attacker: Attacker) -> None:
+    """The control: the attacker's process spins on its core and sends nothing.
+
+    Whatever this does to the honest p95 is the machine's, not ingest's: an attack whose ratio is
+    no worse than this one's (at a similar attacker CPU) costs the server nothing the CPU does not
+    explain.
+    """
+    while True:
+        deadline = time.monotonic() + 0.1
+        while time.monotonic() < deadline:
+            pass
+        await asyncio.sleep(0)
+
+
+AttackFunction = Callable[[Attacker, httpx.AsyncClient], Coroutine[Any, Any, None]]
+# name for --attacks -> (label in the report, the attack)
+ATTACKS: dict[str, tuple[str, AttackFunction]] = {
+    "cpu-burn": ("control: attacker spins a core, sends nothing", lambda attacker, _: cpu_burn(attacker)),
+    "stalled": ("1,000 stalled uploads", lambda attacker, _: stalled_uploads(attacker)),
+    "bomb-url": (
+        "gzip bombs, unknown key in URL",
+        lambda attacker, client: bombs(attacker, client, valid_key=False),
+    ),
+    "bomb-body": ("gzip bombs, valid key in body", lambda attacker, client: bombs(attacker, client, valid_key=True)),
+    "keys": ("random-key flood", random_keys),
+    "user-agents": ("unique 60 kB User-Agents", huge_user_agents),
+    "overflow": ("counter-overflow chunks", counter_overflow),
+    "partitions": (
+        "partition DDL behind a long read",
+        lambda attacker, _: partition_ddl_behind_a_long_read(attacker),
+    ),
 }
 
 
-def attack_process(name: str, ingest_url: str, attacker_key: str, sent: Any) -> None:
+def attack_process(name: str, ingest_url: str, attacker_key: str, sent: Any, rate: float, cpus: list[int]) -> None:
     """Runs one attack until the parent ends this process."""
+    if cpus:
+        os.sched_setaffinity(0, cpus)
 
     async def attack() -> None:
         limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
         async with httpx.AsyncClient(base_url=ingest_url, timeout=60, limits=limits) as client:
-            await ATTACKS[name](Attacker(ingest_url, attacker_key, sent), client)
+            await ATTACKS[name][1](Attacker(ingest_url, attacker_key, sent, rate), client)
 
     asyncio.run(attack())
+
+
+def pin_stack(stack: LocalStack, cpus: list[int]) -> list[int]:
+    """Pins Postgres, PgBouncer and the services (and their children, now and later) to cpus."""
+    roots = [stack.postgres.pid(), stack.pgbouncer().pid()]
+    roots += [read_pid(stack.paths.service_pid(service)) for service in ("ingest", "query", "replay")]
+    pinned = []
+    for pid in roots:
+        if pid is None:
+            continue
+        try:
+            root = psutil.Process(pid)
+            for process in [root, *root.children(recursive=True)]:
+                process.cpu_affinity(cpus)
+                pinned.append(process.pid)
+        except psutil.NoSuchProcess:
+            continue
+    return pinned
+
+
+def machine_busy_s() -> float:
+    """CPU seconds the whole machine (all cores) has spent busy; guest time is inside user already."""
+    times = psutil.cpu_times()
+    busy = ("user", "nice", "system", "irq", "softirq", "steal")
+    return float(sum(getattr(times, name, 0.0) for name in busy))
+
+
+def own_cpu_s() -> float:
+    times = psutil.Process().cpu_times()
+    return float(times.user + times.system)
 
 
 async def run_attacks(args: argparse.Namespace, stack: LocalStack) -> tuple[list[PhaseFigures], int, int]:
@@ -294,27 +383,42 @@ async def run_attacks(args: argparse.Namespace, stack: LocalStack) -> tuple[list
     pid = read_pid(stack.paths.service_pid("ingest"))
     assert pid is not None
     run = Run(ingest_url, str(honest["publicKey"]), str(attacker["publicKey"]), pid)
+    if args.server_cpus:
+        pinned = pin_stack(stack, args.server_cpus)
+        print(f"stack pinned to CPUs {args.server_cpus}: {len(pinned)} processes", flush=True)
+    if args.visitor_cpus:
+        os.sched_setaffinity(0, args.visitor_cpus)
     limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
     spawn = multiprocessing.get_context("spawn")
     async with httpx.AsyncClient(base_url=ingest_url, timeout=60, limits=limits) as honest_client:
         visitors = [asyncio.create_task(honest_visitor(run, honest_client, n)) for n in range(args.visitors)]
         await asyncio.sleep(args.warmup)
         phases: list[PhaseFigures] = []
-        for name in ["baseline (no attack)", *ATTACKS]:
-            print(f"phase: {name}", flush=True)
-            run.phase = figures = PhaseFigures(name)
+        for name in ["baseline", *args.attacks]:
+            label = ATTACKS[name][0] if name in ATTACKS else "baseline (no attack)"
+            print(f"phase: {label}", flush=True)
+            run.phase = figures = PhaseFigures(label)
             cpu_before, started = run.cpu_s(), time.monotonic()
+            visitors_before, machine_before = own_cpu_s(), machine_busy_s()
             sent = spawn.Value("q", 0)
             process = None
             if name in ATTACKS:
-                process = spawn.Process(target=attack_process, args=(name, ingest_url, run.attacker_key, sent))
+                process = spawn.Process(
+                    target=attack_process,
+                    args=(name, ingest_url, run.attacker_key, sent, args.attack_rate, args.attacker_cpus),
+                )
                 process.start()
             await asyncio.sleep(args.phase)
             if process is not None:
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    attacker_times = psutil.Process(process.pid).cpu_times()
+                    figures.attacker_cpu_s = attacker_times.user + attacker_times.system
                 process.terminate()
                 await asyncio.to_thread(process.join)
             figures.seconds = time.monotonic() - started
             figures.cpu_s = run.cpu_s() - cpu_before
+            figures.visitors_cpu_s = own_cpu_s() - visitors_before
+            figures.machine_busy_s = machine_busy_s() - machine_before
             figures.rss_mb = run.rss_mb()
             figures.attack_requests = int(sent.value)
             phases.append(figures)
@@ -340,10 +444,31 @@ def percentile(values: list[float], share: float) -> float:
     return ordered[min(len(ordered) - 1, int(share * len(ordered)))]
 
 
-def report(phases: list[PhaseFigures], acknowledged: int, stored: int, args: argparse.Namespace, command: str) -> str:
+def placement(args: argparse.Namespace) -> str:
+    if not (args.attacker_cpus or args.visitor_cpus or args.server_cpus):
+        return "no CPU pinning"
+
+    def cpus(values: list[int]) -> str:
+        return ",".join(map(str, values)) if values else "any"
+
+    return (
+        f"pinned: attacker to CPU {cpus(args.attacker_cpus)}, honest visitors to CPU {cpus(args.visitor_cpus)}, "
+        f"the stack to CPU {cpus(args.server_cpus)}"
+    )
+
+
+def report(
+    phases: list[PhaseFigures],
+    acknowledged: int,
+    stored: int,
+    args: argparse.Namespace,
+    command: str,
+    load_before: str = "",
+) -> str:
     baseline = phases[0]
     baseline_p95 = percentile(baseline.latencies_ms, 0.95)
     baseline_cpu_rate = baseline.cpu_s / baseline.seconds if baseline.seconds else 0.0
+    cores = os.cpu_count() or 1
     rows = []
     for phase in phases:
         p95 = percentile(phase.latencies_ms, 0.95)
@@ -353,20 +478,28 @@ def report(phases: list[PhaseFigures], acknowledged: int, stored: int, args: arg
         rows.append(
             f"| {phase.name} | {len(phase.latencies_ms)} | {statistics.median(phase.latencies_ms or [0]):.0f} | "
             f"{p95:.0f} ({p95 / baseline_p95:.1f}×) | {refusals} | {phase.attack_requests} | {cpu_per_attack} | "
+            f"{phase.share(phase.attacker_cpu_s):.0%} | {phase.share(phase.cpu_s):.0%} | "
+            f"{phase.share(phase.visitors_cpu_s):.0%} | {phase.share(phase.machine_busy_s) / cores:.0%} | "
             f"{phase.rss_mb:.0f} |"
         )
     rss_growth = max(phase.rss_mb for phase in phases) - baseline.rss_mb
     return "\n".join(
         [
             MARKERS[0],
-            f"Measured {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {platform.node()} ({os.cpu_count()} cores), "
-            f"one ingest worker, attacker, visitors, Postgres and PgBouncer on the same machine. Command: `{command}`.",
+            f"Measured {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {platform.node()} ({cores} cores), "
+            f"one ingest worker, attacker, visitors, Postgres and PgBouncer on the same machine "
+            f"({placement(args)}). Command: `{command}`. Load average before: {load_before}, after: "
+            f"{' '.join(Path('/proc/loadavg').read_text().split()[:3])}.",
             f"{args.visitors} honest visitors (a 3-event batch every ~1 s each, retried like the tracker), "
-            f"{args.phase:.0f} s per phase, {args.settle:.0f} s to settle between phases.",
+            f"{args.phase:.0f} s per phase, {args.settle:.0f} s to settle between phases"
+            + (f", attacks capped at {args.attack_rate:g} requests/s" if args.attack_rate else "")
+            + ". CPU columns: share of one core over the phase (attacker, ingest, the honest visitors' "
+            "process); machine: share of all cores busy (everything on the box, other work included).",
             "",
             "| phase | honest requests | p50 ms | p95 ms (× baseline) | honest refusals (first attempts) "
-            "| attack requests | ingest CPU per attack request | ingest RSS MB |",
-            "| --- | --- | --- | --- | --- | --- | --- | --- |",
+            "| attack requests | ingest CPU per attack request | attacker CPU | ingest CPU | visitors CPU "
+            "| machine busy | ingest RSS MB |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
             *rows,
             "",
             f"Honest events acknowledged: {acknowledged}; stored: {stored} "
@@ -377,6 +510,18 @@ def report(phases: list[PhaseFigures], acknowledged: int, stored: int, args: arg
     )
 
 
+def _names(value: str) -> list[str]:
+    names = [name.strip() for name in value.split(",") if name.strip()]
+    unknown = [name for name in names if name not in ATTACKS]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown attacks {unknown}; known: {','.join(ATTACKS)}")
+    return names
+
+
+def _cpus(value: str) -> list[int]:
+    return [int(cpu) for cpu in value.split(",") if cpu.strip()]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--visitors", type=int, default=200)
@@ -384,11 +529,24 @@ def main() -> None:
     parser.add_argument("--settle", type=float, default=10, help="seconds between phases")
     parser.add_argument("--warmup", type=float, default=10)
     parser.add_argument("--no-write", action="store_true")
+    parser.add_argument(
+        "--attacks",
+        type=_names,
+        default=list(ATTACKS),
+        help=f"comma-separated, in order (default: all): {','.join(ATTACKS)}",
+    )
+    parser.add_argument("--attack-rate", type=float, default=0.0, help="attack requests/s at most (0: unlimited)")
+    parser.add_argument("--attacker-cpus", type=_cpus, default=[], help="pin the attacker's process, e.g. 1")
+    parser.add_argument("--visitor-cpus", type=_cpus, default=[], help="pin the honest visitors (this process), e.g. 0")
+    parser.add_argument(
+        "--server-cpus", type=_cpus, default=[], help="pin Postgres, PgBouncer and the services, e.g. 0"
+    )
     args = parser.parse_args()
     command = "make attack" + (f' ATTACK_ARGS="{" ".join(sys.argv[1:])}"' if len(sys.argv) > 1 else "")
+    load_before = " ".join(Path("/proc/loadavg").read_text().split()[:3])
     with throwaway_stack(lambda: None, ingest_workers=1) as stack:
         phases, acknowledged, stored = asyncio.run(run_attacks(args, stack))
-    section = report(phases, acknowledged, stored, args, command)
+    section = report(phases, acknowledged, stored, args, command, load_before)
     print(section)
     if not args.no_write:
         write_section(section, MARKERS, RELIABILITY)

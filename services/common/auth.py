@@ -7,6 +7,7 @@ queries. A revoked or rotated key stops working within ``ttl_s``.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -35,7 +36,11 @@ class ProjectCache(SharedTtlCache[str, ProjectRecord | None]):
     project" answers live apart (``max_unknown_entries``), so a flood of unknown keys evicts only
     other unknown keys, never a real project; and at most ``max_concurrent_lookups`` lookups run at
     once (a miss waits ``lookup_wait_s`` for a turn, then 503), so the flood never holds more than
-    that many pooled connections and the batch writer keeps the rest.
+    that many pooled connections and the batch writer keeps the rest. A key that was a project
+    takes its turns apart from those (as many again): when a real project's entry expires during
+    a flood, its requests wait for their own lookup, not behind the flood's (before, all of them
+    waited for a turn, up to lookup_wait_s, every ttl_s). Only keys that were real projects get
+    there, so a flood cannot use those turns.
     """
 
     def __init__(
@@ -48,6 +53,7 @@ class ProjectCache(SharedTtlCache[str, ProjectRecord | None]):
     ) -> None:
         super().__init__(ttl_s, max_entries, max_concurrent_lookups, lookup_wait_s)
         self._unknown: SharedTtlCache[str, None] = SharedTtlCache(ttl_s, max_unknown_entries)
+        self._known_lookup_slots: asyncio.Semaphore | None = None
 
     def get(self, key: str) -> ProjectRecord | None | object:
         found = super().get(key)
@@ -58,6 +64,14 @@ class ProjectCache(SharedTtlCache[str, ProjectRecord | None]):
             self._unknown.put(key, None)
         else:
             super().put(key, value)
+
+    def _slots_for(self, key: str) -> asyncio.Semaphore | None:
+        known = self._max_concurrent_loads > 0 and super().stale(key) not in (MISSING, None)
+        if not known:
+            return super()._slots_for(key)
+        if self._known_lookup_slots is None:
+            self._known_lookup_slots = asyncio.Semaphore(self._max_concurrent_loads)  # on the running loop
+        return self._known_lookup_slots
 
 
 async def project_for_public_key(engine: AsyncEngine, cache: ProjectCache, public_key: str) -> ProjectRecord | None:

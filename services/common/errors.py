@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import math
 import random
+import time
+from collections.abc import Callable
 from typing import Any
 
 import asyncpg
@@ -25,18 +27,73 @@ logger = logging.getLogger(__name__)
 # Seconds a client should wait before retrying when the database is unreachable: the base of
 # a jittered value (retry_after_s), so clients refused together do not return together.
 DATABASE_RETRY_AFTER_S = 2
+# The longest base a refusal's Retry-After grows to (the answer is up to twice it): past this a
+# long outage would keep clients away after the database is back.
+MAX_RETRY_AFTER_BASE_S = 15.0
+# Each this many seconds the database has been unavailable add one second to Retry-After's base.
+OUTAGE_S_PER_RETRY_AFTER_S = 5.0
+# Failures further apart than this are two outages, not one: with no failure for this long the
+# outage is over even if nothing succeeded since (a process with no traffic sees no success).
+OUTAGE_GAP_S = 5.0
 
 
 def retry_after_s(backlog: float = DATABASE_RETRY_AFTER_S - 1) -> int:
     """Seconds to tell a refused client: 1 s plus one per unit of backlog, plus up to as much again at random.
 
-    ``backlog`` is how far past capacity the process is (for admission, queued / capacity). A
-    fixed value made every refused client return in the same second (after a 10 s database
-    outage, `make chaos` saw ~250-request spikes every 5 s); a window that widens with the
-    backlog spreads the returns so the queue drains between them.
+    ``backlog`` is how far past capacity the process is (for admission, queued / capacity; for
+    the database, how long it has been away, see DatabaseOutage). A fixed value made every
+    refused client return in the same second (after a 10 s database outage, `make chaos` saw
+    ~250-request spikes every 5 s); a window that widens with the backlog spreads the returns so
+    the queue drains between them.
     """
-    base = 1.0 + max(backlog, 0.0)
+    base = min(1.0 + max(backlog, 0.0), MAX_RETRY_AFTER_BASE_S)
     return max(1, math.ceil(base + random.uniform(0.0, base)))
+
+
+class DatabaseOutage:
+    """How long this process has found the database unavailable: what a 503's Retry-After grows with.
+
+    Every refusal that blames the database reports it (``failed``); a commit or a ready probe
+    that worked ends it (``recovered``), and so does a pause of OUTAGE_GAP_S without failures.
+    The longer the outage, the more clients hold a refused delivery and the more come back
+    when it ends, so the later a client is refused, the wider the window its return is drawn
+    from (2-4 s at first, 6-12 s after 20 s, at most 15-30 s after a minute).
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._since: float | None = None
+        self._last_failure = 0.0
+
+    def failed(self, since: float | None = None) -> None:
+        """The database failed a request; ``since``: when that request began to wait for it."""
+        now = self._clock()
+        began = now if since is None else min(since, now)
+        if self._since is None or now - self._last_failure > OUTAGE_GAP_S:
+            self._since = began
+        else:
+            self._since = min(self._since, began)
+        self._last_failure = now
+
+    def recovered(self) -> None:
+        self._since = None
+
+    def seconds(self) -> float:
+        now = self._clock()
+        if self._since is None or now - self._last_failure > OUTAGE_GAP_S:
+            return 0.0
+        return now - self._since
+
+    def backlog(self) -> float:
+        return self.seconds() / OUTAGE_S_PER_RETRY_AFTER_S
+
+    def retry_after_s(self, backlog: float = DATABASE_RETRY_AFTER_S - 1) -> int:
+        """retry_after_s() for a refusal with this backlog of its own, widened by the outage."""
+        return retry_after_s(backlog + self.backlog())
+
+
+# One per process (each Granian worker is one): the database is away for the whole process at once.
+DATABASE_OUTAGE = DatabaseOutage()
 
 
 class ErrorDetail(msgspec.Struct, omit_defaults=True):
@@ -70,10 +127,11 @@ class ApiError(Exception):
 
 
 class ServiceUnavailable(ApiError):
-    """503 with Retry-After: the given seconds, or by default a jittered 2-4 s (retry_after_s())."""
+    """503 with Retry-After: the given seconds, or by default a jittered 2-4 s that widens with how
+    long the database has been away (DATABASE_OUTAGE)."""
 
     def __init__(self, code: str, message: str, retry_after: int | None = None) -> None:
-        seconds = retry_after_s() if retry_after is None else retry_after
+        seconds = DATABASE_OUTAGE.retry_after_s() if retry_after is None else retry_after
         super().__init__(HTTP_503_SERVICE_UNAVAILABLE, code, message, headers={"Retry-After": str(seconds)})
 
 
@@ -183,11 +241,12 @@ def is_statement_timeout(exc: BaseException) -> bool:
 def _unexpected_error(request: Request[Any, Any, Any], exc: Exception) -> Response[ErrorBody]:
     if is_database_unavailable(exc):
         logger.warning("database unavailable: %s", type(exc).__name__)
+        DATABASE_OUTAGE.failed()
         return error_response(
             HTTP_503_SERVICE_UNAVAILABLE,
             "database_unavailable",
             "The database cannot be reached right now; retry later.",
-            headers={"Retry-After": str(retry_after_s())},
+            headers={"Retry-After": str(DATABASE_OUTAGE.retry_after_s())},
         )
     if is_statement_timeout(exc):
         return error_response(

@@ -11,7 +11,7 @@ from litestar.datastructures import State
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from services.common.errors import ServiceUnavailable, error_responses, is_database_unavailable
+from services.common.errors import DATABASE_OUTAGE, ServiceUnavailable, error_responses, is_database_unavailable
 
 READY_TIMEOUT_S = 2.0
 
@@ -61,11 +61,14 @@ async def _probe_once(engine: AsyncEngine) -> ServiceUnavailable | None:
         async with asyncio.timeout(READY_TIMEOUT_S), engine.connect() as connection:
             await connection.execute(text("SELECT 1"))
     except TimeoutError:
+        DATABASE_OUTAGE.failed()
         return ServiceUnavailable("database_unavailable", "The database did not answer in time.")
     except Exception as exc:
         if is_database_unavailable(exc):
+            DATABASE_OUTAGE.failed()
             return ServiceUnavailable("database_unavailable", "The database cannot be reached.")
         raise
+    DATABASE_OUTAGE.recovered()
     return None
 
 

@@ -71,19 +71,26 @@ class SharedTtlCache(Generic[K, V]):
         # shield: a client that goes away must not cancel the load others are waiting for.
         return await asyncio.shield(loading)
 
+    def _slots_for(self, key: K) -> asyncio.Semaphore | None:
+        """The turns key's load waits for (None: no limit); made on the running loop."""
+        if self._max_concurrent_loads <= 0:
+            return None
+        if self._load_slots is None:
+            self._load_slots = asyncio.Semaphore(self._max_concurrent_loads)
+        return self._load_slots
+
     async def _load_and_put(self, key: K, load: Callable[[], Awaitable[V]]) -> V:
         try:
-            if self._max_concurrent_loads <= 0:
+            slots = self._slots_for(key)
+            if slots is None:
                 value = await load()
             else:
-                if self._load_slots is None:
-                    self._load_slots = asyncio.Semaphore(self._max_concurrent_loads)  # on the running loop
                 async with asyncio.timeout(self._load_wait_s):
-                    await self._load_slots.acquire()
+                    await slots.acquire()
                 try:
                     value = await load()
                 finally:
-                    self._load_slots.release()
+                    slots.release()
             self.put(key, value)
             return value
         finally:

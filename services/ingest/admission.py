@@ -19,7 +19,8 @@ Ingest is public, so the door must also hold against a client that does not play
   as soon as it falls behind the rate.
 - A declared or streamed body over the route's limit is answered 413 before it is buffered.
 - Waiting for a slot is bounded (``admission_wait_s``); past it, 503 with a Retry-After that
-  grows with the queue and carries jitter, so refused clients do not come back together.
+  grows with the queue (and with how long the database has been away) and carries jitter, so
+  refused clients do not come back together.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from litestar.enums import ScopeType
 from litestar.middleware import ASGIMiddleware
 from litestar.types import ASGIApp, HTTPRequestEvent, Message, Receive, ReceiveMessage, Scope, Send
 
-from services.common.errors import ErrorBody, ErrorDetail, retry_after_s
+from services.common.errors import DATABASE_OUTAGE, ErrorBody, ErrorDetail
 from services.common.telemetry import step_span
 
 
@@ -184,13 +185,14 @@ class TrackerAdmissionMiddleware(ASGIMiddleware):
                 async with asyncio.timeout(self._limits.admission_wait_s):
                     await self._slots.acquire()
         except TimeoutError:
+            # Requests pile up at the door when commits stall, so a database outage widens it too.
             backlog = self._waiting / self._limits.max_concurrent
             await _answer(
                 send,
                 503,
                 "overloaded",
                 "This ingest process has more requests than it can take; retry after Retry-After seconds.",
-                {"Retry-After": str(retry_after_s(backlog))},
+                {"Retry-After": str(DATABASE_OUTAGE.retry_after_s(backlog))},
             )
             return
         finally:

@@ -33,7 +33,13 @@ from opentelemetry import trace
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.common.db import asyncpg_connection
-from services.common.errors import ApiError, ServiceUnavailable, is_database_unavailable, retry_after_s
+from services.common.errors import (
+    DATABASE_OUTAGE,
+    ApiError,
+    ServiceUnavailable,
+    is_database_unavailable,
+    retry_after_s,
+)
 from services.common.telemetry import tracer, unsampled_span
 from services.ingest import repository
 from services.ingest.repository import ChunkRow, EventRow
@@ -127,7 +133,9 @@ class BatchWriter:
     async def submit(self, events: list[EventRow], chunks: list[ChunkRow]) -> None:
         """Returns once the rows are committed; raises ServiceUnavailable otherwise."""
         if not self._accepting:
-            raise ServiceUnavailable("shutting_down", "This ingest process is shutting down; retry.", 1)
+            # Not the database's fault, so no outage in it; jittered all the same, since every
+            # tracker of this process hears it at once.
+            raise ServiceUnavailable("shutting_down", "This ingest process is shutting down; retry.", retry_after_s())
         submission = Submission(events, chunks, asyncio.get_running_loop().create_future())
         submission.queued_bytes = submission.estimated_bytes()
         if (
@@ -135,7 +143,9 @@ class BatchWriter:
             or self._queued_bytes + submission.queued_bytes > self._limits.max_queue_bytes
         ):
             raise ServiceUnavailable(
-                "writer_queue_full", "Too much is waiting to be written; retry shortly.", retry_after_s(backlog=3)
+                "writer_queue_full",
+                "Too much is waiting to be written; retry shortly.",
+                DATABASE_OUTAGE.retry_after_s(backlog=3),
             )
         self._queue.append(submission)
         self._queued_rows += submission.rows
@@ -148,6 +158,9 @@ class BatchWriter:
                 await asyncio.shield(submission.done)
         except TimeoutError as exc:
             self._abandon(submission)
+            # Nothing this request waited for was committed for commit_timeout_s: for Retry-After,
+            # the database has been away at least that long.
+            DATABASE_OUTAGE.failed(since=time.monotonic() - self._limits.commit_timeout_s)
             raise ServiceUnavailable("commit_timeout", "The database did not commit in time; retry.") from exc
         except asyncio.CancelledError:
             self._abandon(submission)  # the client went away
@@ -246,6 +259,7 @@ class BatchWriter:
                     submission.done.set_exception(error)
             return
         self.batches_committed += 1
+        DATABASE_OUTAGE.recovered()
         for submission in batch:
             self.rows_committed += submission.rows
             if not submission.done.done():
@@ -303,6 +317,7 @@ def _unique_chunks(rows: list[ChunkRow]) -> list[ChunkRow]:
 
 def _client_error(exc: Exception) -> Exception:
     if is_database_unavailable(exc):
+        DATABASE_OUTAGE.failed()
         return ServiceUnavailable("database_unavailable", "The database cannot be reached right now; retry later.")
     if isinstance(exc, asyncpg.DataError):
         return ApiError(422, "rejected_by_database", f"The database refused a value: {exc}.")

@@ -13,8 +13,10 @@ import msgspec
 import pytest
 from sqlalchemy import event
 
+from services.common.auth import ProjectCache
 from services.common.db import create_engine
 from services.common.health import ReadyProbe
+from services.common.project_repository import ProjectRecord
 from tests.harness import DatabaseHarness
 
 
@@ -74,3 +76,48 @@ async def test_ready_is_answered_from_a_recent_probe(db: DatabaseHarness) -> Non
     finally:
         await engine.dispose()
     assert statements == ["SELECT 1"]
+
+
+async def test_a_real_projects_expired_entry_is_looked_up_apart_from_a_flood_of_unknown_keys() -> None:
+    """The flood holds every lookup turn; the honest project's refresh does not queue behind it."""
+    cache = ProjectCache(ttl_s=0.0, max_concurrent_lookups=2, lookup_wait_s=30.0)
+    honest = ProjectRecord(
+        project_id=1,
+        name="p",
+        allowed_domains=("example.com",),
+        timezone="UTC",
+        public_key="pk_honest",
+        retention_days=30,
+    )
+    cache.put("pk_honest", honest)  # known, and already expired (ttl 0)
+    flood_answer = asyncio.Event()
+
+    async def hung_unknown() -> ProjectRecord | None:
+        await flood_answer.wait()
+        return None
+
+    flood = [asyncio.create_task(cache.get_or_load(f"pk_random{n}", hung_unknown)) for n in range(5)]
+    await asyncio.sleep(0)  # the flood takes both turns; three wait for one (up to 30 s)
+    renamed = ProjectRecord(
+        project_id=1,
+        name="q",
+        allowed_domains=("example.com",),
+        timezone="UTC",
+        public_key="pk_honest",
+        retention_days=30,
+    )
+
+    async def honest_lookup() -> ProjectRecord | None:
+        return renamed
+
+    # A hang guard, not a timing: behind the flood this would wait for its 30 s.
+    async with asyncio.timeout(10):
+        found = await cache.get_or_load("pk_honest", honest_lookup)
+    assert found == renamed  # looked up afresh, not the stale copy
+    assert not any(task.done() for task in flood)
+    # A key never seen as a project waits its turn behind the flood like any other.
+    unknown = asyncio.create_task(cache.get_or_load("pk_new", hung_unknown))
+    await asyncio.sleep(0.05)
+    assert not unknown.done()
+    flood_answer.set()
+    assert await asyncio.gather(*flood, unknown) == [None] * 6

@@ -155,7 +155,8 @@ async def test_with_pgbouncer_stopped_ingest_answers_503_fast_and_recovers_by_it
             )
             assert response.json()["error"]["code"] == "database_unavailable"
         assert [status for status, _, _ in outage_answers] == [503] * 3
-        assert all(2 <= int(retry) <= 4 for _, retry, _ in outage_answers)  # 2 s plus jitter
+        # 2 s plus jitter, widened by a second at most in an outage this young (test_retry_after.py).
+        assert all(2 <= int(retry) <= 5 for _, retry, _ in outage_answers)
         ready = await client.get("/health/ready")
         assert ready.status_code == 503
 
@@ -199,7 +200,7 @@ async def test_a_503_in_an_outage_keeps_its_cors_headers_so_a_browser_can_read_r
         async with asyncio.timeout(10):
             refused = await client.post("/v1/events", content=body(), headers={**JSON, **origin})
         assert refused.status_code == 503
-        assert 2 <= int(refused.headers["retry-after"]) <= 4  # 2 s plus jitter
+        assert 2 <= int(refused.headers["retry-after"]) <= 5  # 2 s plus jitter, a young outage
         assert refused.headers["access-control-allow-origin"] == origin["origin"]
         assert "retry-after" in refused.headers["access-control-expose-headers"].lower()
 
@@ -267,7 +268,8 @@ async def test_a_commit_slower_than_the_deadline_is_503_and_the_retry_is_stored_
             slow = await client.post("/v1/events", content=body, headers=JSON)
         assert slow.status_code == 503
         assert slow.json()["error"]["code"] == "commit_timeout"
-        assert 2 <= int(slow.headers["retry-after"]) <= 4  # 2 s plus jitter
+        # The commit waited 1 s: an outage of 1 s, base 2.2 s plus up to as much (test_retry_after.py).
+        assert 3 <= int(slow.headers["retry-after"]) <= 5
         await blocker.rollback()  # the holder gives up; the waiting insert goes through
 
         retried = await client.post("/v1/events", content=body, headers=JSON)

@@ -8,7 +8,16 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from tools.benchmarks_file import machine_line
-from tools.loadtest.fault_windows import FaultWindow
+from tools.loadtest.fault_windows import (
+    LEVEL_WINDOW_S,
+    P95_SLACK_MS,
+    P95_TOLERANCE,
+    PRE_FAULT_S,
+    RATE_TOLERANCE,
+    RECOVERY_LIMIT_S,
+    RECOVERY_STABLE_S,
+    FaultWindow,
+)
 
 if TYPE_CHECKING:
     from tools.loadtest.chaos import ChaosResult, RowCheck
@@ -26,12 +35,26 @@ def _seconds(value: float | None) -> str:
     return "never" if value is None else f"{value:.1f}"
 
 
+def traffic_recovered(window: FaultWindow) -> str:
+    """The traffic's recovery for the tables: seconds after the lift, or "not recovered"."""
+    traffic = window.traffic
+    if traffic is None:
+        return "-"
+    if not traffic.judged:
+        return f"not judged ({traffic.before.requests_per_s:.1f} requests/s before the fault)"
+    if traffic.recovered_after_s is None:
+        return "**not recovered**"
+    if not traffic.recovered:
+        return f"**not recovered** within {RECOVERY_LIMIT_S:.0f} s ({traffic.recovered_after_s:.0f} s)"
+    return f"{traffic.recovered_after_s:.0f}"
+
+
 def fault_table(windows: Sequence[FaultWindow], deadline_s: float) -> str:
     lines = [
         "| fault | fault lasted s | unavailable s (longest endpoint) | refused requests | retried, then delivered "
         "| final failures | p95 ms | longest request ms | recovered s after lift (last refusal / all ready) "
-        "| verdict |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| traffic back to pre-fault rate and p95, s after lift | verdict |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for window in windows:
         fault = window.fault
@@ -41,7 +64,7 @@ def fault_table(windows: Sequence[FaultWindow], deadline_s: float) -> str:
             f"| {fault.name} | {fault.lifted_at - fault.injected_at:.1f} | {window.unavailable_s:.1f} | "
             f"{refused} of {window.requests} | {sum(window.retried_then_delivered.values())} | "
             f"{sum(window.final_failures.values())} | {window.p95_ms:.0f} | {window.longest_ms:.0f} | "
-            f"{window.recovery_s:.1f} / {_seconds(window.ready_after_s)} | {verdict} |"
+            f"{window.recovery_s:.1f} / {_seconds(window.ready_after_s)} | {traffic_recovered(window)} | {verdict} |"
         )
     return "\n".join(lines)
 
@@ -57,6 +80,28 @@ def rows_table(rows: Sequence[RowCheck]) -> str:
             f"{row.stored_in_doubt} | {row.unexpected} |"
         )
     return "\n".join(lines)
+
+
+def traffic_steps(window: FaultWindow, shown: int = 20) -> str:
+    """The tracker traffic second by second from the lift, against the level before the fault."""
+    traffic = window.traffic
+    if traffic is None:
+        return ""
+    before = traffic.before
+    rows = "\n".join(
+        f"| {after_s:.0f} | {level.requests_per_s:.0f} | {level.p95_ms:.0f} | {level.refused} | "
+        f"{'yes' if level.holds(before) else 'no'} |"
+        for after_s, level in traffic.steps[:shown]
+    )
+    return f"""Tracker traffic (events and replay requests, every attempt) in the {PRE_FAULT_S:.0f} s before the fault:
+{before.requests_per_s:.0f} requests/s, p95 {before.p95_ms:.0f} ms. From the lift, each {LEVEL_WINDOW_S:.0f}-s window
+(at the level: rate within {RATE_TOLERANCE:.0%}, p95 within {P95_TOLERANCE}x or +{P95_SLACK_MS:.0f} ms, nothing
+refused; recovered: at the level for {RECOVERY_STABLE_S:.0f} s): {traffic_recovered(window)}.
+
+| s after lift | requests/s | p95 ms | refused | at the level |
+| --- | --- | --- | --- | --- |
+{rows}
+"""
 
 
 def _fault_details(window: FaultWindow) -> str:
@@ -81,7 +126,8 @@ to the next fault (or the end of the hold); {window.requests} requests answered 
 | endpoint | requests | refused | unavailable s | recovery s after lift | answered again after |
 | --- | --- | --- | --- | --- | --- |
 {endpoint_rows}
-"""
+
+{traffic_steps(window)}"""
 
 
 def report_text(result: ChaosResult, command: str) -> str:
@@ -118,9 +164,12 @@ report of the same run (throughput, latency, PgBouncer, CPU plots): [report.md](
 *Refused*: a retried attempt (503 or no answer, sent again with the same body after Retry-After or
 the tracker's backoff) or a final failure. *Unavailable*: from the start of the first refused request to the end of the
 last, on the worst endpoint. *Recovered*: seconds from the fault's lift to the end of the last refused
-request / until every service's `/health/ready` answered 200. Verdict: the longest request within
-the deadline ({options.deadline_s:.0f} s), every endpoint answered again after its last refusal, and
-every 503 carried Retry-After.
+request / until every service's `/health/ready` answered 200. *Traffic back*: seconds from the lift until
+the tracker requests' rate and p95 were back at their level of the {PRE_FAULT_S:.0f} s before the fault
+(rate within {RATE_TOLERANCE:.0%}, p95 within {P95_TOLERANCE}x, nothing refused, in every {LEVEL_WINDOW_S:.0f}-s window
+for {RECOVERY_STABLE_S:.0f} s); "not recovered" past {RECOVERY_LIMIT_S:.0f} s. Verdict: the longest request within
+the deadline ({options.deadline_s:.0f} s), every endpoint answered again after its last refusal, the
+traffic back within {RECOVERY_LIMIT_S:.0f} s, and every 503 carried Retry-After.
 
 {fault_table(windows, options.deadline_s)}
 
@@ -152,6 +201,14 @@ def write(result: ChaosResult, command: str) -> None:
                 "without_retry_after": window.without_retry_after,
                 "p95_ms": window.p95_ms,
                 "longest_ms": window.longest_ms,
+                "traffic_before": None if window.traffic is None else window.traffic.before.__dict__,
+                "traffic_recovered_after_s": None if window.traffic is None else window.traffic.recovered_after_s,
+                "traffic_steps": []
+                if window.traffic is None
+                else [
+                    [after_s, level.requests_per_s, level.p95_ms, level.refused]
+                    for after_s, level in window.traffic.steps
+                ],
             }
             for window in windows
         ],

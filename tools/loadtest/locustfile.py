@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import gevent
-from locust import FastHttpUser, LoadTestShape, between, constant_pacing, events, runners, task
+from locust import FastHttpUser, LoadTestShape, between, events, runners, task
 from locust.env import Environment
 from locust.runners import MasterRunner, WorkerRunner
 
@@ -85,11 +85,11 @@ def _error_code(response: Any) -> str:
 
 
 def _retry_after_s(response: Any, failed_attempts: int) -> float:
-    """Retry-After when the answer has it (capped), else the tracker's exponential backoff with jitter."""
+    """Retry-After (capped) plus up to half again, as the tracker; else its exponential backoff with jitter."""
     header = response.headers.get("retry-after") if response.status_code else None
     if header:
         try:
-            return min(MAX_RETRY_AFTER_S, max(0.0, float(header)))
+            return min(MAX_RETRY_AFTER_S, max(0.0, float(header))) * (1 + random.random() / 2)
         except ValueError:
             pass
     backoff = min(BACKOFF_MAX_S, BACKOFF_BASE_S * 2.0 ** (failed_attempts - 1))
@@ -112,6 +112,32 @@ def paced_with_random_phase(pacing_s: float) -> Callable[[Any], float]:
         next_task_at = now + random.uniform(0, pacing_s) if previous is None else max(now, previous + pacing_s)
         user.next_task_at = next_task_at
         return next_task_at - now
+
+    return wait_time
+
+
+def on_own_interval(pacing_s: float, most_behind: int = 6) -> Callable[[Any], float]:
+    """One task per pacing_s on the user's own random phase, as the tracker's setInterval fills its queue.
+
+    A task that ran long (a delivery retried through an outage) is followed by the ones its
+    intervals missed, back to back (the tracker's queue sends one at a time), then the user is on
+    its own phase again. constant_pacing restarts every user's period when its long task ends, so
+    visitors refused together stayed in step for the rest of a fault run (spikes every 5 s after
+    an outage, nothing between). At most most_behind intervals are caught up.
+    """
+
+    def wait_time(user: Any) -> float:
+        now = time.monotonic()
+        previous: float | None = getattr(user, "next_task_at", None)
+        if previous is None:
+            next_task_at = now + random.uniform(0, pacing_s)
+        else:
+            next_task_at = previous + pacing_s
+            oldest = now - most_behind * pacing_s
+            if next_task_at < oldest:
+                next_task_at += math.ceil((oldest - next_task_at) / pacing_s) * pacing_s
+        user.next_task_at = next_task_at
+        return max(0.0, next_task_at - now)
 
     return wait_time
 
@@ -160,7 +186,7 @@ class _Sender(FastHttpUser):
 class Visitor(_Sender):
     """One browser tab with the tracker: a request every 5 s, first the full snapshot."""
 
-    wait_time = constant_pacing(PLAN.pacing_s)
+    wait_time = on_own_interval(PLAN.pacing_s)
 
     def on_start(self) -> None:
         self.visitor = payloads.VisitorIdentity(PLAN.project_key)
