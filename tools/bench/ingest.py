@@ -4,6 +4,11 @@ Runs wrk (Debian's package) against the stack that `make up` started, alternatin
 no-op endpoint and /v1/events with the same body, connections and duration, so the figure
 is a ratio within one run on a shared machine. Checks that every 202 stored its events.
 Writes the figures to docs/benchmarks.md between the ingest-wrk markers.
+
+Around each wrk run it reads, from /proc, the CPU time of each process of the stack (the
+ingest server with its workers, every Postgres process, PgBouncer) and of wrk itself, and
+reports it per request: requests/s on a shared machine says little by itself, CPU per request
+says what each request costs and where.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import json
 import os
 import platform
 import re
+import resource
 import shutil
 import subprocess
 import tempfile
@@ -27,6 +33,7 @@ from sqlalchemy import text
 from services.cli.stack import load_local_env
 from services.common.db import admin_transaction
 from services.common.settings import AdminDatabaseSettings, ServerSettings, StackSettings
+from tools.bench.proc_cpu import load_average, machine_busy_seconds, read_tree
 from tools.benchmarks_file import write_section
 from tools.noop import require_noop_endpoint
 
@@ -64,9 +71,46 @@ def batch_body(public_key: str, events: int) -> bytes:
     return msgspec.json.encode({"projectKey": public_key, "events": batch})
 
 
+# What the CPU figures are split into: a name and how to find the root pids of its trees.
+PROCESS_GROUPS = ("ingest", "postgres", "pgbouncer")
+
+
+def _pid_file(path: Path) -> int | None:
+    try:
+        return int(path.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def stack_pids(data_dir: Path) -> dict[str, list[int]]:
+    """Root pids of the stack's process trees: ingest's Granian, each Postgres postmaster, PgBouncer."""
+    postmasters = [data_dir / "postgres" / "postmaster.pid", *sorted((data_dir / "citus").glob("*/postmaster.pid"))]
+    pids = {
+        "ingest": [_pid_file(data_dir / "run" / "ingest.pid")],
+        "postgres": [_pid_file(path) for path in postmasters],
+        "pgbouncer": [_pid_file(data_dir / "run" / "pgbouncer.pid")],
+    }
+    return {group: [pid for pid in found if pid is not None] for group, found in pids.items()}
+
+
+def cpu_reading(pids: dict[str, list[int]]) -> dict[str, float]:
+    reading = {group: sum(read_tree(pid).total for pid in roots) for group, roots in pids.items()}
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)  # wrk, once it has been waited for
+    reading["wrk"] = usage.ru_utime + usage.ru_stime
+    reading["machine"] = machine_busy_seconds()
+    return reading
+
+
 def run_wrk(
-    url: str, body_file: Path, lua_file: Path, seconds: int, connections: int, threads: int
+    url: str,
+    body_file: Path,
+    lua_file: Path,
+    seconds: int,
+    connections: int,
+    threads: int,
+    pids: dict[str, list[int]] | None = None,
 ) -> dict[str, float]:
+    before = cpu_reading(pids) if pids is not None else {}
     output = subprocess.run(
         ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(lua_file), url],
         env={**os.environ, "SIGHTLINE_BENCH_BODY": str(body_file)},
@@ -74,8 +118,12 @@ def run_wrk(
         text=True,
         check=True,
     ).stdout
+    after = cpu_reading(pids) if pids is not None else {}
     figures: dict[str, float] = {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))}  # type: ignore[union-attr]
     figures["requests"] = float(re.search(r"(\d+) requests in", output).group(1))  # type: ignore[union-attr]
+    # CPU per request, in ms, of each group (requests counted by wrk; in-flight ones at the end are few).
+    for group in after:
+        figures[f"cpu_ms_{group}"] = (after[group] - before[group]) * 1000 / max(figures["requests"], 1.0)
     non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
     figures["non_2xx"] = float(non_2xx.group(1)) if non_2xx else 0.0
     errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output)
@@ -116,6 +164,8 @@ def main() -> None:
     server = ServerSettings.from_env("ingest")
     base = f"http://{server.host}:{server.port}"
     require_noop_endpoint(base)
+    pids = stack_pids(stack.data_dir)
+    load_before = load_average()
 
     with tempfile.TemporaryDirectory() as scratch:
         body_file, lua_file = Path(scratch) / "body.json", Path(scratch) / "post.lua"
@@ -126,16 +176,21 @@ def main() -> None:
         results: dict[str, list[dict[str, float]]] = {"noop": [], "events": []}
         for _ in range(args.rounds):
             for name, path in (("noop", "/v1/noop"), ("events", "/v1/events")):
-                figures = run_wrk(base + path, body_file, lua_file, args.seconds, args.connections, args.threads)
+                figures = run_wrk(base + path, body_file, lua_file, args.seconds, args.connections, args.threads, pids)
                 results[name].append(figures)
                 print(f"{name:>6}: {figures}", flush=True)
         stored_after = asyncio.run(count_events(admin, int(demo["id"])))
 
     acknowledged = sum(r["requests"] - r["non_2xx"] for r in results["events"]) * args.events
-    summary = summarise(results, len(body), args, stored_after - stored_before, int(acknowledged))
+    load = f"load average {load_before} at start, {load_average()} at end"
+    summary = summarise(results, len(body), args, stored_after - stored_before, int(acknowledged), load)
     print(summary)
     if not args.no_write:
         write_section(summary, MARKERS)
+
+
+def _mean(runs: list[dict[str, float]], key: str) -> float:
+    return sum(run.get(key, 0.0) for run in runs) / len(runs)
 
 
 def _best(runs: list[dict[str, float]], key: str) -> float:
@@ -148,6 +203,7 @@ def summarise(
     args: argparse.Namespace,
     stored: int,
     acknowledged: int,
+    load: str,
 ) -> str:
     noop_rps = sum(r["rps"] for r in results["noop"]) / len(results["noop"])
     events_rps = sum(r["rps"] for r in results["events"]) / len(results["events"])
@@ -158,9 +214,19 @@ def summarise(
         for name in ("noop", "events")
         for run in results[name]
     )
+    cpu_rows = "\n".join(
+        f"| {name} | "
+        + " | ".join(f"{run.get(f'cpu_ms_{group}', 0):.3f}" for group in (*PROCESS_GROUPS, "wrk"))
+        + f" | {run.get('cpu_ms_machine', 0):.3f} |"
+        for name in ("noop", "events")
+        for run in results[name]
+    )
+    noop_cpu = _mean(results["noop"], "cpu_ms_ingest")
+    events_cpu = _mean(results["events"], "cpu_ms_ingest")
     return f"""{START}
 Measured {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {platform.node()} ({os.cpu_count()} cores, {platform.machine()},
-Python {platform.python_version()}); wrk, Postgres, PgBouncer and the services share the machine.
+Python {platform.python_version()}); wrk, Postgres, PgBouncer and the services share the machine;
+{load}.
 
 Command: `make up && make bench-ingest`
 (wrk -t{args.threads} -c{args.connections} -d{args.seconds}s, {args.rounds} rounds, alternating endpoints;
@@ -169,6 +235,16 @@ body {body_bytes} bytes of JSON, {args.events} events per batch, no uuids so eve
 | endpoint | requests/s | p50 ms | p99 ms | non-2xx | socket errors |
 | --- | --- | --- | --- | --- | --- |
 {rows}
+
+CPU per request in ms, from /proc (user + system time of each process tree during the wrk run,
+divided by the requests wrk counted; `machine` is every core's busy time, other work included):
+
+| endpoint | ingest (server + workers) | postgres (all processes) | pgbouncer | wrk | machine |
+| --- | --- | --- | --- | --- | --- |
+{cpu_rows}
+
+Ingest CPU per /v1/events request: {events_cpu:.3f} ms ({events_cpu / args.events * 1000:.0f} us per stored event),
+{events_cpu - noop_cpu:.3f} ms more than the no-op's {noop_cpu:.3f} ms.
 
 POST /v1/events reaches **{events_rps / noop_rps:.0%}** of the no-op endpoint's requests/s in the same run
 ({events_rps:.0f} vs {noop_rps:.0f} requests/s, {events_rps * args.events:.0f} events/s committed).
