@@ -50,6 +50,36 @@ wrk.body = f:read("*a")
 f:close()
 """
 
+# Like the tracker: every event has a fresh uuid (stored once, through ingested_events), and
+# the batches come from many visitors, each with its own session, in turn. One body repeated
+# (LUA) holds no uuids and one session, so every batch updates the same session row.
+LUA_VARIED = """
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["User-Agent"] = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 Chrome/120.0 Safari/537.36"
+local f = io.open(os.getenv("SIGHTLINE_BENCH_BODY"), "rb")
+local template = f:read("*a")
+f:close()
+local visitors = tonumber(os.getenv("SIGHTLINE_BENCH_VISITORS"))
+local bodies = {}
+math.randomseed(os.time() + tonumber(tostring({}):sub(8), 16))
+local tag = string.format("%08x", math.random(0, 0x7fffffff))
+for v = 1, visitors do
+  local body = template:gsub("@SESSION@", string.format("%s-session-%04d", tag, v))
+  bodies[v] = body:gsub("@VISITOR@", string.format("%s-visitor-%04d", tag, v))
+end
+local r = math.random
+local function uuid()
+  return string.format("%04x%04x-%04x-4%03x-%04x-%04x%04x%04x",
+    r(0, 65535), r(0, 65535), r(0, 65535), r(0, 4095), r(32768, 49151), r(0, 65535), r(0, 65535), r(0, 65535))
+end
+local turn = 0
+request = function()
+  turn = turn % visitors + 1
+  return wrk.format(nil, nil, nil, (bodies[turn]:gsub("@UUID@", uuid)))
+end
+"""
+
 
 def batch_body(public_key: str, events: int) -> bytes:
     """About 3 kB: a batch of pageviews and custom events like a tracker's 5-second flush."""
@@ -101,6 +131,14 @@ def cpu_reading(pids: dict[str, list[int]]) -> dict[str, float]:
     return reading
 
 
+def batch_template(public_key: str, events: int) -> bytes:
+    """batch_body with placeholders that LUA_VARIED fills: visitor, session, a uuid per event."""
+    document = msgspec.json.decode(batch_body(public_key, events))
+    for event in document["events"]:
+        event.update(distinctId="@VISITOR@", sessionId="@SESSION@", uuid="@UUID@")
+    return msgspec.json.encode(document)
+
+
 def run_wrk(
     url: str,
     body_file: Path,
@@ -109,11 +147,12 @@ def run_wrk(
     connections: int,
     threads: int,
     pids: dict[str, list[int]] | None = None,
+    visitors: int = 1,
 ) -> dict[str, float]:
     before = cpu_reading(pids) if pids is not None else {}
     output = subprocess.run(
         ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(lua_file), url],
-        env={**os.environ, "SIGHTLINE_BENCH_BODY": str(body_file)},
+        env={**os.environ, "SIGHTLINE_BENCH_BODY": str(body_file), "SIGHTLINE_BENCH_VISITORS": str(visitors)},
         capture_output=True,
         text=True,
         check=True,
@@ -149,6 +188,13 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--events", type=int, default=8, help="events per batch (8 is about 3 kB)")
+    parser.add_argument(
+        "--visitors",
+        type=int,
+        default=64,
+        help="visitors (each one session) whose batches take turns, every event with a fresh uuid as the tracker"
+        " sends; 0: one body repeated, no uuids, one session (the figures before 2026-11-30 07:30 UTC)",
+    )
     parser.add_argument("--no-write", action="store_true", help="print figures without editing docs/benchmarks.md")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
@@ -169,9 +215,13 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as scratch:
         body_file, lua_file = Path(scratch) / "body.json", Path(scratch) / "post.lua"
-        body = batch_body(str(demo["publicKey"]), args.events)
+        if args.visitors > 0:
+            body = batch_template(str(demo["publicKey"]), args.events)
+            lua_file.write_text(LUA_VARIED)
+        else:
+            body = batch_body(str(demo["publicKey"]), args.events)
+            lua_file.write_text(LUA)
         body_file.write_bytes(body)
-        lua_file.write_text(LUA)
         stored_before = asyncio.run(count_events(admin, int(demo["id"])))
         results: dict[str, list[dict[str, float]]] = {"noop": [], "events": []}
         for _ in range(args.rounds):
@@ -221,6 +271,11 @@ def summarise(
         for name in ("noop", "events")
         for run in results[name]
     )
+    shape = (
+        f"{args.visitors} visitors' bodies in turn, each its own session, every event with a fresh uuid"
+        if args.visitors > 0
+        else "one body repeated: one session, no uuids"
+    )
     noop_cpu = _mean(results["noop"], "cpu_ms_ingest")
     events_cpu = _mean(results["events"], "cpu_ms_ingest")
     return f"""{START}
@@ -228,9 +283,9 @@ Measured {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {platform.node()} ({os.cpu_co
 Python {platform.python_version()}); wrk, Postgres, PgBouncer and the services share the machine;
 {load}.
 
-Command: `make up && make bench-ingest`
+Command: `SIGHTLINE_INGEST_BENCHMARK_NOOP=1 make up && make bench-ingest`
 (wrk -t{args.threads} -c{args.connections} -d{args.seconds}s, {args.rounds} rounds, alternating endpoints;
-body {body_bytes} bytes of JSON, {args.events} events per batch, no uuids so every request stores new rows).
+body about {body_bytes} bytes of JSON, {args.events} events per batch; {shape}).
 
 | endpoint | requests/s | p50 ms | p99 ms | non-2xx | socket errors |
 | --- | --- | --- | --- | --- | --- |
