@@ -283,7 +283,7 @@ Measured {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {platform.node()} ({os.cpu_co
 Python {platform.python_version()}); wrk, Postgres, PgBouncer and the services share the machine;
 {load}.
 
-Command: `SIGHTLINE_INGEST_BENCHMARK_NOOP=1 make up && make bench-ingest`
+Command: `SIGHTLINE_INGEST_BENCHMARK_NOOP=1 SIGHTLINE_INGEST_RATE_LIMIT_REQUESTS_PER_S=0 make up && make bench-ingest`
 (wrk -t{args.threads} -c{args.connections} -d{args.seconds}s, {args.rounds} rounds, alternating endpoints;
 body about {body_bytes} bytes of JSON, {args.events} events per batch; {shape}).
 
