@@ -87,7 +87,7 @@ screenshots: install-dev ## PNGs of every dashboard and player state at 1440 and
 capture-recordings: install-dev ## Record tools/loadtest/recordings/*.json.gz with Chromium (replay payloads for the load test)
 	$(BIN)/python -m tests.e2e.capture_recordings
 
-bench-ingest: install ## wrk against POST /v1/events vs the no-op endpoint (needs `SIGHTLINE_INGEST_BENCHMARK_NOOP=1 make up`); writes docs/benchmarks.md
+bench-ingest: install ## wrk against POST /v1/events vs the no-op endpoint, CPU per request per process (needs `SIGHTLINE_INGEST_BENCHMARK_NOOP=1 SIGHTLINE_INGEST_RATE_LIMIT_REQUESTS_PER_S=0 make up`); writes docs/benchmarks.md
 	@command -v wrk >/dev/null || { echo "wrk is missing: apt-get install -y wrk"; exit 1; }
 	$(BIN)/python -m tools.bench.ingest
 

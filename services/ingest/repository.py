@@ -19,35 +19,59 @@ from typing import Any
 import asyncpg
 import msgspec
 
+_EVENT_RECORD = """
+    project_id bigint, occurred_at timestamptz, event_uuid uuid, name text, distinct_id text, session_id text,
+    url text, domain text, path text, title text, referrer text, referrer_domain text,
+    utm_source text, utm_medium text, utm_campaign text, utm_term text, utm_content text,
+    browser text, browser_version text, os text, os_version text, device_type text, country text,
+    is_bot boolean, properties jsonb
+"""
+_EVENT_COLUMNS = [line.split()[0] for line in _EVENT_RECORD.replace("\n", " ").split(",")]
+_EVENT_TYPES = [line.split()[1] for line in _EVENT_RECORD.replace("\n", " ").split(",")]
 
-class EventRow(msgspec.Struct, gc=False):
-    """One event as stored; sent to Postgres as one JSON document per batch."""
+
+def _short_key(index: int) -> str:
+    letters = "abcdefghijklmnopqrstuvwxyz"
+    return (
+        letters[index] if index < len(letters) else letters[index // len(letters) - 1] + letters[index % len(letters)]
+    )
+
+
+# In the JSON document an event's fields are one or two letters, and NULLs are left out
+# (json_to_recordset reads a missing key as NULL): the column names, repeated in every row,
+# were a third of the document, and Postgres's CPU to parse it grows with its bytes (per 8
+# events: 0.12-0.16 ms with the names, 0.07-0.08 ms without them and the NULLs).
+_EVENT_KEYS = {column: _short_key(index) for index, column in enumerate(_EVENT_COLUMNS)}
+
+
+class EventRow(msgspec.Struct, gc=False, kw_only=True, omit_defaults=True, rename=_EVENT_KEYS):
+    """One event as stored; sent to Postgres as one JSON document per batch (short keys, no NULLs)."""
 
     project_id: int
     occurred_at: datetime
     # None: Postgres makes one. Only client-made uuids can repeat (a retried batch), so
     # only those go through ingested_events.
-    event_uuid: uuid.UUID | None
+    event_uuid: uuid.UUID | None = None
     name: str
     distinct_id: str
     session_id: str
     url: str
     domain: str
     path: str
-    title: str | None
-    referrer: str | None
-    referrer_domain: str | None
-    utm_source: str | None
-    utm_medium: str | None
-    utm_campaign: str | None
-    utm_term: str | None
-    utm_content: str | None
-    browser: str | None
-    browser_version: str | None
-    os: str | None
-    os_version: str | None
-    device_type: str | None
-    country: str | None
+    title: str | None = None
+    referrer: str | None = None
+    referrer_domain: str | None = None
+    utm_source: str | None = None
+    utm_medium: str | None = None
+    utm_campaign: str | None = None
+    utm_term: str | None = None
+    utm_content: str | None = None
+    browser: str | None = None
+    browser_version: str | None = None
+    os: str | None = None
+    os_version: str | None = None
+    device_type: str | None = None
+    country: str | None = None
     is_bot: bool
     properties: dict[str, Any]
 
@@ -75,14 +99,6 @@ class ChunkRow:
     device_type: str | None
 
 
-_EVENT_RECORD = """
-    project_id bigint, occurred_at timestamptz, event_uuid uuid, name text, distinct_id text, session_id text,
-    url text, domain text, path text, title text, referrer text, referrer_domain text,
-    utm_source text, utm_medium text, utm_campaign text, utm_term text, utm_content text,
-    browser text, browser_version text, os text, os_version text, device_type text, country text,
-    is_bot boolean, properties jsonb
-"""
-_EVENT_COLUMNS = [line.split()[0] for line in _EVENT_RECORD.replace("\n", " ").split(",")]
 _ROWS = "@ROWS@"  # where a statement's JSON document goes, as a dollar-quoted literal
 
 # The batch travels as one JSON document that json_to_recordset turns back into rows.
@@ -93,8 +109,10 @@ _ROWS = "@ROWS@"  # where a statement's JSON document goes, as a dollar-quoted l
 # COALESCE(input.event_uuid, gen_random_uuid()) there and stores a fresh uuid for every row.
 _INSERT_EVENTS = f"""
     WITH input AS (
-        SELECT *, COALESCE(input.event_uuid, gen_random_uuid()) AS stored_event_uuid
-        FROM json_to_recordset(CAST({_ROWS} AS json)) AS input({_EVENT_RECORD})
+        SELECT {", ".join(f"batch.{_EVENT_KEYS[c]} AS {c}" for c in _EVENT_COLUMNS)},
+               COALESCE(batch.{_EVENT_KEYS["event_uuid"]}, gen_random_uuid()) AS stored_event_uuid
+        FROM json_to_recordset(CAST({_ROWS} AS json))
+             AS batch({", ".join(f"{_EVENT_KEYS[c]} {t}" for c, t in zip(_EVENT_COLUMNS, _EVENT_TYPES, strict=True))})
     ),
     first_seen AS (
         INSERT INTO ingested_events (project_id, event_uuid)

@@ -1,0 +1,185 @@
+"""Postgres's share of a stored event: the writer's statement, with its trigger and indexes on and off.
+
+Runs the ingest writer's own statement (services/ingest/repository.py) on one direct connection,
+batch after batch, and reads that backend's CPU time from /proc and the WAL it wrote, per 8-event
+request: with everything on, without client uuids (no ingested_events row), with the sessions
+trigger disabled, then also without the trigram index on URLs and the distinct_id index. What
+each step saves is that object's cost.
+
+It changes the schema while it runs (ALTER TABLE ... DISABLE TRIGGER, DROP INDEX) and puts it
+back at the end, so it refuses any database but a throwaway one whose name ends in `_scratch`,
+migrated to head beforehand, for example (on the stack `make up` started, as the owner):
+
+    createdb -T template0 -O sightline sightline_scratch      # as the postgres user
+    SIGHTLINE_ADMIN_DATABASE_URL=postgresql+asyncpg://sightline:...@127.0.0.1:PORT/sightline_scratch \\
+        .venv/bin/sightline migrate
+    flock /work/bench.lock .venv/bin/python -m tools.bench.ingest_postgres \\
+        --database-url postgresql://sightline:...@127.0.0.1:PORT/sightline_scratch
+
+Postgres must run on this machine (its backend's /proc entry is read).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import asyncpg
+import msgspec
+
+from services.ingest import repository
+from services.ingest.repository import EventRow
+from tools.bench.proc_cpu import load_average, read_tree
+
+EVENTS_PER_REQUEST = 8
+WARM_UP_BATCHES = 20
+PROJECT_ID = 1
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    uuids: bool
+    before: tuple[str, ...] = ()
+
+
+# Each step keeps the previous steps' changes; the last one puts everything back.
+VARIANTS = (
+    Variant("everything on", uuids=True),
+    Variant("everything on, events without uuids (no ingested_events row)", uuids=False),
+    Variant(
+        "sessions trigger disabled",
+        uuids=True,
+        before=("ALTER TABLE events DISABLE TRIGGER query_sessions_after_insert",),
+    ),
+    Variant("  and the trigram index on lower(url) dropped", uuids=True, before=("DROP INDEX ix_events_url_trgm",)),
+    Variant(
+        "  and the (project_id, distinct_id) index dropped",
+        uuids=True,
+        before=("DROP INDEX ix_events_project_id_distinct_id",),
+    ),
+    Variant(
+        "everything on again",
+        uuids=True,
+        before=(
+            "CREATE INDEX ix_events_project_id_distinct_id ON events (project_id, distinct_id)",
+            "CREATE INDEX ix_events_url_trgm ON events USING gin (lower(url) gin_trgm_ops)",
+            "ALTER TABLE events ENABLE TRIGGER query_sessions_after_insert",
+        ),
+    ),
+)
+
+
+def request_rows(requests: int, session_prefix: str, uuids: bool) -> list[EventRow]:
+    """What the writer stores for `requests` bench-ingest bodies, each its own visitor and session."""
+    now = datetime.now(UTC)
+    return [
+        EventRow(
+            project_id=PROJECT_ID,
+            occurred_at=now,
+            event_uuid=uuid.uuid4() if uuids else None,
+            name="pageview" if n % 3 == 0 else "click_cta",
+            distinct_id=f"{session_prefix}-visitor-{r}",
+            session_id=f"{session_prefix}-session-{r}",
+            url=f"https://example.com/docs/getting-started/section-{n}?utm_source=bench&utm_medium=wrk",
+            domain="example.com",
+            path=f"/docs/getting-started/section-{n}",
+            title="Getting started with Sightline - documentation",
+            referrer="https://www.google.com/",
+            referrer_domain="google.com",
+            utm_source="bench",
+            utm_medium="wrk",
+            utm_campaign=None,
+            utm_term=None,
+            utm_content=None,
+            browser="Chrome",
+            browser_version="120",
+            os="Linux",
+            os_version=None,
+            device_type="desktop",
+            country=None,
+            is_bot=False,
+            properties={"plan": "pro", "position": n, "variant": "b", "label": "Start your free trial"},
+        )
+        for r in range(requests)
+        for n in range(EVENTS_PER_REQUEST)
+    ]
+
+
+def statement(rows: list[EventRow]) -> str:
+    document = repository._dollar_quoted(msgspec.json.encode(rows).decode())
+    return repository._INSERT_EVENTS.replace(repository._ROWS, document)
+
+
+async def measure(connection: asyncpg.Connection, variant: Variant, batches: int, requests: int) -> str:
+    backend = int(await connection.fetchval("SELECT pg_backend_pid()"))
+    prefix = uuid.uuid4().hex[:8]
+    # A visitor sends a batch every few seconds: each request's session comes back every 8 batches.
+    statements = [
+        statement(request_rows(requests, f"{prefix}-{batch % 8}", variant.uuids))
+        for batch in range(batches + WARM_UP_BATCHES)
+    ]
+    for sql in statements[:WARM_UP_BATCHES]:
+        await connection.execute(sql)
+    wal_before = await connection.fetchval("SELECT pg_current_wal_lsn()")
+    cpu_before, wall_before = read_tree(backend).own, time.perf_counter()
+    for sql in statements[WARM_UP_BATCHES:]:
+        await connection.execute(sql)
+    cpu_after, wall_after = read_tree(backend).own, time.perf_counter()
+    wal = float(await connection.fetchval("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), $1)", wal_before))
+    stored_requests = batches * requests
+    return (
+        f"| {variant.name} | {(cpu_after - cpu_before) * 1000 / stored_requests:.3f} | "
+        f"{(wall_after - wall_before) * 1000 / stored_requests:.3f} | {wal / stored_requests:.0f} |"
+    )
+
+
+async def run(database_url: str, batches: int, requests: int) -> str:
+    connection = await asyncpg.connect(database_url)
+    try:
+        await connection.execute(
+            "INSERT INTO projects (project_id, name, public_key, secret_key_hash)"
+            " VALUES ($1, 'ingest_postgres bench', 'pk_ingest_postgres_bench', 'not a hash') ON CONFLICT DO NOTHING",
+            PROJECT_ID,
+        )
+        lines = [
+            f"load average {load_average()} at start; {batches} batches of {requests} requests"
+            f" ({requests * EVENTS_PER_REQUEST} events) per variant, one connection, one after another",
+            "",
+            "| variant | backend CPU ms per 8-event request | wall ms per request | WAL bytes per request |",
+            "| --- | --- | --- | --- |",
+        ]
+        for variant in VARIANTS:
+            for ddl in variant.before:
+                await connection.execute(ddl)
+            lines.append(await measure(connection, variant, batches, requests))
+            print(lines[-1], flush=True)
+        lines.append("")
+        lines.append(f"load average {load_average()} at end")
+        return "\n".join(lines)
+    finally:
+        await connection.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--database-url", required=True, help="postgresql://owner:password@host:port/<name>_scratch")
+    parser.add_argument("--batches", type=int, default=200)
+    parser.add_argument("--requests-per-batch", type=int, default=8, help="8 requests = 64 events per statement")
+    args = parser.parse_args()
+    database = urlsplit(args.database_url).path.lstrip("/")
+    if not database.endswith("_scratch"):
+        raise SystemExit("this drops indexes and disables triggers while it runs: give it a *_scratch database")
+    if not Path("/proc/self/stat").exists():
+        raise SystemExit("needs Linux /proc, with Postgres on this machine")
+    print(asyncio.run(run(args.database_url, args.batches, args.requests_per_batch)))
+
+
+if __name__ == "__main__":
+    main()
