@@ -129,6 +129,7 @@ _PROJECT_TABLES = (
     *DAY_ROLLUP_TABLES,
     *WEEK_ROLLUP_TABLES,
     "query_rollup_days",
+    "query_goals",
     "projects",
 )
 
