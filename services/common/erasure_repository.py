@@ -137,6 +137,7 @@ _PROJECT_TABLES = (
     *INCREMENT_TABLES,
     "query_rollup_pending",
     "query_rollup_days",
+    "query_goals",
     "projects",
 )
 

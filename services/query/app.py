@@ -11,9 +11,9 @@ from services.common.app import build_app, secret_key_state
 from services.common.settings import DatabaseSettings, LogSettings, RateLimitSettings
 from services.common.ttl_cache import SharedTtlCache
 from services.query.pages import PAGE_HANDLERS
-from services.query.routes import QueryController
+from services.query.routes import GoalController, QueryController
 from services.query.schemas import RealtimeResponse
-from services.query.service import QueryService
+from services.query.service import GoalService, QueryService
 from services.query.settings import QuerySettings
 from services.query.tasks import rollup_refresher
 
@@ -38,13 +38,14 @@ def create_app(
     async def query_service(app: Litestar) -> AsyncIterator[None]:
         realtime_cache = SharedTtlCache[int, RealtimeResponse](ttl_s=settings.realtime_cache_s)
         app.state.query_service = QueryService(settings, realtime_cache)
+        app.state.goal_service = GoalService(app.state.query_service)
         yield
 
     return build_app(
         service="query",
         title="Sightline query",
         description=DESCRIPTION,
-        route_handlers=[QueryController, *PAGE_HANDLERS],
+        route_handlers=[QueryController, GoalController, *PAGE_HANDLERS],
         database=database,
         logs=logs or LogSettings.from_env("query"),
         lifespans=[query_service, rollup_refresher(database, settings)],

@@ -5,26 +5,31 @@ from __future__ import annotations
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 
-from litestar import Controller, get, post
+from litestar import Controller, delete, get, post
 from litestar.datastructures import State
 from litestar.di import NamedDependency, Provide
-from litestar.params import JSONBody
+from litestar.params import FromPath, JSONBody
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from services.common.app import provide_read_transaction
+from services.common.app import provide_read_transaction, provide_write_transaction
 from services.common.auth import provide_read_project
 from services.common.errors import error_responses
 from services.common.project_repository import ProjectRecord
 from services.query.schemas import (
+    ConversionsResponse,
+    ConversionsSpec,
     FunnelResponse,
     FunnelSpec,
+    Goal,
+    GoalList,
+    GoalSpec,
     QueryResponse,
     QuerySpec,
     RealtimeResponse,
     RetentionResponse,
     RetentionSpec,
 )
-from services.query.service import QueryService
+from services.query.service import GoalService, QueryService
 
 _READ_ERRORS = {
     401: "Missing or unknown secret key.",
@@ -48,6 +53,11 @@ def _post_spec(path: str, summary: str) -> post:
 
 def provide_query_service(state: State) -> QueryService:
     service: QueryService = state.query_service
+    return service
+
+
+def provide_goal_service(state: State) -> GoalService:
+    service: GoalService = state.goal_service
     return service
 
 
@@ -110,3 +120,72 @@ class QueryController(Controller):
         starting in the n-th following week (a session belongs to the week it started in, as in /v1/query).
         Only weeks that have begun by the end of the range are listed."""
         return await query_service.retention(connection, project, data, datetime.now(UTC))
+
+
+class GoalController(Controller):
+    """A project's goals (a page path or a custom event name) and their conversions."""
+
+    path = "/v1/goals"
+    tags = ["goals"]
+    dependencies = {
+        "project": Provide(provide_read_project),
+        "goal_service": Provide(provide_goal_service, sync_to_thread=False),
+        "connection": Provide(provide_read_transaction),
+    }
+
+    @get("/", summary="The project's goals, oldest first", responses=error_responses(_READ_ERRORS))
+    async def list_goals(
+        self, goal_service: NamedDependency[GoalService], connection: Connection, project: Project
+    ) -> GoalList:
+        return await goal_service.list_goals(connection, project)
+
+    @post(
+        "/",
+        summary="Save a goal: a page path or a custom event name",
+        dependencies={"connection": Provide(provide_write_transaction)},
+        responses=error_responses(
+            {
+                409: "The project already has this goal (code 'goal_exists'), or 100 goals ('too_many_goals').",
+                **_SPEC_ERRORS,
+            }
+        ),
+    )
+    async def create_goal(
+        self,
+        goal_service: NamedDependency[GoalService],
+        connection: Connection,
+        project: Project,
+        data: JSONBody[GoalSpec],
+    ) -> Goal:
+        """A page goal is reached by a visitor with an event on exactly that path; an event goal by one who sent a
+        custom event of that name. One goal per type and value; at most 100 per project."""
+        return await goal_service.create_goal(connection, project, data)
+
+    @delete(
+        "/{goal_id:str}",
+        summary="Delete a goal",
+        dependencies={"connection": Provide(provide_write_transaction)},
+        responses=error_responses({404: "No such goal in this project.", **_READ_ERRORS}),
+    )
+    async def delete_goal(
+        self,
+        goal_service: NamedDependency[GoalService],
+        connection: Connection,
+        project: Project,
+        goal_id: FromPath[str],
+    ) -> None:
+        await goal_service.delete_goal(connection, project, goal_id)
+
+    @_post_spec("/conversions", "Each goal's unique visitors and conversion rate over a date range")
+    async def conversions(
+        self,
+        goal_service: NamedDependency[GoalService],
+        connection: Connection,
+        project: Project,
+        data: JSONBody[ConversionsSpec],
+    ) -> ConversionsResponse:
+        """A goal's visitors are the unique visitors who reached it inside the range (with the filters, as in
+        /v1/query); its conversion rate is their share of all the range's visitors under the same filters.
+        Counted through the query path, so days already rolled up are read from the page and event-name
+        rollups where those hold the filters: visitors are then HyperLogLog estimates, stated in `meta`."""
+        return await goal_service.conversions(connection, project, data, datetime.now(UTC))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import date
+from datetime import date, datetime
 from typing import Annotated, Literal
 
 import msgspec
@@ -186,3 +186,58 @@ class RetentionResponse(msgspec.Struct):
     date_range: DateRange
     cohorts: list[RetentionCohort]
     meta: RetentionMeta
+
+
+GoalType = Literal["page", "event"]
+
+
+class GoalSpec(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """A goal to save for the project: visitors who reached it are its conversions."""
+
+    type: Annotated[
+        GoalType,
+        msgspec.Meta(description="'page': visited the path `value` (exactly); 'event': sent the custom event `value`."),
+    ]
+    value: Annotated[str, msgspec.Meta(min_length=1, max_length=2000)]
+    name: (
+        Annotated[
+            str, msgspec.Meta(min_length=1, max_length=200, description="Shown on the dashboard; default: `value`.")
+        ]
+        | None
+    ) = None
+
+
+class Goal(msgspec.Struct):
+    id: str
+    name: str
+    type: str
+    value: str
+    created_at: datetime
+
+
+class GoalList(msgspec.Struct):
+    goals: list[Goal]
+
+
+class ConversionsSpec(DateRangeFields, forbid_unknown_fields=True, kw_only=True):
+    """The project's goals' conversions over a date range, among the visitors these filters keep."""
+
+    filters: list[Filter] = msgspec.field(default_factory=list)
+
+
+class GoalConversion(msgspec.Struct):
+    id: str
+    name: str
+    type: str
+    value: str
+    visitors: Annotated[int, msgspec.Meta(description="Unique visitors who reached the goal in the range.")]
+    conversion_rate: Annotated[
+        float, msgspec.Meta(description="visitors as a percent of all the range's visitors (with the same filters).")
+    ]
+
+
+class ConversionsResponse(msgspec.Struct):
+    date_range: DateRange
+    visitors: Annotated[int, msgspec.Meta(description="All unique visitors of the range (with the filters).")]
+    goals: list[GoalConversion]
+    meta: QueryMeta

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import replace
@@ -15,16 +16,24 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from services.common.errors import ApiError
 from services.common.project_repository import ProjectRecord
 from services.common.ttl_cache import SharedTtlCache
-from services.query import planner, repository
+from services.query import goal_repository, planner, repository
+from services.query.goal_repository import GoalRecord
 from services.query.planner import ResolvedRange, range_of
 from services.query.repository import AggregateQuery, FunnelStepMatch, InvalidPatternError
 from services.query.schemas import (
     ComparisonResult,
+    ConversionsResponse,
+    ConversionsSpec,
     DateRange,
     DateRangeFields,
+    Filter,
     FunnelResponse,
     FunnelSpec,
     FunnelStepResult,
+    Goal,
+    GoalConversion,
+    GoalList,
+    GoalSpec,
     QueryMeta,
     QueryResponse,
     QuerySpec,
@@ -46,6 +55,11 @@ MAX_RANGE_DAYS = 3 * 366
 EARLIEST_DATE = date(1970, 1, 1)
 LATEST_DATE = date(9999, 12, 30)
 REALTIME_WINDOW = timedelta(minutes=5)
+# Conversions are counted with one query per kind whose filter lists every goal of that kind,
+# and a filter takes at most 100 values.
+MAX_GOALS = 100
+# A goal's kind and the dimension (and rollup cube) its visitors are counted by.
+GOAL_DIMENSIONS = {"page": "page", "event": "event_name"}
 
 
 def invalid(message: str, field: str) -> ApiError:
@@ -176,6 +190,13 @@ class QueryService:
             comparison=comparison,
         )
 
+    async def rows_of(
+        self, connection: AsyncConnection, project: ProjectRecord, spec: QuerySpec, span: ResolvedRange
+    ) -> tuple[list[ResultRow], int, bool]:
+        """A validated spec's rows over this range (the caller has configured the transaction)."""
+        query = planner.aggregate_query(project.project_id, project.timezone, spec, span)
+        return await self._rows(connection, query, span)
+
     async def _rows(
         self, connection: AsyncConnection, query: AggregateQuery, span: ResolvedRange
     ) -> tuple[list[ResultRow], int, bool]:
@@ -274,4 +295,110 @@ class QueryService:
             )
         return RetentionResponse(
             date_range=DateRange(current.date_from, current.date_to), cohorts=cohorts, meta=RetentionMeta(source)
+        )
+
+
+def _goal(record: GoalRecord) -> Goal:
+    return Goal(
+        id=str(record.goal_id), name=record.name, type=record.kind, value=record.value, created_at=record.created_at
+    )
+
+
+def goal_not_found() -> ApiError:
+    return ApiError(404, "goal_not_found", "No such goal in this project.", field="id")
+
+
+class GoalService:
+    """A project's goals: saved definitions (goal_repository) and their conversions (the query path)."""
+
+    def __init__(self, queries: QueryService) -> None:
+        self._queries = queries
+
+    async def list_goals(self, connection: AsyncConnection, project: ProjectRecord) -> GoalList:
+        return GoalList(
+            goals=[_goal(record) for record in await goal_repository.list_goals(connection, project.project_id)]
+        )
+
+    async def create_goal(self, connection: AsyncConnection, project: ProjectRecord, spec: GoalSpec) -> Goal:
+        for field, text in (("value", spec.value), ("name", spec.name or "")):
+            if "\x00" in text:
+                raise invalid(_NUL_MESSAGE, field)
+        if spec.type == "page" and not spec.value.startswith("/"):
+            raise invalid("A page goal's value is a path, starting with '/'.", "value")
+        if await goal_repository.count_goals(connection, project.project_id) >= MAX_GOALS:
+            raise ApiError(409, "too_many_goals", f"A project has at most {MAX_GOALS} goals.", field="type")
+        record = await goal_repository.create_goal(
+            connection, project.project_id, name=spec.name or spec.value, kind=spec.type, value=spec.value
+        )
+        if record is None:
+            raise ApiError(
+                409, "goal_exists", f"This project already has the {spec.type} goal {spec.value!r}.", field="value"
+            )
+        return _goal(record)
+
+    async def delete_goal(self, connection: AsyncConnection, project: ProjectRecord, goal_id: str) -> None:
+        try:
+            parsed = uuid.UUID(goal_id)
+        except ValueError as exc:
+            raise goal_not_found() from exc
+        if not await goal_repository.delete_goal(connection, project.project_id, parsed):
+            raise goal_not_found()
+
+    async def conversions(
+        self, connection: AsyncConnection, project: ProjectRecord, spec: ConversionsSpec, now: datetime
+    ) -> ConversionsResponse:
+        """Each goal's unique visitors and their share of all visitors, under the same filters.
+
+        Three aggregate queries, whatever the number of goals: all visitors, visitors per page
+        among the page goals' paths, visitors per event name among the event goals' names. They
+        take the query API's path, so they read the page and event-name rollups where those hold
+        the filters (visitors then HyperLogLog estimates, stated in `meta`).
+        """
+        goals = await goal_repository.list_goals(connection, project.project_id)
+        total = QuerySpec(
+            metrics=["visitors"],
+            filters=spec.filters,
+            period=spec.period,
+            date_from=spec.date_from,
+            date_to=spec.date_to,
+        )
+        _validate(total)
+        current = resolve_range(total, project.timezone, now)
+        await repository.configure_transaction(connection)
+        rows, _, approximate = await self._queries.rows_of(connection, project, total, current)
+        visitors = int(rows[0].metrics[0]) if rows else 0
+        reached: dict[tuple[str, str], int] = {}
+        for kind, dimension in GOAL_DIMENSIONS.items():
+            values = [goal.value for goal in goals if goal.kind == kind]
+            if not values:
+                continue
+            by_value = QuerySpec(
+                metrics=["visitors"],
+                dimensions=[dimension],  # type: ignore[list-item]
+                filters=[*spec.filters, Filter(dimension=dimension, operator="is", values=list(values))],  # type: ignore[arg-type]
+                period=spec.period,
+                date_from=spec.date_from,
+                date_to=spec.date_to,
+                limit=len(values),
+            )
+            rows, _, from_rollups = await self._queries.rows_of(connection, project, by_value, current)
+            approximate = approximate or from_rollups
+            for row in rows:
+                reached[(kind, str(row.dimensions[0]))] = int(row.metrics[0])
+        conversions = [
+            GoalConversion(
+                id=str(goal.goal_id),
+                name=goal.name,
+                type=goal.kind,
+                value=goal.value,
+                visitors=reached.get((goal.kind, goal.value), 0),
+                conversion_rate=_percent(reached.get((goal.kind, goal.value), 0), visitors),
+            )
+            for goal in goals
+        ]
+        return ConversionsResponse(
+            date_range=DateRange(current.date_from, current.date_to),
+            visitors=visitors,
+            goals=conversions,
+            meta=_meta(project.timezone, approximate, approximate),
         )

@@ -10,8 +10,8 @@ from sqlalchemy import BigInteger, Text, bindparam, func, or_, select, text, tup
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.common.db import asyncpg_connection
-from services.common.models import Event, ReplayChunk, ReplaySession
-from services.replay.schemas import ChunkEntry, SessionSummary
+from services.common.models import Event, QuerySession, ReplayChunk, ReplaySession
+from services.replay.schemas import ChunkEntry, SessionSummary, SessionVisit
 
 # Events and replay chunks carry timestamps from the same browser clock, but events are
 # skew-corrected at ingest and chunks are not; this much slack keeps a session's own
@@ -32,6 +32,13 @@ class SessionFilters:
     browser: str | None = None
     os: str | None = None
     device_type: str | None = None
+    # The dashboard's filters: a path the session has an event on (exactly, as the dashboard's
+    # "page"), and the visit's source (its first event's referrer domain and UTM tags).
+    page: str | None = None
+    referrer: str | None = None
+    utm_source: str | None = None
+    utm_medium: str | None = None
+    utm_campaign: str | None = None
     # Ingest marks a crawler's session with device type "bot" (as it flags the crawler's
     # events, which every dashboard query leaves out); the list leaves them out unless asked.
     include_bots: bool = False
@@ -63,7 +70,7 @@ _SESSION_COLUMNS = tuple(getattr(ReplaySession, name) for name in SessionSummary
 _CHUNK_INDEX_COLUMNS = tuple(getattr(ReplayChunk, name) for name in ChunkEntry.__struct_fields__)
 
 
-# A "URL contains" search looks at the newest sessions first, in widening windows back from
+# A "URL contains" or page search looks at the newest sessions first, in widening windows back from
 # the cursor (or now): a common term fills a page from the last day's events alone, and only
 # a rare one (which the trigram index finds fast) reads the whole history. Measured with
 # `make bench-session-list`, see docs/benchmarks.md.
@@ -83,7 +90,7 @@ async def list_sessions(
     Keyset pagination, not OFFSET: sessions that arrive between two pages sort before the
     cursor (they are newer), so a page never repeats or skips a row that existed before.
     """
-    if filters.url_contains is None:
+    if filters.url_contains is None and filters.page is None:
         return await _list_sessions(connection, project_id, filters, after=after, limit=limit, searched_from=None)
     newest = after[0] if after is not None else (await connection.execute(select(func.now()))).scalar_one()
     sessions: list[SessionSummary] = []
@@ -148,6 +155,38 @@ async def _list_sessions(
                 ReplaySession.session_id.in_(visited),
             )
         )
+    if filters.page is not None:
+        # The page is an event's path, which ingest cuts from its URL: a session that visited it
+        # has an event whose lower(url) holds lower(path), which the trigram index finds; the
+        # path is then compared exactly.
+        pattern = "%" + _escape_like(filters.page.lower()) + "%"
+        on_page = select(Event.session_id).where(
+            Event.project_id == project_id,
+            func.lower(Event.url).like(pattern, escape="\\"),
+            Event.path == filters.page,
+        )
+        if started_from is not None:
+            on_page = on_page.where(Event.occurred_at >= started_from - _EVENT_MATCH_SLACK)
+        if filters.started_before is not None:
+            on_page = on_page.where(Event.occurred_at < filters.started_before + _EVENT_MATCH_SLACK)
+        query = query.where(ReplaySession.session_id.in_(on_page))
+    visit_conditions = [
+        column == value
+        for column, value in (
+            (QuerySession.referrer, None if filters.referrer is None else filters.referrer.lower()),
+            (QuerySession.utm_source, filters.utm_source),
+            (QuerySession.utm_medium, filters.utm_medium),
+            (QuerySession.utm_campaign, filters.utm_campaign),
+        )
+        if value is not None
+    ]
+    if visit_conditions:
+        # The visit's source is its first event's (query_sessions, kept by the triggers on events,
+        # the row the dashboard's own figures come from): a semi-join on the session's key.
+        visits = select(QuerySession.session_id).where(QuerySession.project_id == project_id, *visit_conditions)
+        if started_from is not None:
+            visits = visits.where(QuerySession.started_at >= started_from - _EVENT_MATCH_SLACK)
+        query = query.where(ReplaySession.session_id.in_(visits))
     if after is not None:
         query = query.where(tuple_(ReplaySession.started_at, ReplaySession.session_id) < tuple_(*after))
     query = query.order_by(ReplaySession.started_at.desc(), ReplaySession.session_id.desc()).limit(limit)
@@ -165,6 +204,26 @@ async def find_session(connection: AsyncConnection, project_id: int, session_id:
     )
     row = result.one_or_none()
     return None if row is None else SessionSummary(**row._mapping)
+
+
+# The visit's first event is found by its primary key, which query_sessions keeps
+# (started_at and first_uuid are that event's occurred_at and event_uuid): one index probe.
+_SESSION_VISIT = text(
+    """
+    SELECT e.referrer, qs.referrer AS referrer_domain, qs.utm_source, qs.utm_medium, qs.utm_campaign
+    FROM query_sessions qs
+    LEFT JOIN events e
+      ON e.project_id = qs.project_id AND e.occurred_at = qs.started_at AND e.event_uuid = qs.first_uuid
+    WHERE qs.project_id = :project_id AND qs.session_id = :session_id
+    """
+).bindparams(bindparam("project_id", type_=BigInteger), bindparam("session_id", type_=Text))
+
+
+async def session_visit(connection: AsyncConnection, project_id: int, session_id: str) -> SessionVisit | None:
+    """Where the session came from: its first (non-bot) event's referrer and UTM tags; None without events."""
+    result = await connection.execute(_SESSION_VISIT, {"project_id": project_id, "session_id": session_id})
+    row = result.one_or_none()
+    return None if row is None else SessionVisit(**row._mapping)
 
 
 async def chunk_index(connection: AsyncConnection, project_id: int, session_id: str) -> list[ChunkEntry]:

@@ -162,7 +162,9 @@ class ReplayController(Controller):
         description=(
             "Cursor pagination: pass `nextCursor` back as `cursor` for the next, older page; a page never"
             " repeats or skips a session because newer sessions arrived in between. `urlContains` matches"
-            " the first URL or any pageview URL of the session, case-insensitively."
+            " the first URL or any pageview URL of the session, case-insensitively. `page`, `referrer` and"
+            " `utm*` are the dashboard's filters of the same names: a path the session has an event on, and"
+            " the visit's source (its first event's referrer domain and UTM tags), matched exactly."
         ),
         responses=error_responses({**AUTH_ERRORS, 422: "A filter, the limit or the cursor is malformed"}),
     )
@@ -196,6 +198,23 @@ class ReplayController(Controller):
         device: Annotated[
             str | None, QueryParameter(min_length=1, max_length=20, description="desktop, mobile, tablet or other")
         ] = None,
+        page: Annotated[
+            str | None,
+            QueryParameter(
+                min_length=1, max_length=2000, description="A path the session has an event on, exactly (e.g. /pricing)"
+            ),
+        ] = None,
+        referrer: Annotated[
+            str | None,
+            QueryParameter(
+                min_length=1,
+                max_length=500,
+                description="The visit's source: its first event's referrer domain (e.g. news.ycombinator.com)",
+            ),
+        ] = None,
+        utmSource: Annotated[str | None, QueryParameter(min_length=1, max_length=500)] = None,
+        utmMedium: Annotated[str | None, QueryParameter(min_length=1, max_length=500)] = None,
+        utmCampaign: Annotated[str | None, QueryParameter(min_length=1, max_length=500)] = None,
         bots: Annotated[
             Literal["exclude", "include"],
             QueryParameter(
@@ -214,6 +233,11 @@ class ReplayController(Controller):
             browser=_text("browser", browser),
             os=_text("os", os),
             device_type=_text("device", device),
+            page=_text("page", page),
+            referrer=_text("referrer", referrer),
+            utm_source=_text("utmSource", utmSource),
+            utm_medium=_text("utmMedium", utmMedium),
+            utm_campaign=_text("utmCampaign", utmCampaign),
             include_bots=bots == "include",
         )
         service: ReplayService = state.replay_service

@@ -46,9 +46,21 @@ class ChunkEntry(msgspec.Struct, rename="camel"):
     byte_size: int
 
 
+class SessionVisit(msgspec.Struct, rename="camel"):
+    """The session's source, from its first event (as the dashboard counts it); all null for direct visits."""
+
+    referrer: str | None
+    referrer_domain: str | None
+    utm_source: str | None
+    utm_medium: str | None
+    utm_campaign: str | None
+
+
 class SessionDetail(msgspec.Struct, rename="camel"):
     session: SessionSummary
     chunks: list[ChunkEntry]
+    # None when the session has no stored events (only a recording, or a crawler's).
+    visit: SessionVisit | None = None
 
 
 class PersonDeletion(msgspec.Struct, rename="camel"):

@@ -132,7 +132,11 @@ class ReplayService:
         session = await repository.find_session(connection, project_id, session_id)
         if session is None:
             raise _not_found(session_id)
-        return SessionDetail(session=session, chunks=await repository.chunk_index(connection, project_id, session_id))
+        return SessionDetail(
+            session=session,
+            chunks=await repository.chunk_index(connection, project_id, session_id),
+            visit=await repository.session_visit(connection, project_id, session_id),
+        )
 
     async def open_recording(
         self, project_id: int, session_id: str, from_ms: int | None, to_ms: int | None

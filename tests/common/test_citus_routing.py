@@ -158,8 +158,19 @@ async def test_every_request_statement_is_routed_to_one_shard(
     # Read from the retention rollup the refresher built above (its statements are recorded too).
     assert response.json()["meta"] == {"source": "rollups"}
 
-    # Replay: list, one session, its recording, then erase a person.
+    # Goals: save one, list them, their conversions, delete it.
+    goal = await apps.query.post("/v1/goals", json={"type": "page", "value": "/"}, headers=secret)
+    assert goal.status_code == 201, goal.text
+    assert (await apps.query.get("/v1/goals", headers=secret)).status_code == 200
+    response = await apps.query.post("/v1/goals/conversions", json={"period": "7d"}, headers=secret)
+    assert response.status_code == 200, response.text
+    assert (await apps.query.delete(f"/v1/goals/{goal.json()['id']}", headers=secret)).status_code == 204
+
+    # Replay: list (also by the dashboard's page and source filters), one session, its
+    # recording, then erase a person.
     assert (await apps.replay.get("/v1/sessions", headers=secret)).status_code == 200
+    sources = {"page": "/", "referrer": "google.com", "utmSource": "newsletter"}
+    assert (await apps.replay.get("/v1/sessions", params=sources, headers=secret)).status_code == 200
     assert (await apps.replay.get("/v1/sessions/s-alice", headers=secret)).status_code == 200
     assert (await apps.replay.get("/v1/sessions/s-alice/recording", headers=secret)).status_code == 200
     assert (await apps.replay.delete("/v1/persons/alice", headers=secret)).status_code == 200

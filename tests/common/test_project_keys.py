@@ -108,6 +108,14 @@ async def test_delete_removes_the_project_and_all_its_data_and_nothing_else(
     for owner in (project, other_project):
         await insert_session(admin_engine, owner, [Chunk(0, [0], full_snapshot=True), Chunk(1, [1_000])])
         await insert_event(admin_engine, int(owner["id"]), distinct_id="v", session_id="s", occurred_at=now)
+        async with admin_engine.begin() as connection:
+            await connection.execute(
+                text(
+                    "INSERT INTO query_goals (project_id, goal_id, name, kind, value)"
+                    " VALUES (:p, gen_random_uuid(), 'Signed up', 'event', 'signup')"
+                ),
+                {"p": owner["id"]},
+            )
 
     refused = await sightline("project", "delete", "--project", str(project["id"]))
     assert refused.exit_code == 2
@@ -132,15 +140,17 @@ async def test_delete_removes_the_project_and_all_its_data_and_nothing_else(
             **dict.fromkeys(INCREMENT_TABLES, 0),
             "query_rollup_pending": 1,  # the event's keys, waiting for the refresher
             "query_rollup_days": 1,  # today's marker, made by the event's insert
+            "query_goals": 1,
             "projects": 1,
         },
     }
     async with admin_engine.connect() as connection:
         for owner, expected in ((project, 0), (other_project, 1)):
-            count = await connection.execute(
-                text("SELECT count(*) FROM events WHERE project_id = :p"), {"p": owner["id"]}
-            )
-            assert count.scalar_one() == expected
+            for table in ("events", "query_goals"):
+                count = await connection.execute(
+                    text(f"SELECT count(*) FROM {table} WHERE project_id = :p"), {"p": owner["id"]}
+                )
+                assert count.scalar_one() == expected, table
     again = await sightline("project", "delete", "--project", str(project["id"]), "--yes")
     assert again.exit_code == 1
     assert f"no project with id {project['id']}" in again.output

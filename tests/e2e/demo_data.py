@@ -80,6 +80,38 @@ def _events(now: datetime, rng: random.Random) -> list[Event]:
     return events
 
 
+# Where each recorded session came from and the pages it has events on (its pageviews, as the
+# tracker sends them beside the recording): the player's source filters and metadata show these.
+RECORDED_VISITS: dict[str, tuple[str | None, tuple[str | None, str | None, str | None], tuple[str, ...]]] = {
+    "article": ("news.ycombinator.com", (None, None, None), ("/", "/pricing")),
+    "catalogue": ("google.com", ("newsletter", "email", "november"), ("/pricing",)),
+    "dashboard": (None, (None, None, None), ("/docs/getting-started",)),
+}
+DEMO_GOALS = (("page", "/pricing", "Saw pricing"), ("event", "signup", "Signed up"))
+
+
+def _recorded_visit(name: str, started: datetime) -> list[Event]:
+    referrer, utm, pages = RECORDED_VISITS[name]
+    browser, os_name, device = CLIENTS[RECORDINGS.index(name)]
+    return [
+        Event(
+            distinct_id=f"visitor-{name}",
+            session_id=f"recorded-{name}",
+            occurred_at=started + timedelta(seconds=20 * step),
+            path=path,
+            referrer_domain=referrer,
+            utm_source=utm[0],
+            utm_medium=utm[1],
+            utm_campaign=utm[2],
+            country="DE",
+            browser=browser,
+            os=os_name,
+            device_type=device,
+        )
+        for step, path in enumerate(pages)
+    ]
+
+
 def _recording(name: str) -> list[list[dict[str, Any]]]:
     document = json.loads(gzip.decompress((RECORDINGS_DIR / f"{name}.json.gz").read_bytes()))
     return [chunk["events"] for chunk in document["chunks"]]
@@ -187,7 +219,18 @@ async def seed_demo_project(admin_settings: AdminDatabaseSettings, engine: Async
     )
     now = datetime.now(UTC)
     events = _events(now, random.Random(19))
+    for minutes_ago, name in zip((50, 30, 10), RECORDINGS, strict=True):
+        events += _recorded_visit(name, now - timedelta(minutes=minutes_ago))
     await insert_events(engine, int(str(project["id"])), events)
+    async with engine.begin() as connection:
+        for kind, value, goal_name in DEMO_GOALS:
+            await connection.execute(
+                text(
+                    "INSERT INTO query_goals (project_id, goal_id, name, kind, value)"
+                    " VALUES (:project_id, :goal_id, :name, :kind, :value)"
+                ),
+                {"project_id": project["id"], "goal_id": uuid.uuid4(), "name": goal_name, "kind": kind, "value": value},
+            )
     session_ids: list[str] = []
     for minutes_ago, (name, (browser, os_name, device)) in zip(
         (50, 30, 10), zip(RECORDINGS, CLIENTS, strict=True), strict=True

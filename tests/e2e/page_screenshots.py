@@ -2,7 +2,8 @@
 
 `make screenshots` (or `python -m tests.e2e.page_screenshots [DIR]`, default reports/screenshots):
 starts a throwaway Postgres + PgBouncer with the query and replay services under Granian,
-seeds a demo project (tests/e2e/demo_data.py) and an empty one, opens each page state in
+seeds a demo project (tests/e2e/demo_data.py), the same again with its days rolled up (so
+visitors are estimates, marked "≈") and an empty one, opens each page state in
 Chromium at 1440x900 and at 390x844 (a phone) and writes one PNG per state and width.
 """
 
@@ -18,6 +19,7 @@ from selenium.webdriver.common.by import By
 
 from services.cli import admin
 from services.common.db import create_admin_engine
+from services.query.tasks import refresh_until_current
 from tests.e2e.browser import chromium, wait_for
 from tests.e2e.demo_data import BROKEN_SESSION, seed_demo_project
 from tests.harness import DatabaseHarness, start_database_harness
@@ -73,6 +75,9 @@ async def write_screenshots(db: DatabaseHarness, out: Path) -> None:
     try:
         demo = await seed_demo_project(db.admin, engine)
         empty = await admin.create_project(db.admin, name="empty-project", domains=["example.com"], timezone="UTC")
+        # The same traffic again, its days rolled up: visitors are HyperLogLog estimates there ("≈").
+        rolled_up = await seed_demo_project(db.admin, engine)
+        await refresh_until_current(engine, 100, rolled_up.project_id)
     finally:
         await engine.dispose()
     out.mkdir(parents=True, exist_ok=True)
@@ -92,9 +97,15 @@ async def write_screenshots(db: DatabaseHarness, out: Path) -> None:
                         f"{dashboard}?period=7d&compare=1&metric=pageviews&f.page=%2Fpricing&tab.sources=utm_source",
                         dashboard_loaded,
                     ),
+                    # Goals under a filter: conversions among the visits from one source.
+                    ("dashboard-goals-filtered", f"{dashboard}?f.referrer=google.com", dashboard_loaded),
                 ]
                 for name, url, ready in states:
                     capture(driver, url, demo.secret_key, out / f"{name}-{label}.png", ready)
+                driver.execute_script("sessionStorage.clear()")
+                capture(
+                    driver, dashboard, rolled_up.secret_key, out / f"dashboard-estimated-{label}.png", dashboard_loaded
+                )
                 driver.execute_script("sessionStorage.clear()")
                 empty_key = str(empty["secretKey"])
                 capture(driver, dashboard, empty_key, out / f"dashboard-empty-{label}.png", dashboard_loaded)
@@ -119,6 +130,21 @@ async def write_screenshots(db: DatabaseHarness, out: Path) -> None:
                     out / f"player-playing-{label}.png",
                     lambda d: d.find_element(By.ID, "player-status").text.startswith("Loaded"),
                     whole=False,
+                )
+                # From the dashboard's "Sessions" link of a source, and a session's referrer and UTM tags.
+                capture(
+                    driver,
+                    f"{player}?referrer=news.ycombinator.com",
+                    demo.secret_key,
+                    out / f"player-filtered-source-{label}.png",
+                    listed,
+                )
+                capture(
+                    driver,
+                    f"{player}?utmSource=newsletter&session=recorded-catalogue",
+                    demo.secret_key,
+                    out / f"player-referrer-metadata-{label}.png",
+                    lambda d: d.find_element(By.ID, "player-status").text.startswith("Loaded"),
                 )
                 capture(
                     driver,

@@ -239,7 +239,7 @@ def test_the_dashboard_shows_the_visited_paths_a_chart_and_links_to_the_player(
             for row in driver.find_elements(By.CSS_SELECTOR, "#pages-table tbody tr")
         }
         href = links["/pricing"].get_attribute("href")
-        assert href == f"{pages_stack.replay_url}/player?urlContains=%2Fpricing"
+        assert href == f"{pages_stack.replay_url}/player?page=%2Fpricing"
         driver.save_screenshot(str(tmp_path / "dashboard.png"))
         dashboard_urls = loaded_urls(driver)
         assert console_problems(driver) == []
@@ -251,9 +251,7 @@ def test_the_dashboard_shows_the_visited_paths_a_chart_and_links_to_the_player(
         enter_key(driver, key)
         row = f"#sessions-body tr[data-session-id='{recorded_visit.session_id}']"
         wait_for(driver, lambda d: d.find_elements(By.CSS_SELECTOR, row))
-        assert driver.find_element(By.CSS_SELECTOR, "#filters input[name=urlContains]").get_attribute("value") == (
-            "/pricing"
-        )
+        assert driver.find_element(By.CSS_SELECTOR, "#filters input[name=page]").get_attribute("value") == ("/pricing")
         player_urls = loaded_urls(driver)
 
     assert_key_nowhere(key, dashboard_urls + player_urls, pages_stack.log_paths)

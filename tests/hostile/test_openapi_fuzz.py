@@ -43,7 +43,16 @@ OFF = RateLimitSettings(requests_per_s=0, burst=0)
 
 OPERATIONS = {
     "ingest": ["POST /v1/events", "POST /v1/replay"],
-    "query": ["POST /v1/query", "GET /v1/realtime", "POST /v1/funnel", "POST /v1/retention"],
+    "query": [
+        "POST /v1/query",
+        "GET /v1/realtime",
+        "POST /v1/funnel",
+        "POST /v1/retention",
+        "GET /v1/goals",
+        "POST /v1/goals",
+        "DELETE /v1/goals/{goal_id}",
+        "POST /v1/goals/conversions",
+    ],
     "replay": [
         "GET /v1/sessions",
         "GET /v1/sessions/{session_id}",
@@ -54,7 +63,13 @@ OPERATIONS = {
 
 # Nothing in these requests can be generated against their schema: no body, no query
 # parameters, and a path parameter is any string (the service itself refuses over-long ones).
-NOTHING_TO_NEGATE = {"GET /v1/realtime", "GET /v1/sessions/{session_id}", "DELETE /v1/persons/{distinct_id}"}
+NOTHING_TO_NEGATE = {
+    "GET /v1/realtime",
+    "GET /v1/sessions/{session_id}",
+    "DELETE /v1/persons/{distinct_id}",
+    "GET /v1/goals",
+    "DELETE /v1/goals/{goal_id}",
+}
 
 # The recording endpoint chooses its format by Accept; the others answer JSON whatever is asked.
 ACCEPT = ["*/*", "application/json", "application/x-ndjson", "application/vnd.sightline.replay-chunks", "text/html"]

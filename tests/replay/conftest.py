@@ -175,13 +175,19 @@ async def insert_event(
     occurred_at: datetime,
     url: str = "https://example.com/",
     name: str = "pageview",
+    path: str = "/",
+    referrer: str | None = None,
+    referrer_domain: str | None = None,
+    utm: Mapping[str, str] | None = None,
 ) -> None:
+    utm = utm or {}
     async with engine.begin() as connection:
         await connection.execute(
             text(
                 "INSERT INTO events (project_id, occurred_at, event_uuid, name, distinct_id, session_id, url,"
-                " domain, path) VALUES (:project_id, :occurred_at, :uuid, :name, :distinct_id, :session_id, :url,"
-                " 'example.com', '/')"
+                " domain, path, referrer, referrer_domain, utm_source, utm_medium, utm_campaign)"
+                " VALUES (:project_id, :occurred_at, :uuid, :name, :distinct_id, :session_id, :url,"
+                " 'example.com', :path, :referrer, :referrer_domain, :utm_source, :utm_medium, :utm_campaign)"
             ),
             {
                 "project_id": project_id,
@@ -191,6 +197,12 @@ async def insert_event(
                 "distinct_id": distinct_id,
                 "session_id": session_id,
                 "url": url,
+                "path": path,
+                "referrer": referrer,
+                "referrer_domain": referrer_domain,
+                "utm_source": utm.get("source"),
+                "utm_medium": utm.get("medium"),
+                "utm_campaign": utm.get("campaign"),
             },
         )
 

@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.replay.app import create_app
 from tests.harness import DatabaseHarness
-from tests.replay.conftest import T0, Chunk, StoreSession, auth, insert_event, insert_session
+from tests.replay.conftest import T0, Chunk, StoreSession, auth, insert_event, insert_session, project_rows
 
 
 async def test_list_answers_every_field_of_a_session(client: AsyncTestClient[Any], store: StoreSession) -> None:
@@ -170,6 +170,136 @@ async def test_url_contains_also_matches_pages_visited_later_in_the_session(
     )
     response = await client.get("/v1/sessions", params={"urlContains": "checkout"})
     assert [s["id"] for s in response.json()["sessions"]] == ["short-us-safari", "long-de-firefox"]
+
+
+async def _sources_of_two_sessions(admin_engine: AsyncEngine, project_id: int) -> None:
+    """alice's long session came from Hacker News and reached /pricing; bob's came from a newsletter."""
+    events: list[dict[str, Any]] = [
+        {
+            "distinct_id": "alice",
+            "session_id": "long-de-firefox",
+            "occurred_at": T0,
+            "url": "https://example.com/checkout?step=1",
+            "path": "/checkout",
+            "referrer": "https://news.ycombinator.com/item?id=1",
+            "referrer_domain": "news.ycombinator.com",
+            "utm": {"source": "hn"},
+        },
+        {
+            "distinct_id": "alice",
+            "session_id": "long-de-firefox",
+            "occurred_at": T0 + timedelta(seconds=30),
+            "url": "https://example.com/pricing",
+            "path": "/pricing",
+        },
+        {
+            "distinct_id": "bob",
+            "session_id": "short-us-safari",
+            "occurred_at": T0 + timedelta(hours=2),
+            "url": "https://example.com/?utm_source=newsletter",
+            "path": "/",
+            "referrer": "https://mail.google.com/",
+            "referrer_domain": "mail.google.com",
+            "utm": {"source": "newsletter", "medium": "email", "campaign": "launch"},
+        },
+        # A later event's referrer is not the visit's source.
+        {
+            "distinct_id": "bob",
+            "session_id": "short-us-safari",
+            "occurred_at": T0 + timedelta(hours=2, seconds=3),
+            "url": "https://example.com/blog",
+            "path": "/blog",
+            "referrer": "https://other.example/",
+            "referrer_domain": "other.example",
+        },
+    ]
+    for event in events:
+        await insert_event(admin_engine, project_id, **event)
+
+
+@pytest.mark.parametrize(
+    ("query", "expected"),
+    [
+        ({"page": "/pricing"}, ["long-de-firefox"]),
+        ({"page": "/blog"}, ["short-us-safari"]),
+        ({"page": "/"}, ["short-us-safari"]),
+        ({"page": "/pric"}, []),  # a path, matched exactly (urlContains is the substring search)
+        ({"page": "/PRICING"}, []),
+        ({"referrer": "news.ycombinator.com"}, ["long-de-firefox"]),
+        ({"referrer": "News.YCombinator.com"}, ["long-de-firefox"]),  # domains are stored in lower case
+        ({"referrer": "other.example"}, []),  # only the first event's referrer is the visit's
+        ({"utmSource": "newsletter"}, ["short-us-safari"]),
+        ({"utmSource": "hn"}, ["long-de-firefox"]),
+        ({"utmMedium": "email", "utmCampaign": "launch"}, ["short-us-safari"]),
+        ({"utmCampaign": "other"}, []),
+        ({"page": "/pricing", "country": "DE"}, ["long-de-firefox"]),
+        ({"page": "/pricing", "referrer": "mail.google.com"}, []),
+        ({"page": "/blog", "utmSource": "newsletter", "urlContains": "blog"}, ["short-us-safari"]),
+    ],
+)
+async def test_the_dashboards_page_and_source_filters(
+    client: AsyncTestClient[Any],
+    store: StoreSession,
+    admin_engine: AsyncEngine,
+    project: dict[str, Any],
+    query: dict[str, Any],
+    expected: list[str],
+) -> None:
+    await _three_kinds_of_session(store)
+    await _sources_of_two_sessions(admin_engine, project["id"])
+    response = await client.get("/v1/sessions", params=query)
+    assert response.status_code == 200, response.text
+    assert [s["id"] for s in response.json()["sessions"]] == expected
+
+
+async def test_session_detail_has_the_visits_referrer_and_utm_tags(
+    client: AsyncTestClient[Any], store: StoreSession, admin_engine: AsyncEngine, project: dict[str, Any]
+) -> None:
+    await _three_kinds_of_session(store)
+    await _sources_of_two_sessions(admin_engine, project["id"])
+    visits = {
+        session_id: (await client.get(f"/v1/sessions/{session_id}")).json()["visit"]
+        for session_id in ("long-de-firefox", "short-us-safari", "mid-fr-chrome")
+    }
+    assert visits == {
+        "long-de-firefox": {
+            "referrer": "https://news.ycombinator.com/item?id=1",
+            "referrerDomain": "news.ycombinator.com",
+            "utmSource": "hn",
+            "utmMedium": None,
+            "utmCampaign": None,
+        },
+        "short-us-safari": {
+            "referrer": "https://mail.google.com/",
+            "referrerDomain": "mail.google.com",
+            "utmSource": "newsletter",
+            "utmMedium": "email",
+            "utmCampaign": "launch",
+        },
+        "mid-fr-chrome": None,  # recorded, but without any stored event
+    }
+
+
+async def test_erasing_a_person_erases_the_referrer_the_player_shows(
+    client: AsyncTestClient[Any], store: StoreSession, admin_engine: AsyncEngine, project: dict[str, Any]
+) -> None:
+    await _three_kinds_of_session(store)
+    await _sources_of_two_sessions(admin_engine, project["id"])
+    response = await client.delete("/v1/persons/bob")
+    assert response.status_code == 200, response.text
+    assert (await client.get("/v1/sessions/short-us-safari")).status_code == 404
+    # Nothing of bob's visit is left to find his session's source by.
+    rows = await project_rows(
+        admin_engine,
+        project["id"],
+        {
+            "events": "SELECT referrer FROM events WHERE project_id = :p AND distinct_id = 'bob'",
+            "visits": "SELECT utm_source FROM query_sessions WHERE project_id = :p AND distinct_id = 'bob'",
+        },
+    )
+    assert rows == {"events": [], "visits": []}
+    listed = await client.get("/v1/sessions", params={"utmSource": "newsletter"})
+    assert listed.json()["sessions"] == []
 
 
 async def test_cursor_pages_stay_stable_while_new_sessions_arrive(

@@ -129,6 +129,14 @@ ALL_DIMENSIONS = list(DIMENSIONS)
 FUNNEL_STEPS = ["/", "/pricing", "/docs", "/blog", "/features", "/signup", "/about", "/contact"]
 
 
+# Goals saved for the measured project before the shapes are timed: the loader's section pages and
+# its one custom event.
+BENCH_GOALS = [
+    *({"type": "page", "value": value} for value in ["/pricing", "/signup", "/features", "/contact", "/docs"]),
+    {"type": "event", "value": "signup"},
+]
+
+
 def shapes(period: str) -> dict[str, tuple[str, dict[str, Any]]]:
     """name -> (path, body) for one period."""
     found: dict[str, tuple[str, dict[str, Any]]] = {
@@ -171,6 +179,12 @@ def shapes(period: str) -> dict[str, tuple[str, dict[str, Any]]]:
             {"steps": [{"type": "page", "value": value} for value in FUNNEL_STEPS[:steps]], "window_minutes": 60},
         )
     found["retention, 8 weeks"] = ("/v1/retention", {"weeks": 8})
+    # The project's goals (BENCH_GOALS, saved before the timings): three queries whatever their number.
+    found[f"goal conversions, {len(BENCH_GOALS)} goals"] = ("/v1/goals/conversions", {})
+    found[f"goal conversions, {len(BENCH_GOALS)} goals, country is DE"] = (
+        "/v1/goals/conversions",
+        {"filters": [{"dimension": "country", "operator": "is", "values": ["DE"]}]},
+    )
     return {f"{name} ({period})": (path, {**body, "period": period}) for name, (path, body) in found.items()}
 
 
@@ -323,13 +337,20 @@ async def measure(
     return figures
 
 
-async def measure_shapes(base_url: str, secret_key: str, runs: int) -> list[dict[str, Any]]:
-    """Every shape of `shapes`, one warm-up then `runs` timed calls; a failure is recorded, not raised."""
+async def measure_shapes(base_url: str, secret_key: str, runs: int, only: str = "") -> list[dict[str, Any]]:
+    """Every shape of `shapes` (whose name holds `only`), one warm-up then `runs` timed calls; a
+    failure is recorded, not raised."""
     headers = {"Authorization": f"Bearer {secret_key}"}
     figures: list[dict[str, Any]] = []
     async with httpx.AsyncClient(base_url=base_url, headers=headers, timeout=60) as client:
+        for goal in BENCH_GOALS:
+            saved = await client.post("/v1/goals", json=goal)
+            if saved.status_code not in (201, 409):  # 409: saved by an earlier run
+                raise RuntimeError(f"cannot save the goal {goal}: HTTP {saved.status_code} {saved.text}")
         for period in ("30d", "12mo"):
             for name, (path, body) in shapes(period).items():
+                if only not in name:
+                    continue
                 timings: list[float] = []
                 statuses: set[int] = set()
                 started = time.perf_counter()
@@ -460,7 +481,9 @@ async def main(arguments: argparse.Namespace) -> None:
     shape_figures: list[dict[str, Any]] = []
     if arguments.shapes:
         log(f"timing every shape, {arguments.shape_runs} runs each after one warm-up ...")
-        shape_figures = await measure_shapes(base_url, str(project["secretKey"]), arguments.shape_runs)
+        shape_figures = await measure_shapes(
+            base_url, str(project["secretKey"]), arguments.shape_runs, arguments.shape_filter
+        )
         log(markdown(shape_figures, arguments.shape_runs))
     load_after = os.getloadavg()
     log(f"load average (1, 5, 15 min) before {load_before}, after {load_after}")
@@ -509,6 +532,9 @@ def cli() -> None:
     )
     parser.add_argument("--shapes", action="store_true", help="then time every shape the API accepts")
     parser.add_argument("--shape-runs", type=int, default=5, help="timed runs per shape")
+    parser.add_argument(
+        "--shape-filter", default="", metavar="TEXT", help="with --shapes: only the shapes whose name holds TEXT"
+    )
     parser.add_argument("--out", default="/tmp/sightline-bench-query.json", help="JSON file for the figures")
     asyncio.run(main(parser.parse_args()))
 

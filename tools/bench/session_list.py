@@ -2,7 +2,7 @@
 
 Starts its own throwaway Postgres + PgBouncer (migrated to head, so with the trigram indexes
 of migration 0610), fills one project with N recorded sessions over 30 days (default 100,000)
-and 5 pageview events per session, as ingest stores them, plus the same again in a second
+and 5 pageview events per session (paths, referrers, UTM tags), as ingest stores them, plus the same again in a second
 project (a list must not slow down because another tenant is large), ANALYZEs, then times
 the replay service's own list query (services/replay/repository.py, through PgBouncer, in a
 read transaction as a request runs it) for each filter: p50, p95 and max over --runs runs.
@@ -51,15 +51,25 @@ SELECT {project_id}, 's-' || n, 'v-' || (n % {visitors}),
        (ARRAY['desktop', 'mobile', 'tablet', 'desktop', 'bot'])[1 + n % 5], 3, 9000
 FROM generate_series(1, {sessions}) AS n;
 
-INSERT INTO events (project_id, occurred_at, event_uuid, name, distinct_id, session_id, url, domain, path)
+INSERT INTO events (project_id, occurred_at, event_uuid, name, distinct_id, session_id, url, domain, path,
+    referrer, referrer_domain, utm_source, utm_medium, utm_campaign)
 SELECT {project_id}, '{now}'::timestamptz - n * interval '{spacing_ms} milliseconds' + step * interval '20 second',
        gen_random_uuid(), 'pageview', 'v-' || (n % {visitors}), 's-' || n,
-       'https://shop.example/' || CASE WHEN n % 1000 = 0 AND step = 4 THEN 'checkout/done'
-           ELSE (ARRAY['', 'pricing', 'blog/post-' || ((n + step) % 500),
-                       'product/' || ((n * step) % 200)])[1 + (n + step) % 4]
-       END || CASE WHEN step = 2 THEN '?utm_source=news' ELSE '' END,
-       'shop.example', '/'
-FROM generate_series(1, {sessions}) AS n, generate_series(0, 4) AS step;
+       'https://shop.example' || page.path || CASE WHEN step = 2 THEN '?utm_source=news' ELSE '' END,
+       'shop.example', page.path,
+       CASE WHEN source.domain IS NOT NULL THEN 'https://' || source.domain || '/' END, source.domain,
+       CASE WHEN n % 10 = 3 THEN 'newsletter' END,
+       CASE WHEN n % 10 = 3 THEN 'email' END,
+       CASE WHEN n % 10 = 3 THEN 'launch-' || (n % 7) END
+FROM generate_series(1, {sessions}) AS n, generate_series(0, 4) AS step,
+     LATERAL (SELECT '/' || CASE WHEN n % 1000 = 0 AND step = 4 THEN 'checkout/done'
+         ELSE (ARRAY['', 'pricing', 'blog/post-' || ((n + step) % 500),
+                     'product/' || ((n * step) % 200)])[1 + (n + step) % 4]
+     END AS path) AS page,
+     -- 40% direct; 1 visit in 1,000 from a rare referrer.
+     LATERAL (SELECT CASE WHEN n % 1000 = 11 THEN 'rare.example'
+         ELSE (ARRAY[NULL, NULL, 'google.com', 'news.ycombinator.com', 'github.com'])[1 + n % 5]
+     END AS domain) AS source;
 """
 
 FILTERS: dict[str, SessionFilters] = {
@@ -79,6 +89,17 @@ FILTERS: dict[str, SessionFilters] = {
         started_from=NOW - timedelta(days=10), started_before=NOW - timedelta(days=9)
     ),
     "country + device + urlContains": SessionFilters(country="DE", device_type="desktop", url_contains="product/1"),
+    "page common (/pricing)": SessionFilters(page="/pricing"),
+    "page rare (/checkout/done, 1 in 1,000)": SessionFilters(page="/checkout/done"),
+    "page matching nothing": SessionFilters(page="/no-such-page"),
+    "page home (/)": SessionFilters(page="/"),
+    "referrer common (google.com)": SessionFilters(referrer="google.com"),
+    "referrer rare (rare.example, 1 in 1,000)": SessionFilters(referrer="rare.example"),
+    "referrer matching nothing": SessionFilters(referrer="no-such.example"),
+    "utmSource (1 in 10)": SessionFilters(utm_source="newsletter"),
+    "utmMedium + utmCampaign": SessionFilters(utm_medium="email", utm_campaign="launch-3"),
+    "utmCampaign matching nothing": SessionFilters(utm_campaign="no-such-campaign"),
+    "page + referrer + country": SessionFilters(page="/pricing", referrer="news.ycombinator.com", country="DE"),
 }
 
 
@@ -136,6 +157,7 @@ def main() -> None:
     parser.add_argument("--sessions", type=int, default=100_000, help="sessions per project (default 100,000)")
     parser.add_argument("--runs", type=int, default=20, help="timed runs per filter (default 20)")
     arguments = parser.parse_args()
+    load_before = os.getloadavg()[0]
     root = Path(tempfile.mkdtemp(prefix="sightline-bench-list-", dir="/tmp"))
     root.chmod(0o755)
     try:
@@ -151,7 +173,7 @@ def main() -> None:
         shutil.rmtree(root, ignore_errors=True)
     print(
         f"\n{arguments.sessions:,} sessions and {5 * arguments.sessions:,} events per project, 2 projects;"
-        f" {arguments.runs} runs per filter; load average {os.getloadavg()[0]:.2f}\n"
+        f" {arguments.runs} runs per filter; load average {load_before:.2f} before, {os.getloadavg()[0]:.2f} after\n"
     )
     print("| filter | rows | p50 | p95 | max |\n| --- | --- | --- | --- | --- |")
     for name, row in figures.items():

@@ -4,7 +4,7 @@
 import 'uplot/dist/uPlot.min.css';
 import './dashboard.css';
 import { bucketKeys, drawTimeChart, formatValue, keySeconds, localNow } from './chart.js';
-import { Unauthorised, apiJson, element, setUpKey, showError } from './key.js';
+import { Unauthorised, apiFetch, apiJson, element, setUpKey, showError } from './key.js';
 
 const $ = (id) => document.getElementById(id);
 const REALTIME_REFRESH_MS = 30_000;
@@ -39,15 +39,16 @@ const FILTER_LABELS = {
 // a row links in the player (the replay API's filter of the same meaning), if anywhere.
 const BREAKDOWNS = {
   pages: [
-    { dimension: 'page', label: 'Top pages', metrics: ['visitors', 'pageviews'], player: 'urlContains' },
-    { dimension: 'entry_page', label: 'Entry pages', metrics: ['visitors', 'sessions'], player: 'urlContains' },
-    { dimension: 'exit_page', label: 'Exit pages', metrics: ['visitors', 'sessions'], player: 'urlContains' },
+    { dimension: 'page', label: 'Top pages', metrics: ['visitors', 'pageviews'], player: 'page' },
+    // The player's page filter is any page of the session: its entry or exit page among them.
+    { dimension: 'entry_page', label: 'Entry pages', metrics: ['visitors', 'sessions'], player: 'page' },
+    { dimension: 'exit_page', label: 'Exit pages', metrics: ['visitors', 'sessions'], player: 'page' },
   ],
   sources: [
-    { dimension: 'referrer', label: 'Referrers', metrics: ['visitors', 'pageviews'] },
-    { dimension: 'utm_source', label: 'UTM source', metrics: ['visitors', 'pageviews'] },
-    { dimension: 'utm_medium', label: 'UTM medium', metrics: ['visitors', 'pageviews'] },
-    { dimension: 'utm_campaign', label: 'UTM campaign', metrics: ['visitors', 'pageviews'] },
+    { dimension: 'referrer', label: 'Referrers', metrics: ['visitors', 'pageviews'], player: 'referrer' },
+    { dimension: 'utm_source', label: 'UTM source', metrics: ['visitors', 'pageviews'], player: 'utmSource' },
+    { dimension: 'utm_medium', label: 'UTM medium', metrics: ['visitors', 'pageviews'], player: 'utmMedium' },
+    { dimension: 'utm_campaign', label: 'UTM campaign', metrics: ['visitors', 'pageviews'], player: 'utmCampaign' },
   ],
   locations: [{ dimension: 'country', label: 'Countries', metrics: ['visitors', 'pageviews'], player: 'country' }],
   devices: [
@@ -63,6 +64,19 @@ const BREAKDOWNS = {
       extraFilters: [{ dimension: 'event_name', operator: 'is_not', values: ['pageview'] }],
     },
   ],
+};
+
+// The dashboard's filters the player has too (the replay API's names), carried into its links.
+const PLAYER_FILTERS = {
+  page: 'page',
+  referrer: 'referrer',
+  utm_source: 'utmSource',
+  utm_medium: 'utmMedium',
+  utm_campaign: 'utmCampaign',
+  country: 'country',
+  browser: 'browser',
+  os: 'os',
+  device: 'device',
 };
 
 // The replay service's base URL, written into the page by the query service
@@ -267,8 +281,12 @@ async function drawChart() {
 
 // --- breakdowns ------------------------------------------------------------------------------
 
+// Sessions with this row's value, under the dashboard's other filters where the player has them.
 function playerLink(name, value) {
   const params = new URLSearchParams();
+  for (const [dimension, filterValue] of Object.entries(state.filters)) {
+    if (PLAYER_FILTERS[dimension] && filterValue !== '') params.set(PLAYER_FILTERS[dimension], filterValue);
+  }
   params.set(name, value);
   return `${replayUrl()}/player?${params}`;
 }
@@ -363,6 +381,101 @@ async function drawBreakdown(name) {
     target.replaceChildren(element('p', { className: 'error' }, ''));
     showError(target.firstChild, error);
     return null;
+  }
+}
+
+// --- goals ---------------------------------------------------------------------------------------
+
+// A goal is saved for the project (POST /v1/goals): a page path or a custom event name; its
+// conversions are the period's unique visitors who reached it, under the dashboard's filters.
+const GOAL_DIMENSIONS = { page: 'page', event: 'event_name' };
+
+async function drawGoals() {
+  const target = $('goals-table');
+  skeleton(target, 3);
+  try {
+    const response = await post('/v1/goals/conversions', { filters: apiFilters() });
+    if (!response.goals.length) {
+      target.replaceChildren(
+        element('p', { className: 'status' }, 'No goals yet. Add a page path (such as /signup/done) or a custom event name to count its conversions.'),
+      );
+      return response;
+    }
+    const estimated = !response.meta.exact;
+    const approx = estimated ? '\u2248' : '';
+    const head = element(
+      'tr',
+      {},
+      element('th', {}, 'Goal'),
+      element('th', { className: 'number' }, 'Uniques'),
+      element('th', { className: 'number' }, 'Conversion rate'),
+      element('th', { className: 'link' }, ''),
+    );
+    const rows = response.goals.map((goal) => {
+      const dimension = GOAL_DIMENSIONS[goal.type];
+      const filter = element(
+        'button',
+        { type: 'button', className: 'row-filter', 'data-dimension': dimension, title: `Only visits with ${goal.value}` },
+        goal.name,
+      );
+      filter.addEventListener('click', () => update({ filters: { ...state.filters, [dimension]: goal.value } }));
+      const kind = goal.type === 'page' ? `Visit ${goal.value}` : `Event ${goal.value}`;
+      const remove = element(
+        'button',
+        { type: 'button', className: 'secondary small goal-remove', 'aria-label': `Delete goal ${goal.name}` },
+        '\u00d7',
+      );
+      remove.addEventListener('click', () => deleteGoal(goal.id));
+      return element(
+        'tr',
+        { 'data-goal': goal.value },
+        element('td', { className: 'url' }, filter, element('span', { className: 'goal-kind' }, kind)),
+        element('td', { className: 'number', 'data-goal-visitors': goal.value }, `${approx}${formatValue('visitors', goal.visitors)}`),
+        element('td', { className: 'number', 'data-goal-rate': goal.value }, `${approx}${goal.conversion_rate.toFixed(1)} %`),
+        element('td', { className: 'link' }, remove),
+      );
+    });
+    const note = estimated
+      ? [element('p', { className: 'status note' }, '\u2248 HyperLogLog estimate (uniques, and so the rate).')]
+      : [];
+    target.replaceChildren(element('table', {}, element('thead', {}, head), element('tbody', {}, ...rows)), ...note);
+    return response;
+  } catch (error) {
+    if (error instanceof Unauthorised) throw error;
+    target.replaceChildren(element('p', { className: 'error' }, ''));
+    showError(target.firstChild, error);
+    return null;
+  }
+}
+
+async function addGoal() {
+  const message = $('goal-message');
+  message.textContent = '';
+  const type = $('goal-type').value;
+  const value = $('goal-value').value.trim();
+  const name = $('goal-name').value.trim();
+  try {
+    await apiJson('/v1/goals', {
+      method: 'POST',
+      headers: { 'Content-Type': 'application/json' },
+      body: JSON.stringify(name ? { type, value, name } : { type, value }),
+    });
+    $('goal-value').value = '';
+    $('goal-name').value = '';
+    await drawGoals();
+  } catch (error) {
+    showError(message, error);
+  }
+}
+
+async function deleteGoal(id) {
+  const message = $('goal-message');
+  message.textContent = '';
+  try {
+    await apiFetch(`/v1/goals/${encodeURIComponent(id)}`, { method: 'DELETE' });
+    await drawGoals();
+  } catch (error) {
+    showError(message, error);
   }
 }
 
@@ -551,7 +664,9 @@ async function refresh() {
     return;
   }
   status.textContent = 'Loading\u2026';
-  for (const id of ['pages-table', 'sources-table', 'locations-table', 'devices-table', 'events-table']) skeleton($(id));
+  for (const id of ['pages-table', 'sources-table', 'locations-table', 'devices-table', 'events-table', 'goals-table']) {
+    skeleton($(id));
+  }
   skeleton($('totals'), 1);
   $('chart').classList.add('loading');
   try {
@@ -566,6 +681,7 @@ async function refresh() {
       drawBreakdown('locations'),
       drawBreakdown('devices'),
       drawBreakdown('events'),
+      drawGoals(),
       drawRealtime(),
       drawRetention(),
     ]);
@@ -627,6 +743,13 @@ document.addEventListener('DOMContentLoaded', () => {
     $('funnel-steps').dataset.auto = '';
     update({ funnel: $('funnel-steps').value.trim() }, { reload: false });
     drawFunnel(null).catch(ignoreRefused);
+  });
+  $('goal-form').addEventListener('submit', (event) => {
+    event.preventDefault();
+    addGoal().catch(ignoreRefused);
+  });
+  $('goal-type').addEventListener('change', () => {
+    $('goal-value').placeholder = $('goal-type').value === 'page' ? '/signup/done' : 'signup';
   });
   window.addEventListener('resize', resizeChart);
   setUpKey(start);

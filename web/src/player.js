@@ -9,7 +9,22 @@ import { ApiFailure, Unauthorised, apiFetch, apiJson, element, setUpKey, showErr
 // Filters the page takes from its own query string (the dashboard links here with them) and
 // keeps there, with the open session, so a reload or a shared link shows the same view.
 // Never a key: the key is entered on this page, once per tab.
-const URL_FILTERS = ['dateFrom', 'dateTo', 'distinctId', 'urlContains', 'country', 'browser', 'os', 'device', 'bots'];
+const URL_FILTERS = [
+  'dateFrom',
+  'dateTo',
+  'distinctId',
+  'urlContains',
+  'page',
+  'referrer',
+  'utmSource',
+  'utmMedium',
+  'utmCampaign',
+  'country',
+  'browser',
+  'os',
+  'device',
+  'bots',
+];
 const PAGE_SIZE = 50;
 // rrweb's event types and sources.
 const FULL_SNAPSHOT = 2;
@@ -52,7 +67,17 @@ function writeUrl() {
 
 // Back to the dashboard (its URL is written into the page by the replay service), filtered
 // the same way where the dashboard has the same filter.
-const DASHBOARD_FILTERS = { country: 'country', browser: 'browser', os: 'os', device: 'device' };
+const DASHBOARD_FILTERS = {
+  page: 'page',
+  referrer: 'referrer',
+  utmSource: 'utm_source',
+  utmMedium: 'utm_medium',
+  utmCampaign: 'utm_campaign',
+  country: 'country',
+  browser: 'browser',
+  os: 'os',
+  device: 'device',
+};
 
 function drawDashboardLink() {
   const base = document.body.dataset.dashboardUrl.replace(/\/+$/, '');
@@ -161,7 +186,18 @@ function metaRow(label, value) {
   return value ? [element('dt', {}, label), element('dd', {}, value)] : [];
 }
 
-function drawMeta(session, screen) {
+// Where the visit came from (its first event, as the dashboard counts it); a session recorded
+// without any stored event has none.
+function sourceRows(visit) {
+  if (!visit) return [];
+  const utm = [visit.utmSource, visit.utmMedium, visit.utmCampaign].filter(Boolean).join(' / ');
+  return [
+    ...metaRow('Referrer', visit.referrer || (visit.referrerDomain ? visit.referrerDomain : 'Direct / none')),
+    ...metaRow('UTM', utm),
+  ];
+}
+
+function drawMeta(session, screen, visit) {
   $('player-meta').replaceChildren(
     ...metaRow('Started', new Date(session.startedAt).toLocaleString()),
     ...metaRow('Duration', formatDuration(session.durationMs)),
@@ -174,6 +210,7 @@ function drawMeta(session, screen) {
     ...metaRow('Country', session.country),
     ...metaRow('Screen', screen),
     ...metaRow('First URL', session.firstUrl),
+    ...sourceRows(visit),
     ...metaRow('Visitor', session.distinctId),
   );
   $('visitor-sessions').href = `?${new URLSearchParams({ distinctId: session.distinctId })}`;
@@ -281,7 +318,7 @@ async function openSession(sessionId, fromMs, toMs = null) {
     $('player-title').textContent = session.firstUrl || session.id;
     const sessionStartMs = Date.parse(session.startedAt);
     state.activity = { items: [], clicks: [], screen: null, playerStart: sessionStartMs };
-    drawMeta(session, null);
+    drawMeta(session, null, detail.visit);
     const seekInput = $('seek-seconds');
     seekInput.max = String(Math.ceil(session.durationMs / 1000));
     seekInput.value = String(Math.floor(fromMs / 1000));
@@ -324,7 +361,7 @@ async function openSession(sessionId, fromMs, toMs = null) {
     } else if (!$('player-error').textContent) {
       status.textContent = `Loaded: ${plural(events, 'event')} from ${formatDuration(startOffsetMs)} on.`;
     }
-    drawMeta(session, state.activity.screen);
+    drawMeta(session, state.activity.screen, detail.visit);
     drawActivity(session.durationMs);
   } catch (error) {
     if (loading !== state.loading || error instanceof Unauthorised) return;

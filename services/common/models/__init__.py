@@ -4,6 +4,7 @@ from services.common.models.base import Base
 from services.common.models.event import Event
 from services.common.models.ingested_event import IngestedEvent
 from services.common.models.project import Project
+from services.common.models.query_goal import QueryGoal
 from services.common.models.query_rollup_day import QueryRollupDay
 from services.common.models.query_rollup_increment import (
     query_rollup_pending,
@@ -30,6 +31,7 @@ __all__ = [
     "Event",
     "IngestedEvent",
     "Project",
+    "QueryGoal",
     "QueryRollupDay",
     "QueryRollupRetention",
     "QueryRollupRetentionWeek",
