@@ -19,8 +19,11 @@ per-session work, memory bounded by work_mem (sorts and hashes spill to disk). O
 the names are the tables'. Citus allows the writes: the trigger runs in Citus's own connection
 to the worker (or its local executor), where changing a shard is allowed.
 
-Statements are EXECUTEd, so each is planned for this call's transition table and the tables'
-current size (a plan cached while query_sessions was small would scan it whole; see 0680).
+On plain Postgres the statements are static SQL, whose plans plpgsql caches: planning them for
+every 8-event batch would cost more than running them. The one that reads query_sessions looks
+each touched session up by key (LATERAL ... LIMIT 1), so a plan cached while the table was small
+cannot turn into a scan of the whole table (the reason 0680 EXECUTEd its lookup). On a shard
+they are EXECUTEd, since the shards' names are known only at run time.
 Same effect as 0640/0670/0680, same lock order (days, then sessions, each in key order).
 
 Revision ID: 0710
@@ -116,17 +119,17 @@ _MERGE = ", ".join(
 )
 
 _DECLARATIONS = """
-    events_table text := 'events';
-    sessions_table text := 'query_sessions';
-    days_table text := 'query_rollup_days';
-    projects_table text := 'projects';
+    events_table text;
+    sessions_table text;
+    days_table text;
+    projects_table text;
     fired_shard bigint;
 """
 
-# Which tables this call works on. On plain Postgres the trigger fires on `events` itself. On a
-# Citus worker it fires on a shard, named `<table>_<shard id>`; the shards of the other tables on
-# the same hash range are the co-located ones (so on this worker), and `projects`, a reference
-# table, has one shard, copied to every node. shard_name() quotes as needed (%s below, not %I).
+# Which tables a call on a shard works on. On a Citus worker the trigger fires on an events
+# shard, named `<table>_<shard id>`; the shards of the other tables on the same hash range are
+# the co-located ones (so on this worker), and `projects`, a reference table, has one shard,
+# copied to every node. shard_name() quotes as needed (%s in format(), not %I).
 _FIND_TABLES = """
     IF TG_TABLE_NAME ~ '_[0-9]+$' AND to_regclass('pg_catalog.pg_dist_shard') IS NOT NULL THEN
         fired_shard := substring(TG_TABLE_NAME FROM '_([0-9]+)$')::bigint;
@@ -144,76 +147,86 @@ _FIND_TABLES = """
         SELECT shard_name('projects'::regclass, p.shardid) INTO projects_table
         FROM pg_dist_shard p WHERE p.logicalrelid = 'projects'::regclass;
     ELSE
-        events_table := quote_ident(TG_TABLE_SCHEMA) || '.' || quote_ident(TG_TABLE_NAME);
+        RAISE EXCEPTION 'query_sessions trigger fired on %, neither events nor one of its shards', TG_TABLE_NAME;
     END IF;
 """
 
 
 def _mark_days(touched_filter: str) -> str:
     """The changed events' local days and the days the touched sessions had started on (their
-    session figures live there), one upsert in (project, day) order; no project, no row."""
+    session figures live there), one upsert in (project, day) order; no project, no row. Each
+    touched session is looked up by key (LATERAL ... LIMIT 1 keeps it a lookup whatever the plan
+    was made for), so a plan cached while query_sessions was small cannot scan it whole."""
     return f"""
-        EXECUTE format($days$
-            INSERT INTO %1$s AS d (project_id, day)
-            SELECT project_id, day FROM (
-                SELECT c.project_id, (c.occurred_at AT TIME ZONE p.timezone)::date AS day
-                FROM changed_events c JOIN %2$s p ON p.project_id = c.project_id
-                UNION
-                SELECT s.project_id, (s.started_at AT TIME ZONE p.timezone)::date
-                FROM %3$s s JOIN %2$s p ON p.project_id = s.project_id
-                WHERE (s.project_id, s.session_id) IN
-                    (SELECT project_id, session_id FROM changed_events c WHERE true {touched_filter})
-            ) days ORDER BY 1, 2
-            ON CONFLICT (project_id, day) DO UPDATE SET changes = d.changes + 1, changed_at = EXCLUDED.changed_at
-        $days$, days_table, projects_table, sessions_table);
+        INSERT INTO {{days}} AS d (project_id, day)
+        SELECT project_id, day FROM (
+            SELECT c.project_id, (c.occurred_at AT TIME ZONE p.timezone)::date AS day
+            FROM changed_events c JOIN {{projects}} p ON p.project_id = c.project_id
+            UNION
+            SELECT t.project_id, (s.started_at AT TIME ZONE p.timezone)::date
+            FROM (SELECT DISTINCT c.project_id, c.session_id FROM changed_events c WHERE true {touched_filter}) t
+            CROSS JOIN LATERAL (SELECT started_at FROM {{sessions}} s
+                                WHERE s.project_id = t.project_id AND s.session_id = t.session_id LIMIT 1) s
+            JOIN {{projects}} p ON p.project_id = t.project_id
+        ) days ORDER BY 1, 2
+        ON CONFLICT (project_id, day) DO UPDATE SET changes = d.changes + 1, changed_at = EXCLUDED.changed_at
+    """
+
+
+_NOTE_INSERTS = f"""
+    {_mark_days("AND NOT c.is_bot")};
+    INSERT INTO {{sessions}} AS s ({_COLUMNS})
+    SELECT {_COLUMNS} FROM ({_sessions_of("changed_events")}) merged ORDER BY project_id, session_id
+    ON CONFLICT (project_id, session_id) DO UPDATE SET {_MERGE};
+"""
+
+# Each touched session again from the events left, which lie within its old span (so only the
+# partitions of that span are read), found by key for each session (LATERAL).
+_REMAINING = (
+    "(SELECT e.* FROM gone g CROSS JOIN LATERAL (SELECT * FROM {events} e WHERE e.project_id = g.project_id"
+    " AND e.session_id = g.session_id AND e.occurred_at BETWEEN g.started_at AND g.ended_at) e) remaining"
+)
+_NOTE_DELETES = f"""
+    {_mark_days("")};
+    WITH gone AS (
+        DELETE FROM {{sessions}} s
+        WHERE (s.project_id, s.session_id) IN (SELECT project_id, session_id FROM changed_events)
+        RETURNING s.project_id, s.session_id, s.started_at, s.ended_at
+    )
+    INSERT INTO {{sessions}} ({_COLUMNS})
+    SELECT {_COLUMNS} FROM ({_sessions_of(_REMAINING)}) rebuilt ORDER BY project_id, session_id;
+"""
+
+
+def _function(name: str, statements: str) -> str:
+    """On plain Postgres the statements as they are (plpgsql caches their plans: planning them for
+    every 8-event batch would cost more than running them); on a Citus shard the same statements
+    on the co-located shards' names, EXECUTEd (a shard's names are known only at run time)."""
+    plain = statements.format(events="events", sessions="query_sessions", days="query_rollup_days", projects="projects")
+    on_shard = ";\n".join(
+        f"EXECUTE format($statement${statement}$statement$, events_table, sessions_table, days_table, projects_table)"
+        for statement in statements.format(events="%1$s", sessions="%2$s", days="%3$s", projects="%4$s").split(";")
+        if statement.strip()
+    )
+    return f"""
+        CREATE OR REPLACE FUNCTION {name}() RETURNS trigger LANGUAGE plpgsql AS $$
+        DECLARE {_DECLARATIONS}
+        BEGIN
+            IF TG_TABLE_NAME = 'events' THEN
+                {plain}
+            ELSE
+                {_FIND_TABLES}
+                {on_shard};
+            END IF;
+            RETURN NULL;
+        END
+        $$
     """
 
 
 def upgrade() -> None:
-    op.execute(
-        f"""
-        CREATE OR REPLACE FUNCTION query_sessions_note_inserts() RETURNS trigger LANGUAGE plpgsql AS $$
-        DECLARE {_DECLARATIONS}
-        BEGIN
-            {_FIND_TABLES}
-            {_mark_days("AND NOT c.is_bot")}
-            EXECUTE format($sessions$
-                INSERT INTO %s AS s ({_COLUMNS})
-                SELECT {_COLUMNS} FROM ({_sessions_of("changed_events")}) merged ORDER BY project_id, session_id
-                ON CONFLICT (project_id, session_id) DO UPDATE SET {_MERGE}
-            $sessions$, sessions_table);
-            RETURN NULL;
-        END
-        $$
-        """
-    )
-    # Each touched session again from the events left, which lie within its old span (so only
-    # the partitions of that span are read), found by key for each session (LATERAL).
-    remaining = (
-        "(SELECT e.* FROM gone g CROSS JOIN LATERAL (SELECT * FROM %2$s e WHERE e.project_id = g.project_id"
-        " AND e.session_id = g.session_id AND e.occurred_at BETWEEN g.started_at AND g.ended_at) e) remaining"
-    )
-    op.execute(
-        f"""
-        CREATE OR REPLACE FUNCTION query_sessions_note_deletes() RETURNS trigger LANGUAGE plpgsql AS $$
-        DECLARE {_DECLARATIONS}
-        BEGIN
-            {_FIND_TABLES}
-            {_mark_days("")}
-            EXECUTE format($sessions$
-                WITH gone AS (
-                    DELETE FROM %1$s s
-                    WHERE (s.project_id, s.session_id) IN (SELECT project_id, session_id FROM changed_events)
-                    RETURNING s.project_id, s.session_id, s.started_at, s.ended_at
-                )
-                INSERT INTO %1$s ({_COLUMNS})
-                SELECT {_COLUMNS} FROM ({_sessions_of(remaining)}) rebuilt ORDER BY project_id, session_id
-            $sessions$, sessions_table, events_table);
-            RETURN NULL;
-        END
-        $$
-        """
-    )
+    op.execute(_function("query_sessions_note_inserts", _NOTE_INSERTS))
+    op.execute(_function("query_sessions_note_deletes", _NOTE_DELETES))
 
 
 def downgrade() -> None:
