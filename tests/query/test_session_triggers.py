@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
+import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -183,3 +184,22 @@ async def test_statements_of_thousands_of_events_give_exact_sessions(
     assert await marked_days(admin_engine, projects) == {
         (row.project_id, row.occurred_at.astimezone(BERLIN).date()) for row in everything
     }
+
+
+def test_every_citus_worker_runs_the_set_based_functions(db: DatabaseHarness) -> None:
+    """A trigger of a distributed table runs the function as the worker has it: the migration's
+    CREATE OR REPLACE must reach every worker, or the per-session functions of 0680 (and their
+    memory growth) would stay there while the coordinator shows 0710's."""
+    if db.citus is None:
+        pytest.skip("workers exist on Citus only: SIGHTLINE_TEST_CITUS_WORKERS=2")
+    fingerprint = (
+        "SELECT string_agg(proname || ':' || md5(prosrc), ',' ORDER BY proname) FROM pg_proc"
+        " WHERE proname IN ('query_sessions_note_inserts', 'query_sessions_note_deletes')"
+    )
+    on_coordinator = db.postgres.psql(fingerprint, database="sightline").strip()
+    assert "sessions_table" in db.postgres.psql(
+        "SELECT prosrc FROM pg_proc WHERE proname = 'query_sessions_note_inserts'", database="sightline"
+    )
+    assert db.citus.workers
+    for worker in db.citus.workers:
+        assert worker.psql(fingerprint, database="sightline").strip() == on_coordinator
