@@ -120,8 +120,12 @@ BENCH_QUERY_ENV := SIGHTLINE_DATA_DIR=/tmp/sightline-bench-query SIGHTLINE_POSTG
 	SIGHTLINE_PGBOUNCER_PORT=7432 SIGHTLINE_INGEST_PORT=9101 SIGHTLINE_QUERY_PORT=9102 SIGHTLINE_REPLAY_PORT=9103 \
 	SIGHTLINE_QUERY_RATE_LIMIT_REQUESTS_PER_S=0 SIGHTLINE_QUERY_ROLLUP_INTERVAL_S=0
 
+# BENCH_QUERY_UP_ARGS="--citus-workers 2": the bench stack as a Citus coordinator with two workers
+# (give it its own BENCH_QUERY_ENV too, so it does not meet a single-node bench stack's data dir).
+BENCH_QUERY_UP_ARGS ?=
+
 bench-query: install-dev ## Load 10M events (30 days) into a separate stack and time the dashboard's queries
-	env $(BENCH_QUERY_ENV) $(SIGHTLINE) up
+	env $(BENCH_QUERY_ENV) $(SIGHTLINE) up $(BENCH_QUERY_UP_ARGS)
 	env $(BENCH_QUERY_ENV) $(BIN)/python -m tools.bench.query $(BENCH_ARGS)
 	@echo "The bench stack keeps running for reruns. Stop it: env $(BENCH_QUERY_ENV) $(SIGHTLINE) down"
 

@@ -14,7 +14,7 @@ Counts only, no visitor ids. On Citus both are distributed by project_id, co-loc
 (the pattern of 0700).
 
 Revision ID: 0720
-Revises: 0700
+Revises: 0710
 Create Date: 2026-11-30
 """
 
@@ -25,7 +25,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0720"
-down_revision: str | None = "0700"
+down_revision: str | None = "0710"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
