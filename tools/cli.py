@@ -52,14 +52,27 @@ def _seconds(flag: str, name: str, default: float, help_text: str) -> Callable[[
 @click.option("--query-host", "query_url", callback=_loopback, help="Query base URL (default: the local stack's).")
 @click.option("--replay-host", "replay_url", callback=_loopback, help="Replay base URL (default: the local stack's).")
 @click.option(
-    "--processes", type=click.IntRange(min=1), default=1, show_default=True, help="Locust processes generating load."
+    "--engine",
+    type=click.Choice(["asyncio", "locust"]),
+    default="asyncio",
+    show_default=True,
+    help="The load generator: one asyncio process (chosen by measurement), or the Locust scenario.",
+)
+@click.option(
+    "--processes", type=click.IntRange(min=1), default=1, show_default=True, help="Locust processes (--engine locust)."
+)
+@click.option(
+    "--noop-only",
+    is_flag=True,
+    help="Every visitor posts to the no-op endpoint: what the generator itself adds, against the bare HTTP path.",
 )
 @click.option("--reports-dir", type=click.Path(path_type=Path), default=Path("reports"), show_default=True)
 @click.option("--progress", "progress_s", type=click.FloatRange(min=1), default=5, show_default=True, help="Seconds.")
 @click.option(
     "--find-limit",
     is_flag=True,
-    help="Step users up (--limit-start, --limit-step) until failures > 0.1 % or p95 > 500 ms; report the last good.",
+    help="Step users up (--limit-start, --limit-step) until failures > 0.1 % or the probe's p95 > 500 ms; "
+    "report the last good.",
 )
 @click.option("--limit-start", type=click.IntRange(min=1), default=1000, show_default=True)
 @click.option("--limit-step", type=click.IntRange(min=1), default=1000, show_default=True)
@@ -75,7 +88,9 @@ def load(
     ingest_url: str | None,
     query_url: str | None,
     replay_url: str | None,
+    engine: str,
     processes: int,
+    noop_only: bool,
     reports_dir: Path,
     progress_s: float,
     find_limit: bool,
@@ -103,9 +118,11 @@ def load(
         replay_url=replay_url or _default_url("replay"),
         shape="steps" if shape == "steps" else "linear",
         steps=steps,
+        noop_only=noop_only,
         processes=processes,
         reports_dir=reports_dir,
         progress_s=progress_s,
+        engine="locust" if engine == "locust" else "asyncio",
     )
     command = runner.shell_command(sys.argv[2:] if len(sys.argv) > 1 and sys.argv[1] == "load" else [])
     if find_limit:
