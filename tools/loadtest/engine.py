@@ -278,9 +278,25 @@ class Engine:
         self.acknowledged = Acknowledged()
         self.timeline = TimelineWriter(self.run_dir) if plan.record_timeline else None
         self.deliveries = itertools.count(1)
-        self.active_users = 0
+        self._active_users = 0
+        # The most users at once since the last sample: a sample's "users".
+        self.interval_users = 0
         self.started = 0.0
+        self.last_sample = (0.0, 0.0)
         self.stopping = False
+
+    @property
+    def active_users(self) -> int:
+        return self._active_users
+
+    @active_users.setter
+    def active_users(self, value: int) -> None:
+        self._active_users = value
+        self.interval_users = max(self.interval_users, value)
+
+    def take_users(self) -> int:
+        users, self.interval_users = self.interval_users, self._active_users
+        return users
 
     # -- sending -------------------------------------------------------------------------------
 
@@ -463,29 +479,30 @@ class Engine:
 
     # -- the run ---------------------------------------------------------------------------------
 
+    def write_sample(self) -> None:
+        """One line of timeseries.jsonl: the interval since the previous one."""
+        now, cpu = time.time(), cpu_seconds()
+        record: dict[str, Any] = {
+            "t": now,
+            "elapsed": time.monotonic() - self.started,
+            "interval_s": now - self.last_sample[0],
+            "users": self.take_users(),
+            "generator_cpu_s": cpu - self.last_sample[1],
+            **self.stats.take_interval(),
+        }
+        self.last_sample = (now, cpu)
+        with (self.run_dir / "timeseries.jsonl").open("a") as file:
+            file.write(json.dumps(record) + "\n")
+
     async def sample(self) -> None:
-        output = self.run_dir / "timeseries.jsonl"
-        previous_time = time.time()
-        previous_cpu = cpu_seconds()
         while True:
             await asyncio.sleep(SAMPLE_S)
-            now = time.time()
-            cpu = cpu_seconds()
-            record: dict[str, Any] = {
-                "t": now,
-                "elapsed": time.monotonic() - self.started,
-                "interval_s": now - previous_time,
-                "users": self.active_users,
-                "generator_cpu_s": cpu - previous_cpu,
-                **self.stats.take_interval(),
-            }
-            previous_time, previous_cpu = now, cpu
-            with output.open("a") as file:
-                file.write(json.dumps(record) + "\n")
+            self.write_sample()
 
     async def run(self) -> None:
         plan = self.plan
         self.started = time.monotonic() + 0.5
+        self.last_sample = (time.time(), cpu_seconds())
         sampler = asyncio.create_task(self.sample())
         users = [asyncio.create_task(self.visitor(index)) for index in range(plan.users)]
         users += [asyncio.create_task(self.noop_visitor()) for _ in range(plan.noop_users)]
@@ -506,16 +523,7 @@ class Engine:
         await asyncio.sleep(0)
         sampler.cancel()
         stopped.cancel()
-        # One last sample, so the end of the run is in the time series.
-        record = {
-            "t": time.time(),
-            "elapsed": time.monotonic() - self.started,
-            "interval_s": SAMPLE_S,
-            "users": 0,
-            **self.stats.take_interval(),
-        }
-        with (self.run_dir / "timeseries.jsonl").open("a") as file:
-            file.write(json.dumps(record) + "\n")
+        self.write_sample()  # the end of the run, so it is in the time series
         final = self.stats.final()
         final["generator_cpu_s"] = cpu_seconds()
         (self.run_dir / "final.json").write_text(json.dumps(final, indent=2))
