@@ -11,6 +11,16 @@ from tools.loadtest.monitor import read_jsonl
 from tools.loadtest.runner import RunResult
 
 SEED = ("<!-- load-seed:start -->", "<!-- load-seed:end -->", "## Seed scenario (`sightline load`)")
+
+
+def engine_markers(engine: str) -> tuple[str, str, str]:
+    return (
+        f"<!-- load-engine-{engine}:start -->",
+        f"<!-- load-engine-{engine}:end -->",
+        f"### The generator alone against the no-op app: {engine}",
+    )
+
+
 LIMIT = ("<!-- load-limit:start -->", "<!-- load-limit:end -->", "## Breaking point (`sightline load --find-limit`)")
 
 
@@ -111,3 +121,48 @@ Command: `{command}`
 Last good level (failures ≤ 0.1 %, the probe's ingest p95 at full load ≤ 500 ms, every acknowledged row
 stored; the generator's own clock is shown, not judged): **{last_good if last_good is not None else "none"}** visitors.
 {LIMIT[1]}"""
+
+
+def engine_section(result: RunResult, command: str, engine: str) -> str:
+    """A --noop-only run: what the generator adds to the latency it measures, and what it costs."""
+    f = result.figures
+    start, end, _ = engine_markers(engine)
+    noop = result_noop(result)
+    rows = [
+        ("peak users; requests/s at full load", f"{f['peak_users']:.0f}; {f.get('hold_rps', 0):.1f}"),
+        ("generator's no-op p50 / p95 at full load", f"{noop[0]:.0f} / {noop[1]:.0f} ms"),
+        (
+            "probe's no-op p50 / p95 at full load",
+            f"{f.get('probe_noop_p50', 0):.0f} / {f.get('probe_noop_p95', 0):.0f} ms",
+        ),
+        (
+            "**added by the generator** (its p50 / p95 minus the probe's)",
+            f"**{noop[0] - f.get('probe_noop_p50', 0):.0f} / {noop[1] - f.get('probe_noop_p95', 0):.0f} ms**",
+        ),
+        ("generator CPU per request", f"{f['generator_cpu_ms_per_request']:.2f} ms"),
+        (
+            "generator's share of its core at full load (max)",
+            f"{100 * f.get('generator_cpu_share', 0):.0f} % ({100 * f.get('generator_cpu_share_max', 0):.0f} %)",
+        ),
+        (
+            "scheduling delay p50 / p95 / p99",
+            " / ".join(f"{f.get(f'schedule_delay_{k}', float('nan')):.0f}" for k in ("p50", "p95", "p99")) + " ms",
+        ),
+        ("failures", f"{f['failures']:.0f}"),
+        ("load average at start, end", f"{f.get('load_average_start', 0):.2f}, {f.get('load_average_end', 0):.2f}"),
+    ]
+    table = "\n".join(f"| {name} | {value} |" for name, value in rows)
+    return f"""{start}
+{machine_line()}
+
+Command: `{command}`
+
+| figure | value |
+| --- | --- |
+{table}
+{end}"""
+
+
+def result_noop(result: RunResult) -> tuple[float, float]:
+    """The generator's own no-op p50 / p95 at full load (every visitor posts to /v1/noop in these runs)."""
+    return result.figures.get("hold_noop_p50", 0.0), result.figures.get("hold_noop_p95", 0.0)

@@ -46,6 +46,9 @@ class RunData:
     # The probe's requests (tools.loadtest.probe.read_probe): (epoch s, path, status, ms).
     probe: Sequence[tuple[float, str, int, float]] = ()
     engine: str = "locust"
+    # 1-minute load average when the run began and ended (/proc/loadavg).
+    load_average: tuple[float, float] = (0.0, 0.0)
+    noop_only: bool = False
 
 
 # The report says at the top, in words, when the generator's own figures cannot be trusted.
@@ -372,6 +375,8 @@ def summary_figures(data: RunData) -> dict[str, float]:
         **generator_figures(final, data.timeseries, data.monitor, window, all_requests),
         **probe_figures(data.probe, window),
         "peak_users": float(max((record["users"] for record in data.timeseries), default=0)),
+        "load_average_start": data.load_average[0],
+        "load_average_end": data.load_average[1],
         **hold_figures(data.timeseries),
     }
 
@@ -447,7 +452,13 @@ def write_report(data: RunData, folder: Path) -> Path:
     probe_ingest = " / ".join(f"{figures.get(f'probe_ingest_{key}', 0):.0f}" for key in ("p50", "p95", "p99"))
     share = f"{100 * figures['generator_cpu_share']:.0f} % ({100 * figures['generator_cpu_share_max']:.0f} %)"
     generator = "one asyncio process" if data.engine == "asyncio" else f"{data.processes} Locust process(es)"
-    text = f"""# Load test {data.started_at:%Y-%m-%d %H:%M:%S} UTC
+    noop_only = (
+        "\n\n**No-op only** (`--noop-only`): every visitor posted to `/v1/noop`; this run measures the generator "
+        "against the bare HTTP path, not ingest."
+        if data.noop_only
+        else ""
+    )
+    text = f"""# Load test {data.started_at:%Y-%m-%d %H:%M:%S} UTC{noop_only}
 
 {warnings}
 
@@ -465,7 +476,8 @@ not answered 202): ingest p50 / p95 / p99 **{probe_ingest} ms**, no-op p50 / p95
 
 Command: `{data.command}`
 
-Machine: {platform.node()}, {os.cpu_count()} cores, {platform.machine()}, Python {platform.python_version()}.
+Machine: {platform.node()}, {os.cpu_count()} cores, {platform.machine()}, Python {platform.python_version()};
+load average {data.load_average[0]:.2f} at the start, {data.load_average[1]:.2f} at the end.
 The load generator ({generator}), the probe, Postgres, PgBouncer and the services share it.
 
 Plan: {plan.users} visitors ({plan.shape} ramp up over {plan.ramp_up_s:.0f} s, hold {plan.hold_s:.0f} s,

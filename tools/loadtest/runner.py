@@ -160,6 +160,7 @@ def run_load(
     admin_settings = AdminDatabaseSettings.from_env()
     require_noop_endpoint(options.ingest_url)
     started_at = datetime.now(UTC)
+    load_before = os.getloadavg()
     folder = options.reports_dir / f"load-{report.stamp(started_at)}{folder_suffix}"
     folder.mkdir(parents=True, exist_ok=False)
 
@@ -270,6 +271,7 @@ def run_load(
                 probe.wait()
             monitor.stop()
     finished_at = datetime.now(UTC)
+    load_after = os.getloadavg()
 
     acknowledged, acknowledged_files = check.read_acknowledged(folder)
     stored = asyncio.run(check.stored_rows(admin_settings, int(str(project["id"]))))
@@ -298,6 +300,8 @@ def run_load(
         processes=options.processes,
         probe=read_probe(folder / "probe.jsonl"),
         engine=options.engine,
+        load_average=(load_before[0], load_after[0]),
+        noop_only=plan.noop_only,
     )
     if not final:
         raise RuntimeError(f"the load generator wrote no statistics; see {folder / 'locust.log'}")
