@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 from click.decorators import FC
 
-from services.common.settings import ServerSettings, ServiceName
+from services.common.settings import ServerSettings, ServiceName, StackSettings
 from tools.benchmarks_file import write_section
 from tools.loadtest.faults import FAULTS
 from tools.loadtest.hosts import NotLoopbackError, require_loopback
@@ -129,7 +129,8 @@ def load(
         levels = list(range(limit_start, limit_max + 1, limit_step))
         last_good, results = runner.find_limit(options, levels, command, click.echo)
         if write_benchmarks:
-            write_section(benchmarks.limit_section(last_good, results, command), benchmarks.LIMIT)
+            markers = benchmarks.limit_markers(StackSettings.from_env().data_dir)
+            write_section(benchmarks.limit_section(last_good, results, command, markers), markers)
         if last_good is None:
             sys.exit(1)
         return

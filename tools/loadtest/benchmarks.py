@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from pathlib import Path
 
 from tools.benchmarks_file import machine_line
 from tools.loadtest import report
@@ -22,6 +23,16 @@ def engine_markers(engine: str) -> tuple[str, str, str]:
 
 
 LIMIT = ("<!-- load-limit:start -->", "<!-- load-limit:end -->", "## Breaking point (`sightline load --find-limit`)")
+LIMIT_CITUS = (
+    "<!-- load-limit-citus:start -->",
+    "<!-- load-limit-citus:end -->",
+    "### Breaking point on Citus (coordinator + workers)",
+)
+
+
+def limit_markers(data_dir: Path) -> tuple[str, str, str]:
+    """Single-node and Citus stacks each keep their own breaking point (a Citus stack has `citus/nodes.json`)."""
+    return LIMIT_CITUS if (data_dir / "citus" / "nodes.json").exists() else LIMIT
 
 
 def _cpu(result: RunResult) -> str:
@@ -96,7 +107,9 @@ Acknowledged vs stored: {checks}.
 {SEED[1]}"""
 
 
-def limit_section(last_good: int | None, results: Sequence[RunResult], command: str) -> str:
+def limit_section(
+    last_good: int | None, results: Sequence[RunResult], command: str, markers: tuple[str, str, str] = LIMIT
+) -> str:
     rows = "\n".join(
         f"| {result.figures['peak_users']:.0f} | {result.figures['rps']:.0f} | "
         f"{100 * result.figures['failure_ratio']:.3f} % | {result.figures.get('probe_ingest_p95', 0):.0f} | "
@@ -109,7 +122,7 @@ def limit_section(last_good: int | None, results: Sequence[RunResult], command: 
         "| peak users | req/s | failures | probe ingest p95 ms | probe no-op p95 ms | generator's ingest p95 ms "
         "| scheduling delay p95 ms | generator CPU | verdict |"
     )
-    return f"""{LIMIT[0]}
+    return f"""{markers[0]}
 {machine_line()}
 
 Command: `{command}`
@@ -120,7 +133,7 @@ Command: `{command}`
 
 Last good level (failures ≤ 0.1 %, the probe's ingest p95 at full load ≤ 500 ms, every acknowledged row
 stored; the generator's own clock is shown, not judged): **{last_good if last_good is not None else "none"}** visitors.
-{LIMIT[1]}"""
+{markers[1]}"""
 
 
 def engine_section(result: RunResult, command: str, engine: str) -> str:
