@@ -105,6 +105,8 @@ def load(
     query and replay services; a few users post to the no-op endpoint as a baseline. The run stops
     by itself; the report ends with acknowledged vs stored rows.
     """
+    if processes > 1 and engine != "locust":
+        raise click.BadParameter("--processes is for --engine locust; the asyncio engine is one process")
     # Imported here: Locust and matplotlib are the `load` extra, and slow to import for other commands.
     from tools.loadtest import benchmarks, runner
 
