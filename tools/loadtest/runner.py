@@ -107,6 +107,12 @@ def _print_progress(run_dir: Path, echo: Callable[[str], None], last_printed: fl
         f"[{latest['elapsed']:6.0f}s] users {latest['users']:5d}  {requests / max(interval, 1e-9):7.1f} req/s  "
         f"failures {failures} (total {total_failures})  ingest p95 {latest['tracker']['p95']:.0f} ms  "
         f"no-op p95 {latest['endpoints'].get(report.NOOP_ENDPOINT, {}).get('p95', 0):.0f} ms"
+        + (
+            f"  generator: late p95 {latest['schedule_delay']['p95']:.0f} ms, "
+            f"CPU {100 * latest['generator_cpu_s'] / max(interval, 1e-9):.0f} %"
+            if "schedule_delay" in latest and "generator_cpu_s" in latest
+            else ""
+        )
     )
     return float(latest["t"])
 
