@@ -151,6 +151,12 @@ def verdicts(figures: Mapping[str, float]) -> list[str]:
             f"**The generator was late**: its requests left {figures['schedule_delay_p95']:.0f} ms after their "
             f"planned time at p95 (bound {LATE_P95_MS:.0f} ms), so the load offered was lower and burstier than "
             "planned and its own latencies include its queueing. Trust the probe's figures, not the generator's."
+            + (
+                f" It used only {100 * figures['generator_cpu_share']:.0f} % of its core at full load: it waited "
+                "for the machine's CPU, taken by other processes, not for its own work."
+                if not figures["generator_saturated"]
+                else ""
+            )
         )
     if figures["generator_saturated"]:
         said.append(

@@ -120,3 +120,12 @@ def test_find_limit_judges_by_the_probe_and_failures_not_by_the_generators_clock
     assert not within_bounds(_figures(probe_failure_ratio=0.02), stored)
     assert not within_bounds(_figures(probe_requests=0.0), stored)  # nothing measured is not good
     assert not within_bounds(_figures(), [DeliveryCheck("events", 80, 79, 0)])
+
+
+def test_late_but_idle_means_the_machine_had_no_cpu_for_the_generator() -> None:
+    series = [interval(2, 5000, 0.4, {200: 100})]
+    final = {"schedule_delay": {"p50": 200.0, "p95": 200.0, "p99": 200.0}}
+    figures = report.generator_figures(final, series, [], report.hold_window(series), requests=1000)
+    [said] = report.verdicts(figures)
+    assert "**The generator was late**" in said
+    assert "It used only 20 % of its core" in said
