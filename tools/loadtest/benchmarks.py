@@ -159,7 +159,9 @@ def engine_section(result: RunResult, command: str, engine: str) -> str:
         ),
         (
             "scheduling delay p50 / p95 / p99",
-            " / ".join(f"{f.get(f'schedule_delay_{k}', float('nan')):.0f}" for k in ("p50", "p95", "p99")) + " ms",
+            " / ".join(f"{f[f'schedule_delay_{k}']:.0f}" for k in ("p50", "p95", "p99")) + " ms"
+            if "schedule_delay_p95" in f
+            else "not measured (Locust)",
         ),
         ("failures", f"{f['failures']:.0f}"),
         ("load average at start, end", f"{f.get('load_average_start', 0):.2f}, {f.get('load_average_end', 0):.2f}"),
