@@ -88,6 +88,7 @@ def seed_section(result: RunResult, command: str) -> str:
         (f"at full load only ({f.get('hold_s', 0):.0f} s): requests/s", f"{f.get('hold_rps', 0):.1f}"),
         ("at full load only, generator's clock: ingest p50 / p95 / p99, no-op p95", hold),
         ("PgBouncer server connections, max", f"{f['server_connections_max']:.0f}"),
+        ("load average at start, end", f"{f.get('load_average_start', 0):.2f}, {f.get('load_average_end', 0):.2f}"),
     ]
     table = "\n".join(f"| {name} | {value} |" for name, value in rows)
     return f"""{SEED[0]}
