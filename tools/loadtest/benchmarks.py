@@ -116,12 +116,13 @@ def limit_section(
         f"{100 * result.figures['failure_ratio']:.3f} % | {result.figures.get('probe_ingest_p95', 0):.0f} | "
         f"{result.figures.get('probe_noop_p95', 0):.0f} | {result.figures['ingest_p95']:.0f} | "
         f"{result.figures.get('schedule_delay_p95', float('nan')):.0f} | "
-        f"{100 * result.figures.get('generator_cpu_share', 0):.0f} % | {'good' if result.good else 'over'} |"
+        f"{100 * result.figures.get('generator_cpu_share', 0):.0f} % | {'good' if result.good else 'over'} | "
+        f"{result.figures.get('load_average_start', 0):.1f} → {result.figures.get('load_average_end', 0):.1f} |"
         for result in results
     )
     header = (
         "| peak users | req/s | failures | probe ingest p95 ms | probe no-op p95 ms | generator's ingest p95 ms "
-        "| scheduling delay p95 ms | generator CPU | verdict |"
+        "| scheduling delay p95 ms | generator CPU | verdict | load average |"
     )
     return f"""{markers[0]}
 {machine_line()}
@@ -129,7 +130,7 @@ def limit_section(
 Command: `{command}`
 
 {header}
-| --- | --- | --- | --- | --- | --- | --- | --- | --- |
+| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |
 {rows}
 
 Last good level (failures ≤ 0.1 %, the probe's ingest p95 at full load ≤ 500 ms, every acknowledged row
