@@ -245,11 +245,29 @@ def retry_after_s(response: Response | None, failed_attempts: int) -> float:
     header = response.headers.get("retry-after") if response is not None else None
     if header:
         try:
-            return min(MAX_RETRY_AFTER_S, max(0.0, float(header)))
+            # Plus up to half again at random, as the tracker (and the Locust scenario) do.
+            return min(MAX_RETRY_AFTER_S, max(0.0, float(header))) * (1 + random.random() / 2)
         except ValueError:
             pass
     backoff = min(BACKOFF_MAX_S, BACKOFF_BASE_S * 2.0 ** (failed_attempts - 1))
     return backoff / 2 + random.random() * backoff / 2
+
+
+MOST_BEHIND = 6
+
+
+def next_planned(planned: float, now: float, pacing_s: float, most_behind: int = MOST_BEHIND) -> float:
+    """The visitor's next planned send, on its own phase as the tracker's setInterval keeps it.
+
+    Intervals missed during a long (retried) delivery are sent back to back, at most most_behind
+    of them, as the tracker's queue would; then the visitor is on its own phase again (restarting
+    the period when a long delivery ended kept visitors refused together in step after an outage).
+    """
+    upcoming = planned + pacing_s
+    oldest = now - most_behind * pacing_s
+    if upcoming < oldest:
+        upcoming += math.ceil((oldest - upcoming) / pacing_s) * pacing_s
+    return upcoming
 
 
 def visitor_start_s(plan: LoadPlan, index: int) -> float:
@@ -369,10 +387,13 @@ class Engine:
         connection = Connection(plan.ingest_url)
         self.active_users += 1
         seq = 0
+        # The earliest the next request could leave: its plan, or the end of the previous delivery
+        # (a slow or retried delivery is the server's time, not the generator being late).
+        ready_at = planned
         try:
             while planned < stop_at and not self.stopping:
                 await self._wait_until(planned)
-                self.stats.late((time.monotonic() - planned) * 1000)
+                self.stats.late((time.monotonic() - max(planned, ready_at)) * 1000)
                 if plan.noop_only:
                     await self.deliver(
                         connection,
@@ -384,9 +405,8 @@ class Engine:
                 else:
                     await self.tracker_delivery(connection, identity, seq, variant, headers)
                 seq += 1
-                # The next request leaves pacing_s after this one was planned, or at once if the
-                # delivery (retries included) took longer than that.
-                planned = max(planned + plan.pacing_s, time.monotonic())
+                ready_at = time.monotonic()
+                planned = next_planned(planned, ready_at, plan.pacing_s)
         finally:
             self.active_users -= 1
             connection.close()
@@ -438,7 +458,7 @@ class Engine:
                 self.stats.late((time.monotonic() - planned) * 1000)
                 body = payloads.noop_body(self.pools, identity, variant)
                 await self.deliver(connection, "/v1/noop", NOOP_ENDPOINT, body, headers)
-                planned = max(planned + plan.pacing_s, time.monotonic())
+                planned = max(planned + plan.pacing_s, time.monotonic())  # a baseline: no catching up
         finally:
             self.active_users -= 1
             connection.close()

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from tools.loadtest import payloads
 from tools.loadtest.check import read_acknowledged
-from tools.loadtest.engine import Engine, visitor_start_s, visitor_stop_s
+from tools.loadtest.engine import Engine, next_planned, visitor_start_s, visitor_stop_s
 from tools.loadtest.plan import PAYLOADS_FILE, LoadPlan
 from tools.loadtest.timeline import read_requests, read_rows
 
@@ -125,3 +125,12 @@ def test_noop_only_sends_every_visitor_to_the_no_op_endpoint(tmp_path: Path) -> 
     assert posts == {"/v1/noop"}
     acknowledged, _ = read_acknowledged(tmp_path)
     assert acknowledged.events == acknowledged.replay_chunks == 0
+
+
+def test_a_visitor_keeps_its_own_phase_and_catches_up_at_most_six_missed_intervals() -> None:
+    # On time: the next is one period after the previous plan, whenever the delivery ended.
+    assert next_planned(10.0, 11.2, 5.0) == 15.0
+    # A 12-s retried delivery: the missed interval (15) is sent at once, then 20, 25 ... on phase.
+    assert next_planned(10.0, 22.0, 5.0) == 15.0
+    # An outage of a minute: only the last six intervals are caught up, still on the old phase.
+    assert next_planned(10.0, 72.0, 5.0) == 45.0
