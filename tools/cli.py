@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 from click.decorators import FC
 
-from services.common.settings import ServerSettings, ServiceName
+from services.common.settings import ServerSettings, ServiceName, StackSettings
 from tools.benchmarks_file import write_section
 from tools.loadtest.faults import FAULTS
 from tools.loadtest.hosts import NotLoopbackError, require_loopback
@@ -52,14 +52,27 @@ def _seconds(flag: str, name: str, default: float, help_text: str) -> Callable[[
 @click.option("--query-host", "query_url", callback=_loopback, help="Query base URL (default: the local stack's).")
 @click.option("--replay-host", "replay_url", callback=_loopback, help="Replay base URL (default: the local stack's).")
 @click.option(
-    "--processes", type=click.IntRange(min=1), default=1, show_default=True, help="Locust processes generating load."
+    "--engine",
+    type=click.Choice(["asyncio", "locust"]),
+    default="asyncio",
+    show_default=True,
+    help="The load generator: one asyncio process (chosen by measurement), or the Locust scenario.",
+)
+@click.option(
+    "--processes", type=click.IntRange(min=1), default=1, show_default=True, help="Locust processes (--engine locust)."
+)
+@click.option(
+    "--noop-only",
+    is_flag=True,
+    help="Every visitor posts to the no-op endpoint: what the generator itself adds, against the bare HTTP path.",
 )
 @click.option("--reports-dir", type=click.Path(path_type=Path), default=Path("reports"), show_default=True)
 @click.option("--progress", "progress_s", type=click.FloatRange(min=1), default=5, show_default=True, help="Seconds.")
 @click.option(
     "--find-limit",
     is_flag=True,
-    help="Step users up (--limit-start, --limit-step) until failures > 0.1 % or p95 > 500 ms; report the last good.",
+    help="Step users up (--limit-start, --limit-step) until failures > 0.1 % or the probe's p95 > 500 ms; "
+    "report the last good.",
 )
 @click.option("--limit-start", type=click.IntRange(min=1), default=1000, show_default=True)
 @click.option("--limit-step", type=click.IntRange(min=1), default=1000, show_default=True)
@@ -75,7 +88,9 @@ def load(
     ingest_url: str | None,
     query_url: str | None,
     replay_url: str | None,
+    engine: str,
     processes: int,
+    noop_only: bool,
     reports_dir: Path,
     progress_s: float,
     find_limit: bool,
@@ -90,6 +105,8 @@ def load(
     query and replay services; a few users post to the no-op endpoint as a baseline. The run stops
     by itself; the report ends with acknowledged vs stored rows.
     """
+    if processes > 1 and engine != "locust":
+        raise click.BadParameter("--processes is for --engine locust; the asyncio engine is one process")
     # Imported here: Locust and matplotlib are the `load` extra, and slow to import for other commands.
     from tools.loadtest import benchmarks, runner
 
@@ -103,23 +120,29 @@ def load(
         replay_url=replay_url or _default_url("replay"),
         shape="steps" if shape == "steps" else "linear",
         steps=steps,
+        noop_only=noop_only,
         processes=processes,
         reports_dir=reports_dir,
         progress_s=progress_s,
+        engine="locust" if engine == "locust" else "asyncio",
     )
     command = runner.shell_command(sys.argv[2:] if len(sys.argv) > 1 and sys.argv[1] == "load" else [])
     if find_limit:
         levels = list(range(limit_start, limit_max + 1, limit_step))
         last_good, results = runner.find_limit(options, levels, command, click.echo)
         if write_benchmarks:
-            write_section(benchmarks.limit_section(last_good, results, command), benchmarks.LIMIT)
+            markers = benchmarks.limit_markers(StackSettings.from_env().data_dir)
+            write_section(benchmarks.limit_section(last_good, results, command, markers), markers)
         if last_good is None:
             sys.exit(1)
         return
     result = runner.run_load(options, command, click.echo)
     click.echo(runner.describe(result))
     click.echo(f"report: {result.report}")
-    if write_benchmarks:
+    if write_benchmarks and noop_only:
+        markers = benchmarks.engine_markers(options.engine)
+        write_section(benchmarks.engine_section(result, command, options.engine), markers)
+    elif write_benchmarks:
         write_section(benchmarks.seed_section(result, command), benchmarks.SEED)
     if not all(item.passed for item in result.checks):
         raise click.ClickException("acknowledged events or replay chunks are missing from the database")

@@ -337,10 +337,13 @@ def _record_write_spans(submission: Submission) -> None:
     epoch_offset_ns = time.time_ns() - time.perf_counter_ns()
     # The statements and their commit are one round trip (repository.write_batch), so the commit
     # has no span of its own: it is inside db.sql.
+    # ingest.resume_wait: from the commit's return in the writer's task to this request's task
+    # running again, i.e. the ready callbacks queued ahead of it: the event loop's lag.
     steps = (
         ("ingest.writer.queue_wait", submission.enqueued_at, timings.picked_at),
         ("db.pool_checkout", timings.picked_at, timings.connected_at),
         ("db.sql", timings.connected_at, timings.committed_at),
+        ("ingest.resume_wait", timings.committed_at, time.perf_counter()),
     )
     for name, started, ended in steps:
         if started and ended >= started:

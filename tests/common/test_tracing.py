@@ -137,7 +137,14 @@ def test_an_ingest_request_leaves_its_breakdown_in_the_trace_file(
         "ingest.writer.queue_wait",
         "db.pool_checkout",
         "db.sql",  # the batch's statements and their commit: one round trip
+        "ingest.read_body",
+        "ingest.resume_wait",  # from the commit to the request's task running again
     } <= children
+    in_trace = {s["name"]: s for s in spans if s["traceId"] == server["traceId"]}
+    # The loop's lag begins where the SQL (with its commit) ended, and ends inside the request.
+    sql, resume = in_trace["db.sql"], in_trace["ingest.resume_wait"]
+    assert int(sql["endTimeUnixNano"]) == int(resume["startTimeUnixNano"])
+    assert int(resume["startTimeUnixNano"]) <= int(resume["endTimeUnixNano"]) <= int(server["endTimeUnixNano"])
     # Health checks and per-message ASGI spans are not traced.
     assert not any(s["name"].startswith("GET /health") for s in spans)
     assert not any("http send" in s["name"] or "http receive" in s["name"] for s in spans)

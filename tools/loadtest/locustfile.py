@@ -201,6 +201,10 @@ class Visitor(_Sender):
 
     @task
     def send_next_batch(self) -> None:
+        if PLAN.noop_only:  # the generator measured against the no-op app alone
+            body = payloads.noop_body(pools(), self.visitor, self.variant)
+            self.deliver("/v1/noop", NOOP_ENDPOINT, body, self.headers)
+            return
         request = payloads.tracker_request(pools(), self.visitor, self.seq, self.variant)
         name = FIRST_CHUNK if self.seq == 0 else f"POST {request.path}"
         self.seq += 1

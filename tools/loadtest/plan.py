@@ -37,6 +37,8 @@ class Traffic:
     steps: int = 5
     # The fault run's timeline: every request (time, latency, status) and every acknowledged row's key.
     record_timeline: bool = False
+    # Every visitor posts the no-op body to /v1/noop: what the generator alone adds (docs/load-testing.md).
+    noop_only: bool = False
 
     def traffic(self) -> dict[str, Any]:
         return {field.name: getattr(self, field.name) for field in fields(Traffic)}

@@ -1,11 +1,14 @@
 """Ingest latency seen by a client that is not the load generator: `python -m tools.loadtest.probe`.
 
-During `sightline load` the generator (one Locust process, ~1.2 ms of CPU per request here)
-saturates its core at 5000 visitors, and a response then waits in its event loop before
-Locust stops the clock. This probe, a separate process, posts one events batch and then the
-same body to the no-op endpoint, on a fresh connection each, a few times a second, and times
-them: what a browser would see from the same machine. Run it next to a load test against the
-stack `make up` started (its demo project); it prints p50 / p95 / max of both.
+A load generator's own clock includes its own queueing: a response that waits in a busy
+generator's event loop is timed late. This probe, a separate process at a low rate, posts one
+events batch and then the same body to the no-op endpoint, on a fresh connection each, every
+`--interval` seconds, and times them: what a browser would see from the same machine.
+
+`sightline load` runs it beside every run (`--output`: one JSON line per request,
+``[epoch s, path, status, ms]``, as a project of its own) and takes the report's headline from
+it. Run by hand next to a load test against the stack `make up` started, it posts as the demo
+project and prints p50 / p95 / max of both.
 """
 
 from __future__ import annotations
@@ -13,8 +16,11 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
+import signal
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
 
 from services.cli.stack import load_local_env
 from services.common.settings import ServerSettings, StackSettings
@@ -69,11 +75,57 @@ def probe(port: int, public_key: str, seconds: float, interval_s: float) -> dict
     return timings
 
 
+def probe_to_file(port: int, public_key: str, seconds: float, interval_s: float, output: Path) -> None:
+    """Until `seconds` pass or SIGTERM: one events POST and one no-op POST per interval, a line each."""
+    body = batch_body(public_key, 8)
+    stopping = False
+
+    def stop(_: int, __: FrameType | None) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, stop)
+    deadline = time.monotonic() + seconds
+    next_at = time.monotonic()
+    with output.open("a", buffering=1) as file:
+        while not stopping and time.monotonic() < deadline:
+            for path in ("/v1/events", "/v1/noop"):
+                started = time.time()
+                try:
+                    status, milliseconds = post_once(port, path, body)
+                except OSError:
+                    status, milliseconds = 0, (time.time() - started) * 1000
+                file.write(json.dumps([round(started, 3), path, status, round(milliseconds, 2)]) + "\n")
+            # A fixed pace, not a pause after each pair: a slow answer does not lower the rate much.
+            next_at = max(next_at + interval_s, time.monotonic())
+            time.sleep(max(0.0, next_at - time.monotonic()))
+
+
+def read_probe(path: Path) -> list[tuple[float, str, int, float]]:
+    """The lines probe_to_file wrote: (epoch s, path, status, ms)."""
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            started, endpoint, status, milliseconds = json.loads(line)
+        except ValueError:
+            continue  # the last line of a probe stopped mid-write
+        rows.append((float(started), str(endpoint), int(status), float(milliseconds)))
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--interval", type=float, default=0.3, help="pause between two pairs of requests")
+    parser.add_argument("--port", type=int, help="ingest port on 127.0.0.1 (default: the local stack's)")
+    parser.add_argument("--key", help="the project's public key (default: the local stack's demo project)")
+    parser.add_argument("--output", type=Path, help="append one JSON line per request here instead of a summary")
     args = parser.parse_args()
+    if args.output is not None and args.port and args.key:
+        probe_to_file(args.port, args.key, args.seconds, args.interval, args.output)
+        return
     load_local_env()
     demo_file = StackSettings.from_env().data_dir / "demo-project.json"
     if not demo_file.exists():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import platform
 from collections.abc import Iterable, Mapping, Sequence
@@ -42,6 +43,128 @@ class RunData:
     trace_files: int
     unreadable_trace_lines: int
     processes: int
+    # The probe's requests (tools.loadtest.probe.read_probe): (epoch s, path, status, ms).
+    probe: Sequence[tuple[float, str, int, float]] = ()
+    engine: str = "locust"
+    # 1-minute load average when the run began and ended (/proc/loadavg).
+    load_average: tuple[float, float] = (0.0, 0.0)
+    noop_only: bool = False
+
+
+# The report says at the top, in words, when the generator's own figures cannot be trusted.
+LATE_P95_MS = 50.0
+SATURATED_SHARE = 0.9
+# The breakdown should account for at least this share of server time; less is flagged.
+EXPLAINED_SHARE = 0.9
+PROBE_EVENTS, PROBE_NOOP = "/v1/events", "/v1/noop"
+
+
+def exact_percentile(values: Sequence[float], fraction: float) -> float:
+    """The smallest value with at least `fraction` of the values at or below it; 0 for none."""
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    index = max(0, math.ceil(fraction * len(ordered)) - 1)
+    return float(ordered[index])
+
+
+def hold_window(timeseries: Sequence[Mapping[str, Any]]) -> tuple[float, float] | None:
+    """(start, end) epoch seconds of the intervals at peak users: the run's full load."""
+    peak_users = max((record["users"] for record in timeseries), default=0)
+    at_peak = [record for record in timeseries if peak_users and record["users"] == peak_users]
+    if not at_peak:
+        return None
+    return min(r["t"] - r["interval_s"] for r in at_peak), max(r["t"] for r in at_peak)
+
+
+def probe_figures(
+    probe: Sequence[tuple[float, str, int, float]], window: tuple[float, float] | None
+) -> dict[str, float]:
+    """The probe's latencies at full load (the whole run when there was no hold): the headline."""
+    chosen = [row for row in probe if window is None or window[0] <= row[0] <= window[1]] or list(probe)
+    figures: dict[str, float] = {"probe_requests": float(len(chosen))}
+    failed = sum(1 for row in chosen if row[2] != 202)
+    figures["probe_failures"] = float(failed)
+    figures["probe_failure_ratio"] = failed / len(chosen) if chosen else 0.0
+    for path, key in ((PROBE_EVENTS, "ingest"), (PROBE_NOOP, "noop")):
+        values = [row[3] for row in chosen if row[1] == path and row[2] == 202]
+        for name, fraction in (("p50", 0.5), ("p95", 0.95), ("p99", 0.99)):
+            figures[f"probe_{key}_{name}"] = exact_percentile(values, fraction)
+        figures[f"probe_{key}_max"] = max(values, default=0.0)
+    return figures
+
+
+def generator_figures(
+    data_final: Mapping[str, Any],
+    timeseries: Sequence[Mapping[str, Any]],
+    monitor: Sequence[Mapping[str, Any]],
+    window: tuple[float, float] | None,
+    requests: int,
+) -> dict[str, float]:
+    """What the generator cost and how late it was: CPU per request, share of its core, scheduling delay."""
+
+    def in_window(record: Mapping[str, Any]) -> bool:
+        return window is None or window[0] <= record["t"] - record.get("interval_s", 0) and record["t"] <= window[1]
+
+    own = [record for record in timeseries if "generator_cpu_s" in record]
+    if own:  # the engine's own CPU time, read from /proc by itself
+        # From the first request's plan on: start-up (imports, loading the payload pools) is not a request's cost.
+        cpu_s = sum(float(record["generator_cpu_s"]) for record in own)
+        held = [record for record in own if in_window(record)] or own
+        share = sum(r["generator_cpu_s"] for r in held) / max(1e-9, sum(r["interval_s"] for r in held))
+        peak = max(r["generator_cpu_s"] / max(1e-9, r["interval_s"]) for r in own)
+    else:  # Locust: the monitor's samples of its processes (all of them, workers included)
+        samples = [record for record in monitor if "cpu" in record]
+        cpu_s = sum(r["cpu"].get("load generator", 0.0) / 100 * r.get("interval_s", 0.0) for r in samples)
+        held = [record for record in samples if in_window(record)] or samples
+        share = sum(r["cpu"].get("load generator", 0.0) for r in held) / 100 / max(1, len(held))
+        peak = max((r["cpu"].get("load generator", 0.0) / 100 for r in samples), default=0.0)
+    figures = {
+        "generator_cpu_ms_per_request": 1000 * cpu_s / requests if requests else 0.0,
+        "generator_cpu_share": share,
+        "generator_cpu_share_max": peak,
+    }
+    figures["generator_saturated"] = float(share > SATURATED_SHARE)
+    delay = data_final.get("schedule_delay")
+    if delay is not None:
+        figures.update({f"schedule_delay_{key}": float(delay[key]) for key in ("p50", "p95", "p99")})
+        histogram = merge(
+            {int(k): v for k, v in r["histograms"].get("schedule_delay", {}).items()}
+            for r in timeseries
+            if in_window(r) and "histograms" in r
+        )
+        figures.update({f"hold_schedule_delay_{key}": value for key, value in summary(histogram).items()})
+    figures["generator_late"] = float(figures.get("schedule_delay_p95", 0.0) > LATE_P95_MS)
+    return figures
+
+
+def verdicts(figures: Mapping[str, float]) -> list[str]:
+    """Sentences for the top of the report: was the generator late or saturated? Empty when neither."""
+    said = []
+    if "schedule_delay_p95" not in figures:
+        said.append(
+            "The generator's scheduling delay was not measured (Locust engine): its latencies may include its "
+            "own queueing; the headline is the probe's."
+        )
+    elif figures["generator_late"]:
+        said.append(
+            f"**The generator was late**: its requests left {figures['schedule_delay_p95']:.0f} ms after their "
+            f"planned time at p95 (bound {LATE_P95_MS:.0f} ms), so the load offered was lower and burstier than "
+            "planned and its own latencies include its queueing. Trust the probe's figures, not the generator's."
+            + (
+                f" It used only {100 * figures['generator_cpu_share']:.0f} % of its core at full load: it waited "
+                "for the machine's CPU, taken by other processes, not for its own work."
+                if not figures["generator_saturated"]
+                else ""
+            )
+        )
+    if figures["generator_saturated"]:
+        said.append(
+            f"**The generator was saturated**: it used {100 * figures['generator_cpu_share']:.0f} % of its core at "
+            f"full load (bound {100 * SATURATED_SHARE:.0f} %). Its latencies include time its answers waited "
+            "for it; trust the probe's figures."
+        )
+    return said
 
 
 def _elapsed(records: Sequence[Mapping[str, Any]], start: float) -> list[float]:
@@ -196,13 +319,14 @@ def _endpoint_table(final: Mapping[str, Any]) -> str:
 
 
 def _breakdown_table(breakdown: Mapping[str, EndpointBreakdown]) -> str:
-    header = "| endpoint | traced requests | mean ms | " + " | ".join((*CATEGORIES, "rest")) + " |"
-    rule = "|" + " --- |" * (3 + len(CATEGORIES) + 1)
+    header = "| endpoint | traced requests | mean ms | explained | " + " | ".join((*CATEGORIES, "rest")) + " |"
+    rule = "|" + " --- |" * (4 + len(CATEGORIES) + 1)
     rows = []
     for name, entry in sorted(breakdown.items()):
         shares = entry.shares()
         cells = " | ".join(f"{100 * shares[category]:.0f} %" for category in (*CATEGORIES, "rest"))
-        rows.append(f"| {name} | {entry.requests} | {entry.mean_ms:.1f} | {cells} |")
+        explained = f"{100 * entry.explained:.0f} %" + ("" if entry.explained >= EXPLAINED_SHARE else " (< 90 %)")
+        rows.append(f"| {name} | {entry.requests} | {entry.mean_ms:.1f} | {explained} | {cells} |")
     return "\n".join([header, rule, *rows])
 
 
@@ -241,11 +365,7 @@ def summary_figures(data: RunData) -> dict[str, float]:
     all_failures = sum(entry["failures"] for entry in endpoints.values())
     retried = sum(entry["requests"] for name, entry in endpoints.items() if name.endswith(RETRIED_SUFFIX))
     pgbouncer = [record["pgbouncer"]["server_connections"] for record in data.monitor if "pgbouncer" in record]
-    generator_cpu_s = sum(
-        record["cpu"].get("load generator", 0.0) / 100 * record.get("interval_s", 0.0)
-        for record in data.monitor
-        if "cpu" in record
-    )
+    window = hold_window(data.timeseries)
     return {
         "requests": float(all_requests),
         "failures": float(all_failures),
@@ -258,9 +378,11 @@ def summary_figures(data: RunData) -> dict[str, float]:
         "ingest_p99": float(tracker["p99"]),
         "noop_p95": float(endpoints.get(NOOP_ENDPOINT, {}).get("p95", 0.0)),
         "server_connections_max": float(max(pgbouncer, default=0)),
-        # What one request costs the load generator (start-up included), to size --processes.
-        "generator_cpu_ms_per_request": 1000 * generator_cpu_s / all_requests if all_requests else 0.0,
+        **generator_figures(final, data.timeseries, data.monitor, window, all_requests),
+        **probe_figures(data.probe, window),
         "peak_users": float(max((record["users"] for record in data.timeseries), default=0)),
+        "load_average_start": data.load_average[0],
+        "load_average_end": data.load_average[1],
         **hold_figures(data.timeseries),
     }
 
@@ -314,12 +436,66 @@ def write_report(data: RunData, folder: Path) -> Path:
     )
     latencies = f"{figures['ingest_p50']:.0f} / {figures['ingest_p95']:.0f} / {figures['ingest_p99']:.0f}"
     connections = f"{figures['server_connections_max']:.0f} (pool {pool}, reserve {reserve}: {connections_verdict})"
-    text = f"""# Load test {data.started_at:%Y-%m-%d %H:%M:%S} UTC
+    said = verdicts(figures)
+    warnings = (
+        "\n\n".join(said)
+        if said
+        else (
+            f"The generator kept to its plan (p95 scheduling delay {figures.get('schedule_delay_p95', 0):.0f} ms ≤ "
+            f"{LATE_P95_MS:.0f} ms) and was not saturated ({100 * figures['generator_cpu_share']:.0f} % of its core at "
+            f"full load ≤ {100 * SATURATED_SHARE:.0f} %)."
+        )
+    )
+    probe_ratio = (
+        figures["probe_ingest_p95"] / figures["probe_noop_p95"] if figures.get("probe_noop_p95") else float("nan")
+    )
+    delay = (
+        f"{figures['schedule_delay_p50']:.0f} / {figures['schedule_delay_p95']:.0f} / "
+        f"{figures['schedule_delay_p99']:.0f} ms (at full load: {figures.get('hold_schedule_delay_p95', 0):.0f} ms p95)"
+        if "schedule_delay_p95" in figures
+        else "not measured (Locust)"
+    )
+    probe_ingest = " / ".join(f"{figures.get(f'probe_ingest_{key}', 0):.0f}" for key in ("p50", "p95", "p99"))
+    probe_table = (
+        "| probe at full load | p50 ms | p95 ms | p99 ms | max ms |\n| --- | --- | --- | --- | --- |\n"
+        + "\n".join(
+            f"| {label} | "
+            + " | ".join(f"{figures.get(f'probe_{key}_{name}', 0):.0f}" for name in ("p50", "p95", "p99", "max"))
+            + " |"
+            for label, key in (("ingest `POST /v1/events`", "ingest"), ("no-op `POST /v1/noop`", "noop"))
+        )
+    )
+    share = f"{100 * figures['generator_cpu_share']:.0f} % ({100 * figures['generator_cpu_share_max']:.0f} %)"
+    generator = "one asyncio process" if data.engine == "asyncio" else f"{data.processes} Locust process(es)"
+    noop_only = (
+        "\n\n**No-op only** (`--noop-only`): every visitor posted to `/v1/noop`; this run measures the generator "
+        "against the bare HTTP path, not ingest."
+        if data.noop_only
+        else ""
+    )
+    text = f"""# Load test {data.started_at:%Y-%m-%d %H:%M:%S} UTC{noop_only}
+
+{warnings}
+
+**Headline, from the probe**: ingest p50 / p95 / p99 **{probe_ingest} ms** at full load.
+
+{probe_table}
+
+The probe is a separate process: every 0.5 s one events POST and one no-op POST, each on a fresh
+connection. At full load: {figures.get("probe_requests", 0):.0f} requests, of which not answered 202:
+{figures.get("probe_failures", 0):.0f}. Ingest p95 is {probe_ratio:.1f}× the no-op's.
+
+| the generator ({generator}) | value |
+| --- | --- |
+| CPU per request (its own, from /proc) | {figures["generator_cpu_ms_per_request"]:.2f} ms |
+| share of its core at full load (max of a 2-s interval) | {share} |
+| scheduling delay p50 / p95 / p99 (request left after its planned time) | {delay} |
 
 Command: `{data.command}`
 
-Machine: {platform.node()}, {os.cpu_count()} cores, {platform.machine()}, Python {platform.python_version()}.
-The load generator ({data.processes} Locust process(es)), Postgres, PgBouncer and the services share it.
+Machine: {platform.node()}, {os.cpu_count()} cores, {platform.machine()}, Python {platform.python_version()};
+load average {data.load_average[0]:.2f} at the start, {data.load_average[1]:.2f} at the end.
+The load generator ({generator}), the probe, Postgres, PgBouncer and the services share it.
 
 Plan: {plan.users} visitors ({plan.shape} ramp up over {plan.ramp_up_s:.0f} s, hold {plan.hold_s:.0f} s,
 ramp down over {plan.ramp_down_s:.0f} s), one request per visitor every {plan.pacing_s:.0f} s (first a 15-60 kB gzip
@@ -328,7 +504,7 @@ when those are missing), then events batches and incremental replay chunks alter
 {plan.noop_users} no-op users (same pace, events-sized gzip body to `POST /v1/noop`) and {plan.readers} reader(s).
 Ingest {plan.ingest_url}, query {plan.query_url}, replay {plan.replay_url}.
 
-## Summary
+## Summary (the generator's own clock below: see the top for whether to trust it)
 
 | figure | value |
 | --- | --- |

@@ -7,6 +7,17 @@ from collections.abc import Iterable, Mapping
 Histogram = Mapping[int, int]
 
 
+def bucket(milliseconds: float) -> int:
+    """Locust's rounding of a response time: whole ms below 100, then 2 significant digits."""
+    if milliseconds < 100:
+        return round(milliseconds)
+    if milliseconds < 1000:
+        return int(round(milliseconds, -1))
+    if milliseconds < 10000:
+        return int(round(milliseconds, -2))
+    return int(round(milliseconds, -3))
+
+
 def percentile(histogram: Histogram, fraction: float) -> float:
     """The smallest bucket that covers `fraction` of the samples; 0 for no samples."""
     total = sum(histogram.values())

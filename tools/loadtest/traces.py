@@ -3,7 +3,10 @@
 Each line of a trace file is one OTLP/JSON ExportTraceServiceRequest. For every server span
 (kind 2) the durations of its descendants are summed by category; a categorised span's own
 descendants are not counted again, so nested spans never count twice. "rest" is the server
-span's duration minus the categorised time: routing, validation, serialisation, the event loop.
+span's duration minus the categorised time: routing, validation, serialisation. Ingest's
+"body receive" (reading the request body from the connection), "admission wait" (a tracker
+slot of the process) and "event-loop lag" (from the commit to the request's task running again)
+are their own categories.
 Sampling keeps only a few percent of traces; shares are computed over whatever was sampled.
 """
 
@@ -28,6 +31,8 @@ SPAN_KIND_NAMES = {
 }
 
 CATEGORIES = (
+    "body receive",
+    "admission wait",
     "pool wait",
     "writer queue wait",
     "SQL",
@@ -35,8 +40,12 @@ CATEGORIES = (
     "decompression",
     "JSON decoding",
     "enrichment",
+    "event-loop lag",
 )
 SPAN_CATEGORIES = {
+    "ingest.read_body": "body receive",
+    "ingest.admission_wait": "admission wait",
+    "ingest.resume_wait": "event-loop lag",
     "db.pool_checkout": "pool wait",
     "ingest.writer.queue_wait": "writer queue wait",
     "db.sql": "SQL",
@@ -153,6 +162,11 @@ class EndpointBreakdown:
         shares = {name: spent / self.total_ns for name, spent in self.by_category_ns.items()}
         shares["rest"] = self.rest_ns / self.total_ns
         return shares
+
+    @property
+    def explained(self) -> float:
+        """Share of server time the categories account for (1 - rest)."""
+        return 1.0 - self.rest_ns / self.total_ns if self.total_ns else 0.0
 
     @property
     def mean_ms(self) -> float:

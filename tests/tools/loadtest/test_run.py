@@ -67,3 +67,13 @@ def test_a_small_run_writes_the_report_and_every_acknowledged_row_is_stored(
     assert final["endpoints"]["GET query /health/ready"]["requests"] > 0
     assert 0 < result.figures["server_connections_max"] <= 20 + 5
     assert any("users" in line for line in progress)
+    # The headline is the probe's: it ran beside the generator, as a project of its own (so the
+    # counts above are untouched), and every one of its requests got a 202.
+    assert "**Headline, from the probe**" in report
+    assert result.figures["probe_requests"] > 0
+    assert result.figures["probe_failures"] == 0
+    assert 0 < result.figures["probe_ingest_p50"] <= result.figures["probe_ingest_p95"]
+    # The generator's own figures: its CPU and how late its requests left.
+    assert "schedule_delay_p95" in result.figures
+    assert result.figures["generator_cpu_ms_per_request"] > 0
+    assert "scheduling delay p50 / p95 / p99" in report

@@ -35,6 +35,9 @@ def test_breakdown_sums_each_category_once_per_endpoint() -> None:
     # Trace a: 10 ms; trace b: 20 ms, its server span exported in a later line than its children.
     assert (events.requests, events.total_ns) == (2, 30 * MS)
     assert events.by_category_ns == {
+        "body receive": 0,
+        "admission wait": 0,
+        "event-loop lag": 0,
         "pool wait": 1 * MS,
         "writer queue wait": 12 * MS,  # 2 + 10
         "SQL": 7 * MS,  # 3 + 4; the COMMIT client span inside db.commit is not counted again
@@ -78,3 +81,33 @@ def test_span_kinds_written_by_name_are_understood() -> None:
 
 def test_no_spans_give_an_empty_breakdown() -> None:
     assert breakdown([]) == {}
+
+
+def _span(span_id: str, parent: str, name: str, kind: int, start_ms: float, end_ms: float) -> str:
+    parent_field = f'"parentSpanId":"{parent}",' if parent else ""
+    return (
+        f'{{"traceId":"e1","spanId":"{span_id}",{parent_field}"name":"{name}","kind":{kind},'
+        f'"startTimeUnixNano":"{int(start_ms * MS)}","endTimeUnixNano":"{int(end_ms * MS)}"}}'
+    )
+
+
+def test_ingest_body_receive_admission_wait_and_event_loop_lag_are_their_own_categories() -> None:
+    # A 40 ms replay POST: 6 ms reading the body, 4 ms for a slot, 20 ms of SQL, then 8 ms from
+    # the commit to the request's task running again; 2 ms of the handler's own work is "rest".
+    spans = ",".join(
+        [
+            _span("s1", "", "POST /v1/replay", 2, 0, 40),
+            _span("s2", "s1", "ingest.read_body", 1, 0.5, 6.5),
+            _span("s3", "s1", "ingest.admission_wait", 1, 6.5, 10.5),
+            _span("s4", "s1", "db.sql", 1, 11, 31),
+            _span("s5", "s1", "ingest.resume_wait", 1, 31, 39),
+        ]
+    )
+    line = f'{{"resourceSpans":[{{"resource":{{"attributes":[]}},"scopeSpans":[{{"spans":[{spans}]}}]}}]}}'
+    [replay] = breakdown(parse_line(line)).values()
+    assert replay.by_category_ns["body receive"] == 6 * MS
+    assert replay.by_category_ns["admission wait"] == 4 * MS
+    assert replay.by_category_ns["SQL"] == 20 * MS
+    assert replay.by_category_ns["event-loop lag"] == 8 * MS
+    assert replay.rest_ns == 2 * MS
+    assert replay.explained == pytest.approx(38 / 40)
