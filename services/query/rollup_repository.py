@@ -809,9 +809,12 @@ async def rebuild_retention_week(connection: AsyncConnection, *, project_id: int
             " active AS MATERIALIZED (SELECT s.distinct_id, min(s.started_at) AS active_at"
             " FROM query_sessions s, zone z WHERE s.project_id = :project_id"
             " AND s.started_at >= z.week_start AND s.started_at < z.week_end GROUP BY s.distinct_id),"
-            " firsts AS (SELECT s.distinct_id, min(s.started_at) AS first_at FROM query_sessions s, zone z"
-            " WHERE s.project_id = :project_id AND s.started_at < z.week_end"
-            " AND s.distinct_id IN (SELECT distinct_id FROM active) GROUP BY s.distinct_id)"
+            # Each active visitor's first session ever, by one key lookup per visitor
+            # ((project_id, distinct_id) index): it starts no later than their session in the
+            # week, so no bound is needed. A join here let the planner pick a scan of the
+            # project's sessions per visitor when its estimates were off (seen as a timeout).
+            " firsts AS (SELECT a.distinct_id, (SELECT min(s.started_at) FROM query_sessions s"
+            " WHERE s.project_id = :project_id AND s.distinct_id = a.distinct_id) AS first_at FROM active a)"
             " INSERT INTO query_rollup_retention (project_id, active_day, first_day, visitors)"
             " SELECT :project_id, (a.active_at AT TIME ZONE z.timezone)::date,"
             " (f.first_at AT TIME ZONE z.timezone)::date, count(*)"
