@@ -167,7 +167,12 @@ async def bench_size(
             async with admin_engine.begin() as connection:
                 await connection.execute(
                     text(BATCH_SQL),
-                    {"project_id": project_id, "old": batch // 2, "new": batch - batch // 2, "round": str(round_number)},
+                    {
+                        "project_id": project_id,
+                        "old": batch // 2,
+                        "new": batch - batch // 2,
+                        "round": str(round_number),
+                    },
                 )
             merges.append(await measured(postmaster_pid, refresh))
             log(f"    merge of {batch} events: {merges[-1].wall_s:.2f} s wall, {merges[-1].postgres_cpu_s:.2f} s CPU")
