@@ -1,7 +1,8 @@
 """Turning a tracker's request body into typed data, with every refusal a clear client error.
 
 Gzip is decompressed in bounded steps: a small body that expands without end (a gzip bomb)
-is refused as soon as the output passes the limit, so memory stays flat whatever the ratio.
+is refused as soon as the output passes the limit or runs too far ahead of the compressed bytes
+read (a ratio no honest body reaches), so memory and work stay flat whatever the ratio.
 
 What decoding may cost is bounded before it starts: ``skim`` reads only the envelope (the
 project key, and each event as raw bytes, which msgspec skips at memory speed), so the events
@@ -19,7 +20,7 @@ from typing import Any, TypeVar
 import msgspec
 
 from services.common.errors import ApiError
-from services.common.gzip_stream import TruncatedGzip, inflate_gzip
+from services.common.gzip_stream import TruncatedGzip, inflate_gzip_counted
 
 T = TypeVar("T")
 
@@ -46,30 +47,45 @@ def check_content_headers(content_type: str | None, content_encoding: str | None
     raise ApiError(415, "unsupported_encoding", f"Content-Encoding must be gzip or absent, not {encoding!r}.")
 
 
-# Real tracker bodies inflate 5-12x (the load test's recorded chunks), at most ~60x for a batch
-# of near-identical events; a bomb of tiny rrweb events inflates ~400x and zeros ~1000x. Past
-# this ratio (beyond the first MiB), a body is refused: what inflating may cost stays in
-# proportion to what the client sent.
-MAX_GZIP_RATIO = 100
-RATIO_FREE_BYTES = 1024 * 1024
+# Honest bodies inflate at most ~10x: the tracker's recorded replay chunks (tools/loadtest/
+# recordings) 3.4-9.5x, the load test's generated chunks and event batches 4.5-9.5x (measured
+# 2026-11-30 with gzip level 6, the tracker's CompressionStream default). A bomb of tiny rrweb
+# events inflates ~400x, zeros ~1000x. So the output may run at most MAX_GZIP_RATIO times ahead
+# of the compressed bytes read so far, past the first RATIO_FREE_BYTES: the ratio is judged while
+# inflating, in RATIO_STEP_BYTES steps, so a bomb is refused after about RATIO_FREE_BYTES of work
+# (less than an honest 30 kB first chunk costs to inflate and decode), however large it is.
+MAX_GZIP_RATIO = 32
+RATIO_FREE_BYTES = 256 * 1024
+RATIO_STEP_BYTES = 64 * 1024
 
 
-def gzip_output_budget(compressed_bytes: int, max_output_bytes: int) -> int:
-    """What a gzip body of compressed_bytes may inflate to: the route's limit, or less by the ratio cap."""
-    return min(max_output_bytes, max(RATIO_FREE_BYTES, MAX_GZIP_RATIO * compressed_bytes))
+def gunzip_bounded(
+    body: bytes,
+    max_output_bytes: int,
+    max_ratio: int = MAX_GZIP_RATIO,
+    ratio_free_bytes: int = RATIO_FREE_BYTES,
+) -> bytes:
+    """Decompresses gzip (one or more members), refusing output beyond max_output_bytes.
 
-
-def gunzip_bounded(body: bytes, max_output_bytes: int) -> bytes:
-    """Decompresses gzip (one or more members), refusing output beyond max_output_bytes."""
+    Also refused (413) as soon as the output passes ratio_free_bytes plus max_ratio times the
+    compressed bytes read so far: a bomb costs a bounded amount of inflating, not its budget.
+    """
     output = bytearray()
     try:
-        for piece in inflate_gzip(body):
+        for piece, consumed in inflate_gzip_counted(body, RATIO_STEP_BYTES):
             output += piece
             if len(output) > max_output_bytes:
                 raise ApiError(
                     413,
                     "payload_too_large",
                     f"The body decompresses to more than {max_output_bytes} bytes.",
+                )
+            if len(output) > ratio_free_bytes + max_ratio * consumed:
+                raise ApiError(
+                    413,
+                    "payload_too_large",
+                    f"The body inflates more than {max_ratio} times its compressed size past the first "
+                    f"{ratio_free_bytes} bytes: {len(output)} bytes from its first {consumed} bytes.",
                 )
     except zlib.error as exc:
         raise ApiError(400, "malformed_gzip", f"The body is not valid gzip: {exc}.") from exc

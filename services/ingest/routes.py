@@ -19,7 +19,6 @@ from services.ingest.decoding import (
     check_event_count,
     decode_json,
     gunzip_bounded,
-    gzip_output_budget,
     skim,
 )
 from services.ingest.enrichment import client_ip, origin_host
@@ -77,12 +76,11 @@ class TrackerRequest(Request[Any, Any, Any]):
         if is_gzip:
             with step_span("ingest.decompress") as span:
                 span.set_attribute("sightline.compressed_bytes", len(body))
-                budget = gzip_output_budget(len(body), limits.max_decompressed_bytes)
                 if len(body) > THREADED_GUNZIP_BYTES:
                     # zlib lets go of the GIL while it inflates: the event loop serves others meanwhile.
-                    body = await asyncio.to_thread(gunzip_bounded, body, budget)
+                    body = await asyncio.to_thread(gunzip_bounded, body, limits.max_decompressed_bytes)
                 else:
-                    body = gunzip_bounded(body, budget)
+                    body = gunzip_bounded(body, limits.max_decompressed_bytes)
         elif len(body) > limits.max_decompressed_bytes:
             raise ApiError(413, "payload_too_large", f"The body is larger than {limits.max_decompressed_bytes} bytes.")
         with step_span("ingest.decode_json") as span:

@@ -6,7 +6,7 @@ import gzip
 
 import pytest
 
-from services.common.gzip_stream import TruncatedGzip, inflate_gzip
+from services.common.gzip_stream import TruncatedGzip, inflate_gzip, inflate_gzip_counted
 
 
 @pytest.mark.parametrize("step_bytes", [1, 3, 10, 11, 1024])
@@ -24,3 +24,14 @@ def test_a_member_cut_short_is_truncated() -> None:
     data = gzip.compress(b"hello world" * 100)
     with pytest.raises(TruncatedGzip):
         b"".join(inflate_gzip(data[:-6]))
+
+
+def test_each_piece_counts_the_compressed_bytes_read_up_to_it() -> None:
+    first, second = gzip.compress(b"a" * 1000), gzip.compress(b"b" * 1000)
+    counted = list(inflate_gzip_counted(first + second, 100))
+    assert b"".join(piece for piece, _ in counted) == b"a" * 1000 + b"b" * 1000
+    reads = [read for _, read in counted]
+    assert reads == sorted(reads)
+    # The first member's last piece has read exactly that member; the second's, everything.
+    assert reads[9] == len(first)
+    assert reads[-1] == len(first) + len(second)

@@ -3,7 +3,9 @@ URL names it, before decoding when only the body does; events counted, NULs look
 
 from __future__ import annotations
 
+import asyncio
 import gzip
+import zlib
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -12,11 +14,13 @@ from litestar import Litestar
 from litestar.testing import AsyncTestClient
 
 from services.ingest.app import create_app
+from services.ingest.decoding import RATIO_FREE_BYTES, gunzip_bounded
 from services.ingest.settings import IngestSettings
 from tests.harness import DatabaseHarness
 from tests.hostile.conftest import assert_error
 from tests.ingest.conftest import GZIP_JSON, JSON, json_body, pageview
 from tests.ingest.test_replay import chunk, full_snapshot, meta, mouse_move
+from tools.loadtest.payloads import RECORDINGS_DIR, build_pools, load_recordings
 
 NOT_GZIP = b"this is not gzip at all"
 UNKNOWN_KEY = "pk_nobodyhasthiskey0000"
@@ -89,15 +93,93 @@ def rrweb_chunk_bytes(key: str, events: bytes) -> bytes:
     return b'{"projectKey":"' + key.encode() + b'","sessionId":"s","distinctId":"d","seq":0,"events":[' + events + b"]}"
 
 
-async def test_a_bomb_of_tiny_rrweb_events_is_refused_by_its_gzip_ratio(
+# What a bomb may make ingest inflate, computed by hand: steps of 64 KiB, refused at the first
+# step whose output passes 256 KiB + 32 x the compressed bytes read. A bomb of tiny rrweb events
+# (~400x) or of zeros (~1000x) has read under 2 KiB by its fifth step (320 KiB), which is refused:
+# 327,680 bytes, however large the bomb would have grown (~29 MB, or 1 GiB).
+BOMB_REFUSED_AFTER = 5 * 64 * 1024
+
+
+def refused_after(message: str) -> tuple[int, int]:
+    """(bytes inflated, compressed bytes read) from a ratio refusal's message."""
+    inflated, _, rest = message.rpartition(": ")[2].partition(" bytes from its first ")
+    return int(inflated), int(rest.removesuffix(" bytes."))
+
+
+def tiny_rrweb_bomb(key: str) -> bytes:
+    # ~80 KiB of gzip that would inflate to ~29 MB of tiny rrweb events.
+    body = gzip.compress(rrweb_chunk_bytes(key, b",".join([b'{"type":3,"timestamp":1}'] * 1_200_000)))
+    assert len(body) < 120_000
+    return body
+
+
+async def test_a_bomb_of_tiny_rrweb_events_is_refused_after_a_bounded_amount_of_inflating(
     client: AsyncTestClient[Litestar], project: dict[str, Any]
 ) -> None:
-    # ~80 KiB of gzip that would inflate to ~29 MB: over 100 times its size past the first MiB.
-    body = gzip.compress(rrweb_chunk_bytes(project["publicKey"], b",".join([b'{"type":3,"timestamp":1}'] * 1_200_000)))
-    assert len(body) < 120_000
-    response = await client.post("/v1/replay", content=body, headers=GZIP_JSON)
+    # A valid key in the body only: the most a key holder can make ingest read before refusing.
+    response = await client.post("/v1/replay", content=tiny_rrweb_bomb(project["publicKey"]), headers=GZIP_JSON)
     error = assert_error(response, 413, "payload_too_large")
-    assert error["message"] == f"The body decompresses to more than {100 * len(body)} bytes."
+    inflated, read = refused_after(error["message"])
+    assert inflated == BOMB_REFUSED_AFTER
+    assert read < 2048
+    assert error["message"].startswith("The body inflates more than 32 times its compressed size past the first ")
+
+
+def zeros_bomb(megabytes: int) -> bytes:
+    compressor = zlib.compressobj(9, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    parts = [compressor.compress(bytes(1024 * 1024)) for _ in range(megabytes)]
+    return b"".join([*parts, compressor.flush()])
+
+
+async def test_a_bomb_on_the_events_path_is_refused_the_same_way(
+    client: AsyncTestClient[Litestar], project: dict[str, Any]
+) -> None:
+    # 64 MiB of zeros in ~64 KiB of gzip (over the threaded size), and a small one (inflated on
+    # the event loop), with the key in the URL and without.
+    for body in (zeros_bomb(64), zeros_bomb(1)):
+        for url in (f"/v1/events?key={project['publicKey']}", "/v1/events"):
+            error = assert_error(await client.post(url, content=body, headers=GZIP_JSON), 413, "payload_too_large")
+            assert refused_after(error["message"])[0] == BOMB_REFUSED_AFTER
+
+
+async def test_honest_requests_are_answered_while_bombs_are_refused(
+    client: AsyncTestClient[Litestar], project: dict[str, Any]
+) -> None:
+    bomb = tiny_rrweb_bomb(project["publicKey"])
+    honest = [
+        gzip.compress(json_body(chunk(project, seq, [meta(seq, "https://example.com/"), full_snapshot(seq + 1)])))
+        for seq in range(4)
+    ]
+    answers = await asyncio.gather(
+        *(client.post("/v1/replay", content=bomb, headers=GZIP_JSON) for _ in range(8)),
+        *(client.post("/v1/replay", content=body, headers=GZIP_JSON) for body in honest),
+    )
+    for answer in answers[:8]:
+        error = assert_error(answer, 413, "payload_too_large")
+        assert refused_after(error["message"])[0] == BOMB_REFUSED_AFTER
+    for answer in answers[8:]:
+        assert answer.status_code == 202, answer.text
+
+
+def test_honest_bodies_inflate_well_within_the_ratio() -> None:
+    # The tracker's recorded chunks and the load test's generated payloads, gzipped as the
+    # tracker does (level 6): the ratio must let every one through, with room to spare.
+    pools = build_pools("pk_ratio", recordings_dir=RECORDINGS_DIR)
+    bodies = [
+        json_body({"projectKey": "pk_ratio", "sessionId": "s", "distinctId": "d", "seq": seq, "events": events})
+        for recording in load_recordings()
+        for seq, events in enumerate(recording.chunks)
+    ]
+    bodies += [
+        b"".join(segment if not segment.startswith(b"@") else b"0" * 36 for segment in template)
+        for template in pools.event_batches
+    ]
+    assert len(bodies) > 40
+    for body in bodies:
+        assert len(body) < 10 * len(gzip.compress(body, 6)) or len(body) < RATIO_FREE_BYTES
+        assert gunzip_bounded(gzip.compress(body, 6), 32 * 1024 * 1024) == body
+    for member in (*pools.first_chunks, *pools.incremental_chunks):
+        assert gunzip_bounded(member.gzip, 32 * 1024 * 1024) == gzip.decompress(member.gzip)
 
 
 async def test_too_many_events_are_counted_before_they_are_decoded(
