@@ -4,11 +4,15 @@ The attacker runs in a process of its own, so the honest visitors' timings carry
 server's delay, not the attacking client's CPU (both still share the machine with the stack).
 
 Honest visitors post event batches (with uuids, retried like the tracker) for the whole run.
-The run is cut in phases of --phase seconds: a baseline with no attack, then each attack
-alone. Per phase it reports the honest requests' p50/p95 (first attempts), their refusals,
-the attack's requests and ingest's CPU per attack request (over the baseline's CPU rate), and
-ingest's RSS; at the end, events acknowledged (202) == events stored. Figures go to
-docs/reliability.md (or only to stdout with --no-write).
+Each attack runs alone for --phase seconds, between two baseline windows with no attack
+(--baseline seconds; one before every attack, one after the last). Per attack it reports the
+honest requests' p50/p95 (first attempts) next to those of the two windows around it, and their
+ratio: on a shared machine the honest path drifts by itself over a run (other work comes and
+goes), and a single baseline at the start compared late attacks with a different machine. Also
+their refusals, the attack's requests and ingest's CPU per attack request (over the windows'
+CPU rate), and ingest's RSS; at the end, events acknowledged (202) == events stored, and the
+issue's targets met or missed. Figures go to docs/reliability.md (or only to stdout with
+--no-write).
 
 On a small machine the attacker's own CPU slows the server as much as anything the server does,
 so each phase also reports the CPU the attacker, ingest, and the whole machine used, and a
@@ -72,6 +76,8 @@ class PhaseFigures:
     attacker_cpu_s: float = 0.0
     visitors_cpu_s: float = 0.0
     machine_busy_s: float = 0.0
+    # A window with no attack; each attack is judged against the two around it.
+    is_baseline: bool = False
 
     def share(self, cpu_s: float) -> float:
         """CPU seconds as a share of one core over the phase."""
@@ -394,10 +400,13 @@ async def run_attacks(args: argparse.Namespace, stack: LocalStack) -> tuple[list
         visitors = [asyncio.create_task(honest_visitor(run, honest_client, n)) for n in range(args.visitors)]
         await asyncio.sleep(args.warmup)
         phases: list[PhaseFigures] = []
-        for name in ["baseline", *args.attacks]:
+        # A baseline window before every attack and one after the last: the machine drifts (other
+        # work on the box), so each attack is compared with the windows just around it.
+        schedule = [name for attack in args.attacks for name in ("baseline", attack)] + ["baseline"]
+        for name in schedule:
             label = ATTACKS[name][0] if name in ATTACKS else "baseline (no attack)"
             print(f"phase: {label}", flush=True)
-            run.phase = figures = PhaseFigures(label)
+            run.phase = figures = PhaseFigures(label, is_baseline=name not in ATTACKS)
             cpu_before, started = run.cpu_s(), time.monotonic()
             visitors_before, machine_before = own_cpu_s(), machine_busy_s()
             sent = spawn.Value("q", 0)
@@ -408,7 +417,7 @@ async def run_attacks(args: argparse.Namespace, stack: LocalStack) -> tuple[list
                     args=(name, ingest_url, run.attacker_key, sent, args.attack_rate, args.attacker_cpus),
                 )
                 process.start()
-            await asyncio.sleep(args.phase)
+            await asyncio.sleep(args.phase if name in ATTACKS else args.baseline)
             if process is not None:
                 with contextlib.suppress(psutil.NoSuchProcess):
                     attacker_times = psutil.Process(process.pid).cpu_times()
@@ -423,7 +432,10 @@ async def run_attacks(args: argparse.Namespace, stack: LocalStack) -> tuple[list
             figures.attack_requests = int(sent.value)
             phases.append(figures)
             run.phase = PhaseFigures("settle")
-            await asyncio.sleep(args.settle)
+            if name in ATTACKS:
+                # Only after an attack: what it left behind (queued work, closing sockets) is not
+                # the next baseline's.
+                await asyncio.sleep(args.settle)
         run.stopping = True
         await asyncio.gather(*visitors)
     engine = create_admin_engine(admin_settings)
@@ -457,6 +469,47 @@ def placement(args: argparse.Namespace) -> str:
     )
 
 
+TARGET_P95_RATIO = 2.0
+TARGET_RSS_GROWTH_MB = 100.0
+
+
+@dataclass
+class Judged:
+    """An attack phase next to the baseline windows just before and after it."""
+
+    attack: PhaseFigures
+    around: list[PhaseFigures]
+
+    @property
+    def baseline_latencies_ms(self) -> list[float]:
+        return [latency for window in self.around for latency in window.latencies_ms]
+
+    @property
+    def p95_ratio(self) -> float:
+        return percentile(self.attack.latencies_ms, 0.95) / percentile(self.baseline_latencies_ms, 0.95)
+
+    @property
+    def cpu_per_attack_request_ms(self) -> float | None:
+        """Ingest's CPU per attack request, over the rate of the windows around it."""
+        if not self.attack.attack_requests:
+            return None
+        seconds = sum(window.seconds for window in self.around)
+        rate = sum(window.cpu_s for window in self.around) / seconds if seconds else 0.0
+        extra_cpu = max(self.attack.cpu_s - rate * self.attack.seconds, 0.0)
+        return extra_cpu / self.attack.attack_requests * 1000
+
+
+def judge(phases: list[PhaseFigures]) -> list[Judged]:
+    """Each attack with the baseline windows adjacent to it (one before, one after)."""
+    judged = []
+    for index, phase in enumerate(phases):
+        if phase.is_baseline:
+            continue
+        around = [phases[n] for n in (index - 1, index + 1) if 0 <= n < len(phases) and phases[n].is_baseline]
+        judged.append(Judged(phase, around))
+    return judged
+
+
 def report(
     phases: list[PhaseFigures],
     acknowledged: int,
@@ -465,24 +518,41 @@ def report(
     command: str,
     load_before: str = "",
 ) -> str:
-    baseline = phases[0]
-    baseline_p95 = percentile(baseline.latencies_ms, 0.95)
-    baseline_cpu_rate = baseline.cpu_s / baseline.seconds if baseline.seconds else 0.0
     cores = os.cpu_count() or 1
+    baselines = [phase for phase in phases if phase.is_baseline]
+    judged = judge(phases)
     rows = []
-    for phase in phases:
+    for item in judged:
+        phase = item.attack
         p95 = percentile(phase.latencies_ms, 0.95)
-        extra_cpu = max(phase.cpu_s - baseline_cpu_rate * phase.seconds, 0.0)
-        cpu_per_attack = f"{extra_cpu / phase.attack_requests * 1000:.1f} ms" if phase.attack_requests else "-"
+        around = item.baseline_latencies_ms
+        cpu_per_attack = item.cpu_per_attack_request_ms
         refusals = ", ".join(f"{code}: {count}" for code, count in sorted(phase.refusals.items())) or "0"
         rows.append(
-            f"| {phase.name} | {len(phase.latencies_ms)} | {statistics.median(phase.latencies_ms or [0]):.0f} | "
-            f"{p95:.0f} ({p95 / baseline_p95:.1f}×) | {refusals} | {phase.attack_requests} | {cpu_per_attack} | "
+            f"| {phase.name} | {len(phase.latencies_ms)} | {statistics.median(phase.latencies_ms or [0]):.0f} / "
+            f"{p95:.0f} | {statistics.median(around or [0]):.0f} / {percentile(around, 0.95):.0f} | "
+            f"**{item.p95_ratio:.1f}×** | {refusals} | {phase.attack_requests} | "
+            f"{'-' if cpu_per_attack is None else f'{cpu_per_attack:.1f} ms'} | "
             f"{phase.share(phase.attacker_cpu_s):.0%} | {phase.share(phase.cpu_s):.0%} | "
             f"{phase.share(phase.visitors_cpu_s):.0%} | {phase.share(phase.machine_busy_s) / cores:.0%} | "
             f"{phase.rss_mb:.0f} |"
         )
-    rss_growth = max(phase.rss_mb for phase in phases) - baseline.rss_mb
+    window_figures = ", ".join(
+        f"{statistics.median(window.latencies_ms or [0]):.0f}/{percentile(window.latencies_ms, 0.95):.0f}"
+        for window in baselines
+    )
+    rss_growth = max(phase.rss_mb for phase in phases) - phases[0].rss_mb
+    honest_refusals = sum(sum(phase.refusals.values()) for phase in phases)
+    over = [f"{item.attack.name} ({item.p95_ratio:.1f}×)" for item in judged if item.p95_ratio > TARGET_P95_RATIO]
+    verdict = [
+        "honest p95 ≤ 2× the baseline around it under every attack: "
+        + ("met" if not over else "**missed** by " + "; ".join(over)),
+        f"honest refusals: {honest_refusals}",
+        f"ingest RSS growth {rss_growth:.0f} MB (≤ {TARGET_RSS_GROWTH_MB:.0f} MB: "
+        f"{'met' if rss_growth <= TARGET_RSS_GROWTH_MB else '**missed**'})",
+        f"honest events acknowledged {acknowledged}, stored {stored} "
+        f"({'equal' if acknowledged == stored else '**DIFFERENT**'})",
+    ]
     return "\n".join(
         [
             MARKERS[0],
@@ -491,20 +561,23 @@ def report(
             f"({placement(args)}). Command: `{command}`. Load average before: {load_before}, after: "
             f"{' '.join(Path('/proc/loadavg').read_text().split()[:3])}.",
             f"{args.visitors} honest visitors (a 3-event batch every ~1 s each, retried like the tracker), "
-            f"{args.phase:.0f} s per phase, {args.settle:.0f} s to settle between phases"
+            f"{args.phase:.0f} s per attack, each between two {args.baseline:.0f}-s baseline windows with no "
+            f"attack, {args.settle:.0f} s to settle after each attack"
             + (f", attacks capped at {args.attack_rate:g} requests/s" if args.attack_rate else "")
-            + ". CPU columns: share of one core over the phase (attacker, ingest, the honest visitors' "
-            "process); machine: share of all cores busy (everything on the box, other work included).",
+            + ". Each attack's p95 ratio is over the honest requests of the two windows around it. CPU columns: "
+            "share of one core over the phase (attacker, ingest, the honest visitors' process); machine: share "
+            "of all cores busy (everything on the box, other work included).",
             "",
-            "| phase | honest requests | p50 ms | p95 ms (× baseline) | honest refusals (first attempts) "
-            "| attack requests | ingest CPU per attack request | attacker CPU | ingest CPU | visitors CPU "
-            "| machine busy | ingest RSS MB |",
-            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+            "| attack | honest requests | honest p50 / p95 ms | baseline around it p50 / p95 ms | p95 ratio "
+            "| honest refusals (first attempts) | attack requests | ingest CPU per attack request | attacker CPU "
+            "| ingest CPU | visitors CPU | machine busy | ingest RSS MB |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
             *rows,
             "",
-            f"Honest events acknowledged: {acknowledged}; stored: {stored} "
-            f"({'equal' if acknowledged == stored else 'DIFFERENT'}). Ingest RSS growth over the baseline: "
-            f"{rss_growth:.0f} MB.",
+            f"Baseline windows in run order, honest p50/p95 ms: {window_figures} (how far the machine alone "
+            "moves the honest path during the run).",
+            "",
+            "Targets: " + "; ".join(verdict) + ".",
             MARKERS[1],
         ]
     )
@@ -525,8 +598,9 @@ def _cpus(value: str) -> list[int]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--visitors", type=int, default=200)
-    parser.add_argument("--phase", type=float, default=45, help="seconds per phase")
-    parser.add_argument("--settle", type=float, default=10, help="seconds between phases")
+    parser.add_argument("--phase", type=float, default=20, help="seconds per attack")
+    parser.add_argument("--baseline", type=float, default=10, help="seconds of each baseline window")
+    parser.add_argument("--settle", type=float, default=5, help="seconds after each attack")
     parser.add_argument("--warmup", type=float, default=10)
     parser.add_argument("--no-write", action="store_true")
     parser.add_argument(
