@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import logging
+import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
@@ -90,6 +92,32 @@ VERSION = "0.1.0"
 # times per request. Measured with wrk (make bench-ingest's body, same run): about 8 % less
 # ingest CPU per stored batch and 10 % per no-op request.
 YOUNG_GENERATION_THRESHOLD = 20_000
+# A collection that holds the event loop at least this long is logged: every request in flight
+# waits for it, so it shows as a stall of the whole process (docs/reliability.md, fault run).
+GC_PAUSE_LOG_MS = 50.0
+
+logger = logging.getLogger(__name__)
+
+
+class GcPauseLog:
+    """A gc callback that logs each collection pausing the process at least threshold_ms."""
+
+    def __init__(self, threshold_ms: float = GC_PAUSE_LOG_MS) -> None:
+        self._threshold_s = threshold_ms / 1000
+        self._started = 0.0
+
+    def __call__(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+            return
+        paused_s = time.perf_counter() - self._started
+        if paused_s >= self._threshold_s:
+            logger.warning(
+                "garbage collection of generation %d paused the process for %.0f ms (%d objects freed)",
+                info["generation"],
+                paused_s * 1000,
+                info["collected"],
+            )
 
 
 @asynccontextmanager
@@ -103,9 +131,12 @@ async def garbage_collection_for_serving(app: Litestar) -> AsyncIterator[None]:
     gc.collect()
     gc.freeze()
     gc.set_threshold(YOUNG_GENERATION_THRESHOLD, 20, 20)
+    pauses = GcPauseLog()
+    gc.callbacks.append(pauses)
     try:
         yield
     finally:
+        gc.callbacks.remove(pauses)
         gc.set_threshold(*thresholds)
         gc.unfreeze()
 
