@@ -47,6 +47,8 @@ def test_the_report_names_the_attacks_over_the_target() -> None:
         baseline=10.0,
         settle=5.0,
         attack_rate=0.0,
+        slice=2.0,
+        edge=0.5,
         attacker_cpus=[],
         visitor_cpus=[],
         server_cpus=[],
@@ -56,3 +58,37 @@ def test_the_report_names_the_attacks_over_the_target() -> None:
     assert "ingest RSS growth 150 MB (≤ 100 MB: **missed**)" in text
     assert "acknowledged 60, stored 59 (**DIFFERENT**)" in text
     assert "Baseline windows in run order, honest p50/p95 ms: 10/10, 10/10" in text
+
+
+def test_turns_of_the_attacker_running_and_paused_decide_the_verdict_where_there_are_some() -> None:
+    # Around the attack the machine was quiet (10 ms) but during it other work slowed everything:
+    # paused turns 100 ms, running turns 150 ms. The windows say 15x; the turns, 1.5x.
+    bomb = attack("bomb", [100.0] * 10 + [150.0] * 10)
+    bomb.latencies_off_ms, bomb.latencies_on_ms = [100.0] * 10, [150.0] * 10
+    flood = attack("flood", [10.0] * 10 + [30.0] * 10)
+    flood.latencies_off_ms, flood.latencies_on_ms = [10.0] * 10, [30.0] * 10
+    phases = [window([10.0] * 20), bomb, window([10.0] * 20), flood, window([10.0] * 20)]
+    judged = judge(phases)
+    assert judged[0].p95_ratio == pytest.approx(15.0)
+    assert judged[0].interleaved_ratio == pytest.approx(1.5)
+    assert judged[0].ratio == pytest.approx(1.5)
+    assert judged[1].ratio == pytest.approx(3.0)
+    # Without turns (--slice 0, or no request in one of them) the windows decide.
+    judged[1].attack.latencies_off_ms = []
+    assert judged[1].interleaved_ratio is None
+    assert judged[1].ratio == pytest.approx(3.0)
+    args = argparse.Namespace(
+        visitors=5,
+        phase=20.0,
+        baseline=10.0,
+        settle=5.0,
+        attack_rate=0.0,
+        slice=2.0,
+        edge=0.5,
+        attacker_cpus=[],
+        visitor_cpus=[],
+        server_cpus=[],
+    )
+    text = report(phases, 1, 1, args, "make attack")
+    assert "**missed** by flood (3.0×);" in text
+    assert "bomb (" not in text.split("Targets:")[1]
