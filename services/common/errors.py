@@ -31,7 +31,13 @@ DATABASE_RETRY_AFTER_S = 2
 # long outage would keep clients away after the database is back.
 MAX_RETRY_AFTER_BASE_S = 15.0
 # Each this many seconds the database has been unavailable add one second to Retry-After's base.
-OUTAGE_S_PER_RETRY_AFTER_S = 5.0
+# Not faster: a tracker holds one delivery in flight, so however long the outage, about one
+# refused delivery per visitor and kind waits when it ends (the fault run: first attempts fall
+# to 0 within 5 s of a refusal), and the window only has to spread those. At one second per
+# 5 s the last clients refused in a 10-s outage came back up to 12 s after it (4-8 s, plus the
+# tracker's half again), so the traffic was not back at its level within 10 s; at one per
+# 10 s they are back within 9 s, and a minute's outage still spreads them over 8-24 s.
+OUTAGE_S_PER_RETRY_AFTER_S = 10.0
 # Failures further apart than this are two outages, not one: with no failure for this long the
 # outage is over even if nothing succeeded since (a process with no traffic sees no success).
 OUTAGE_GAP_S = 5.0
@@ -57,7 +63,7 @@ class DatabaseOutage:
     that worked ends it (``recovered``), and so does a pause of OUTAGE_GAP_S without failures.
     The longer the outage, the more clients hold a refused delivery and the more come back
     when it ends, so the later a client is refused, the wider the window its return is drawn
-    from (2-4 s at first, 6-12 s after 20 s, at most 15-30 s after a minute).
+    from (2-4 s at first, 4-8 s after 20 s, 8-16 s after a minute, at most 15-30 s).
     """
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
