@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
-import logging
-import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
@@ -25,6 +23,7 @@ from services.common.api_reference import API_REFERENCE_POLICY, PlainReferencePl
 from services.common.auth import ProjectCache
 from services.common.db import create_engine, set_read_only, set_statement_timeout, transaction
 from services.common.errors import EXCEPTION_HANDLERS, JsonBodyRequest
+from services.common.gc_pauses import GcPauseLog
 from services.common.health import HealthController, ReadyProbe
 from services.common.log import configure_logging
 from services.common.project_repository import ProjectRecord
@@ -92,32 +91,6 @@ VERSION = "0.1.0"
 # times per request. Measured with wrk (make bench-ingest's body, same run): about 8 % less
 # ingest CPU per stored batch and 10 % per no-op request.
 YOUNG_GENERATION_THRESHOLD = 20_000
-# A collection that holds the event loop at least this long is logged: every request in flight
-# waits for it, so it shows as a stall of the whole process (docs/reliability.md, fault run).
-GC_PAUSE_LOG_MS = 50.0
-
-logger = logging.getLogger(__name__)
-
-
-class GcPauseLog:
-    """A gc callback that logs each collection pausing the process at least threshold_ms."""
-
-    def __init__(self, threshold_ms: float = GC_PAUSE_LOG_MS) -> None:
-        self._threshold_s = threshold_ms / 1000
-        self._started = 0.0
-
-    def __call__(self, phase: str, info: dict[str, int]) -> None:
-        if phase == "start":
-            self._started = time.perf_counter()
-            return
-        paused_s = time.perf_counter() - self._started
-        if paused_s >= self._threshold_s:
-            logger.warning(
-                "garbage collection of generation %d paused the process for %.0f ms (%d objects freed)",
-                info["generation"],
-                paused_s * 1000,
-                info["collected"],
-            )
 
 
 @asynccontextmanager

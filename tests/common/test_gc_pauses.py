@@ -7,7 +7,7 @@ import logging
 
 import pytest
 
-from services.common.app import GcPauseLog
+from services.common.gc_pauses import GcPauseLog
 
 
 def test_a_long_collection_is_logged_with_its_generation(caplog: pytest.LogCaptureFixture) -> None:
@@ -17,7 +17,7 @@ def test_a_long_collection_is_logged_with_its_generation(caplog: pytest.LogCaptu
         cycle.append(cycle)
         garbage.append(cycle)
     del garbage, cycle
-    caplog.set_level(logging.WARNING, logger="services.common.app")
+    caplog.set_level(logging.WARNING, logger="services.common.gc_pauses")
     quiet, loud = GcPauseLog(threshold_ms=60_000), GcPauseLog(threshold_ms=0)
     gc.callbacks.extend([quiet, loud])
     try:

@@ -22,8 +22,10 @@ between that planned moment and the moment its bytes are written.
 from __future__ import annotations
 
 import asyncio
+import gc
 import itertools
 import json
+import logging
 import math
 import os
 import random
@@ -35,6 +37,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from services.common.gc_pauses import GcPauseLog
 from tools.loadtest import payloads, stats
 from tools.loadtest.check import Acknowledged, write_acknowledged
 from tools.loadtest.hosts import require_loopback
@@ -560,6 +563,10 @@ def cpu_seconds() -> float:
 
 def main(argv: Iterable[str] = ()) -> None:
     plan = LoadPlan.from_env()
+    # A collection that pauses this process delays every request it is timing: the fault run
+    # reads these lines (locust.log) next to the server's own (services log the same way).
+    logging.basicConfig(format="%(asctime)s generator %(message)s", level=logging.WARNING)
+    gc.callbacks.append(GcPauseLog())
     try:
         import uvloop
 
