@@ -268,7 +268,7 @@ async def test_a_commit_slower_than_the_deadline_is_503_and_the_retry_is_stored_
             slow = await client.post("/v1/events", content=body, headers=JSON)
         assert slow.status_code == 503
         assert slow.json()["error"]["code"] == "commit_timeout"
-        # The commit waited 1 s: an outage of 1 s, base 2.2 s plus up to as much (test_retry_after.py).
+        # The commit waited 1 s: an outage of 1 s, base 2.1 s plus up to as much (test_retry_after.py).
         assert 3 <= int(slow.headers["retry-after"]) <= 5
         await blocker.rollback()  # the holder gives up; the waiting insert goes through
 
