@@ -619,10 +619,21 @@ def report(
     )
     rss_growth = max(phase.rss_mb for phase in phases) - phases[0].rss_mb
     honest_refusals = sum(sum(phase.refusals.values()) for phase in phases)
-    over = [f"{item.attack.name} ({item.ratio:.1f}×)" for item in judged if item.ratio > TARGET_P95_RATIO]
+    control_name = ATTACKS["cpu-burn"][0]
+    over = [
+        f"{item.attack.name} ({item.ratio:.1f}×)"
+        for item in judged
+        if item.ratio > TARGET_P95_RATIO and item.attack.name != control_name
+    ]
+    controls = [f"{item.ratio:.1f}×" for item in judged if item.attack.name == control_name]
     verdict = [
         "honest p95 ≤ 2× without the attack under every attack (interleaved turns where there are): "
         + ("met" if not over else "**missed** by " + "; ".join(over)),
+        *(
+            [f"the control (CPU taken, nothing sent) {controls[0]}: a ratio up to it is what the CPU explains"]
+            if controls
+            else []
+        ),
         f"honest refusals: {honest_refusals}",
         f"ingest RSS growth {rss_growth:.0f} MB (≤ {TARGET_RSS_GROWTH_MB:.0f} MB: "
         f"{'met' if rss_growth <= TARGET_RSS_GROWTH_MB else '**missed**'})",

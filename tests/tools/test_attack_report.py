@@ -92,3 +92,26 @@ def test_turns_of_the_attacker_running_and_paused_decide_the_verdict_where_there
     text = report(phases, 1, 1, args, "make attack")
     assert "**missed** by flood (3.0×);" in text
     assert "bomb (" not in text.split("Targets:")[1]
+
+
+def test_the_control_is_reported_beside_the_verdict_not_in_it() -> None:
+    control = attack("control: attacker spins a core, sends nothing", [10.0] * 20)
+    control.latencies_off_ms, control.latencies_on_ms = [10.0] * 10, [25.0] * 10
+    phases = [window([10.0] * 20), control, window([10.0] * 20)]
+    args = argparse.Namespace(
+        visitors=5,
+        phase=20.0,
+        baseline=10.0,
+        settle=5.0,
+        attack_rate=0.0,
+        slice=2.0,
+        edge=0.5,
+        attacker_cpus=[],
+        visitor_cpus=[],
+        server_cpus=[],
+    )
+    targets = report(phases, 1, 1, args, "make attack").split("Targets: ")[1]
+    assert targets.startswith(
+        "honest p95 ≤ 2× without the attack under every attack (interleaved turns where there are): met;"
+    )
+    assert "the control (CPU taken, nothing sent) 2.5×: a ratio up to it is what the CPU explains" in targets
