@@ -140,6 +140,14 @@ def _environment(values: Mapping[str, str]) -> Iterator[None]:
                 os.environ[key] = value
 
 
+# What a fault run's Postgres logs besides `sightline up`'s settings, to attribute a stall: every
+# lock wait past 100 ms (with the waiting service's application_name; the privacy settings keep
+# the statement and the rows out), and WAL write/sync times in pg_stat_wal. A ~200 ms stall of
+# every ingest request, with nothing refused and the machine idle, was a commit's WAL sync on the
+# shared disk while the other writers waited for its row lock (docs/reliability.md).
+DIAGNOSTIC_SERVER_SETTINGS = {"log_lock_waits": "on", "deadlock_timeout": "100ms", "track_wal_io_timing": "on"}
+
+
 @contextlib.contextmanager
 def throwaway_stack(keep_logs_in: Callable[[], Path | None], ingest_workers: int | None) -> Iterator[LocalStack]:
     """`sightline up` in a fresh data directory on free ports; stopped and deleted afterwards."""
@@ -161,6 +169,7 @@ def throwaway_stack(keep_logs_in: Callable[[], Path | None], ingest_workers: int
     try:
         with _environment(ports):
             stack = LocalStack(StackSettings.from_env())
+            stack.postgres.server_settings.update(DIAGNOSTIC_SERVER_SETTINGS)
             env_values = stack.up()
             # The stack's own URLs, over whatever `.data/sightline.env` put in the environment.
             with _environment(env_values):
