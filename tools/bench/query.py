@@ -195,20 +195,20 @@ def shapes(period: str) -> dict[str, tuple[str, dict[str, Any]]]:
     # The project's goals (BENCH_GOALS, saved before the timings): three queries whatever their number.
     found[f"goal conversions, {len(BENCH_GOALS)} goals"] = ("/v1/goals/conversions", {})
     # The Goals card under each kind of filter chip the dashboard sets (`is`, one value; None: direct).
-    for label, dimension, value in GOAL_FILTER_CHIPS:
+    for label, chip, value in GOAL_FILTER_CHIPS:
         found[f"goal conversions, {len(BENCH_GOALS)} goals, {label}"] = (
             "/v1/goals/conversions",
-            {"filters": [{"dimension": dimension, "operator": "is", "values": [value]}]},
+            {"filters": [{"dimension": chip, "operator": "is", "values": [value]}]},
         )
     # The Custom events card (event names but pageviews) under a chip, and with the previous period.
     not_pageviews = {"dimension": "event_name", "operator": "is_not", "values": ["pageview"]}
-    for label, dimension, value in GOAL_FILTER_CHIPS[:2]:
+    for label, chip, value in GOAL_FILTER_CHIPS[:2]:
         found[f"custom events, {label}"] = (
             "/v1/query",
             {
                 "metrics": ["visitors", "events"],
                 "dimensions": ["event_name"],
-                "filters": [{"dimension": dimension, "operator": "is", "values": [value]}, not_pageviews],
+                "filters": [{"dimension": chip, "operator": "is", "values": [value]}, not_pageviews],
                 "limit": 10,
             },
         )
