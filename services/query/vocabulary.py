@@ -197,7 +197,8 @@ EVENT_NAME = FixedColumn("event_name", "text", event="name", session="name", per
 ENTRY_PAGES_CUBE = Cube("query_rollup_entry_pages", (ENTRY_PAGE,), _SINGLES)
 EXIT_PAGES_CUBE = Cube("query_rollup_exit_pages", (EXIT_PAGE,), _SINGLES)
 HOURS_CUBE = Cube("query_rollup_hours", (HOUR,), _SINGLES)
-# Domains and event names: a handful of values each, alone (migration 0620).
+# Domains: a handful of values, alone (migration 0660). Event names: alone and with one visit
+# dimension (migration 0770), so goal conversions and custom events under a visit filter read them.
 DOMAINS_CUBE = Cube("query_rollup_domains", (DOMAIN,), (frozenset(),))
-EVENT_NAMES_CUBE = Cube("query_rollup_event_names", (EVENT_NAME,), (frozenset(),))
+EVENT_NAMES_CUBE = Cube("query_rollup_event_names", (EVENT_NAME,), _SINGLES)
 CUBES = (VISITS_CUBE, PAGES_CUBE, ENTRY_PAGES_CUBE, EXIT_PAGES_CUBE, HOURS_CUBE, DOMAINS_CUBE, EVENT_NAMES_CUBE)

@@ -19,6 +19,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+import httpx
 import pytest
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import Select
@@ -228,6 +229,78 @@ async def test_the_estimate_mark_is_where_and_only_where_a_figure_is_estimated(
     wait_for(browser, lambda d: "note:chart-note" not in d.execute_script(ESTIMATE_MARKS))
     assert browser.find_element(By.ID, "chart-note").text == ""
     assert fits_the_window(browser)
+
+
+def custom_event_rows(driver: Any) -> list[list[str]]:
+    """The Custom events card's rows: event name, visitors, events."""
+    rows: list[list[str]] = driver.execute_script(
+        "return [...document.querySelectorAll('#events-table tbody tr')].map((row) =>"
+        " [...row.querySelectorAll('td')].map((cell) => cell.textContent));"
+    )
+    return rows
+
+
+@SIZES
+async def test_goals_under_a_filter_chip_are_read_from_the_rollups(
+    browser: Any, db: DatabaseHarness, engine: AsyncEngine, pages_stack: PagesStack, size: tuple[int, int]
+) -> None:
+    """Under a visit filter chip the Goals card's figures are those of the visits it keeps, from
+    the event-name rows of that dimension (migration 0770): small_project's g1 came from
+    google.com (saw /pricing, signed up), g2, g3 and g4 came direct (g2 saw /pricing)."""
+    browser.set_window_size(*size)
+    project = await small_project(db, engine, days_ago=2)
+    await refresh_until_current(engine, 100, int(project["id"]))
+    await save_goal(engine, project)
+    async with engine.begin() as connection:
+        await connection.execute(
+            text(
+                "INSERT INTO query_goals (project_id, goal_id, name, kind, value)"
+                " VALUES (:project_id, :goal_id, 'Signed up', 'event', 'signup')"
+            ),
+            {"project_id": project["id"], "goal_id": uuid.uuid4()},
+        )
+    # The event goals' query under each chip is answered by the event-name rollup.
+    for value in ("google.com", None):
+        body = {
+            "period": "7d",
+            "metrics": ["visitors"],
+            "dimensions": ["event_name"],
+            "filters": [
+                {"dimension": "referrer", "operator": "is", "values": [value]},
+                {"dimension": "event_name", "operator": "is", "values": ["signup"]},
+            ],
+        }
+        async with httpx.AsyncClient(base_url=pages_stack.query_url) as client:
+            response = await client.post(
+                "/v1/query", json=body, headers={"Authorization": f"Bearer {project['secretKey']}"}
+            )
+        assert response.json()["meta"]["source"] == "rollups", response.text
+
+    dashboard = f"{pages_stack.query_url}/dashboard"
+    open_with_key(browser, f"{dashboard}?period=7d&f.referrer=google.com", str(project["secretKey"]))
+    wait_for(browser, dashboard_ready, timeout_s=30)
+    assert browser.find_element(By.CSS_SELECTOR, "#filter-chips [data-filter=referrer]").text.startswith(
+        "Source is google.com"
+    )
+    assert goal_rows(browser) == {
+        "/pricing": ("/pricing", "\u22481", "\u2248100.0 %"),
+        "signup": ("Signed up", "\u22481", "\u2248100.0 %"),
+    }
+    assert custom_event_rows(browser) == [["signup", "\u22481", "1"]]
+
+    # Direct visits only ("" in the URL: the chip's value is none): g2, g3 and g4.
+    browser.get(f"{dashboard}?period=7d&f.referrer=")
+    wait_for(browser, dashboard_ready, timeout_s=30)
+    assert browser.find_element(By.CSS_SELECTOR, "#filter-chips [data-filter=referrer]").text.startswith(
+        "Source is (none)"
+    )
+    assert goal_rows(browser) == {
+        "/pricing": ("/pricing", "\u22481", "\u224833.3 %"),
+        "signup": ("Signed up", "\u22480", "\u22480.0 %"),
+    }
+    assert custom_event_rows(browser) == [["No data in this period."]]
+    assert fits_the_window(browser)
+    assert console_problems(browser) == []
 
 
 async def save_goal(engine: AsyncEngine, project: dict[str, Any]) -> None:

@@ -170,14 +170,16 @@ def test_the_smallest_grain_that_holds_the_query_is_chosen() -> None:
     entries = FilterClause("entry_page", "contains", ("pri",))
     assert cube_for(aggregate(("os",), (entries,), ("sessions",))) == (ENTRY_PAGES_CUBE, frozenset({"os"}))
     assert cube_for(aggregate(("exit_page",))) == (EXIT_PAGES_CUBE, frozenset())
-    # Not in any rollup: domain or event name with anything else, two fixed columns, page with two
-    # visit dimensions, and session metrics over several pages (a session seeing two would count twice).
+    # Event names alone and with one visit dimension (migration 0770).
+    assert cube_for(aggregate(("event_name",), (), ("sessions",))) == (EVENT_NAMES_CUBE, frozenset())
+    signup = FilterClause("event_name", "is", ("signup",))
+    assert cube_for(aggregate(("country",), (signup,))) == (EVENT_NAMES_CUBE, frozenset({"country"}))
+    # Not in any rollup: domain with anything else, two fixed columns, page with two visit
+    # dimensions, and session metrics over several pages (a session seeing two would count twice).
     assert cube_for(aggregate(("time:hour", "page"))) is None
     assert cube_for(aggregate(("entry_page", "exit_page"))) is None
     assert cube_for(aggregate(("domain", "country"))) is None
-    assert cube_for(aggregate(("event_name",), (), ("sessions",))) == (EVENT_NAMES_CUBE, frozenset())
-    signup = FilterClause("event_name", "is", ("signup",))
-    assert cube_for(aggregate(("country",), (signup,))) is None
+    assert cube_for(aggregate(("event_name", "page"))) is None
     assert cube_for(aggregate(("page", "country"), (FilterClause("device", "is", ("mobile",)),))) is None
     some_pages = FilterClause("page", "contains", ("pri",))
     assert cube_for(aggregate((), (some_pages,), ("sessions",))) is None

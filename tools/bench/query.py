@@ -137,6 +137,19 @@ BENCH_GOALS = [
 ]
 
 
+# The Goals card's filter chips: visit dimensions (from the event-name rows of their grain, migration
+# 0770), then a page, an entry page and an event name (no rollup holds those with event names).
+GOAL_FILTER_CHIPS: list[tuple[str, str, str | None]] = [
+    ("country is DE", "country", "DE"),
+    ("utm_source is newsletter", "utm_source", "newsletter"),
+    ("referrer is direct", "referrer", None),
+    ("device is mobile", "device", "mobile"),
+    ("page is /pricing", "page", "/pricing"),
+    ("entry_page is /", "entry_page", "/"),
+    ("event_name is signup", "event_name", "signup"),
+]
+
+
 def shapes(period: str) -> dict[str, tuple[str, dict[str, Any]]]:
     """name -> (path, body) for one period."""
     found: dict[str, tuple[str, dict[str, Any]]] = {
@@ -181,9 +194,33 @@ def shapes(period: str) -> dict[str, tuple[str, dict[str, Any]]]:
     found["retention, 8 weeks"] = ("/v1/retention", {"weeks": 8})
     # The project's goals (BENCH_GOALS, saved before the timings): three queries whatever their number.
     found[f"goal conversions, {len(BENCH_GOALS)} goals"] = ("/v1/goals/conversions", {})
-    found[f"goal conversions, {len(BENCH_GOALS)} goals, country is DE"] = (
-        "/v1/goals/conversions",
-        {"filters": [{"dimension": "country", "operator": "is", "values": ["DE"]}]},
+    # The Goals card under each kind of filter chip the dashboard sets (`is`, one value; None: direct).
+    for label, chip, value in GOAL_FILTER_CHIPS:
+        found[f"goal conversions, {len(BENCH_GOALS)} goals, {label}"] = (
+            "/v1/goals/conversions",
+            {"filters": [{"dimension": chip, "operator": "is", "values": [value]}]},
+        )
+    # The Custom events card (event names but pageviews) under a chip, and with the previous period.
+    not_pageviews = {"dimension": "event_name", "operator": "is_not", "values": ["pageview"]}
+    for label, chip, value in GOAL_FILTER_CHIPS[:2]:
+        found[f"custom events, {label}"] = (
+            "/v1/query",
+            {
+                "metrics": ["visitors", "events"],
+                "dimensions": ["event_name"],
+                "filters": [{"dimension": chip, "operator": "is", "values": [value]}, not_pageviews],
+                "limit": 10,
+            },
+        )
+    found["by event_name, country is DE, previous period"] = (
+        "/v1/query",
+        {
+            "metrics": ALL_METRICS,
+            "dimensions": ["event_name"],
+            "filters": [{"dimension": "country", "operator": "is", "values": ["DE"]}],
+            "comparison": "previous_period",
+            "limit": 10,
+        },
     )
     return {f"{name} ({period})": (path, {**body, "period": period}) for name, (path, body) in found.items()}
 
@@ -244,6 +281,10 @@ async def load_project(
                 },
             )
             loaded += result.rowcount
+        # A fresh connection per day: on one long-lived connection the second day's insert ran for
+        # over 8 minutes inside the query_sessions trigger (the first took 14 s; with a new
+        # connection per day each takes about 25 s), measured 2026-11-30 on 0750.
+        await engine.dispose()
         elapsed = time.monotonic() - started
         log(f"  {label}: day {offset + 1}/{DAYS} ({day}) {loaded:,} events, {loaded / elapsed:,.0f} events/s")
 

@@ -1,4 +1,4 @@
-"""Rollups by entry page, exit page and local hour (each alone and with one visit dimension), domain and event name.
+"""Rollups by entry page, exit page, local hour and event name (each alone and with one visit dimension) and domain.
 
 A session has one entry page, one exit page and one start hour, so unlike the page rows these
 add up across values. Owned by the query service: rebuilt by services/query/rollup_repository.py.
