@@ -144,7 +144,7 @@ def _percent(part: int, whole: int) -> float:
 _Z95 = 1.959964
 
 
-def _visitors_interval(sampled: int, rate: int) -> tuple[int, int]:
+def visitors_interval(sampled: int, rate: int) -> tuple[int, int]:
     """95% interval of N, the visitors who reached a step, when each is in the sample with
     probability p = 1/rate and `sampled` of them were (binomial, Wilson score: the N with
     (sampled - N p)^2 <= z^2 N p (1 - p)). Holds an upper bound when none were sampled."""
@@ -154,7 +154,7 @@ def _visitors_interval(sampled: int, rate: int) -> tuple[int, int]:
     return math.floor((b - root) / (2 * p * p)), math.ceil((b + root) / (2 * p * p))
 
 
-def _rate_interval(part: int, whole: int) -> tuple[float, float]:
+def rate_interval(part: int, whole: int) -> tuple[float, float]:
     """95% Wilson score interval, in percent, of a share measured as part of whole sampled visitors."""
     if not whole:
         return 0.0, 100.0
@@ -297,8 +297,8 @@ class QueryService:
             previous = counts[index - 1] if index else visitors
             low = high = rate_low = rate_high = None
             if rate > 1:
-                low, high = _visitors_interval(sampled[index], rate)
-                rate_low, rate_high = _rate_interval(sampled[index], sampled[0])
+                low, high = visitors_interval(sampled[index], rate)
+                rate_low, rate_high = rate_interval(sampled[index], sampled[0])
             steps.append(
                 FunnelStepResult(
                     step=index + 1,

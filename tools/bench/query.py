@@ -437,6 +437,67 @@ async def explain(admin_settings: AdminDatabaseSettings, project: dict[str, Any]
             log("\n".join(lines))
 
 
+async def funnel_errors(admin_settings: AdminDatabaseSettings, project: dict[str, Any]) -> list[dict[str, Any]]:
+    """The bench funnels (3 and 8 page steps, both periods) exactly, with no statement timeout, beside
+    the same funnel from each visitor sample scaled up (what auto sampling would answer from it),
+    with its stated 95% interval per step and whether the exact count lies inside it."""
+    rows: list[dict[str, Any]] = []
+    now = datetime.now(UTC)
+    async with admin_engine(admin_settings) as engine:
+        for period in ("30d", "12mo"):
+            span = service.resolve_range(msgspec.convert({"period": period}, QuerySpec), TIMEZONE, now)
+            for steps in (3, 8):
+                matches = [repository.FunnelStepMatch("page", value) for value in FUNNEL_STEPS[:steps]]
+                answers: dict[int, tuple[list[int], float]] = {}
+                for rate in (1, *repository.SAMPLE_RATES):
+                    async with engine.begin() as connection:
+                        await connection.execute(text("SET LOCAL statement_timeout = '900s'"))
+                        await repository.configure_transaction(connection)
+                        started = time.perf_counter()
+                        counts = await repository.funnel(
+                            connection, int(project["id"]), span.start, span.end, matches, 3600, sample_rate=rate
+                        )
+                        answers[rate] = (counts, (time.perf_counter() - started) * 1000)
+                exact, exact_ms = answers[1]
+                log(f"  funnel {steps} steps ({period}): exact {exact} in {exact_ms:.0f} ms")
+                for rate in repository.SAMPLE_RATES:
+                    sampled, sampled_ms = answers[rate]
+                    for index, (truth, count) in enumerate(zip(exact, sampled, strict=True)):
+                        low, high = service.visitors_interval(count, rate)  # as the API states it
+                        rows.append(
+                            {
+                                "funnel": f"{steps} steps ({period})",
+                                "rate": f"1/{rate}",
+                                "step": index + 1,
+                                "exact": truth,
+                                "estimate": count * rate,
+                                "error_percent": 100 * (count * rate - truth) / truth if truth else 0.0,
+                                "low": low,
+                                "high": high,
+                                "inside": low <= truth <= high,
+                                "exact_ms": exact_ms,
+                                "sampled_ms": sampled_ms,
+                            }
+                        )
+    return rows
+
+
+def funnel_error_markdown(rows: list[dict[str, Any]]) -> str:
+    lines = [
+        "| funnel | sample | step | exact | estimate | error % | 95% interval | inside | exact ms | sampled ms |",
+        "| --- | --- | ---: | ---: | ---: | ---: | --- | --- | ---: | ---: |",
+    ]
+    lines += [
+        f"| {r['funnel']} | {r['rate']} | {r['step']} | {r['exact']:,} | {r['estimate']:,} | {r['error_percent']:+.2f}"
+        f" | {r['low']:,}-{r['high']:,} | {'yes' if r['inside'] else 'NO'}"
+        f" | {r['exact_ms']:.0f} | {r['sampled_ms']:.0f} |"
+        for r in rows
+    ]
+    outside = sum(1 for r in rows if not r["inside"])
+    lines.append(f"exact counts outside the stated 95% interval: {outside} of {len(rows)}")
+    return "\n".join(lines)
+
+
 async def count_events(admin_settings: AdminDatabaseSettings, project_id: int) -> tuple[int, int]:
     async with admin_engine(admin_settings) as engine, engine.connect() as connection:
         result = await connection.execute(
@@ -471,6 +532,13 @@ async def main(arguments: argparse.Namespace) -> None:
     project = await load(admin_settings, arguments.events, arguments.name)
     if arguments.explain:
         await explain(admin_settings, project, arguments.explain)
+        return
+    if arguments.funnel_errors:
+        log("funnels exactly (no statement timeout) and from each visitor sample ...")
+        load_before = os.getloadavg()
+        rows = await funnel_errors(admin_settings, project)
+        log(funnel_error_markdown(rows))
+        log(f"load average (1, 5, 15 min) before {load_before}, after {os.getloadavg()}")
         return
     own, total = await count_events(admin_settings, int(project["id"]))
     log(f"events: {own:,} in project {project['id']}, {total:,} in all projects")
@@ -533,6 +601,11 @@ def cli() -> None:
         "--compare-daily",
         action="store_true",
         help="then time top pages again with the weekly page rows hidden (daily rows only)",
+    )
+    parser.add_argument(
+        "--funnel-errors",
+        action="store_true",
+        help="only compare the bench funnels exactly (no timeout, direct) with each visitor sample's estimate",
     )
     parser.add_argument("--shapes", action="store_true", help="then time every shape the API accepts")
     parser.add_argument("--shape-runs", type=int, default=5, help="timed runs per shape")
