@@ -262,15 +262,15 @@ class QueryService:
             if "\x00" in step.value:
                 raise invalid(_NUL_MESSAGE, f"steps[{index}].value")
         current = resolve_range(spec, project.timezone, now)
-        await repository.configure_transaction(connection)
         matches = [FunnelStepMatch(step.type, step.value) for step in spec.steps]
         rate = 1
-        if spec.sampling == "auto":
-            volume = await planner.funnel_volume(
-                connection, project.project_id, current, project.timezone, matches, self.settings
-            )
-            rate = planner.funnel_sample_rate(volume, self.settings)
         try:
+            await repository.configure_transaction(connection)
+            if spec.sampling == "auto":
+                volume = await planner.funnel_volume(
+                    connection, project.project_id, current, project.timezone, matches, self.settings
+                )
+                rate = planner.funnel_sample_rate(volume, self.settings)
             sampled = await repository.funnel(
                 connection,
                 project.project_id,
