@@ -12,7 +12,10 @@ from litestar.testing import AsyncTestClient
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from services.query import planner
 from services.query.app import create_app
+from services.query.repository import FunnelVolume
+from services.query.service import rate_interval, visitors_interval
 from services.query.settings import QuerySettings
 from tests.harness import DatabaseHarness
 from tests.query.conftest import RANGE, Dataset, Event, auth, berlin, build_rollups, insert_events, new_project
@@ -214,3 +217,23 @@ async def test_sampling_must_be_auto_or_exact(client: AsyncTestClient[Any], data
     )
     assert response.status_code == 422
     assert response.json()["error"]["field"] == "sampling"
+
+
+def test_auto_sampling_picks_the_least_sampling_that_fits() -> None:
+    settings = QuerySettings(funnel_exact_max_events=1000, funnel_sample_max_step_events=100)
+    rate = planner.funnel_sample_rate
+    assert rate(FunnelVolume(events=1000, step_events=1000), settings) == 1  # few events: exact
+    assert rate(FunnelVolume(events=1001, step_events=800), settings) == 8
+    assert rate(FunnelVolume(events=1001, step_events=801), settings) == 64
+    assert rate(FunnelVolume(events=10**9, step_events=51_200), settings) == 512
+    assert rate(FunnelVolume(events=10**9, step_events=10**9), settings) == 512  # the sparsest there is
+
+
+def test_the_stated_intervals() -> None:
+    # None of a 1/8 sample reached the step: up to z^2 (1 - p) / p = 26.9 visitors may have.
+    assert visitors_interval(0, 8) == (0, 27)
+    # 100 of 1/8: 800 estimated. The N with (100 - N/8)^2 <= 1.96^2 * N/8 * 7/8: 666 to 961 (the
+    # normal approximation around 800 would say 653 to 947; Wilson's is skewed up, as a count is).
+    assert visitors_interval(100, 8) == (666, 961)
+    assert rate_interval(0, 0) == (0.0, 100.0)
+    assert rate_interval(50, 100) == (40.38, 59.62)  # Wilson, n = 100
