@@ -3,7 +3,8 @@
 From a validated spec and its date range the planner makes the `AggregateQuery` (what to
 count), then the plan (where to read it): raw events, or a rollup cube and its grain, with the
 complete weeks read from weekly rows, the days read from daily rows and the days computed from
-events. The repository builds and runs the SQL for the plan it is given.
+events. The repository builds and runs the SQL for the plan it is given. Likewise for a funnel
+with auto sampling: how much it would read, and so whether it follows every visitor or a sample.
 """
 
 from __future__ import annotations
