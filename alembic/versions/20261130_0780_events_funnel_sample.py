@@ -7,9 +7,9 @@ sample of visitors instead (services/query/repository.py `funnel`): the visitors
 by this index as events arrive. Its keys hold what a funnel reads, so the read is index-only:
 
 - (project_id, name, path): one range per step page or event name;
-- `hashtext(distinct_id) & 511`: nested finer samples inside the 1/8 one. 1/64 of the visitors
-  are those where it is one of 0, 64, ..., 448 (the low six bits 0), 1/512 those where it is 0;
-  each rate reads only its own rows;
+- `hashtext(distinct_id) & 511`: nested finer samples inside the 1/8 one. 1/2^k of the visitors
+  (k = 4..9) are those where it is a multiple of 2^k (the k low bits 0): 1/64 where it is one of
+  0, 64, ..., 448, 1/512 where it is 0; each rate reads only its own rows;
 - occurred_at, and distinct_id included.
 
 Only non-bot events of sampled visitors are in it: about 1/8 of the rows, so an insert pays the

@@ -224,7 +224,7 @@ async def funnel_volume(
 
 def funnel_sample_rate(volume: FunnelVolume, settings: QuerySettings) -> int:
     """1 (every event) when the range's events are few enough to follow every visitor in time;
-    else the least sampling (of 1/8, 1/64, 1/512 of the visitors) whose share of the step events
+    else the least sampling (1/8, 1/16, ... 1/512 of the visitors) whose share of the step events
     is few enough; the sparsest when none is."""
     if volume.events <= settings.funnel_exact_max_events:
         return 1

@@ -525,16 +525,22 @@ class FunnelStepMatch:
     value: str
 
 
-# The nested visitor samples of the partial index of migration 0780, as rate -> the condition
-# that selects it among the index's rows. Every sampled read also names the index's own
-# predicate (NOT is_bot AND (hashtext(distinct_id) & 7) = 0) as literal SQL, so the planner
-# can prove the index applies; the rate comes from this table, never from a request.
-SAMPLE_RATES = (8, 64, 512)
+# The nested visitor samples of the partial index of migration 0780 (1/8 of the visitors, those
+# with hashtext(distinct_id) & 7 = 0), as rate -> the condition that selects it among the index's
+# rows: 1/2^k of the visitors are those whose hash has its k low bits 0, i.e. whose indexed
+# `hashtext(distinct_id) & 511` is a multiple of 2^k (k = 3..9). Every sampled read also names
+# the index's own predicate as literal SQL, so the planner can prove the index applies; the
+# rate comes from this table, never from a request.
+SAMPLE_RATES = (8, 16, 32, 64, 128, 256, 512)
 _IN_SAMPLE = "NOT is_bot AND (hashtext(distinct_id) & 7) = 0"
 _SAMPLE_CONDITIONS: dict[int, str] = {
-    8: _IN_SAMPLE,
-    64: f"{_IN_SAMPLE} AND (hashtext(distinct_id) & 511) = ANY('{{0,64,128,192,256,320,384,448}}'::int[])",
-    512: f"{_IN_SAMPLE} AND (hashtext(distinct_id) & 511) = 0",
+    rate: _IN_SAMPLE
+    + (
+        ""
+        if rate == 8
+        else f" AND (hashtext(distinct_id) & 511) = ANY('{{{','.join(str(v) for v in range(0, 512, rate))}}}'::int[])"
+    )
+    for rate in SAMPLE_RATES
 }
 
 

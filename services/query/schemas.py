@@ -140,7 +140,7 @@ class FunnelSpec(DateRangeFields, forbid_unknown_fields=True, kw_only=True):
         Literal["auto", "exact"],
         msgspec.Meta(
             description="'auto': follow every visitor when the range is small enough to answer quickly, else a "
-            "stable sample of the visitors (1/8, 1/64 or 1/512, by a hash of the visitor id) scaled up, stated in "
+            "stable sample of the visitors (1/8 down to 1/512, by a hash of the visitor id) scaled up, stated in "
             "`meta` with a 95% interval per step. 'exact': every visitor, whatever the range holds; a large "
             "range may then exceed the statement timeout (503 'query_timeout')."
         ),
@@ -178,7 +178,7 @@ class FunnelMeta(msgspec.Struct):
     ]
     sampled: bool
     sampling_rate: Annotated[
-        float, msgspec.Meta(description="The share of visitors followed: 1, 1/8, 1/64 or 1/512 (as a number).")
+        float, msgspec.Meta(description="The share of visitors followed: 1, or a power of two from 1/8 to 1/512.")
     ]
     sampled_visitors: Annotated[
         int, msgspec.Meta(description="Step-1 visitors in the sample (all of them when not sampled).")

@@ -32,7 +32,7 @@ class QuerySettings:
     realtime_cache_s: float = setting("REALTIME_CACHE_S", 5.0)
     # A funnel with `sampling: "auto"` (POST /v1/funnel) follows every visitor when the range holds
     # at most this many non-bot events (the exact read scans them all, about 1 µs each); else it
-    # follows a visitor sample (1/8, 1/64 or 1/512, migration 0780): the least sampling whose
+    # follows a visitor sample (1/8, 1/16, ... 1/512, migration 0780): the least sampling whose
     # share of the step events is at most funnel_sample_max_step_events (the sampled read visits
     # those alone). Measured at 10M events in docs/benchmarks.md.
     funnel_exact_max_events: int = setting("FUNNEL_EXACT_MAX_EVENTS", 200_000)

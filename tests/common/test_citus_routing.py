@@ -231,7 +231,7 @@ async def test_funnel_sampling_statements_are_routed_to_one_shard(
                 assert exact.status_code == 200, exact.text
     assert sources == [1 / 8, 1 / 512]
     statements = [statement for statement, _ in recorded.statements]
-    assert any("(hashtext(distinct_id) & 511) = 0" in statement for statement in statements)
+    assert any("(hashtext(distinct_id) & 511) = ANY('{0}'::int[])" in statement for statement in statements)
     assert any("query_rollup_event_names" in statement for statement in statements)
     fanned_out = []
     for statement, parameters in recorded.statements:

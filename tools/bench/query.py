@@ -33,7 +33,7 @@ from services.common.db import create_admin_engine
 from services.common.partition_repository import ensure_event_partitions
 from services.common.settings import AdminDatabaseSettings, DatabaseSettings, ServerSettings, StackSettings
 from services.query import planner, repository, rollup_repository, service
-from services.query.schemas import QuerySpec
+from services.query.schemas import DateRangeFields, QuerySpec
 from services.query.settings import QuerySettings
 from services.query.tasks import refresh_until_current, rollup_engine
 from services.query.vocabulary import DIMENSIONS, Metric
@@ -445,7 +445,7 @@ async def funnel_errors(admin_settings: AdminDatabaseSettings, project: dict[str
     now = datetime.now(UTC)
     async with admin_engine(admin_settings) as engine:
         for period in ("30d", "12mo"):
-            span = service.resolve_range(msgspec.convert({"period": period}, QuerySpec), TIMEZONE, now)
+            span = service.resolve_range(msgspec.convert({"period": period}, DateRangeFields), TIMEZONE, now)
             for steps in (3, 8):
                 matches = [repository.FunnelStepMatch("page", value) for value in FUNNEL_STEPS[:steps]]
                 answers: dict[int, tuple[list[int], float]] = {}
