@@ -298,7 +298,9 @@ class QueryService:
             low = high = rate_low = rate_high = None
             if rate > 1:
                 low, high = visitors_interval(sampled[index], rate)
-                rate_low, rate_high = rate_interval(sampled[index], sampled[0])
+                # Step 1's rate is its own definition (100 %, or 0 when nobody started): no error.
+                first = _percent(visitors, counts[0])
+                rate_low, rate_high = rate_interval(sampled[index], sampled[0]) if index else (first, first)
             steps.append(
                 FunnelStepResult(
                     step=index + 1,
