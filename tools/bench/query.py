@@ -542,7 +542,10 @@ async def main(arguments: argparse.Namespace) -> None:
         return
     own, total = await count_events(admin_settings, int(project["id"]))
     log(f"events: {own:,} in project {project['id']}, {total:,} in all projects")
-    await build_rollups(database)
+    if arguments.no_build:
+        log("not building the rollups (--no-build): timing what they hold now")
+    else:
+        await build_rollups(database)
     server = ServerSettings.from_env("query")
     base_url = f"http://{server.host}:{server.port}"
     log(f"timing {base_url}/v1/query, {arguments.runs} runs per call after one warm-up ...")
@@ -606,6 +609,12 @@ def cli() -> None:
         "--funnel-errors",
         action="store_true",
         help="only compare the bench funnels exactly (no timeout, direct) with each visitor sample's estimate",
+    )
+    parser.add_argument(
+        "--no-build",
+        action="store_true",
+        help="do not build the rollups or wait for them (time what they hold now; a shape whose rollup is not"
+        " current reads events)",
     )
     parser.add_argument("--shapes", action="store_true", help="then time every shape the API accepts")
     parser.add_argument("--shape-runs", type=int, default=5, help="timed runs per shape")
