@@ -34,8 +34,8 @@ class QuerySettings:
     # at most this many non-bot events (the exact read scans them all, about 1 µs each); else it
     # follows a visitor sample (1/8, 1/16, ... 1/512, migration 0780): the least sampling whose
     # share of the step events is at most funnel_sample_max_step_events (the sampled read visits
-    # those alone; ~300 ms for 8 steps over 41k sampled step events at load average 11 here,
-    # half that over 20k). Measured at 10M events in docs/benchmarks.md.
+    # those alone). At 10M events the bench's funnels read 15-20k sampled step events (1/256):
+    # 36-49 ms p50 (docs/benchmarks.md, "Funnels from a visitor sample").
     funnel_exact_max_events: int = setting("FUNNEL_EXACT_MAX_EVENTS", 100_000)
     funnel_sample_max_step_events: int = setting("FUNNEL_SAMPLE_MAX_STEP_EVENTS", 25_000)
     # Where the dashboard page links for session recordings: the replay service's base URL as
