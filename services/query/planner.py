@@ -3,7 +3,8 @@
 From a validated spec and its date range the planner makes the `AggregateQuery` (what to
 count), then the plan (where to read it): raw events, or a rollup cube and its grain, with the
 complete weeks read from weekly rows, the days read from daily rows and the days computed from
-events. The repository builds and runs the SQL for the plan it is given.
+events. The repository builds and runs the SQL for the plan it is given. Likewise for a funnel
+with auto sampling: how much it would read, and so whether it follows every visitor or a sample.
 """
 
 from __future__ import annotations
@@ -14,8 +15,16 @@ from zoneinfo import ZoneInfo
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from services.query import rollup_repository
-from services.query.repository import AggregateQuery, CubePlan, FilterClause, Ordering
+from services.query import repository, rollup_repository
+from services.query.repository import (
+    SAMPLE_RATES,
+    AggregateQuery,
+    CubePlan,
+    FilterClause,
+    FunnelStepMatch,
+    FunnelVolume,
+    Ordering,
+)
 from services.query.schemas import QuerySpec
 from services.query.settings import QuerySettings
 from services.query.vocabulary import CUBES, DIMENSIONS, SESSION_METRICS, TIME_DIMENSIONS, Cube
@@ -173,3 +182,53 @@ async def retention_from_rollups(
         and ((state.fresh and state.days_built) or (state.days_current and state.stamp == state.days_built_at))
         for state in states
     )
+
+
+# The sample that estimates the volume of the days the rollups do not hold yet.
+VOLUME_SAMPLE_RATE = 64
+
+
+async def funnel_volume(
+    connection: AsyncConnection,
+    project_id: int,
+    span: ResolvedRange,
+    timezone: str,
+    steps: list[FunnelStepMatch],
+    settings: QuerySettings,
+) -> FunnelVolume:
+    """How much a funnel over the range would read: exact counts from the daily rollups for the
+    days they hold, an estimate from the 1/64 visitor sample for the days they do not (over one
+    span from the first to the last such day, so it may count a rolled-up day twice: the
+    estimate errs towards more, and so towards sampling, never towards a timeout)."""
+    states = await rollup_repository.day_states(
+        connection, project_id, span.date_from, span.date_to, settings.rollup_max_staleness_s
+    )
+    rolled = sorted(day for day, usable in states.items() if usable and settings.rollups)
+    missing = sorted(day for day in states if day not in rolled)
+    events = step_events = 0
+    if rolled:
+        volume = await repository.funnel_volume_from_rollups(connection, project_id, rolled, steps)
+        events, step_events = volume.events, volume.step_events
+    if missing:
+        volume = await repository.funnel_volume_from_sample(
+            connection,
+            project_id,
+            local_midnight(missing[0], timezone),
+            local_midnight(missing[-1] + timedelta(days=1), timezone),
+            steps,
+            VOLUME_SAMPLE_RATE,
+        )
+        events, step_events = events + volume.events, step_events + volume.step_events
+    return FunnelVolume(events, step_events)
+
+
+def funnel_sample_rate(volume: FunnelVolume, settings: QuerySettings) -> int:
+    """1 (every event) when the range's events are few enough to follow every visitor in time;
+    else the least sampling (1/8, 1/16, ... 1/512 of the visitors) whose share of the step events
+    is few enough; the sparsest when none is."""
+    if volume.events <= settings.funnel_exact_max_events:
+        return 1
+    for rate in SAMPLE_RATES:
+        if volume.step_events / rate <= settings.funnel_sample_max_step_events:
+            return rate
+    return SAMPLE_RATES[-1]

@@ -525,10 +525,61 @@ class FunnelStepMatch:
     value: str
 
 
+# The nested visitor samples of the partial index of migration 0780 (1/8 of the visitors, those
+# with hashtext(distinct_id) & 7 = 0), as rate -> the condition that selects it among the index's
+# rows: 1/2^k of the visitors are those whose hash has its k low bits 0, i.e. whose indexed
+# `hashtext(distinct_id) & 511` is a multiple of 2^k (k = 3..9). Every sampled read also names
+# the index's own predicate as literal SQL, so the planner can prove the index applies; the
+# rate comes from this table, never from a request.
+SAMPLE_RATES = (8, 16, 32, 64, 128, 256, 512)
+_IN_SAMPLE = "NOT is_bot AND (hashtext(distinct_id) & 7) = 0"
+_SAMPLE_CONDITIONS: dict[int, str] = {
+    rate: _IN_SAMPLE
+    + (
+        ""
+        if rate == 8
+        else f" AND (hashtext(distinct_id) & 511) = ANY('{{{','.join(str(v) for v in range(0, 512, rate))}}}'::int[])"
+    )
+    for rate in SAMPLE_RATES
+}
+
+
 def _step_condition(step: FunnelStepMatch, alias: str, param: str) -> str:
     if step.kind == "page":
         return f"{alias}.name = 'pageview' AND {alias}.path = :{param}"
     return f"{alias}.name = :{param}"
+
+
+def _step_events_sql(sample_rate: int) -> str:
+    """The range's events that match some step (:step_pages, :step_events): all of them, or
+    those of the visitor sample of this rate.
+
+    A sampled read is one range of the sample index per step page and per event name (index-only):
+    the pageviews and the custom events are two branches of a UNION ALL rather than one OR. An
+    event step named 'pageview' then lists a page step's pageviews twice, which changes no
+    count: each step keeps a visitor's earliest match.
+    """
+    columns = "SELECT distinct_id, occurred_at, name, path FROM events"
+    in_range = "project_id = :project_id AND occurred_at >= :start AND occurred_at < :end"
+    if sample_rate == 1:
+        return (
+            f"{columns} WHERE {in_range} AND NOT is_bot"
+            " AND ((name = 'pageview' AND path = ANY(CAST(:step_pages AS text[])))"
+            " OR name = ANY(CAST(:step_events AS text[])))"
+        )
+    sample = _SAMPLE_CONDITIONS[sample_rate]
+    return (
+        f"{columns} WHERE {in_range} AND {sample} AND name = 'pageview' AND path = ANY(CAST(:step_pages AS text[]))"
+        f" UNION ALL {columns} WHERE {in_range} AND {sample} AND name = ANY(CAST(:step_events AS text[]))"
+    )
+
+
+def _step_params(project_id: int, steps: Sequence[FunnelStepMatch]) -> dict[str, Any]:
+    return {
+        "project_id": project_id,
+        "step_pages": sorted({step.value for step in steps if step.kind == "page"}),
+        "step_events": sorted({step.value for step in steps if step.kind != "page"}),
+    }
 
 
 async def funnel(
@@ -538,26 +589,19 @@ async def funnel(
     end: datetime,
     steps: Sequence[FunnelStepMatch],
     window_seconds: int,
+    sample_rate: int = 1,
 ) -> list[int]:
     """Visitors reaching each step, in order, within the window after their first step-1 event.
 
     For a fixed start, taking the earliest qualifying event for each next step is optimal:
-    any later choice leaves less room for the steps after it.
+    any later choice leaves less room for the steps after it. With a sample_rate of SAMPLE_RATES,
+    only the visitors of that sample are followed, and their counts are returned as they are
+    (not scaled up).
     """
-    params: dict[str, Any] = {
-        "project_id": project_id,
-        "start": start,
-        "end": end,
-        "window": window_seconds,
-        "step_pages": [step.value for step in steps if step.kind == "page"],
-        "step_events": [step.value for step in steps if step.kind != "page"],
-    }
+    params = {**_step_params(project_id, steps), "start": start, "end": end, "window": window_seconds}
     # Only events that match some step can be reached: the steps' joins read those alone.
     ctes = [
-        "ev AS MATERIALIZED (SELECT distinct_id, occurred_at, name, path FROM events"
-        " WHERE project_id = :project_id AND occurred_at >= :start AND occurred_at < :end AND NOT is_bot"
-        " AND ((name = 'pageview' AND path = ANY(CAST(:step_pages AS text[])))"
-        " OR name = ANY(CAST(:step_events AS text[]))))",
+        f"ev AS MATERIALIZED ({_step_events_sql(sample_rate)})",
         "s0 AS (SELECT distinct_id, min(occurred_at) AS reached_at, min(occurred_at) AS started_at"
         f" FROM ev e WHERE {_step_condition(steps[0], 'e', 'step0')} GROUP BY distinct_id)",
     ]
@@ -574,6 +618,61 @@ async def funnel(
     counts = ", ".join(f"(SELECT count(*) FROM s{index})" for index in range(len(steps)))
     result = await connection.execute(text(f"WITH {', '.join(ctes)} SELECT {counts}"), params)
     return [int(value) for value in result.one()]
+
+
+@dataclass(frozen=True)
+class FunnelVolume:
+    """How many events a funnel would read: all non-bot events of the range, and those matching a step."""
+
+    events: int
+    step_events: int
+
+
+async def funnel_volume_from_rollups(
+    connection: AsyncConnection, project_id: int, days: Sequence[date], steps: Sequence[FunnelStepMatch]
+) -> FunnelVolume:
+    """The volume of these rolled-up days, from the daily rollup rows of the grain without visit
+    dimensions: events from the visits cube, step pageviews from the pages cube, step events
+    from the event-names cube (each a few rows per day)."""
+    params = {**_step_params(project_id, steps), "days": list(days), "grain": grain_id(frozenset())}
+    result = await connection.execute(
+        text(
+            "SELECT (SELECT coalesce(sum(events), 0) FROM query_rollup_visits"
+            " WHERE project_id = :project_id AND grain = :grain AND day = ANY(CAST(:days AS date[]))),"
+            " (SELECT coalesce(sum(pageviews), 0) FROM query_rollup_pages"
+            " WHERE project_id = :project_id AND grain = :grain AND day = ANY(CAST(:days AS date[]))"
+            " AND page = ANY(CAST(:step_pages AS text[]))),"
+            " (SELECT coalesce(sum(events), 0) FROM query_rollup_event_names"
+            " WHERE project_id = :project_id AND grain = :grain AND day = ANY(CAST(:days AS date[]))"
+            " AND event_name = ANY(CAST(:step_events AS text[])))"
+        ),
+        params,
+    )
+    events, step_pageviews, step_custom_events = result.one()
+    return FunnelVolume(int(events), int(step_pageviews) + int(step_custom_events))
+
+
+async def funnel_volume_from_sample(
+    connection: AsyncConnection,
+    project_id: int,
+    start: datetime,
+    end: datetime,
+    steps: Sequence[FunnelStepMatch],
+    sample_rate: int,
+) -> FunnelVolume:
+    """The volume of [start, end) estimated from the visitor sample of this rate, scaled up by it
+    (for days the rollups do not hold yet): one index-only pass over the sample's rows there."""
+    sample = _SAMPLE_CONDITIONS[sample_rate]
+    result = await connection.execute(
+        text(
+            "SELECT count(*), count(*) FILTER (WHERE (name = 'pageview' AND path = ANY(CAST(:step_pages AS text[])))"
+            " OR name = ANY(CAST(:step_events AS text[]))) FROM events"
+            f" WHERE project_id = :project_id AND occurred_at >= :start AND occurred_at < :end AND {sample}"
+        ),
+        {**_step_params(project_id, steps), "start": start, "end": end},
+    )
+    events, step_events = result.one()
+    return FunnelVolume(int(events) * sample_rate, int(step_events) * sample_rate)
 
 
 @dataclass(frozen=True)

@@ -136,22 +136,60 @@ class FunnelSpec(DateRangeFields, forbid_unknown_fields=True, kw_only=True):
             description="All steps must happen within this long after the visitor's first step-1 event in range.",
         ),
     ] = 60 * 24
+    sampling: Annotated[
+        Literal["auto", "exact"],
+        msgspec.Meta(
+            description="'auto': follow every visitor when the range is small enough to answer quickly, else a "
+            "stable sample of the visitors (1/8 down to 1/512, by a hash of the visitor id) scaled up, stated in "
+            "`meta` with a 95% interval per step. 'exact': every visitor, whatever the range holds; a large "
+            "range may then exceed the statement timeout (503 'query_timeout')."
+        ),
+    ] = "auto"
 
 
-class FunnelStepResult(msgspec.Struct):
+class FunnelStepResult(msgspec.Struct, omit_defaults=True):
     step: int
     type: str
     value: str
-    visitors: int
+    visitors: Annotated[
+        int, msgspec.Meta(description="Visitors who reached this step; when sampled, the sample's count times 1/rate.")
+    ]
     conversion_rate: Annotated[float, msgspec.Meta(description="Percent of step-1 visitors who reached this step.")]
     drop_off: Annotated[int, msgspec.Meta(description="Visitors of the previous step who did not reach this one.")]
     drop_off_rate: Annotated[float, msgspec.Meta(description="drop_off as a percent of the previous step.")]
+    visitors_low: Annotated[
+        int | None, msgspec.Meta(description="When sampled: the 95% interval of visitors (binomial, Wilson score).")
+    ] = None
+    visitors_high: int | None = None
+    conversion_rate_low: Annotated[
+        float | None,
+        msgspec.Meta(description="When sampled: the 95% interval of conversion_rate (Wilson score, among the sample)."),
+    ] = None
+    conversion_rate_high: float | None = None
+
+
+class FunnelMeta(msgspec.Struct):
+    source: Annotated[
+        Literal["events", "sample"],
+        msgspec.Meta(
+            description="'events': every visitor's events (exact); 'sample': the events of a fixed share of the "
+            "visitors (those whose hashed id falls in it, the same visitors on every call), scaled up."
+        ),
+    ]
+    sampled: bool
+    sampling_rate: Annotated[
+        float, msgspec.Meta(description="The share of visitors followed: 1, or a power of two from 1/8 to 1/512.")
+    ]
+    sampled_visitors: Annotated[
+        int, msgspec.Meta(description="Step-1 visitors in the sample (all of them when not sampled).")
+    ]
 
 
 class FunnelResponse(msgspec.Struct):
     date_range: DateRange
     window_minutes: int
     steps: list[FunnelStepResult]
+    meta: FunnelMeta
 
 
 class RetentionSpec(DateRangeFields, forbid_unknown_fields=True, kw_only=True):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import uuid
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
@@ -10,10 +11,10 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Literal
 from zoneinfo import ZoneInfo
 
-from litestar.status_codes import HTTP_422_UNPROCESSABLE_ENTITY
+from litestar.status_codes import HTTP_422_UNPROCESSABLE_ENTITY, HTTP_503_SERVICE_UNAVAILABLE
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from services.common.errors import ApiError
+from services.common.errors import DATABASE_RETRY_AFTER_S, ApiError, is_statement_timeout
 from services.common.project_repository import ProjectRecord
 from services.common.ttl_cache import SharedTtlCache
 from services.query import goal_repository, planner, repository
@@ -27,6 +28,7 @@ from services.query.schemas import (
     DateRange,
     DateRangeFields,
     Filter,
+    FunnelMeta,
     FunnelResponse,
     FunnelSpec,
     FunnelStepResult,
@@ -138,6 +140,30 @@ def _percent(part: int, whole: int) -> float:
     return round(100.0 * part / whole, 2) if whole else 0.0
 
 
+# The normal quantile of the funnel's stated 95% intervals.
+_Z95 = 1.959964
+
+
+def visitors_interval(sampled: int, rate: int) -> tuple[int, int]:
+    """95% interval of N, the visitors who reached a step, when each is in the sample with
+    probability p = 1/rate and `sampled` of them were (binomial, Wilson score: the N with
+    (sampled - N p)^2 <= z^2 N p (1 - p)). Holds an upper bound when none were sampled."""
+    p = 1 / rate
+    b = 2 * sampled * p + _Z95**2 * p * (1 - p)
+    root = math.sqrt(max(0.0, b * b - 4 * p * p * sampled * sampled))
+    return math.floor((b - root) / (2 * p * p)), math.ceil((b + root) / (2 * p * p))
+
+
+def rate_interval(part: int, whole: int) -> tuple[float, float]:
+    """95% Wilson score interval, in percent, of a share measured as part of whole sampled visitors."""
+    if not whole:
+        return 0.0, 100.0
+    z2 = _Z95**2
+    centre = (part + z2 / 2) / (whole + z2)
+    half = _Z95 / (whole + z2) * math.sqrt(part * (whole - part) / whole + z2 / 4)
+    return round(max(0.0, 100 * (centre - half)), 2), round(min(100.0, 100 * (centre + half)), 2)
+
+
 def _meta(timezone: str, approximate_visitors: bool, from_rollups: bool) -> QueryMeta:
     return QueryMeta(
         timezone=timezone,
@@ -236,14 +262,45 @@ class QueryService:
             if "\x00" in step.value:
                 raise invalid(_NUL_MESSAGE, f"steps[{index}].value")
         current = resolve_range(spec, project.timezone, now)
-        await repository.configure_transaction(connection)
         matches = [FunnelStepMatch(step.type, step.value) for step in spec.steps]
-        counts = await repository.funnel(
-            connection, project.project_id, current.start, current.end, matches, spec.window_minutes * 60
-        )
+        rate = 1
+        try:
+            await repository.configure_transaction(connection)
+            if spec.sampling == "auto":
+                volume = await planner.funnel_volume(
+                    connection, project.project_id, current, project.timezone, matches, self.settings
+                )
+                rate = planner.funnel_sample_rate(volume, self.settings)
+            sampled = await repository.funnel(
+                connection,
+                project.project_id,
+                current.start,
+                current.end,
+                matches,
+                spec.window_minutes * 60,
+                sample_rate=rate,
+            )
+        except Exception as exc:
+            if spec.sampling == "exact" and is_statement_timeout(exc):
+                raise ApiError(
+                    HTTP_503_SERVICE_UNAVAILABLE,
+                    "query_timeout",
+                    "The exact funnel took longer than the statement timeout allows over this range; ask with "
+                    "sampling 'auto' (a visitor sample, with its error stated), or narrow the date range.",
+                    field="sampling",
+                    headers={"Retry-After": str(DATABASE_RETRY_AFTER_S)},
+                ) from exc
+            raise
+        counts = [count * rate for count in sampled]
         steps: list[FunnelStepResult] = []
         for index, (step, visitors) in enumerate(zip(spec.steps, counts, strict=True)):
             previous = counts[index - 1] if index else visitors
+            low = high = rate_low = rate_high = None
+            if rate > 1:
+                low, high = visitors_interval(sampled[index], rate)
+                # Step 1's rate is its own definition (100 %, or 0 when nobody started): no error.
+                first = _percent(visitors, counts[0])
+                rate_low, rate_high = rate_interval(sampled[index], sampled[0]) if index else (first, first)
             steps.append(
                 FunnelStepResult(
                     step=index + 1,
@@ -253,10 +310,22 @@ class QueryService:
                     conversion_rate=_percent(visitors, counts[0]),
                     drop_off=previous - visitors,
                     drop_off_rate=_percent(previous - visitors, previous),
+                    visitors_low=low,
+                    visitors_high=high,
+                    conversion_rate_low=rate_low,
+                    conversion_rate_high=rate_high,
                 )
             )
         return FunnelResponse(
-            date_range=DateRange(current.date_from, current.date_to), window_minutes=spec.window_minutes, steps=steps
+            date_range=DateRange(current.date_from, current.date_to),
+            window_minutes=spec.window_minutes,
+            steps=steps,
+            meta=FunnelMeta(
+                source="sample" if rate > 1 else "events",
+                sampled=rate > 1,
+                sampling_rate=1 / rate,
+                sampled_visitors=sampled[0],
+            ),
         )
 
     async def retention(

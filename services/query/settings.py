@@ -30,6 +30,14 @@ class QuerySettings:
     # The realtime count reads the last 5 minutes of events (at the seed load, ~0.5 s of Postgres
     # CPU); every open dashboard polls it, so one answer per project is kept this long per worker.
     realtime_cache_s: float = setting("REALTIME_CACHE_S", 5.0)
+    # A funnel with `sampling: "auto"` (POST /v1/funnel) follows every visitor when the range holds
+    # at most this many non-bot events (the exact read scans them all, about 1 µs each); else it
+    # follows a visitor sample (1/8, 1/16, ... 1/512, migration 0780): the least sampling whose
+    # share of the step events is at most funnel_sample_max_step_events (the sampled read visits
+    # those alone). At 10M events the bench's funnels read 15-20k sampled step events (1/256):
+    # 36-49 ms p50 (docs/benchmarks.md, "Funnels from a visitor sample").
+    funnel_exact_max_events: int = setting("FUNNEL_EXACT_MAX_EVENTS", 100_000)
+    funnel_sample_max_step_events: int = setting("FUNNEL_SAMPLE_MAX_STEP_EVENTS", 25_000)
     # Where the dashboard page links for session recordings: the replay service's base URL as
     # the browser reaches it (SIGHTLINE_QUERY_REPLAY_URL; default 127.0.0.1 on the replay port).
     replay_url: str = "http://127.0.0.1:8003"

@@ -15,21 +15,26 @@ from __future__ import annotations
 
 import re
 from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import msgspec
 import pytest
+from litestar.testing import AsyncTestClient
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.ingest import repository as ingest_repository
+from services.query.app import create_app as create_query_app
+from services.query.settings import QuerySettings
 from services.query.tasks import rebuild_changed_days
-from tests.conftest import Services, serve_all_three
+from tests.conftest import NO_RATE_LIMIT, Services, serve_all_three
 from tests.harness import TEST_CITUS_SHARD_COUNT, DatabaseHarness
 from tests.ingest.conftest import JSON, json_body, pageview
+from tests.query.conftest import Event, insert_events
 from tests.rows import event_row
 
 # Statements (by a fragment of their text) allowed to run on every shard, and why.
@@ -63,6 +68,13 @@ class Recorded:
 @pytest.fixture
 def recorded() -> Iterator[Recorded]:
     """Every statement sent through SQLAlchemy while the test runs, with its parameters."""
+    with recording() as seen:
+        yield seen
+
+
+@contextmanager
+def recording() -> Iterator[Recorded]:
+    """Every statement sent through SQLAlchemy inside the block, with its parameters."""
     seen = Recorded([])
 
     def record(connection: Any, cursor: Any, statement: str, parameters: Any, context: Any, executemany: bool) -> None:
@@ -181,6 +193,48 @@ async def test_every_request_statement_is_routed_to_one_shard(
     assert await task_counts(admin_engine, "SELECT count(*) FROM events", ()) >= [TEST_CITUS_SHARD_COUNT]
     fanned_out = []
     for statement, parameters in statements:
+        counts = await task_counts(admin_engine, statement, parameters)
+        if any(count > 1 for count in counts) and fan_out_reason(statement) is None:
+            fanned_out.append((counts, " ".join(statement.split())[:300]))
+    assert fanned_out == []
+
+
+async def test_funnel_sampling_statements_are_routed_to_one_shard(
+    db: DatabaseHarness, project: dict[str, Any], engine: AsyncEngine, admin_engine: AsyncEngine
+) -> None:
+    """A funnel's volume estimates (rollups; the 1/64 sample for days not rolled up) and its sampled
+    reads (1/8, 1/512) run on the project's shard, like the exact one."""
+    secret = {"Authorization": f"Bearer {project['secretKey']}"}
+    day = datetime.now(UTC) - timedelta(days=1)
+    await insert_events(
+        engine,
+        int(project["id"]),
+        [Event(f"v{n}", f"s{n}", day + timedelta(minutes=n), path) for n in range(200) for path in ("/", "/pricing")],
+    )
+    funnel = {"period": "7d", "steps": [{"type": "page", "value": "/"}, {"type": "page", "value": "/pricing"}]}
+    every = QuerySettings(rollup_interval_s=0, funnel_exact_max_events=0)
+    sparsest = QuerySettings(rollup_interval_s=0, funnel_exact_max_events=0, funnel_sample_max_step_events=0)
+    sources = []
+    with recording() as recorded:
+        for settings in (every, sparsest):
+            app = create_query_app(db.database, query_settings=settings, rate_limit=NO_RATE_LIMIT)
+            async with AsyncTestClient(app) as client:
+                # No rollups yet: the volume is estimated from the 1/64 sample.
+                response = await client.post("/v1/funnel", json=funnel, headers=secret)
+                assert response.status_code == 200, response.text
+                if settings is every:
+                    assert await rebuild_changed_days(db.database, int(project["id"])) >= 1
+                response = await client.post("/v1/funnel", json=funnel, headers=secret)
+                assert response.status_code == 200, response.text
+                sources.append(response.json()["meta"]["sampling_rate"])
+                exact = await client.post("/v1/funnel", json={**funnel, "sampling": "exact"}, headers=secret)
+                assert exact.status_code == 200, exact.text
+    assert sources == [1 / 8, 1 / 512]
+    statements = [statement for statement, _ in recorded.statements]
+    assert any("(hashtext(distinct_id) & 511) = ANY('{0}'::int[])" in statement for statement in statements)
+    assert any("query_rollup_event_names" in statement for statement in statements)
+    fanned_out = []
+    for statement, parameters in recorded.statements:
         counts = await task_counts(admin_engine, statement, parameters)
         if any(count > 1 for count in counts) and fan_out_reason(statement) is None:
             fanned_out.append((counts, " ".join(statement.split())[:300]))

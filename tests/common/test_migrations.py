@@ -128,6 +128,45 @@ def test_the_person_index_covers_partitions_made_before_and_after_it(scratch_dat
     ]
 
 
+def test_the_funnel_sample_index_covers_partitions_made_before_and_after_it(
+    scratch_database: AdminDatabaseSettings,
+) -> None:
+    """0780 builds each existing partition's sample index concurrently and attaches it; a later
+    partition gets its own from the parent."""
+    config = admin.alembic_config(scratch_database.url)
+    command.upgrade(config, "0750")
+
+    async def add_partitions(first: date, last: date) -> None:
+        engine = create_admin_engine(scratch_database)
+        try:
+            async with engine.begin() as connection:
+                await partition_repository.ensure_event_partitions(connection, first, last)
+        finally:
+            await engine.dispose()
+
+    asyncio.run(add_partitions(date(2026, 1, 1), date(2026, 1, 1)))
+    command.upgrade(config, "head")
+    asyncio.run(add_partitions(date(2026, 1, 2), date(2026, 1, 2)))
+
+    def sample_indexes(connection: Connection) -> list[tuple[str, bool]]:
+        rows = connection.execute(
+            text(
+                "SELECT t.relname, x.indisvalid FROM pg_index x"
+                " JOIN pg_class i ON i.oid = x.indexrelid JOIN pg_class t ON t.oid = x.indrelid"
+                " WHERE t.relname LIKE 'events%' AND pg_get_indexdef(x.indexrelid) LIKE"
+                " '%WHERE ((NOT is_bot) AND ((hashtext(distinct_id) & 7) = 0))' ORDER BY 1"
+            )
+        )
+        return [(row[0], row[1]) for row in rows]
+
+    assert _with_connection(scratch_database, sample_indexes) == [
+        ("events", True),
+        ("events_default", True),
+        ("events_p20260101", True),
+        ("events_p20260102", True),
+    ]
+
+
 def test_every_key_includes_project_id(scratch_database: AdminDatabaseSettings) -> None:
     """Ready for Citus: distributed tables' primary and unique keys all include project_id."""
     command.upgrade(admin.alembic_config(scratch_database.url), "head")

@@ -3,8 +3,8 @@
 Runs the ingest writer's own statement (services/ingest/repository.py) on one direct connection,
 batch after batch, and reads that backend's CPU time from /proc and the WAL it wrote, per 8-event
 request: with everything on, without client uuids (no ingested_events row), with the sessions
-trigger disabled, then also without the trigram index on URLs and the distinct_id index. What
-each step saves is that object's cost.
+trigger disabled, then also without the trigram index on URLs, the distinct_id index and the
+funnel sample index. What each step saves is that object's cost.
 
 It changes the schema while it runs (ALTER TABLE ... DISABLE TRIGGER, DROP INDEX) and puts it
 back at the end, so it refuses any database but a throwaway one whose name ends in `_scratch`,
@@ -65,9 +65,16 @@ VARIANTS = (
         before=("DROP INDEX ix_events_project_id_distinct_id",),
     ),
     Variant(
+        "  and the funnel sample index (0780, 1/8 of the visitors) dropped",
+        uuids=True,
+        before=("DROP INDEX ix_events_funnel_sample",),
+    ),
+    Variant(
         "everything on again",
         uuids=True,
         before=(
+            "CREATE INDEX ix_events_funnel_sample ON events (project_id, name, path, (hashtext(distinct_id) & 511),"
+            " occurred_at) INCLUDE (distinct_id) WHERE NOT is_bot AND (hashtext(distinct_id) & 7) = 0",
             "CREATE INDEX ix_events_project_id_distinct_id ON events (project_id, distinct_id)",
             "CREATE INDEX ix_events_url_trgm ON events USING gin (lower(url) gin_trgm_ops)",
             "ALTER TABLE events ENABLE TRIGGER query_sessions_after_insert",

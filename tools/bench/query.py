@@ -33,7 +33,7 @@ from services.common.db import create_admin_engine
 from services.common.partition_repository import ensure_event_partitions
 from services.common.settings import AdminDatabaseSettings, DatabaseSettings, ServerSettings, StackSettings
 from services.query import planner, repository, rollup_repository, service
-from services.query.schemas import QuerySpec
+from services.query.schemas import DateRangeFields, QuerySpec
 from services.query.settings import QuerySettings
 from services.query.tasks import refresh_until_current, rollup_engine
 from services.query.vocabulary import DIMENSIONS, Metric
@@ -281,9 +281,9 @@ async def load_project(
                 },
             )
             loaded += result.rowcount
-        # A fresh connection per day: on one long-lived connection the second day's insert ran for
-        # over 8 minutes inside the query_sessions trigger (the first took 14 s; with a new
-        # connection per day each takes about 25 s), measured 2026-11-30 on 0750.
+        # A new connection for the next day: the sessions trigger's statements are planned once per
+        # connection (PL/pgSQL caches them), and a plan made while query_sessions was empty scanned
+        # the project's sessions once per new session the next day (seen: day 2 of 10M, >10 min).
         await engine.dispose()
         elapsed = time.monotonic() - started
         log(f"  {label}: day {offset + 1}/{DAYS} ({day}) {loaded:,} events, {loaded / elapsed:,.0f} events/s")
@@ -474,6 +474,67 @@ async def explain(admin_settings: AdminDatabaseSettings, project: dict[str, Any]
             log("\n".join(lines))
 
 
+async def funnel_errors(admin_settings: AdminDatabaseSettings, project: dict[str, Any]) -> list[dict[str, Any]]:
+    """The bench funnels (3 and 8 page steps, both periods) exactly, with no statement timeout, beside
+    the same funnel from each visitor sample scaled up (what auto sampling would answer from it),
+    with its stated 95% interval per step and whether the exact count lies inside it."""
+    rows: list[dict[str, Any]] = []
+    now = datetime.now(UTC)
+    async with admin_engine(admin_settings) as engine:
+        for period in ("30d", "12mo"):
+            span = service.resolve_range(msgspec.convert({"period": period}, DateRangeFields), TIMEZONE, now)
+            for steps in (3, 8):
+                matches = [repository.FunnelStepMatch("page", value) for value in FUNNEL_STEPS[:steps]]
+                answers: dict[int, tuple[list[int], float]] = {}
+                for rate in (1, *repository.SAMPLE_RATES):
+                    async with engine.begin() as connection:
+                        await connection.execute(text("SET LOCAL statement_timeout = '900s'"))
+                        await repository.configure_transaction(connection)
+                        started = time.perf_counter()
+                        counts = await repository.funnel(
+                            connection, int(project["id"]), span.start, span.end, matches, 3600, sample_rate=rate
+                        )
+                        answers[rate] = (counts, (time.perf_counter() - started) * 1000)
+                exact, exact_ms = answers[1]
+                log(f"  funnel {steps} steps ({period}): exact {exact} in {exact_ms:.0f} ms")
+                for rate in repository.SAMPLE_RATES:
+                    sampled, sampled_ms = answers[rate]
+                    for index, (truth, count) in enumerate(zip(exact, sampled, strict=True)):
+                        low, high = service.visitors_interval(count, rate)  # as the API states it
+                        rows.append(
+                            {
+                                "funnel": f"{steps} steps ({period})",
+                                "rate": f"1/{rate}",
+                                "step": index + 1,
+                                "exact": truth,
+                                "estimate": count * rate,
+                                "error_percent": 100 * (count * rate - truth) / truth if truth else 0.0,
+                                "low": low,
+                                "high": high,
+                                "inside": low <= truth <= high,
+                                "exact_ms": exact_ms,
+                                "sampled_ms": sampled_ms,
+                            }
+                        )
+    return rows
+
+
+def funnel_error_markdown(rows: list[dict[str, Any]]) -> str:
+    lines = [
+        "| funnel | sample | step | exact | estimate | error % | 95% interval | inside | exact ms | sampled ms |",
+        "| --- | --- | ---: | ---: | ---: | ---: | --- | --- | ---: | ---: |",
+    ]
+    lines += [
+        f"| {r['funnel']} | {r['rate']} | {r['step']} | {r['exact']:,} | {r['estimate']:,} | {r['error_percent']:+.2f}"
+        f" | {r['low']:,}-{r['high']:,} | {'yes' if r['inside'] else 'NO'}"
+        f" | {r['exact_ms']:.0f} | {r['sampled_ms']:.0f} |"
+        for r in rows
+    ]
+    outside = sum(1 for r in rows if not r["inside"])
+    lines.append(f"exact counts outside the stated 95% interval: {outside} of {len(rows)}")
+    return "\n".join(lines)
+
+
 async def count_events(admin_settings: AdminDatabaseSettings, project_id: int) -> tuple[int, int]:
     async with admin_engine(admin_settings) as engine, engine.connect() as connection:
         result = await connection.execute(
@@ -509,9 +570,19 @@ async def main(arguments: argparse.Namespace) -> None:
     if arguments.explain:
         await explain(admin_settings, project, arguments.explain)
         return
+    if arguments.funnel_errors:
+        log("funnels exactly (no statement timeout) and from each visitor sample ...")
+        load_before = os.getloadavg()
+        rows = await funnel_errors(admin_settings, project)
+        log(funnel_error_markdown(rows))
+        log(f"load average (1, 5, 15 min) before {load_before}, after {os.getloadavg()}")
+        return
     own, total = await count_events(admin_settings, int(project["id"]))
     log(f"events: {own:,} in project {project['id']}, {total:,} in all projects")
-    await build_rollups(database)
+    if arguments.no_build:
+        log("not building the rollups (--no-build): timing what they hold now")
+    else:
+        await build_rollups(database)
     server = ServerSettings.from_env("query")
     base_url = f"http://{server.host}:{server.port}"
     log(f"timing {base_url}/v1/query, {arguments.runs} runs per call after one warm-up ...")
@@ -570,6 +641,17 @@ def cli() -> None:
         "--compare-daily",
         action="store_true",
         help="then time top pages again with the weekly page rows hidden (daily rows only)",
+    )
+    parser.add_argument(
+        "--funnel-errors",
+        action="store_true",
+        help="only compare the bench funnels exactly (no timeout, direct) with each visitor sample's estimate",
+    )
+    parser.add_argument(
+        "--no-build",
+        action="store_true",
+        help="do not build the rollups or wait for them (time what they hold now; a shape whose rollup is not"
+        " current reads events)",
     )
     parser.add_argument("--shapes", action="store_true", help="then time every shape the API accepts")
     parser.add_argument("--shape-runs", type=int, default=5, help="timed runs per shape")

@@ -551,18 +551,28 @@ async function drawFunnel(topPages) {
   skeleton(target, 3);
   try {
     const response = await post('/v1/funnel', { steps });
+    // A big range is answered from a visitor sample, scaled up: every figure is then an estimate.
+    const sampled = response.meta.sampled;
+    const approx = sampled ? '\u2248' : '';
     const rows = response.steps.map((step, index) => {
       const reached = step.visitors > 0;
+      const interval = sampled
+        ? `95 % interval: ${formatValue('visitors', step.visitors_low)} to ${formatValue('visitors', step.visitors_high)} visitors`
+        : undefined;
       return element(
         'tr',
         {},
         element('td', { className: 'url' }, `${step.step}. ${step.value}`),
-        element('td', { className: 'number' }, formatValue('visitors', step.visitors)),
+        element('td', { className: 'number', title: interval, 'data-funnel-visitors': String(step.step) }, `${approx}${formatValue('visitors', step.visitors)}`),
         // A step nobody reached has no conversion to speak of.
-        element('td', { className: 'number' }, reached ? `${step.conversion_rate.toFixed(1)} %` : '-'),
-        element('td', { className: 'number' }, index === 0 ? '-' : formatValue('visitors', step.drop_off)),
+        element('td', { className: 'number' }, reached ? `${index === 0 ? '' : approx}${step.conversion_rate.toFixed(1)} %` : '-'),
+        element('td', { className: 'number' }, index === 0 ? '-' : `${approx}${formatValue('visitors', step.drop_off)}`),
       );
     });
+    const rate = Math.round(1 / response.meta.sampling_rate);
+    const note = sampled
+      ? `\u2248 Estimated from a sample of 1 in ${rate} visitors (${formatValue('visitors', response.meta.sampled_visitors)} followed), scaled up; hover a count for its 95 % interval. All traffic in the period (filters do not apply).`
+      : 'Funnel visitors are exact counts over raw events, of all traffic in the period (filters do not apply).';
     target.replaceChildren(
       element(
         'table',
@@ -581,11 +591,7 @@ async function drawFunnel(topPages) {
         ),
         element('tbody', {}, ...rows),
       ),
-      element(
-        'p',
-        { className: 'status note' },
-        'Funnel visitors are exact counts over raw events, of all traffic in the period (filters do not apply).',
-      ),
+      element('p', { className: 'status note', id: 'funnel-note' }, note),
     );
   } catch (error) {
     if (error instanceof Unauthorised) throw error;

@@ -4,7 +4,7 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, Boolean, DateTime, Index, Text, Uuid, func
+from sqlalchemy import BigInteger, Boolean, DateTime, Index, Text, Uuid, func, text
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -63,6 +63,18 @@ class Event(Base):
             func.lower(url),
             postgresql_using="gin",
             postgresql_ops={"lower_1": "gin_trgm_ops"},
+        ),
+        # Funnels' visitor sample: the non-bot events of 1/8 of the visitors, keyed for index-only
+        # reads per step (migration 0780; services/query/repository.py `funnel`).
+        Index(
+            "ix_events_funnel_sample",
+            "project_id",
+            "name",
+            "path",
+            text("(hashtext(distinct_id) & 511)"),
+            "occurred_at",
+            postgresql_include=["distinct_id"],
+            postgresql_where=text("NOT is_bot AND (hashtext(distinct_id) & 7) = 0"),
         ),
         {"postgresql_partition_by": "RANGE (occurred_at)"},
     )
