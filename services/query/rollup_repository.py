@@ -902,8 +902,8 @@ async def rebuild_retention_week(connection: AsyncConnection, *, project_id: int
     """Replace the week's retention rows; False if another process holds the week's lock (a
     builder, or a purge).
 
-    The project's timezone is read in the statement, not passed in: a timezone change takes the
-    week's lock (``lock_days``), so a build after it sees the new zone.
+    The project's timezone is read here under the week's lock, not passed in: a timezone change
+    takes the week's lock (``lock_days``), so a build after it sees the new zone.
     """
     locked = await connection.execute(
         text("SELECT pg_try_advisory_xact_lock(:namespace, hashtext(:key))"),
@@ -911,7 +911,7 @@ async def rebuild_retention_week(connection: AsyncConnection, *, project_id: int
     )
     if not locked.scalar_one():
         return False
-    params = {"project_id": project_id, "week": week}
+    params: dict[str, object] = {"project_id": project_id, "week": week}
     await connection.execute(
         text(
             "DELETE FROM query_rollup_retention WHERE project_id = :project_id"
@@ -931,6 +931,12 @@ async def rebuild_retention_week(connection: AsyncConnection, *, project_id: int
         ),
         params,
     )
+    # Read under the week's lock (a timezone change takes it), in a statement of its own: a
+    # join to the projects reference table made Citus send the rows' statement to every shard.
+    zone = await connection.execute(
+        text("SELECT timezone FROM projects WHERE project_id = :project_id"), {"project_id": project_id}
+    )
+    params["timezone"] = zone.scalar_one()
     # The week's bounds are its local midnights by the same conversion as the days (AT TIME
     # ZONE). Each active visitor's first session ever is one key lookup per visitor
     # ((project_id, distinct_id) index): it starts no later than their session in the week, so
@@ -940,16 +946,15 @@ async def rebuild_retention_week(connection: AsyncConnection, *, project_id: int
     await connection.execute(
         text(
             "INSERT INTO query_rollup_retention (project_id, active_day, first_day, visitors)"
-            " SELECT a.project_id, (a.active_at AT TIME ZONE a.timezone)::date,"
-            " (a.first_at AT TIME ZONE a.timezone)::date, count(*)"
-            " FROM (SELECT s.project_id, z.timezone, s.distinct_id, min(s.started_at) AS active_at,"
+            " SELECT a.project_id, (a.active_at AT TIME ZONE :timezone)::date,"
+            " (a.first_at AT TIME ZONE :timezone)::date, count(*)"
+            " FROM (SELECT s.project_id, s.distinct_id, min(s.started_at) AS active_at,"
             " (SELECT min(f.started_at) FROM query_sessions f WHERE f.project_id = s.project_id"
             " AND f.project_id = :project_id AND f.distinct_id = s.distinct_id) AS first_at"
-            " FROM query_sessions s JOIN projects z ON z.project_id = s.project_id"
-            " WHERE s.project_id = :project_id"
-            " AND s.started_at >= CAST(:week AS date)::timestamp AT TIME ZONE z.timezone"
-            " AND s.started_at < (CAST(:week AS date) + 7)::timestamp AT TIME ZONE z.timezone"
-            " GROUP BY s.project_id, z.timezone, s.distinct_id) a"
+            " FROM query_sessions s WHERE s.project_id = :project_id"
+            " AND s.started_at >= CAST(:week AS date)::timestamp AT TIME ZONE :timezone"
+            " AND s.started_at < (CAST(:week AS date) + 7)::timestamp AT TIME ZONE :timezone"
+            " GROUP BY s.project_id, s.distinct_id) a"
             " GROUP BY a.project_id, 2, 3"
         ),
         params,
