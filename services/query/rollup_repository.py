@@ -512,57 +512,60 @@ async def refresh_project(
         await _try_lock_days(connection, project_id, merged | unbuilt)
         params["skip"] = sorted(unbuilt)
         params["sessions"] = sorted(new_event_sessions)
-        # Every statement reads and writes by key. Right after a burst the tables' statistics
-        # are stale: the planner could pick a scan per key (seen as a timeout in the suite,
-        # 6,000 events). Scans are priced out for these statements only (where no index serves,
-        # Postgres still scans).
-        await connection.execute(text("SELECT set_config('enable_seqscan', 'off', true)"))
-        # The sessions' new state read once; every cube merge reads it and the folded rows as
-        # they were (old), then the folded rows are replaced, last.
-        await connection.execute(text(_STAGE_SESSIONS), params)
-        for cube in _MERGED_CUBES:
-            await connection.execute(text(_merge_sql(cube)), params)
-        await connection.execute(text(_SESSION_DAYS_MERGE), params)
-        await connection.execute(text(_FOLDED_MERGE), params)
-        await connection.execute(
-            text("DELETE FROM query_rollup_sessions_staged WHERE project_id = :project_id"), params
-        )
-        await connection.execute(text("SELECT set_config('enable_seqscan', 'on', true)"))
-        touched = {"project_id": project_id, "days": sorted(merged)}
-        for cube in _MERGED_CUBES:
-            # A group whose sessions and events went back to none is not in a rebuild either.
+        if merged:
+            # Every new event and touched session lies on a merged or an unbuilt day: with none
+            # merged (a load into days never built) each statement below would write nothing.
+            # Every statement reads and writes by key. Right after a burst the tables' statistics
+            # are stale: the planner could pick a scan per key (seen as a timeout in the suite,
+            # 6,000 events). Scans are priced out for these statements only (where no index serves,
+            # Postgres still scans).
+            await connection.execute(text("SELECT set_config('enable_seqscan', 'off', true)"))
+            # The sessions' new state read once; every cube merge reads it and the folded rows as
+            # they were (old), then the folded rows are replaced, last.
+            await connection.execute(text(_STAGE_SESSIONS), params)
+            for cube in _MERGED_CUBES:
+                await connection.execute(text(_merge_sql(cube)), params)
+            await connection.execute(text(_SESSION_DAYS_MERGE), params)
+            await connection.execute(text(_FOLDED_MERGE), params)
             await connection.execute(
+                text("DELETE FROM query_rollup_sessions_staged WHERE project_id = :project_id"), params
+            )
+            await connection.execute(text("SELECT set_config('enable_seqscan', 'on', true)"))
+            touched = {"project_id": project_id, "days": sorted(merged)}
+            for cube in _MERGED_CUBES:
+                # A group whose sessions and events went back to none is not in a rebuild either.
+                await connection.execute(
+                    text(
+                        f"DELETE FROM {cube.table} WHERE project_id = :project_id"
+                        " AND day = ANY(CAST(:days AS date[])) AND sessions = 0 AND events = 0"
+                    ),
+                    touched,
+                )
+            # The days whose exit pages moved: the touched sessions' start days (their session rows)
+            # and the days they have events on (a long session spans days it has no event on).
+            with_events = await connection.execute(
                 text(
-                    f"DELETE FROM {cube.table} WHERE project_id = :project_id"
-                    " AND day = ANY(CAST(:days AS date[])) AND sessions = 0 AND events = 0"
+                    "SELECT DISTINCT day FROM query_rollup_session_days WHERE project_id = :project_id"
+                    " AND day = ANY(CAST(:days AS date[])) AND session_id = ANY(CAST(:sessions AS text[]))"
                 ),
-                touched,
+                {"project_id": project_id, "days": sorted(merged), "sessions": touched_sessions},
             )
-        # The days whose exit pages moved: the touched sessions' start days (their session rows)
-        # and the days they have events on (a long session spans days it has no event on).
-        with_events = await connection.execute(
-            text(
-                "SELECT DISTINCT day FROM query_rollup_session_days WHERE project_id = :project_id"
-                " AND day = ANY(CAST(:days AS date[])) AND session_id = ANY(CAST(:sessions AS text[]))"
-            ),
-            {"project_id": project_id, "days": sorted(merged), "sessions": touched_sessions},
-        )
-        exit_days = (start_days | set(with_events.scalars())) & merged
-        for day in sorted(exit_days):
-            await connection.execute(
-                text(f"DELETE FROM {EXIT_PAGES_CUBE.table} WHERE project_id = :project_id AND day = :day"),
-                {"project_id": project_id, "day": day},
-            )
-            await connection.execute(
-                text(_EXIT_ROWS),
-                {
-                    "project_id": project_id,
-                    "timezone": timezone,
-                    "day": day,
-                    "start": local_midnight(day, timezone),
-                    "end": local_midnight(day + timedelta(days=1), timezone),
-                },
-            )
+            exit_days = (start_days | set(with_events.scalars())) & merged
+            for day in sorted(exit_days):
+                await connection.execute(
+                    text(f"DELETE FROM {EXIT_PAGES_CUBE.table} WHERE project_id = :project_id AND day = :day"),
+                    {"project_id": project_id, "day": day},
+                )
+                await connection.execute(
+                    text(_EXIT_ROWS),
+                    {
+                        "project_id": project_id,
+                        "timezone": timezone,
+                        "day": day,
+                        "start": local_midnight(day, timezone),
+                        "end": local_midnight(day + timedelta(days=1), timezone),
+                    },
+                )
     else:
         await _try_lock_days(connection, project_id, unbuilt)
     rebuilt: list[date] = []
