@@ -17,7 +17,7 @@ nothing is created: the table is already distributed by project_id, co-located w
 The downgrade marks the days never built again, so the rebuild leaves the single grain only.
 
 Revision ID: 0770
-Revises: 0750
+Revises: 0760
 Create Date: 2026-11-30
 """
 
@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from alembic import op
 
 revision: str = "0770"
-down_revision: str | None = "0750"
+down_revision: str | None = "0760"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

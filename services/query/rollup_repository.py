@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from uuid import UUID
 
 from sqlalchemy import text
@@ -192,15 +192,30 @@ def _visits_of(alias: str) -> str:
     return ", ".join(f"{alias}.{name}" for name in VISIT_DIMENSIONS)
 
 
-# The new events (by key) and, for their sessions, the current session (`cur`, with the union
-# of folded and new pages, domains, event names) and the folded one (`old`).
-_NEW_EVENTS = (
-    "newev AS MATERIALIZED (SELECT e.occurred_at, e.name, e.distinct_id, e.session_id, e.path, e.domain,"
-    " (e.occurred_at AT TIME ZONE :timezone)::date AS day"
-    " FROM unnest(CAST(:occurred_at AS timestamptz[]), CAST(:event_uuid AS uuid[])) AS k(occurred_at, event_uuid)"
-    " JOIN events e ON e.project_id = :project_id AND e.occurred_at = k.occurred_at"
-    " AND e.event_uuid = k.event_uuid WHERE NOT e.is_bot)"
+# Every statement of a merge is a plain INSERT ... SELECT (or DELETE) with no CTE, reading each
+# table filtered by project_id = :project_id and selecting the target's project_id from a
+# source's project_id column: the shape Citus pushes down to the project's co-located shards as
+# one task. A CTE, or a constant project_id, makes it run the SELECT first and pull its rows
+# through the coordinator (tests/common/test_citus_routing.py reads the plans).
+#
+# The new events, each found by its key: the times are an index condition (and prune the
+# partitions); the key text filters exactly the pairs taken. A join to unnest() of the keys let
+# the planner hash the whole day's events against them (a cost in proportion to the day).
+_NEW_EVENTS_WHERE = (
+    "e.project_id = :project_id AND e.occurred_at = ANY(CAST(:occurred_at AS timestamptz[]))"
+    " AND (CAST(e.event_uuid AS text) || '@' || CAST(extract(epoch FROM e.occurred_at) * 1000000 AS bigint))"
+    " = ANY(CAST(:event_keys AS text[])) AND NOT e.is_bot"
 )
+_NEW_EVENTS = (
+    "(SELECT e.project_id, e.occurred_at, e.name, e.distinct_id, e.session_id, e.path, e.domain,"
+    f" (e.occurred_at AT TIME ZONE :timezone)::date AS day FROM events e WHERE {_NEW_EVENTS_WHERE})"
+)
+
+
+def event_key(occurred_at: datetime, event_uuid: UUID) -> str:
+    """A new event's key as _NEW_EVENTS_WHERE writes it: its uuid and its microseconds since 1970."""
+    micros = (occurred_at - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1)
+    return f"{event_uuid}@{micros}"
 
 
 def _union(column: str, new: str) -> str:
@@ -209,29 +224,35 @@ def _union(column: str, new: str) -> str:
     )
 
 
-_SESSION_CTES = (
-    f"{_NEW_EVENTS},"
-    " cur AS MATERIALIZED (SELECT q.session_id, (q.started_at AT TIME ZONE :timezone)::date AS day, q.started_at,"
-    " q.first_uuid, q.entry_uuid, q.ended_at, extract(epoch FROM q.ended_at - q.started_at)::float8 AS duration,"
-    f" q.pageviews::bigint AS pageviews, q.events::bigint AS events, q.entry_page, q.exit_page, {_visits_of('q')},"
-    f" {_union('pages', 'pages')} AS pages, {_union('domains', 'domains')} AS domains,"
-    f" {_union('event_names', 'names')} AS event_names"
-    " FROM (SELECT session_id, array_agg(DISTINCT path) AS pages, array_agg(DISTINCT domain) AS domains,"
-    " array_agg(DISTINCT name) AS names FROM newev GROUP BY session_id) n"
-    " JOIN query_sessions q ON q.project_id = :project_id AND q.session_id = n.session_id"
-    " LEFT JOIN query_rollup_sessions_folded f ON f.project_id = :project_id AND f.session_id = n.session_id),"
-    " old AS MATERIALIZED (SELECT f.session_id, f.day, f.started_at,"
-    " extract(epoch FROM f.ended_at - f.started_at)::float8 AS duration, f.pageviews, f.events, f.entry_page,"
-    f" {_visits_of('f')}, f.pages, f.domains, f.event_names FROM query_rollup_sessions_folded f"
-    " WHERE f.project_id = :project_id AND f.session_id IN (SELECT session_id FROM cur))"
+_FOLDED_COLUMNS = (
+    "session_id, day, started_at, first_uuid, entry_uuid, ended_at, pageviews, events, entry_page, exit_page, "
+    f"{_VISIT_COLUMNS}, pages, domains, event_names"
 )
+_FOLDED_UPDATE = ", ".join(f"{column.strip()} = excluded.{column.strip()}" for column in _FOLDED_COLUMNS.split(",")[1:])
 
 _SKIPPED = "<> ALL(CAST(:skip AS date[]))"
+
+# Step 3a: the touched sessions as they are now (query_sessions, with the union of the folded
+# and the new pages, domains, event names), read once into query_rollup_sessions_staged: the
+# cubes and the folded rows are written from it by separate statements (migration 0760).
+_STAGE_SESSIONS = (
+    f"INSERT INTO query_rollup_sessions_staged (project_id, {_FOLDED_COLUMNS})"
+    " SELECT q.project_id, q.session_id, (q.started_at AT TIME ZONE :timezone)::date, q.started_at, q.first_uuid,"
+    f" q.entry_uuid, q.ended_at, q.pageviews, q.events, q.entry_page, q.exit_page, {_visits_of('q')},"
+    f" {_union('pages', 'pages')}, {_union('domains', 'domains')}, {_union('event_names', 'names')}"
+    " FROM (SELECT e.project_id, e.session_id, array_agg(DISTINCT e.path) AS pages,"
+    " array_agg(DISTINCT e.domain) AS domains, array_agg(DISTINCT e.name) AS names"
+    f" FROM events e WHERE {_NEW_EVENTS_WHERE} GROUP BY e.project_id, e.session_id) n"
+    " JOIN query_sessions q ON q.project_id = n.project_id AND q.session_id = n.session_id"
+    " LEFT JOIN query_rollup_sessions_folded f ON f.project_id = n.project_id AND f.session_id = n.session_id"
+    " AND f.project_id = :project_id"
+    f" WHERE q.project_id = :project_id AND (q.started_at AT TIME ZONE :timezone)::date {_SKIPPED}"
+)
 
 
 @dataclass(frozen=True)
 class _Fixed:
-    """How a merged cube's fixed column is read: from a new event (`ne`, with its session `cur`)
+    """How a merged cube's fixed column is read: from a new event (`ne`, with its session `q`)
     and from a session row (`s`); `values` is the session's set it has a row per element of."""
 
     event: str
@@ -241,7 +262,7 @@ class _Fixed:
 
 _FIXED: dict[str, _Fixed] = {
     "page": _Fixed("ne.path", "v.value", "pages"),
-    "entry_page": _Fixed("cur.entry_page", "s.entry_page"),
+    "entry_page": _Fixed("q.entry_page", "s.entry_page"),
     "hour": _Fixed(
         "extract(hour FROM ne.occurred_at AT TIME ZONE :timezone)::smallint",
         "extract(hour FROM s.started_at AT TIME ZONE :timezone)::smallint",
@@ -252,9 +273,9 @@ _FIXED: dict[str, _Fixed] = {
 
 
 def _aggregate_sql(cube: Cube, rows: str) -> str:
-    """Cube rows (day, grain, fixed, visit columns, metrics) from `rows`: day, fixed (if any),
-    the visit columns, kind ('e' event row, 's' session row), distinct_id, pv, ev, sign,
-    m_duration, m_pageviews, m_events. Session rows' figures count with their sign."""
+    """Cube rows (project_id, day, grain, fixed, visit columns, metrics) from `rows`: project_id,
+    day, fixed (if any), the visit columns, kind ('e' event row, 's' session row), distinct_id,
+    pv, ev, sign, m_duration, m_pageviews, m_events. Session rows' figures count with their sign."""
     grains = cube.grains
     sets = ", ".join(
         "(" + ", ".join(f"u.{name}" for name in VISIT_DIMENSIONS if name in grain) + ")" for grain in grains
@@ -267,47 +288,52 @@ def _aggregate_sql(cube: Cube, rows: str) -> str:
         grain = "GROUPING(" + ", ".join(f"u.{name}" for name in VISIT_DIMENSIONS) + ")"
     fixed = [f"u.{column}" for column in cube.fixed]
     return (
-        f"SELECT u.day, {grain} AS grain, {''.join(f'{column}, ' for column in fixed)}{visit_columns},"
+        f"SELECT u.project_id, u.day, {grain} AS grain, {''.join(f'{column}, ' for column in fixed)}{visit_columns},"
         f" coalesce(hll_add_agg(hll_hash_text(u.distinct_id), {HLL_LOG2M}) FILTER (WHERE u.kind = 'e'),"
         f" hll_empty({HLL_LOG2M})) AS visitors,"
         " coalesce(sum(u.sign) FILTER (WHERE u.kind = 's'), 0) AS sessions,"
         " coalesce(sum(u.sign) FILTER (WHERE u.kind = 's' AND u.m_pageviews = 1 AND u.m_events = 1), 0) AS bounces,"
         " coalesce(sum(u.sign * u.m_duration), 0) AS duration_s, coalesce(sum(u.pv), 0) AS pageviews,"
         " coalesce(sum(u.ev), 0) AS events, coalesce(sum(u.sign * u.m_pageviews), 0) AS session_pageviews"
-        f" FROM ({rows}) u GROUP BY u.day, {''.join(f'{column}, ' for column in fixed)}GROUPING SETS ({sets})"
+        f" FROM ({rows}) u GROUP BY u.project_id, u.day, {''.join(f'{column}, ' for column in fixed)}"
+        f"GROUPING SETS ({sets})"
     )
 
 
 def _merge_sql(cube: Cube) -> str:
-    """Adds the new events' rows and the touched sessions' new rows, subtracts their old rows."""
+    """Adds the new events' rows and the touched sessions' new rows (staged), subtracts their old
+    (folded) rows."""
     fixed = _FIXED[cube.fixed[0]] if cube.fixed else None
-    fixed_name = f"{cube.fixed[0]}, " if cube.fixed else ""
     event_fixed = f"{fixed.event} AS {cube.fixed[0]}, " if fixed else ""
     session_fixed = f"{fixed.session} AS {cube.fixed[0]}, " if fixed else ""
     values = f" CROSS JOIN unnest(s.{fixed.values}) AS v(value)" if fixed and fixed.values else ""
     event_rows = (
-        f"SELECT ne.day, {event_fixed}{_visits_of('cur')}, 'e' AS kind, ne.distinct_id,"
+        f"SELECT ne.project_id, ne.day, {event_fixed}{_visits_of('q')}, 'e' AS kind, ne.distinct_id,"
         " count(*) FILTER (WHERE ne.name = 'pageview') AS pv, count(*) AS ev, 1 AS sign,"
         " NULL::float8 AS m_duration, NULL::bigint AS m_pageviews, NULL::bigint AS m_events"
-        # Each event's session looked up by key: `cur` is a CTE, whose size the planner cannot
-        # know, and a nested loop over two large CTEs is quadratic.
-        " FROM newev ne JOIN query_sessions cur ON cur.project_id = :project_id AND cur.session_id = ne.session_id"
-        f" WHERE ne.day {_SKIPPED}"
-        f" GROUP BY ne.day, {fixed.event + ', ' if fixed else ''}ne.session_id, ne.distinct_id, {_visits_of('cur')}"
+        f" FROM {_NEW_EVENTS} ne JOIN query_sessions q ON q.project_id = ne.project_id"
+        f" AND q.session_id = ne.session_id WHERE q.project_id = :project_id AND ne.day {_SKIPPED}"
+        f" GROUP BY ne.project_id, ne.day, {fixed.event + ', ' if fixed else ''}ne.session_id, ne.distinct_id,"
+        f" {_visits_of('q')}"
     )
 
-    def session_rows(source: str, sign: int) -> str:
+    def session_rows(table: str, sign: int) -> str:
         return (
-            f"SELECT s.day, {session_fixed}{_visits_of('s')}, 's' AS kind, NULL::text AS distinct_id, 0 AS pv,"
-            f" 0 AS ev, {sign} AS sign, s.duration AS m_duration, s.pageviews AS m_pageviews, s.events AS m_events"
-            f" FROM {source} s{values} WHERE s.day {_SKIPPED}"
+            f"SELECT s.project_id, s.day, {session_fixed}{_visits_of('s')}, 's' AS kind, NULL::text AS distinct_id,"
+            f" 0 AS pv, 0 AS ev, {sign} AS sign, extract(epoch FROM s.ended_at - s.started_at)::float8 AS m_duration,"
+            f" s.pageviews AS m_pageviews, s.events AS m_events FROM {table} s{values}"
+            " WHERE s.project_id = :project_id AND s.session_id = ANY(CAST(:sessions AS text[]))"
+            f" AND s.day {_SKIPPED}"
         )
 
-    rows = f"{event_rows} UNION ALL {session_rows('cur', 1)} UNION ALL {session_rows('old', -1)}"
+    rows = (
+        f"{event_rows} UNION ALL {session_rows('query_rollup_sessions_staged', 1)}"
+        f" UNION ALL {session_rows('query_rollup_sessions_folded', -1)}"
+    )
+    fixed_name = f"{cube.fixed[0]}, " if cube.fixed else ""
     key = f"project_id, day, grain, {fixed_name}{_VISIT_COLUMNS}"
     return (
-        f"INSERT INTO {cube.table} AS c ({key}, {CUBE_METRIC_COLUMNS})"
-        f" SELECT :project_id, merged.* FROM ({_aggregate_sql(cube, rows)}) merged"
+        f"INSERT INTO {cube.table} AS c ({key}, {CUBE_METRIC_COLUMNS}) {_aggregate_sql(cube, rows)}"
         f" ON CONFLICT ({key}) DO UPDATE SET visitors = hll_union(c.visitors, excluded.visitors),"
         " sessions = c.sessions + excluded.sessions, bounces = c.bounces + excluded.bounces,"
         " duration_s = c.duration_s + excluded.duration_s, pageviews = c.pageviews + excluded.pageviews,"
@@ -320,42 +346,40 @@ _MERGED_CUBES = tuple(cube for cube in CUBES if cube is not EXIT_PAGES_CUBE)
 _SESSION_DAYS_MERGE = (
     "INSERT INTO query_rollup_session_days AS d"
     " (project_id, day, session_id, distinct_id, pageviews, events)"
-    " SELECT :project_id, day, session_id, distinct_id, count(*) FILTER (WHERE name = 'pageview'), count(*)"
-    f" FROM newev WHERE day {_SKIPPED} GROUP BY day, session_id, distinct_id"
+    " SELECT ne.project_id, ne.day, ne.session_id, ne.distinct_id, count(*) FILTER (WHERE ne.name = 'pageview'),"
+    f" count(*) FROM {_NEW_EVENTS} ne WHERE ne.day {_SKIPPED}"
+    " GROUP BY ne.project_id, ne.day, ne.session_id, ne.distinct_id"
     " ON CONFLICT (project_id, day, session_id, distinct_id) DO UPDATE"
     " SET pageviews = d.pageviews + excluded.pageviews, events = d.events + excluded.events"
 )
 
-_FOLDED_COLUMNS = (
-    "session_id, day, started_at, first_uuid, entry_uuid, ended_at, pageviews, events, entry_page, exit_page, "
-    f"{_VISIT_COLUMNS}, pages, domains, event_names"
-)
-_FOLDED_UPDATE = ", ".join(f"{column.strip()} = excluded.{column.strip()}" for column in _FOLDED_COLUMNS.split(",")[1:])
 _FOLDED_MERGE = (
     f"INSERT INTO query_rollup_sessions_folded (project_id, {_FOLDED_COLUMNS})"
-    f" SELECT :project_id, {_FOLDED_COLUMNS} FROM cur WHERE day {_SKIPPED}"
+    f" SELECT project_id, {_FOLDED_COLUMNS} FROM query_rollup_sessions_staged WHERE project_id = :project_id"
     f" ON CONFLICT (project_id, session_id) DO UPDATE SET {_FOLDED_UPDATE}"
 )
 
 # One day's exit pages from its session days and the sessions overlapping it (as rebuild_day's
-# SQL computes them from the day's events).
-_EXIT_ROWS = (
-    "WITH sess AS MATERIALIZED (SELECT session_id, (started_at AT TIME ZONE :timezone)::date AS day,"
+# SQL computes them from the day's events). The sessions are read twice in one statement (one
+# snapshot): a CTE would be a subplan on Citus.
+_EXIT_SESSIONS = (
+    "(SELECT project_id, session_id, (started_at AT TIME ZONE :timezone)::date AS day,"
     " extract(epoch FROM ended_at - started_at)::float8 AS duration, pageviews::bigint AS pageviews,"
     f" events::bigint AS events, exit_page, {_VISIT_COLUMNS} FROM query_sessions"
     " WHERE project_id = :project_id AND ended_at >= :start AND started_at < :end)"
-    f" INSERT INTO {EXIT_PAGES_CUBE.table} (project_id, day, grain, exit_page, {_VISIT_COLUMNS}, {CUBE_METRIC_COLUMNS})"
-    " SELECT :project_id, computed.* FROM ("
+)
+_EXIT_ROWS = (
+    f"INSERT INTO {EXIT_PAGES_CUBE.table} (project_id, day, grain, exit_page, {_VISIT_COLUMNS}, {CUBE_METRIC_COLUMNS})"
     + _aggregate_sql(
         EXIT_PAGES_CUBE,
-        f"SELECT sd.day, s.exit_page, {_visits_of('s')}, 'e' AS kind, sd.distinct_id, sd.pageviews AS pv,"
-        " sd.events AS ev, 1 AS sign, NULL::float8 AS m_duration, NULL::bigint AS m_pageviews,"
-        " NULL::bigint AS m_events FROM query_rollup_session_days sd JOIN sess s USING (session_id)"
+        f"SELECT sd.project_id, sd.day, s.exit_page, {_visits_of('s')}, 'e' AS kind, sd.distinct_id,"
+        " sd.pageviews AS pv, sd.events AS ev, 1 AS sign, NULL::float8 AS m_duration, NULL::bigint AS m_pageviews,"
+        f" NULL::bigint AS m_events FROM query_rollup_session_days sd JOIN {_EXIT_SESSIONS} s"
+        " ON s.project_id = sd.project_id AND s.session_id = sd.session_id"
         " WHERE sd.project_id = :project_id AND sd.day = :day"
-        f" UNION ALL SELECT s.day, s.exit_page, {_visits_of('s')}, 's', NULL, 0, 0, 1, s.duration, s.pageviews,"
-        " s.events FROM sess s WHERE s.day = :day",
+        f" UNION ALL SELECT s.project_id, s.day, s.exit_page, {_visits_of('s')}, 's', NULL, 0, 0, 1, s.duration,"
+        f" s.pageviews, s.events FROM {_EXIT_SESSIONS} s WHERE s.day = :day",
     )
-    + ") computed"
 )
 
 
@@ -449,28 +473,30 @@ async def refresh_project(
         "project_id": project_id,
         "timezone": timezone,
         "occurred_at": occurred_at,
-        "event_uuid": event_uuid,
+        "event_keys": [event_key(at, uuid) for at, uuid in zip(occurred_at, event_uuid, strict=True)],
     }
     merged: set[date] = set()
     if occurred_at:
         sessions = await connection.execute(
             text(
-                f"WITH {_NEW_EVENTS}"
-                " SELECT q.session_id, (q.started_at AT TIME ZONE :timezone)::date AS start_day,"
+                "SELECT q.session_id, (q.started_at AT TIME ZONE :timezone)::date AS start_day,"
                 " (q.ended_at AT TIME ZONE :timezone)::date AS end_day, f.day AS folded_day,"
                 " (f.session_id IS NOT NULL AND (f.first_uuid <> q.first_uuid OR f.started_at <> q.started_at"
                 " OR f.entry_uuid IS DISTINCT FROM q.entry_uuid)) AS moved"
-                " FROM (SELECT DISTINCT session_id FROM newev) n"
-                " JOIN query_sessions q ON q.project_id = :project_id AND q.session_id = n.session_id"
-                " LEFT JOIN query_rollup_sessions_folded f ON f.project_id = :project_id"
-                " AND f.session_id = n.session_id"
+                f" FROM (SELECT DISTINCT e.project_id, e.session_id FROM events e WHERE {_NEW_EVENTS_WHERE}) n"
+                " JOIN query_sessions q ON q.project_id = n.project_id AND q.session_id = n.session_id"
+                " LEFT JOIN query_rollup_sessions_folded f ON f.project_id = n.project_id"
+                " AND f.session_id = n.session_id AND f.project_id = :project_id"
+                " WHERE q.project_id = :project_id"
             ),
             params,
         )
         moved_days: set[date] = set()
         touched_sessions: list[str] = []
+        new_event_sessions: list[str] = []
         start_days: set[date] = set()
         for session in sessions:
+            new_event_sessions.append(session.session_id)
             first = min(session.start_day, session.folded_day or session.start_day)
             span = _days_between(first, session.end_day)
             if session.moved or (session.folded_day is None and session.start_day in unbuilt):
@@ -485,52 +511,61 @@ async def refresh_project(
         merged -= unbuilt
         await _try_lock_days(connection, project_id, merged | unbuilt)
         params["skip"] = sorted(unbuilt)
-        # One statement: the new events are looked up once, and every part reads the folded
-        # sessions as they were before this statement replaces them (its last part).
-        writes = [*(_merge_sql(cube) for cube in _MERGED_CUBES), _SESSION_DAYS_MERGE]
-        merges = ", ".join(f"m{index} AS ({write})" for index, write in enumerate(writes))
-        # Every part of the merge reads and writes by key. The planner sees the keys' unnest() as
-        # 10 rows and, right after a burst, tables whose statistics are stale: it could pick a
-        # scan per key (seen as a timeout in the suite, 6,000 events). Scans are priced out for
-        # this statement only (where no index serves, Postgres still scans).
-        await connection.execute(text("SELECT set_config('enable_seqscan', 'off', true)"))
-        await connection.execute(text(f"WITH {_SESSION_CTES}, {merges} {_FOLDED_MERGE}"), params)
-        await connection.execute(text("SELECT set_config('enable_seqscan', 'on', true)"))
-        touched = {"project_id": project_id, "days": sorted(merged)}
-        for cube in _MERGED_CUBES:
-            # A group whose sessions and events went back to none is not in a rebuild either.
+        params["sessions"] = sorted(new_event_sessions)
+        if merged:
+            # Every new event and touched session lies on a merged or an unbuilt day: with none
+            # merged (a load into days never built) each statement below would write nothing.
+            # Every statement reads and writes by key. Right after a burst the tables' statistics
+            # are stale: the planner could pick a scan per key (seen as a timeout in the suite,
+            # 6,000 events). Scans are priced out for these statements only (where no index serves,
+            # Postgres still scans).
+            await connection.execute(text("SELECT set_config('enable_seqscan', 'off', true)"))
+            # The sessions' new state read once; every cube merge reads it and the folded rows as
+            # they were (old), then the folded rows are replaced, last.
+            await connection.execute(text(_STAGE_SESSIONS), params)
+            for cube in _MERGED_CUBES:
+                await connection.execute(text(_merge_sql(cube)), params)
+            await connection.execute(text(_SESSION_DAYS_MERGE), params)
+            await connection.execute(text(_FOLDED_MERGE), params)
             await connection.execute(
+                text("DELETE FROM query_rollup_sessions_staged WHERE project_id = :project_id"), params
+            )
+            await connection.execute(text("SELECT set_config('enable_seqscan', 'on', true)"))
+            touched = {"project_id": project_id, "days": sorted(merged)}
+            for cube in _MERGED_CUBES:
+                # A group whose sessions and events went back to none is not in a rebuild either.
+                await connection.execute(
+                    text(
+                        f"DELETE FROM {cube.table} WHERE project_id = :project_id"
+                        " AND day = ANY(CAST(:days AS date[])) AND sessions = 0 AND events = 0"
+                    ),
+                    touched,
+                )
+            # The days whose exit pages moved: the touched sessions' start days (their session rows)
+            # and the days they have events on (a long session spans days it has no event on).
+            with_events = await connection.execute(
                 text(
-                    f"DELETE FROM {cube.table} WHERE project_id = :project_id"
-                    " AND day = ANY(CAST(:days AS date[])) AND sessions = 0 AND events = 0"
+                    "SELECT DISTINCT day FROM query_rollup_session_days WHERE project_id = :project_id"
+                    " AND day = ANY(CAST(:days AS date[])) AND session_id = ANY(CAST(:sessions AS text[]))"
                 ),
-                touched,
+                {"project_id": project_id, "days": sorted(merged), "sessions": touched_sessions},
             )
-        # The days whose exit pages moved: the touched sessions' start days (their session rows)
-        # and the days they have events on (a long session spans days it has no event on).
-        with_events = await connection.execute(
-            text(
-                "SELECT DISTINCT day FROM query_rollup_session_days WHERE project_id = :project_id"
-                " AND day = ANY(CAST(:days AS date[])) AND session_id = ANY(CAST(:sessions AS text[]))"
-            ),
-            {"project_id": project_id, "days": sorted(merged), "sessions": touched_sessions},
-        )
-        exit_days = (start_days | set(with_events.scalars())) & merged
-        for day in sorted(exit_days):
-            await connection.execute(
-                text(f"DELETE FROM {EXIT_PAGES_CUBE.table} WHERE project_id = :project_id AND day = :day"),
-                {"project_id": project_id, "day": day},
-            )
-            await connection.execute(
-                text(_EXIT_ROWS),
-                {
-                    "project_id": project_id,
-                    "timezone": timezone,
-                    "day": day,
-                    "start": local_midnight(day, timezone),
-                    "end": local_midnight(day + timedelta(days=1), timezone),
-                },
-            )
+            exit_days = (start_days | set(with_events.scalars())) & merged
+            for day in sorted(exit_days):
+                await connection.execute(
+                    text(f"DELETE FROM {EXIT_PAGES_CUBE.table} WHERE project_id = :project_id AND day = :day"),
+                    {"project_id": project_id, "day": day},
+                )
+                await connection.execute(
+                    text(_EXIT_ROWS),
+                    {
+                        "project_id": project_id,
+                        "timezone": timezone,
+                        "day": day,
+                        "start": local_midnight(day, timezone),
+                        "end": local_midnight(day + timedelta(days=1), timezone),
+                    },
+                )
     else:
         await _try_lock_days(connection, project_id, unbuilt)
     rebuilt: list[date] = []
@@ -571,24 +606,122 @@ async def refresh_project(
     return RefreshOutcome(len(built), len(rebuilt), len(occurred_at))
 
 
-async def rebuild_day(
-    connection: AsyncConnection,
-    *,
-    project_id: int,
-    timezone: str,
-    day: date,
-    start: datetime,
-    end: datetime,
-) -> None:
-    """Replace the day's cube rows, session days and the folded rows of the sessions that
-    started on it, from its events less those still pending. Hold the day's lock."""
-    params = {"project_id": project_id, "timezone": timezone, "day": day, "start": start, "end": end}
-    for table in (*(cube.table for cube in CUBES), "query_rollup_session_days"):
-        await connection.execute(text(f"DELETE FROM {table} WHERE project_id = :project_id AND day = :day"), params)
-    await connection.execute(
-        text("DELETE FROM query_rollup_sessions_folded WHERE project_id = :project_id AND day = :day"), params
+# A day's rebuild (rebuild_day) on Citus: the sessions overlapping the day, staged once; the
+# day's events (and those after it of the sessions begun on it) less those still pending, each
+# with its session (`base`), as in repository.session_ctes; every table written from them by a
+# statement of its own, without CTEs (see the merge above). On plain Postgres the one
+# statement below reads the events once for every table instead.
+_STAGE_DAY_SESSIONS = (
+    f"INSERT INTO query_rollup_sessions_staged (project_id, distinct_id, {_FOLDED_COLUMNS})"
+    " SELECT project_id, distinct_id, session_id, (started_at AT TIME ZONE :timezone)::date, started_at, first_uuid,"
+    f" entry_uuid, ended_at, pageviews, events, entry_page, exit_page, {_VISIT_COLUMNS},"
+    " CAST('{}' AS text[]), CAST('{}' AS text[]), CAST('{}' AS text[])"
+    " FROM query_sessions WHERE project_id = :project_id AND ended_at >= :start AND started_at < :end"
+)
+_DAY_EVENTS_END = (
+    "SELECT greatest(CAST(:end AS timestamptz), max(ended_at) FILTER (WHERE started_at >= :start"
+    " AND started_at < :end)) FROM query_rollup_sessions_staged WHERE project_id = :project_id"
+)
+_DAY_SESS = (
+    "(SELECT project_id, session_id, started_at AS s_started_at, ended_at AS s_ended_at, day AS s_day,"
+    " distinct_id AS s_visitor, extract(epoch FROM ended_at - started_at)::float8 AS s_duration,"
+    " pageviews AS s_pageviews, events AS s_events, entry_page, exit_page,"
+    + ", ".join(f"{name} AS {DIMENSIONS[name].raw}" for name in VISIT_DIMENSIONS)
+    + ", first_uuid AS s_first_uuid, entry_uuid AS s_entry_uuid, (started_at >= :start AND started_at < :end)"
+    " AS s_in_range FROM query_rollup_sessions_staged WHERE project_id = :project_id)"
+)
+_DAY_SESSION_COLUMNS = (
+    "session_id, s_started_at, s_ended_at, s_day, s_visitor, s_duration, s_pageviews, s_events, entry_page,"
+    " exit_page, " + ", ".join(DIMENSIONS[name].raw for name in VISIT_DIMENSIONS) + ", s_first_uuid, s_entry_uuid"
+)
+# Pending events are left out by an anti-join on their keys, correlated on project_id (a
+# subquery of its own would be a subplan on Citus).
+_DAY_BASE = (
+    "(SELECT e.project_id, e.occurred_at, e.name, e.distinct_id, e.path, e.domain,"
+    " (e.occurred_at AT TIME ZONE :timezone)::date AS day, (e.occurred_at < :end) AS e_in_range, s.s_in_range, "
+    + ", ".join(f"s.{column.strip()}" for column in _DAY_SESSION_COLUMNS.split(","))
+    + f" FROM events e JOIN {_DAY_SESS} s ON s.project_id = e.project_id AND s.session_id = e.session_id"
+    " WHERE e.project_id = :project_id AND e.occurred_at >= :start AND e.occurred_at <= :events_end AND NOT e.is_bot"
+    " AND NOT EXISTS (SELECT FROM query_rollup_pending p"
+    " CROSS JOIN unnest(p.occurred_at, p.event_uuid) AS k(occurred_at, event_uuid)"
+    " WHERE p.project_id = e.project_id AND p.project_id = :project_id"
+    " AND k.occurred_at = e.occurred_at AND k.event_uuid = e.event_uuid))"
+)
+_RAW_VISITS = ", ".join(f"b.{DIMENSIONS[name].raw}" for name in VISIT_DIMENSIONS)
+_NAMED_VISITS = ", ".join(f"b.{DIMENSIONS[name].raw} AS {name}" for name in VISIT_DIMENSIONS)
+_SESSION_ROW = (
+    "'s' AS kind, NULL::text AS distinct_id, 0 AS pv, 0 AS ev, 1 AS sign, b.s_duration AS m_duration,"
+    " b.s_pageviews AS m_pageviews, b.s_events AS m_events"
+)
+
+
+def _rebuild_rows(cube: Cube) -> str:
+    """The day's rows for _aggregate_sql, as repository.cube_select_sql computes them: per
+    session and visitor its events (by the fixed column), and a row per session that started
+    on the day (per value among its events, for a per-event fixed column)."""
+    fixed = cube.fixed_columns[0] if cube.fixed_columns else None
+    event_fixed = f"{fixed.event} AS {fixed.name}, " if fixed else ""
+    event_rows = (
+        f"SELECT b.project_id, b.day, {event_fixed}{_NAMED_VISITS}, 'e' AS kind, b.distinct_id,"
+        " count(*) FILTER (WHERE b.name = 'pageview') AS pv, count(*) AS ev, 1 AS sign, NULL::float8 AS m_duration,"
+        f" NULL::bigint AS m_pageviews, NULL::bigint AS m_events FROM {_DAY_BASE} b WHERE b.e_in_range"
+        f" GROUP BY b.project_id, b.day, {fixed.event + ', ' if fixed else ''}b.session_id, b.distinct_id,"
+        f" {_RAW_VISITS}"
     )
-    # One statement for every table, so the day's events are read and joined to sessions once.
+    if fixed is None:
+        session_rows = (
+            f"SELECT b.project_id, b.s_day, {_NAMED_VISITS}, {_SESSION_ROW} FROM {_DAY_SESS} b WHERE b.s_in_range"
+        )
+    elif fixed.per_event:
+        # One row per (session, value among its events): a session counts once per page.
+        session_rows = (
+            f"SELECT b.project_id, b.s_day, b.{fixed.name}, {_NAMED_VISITS}, {_SESSION_ROW}"
+            f" FROM (SELECT DISTINCT b.project_id, b.session_id, b.s_day, {fixed.session} AS {fixed.name},"
+            f" {_RAW_VISITS}, b.s_duration, b.s_pageviews, b.s_events FROM {_DAY_BASE} b WHERE b.s_in_range) b"
+        )
+    else:
+        session_rows = (
+            f"SELECT b.project_id, b.s_day, {fixed.session} AS {fixed.name}, {_NAMED_VISITS}, {_SESSION_ROW}"
+            f" FROM {_DAY_SESS} b WHERE b.s_in_range"
+        )
+    return f"{event_rows} UNION ALL {session_rows}"
+
+
+def _rebuild_sql(cube: Cube) -> str:
+    columns = ", ".join(("project_id", "day", "grain", *cube.columns))
+    return f"INSERT INTO {cube.table} ({columns}, {CUBE_METRIC_COLUMNS}) {_aggregate_sql(cube, _rebuild_rows(cube))}"
+
+
+_REBUILD_SESSION_DAYS = (
+    "INSERT INTO query_rollup_session_days (project_id, day, session_id, distinct_id, pageviews, events)"
+    " SELECT b.project_id, b.day, b.session_id, b.distinct_id, count(*) FILTER (WHERE b.name = 'pageview'), count(*)"
+    f" FROM {_DAY_BASE} b WHERE b.e_in_range GROUP BY b.project_id, b.day, b.session_id, b.distinct_id"
+)
+# The sessions that started on the day with the pages, domains and event names among their
+# events: grouped from one union, not joined.
+_REBUILD_FOLDED = (
+    f"INSERT INTO query_rollup_sessions_folded AS f (project_id, {_FOLDED_COLUMNS})"
+    " SELECT u.project_id, u.session_id, :day, max(u.s_started_at), CAST(max(u.first_uuid) AS uuid),"
+    " CAST(max(u.entry_uuid) AS uuid), max(u.s_ended_at), max(u.s_pageviews), max(u.s_events), max(u.entry_page),"
+    " max(u.exit_page), "
+    + ", ".join(f"max(u.{DIMENSIONS[name].raw})" for name in VISIT_DIMENSIONS)
+    + ", coalesce(array_agg(DISTINCT u.path ORDER BY u.path) FILTER (WHERE u.path IS NOT NULL), CAST('{}' AS text[])),"
+    " coalesce(array_agg(DISTINCT u.domain ORDER BY u.domain) FILTER (WHERE u.domain IS NOT NULL),"
+    " CAST('{}' AS text[])),"
+    " coalesce(array_agg(DISTINCT u.name ORDER BY u.name) FILTER (WHERE u.name IS NOT NULL), CAST('{}' AS text[]))"
+    " FROM (SELECT b.project_id, b.session_id, b.s_started_at, CAST(b.s_first_uuid AS text) AS first_uuid,"
+    " CAST(b.s_entry_uuid AS text) AS entry_uuid, b.s_ended_at, b.s_pageviews, b.s_events, b.entry_page,"
+    f" b.exit_page, {_RAW_VISITS}, NULL AS path, NULL AS domain, NULL AS name FROM {_DAY_SESS} b WHERE b.s_in_range"
+    " UNION ALL SELECT b.project_id, b.session_id, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, "
+    + ", ".join(["NULL"] * len(VISIT_DIMENSIONS))
+    + f", b.path, b.domain, b.name FROM {_DAY_BASE} b WHERE b.s_in_range) u GROUP BY u.project_id, u.session_id"
+    f" ON CONFLICT (project_id, session_id) DO UPDATE SET {_FOLDED_UPDATE}"
+)
+
+
+def _rebuild_one_statement() -> str:
+    """rebuild_day's writes on plain Postgres: one statement of data-modifying CTEs over
+    repository.session_ctes (the shape Citus cannot push down, see above)."""
     inserts = []
     for cube in CUBES:
         columns = ", ".join(("day", "grain", *cube.columns))
@@ -624,9 +757,44 @@ async def rebuild_day(
         f" ON CONFLICT (project_id, session_id) DO UPDATE SET {_FOLDED_UPDATE}"
     )
     writes = ", ".join(f"c{index} AS ({insert})" for index, insert in enumerate(inserts[:-1]))
+    return f"WITH {session_ctes(materialized=True, exclude_pending=True)}, {writes} {inserts[-1]}"
+
+
+_REBUILD_ONE_STATEMENT = _rebuild_one_statement()
+
+
+async def rebuild_day(
+    connection: AsyncConnection,
+    *,
+    project_id: int,
+    timezone: str,
+    day: date,
+    start: datetime,
+    end: datetime,
+) -> None:
+    """Replace the day's cube rows, session days and the folded rows of the sessions that
+    started on it, from its events less those still pending. Hold the day's lock."""
+    params: dict[str, object] = {"project_id": project_id, "timezone": timezone, "day": day, "start": start, "end": end}
+    for table in (*(cube.table for cube in CUBES), "query_rollup_session_days"):
+        await connection.execute(text(f"DELETE FROM {table} WHERE project_id = :project_id AND day = :day"), params)
     await connection.execute(
-        text(f"WITH {session_ctes(materialized=True, exclude_pending=True)}, {writes} {inserts[-1]}"), params
+        text("DELETE FROM query_rollup_sessions_folded WHERE project_id = :project_id AND day = :day"), params
     )
+    citus = await connection.execute(text("SELECT EXISTS (SELECT FROM pg_extension WHERE extname = 'citus')"))
+    if not citus.scalar_one():
+        # Plain Postgres: one statement for every table, so the day's events are read and
+        # joined to their sessions once (a statement per table read them once per table:
+        # 1.75x the CPU for a 325k-event day, docs/benchmarks.md).
+        await connection.execute(text(_REBUILD_ONE_STATEMENT), params)
+        return
+    # Citus: a statement per table, each pushed down to the project's shards.
+    await connection.execute(text(_STAGE_DAY_SESSIONS), params)
+    params["events_end"] = (await connection.execute(text(_DAY_EVENTS_END), params)).scalar_one()
+    for cube in CUBES:
+        await connection.execute(text(_rebuild_sql(cube)), params)
+    await connection.execute(text(_REBUILD_SESSION_DAYS), params)
+    await connection.execute(text(_REBUILD_FOLDED), params)
+    await connection.execute(text("DELETE FROM query_rollup_sessions_staged WHERE project_id = :project_id"), params)
 
 
 async def weeks_to_build(connection: AsyncConnection, limit: int, project_id: int | None = None) -> list[WeekToBuild]:
@@ -668,18 +836,25 @@ async def rebuild_week(connection: AsyncConnection, *, project_id: int, week: da
         text(f"DELETE FROM {weekly_table} WHERE project_id = :project_id AND week = :week"), params
     )
     columns = ", ".join(("grain", *PAGES_CUBE.columns))
-    # One statement, so the stamp and the rows come from the same snapshot of the days.
+    # The stamp first, then the rows (two statements, each pushed down to the project's shard
+    # on Citus): a day rebuilt in between makes the rows newer than the stamp, so the week
+    # looks stale and is rebuilt again; never the reverse.
     await connection.execute(
         text(
-            "WITH stamp AS (INSERT INTO query_rollup_weeks AS w (project_id, week, days_built_at)"
-            " SELECT :project_id, :week, max(built_at) FROM query_rollup_days"
-            " WHERE project_id = :project_id AND day BETWEEN :week AND CAST(:week AS date) + 6"
-            " ON CONFLICT (project_id, week) DO UPDATE SET days_built_at = excluded.days_built_at)"
-            f" INSERT INTO {weekly_table} (project_id, week, {columns}, {CUBE_METRIC_COLUMNS})"
-            f" SELECT :project_id, :week, {columns}, hll_union_agg(visitors), sum(sessions), sum(bounces),"
+            "INSERT INTO query_rollup_weeks AS w (project_id, week, days_built_at)"
+            " SELECT project_id, :week, max(built_at) FROM query_rollup_days"
+            " WHERE project_id = :project_id AND day BETWEEN :week AND CAST(:week AS date) + 6 GROUP BY project_id"
+            " ON CONFLICT (project_id, week) DO UPDATE SET days_built_at = excluded.days_built_at"
+        ),
+        params,
+    )
+    await connection.execute(
+        text(
+            f"INSERT INTO {weekly_table} (project_id, week, {columns}, {CUBE_METRIC_COLUMNS})"
+            f" SELECT project_id, :week, {columns}, hll_union_agg(visitors), sum(sessions), sum(bounces),"
             " sum(duration_s), sum(pageviews), sum(events), sum(session_pageviews)"
             f" FROM {table} WHERE project_id = :project_id AND day BETWEEN :week AND CAST(:week AS date) + 6"
-            f" GROUP BY {columns}"
+            f" GROUP BY project_id, {columns}"
         ),
         params,
     )
@@ -783,8 +958,8 @@ async def rebuild_retention_week(connection: AsyncConnection, *, project_id: int
     """Replace the week's retention rows; False if another process holds the week's lock (a
     builder, or a purge).
 
-    The project's timezone is read in the statement, not passed in: a timezone change takes the
-    week's lock (``lock_days``), so a build after it sees the new zone.
+    The project's timezone is read here under the week's lock, not passed in: a timezone change
+    takes the week's lock (``lock_days``), so a build after it sees the new zone.
     """
     locked = await connection.execute(
         text("SELECT pg_try_advisory_xact_lock(:namespace, hashtext(:key))"),
@@ -792,7 +967,7 @@ async def rebuild_retention_week(connection: AsyncConnection, *, project_id: int
     )
     if not locked.scalar_one():
         return False
-    params = {"project_id": project_id, "week": week}
+    params: dict[str, object] = {"project_id": project_id, "week": week}
     await connection.execute(
         text(
             "DELETE FROM query_rollup_retention WHERE project_id = :project_id"
@@ -800,31 +975,43 @@ async def rebuild_retention_week(connection: AsyncConnection, *, project_id: int
         ),
         params,
     )
-    # One statement, so the stamp and the rows come from the same snapshot. The week's bounds
-    # are its local midnights by the same conversion as the days (AT TIME ZONE).
+    # The stamp first, then the rows, as in rebuild_week: a day rebuilt in between leaves the
+    # week stale (rebuilt again), never current with older rows.
     await connection.execute(
         text(
-            "WITH stamp AS (INSERT INTO query_rollup_retention_weeks AS w (project_id, week, days_built_at, built_at)"
-            " SELECT :project_id, :week, max(built_at), now() FROM query_rollup_days"
-            " WHERE project_id = :project_id AND day <= CAST(:week AS date) + 6"
+            "INSERT INTO query_rollup_retention_weeks AS w (project_id, week, days_built_at, built_at)"
+            " SELECT project_id, :week, max(built_at), now() FROM query_rollup_days"
+            " WHERE project_id = :project_id AND day <= CAST(:week AS date) + 6 GROUP BY project_id"
             " ON CONFLICT (project_id, week) DO UPDATE"
-            " SET days_built_at = excluded.days_built_at, built_at = excluded.built_at),"
-            " zone AS (SELECT timezone, CAST(:week AS date)::timestamp AT TIME ZONE timezone AS week_start,"
-            " (CAST(:week AS date) + 7)::timestamp AT TIME ZONE timezone AS week_end"
-            " FROM projects WHERE project_id = :project_id),"
-            " active AS MATERIALIZED (SELECT s.distinct_id, min(s.started_at) AS active_at"
-            " FROM query_sessions s, zone z WHERE s.project_id = :project_id"
-            " AND s.started_at >= z.week_start AND s.started_at < z.week_end GROUP BY s.distinct_id),"
-            # Each active visitor's first session ever, by one key lookup per visitor
-            # ((project_id, distinct_id) index): it starts no later than their session in the
-            # week, so no bound is needed. A join here let the planner pick a scan of the
-            # project's sessions per visitor when its estimates were off (seen as a timeout).
-            " firsts AS (SELECT a.distinct_id, (SELECT min(s.started_at) FROM query_sessions s"
-            " WHERE s.project_id = :project_id AND s.distinct_id = a.distinct_id) AS first_at FROM active a)"
-            " INSERT INTO query_rollup_retention (project_id, active_day, first_day, visitors)"
-            " SELECT :project_id, (a.active_at AT TIME ZONE z.timezone)::date,"
-            " (f.first_at AT TIME ZONE z.timezone)::date, count(*)"
-            " FROM active a JOIN firsts f USING (distinct_id) CROSS JOIN zone z GROUP BY 2, 3"
+            " SET days_built_at = excluded.days_built_at, built_at = excluded.built_at"
+        ),
+        params,
+    )
+    # Read under the week's lock (a timezone change takes it), in a statement of its own: a
+    # join to the projects reference table made Citus send the rows' statement to every shard.
+    zone = await connection.execute(
+        text("SELECT timezone FROM projects WHERE project_id = :project_id"), {"project_id": project_id}
+    )
+    params["timezone"] = zone.scalar_one()
+    # The week's bounds are its local midnights by the same conversion as the days (AT TIME
+    # ZONE). Each active visitor's first session ever is one key lookup per visitor
+    # ((project_id, distinct_id) index): it starts no later than their session in the week, so
+    # no bound is needed. A join here let the planner pick a scan of the project's sessions per
+    # visitor when its estimates were off (seen as a timeout). No CTE: Citus pushes the
+    # statement down to the project's shard only without one.
+    await connection.execute(
+        text(
+            "INSERT INTO query_rollup_retention (project_id, active_day, first_day, visitors)"
+            " SELECT a.project_id, (a.active_at AT TIME ZONE :timezone)::date,"
+            " (a.first_at AT TIME ZONE :timezone)::date, count(*)"
+            " FROM (SELECT s.project_id, s.distinct_id, min(s.started_at) AS active_at,"
+            " (SELECT min(f.started_at) FROM query_sessions f WHERE f.project_id = s.project_id"
+            " AND f.project_id = :project_id AND f.distinct_id = s.distinct_id) AS first_at"
+            " FROM query_sessions s WHERE s.project_id = :project_id"
+            " AND s.started_at >= CAST(:week AS date)::timestamp AT TIME ZONE :timezone"
+            " AND s.started_at < (CAST(:week AS date) + 7)::timestamp AT TIME ZONE :timezone"
+            " GROUP BY s.project_id, s.distinct_id) a"
+            " GROUP BY a.project_id, 2, 3"
         ),
         params,
     )

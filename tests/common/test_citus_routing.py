@@ -5,7 +5,12 @@ Each request touches one project, and every per-project table is distributed by 
 The test drives the main request paths of ingest, query and replay through the real apps,
 records every statement they send (SQLAlchemy's cursor events), and reads the plan of each
 with EXPLAIN on the coordinator: a statement planned as more than one task fans out to every
-shard and fails the test, unless FANS_OUT_WITH_REASON names it with the reason.
+shard and fails the test, unless FANS_OUT_WITH_REASON names it with the reason. So does one whose
+plan pulls rows to the coordinator (distributed subplans, "pull to coordinator", repartition):
+each of its subplans may be one task, but the rows travel through the coordinator.
+
+The rollup refresher's statements (merge, day rebuild, exit pages, weeks, retention weeks) are
+recorded the same way, in a test of their own that drives each path.
 
 Ingest's batch write goes through asyncpg directly (services/ingest/repository.py); its two
 statements are EXPLAINed on their own below.
@@ -23,24 +28,30 @@ from typing import Any
 import msgspec
 import pytest
 from litestar.testing import AsyncTestClient
-from sqlalchemy import event
+from sqlalchemy import event, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from services.common.db import create_engine
 from services.ingest import repository as ingest_repository
+from services.query import rollup_repository
 from services.query.app import create_app as create_query_app
 from services.query.settings import QuerySettings
-from services.query.tasks import rebuild_changed_days
+from services.query.tasks import rebuild_changed_days, refresh_until_current
+from services.query.vocabulary import CUBES
 from tests.conftest import NO_RATE_LIMIT, Services, serve_all_three
 from tests.harness import TEST_CITUS_SHARD_COUNT, DatabaseHarness
 from tests.ingest.conftest import JSON, json_body, pageview
-from tests.query.conftest import Event, insert_events
+from tests.query.conftest import Event, berlin, insert_events, main_events, new_project
 from tests.rows import event_row
 
 # Statements (by a fragment of their text) allowed to run on every shard, and why.
 FANS_OUT_WITH_REASON: dict[str, str] = {}
 
 TASK_COUNT = re.compile(r"Task Count: (\d+)")
+# Plan shapes in which rows travel through the coordinator: a CTE or subquery run first as a
+# distributed subplan of its own, an INSERT ... SELECT pulled to the coordinator or repartitioned.
+THROUGH_COORDINATOR = re.compile(r"Distributed Subplan|pull to coordinator|repartition", re.IGNORECASE)
 # Statements that touch no table: transaction settings, health probes.
 NO_TABLE = re.compile(r"^\s*(SELECT set_config|SELECT 1\b|SHOW |SET )", re.IGNORECASE)
 
@@ -109,13 +120,32 @@ def literal(value: Any) -> str:
     return "'" + str(value).replace("'", "''") + "'"
 
 
-async def task_counts(admin_engine: AsyncEngine, statement: str, parameters: tuple[Any, ...]) -> list[int]:
+async def plan_lines(admin_engine: AsyncEngine, statement: str, parameters: tuple[Any, ...]) -> list[str]:
     inlined = PARAMETER.sub(lambda match: literal(parameters[int(match.group(1)) - 1]), statement)
     async with admin_engine.connect() as connection:
         plan = await connection.exec_driver_sql(f"EXPLAIN {inlined}")
         lines = [row[0] for row in plan]
         await connection.rollback()
+    return lines
+
+
+async def task_counts(admin_engine: AsyncEngine, statement: str, parameters: tuple[Any, ...]) -> list[int]:
+    lines = await plan_lines(admin_engine, statement, parameters)
     return [int(count) for line in lines for count in TASK_COUNT.findall(line)]
+
+
+async def not_routed(admin_engine: AsyncEngine, statements: list[tuple[str, tuple[Any, ...]]]) -> list[str]:
+    """The statements (shortened, with what is wrong) not planned as one task on one shard."""
+    found = []
+    for statement, parameters in statements:
+        if fan_out_reason(statement) is not None:
+            continue
+        lines = await plan_lines(admin_engine, statement, parameters)
+        counts = [int(count) for line in lines for count in TASK_COUNT.findall(line)]
+        shapes = sorted({match.group(0).lower() for line in lines for match in THROUGH_COORDINATOR.finditer(line)})
+        if any(count > 1 for count in counts) or shapes:
+            found.append(f"tasks {counts} {shapes}: {' '.join(statement.split())[:300]}")
+    return found
 
 
 def fan_out_reason(statement: str) -> str | None:
@@ -191,12 +221,11 @@ async def test_every_request_statement_is_routed_to_one_shard(
     assert len(statements) > 10
     # The reading of plans can fail: a statement over every project runs on every shard.
     assert await task_counts(admin_engine, "SELECT count(*) FROM events", ()) >= [TEST_CITUS_SHARD_COUNT]
-    fanned_out = []
-    for statement, parameters in statements:
-        counts = await task_counts(admin_engine, statement, parameters)
-        if any(count > 1 for count in counts) and fan_out_reason(statement) is None:
-            fanned_out.append((counts, " ".join(statement.split())[:300]))
-    assert fanned_out == []
+    # ... and a statement whose CTE runs first as a subplan is seen as one.
+    pulled = "WITH p AS MATERIALIZED (SELECT project_id FROM events LIMIT 1) SELECT count(*) FROM events, p"
+    assert await not_routed(admin_engine, [(pulled, ())]) != []
+    problems = await not_routed(admin_engine, statements)
+    assert problems == [], "\n".join(problems)
 
 
 async def test_funnel_sampling_statements_are_routed_to_one_shard(
@@ -233,12 +262,8 @@ async def test_funnel_sampling_statements_are_routed_to_one_shard(
     statements = [statement for statement, _ in recorded.statements]
     assert any("(hashtext(distinct_id) & 511) = ANY('{0}'::int[])" in statement for statement in statements)
     assert any("query_rollup_event_names" in statement for statement in statements)
-    fanned_out = []
-    for statement, parameters in recorded.statements:
-        counts = await task_counts(admin_engine, statement, parameters)
-        if any(count > 1 for count in counts) and fan_out_reason(statement) is None:
-            fanned_out.append((counts, " ".join(statement.split())[:300]))
-    assert fanned_out == []
+    problems = await not_routed(admin_engine, list(recorded.statements))
+    assert problems == [], "\n".join(problems)
 
 
 async def test_ingest_writes_reach_only_their_projects_shards(
@@ -255,3 +280,48 @@ async def test_ingest_writes_reach_only_their_projects_shards(
         plan = "\n".join(row[0] for row in await connection.exec_driver_sql(f"EXPLAIN {statement}"))
     assert "pull to coordinator" in plan, plan
     assert all(int(count) == 1 for count in TASK_COUNT.findall(plan)), plan
+
+
+async def test_every_refresh_statement_is_routed_to_one_shard(
+    db: DatabaseHarness, recorded: Recorded, admin_engine: AsyncEngine
+) -> None:
+    """Each statement of the rollup refresher, on every path: days rebuilt from their events,
+    complete weeks and retention weeks built, then a batch merged (with its exit pages)."""
+    project = await new_project(db)
+    project_id = int(project["id"])
+    engine = create_engine("query-rollup-test", db.database)
+    try:
+        await insert_events(engine, project_id, main_events())
+        assert await refresh_until_current(engine, 10, project_id) >= 4
+        # Later events of a session already folded and a new session: merged, not rebuilt.
+        await insert_events(
+            engine,
+            project_id,
+            [
+                Event("v3", "s4", berlin("2026-01-13T12:05:00"), "/thanks"),
+                Event("v6", "s8", berlin("2026-01-13T15:00:00"), "/docs"),
+            ],
+        )
+        async with engine.begin() as connection:
+            project_row = await connection.execute(
+                text("SELECT project_id, timezone FROM projects WHERE project_id = :p"), {"p": project_id}
+            )
+            outcome = await rollup_repository.refresh_project(
+                connection, rollup_repository.ProjectToRefresh(*project_row.one()), 10
+            )
+        assert outcome == rollup_repository.RefreshOutcome(merged_days=1, rebuilt_days=0, merged_events=2)
+    finally:
+        await engine.dispose()
+
+    statements = [
+        (statement, parameters)
+        for statement, parameters in recorded.statements
+        if "INSERT INTO events" not in statement
+    ]
+    written = " ".join(statement for statement, _ in statements)
+    # Every path ran: day rebuilds, merges into each cube, exit pages, weeks, retention weeks.
+    for table in (*(cube.table for cube in CUBES), "query_rollup_page_weeks", "query_rollup_retention"):
+        assert f"INSERT INTO {table} " in written, table
+    assert "hll_union(c.visitors, excluded.visitors)" in written
+    problems = await not_routed(admin_engine, statements)
+    assert problems == [], "\n".join(problems)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import statistics
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -46,11 +47,14 @@ MARKERS = (
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 # A batch like live ingest's: events at "now" for existing sessions (a next page, which moves
-# their exit page) and for new sessions, from the day's visitor pool.
+# their exit page) and for new sessions, from the day's visitor pool. Exactly now(), later than
+# any event before: events up to 5 s in the future made the next round, when it came sooner,
+# give some sessions an event before their first, which makes the day unbuildable (a rebuild
+# measured as a merge).
 BATCH_SQL = """
 INSERT INTO events (project_id, occurred_at, event_uuid, name, distinct_id, session_id, url, domain, path,
                     browser, os, device_type, country)
-SELECT CAST(:project_id AS bigint), now() + random() * interval '5 seconds', gen_random_uuid(), 'pageview',
+SELECT CAST(:project_id AS bigint), now(), gen_random_uuid(), 'pageview',
        s.distinct_id, s.session_id, 'https://example.com' || p.path, 'example.com', p.path,
        'Chrome', 'Windows', 'desktop', 'DE'
 FROM (
@@ -73,7 +77,10 @@ def log(message: str) -> None:
 
 
 def postgres_cpu_s(postmaster_pid: int) -> float:
-    """CPU seconds used so far by the postmaster and every process it started (the backends)."""
+    """CPU seconds used so far by the postmaster and every process it started (the backends),
+    including those that have exited: the postmaster reaps them, so their time is in its
+    cutime and cstime (without those, a backend or autovacuum worker exiting during a
+    measurement took its time out of the total)."""
     total = 0.0
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -85,7 +92,9 @@ def postgres_cpu_s(postmaster_pid: int) -> float:
         # The command may hold spaces and parentheses: the fields follow the last ')'.
         fields = stat.rsplit(")", 1)[1].split()
         pid, parent = int(entry.name), int(fields[1])
-        if pid == postmaster_pid or parent == postmaster_pid:
+        if pid == postmaster_pid:
+            total += sum(int(value) for value in fields[11:15]) / CLOCK_TICKS
+        elif parent == postmaster_pid:
             total += (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
     return total
 
@@ -100,7 +109,8 @@ class Cost:
 class SizeResult:
     events: int
     rebuild: Cost
-    merge: Cost
+    merge: Cost  # the mean of the merges
+    merge_cpu_s: list[float]  # each merge's Postgres CPU, in order
 
 
 async def measured(postmaster_pid: int, work: Callable[[], Awaitable[object]]) -> Cost:
@@ -146,12 +156,16 @@ async def bench_size(
         log(f"  {name}: {loaded.rowcount:,} events loaded")
         async with admin_engine.connect() as connection:
             await connection.execution_options(isolation_level="AUTOCOMMIT")
-            await connection.execute(text("ANALYZE events"))
+            # Vacuumed now, so autovacuum does not run on the load's tables during the timings.
+            await connection.execute(text("VACUUM ANALYZE events, query_sessions, query_rollup_days"))
 
         async def refresh() -> None:
             await refresh_until_current(engine, 10, project_id)
 
         await refresh()  # the first build (warms the caches too)
+        async with admin_engine.connect() as connection:
+            await connection.execution_options(isolation_level="AUTOCOMMIT")
+            await connection.execute(text("VACUUM ANALYZE"))
 
         async def rebuild() -> None:
             async with admin_engine.begin() as connection:
@@ -177,7 +191,7 @@ async def bench_size(
             merges.append(await measured(postmaster_pid, refresh))
             log(f"    merge of {batch} events: {merges[-1].wall_s:.2f} s wall, {merges[-1].postgres_cpu_s:.2f} s CPU")
         mean = Cost(sum(c.wall_s for c in merges) / rounds, sum(c.postgres_cpu_s for c in merges) / rounds)
-        return SizeResult(int(loaded.rowcount), rebuild_cost, mean)
+        return SizeResult(int(loaded.rowcount), rebuild_cost, mean, [c.postgres_cpu_s for c in merges])
     finally:
         await engine.dispose()
         await admin_engine.dispose()
@@ -193,18 +207,21 @@ def markdown(results: list[SizeResult], batch: int, rounds: int, command: str, l
         f"Per size, one project with that many events today; rebuild = the day marked never built and refreshed"
         f" (what every refresh cost before migration 0730); merge = a batch of {batch} events (half extending"
         f" sessions of the day, half new sessions) refreshed, mean of {rounds}. CPU is the Postgres cluster's"
-        " (postmaster and backends, /proc).",
+        " (postmaster and backends, /proc, with the exited ones the postmaster reaped); the tables are vacuumed"
+        " after the load and after the first build, so autovacuum stays out of the timings. On a busy machine"
+        " single merges still vary: the median and every merge's CPU are listed.",
         "",
         "| events in the day | rebuild: wall s | rebuild: Postgres CPU s | merge: wall s | merge: Postgres CPU s"
-        " | merge / rebuild (CPU) |",
-        "| ---: | ---: | ---: | ---: | ---: | ---: |",
+        " | merge / rebuild (CPU) | merge: median CPU s | each merge's CPU s |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
     for result in results:
         rebuild, merge = result.rebuild, result.merge
         ratio = merge.postgres_cpu_s / rebuild.postgres_cpu_s if rebuild.postgres_cpu_s else 0.0
+        each = ", ".join(f"{cpu:.2f}" for cpu in result.merge_cpu_s)
         lines.append(
             f"| {result.events:,} | {rebuild.wall_s:.2f} | {rebuild.postgres_cpu_s:.2f} | {merge.wall_s:.2f}"
-            f" | {merge.postgres_cpu_s:.2f} | {ratio:.1%} |"
+            f" | {merge.postgres_cpu_s:.2f} | {ratio:.1%} | {statistics.median(result.merge_cpu_s):.2f} | {each} |"
         )
     lines += ["", MARKERS[1]]
     return "\n".join(lines)

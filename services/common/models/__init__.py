@@ -10,6 +10,7 @@ from services.common.models.query_rollup_increment import (
     query_rollup_pending,
     query_rollup_session_days,
     query_rollup_sessions_folded,
+    query_rollup_sessions_staged,
 )
 from services.common.models.query_rollup_page import query_rollup_page_weeks, query_rollup_pages
 from services.common.models.query_rollup_retention import QueryRollupRetention, QueryRollupRetentionWeek
@@ -49,5 +50,6 @@ __all__ = [
     "query_rollup_pending",
     "query_rollup_session_days",
     "query_rollup_sessions_folded",
+    "query_rollup_sessions_staged",
     "query_rollup_visits",
 ]

@@ -52,6 +52,37 @@ query_rollup_sessions_folded = Table(
     Index("ix_query_rollup_sessions_folded_project_id_day", "project_id", "day"),
 )
 
+# The sessions a merge or a day rebuild reads, staged once inside a refresh's transaction
+# (migration 0760): every cube and query_rollup_sessions_folded are written from them.
+query_rollup_sessions_staged = Table(
+    "query_rollup_sessions_staged",
+    Base.metadata,
+    Column("project_id", BigInteger, nullable=False),
+    Column("session_id", Text, nullable=False),
+    Column("distinct_id", Text),
+    Column("day", Date, nullable=False),
+    Column("started_at", DateTime(timezone=True), nullable=False),
+    Column("first_uuid", Uuid, nullable=False),
+    Column("entry_uuid", Uuid),
+    Column("ended_at", DateTime(timezone=True), nullable=False),
+    Column("pageviews", BigInteger, nullable=False),
+    Column("events", BigInteger, nullable=False),
+    Column("entry_page", Text),
+    Column("exit_page", Text),
+    Column("referrer", Text),
+    Column("utm_source", Text),
+    Column("utm_medium", Text),
+    Column("utm_campaign", Text),
+    Column("country", Text),
+    Column("browser", Text),
+    Column("os", Text),
+    Column("device", Text),
+    Column("pages", ARRAY(Text), nullable=False),
+    Column("domains", ARRAY(Text), nullable=False),
+    Column("event_names", ARRAY(Text), nullable=False),
+    PrimaryKeyConstraint("project_id", "session_id", name="pk_query_rollup_sessions_staged"),
+)
+
 # Per day, session and visitor: the pageviews and events folded (the exit pages are recomputed from them).
 query_rollup_session_days = Table(
     "query_rollup_session_days",
