@@ -57,6 +57,7 @@ from services.common.settings import AdminDatabaseSettings, ServerSettings
 from services.ingest.tasks import PARTITION_RETRY_INTERVAL_S, create_missing_partitions
 from tools.benchmarks_file import write_section
 from tools.loadtest.chaos import throwaway_stack
+from tools.loadtest.payloads import rrweb_bomb
 
 RELIABILITY = Path(__file__).resolve().parents[1] / "docs" / "reliability.md"
 MARKERS = ("<!-- attack:start -->", "<!-- attack:end -->", "## Hostile traffic, measured (`make attack`)")
@@ -220,13 +221,6 @@ async def stalled_uploads(attacker: Attacker, sockets: int = 1000) -> None:
         finally:
             for writer in writers:
                 writer.close()
-
-
-def rrweb_bomb(key: str | None) -> bytes:
-    # ~80 KiB of gzip that inflates to ~30 MiB of tiny rrweb events.
-    events = b",".join([b'{"type":3,"timestamp":1}'] * 1_250_000)
-    key_part = b'"projectKey":"' + key.encode() + b'",' if key else b""
-    return gzip.compress(b"{" + key_part + b'"sessionId":"s","distinctId":"d","seq":0,"events":[' + events + b"]}", 9)
 
 
 async def bombs(attacker: Attacker, client: httpx.AsyncClient, valid_key: bool) -> None:

@@ -614,3 +614,10 @@ def tracker_request(pools: PayloadPools, visitor: VisitorIdentity, seq: int, var
 def noop_body(pools: PayloadPools, visitor: VisitorIdentity, variant: int) -> bytes:
     """Same shape and size as an events batch, for the no-op baseline."""
     return events_body(visitor, pools.event_batches[variant % len(pools.event_batches)])
+
+
+def rrweb_bomb(key: str | None) -> bytes:
+    """`make attack`'s decompression bomb: ~80 KiB of gzip that inflates to ~30 MiB of tiny rrweb events."""
+    events = b",".join([b'{"type":3,"timestamp":1}'] * 1_250_000)
+    key_part = b'"projectKey":"' + key.encode() + b'",' if key else b""
+    return gzip.compress(b"{" + key_part + b'"sessionId":"s","distinctId":"d","seq":0,"events":[' + events + b"]}", 9)

@@ -1,4 +1,4 @@
-"""What a gzip bomb costs ingest's decoder, next to an honest replay chunk: `python -m tools.bench.gzip_bombs`.
+"""What a gzip bomb costs ingest's decoder, next to an honest replay chunk: `python -m tools.loadtest.gzip_bombs`.
 
 CPU per call of ``gunzip_bounded`` (the step every gzip body takes before its key or events are
 looked at) for `make attack`'s bomb of tiny rrweb events, a bomb of zeros, and the tracker's
@@ -22,8 +22,7 @@ import msgspec
 from services.common.errors import ApiError
 from services.ingest.decoding import decode_json, gunzip_bounded, skim
 from services.ingest.schemas import ReplayChunkBody
-from tools.attack import rrweb_bomb
-from tools.loadtest.payloads import load_recordings
+from tools.loadtest.payloads import load_recordings, rrweb_bomb
 
 REPLAY_LIMIT = 32 * 1024 * 1024
 
