@@ -232,6 +232,7 @@ _NOTE_PENDING = """
     DECLARE
         batch record;
         project_timezone text;
+        batch_days date[];
     BEGIN
         FOR batch IN
             SELECT c.project_id,
@@ -240,10 +241,13 @@ _NOTE_PENDING = """
             FROM changed_events c WHERE NOT c.is_bot GROUP BY c.project_id ORDER BY 1
         LOOP
             SELECT p.timezone INTO project_timezone FROM projects p WHERE p.project_id = batch.project_id;
+            -- Computed here, not in the INSERT: Citus takes no subquery in an INSERT ... VALUES.
+            batch_days := ARRAY(
+                SELECT DISTINCT (t AT TIME ZONE project_timezone)::date FROM unnest(batch.occurred_at) t
+                WHERE project_timezone IS NOT NULL ORDER BY 1
+            );
             INSERT INTO query_rollup_pending (project_id, occurred_at, event_uuid, days)
-            VALUES (batch.project_id, batch.occurred_at, batch.event_uuid,
-                    ARRAY(SELECT DISTINCT (t AT TIME ZONE project_timezone)::date FROM unnest(batch.occurred_at) t
-                          WHERE project_timezone IS NOT NULL ORDER BY 1));
+            VALUES (batch.project_id, batch.occurred_at, batch.event_uuid, batch_days);
         END LOOP;
         RETURN NULL;
     END
