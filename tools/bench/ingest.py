@@ -307,6 +307,7 @@ def main() -> None:
                     args.connections,
                     args.threads,
                     pids,
+                    visitors=max(args.visitors, 1),
                     database_url=admin.url,
                 )
                 results[name].append(figures)
