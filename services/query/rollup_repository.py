@@ -209,7 +209,8 @@ async def count_days_to_build(connection: AsyncConnection, project_id: int | Non
 #    out events still pending (the next refresh merges them), with their sessions' folded rows
 #    and their session days.
 # 6. The markers get the `changes` read in step 1 (or none, for unbuildable days left for a
-#    later round), last and in day order: ingest locks a day's marker in every batch.
+#    later round), last and in day order: a delete bumps its days' markers (since 0800 an
+#    insert only creates a missing one, and does not wait for this update).
 
 _VISIT_COLUMNS = ", ".join(VISIT_DIMENSIONS)
 
@@ -470,8 +471,8 @@ async def refresh_project(
         elif row.built_changes != row.changes:
             stale.add(row.day)
     # Days whose rows can no longer be corrected by adding: rebuilt below, or marked never built
-    # at the end. Their markers are written last, like every marker: ingest locks a day's marker
-    # in each batch, and would wait for this transaction until it commits.
+    # at the end. Their markers are written last, like every marker: a delete locks its days'
+    # markers, and would wait for this transaction until it commits.
     unbuildable: set[date] = set()
     if bulk:
         # Every day the load has events on (its pending rows' days), and the start days of the
@@ -602,7 +603,7 @@ async def refresh_project(
         )
         rebuilt.append(day)
     built = {day: changes[day] for day in (merged | stale) - unbuilt if day in changes}
-    # One pass in day order, as the triggers take the markers' locks: no deadlock with a batch.
+    # One pass in day order, as the delete trigger takes the markers' locks: no deadlock with it.
     for day in sorted(built.keys() | set(rebuilt) | unbuildable):
         if day in built or day in rebuilt:
             # A merged day purged meanwhile (never built) stays so; a rebuilt one is built.
