@@ -3,8 +3,9 @@
 Since 0640 every inserting statement upserted its days' markers in query_rollup_days with
 `ON CONFLICT DO UPDATE SET changes = changes + 1`: the (project, day) row stayed locked until the
 batch committed (its WAL flush included), so one project's batches of a day committed one at a
-time, no group commit, and one slow fsync stalled every writer behind it (issue #18 item 3:
-0.45 of ingest's backends waited on `Lock:transactionid` for that row).
+time, no group commit, and one slow fsync stalled every writer behind it (issue #18 item 3;
+`make bench-ingest`, 64 visitors: 0.72 of ingest's backends in `Lock:transactionid` before this
+revision, 0.01 after, docs/benchmarks.md).
 
 Since 0730 every inserting statement also writes a query_rollup_pending row, committed with the
 events and taken by the refresh that merges them, so "this day has events not in its rollup" is
