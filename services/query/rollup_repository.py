@@ -9,11 +9,16 @@ arrived; days that cannot be corrected by adding (deletes, an earlier event arri
 purges, days never built) are rebuilt from their events (`rebuild_day`). The steps are
 described above `refresh_project`.
 
-Freshness: the triggers on events bump `query_rollup_days.changes` for every statement that
-inserts or deletes events of a (project, local day), in the inserting transaction. A refresh
-reads every marker in the statement that takes the pending event keys, so the `changes` it
-records as built are those of exactly the batches it merged; a batch that commits later bumps
-`changes` past it and the day shows as changed until the next refresh.
+Freshness: every inserting statement writes a `query_rollup_pending` row (the keys of its
+events and their local `days`, migrations 0730 and 0800), committed with the events and taken
+by the refresh that merges them, so a day has events not in its rollup exactly while a pending
+row touches it. Inserts only create a day's marker (`query_rollup_days`) when it has none: an
+existing marker is not locked, so one project's batches commit concurrently (issue #18). Deletes
+bump the marker's `changes` and mark the day never built. A refresh reads every marker in the
+statement that takes the pending rows, so the `changes` it records as built are those it saw.
+A day is usable (`_USABLE_DAY`) when built, current or built less than max_staleness_s ago, and
+no pending row touching it is older than max_staleness_s (the refresher takes every pending row
+each round: an older one means the rollup misses events a query would count).
 
 Weeks: once every day of a complete week (Monday to Sunday, before today) is current, the
 week's page rows are unioned from the days' rows into `query_rollup_page_weeks`, and
@@ -48,11 +53,19 @@ from services.query.vocabulary import (
     grain_id,
 )
 
-# A day row of query_rollup_days (alias d) that queries may read: current, or current less than
-# :max_staleness_s ago.
+# A day row of query_rollup_days (alias d) that queries may read: built; current, or current less
+# than :max_staleness_s ago (deletes); and no event waiting for the refresher longer than that.
+# The pending rows are filtered on the :project_id parameter, not on d.project_id, so Citus
+# routes the statement to the project's shard (see usable_weeks).
 _USABLE_DAY = (
     "d.built_changes IS NOT NULL"
     " AND (d.built_changes = d.changes OR d.built_at > now() - make_interval(secs => :max_staleness_s))"
+    " AND NOT EXISTS (SELECT FROM query_rollup_pending p WHERE p.project_id = :project_id"
+    " AND d.day = ANY(p.days) AND p.created_at < now() - make_interval(secs => :max_staleness_s))"
+)
+# A day row (alias d) whose rollup holds every committed event: nothing pending touches it.
+_NOTHING_PENDING = (
+    "NOT EXISTS (SELECT FROM query_rollup_pending p WHERE p.project_id = :project_id AND d.day = ANY(p.days))"
 )
 
 
@@ -66,7 +79,7 @@ async def day_states(
     connection: AsyncConnection, project_id: int, date_from: date, date_to: date, max_staleness_s: float
 ) -> dict[date, bool]:
     """The days of the range that hold events (they have a marker), each with whether its rollup
-    is usable: current, or current less than max_staleness_s ago. A day without a marker has
+    is usable: current, or current less than max_staleness_s ago (`_USABLE_DAY`). A day without a marker has
     never had an event (or lost its last one), so nothing needs computing for it."""
     result = await connection.execute(
         text(
@@ -150,14 +163,27 @@ async def projects_to_refresh(connection: AsyncConnection, project_id: int | Non
 
 
 async def count_days_to_build(connection: AsyncConnection, project_id: int | None = None) -> int:
-    result = await connection.execute(
+    """Days not current: changed by deletes or never built, or touched by pending events. Two
+    statements whose (project, day) sets are united here (one statement uniting a set-returning
+    unnest across all shards is not one Citus plans well)."""
+    params = {"project_id": project_id}
+    changed = await connection.execute(
         text(
-            "SELECT count(*) FROM query_rollup_days WHERE built_changes IS DISTINCT FROM changes"
+            "SELECT project_id, day FROM query_rollup_days WHERE built_changes IS DISTINCT FROM changes"
             " AND (CAST(:project_id AS bigint) IS NULL OR project_id = :project_id)"
         ),
-        {"project_id": project_id},
+        params,
     )
-    return int(result.scalar_one())
+    days = {(row.project_id, row.day) for row in changed}
+    pending = await connection.execute(
+        text(
+            "SELECT DISTINCT q.project_id, k.day FROM query_rollup_pending q CROSS JOIN unnest(q.days) AS k(day)"
+            " WHERE CAST(:project_id AS bigint) IS NULL OR q.project_id = :project_id"
+        ),
+        params,
+    )
+    days.update((row.project_id, row.day) for row in pending)
+    return len(days)
 
 
 # --- Merging what arrived --------------------------------------------------------------------
@@ -183,7 +209,8 @@ async def count_days_to_build(connection: AsyncConnection, project_id: int | Non
 #    out events still pending (the next refresh merges them), with their sessions' folded rows
 #    and their session days.
 # 6. The markers get the `changes` read in step 1 (or none, for unbuildable days left for a
-#    later round), last and in day order: ingest locks a day's marker in every batch.
+#    later round), last and in day order: a delete bumps its days' markers (since 0800 an
+#    insert only creates a missing one, and does not wait for this update).
 
 _VISIT_COLUMNS = ", ".join(VISIT_DIMENSIONS)
 
@@ -422,11 +449,14 @@ async def refresh_project(
     # A bulk load (an import, a backlog after downtime) is cheaper rebuilt than merged: its keys
     # are dropped and every day it changed is rebuilt.
     bulk = int(waiting.scalar_one()) > MAX_MERGED_EVENTS
+    # (In bulk, the days the load touched instead, with no `changes`: the markers always have one.)
     keys = (
-        "NULL::timestamptz AS occurred_at, NULL::uuid AS event_uuid, NULL::text AS timezone FROM taken WHERE false"
+        "DISTINCT k.day, NULL::bigint AS changes, NULL::bigint AS built_changes, NULL::timestamptz AS occurred_at,"
+        " NULL::uuid AS event_uuid, NULL::text AS timezone FROM taken CROSS JOIN unnest(taken.days) AS k(day)"
         if bulk
         else (
-            "k.occurred_at, k.event_uuid, NULL::text AS timezone"
+            "NULL::date AS day, NULL::bigint AS changes, NULL::bigint AS built_changes,"
+            " k.occurred_at, k.event_uuid, NULL::text AS timezone"
             " FROM taken CROSS JOIN unnest(taken.occurred_at, taken.event_uuid) AS k(occurred_at, event_uuid)"
         )
     )
@@ -434,8 +464,8 @@ async def refresh_project(
     taken = await connection.execute(
         text(
             "WITH taken AS (DELETE FROM query_rollup_pending WHERE project_id = :project_id"
-            " RETURNING occurred_at, event_uuid)"
-            f" SELECT NULL::date AS day, NULL::bigint AS changes, NULL::bigint AS built_changes, {keys}"
+            " RETURNING occurred_at, event_uuid, days)"
+            f" SELECT {keys}"
             " UNION ALL SELECT day, changes, built_changes, NULL, NULL, NULL FROM query_rollup_days"
             " WHERE project_id = :project_id"
             " UNION ALL SELECT NULL, NULL, NULL, NULL, NULL, timezone FROM projects WHERE project_id = :project_id"
@@ -447,9 +477,13 @@ async def refresh_project(
     changes: dict[date, int] = {}
     unbuilt: set[date] = set()
     stale: set[date] = set()
+    loaded: set[date] = set()
     for row in taken:
         if row.timezone is not None:
             timezone = row.timezone
+            continue
+        if row.day is not None and row.changes is None:
+            loaded.add(row.day)
             continue
         if row.day is None:
             occurred_at.append(row.occurred_at)
@@ -461,13 +495,34 @@ async def refresh_project(
         elif row.built_changes != row.changes:
             stale.add(row.day)
     # Days whose rows can no longer be corrected by adding: rebuilt below, or marked never built
-    # at the end. Their markers are written last, like every marker: ingest locks a day's marker
-    # in each batch, and would wait for this transaction until it commits.
+    # at the end. Their markers are written last, like every marker: a delete locks its days'
+    # markers, and would wait for this transaction until it commits.
     unbuildable: set[date] = set()
     if bulk:
-        # Every day the load changed was marked changed by the insert triggers.
-        unbuildable |= stale
-        unbuilt |= stale
+        # Every day the load has events on (its pending rows' days), and the start days of the
+        # sessions that span into one of those days from an earlier day (their session rows
+        # live there: a superset of the sessions the load extended).
+        if loaded:
+            extended = await connection.execute(
+                text(
+                    "SELECT DISTINCT (q.started_at AT TIME ZONE :timezone)::date FROM query_sessions q"
+                    " WHERE q.project_id = :project_id AND q.ended_at >= :start AND q.started_at < :end"
+                    " AND EXISTS (SELECT FROM unnest(CAST(:days AS date[])) AS l(day)"
+                    " WHERE l.day > (q.started_at AT TIME ZONE :timezone)::date"
+                    " AND l.day <= (q.ended_at AT TIME ZONE :timezone)::date)"
+                ),
+                {
+                    "project_id": project_id,
+                    "timezone": timezone,
+                    "start": local_midnight(min(loaded), timezone),
+                    "end": local_midnight(max(loaded) + timedelta(days=1), timezone),
+                    "days": sorted(loaded),
+                },
+            )
+            loaded.update(extended.scalars())
+        changed = stale | (loaded & changes.keys())
+        unbuildable |= changed
+        unbuilt |= changed
         stale = set()
     params: dict[str, object] = {
         "project_id": project_id,
@@ -583,7 +638,7 @@ async def refresh_project(
         )
         rebuilt.append(day)
     built = {day: changes[day] for day in (merged | stale) - unbuilt if day in changes}
-    # One pass in day order, as the triggers take the markers' locks: no deadlock with a batch.
+    # One pass in day order, as the delete trigger takes the markers' locks: no deadlock with it.
     for day in sorted(built.keys() | set(rebuilt) | unbuildable):
         if day in built or day in rebuilt:
             # A merged day purged meanwhile (never built) stays so; a rebuilt one is built.
@@ -904,10 +959,10 @@ async def retention_week_states(
             " max(built_at) OVER (ORDER BY week) AS days_built_at,"
             " bool_and(current) OVER (ORDER BY week) AS days_current,"
             " bool_and(built) OVER (ORDER BY week) AS days_built"
-            f" FROM (SELECT {_monday('day')} AS week, max(built_at) AS built_at,"
-            " bool_and(built_changes IS NOT NULL AND built_changes = changes) AS current,"
-            " bool_and(built_changes IS NOT NULL) AS built"
-            " FROM query_rollup_days WHERE project_id = :project_id AND day <= CAST(:last_week AS date) + 6"
+            f" FROM (SELECT {_monday('d.day')} AS week, max(d.built_at) AS built_at,"
+            f" bool_and(d.built_changes IS NOT NULL AND d.built_changes = d.changes AND {_NOTHING_PENDING}) AS current,"
+            " bool_and(d.built_changes IS NOT NULL) AS built"
+            " FROM query_rollup_days d WHERE d.project_id = :project_id AND d.day <= CAST(:last_week AS date) + 6"
             " GROUP BY 1) per_week) running WHERE week >= :first_week ORDER BY week"
         ),
         params,

@@ -52,7 +52,19 @@ async def rollup_days(engine: AsyncEngine, project_id: int) -> list[tuple[Any, .
         return [tuple(row) for row in result]
 
 
-async def test_inserts_are_counted_per_local_day(db: DatabaseHarness, engine: AsyncEngine) -> None:
+async def pending_days(engine: AsyncEngine, project_id: int) -> list[list[str]]:
+    async with engine.connect() as connection:
+        result = await connection.execute(
+            text(
+                "SELECT CAST(days AS text[]) FROM query_rollup_pending WHERE project_id = :project_id"
+                " ORDER BY occurred_at"
+            ),
+            {"project_id": project_id},
+        )
+        return [list(row[0]) for row in result]
+
+
+async def test_inserts_are_noted_per_local_day(db: DatabaseHarness, engine: AsyncEngine) -> None:
     project = await new_project(db)
     project_id = int(project["id"])
     # 23:30 on Jan 12 in Berlin is 22:30Z, still Jan 12; 00:30 on Jan 13 in Berlin is 23:30Z on Jan 12.
@@ -62,15 +74,21 @@ async def test_inserts_are_counted_per_local_day(db: DatabaseHarness, engine: As
         project_id,
         [Event("a", "s", berlin("2026-01-12T23:40:00")), Event("a", "s", berlin("2026-01-13T00:30:00"))],
     )
-    # Each event is its own statement. The 00:30 event extends session s, which started on Jan 12, so
-    # it changes Jan 12 too (the session's figures live on its start day): Jan 12 three times.
-    assert await rollup_days(engine, project_id) == [("2026-01-12", 3, None), ("2026-01-13", 1, None)]
+    # Each event is its own statement. Inserts only create a day's marker (0800: a marker bumped
+    # by every batch was a row lock that serialised the project's batches); each statement's
+    # pending row names its events' local days. (The 00:30 event extends session s, which
+    # started on Jan 12: the pending row names only Jan 13, and the refresh that takes it finds
+    # the session's start day from query_sessions.)
+    assert await rollup_days(engine, project_id) == [("2026-01-12", 1, None), ("2026-01-13", 1, None)]
+    assert await pending_days(engine, project_id) == [["2026-01-12"], ["2026-01-12"], ["2026-01-13"]]
     await build_rollups(engine, project)
-    assert await rollup_days(engine, project_id) == [("2026-01-12", 3, 3), ("2026-01-13", 1, 1)]
+    assert await rollup_days(engine, project_id) == [("2026-01-12", 1, 1), ("2026-01-13", 1, 1)]
+    assert await pending_days(engine, project_id) == []
     async with engine.begin() as connection:
         await connection.execute(text("DELETE FROM events WHERE project_id = :p"), {"p": project_id})
-    # A delete is not merged: its days are marked never built, to be rebuilt from their events.
-    assert await rollup_days(engine, project_id) == [("2026-01-12", 4, None), ("2026-01-13", 2, None)]
+    # A delete is not merged: it bumps its days' markers and marks them never built, to be rebuilt
+    # from their events.
+    assert await rollup_days(engine, project_id) == [("2026-01-12", 2, None), ("2026-01-13", 2, None)]
 
 
 async def test_a_late_event_is_seen_at_once_or_within_the_staleness_bound(

@@ -9,6 +9,11 @@ Around each wrk run it reads, from /proc, the CPU time of each process of the st
 ingest server with its workers, every Postgres process, PgBouncer) and of wrk itself, and
 reports it per request: requests/s on a shared machine says little by itself, CPU per request
 says what each request costs and where.
+
+During each run it also samples `pg_stat_activity` every 50 ms (on a connection of the owner,
+who is a member of the services' role and so sees their backends in full) and reports the
+average number of the services' backends per state: on CPU, waiting (by wait event), idle.
+Latency that is not CPU shows there (issue #18: a row lock that serialised batches).
 """
 
 from __future__ import annotations
@@ -23,10 +28,13 @@ import resource
 import shutil
 import subprocess
 import tempfile
+import threading
 import uuid
+from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
 
+import asyncpg
 import msgspec
 from sqlalchemy import text
 
@@ -131,6 +139,59 @@ def cpu_reading(pids: dict[str, list[int]]) -> dict[str, float]:
     return reading
 
 
+# Per sample, the services' backends (not the owner's, not background workers) by state: on CPU
+# (active, no wait event), the wait event of an active one, or the state of an idle one.
+_WAIT_SAMPLE = (
+    "SELECT CASE WHEN state = 'active' THEN coalesce(wait_event_type || ':' || wait_event, 'CPU')"
+    " ELSE coalesce(state, 'unknown') END AS state, count(*) AS backends FROM pg_stat_activity"
+    " WHERE datname = current_database() AND backend_type = 'client backend' AND usename <> current_user"
+    " GROUP BY 1"
+)
+
+
+class WaitSampler:
+    """Samples _WAIT_SAMPLE every interval_s in a thread of its own while the `with` block runs;
+    `averages` is then the mean number of backends per state over the samples."""
+
+    def __init__(self, database_url: str, interval_s: float = 0.05) -> None:
+        self._url = database_url.replace("postgresql+asyncpg://", "postgresql://")
+        self._interval_s = interval_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=lambda: asyncio.run(self._run()), daemon=True)
+        self._totals: Counter[str] = Counter()
+        self._samples = 0
+        self._error: BaseException | None = None
+
+    async def _run(self) -> None:
+        try:
+            connection = await asyncpg.connect(self._url, statement_cache_size=0)
+        except (OSError, asyncpg.PostgresError) as error:
+            self._error = error
+            return
+        try:
+            while not self._stop.is_set():
+                for row in await connection.fetch(_WAIT_SAMPLE):
+                    self._totals[row["state"]] += row["backends"]
+                self._samples += 1
+                await asyncio.sleep(self._interval_s)
+        finally:
+            await connection.close()
+
+    def __enter__(self) -> WaitSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        if self._error is not None:
+            print(f"pg_stat_activity not sampled: {self._error}", flush=True)
+
+    @property
+    def averages(self) -> dict[str, float]:
+        return {state: total / self._samples for state, total in self._totals.items()} if self._samples else {}
+
+
 def batch_template(public_key: str, events: int) -> bytes:
     """batch_body with placeholders that LUA_VARIED fills: visitor, session, a uuid per event."""
     document = msgspec.json.decode(batch_body(public_key, events))
@@ -148,18 +209,30 @@ def run_wrk(
     threads: int,
     pids: dict[str, list[int]] | None = None,
     visitors: int = 1,
+    database_url: str | None = None,
 ) -> dict[str, float]:
+    """wrk's figures, the CPU per request of each process group (with pids) and the average
+    backends per state (with database_url: a key `wait <state>` per state seen)."""
     before = cpu_reading(pids) if pids is not None else {}
-    output = subprocess.run(
-        ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(lua_file), url],
-        env={**os.environ, "SIGHTLINE_BENCH_BODY": str(body_file), "SIGHTLINE_BENCH_VISITORS": str(visitors)},
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
+    sampler = WaitSampler(database_url) if database_url is not None else None
+    if sampler is not None:
+        sampler.__enter__()
+    try:
+        output = subprocess.run(
+            ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(lua_file), url],
+            env={**os.environ, "SIGHTLINE_BENCH_BODY": str(body_file), "SIGHTLINE_BENCH_VISITORS": str(visitors)},
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    finally:
+        if sampler is not None:
+            sampler.__exit__()
     after = cpu_reading(pids) if pids is not None else {}
     figures: dict[str, float] = {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))}  # type: ignore[union-attr]
     figures["requests"] = float(re.search(r"(\d+) requests in", output).group(1))  # type: ignore[union-attr]
+    if sampler is not None:
+        figures.update({f"wait {state}": backends for state, backends in sampler.averages.items()})
     # CPU per request, in ms, of each group (requests counted by wrk; in-flight ones at the end are few).
     for group in after:
         figures[f"cpu_ms_{group}"] = (after[group] - before[group]) * 1000 / max(figures["requests"], 1.0)
@@ -226,7 +299,17 @@ def main() -> None:
         results: dict[str, list[dict[str, float]]] = {"noop": [], "events": []}
         for _ in range(args.rounds):
             for name, path in (("noop", "/v1/noop"), ("events", "/v1/events")):
-                figures = run_wrk(base + path, body_file, lua_file, args.seconds, args.connections, args.threads, pids)
+                figures = run_wrk(
+                    base + path,
+                    body_file,
+                    lua_file,
+                    args.seconds,
+                    args.connections,
+                    args.threads,
+                    pids,
+                    visitors=max(args.visitors, 1),
+                    database_url=admin.url,
+                )
                 results[name].append(figures)
                 print(f"{name:>6}: {figures}", flush=True)
         stored_after = asyncio.run(count_events(admin, int(demo["id"])))
@@ -276,6 +359,13 @@ def summarise(
         if args.visitors > 0
         else "one body repeated: one session, no uuids"
     )
+    states = sorted(
+        {key for run in results["events"] for key in run if key.startswith("wait ")},
+        key=lambda key: -_mean(results["events"], key),
+    )
+    waits = (
+        ", ".join(f"{key.removeprefix('wait ')} {_mean(results['events'], key):.2f}" for key in states) or "not sampled"
+    )
     noop_cpu = _mean(results["noop"], "cpu_ms_ingest")
     events_cpu = _mean(results["events"], "cpu_ms_ingest")
     return f"""{START}
@@ -297,6 +387,10 @@ divided by the requests wrk counted; `machine` is every core's busy time, other 
 | endpoint | ingest (server + workers) | postgres (all processes) | pgbouncer | wrk | machine |
 | --- | --- | --- | --- | --- | --- |
 {cpu_rows}
+
+The services' Postgres backends during the events runs (`pg_stat_activity` every 50 ms, average
+backends per state: `CPU` active and not waiting, `Type:event` active and waiting, else idle):
+{waits}.
 
 Ingest CPU per /v1/events request: {events_cpu:.3f} ms ({events_cpu / args.events * 1000:.0f} us per stored event),
 {events_cpu - noop_cpu:.3f} ms more than the no-op's {noop_cpu:.3f} ms.

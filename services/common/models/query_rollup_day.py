@@ -1,7 +1,10 @@
 """Freshness of the query rollups per (project, local day); see services/query/rollup_repository.py.
 
-`changes` is bumped by a trigger on events for every inserting or deleting statement that
-touches the day; a day's cube rows are current when `built_changes = changes`.
+A trigger on events creates the marker of a day's first event and bumps `changes` for every
+deleting statement that touches the day (since 0800 inserts do not: the events not yet in the
+rollup are told by query_rollup_pending, and a marker locked by every batch serialised a
+project's ingest). A day's cube rows are current when `built_changes = changes` and no pending
+row touches the day.
 """
 
 from __future__ import annotations

@@ -6,19 +6,23 @@ services/common/rollup_purge_repository.py.
 
 from __future__ import annotations
 
-from sqlalchemy import BigInteger, Column, Date, DateTime, Index, PrimaryKeyConstraint, Table, Text, Uuid
+from sqlalchemy import BigInteger, Column, Date, DateTime, Index, PrimaryKeyConstraint, Table, Text, Uuid, func, text
 from sqlalchemy.dialects.postgresql import ARRAY
 
 from services.common.models.base import Base
 
-# Per inserting statement and project, the keys of its new non-bot events (a trigger writes
-# them); the refresher takes them. No key: rows are only ever added and taken whole.
+# Per inserting statement and project, the keys of its new non-bot events and their local days
+# (a trigger writes them; `days` and `created_at` since 0800); the refresher takes them. A day
+# touched by a row older than the staleness allowed is not read from its rollup. No key: rows
+# are only ever added and taken whole.
 query_rollup_pending = Table(
     "query_rollup_pending",
     Base.metadata,
     Column("project_id", BigInteger, nullable=False),
     Column("occurred_at", ARRAY(DateTime(timezone=True)), nullable=False),
     Column("event_uuid", ARRAY(Uuid), nullable=False),
+    Column("days", ARRAY(Date), nullable=False, server_default=text("'{}'::date[]")),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Index("ix_query_rollup_pending_project_id", "project_id"),
 )
 
