@@ -842,7 +842,14 @@ async def rebuild_day(
         # 1.75x the CPU for a 325k-event day, docs/benchmarks.md).
         await connection.execute(text(_REBUILD_ONE_STATEMENT), params)
         return
-    # Citus: a statement per table, each pushed down to the project's shards.
+    # Citus: a statement per table, each pushed down to the project's shards. Pushed down, they
+    # are planned by the workers with the workers' settings, not the transaction's
+    # (configure_transaction): a worker whose statistics are stale (just after a bulk insert)
+    # could join the day's events to the staged sessions with a nested loop, seen as a rebuild
+    # of 6,000 events running past the 15 s command timeout in the Citus suite. With
+    # propagate_set_commands 'local', Citus sends this transaction's SET LOCAL to the workers.
+    await connection.execute(text("SET LOCAL citus.propagate_set_commands TO 'local'"))
+    await connection.execute(text("SET LOCAL enable_nestloop TO off"))
     await connection.execute(text(_STAGE_DAY_SESSIONS), params)
     params["events_end"] = (await connection.execute(text(_DAY_EVENTS_END), params)).scalar_one()
     for cube in CUBES:
