@@ -47,6 +47,7 @@ class RetentionReport:
     skipped_partitions: list[str] = field(default_factory=list)
     deleted_events: int = 0
     deleted_query_sessions: int = 0
+    deleted_session_urls: int = 0
     deleted_sessions: int = 0
     deleted_chunks: int = 0
     pruned_idempotency_keys: int = 0
@@ -64,6 +65,7 @@ class RetentionReport:
             "deletedRows": {
                 "events": self.deleted_events,
                 "query_sessions": self.deleted_query_sessions,
+                "event_session_urls": self.deleted_session_urls,
                 "replay_sessions": self.deleted_sessions,
                 "replay_chunks": self.deleted_chunks,
                 "ingested_events": self.pruned_idempotency_keys,
@@ -121,6 +123,9 @@ async def apply_retention(
             if project_ids is not None and retention.project_id not in project_ids:
                 # Only what the dropped partitions held: their sessions and their days' rollups.
                 async with engine.begin() as connection:
+                    report.deleted_session_urls += await retention_repository.delete_session_urls_before(
+                        connection, retention.project_id, every_projects_cutoff
+                    )
                     report.deleted_query_sessions += await retention_repository.delete_sessions_before(
                         connection, retention.project_id, every_projects_cutoff
                     )
@@ -134,6 +139,9 @@ async def apply_retention(
             report.projects += 1
             cutoff = now - timedelta(days=retention.retention_days)
             async with engine.begin() as connection:
+                report.deleted_session_urls += await retention_repository.delete_session_urls_before(
+                    connection, retention.project_id, cutoff
+                )
                 report.deleted_query_sessions += await retention_repository.delete_sessions_before(
                     connection, retention.project_id, cutoff
                 )

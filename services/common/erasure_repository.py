@@ -2,7 +2,7 @@
 
 Run the steps in this order, in one transaction (services/replay/erasure.py does):
 ``person_days`` -> ``rollup_purge_repository.lock_days`` -> ``lock_person_sessions`` ->
-``delete_idempotency_claims`` -> ``delete_recordings`` -> ``delete_events`` ->
+``delete_idempotency_claims`` -> ``delete_recordings`` -> ``delete_session_urls`` -> ``delete_events`` ->
 ``rollup_purge_repository.purge_days``. Locks are taken in the order ingest takes them
 (session rows before the rollups' day rows), so erasure and ingest never deadlock.
 
@@ -84,6 +84,24 @@ async def delete_idempotency_claims(connection: AsyncConnection, project_id: int
     return int(result.rowcount)
 
 
+async def delete_session_urls(connection: AsyncConnection, project_id: int, distinct_id: str) -> int:
+    """The URLs the person's sessions recorded under their id (event_session_urls); before the events.
+
+    Found through the events' (project_id, distinct_id) index and the table's key: a row exists
+    only while an event of that session, id and URL does (ingest adds it with the event,
+    retention removes it with the events).
+    """
+    result = await _for_person(
+        connection,
+        "DELETE FROM event_session_urls WHERE project_id = :project_id AND distinct_id = :distinct_id"
+        " AND session_id IN (SELECT session_id FROM events WHERE project_id = :project_id"
+        " AND distinct_id = :distinct_id)",
+        project_id,
+        distinct_id,
+    )
+    return int(result.rowcount)
+
+
 async def delete_recordings(
     connection: AsyncConnection, project_id: int, distinct_id: str, session_ids: list[str]
 ) -> tuple[int, int]:
@@ -130,6 +148,7 @@ _PROJECT_TABLES = (
     # Before events: a deleted event's session is recomputed from the events left (a trigger),
     # which is wasted work when every event of the project goes.
     "query_sessions",
+    "event_session_urls",
     "events",
     *DAY_ROLLUP_TABLES,
     *WEEK_ROLLUP_TABLES,

@@ -55,6 +55,38 @@ async def drop_event_partition(connection: AsyncConnection, name: str, lock_time
     await connection.execute(text(f"DROP TABLE {name}"))
 
 
+async def delete_session_urls_before(connection: AsyncConnection, project_id: int, cutoff: datetime) -> int:
+    """The sessions' URLs (event_session_urls) first seen before the cutoff; run it before ``delete_sessions_before``.
+
+    A URL its session visited again after the cutoff is put back with its first kept event's
+    time, found from the query_sessions rows that still straddle the cutoff (hence before
+    ``delete_sessions_before`` and ``recompute_straddling_sessions``): their events after the
+    cutoff, up to the latest such session's end. Returns the rows deleted, those put back not
+    subtracted. No index serves first_seen: a scan of the project's rows, once a day.
+    """
+    result = await connection.execute(
+        text(
+            "WITH gone AS (DELETE FROM event_session_urls WHERE project_id = :project_id AND first_seen < :cutoff"
+            " RETURNING session_id, distinct_id, url_hash),"
+            " straddling AS (SELECT session_id, ended_at FROM query_sessions WHERE project_id = :project_id"
+            " AND started_at < :cutoff AND ended_at >= :cutoff AND session_id IN (SELECT session_id FROM gone)),"
+            " kept AS (SELECT e.project_id, e.session_id, e.distinct_id, md5(e.url)::uuid AS url_hash,"
+            " min(e.url) AS url, min(e.path) AS path, min(e.occurred_at) AS first_seen"
+            " FROM events e WHERE e.project_id = :project_id AND e.occurred_at >= :cutoff"
+            " AND e.occurred_at <= (SELECT max(ended_at) FROM straddling)"
+            " AND e.session_id IN (SELECT session_id FROM straddling)"
+            " GROUP BY e.project_id, e.session_id, e.distinct_id, md5(e.url)::uuid),"
+            " restored AS (INSERT INTO event_session_urls"
+            " (project_id, session_id, distinct_id, url_hash, url, path, first_seen)"
+            " SELECT kept.* FROM kept JOIN gone USING (session_id, distinct_id, url_hash)"
+            " ON CONFLICT DO NOTHING RETURNING 1)"
+            " SELECT (SELECT count(*) FROM gone) - (SELECT count(*) FROM restored)"
+        ),
+        {"project_id": project_id, "cutoff": cutoff},
+    )
+    return int(result.scalar_one())
+
+
 async def delete_sessions_before(connection: AsyncConnection, project_id: int, cutoff: datetime) -> int:
     """Query sessions that ended before the cutoff; run it before deleting the events.
 

@@ -104,6 +104,10 @@ _ROWS = "@ROWS@"  # where a statement's JSON document goes, as a dollar-quoted l
 # The batch travels as one JSON document that json_to_recordset turns back into rows.
 # Client uuids are claimed in ingested_events first; an event whose uuid was already there is
 # a retry and is skipped.
+# Each (session, visitor, URL) is recorded once in event_session_urls, what the player's
+# "URL contains" searches (migration 0840): an event whose URL its session already holds adds
+# nothing there, where a trigram index on every event's URL cost a third of the statement. In
+# key order, so two writers touching the same sessions wait for each other in one order.
 # The stored uuid is made in `input` itself, not in the outer SELECT: Citus 13.2 (which plans
 # this as "INSERT ... SELECT, pull to coordinator") drops the column from an expression such as
 # COALESCE(input.event_uuid, gen_random_uuid()) there and stores a fresh uuid for every row.
@@ -119,6 +123,14 @@ _INSERT_EVENTS = f"""
         SELECT project_id, event_uuid FROM input WHERE event_uuid IS NOT NULL
         ON CONFLICT DO NOTHING
         RETURNING project_id, event_uuid
+    ),
+    session_urls AS (
+        INSERT INTO event_session_urls (project_id, session_id, distinct_id, url_hash, url, path, first_seen)
+        SELECT project_id, session_id, distinct_id, md5(url)::uuid, min(url), min(path), min(occurred_at)
+        FROM input
+        GROUP BY project_id, session_id, distinct_id, md5(url)::uuid
+        ORDER BY project_id, session_id, distinct_id, md5(url)::uuid
+        ON CONFLICT DO NOTHING
     )
     INSERT INTO events ({", ".join(_EVENT_COLUMNS)})
     SELECT {", ".join("input.stored_event_uuid" if c == "event_uuid" else "input." + c for c in _EVENT_COLUMNS)}

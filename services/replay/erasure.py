@@ -23,6 +23,7 @@ async def erase_person(connection: AsyncConnection, project_id: int, distinct_id
     session_ids = await erasure_repository.lock_person_sessions(connection, project_id, distinct_id)
     claims = await erasure_repository.delete_idempotency_claims(connection, project_id, distinct_id)
     sessions, chunks = await erasure_repository.delete_recordings(connection, project_id, distinct_id, session_ids)
+    urls = await erasure_repository.delete_session_urls(connection, project_id, distinct_id)
     events = await erasure_repository.delete_events(connection, project_id, distinct_id)
     rollups = await rollup_purge_repository.purge_days(connection, project_id, days)
     return PersonDeletion(
@@ -35,6 +36,7 @@ async def erase_person(connection: AsyncConnection, project_id: int, distinct_id
             "ingested_events": claims,
             "replay_sessions": sessions,
             "replay_chunks": chunks,
+            "event_session_urls": urls,
             **rollups.by_table(),
         },
         rollup_days_to_rebuild=rollups.days_to_rebuild,

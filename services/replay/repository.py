@@ -10,7 +10,7 @@ from sqlalchemy import BigInteger, Text, bindparam, func, or_, select, text, tup
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.common.db import asyncpg_connection
-from services.common.models import Event, QuerySession, ReplayChunk, ReplaySession
+from services.common.models import EventSessionUrl, QuerySession, ReplayChunk, ReplaySession
 from services.replay.schemas import ChunkEntry, SessionSummary, SessionVisit
 
 # Events and replay chunks carry timestamps from the same browser clock, but events are
@@ -139,16 +139,17 @@ async def _list_sessions(
         query = query.where(ReplaySession.device_type.is_distinct_from(BOT_DEVICE_TYPE))
     if filters.url_contains is not None:
         # LIKE with the user's % and _ escaped (they match literally), on lower(url): the form
-        # the trigram indexes of migration 0610 serve. The events are searched once for the
-        # sessions whose pages matched (a semi-join), not once per listed session.
+        # the trigram indexes serve (0610's on first_url, 0840's on each session's distinct
+        # URLs). The URLs are searched once for the sessions that visited a match (a
+        # semi-join), not once per listed session. A URL's first_seen is its first event's time.
         pattern = "%" + _escape_like(filters.url_contains.lower()) + "%"
-        visited = select(Event.session_id).where(
-            Event.project_id == project_id, func.lower(Event.url).like(pattern, escape="\\")
+        visited = select(EventSessionUrl.session_id).where(
+            EventSessionUrl.project_id == project_id, func.lower(EventSessionUrl.url).like(pattern, escape="\\")
         )
         if started_from is not None:
-            visited = visited.where(Event.occurred_at >= started_from - _EVENT_MATCH_SLACK)
+            visited = visited.where(EventSessionUrl.first_seen >= started_from - _EVENT_MATCH_SLACK)
         if filters.started_before is not None:
-            visited = visited.where(Event.occurred_at < filters.started_before + _EVENT_MATCH_SLACK)
+            visited = visited.where(EventSessionUrl.first_seen < filters.started_before + _EVENT_MATCH_SLACK)
         query = query.where(
             or_(
                 func.lower(ReplaySession.first_url).like(pattern, escape="\\"),
@@ -157,18 +158,18 @@ async def _list_sessions(
         )
     if filters.page is not None:
         # The page is an event's path, which ingest cuts from its URL: a session that visited it
-        # has an event whose lower(url) holds lower(path), which the trigram index finds; the
+        # has a URL whose lower(url) holds lower(path), which the trigram index finds; the
         # path is then compared exactly.
         pattern = "%" + _escape_like(filters.page.lower()) + "%"
-        on_page = select(Event.session_id).where(
-            Event.project_id == project_id,
-            func.lower(Event.url).like(pattern, escape="\\"),
-            Event.path == filters.page,
+        on_page = select(EventSessionUrl.session_id).where(
+            EventSessionUrl.project_id == project_id,
+            func.lower(EventSessionUrl.url).like(pattern, escape="\\"),
+            EventSessionUrl.path == filters.page,
         )
         if started_from is not None:
-            on_page = on_page.where(Event.occurred_at >= started_from - _EVENT_MATCH_SLACK)
+            on_page = on_page.where(EventSessionUrl.first_seen >= started_from - _EVENT_MATCH_SLACK)
         if filters.started_before is not None:
-            on_page = on_page.where(Event.occurred_at < filters.started_before + _EVENT_MATCH_SLACK)
+            on_page = on_page.where(EventSessionUrl.first_seen < filters.started_before + _EVENT_MATCH_SLACK)
         query = query.where(ReplaySession.session_id.in_(on_page))
     visit_conditions = [
         column == value

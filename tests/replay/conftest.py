@@ -205,6 +205,50 @@ async def insert_event(
                 "utm_campaign": utm.get("campaign"),
             },
         )
+        # As the ingest writer records it (services/ingest/repository.py): the session's URL, once.
+        await connection.execute(
+            text(
+                "INSERT INTO event_session_urls (project_id, session_id, distinct_id, url_hash, url, path, first_seen)"
+                " VALUES (:project_id, :session_id, :distinct_id, md5(:url)::uuid, :url, :path, :occurred_at)"
+                " ON CONFLICT (project_id, session_id, distinct_id, url_hash)"
+                " DO UPDATE SET first_seen = LEAST(event_session_urls.first_seen, EXCLUDED.first_seen)"
+            ),
+            {
+                "project_id": project_id,
+                "session_id": session_id,
+                "distinct_id": distinct_id,
+                "url": url,
+                "path": path,
+                "occurred_at": occurred_at,
+            },
+        )
+
+
+async def record_session_urls(engine: AsyncEngine, project_id: int) -> None:
+    """What the ingest writer records of events inserted directly: each session's URLs, once per id."""
+    async with engine.begin() as connection:
+        await connection.execute(
+            text(
+                "INSERT INTO event_session_urls (project_id, session_id, distinct_id, url_hash, url, path, first_seen)"
+                " SELECT project_id, session_id, distinct_id, md5(url)::uuid, min(url), min(path), min(occurred_at)"
+                " FROM events WHERE project_id = :project_id GROUP BY project_id, session_id, distinct_id, md5(url)"
+                " ON CONFLICT DO NOTHING"
+            ),
+            {"project_id": project_id},
+        )
+
+
+async def session_urls(engine: AsyncEngine, project_id: int) -> list[tuple[str, str, str, datetime]]:
+    """(session_id, distinct_id, path, first_seen) of every recorded session URL, in that order."""
+    async with engine.connect() as connection:
+        result = await connection.execute(
+            text(
+                "SELECT session_id, distinct_id, path, first_seen FROM event_session_urls"
+                " WHERE project_id = :project_id ORDER BY 1, 2, 3"
+            ),
+            {"project_id": project_id},
+        )
+        return [(row[0], row[1], row[2], row[3]) for row in result]
 
 
 async def project_rows(engine: AsyncEngine, project_id: int, queries: Mapping[str, str]) -> dict[str, list[Any]]:

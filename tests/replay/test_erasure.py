@@ -19,7 +19,7 @@ from services.query.settings import QuerySettings
 from services.replay.erasure import erase_person
 from tests.harness import DatabaseHarness
 from tests.query.conftest import Event, berlin, build_rollups, insert_events, query, table
-from tests.replay.conftest import T0, Chunk, auth, insert_session
+from tests.replay.conftest import T0, Chunk, auth, insert_session, record_session_urls, session_urls
 from tests.rows import chunk_row
 
 
@@ -91,6 +91,7 @@ async def test_erasure_removes_every_row_of_the_person_and_their_share_of_the_ro
         Event("carol", "s-carol", berlin("2026-01-13T12:00:00"), "/"),
     ]
     await insert_events(admin_engine, project_id, events)
+    await record_session_urls(admin_engine, project_id)
     # Ingest claims every client uuid in ingested_events.
     async with admin_engine.begin() as connection:
         await connection.execute(
@@ -161,6 +162,8 @@ async def test_erasure_removes_every_row_of_the_person_and_their_share_of_the_ro
             "ingested_events": 4,
             "replay_sessions": 1,
             "replay_chunks": 2,
+            # zed's URLs: / and /pricing in her session, /pricing in bob's.
+            "event_session_urls": 3,
             # Every row of the three days and of their week: the sketches hold zed.
             "query_rollup_visits": response.json()["deletedRows"]["query_rollup_visits"],
             "query_rollup_pages": response.json()["deletedRows"]["query_rollup_pages"],
@@ -205,6 +208,12 @@ async def test_erasure_removes_every_row_of_the_person_and_their_share_of_the_ro
         "query_rollup_sessions_folded": 0,
         "query_rollup_session_days": 0,
     }
+    # The session list's URL search no longer finds zed: bob's session keeps only his own URLs.
+    assert [row[:3] for row in await session_urls(admin_engine, project_id)] == [
+        ("s-bob", "bob", "/"),
+        ("s-bob", "bob", "/blog"),
+        ("s-carol", "carol", "/"),
+    ]
     # zed's session is gone; bob's, which held one of her events, is recomputed from his own.
     assert await _query_sessions(admin_engine, project_id) == [("s-bob", "bob", 3), ("s-carol", "carol", 1)]
     # bob's recording is intact, the one begun as anon-9 is gone whole.

@@ -16,6 +16,7 @@ PERSON_ROWS = {
     "events": "SELECT distinct_id FROM events WHERE project_id = :p ORDER BY distinct_id",
     "sessions": "SELECT session_id FROM replay_sessions WHERE project_id = :p ORDER BY session_id",
     "chunks": "SELECT session_id, seq FROM replay_chunks WHERE project_id = :p ORDER BY session_id, seq",
+    "sessionUrls": "SELECT distinct_id, session_id FROM event_session_urls WHERE project_id = :p ORDER BY 1, 2",
 }
 
 
@@ -63,6 +64,7 @@ async def test_deleting_a_person_removes_their_events_and_recordings_only(
         "ingested_events": 0,  # inserted with SQL here, so no client uuids were claimed
         "replay_sessions": 2,
         "replay_chunks": 4,
+        "event_session_urls": 3,  # the URL of each session alice's events named, under her id
         "query_rollup_visits": 0,  # no rollups were built in this test
         "query_rollup_pages": 0,
         **dict.fromkeys(SESSION_CUBE_TABLES, 0),
@@ -81,11 +83,13 @@ async def test_deleting_a_person_removes_their_events_and_recordings_only(
         "events": ["bob"],
         "sessions": ["bob-1"],
         "chunks": [("bob-1", 0)],
+        "sessionUrls": [("bob", "bob-1")],
     }
     assert await project_rows(admin_engine, other_project["id"], PERSON_ROWS) == {
         "events": ["alice"],
         "sessions": ["alice-1"],
         "chunks": [("alice-1", 0)],
+        "sessionUrls": [("alice", "alice-1")],
     }
 
     again = (await client.delete("/v1/persons/alice")).json()

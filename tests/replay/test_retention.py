@@ -27,7 +27,7 @@ from services.query.settings import QuerySettings
 from tests.harness import DatabaseHarness
 from tests.query.conftest import Event as QueryEvent
 from tests.query.conftest import berlin, build_rollups, insert_events, new_project
-from tests.replay.conftest import Chunk, insert_event, insert_session, project_rows
+from tests.replay.conftest import Chunk, insert_event, insert_session, project_rows, session_urls
 
 
 @pytest.fixture
@@ -50,6 +50,7 @@ RETAINED_ROWS = {
     "chunks": "SELECT DISTINCT session_id FROM replay_chunks WHERE project_id = :p ORDER BY 1",
     "idempotencyKeys": "SELECT count(*) FROM ingested_events WHERE project_id = :p",
     "querySessions": "SELECT session_id FROM query_sessions WHERE project_id = :p ORDER BY session_id",
+    "sessionUrls": "SELECT session_id FROM event_session_urls WHERE project_id = :p ORDER BY session_id",
 }
 
 
@@ -92,6 +93,7 @@ async def test_retention_removes_what_each_projects_setting_no_longer_allows(
         "deletedRows": {
             "events": 1,
             "query_sessions": 1,  # the query service's row of the 31-day-old visit
+            "event_session_urls": 1,  # its URL, which the session list searches
             "replay_sessions": 1,
             "replay_chunks": 2,
             "ingested_events": 2,
@@ -122,6 +124,7 @@ async def test_retention_removes_what_each_projects_setting_no_longer_allows(
         "chunks": ["recent"],
         "idempotencyKeys": [1],
         "querySessions": ["recent"],
+        "sessionUrls": ["recent"],
     }
     # The other project keeps the default 395 days: only its old idempotency key went.
     assert await project_rows(admin_engine, other_project["id"], RETAINED_ROWS) == {
@@ -130,6 +133,7 @@ async def test_retention_removes_what_each_projects_setting_no_longer_allows(
         "chunks": ["old", "recent"],
         "idempotencyKeys": [1],
         "querySessions": ["old", "recent"],
+        "sessionUrls": ["old", "recent"],
     }
 
     again = json.loads((await sightline("retention", "apply", "--project", str(project["id"]))).output)
@@ -162,7 +166,44 @@ async def test_a_day_past_every_projects_retention_is_dropped_as_a_whole_partiti
     assert "events_p20030303" not in partitions
     today = partition_repository.partition_name(datetime.now(UTC).date())
     assert {today, "events_default"} <= partitions
-    assert (await project_rows(admin_engine, project["id"], RETAINED_ROWS))["events"] == ["today"]
+    rows = await project_rows(admin_engine, project["id"], RETAINED_ROWS)
+    assert (rows["events"], rows["sessionUrls"]) == (["today"], ["today"])
+
+
+async def test_a_session_across_the_cutoff_keeps_only_the_urls_of_its_kept_events(
+    admin_env: None, admin_engine: AsyncEngine, project: dict[str, Any]
+) -> None:
+    """The session list's URL search: a URL first visited before the cutoff and again after it
+    stays findable, with its kept visit's time; one visited only before the cutoff goes."""
+    now = datetime.now(UTC).replace(microsecond=0)
+    cutoff = now - timedelta(days=30)
+    visits = [
+        ("/again", cutoff - timedelta(hours=1)),
+        ("/before", cutoff - timedelta(minutes=50)),
+        ("/again", cutoff + timedelta(minutes=20)),
+        ("/after", cutoff + timedelta(minutes=30)),
+    ]
+    for path, occurred_at in visits:
+        await insert_event(
+            admin_engine,
+            project["id"],
+            distinct_id="v",
+            session_id="across",
+            occurred_at=occurred_at,
+            url=f"https://example.com{path}",
+            path=path,
+        )
+    await insert_event(admin_engine, project["id"], distinct_id="v", session_id="gone", occurred_at=cutoff - timedelta(days=1))
+    await sightline("project", "set-retention", "--project", str(project["id"]), "--days", "30")
+
+    report = json.loads((await sightline("retention", "apply", "--project", str(project["id"]))).output)
+
+    # /again, /before and the other session's / went; /again came back from its kept event.
+    assert report["deletedRows"]["event_session_urls"] == 2
+    kept = await session_urls(admin_engine, project["id"])
+    # The cutoff is the command's own now less 30 days, a few seconds after this test's.
+    assert [(row[0], row[2]) for row in kept] == [("across", "/after"), ("across", "/again")]
+    assert [row[3] for row in kept] == [cutoff + timedelta(minutes=30), cutoff + timedelta(minutes=20)]
 
 
 async def test_set_retention_refuses_an_unknown_project_and_a_non_positive_number(admin_env: None) -> None:

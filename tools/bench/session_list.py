@@ -1,8 +1,9 @@
 """`make bench-session-list`: the player's session list under every filter, at 100k sessions.
 
 Starts its own throwaway Postgres + PgBouncer (migrated to head, so with the trigram indexes
-of migration 0610), fills one project with N recorded sessions over 30 days (default 100,000)
-and 5 pageview events per session (paths, referrers, UTM tags), as ingest stores them, plus the same again in a second
+of migrations 0610 and 0840), fills one project with N recorded sessions over 30 days (default 100,000)
+and 5 pageview events per session (paths, referrers, UTM tags), as ingest stores them (each session's
+distinct URLs in event_session_urls, as the writer records them), plus the same again in a second
 project (a list must not slow down because another tenant is large), ANALYZEs, then times
 the replay service's own list query (services/replay/repository.py, through PgBouncer, in a
 read transaction as a request runs it) for each filter: p50, p95 and max over --runs runs.
@@ -70,6 +71,11 @@ FROM generate_series(1, {sessions}) AS n, generate_series(0, 4) AS step,
      LATERAL (SELECT CASE WHEN n % 1000 = 11 THEN 'rare.example'
          ELSE (ARRAY[NULL, NULL, 'google.com', 'news.ycombinator.com', 'github.com'])[1 + n % 5]
      END AS domain) AS source;
+
+INSERT INTO event_session_urls (project_id, session_id, distinct_id, url_hash, url, path, first_seen)
+SELECT project_id, session_id, distinct_id, md5(url)::uuid, min(url), min(path), min(occurred_at)
+FROM events WHERE project_id = {project_id}
+GROUP BY project_id, session_id, distinct_id, md5(url)::uuid;
 """
 
 FILTERS: dict[str, SessionFilters] = {

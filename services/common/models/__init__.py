@@ -2,6 +2,7 @@
 
 from services.common.models.base import Base
 from services.common.models.event import Event
+from services.common.models.event_session_url import EventSessionUrl
 from services.common.models.ingested_event import IngestedEvent
 from services.common.models.project import Project
 from services.common.models.query_goal import QueryGoal
@@ -30,6 +31,7 @@ from services.common.models.replay_session import ReplaySession
 __all__ = [
     "Base",
     "Event",
+    "EventSessionUrl",
     "IngestedEvent",
     "Project",
     "QueryGoal",

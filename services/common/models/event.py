@@ -57,13 +57,8 @@ class Event(Base):
     __table_args__ = (
         # Erasure finds a person's events through it (one index per partition).
         Index("ix_events_project_id_distinct_id", "project_id", "distinct_id"),
-        # The session list's "URL contains" (pg_trgm; migration 0610, which skips it without pg_trgm).
-        Index(
-            "ix_events_url_trgm",
-            func.lower(url),
-            postgresql_using="gin",
-            postgresql_ops={"lower_1": "gin_trgm_ops"},
-        ),
+        # The session list's "URL contains" searches event_session_urls (migration 0840 dropped
+        # the trigram index of 0610 on every event's lower(url)).
         # Funnels' visitor sample: the non-bot events of 1/8 of the visitors, keyed for index-only
         # reads per step (migration 0780; services/query/repository.py `funnel`).
         Index(
