@@ -50,9 +50,8 @@ def citus_installed() -> bool:
 
 
 def trigrams_installed() -> bool:
-    return bool(
-        op.get_bind().execute(sa.text("SELECT EXISTS (SELECT FROM pg_extension WHERE extname = 'pg_trgm')")).scalar_one()
-    )
+    installed = op.get_bind().execute(sa.text("SELECT EXISTS (SELECT FROM pg_extension WHERE extname = 'pg_trgm')"))
+    return bool(installed.scalar_one())
 
 
 def upgrade() -> None:

@@ -193,7 +193,9 @@ async def test_a_session_across_the_cutoff_keeps_only_the_urls_of_its_kept_event
             url=f"https://example.com{path}",
             path=path,
         )
-    await insert_event(admin_engine, project["id"], distinct_id="v", session_id="gone", occurred_at=cutoff - timedelta(days=1))
+    await insert_event(
+        admin_engine, project["id"], distinct_id="v", session_id="gone", occurred_at=cutoff - timedelta(days=1)
+    )
     await sightline("project", "set-retention", "--project", str(project["id"]), "--days", "30")
 
     report = json.loads((await sightline("retention", "apply", "--project", str(project["id"]))).output)
