@@ -2,9 +2,11 @@
 
 Runs the ingest writer's own statement (services/ingest/repository.py) on one direct connection,
 batch after batch, and reads that backend's CPU time from /proc and the WAL it wrote, per 8-event
-request: with everything on, without client uuids (no ingested_events row), with the sessions
-trigger disabled, then also without the trigram index on URLs, the distinct_id index and the
-funnel sample index. What each step saves is that object's cost.
+request: with everything on (each session sending the same URLs again, then every URL new to
+its session: what an event_session_urls row costs), without client uuids (no ingested_events
+row), with the pending trigger disabled, then also the sessions trigger, then also without the
+trigram index on the sessions' URLs, the distinct_id index and the funnel sample index. What
+each step saves is that object's cost.
 
 It changes the schema while it runs (ALTER TABLE ... DISABLE TRIGGER, DROP INDEX) and puts it
 back at the end, so it refuses any database but a throwaway one whose name ends in `_scratch`,
@@ -47,18 +49,31 @@ class Variant:
     name: str
     uuids: bool
     before: tuple[str, ...] = ()
+    # Every event's URL new to its session (so each adds an event_session_urls row, migration
+    # 0840); otherwise each session sends the same 8 URLs again, as a visitor on a few pages does.
+    fresh_urls: bool = False
 
 
 # Each step keeps the previous steps' changes; the last one puts everything back.
 VARIANTS = (
     Variant("everything on", uuids=True),
+    Variant("everything on, every event's URL new to its session", uuids=True, fresh_urls=True),
     Variant("everything on, events without uuids (no ingested_events row)", uuids=False),
     Variant(
-        "sessions trigger disabled",
+        "pending trigger (0730, query_rollup_pending row per statement) disabled",
+        uuids=True,
+        before=("ALTER TABLE events DISABLE TRIGGER query_rollup_pending_after_insert",),
+    ),
+    Variant(
+        "  and the sessions trigger disabled",
         uuids=True,
         before=("ALTER TABLE events DISABLE TRIGGER query_sessions_after_insert",),
     ),
-    Variant("  and the trigram index on lower(url) dropped", uuids=True, before=("DROP INDEX ix_events_url_trgm",)),
+    Variant(
+        "  and event_session_urls' trigram index (0840) dropped",
+        uuids=True,
+        before=("DROP INDEX ix_event_session_urls_url_trgm",),
+    ),
     Variant(
         "  and the (project_id, distinct_id) index dropped",
         uuids=True,
@@ -76,14 +91,15 @@ VARIANTS = (
             "CREATE INDEX ix_events_funnel_sample ON events (project_id, name, path, (hashtext(distinct_id) & 511),"
             " occurred_at) INCLUDE (distinct_id) WHERE NOT is_bot AND (hashtext(distinct_id) & 7) = 0",
             "CREATE INDEX ix_events_project_id_distinct_id ON events (project_id, distinct_id)",
-            "CREATE INDEX ix_events_url_trgm ON events USING gin (lower(url) gin_trgm_ops)",
+            "CREATE INDEX ix_event_session_urls_url_trgm ON event_session_urls USING gin (lower(url) gin_trgm_ops)",
             "ALTER TABLE events ENABLE TRIGGER query_sessions_after_insert",
+            "ALTER TABLE events ENABLE TRIGGER query_rollup_pending_after_insert",
         ),
     ),
 )
 
 
-def request_rows(requests: int, session_prefix: str, uuids: bool) -> list[EventRow]:
+def request_rows(requests: int, session_prefix: str, uuids: bool, url_tag: str = "") -> list[EventRow]:
     """What the writer stores for `requests` bench-ingest bodies, each its own visitor and session."""
     now = datetime.now(UTC)
     return [
@@ -94,7 +110,7 @@ def request_rows(requests: int, session_prefix: str, uuids: bool) -> list[EventR
             name="pageview" if n % 3 == 0 else "click_cta",
             distinct_id=f"{session_prefix}-visitor-{r}",
             session_id=f"{session_prefix}-session-{r}",
-            url=f"https://example.com/docs/getting-started/section-{n}?utm_source=bench&utm_medium=wrk",
+            url=f"https://example.com/docs/getting-started/section-{n}{url_tag}?utm_source=bench&utm_medium=wrk",
             domain="example.com",
             path=f"/docs/getting-started/section-{n}",
             title="Getting started with Sightline - documentation",
@@ -129,7 +145,9 @@ async def measure(connection: asyncpg.Connection, variant: Variant, batches: int
     prefix = uuid.uuid4().hex[:8]
     # A visitor sends a batch every few seconds: each request's session comes back every 8 batches.
     statements = [
-        statement(request_rows(requests, f"{prefix}-{batch % 8}", variant.uuids))
+        statement(
+            request_rows(requests, f"{prefix}-{batch % 8}", variant.uuids, f"-{batch}" if variant.fresh_urls else "")
+        )
         for batch in range(batches + WARM_UP_BATCHES)
     ]
     for sql in statements[:WARM_UP_BATCHES]:
