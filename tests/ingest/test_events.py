@@ -9,6 +9,7 @@ from typing import Any
 
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tests.ingest.conftest import (
@@ -221,3 +222,73 @@ async def test_values_that_look_like_sql_or_quote_ends_are_stored_verbatim(
     assert sorted(row.title for row in rows) == sorted(tricky)
     assert sorted(row.properties["text"] for row in rows) == sorted(tricky)
     assert sorted(row.distinct_id for row in rows) == sorted(tricky)
+
+
+async def _session_urls(admin_engine: AsyncEngine, project_id: int) -> list[tuple[Any, ...]]:
+    async with admin_engine.connect() as connection:
+        result = await connection.execute(
+            text(
+                "SELECT session_id, distinct_id, url, path, first_seen, url_hash = md5(url)::uuid"
+                " FROM event_session_urls WHERE project_id = :id ORDER BY 1, 2, 3"
+            ),
+            {"id": project_id},
+        )
+        return [tuple(row) for row in result]
+
+
+async def test_each_sessions_urls_are_recorded_once_per_visitor_for_the_session_list(
+    client: AsyncTestClient[Litestar], project: dict[str, Any], admin_engine: AsyncEngine
+) -> None:
+    """event_session_urls (migration 0840): what the player's urlContains and page filters search."""
+    day = (datetime.now(UTC) - timedelta(days=1)).date().isoformat()
+    pricing, docs = "https://example.com/pricing?plan=pro", "https://example.com/docs"
+    first = [
+        pageview(uuid=new_uuid(), url=pricing, timestamp=f"{day}T10:00:05Z"),
+        pageview(uuid=new_uuid(), url=pricing, timestamp=f"{day}T10:00:01Z"),  # earlier, later in the batch
+        pageview(uuid=new_uuid(), url=docs, timestamp=f"{day}T10:00:09Z"),
+        pageview(uuid=new_uuid(), url=docs, timestamp=f"{day}T10:00:10Z", distinctId="visitor-2"),
+        pageview(uuid=new_uuid(), url=docs, timestamp=f"{day}T10:00:11Z", sessionId="session-2"),
+    ]
+    later = [pageview(uuid=new_uuid(), url=pricing, timestamp=f"{day}T11:00:00Z")]
+    for events in (first, later, first):  # the third is a retry of the first
+        response = await client.post(
+            "/v1/events", content=json_body({"projectKey": project["publicKey"], "events": events}), headers=JSON
+        )
+        assert response.status_code == 202, response.text
+
+    at = datetime.fromisoformat(f"{day}T10:00:00+00:00")
+    assert await _session_urls(admin_engine, project["id"]) == [
+        ("session-1", "visitor-1", docs, "/docs", at + timedelta(seconds=9), True),
+        ("session-1", "visitor-1", pricing, "/pricing", at + timedelta(seconds=1), True),
+        ("session-1", "visitor-2", docs, "/docs", at + timedelta(seconds=10), True),
+        ("session-2", "visitor-1", docs, "/docs", at + timedelta(seconds=11), True),
+    ]
+    assert len(await stored_events(admin_engine, project["id"])) == 6
+
+
+async def test_concurrent_batches_naming_the_same_sessions_urls_all_commit(
+    client: AsyncTestClient[Litestar], project: dict[str, Any], admin_engine: AsyncEngine
+) -> None:
+    """Batches whose events name the same sessions and URLs in different orders: no deadlock, one row each."""
+    urls = [f"https://example.com/page-{n}" for n in range(6)]
+    sessions = [f"session-{n}" for n in range(3)]
+    batches = [
+        [
+            pageview(uuid=new_uuid(), url=url, sessionId=session)
+            for session in (sessions if b % 2 else sessions[::-1])
+            for url in (urls if b % 2 else urls[::-1])
+        ]
+        for b in range(8)
+    ]
+    responses = await asyncio.gather(
+        *(
+            client.post(
+                "/v1/events", content=json_body({"projectKey": project["publicKey"], "events": events}), headers=JSON
+            )
+            for events in batches
+        )
+    )
+    assert [r.status_code for r in responses] == [202] * 8
+    rows = await _session_urls(admin_engine, project["id"])
+    assert sorted((row[0], row[2]) for row in rows) == sorted((s, u) for s in sessions for u in urls)
+    assert len(await stored_events(admin_engine, project["id"])) == 8 * 18
