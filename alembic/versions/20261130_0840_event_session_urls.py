@@ -14,7 +14,9 @@ trigram index instead: an event whose URL its session already has writes no inde
   exactly their events.
 - first_seen is the first event's occurred_at: retention removes the rows whose first visit is
   older than its cutoff and puts back those a later, kept event of the session still holds
-  (services/common/retention_repository.py).
+  (services/common/retention_repository.py). Indexed with project_id: the session list searches
+  the newest sessions first, in windows of a day and a week (what partition pruning did on
+  events), and retention finds the expired rows by it. It grows with new URLs only, like the rest.
 - On Citus the table is distributed by project_id, co-located with events.
 - Existing events are copied in (one grouped INSERT ... SELECT; on Citus pushed down to each
   shard), before the old index goes.
@@ -38,6 +40,7 @@ depends_on: str | Sequence[str] | None = None
 
 TABLE = "event_session_urls"
 URLS_INDEX = "ix_event_session_urls_url_trgm"
+FIRST_SEEN_INDEX = "ix_event_session_urls_project_id_first_seen"
 EVENTS_INDEX = "ix_events_url_trgm"
 
 log = logging.getLogger("alembic.runtime.migration")
@@ -75,6 +78,7 @@ def upgrade() -> None:
         " SELECT project_id, session_id, distinct_id, md5(url)::uuid, min(url), min(path), min(occurred_at)"
         " FROM events GROUP BY project_id, session_id, distinct_id, md5(url)::uuid"
     )
+    op.create_index(FIRST_SEEN_INDEX, TABLE, ["project_id", "first_seen"])
     if trigrams_installed():
         op.execute(f"CREATE INDEX {URLS_INDEX} ON {TABLE} USING gin (lower(url) gin_trgm_ops)")
     else:

@@ -62,7 +62,7 @@ async def delete_session_urls_before(connection: AsyncConnection, project_id: in
     time, found from the query_sessions rows that still straddle the cutoff (hence before
     ``delete_sessions_before`` and ``recompute_straddling_sessions``): their events after the
     cutoff, up to the latest such session's end. Returns the rows deleted, those put back not
-    subtracted. No index serves first_seen: a scan of the project's rows, once a day.
+    subtracted.
     """
     result = await connection.execute(
         text(

@@ -140,22 +140,25 @@ async def _list_sessions(
     if filters.url_contains is not None:
         # LIKE with the user's % and _ escaped (they match literally), on lower(url): the form
         # the trigram indexes serve (0610's on first_url, 0840's on each session's distinct
-        # URLs). The URLs are searched once for the sessions that visited a match (a
-        # semi-join), not once per listed session. A URL's first_seen is its first event's time.
+        # URLs). A correlated EXISTS, so that Postgres can choose per query: for a common term,
+        # the newest sessions' few URLs each (by the key) until the page is full; for a rare
+        # one, the matching URLs once (trigram index, first_seen within the window) and hashed.
+        # A URL's first_seen is its first event's time.
         pattern = "%" + _escape_like(filters.url_contains.lower()) + "%"
-        visited = select(EventSessionUrl.session_id).where(
-            EventSessionUrl.project_id == project_id, func.lower(EventSessionUrl.url).like(pattern, escape="\\")
+        visited = (
+            select(EventSessionUrl.session_id)
+            .where(
+                EventSessionUrl.project_id == ReplaySession.project_id,
+                EventSessionUrl.session_id == ReplaySession.session_id,
+                func.lower(EventSessionUrl.url).like(pattern, escape="\\"),
+            )
+            .correlate(ReplaySession)
         )
         if started_from is not None:
             visited = visited.where(EventSessionUrl.first_seen >= started_from - _EVENT_MATCH_SLACK)
         if filters.started_before is not None:
             visited = visited.where(EventSessionUrl.first_seen < filters.started_before + _EVENT_MATCH_SLACK)
-        query = query.where(
-            or_(
-                func.lower(ReplaySession.first_url).like(pattern, escape="\\"),
-                ReplaySession.session_id.in_(visited),
-            )
-        )
+        query = query.where(or_(func.lower(ReplaySession.first_url).like(pattern, escape="\\"), visited.exists()))
     if filters.page is not None:
         # The page is an event's path, which ingest cuts from its URL: a session that visited it
         # has a URL whose lower(url) holds lower(path), which the trigram index finds; the

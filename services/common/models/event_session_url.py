@@ -30,6 +30,8 @@ class EventSessionUrl(Base):
     first_seen: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
     __table_args__ = (
+        # The session list's search windows (newest day, week) and retention's cutoff.
+        Index("ix_event_session_urls_project_id_first_seen", "project_id", "first_seen"),
         # "URL contains" and the page filter (pg_trgm; migration 0840 skips it without pg_trgm).
         Index(
             "ix_event_session_urls_url_trgm",
