@@ -129,6 +129,7 @@ async def test_delete_removes_the_project_and_all_its_data_and_nothing_else(
             "replay_sessions": 1,
             "ingested_events": 0,
             "query_sessions": 1,  # the event's session, kept by the insert trigger
+            "event_session_urls": 1,  # the event's URL, for the session list's search
             "events": 1,
             "query_rollup_visits": 0,
             "query_rollup_pages": 0,
@@ -146,7 +147,7 @@ async def test_delete_removes_the_project_and_all_its_data_and_nothing_else(
     }
     async with admin_engine.connect() as connection:
         for owner, expected in ((project, 0), (other_project, 1)):
-            for table in ("events", "query_goals"):
+            for table in ("events", "event_session_urls", "query_goals"):
                 count = await connection.execute(
                     text(f"SELECT count(*) FROM {table} WHERE project_id = :p"), {"p": owner["id"]}
                 )
