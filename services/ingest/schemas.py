@@ -18,9 +18,10 @@ AwareTimestamp = Annotated[datetime, Meta(tz=True, description="RFC 3339 with a 
 
 # gc=False on the structs decoded by the thousand: a chunk may hold 50,000 rrweb events, and
 # each struct tracked by the cyclic garbage collector made its collections run over them while
-# they were built (a 50,000-event chunk decoded in 36 ms of CPU, 9 ms untracked: `python -m tools.bench.decode`).
-# Safe because none of them can be part of a reference cycle: their fields are scalars, a
-# struct of scalars, or (TrackedEvent.properties) a dict of scalars.
+# they were built (a 50,000-event chunk decoded in 78 ms of CPU, 13 ms untracked:
+# `python -m tools.loadtest.decode_costs`). Safe because none of them can be part of a reference
+# cycle: their fields are scalars, a struct of scalars, or (TrackedEvent.properties) a dict of
+# scalars.
 
 
 class TrackedEvent(msgspec.Struct, rename="camel", gc=False):

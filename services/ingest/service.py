@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from operator import attrgetter
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -11,7 +13,7 @@ from services.common.auth import ProjectCache, project_for_public_key
 from services.common.errors import ApiError
 from services.common.keys import PUBLIC_KEY_PREFIX
 from services.common.project_repository import ProjectRecord
-from services.common.rate_limit import TokenBuckets
+from services.common.rate_limit import CostBuckets, TokenBuckets
 from services.common.telemetry import step_span
 from services.ingest import enrichment
 from services.ingest.enrichment import CountryLookup, UrlError
@@ -58,6 +60,7 @@ class IngestService:
         self._project_cache = project_cache
         self._country_lookup = country_lookup
         self._rate_limit = TokenBuckets(settings.rate_limit_requests_per_s, settings.rate_limit_burst)
+        self._event_budget = CostBuckets(settings.event_budget_per_s, settings.event_budget_burst)
 
     async def ingest_events(
         self, batch: EventBatch, context: RequestContext, admitted: ProjectRecord | None = None
@@ -106,7 +109,16 @@ class IngestService:
             raise ApiError(401, "unknown_project_key", "No project has that projectKey.", field="projectKey")
         # Before any enrichment or writing: a flooding project costs the others little.
         self._rate_limit.take(project.project_id)
+        wait_s = self._event_budget.wait_s(project.project_id)
+        if wait_s is not None:
+            # With ?key= this is before the body is inflated: a project that spent its budget
+            # costs only the check until the refill has repaid it.
+            raise OverBudget(wait_s)
         return project
+
+    def charge_events(self, project: ProjectRecord, events: int) -> None:
+        """The events a body holds, counted by the skim before they are decoded, spent from the project's budget."""
+        self._event_budget.charge(project.project_id, events)
 
     def _event_rows(self, batch: EventBatch, project: ProjectRecord, context: RequestContext) -> list[EventRow]:
         _refuse_too_many(self._settings.max_events_per_batch, len(batch.events), "A batch", "events")
@@ -220,6 +232,17 @@ class IngestService:
         )
 
 
+class OverBudget(ApiError):
+    def __init__(self, wait_s: float) -> None:
+        seconds = max(1, math.ceil(wait_s))
+        super().__init__(
+            429,
+            "over_budget",
+            f"This project has sent more events than its budget allows; retry in {seconds} s.",
+            headers={"Retry-After": str(seconds)},
+        )
+
+
 @dataclass(frozen=True)
 class RrwebSummary:
     first_ms: int
@@ -231,9 +254,12 @@ class RrwebSummary:
     first_url: str | None
 
 
+_TIMESTAMP = attrgetter("timestamp")
+
+
 def summarise_rrweb(events: list[RrwebEvent]) -> RrwebSummary:
     """What a session list needs to know about a chunk, computed once at ingest."""
-    ordered = sorted(events, key=lambda event: event.timestamp)
+    ordered = sorted(events, key=_TIMESTAMP)
     clicks = 0
     page_urls: list[str] = []
     interaction_times: list[int] = []

@@ -1,4 +1,4 @@
-"""CPU of each decoding step of a replay chunk: `python -m tools.bench.decode`.
+"""CPU of each decoding step of a replay chunk: `python -m tools.loadtest.decode_costs`.
 
 For `make attack`'s counter-overflow chunk (50,000 rrweb events, the most a chunk may hold), a
 recorded first chunk (full snapshot) and a load-test incremental chunk: CPU per call of
