@@ -108,11 +108,17 @@ class AddressRefusals:
         self._budget.charge(address, 1.0)
 
 
-def _header(scope: Scope, wanted: bytes) -> str | None:
+def _raw_header(scope: Scope, wanted: bytes) -> bytes | None:
+    # ASGI servers send header names lower-cased.
     for name, value in scope.get("headers", ()):
         if name == wanted:
-            return str(value.decode("latin-1"))
+            return value
     return None
+
+
+def _header(scope: Scope, wanted: bytes) -> str | None:
+    value = _raw_header(scope, wanted)
+    return None if value is None else value.decode("latin-1")
 
 
 def _error_message(status: int, code: str, message: str, headers: Mapping[str, str]) -> tuple[Message, Message]:
@@ -244,7 +250,7 @@ class TrackerAdmissionMiddleware(ASGIMiddleware):
                 )
                 return
             send = _counting_refusals(send, refusals, address)
-            if len(_header(scope, b"user-agent") or "") > MAX_USER_AGENT_CHARS:
+            if len(_raw_header(scope, b"user-agent") or b"") > MAX_USER_AGENT_CHARS:
                 # No browser sends one; a flood of them (each unique, each parsed) cost ingest as
                 # much as a refused request does, so it counts like one without being refused.
                 refusals.refused(address)
