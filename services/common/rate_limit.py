@@ -79,7 +79,7 @@ class CostBuckets:
 
     Unlike TokenBuckets, the cost of a request is often known only once some of its work is done
     (a body's events are counted after it is inflated and skimmed), so a key is let in while its
-    balance is positive and charged afterwards what the request actually cost: the balance may
+    balance holds a unit and charged afterwards what the request actually cost: the balance may
     go below zero, and the key is refused until the refill has repaid it. Over time a key gets
     ``rate_per_s`` units a second whatever its requests' sizes, and a refused request costs only
     the check. At most ``max_keys`` keys are kept (least recently charged first out): memory stays
@@ -105,14 +105,14 @@ class CostBuckets:
         return len(self._balances)
 
     def wait_s(self, key: int | str) -> float | None:
-        """None while key may go on; else the seconds until its balance is positive again."""
+        """None while key may go on (a unit or more left); else the seconds until it has a unit again."""
         if not self.enabled:
             return None
         balance = self._balances.get(key)
         if balance is None:
             return None
         units = self._refilled(balance, self._clock())
-        return None if units > 0 else -units / self._rate
+        return None if units >= 1 else (1 - units) / self._rate
 
     def charge(self, key: int | str, cost: float) -> None:
         if not self.enabled:

@@ -77,9 +77,15 @@ class AddressRefusals:
         burst: float,
         max_addresses: int,
         trusted_proxies: Sequence[IpNetwork] = (),
+        hold_s: float = 0.0,
+        max_held: int = 256,
     ) -> None:
         self._budget = CostBuckets(per_s, burst, max_addresses)
         self._trusted_proxies = tuple(trusted_proxies)
+        # A refused address's requests wait up to hold_s (at most max_held of them at once) before
+        # their 429.
+        self.hold_s = hold_s
+        self.max_held = max_held
 
     @property
     def enabled(self) -> bool:
@@ -227,6 +233,7 @@ class TrackerAdmissionMiddleware(ASGIMiddleware):
         self._slots: asyncio.Semaphore | None = None
         self._waiting = 0
         self._refusals = refusals if refusals is not None and refusals.enabled else None
+        self._held = 0
 
     async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
         max_bytes = self._max_body_bytes.get(scope["path"])
@@ -239,6 +246,16 @@ class TrackerAdmissionMiddleware(ASGIMiddleware):
             wait_s = refusals.wait_s(address)
             if wait_s is not None:
                 seconds = max(1, math.ceil(wait_s))
+                if self._held < refusals.max_held:
+                    # Held before it is answered: a client that sends again as soon as it is
+                    # refused (an attacker does) then sends at most its connections per hold_s,
+                    # and each refusal, cheap as it is, is not repeated as fast as it can be.
+                    # Waiting costs the process nothing but the request; max_held bounds those.
+                    self._held += 1
+                    try:
+                        await asyncio.sleep(min(wait_s, refusals.hold_s))
+                    finally:
+                        self._held -= 1
                 # Before the body is read or a key looked up: all this refusal costs is its answer.
                 # The connection is closed, so the rest of the body is never read.
                 await _answer(

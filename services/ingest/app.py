@@ -91,6 +91,7 @@ def create_app(
             settings.address_refusals_burst,
             settings.address_table_size,
             settings.trusted_proxies,
+            hold_s=settings.address_refusal_hold_s,
         ),
     )
     return build_app(

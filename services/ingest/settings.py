@@ -89,6 +89,10 @@ class IngestSettings:
     address_refusals_burst: float = setting("ADDRESS_REFUSALS_BURST", 20.0)
     # Addresses remembered at once (least recently refused first out): bounded memory.
     address_table_size: int = setting("ADDRESS_TABLE_SIZE", 50_000)
+    # A refused address's requests wait this long (or until its budget holds a refusal again, if
+    # sooner) before the 429, at most 256 at once per process: an attacker that sends again as
+    # soon as it is refused then sends at most its connections per second.
+    address_refusal_hold_s: float = setting("ADDRESS_REFUSAL_HOLD_S", 1.0)
 
     def __post_init__(self) -> None:
         try:

@@ -99,8 +99,9 @@ async def test_a_project_over_its_event_budget_gets_429_while_another_is_answere
 
 @pytest.fixture(scope="module")
 def door_url(db: DatabaseHarness) -> Iterator[str]:
-    # 5 refusals saved, one more a second: the sixth made-up key in a row meets the door.
-    settings = {"ADDRESS_REFUSALS_PER_S": "1", "ADDRESS_REFUSALS_BURST": "5"}
+    # 5 refusals saved, one more a second: the sixth made-up key in a row meets the door. Not
+    # held before the 429 (a hold of 1 s would refill one refusal each time).
+    settings = {"ADDRESS_REFUSALS_PER_S": "1", "ADDRESS_REFUSALS_BURST": "5", "ADDRESS_REFUSAL_HOLD_S": "0"}
     with db.serve("ingest", "hostile-address-budget", INGEST_WORKERS="1", **settings) as ingest:
         yield ingest.url
 
@@ -164,6 +165,33 @@ async def test_user_agents_longer_than_any_browser_count_like_refusals(door_url:
     assert [response.status_code for response in answered] == [202] * 10
 
 
+@pytest.fixture(scope="module")
+def holding_url(db: DatabaseHarness) -> Iterator[str]:
+    # One refusal saved, next to no refill: every request after the first is refused, held first.
+    settings = {"ADDRESS_REFUSALS_PER_S": "0.001", "ADDRESS_REFUSALS_BURST": "1", "ADDRESS_REFUSAL_HOLD_S": "0.5"}
+    with db.serve("ingest", "hostile-address-hold", INGEST_WORKERS="1", **settings) as ingest:
+        yield ingest.url
+
+
+async def test_a_refused_address_is_held_before_its_429(holding_url: str, project: dict[str, Any]) -> None:
+    """Sending again at once gains an attacker nothing: each refusal waits the hold first."""
+    transport = httpx.AsyncHTTPTransport(local_address="127.0.0.4")
+    async with httpx.AsyncClient(base_url=holding_url, timeout=30, transport=transport) as client:
+        unknown = "pk_" + secrets.token_urlsafe(16)
+        first = await client.post("/v1/events", content=batch(unknown, "a"), headers=JSON)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        held = await asyncio.gather(
+            *(client.post("/v1/events", content=batch(project["publicKey"], "a"), headers=JSON) for _ in range(3))
+        )
+        waited_s = loop.time() - started
+    assert first.status_code == 401
+    for refused in held:
+        assert_error(refused, 429, "too_many_refusals")
+    # asyncio.sleep never ends early: the three were held (together) at least the hold.
+    assert waited_s >= 0.5
+
+
 def scope(peer: str, forwarded_for: str | None = None) -> dict[str, Any]:
     headers = [(b"x-forwarded-for", forwarded_for.encode())] if forwarded_for else []
     return {"client": (peer, 50000), "headers": headers}
@@ -187,7 +215,7 @@ def test_the_tables_stay_bounded() -> None:
         buckets.charge(f"address-{key}", 5)
     assert len(buckets) == 3
     # The three kept are the last charged, in debt; one pushed out starts again with its burst.
-    assert buckets.wait_s("address-9999") == 3.0
+    assert buckets.wait_s("address-9999") == 4.0  # -3: four units to a whole one
     assert buckets.wait_s("address-0") is None
     refusals = AddressRefusals(1, 1, max_addresses=100)
     for n in range(1_000):
@@ -201,11 +229,11 @@ def test_debt_is_repaid_at_the_rate() -> None:
     assert buckets.wait_s("p") is None
     buckets.charge("p", 150)  # 50 left
     assert buckets.wait_s("p") is None
-    buckets.charge("p", 250)  # -200: let in while positive, charged what it cost
-    assert buckets.wait_s("p") == 2.0
+    buckets.charge("p", 250)  # -200: let in while a unit was left, charged what it cost
+    assert buckets.wait_s("p") == 2.01  # until one whole unit again
     now[0] = 1.5
-    assert buckets.wait_s("p") == 0.5
-    now[0] = 2.01
+    assert buckets.wait_s("p") == 0.51
+    now[0] = 2.02
     assert buckets.wait_s("p") is None
 
 
