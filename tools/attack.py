@@ -57,8 +57,12 @@ from services.common.settings import AdminDatabaseSettings, ServerSettings
 from services.ingest.tasks import PARTITION_RETRY_INTERVAL_S, create_missing_partitions
 from tools.benchmarks_file import write_section
 from tools.loadtest.chaos import throwaway_stack
-from tools.loadtest.payloads import rrweb_bomb
+from tools.loadtest.payloads import counter_overflow_events, rrweb_bomb
 
+# The attacker's requests come from this address, the honest visitors' from 127.0.0.1: on the
+# internet they are different clients, and ingest's budget of refusals is kept per client
+# address (services/ingest/admission.py). Any 127/8 address reaches the stack on loopback.
+ATTACKER_ADDRESS = "127.0.0.2"
 RELIABILITY = Path(__file__).resolve().parents[1] / "docs" / "reliability.md"
 MARKERS = ("<!-- attack:start -->", "<!-- attack:end -->", "## Hostile traffic, measured (`make attack`)")
 CHROME = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0 Safari/537.36"
@@ -206,7 +210,7 @@ async def stalled_uploads(attacker: Attacker, sockets: int = 1000) -> None:
         writers = []
         for _ in range(sockets):
             try:
-                _, writer = await asyncio.open_connection(host, int(port))
+                _, writer = await asyncio.open_connection(host, int(port), local_addr=(ATTACKER_ADDRESS, 0))
             except OSError:
                 await asyncio.sleep(0.1)
                 continue
@@ -262,8 +266,7 @@ async def huge_user_agents(attacker: Attacker, client: httpx.AsyncClient) -> Non
 
 async def counter_overflow(attacker: Attacker, client: httpx.AsyncClient) -> None:
     base_ms = int((datetime.now(UTC) - timedelta(minutes=5)).timestamp() * 1000)
-    clicks = [{"type": 3, "timestamp": base_ms + n, "data": {"source": 2, "type": 2}} for n in range(49_999)]
-    events = [{"type": 4, "timestamp": base_ms, "data": {"href": "https://example.com/"}}, *clicks]
+    events = counter_overflow_events(base_ms)
     seq = 0
 
     async def one_stream() -> None:
@@ -353,7 +356,8 @@ def attack_process(
     async def attack() -> None:
         ready.set()
         limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
-        async with httpx.AsyncClient(base_url=ingest_url, timeout=60, limits=limits) as client:
+        transport = httpx.AsyncHTTPTransport(limits=limits, local_address=ATTACKER_ADDRESS)
+        async with httpx.AsyncClient(base_url=ingest_url, timeout=60, transport=transport) as client:
             await ATTACKS[name][1](Attacker(ingest_url, attacker_key, sent, rate), client)
 
     asyncio.run(attack())
@@ -638,7 +642,8 @@ def report(
         [
             MARKERS[0],
             f"Measured {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {platform.node()} ({cores} cores), "
-            f"one ingest worker, attacker, visitors, Postgres and PgBouncer on the same machine "
+            f"one ingest worker, attacker (from {ATTACKER_ADDRESS}), visitors (from 127.0.0.1), Postgres and "
+            "PgBouncer on the same machine "
             f"({placement(args)}). Command: `{command}`. Load average before: {load_before}, after: "
             f"{' '.join(Path('/proc/loadavg').read_text().split()[:3])}.",
             f"{args.visitors} honest visitors (a 3-event batch every ~1 s each, retried like the tracker), "

@@ -21,13 +21,21 @@ Ingest is public, so the door must also hold against a client that does not play
 - Waiting for a slot is bounded (``admission_wait_s``); past it, 503 with a Retry-After that
   grows with the queue (and with how long the database has been away) and carries jitter, so
   refused clients do not come back together.
+- A client address whose requests keep being refused (4xx: made-up keys, bad bodies, a project
+  over its limit or budget), or carry a User-Agent longer than any browser's, is refused 429 at
+  the door, before its body is read, until its budget of refusals has refilled
+  (``AddressRefusals``). Each refusal is cheap on its own; a
+  flood of them is not, and an attacker's requests per second times their cost took ingest's
+  worker from honest requests (`make attack`: a random-key flood, 1.5 ms each, 100 a second).
 """
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
+import math
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import msgspec
@@ -36,7 +44,9 @@ from litestar.middleware import ASGIMiddleware
 from litestar.types import ASGIApp, HTTPRequestEvent, Message, Receive, ReceiveMessage, Scope, Send
 
 from services.common.errors import DATABASE_OUTAGE, ErrorBody, ErrorDetail
+from services.common.rate_limit import CostBuckets
 from services.common.telemetry import step_span
+from services.ingest.enrichment import MAX_USER_AGENT_CHARS, IpNetwork, client_ip
 
 
 @dataclass(frozen=True)
@@ -50,6 +60,71 @@ class AdmissionLimits:
     body_grace_s: float = 10.0
     # 4 KiB/s is slower than a 2G (EDGE) link; a tracker body is a few kB, a replay chunk tens.
     min_upload_bytes_per_s: float = 4096.0
+
+
+class AddressRefusals:
+    """Refusals per client address: a budget of 4xx answers a second, kept per worker process.
+
+    The address is the socket peer, or what X-Forwarded-For says when the peer is a trusted
+    proxy (enrichment.client_ip); an IPv6 address counts by its /64, the block one subscriber
+    usually gets, so making up addresses within it does not reset the count. At most
+    ``max_addresses`` are kept (services.common.rate_limit.CostBuckets).
+    """
+
+    def __init__(
+        self,
+        per_s: float,
+        burst: float,
+        max_addresses: int,
+        trusted_proxies: Sequence[IpNetwork] = (),
+        hold_s: float = 0.0,
+        max_held: int = 256,
+    ) -> None:
+        self._budget = CostBuckets(per_s, burst, max_addresses)
+        self._trusted_proxies = tuple(trusted_proxies)
+        # A refused address's requests wait up to hold_s (at most max_held of them at once) before
+        # their 429.
+        self.hold_s = hold_s
+        self.max_held = max_held
+
+    @property
+    def enabled(self) -> bool:
+        return self._budget.enabled
+
+    @property
+    def addresses(self) -> int:
+        return len(self._budget)
+
+    def address(self, scope: Scope) -> str | None:
+        client = scope.get("client")
+        peer = client[0] if client else None
+        forwarded_for = _header(scope, b"x-forwarded-for") if self._trusted_proxies else None
+        found = client_ip(peer, forwarded_for, self._trusted_proxies)
+        if found is None or ":" not in found:
+            return found
+        try:
+            return str(ipaddress.IPv6Network(f"{found}/64", strict=False))
+        except ValueError:
+            return found
+
+    def wait_s(self, address: str) -> float | None:
+        return self._budget.wait_s(address)
+
+    def refused(self, address: str) -> None:
+        self._budget.charge(address, 1.0)
+
+
+def _raw_header(scope: Scope, wanted: bytes) -> bytes | None:
+    # ASGI servers send header names lower-cased.
+    for name, value in scope.get("headers", ()):
+        if name == wanted:
+            return value
+    return None
+
+
+def _header(scope: Scope, wanted: bytes) -> str | None:
+    value = _raw_header(scope, wanted)
+    return None if value is None else value.decode("latin-1")
 
 
 def _error_message(status: int, code: str, message: str, headers: Mapping[str, str]) -> tuple[Message, Message]:
@@ -146,18 +221,56 @@ def _replaying(body: bytes, receive: Receive) -> Receive:
 class TrackerAdmissionMiddleware(ASGIMiddleware):
     scopes = (ScopeType.HTTP,)
 
-    def __init__(self, limits: AdmissionLimits, max_body_bytes: Mapping[str, int]) -> None:
+    def __init__(
+        self,
+        limits: AdmissionLimits,
+        max_body_bytes: Mapping[str, int],
+        refusals: AddressRefusals | None = None,
+    ) -> None:
         """max_body_bytes: the admitted paths, each with its largest body as sent."""
         self._limits = limits
         self._max_body_bytes = dict(max_body_bytes)
         self._slots: asyncio.Semaphore | None = None
         self._waiting = 0
+        self._refusals = refusals if refusals is not None and refusals.enabled else None
+        self._held = 0
 
     async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
         max_bytes = self._max_body_bytes.get(scope["path"])
         if max_bytes is None or scope.get("method") != "POST":
             await next_app(scope, receive, send)
             return
+        refusals = self._refusals
+        address = refusals.address(scope) if refusals is not None else None
+        if refusals is not None and address is not None:
+            wait_s = refusals.wait_s(address)
+            if wait_s is not None:
+                seconds = max(1, math.ceil(wait_s))
+                if self._held < refusals.max_held:
+                    # Held before it is answered: a client that sends again as soon as it is
+                    # refused (an attacker does) then sends at most its connections per hold_s,
+                    # and each refusal, cheap as it is, is not repeated as fast as it can be.
+                    # Waiting costs the process nothing but the request; max_held bounds those.
+                    self._held += 1
+                    try:
+                        await asyncio.sleep(min(wait_s, refusals.hold_s))
+                    finally:
+                        self._held -= 1
+                # Before the body is read or a key looked up: all this refusal costs is its answer.
+                # The connection is closed, so the rest of the body is never read.
+                await _answer(
+                    send,
+                    429,
+                    "too_many_refusals",
+                    f"Requests from this address were refused too often; retry in {seconds} s.",
+                    {"Retry-After": str(seconds), "Connection": "close"},
+                )
+                return
+            send = _counting_refusals(send, refusals, address)
+            if len(_raw_header(scope, b"user-agent") or b"") > MAX_USER_AGENT_CHARS:
+                # No browser sends one; a flood of them (each unique, each parsed) cost ingest as
+                # much as a refused request does, so it counts like one without being refused.
+                refusals.refused(address)
         declared = _content_length(scope)
         if declared is not None and declared > max_bytes:
             await _answer(
@@ -201,6 +314,22 @@ class TrackerAdmissionMiddleware(ASGIMiddleware):
             await next_app(scope, receive, send)
         finally:
             self._slots.release()
+
+
+def _counting_refusals(send: Send, refusals: AddressRefusals, address: str) -> Send:
+    """send, charging the address's budget when the answer is a refusal (4xx).
+
+    Not 408: a slow upload costs ingest a socket and a timer, and an honest phone on a bad link
+    gets it too.
+    """
+
+    async def counting(message: Message) -> None:
+        status = message["status"] if message["type"] == "http.response.start" else 0
+        if 400 <= status < 500 and status != 408:
+            refusals.refused(address)
+        await send(message)
+
+    return counting
 
 
 def _content_length(scope: Scope) -> int | None:

@@ -11,7 +11,7 @@ from litestar.types import ControllerRouterHandler
 from services.common.app import build_app
 from services.common.auth import ProjectCache
 from services.common.settings import AdminDatabaseSettings, DatabaseSettings, LogSettings
-from services.ingest.admission import AdmissionLimits, TrackerAdmissionMiddleware
+from services.ingest.admission import AddressRefusals, AdmissionLimits, TrackerAdmissionMiddleware
 from services.ingest.cors import AllowedOrigins, TrackerCorsMiddleware
 from services.ingest.enrichment import open_country_lookup, warm_up
 from services.ingest.routes import post_events, post_noop, post_replay
@@ -86,6 +86,13 @@ def create_app(
             min_upload_bytes_per_s=settings.min_upload_bytes_per_s,
         ),
         max_body_bytes,
+        AddressRefusals(
+            settings.address_refusals_per_s,
+            settings.address_refusals_burst,
+            settings.address_table_size,
+            settings.trusted_proxies,
+            hold_s=settings.address_refusal_hold_s,
+        ),
     )
     return build_app(
         service="ingest",

@@ -35,7 +35,10 @@ _ERRORS = error_responses(
         413: "Body over the limit, compressed or decompressed",
         415: "Content-Type other than application/json or text/plain, or Content-Encoding other than gzip",
         422: "The body does not match the contract; `field` names the first offending field",
-        429: "The project is over its rate limit; retry after Retry-After seconds",
+        429: (
+            "The project is over its rate limit or its event budget, or this client address was refused"
+            " too often; retry after Retry-After seconds"
+        ),
         503: (
             "Writer queue full, database unreachable, no admission slot in time, or too many key lookups waiting;"
             " retry after Retry-After seconds"
@@ -92,6 +95,9 @@ class TrackerRequest(Request[Any, Any, Any]):
                 elif envelope.project_key != url_key:
                     raise _key_mismatch()
             check_event_count(envelope, max_events)
+            if project is not None and envelope is not None:
+                # Charged before the typed decode, the step whose cost grows with the count.
+                service.charge_events(project, len(envelope.events))
             try:
                 decoded = decode_json(body, body_type, envelope)
             except ApiError as exc:

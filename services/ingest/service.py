@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import math
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from operator import attrgetter
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -11,7 +14,7 @@ from services.common.auth import ProjectCache, project_for_public_key
 from services.common.errors import ApiError
 from services.common.keys import PUBLIC_KEY_PREFIX
 from services.common.project_repository import ProjectRecord
-from services.common.rate_limit import TokenBuckets
+from services.common.rate_limit import CostBuckets, TokenBuckets
 from services.common.telemetry import step_span
 from services.ingest import enrichment
 from services.ingest.enrichment import CountryLookup, UrlError
@@ -29,6 +32,9 @@ MOUSE_INTERACTION, CLICK = 2, 2
 # Gaps between interactions longer than this are idle time, not active time.
 ACTIVITY_GAP_MS = 5_000
 MAX_REPLAY_CLOCK_AHEAD = timedelta(days=1)
+# Chunks with more rrweb events than this are summarised on a worker thread; the tracker's hold
+# tens to a few hundred (5 s of recording).
+THREADED_SUMMARY_EVENTS = 2_000
 # Public keys are "pk_" and 22 characters; this leaves room for other key formats.
 MAX_PUBLIC_KEY_LENGTH = 64
 
@@ -58,6 +64,7 @@ class IngestService:
         self._project_cache = project_cache
         self._country_lookup = country_lookup
         self._rate_limit = TokenBuckets(settings.rate_limit_requests_per_s, settings.rate_limit_burst)
+        self._event_budget = CostBuckets(settings.event_budget_per_s, settings.event_budget_burst)
 
     async def ingest_events(
         self, batch: EventBatch, context: RequestContext, admitted: ProjectRecord | None = None
@@ -80,8 +87,14 @@ class IngestService:
     ) -> int:
         project = admitted or await self.admit(chunk.project_key)
         _refuse_too_many(self._settings.max_rrweb_events_per_chunk, len(chunk.events), "A chunk", "rrweb events")
+        if len(chunk.events) > THREADED_SUMMARY_EVENTS:
+            # A long chunk's summary is a Python loop over every event (11 ms for 50,000): on a
+            # thread, the interpreter hands the event loop a turn every few milliseconds meanwhile.
+            summary = await asyncio.to_thread(summarise_rrweb, chunk.events)
+        else:
+            summary = summarise_rrweb(chunk.events)
         with step_span("ingest.enrich"):
-            row = self._chunk_row(chunk, stored_body, content_encoding, project, context)
+            row = self._chunk_row(chunk, summary, stored_body, content_encoding, project, context)
         # rrweb timestamps come from the client's clock with nothing to correct it by;
         # refuse what no plausible clock would say.
         if not (
@@ -106,7 +119,16 @@ class IngestService:
             raise ApiError(401, "unknown_project_key", "No project has that projectKey.", field="projectKey")
         # Before any enrichment or writing: a flooding project costs the others little.
         self._rate_limit.take(project.project_id)
+        wait_s = self._event_budget.wait_s(project.project_id)
+        if wait_s is not None:
+            # With ?key= this is before the body is inflated: a project that spent its budget
+            # costs only the check until the refill has repaid it.
+            raise OverBudget(wait_s)
         return project
+
+    def charge_events(self, project: ProjectRecord, events: int) -> None:
+        """The events a body holds, counted by the skim before they are decoded, spent from the project's budget."""
+        self._event_budget.charge(project.project_id, events)
 
     def _event_rows(self, batch: EventBatch, project: ProjectRecord, context: RequestContext) -> list[EventRow]:
         _refuse_too_many(self._settings.max_events_per_batch, len(batch.events), "A batch", "events")
@@ -183,12 +205,12 @@ class IngestService:
     def _chunk_row(
         self,
         chunk: ReplayChunkBody,
+        summary: RrwebSummary,
         stored_body: bytes,
         content_encoding: str,
         project: ProjectRecord,
         context: RequestContext,
     ) -> ChunkRow:
-        summary = summarise_rrweb(chunk.events)
         page_host = context.origin_host
         if page_host is None and summary.first_url is not None:
             try:
@@ -220,6 +242,17 @@ class IngestService:
         )
 
 
+class OverBudget(ApiError):
+    def __init__(self, wait_s: float) -> None:
+        seconds = max(1, math.ceil(wait_s))
+        super().__init__(
+            429,
+            "over_budget",
+            f"This project has sent more events than its budget allows; retry in {seconds} s.",
+            headers={"Retry-After": str(seconds)},
+        )
+
+
 @dataclass(frozen=True)
 class RrwebSummary:
     first_ms: int
@@ -231,9 +264,12 @@ class RrwebSummary:
     first_url: str | None
 
 
+_TIMESTAMP = attrgetter("timestamp")
+
+
 def summarise_rrweb(events: list[RrwebEvent]) -> RrwebSummary:
     """What a session list needs to know about a chunk, computed once at ingest."""
-    ordered = sorted(events, key=lambda event: event.timestamp)
+    ordered = sorted(events, key=_TIMESTAMP)
     clicks = 0
     page_urls: list[str] = []
     interaction_times: list[int] = []

@@ -69,6 +69,30 @@ class IngestSettings:
     # send the seed load (about 1,000 requests/s) through two workers with room to spare.
     rate_limit_requests_per_s: float = setting("RATE_LIMIT_REQUESTS_PER_S", 1_000.0)
     rate_limit_burst: float = setting("RATE_LIMIT_BURST", 2_000.0)
+    # A work budget per project, per worker process: events (tracker events and rrweb events)
+    # decoded per second, charged by the count the skim finds, before the typed decode. The rate
+    # limit counts requests, not their cost: a 50,000-event replay chunk is one request. The seed
+    # (5,000 visitors of one project, a request every 5 s each: event batches of 8 and replay
+    # chunks of up to 64 rrweb events, alternately) decodes at most 36,000 events/s in all: one
+    # worker taking all of it may see 2.5 times that, two workers 5 times. 0 turns it off.
+    event_budget_per_s: float = setting("EVENT_BUDGET_PER_S", 100_000.0)
+    event_budget_burst: float = setting("EVENT_BUDGET_BURST", 200_000.0)
+    # Per client address (IPv6: per /64), per worker process: tracker requests answered 4xx (an
+    # unknown key, a bad body, a project over its limit or budget), and requests whose
+    # User-Agent is longer than any browser's (over 512 characters; they are still answered).
+    # Past the budget, the address
+    # is refused 429 at the door, before its body is read or its key looked up, until the
+    # refill repays it. An honest tracker is refused rarely; a flood of made-up keys is refused
+    # every time. The address is the socket peer, or X-Forwarded-For from TRUSTED_PROXIES: behind
+    # a proxy that is not listed there every client shares the proxy's address. 0 turns it off.
+    address_refusals_per_s: float = setting("ADDRESS_REFUSALS_PER_S", 5.0)
+    address_refusals_burst: float = setting("ADDRESS_REFUSALS_BURST", 20.0)
+    # Addresses remembered at once (least recently refused first out): bounded memory.
+    address_table_size: int = setting("ADDRESS_TABLE_SIZE", 50_000)
+    # A refused address's requests wait this long (or until its budget holds a refusal again, if
+    # sooner) before the 429, at most 256 at once per process: an attacker that sends again as
+    # soon as it is refused then sends at most its connections per second.
+    address_refusal_hold_s: float = setting("ADDRESS_REFUSAL_HOLD_S", 1.0)
 
     def __post_init__(self) -> None:
         try:

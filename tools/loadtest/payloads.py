@@ -621,3 +621,13 @@ def rrweb_bomb(key: str | None) -> bytes:
     events = b",".join([b'{"type":3,"timestamp":1}'] * 1_250_000)
     key_part = b'"projectKey":"' + key.encode() + b'",' if key else b""
     return gzip.compress(b"{" + key_part + b'"sessionId":"s","distinctId":"d","seq":0,"events":[' + events + b"]}", 9)
+
+
+def counter_overflow_events(base_ms: int, count: int = 50_000) -> list[dict[str, object]]:
+    """`make attack`'s counter-overflow chunk: a meta event, then count - 1 clicks a millisecond apart.
+
+    The most rrweb events a chunk may hold (MAX_RRWEB_EVENTS_PER_CHUNK), each one a click, so every
+    event is decoded and counted: the most summarising work a valid chunk can ask for.
+    """
+    clicks = [{"type": 3, "timestamp": base_ms + n, "data": {"source": 2, "type": 2}} for n in range(count - 1)]
+    return [{"type": 4, "timestamp": base_ms, "data": {"href": "https://example.com/"}}, *clicks]
