@@ -533,7 +533,10 @@ async def funnel_errors(admin_settings: AdminDatabaseSettings, project: dict[str
                     [sum(step[h] for h in range(residue, 512, rate)) for residue in range(rate)] for step in classes
                 ]
                 if sampled != [step[0] for step in by_class]:
-                    log(f"  MISMATCH at 1/{rate}: the sampled read says {sampled}, its hash class {by_class}")
+                    log(
+                        f"  MISMATCH at 1/{rate}: the sampled read says {sampled},"
+                        f" its hash class 0 {[c[0] for c in by_class]}"
+                    )
                 for index, truth in enumerate(exact):
                     for residue, count in enumerate(by_class[index]):
                         low, high = service.visitors_interval(count, rate)
