@@ -201,10 +201,15 @@ def visitors_interval(sampled: int, rate: int) -> tuple[int, int]:
 
 def _share_bounds(part: int, whole: int) -> tuple[float, float]:
     """Clopper-Pearson 95% bounds of a share seen as part of whole (part small)."""
+    # Every bound lies below this share: `part` or fewer out of `whole` would be > 4 standard
+    # deviations under the mean there (widened to 1 if not).
+    ceiling = min(1.0, (part + 10 + 4 * math.sqrt(part + 1)) / whole)
+    if _binomial_cdf(part, whole, ceiling) >= _TAIL:
+        ceiling = 1.0
 
     def solve(accept: Callable[[float], bool], low: float, high: float) -> float:
-        # accept is true on [low, answer] and false beyond it.
-        for _ in range(60):
+        # accept holds on [low, answer] and not beyond; to 1e-8, well under the 0.01 % stated.
+        while high - low > 1e-8:
             middle = (low + high) / 2
             if accept(middle):
                 low = middle
@@ -212,10 +217,8 @@ def _share_bounds(part: int, whole: int) -> tuple[float, float]:
                 high = middle
         return low
 
-    upper = 1.0 if part == whole else solve(lambda q: _binomial_cdf(part, whole, q) >= _TAIL, 0.0, 1.0)
-    lower = (
-        0.0 if part == 0 else 1.0 - solve(lambda q: 1.0 - _binomial_cdf(part - 1, whole, 1.0 - q) >= _TAIL, 0.0, 1.0)
-    )
+    upper = 1.0 if part == whole else solve(lambda q: _binomial_cdf(part, whole, q) >= _TAIL, 0.0, ceiling)
+    lower = 0.0 if part == 0 else solve(lambda q: 1.0 - _binomial_cdf(part - 1, whole, q) < _TAIL, 0.0, upper)
     return lower, upper
 
 
