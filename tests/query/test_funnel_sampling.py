@@ -237,9 +237,10 @@ def test_the_stated_intervals() -> None:
     # 2 of 1/8: exact binomial bounds. 3 visitors give 2 or more sampled 4.3 % of the time, 2 only
     # 1.6 %: at least 3. (Wilson's score interval said 4 to 55.)
     assert visitors_interval(2, 8) == (3, 55)
-    # 100 of 1/8: 800 estimated. The N with (100 - N/8)^2 <= 1.96^2 * N/8 * 7/8: 666 to 961 (the
-    # normal approximation around 800 would say 653 to 947; Wilson's is skewed up, as a count is).
-    assert visitors_interval(100, 8) == (666, 961)
+    # 100 of 1/8: 800 estimated. The N with (|100 - N/8| - 1/2)^2 <= 1.96^2 * N/8 * 7/8: 662 to 966
+    # (without the half: 666 to 961; the normal approximation around 800 would say 653 to 947;
+    # Wilson's is skewed up, as a count is).
+    assert visitors_interval(100, 8) == (662, 966)
     assert rate_interval(0, 0) == (0.0, 100.0)
     assert rate_interval(50, 100) == (40.38, 59.62)  # Wilson, n = 100
     # None of 10, all of 10: Clopper-Pearson's 1 - 0.025^(1/10) = 30.85 %.
@@ -266,11 +267,11 @@ def _visitors_coverage(visitors: int, rate: int) -> float:
 
 @pytest.mark.parametrize("rate", [8, 64, 512])
 def test_the_visitors_interval_holds_95_percent_at_every_size(rate: int) -> None:
-    """Its coverage for N true visitors, from 1 to ~200 sampled on average: at least 94 % for each
+    """Its coverage for N true visitors, from 1 to ~200 sampled on average: at least 94.5 % for each
     (Wilson's score interval, used before, fell to 84 % where a few were sampled: N = 43 at 1/256)."""
     sizes = sorted({round(1.15**k) for k in range(60) if 1.15**k <= 200 * rate})
     coverages = {size: _visitors_coverage(size, rate) for size in sizes}
-    assert min(coverages.values()) >= 0.94, min(coverages.items(), key=lambda item: item[1])
+    assert min(coverages.values()) >= 0.945, min(coverages.items(), key=lambda item: item[1])
     assert 0.95 <= sum(coverages.values()) / len(coverages) <= 0.99
 
 
