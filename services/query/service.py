@@ -146,8 +146,8 @@ _TAIL = 0.025
 # Below this many sampled visitors (or, for a share, this many on its smaller side) the stated
 # intervals are exact binomial (Clopper-Pearson) bounds; from here on Wilson's score interval,
 # whose coverage is then within half a point of 95 % (docs/benchmarks.md). Wilson's alone fell to
-# 84 % where a step's sampled visitors were a handful: 2 of 1/8 said "at least 4" when 3 were
-# sampled from is 4.3 % likely, so a step reached by 3 visitors lay outside it.
+# 84 % where a step's sampled visitors were a handful: 2 sampled at 1/8 made it say "at least 4",
+# though 3 visitors give 2 or more sampled 4.3 % of the time.
 _EXACT_BELOW = 50
 
 
