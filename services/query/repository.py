@@ -582,22 +582,15 @@ def _step_params(project_id: int, steps: Sequence[FunnelStepMatch]) -> dict[str,
     }
 
 
-async def funnel(
-    connection: AsyncConnection,
+def _funnel_ctes(
     project_id: int,
     start: datetime,
     end: datetime,
     steps: Sequence[FunnelStepMatch],
     window_seconds: int,
-    sample_rate: int = 1,
-) -> list[int]:
-    """Visitors reaching each step, in order, within the window after their first step-1 event.
-
-    For a fixed start, taking the earliest qualifying event for each next step is optimal:
-    any later choice leaves less room for the steps after it. With a sample_rate of SAMPLE_RATES,
-    only the visitors of that sample are followed, and their counts are returned as they are
-    (not scaled up).
-    """
+    sample_rate: int,
+) -> tuple[list[str], dict[str, Any]]:
+    """The funnel's CTEs s0 .. s{n-1} (the visitors reaching each step, one row each) and their params."""
     params = {**_step_params(project_id, steps), "start": start, "end": end, "window": window_seconds}
     # Only events that match some step can be reached: the steps' joins read those alone.
     ctes = [
@@ -615,9 +608,56 @@ async def funnel(
             f" AND {_step_condition(step, 'e', f'step{index}')}"
             " GROUP BY p.distinct_id, p.started_at)"
         )
+    return ctes, params
+
+
+async def funnel(
+    connection: AsyncConnection,
+    project_id: int,
+    start: datetime,
+    end: datetime,
+    steps: Sequence[FunnelStepMatch],
+    window_seconds: int,
+    sample_rate: int = 1,
+) -> list[int]:
+    """Visitors reaching each step, in order, within the window after their first step-1 event.
+
+    For a fixed start, taking the earliest qualifying event for each next step is optimal:
+    any later choice leaves less room for the steps after it. With a sample_rate of SAMPLE_RATES,
+    only the visitors of that sample are followed, and their counts are returned as they are
+    (not scaled up).
+    """
+    ctes, params = _funnel_ctes(project_id, start, end, steps, window_seconds, sample_rate)
     counts = ", ".join(f"(SELECT count(*) FROM s{index})" for index in range(len(steps)))
     result = await connection.execute(text(f"WITH {', '.join(ctes)} SELECT {counts}"), params)
     return [int(value) for value in result.one()]
+
+
+async def funnel_hash_classes(
+    connection: AsyncConnection,
+    project_id: int,
+    start: datetime,
+    end: datetime,
+    steps: Sequence[FunnelStepMatch],
+    window_seconds: int,
+) -> list[list[int]]:
+    """The exact funnel's visitors per step, split by the sample hash's low nine bits
+    (`hashtext(distinct_id) & 511`, 512 counts per step). Every sample of rate r <= 512 is a
+    union of these classes (those that are multiples of r), and so is each of its r - 1 equally
+    likely siblings (the classes congruent to c mod r): the bench's check of the stated interval
+    over many disjoint samples of the same funnel."""
+    ctes, params = _funnel_ctes(project_id, start, end, steps, window_seconds, 1)
+    branches = " UNION ALL ".join(
+        f"SELECT {index} AS step, hashtext(distinct_id) & 511 AS class FROM s{index}" for index in range(len(steps))
+    )
+    result = await connection.execute(
+        text(f"WITH {', '.join(ctes)} SELECT step, class, count(*) FROM ({branches}) AS reached GROUP BY step, class"),
+        params,
+    )
+    classes = [[0] * 512 for _ in steps]
+    for step, hash_class, count in result:
+        classes[int(step)][int(hash_class)] = int(count)
+    return classes
 
 
 @dataclass(frozen=True)

@@ -158,12 +158,19 @@ class FunnelStepResult(msgspec.Struct, omit_defaults=True):
     drop_off: Annotated[int, msgspec.Meta(description="Visitors of the previous step who did not reach this one.")]
     drop_off_rate: Annotated[float, msgspec.Meta(description="drop_off as a percent of the previous step.")]
     visitors_low: Annotated[
-        int | None, msgspec.Meta(description="When sampled: the 95% interval of visitors (binomial, Wilson score).")
+        int | None,
+        msgspec.Meta(
+            description="When sampled: the 95% interval of visitors (binomial: exact bounds below 50 sampled visitors,"
+            " Wilson score above). Checked against exact funnels in docs/benchmarks.md."
+        ),
     ] = None
     visitors_high: int | None = None
     conversion_rate_low: Annotated[
         float | None,
-        msgspec.Meta(description="When sampled: the 95% interval of conversion_rate (Wilson score, among the sample)."),
+        msgspec.Meta(
+            description="When sampled: the 95% interval of conversion_rate among the sample (binomial: exact bounds"
+            " while fewer than 50 sampled visitors are on either side, Wilson score above)."
+        ),
     ] = None
     conversion_rate_high: float | None = None
 
