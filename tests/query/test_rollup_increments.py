@@ -230,10 +230,48 @@ async def test_a_bulk_load_is_rebuilt_instead_of_merged(
     await insert_events(engine, project_id, batches[0])
     await build_rollups(engine, project)
     monkeypatch.setattr(rollup_repository, "MAX_MERGED_EVENTS", 1)
+    monkeypatch.setattr(rollup_repository, "BULK_SHARE_OF_DAYS", 0.0)
     await insert_events(engine, project_id, [*batches[1], *batches[2]])
     async with engine.begin() as connection:
         outcome = await rollup_repository.refresh_project(connection, refresh, 100)
     assert outcome is not None
     # Two events waiting, over the limit of one: Jan 11 and Jan 12 are rebuilt, nothing merged.
     assert (outcome.merged_events, outcome.merged_days, outcome.rebuilt_days) == (0, 0, 2)
+    assert await cube_rows(engine, project_id) == await rebuilt_from_scratch(engine, project)
+
+
+@pytest.mark.parametrize(("share", "merged"), [(0.5, True), (0.1, False)])
+async def test_many_waiting_events_are_merged_while_small_against_what_their_days_hold(
+    db: DatabaseHarness, engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch, share: float, merged: bool
+) -> None:
+    """Over MAX_MERGED_EVENTS waiting, the days are rebuilt only if the waiting events are more
+    than BULK_SHARE_OF_DAYS of those their days' rollups hold: under live ingest a busy day is
+    merged (a rebuild reads the whole day), a load into a small day rebuilt."""
+    project = await new_project(db)
+    project_id = int(project["id"])
+    refresh = rollup_repository.ProjectToRefresh(project_id, "Europe/Berlin")
+    batches = late_events_for_older_days(main_events())
+    await insert_events(engine, project_id, batches[0])
+    await build_rollups(engine, project)
+    monkeypatch.setattr(rollup_repository, "MAX_MERGED_EVENTS", 1)
+    monkeypatch.setattr(rollup_repository, "BULK_SHARE_OF_DAYS", share)
+    # Two events waiting, for Jan 11 and Jan 12, whose rollups hold more than 2 / 0.5 and fewer
+    # than 2 / 0.1 events (checked here, so the two cases stay on either side).
+    async with engine.connect() as connection:
+        held = await connection.execute(
+            text(
+                "SELECT sum(events) FROM query_rollup_visits WHERE project_id = :project_id AND grain = :grain"
+                " AND day IN ('2026-01-11', '2026-01-12')"
+            ),
+            {"project_id": project_id, "grain": (1 << len(VISIT_DIMENSIONS)) - 1},
+        )
+    assert 4 < held.scalar_one() < 20
+    await insert_events(engine, project_id, [*batches[1], *batches[2]])
+    async with engine.begin() as connection:
+        outcome = await rollup_repository.refresh_project(connection, refresh, 100)
+    assert outcome is not None
+    if merged:
+        assert (outcome.merged_events, outcome.rebuilt_days) == (2, 0)
+    else:
+        assert (outcome.merged_events, outcome.merged_days, outcome.rebuilt_days) == (0, 0, 2)
     assert await cube_rows(engine, project_id) == await rebuilt_from_scratch(engine, project)
