@@ -457,22 +457,24 @@ _EXIT_NEW = _merge_into(EXIT_PAGES_CUBE, _session_day_rows("e", 1))
 
 def _exit_visitors_sql() -> str:
     """The sketches of one day's exit pages (:pages, and NULL if :null_page), every grain,
-    recomputed from their session days; run after each was emptied (_EXIT_EMPTY)."""
+    recomputed from their session days; run after each was emptied (_EXIT_EMPTY). Every group
+    it computes is in the cube (each session day's rows were added), so the insert only ever
+    updates, matched by the group index (an UPDATE ... FROM matched the groups with IS NOT
+    DISTINCT FROM, which no hash or index serves: a nested loop over the day's groups)."""
     grains = EXIT_PAGES_CUBE.grains
     sets = ", ".join(
         "(" + ", ".join(f"u.{name}" for name in VISIT_DIMENSIONS if name in grain) + ")" for grain in grains
     )
     grain = "GROUPING(" + ", ".join(f"u.{name}" for name in VISIT_DIMENSIONS) + ")"
-    same = " AND ".join(f"c.{name} IS NOT DISTINCT FROM n.{name}" for name in VISIT_DIMENSIONS)
+    key = f"project_id, day, grain, exit_page, {_VISIT_COLUMNS}"
     return (
-        f"UPDATE {EXIT_PAGES_CUBE.table} c SET visitors = n.visitors FROM (SELECT u.project_id, u.day,"
-        f" {grain} AS grain, u.exit_page, {_visits_of('u')}, hll_add_agg(u.h, {HLL_LOG2M}) AS visitors"
+        f"INSERT INTO {EXIT_PAGES_CUBE.table} AS c ({key}, {CUBE_METRIC_COLUMNS}) SELECT u.project_id, u.day,"
+        f" {grain}, u.exit_page, {_visits_of('u')}, hll_add_agg(u.h, {HLL_LOG2M}), 0, 0, 0, 0, 0, 0"
         f" FROM (SELECT sd.project_id, sd.day, sd.exit_page, {_visits_of('sd')}, hll_hash_text(sd.distinct_id) AS h"
         " FROM query_rollup_session_days sd WHERE sd.project_id = :project_id AND sd.day = :day"
         " AND (sd.exit_page = ANY(CAST(:pages AS text[])) OR (:null_page AND sd.exit_page IS NULL))) u"
-        f" GROUP BY u.project_id, u.day, u.exit_page, GROUPING SETS ({sets})) n"
-        " WHERE c.project_id = n.project_id AND c.project_id = :project_id AND c.day = n.day AND c.grain = n.grain"
-        f" AND c.exit_page IS NOT DISTINCT FROM n.exit_page AND {same}"
+        f" GROUP BY u.project_id, u.day, u.exit_page, GROUPING SETS ({sets})"
+        f" ON CONFLICT ({key}) DO UPDATE SET visitors = excluded.visitors"
     )
 
 
