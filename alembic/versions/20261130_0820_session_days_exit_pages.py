@@ -11,6 +11,13 @@ session had when the row was folded, indexed by (project_id, day, exit_page), an
 ``query_rollup_exit_pages`` gets the unique group index (NULLS NOT DISTINCT) the other merged
 cubes have had since 0730.
 
+A merge also read the events it takes from ``events`` by their keys once per statement (a
+cube, the session days, the staged sessions: nine probes of the events index per event);
+``query_rollup_events_staged`` now holds them, read once per merge. Like
+``query_rollup_sessions_staged`` (0760) its rows live only inside the refresh's transaction
+(written, read, deleted), so nothing in it outlives a refresh for erasure or retention to
+purge; on Citus it is distributed by project_id, co-located with events.
+
 The new columns are filled by rebuilding days, so every day is marked never built (as 0730 and
 0770 did): until a day is rebuilt the query path computes it from its events. No new table:
 erasure and retention already delete these rows with their days. On Citus the table is
@@ -35,7 +42,29 @@ depends_on: str | Sequence[str] | None = None
 _VISIT_COLUMNS = ("referrer", "utm_source", "utm_medium", "utm_campaign", "country", "browser", "os", "device")
 
 
+def citus_installed() -> bool:
+    return bool(
+        op.get_bind().execute(sa.text("SELECT EXISTS (SELECT FROM pg_extension WHERE extname = 'citus')")).scalar_one()
+    )
+
+
 def upgrade() -> None:
+    op.create_table(
+        "query_rollup_events_staged",
+        sa.Column("project_id", sa.BigInteger(), nullable=False),
+        sa.Column("occurred_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("day", sa.Date(), nullable=False),
+        sa.Column("name", sa.Text(), nullable=False),
+        sa.Column("distinct_id", sa.Text(), nullable=False),
+        sa.Column("session_id", sa.Text(), nullable=False),
+        sa.Column("path", sa.Text(), nullable=False),
+        sa.Column("domain", sa.Text(), nullable=False),
+    )
+    op.create_index("ix_query_rollup_events_staged_project_id", "query_rollup_events_staged", ["project_id"])
+    if citus_installed():
+        op.execute(
+            "SELECT create_distributed_table('query_rollup_events_staged', 'project_id', colocate_with => 'events')"
+        )
     for column in ("exit_page", *_VISIT_COLUMNS):
         op.add_column("query_rollup_session_days", sa.Column(column, sa.Text(), nullable=True))
     op.create_index(
@@ -55,6 +84,7 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.execute("DROP INDEX ux_query_rollup_exit_pages_group")
+    op.drop_table("query_rollup_events_staged")
     op.drop_index("ix_query_rollup_session_days_project_id_day_exit_page", table_name="query_rollup_session_days")
     for column in reversed(("exit_page", *_VISIT_COLUMNS)):
         op.drop_column("query_rollup_session_days", column)

@@ -240,9 +240,17 @@ _NEW_EVENTS_WHERE = (
     " AND (CAST(e.event_uuid AS text) || '@' || CAST(extract(epoch FROM e.occurred_at) * 1000000 AS bigint))"
     " = ANY(CAST(:event_keys AS text[])) AND NOT e.is_bot"
 )
+# Read once per merge into query_rollup_events_staged (migration 0820), which every statement
+# after reads: each statement probing the events index by key cost ~60 us per event merged.
+_STAGE_EVENTS = (
+    "INSERT INTO query_rollup_events_staged (project_id, occurred_at, day, name, distinct_id, session_id, path, domain)"
+    " SELECT e.project_id, e.occurred_at, (e.occurred_at AT TIME ZONE :timezone)::date, e.name, e.distinct_id,"
+    f" e.session_id, e.path, e.domain FROM events e WHERE {_NEW_EVENTS_WHERE}"
+)
+_STAGED_EVENTS_WHERE = "e.project_id = :project_id"
 _NEW_EVENTS = (
-    "(SELECT e.project_id, e.occurred_at, e.name, e.distinct_id, e.session_id, e.path, e.domain,"
-    f" (e.occurred_at AT TIME ZONE :timezone)::date AS day FROM events e WHERE {_NEW_EVENTS_WHERE})"
+    "(SELECT e.project_id, e.occurred_at, e.name, e.distinct_id, e.session_id, e.path, e.domain, e.day"
+    f" FROM query_rollup_events_staged e WHERE {_STAGED_EVENTS_WHERE})"
 )
 
 
@@ -276,7 +284,7 @@ _STAGE_SESSIONS = (
     f" {_union('pages', 'pages')}, {_union('domains', 'domains')}, {_union('event_names', 'names')}"
     " FROM (SELECT e.project_id, e.session_id, array_agg(DISTINCT e.path) AS pages,"
     " array_agg(DISTINCT e.domain) AS domains, array_agg(DISTINCT e.name) AS names"
-    f" FROM events e WHERE {_NEW_EVENTS_WHERE} GROUP BY e.project_id, e.session_id) n"
+    f" FROM query_rollup_events_staged e WHERE {_STAGED_EVENTS_WHERE} GROUP BY e.project_id, e.session_id) n"
     " JOIN query_sessions q ON q.project_id = n.project_id AND q.session_id = n.session_id"
     " LEFT JOIN query_rollup_sessions_folded f ON f.project_id = n.project_id AND f.session_id = n.session_id"
     " AND f.project_id = :project_id"
@@ -623,13 +631,15 @@ async def refresh_project(
     }
     merged: set[date] = set()
     if occurred_at:
+        await connection.execute(text(_STAGE_EVENTS), params)
         sessions = await connection.execute(
             text(
                 "SELECT q.session_id, (q.started_at AT TIME ZONE :timezone)::date AS start_day,"
                 " (q.ended_at AT TIME ZONE :timezone)::date AS end_day, f.day AS folded_day,"
                 " (f.session_id IS NOT NULL AND (f.first_uuid <> q.first_uuid OR f.started_at <> q.started_at"
                 " OR f.entry_uuid IS DISTINCT FROM q.entry_uuid)) AS moved"
-                f" FROM (SELECT DISTINCT e.project_id, e.session_id FROM events e WHERE {_NEW_EVENTS_WHERE}) n"
+                " FROM (SELECT DISTINCT e.project_id, e.session_id FROM query_rollup_events_staged e"
+                f" WHERE {_STAGED_EVENTS_WHERE}) n"
                 " JOIN query_sessions q ON q.project_id = n.project_id AND q.session_id = n.session_id"
                 " LEFT JOIN query_rollup_sessions_folded f ON f.project_id = n.project_id"
                 " AND f.session_id = n.session_id AND f.project_id = :project_id"
@@ -704,6 +714,9 @@ async def refresh_project(
                 await connection.execute(text(_EXIT_EMPTY), page_params)
                 await connection.execute(text(_EXIT_VISITORS), page_params)
             await connection.execute(text("SELECT set_config('enable_seqscan', 'on', true)"))
+        await connection.execute(
+            text("DELETE FROM query_rollup_events_staged WHERE project_id = :project_id"), {"project_id": project_id}
+        )
     else:
         await _try_lock_days(connection, project_id, unbuilt)
     rebuilt: list[date] = []

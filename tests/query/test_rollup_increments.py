@@ -115,13 +115,13 @@ async def test_refreshing_after_every_batch_equals_one_rebuild_from_scratch(
     non_bot = sum(1 for batch in batches for event in batch if not event.is_bot)
     totals = [row for row in refreshed["query_rollup_visits"] if row[1] == (1 << len(VISIT_DIMENSIONS)) - 1]
     assert sum(row[-2] for row in totals) == non_bot
-    # The sessions each merge and rebuild staged (with their visitor) do not outlive it.
+    # The sessions and events each merge and rebuild staged (with their visitor) do not outlive it.
     async with engine.connect() as connection:
-        staged = await connection.execute(
-            text("SELECT count(*) FROM query_rollup_sessions_staged WHERE project_id = :project_id"),
-            {"project_id": project_id},
-        )
-    assert staged.scalar_one() == 0
+        for table in ("query_rollup_sessions_staged", "query_rollup_events_staged"):
+            staged = await connection.execute(
+                text(f"SELECT count(*) FROM {table} WHERE project_id = :project_id"), {"project_id": project_id}
+            )
+            assert staged.scalar_one() == 0, table
     assert refreshed == await rebuilt_from_scratch(engine, project)
 
 

@@ -87,6 +87,22 @@ query_rollup_sessions_staged = Table(
     PrimaryKeyConstraint("project_id", "session_id", name="pk_query_rollup_sessions_staged"),
 )
 
+# The events a merge takes, read once from events by their keys (migration 0820); like the staged
+# sessions, its rows live only inside the refresh's transaction.
+query_rollup_events_staged = Table(
+    "query_rollup_events_staged",
+    Base.metadata,
+    Column("project_id", BigInteger, nullable=False),
+    Column("occurred_at", DateTime(timezone=True), nullable=False),
+    Column("day", Date, nullable=False),
+    Column("name", Text, nullable=False),
+    Column("distinct_id", Text, nullable=False),
+    Column("session_id", Text, nullable=False),
+    Column("path", Text, nullable=False),
+    Column("domain", Text, nullable=False),
+    Index("ix_query_rollup_events_staged_project_id", "project_id"),
+)
+
 # Per day, session and visitor: the pageviews and events folded, with the session's exit page and
 # visit as folded (migration 0820): a merge moves a session's rows between exit pages by them.
 query_rollup_session_days = Table(
