@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from datetime import date
 from typing import Any
 
 import pytest
@@ -91,7 +92,31 @@ def earlier_events_arriving_last(events: list[Event]) -> list[list[Event]]:
     return [[event] for event in reversed(events)]
 
 
+def exit_pages_moving(events: list[Event]) -> list[list[Event]]:
+    """Exit pages moved by late pageviews (migration 0820 merges them by session): v8's two
+    sessions both end on /pricing, then one moves to /docs (v8 is still a /pricing visitor by the
+    other), then the other (v8 leaves /pricing), then the first comes back; s10 has only a custom
+    event (no exit page) until a pageview arrives; s3, crossing midnight, moves its exit page with
+    rows on both days."""
+    v8 = {"country": "US", "browser": "Firefox"}
+    return [
+        events,
+        [
+            Event("v8", "s8a", berlin("2026-01-13T15:00:00"), "/", **v8),  # type: ignore[arg-type]
+            Event("v8", "s8a", berlin("2026-01-13T15:01:00"), "/pricing", **v8),  # type: ignore[arg-type]
+            Event("v8", "s8b", berlin("2026-01-13T18:00:00"), "/pricing", **v8),  # type: ignore[arg-type]
+            Event("v10", "s10", berlin("2026-01-13T16:00:00"), "/", name="signup"),
+        ],
+        [Event("v8", "s8a", berlin("2026-01-13T15:02:00"), "/docs", **v8)],  # type: ignore[arg-type]
+        [Event("v8", "s8b", berlin("2026-01-13T18:01:00"), "/docs", **v8)],  # type: ignore[arg-type]
+        [Event("v8", "s8a", berlin("2026-01-13T15:03:00"), "/pricing", **v8)],  # type: ignore[arg-type]
+        [Event("v10", "s10", berlin("2026-01-13T16:01:00"), "/blog")],
+        [Event("v2", "s3", berlin("2026-01-13T00:20:00"), "/checkout", **{"country": "US"})],  # type: ignore[arg-type]
+    ]
+
+
 SCENARIOS: dict[str, Callable[[list[Event]], list[list[Event]]]] = {
+    "exit pages moving": exit_pages_moving,
     "one event per refresh": one_by_one,
     "late events for older days": late_events_for_older_days,
     "a session crossing midnight": sessions_crossing_midnight,
@@ -274,4 +299,55 @@ async def test_many_waiting_events_are_merged_while_small_against_what_their_day
         assert (outcome.merged_events, outcome.rebuilt_days) == (2, 0)
     else:
         assert (outcome.merged_events, outcome.merged_days, outcome.rebuilt_days) == (0, 0, 2)
+    assert await cube_rows(engine, project_id) == await rebuilt_from_scratch(engine, project)
+
+
+async def exit_pages(engine: AsyncEngine, project_id: int, day: str) -> dict[str | None, tuple[int, int]]:
+    """The day's exit pages over all visits: visitors (sketch cardinality) and sessions."""
+    async with engine.connect() as connection:
+        result = await connection.execute(
+            text(
+                "SELECT exit_page, hll_cardinality(visitors)::int, sessions FROM query_rollup_exit_pages"
+                " WHERE project_id = :project_id AND grain = :grain AND day = :day"
+            ),
+            {"project_id": project_id, "grain": (1 << len(VISIT_DIMENSIONS)) - 1, "day": date.fromisoformat(day)},
+        )
+    return {row[0]: (row[1], row[2]) for row in result}
+
+
+async def test_a_merge_moves_a_visitor_off_an_exit_page_only_with_their_last_session_there(
+    db: DatabaseHarness, engine: AsyncEngine
+) -> None:
+    """Merged, not rebuilt: the sketch of the exit page a session leaves is recomputed from the
+    session days left there (migration 0820), so the visitor stays while another of their
+    sessions ends there and leaves with the last."""
+    project = await new_project(db)
+    project_id = int(project["id"])
+    refresh = rollup_repository.ProjectToRefresh(project_id, "Europe/Berlin")
+    await insert_events(
+        engine,
+        project_id,
+        [
+            Event("v8", "s8a", berlin("2026-01-13T15:00:00"), "/"),
+            Event("v8", "s8a", berlin("2026-01-13T15:01:00"), "/pricing"),
+            Event("v8", "s8b", berlin("2026-01-13T18:00:00"), "/pricing"),
+            Event("v9", "s9", berlin("2026-01-13T12:00:00"), "/docs"),
+        ],
+    )
+    await build_rollups(engine, project)
+    assert await exit_pages(engine, project_id, "2026-01-13") == {"/pricing": (1, 2), "/docs": (1, 1)}
+
+    async def merge(event: Event) -> None:
+        await insert_events(engine, project_id, [event])
+        async with engine.begin() as connection:
+            outcome = await rollup_repository.refresh_project(connection, refresh, 100)
+        assert outcome is not None
+        assert (outcome.merged_events, outcome.merged_days, outcome.rebuilt_days) == (1, 1, 0)
+
+    await merge(Event("v8", "s8a", berlin("2026-01-13T15:02:00"), "/docs"))
+    assert await exit_pages(engine, project_id, "2026-01-13") == {"/pricing": (1, 1), "/docs": (2, 2)}
+    await merge(Event("v8", "s8b", berlin("2026-01-13T18:01:00"), "/docs"))
+    assert await exit_pages(engine, project_id, "2026-01-13") == {"/docs": (2, 3)}
+    await merge(Event("v8", "s8a", berlin("2026-01-13T15:03:00"), "/pricing"))
+    assert await exit_pages(engine, project_id, "2026-01-13") == {"/pricing": (1, 1), "/docs": (2, 2)}
     assert await cube_rows(engine, project_id) == await rebuilt_from_scratch(engine, project)
