@@ -3,9 +3,9 @@
 A day's rollup rows are what the query path computes for a day without rollups
 (services/query/repository.py) from that day's raw events and the sessions that started on it
 (`query_sessions`); a session's figures live on its start day. They are kept current by
-merging (`refresh_project`, migration 0730): each refresh adds the rows of the events inserted
-since the last one and replaces the touched sessions' rows, so it costs in proportion to what
-arrived; days that cannot be corrected by adding (deletes, an earlier event arriving late,
+merging (`refresh_project`, migrations 0730 and 0820): each refresh adds the rows of the events
+inserted since the last one and replaces the touched sessions' rows (exit pages included), so
+it costs in proportion to what arrived (and to the visitors of the exit pages sessions left); days that cannot be corrected by adding (deletes, an earlier event arriving late,
 purges, days never built) are rebuilt from their events (`rebuild_day`). The steps are
 described above `refresh_project`.
 
@@ -199,19 +199,27 @@ async def count_days_to_build(connection: AsyncConnection, project_id: int | Non
 #    committed since the last refresh, and reads every day's marker: the same snapshot, so
 #    the markers' `changes` are those of exactly the batches taken. A batch that commits later
 #    is taken next time.
-# 2. Sessions whose first event or entry pageview moved (an earlier event arrived late), or that
-#    the rollups do not hold while their start day is unbuilt, make their days unbuildable:
-#    their visit attributes, or the day of their session row, changed under rows already
-#    written, and a sketch cannot take a visitor out. Those days are rebuilt (step 5). More
+# 2. The taken events are read once from events into query_rollup_events_staged (migration
+#    0820); every statement below reads them there. Sessions whose first event or entry
+#    pageview moved (an earlier event arrived late), or whose start day is unbuilt, make their
+#    days unbuildable: their visit attributes, or the day of their session row, changed under
+#    rows already written, or their session row is not there to replace, and a sketch cannot
+#    take a visitor out. Those days are rebuilt (step 5). More
 #    than MAX_MERGED_EVENTS waiting, and more than BULK_SHARE_OF_DAYS of what their days hold
 #    (a bulk load, `_is_bulk`), make every changed day unbuildable.
 # 3. Every other day gets the new events' rows added (counts summed, visitors unioned) and each
 #    touched session's old row (query_rollup_sessions_folded) replaced by its new one
 #    (subtracted, added); the sessions' pages, domains and event names are the union of
 #    those folded and the new events'.
-# 4. The exit pages of the touched days are recomputed from query_rollup_session_days (per
-#    day, session and visitor, the pageviews and events folded): a new pageview moves a
-#    session's earlier events to its new exit page, which a merge cannot do.
+# 4. Exit pages (migration 0820): a new pageview moves a session's earlier events to its new
+#    exit page. Each touched session's session days (query_rollup_session_days: per day,
+#    session and visitor, the pageviews and events folded, under the exit page and visit they
+#    were folded with) are subtracted, grown by the new events, moved to the session's new exit
+#    page and added back; its session row replaced as in step 3. A sketch cannot take a
+#    visitor out, so the sketches of the (day, exit page) pairs the touched sessions left are
+#    recomputed from those pages' session days (_EXIT_VISITORS): the one part that reads more
+#    than what changed, the visitors of the pages left, not the whole day joined to its
+#    sessions.
 # 5. Unbuilt days (newest first, at most max_rebuilds) are rebuilt from their events, leaving
 #    out events still pending (the next refresh merges them), with their sessions' folded rows
 #    and their session days.
