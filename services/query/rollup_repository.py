@@ -5,8 +5,9 @@ A day's rollup rows are what the query path computes for a day without rollups
 (`query_sessions`); a session's figures live on its start day. They are kept current by
 merging (`refresh_project`, migrations 0730 and 0820): each refresh adds the rows of the events
 inserted since the last one and replaces the touched sessions' rows (exit pages included), so
-it costs in proportion to what arrived (and to the visitors of the exit pages sessions left); days that cannot be corrected by adding (deletes, an earlier event arriving late,
-purges, days never built) are rebuilt from their events (`rebuild_day`). The steps are
+it costs in proportion to what arrived (and to the visitors of the exit pages sessions left);
+days that cannot be corrected by adding (deletes, an earlier event arriving late, purges, days
+never built) are rebuilt from their events (`rebuild_day`). The steps are
 described above `refresh_project`.
 
 Freshness: every inserting statement writes a `query_rollup_pending` row (the keys of its
