@@ -34,7 +34,7 @@ REBUILD_STATEMENT_TIMEOUT_MS = 120_000
 @dataclass(frozen=True)
 class RoundOutcome:
     refreshed: int  # days merged or rebuilt, weeks and retention weeks rebuilt
-    rebuild_s: float  # wall time of the refreshes that rebuilt a day, and of the weeks' rebuilds
+    rebuild_s: float  # wall time of the project refreshes that rebuilt a day, and of the weeks rebuilt
 
 
 async def refresh_rollups(engine: AsyncEngine, days_per_round: int, project_id: int | None = None) -> int:
@@ -65,23 +65,25 @@ async def refresh_round(engine: AsyncEngine, days_per_round: int, project_id: in
             rebuilt += outcome.days
             if outcome.rebuilt_days:
                 rebuild_s += time.monotonic() - started
-    started = time.monotonic()
     async with engine.begin() as connection:
         weeks = await rollup_repository.weeks_to_build(connection, days_per_round, project_id)
     for week in weeks:
+        started = time.monotonic()
         async with engine.begin() as connection:
             await set_statement_timeout(connection, REBUILD_STATEMENT_TIMEOUT_MS)
             if await rollup_repository.rebuild_week(connection, project_id=week.project_id, week=week.week):
                 rebuilt += 1
+                rebuild_s += time.monotonic() - started
     # Retention weeks last: a week's stamp is the latest build among the days up to its Sunday.
     async with engine.begin() as connection:
         retention_weeks = await rollup_repository.retention_weeks_to_build(connection, days_per_round, project_id)
     for week in retention_weeks:
+        started = time.monotonic()
         async with engine.begin() as connection:
             await set_statement_timeout(connection, REBUILD_STATEMENT_TIMEOUT_MS)
             if await rollup_repository.rebuild_retention_week(connection, project_id=week.project_id, week=week.week):
                 rebuilt += 1
-    rebuild_s += time.monotonic() - started
+                rebuild_s += time.monotonic() - started
     return RoundOutcome(rebuilt, rebuild_s)
 
 

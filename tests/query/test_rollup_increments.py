@@ -24,7 +24,7 @@ from services.common import rollup_purge_repository
 from services.query import rollup_repository
 from services.query.app import create_app
 from services.query.settings import QuerySettings
-from services.query.tasks import refresh_rollups
+from services.query.tasks import refresh_rollups, refresh_round
 from services.query.vocabulary import CUBES, VISIT_DIMENSIONS
 from tests.harness import DatabaseHarness
 from tests.query.conftest import Event, berlin, build_rollups, insert_events, main_events, new_project, query, table
@@ -351,3 +351,33 @@ async def test_a_merge_moves_a_visitor_off_an_exit_page_only_with_their_last_ses
     await merge(Event("v8", "s8a", berlin("2026-01-13T15:03:00"), "/pricing"))
     assert await exit_pages(engine, project_id, "2026-01-13") == {"/pricing": (1, 1), "/docs": (2, 2)}
     assert await cube_rows(engine, project_id) == await rebuilt_from_scratch(engine, project)
+
+
+@pytest.mark.parametrize("rebuilt_days", [0, 1])
+async def test_a_round_counts_only_its_rebuilding_time_for_the_pause(
+    db: DatabaseHarness, engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch, rebuilt_days: int
+) -> None:
+    """The refresher spaces rounds out by their rebuilding time (pause_after_round): a round
+    that only merges reports none, so the next merge is not delayed while events pile up."""
+    project = await new_project(db)
+    project_id = int(project["id"])
+    await insert_events(engine, project_id, [Event("a", "sa", berlin("2026-01-13T10:00:00"), "/")])
+
+    async def refresh_project(*args: object) -> rollup_repository.RefreshOutcome:
+        await asyncio.sleep(0.01)
+        return rollup_repository.RefreshOutcome(
+            merged_days=1 - rebuilt_days, rebuilt_days=rebuilt_days, merged_events=1
+        )
+
+    async def no_weeks(*args: object) -> list[rollup_repository.WeekToBuild]:
+        return []
+
+    monkeypatch.setattr(rollup_repository, "refresh_project", refresh_project)
+    monkeypatch.setattr(rollup_repository, "weeks_to_build", no_weeks)
+    monkeypatch.setattr(rollup_repository, "retention_weeks_to_build", no_weeks)
+    outcome = await refresh_round(engine, 10, project_id)
+    assert outcome.refreshed == 1
+    if rebuilt_days:
+        assert outcome.rebuild_s > 0
+    else:
+        assert outcome.rebuild_s == 0.0
