@@ -27,7 +27,7 @@ from sqlalchemy import text
 from services.cli.stack import read_env_file
 from services.common.settings import AdminDatabaseSettings, DatabaseSettings, StackSettings
 from services.query.settings import QuerySettings
-from services.query.tasks import pause_after_round, refresh_round, rollup_engine
+from services.query.tasks import RoundOutcome, pause_after_round, refresh_round, rollup_engine
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -64,7 +64,11 @@ async def main(arguments: argparse.Namespace) -> None:
                 ).scalar_one()
                 await connection.rollback()
             cpu_before, round_started = process_cpu_s(pid), time.monotonic()
-            outcome = await refresh_round(engine, settings.rollup_days_per_round)
+            try:
+                outcome = await refresh_round(engine, settings.rollup_days_per_round)
+            except Exception as error:  # noqa: BLE001 - as run_refresher: a failed round is retried next round
+                log(f"round failed: {error!r}"[:300])
+                outcome = RoundOutcome(0, time.monotonic() - round_started)
             done = outcome.refreshed
             round_s = time.monotonic() - round_started
             cpu = process_cpu_s(pid) - cpu_before
