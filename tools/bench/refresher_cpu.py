@@ -47,7 +47,9 @@ async def main(arguments: argparse.Namespace) -> None:
         os.environ.setdefault(key, value)
     admin = AdminDatabaseSettings.from_env()
     database = replace(DatabaseSettings.from_env("query"), url=admin.url)
-    settings = QuerySettings.from_env()
+    # The stack runs its own refresher off (SIGHTLINE_QUERY_ROLLUP_INTERVAL_S=0), which this loop
+    # must not inherit: its interval is --interval (the default's 30 s).
+    settings = replace(QuerySettings.from_env(), rollup_interval_s=arguments.interval)
     engine = rollup_engine(database)
     out = open(arguments.out, "a") if arguments.out else None  # noqa: SIM115
     started = time.monotonic()
@@ -145,6 +147,9 @@ async def main(arguments: argparse.Namespace) -> None:
 def cli() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--duration", type=float, default=300.0, help="seconds to run the refresher for")
+    parser.add_argument(
+        "--interval", type=float, default=QuerySettings().rollup_interval_s, help="seconds between rounds"
+    )
     parser.add_argument("--drain", action="store_true", help="then merge what is still waiting, CPU counted apart")
     parser.add_argument("--out", default=None, help="append each round and the summary here (JSON lines)")
     asyncio.run(main(parser.parse_args()))
