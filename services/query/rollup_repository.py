@@ -455,6 +455,9 @@ _EXIT_OLD = _merge_into(
 _SESSION_DAYS_STAGED = (
     "st.project_id = sd.project_id AND st.project_id = :project_id"
     " AND st.session_id = sd.session_id AND sd.project_id = :project_id AND sd.day = ANY(CAST(:days AS date[]))"
+    # (Implied by the join; said so the session days are found by their key even when the
+    # planner, on stale statistics, would start from the staged sessions' side.)
+    " AND sd.session_id = ANY(CAST(:sessions AS text[]))"
     f" AND sd.day {_SKIPPED} AND ROW(sd.exit_page, {_visits_of('sd')}) IS DISTINCT FROM"
     f" ROW(st.exit_page, {_visits_of('st')})"
 )
