@@ -3,10 +3,11 @@
 A day's rollup rows are what the query path computes for a day without rollups
 (services/query/repository.py) from that day's raw events and the sessions that started on it
 (`query_sessions`); a session's figures live on its start day. They are kept current by
-merging (`refresh_project`, migration 0730): each refresh adds the rows of the events inserted
-since the last one and replaces the touched sessions' rows, so it costs in proportion to what
-arrived; days that cannot be corrected by adding (deletes, an earlier event arriving late,
-purges, days never built) are rebuilt from their events (`rebuild_day`). The steps are
+merging (`refresh_project`, migrations 0730 and 0820): each refresh adds the rows of the events
+inserted since the last one and replaces the touched sessions' rows (exit pages included), so
+it costs in proportion to what arrived (and to the visitors of the exit pages sessions left);
+days that cannot be corrected by adding (deletes, an earlier event arriving late, purges, days
+never built) are rebuilt from their events (`rebuild_day`). The steps are
 described above `refresh_project`.
 
 Freshness: every inserting statement writes a `query_rollup_pending` row (the keys of its
@@ -117,8 +118,14 @@ async def usable_weeks(
     return set(result.scalars())
 
 
-# More events than this waiting for one project are not merged: their days are rebuilt.
+# More events than this waiting for one project, and more than BULK_SHARE_OF_DAYS of the events
+# the days they fall on already hold, are not merged: their days are rebuilt. A merge costs more
+# per event than a rebuild, but a rebuild reads the whole day: under live ingest a busy day is
+# merged however many events waited (a fixed threshold rebuilt a 600k-event day for 236k new
+# events, and again each round after, docs/benchmarks.md), while a bulk load into a small or
+# empty day is still rebuilt.
 MAX_MERGED_EVENTS = 200_000
+BULK_SHARE_OF_DAYS = 0.5
 
 
 @dataclass(frozen=True)
@@ -193,18 +200,27 @@ async def count_days_to_build(connection: AsyncConnection, project_id: int | Non
 #    committed since the last refresh, and reads every day's marker: the same snapshot, so
 #    the markers' `changes` are those of exactly the batches taken. A batch that commits later
 #    is taken next time.
-# 2. Sessions whose first event or entry pageview moved (an earlier event arrived late), or that
-#    the rollups do not hold while their start day is unbuilt, make their days unbuildable:
-#    their visit attributes, or the day of their session row, changed under rows already
-#    written, and a sketch cannot take a visitor out. Those days are rebuilt (step 5). More
-#    than MAX_MERGED_EVENTS waiting (a bulk load) make every changed day unbuildable.
+# 2. The taken events are read once from events into query_rollup_events_staged (migration
+#    0820); every statement below reads them there. Sessions whose first event or entry
+#    pageview moved (an earlier event arrived late), or whose start day is unbuilt, make their
+#    days unbuildable: their visit attributes, or the day of their session row, changed under
+#    rows already written, or their session row is not there to replace, and a sketch cannot
+#    take a visitor out. Those days are rebuilt (step 5). More
+#    than MAX_MERGED_EVENTS waiting, and more than BULK_SHARE_OF_DAYS of what their days hold
+#    (a bulk load, `_is_bulk`), make every changed day unbuildable.
 # 3. Every other day gets the new events' rows added (counts summed, visitors unioned) and each
 #    touched session's old row (query_rollup_sessions_folded) replaced by its new one
 #    (subtracted, added); the sessions' pages, domains and event names are the union of
 #    those folded and the new events'.
-# 4. The exit pages of the touched days are recomputed from query_rollup_session_days (per
-#    day, session and visitor, the pageviews and events folded): a new pageview moves a
-#    session's earlier events to its new exit page, which a merge cannot do.
+# 4. Exit pages (migration 0820): a new pageview moves a session's earlier events to its new
+#    exit page. Each touched session's session days (query_rollup_session_days: per day,
+#    session and visitor, the pageviews and events folded, under the exit page and visit they
+#    were folded with) are subtracted, grown by the new events, moved to the session's new exit
+#    page and added back; its session row replaced as in step 3. A sketch cannot take a
+#    visitor out, so the sketches of the (day, exit page) pairs the touched sessions left are
+#    recomputed from those pages' session days (_EXIT_VISITORS): the one part that reads more
+#    than what changed, the visitors of the pages left, not the whole day joined to its
+#    sessions.
 # 5. Unbuilt days (newest first, at most max_rebuilds) are rebuilt from their events, leaving
 #    out events still pending (the next refresh merges them), with their sessions' folded rows
 #    and their session days.
@@ -233,9 +249,17 @@ _NEW_EVENTS_WHERE = (
     " AND (CAST(e.event_uuid AS text) || '@' || CAST(extract(epoch FROM e.occurred_at) * 1000000 AS bigint))"
     " = ANY(CAST(:event_keys AS text[])) AND NOT e.is_bot"
 )
+# Read once per merge into query_rollup_events_staged (migration 0820), which every statement
+# after reads: each statement probing the events index by key cost ~60 us per event merged.
+_STAGE_EVENTS = (
+    "INSERT INTO query_rollup_events_staged (project_id, occurred_at, day, name, distinct_id, session_id, path, domain)"
+    " SELECT e.project_id, e.occurred_at, (e.occurred_at AT TIME ZONE :timezone)::date, e.name, e.distinct_id,"
+    f" e.session_id, e.path, e.domain FROM events e WHERE {_NEW_EVENTS_WHERE}"
+)
+_STAGED_EVENTS_WHERE = "e.project_id = :project_id"
 _NEW_EVENTS = (
-    "(SELECT e.project_id, e.occurred_at, e.name, e.distinct_id, e.session_id, e.path, e.domain,"
-    f" (e.occurred_at AT TIME ZONE :timezone)::date AS day FROM events e WHERE {_NEW_EVENTS_WHERE})"
+    "(SELECT e.project_id, e.occurred_at, e.name, e.distinct_id, e.session_id, e.path, e.domain, e.day"
+    f" FROM query_rollup_events_staged e WHERE {_STAGED_EVENTS_WHERE})"
 )
 
 
@@ -269,7 +293,7 @@ _STAGE_SESSIONS = (
     f" {_union('pages', 'pages')}, {_union('domains', 'domains')}, {_union('event_names', 'names')}"
     " FROM (SELECT e.project_id, e.session_id, array_agg(DISTINCT e.path) AS pages,"
     " array_agg(DISTINCT e.domain) AS domains, array_agg(DISTINCT e.name) AS names"
-    f" FROM events e WHERE {_NEW_EVENTS_WHERE} GROUP BY e.project_id, e.session_id) n"
+    f" FROM query_rollup_events_staged e WHERE {_STAGED_EVENTS_WHERE} GROUP BY e.project_id, e.session_id) n"
     " JOIN query_sessions q ON q.project_id = n.project_id AND q.session_id = n.session_id"
     " LEFT JOIN query_rollup_sessions_folded f ON f.project_id = n.project_id AND f.session_id = n.session_id"
     " AND f.project_id = :project_id"
@@ -327,6 +351,17 @@ def _aggregate_sql(cube: Cube, rows: str) -> str:
     )
 
 
+def _session_rows(session_fixed: str, values: str, table: str, sign: int) -> str:
+    """The touched sessions' rows for _aggregate_sql from the staged (new) or folded (old) table."""
+    return (
+        f"SELECT s.project_id, s.day, {session_fixed}{_visits_of('s')}, 's' AS kind, NULL::text AS distinct_id,"
+        f" 0 AS pv, 0 AS ev, {sign} AS sign, extract(epoch FROM s.ended_at - s.started_at)::float8 AS m_duration,"
+        f" s.pageviews AS m_pageviews, s.events AS m_events FROM {table} s{values}"
+        " WHERE s.project_id = :project_id AND s.session_id = ANY(CAST(:sessions AS text[]))"
+        f" AND s.day {_SKIPPED}"
+    )
+
+
 def _merge_sql(cube: Cube) -> str:
     """Adds the new events' rows and the touched sessions' new rows (staged), subtracts their old
     (folded) rows."""
@@ -344,19 +379,16 @@ def _merge_sql(cube: Cube) -> str:
         f" {_visits_of('q')}"
     )
 
-    def session_rows(table: str, sign: int) -> str:
-        return (
-            f"SELECT s.project_id, s.day, {session_fixed}{_visits_of('s')}, 's' AS kind, NULL::text AS distinct_id,"
-            f" 0 AS pv, 0 AS ev, {sign} AS sign, extract(epoch FROM s.ended_at - s.started_at)::float8 AS m_duration,"
-            f" s.pageviews AS m_pageviews, s.events AS m_events FROM {table} s{values}"
-            " WHERE s.project_id = :project_id AND s.session_id = ANY(CAST(:sessions AS text[]))"
-            f" AND s.day {_SKIPPED}"
-        )
-
     rows = (
-        f"{event_rows} UNION ALL {session_rows('query_rollup_sessions_staged', 1)}"
-        f" UNION ALL {session_rows('query_rollup_sessions_folded', -1)}"
+        f"{event_rows} UNION ALL {_session_rows(session_fixed, values, 'query_rollup_sessions_staged', 1)}"
+        f" UNION ALL {_session_rows(session_fixed, values, 'query_rollup_sessions_folded', -1)}"
     )
+    return _merge_into(cube, rows)
+
+
+def _merge_into(cube: Cube, rows: str) -> str:
+    """The cube rows aggregated from `rows` (see _aggregate_sql) added to the cube's: counts
+    summed, sketches unioned."""
     fixed_name = f"{cube.fixed[0]}, " if cube.fixed else ""
     key = f"project_id, day, grain, {fixed_name}{_VISIT_COLUMNS}"
     return (
@@ -386,28 +418,91 @@ _FOLDED_MERGE = (
     f" ON CONFLICT (project_id, session_id) DO UPDATE SET {_FOLDED_UPDATE}"
 )
 
-# One day's exit pages from its session days and the sessions overlapping it (as rebuild_day's
-# SQL computes them from the day's events). The sessions are read twice in one statement (one
-# snapshot): a CTE would be a subplan on Citus.
-_EXIT_SESSIONS = (
-    "(SELECT project_id, session_id, (started_at AT TIME ZONE :timezone)::date AS day,"
-    " extract(epoch FROM ended_at - started_at)::float8 AS duration, pageviews::bigint AS pageviews,"
-    f" events::bigint AS events, exit_page, {_VISIT_COLUMNS} FROM query_sessions"
-    " WHERE project_id = :project_id AND ended_at >= :start AND started_at < :end)"
+# Exit pages (migration 0820). A session's rows in the exit-page cube are its session days (per
+# day and visitor: pageviews, events, the visitor in the sketch) and its session row, all under
+# its exit page, which a new pageview moves. Each session day holds the exit page and visit its
+# rows were folded under; a merge takes the touched sessions' old rows out (counts subtracted),
+# moves their session days to the sessions' new exit page and visit (staged), and adds their
+# rows back. A sketch cannot take a visitor out: the sketches of the exit pages that touched
+# sessions left are recomputed (_EXIT_VISITORS) from those pages' session days alone (the
+# (project_id, day, exit_page) index), no longer the whole day joined to its sessions.
+_TOUCHED_SESSION_DAYS = (
+    "query_rollup_session_days sd WHERE sd.project_id = :project_id AND sd.day = ANY(CAST(:days AS date[]))"
+    f" AND sd.day {_SKIPPED} AND sd.session_id = ANY(CAST(:sessions AS text[]))"
 )
-_EXIT_ROWS = (
-    f"INSERT INTO {EXIT_PAGES_CUBE.table} (project_id, day, grain, exit_page, {_VISIT_COLUMNS}, {CUBE_METRIC_COLUMNS})"
-    + _aggregate_sql(
-        EXIT_PAGES_CUBE,
-        f"SELECT sd.project_id, sd.day, s.exit_page, {_visits_of('s')}, 'e' AS kind, sd.distinct_id,"
-        " sd.pageviews AS pv, sd.events AS ev, 1 AS sign, NULL::float8 AS m_duration, NULL::bigint AS m_pageviews,"
-        f" NULL::bigint AS m_events FROM query_rollup_session_days sd JOIN {_EXIT_SESSIONS} s"
-        " ON s.project_id = sd.project_id AND s.session_id = sd.session_id"
-        " WHERE sd.project_id = :project_id AND sd.day = :day"
-        f" UNION ALL SELECT s.project_id, s.day, s.exit_page, {_visits_of('s')}, 's', NULL, 0, 0, 1, s.duration,"
-        f" s.pageviews, s.events FROM {_EXIT_SESSIONS} s WHERE s.day = :day",
+
+
+def _session_day_rows(kind: str, sign: int) -> str:
+    """The touched sessions' session days as exit-page rows for _aggregate_sql: kind 'e' adds the
+    visitor to the sketch, any other kind only counts."""
+    return (
+        f"SELECT sd.project_id, sd.day, sd.exit_page, {_visits_of('sd')}, '{kind}' AS kind, sd.distinct_id,"
+        f" {sign} * sd.pageviews AS pv, {sign} * sd.events AS ev, 0 AS sign, NULL::float8 AS m_duration,"
+        f" NULL::bigint AS m_pageviews, NULL::bigint AS m_events FROM {_TOUCHED_SESSION_DAYS}"
     )
+
+
+# Before the session days and folded rows change: the old session days' counts out, and the
+# session rows replaced (folded out, staged in).
+_EXIT_OLD = _merge_into(
+    EXIT_PAGES_CUBE,
+    f"{_session_day_rows('o', -1)}"
+    f" UNION ALL {_session_rows('s.exit_page AS exit_page, ', '', 'query_rollup_sessions_staged', 1)}"
+    f" UNION ALL {_session_rows('s.exit_page AS exit_page, ', '', 'query_rollup_sessions_folded', -1)}",
 )
+# The (day, exit page) pairs whose sketches lose a visitor: session days whose exit page or visit
+# the merge changes.
+_SESSION_DAYS_STAGED = (
+    "st.project_id = sd.project_id AND st.project_id = :project_id"
+    " AND st.session_id = sd.session_id AND sd.project_id = :project_id AND sd.day = ANY(CAST(:days AS date[]))"
+    # (Implied by the join; said so the session days are found by their key even when the
+    # planner, on stale statistics, would start from the staged sessions' side.)
+    " AND sd.session_id = ANY(CAST(:sessions AS text[]))"
+    f" AND sd.day {_SKIPPED} AND ROW(sd.exit_page, {_visits_of('sd')}) IS DISTINCT FROM"
+    f" ROW(st.exit_page, {_visits_of('st')})"
+)
+_EXIT_PAGES_LEFT = (
+    "SELECT DISTINCT sd.day, sd.exit_page FROM query_rollup_session_days sd, query_rollup_sessions_staged st"
+    f" WHERE {_SESSION_DAYS_STAGED}"
+)
+# After the new events' session days are added: every session day of a touched session under its
+# session's exit page and visit now.
+_SESSION_DAYS_MOVE = (
+    "UPDATE query_rollup_session_days sd SET exit_page = st.exit_page, "
+    + ", ".join(f"{name} = st.{name}" for name in VISIT_DIMENSIONS)
+    + f" FROM query_rollup_sessions_staged st WHERE {_SESSION_DAYS_STAGED}"
+)
+_EXIT_NEW = _merge_into(EXIT_PAGES_CUBE, _session_day_rows("e", 1))
+
+
+def _exit_visitors_sql() -> str:
+    """The sketches of one day's exit pages (:pages, and NULL if :null_page), every grain,
+    recomputed from their session days; run after each was emptied (_EXIT_EMPTY). Every group
+    it computes is in the cube (each session day's rows were added), so the insert only ever
+    updates, matched by the group index (an UPDATE ... FROM matched the groups with IS NOT
+    DISTINCT FROM, which no hash or index serves: a nested loop over the day's groups)."""
+    grains = EXIT_PAGES_CUBE.grains
+    sets = ", ".join(
+        "(" + ", ".join(f"u.{name}" for name in VISIT_DIMENSIONS if name in grain) + ")" for grain in grains
+    )
+    grain = "GROUPING(" + ", ".join(f"u.{name}" for name in VISIT_DIMENSIONS) + ")"
+    key = f"project_id, day, grain, exit_page, {_VISIT_COLUMNS}"
+    return (
+        f"INSERT INTO {EXIT_PAGES_CUBE.table} AS c ({key}, {CUBE_METRIC_COLUMNS}) SELECT u.project_id, u.day,"
+        f" {grain}, u.exit_page, {_visits_of('u')}, hll_add_agg(u.h, {HLL_LOG2M}), 0, 0, 0, 0, 0, 0"
+        f" FROM (SELECT sd.project_id, sd.day, sd.exit_page, {_visits_of('sd')}, hll_hash_text(sd.distinct_id) AS h"
+        " FROM query_rollup_session_days sd WHERE sd.project_id = :project_id AND sd.day = :day"
+        " AND (sd.exit_page = ANY(CAST(:pages AS text[])) OR (:null_page AND sd.exit_page IS NULL))) u"
+        f" GROUP BY u.project_id, u.day, u.exit_page, GROUPING SETS ({sets})"
+        f" ON CONFLICT ({key}) DO UPDATE SET visitors = excluded.visitors"
+    )
+
+
+_EXIT_EMPTY = (
+    f"UPDATE {EXIT_PAGES_CUBE.table} SET visitors = hll_empty({HLL_LOG2M}) WHERE project_id = :project_id"
+    " AND day = :day AND (exit_page = ANY(CAST(:pages AS text[])) OR (:null_page AND exit_page IS NULL))"
+)
+_EXIT_VISITORS = _exit_visitors_sql()
 
 
 def _days_between(first: date, last: date) -> list[date]:
@@ -422,6 +517,22 @@ async def _try_lock_days(connection: AsyncConnection, project_id: int, days: Ite
         )
         if not locked.scalar_one():
             raise DaysBusy(f"project {project_id}: day {day} is being built or purged")
+
+
+async def _is_bulk(connection: AsyncConnection, project_id: int, waiting: int) -> bool:
+    """More than MAX_MERGED_EVENTS waiting and more than BULK_SHARE_OF_DAYS of the events the
+    rollups of their days hold (the visits cube's all-visits rows, one per day)."""
+    if waiting <= MAX_MERGED_EVENTS:
+        return False
+    held = await connection.execute(
+        text(
+            "SELECT coalesce(sum(v.events), 0) FROM query_rollup_visits v WHERE v.project_id = :project_id"
+            " AND v.grain = :grain AND v.day IN (SELECT DISTINCT k.day FROM query_rollup_pending p"
+            " CROSS JOIN unnest(p.days) AS k(day) WHERE p.project_id = :project_id)"
+        ),
+        {"project_id": project_id, "grain": grain_id(frozenset())},
+    )
+    return waiting > BULK_SHARE_OF_DAYS * int(held.scalar_one())
 
 
 async def refresh_project(
@@ -448,7 +559,7 @@ async def refresh_project(
     )
     # A bulk load (an import, a backlog after downtime) is cheaper rebuilt than merged: its keys
     # are dropped and every day it changed is rebuilt.
-    bulk = int(waiting.scalar_one()) > MAX_MERGED_EVENTS
+    bulk = await _is_bulk(connection, project_id, int(waiting.scalar_one()))
     # (In bulk, the days the load touched instead, with no `changes`: the markers always have one.)
     keys = (
         "DISTINCT k.day, NULL::bigint AS changes, NULL::bigint AS built_changes, NULL::timestamptz AS occurred_at,"
@@ -532,13 +643,15 @@ async def refresh_project(
     }
     merged: set[date] = set()
     if occurred_at:
+        await connection.execute(text(_STAGE_EVENTS), params)
         sessions = await connection.execute(
             text(
                 "SELECT q.session_id, (q.started_at AT TIME ZONE :timezone)::date AS start_day,"
                 " (q.ended_at AT TIME ZONE :timezone)::date AS end_day, f.day AS folded_day,"
                 " (f.session_id IS NOT NULL AND (f.first_uuid <> q.first_uuid OR f.started_at <> q.started_at"
                 " OR f.entry_uuid IS DISTINCT FROM q.entry_uuid)) AS moved"
-                f" FROM (SELECT DISTINCT e.project_id, e.session_id FROM events e WHERE {_NEW_EVENTS_WHERE}) n"
+                " FROM (SELECT DISTINCT e.project_id, e.session_id FROM query_rollup_events_staged e"
+                f" WHERE {_STAGED_EVENTS_WHERE}) n"
                 " JOIN query_sessions q ON q.project_id = n.project_id AND q.session_id = n.session_id"
                 " LEFT JOIN query_rollup_sessions_folded f ON f.project_id = n.project_id"
                 " AND f.session_id = n.session_id AND f.project_id = :project_id"
@@ -547,19 +660,17 @@ async def refresh_project(
             params,
         )
         moved_days: set[date] = set()
-        touched_sessions: list[str] = []
         new_event_sessions: list[str] = []
-        start_days: set[date] = set()
         for session in sessions:
             new_event_sessions.append(session.session_id)
             first = min(session.start_day, session.folded_day or session.start_day)
             span = _days_between(first, session.end_day)
-            if session.moved or (session.folded_day is None and session.start_day in unbuilt):
+            # A session whose start day is not built is not staged (its session row lives
+            # there): its other days cannot move its session days to its new exit page.
+            if session.moved or session.start_day in unbuilt:
                 moved_days.update(span)
             else:
                 merged.update(span)
-                touched_sessions.append(session.session_id)
-                start_days.add(session.start_day)
         moved_days &= changes.keys()
         unbuildable |= moved_days
         unbuilt |= moved_days
@@ -578,16 +689,25 @@ async def refresh_project(
             # The sessions' new state read once; every cube merge reads it and the folded rows as
             # they were (old), then the folded rows are replaced, last.
             await connection.execute(text(_STAGE_SESSIONS), params)
+            params["days"] = sorted(merged)
             for cube in _MERGED_CUBES:
                 await connection.execute(text(_merge_sql(cube)), params)
+            # Exit pages: the pages touched sessions leave, their old rows out, the session days
+            # moved and grown, their rows in (see _EXIT_OLD); the folded rows replaced last.
+            left = await connection.execute(text(_EXIT_PAGES_LEFT), params)
+            pages_left: dict[date, set[str | None]] = {}
+            for row in left:
+                pages_left.setdefault(row.day, set()).add(row.exit_page)
+            await connection.execute(text(_EXIT_OLD), params)
             await connection.execute(text(_SESSION_DAYS_MERGE), params)
+            await connection.execute(text(_SESSION_DAYS_MOVE), params)
+            await connection.execute(text(_EXIT_NEW), params)
             await connection.execute(text(_FOLDED_MERGE), params)
             await connection.execute(
                 text("DELETE FROM query_rollup_sessions_staged WHERE project_id = :project_id"), params
             )
-            await connection.execute(text("SELECT set_config('enable_seqscan', 'on', true)"))
             touched = {"project_id": project_id, "days": sorted(merged)}
-            for cube in _MERGED_CUBES:
+            for cube in CUBES:
                 # A group whose sessions and events went back to none is not in a rebuild either.
                 await connection.execute(
                     text(
@@ -596,31 +716,19 @@ async def refresh_project(
                     ),
                     touched,
                 )
-            # The days whose exit pages moved: the touched sessions' start days (their session rows)
-            # and the days they have events on (a long session spans days it has no event on).
-            with_events = await connection.execute(
-                text(
-                    "SELECT DISTINCT day FROM query_rollup_session_days WHERE project_id = :project_id"
-                    " AND day = ANY(CAST(:days AS date[])) AND session_id = ANY(CAST(:sessions AS text[]))"
-                ),
-                {"project_id": project_id, "days": sorted(merged), "sessions": touched_sessions},
-            )
-            exit_days = (start_days | set(with_events.scalars())) & merged
-            for day in sorted(exit_days):
-                await connection.execute(
-                    text(f"DELETE FROM {EXIT_PAGES_CUBE.table} WHERE project_id = :project_id AND day = :day"),
-                    {"project_id": project_id, "day": day},
-                )
-                await connection.execute(
-                    text(_EXIT_ROWS),
-                    {
-                        "project_id": project_id,
-                        "timezone": timezone,
-                        "day": day,
-                        "start": local_midnight(day, timezone),
-                        "end": local_midnight(day + timedelta(days=1), timezone),
-                    },
-                )
+            for day, pages in sorted(pages_left.items()):
+                page_params = {
+                    "project_id": project_id,
+                    "day": day,
+                    "pages": sorted(page for page in pages if page is not None),
+                    "null_page": None in pages,
+                }
+                await connection.execute(text(_EXIT_EMPTY), page_params)
+                await connection.execute(text(_EXIT_VISITORS), page_params)
+            await connection.execute(text("SELECT set_config('enable_seqscan', 'on', true)"))
+        await connection.execute(
+            text("DELETE FROM query_rollup_events_staged WHERE project_id = :project_id"), {"project_id": project_id}
+        )
     else:
         await _try_lock_days(connection, project_id, unbuilt)
     rebuilt: list[date] = []
@@ -748,9 +856,11 @@ def _rebuild_sql(cube: Cube) -> str:
 
 
 _REBUILD_SESSION_DAYS = (
-    "INSERT INTO query_rollup_session_days (project_id, day, session_id, distinct_id, pageviews, events)"
-    " SELECT b.project_id, b.day, b.session_id, b.distinct_id, count(*) FILTER (WHERE b.name = 'pageview'), count(*)"
-    f" FROM {_DAY_BASE} b WHERE b.e_in_range GROUP BY b.project_id, b.day, b.session_id, b.distinct_id"
+    "INSERT INTO query_rollup_session_days (project_id, day, session_id, distinct_id, pageviews, events,"
+    f" exit_page, {_VISIT_COLUMNS})"
+    " SELECT b.project_id, b.day, b.session_id, b.distinct_id, count(*) FILTER (WHERE b.name = 'pageview'), count(*),"
+    f" b.exit_page, {_RAW_VISITS} FROM {_DAY_BASE} b WHERE b.e_in_range"
+    f" GROUP BY b.project_id, b.day, b.session_id, b.distinct_id, b.exit_page, {_RAW_VISITS}"
 )
 # The sessions that started on the day with the pages, domains and event names among their
 # events: grouped from one union, not joined.
@@ -785,14 +895,16 @@ def _rebuild_one_statement() -> str:
             f"INSERT INTO {cube.table} (project_id, {columns}, {CUBE_METRIC_COLUMNS})"
             f" SELECT :project_id, {columns}, {CUBE_METRIC_COLUMNS} FROM ({computed}) computed"
         )
+    raw_visits = ", ".join(DIMENSIONS[name].raw for name in VISIT_DIMENSIONS)
     inserts.append(
-        "INSERT INTO query_rollup_session_days (project_id, day, session_id, distinct_id, pageviews, events)"
-        " SELECT :project_id, day, session_id, distinct_id, count(*) FILTER (WHERE name = 'pageview'), count(*)"
-        " FROM base WHERE e_in_range GROUP BY day, session_id, distinct_id"
+        "INSERT INTO query_rollup_session_days (project_id, day, session_id, distinct_id, pageviews, events,"
+        f" exit_page, {_VISIT_COLUMNS})"
+        " SELECT :project_id, day, session_id, distinct_id, count(*) FILTER (WHERE name = 'pageview'), count(*),"
+        f" exit_page, {raw_visits} FROM base WHERE e_in_range"
+        f" GROUP BY day, session_id, distinct_id, exit_page, {raw_visits}"
     )
     # The sessions that started on the day with the pages, domains and event names among their
     # events: grouped from one union, not joined (a join of two CTEs has no estimates to go by).
-    raw_visits = ", ".join(DIMENSIONS[name].raw for name in VISIT_DIMENSIONS)
     nulls = ", ".join(["NULL"] * len(VISIT_DIMENSIONS))
     folded = ", ".join(f"max({DIMENSIONS[name].raw})" for name in VISIT_DIMENSIONS)
     inserts.append(

@@ -19,8 +19,10 @@ class QuerySettings:
     # How often each query worker looks for days to rebuild; 0 turns the background refresher
     # off (then `sightline rollup` must run).
     rollup_interval_s: float = setting("ROLLUP_INTERVAL_S", 30.0)
-    # At most this share of the refresher's time is spent rebuilding: after a round that took
-    # b seconds it waits at least b * (1 - share) / share. Rebuilding a day recomputes it from
+    # At most this share of the refresher's time is spent rebuilding: after a round that spent
+    # b seconds rebuilding (days, weeks, retention weeks; merging is not counted: it costs in
+    # proportion to what arrived, so waiting saves nothing) it waits at least
+    # b * (1 - share) / share. Rebuilding a day recomputes it from
     # its events, so a busy day costs more each round; this keeps that cost a bounded share
     # of a Postgres core (a day whose rebuild is spaced out past rollup_max_staleness_s is
     # read from events meanwhile, exact and slower).

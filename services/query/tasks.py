@@ -14,7 +14,7 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 from litestar import Litestar
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -31,14 +31,28 @@ logger = logging.getLogger(__name__)
 REBUILD_STATEMENT_TIMEOUT_MS = 120_000
 
 
+@dataclass(frozen=True)
+class RoundOutcome:
+    refreshed: int  # days merged or rebuilt, weeks and retention weeks rebuilt
+    rebuild_s: float  # wall time of the project refreshes that rebuilt a day, and of the weeks rebuilt
+
+
 async def refresh_rollups(engine: AsyncEngine, days_per_round: int, project_id: int | None = None) -> int:
     """Merge every project's pending events and rebuild up to days_per_round unbuilt days per
     project, then the weeks they complete, then as many stale retention weeks; return how many
     days and weeks were refreshed."""
+    return (await refresh_round(engine, days_per_round, project_id)).refreshed
+
+
+async def refresh_round(engine: AsyncEngine, days_per_round: int, project_id: int | None = None) -> RoundOutcome:
+    """refresh_rollups, also telling how long its rebuilds took (the refresher spaces rounds out
+    by that time only: a merge costs in proportion to what arrived, so delaying it saves nothing)."""
     async with engine.begin() as connection:
         projects = await rollup_repository.projects_to_refresh(connection, project_id)
     rebuilt = 0
+    rebuild_s = 0.0
     for project in projects:
+        started = time.monotonic()
         try:
             async with engine.begin() as connection:
                 await set_statement_timeout(connection, REBUILD_STATEMENT_TIMEOUT_MS)
@@ -49,22 +63,28 @@ async def refresh_rollups(engine: AsyncEngine, days_per_round: int, project_id: 
             continue
         if outcome is not None:
             rebuilt += outcome.days
+            if outcome.rebuilt_days:
+                rebuild_s += time.monotonic() - started
     async with engine.begin() as connection:
         weeks = await rollup_repository.weeks_to_build(connection, days_per_round, project_id)
     for week in weeks:
+        started = time.monotonic()
         async with engine.begin() as connection:
             await set_statement_timeout(connection, REBUILD_STATEMENT_TIMEOUT_MS)
             if await rollup_repository.rebuild_week(connection, project_id=week.project_id, week=week.week):
                 rebuilt += 1
+                rebuild_s += time.monotonic() - started
     # Retention weeks last: a week's stamp is the latest build among the days up to its Sunday.
     async with engine.begin() as connection:
         retention_weeks = await rollup_repository.retention_weeks_to_build(connection, days_per_round, project_id)
     for week in retention_weeks:
+        started = time.monotonic()
         async with engine.begin() as connection:
             await set_statement_timeout(connection, REBUILD_STATEMENT_TIMEOUT_MS)
             if await rollup_repository.rebuild_retention_week(connection, project_id=week.project_id, week=week.week):
                 rebuilt += 1
-    return rebuilt
+                rebuild_s += time.monotonic() - started
+    return RoundOutcome(rebuilt, rebuild_s)
 
 
 async def refresh_until_current(engine: AsyncEngine, days_per_round: int, project_id: int | None = None) -> int:
@@ -121,14 +141,16 @@ async def run_refresher(database: DatabaseSettings, settings: QuerySettings) -> 
         while True:
             started = time.monotonic()
             try:
-                await refresh_rollups(engine, settings.rollup_days_per_round)
+                rebuild_s = (await refresh_round(engine, settings.rollup_days_per_round)).rebuild_s
             except asyncio.CancelledError:
                 raise
             except Exception:
                 # A failed round (database restarting, a timeout) must not end the refresher;
-                # the same days are still marked changed and are retried next round.
+                # the same days are still marked changed and are retried next round. Spaced
+                # out by its whole time, as a rebuild.
                 logger.exception("rollup refresh failed")
-            await asyncio.sleep(pause_after_round(time.monotonic() - started, settings))
+                rebuild_s = time.monotonic() - started
+            await asyncio.sleep(pause_after_round(rebuild_s, settings))
     finally:
         await engine.dispose()
 
@@ -136,9 +158,11 @@ async def run_refresher(database: DatabaseSettings, settings: QuerySettings) -> 
 def pause_after_round(busy_s: float, settings: QuerySettings) -> float:
     """The interval, stretched so rebuilding takes at most rollup_max_busy_share of the time.
 
-    A round merges what arrived since the last one, but a round that rebuilds days (after a
-    delete, a purge, a bulk load) costs in proportion to those days' events; spacing rounds out
-    caps that cost instead of letting it take a whole core.
+    busy_s is the round's rebuilding time (RoundOutcome.rebuild_s). A round merges what arrived
+    since the last one, at a cost in proportion to it, so merging is never spaced out (a pause
+    stretched by a merge only lets more pile up for the next); a round that rebuilds days (after
+    a delete, a purge, a bulk load) costs in proportion to those days' events, and spacing rounds
+    out caps that cost instead of letting it take a whole core.
     """
     share = min(1.0, max(settings.rollup_max_busy_share, 0.01))
     return max(settings.rollup_interval_s, busy_s * (1 - share) / share)

@@ -159,6 +159,7 @@ async def test_a_bulk_load_rebuilds_the_start_day_of_a_session_it_extends(
     )
     await build_rollups(engine, project)
     monkeypatch.setattr(rollup_repository, "MAX_MERGED_EVENTS", 1)
+    monkeypatch.setattr(rollup_repository, "BULK_SHARE_OF_DAYS", 0.0)
     await insert_events(
         engine,
         project_id,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from datetime import date
 from typing import Any
 
 import pytest
@@ -23,7 +24,7 @@ from services.common import rollup_purge_repository
 from services.query import rollup_repository
 from services.query.app import create_app
 from services.query.settings import QuerySettings
-from services.query.tasks import refresh_rollups
+from services.query.tasks import refresh_rollups, refresh_round
 from services.query.vocabulary import CUBES, VISIT_DIMENSIONS
 from tests.harness import DatabaseHarness
 from tests.query.conftest import Event, berlin, build_rollups, insert_events, main_events, new_project, query, table
@@ -91,7 +92,31 @@ def earlier_events_arriving_last(events: list[Event]) -> list[list[Event]]:
     return [[event] for event in reversed(events)]
 
 
+def exit_pages_moving(events: list[Event]) -> list[list[Event]]:
+    """Exit pages moved by late pageviews (migration 0820 merges them by session): v8's two
+    sessions both end on /pricing, then one moves to /docs (v8 is still a /pricing visitor by the
+    other), then the other (v8 leaves /pricing), then the first comes back; s10 has only a custom
+    event (no exit page) until a pageview arrives; s3, crossing midnight, moves its exit page with
+    rows on both days."""
+    v8 = {"country": "US", "browser": "Firefox"}
+    return [
+        events,
+        [
+            Event("v8", "s8a", berlin("2026-01-13T15:00:00"), "/", **v8),  # type: ignore[arg-type]
+            Event("v8", "s8a", berlin("2026-01-13T15:01:00"), "/pricing", **v8),  # type: ignore[arg-type]
+            Event("v8", "s8b", berlin("2026-01-13T18:00:00"), "/pricing", **v8),  # type: ignore[arg-type]
+            Event("v10", "s10", berlin("2026-01-13T16:00:00"), "/", name="signup"),
+        ],
+        [Event("v8", "s8a", berlin("2026-01-13T15:02:00"), "/docs", **v8)],  # type: ignore[arg-type]
+        [Event("v8", "s8b", berlin("2026-01-13T18:01:00"), "/docs", **v8)],  # type: ignore[arg-type]
+        [Event("v8", "s8a", berlin("2026-01-13T15:03:00"), "/pricing", **v8)],  # type: ignore[arg-type]
+        [Event("v10", "s10", berlin("2026-01-13T16:01:00"), "/blog")],
+        [Event("v2", "s3", berlin("2026-01-13T00:20:00"), "/checkout", **{"country": "US"})],  # type: ignore[arg-type]
+    ]
+
+
 SCENARIOS: dict[str, Callable[[list[Event]], list[list[Event]]]] = {
+    "exit pages moving": exit_pages_moving,
     "one event per refresh": one_by_one,
     "late events for older days": late_events_for_older_days,
     "a session crossing midnight": sessions_crossing_midnight,
@@ -115,13 +140,13 @@ async def test_refreshing_after_every_batch_equals_one_rebuild_from_scratch(
     non_bot = sum(1 for batch in batches for event in batch if not event.is_bot)
     totals = [row for row in refreshed["query_rollup_visits"] if row[1] == (1 << len(VISIT_DIMENSIONS)) - 1]
     assert sum(row[-2] for row in totals) == non_bot
-    # The sessions each merge and rebuild staged (with their visitor) do not outlive it.
+    # The sessions and events each merge and rebuild staged (with their visitor) do not outlive it.
     async with engine.connect() as connection:
-        staged = await connection.execute(
-            text("SELECT count(*) FROM query_rollup_sessions_staged WHERE project_id = :project_id"),
-            {"project_id": project_id},
-        )
-    assert staged.scalar_one() == 0
+        for table in ("query_rollup_sessions_staged", "query_rollup_events_staged"):
+            staged = await connection.execute(
+                text(f"SELECT count(*) FROM {table} WHERE project_id = :project_id"), {"project_id": project_id}
+            )
+            assert staged.scalar_one() == 0, table
     assert refreshed == await rebuilt_from_scratch(engine, project)
 
 
@@ -230,6 +255,7 @@ async def test_a_bulk_load_is_rebuilt_instead_of_merged(
     await insert_events(engine, project_id, batches[0])
     await build_rollups(engine, project)
     monkeypatch.setattr(rollup_repository, "MAX_MERGED_EVENTS", 1)
+    monkeypatch.setattr(rollup_repository, "BULK_SHARE_OF_DAYS", 0.0)
     await insert_events(engine, project_id, [*batches[1], *batches[2]])
     async with engine.begin() as connection:
         outcome = await rollup_repository.refresh_project(connection, refresh, 100)
@@ -237,3 +263,121 @@ async def test_a_bulk_load_is_rebuilt_instead_of_merged(
     # Two events waiting, over the limit of one: Jan 11 and Jan 12 are rebuilt, nothing merged.
     assert (outcome.merged_events, outcome.merged_days, outcome.rebuilt_days) == (0, 0, 2)
     assert await cube_rows(engine, project_id) == await rebuilt_from_scratch(engine, project)
+
+
+@pytest.mark.parametrize(("share", "merged"), [(0.5, True), (0.1, False)])
+async def test_many_waiting_events_are_merged_while_small_against_what_their_days_hold(
+    db: DatabaseHarness, engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch, share: float, merged: bool
+) -> None:
+    """Over MAX_MERGED_EVENTS waiting, the days are rebuilt only if the waiting events are more
+    than BULK_SHARE_OF_DAYS of those their days' rollups hold: under live ingest a busy day is
+    merged (a rebuild reads the whole day), a load into a small day rebuilt."""
+    project = await new_project(db)
+    project_id = int(project["id"])
+    refresh = rollup_repository.ProjectToRefresh(project_id, "Europe/Berlin")
+    batches = late_events_for_older_days(main_events())
+    await insert_events(engine, project_id, batches[0])
+    await build_rollups(engine, project)
+    monkeypatch.setattr(rollup_repository, "MAX_MERGED_EVENTS", 1)
+    monkeypatch.setattr(rollup_repository, "BULK_SHARE_OF_DAYS", share)
+    # Two events waiting, for Jan 11 and Jan 12, whose rollups hold more than 2 / 0.5 and fewer
+    # than 2 / 0.1 events (checked here, so the two cases stay on either side).
+    async with engine.connect() as connection:
+        held = await connection.execute(
+            text(
+                "SELECT sum(events) FROM query_rollup_visits WHERE project_id = :project_id AND grain = :grain"
+                " AND day IN ('2026-01-11', '2026-01-12')"
+            ),
+            {"project_id": project_id, "grain": (1 << len(VISIT_DIMENSIONS)) - 1},
+        )
+    assert 4 < held.scalar_one() < 20
+    await insert_events(engine, project_id, [*batches[1], *batches[2]])
+    async with engine.begin() as connection:
+        outcome = await rollup_repository.refresh_project(connection, refresh, 100)
+    assert outcome is not None
+    if merged:
+        assert (outcome.merged_events, outcome.rebuilt_days) == (2, 0)
+    else:
+        assert (outcome.merged_events, outcome.merged_days, outcome.rebuilt_days) == (0, 0, 2)
+    assert await cube_rows(engine, project_id) == await rebuilt_from_scratch(engine, project)
+
+
+async def exit_pages(engine: AsyncEngine, project_id: int, day: str) -> dict[str | None, tuple[int, int]]:
+    """The day's exit pages over all visits: visitors (sketch cardinality) and sessions."""
+    async with engine.connect() as connection:
+        result = await connection.execute(
+            text(
+                "SELECT exit_page, hll_cardinality(visitors)::int, sessions FROM query_rollup_exit_pages"
+                " WHERE project_id = :project_id AND grain = :grain AND day = :day"
+            ),
+            {"project_id": project_id, "grain": (1 << len(VISIT_DIMENSIONS)) - 1, "day": date.fromisoformat(day)},
+        )
+    return {row[0]: (row[1], row[2]) for row in result}
+
+
+async def test_a_merge_moves_a_visitor_off_an_exit_page_only_with_their_last_session_there(
+    db: DatabaseHarness, engine: AsyncEngine
+) -> None:
+    """Merged, not rebuilt: the sketch of the exit page a session leaves is recomputed from the
+    session days left there (migration 0820), so the visitor stays while another of their
+    sessions ends there and leaves with the last."""
+    project = await new_project(db)
+    project_id = int(project["id"])
+    refresh = rollup_repository.ProjectToRefresh(project_id, "Europe/Berlin")
+    await insert_events(
+        engine,
+        project_id,
+        [
+            Event("v8", "s8a", berlin("2026-01-13T15:00:00"), "/"),
+            Event("v8", "s8a", berlin("2026-01-13T15:01:00"), "/pricing"),
+            Event("v8", "s8b", berlin("2026-01-13T18:00:00"), "/pricing"),
+            Event("v9", "s9", berlin("2026-01-13T12:00:00"), "/docs"),
+        ],
+    )
+    await build_rollups(engine, project)
+    assert await exit_pages(engine, project_id, "2026-01-13") == {"/pricing": (1, 2), "/docs": (1, 1)}
+
+    async def merge(event: Event) -> None:
+        await insert_events(engine, project_id, [event])
+        async with engine.begin() as connection:
+            outcome = await rollup_repository.refresh_project(connection, refresh, 100)
+        assert outcome is not None
+        assert (outcome.merged_events, outcome.merged_days, outcome.rebuilt_days) == (1, 1, 0)
+
+    await merge(Event("v8", "s8a", berlin("2026-01-13T15:02:00"), "/docs"))
+    assert await exit_pages(engine, project_id, "2026-01-13") == {"/pricing": (1, 1), "/docs": (2, 2)}
+    await merge(Event("v8", "s8b", berlin("2026-01-13T18:01:00"), "/docs"))
+    assert await exit_pages(engine, project_id, "2026-01-13") == {"/docs": (2, 3)}
+    await merge(Event("v8", "s8a", berlin("2026-01-13T15:03:00"), "/pricing"))
+    assert await exit_pages(engine, project_id, "2026-01-13") == {"/pricing": (1, 1), "/docs": (2, 2)}
+    assert await cube_rows(engine, project_id) == await rebuilt_from_scratch(engine, project)
+
+
+@pytest.mark.parametrize("rebuilt_days", [0, 1])
+async def test_a_round_counts_only_its_rebuilding_time_for_the_pause(
+    db: DatabaseHarness, engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch, rebuilt_days: int
+) -> None:
+    """The refresher spaces rounds out by their rebuilding time (pause_after_round): a round
+    that only merges reports none, so the next merge is not delayed while events pile up."""
+    project = await new_project(db)
+    project_id = int(project["id"])
+    await insert_events(engine, project_id, [Event("a", "sa", berlin("2026-01-13T10:00:00"), "/")])
+
+    async def refresh_project(*args: object) -> rollup_repository.RefreshOutcome:
+        await asyncio.sleep(0.01)
+        return rollup_repository.RefreshOutcome(
+            merged_days=1 - rebuilt_days, rebuilt_days=rebuilt_days, merged_events=1
+        )
+
+    async def no_weeks(*args: object) -> list[rollup_repository.WeekToBuild]:
+        return []
+
+    monkeypatch.setattr(rollup_repository, "refresh_project", refresh_project)
+    monkeypatch.setattr(rollup_repository, "weeks_to_build", no_weeks)
+    monkeypatch.setattr(rollup_repository, "retention_weeks_to_build", no_weeks)
+    outcome = await refresh_round(engine, 10, project_id)
+    assert outcome.refreshed == 1
+    if rebuilt_days:
+        assert outcome.rebuild_s > 0
+    else:
+        assert outcome.rebuild_s == 0.0

@@ -8,6 +8,7 @@ from services.common.models.project import Project
 from services.common.models.query_goal import QueryGoal
 from services.common.models.query_rollup_day import QueryRollupDay
 from services.common.models.query_rollup_increment import (
+    query_rollup_events_staged,
     query_rollup_pending,
     query_rollup_session_days,
     query_rollup_sessions_folded,
@@ -45,6 +46,7 @@ __all__ = [
     "query_rollup_domains",
     "query_rollup_entry_pages",
     "query_rollup_event_names",
+    "query_rollup_events_staged",
     "query_rollup_exit_pages",
     "query_rollup_hours",
     "query_rollup_page_weeks",

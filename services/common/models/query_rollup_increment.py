@@ -87,7 +87,24 @@ query_rollup_sessions_staged = Table(
     PrimaryKeyConstraint("project_id", "session_id", name="pk_query_rollup_sessions_staged"),
 )
 
-# Per day, session and visitor: the pageviews and events folded (the exit pages are recomputed from them).
+# The events a merge takes, read once from events by their keys (migration 0820); like the staged
+# sessions, its rows live only inside the refresh's transaction.
+query_rollup_events_staged = Table(
+    "query_rollup_events_staged",
+    Base.metadata,
+    Column("project_id", BigInteger, nullable=False),
+    Column("occurred_at", DateTime(timezone=True), nullable=False),
+    Column("day", Date, nullable=False),
+    Column("name", Text, nullable=False),
+    Column("distinct_id", Text, nullable=False),
+    Column("session_id", Text, nullable=False),
+    Column("path", Text, nullable=False),
+    Column("domain", Text, nullable=False),
+    Index("ix_query_rollup_events_staged_project_id", "project_id"),
+)
+
+# Per day, session and visitor: the pageviews and events folded, with the session's exit page and
+# visit as folded (migration 0820): a merge moves a session's rows between exit pages by them.
 query_rollup_session_days = Table(
     "query_rollup_session_days",
     Base.metadata,
@@ -97,5 +114,15 @@ query_rollup_session_days = Table(
     Column("distinct_id", Text, nullable=False),
     Column("pageviews", BigInteger, nullable=False),
     Column("events", BigInteger, nullable=False),
+    Column("exit_page", Text),
+    Column("referrer", Text),
+    Column("utm_source", Text),
+    Column("utm_medium", Text),
+    Column("utm_campaign", Text),
+    Column("country", Text),
+    Column("browser", Text),
+    Column("os", Text),
+    Column("device", Text),
     PrimaryKeyConstraint("project_id", "day", "session_id", "distinct_id", name="pk_query_rollup_session_days"),
+    Index("ix_query_rollup_session_days_project_id_day_exit_page", "project_id", "day", "exit_page"),
 )

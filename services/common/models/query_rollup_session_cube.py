@@ -15,7 +15,7 @@ from services.common.models.base import Base
 from services.common.models.query_rollup_visit import group_index, visit_and_metric_columns
 
 
-def _table(name: str, column: str, column_type: TypeEngine[Any], *, nullable: bool, merged: bool = True) -> Table:
+def _table(name: str, column: str, column_type: TypeEngine[Any], *, nullable: bool) -> Table:
     return Table(
         name,
         Base.metadata,
@@ -25,14 +25,14 @@ def _table(name: str, column: str, column_type: TypeEngine[Any], *, nullable: bo
         Column(column, column_type, nullable=nullable),
         *visit_and_metric_columns(),
         Index(f"ix_{name}_project_id_grain_day", "project_id", "grain", "day"),
-        # The exit pages are recomputed per day, not merged into (migration 0730).
-        *((group_index(name, column),) if merged else ()),
+        # One row per group, merged into (migrations 0730; the exit pages since 0820).
+        group_index(name, column),
     )
 
 
 # A session without a pageview has no entry or exit page.
 query_rollup_entry_pages = _table("query_rollup_entry_pages", "entry_page", Text(), nullable=True)
-query_rollup_exit_pages = _table("query_rollup_exit_pages", "exit_page", Text(), nullable=True, merged=False)
+query_rollup_exit_pages = _table("query_rollup_exit_pages", "exit_page", Text(), nullable=True)
 query_rollup_hours = _table("query_rollup_hours", "hour", SmallInteger(), nullable=False)
 query_rollup_domains = _table("query_rollup_domains", "domain", Text(), nullable=True)
 query_rollup_event_names = _table("query_rollup_event_names", "event_name", Text(), nullable=False)
