@@ -20,6 +20,7 @@ from services.query.tasks import pause_after_round
 from services.query.vocabulary import (
     ENTRY_PAGES_CUBE,
     EVENT_NAMES_CUBE,
+    EVENT_PAGES_CUBE,
     EXIT_PAGES_CUBE,
     HLL_RELATIVE_STANDARD_ERROR,
     HOURS_CUBE,
@@ -197,7 +198,9 @@ def test_the_smallest_grain_that_holds_the_query_is_chosen() -> None:
     assert cube_for(aggregate(("time:hour", "page"))) is None
     assert cube_for(aggregate(("entry_page", "exit_page"))) is None
     assert cube_for(aggregate(("domain", "country"))) is None
-    assert cube_for(aggregate(("event_name", "page"))) is None
+    # Event names by page: their event rows (migration 0810), but no session metric from them.
+    assert cube_for(aggregate(("event_name", "page"))) == (EVENT_PAGES_CUBE, frozenset())
+    assert cube_for(aggregate(("event_name", "page"), (), ("visitors", "sessions"))) is None
     assert cube_for(aggregate(("page", "country"), (FilterClause("device", "is", ("mobile",)),))) is None
     some_pages = FilterClause("page", "contains", ("pri",))
     assert cube_for(aggregate((), (some_pages,), ("sessions",))) is None

@@ -18,6 +18,7 @@ from services.common.models.query_rollup_session_cube import (
     query_rollup_domains,
     query_rollup_entry_pages,
     query_rollup_event_names,
+    query_rollup_event_pages,
     query_rollup_exit_pages,
     query_rollup_hours,
 )
@@ -43,6 +44,7 @@ __all__ = [
     "query_rollup_domains",
     "query_rollup_entry_pages",
     "query_rollup_event_names",
+    "query_rollup_event_pages",
     "query_rollup_exit_pages",
     "query_rollup_hours",
     "query_rollup_page_weeks",

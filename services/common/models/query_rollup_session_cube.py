@@ -36,3 +36,17 @@ query_rollup_exit_pages = _table("query_rollup_exit_pages", "exit_page", Text(),
 query_rollup_hours = _table("query_rollup_hours", "hour", SmallInteger(), nullable=False)
 query_rollup_domains = _table("query_rollup_domains", "domain", Text(), nullable=True)
 query_rollup_event_names = _table("query_rollup_event_names", "event_name", Text(), nullable=False)
+
+# Events per (event name, page), event rows only (migration 0810): its session columns stay 0.
+query_rollup_event_pages = Table(
+    "query_rollup_event_pages",
+    Base.metadata,
+    Column("project_id", BigInteger, nullable=False),
+    Column("day", Date, nullable=False),
+    Column("grain", SmallInteger, nullable=False),
+    Column("event_name", Text, nullable=False),
+    Column("page", Text),
+    *visit_and_metric_columns(),
+    Index("ix_query_rollup_event_pages_project_id_grain_day", "project_id", "grain", "day"),
+    group_index("query_rollup_event_pages", "event_name", "page"),
+)
