@@ -16,6 +16,7 @@ from services.common.models.query_rollup_page import query_rollup_page_weeks, qu
 from services.common.models.query_rollup_retention import QueryRollupRetention, QueryRollupRetentionWeek
 from services.common.models.query_rollup_session_cube import (
     query_rollup_domains,
+    query_rollup_entry_event_pages,
     query_rollup_entry_pages,
     query_rollup_event_names,
     query_rollup_event_pages,
@@ -42,6 +43,7 @@ __all__ = [
     "ReplayChunk",
     "ReplaySession",
     "query_rollup_domains",
+    "query_rollup_entry_event_pages",
     "query_rollup_entry_pages",
     "query_rollup_event_names",
     "query_rollup_event_pages",

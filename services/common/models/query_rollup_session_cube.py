@@ -37,16 +37,25 @@ query_rollup_hours = _table("query_rollup_hours", "hour", SmallInteger(), nullab
 query_rollup_domains = _table("query_rollup_domains", "domain", Text(), nullable=True)
 query_rollup_event_names = _table("query_rollup_event_names", "event_name", Text(), nullable=False)
 
-# Events per (event name, page), event rows only (migration 0810): its session columns stay 0.
-query_rollup_event_pages = Table(
-    "query_rollup_event_pages",
-    Base.metadata,
-    Column("project_id", BigInteger, nullable=False),
-    Column("day", Date, nullable=False),
-    Column("grain", SmallInteger, nullable=False),
-    Column("event_name", Text, nullable=False),
-    Column("page", Text),
-    *visit_and_metric_columns(),
-    Index("ix_query_rollup_event_pages_project_id_grain_day", "project_id", "grain", "day"),
-    group_index("query_rollup_event_pages", "event_name", "page"),
+
+def _event_rows_table(name: str, *fixed: str, index: tuple[str, ...] = ()) -> Table:
+    """Event rows by several fixed columns (migration 0810): their session columns stay 0."""
+    return Table(
+        name,
+        Base.metadata,
+        Column("project_id", BigInteger, nullable=False),
+        Column("day", Date, nullable=False),
+        Column("grain", SmallInteger, nullable=False),
+        *(Column(column, Text, nullable=column != "event_name") for column in fixed),
+        *visit_and_metric_columns(),
+        Index(f"ix_{name}_project_id_grain_day", "project_id", "grain", "day"),
+        *((Index(f"ix_{name}_{'_'.join(index)}", *index),) if index else ()),
+        group_index(name, *fixed),
+    )
+
+
+# Events per (event name, page), and per (entry page, event name, page) with an index by entry page.
+query_rollup_event_pages = _event_rows_table("query_rollup_event_pages", "event_name", "page")
+query_rollup_entry_event_pages = _event_rows_table(
+    "query_rollup_entry_event_pages", "entry_page", "event_name", "page", index=("project_id", "entry_page", "day")
 )
