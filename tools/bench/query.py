@@ -408,7 +408,7 @@ async def measure_shapes(base_url: str, secret_key: str, runs: int, only: str = 
                 raise RuntimeError(f"cannot save the goal {goal}: HTTP {saved.status_code} {saved.text}")
         for period in ("30d", "12mo"):
             for name, (path, body) in shapes(period).items():
-                if only not in name:
+                if not any(part in name for part in only.split("|")):
                     continue
                 timings: list[float] = []
                 statuses: set[int] = set()
@@ -674,7 +674,10 @@ def cli() -> None:
     parser.add_argument("--shapes", action="store_true", help="then time every shape the API accepts")
     parser.add_argument("--shape-runs", type=int, default=5, help="timed runs per shape")
     parser.add_argument(
-        "--shape-filter", default="", metavar="TEXT", help="with --shapes: only the shapes whose name holds TEXT"
+        "--shape-filter",
+        default="",
+        metavar="TEXT",
+        help="with --shapes: only the shapes whose name holds TEXT (or one of A|B|...)",
     )
     parser.add_argument("--out", default="/tmp/sightline-bench-query.json", help="JSON file for the figures")
     asyncio.run(main(parser.parse_args()))
