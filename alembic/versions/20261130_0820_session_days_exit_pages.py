@@ -24,7 +24,7 @@ erasure and retention already delete these rows with their days. On Citus the ta
 distributed already (0730); the index and columns are propagated to its shards.
 
 Revision ID: 0820
-Revises: 0800
+Revises: 0810
 Create Date: 2026-11-30
 """
 
@@ -35,7 +35,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0820"
-down_revision: str | None = "0800"
+down_revision: str | None = "0810"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

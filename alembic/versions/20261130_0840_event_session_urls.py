@@ -22,7 +22,7 @@ trigram index instead: an event whose URL its session already has writes no inde
   shard), before the old index goes.
 
 Revision ID: 0840
-Revises: 0800
+Revises: 0820
 Create Date: 2026-11-30
 """
 
@@ -34,7 +34,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0840"
-down_revision: str | None = "0800"
+down_revision: str | None = "0820"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

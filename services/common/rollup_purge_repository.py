@@ -46,6 +46,8 @@ SESSION_CUBE_TABLES = (
     "query_rollup_hours",
     "query_rollup_domains",
     "query_rollup_event_names",
+    "query_rollup_event_pages",
+    "query_rollup_entry_event_pages",
 )
 # Every table of rows derived from a project's days, and of the weeks made from those days.
 DAY_ROLLUP_TABLES = ("query_rollup_visits", "query_rollup_pages", *SESSION_CUBE_TABLES)

@@ -100,7 +100,13 @@ def cube_for(query: AggregateQuery) -> tuple[Cube, frozenset[str]] | None:
         column for name in query.dimensions if (column := DIMENSIONS[name].cube_column) and name in TIME_DIMENSIONS
     }
     for cube in CUBES:
-        if not used <= set(cube.columns) or not set(cube.fixed) <= used:
+        if not used <= set(cube.columns):
+            continue
+        if not cube.session_rows:
+            # Event rows only: no session metric; fixed columns the query leaves out are unioned.
+            if SESSION_METRICS.intersection(query.metrics) or not used & set(cube.fixed):
+                continue
+        elif not set(cube.fixed) <= used:
             continue
         fixed = cube.fixed[0] if cube.fixed else None
         if cube.per_event and SESSION_METRICS.intersection(query.metrics) and fixed not in plain_dimensions:

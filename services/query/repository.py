@@ -193,6 +193,19 @@ def cube_select_sql(cube: Cube, grains: tuple[frozenset[str], ...]) -> str:
             f"SELECT u.day, {grain} AS grain, {visit_columns}, {metrics}"
             f" FROM ({union}) u GROUP BY u.day, GROUPING SETS ({sets})"
         )
+    if not cube.session_rows:
+        # Event rows only, by every fixed column (see Cube.session_rows).
+        values = ", ".join(f"{column.event} AS {column.name}" for column in cube.fixed_columns)
+        keys = ", ".join(column.event for column in cube.fixed_columns)
+        names = ", ".join(f"u.{column.name}" for column in cube.fixed_columns)
+        union = (
+            f"SELECT day, {values}, {named}, {_EVENT_ROWS_PER_SESSION} FROM base WHERE e_in_range"
+            f" GROUP BY day, {keys}, session_id, distinct_id, {_VISIT_RAW_COLUMNS}"
+        )
+        return (
+            f"SELECT u.day, {grain} AS grain, {names}, {visit_columns}, {metrics}"
+            f" FROM ({union}) u GROUP BY u.day, {names}, GROUPING SETS ({sets})"
+        )
     (fixed,) = cube.fixed_columns
     if fixed.per_event:
         # A session row per (session, value among its events), so a session counts once per page.

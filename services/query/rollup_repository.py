@@ -365,19 +365,30 @@ def _session_rows(session_fixed: str, values: str, table: str, sign: int) -> str
 def _merge_sql(cube: Cube) -> str:
     """Adds the new events' rows and the touched sessions' new rows (staged), subtracts their old
     (folded) rows."""
-    fixed = _FIXED[cube.fixed[0]] if cube.fixed else None
-    event_fixed = f"{fixed.event} AS {cube.fixed[0]}, " if fixed else ""
-    session_fixed = f"{fixed.session} AS {cube.fixed[0]}, " if fixed else ""
-    values = f" CROSS JOIN unnest(s.{fixed.values}) AS v(value)" if fixed and fixed.values else ""
+    # Event rows by every fixed column; a cube with session rows has at most one (a cube without
+    # them is merged from the new events alone, as they hold no session's figures).
+    event_fixed = "".join(f"{_FIXED[name].event} AS {name}, " for name in cube.fixed)
+    event_keys = "".join(f"{_FIXED[name].event}, " for name in cube.fixed)
     event_rows = (
         f"SELECT ne.project_id, ne.day, {event_fixed}{_visits_of('q')}, 'e' AS kind, ne.distinct_id,"
         " count(*) FILTER (WHERE ne.name = 'pageview') AS pv, count(*) AS ev, 1 AS sign,"
         " NULL::float8 AS m_duration, NULL::bigint AS m_pageviews, NULL::bigint AS m_events"
         f" FROM {_NEW_EVENTS} ne JOIN query_sessions q ON q.project_id = ne.project_id"
         f" AND q.session_id = ne.session_id WHERE q.project_id = :project_id AND ne.day {_SKIPPED}"
-        f" GROUP BY ne.project_id, ne.day, {fixed.event + ', ' if fixed else ''}ne.session_id, ne.distinct_id,"
+        f" GROUP BY ne.project_id, ne.day, {event_keys}ne.session_id, ne.distinct_id,"
         f" {_visits_of('q')}"
     )
+    fixed_name = "".join(f"{name}, " for name in cube.fixed)
+    key = f"project_id, day, grain, {fixed_name}{_VISIT_COLUMNS}"
+    if not cube.session_rows:
+        return (
+            f"INSERT INTO {cube.table} AS c ({key}, {CUBE_METRIC_COLUMNS}) {_aggregate_sql(cube, event_rows)}"
+            f" ON CONFLICT ({key}) DO UPDATE SET visitors = hll_union(c.visitors, excluded.visitors),"
+            " pageviews = c.pageviews + excluded.pageviews, events = c.events + excluded.events"
+        )
+    fixed = _FIXED[cube.fixed[0]] if cube.fixed else None
+    session_fixed = f"{fixed.session} AS {cube.fixed[0]}, " if fixed else ""
+    values = f" CROSS JOIN unnest(s.{fixed.values}) AS v(value)" if fixed and fixed.values else ""
 
     rows = (
         f"{event_rows} UNION ALL {_session_rows(session_fixed, values, 'query_rollup_sessions_staged', 1)}"
@@ -389,7 +400,7 @@ def _merge_sql(cube: Cube) -> str:
 def _merge_into(cube: Cube, rows: str) -> str:
     """The cube rows aggregated from `rows` (see _aggregate_sql) added to the cube's: counts
     summed, sketches unioned."""
-    fixed_name = f"{cube.fixed[0]}, " if cube.fixed else ""
+    fixed_name = "".join(f"{name}, " for name in cube.fixed)
     key = f"project_id, day, grain, {fixed_name}{_VISIT_COLUMNS}"
     return (
         f"INSERT INTO {cube.table} AS c ({key}, {CUBE_METRIC_COLUMNS}) {_aggregate_sql(cube, rows)}"
@@ -822,15 +833,18 @@ def _rebuild_rows(cube: Cube) -> str:
     """The day's rows for _aggregate_sql, as repository.cube_select_sql computes them: per
     session and visitor its events (by the fixed column), and a row per session that started
     on the day (per value among its events, for a per-event fixed column)."""
-    fixed = cube.fixed_columns[0] if cube.fixed_columns else None
-    event_fixed = f"{fixed.event} AS {fixed.name}, " if fixed else ""
+    event_fixed = "".join(f"{column.event} AS {column.name}, " for column in cube.fixed_columns)
+    event_keys = "".join(f"{column.event}, " for column in cube.fixed_columns)
     event_rows = (
         f"SELECT b.project_id, b.day, {event_fixed}{_NAMED_VISITS}, 'e' AS kind, b.distinct_id,"
         " count(*) FILTER (WHERE b.name = 'pageview') AS pv, count(*) AS ev, 1 AS sign, NULL::float8 AS m_duration,"
         f" NULL::bigint AS m_pageviews, NULL::bigint AS m_events FROM {_DAY_BASE} b WHERE b.e_in_range"
-        f" GROUP BY b.project_id, b.day, {fixed.event + ', ' if fixed else ''}b.session_id, b.distinct_id,"
+        f" GROUP BY b.project_id, b.day, {event_keys}b.session_id, b.distinct_id,"
         f" {_RAW_VISITS}"
     )
+    if not cube.session_rows:
+        return event_rows
+    fixed = cube.fixed_columns[0] if cube.fixed_columns else None
     if fixed is None:
         session_rows = (
             f"SELECT b.project_id, b.s_day, {_NAMED_VISITS}, {_SESSION_ROW} FROM {_DAY_SESS} b WHERE b.s_in_range"

@@ -137,12 +137,17 @@ class Cube:
     """A rollup table: rows per day and grain; `fixed` columns are in every grain.
 
     `weekly_table`, if any, holds the same rows pre-unioned per complete week (Monday first).
+    A cube without `session_rows` holds only event rows (visitors, pageviews, events; its session
+    figures are 0): it answers no session metric, and a query may leave some of its fixed columns
+    out (their rows are unioned: visitors are sketches, the rest sums), e.g. event names per page
+    read for event names alone under a page filter.
     """
 
     table: str
     fixed_columns: tuple[FixedColumn, ...]
     grains: tuple[frozenset[str], ...]
     weekly_table: str | None = None
+    session_rows: bool = True
 
     @property
     def fixed(self) -> tuple[str, ...]:
@@ -197,8 +202,30 @@ EVENT_NAME = FixedColumn("event_name", "text", event="name", session="name", per
 ENTRY_PAGES_CUBE = Cube("query_rollup_entry_pages", (ENTRY_PAGE,), _SINGLES)
 EXIT_PAGES_CUBE = Cube("query_rollup_exit_pages", (EXIT_PAGE,), _SINGLES)
 HOURS_CUBE = Cube("query_rollup_hours", (HOUR,), _SINGLES)
-# Domains: a handful of values, alone (migration 0660). Event names: alone and with one visit
-# dimension (migration 0770), so goal conversions and custom events under a visit filter read them.
-DOMAINS_CUBE = Cube("query_rollup_domains", (DOMAIN,), (frozenset(),))
-EVENT_NAMES_CUBE = Cube("query_rollup_event_names", (EVENT_NAME,), _SINGLES)
-CUBES = (VISITS_CUBE, PAGES_CUBE, ENTRY_PAGES_CUBE, EXIT_PAGES_CUBE, HOURS_CUBE, DOMAINS_CUBE, EVENT_NAMES_CUBE)
+# Domains: a handful of values, alone (migration 0660) and with one visit dimension (0810).
+# Event names: alone, with one visit dimension (migration 0770), so goal conversions and custom
+# events under a visit filter read them, and with two (0810: under two visit chips).
+DOMAINS_CUBE = Cube("query_rollup_domains", (DOMAIN,), _SINGLES)
+EVENT_NAMES_CUBE = Cube("query_rollup_event_names", (EVENT_NAME,), _grains_up_to_pairs())
+# Events per (event name, page), event rows only (migration 0810): an event name under a page
+# filter, or a page under an event-name filter (the same event has both: the raw path's
+# semantics), e.g. the Goals card's event goals under a page chip and its page goals under an
+# event chip. Without session rows a refresh merges it from the new events alone.
+EVENT_PAGES_CUBE = Cube("query_rollup_event_pages", (EVENT_NAME, PAGE), (frozenset(),), session_rows=False)
+# The same per entry page of the event's session (migration 0810): event names and pages under an
+# entry-page chip, e.g. the Goals card's event and page goals (a query leaves the other out).
+ENTRY_EVENT_PAGES_CUBE = Cube(
+    "query_rollup_entry_event_pages", (ENTRY_PAGE, EVENT_NAME, PAGE), (frozenset(),), session_rows=False
+)
+# Last: a cube that may leave fixed columns out must not take a query an earlier cube answers.
+CUBES = (
+    VISITS_CUBE,
+    PAGES_CUBE,
+    ENTRY_PAGES_CUBE,
+    EXIT_PAGES_CUBE,
+    HOURS_CUBE,
+    DOMAINS_CUBE,
+    EVENT_NAMES_CUBE,
+    EVENT_PAGES_CUBE,
+    ENTRY_EVENT_PAGES_CUBE,
+)

@@ -303,6 +303,72 @@ async def test_goals_under_a_filter_chip_are_read_from_the_rollups(
     assert console_problems(browser) == []
 
 
+@SIZES
+async def test_goals_under_a_page_entry_or_event_chip_are_read_from_the_rollups(
+    browser: Any, db: DatabaseHarness, engine: AsyncEngine, pages_stack: PagesStack, size: tuple[int, int]
+) -> None:
+    """Under a page, entry-page or event chip the Goals and Custom events cards count the events
+    that match the chip, from the event rows per (event name, page) and per entry page (migration
+    0810): small_project's g1 (entered on /) saw /pricing and signed up on it, g2 (entered on /)
+    saw /pricing, g3 (/) and g4 (/blog) did neither."""
+    browser.set_window_size(*size)
+    project = await small_project(db, engine, days_ago=2)
+    await refresh_until_current(engine, 100, int(project["id"]))
+    await save_goal(engine, project)
+    async with engine.begin() as connection:
+        await connection.execute(
+            text(
+                "INSERT INTO query_goals (project_id, goal_id, name, kind, value)"
+                " VALUES (:project_id, :goal_id, 'Signed up', 'event', 'signup')"
+            ),
+            {"project_id": project["id"], "goal_id": uuid.uuid4()},
+        )
+    # The goals' queries under each chip are answered from the rollups.
+    for chip, value in (("page", "/pricing"), ("entry_page", "/"), ("event_name", "signup")):
+        for dimension, goal in (("event_name", "signup"), ("page", "/pricing")):
+            body = {
+                "period": "7d",
+                "metrics": ["visitors"],
+                "dimensions": [dimension],
+                "filters": [
+                    {"dimension": chip, "operator": "is", "values": [value]},
+                    {"dimension": dimension, "operator": "is", "values": [goal]},
+                ],
+            }
+            async with httpx.AsyncClient(base_url=pages_stack.query_url) as client:
+                response = await client.post(
+                    "/v1/query", json=body, headers={"Authorization": f"Bearer {project['secretKey']}"}
+                )
+            assert response.json()["meta"]["source"] == "rollups", (chip, dimension, response.text)
+
+    dashboard = f"{pages_stack.query_url}/dashboard"
+    # g1 and g2 saw /pricing; only g1's signup was an event on it.
+    open_with_key(browser, f"{dashboard}?period=7d&f.page=%2Fpricing", str(project["secretKey"]))
+    wait_for(browser, dashboard_ready, timeout_s=30)
+    assert goal_rows(browser) == {
+        "/pricing": ("/pricing", "\u22482", "\u2248100.0 %"),
+        "signup": ("Signed up", "\u22481", "\u224850.0 %"),
+    }
+    assert custom_event_rows(browser) == [["signup", "\u22481", "1"]]
+    # g1, g2 and g3 entered on /.
+    browser.get(f"{dashboard}?period=7d&f.entry_page=%2F")
+    wait_for(browser, dashboard_ready, timeout_s=30)
+    assert goal_rows(browser) == {
+        "/pricing": ("/pricing", "\u22482", "\u224866.7 %"),
+        "signup": ("Signed up", "\u22481", "\u224833.3 %"),
+    }
+    assert custom_event_rows(browser) == [["signup", "\u22481", "1"]]
+    # The visitors who signed up (g1): her signup was on /pricing.
+    browser.get(f"{dashboard}?period=7d&f.event_name=signup")
+    wait_for(browser, dashboard_ready, timeout_s=30)
+    assert goal_rows(browser) == {
+        "/pricing": ("/pricing", "\u22481", "\u2248100.0 %"),
+        "signup": ("Signed up", "\u22481", "\u2248100.0 %"),
+    }
+    assert fits_the_window(browser)
+    assert console_problems(browser) == []
+
+
 async def save_goal(engine: AsyncEngine, project: dict[str, Any]) -> None:
     """The page goal /pricing, as the dashboard's form saves it (POST /v1/goals)."""
     async with engine.begin() as connection:

@@ -18,8 +18,10 @@ from services.query.repository import AggregateQuery, FilterClause
 from services.query.settings import QuerySettings
 from services.query.tasks import pause_after_round
 from services.query.vocabulary import (
+    DOMAINS_CUBE,
     ENTRY_PAGES_CUBE,
     EVENT_NAMES_CUBE,
+    EVENT_PAGES_CUBE,
     EXIT_PAGES_CUBE,
     HLL_RELATIVE_STANDARD_ERROR,
     HOURS_CUBE,
@@ -142,9 +144,9 @@ async def test_visitor_estimates_stay_within_the_stated_bound(db: DatabaseHarnes
         body = await query(client, project, metrics=["visitors", "pageviews", "sessions"])
         exact = await client.post(
             "/v1/query",
-            # domain with country is not in any rollup, so this reads events: exact
+            # domain with two visit dimensions is not in any rollup, so this reads events: exact
             json={"period": "custom", "date_from": "2026-01-12", "date_to": "2026-01-13", "metrics": ["visitors"]}
-            | {"dimensions": ["domain", "country"], "limit": 1},
+            | {"dimensions": ["domain", "country", "browser"], "limit": 1},
             headers=auth(project),
         )
     estimate, pageviews, sessions = table(body)[0]
@@ -192,12 +194,18 @@ def test_the_smallest_grain_that_holds_the_query_is_chosen() -> None:
     assert cube_for(aggregate(("event_name",), (), ("sessions",))) == (EVENT_NAMES_CUBE, frozenset())
     signup = FilterClause("event_name", "is", ("signup",))
     assert cube_for(aggregate(("country",), (signup,))) == (EVENT_NAMES_CUBE, frozenset({"country"}))
-    # Not in any rollup: domain with anything else, two fixed columns, page with two visit
-    # dimensions, and session metrics over several pages (a session seeing two would count twice).
+    # Domains with one visit dimension (migration 0810).
+    assert cube_for(aggregate(("domain", "country"))) == (DOMAINS_CUBE, frozenset({"country"}))
+    # Not in any rollup: domain with a page or two visit dimensions, two fixed columns, page with
+    # two visit dimensions, and session metrics over several pages (a session seeing two would
+    # count twice).
     assert cube_for(aggregate(("time:hour", "page"))) is None
     assert cube_for(aggregate(("entry_page", "exit_page"))) is None
-    assert cube_for(aggregate(("domain", "country"))) is None
-    assert cube_for(aggregate(("event_name", "page"))) is None
+    assert cube_for(aggregate(("domain", "country"), (FilterClause("os", "is", ("iOS",)),))) is None
+    assert cube_for(aggregate(("domain", "page"))) is None
+    # Event names by page: their event rows (migration 0810), but no session metric from them.
+    assert cube_for(aggregate(("event_name", "page"))) == (EVENT_PAGES_CUBE, frozenset())
+    assert cube_for(aggregate(("event_name", "page"), (), ("visitors", "sessions"))) is None
     assert cube_for(aggregate(("page", "country"), (FilterClause("device", "is", ("mobile",)),))) is None
     some_pages = FilterClause("page", "contains", ("pri",))
     assert cube_for(aggregate((), (some_pages,), ("sessions",))) is None

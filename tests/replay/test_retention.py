@@ -104,6 +104,8 @@ async def test_retention_removes_what_each_projects_setting_no_longer_allows(
             "query_rollup_hours": 0,
             "query_rollup_domains": 0,
             "query_rollup_event_names": 0,
+            "query_rollup_event_pages": 0,
+            "query_rollup_entry_event_pages": 0,
             "query_rollup_page_weeks": 0,
             "query_rollup_weeks": 0,
             "query_rollup_retention": 0,

@@ -139,16 +139,26 @@ BENCH_GOALS = [
 
 
 # The Goals card's filter chips: visit dimensions (from the event-name rows of their grain, migration
-# 0770), then a page, an entry page and an event name (no rollup holds those with event names).
-GOAL_FILTER_CHIPS: list[tuple[str, str, str | None]] = [
-    ("country is DE", "country", "DE"),
-    ("utm_source is newsletter", "utm_source", "newsletter"),
-    ("referrer is direct", "referrer", None),
-    ("device is mobile", "device", "mobile"),
-    ("page is /pricing", "page", "/pricing"),
-    ("entry_page is /", "entry_page", "/"),
-    ("event_name is signup", "event_name", "signup"),
+# 0770), a page, an entry page and an event name (the event-page rows, migration 0810), an exit page
+# (no rollup holds event names or pages with it) and two visit chips (the event-name rows of the
+# pair's grain, 0810; the page goals still read events).
+def _chip(dimension: str, value: str | None) -> dict[str, Any]:
+    return {"dimension": dimension, "operator": "is", "values": [value]}
+
+
+GOAL_FILTER_CHIPS: list[tuple[str, list[dict[str, Any]]]] = [
+    ("country is DE", [_chip("country", "DE")]),
+    ("utm_source is newsletter", [_chip("utm_source", "newsletter")]),
+    ("referrer is direct", [_chip("referrer", None)]),
+    ("device is mobile", [_chip("device", "mobile")]),
+    ("page is /pricing", [_chip("page", "/pricing")]),
+    ("entry_page is /", [_chip("entry_page", "/")]),
+    ("event_name is signup", [_chip("event_name", "signup")]),
+    ("exit_page is /pricing", [_chip("exit_page", "/pricing")]),
+    ("country is DE, device is mobile", [_chip("country", "DE"), _chip("device", "mobile")]),
 ]
+# The Custom events card under these (the first two: one visit chip).
+CUSTOM_EVENT_CHIPS = [0, 1, 4, 5, 7, 8]
 
 
 def shapes(period: str) -> dict[str, tuple[str, dict[str, Any]]]:
@@ -196,23 +206,31 @@ def shapes(period: str) -> dict[str, tuple[str, dict[str, Any]]]:
     # The project's goals (BENCH_GOALS, saved before the timings): three queries whatever their number.
     found[f"goal conversions, {len(BENCH_GOALS)} goals"] = ("/v1/goals/conversions", {})
     # The Goals card under each kind of filter chip the dashboard sets (`is`, one value; None: direct).
-    for label, chip, value in GOAL_FILTER_CHIPS:
-        found[f"goal conversions, {len(BENCH_GOALS)} goals, {label}"] = (
-            "/v1/goals/conversions",
-            {"filters": [{"dimension": chip, "operator": "is", "values": [value]}]},
-        )
+    for label, filters in GOAL_FILTER_CHIPS:
+        found[f"goal conversions, {len(BENCH_GOALS)} goals, {label}"] = ("/v1/goals/conversions", {"filters": filters})
     # The Custom events card (event names but pageviews) under a chip, and with the previous period.
     not_pageviews = {"dimension": "event_name", "operator": "is_not", "values": ["pageview"]}
-    for label, chip, value in GOAL_FILTER_CHIPS[:2]:
+    for label, filters in (GOAL_FILTER_CHIPS[index] for index in CUSTOM_EVENT_CHIPS):
         found[f"custom events, {label}"] = (
             "/v1/query",
             {
                 "metrics": ["visitors", "events"],
                 "dimensions": ["event_name"],
-                "filters": [{"dimension": chip, "operator": "is", "values": [value]}, not_pageviews],
+                "filters": [*filters, not_pageviews],
                 "limit": 10,
             },
         )
+    # The Top pages card under an entry-page chip and an event chip (the event-page rows), the
+    # domains under a visit chip (the domain rows of its grain, migration 0810).
+    for label, filters in (GOAL_FILTER_CHIPS[5], GOAL_FILTER_CHIPS[6]):
+        found[f"top pages, {label}"] = (
+            "/v1/query",
+            {"metrics": ["visitors", "pageviews"], "dimensions": ["page"], "filters": filters, "limit": 10},
+        )
+    found["by domain, country is DE"] = (
+        "/v1/query",
+        {"metrics": ["visitors", "sessions"], "dimensions": ["domain"], "filters": [_chip("country", "DE")]},
+    )
     found["by event_name, country is DE, previous period"] = (
         "/v1/query",
         {
@@ -391,7 +409,7 @@ async def measure_shapes(base_url: str, secret_key: str, runs: int, only: str = 
                 raise RuntimeError(f"cannot save the goal {goal}: HTTP {saved.status_code} {saved.text}")
         for period in ("30d", "12mo"):
             for name, (path, body) in shapes(period).items():
-                if only not in name:
+                if not any(part in name for part in only.split("|")):
                     continue
                 timings: list[float] = []
                 statuses: set[int] = set()
@@ -742,7 +760,10 @@ def cli() -> None:
     parser.add_argument("--shapes", action="store_true", help="then time every shape the API accepts")
     parser.add_argument("--shape-runs", type=int, default=5, help="timed runs per shape")
     parser.add_argument(
-        "--shape-filter", default="", metavar="TEXT", help="with --shapes: only the shapes whose name holds TEXT"
+        "--shape-filter",
+        default="",
+        metavar="TEXT",
+        help="with --shapes: only the shapes whose name holds TEXT (or one of A|B|...)",
     )
     parser.add_argument("--out", default="/tmp/sightline-bench-query.json", help="JSON file for the figures")
     asyncio.run(main(parser.parse_args()))

@@ -18,8 +18,10 @@ from services.common.models.query_rollup_page import query_rollup_page_weeks, qu
 from services.common.models.query_rollup_retention import QueryRollupRetention, QueryRollupRetentionWeek
 from services.common.models.query_rollup_session_cube import (
     query_rollup_domains,
+    query_rollup_entry_event_pages,
     query_rollup_entry_pages,
     query_rollup_event_names,
+    query_rollup_event_pages,
     query_rollup_exit_pages,
     query_rollup_hours,
 )
@@ -44,8 +46,10 @@ __all__ = [
     "ReplayChunk",
     "ReplaySession",
     "query_rollup_domains",
+    "query_rollup_entry_event_pages",
     "query_rollup_entry_pages",
     "query_rollup_event_names",
+    "query_rollup_event_pages",
     "query_rollup_events_staged",
     "query_rollup_exit_pages",
     "query_rollup_hours",
