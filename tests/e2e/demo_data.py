@@ -22,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from services.cli import admin
 from services.common.settings import AdminDatabaseSettings
 from tests.query.conftest import Event, insert_events
+from tests.replay.conftest import record_session_urls
 from tools.loadtest.payloads import RECORDINGS_DIR
 
 PAGES = ("/", "/pricing", "/blog/launch", "/docs/getting-started", "/signup")
@@ -222,6 +223,9 @@ async def seed_demo_project(admin_settings: AdminDatabaseSettings, engine: Async
     for minutes_ago, name in zip((50, 30, 10), RECORDINGS, strict=True):
         events += _recorded_visit(name, now - timedelta(minutes=minutes_ago))
     await insert_events(engine, int(str(project["id"])), events)
+    # What the ingest writer records beside the events (migration 0840): the player's page and URL
+    # filters read each session's URLs there.
+    await record_session_urls(engine, int(str(project["id"])))
     async with engine.begin() as connection:
         for kind, value, goal_name in DEMO_GOALS:
             await connection.execute(
