@@ -7,7 +7,7 @@ SIGHTLINE := $(BIN)/sightline
 
 .DEFAULT_GOAL := help
 
-.PHONY: help up up-citus down status test test-citus lint migrate install install-dev clean bench-ingest \
+.PHONY: help up up-citus down status test test-citus lint migrate install install-dev clean bench-ingest bench-scale \
 	bench-tracing bench-replay bench-query bench-rollups bench-session-list tracker tracker-deps pages pages-deps screenshots \
 	capture-recordings load chaos attack
 
@@ -128,6 +128,16 @@ bench-query: install-dev ## Load 10M events (30 days) into a separate stack and 
 	env $(BENCH_QUERY_ENV) $(SIGHTLINE) up $(BENCH_QUERY_UP_ARGS)
 	env $(BENCH_QUERY_ENV) $(BIN)/python -m tools.bench.query $(BENCH_ARGS)
 	@echo "The bench stack keeps running for reruns. Stop it: env $(BENCH_QUERY_ENV) $(SIGHTLINE) down"
+
+# The scale run (docs/scaling.md): stepped seed load with Sightline and the generator on separate cores,
+# single node vs Citus, each on a fresh stack of its own. On a larger machine give it the cores there.
+BENCH_SCALE_ENV := SIGHTLINE_POSTGRES_PORT=22132 SIGHTLINE_PGBOUNCER_PORT=22164 SIGHTLINE_INGEST_PORT=22101 \
+	SIGHTLINE_QUERY_PORT=22102 SIGHTLINE_REPLAY_PORT=22103
+SCALE_ARGS ?= --engines single --visitors 2000 --steps 4 --step-s 20 --generators 1 --server-cores 0 \
+	--generator-cores 1 --probe-core 1 --ingest-workers 1 --out /tmp/sightline-scale
+
+bench-scale: install-dev ## Stepped seed load, Sightline and the generator on separate cores (SCALE_ARGS); scale.md in --out
+	env $(BENCH_SCALE_ENV) $(BIN)/python -m tools.bench.scale $(SCALE_ARGS)
 
 # The rollup refresh benchmark: its own stack (data dir and ports), the query service's refresher off.
 BENCH_ROLLUPS_ENV := SIGHTLINE_DATA_DIR=/tmp/sightline-bench-rollups SIGHTLINE_POSTGRES_PORT=22032 \
