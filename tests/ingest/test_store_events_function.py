@@ -1,8 +1,10 @@
-"""ingest_store_events (migration 0870) holds the writer's events statement: its JSON keys and
-types must be the writer's EventRow fields, and the writer must go through it."""
+"""ingest_store_events and ingest_store_chunks (migrations 0870, 0871) hold the writer's
+statements: their JSON records must be the writer's EventRow and ChunkRow fields, and the writer
+must go through them."""
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import uuid
 from datetime import UTC, datetime
@@ -11,7 +13,15 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from services.ingest.repository import _EVENT_COLUMNS, _EVENT_KEYS, _EVENT_TYPES, _INSERT_EVENTS
+from services.ingest.repository import (
+    _CHUNK_RECORD,
+    _EVENT_COLUMNS,
+    _EVENT_KEYS,
+    _EVENT_TYPES,
+    _INSERT_CHUNKS,
+    _INSERT_EVENTS,
+    ChunkRow,
+)
 
 _FUNCTION_SOURCE = "SELECT prosrc FROM pg_proc WHERE proname = 'ingest_store_events'"
 
@@ -35,6 +45,20 @@ async def test_the_functions_json_keys_and_types_are_the_writers(admin_engine: A
     assert declared == [
         (_EVENT_KEYS[column], type_) for column, type_ in zip(_EVENT_COLUMNS, _EVENT_TYPES, strict=True)
     ]
+
+
+async def test_the_chunk_functions_record_is_the_writers(admin_engine: AsyncEngine) -> None:
+    assert _INSERT_CHUNKS.startswith("SELECT ingest_store_chunks(")
+    async with admin_engine.connect() as connection:
+        source = (
+            await connection.execute(text("SELECT prosrc FROM pg_proc WHERE proname = 'ingest_store_chunks'"))
+        ).scalar_one()
+    record = re.search(r"json_to_recordset\(chunks_json\) AS input\(([^)]*)\)", source)
+    assert record is not None, source
+    declared = [" ".join(item.split()) for item in record.group(1).split(",")]
+    assert declared == [" ".join(item.split()) for item in _CHUNK_RECORD.split(",")]
+    sent = ["data_hex" if field.name == "data" else field.name for field in dataclasses.fields(ChunkRow)]
+    assert sorted(item.split()[0] for item in declared) == sorted(sent)
 
 
 async def test_the_writer_calls_the_function_which_stores_a_retry_once(
