@@ -59,12 +59,16 @@ class Variant:
 
 # Each step keeps the previous steps' changes; the last one puts everything back.
 VARIANTS = (
+    # The function and its statement sent as text twice, in turns: the first variant of a run
+    # also pays for whatever the machine was doing before.
     Variant("everything on", uuids=True),
     Variant(
         "everything on, the statement sent as text (planned for every batch, as before 0870)",
         uuids=True,
         planned_per_batch=True,
     ),
+    Variant("everything on (2)", uuids=True),
+    Variant("everything on, the statement sent as text (2)", uuids=True, planned_per_batch=True),
     Variant("everything on, every event's URL new to its session", uuids=True, fresh_urls=True),
     Variant("everything on, events without uuids (no ingested_events row)", uuids=False),
     Variant(
