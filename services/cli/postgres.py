@@ -24,7 +24,13 @@ DEFAULT_SERVER_SETTINGS: dict[str, str] = {
     "maintenance_work_mem": "512MB",
     "max_wal_size": "4GB",
     "checkpoint_timeout": "15min",
-    "wal_compression": "on",
+    # lz4, not "on" (pglz): after each checkpoint a page's first change writes its whole image,
+    # compressed. Right after a CHECKPOINT the ingest writer's statement cost 0.68-0.70 ms of
+    # backend CPU per 8-event request with pglz, 0.45 with lz4, 0.43 uncompressed, for 26, 22 and
+    # 27 kB of WAL (docs/benchmarks.md); random-key indexes (uuids, sessions) on a big database
+    # keep that true for much of each checkpoint cycle. Needs a server built with lz4 (Debian's
+    # and the postgres:15 image's are).
+    "wal_compression": "lz4",
     # JIT compilation costs more than it saves on dashboard-sized queries.
     "jit": "off",
     "random_page_cost": "1.1",
