@@ -25,11 +25,11 @@ DEFAULT_SERVER_SETTINGS: dict[str, str] = {
     "max_wal_size": "4GB",
     "checkpoint_timeout": "15min",
     # lz4, not "on" (pglz): after each checkpoint a page's first change writes its whole image,
-    # compressed. Right after a CHECKPOINT the ingest writer's statement cost 0.68-0.70 ms of
-    # backend CPU per 8-event request with pglz, 0.45 with lz4, 0.43 uncompressed, for 26, 22 and
-    # 27 kB of WAL (docs/benchmarks.md); random-key indexes (uuids, sessions) on a big database
-    # keep that true for much of each checkpoint cycle. Needs a server built with lz4 (Debian's
-    # and the postgres:15 image's are).
+    # compressed. Right after a CHECKPOINT the ingest writer's statement cost 0.63-0.68 ms of
+    # backend CPU per 8-event request with pglz, 0.37-0.38 with lz4, 0.34 uncompressed, for 27.5,
+    # 23 and 28.6 kB of WAL (tools.bench.ingest_wal_compression, docs/benchmarks.md); random-key
+    # indexes (uuids, sessions) on a big database make such first changes common. Needs a server
+    # built with lz4 (Debian's and the postgres:15 image's are).
     "wal_compression": "lz4",
     # JIT compilation costs more than it saves on dashboard-sized queries.
     "jit": "off",
