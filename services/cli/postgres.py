@@ -24,7 +24,13 @@ DEFAULT_SERVER_SETTINGS: dict[str, str] = {
     "maintenance_work_mem": "512MB",
     "max_wal_size": "4GB",
     "checkpoint_timeout": "15min",
-    "wal_compression": "on",
+    # lz4, not "on" (pglz): after each checkpoint a page's first change writes its whole image,
+    # compressed. Right after a CHECKPOINT the ingest writer's statement cost 0.63-0.68 ms of
+    # backend CPU per 8-event request with pglz, 0.37-0.38 with lz4, 0.34 uncompressed, for 27.5,
+    # 23 and 28.6 kB of WAL (tools.bench.ingest_wal_compression, docs/benchmarks.md); random-key
+    # indexes (uuids, sessions) on a big database make such first changes common. Needs a server
+    # built with lz4 (Debian's and the postgres:15 image's are).
+    "wal_compression": "lz4",
     # JIT compilation costs more than it saves on dashboard-sized queries.
     "jit": "off",
     "random_page_cost": "1.1",

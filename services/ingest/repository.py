@@ -101,44 +101,15 @@ class ChunkRow:
 
 _ROWS = "@ROWS@"  # where a statement's JSON document goes, as a dollar-quoted literal
 
-# The batch travels as one JSON document that json_to_recordset turns back into rows.
-# Client uuids are claimed in ingested_events first; an event whose uuid was already there is
-# a retry and is skipped.
-# Each (session, visitor, URL) is recorded once in event_session_urls, what the player's
-# "URL contains" searches (migration 0840): an event whose URL its session already holds adds
-# nothing there, where a trigram index on every event's URL cost a third of the statement. In
-# key order, so two writers touching the same sessions wait for each other in one order.
-# The stored uuid is made in `input` itself, not in the outer SELECT: Citus 13.2 (which plans
-# this as "INSERT ... SELECT, pull to coordinator") drops the column from an expression such as
-# COALESCE(input.event_uuid, gen_random_uuid()) there and stores a fresh uuid for every row.
-_INSERT_EVENTS = f"""
-    WITH input AS (
-        SELECT {", ".join(f"batch.{_EVENT_KEYS[c]} AS {c}" for c in _EVENT_COLUMNS)},
-               COALESCE(batch.{_EVENT_KEYS["event_uuid"]}, gen_random_uuid()) AS stored_event_uuid
-        FROM json_to_recordset(CAST({_ROWS} AS json))
-             AS batch({", ".join(f"{_EVENT_KEYS[c]} {t}" for c, t in zip(_EVENT_COLUMNS, _EVENT_TYPES, strict=True))})
-    ),
-    first_seen AS (
-        INSERT INTO ingested_events (project_id, event_uuid)
-        SELECT project_id, event_uuid FROM input WHERE event_uuid IS NOT NULL
-        ON CONFLICT DO NOTHING
-        RETURNING project_id, event_uuid
-    ),
-    session_urls AS (
-        INSERT INTO event_session_urls (project_id, session_id, distinct_id, url_hash, url, path, first_seen)
-        SELECT project_id, session_id, distinct_id, md5(url)::uuid, min(url), min(path), min(occurred_at)
-        FROM input
-        GROUP BY project_id, session_id, distinct_id, md5(url)::uuid
-        ORDER BY project_id, session_id, distinct_id, md5(url)::uuid
-        ON CONFLICT DO NOTHING
-    )
-    INSERT INTO events ({", ".join(_EVENT_COLUMNS)})
-    SELECT {", ".join("input.stored_event_uuid" if c == "event_uuid" else "input." + c for c in _EVENT_COLUMNS)}
-    FROM input
-    WHERE input.event_uuid IS NULL
-       OR EXISTS (SELECT 1 FROM first_seen
-                  WHERE first_seen.project_id = input.project_id AND first_seen.event_uuid = input.event_uuid)
-"""
+# The batch travels as one JSON document that json_to_recordset turns back into rows, inside
+# ingest_store_events (migration 0870), which holds the statement: client uuids are claimed in
+# ingested_events first, an event whose uuid was already there is a retry and is skipped; each
+# (session, visitor, URL) is recorded once in event_session_urls (what the player's "URL
+# contains" searches, 0840), in key order. A plpgsql function's statements are planned once per
+# backend: sent as it is, the statement was parsed and planned again for every batch (~0.07 ms
+# of ~0.5 ms of Postgres CPU per 8-event request), and PgBouncer's transaction pooling rules out
+# prepared statements. Its JSON keys are EventRow's (tests/ingest/test_store_events_function.py).
+_INSERT_EVENTS = f"SELECT ingest_store_events(CAST({_ROWS} AS json))"
 
 # Chunks travel the same way, their bytes as hex (decoded by Postgres).
 _CHUNK_RECORD = """
@@ -148,68 +119,12 @@ _CHUNK_RECORD = """
     os text, device_type text
 """
 
-# New chunks are stored, then folded into their session's summary: only chunks that were
-# really inserted count, so a retried chunk changes nothing. Sessions are upserted in key
-# order, so two writers touching the same sessions lock them in the same order.
-_INSERT_CHUNKS = f"""
-    WITH input AS (
-        SELECT *, decode(data_hex, 'hex') AS data
-        FROM json_to_recordset(CAST({_ROWS} AS json)) AS input({_CHUNK_RECORD})
-    ),
-    stored AS (
-        INSERT INTO replay_chunks (project_id, session_id, seq, first_timestamp, last_timestamp, event_count,
-                                   has_full_snapshot, content_encoding, byte_size, data, distinct_id)
-        SELECT project_id, session_id, seq, first_timestamp, last_timestamp, event_count,
-               has_full_snapshot, content_encoding, octet_length(data), data, distinct_id
-        FROM input
-        ON CONFLICT DO NOTHING
-        RETURNING project_id, session_id, seq
-    ),
-    per_session AS (
-        SELECT input.project_id, input.session_id,
-               min(input.distinct_id) AS distinct_id,
-               min(input.first_timestamp) AS started_at,
-               max(input.last_timestamp) AS ended_at,
-               sum(input.active_ms) AS active_ms,
-               sum(input.click_count) AS click_count,
-               sum(input.page_count) AS page_count,
-               (array_agg(input.first_url ORDER BY input.first_timestamp)
-                    FILTER (WHERE input.first_url IS NOT NULL))[1] AS first_url,
-               min(input.country) AS country,
-               min(input.browser) AS browser,
-               min(input.os) AS os,
-               min(input.device_type) AS device_type,
-               count(*) AS chunk_count,
-               sum(octet_length(input.data)) AS total_bytes
-        FROM input JOIN stored USING (project_id, session_id, seq)
-        GROUP BY input.project_id, input.session_id
-    )
-    INSERT INTO replay_sessions AS session (
-        project_id, session_id, distinct_id, started_at, ended_at, active_ms, click_count, page_count,
-        first_url, country, browser, os, device_type, chunk_count, total_bytes)
-    SELECT project_id, session_id, distinct_id, started_at, ended_at, active_ms, click_count, page_count,
-           first_url, country, browser, os, device_type, chunk_count, total_bytes
-    FROM per_session
-    ORDER BY project_id, session_id
-    ON CONFLICT (project_id, session_id) DO UPDATE SET
-        started_at = LEAST(session.started_at, EXCLUDED.started_at),
-        ended_at = GREATEST(session.ended_at, EXCLUDED.ended_at),
-        active_ms = session.active_ms + EXCLUDED.active_ms,
-        click_count = session.click_count + EXCLUDED.click_count,
-        page_count = session.page_count + EXCLUDED.page_count,
-        chunk_count = session.chunk_count + EXCLUDED.chunk_count,
-        total_bytes = session.total_bytes + EXCLUDED.total_bytes,
-        first_url = CASE
-            WHEN EXCLUDED.first_url IS NOT NULL
-                 AND (session.first_url IS NULL OR EXCLUDED.started_at < session.started_at)
-            THEN EXCLUDED.first_url ELSE session.first_url END,
-        country = COALESCE(session.country, EXCLUDED.country),
-        browser = COALESCE(session.browser, EXCLUDED.browser),
-        os = COALESCE(session.os, EXCLUDED.os),
-        device_type = COALESCE(session.device_type, EXCLUDED.device_type),
-        -- The column's default, now(): Citus takes only immutable functions in DO UPDATE SET.
-        updated_at = EXCLUDED.updated_at
-"""
+# New chunks are stored, then folded into their session's summary, inside ingest_store_chunks
+# (migration 0871, planned once per backend as the events' function): only chunks that were
+# really inserted count, so a retried chunk changes nothing; sessions are upserted in key order,
+# so two writers touching the same sessions lock them in the same order. Its JSON record is
+# _CHUNK_RECORD (tests/ingest/test_store_events_function.py).
+_INSERT_CHUNKS = f"SELECT ingest_store_chunks(CAST({_ROWS} AS json))"
 
 
 async def write_batch(connection: asyncpg.Connection, events: list[EventRow], chunks: list[ChunkRow]) -> None:

@@ -42,6 +42,7 @@ from services.query.vocabulary import CUBES
 from tests.conftest import NO_RATE_LIMIT, Services, serve_all_three
 from tests.harness import TEST_CITUS_SHARD_COUNT, DatabaseHarness
 from tests.ingest.conftest import JSON, json_body, pageview
+from tests.ingest.test_store_events_function import stored_events_statement
 from tests.query.conftest import Event, berlin, insert_events, main_events, new_project
 from tests.rows import event_row
 
@@ -271,12 +272,13 @@ async def test_ingest_writes_reach_only_their_projects_shards(
 ) -> None:
     """The batch statements are INSERT ... SELECT from a JSON document: Citus evaluates the
     document on the coordinator and sends each row to its project's shard; no statement of the
-    plan runs on every shard."""
+    plan runs on every shard. The events statement is ingest_store_events' (0870), explained on
+    its own (EXPLAIN of the call would show only the call)."""
     yesterday = datetime.now(UTC) - timedelta(days=1)
     row = event_row(int(project["id"]), occurred_at=yesterday, distinct_id="alice", session_id="s-alice")
     document = ingest_repository._dollar_quoted(msgspec.json.encode([row]).decode())
-    statement = ingest_repository._INSERT_EVENTS.replace(ingest_repository._ROWS, document)
     async with admin_engine.connect() as connection:
+        statement = await stored_events_statement(connection, document)
         plan = "\n".join(row[0] for row in await connection.exec_driver_sql(f"EXPLAIN {statement}"))
     assert "pull to coordinator" in plan, plan
     assert all(int(count) == 1 for count in TASK_COUNT.findall(plan)), plan

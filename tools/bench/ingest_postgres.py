@@ -52,11 +52,23 @@ class Variant:
     # Every event's URL new to its session (so each adds an event_session_urls row, migration
     # 0840); otherwise each session sends the same 8 URLs again, as a visitor on a few pages does.
     fresh_urls: bool = False
+    # The function's statement sent as text, as the writer did before migration 0870: parsed,
+    # analysed and planned for every batch.
+    planned_per_batch: bool = False
 
 
 # Each step keeps the previous steps' changes; the last one puts everything back.
 VARIANTS = (
+    # The function and its statement sent as text twice, in turns: the first variant of a run
+    # also pays for whatever the machine was doing before.
     Variant("everything on", uuids=True),
+    Variant(
+        "everything on, the statement sent as text (planned for every batch, as before 0870)",
+        uuids=True,
+        planned_per_batch=True,
+    ),
+    Variant("everything on (2)", uuids=True),
+    Variant("everything on, the statement sent as text (2)", uuids=True, planned_per_batch=True),
     Variant("everything on, every event's URL new to its session", uuids=True, fresh_urls=True),
     Variant("everything on, events without uuids (no ingested_events row)", uuids=False),
     Variant(
@@ -135,18 +147,29 @@ def request_rows(requests: int, session_prefix: str, uuids: bool, url_tag: str =
     ]
 
 
-def statement(rows: list[EventRow]) -> str:
+def statement(rows: list[EventRow], function_statement: str | None = None) -> str:
+    """The writer's events statement for rows; with function_statement (the body of
+    ingest_store_events), that statement itself instead of the call."""
     document = repository._dollar_quoted(msgspec.json.encode(rows).decode())
+    if function_statement is not None:
+        return function_statement.replace("events_json", f"CAST({document} AS json)")
     return repository._INSERT_EVENTS.replace(repository._ROWS, document)
+
+
+async def function_statement(connection: asyncpg.Connection) -> str:
+    source = str(await connection.fetchval("SELECT prosrc FROM pg_proc WHERE proname = 'ingest_store_events'"))
+    return source[source.index("BEGIN") + len("BEGIN") : source.rindex("END")].strip().rstrip(";")
 
 
 async def measure(connection: asyncpg.Connection, variant: Variant, batches: int, requests: int) -> str:
     backend = int(await connection.fetchval("SELECT pg_backend_pid()"))
     prefix = uuid.uuid4().hex[:8]
+    as_text = await function_statement(connection) if variant.planned_per_batch else None
     # A visitor sends a batch every few seconds: each request's session comes back every 8 batches.
     statements = [
         statement(
-            request_rows(requests, f"{prefix}-{batch % 8}", variant.uuids, f"-{batch}" if variant.fresh_urls else "")
+            request_rows(requests, f"{prefix}-{batch % 8}", variant.uuids, f"-{batch}" if variant.fresh_urls else ""),
+            as_text,
         )
         for batch in range(batches + WARM_UP_BATCHES)
     ]
