@@ -54,6 +54,7 @@ from services.cli.processes import read_pid
 from services.cli.stack import LocalStack
 from services.common.db import create_admin_engine
 from services.common.settings import AdminDatabaseSettings, ServerSettings
+from services.ingest.settings import IngestSettings
 from services.ingest.tasks import PARTITION_RETRY_INTERVAL_S, create_missing_partitions
 from tools.benchmarks_file import write_section
 from tools.loadtest.chaos import throwaway_stack
@@ -266,7 +267,8 @@ async def huge_user_agents(attacker: Attacker, client: httpx.AsyncClient) -> Non
 
 async def counter_overflow(attacker: Attacker, client: httpx.AsyncClient) -> None:
     base_ms = int((datetime.now(UTC) - timedelta(minutes=5)).timestamp() * 1000)
-    events = counter_overflow_events(base_ms)
+    # The most rrweb events a chunk may hold (ingest's MAX_RRWEB_EVENTS_PER_CHUNK, as the stack runs it).
+    events = counter_overflow_events(base_ms, IngestSettings.from_env().max_rrweb_events_per_chunk)
     seq = 0
 
     async def one_stream() -> None:
