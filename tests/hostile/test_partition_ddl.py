@@ -52,7 +52,13 @@ async def owner_engine(db: DatabaseHarness) -> AsyncIterator[AsyncEngine]:
 def pageviews(key: object, count: int) -> bytes:
     now = datetime.now(UTC).isoformat()
     events = [
-        {"event": "pageview", "distinctId": f"v{n}", "sessionId": f"s{n}", "timestamp": now, "url": "https://example.com/"}
+        {
+            "event": "pageview",
+            "distinctId": f"v{n}",
+            "sessionId": f"s{n}",
+            "timestamp": now,
+            "url": "https://example.com/",
+        }
         for n in range(count)
     ]
     return msgspec.json.encode({"projectKey": key, "events": events})
@@ -81,16 +87,16 @@ async def test_ingest_is_not_blocked_while_the_ddl_waits_behind_a_read_of_every_
             # The worst long read: ACCESS SHARE on events and every partition, events_default too
             # (a dashboard query whose range no partition covers reads events_default).
             await dashboard.execute(text("LOCK TABLE events IN ACCESS SHARE MODE"))
-            ddl = asyncio.create_task(
-                create_missing_partitions(owner_engine, today, lock_timeout_ms=5000, attempts=1)
-            )
+            ddl = asyncio.create_task(create_missing_partitions(owner_engine, today, lock_timeout_ms=5000, attempts=1))
             waiting = await until_the_ddl_waits_for_a_lock(admin_engine)
             # ATTACH waits for events_default only; it holds nothing on events that INSERT needs.
             assert waiting == [("events_default", "AccessExclusiveLock")]
             # Ingest's INSERTs (routed to today's partition, through its triggers) are answered
             # while the DDL still waits: they do not queue behind it. (The guard only stops a hang.)
             async with asyncio.timeout(4):
-                response = await services.ingest.post("/v1/events", content=pageviews(project["publicKey"], 8), headers=JSON)
+                response = await services.ingest.post(
+                    "/v1/events", content=pageviews(project["publicKey"], 8), headers=JSON
+                )
             assert response.status_code == 202, response.text
             assert not ddl.done()
             assert await stored(admin_engine, project["id"]) == 8
@@ -112,7 +118,11 @@ async def test_ingest_is_not_blocked_while_the_ddl_waits_behind_a_read_of_every_
 
 
 async def test_partitions_are_created_during_a_long_read_of_existing_days(
-    services: Services, project: dict[str, Any], admin_engine: AsyncEngine, owner_engine: AsyncEngine
+    services: Services,
+    project: dict[str, Any],
+    db: DatabaseHarness,
+    admin_engine: AsyncEngine,
+    owner_engine: AsyncEngine,
 ) -> None:
     today = datetime.now(UTC).date() + timedelta(days=800)
     expected = [partition_name(today + timedelta(days=offset)) for offset in range(-DAYS_BEHIND, DAYS_AHEAD + 1)]
@@ -124,17 +134,29 @@ async def test_partitions_are_created_during_a_long_read_of_existing_days(
             # is): its plan prunes events_default and the days being made.
             since, until = datetime.now(UTC) - timedelta(days=2), datetime.now(UTC) + timedelta(days=1)
             count = await dashboard.execute(
-                text("SELECT count(*) FROM events WHERE project_id = :p AND occurred_at >= :since AND occurred_at < :until"),
+                text(
+                    "SELECT count(*) FROM events"
+                    " WHERE project_id = :p AND occurred_at >= :since AND occurred_at < :until"
+                ),
                 {"p": project["id"], "since": since, "until": until},
             )
             assert count.scalar_one() == 3
             # Still inside the read's transaction (its locks held): the DDL does not wait for it.
             async with asyncio.timeout(30):
                 created, still_missing = await create_missing_partitions(
-                    owner_engine, today, lock_timeout_ms=5000, attempts=1
+                    owner_engine, today, lock_timeout_ms=1000, attempts=1
                 )
-            assert (created, still_missing) == (expected, [])
+            if db.citus is None:
+                assert (created, still_missing) == (expected, [])
+            else:
+                # A Citus coordinator locks every partition of events for a distributed read,
+                # events_default too, so there ATTACH waits for the read and gives up (ingest is
+                # still not blocked: the test above), and a pass after the read makes them.
+                assert (created, still_missing) == ([], expected)
             await dashboard.rollback()
+        if db.citus is not None:
+            created, still_missing = await create_missing_partitions(owner_engine, today, lock_timeout_ms=1000)
+            assert (created, still_missing) == (expected, [])
         # The attached partitions are the parent's in full: its indexes and triggers, rows routed.
         async with admin_engine.connect() as connection:
             indexes = await connection.execute(
@@ -148,5 +170,17 @@ async def test_partitions_are_created_during_a_long_read_of_existing_days(
             )
             attached, parents = indexes.one()
             assert attached == parents > 0
+            if db.citus is not None:
+                # Distributed as it was attached, co-located with events (shards on the same workers).
+                colocated = await connection.execute(
+                    text(
+                        "SELECT count(*) FROM pg_dist_partition child, pg_dist_partition parent"
+                        " WHERE child.logicalrelid = CAST(:child AS regclass)"
+                        " AND parent.logicalrelid = 'events'::regclass"
+                        " AND child.colocationid = parent.colocationid"
+                    ),
+                    {"child": expected[0]},
+                )
+                assert colocated.scalar_one() == 1
     finally:
         await drop(admin_engine, expected)
