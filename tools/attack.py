@@ -291,8 +291,10 @@ async def partition_ddl_behind_a_long_read(attacker: Attacker) -> None:
     """A long dashboard read holds events while ingest's upkeep creates partitions (far-future days).
 
     At the upkeep's own pace (tasks.keep_partitions_ahead): a pass of up to PARTITION_ATTEMPTS
-    tries with its backoff, then PARTITION_RETRY_INTERVAL_S before the next. Each try makes the
-    INSERTs behind it wait up to PARTITION_LOCK_TIMEOUT_MS. (This attack used to try once a
+    tries with its backoff, then PARTITION_RETRY_INTERVAL_S before the next. The read locks every
+    partition, events_default too, so each try's ATTACH waits PARTITION_LOCK_TIMEOUT_MS for it and
+    gives up; INSERTs routed to today's partition do not wait behind it (they did behind
+    CREATE TABLE ... PARTITION OF, which locked events itself). (This attack used to try once a
     second, 60 times the upkeep's pace, which measured the harness rather than ingest.)
     """
     admin_engine = create_admin_engine(AdminDatabaseSettings.from_env())
