@@ -83,8 +83,8 @@ class IngestSettings:
     event_budget_burst: float = setting("EVENT_BUDGET_BURST", 200_000.0)
     # The same budget per client address (the address as ADDRESS_REFUSALS_* counts it), per
     # worker process: a valid key may spend its project's budget, but from one address only
-    # this much. A visitor sends a few dozen events every 5 s (the seed: under 15 a second), so
-    # an office behind one NAT address of a thousand visitors uses under a third of it; the seed
+    # this much. A visitor sends a few dozen events every 5 s (the seed: about 7 a second), so
+    # an office behind one NAT address of a thousand visitors uses a fifth of it; the seed
     # load test (5,000 visitors, all from 127.0.0.1, 36,000 events/s) fits on one worker. 0 turns it off.
     address_event_budget_per_s: float = setting("ADDRESS_EVENT_BUDGET_PER_S", 40_000.0)
     address_event_budget_burst: float = setting("ADDRESS_EVENT_BUDGET_BURST", 200_000.0)
