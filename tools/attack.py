@@ -54,6 +54,7 @@ from services.cli.processes import read_pid
 from services.cli.stack import LocalStack
 from services.common.db import create_admin_engine
 from services.common.settings import AdminDatabaseSettings, ServerSettings
+from services.ingest.settings import IngestSettings
 from services.ingest.tasks import PARTITION_RETRY_INTERVAL_S, create_missing_partitions
 from tools.benchmarks_file import write_section
 from tools.loadtest.chaos import throwaway_stack
@@ -266,7 +267,8 @@ async def huge_user_agents(attacker: Attacker, client: httpx.AsyncClient) -> Non
 
 async def counter_overflow(attacker: Attacker, client: httpx.AsyncClient) -> None:
     base_ms = int((datetime.now(UTC) - timedelta(minutes=5)).timestamp() * 1000)
-    events = counter_overflow_events(base_ms)
+    # The most rrweb events a chunk may hold (ingest's MAX_RRWEB_EVENTS_PER_CHUNK, as the stack runs it).
+    events = counter_overflow_events(base_ms, IngestSettings.from_env().max_rrweb_events_per_chunk)
     seq = 0
 
     async def one_stream() -> None:
@@ -289,8 +291,10 @@ async def partition_ddl_behind_a_long_read(attacker: Attacker) -> None:
     """A long dashboard read holds events while ingest's upkeep creates partitions (far-future days).
 
     At the upkeep's own pace (tasks.keep_partitions_ahead): a pass of up to PARTITION_ATTEMPTS
-    tries with its backoff, then PARTITION_RETRY_INTERVAL_S before the next. Each try makes the
-    INSERTs behind it wait up to PARTITION_LOCK_TIMEOUT_MS. (This attack used to try once a
+    tries with its backoff, then PARTITION_RETRY_INTERVAL_S before the next. The read locks every
+    partition, events_default too, so each try's ATTACH waits PARTITION_LOCK_TIMEOUT_MS for it and
+    gives up; INSERTs routed to today's partition do not wait behind it (they did behind
+    CREATE TABLE ... PARTITION OF, which locked events itself). (This attack used to try once a
     second, 60 times the upkeep's pace, which measured the harness rather than ingest.)
     """
     admin_engine = create_admin_engine(AdminDatabaseSettings.from_env())

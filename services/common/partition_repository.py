@@ -66,10 +66,21 @@ async def missing_event_partitions(connection: AsyncConnection, first_day: date,
 async def create_event_partition(connection: AsyncConnection, day: date, lock_timeout_ms: int | None = None) -> bool:
     """Create day's partition unless it exists; True if created.
 
-    CREATE TABLE ... PARTITION OF takes an ACCESS EXCLUSIVE lock on ``events``. Waiting for it
-    behind a long read (a dashboard query, a rollup rebuild), it would make every INSERT queue
-    behind it too; with lock_timeout_ms it gives up instead (LockNotAvailable, SQLSTATE 55P03)
-    and the caller tries again later. Partitions are made days ahead, so there is time.
+    Never ``CREATE TABLE ... PARTITION OF events``: that takes an ACCESS EXCLUSIVE lock on
+    ``events``, which waits behind any long read (a dashboard query, a rollup rebuild) and makes
+    every INSERT queue behind the wait. Instead the day is made as a table of its own (``LIKE
+    events``, which only reads the parent's definition), given a CHECK constraint matching its
+    range, and then attached. ``ATTACH PARTITION`` takes SHARE UPDATE EXCLUSIVE on ``events``,
+    which neither INSERT nor SELECT conflicts with; the CHECK lets it skip the scan proving the
+    rows fit; it creates the parent's indexes and triggers on the (empty) table. It also takes
+    ACCESS EXCLUSIVE on ``events_default``, whose implicit range shrinks (and scans it for rows of
+    the day): a read of the default partition in progress makes it wait, and with
+    lock_timeout_ms it gives up (LockNotAvailable, SQLSTATE 55P03; the caller tries again later;
+    partitions are made days ahead). While it waits, only statements that touch
+    ``events_default`` queue behind it, not INSERTs routed to a day's partition.
+
+    On Citus the same statements work: ``LIKE`` makes a local table on the coordinator, and
+    attaching it to the distributed ``events`` distributes it co-located first.
     """
     if lock_timeout_ms is not None:
         # SET cannot take a bind parameter; the value is an int.
@@ -90,11 +101,18 @@ async def create_event_partition(connection: AsyncConnection, day: date, lock_ti
         logger.warning("events_default holds rows for %s; partition %s not created", day, name)
         return False
     # The name and bounds come from a date object, never from input.
+    bounds = f"FROM ('{start.isoformat()}') TO ('{end.isoformat()}')"
+    # A table left behind by an earlier try that failed after its CREATE cannot exist: the
+    # CREATE and the ATTACH are in one transaction. Indexes are left to ATTACH, which names
+    # them as PARTITION OF would.
+    await connection.execute(text(f"CREATE TABLE {name} (LIKE events INCLUDING ALL EXCLUDING INDEXES)"))
     await connection.execute(
         text(
-            f"CREATE TABLE {name} PARTITION OF events FOR VALUES FROM ('{start.isoformat()}') TO ('{end.isoformat()}')"
+            f"ALTER TABLE {name} ADD CONSTRAINT {name}_range"
+            f" CHECK (occurred_at >= '{start.isoformat()}' AND occurred_at < '{end.isoformat()}')"
         )
     )
+    await connection.execute(text(f"ALTER TABLE events ATTACH PARTITION {name} FOR VALUES {bounds}"))
     return True
 
 

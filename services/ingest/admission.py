@@ -96,22 +96,27 @@ class AddressRefusals:
         return len(self._budget)
 
     def address(self, scope: Scope) -> str | None:
-        client = scope.get("client")
-        peer = client[0] if client else None
-        forwarded_for = _header(scope, b"x-forwarded-for") if self._trusted_proxies else None
-        found = client_ip(peer, forwarded_for, self._trusted_proxies)
-        if found is None or ":" not in found:
-            return found
-        try:
-            return str(ipaddress.IPv6Network(f"{found}/64", strict=False))
-        except ValueError:
-            return found
+        return client_address(scope, self._trusted_proxies)
 
     def wait_s(self, address: str) -> float | None:
         return self._budget.wait_s(address)
 
     def refused(self, address: str) -> None:
         self._budget.charge(address, 1.0)
+
+
+def client_address(scope: Scope, trusted_proxies: Sequence[IpNetwork]) -> str | None:
+    """The address budgets count by: the peer, or X-Forwarded-For from a trusted proxy; IPv6 by its /64."""
+    client = scope.get("client")
+    peer = client[0] if client else None
+    forwarded_for = _header(scope, b"x-forwarded-for") if trusted_proxies else None
+    found = client_ip(peer, forwarded_for, trusted_proxies)
+    if found is None or ":" not in found:
+        return found
+    try:
+        return str(ipaddress.IPv6Network(f"{found}/64", strict=False))
+    except ValueError:
+        return found
 
 
 def _raw_header(scope: Scope, wanted: bytes) -> bytes | None:

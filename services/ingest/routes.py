@@ -14,6 +14,7 @@ from litestar.status_codes import HTTP_202_ACCEPTED
 from services.common.errors import ApiError, error_responses
 from services.common.project_repository import ProjectRecord
 from services.common.telemetry import step_span
+from services.ingest.admission import client_address
 from services.ingest.decoding import (
     check_content_headers,
     check_event_count,
@@ -73,6 +74,8 @@ class TrackerRequest(Request[Any, Any, Any]):
         limits = settings.events if is_events else settings.replay
         max_events = settings.max_events_per_batch if is_events else settings.max_rrweb_events_per_chunk
         is_gzip = check_content_headers(self.headers.get("content-type"), self.headers.get("content-encoding"))
+        address = client_address(self.scope, settings.trusted_proxies)
+        service.check_address_budget(address)
         url_key = self.query_params.get("key")
         project = await service.admit(url_key) if url_key is not None else None
         body = await self.body()
@@ -97,7 +100,7 @@ class TrackerRequest(Request[Any, Any, Any]):
             check_event_count(envelope, max_events)
             if project is not None and envelope is not None:
                 # Charged before the typed decode, the step whose cost grows with the count.
-                service.charge_events(project, len(envelope.events))
+                service.charge_events(project, len(envelope.events), address)
             try:
                 decoded = decode_json(body, body_type, envelope)
             except ApiError as exc:

@@ -65,6 +65,9 @@ class IngestService:
         self._country_lookup = country_lookup
         self._rate_limit = TokenBuckets(settings.rate_limit_requests_per_s, settings.rate_limit_burst)
         self._event_budget = CostBuckets(settings.event_budget_per_s, settings.event_budget_burst)
+        self._address_event_budget = CostBuckets(
+            settings.address_event_budget_per_s, settings.address_event_budget_burst, settings.address_table_size
+        )
 
     async def ingest_events(
         self, batch: EventBatch, context: RequestContext, admitted: ProjectRecord | None = None
@@ -126,9 +129,18 @@ class IngestService:
             raise OverBudget(wait_s)
         return project
 
-    def charge_events(self, project: ProjectRecord, events: int) -> None:
-        """The events a body holds, counted by the skim before they are decoded, spent from the project's budget."""
+    def charge_events(self, project: ProjectRecord, events: int, address: str | None = None) -> None:
+        """The events a body holds, counted by the skim before they are decoded, spent from the
+        project's budget and the client address's."""
         self._event_budget.charge(project.project_id, events)
+        if address is not None:
+            self._address_event_budget.charge(address, events)
+
+    def check_address_budget(self, address: str | None) -> None:
+        """429 `address_over_budget` while the address's event budget is spent (before its body is inflated)."""
+        wait_s = self._address_event_budget.wait_s(address) if address is not None else None
+        if wait_s is not None:
+            raise AddressOverBudget(wait_s)
 
     def _event_rows(self, batch: EventBatch, project: ProjectRecord, context: RequestContext) -> list[EventRow]:
         _refuse_too_many(self._settings.max_events_per_batch, len(batch.events), "A batch", "events")
@@ -249,6 +261,17 @@ class OverBudget(ApiError):
             429,
             "over_budget",
             f"This project has sent more events than its budget allows; retry in {seconds} s.",
+            headers={"Retry-After": str(seconds)},
+        )
+
+
+class AddressOverBudget(ApiError):
+    def __init__(self, wait_s: float) -> None:
+        seconds = max(1, math.ceil(wait_s))
+        super().__init__(
+            429,
+            "address_over_budget",
+            f"Requests from this address have sent more events than its budget allows; retry in {seconds} s.",
             headers={"Retry-After": str(seconds)},
         )
 

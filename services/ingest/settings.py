@@ -28,7 +28,11 @@ class IngestSettings:
     replay_max_body_bytes: int = setting("REPLAY_MAX_BODY_BYTES", 4 * MIB)
     replay_max_decompressed_bytes: int = setting("REPLAY_MAX_DECOMPRESSED_BYTES", 32 * MIB)
     max_events_per_batch: int = setting("MAX_EVENTS_PER_BATCH", 500)
-    max_rrweb_events_per_chunk: int = setting("MAX_RRWEB_EVENTS_PER_CHUNK", 50_000)
+    # The tracker sends a chunk every 5 s: the committed Chromium recordings' chunks hold 6-40
+    # rrweb events, the seed's up to 64. 5,000 leaves over 100 times the largest. The events a
+    # chunk holds are decoded in one go; at 50,000 (25 ms of CPU each) a valid key's chunks
+    # made honest requests wait behind them (`make attack`, counter-overflow chunks).
+    max_rrweb_events_per_chunk: int = setting("MAX_RRWEB_EVENTS_PER_CHUNK", 5_000)
     # Older events are refused (422): they would land outside the daily partitions that exist.
     max_event_age_days: int = setting("MAX_EVENT_AGE_DAYS", 7)
     # The batch writer: commit whatever has arrived every few milliseconds.
@@ -77,6 +81,13 @@ class IngestSettings:
     # worker taking all of it may see 2.5 times that, two workers 5 times. 0 turns it off.
     event_budget_per_s: float = setting("EVENT_BUDGET_PER_S", 100_000.0)
     event_budget_burst: float = setting("EVENT_BUDGET_BURST", 200_000.0)
+    # The same budget per client address (the address as ADDRESS_REFUSALS_* counts it), per
+    # worker process: a valid key may spend its project's budget, but from one address only
+    # this much. A visitor sends a few dozen events every 5 s (the seed: about 7 a second), so
+    # an office behind one NAT address of a thousand visitors uses a fifth of it; the seed
+    # load test (5,000 visitors, all from 127.0.0.1, 36,000 events/s) fits on one worker. 0 turns it off.
+    address_event_budget_per_s: float = setting("ADDRESS_EVENT_BUDGET_PER_S", 40_000.0)
+    address_event_budget_burst: float = setting("ADDRESS_EVENT_BUDGET_BURST", 200_000.0)
     # Per client address (IPv6: per /64), per worker process: tracker requests answered 4xx (an
     # unknown key, a bad body, a project over its limit or budget), and requests whose
     # User-Agent is longer than any browser's (over 512 characters; they are still answered).

@@ -32,8 +32,10 @@ logger = logging.getLogger(__name__)
 PARTITION_CHECK_INTERVAL_S = 3600
 # After a pass that left a partition missing (lock not granted, database away).
 PARTITION_RETRY_INTERVAL_S = 60
-# How long a CREATE TABLE ... PARTITION OF may wait for its lock on `events`. Every INSERT that
-# arrives meanwhile queues behind it, so this is the most the DDL can delay ingest.
+# How long ATTACH PARTITION may wait for its ACCESS EXCLUSIVE lock on `events_default`
+# (partition_repository.create_event_partition). Statements that touch events_default (reads
+# that no partition's range prunes it from) queue behind it meanwhile; INSERTs routed to a
+# day's partition do not, nor does anything on `events` itself (SHARE UPDATE EXCLUSIVE there).
 PARTITION_LOCK_TIMEOUT_MS = 200
 PARTITION_ATTEMPTS = 5
 

@@ -55,6 +55,49 @@ JSON = {"Content-Type": "application/json"}
 
 
 @pytest.fixture(scope="module")
+def address_budget_url(db: DatabaseHarness) -> Iterator[str]:
+    # 100 events a second per address, 2,000 saved; the project's budget and the refusals' off:
+    # the address's is the subject.
+    settings = {
+        "ADDRESS_EVENT_BUDGET_PER_S": "100",
+        "ADDRESS_EVENT_BUDGET_BURST": "2000",
+        "EVENT_BUDGET_PER_S": "0",
+        "ADDRESS_REFUSALS_PER_S": "0",
+    }
+    with db.serve("ingest", "hostile-address-event-budget", INGEST_WORKERS="1", **settings) as ingest:
+        yield ingest.url
+
+
+async def test_an_address_over_its_event_budget_gets_429_while_the_same_project_elsewhere_is_answered(
+    address_budget_url: str, project: dict[str, Any]
+) -> None:
+    key = str(project["publicKey"])
+    transport = httpx.AsyncHTTPTransport(local_address="127.0.0.5")  # no other test's address
+    async with (
+        httpx.AsyncClient(base_url=address_budget_url, timeout=30, transport=transport) as spender,
+        httpx.AsyncClient(base_url=address_budget_url, timeout=30) as honest,
+    ):
+        first = await spender.post("/v1/replay", content=chunk(key, 0, 1500), headers=JSON)
+        second = await spender.post("/v1/replay", content=chunk(key, 1, 1500), headers=JSON)
+        # 2,000 - 1,500 - 1,500 = -1,000 (plus the seconds' refill): refused until repaid, before
+        # the key is looked up or the body inflated (this one is not even gzip).
+        third = await spender.post("/v1/replay", content=chunk(key, 2, 10), headers=JSON)
+        early = await spender.post(
+            f"/v1/replay?key={key}", content=b"not gzip", headers={**JSON, "Content-Encoding": "gzip"}
+        )
+        # The same project from another address: its own budget, answered.
+        others = await asyncio.gather(
+            *(honest.post("/v1/events", content=batch(key, f"visitor-{n}"), headers=JSON) for n in range(10))
+        )
+    assert (first.status_code, second.status_code) == (202, 202), second.text
+    for refused in (third, early):
+        error = assert_error(refused, 429, "address_over_budget")
+        assert "budget" in error["message"]
+        assert 1 <= int(refused.headers["retry-after"]) <= 10
+    assert [response.status_code for response in others] == [202] * 10
+
+
+@pytest.fixture(scope="module")
 def budget_url(db: DatabaseHarness) -> Iterator[str]:
     # 100 events a second, 2,000 saved: two 1,500-event chunks spend it (the refill over a
     # test's seconds is small next to it). No address budget here: the project's is the subject.
@@ -263,6 +306,42 @@ def test_seed_rate_traffic_stays_inside_the_default_budget(margin: float) -> Non
         now[0] = tick / 100
         assert budget.wait_s(1) is None, f"refused after {now[0]} s"
         budget.charge(1, events_per_s / 100)
+
+
+def test_the_seed_from_one_address_stays_inside_the_default_address_budget() -> None:
+    """The load test's 5,000 visitors all send from 127.0.0.1: their 36,000 events a second through
+    one worker for two minutes, never refused; an office of a thousand visitors is a fifth of that."""
+    defaults = IngestSettings()
+    now = [0.0]
+    budget = CostBuckets(defaults.address_event_budget_per_s, defaults.address_event_budget_burst, clock=lambda: now[0])
+    events_per_s = seed_events_per_s()
+    for tick in range(120 * 100):  # every 10 ms
+        now[0] = tick / 100
+        assert budget.wait_s("127.0.0.1") is None, f"refused after {now[0]} s"
+        budget.charge("127.0.0.1", events_per_s / 100)
+
+
+def test_the_counter_overflow_attack_from_one_address_is_held_to_its_budget() -> None:
+    """`make attack`'s chunks of the most rrweb events a chunk may hold (5,000), 26 a second from
+    one address: held to the address's budget, under half of what the project's allows."""
+    defaults = IngestSettings()
+    size = defaults.max_rrweb_events_per_chunk
+    now = [0.0]
+    project = CostBuckets(defaults.event_budget_per_s, defaults.event_budget_burst, clock=lambda: now[0])
+    address = CostBuckets(
+        defaults.address_event_budget_per_s, defaults.address_event_budget_burst, clock=lambda: now[0]
+    )
+    admitted = 0
+    for tick in range(60 * 26):
+        now[0] = tick / 26
+        if project.wait_s(1) is None and address.wait_s("127.0.0.2") is None:
+            project.charge(1, size)
+            address.charge("127.0.0.2", size)
+            admitted += 1
+    # 200,000 saved + 40,000 a second for 60 s = 2,600,000 events: 520 chunks of 5,000, not 1,560
+    # (the project's budget alone: 200,000 + 100,000 x 60 = 1,240 chunks).
+    assert size == 5_000
+    assert admitted == 520
 
 
 def test_the_counter_overflow_attack_exceeds_the_default_budget() -> None:

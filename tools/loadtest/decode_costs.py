@@ -1,6 +1,6 @@
 """CPU of each decoding step of a replay chunk: `python -m tools.loadtest.decode_costs`.
 
-For `make attack`'s counter-overflow chunk (50,000 rrweb events, the most a chunk may hold), a
+For `make attack`'s counter-overflow chunk (5,000 rrweb events, the most a chunk may hold), a
 recorded first chunk (full snapshot) and a load-test incremental chunk: CPU per call of
 inflating, skimming, the typed decode and the summary, as ingest runs them
 (services/ingest/routes.py, service.py). The typed decode is also timed with structs the

@@ -623,7 +623,7 @@ def rrweb_bomb(key: str | None) -> bytes:
     return gzip.compress(b"{" + key_part + b'"sessionId":"s","distinctId":"d","seq":0,"events":[' + events + b"]}", 9)
 
 
-def counter_overflow_events(base_ms: int, count: int = 50_000) -> list[dict[str, object]]:
+def counter_overflow_events(base_ms: int, count: int = 5_000) -> list[dict[str, object]]:
     """`make attack`'s counter-overflow chunk: a meta event, then count - 1 clicks a millisecond apart.
 
     The most rrweb events a chunk may hold (MAX_RRWEB_EVENTS_PER_CHUNK), each one a click, so every
