@@ -7,7 +7,8 @@ merging (`refresh_project`, migrations 0730 and 0820): each refresh adds the row
 inserted since the last one and replaces the touched sessions' rows (exit pages included), so
 it costs in proportion to what arrived (and to the visitors of the exit pages sessions left);
 days that cannot be corrected by adding (deletes, an earlier event arriving late, purges, days
-never built) are rebuilt from their events (`rebuild_day`). The steps are
+never built) are rebuilt from their events (`rebuild_day`), except a new day whose every event
+arrived since the last refresh, which is merged into empty rollups. The steps are
 described above `refresh_project`.
 
 Freshness: every inserting statement writes a `query_rollup_pending` row (the keys of its
@@ -205,7 +206,8 @@ async def count_days_to_build(connection: AsyncConnection, project_id: int | Non
 #    pageview moved (an earlier event arrived late), or whose start day is unbuilt, make their
 #    days unbuildable: their visit attributes, or the day of their session row, changed under
 #    rows already written, or their session row is not there to replace, and a sketch cannot
-#    take a visitor out. Those days are rebuilt (step 5). More
+#    take a visitor out. Those days are rebuilt (step 5), except a never-built latest day all of
+#    whose events were taken: it is emptied and merged (_days_to_merge_from_empty). More
 #    than MAX_MERGED_EVENTS waiting, and more than BULK_SHARE_OF_DAYS of what their days hold
 #    (a bulk load, `_is_bulk`), make every changed day unbuildable.
 # 3. Every other day gets the new events' rows added (counts summed, visitors unioned) and each
@@ -546,6 +548,53 @@ async def _is_bulk(connection: AsyncConnection, project_id: int, waiting: int) -
     return waiting > BULK_SHARE_OF_DAYS * int(held.scalar_one())
 
 
+# A never-built day whose every committed event was just taken (staged) holds nothing a merge
+# into empty rollups would miss, so it is merged from empty instead of rebuilt: a day born under
+# live ingest (today) was rebuilt at its first refresh, and the backlog piled up behind that
+# rebuild's pause rebuilt it again (docs/benchmarks.md). Only the project's latest day with a
+# marker qualifies: a later day's events may belong to sessions begun on it (their pages,
+# domains and event names are folded on their start day), and a rebuild reads those too. The
+# count leaves out events still pending (committed after the take: the next refresh merges
+# them), as a rebuild does; a mismatch (an event taken by an earlier refresh that left the day
+# unbuilt, a delete) rebuilds the day as before.
+_DAY_EVENTS_NOT_PENDING = (
+    "SELECT count(*) FROM events e WHERE e.project_id = :project_id AND e.occurred_at >= :start"
+    " AND e.occurred_at < :end AND NOT e.is_bot AND NOT EXISTS (SELECT FROM query_rollup_pending p"
+    " CROSS JOIN unnest(p.occurred_at, p.event_uuid) AS k(occurred_at, event_uuid)"
+    " WHERE p.project_id = e.project_id AND p.project_id = :project_id"
+    " AND k.occurred_at = e.occurred_at AND k.event_uuid = e.event_uuid)"
+)
+
+
+async def _days_to_merge_from_empty(
+    connection: AsyncConnection, project_id: int, timezone: str, unbuilt: set[date], changes: dict[date, int]
+) -> set[date]:
+    """The never-built latest day, if every event on it was taken: its rows (none, unless a
+    delete unmade it) are cleared, under its lock, for the merge to fill. Call after staging."""
+    from services.query.planner import local_midnight
+
+    if not changes:
+        return set()
+    latest = max(changes)
+    if latest not in unbuilt:
+        return set()
+    params: dict[str, object] = {"project_id": project_id, "day": latest}
+    staged = await connection.execute(
+        text(f"SELECT count(*) FROM query_rollup_events_staged e WHERE {_STAGED_EVENTS_WHERE} AND e.day = :day"),
+        params,
+    )
+    taken = int(staged.scalar_one())
+    if taken == 0:
+        return set()
+    params.update(start=local_midnight(latest, timezone), end=local_midnight(latest + timedelta(days=1), timezone))
+    if int((await connection.execute(text(_DAY_EVENTS_NOT_PENDING), params)).scalar_one()) != taken:
+        return set()
+    await _try_lock_days(connection, project_id, [latest])
+    for table in (*(cube.table for cube in CUBES), "query_rollup_session_days", "query_rollup_sessions_folded"):
+        await connection.execute(text(f"DELETE FROM {table} WHERE project_id = :project_id AND day = :day"), params)
+    return {latest}
+
+
 async def refresh_project(
     connection: AsyncConnection, project: ProjectToRefresh, max_rebuilds: int
 ) -> RefreshOutcome | None:
@@ -653,8 +702,12 @@ async def refresh_project(
         "event_keys": [event_key(at, uuid) for at, uuid in zip(occurred_at, event_uuid, strict=True)],
     }
     merged: set[date] = set()
+    # Never-built days merged from empty rollups (their markers are written as rebuilt ones).
+    from_empty: set[date] = set()
     if occurred_at:
         await connection.execute(text(_STAGE_EVENTS), params)
+        from_empty = await _days_to_merge_from_empty(connection, project_id, timezone, unbuilt - unbuildable, changes)
+        unbuilt -= from_empty
         sessions = await connection.execute(
             text(
                 "SELECT q.session_id, (q.started_at AT TIME ZONE :timezone)::date AS start_day,"
@@ -760,8 +813,9 @@ async def refresh_project(
     # One pass in day order, as the delete trigger takes the markers' locks: no deadlock with it.
     for day in sorted(built.keys() | set(rebuilt) | unbuildable):
         if day in built or day in rebuilt:
-            # A merged day purged meanwhile (never built) stays so; a rebuilt one is built.
-            condition = "" if day in rebuilt else " AND built_changes IS NOT NULL"
+            # A merged day purged meanwhile (never built) stays so; a rebuilt one is built, and so
+            # is one merged from empty (its rows cleared and merged under its lock).
+            condition = "" if day in rebuilt or day in from_empty else " AND built_changes IS NOT NULL"
             await connection.execute(
                 text(
                     "UPDATE query_rollup_days SET built_changes = :generation, built_at = now()"
