@@ -328,28 +328,45 @@ _FIXED: dict[str, _Fixed] = {
 def _aggregate_sql(cube: Cube, rows: str) -> str:
     """Cube rows (project_id, day, grain, fixed, visit columns, metrics) from `rows`: project_id,
     day, fixed (if any), the visit columns, kind ('e' event row, 's' session row), distinct_id,
-    pv, ev, sign, m_duration, m_pageviews, m_events. Session rows' figures count with their sign."""
+    pv, ev, sign, m_duration, m_pageviews, m_events. Session rows' figures count with their sign.
+
+    In two passes: the rows are first aggregated per combination of every visit column the
+    grains hold (a sketch of each combination's visitors, the sums), then the grains are the
+    grouping sets over those partial rows (sketches unioned, sums summed). One grouping-set
+    pass over the rows themselves fed each row to every grain (37 for the pair cubes): under
+    the 5000-visitor load most of a merge's CPU (docs/benchmarks.md). Every metric is a sum or
+    a sketch union, so both passes give the same rows.
+    """
     grains = cube.grains
     sets = ", ".join(
-        "(" + ", ".join(f"u.{name}" for name in VISIT_DIMENSIONS if name in grain) + ")" for grain in grains
+        "(" + ", ".join(f"p.{name}" for name in VISIT_DIMENSIONS if name in grain) + ")" for grain in grains
     )
     grouped = frozenset().union(*grains)
-    visit_columns = ", ".join(f"u.{name}" if name in grouped else f"NULL::text AS {name}" for name in VISIT_DIMENSIONS)
+    visit_columns = ", ".join(f"p.{name}" if name in grouped else f"NULL::text AS {name}" for name in VISIT_DIMENSIONS)
     if len(grains) == 1:
         grain = str(grain_id(grains[0]))
     else:
-        grain = "GROUPING(" + ", ".join(f"u.{name}" for name in VISIT_DIMENSIONS) + ")"
-    fixed = [f"u.{column}" for column in cube.fixed]
+        grain = "GROUPING(" + ", ".join(f"p.{name}" for name in VISIT_DIMENSIONS) + ")"
+    partial_keys = ", ".join(
+        ["u.project_id", "u.day", *(f"u.{column}" for column in cube.fixed)]
+        + [f"u.{name}" for name in VISIT_DIMENSIONS if name in grouped]
+    )
+    partial = (
+        f"SELECT {partial_keys}, hll_add_agg(hll_hash_text(u.distinct_id), {HLL_LOG2M}) FILTER (WHERE u.kind = 'e')"
+        " AS visitors, sum(u.sign) FILTER (WHERE u.kind = 's') AS sessions,"
+        " sum(u.sign) FILTER (WHERE u.kind = 's' AND u.m_pageviews = 1 AND u.m_events = 1) AS bounces,"
+        " sum(u.sign * u.m_duration) AS duration_s, sum(u.pv) AS pageviews, sum(u.ev) AS events,"
+        " sum(u.sign * u.m_pageviews) AS session_pageviews"
+        f" FROM ({rows}) u GROUP BY {partial_keys}"
+    )
+    fixed = "".join(f"p.{column}, " for column in cube.fixed)
     return (
-        f"SELECT u.project_id, u.day, {grain} AS grain, {''.join(f'{column}, ' for column in fixed)}{visit_columns},"
-        f" coalesce(hll_add_agg(hll_hash_text(u.distinct_id), {HLL_LOG2M}) FILTER (WHERE u.kind = 'e'),"
-        f" hll_empty({HLL_LOG2M})) AS visitors,"
-        " coalesce(sum(u.sign) FILTER (WHERE u.kind = 's'), 0) AS sessions,"
-        " coalesce(sum(u.sign) FILTER (WHERE u.kind = 's' AND u.m_pageviews = 1 AND u.m_events = 1), 0) AS bounces,"
-        " coalesce(sum(u.sign * u.m_duration), 0) AS duration_s, coalesce(sum(u.pv), 0) AS pageviews,"
-        " coalesce(sum(u.ev), 0) AS events, coalesce(sum(u.sign * u.m_pageviews), 0) AS session_pageviews"
-        f" FROM ({rows}) u GROUP BY u.project_id, u.day, {''.join(f'{column}, ' for column in fixed)}"
-        f"GROUPING SETS ({sets})"
+        f"SELECT p.project_id, p.day, {grain} AS grain, {fixed}{visit_columns},"
+        f" coalesce(hll_union_agg(p.visitors), hll_empty({HLL_LOG2M})) AS visitors,"
+        " coalesce(sum(p.sessions), 0) AS sessions, coalesce(sum(p.bounces), 0) AS bounces,"
+        " coalesce(sum(p.duration_s), 0) AS duration_s, coalesce(sum(p.pageviews), 0) AS pageviews,"
+        " coalesce(sum(p.events), 0) AS events, coalesce(sum(p.session_pageviews), 0) AS session_pageviews"
+        f" FROM ({partial}) p GROUP BY p.project_id, p.day, {fixed}GROUPING SETS ({sets})"
     )
 
 
