@@ -285,6 +285,21 @@ _FOLDED_UPDATE = ", ".join(f"{column.strip()} = excluded.{column.strip()}" for c
 
 _SKIPPED = "<> ALL(CAST(:skip AS date[]))"
 
+# Each touched session's row by its key (LATERAL ... LIMIT 1, as the ingest triggers do), the
+# project named by the staged row's column, not the constant: on statistics gathered before a
+# new project's sessions existed, `project_id = <constant>` is estimated at a row or two, and
+# the planner looked sessions up by the (project_id, distinct_id) index with the session as a
+# filter, a scan of the project's sessions per session: quadratic in the batch (a 35k-event
+# first merge of a new project cost 50 s of CPU under the load; the unexplained 43 s merge of
+# closing note 4). By the column the estimate is the average project's, and the key's index wins.
+_SESSION_LOOKUP = (
+    "(SELECT * FROM query_sessions q WHERE q.project_id = n.project_id AND q.session_id = n.session_id LIMIT 1)"
+)
+_FOLDED_LOOKUP = (
+    "(SELECT * FROM query_rollup_sessions_folded f WHERE f.project_id = n.project_id"
+    " AND f.session_id = n.session_id LIMIT 1)"
+)
+
 # Step 3a: the touched sessions as they are now (query_sessions, with the union of the folded
 # and the new pages, domains, event names), read once into query_rollup_sessions_staged: the
 # cubes and the folded rows are written from it by separate statements (migration 0760).
@@ -296,9 +311,7 @@ _STAGE_SESSIONS = (
     " FROM (SELECT e.project_id, e.session_id, array_agg(DISTINCT e.path) AS pages,"
     " array_agg(DISTINCT e.domain) AS domains, array_agg(DISTINCT e.name) AS names"
     f" FROM query_rollup_events_staged e WHERE {_STAGED_EVENTS_WHERE} GROUP BY e.project_id, e.session_id) n"
-    " JOIN query_sessions q ON q.project_id = n.project_id AND q.session_id = n.session_id"
-    " LEFT JOIN query_rollup_sessions_folded f ON f.project_id = n.project_id AND f.session_id = n.session_id"
-    " AND f.project_id = :project_id"
+    f" CROSS JOIN LATERAL {_SESSION_LOOKUP} q LEFT JOIN LATERAL {_FOLDED_LOOKUP} f ON true"
     f" WHERE q.project_id = :project_id AND (q.started_at AT TIME ZONE :timezone)::date {_SKIPPED}"
 )
 
@@ -388,11 +401,15 @@ def _merge_sql(cube: Cube) -> str:
     # them is merged from the new events alone, as they hold no session's figures).
     event_fixed = "".join(f"{_FIXED[name].event} AS {name}, " for name in cube.fixed)
     event_keys = "".join(f"{_FIXED[name].event}, " for name in cube.fixed)
+    # Each new event's visit (and entry page) from its session as staged for this merge: every
+    # event on a merged day belongs to a staged session (a session whose start day is skipped
+    # makes each of its days skipped), and the staged sessions, a few per event, are hashed
+    # once instead of an index probe of query_sessions per event and cube.
     event_rows = (
         f"SELECT ne.project_id, ne.day, {event_fixed}{_visits_of('q')}, 'e' AS kind, ne.distinct_id,"
         " count(*) FILTER (WHERE ne.name = 'pageview') AS pv, count(*) AS ev, 1 AS sign,"
         " NULL::float8 AS m_duration, NULL::bigint AS m_pageviews, NULL::bigint AS m_events"
-        f" FROM {_NEW_EVENTS} ne JOIN query_sessions q ON q.project_id = ne.project_id"
+        f" FROM {_NEW_EVENTS} ne JOIN query_rollup_sessions_staged q ON q.project_id = ne.project_id"
         f" AND q.session_id = ne.session_id WHERE q.project_id = :project_id AND ne.day {_SKIPPED}"
         f" GROUP BY ne.project_id, ne.day, {event_keys}ne.session_id, ne.distinct_id,"
         f" {_visits_of('q')}"
@@ -733,9 +750,7 @@ async def refresh_project(
                 " OR f.entry_uuid IS DISTINCT FROM q.entry_uuid)) AS moved"
                 " FROM (SELECT DISTINCT e.project_id, e.session_id FROM query_rollup_events_staged e"
                 f" WHERE {_STAGED_EVENTS_WHERE}) n"
-                " JOIN query_sessions q ON q.project_id = n.project_id AND q.session_id = n.session_id"
-                " LEFT JOIN query_rollup_sessions_folded f ON f.project_id = n.project_id"
-                " AND f.session_id = n.session_id AND f.project_id = :project_id"
+                f" CROSS JOIN LATERAL {_SESSION_LOOKUP} q LEFT JOIN LATERAL {_FOLDED_LOOKUP} f ON true"
                 " WHERE q.project_id = :project_id"
             ),
             params,
