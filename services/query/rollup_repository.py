@@ -285,6 +285,7 @@ _FOLDED_UPDATE = ", ".join(f"{column.strip()} = excluded.{column.strip()}" for c
 
 _SKIPPED = "<> ALL(CAST(:skip AS date[]))"
 
+
 # Each touched session's row by its key (LATERAL ... LIMIT 1, as the ingest triggers do), the
 # project named by the staged row's column, not the constant: on statistics gathered before a
 # new project's sessions existed, `project_id = <constant>` is estimated at a row or two, and
@@ -292,28 +293,40 @@ _SKIPPED = "<> ALL(CAST(:skip AS date[]))"
 # filter, a scan of the project's sessions per session: quadratic in the batch (a 35k-event
 # first merge of a new project cost 50 s of CPU under the load; the unexplained 43 s merge of
 # closing note 4). By the column the estimate is the average project's, and the key's index wins.
-_SESSION_LOOKUP = (
-    "(SELECT * FROM query_sessions q WHERE q.project_id = n.project_id AND q.session_id = n.session_id LIMIT 1)"
-)
-_FOLDED_LOOKUP = (
-    "(SELECT * FROM query_rollup_sessions_folded f WHERE f.project_id = n.project_id"
-    " AND f.session_id = n.session_id LIMIT 1)"
-)
+# On Citus the statement is routed to the project's shard only with each table filtered on the
+# constant, so there the sessions are joined as before (its workers plan with their own
+# statistics).
+def _touched_sessions(citus: bool) -> str:
+    """The staged sessions `n` (project_id, session_id) with their row `q` and folded row `f`."""
+    if citus:
+        return (
+            " JOIN query_sessions q ON q.project_id = n.project_id AND q.session_id = n.session_id"
+            " LEFT JOIN query_rollup_sessions_folded f ON f.project_id = n.project_id"
+            " AND f.session_id = n.session_id AND f.project_id = :project_id"
+        )
+    return (
+        " CROSS JOIN LATERAL (SELECT * FROM query_sessions q WHERE q.project_id = n.project_id"
+        " AND q.session_id = n.session_id LIMIT 1) q"
+        " LEFT JOIN LATERAL (SELECT * FROM query_rollup_sessions_folded f WHERE f.project_id = n.project_id"
+        " AND f.session_id = n.session_id LIMIT 1) f ON true"
+    )
+
 
 # Step 3a: the touched sessions as they are now (query_sessions, with the union of the folded
 # and the new pages, domains, event names), read once into query_rollup_sessions_staged: the
 # cubes and the folded rows are written from it by separate statements (migration 0760).
-_STAGE_SESSIONS = (
-    f"INSERT INTO query_rollup_sessions_staged (project_id, {_FOLDED_COLUMNS})"
-    " SELECT q.project_id, q.session_id, (q.started_at AT TIME ZONE :timezone)::date, q.started_at, q.first_uuid,"
-    f" q.entry_uuid, q.ended_at, q.pageviews, q.events, q.entry_page, q.exit_page, {_visits_of('q')},"
-    f" {_union('pages', 'pages')}, {_union('domains', 'domains')}, {_union('event_names', 'names')}"
-    " FROM (SELECT e.project_id, e.session_id, array_agg(DISTINCT e.path) AS pages,"
-    " array_agg(DISTINCT e.domain) AS domains, array_agg(DISTINCT e.name) AS names"
-    f" FROM query_rollup_events_staged e WHERE {_STAGED_EVENTS_WHERE} GROUP BY e.project_id, e.session_id) n"
-    f" CROSS JOIN LATERAL {_SESSION_LOOKUP} q LEFT JOIN LATERAL {_FOLDED_LOOKUP} f ON true"
-    f" WHERE q.project_id = :project_id AND (q.started_at AT TIME ZONE :timezone)::date {_SKIPPED}"
-)
+def _stage_sessions_sql(citus: bool) -> str:
+    return (
+        f"INSERT INTO query_rollup_sessions_staged (project_id, {_FOLDED_COLUMNS})"
+        " SELECT q.project_id, q.session_id, (q.started_at AT TIME ZONE :timezone)::date, q.started_at, q.first_uuid,"
+        f" q.entry_uuid, q.ended_at, q.pageviews, q.events, q.entry_page, q.exit_page, {_visits_of('q')},"
+        f" {_union('pages', 'pages')}, {_union('domains', 'domains')}, {_union('event_names', 'names')}"
+        " FROM (SELECT e.project_id, e.session_id, array_agg(DISTINCT e.path) AS pages,"
+        " array_agg(DISTINCT e.domain) AS domains, array_agg(DISTINCT e.name) AS names"
+        f" FROM query_rollup_events_staged e WHERE {_STAGED_EVENTS_WHERE} GROUP BY e.project_id, e.session_id) n"
+        f"{_touched_sessions(citus)}"
+        f" WHERE q.project_id = :project_id AND (q.started_at AT TIME ZONE :timezone)::date {_SKIPPED}"
+    )
 
 
 @dataclass(frozen=True)
@@ -739,6 +752,10 @@ async def refresh_project(
     # Never-built days merged from empty rollups (their markers are written as rebuilt ones).
     from_empty: set[date] = set()
     if occurred_at:
+        citus_installed = await connection.execute(
+            text("SELECT EXISTS (SELECT FROM pg_extension WHERE extname = 'citus')")
+        )
+        citus = bool(citus_installed.scalar_one())
         await connection.execute(text(_STAGE_EVENTS), params)
         from_empty = await _days_to_merge_from_empty(connection, project_id, timezone, unbuilt - unbuildable, changes)
         unbuilt -= from_empty
@@ -750,7 +767,7 @@ async def refresh_project(
                 " OR f.entry_uuid IS DISTINCT FROM q.entry_uuid)) AS moved"
                 " FROM (SELECT DISTINCT e.project_id, e.session_id FROM query_rollup_events_staged e"
                 f" WHERE {_STAGED_EVENTS_WHERE}) n"
-                f" CROSS JOIN LATERAL {_SESSION_LOOKUP} q LEFT JOIN LATERAL {_FOLDED_LOOKUP} f ON true"
+                f"{_touched_sessions(citus)}"
                 " WHERE q.project_id = :project_id"
             ),
             params,
@@ -784,7 +801,7 @@ async def refresh_project(
             await connection.execute(text("SELECT set_config('enable_seqscan', 'off', true)"))
             # The sessions' new state read once; every cube merge reads it and the folded rows as
             # they were (old), then the folded rows are replaced, last.
-            await connection.execute(text(_STAGE_SESSIONS), params)
+            await connection.execute(text(_stage_sessions_sql(citus)), params)
             params["days"] = sorted(merged)
             for cube in _MERGED_CUBES:
                 await connection.execute(text(_merge_sql(cube)), params)
