@@ -7,7 +7,8 @@ merging (`refresh_project`, migrations 0730 and 0820): each refresh adds the row
 inserted since the last one and replaces the touched sessions' rows (exit pages included), so
 it costs in proportion to what arrived (and to the visitors of the exit pages sessions left);
 days that cannot be corrected by adding (deletes, an earlier event arriving late, purges, days
-never built) are rebuilt from their events (`rebuild_day`). The steps are
+never built) are rebuilt from their events (`rebuild_day`), except a new day whose every event
+arrived since the last refresh, which is merged into empty rollups. The steps are
 described above `refresh_project`.
 
 Freshness: every inserting statement writes a `query_rollup_pending` row (the keys of its
@@ -205,7 +206,8 @@ async def count_days_to_build(connection: AsyncConnection, project_id: int | Non
 #    pageview moved (an earlier event arrived late), or whose start day is unbuilt, make their
 #    days unbuildable: their visit attributes, or the day of their session row, changed under
 #    rows already written, or their session row is not there to replace, and a sketch cannot
-#    take a visitor out. Those days are rebuilt (step 5). More
+#    take a visitor out. Those days are rebuilt (step 5), except a never-built latest day all of
+#    whose events were taken: it is emptied and merged (_days_to_merge_from_empty). More
 #    than MAX_MERGED_EVENTS waiting, and more than BULK_SHARE_OF_DAYS of what their days hold
 #    (a bulk load, `_is_bulk`), make every changed day unbuildable.
 # 3. Every other day gets the new events' rows added (counts summed, visitors unioned) and each
@@ -283,22 +285,48 @@ _FOLDED_UPDATE = ", ".join(f"{column.strip()} = excluded.{column.strip()}" for c
 
 _SKIPPED = "<> ALL(CAST(:skip AS date[]))"
 
+
+# Each touched session's row by its key (LATERAL ... LIMIT 1, as the ingest triggers do), the
+# project named by the staged row's column, not the constant: on statistics gathered before a
+# new project's sessions existed, `project_id = <constant>` is estimated at a row or two, and
+# the planner looked sessions up by the (project_id, distinct_id) index with the session as a
+# filter, a scan of the project's sessions per session: quadratic in the batch (a 35k-event
+# first merge of a new project cost 50 s of CPU under the load; the unexplained 43 s merge of
+# closing note 4). By the column the estimate is the average project's, and the key's index wins.
+# On Citus the statement is routed to the project's shard only with each table filtered on the
+# constant, so there the sessions are joined as before (its workers plan with their own
+# statistics).
+def _touched_sessions(citus: bool) -> str:
+    """The staged sessions `n` (project_id, session_id) with their row `q` and folded row `f`."""
+    if citus:
+        return (
+            " JOIN query_sessions q ON q.project_id = n.project_id AND q.session_id = n.session_id"
+            " LEFT JOIN query_rollup_sessions_folded f ON f.project_id = n.project_id"
+            " AND f.session_id = n.session_id AND f.project_id = :project_id"
+        )
+    return (
+        " CROSS JOIN LATERAL (SELECT * FROM query_sessions q WHERE q.project_id = n.project_id"
+        " AND q.session_id = n.session_id LIMIT 1) q"
+        " LEFT JOIN LATERAL (SELECT * FROM query_rollup_sessions_folded f WHERE f.project_id = n.project_id"
+        " AND f.session_id = n.session_id LIMIT 1) f ON true"
+    )
+
+
 # Step 3a: the touched sessions as they are now (query_sessions, with the union of the folded
 # and the new pages, domains, event names), read once into query_rollup_sessions_staged: the
 # cubes and the folded rows are written from it by separate statements (migration 0760).
-_STAGE_SESSIONS = (
-    f"INSERT INTO query_rollup_sessions_staged (project_id, {_FOLDED_COLUMNS})"
-    " SELECT q.project_id, q.session_id, (q.started_at AT TIME ZONE :timezone)::date, q.started_at, q.first_uuid,"
-    f" q.entry_uuid, q.ended_at, q.pageviews, q.events, q.entry_page, q.exit_page, {_visits_of('q')},"
-    f" {_union('pages', 'pages')}, {_union('domains', 'domains')}, {_union('event_names', 'names')}"
-    " FROM (SELECT e.project_id, e.session_id, array_agg(DISTINCT e.path) AS pages,"
-    " array_agg(DISTINCT e.domain) AS domains, array_agg(DISTINCT e.name) AS names"
-    f" FROM query_rollup_events_staged e WHERE {_STAGED_EVENTS_WHERE} GROUP BY e.project_id, e.session_id) n"
-    " JOIN query_sessions q ON q.project_id = n.project_id AND q.session_id = n.session_id"
-    " LEFT JOIN query_rollup_sessions_folded f ON f.project_id = n.project_id AND f.session_id = n.session_id"
-    " AND f.project_id = :project_id"
-    f" WHERE q.project_id = :project_id AND (q.started_at AT TIME ZONE :timezone)::date {_SKIPPED}"
-)
+def _stage_sessions_sql(citus: bool) -> str:
+    return (
+        f"INSERT INTO query_rollup_sessions_staged (project_id, {_FOLDED_COLUMNS})"
+        " SELECT q.project_id, q.session_id, (q.started_at AT TIME ZONE :timezone)::date, q.started_at, q.first_uuid,"
+        f" q.entry_uuid, q.ended_at, q.pageviews, q.events, q.entry_page, q.exit_page, {_visits_of('q')},"
+        f" {_union('pages', 'pages')}, {_union('domains', 'domains')}, {_union('event_names', 'names')}"
+        " FROM (SELECT e.project_id, e.session_id, array_agg(DISTINCT e.path) AS pages,"
+        " array_agg(DISTINCT e.domain) AS domains, array_agg(DISTINCT e.name) AS names"
+        f" FROM query_rollup_events_staged e WHERE {_STAGED_EVENTS_WHERE} GROUP BY e.project_id, e.session_id) n"
+        f"{_touched_sessions(citus)}"
+        f" WHERE q.project_id = :project_id AND (q.started_at AT TIME ZONE :timezone)::date {_SKIPPED}"
+    )
 
 
 @dataclass(frozen=True)
@@ -326,28 +354,45 @@ _FIXED: dict[str, _Fixed] = {
 def _aggregate_sql(cube: Cube, rows: str) -> str:
     """Cube rows (project_id, day, grain, fixed, visit columns, metrics) from `rows`: project_id,
     day, fixed (if any), the visit columns, kind ('e' event row, 's' session row), distinct_id,
-    pv, ev, sign, m_duration, m_pageviews, m_events. Session rows' figures count with their sign."""
+    pv, ev, sign, m_duration, m_pageviews, m_events. Session rows' figures count with their sign.
+
+    In two passes: the rows are first aggregated per combination of every visit column the
+    grains hold (a sketch of each combination's visitors, the sums), then the grains are the
+    grouping sets over those partial rows (sketches unioned, sums summed). One grouping-set
+    pass over the rows themselves fed each row to every grain (37 for the pair cubes): under
+    the 5000-visitor load most of a merge's CPU (docs/benchmarks.md). Every metric is a sum or
+    a sketch union, so both passes give the same rows.
+    """
     grains = cube.grains
     sets = ", ".join(
-        "(" + ", ".join(f"u.{name}" for name in VISIT_DIMENSIONS if name in grain) + ")" for grain in grains
+        "(" + ", ".join(f"p.{name}" for name in VISIT_DIMENSIONS if name in grain) + ")" for grain in grains
     )
     grouped = frozenset().union(*grains)
-    visit_columns = ", ".join(f"u.{name}" if name in grouped else f"NULL::text AS {name}" for name in VISIT_DIMENSIONS)
+    visit_columns = ", ".join(f"p.{name}" if name in grouped else f"NULL::text AS {name}" for name in VISIT_DIMENSIONS)
     if len(grains) == 1:
         grain = str(grain_id(grains[0]))
     else:
-        grain = "GROUPING(" + ", ".join(f"u.{name}" for name in VISIT_DIMENSIONS) + ")"
-    fixed = [f"u.{column}" for column in cube.fixed]
+        grain = "GROUPING(" + ", ".join(f"p.{name}" for name in VISIT_DIMENSIONS) + ")"
+    partial_keys = ", ".join(
+        ["u.project_id", "u.day", *(f"u.{column}" for column in cube.fixed)]
+        + [f"u.{name}" for name in VISIT_DIMENSIONS if name in grouped]
+    )
+    partial = (
+        f"SELECT {partial_keys}, hll_add_agg(hll_hash_text(u.distinct_id), {HLL_LOG2M}) FILTER (WHERE u.kind = 'e')"
+        " AS visitors, sum(u.sign) FILTER (WHERE u.kind = 's') AS sessions,"
+        " sum(u.sign) FILTER (WHERE u.kind = 's' AND u.m_pageviews = 1 AND u.m_events = 1) AS bounces,"
+        " sum(u.sign * u.m_duration) AS duration_s, sum(u.pv) AS pageviews, sum(u.ev) AS events,"
+        " sum(u.sign * u.m_pageviews) AS session_pageviews"
+        f" FROM ({rows}) u GROUP BY {partial_keys}"
+    )
+    fixed = "".join(f"p.{column}, " for column in cube.fixed)
     return (
-        f"SELECT u.project_id, u.day, {grain} AS grain, {''.join(f'{column}, ' for column in fixed)}{visit_columns},"
-        f" coalesce(hll_add_agg(hll_hash_text(u.distinct_id), {HLL_LOG2M}) FILTER (WHERE u.kind = 'e'),"
-        f" hll_empty({HLL_LOG2M})) AS visitors,"
-        " coalesce(sum(u.sign) FILTER (WHERE u.kind = 's'), 0) AS sessions,"
-        " coalesce(sum(u.sign) FILTER (WHERE u.kind = 's' AND u.m_pageviews = 1 AND u.m_events = 1), 0) AS bounces,"
-        " coalesce(sum(u.sign * u.m_duration), 0) AS duration_s, coalesce(sum(u.pv), 0) AS pageviews,"
-        " coalesce(sum(u.ev), 0) AS events, coalesce(sum(u.sign * u.m_pageviews), 0) AS session_pageviews"
-        f" FROM ({rows}) u GROUP BY u.project_id, u.day, {''.join(f'{column}, ' for column in fixed)}"
-        f"GROUPING SETS ({sets})"
+        f"SELECT p.project_id, p.day, {grain} AS grain, {fixed}{visit_columns},"
+        f" coalesce(hll_union_agg(p.visitors), hll_empty({HLL_LOG2M})) AS visitors,"
+        " coalesce(sum(p.sessions), 0) AS sessions, coalesce(sum(p.bounces), 0) AS bounces,"
+        " coalesce(sum(p.duration_s), 0) AS duration_s, coalesce(sum(p.pageviews), 0) AS pageviews,"
+        " coalesce(sum(p.events), 0) AS events, coalesce(sum(p.session_pageviews), 0) AS session_pageviews"
+        f" FROM ({partial}) p GROUP BY p.project_id, p.day, {fixed}GROUPING SETS ({sets})"
     )
 
 
@@ -369,11 +414,15 @@ def _merge_sql(cube: Cube) -> str:
     # them is merged from the new events alone, as they hold no session's figures).
     event_fixed = "".join(f"{_FIXED[name].event} AS {name}, " for name in cube.fixed)
     event_keys = "".join(f"{_FIXED[name].event}, " for name in cube.fixed)
+    # Each new event's visit (and entry page) from its session as staged for this merge: every
+    # event on a merged day belongs to a staged session (a session whose start day is skipped
+    # makes each of its days skipped), and the staged sessions, a few per event, are hashed
+    # once instead of an index probe of query_sessions per event and cube.
     event_rows = (
         f"SELECT ne.project_id, ne.day, {event_fixed}{_visits_of('q')}, 'e' AS kind, ne.distinct_id,"
         " count(*) FILTER (WHERE ne.name = 'pageview') AS pv, count(*) AS ev, 1 AS sign,"
         " NULL::float8 AS m_duration, NULL::bigint AS m_pageviews, NULL::bigint AS m_events"
-        f" FROM {_NEW_EVENTS} ne JOIN query_sessions q ON q.project_id = ne.project_id"
+        f" FROM {_NEW_EVENTS} ne JOIN query_rollup_sessions_staged q ON q.project_id = ne.project_id"
         f" AND q.session_id = ne.session_id WHERE q.project_id = :project_id AND ne.day {_SKIPPED}"
         f" GROUP BY ne.project_id, ne.day, {event_keys}ne.session_id, ne.distinct_id,"
         f" {_visits_of('q')}"
@@ -546,6 +595,61 @@ async def _is_bulk(connection: AsyncConnection, project_id: int, waiting: int) -
     return waiting > BULK_SHARE_OF_DAYS * int(held.scalar_one())
 
 
+# A never-built day whose every committed event was just taken (staged) holds nothing a merge
+# into empty rollups would miss, so it is merged from empty instead of rebuilt: a day born under
+# live ingest (today) was rebuilt at its first refresh, and the backlog piled up behind that
+# rebuild's pause rebuilt it again (docs/benchmarks.md). Only the project's latest day with a
+# marker qualifies: a later day's events may belong to sessions begun on it (their pages,
+# domains and event names are folded on their start day), and a rebuild reads those too. The
+# count leaves out events still pending (committed after the take: the next refresh merges
+# them), as a rebuild does; a mismatch (an event taken by an earlier refresh that left the day
+# unbuilt, a delete) rebuilds the day as before.
+_DAY_EVENTS = (
+    "SELECT count(*) FROM events e WHERE e.project_id = :project_id AND e.occurred_at >= :start"
+    " AND e.occurred_at < :end AND NOT e.is_bot"
+)
+_DAY_EVENTS_PENDING = (
+    "SELECT count(*) FROM query_rollup_pending p CROSS JOIN unnest(p.occurred_at) AS k(occurred_at)"
+    " WHERE p.project_id = :project_id AND p.days @> ARRAY[CAST(:day AS date)]"
+    " AND k.occurred_at >= :start AND k.occurred_at < :end"
+)
+
+
+async def _days_to_merge_from_empty(
+    connection: AsyncConnection, project_id: int, timezone: str, unbuilt: set[date], changes: dict[date, int]
+) -> set[date]:
+    """The never-built latest day, if every event on it was taken: its rows (none, unless a
+    delete unmade it) are cleared, under its lock, for the merge to fill. Call after staging."""
+    from services.query.planner import local_midnight
+
+    if not changes:
+        return set()
+    latest = max(changes)
+    if latest not in unbuilt:
+        return set()
+    params: dict[str, object] = {"project_id": project_id, "day": latest}
+    staged = await connection.execute(
+        text(f"SELECT count(*) FROM query_rollup_events_staged e WHERE {_STAGED_EVENTS_WHERE} AND e.day = :day"),
+        params,
+    )
+    taken = int(staged.scalar_one())
+    if taken == 0:
+        return set()
+    params.update(start=local_midnight(latest, timezone), end=local_midnight(latest + timedelta(days=1), timezone))
+    # Two counts, not an anti-join of the day's events to the pending keys: on a new project's
+    # statistics (a row or two estimated) that was planned as a loop over the pending keys per
+    # event, and ran into the statement timeout under the load. A taken or pending event deleted
+    # meanwhile bumps the day's `changes`, so the day is rebuilt next round whatever this says.
+    in_day = int((await connection.execute(text(_DAY_EVENTS), params)).scalar_one())
+    pending = int((await connection.execute(text(_DAY_EVENTS_PENDING), params)).scalar_one())
+    if in_day - pending != taken:
+        return set()
+    await _try_lock_days(connection, project_id, [latest])
+    for table in (*(cube.table for cube in CUBES), "query_rollup_session_days", "query_rollup_sessions_folded"):
+        await connection.execute(text(f"DELETE FROM {table} WHERE project_id = :project_id AND day = :day"), params)
+    return {latest}
+
+
 async def refresh_project(
     connection: AsyncConnection, project: ProjectToRefresh, max_rebuilds: int
 ) -> RefreshOutcome | None:
@@ -653,8 +757,16 @@ async def refresh_project(
         "event_keys": [event_key(at, uuid) for at, uuid in zip(occurred_at, event_uuid, strict=True)],
     }
     merged: set[date] = set()
+    # Never-built days merged from empty rollups (their markers are written as rebuilt ones).
+    from_empty: set[date] = set()
     if occurred_at:
+        citus_installed = await connection.execute(
+            text("SELECT EXISTS (SELECT FROM pg_extension WHERE extname = 'citus')")
+        )
+        citus = bool(citus_installed.scalar_one())
         await connection.execute(text(_STAGE_EVENTS), params)
+        from_empty = await _days_to_merge_from_empty(connection, project_id, timezone, unbuilt - unbuildable, changes)
+        unbuilt -= from_empty
         sessions = await connection.execute(
             text(
                 "SELECT q.session_id, (q.started_at AT TIME ZONE :timezone)::date AS start_day,"
@@ -663,9 +775,7 @@ async def refresh_project(
                 " OR f.entry_uuid IS DISTINCT FROM q.entry_uuid)) AS moved"
                 " FROM (SELECT DISTINCT e.project_id, e.session_id FROM query_rollup_events_staged e"
                 f" WHERE {_STAGED_EVENTS_WHERE}) n"
-                " JOIN query_sessions q ON q.project_id = n.project_id AND q.session_id = n.session_id"
-                " LEFT JOIN query_rollup_sessions_folded f ON f.project_id = n.project_id"
-                " AND f.session_id = n.session_id AND f.project_id = :project_id"
+                f"{_touched_sessions(citus)}"
                 " WHERE q.project_id = :project_id"
             ),
             params,
@@ -699,7 +809,7 @@ async def refresh_project(
             await connection.execute(text("SELECT set_config('enable_seqscan', 'off', true)"))
             # The sessions' new state read once; every cube merge reads it and the folded rows as
             # they were (old), then the folded rows are replaced, last.
-            await connection.execute(text(_STAGE_SESSIONS), params)
+            await connection.execute(text(_stage_sessions_sql(citus)), params)
             params["days"] = sorted(merged)
             for cube in _MERGED_CUBES:
                 await connection.execute(text(_merge_sql(cube)), params)
@@ -760,8 +870,9 @@ async def refresh_project(
     # One pass in day order, as the delete trigger takes the markers' locks: no deadlock with it.
     for day in sorted(built.keys() | set(rebuilt) | unbuildable):
         if day in built or day in rebuilt:
-            # A merged day purged meanwhile (never built) stays so; a rebuilt one is built.
-            condition = "" if day in rebuilt else " AND built_changes IS NOT NULL"
+            # A merged day purged meanwhile (never built) stays so; a rebuilt one is built, and so
+            # is one merged from empty (its rows cleared and merged under its lock).
+            condition = "" if day in rebuilt or day in from_empty else " AND built_changes IS NOT NULL"
             await connection.execute(
                 text(
                     "UPDATE query_rollup_days SET built_changes = :generation, built_at = now()"

@@ -232,9 +232,10 @@ async def test_events_after_a_build_are_merged_without_rebuilding_their_day(
     await insert_events(engine, project_id, events[:5])
     async with engine.begin() as connection:
         first = await rollup_repository.refresh_project(connection, refresh, 100)
-    # Nothing built yet: both days with events (Jan 12, 13) are rebuilt, with the events taken.
+    # Nothing built yet: Jan 13, the latest day, holds only events taken now, so it is merged
+    # from empty; Jan 12 is rebuilt (a later day may hold events of its sessions).
     assert first is not None
-    assert (first.merged_days, first.rebuilt_days) == (0, 2)
+    assert (first.merged_days, first.rebuilt_days) == (1, 1)
     # s3 crosses midnight (its exit page and duration change on Jan 12), s4 starts on Jan 13.
     await insert_events(engine, project_id, events[5:9])
     async with engine.begin() as connection:
@@ -243,6 +244,71 @@ async def test_events_after_a_build_are_merged_without_rebuilding_their_day(
     assert (second.rebuilt_days, second.merged_events) == (0, 4)
     assert second.merged_days == 2
     assert await cube_rows(engine, project_id) == await rebuilt_from_scratch(engine, project)
+
+
+async def test_a_new_day_is_merged_from_empty_rollups_not_rebuilt(db: DatabaseHarness, engine: AsyncEngine) -> None:
+    """Under live ingest today is born with its first batch: its first refresh merges every
+    event into empty rollups (no rebuild, so no pause stretched behind it), sessions from the
+    day before included, and the rows equal a rebuild's."""
+    project = await new_project(db)
+    project_id = int(project["id"])
+    refresh = rollup_repository.ProjectToRefresh(project_id, "Europe/Berlin")
+    events = main_events()
+    jan_12 = [event for event in events if event.occurred_at < berlin("2026-01-13T00:00:00")]
+    await insert_events(engine, project_id, jan_12)
+    await build_rollups(engine, project)
+    # Jan 13 is new: s3 crosses midnight into it from Jan 12 (built), s2 and s4 start on it.
+    midnight, next_midnight = berlin("2026-01-13T00:00:00"), berlin("2026-01-14T00:00:00")
+    jan_13 = [event for event in events if midnight <= event.occurred_at < next_midnight]
+    await insert_events(engine, project_id, jan_13[:2])
+    async with engine.begin() as connection:
+        first = await rollup_repository.refresh_project(connection, refresh, 100)
+    assert first is not None
+    assert (first.merged_days, first.rebuilt_days, first.merged_events) == (2, 0, 2)
+    assert await cube_rows(engine, project_id) == await rebuilt_from_scratch(engine, project)
+    # Then an ordinary merge into it (rebuilt_from_scratch built it afresh).
+    await insert_events(engine, project_id, jan_13[2:])
+    async with engine.begin() as connection:
+        second = await rollup_repository.refresh_project(connection, refresh, 100)
+    assert second is not None
+    assert (second.rebuilt_days, second.merged_events) == (0, sum(not event.is_bot for event in jan_13[2:]))
+    assert await cube_rows(engine, project_id) == await rebuilt_from_scratch(engine, project)
+
+
+async def test_a_never_built_day_with_events_not_taken_is_rebuilt(db: DatabaseHarness, engine: AsyncEngine) -> None:
+    """A delete marks its day never built while the day keeps events merged before: merging
+    the new events alone would lose those, so the day is rebuilt."""
+    project = await new_project(db)
+    project_id = int(project["id"])
+    refresh = rollup_repository.ProjectToRefresh(project_id, "Europe/Berlin")
+    day = [
+        Event("v1", "s1", berlin("2026-01-13T10:00:00"), "/"),
+        Event("v1", "s1", berlin("2026-01-13T10:01:00"), "/pricing"),
+        Event("v2", "s2", berlin("2026-01-13T11:00:00"), "/docs"),
+    ]
+    await insert_events(engine, project_id, day)
+    await build_rollups(engine, project)
+    async with engine.begin() as connection:
+        await connection.execute(
+            text("DELETE FROM events WHERE project_id = :project_id AND occurred_at = :at"),
+            {"project_id": project_id, "at": berlin("2026-01-13T11:00:00")},
+        )
+    await insert_events(engine, project_id, [Event("v3", "s3", berlin("2026-01-13T12:00:00"), "/blog")])
+    async with engine.begin() as connection:
+        outcome = await rollup_repository.refresh_project(connection, refresh, 100)
+    assert outcome is not None
+    assert (outcome.merged_days, outcome.rebuilt_days) == (0, 1)
+    assert await cube_rows(engine, project_id) == await rebuilt_from_scratch(engine, project)
+    async with engine.connect() as connection:
+        visits = await connection.execute(
+            text(
+                "SELECT sum(sessions), sum(events) FROM query_rollup_visits WHERE project_id = :project_id"
+                " AND grain = :grain"
+            ),
+            {"project_id": project_id, "grain": (1 << len(VISIT_DIMENSIONS)) - 1},
+        )
+    # s1 (two events) and s3: the deleted s2 is gone, s1's events kept.
+    assert tuple(visits.one()) == (2, 3)
 
 
 async def test_a_bulk_load_is_rebuilt_instead_of_merged(
