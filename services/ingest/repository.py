@@ -148,14 +148,19 @@ _CHUNK_RECORD = """
     click_count integer, page_count integer, active_ms bigint, first_url text, country text, browser text,
     os text, device_type text
 """
-_CHUNK_COLUMNS = [line.split()[0] for line in _CHUNK_RECORD.replace("\n", " ").split(",")]
 
 # New chunks are stored, then folded into their session's summary: only chunks that were
 # really inserted count, so a retried chunk changes nothing. Sessions are upserted in key
 # order, so two writers touching the same sessions lock them in the same order.
+# Postgres runs this statement inside ingest_store_replay_chunks() (migration 0890, which holds
+# the same text, @ROWS@ being its parameter chunk_rows; a test compares them): a PL/pgSQL
+# function keeps its plans for the connection's life, where this text, sent as a query, was
+# parsed and planned again for every batch, which cost more than storing the chunks.
 _INSERT_CHUNKS = f"""
     WITH input AS (
-        SELECT {", ".join(f"raw.{c}" for c in _CHUNK_COLUMNS if c != "data")}, decode(raw.data, 'base64') AS data
+        SELECT project_id, session_id, seq, first_timestamp, last_timestamp, event_count, has_full_snapshot,
+               content_encoding, decode(raw.data, 'base64') AS data, distinct_id, click_count, page_count,
+               active_ms, first_url, country, browser, os, device_type
         FROM json_to_recordset(CAST({_ROWS} AS json)) AS raw({_CHUNK_RECORD})
     ),
     stored AS (
@@ -212,6 +217,7 @@ _INSERT_CHUNKS = f"""
         -- The column's default, now(): Citus takes only immutable functions in DO UPDATE SET.
         updated_at = EXCLUDED.updated_at
 """
+_STORE_CHUNKS = f"SELECT ingest_store_replay_chunks(CAST({_ROWS} AS json))"
 
 
 async def write_batch(connection: asyncpg.Connection, events: list[EventRow], chunks: list[ChunkRow]) -> None:
@@ -231,7 +237,7 @@ async def write_batch(connection: asyncpg.Connection, events: list[EventRow], ch
     """
     statements = []
     if chunks:
-        statements.append(_INSERT_CHUNKS.replace(_ROWS, _dollar_quoted(_chunks_json(chunks))))
+        statements.append(_STORE_CHUNKS.replace(_ROWS, _dollar_quoted(_chunks_json(chunks))))
     if events:
         statements.append(_INSERT_EVENTS.replace(_ROWS, _dollar_quoted(msgspec.json.encode(events).decode())))
     if statements:
