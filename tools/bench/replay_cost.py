@@ -17,9 +17,11 @@ read from /proc around each: what a whole request costs, Granian and Litestar in
 ``postgres``: the writer's own statement (``repository.write_batch``) on one direct connection,
 batch after batch, and that backend's CPU from /proc and the WAL it wrote, per chunk: steady
 chunks to sessions that exist (the session row is updated) and first chunks (a new session),
-with parts taken away one by one (the session upsert, the chunks' distinct_id index, the stored
-bytes themselves), then table settings tried one at a time (bytes kept inline instead of in the
-TOAST table; room on the sessions' pages for HOT updates). It changes the schema while it runs
+4 chunks of 4 sessions per statement: what the writer sends, then the statement sent as text
+(parsed and planned for every batch, as before migration 0890), then parts taken away one by
+one (the session upsert, the chunks' distinct_id index, the stored bytes themselves), then
+table settings tried one at a time (bytes kept inline instead of in the TOAST table; room on
+the sessions' pages for HOT updates). It changes the schema while it runs
 and puts it back, so it refuses any database whose name does not end in ``_scratch``:
 
     createdb -T template0 -O sightline replaycpu_scratch         # as the postgres user; then
