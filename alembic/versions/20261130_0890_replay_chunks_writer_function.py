@@ -5,7 +5,7 @@ The ingest writer stored a batch's replay chunks with one statement sent as text
 every batch, because the writer uses the simple protocol (one round trip; PgBouncer's
 transaction pooling), where prepared statements are not available. Planning it (three CTEs, a
 join, a grouped aggregate and an upsert with fourteen SET expressions) cost about as much as
-storing the chunks: `python -m tools.bench.replay_cost postgres` measured 0.21 ms of backend
+storing the chunks: `python -m tools.loadtest.replay_cost postgres` measured 0.21 ms of backend
 CPU per steady ~3 kB chunk sent as text against 0.13-0.15 ms through a PL/pgSQL function,
 whose plans are cached for the connection's life (docs/benchmarks.md, "Replay: CPU budget per
 chunk").

@@ -26,9 +26,9 @@ and puts it back, so it refuses any database whose name does not end in ``_scrat
 
     createdb -T template0 -O sightline replaycpu_scratch         # as the postgres user; then
     # CREATE EXTENSION hll; CREATE EXTENSION pg_trgm (as the postgres user), `sightline migrate`
-    flock /work/bench.lock .venv/bin/python -m tools.bench.replay_cost postgres \\
+    flock /work/bench.lock .venv/bin/python -m tools.loadtest.replay_cost postgres \\
         --database-url postgresql://sightline:...@127.0.0.1:PORT/replaycpu_scratch
-    flock /work/bench.lock .venv/bin/python -m tools.bench.replay_cost ingest \\
+    flock /work/bench.lock .venv/bin/python -m tools.loadtest.replay_cost ingest \\
         --ingest-url http://127.0.0.1:PORT --data-dir /tmp/<stack data dir>
 
 Postgres must run on this machine (its backend's /proc entry is read). Prints Markdown tables;
