@@ -9,7 +9,6 @@ worker's CPU at the seed load.
 
 from __future__ import annotations
 
-import dataclasses
 import secrets
 import uuid
 from dataclasses import dataclass
@@ -111,20 +110,85 @@ _ROWS = "@ROWS@"  # where a statement's JSON document goes, as a dollar-quoted l
 # prepared statements. Its JSON keys are EventRow's (tests/ingest/test_store_events_function.py).
 _INSERT_EVENTS = f"SELECT ingest_store_events(CAST({_ROWS} AS json))"
 
-# Chunks travel the same way, their bytes as hex (decoded by Postgres).
+# Chunks travel the same way, their bytes as base64 (msgspec writes bytes so; decoded by
+# Postgres). Hex made the document twice the chunk's size, base64 a third more: the query text
+# Postgres scans and the JSON it parses are what a chunk's bytes cost before they are stored.
 _CHUNK_RECORD = """
     project_id bigint, session_id text, seq integer, first_timestamp timestamptz, last_timestamp timestamptz,
-    event_count integer, has_full_snapshot boolean, content_encoding text, data_hex text, distinct_id text,
+    event_count integer, has_full_snapshot boolean, content_encoding text, data text, distinct_id text,
     click_count integer, page_count integer, active_ms bigint, first_url text, country text, browser text,
     os text, device_type text
 """
 
-# New chunks are stored, then folded into their session's summary, inside ingest_store_chunks
-# (migration 0871, planned once per backend as the events' function): only chunks that were
-# really inserted count, so a retried chunk changes nothing; sessions are upserted in key order,
-# so two writers touching the same sessions lock them in the same order. Its JSON record is
-# _CHUNK_RECORD (tests/ingest/test_store_events_function.py).
-_INSERT_CHUNKS = f"SELECT ingest_store_chunks(CAST({_ROWS} AS json))"
+# New chunks are stored, then folded into their session's summary: only chunks that were
+# really inserted count, so a retried chunk changes nothing. Sessions are upserted in key
+# order, so two writers touching the same sessions lock them in the same order.
+# Postgres runs this statement inside ingest_store_replay_chunks() (migration 0890, which holds
+# the same text, @ROWS@ being its parameter chunk_rows; a test compares them): a PL/pgSQL
+# function keeps its plans for the connection's life, where this text, sent as a query, was
+# parsed and planned again for every batch, which cost more than storing the chunks.
+_INSERT_CHUNKS = f"""
+    WITH input AS (
+        SELECT project_id, session_id, seq, first_timestamp, last_timestamp, event_count, has_full_snapshot,
+               content_encoding, decode(raw.data, 'base64') AS data, distinct_id, click_count, page_count,
+               active_ms, first_url, country, browser, os, device_type
+        FROM json_to_recordset(CAST({_ROWS} AS json)) AS raw({_CHUNK_RECORD})
+    ),
+    stored AS (
+        INSERT INTO replay_chunks (project_id, session_id, seq, first_timestamp, last_timestamp, event_count,
+                                   has_full_snapshot, content_encoding, byte_size, data, distinct_id)
+        SELECT project_id, session_id, seq, first_timestamp, last_timestamp, event_count,
+               has_full_snapshot, content_encoding, octet_length(data), data, distinct_id
+        FROM input
+        ON CONFLICT DO NOTHING
+        RETURNING project_id, session_id, seq
+    ),
+    per_session AS (
+        SELECT input.project_id, input.session_id,
+               min(input.distinct_id) AS distinct_id,
+               min(input.first_timestamp) AS started_at,
+               max(input.last_timestamp) AS ended_at,
+               sum(input.active_ms) AS active_ms,
+               sum(input.click_count) AS click_count,
+               sum(input.page_count) AS page_count,
+               (array_agg(input.first_url ORDER BY input.first_timestamp)
+                    FILTER (WHERE input.first_url IS NOT NULL))[1] AS first_url,
+               min(input.country) AS country,
+               min(input.browser) AS browser,
+               min(input.os) AS os,
+               min(input.device_type) AS device_type,
+               count(*) AS chunk_count,
+               sum(octet_length(input.data)) AS total_bytes
+        FROM input JOIN stored USING (project_id, session_id, seq)
+        GROUP BY input.project_id, input.session_id
+    )
+    INSERT INTO replay_sessions AS session (
+        project_id, session_id, distinct_id, started_at, ended_at, active_ms, click_count, page_count,
+        first_url, country, browser, os, device_type, chunk_count, total_bytes)
+    SELECT project_id, session_id, distinct_id, started_at, ended_at, active_ms, click_count, page_count,
+           first_url, country, browser, os, device_type, chunk_count, total_bytes
+    FROM per_session
+    ORDER BY project_id, session_id
+    ON CONFLICT (project_id, session_id) DO UPDATE SET
+        started_at = LEAST(session.started_at, EXCLUDED.started_at),
+        ended_at = GREATEST(session.ended_at, EXCLUDED.ended_at),
+        active_ms = session.active_ms + EXCLUDED.active_ms,
+        click_count = session.click_count + EXCLUDED.click_count,
+        page_count = session.page_count + EXCLUDED.page_count,
+        chunk_count = session.chunk_count + EXCLUDED.chunk_count,
+        total_bytes = session.total_bytes + EXCLUDED.total_bytes,
+        first_url = CASE
+            WHEN EXCLUDED.first_url IS NOT NULL
+                 AND (session.first_url IS NULL OR EXCLUDED.started_at < session.started_at)
+            THEN EXCLUDED.first_url ELSE session.first_url END,
+        country = COALESCE(session.country, EXCLUDED.country),
+        browser = COALESCE(session.browser, EXCLUDED.browser),
+        os = COALESCE(session.os, EXCLUDED.os),
+        device_type = COALESCE(session.device_type, EXCLUDED.device_type),
+        -- The column's default, now(): Citus takes only immutable functions in DO UPDATE SET.
+        updated_at = EXCLUDED.updated_at
+"""
+_STORE_CHUNKS = f"SELECT ingest_store_replay_chunks(CAST({_ROWS} AS json))"
 
 
 async def write_batch(connection: asyncpg.Connection, events: list[EventRow], chunks: list[ChunkRow]) -> None:
@@ -144,7 +208,7 @@ async def write_batch(connection: asyncpg.Connection, events: list[EventRow], ch
     """
     statements = []
     if chunks:
-        statements.append(_INSERT_CHUNKS.replace(_ROWS, _dollar_quoted(_chunks_json(chunks))))
+        statements.append(_STORE_CHUNKS.replace(_ROWS, _dollar_quoted(_chunks_json(chunks))))
     if events:
         statements.append(_INSERT_EVENTS.replace(_ROWS, _dollar_quoted(msgspec.json.encode(events).decode())))
     if statements:
@@ -152,12 +216,8 @@ async def write_batch(connection: asyncpg.Connection, events: list[EventRow], ch
 
 
 def _chunks_json(chunks: list[ChunkRow]) -> str:
-    rows = []
-    for chunk in chunks:
-        row = dataclasses.asdict(chunk)
-        row["data_hex"] = row.pop("data").hex()
-        rows.append(row)
-    return msgspec.json.encode(rows).decode()
+    # msgspec encodes the dataclasses itself, bytes as base64: no dict per row, no hex copy.
+    return msgspec.json.encode(chunks).decode()
 
 
 def _dollar_quoted(document: str) -> str:

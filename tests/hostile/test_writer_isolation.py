@@ -4,6 +4,7 @@ alone, a queue bounded in bytes, and submissions whose request gave up not writt
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -128,3 +129,33 @@ async def test_a_submission_whose_request_gave_up_is_not_written_later(
         await batch_writer.close()
     assert batch_writer.rows_committed == 0
     assert await scalar(admin_engine, "SELECT count(*) FROM events WHERE project_id = :p", p=int(project["id"])) == 0
+
+
+async def test_any_bytes_are_stored_exactly_as_given(
+    writer: BatchWriter, admin_engine: AsyncEngine, project: dict[str, Any]
+) -> None:
+    """The bytes travel as base64 in the batch's JSON: every byte value, every padding length
+    (0-2 '=' for lengths 0, 1 and 2 modulo 3), and chunks stored inline and out of line."""
+    project_id = int(project["id"])
+    every_byte = bytes(range(256))
+    bodies = [b"", b"\x00", b"\xff\x00", b"$rows$\x00", every_byte, every_byte * 7 + b"\x1f\x8b", os.urandom(70_001)]
+    await asyncio.gather(
+        *(writer.submit([], [chunk_row(project_id, "bytes", seq, data=body)]) for seq, body in enumerate(bodies))
+    )
+    async with admin_engine.begin() as connection:
+        stored = (
+            await connection.execute(
+                text(
+                    "SELECT data, byte_size FROM replay_chunks"
+                    " WHERE project_id = :p AND session_id = 'bytes' ORDER BY seq"
+                ),
+                {"p": project_id},
+            )
+        ).all()
+    assert [(bytes(row.data), row.byte_size) for row in stored] == [(body, len(body)) for body in bodies]
+    total = await scalar(
+        admin_engine,
+        "SELECT total_bytes FROM replay_sessions WHERE project_id = :p AND session_id = 'bytes'",
+        p=project_id,
+    )
+    assert total == sum(len(body) for body in bodies)

@@ -1,4 +1,5 @@
-"""The batch's JSON travels as a dollar-quoted literal; nothing in it may end the literal; its keys are short."""
+"""The batch's JSON travels as a dollar-quoted literal; nothing in it may end the literal; its keys are
+short; the replay chunks' statement the database's function runs is the repository's own."""
 
 from __future__ import annotations
 
@@ -6,8 +7,10 @@ from datetime import UTC, datetime
 
 import msgspec
 import pytest
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
 
-from services.ingest.repository import _EVENT_COLUMNS, _EVENT_KEYS, EventRow, _dollar_quoted
+from services.ingest.repository import _EVENT_COLUMNS, _EVENT_KEYS, _INSERT_CHUNKS, _ROWS, EventRow, _dollar_quoted
 
 
 @pytest.mark.parametrize(
@@ -41,3 +44,15 @@ def test_every_column_has_its_own_short_key_and_nulls_stay_out_of_the_document()
         {"a": 7, "b": "2026-11-30T07:00:00Z", "d": "pageview", "e": "v", "f": "s", "g": "https://example.com/",
          "h": "example.com", "i": "/", "x": False, "y": {}}
     ]  # fmt: skip
+
+
+async def test_the_replay_writer_function_runs_the_repository_statement_word_for_word(
+    admin_engine: AsyncEngine,
+) -> None:
+    """Migration 0890 holds a copy of _INSERT_CHUNKS: a change to one without the other fails here."""
+    async with admin_engine.connect() as connection:
+        source = (
+            await connection.execute(text("SELECT prosrc FROM pg_proc WHERE proname = 'ingest_store_replay_chunks'"))
+        ).scalar_one()
+    expected = "BEGIN " + _INSERT_CHUNKS.replace(_ROWS, "chunk_rows") + " ; END"
+    assert " ".join(source.split()) == " ".join(expected.split())
