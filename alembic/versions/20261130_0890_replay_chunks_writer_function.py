@@ -17,7 +17,7 @@ seq) and the session summary are unchanged. SECURITY INVOKER: it writes with the
 role's own grants. On Citus it runs on the coordinator, as the statement did.
 
 Revision ID: 0890
-Revises: 0840
+Revises: 0870
 Create Date: 2026-11-30
 """
 
@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from alembic import op
 
 revision: str = "0890"
-down_revision: str | None = "0840"
+down_revision: str | None = "0870"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
