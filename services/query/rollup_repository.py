@@ -413,14 +413,24 @@ def _merge_into(cube: Cube, rows: str) -> str:
 
 _MERGED_CUBES = tuple(cube for cube in CUBES if cube is not EXIT_PAGES_CUBE)
 
+# A session day's pages and event names (migration 0850): the batch's distinct paths and the
+# name of each of its non-pageview events are appended (a path may repeat across batches; the
+# events of a name are the count of its elements), so no merge reads the arrays it grows.
+SESSION_DAY_PAGES = "array_agg(DISTINCT {alias}path)"
+SESSION_DAY_EVENT_NAMES = (
+    "coalesce(array_agg({alias}name) FILTER (WHERE {alias}name <> 'pageview'), CAST('{{}}' AS text[]))"
+)
+
 _SESSION_DAYS_MERGE = (
     "INSERT INTO query_rollup_session_days AS d"
-    " (project_id, day, session_id, distinct_id, pageviews, events)"
+    " (project_id, day, session_id, distinct_id, pageviews, events, pages, event_names)"
     " SELECT ne.project_id, ne.day, ne.session_id, ne.distinct_id, count(*) FILTER (WHERE ne.name = 'pageview'),"
-    f" count(*) FROM {_NEW_EVENTS} ne WHERE ne.day {_SKIPPED}"
+    f" count(*), {SESSION_DAY_PAGES.format(alias='ne.')}, {SESSION_DAY_EVENT_NAMES.format(alias='ne.')}"
+    f" FROM {_NEW_EVENTS} ne WHERE ne.day {_SKIPPED}"
     " GROUP BY ne.project_id, ne.day, ne.session_id, ne.distinct_id"
     " ON CONFLICT (project_id, day, session_id, distinct_id) DO UPDATE"
-    " SET pageviews = d.pageviews + excluded.pageviews, events = d.events + excluded.events"
+    " SET pageviews = d.pageviews + excluded.pageviews, events = d.events + excluded.events,"
+    " pages = d.pages || excluded.pages, event_names = d.event_names || excluded.event_names"
 )
 
 _FOLDED_MERGE = (
@@ -871,9 +881,10 @@ def _rebuild_sql(cube: Cube) -> str:
 
 _REBUILD_SESSION_DAYS = (
     "INSERT INTO query_rollup_session_days (project_id, day, session_id, distinct_id, pageviews, events,"
-    f" exit_page, {_VISIT_COLUMNS})"
+    f" exit_page, {_VISIT_COLUMNS}, pages, event_names)"
     " SELECT b.project_id, b.day, b.session_id, b.distinct_id, count(*) FILTER (WHERE b.name = 'pageview'), count(*),"
-    f" b.exit_page, {_RAW_VISITS} FROM {_DAY_BASE} b WHERE b.e_in_range"
+    f" b.exit_page, {_RAW_VISITS}, {SESSION_DAY_PAGES.format(alias='b.')},"
+    f" {SESSION_DAY_EVENT_NAMES.format(alias='b.')} FROM {_DAY_BASE} b WHERE b.e_in_range"
     f" GROUP BY b.project_id, b.day, b.session_id, b.distinct_id, b.exit_page, {_RAW_VISITS}"
 )
 # The sessions that started on the day with the pages, domains and event names among their
@@ -912,9 +923,10 @@ def _rebuild_one_statement() -> str:
     raw_visits = ", ".join(DIMENSIONS[name].raw for name in VISIT_DIMENSIONS)
     inserts.append(
         "INSERT INTO query_rollup_session_days (project_id, day, session_id, distinct_id, pageviews, events,"
-        f" exit_page, {_VISIT_COLUMNS})"
+        f" exit_page, {_VISIT_COLUMNS}, pages, event_names)"
         " SELECT :project_id, day, session_id, distinct_id, count(*) FILTER (WHERE name = 'pageview'), count(*),"
-        f" exit_page, {raw_visits} FROM base WHERE e_in_range"
+        f" exit_page, {raw_visits}, {SESSION_DAY_PAGES.format(alias='')}, {SESSION_DAY_EVENT_NAMES.format(alias='')}"
+        " FROM base WHERE e_in_range"
         f" GROUP BY day, session_id, distinct_id, exit_page, {raw_visits}"
     )
     # The sessions that started on the day with the pages, domains and event names among their
