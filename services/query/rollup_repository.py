@@ -909,9 +909,11 @@ _REBUILD_FOLDED = (
 )
 
 
-def _rebuild_one_statement() -> str:
+def _rebuild_one_statement(session_day_items: bool = True) -> str:
     """rebuild_day's writes on plain Postgres: one statement of data-modifying CTEs over
-    repository.session_ctes (the shape Citus cannot push down, see above)."""
+    repository.session_ctes (the shape Citus cannot push down, see above). Without
+    `session_day_items`, the session days' pages and event names (0850) are left out: what
+    tools/bench/cube_cost.py compares a rebuild with."""
     inserts = []
     for cube in CUBES:
         columns = ", ".join(("day", "grain", *cube.columns))
@@ -921,11 +923,16 @@ def _rebuild_one_statement() -> str:
             f" SELECT :project_id, {columns}, {CUBE_METRIC_COLUMNS} FROM ({computed}) computed"
         )
     raw_visits = ", ".join(DIMENSIONS[name].raw for name in VISIT_DIMENSIONS)
+    items = (
+        (", pages, event_names", f", {SESSION_DAY_PAGES.format(alias='')}, {SESSION_DAY_EVENT_NAMES.format(alias='')}")
+        if session_day_items
+        else ("", "")
+    )
     inserts.append(
         "INSERT INTO query_rollup_session_days (project_id, day, session_id, distinct_id, pageviews, events,"
-        f" exit_page, {_VISIT_COLUMNS}, pages, event_names)"
+        f" exit_page, {_VISIT_COLUMNS}{items[0]})"
         " SELECT :project_id, day, session_id, distinct_id, count(*) FILTER (WHERE name = 'pageview'), count(*),"
-        f" exit_page, {raw_visits}, {SESSION_DAY_PAGES.format(alias='')}, {SESSION_DAY_EVENT_NAMES.format(alias='')}"
+        f" exit_page, {raw_visits}{items[1]}"
         " FROM base WHERE e_in_range"
         f" GROUP BY day, session_id, distinct_id, exit_page, {raw_visits}"
     )
