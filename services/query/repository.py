@@ -471,7 +471,7 @@ def _cube_sql(query: AggregateQuery, plan: CubePlan) -> tuple[str, dict[str, Any
 # The session days' rows (migration 0850) as rows of `u` for _session_day_sql: per visitor, the
 # session's exit page and visit, a value of the grouped dimension and its events and pageviews.
 _SESSION_DAY_VISITS = ", ".join(f"sd.{name}" for name in VISIT_DIMENSIONS)
-_SESSION_DAYS_WHERE = "sd.project_id = :project_id AND sd.day = ANY(CAST(:rolled_days AS date[]))"
+_SESSION_DAYS_WHERE = "sd.project_id = :project_id AND sd.day = ANY(CAST(:rolled_days AS date[])){overlap}"
 _SESSION_DAY_ROWS = {
     # A page's events are not counted per page (the rows hold which pages, not how often).
     "page": (
@@ -499,7 +499,19 @@ def _session_day_sql(query: AggregateQuery, plan: SessionDayPlan) -> tuple[str, 
     (dimension,) = query.dimensions
     column = DIMENSIONS[dimension].rolled
     params: dict[str, Any] = {"project_id": query.project_id, "rolled_days": list(plan.rolled_days)}
-    parts = [_SESSION_DAY_ROWS[dimension]] if plan.rolled_days else []
+    # Under `is` on the grouped dimension (the Goals card's goals), only the session days whose
+    # array holds one of the values are unnested (implied by the filter; a cheap test first).
+    listed = [
+        clause
+        for clause in query.filters
+        if clause.dimension == dimension and clause.operator == "is" and not clause.includes_null
+    ]
+    overlap = ""
+    if listed and "pageview" not in listed[0].values:
+        params["overlap"] = list(listed[0].values)
+        array = "pages" if dimension == "page" else "event_names"
+        overlap = f" AND sd.{array} && CAST(:overlap AS text[])"
+    parts = [_SESSION_DAY_ROWS[dimension].format(overlap=overlap)] if plan.rolled_days else []
     ctes = ""
     if plan.computed_days:
         params.update(
