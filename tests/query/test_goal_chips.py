@@ -26,7 +26,9 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.common import rollup_purge_repository
+from services.query import repository
 from services.query.app import create_app
+from services.query.repository import AggregateQuery, SessionDayPlan
 from services.query.settings import QuerySettings
 from services.replay.erasure import erase_person
 from tests.harness import DatabaseHarness
@@ -310,3 +312,38 @@ async def test_erasure_and_retention_remove_the_session_day_items(
         await rollup_purge_repository.lock_days(connection, project_id, days)
         await rollup_purge_repository.purge_before(connection, project_id, date(2026, 1, 13))
     assert [row for row in await session_day_items(engine, project_id) if row[0] < "2026-01-13"] == []
+
+
+async def test_days_not_rolled_up_are_computed_from_their_events(
+    db: DatabaseHarness, engine: AsyncEngine, client: AsyncTestClient[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """s1 goes on to /checkout and no refresh follows: Jan 12 is computed from its events (s1 now
+    exits on /checkout), Jan 13 and 14 read from the session days, in one statement."""
+    project = await new_project(db)
+    project_id = int(project["id"])
+    await insert_events(engine, project_id, main_events())
+    await build_rollups(engine, project)
+    await _main_goals(client, project)
+    await insert_events(engine, project_id, [Event("v1", "s1", berlin("2026-01-12T10:20:00"), "/checkout")])
+    plans: list[SessionDayPlan] = []
+    original = repository.aggregate
+
+    async def spied(connection: Any, query: AggregateQuery, plan: Any) -> Any:
+        if isinstance(plan, SessionDayPlan):
+            plans.append(plan)
+        return await original(connection, query, plan)
+
+    monkeypatch.setattr(repository, "aggregate", spied)
+    body = await conversions(client, project, filters=chip("exit_page", "/checkout"))
+    # v1 (s1, Jan 12, computed) and v3 (s4, Jan 13, rolled up): both viewed /pricing and signed
+    # up; v1's /checkout is on Jan 12, v3's on Jan 13.
+    assert by_goal(body) == {
+        ("page", "/pricing"): 2,
+        ("event", "signup"): 2,
+        ("page", "/checkout"): 2,
+        ("page", "/old"): 0,
+        ("event", "purchase"): 0,
+    }
+    assert plans
+    assert all(plan.computed_days == (date(2026, 1, 12),) for plan in plans)
+    assert all(date(2026, 1, 13) in plan.rolled_days for plan in plans)
