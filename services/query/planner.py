@@ -24,10 +24,11 @@ from services.query.repository import (
     FunnelStepMatch,
     FunnelVolume,
     Ordering,
+    SessionDayPlan,
 )
 from services.query.schemas import QuerySpec
 from services.query.settings import QuerySettings
-from services.query.vocabulary import CUBES, DIMENSIONS, SESSION_METRICS, TIME_DIMENSIONS, Cube
+from services.query.vocabulary import CUBES, DIMENSIONS, SESSION_METRICS, TIME_DIMENSIONS, VISIT_DIMENSIONS, Cube
 
 
 @dataclass(frozen=True)
@@ -157,6 +158,49 @@ async def plan(
         grain=grain,
         rolled_weeks=tuple(sorted(weeks)),
         rolled_days=tuple(sorted(rolled)),
+        computed_days=tuple(computed),
+        computed_start=local_midnight(computed[0], query.timezone) if computed else None,
+        computed_end=local_midnight(computed[-1] + timedelta(days=1), query.timezone) if computed else None,
+    )
+
+
+# What the session days' pages and event names answer (migration 0850), per grouped dimension:
+# the metrics they hold. Filters may be on visit dimensions, the exit page and that dimension.
+SESSION_DAY_METRICS: dict[str, frozenset[str]] = {
+    "page": frozenset({"visitors"}),
+    "event_name": frozenset({"visitors", "events", "pageviews"}),
+}
+
+
+def session_days_answer(query: AggregateQuery) -> bool:
+    """Whether the session days' pages or event names answer this query with the raw path's
+    semantics: grouped by page or by event name alone, counting what they hold, filtered on
+    what each session day holds (its visit and exit page) and on that same dimension."""
+    if len(query.dimensions) != 1 or query.dimensions[0] not in SESSION_DAY_METRICS:
+        return False
+    (dimension,) = query.dimensions
+    allowed = {*VISIT_DIMENSIONS, "exit_page", dimension}
+    return set(query.metrics) <= SESSION_DAY_METRICS[dimension] and all(
+        clause.dimension in allowed for clause in query.filters
+    )
+
+
+async def session_day_plan(
+    connection: AsyncConnection, query: AggregateQuery, span: ResolvedRange, settings: QuerySettings
+) -> SessionDayPlan | None:
+    """For a query no cube answers (e.g. goals under an exit-page chip or two visit chips): the
+    session days for the days the rollups hold, events for the others; None: read the events."""
+    if not settings.rollups or not session_days_answer(query):
+        return None
+    states = await rollup_repository.day_states(
+        connection, query.project_id, span.date_from, span.date_to, settings.rollup_max_staleness_s
+    )
+    rolled = sorted(day for day, usable in states.items() if usable)
+    if not rolled:
+        return None
+    computed = sorted(day for day, usable in states.items() if not usable)
+    return SessionDayPlan(
+        rolled_days=tuple(rolled),
         computed_days=tuple(computed),
         computed_start=local_midnight(computed[0], query.timezone) if computed else None,
         computed_end=local_midnight(computed[-1] + timedelta(days=1), query.timezone) if computed else None,

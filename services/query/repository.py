@@ -304,6 +304,19 @@ class CubePlan:
 
 
 @dataclass(frozen=True)
+class SessionDayPlan:
+    """Answer a query grouped by page or event name from the session days' pages and event names
+    (query_rollup_session_days, migration 0850) for `rolled_days`, and from events for
+    `computed_days`: exact (visitors counted distinct), under visit, exit-page and that
+    dimension's own filters (planner.session_day_plan)."""
+
+    rolled_days: tuple[date, ...]
+    computed_days: tuple[date, ...]
+    computed_start: datetime | None
+    computed_end: datetime | None
+
+
+@dataclass(frozen=True)
 class AggregateRow:
     dimensions: tuple[str | None, ...]
     # Counts as int; rates and durations as float.
@@ -455,12 +468,85 @@ def _cube_sql(query: AggregateQuery, plan: CubePlan) -> tuple[str, dict[str, Any
     return sql, params
 
 
+# The session days' rows (migration 0850) as rows of `u` for _session_day_sql: per visitor, the
+# session's exit page and visit, a value of the grouped dimension and its events and pageviews.
+_SESSION_DAY_VISITS = ", ".join(f"sd.{name}" for name in VISIT_DIMENSIONS)
+_SESSION_DAYS_WHERE = "sd.project_id = :project_id AND sd.day = ANY(CAST(:rolled_days AS date[])){overlap}"
+_SESSION_DAY_ROWS = {
+    # A page's events are not counted per page (the rows hold which pages, not how often).
+    "page": (
+        f"SELECT sd.distinct_id, sd.exit_page, {_SESSION_DAY_VISITS}, x.value AS page, 0 AS ev, 0 AS pv"
+        f" FROM query_rollup_session_days sd CROSS JOIN unnest(sd.pages) AS x(value) WHERE {_SESSION_DAYS_WHERE}"
+    ),
+    # Each element is one event (pageviews excepted: the pageviews column counts them).
+    "event_name": (
+        f"SELECT sd.distinct_id, sd.exit_page, {_SESSION_DAY_VISITS}, x.value AS event_name, 1 AS ev, 0 AS pv"
+        f" FROM query_rollup_session_days sd CROSS JOIN unnest(sd.event_names) AS x(value)"
+        f" WHERE {_SESSION_DAYS_WHERE}"
+        f" UNION ALL SELECT sd.distinct_id, sd.exit_page, {_SESSION_DAY_VISITS}, 'pageview' AS event_name,"
+        " sd.pageviews AS ev, sd.pageviews AS pv FROM query_rollup_session_days sd"
+        f" WHERE {_SESSION_DAYS_WHERE} AND sd.pageviews > 0"
+    ),
+}
+_SESSION_DAY_METRICS: dict[Metric, str] = {
+    "visitors": "count(DISTINCT distinct_id)",
+    "events": "coalesce(sum(ev), 0)",
+    "pageviews": "coalesce(sum(pv), 0)",
+}
+
+
+def _session_day_sql(query: AggregateQuery, plan: SessionDayPlan) -> tuple[str, dict[str, Any]]:
+    (dimension,) = query.dimensions
+    column = DIMENSIONS[dimension].rolled
+    params: dict[str, Any] = {"project_id": query.project_id, "rolled_days": list(plan.rolled_days)}
+    # Under `is` on the grouped dimension (the Goals card's goals), only the session days whose
+    # array holds one of the values are unnested (implied by the filter; a cheap test first).
+    listed = [
+        clause
+        for clause in query.filters
+        if clause.dimension == dimension and clause.operator == "is" and not clause.includes_null
+    ]
+    overlap = ""
+    if listed and "pageview" not in listed[0].values:
+        params["overlap"] = list(listed[0].values)
+        array = "pages" if dimension == "page" else "event_names"
+        overlap = f" AND sd.{array} && CAST(:overlap AS text[])"
+    parts = [_SESSION_DAY_ROWS[dimension].format(overlap=overlap)] if plan.rolled_days else []
+    ctes = ""
+    if plan.computed_days:
+        params.update(
+            start=plan.computed_start,
+            end=plan.computed_end,
+            timezone=query.timezone,
+            computed_days=list(plan.computed_days),
+        )
+        # The same rows computed from the days' events, each with its session's exit page and visit.
+        ctes = f"WITH {session_ctes(day_condition=True, events_after_end=False)} "
+        named = ", ".join(f"{DIMENSIONS[name].raw} AS {name}" for name in VISIT_DIMENSIONS)
+        raw_visits = ", ".join(DIMENSIONS[name].raw for name in VISIT_DIMENSIONS)
+        raw = DIMENSIONS[dimension].raw
+        parts.append(
+            f"SELECT distinct_id, exit_page, {named}, {raw} AS {column}, count(*) AS ev,"
+            " count(*) FILTER (WHERE name = 'pageview') AS pv FROM base WHERE e_in_range"
+            f" GROUP BY distinct_id, exit_page, {raw_visits}, {raw}"
+        )
+    dimension_aliases, dimension_columns, where = _dimensions_and_filters(query, _rolled, params)
+    metric_columns = ", ".join(f"{_SESSION_DAY_METRICS[name]} AS {name}" for name in query.metrics)
+    sql = (
+        f"{ctes}SELECT {', '.join([*dimension_columns, metric_columns])}, count(*) OVER () AS total_rows"
+        f" FROM ({' UNION ALL '.join(parts)}) u{where}{_order_and_page(query, dimension_aliases, params)}"
+    )
+    return sql, params
+
+
 async def _prepared_sql(
-    connection: AsyncConnection, query: AggregateQuery, plan: CubePlan | None
+    connection: AsyncConnection, query: AggregateQuery, plan: CubePlan | SessionDayPlan | None
 ) -> tuple[str, dict[str, Any]]:
     """The statement that answers the query by this plan, with this transaction set up for it."""
     if plan is None:
         return _raw_sql(query)
+    if isinstance(plan, SessionDayPlan):
+        return _session_day_sql(query, plan)
     # A HyperLogLog union's aggregate state is ~130 kB whatever the sketches hold, so a hash
     # aggregate over a few hundred groups spills to disk (measured: 65 MB, 4 batches, 500 ms
     # for top pages of one country); sorting the few thousand rows and aggregating one group
@@ -487,7 +573,7 @@ def _number(metric: Metric, value: object) -> float:
 
 
 async def aggregate(
-    connection: AsyncConnection, query: AggregateQuery, plan: CubePlan | None
+    connection: AsyncConnection, query: AggregateQuery, plan: CubePlan | SessionDayPlan | None
 ) -> tuple[list[AggregateRow], int]:
     """Rows of one page and the number of rows before limit/offset; raw events when plan is None."""
     sql, params = await _prepared_sql(connection, query, plan)
@@ -512,7 +598,9 @@ async def aggregate(
     return [], 0
 
 
-async def explain(connection: AsyncConnection, query: AggregateQuery, plan: CubePlan | None) -> list[str]:
+async def explain(
+    connection: AsyncConnection, query: AggregateQuery, plan: CubePlan | SessionDayPlan | None
+) -> list[str]:
     """EXPLAIN (ANALYZE, BUFFERS) of the statement `aggregate` runs for this query and plan."""
     sql, params = await _prepared_sql(connection, query, plan)
     result = await connection.execute(text(f"EXPLAIN (ANALYZE, BUFFERS) {sql}"), params)

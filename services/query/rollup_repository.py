@@ -462,14 +462,24 @@ def _merge_into(cube: Cube, rows: str) -> str:
 
 _MERGED_CUBES = tuple(cube for cube in CUBES if cube is not EXIT_PAGES_CUBE)
 
+# A session day's pages and event names (migration 0850): the batch's distinct paths and the
+# name of each of its non-pageview events are appended (a path may repeat across batches; the
+# events of a name are the count of its elements), so no merge reads the arrays it grows.
+SESSION_DAY_PAGES = "array_agg(DISTINCT {alias}path)"
+SESSION_DAY_EVENT_NAMES = (
+    "coalesce(array_agg({alias}name) FILTER (WHERE {alias}name <> 'pageview'), CAST('{{}}' AS text[]))"
+)
+
 _SESSION_DAYS_MERGE = (
     "INSERT INTO query_rollup_session_days AS d"
-    " (project_id, day, session_id, distinct_id, pageviews, events)"
+    " (project_id, day, session_id, distinct_id, pageviews, events, pages, event_names)"
     " SELECT ne.project_id, ne.day, ne.session_id, ne.distinct_id, count(*) FILTER (WHERE ne.name = 'pageview'),"
-    f" count(*) FROM {_NEW_EVENTS} ne WHERE ne.day {_SKIPPED}"
+    f" count(*), {SESSION_DAY_PAGES.format(alias='ne.')}, {SESSION_DAY_EVENT_NAMES.format(alias='ne.')}"
+    f" FROM {_NEW_EVENTS} ne WHERE ne.day {_SKIPPED}"
     " GROUP BY ne.project_id, ne.day, ne.session_id, ne.distinct_id"
     " ON CONFLICT (project_id, day, session_id, distinct_id) DO UPDATE"
-    " SET pageviews = d.pageviews + excluded.pageviews, events = d.events + excluded.events"
+    " SET pageviews = d.pageviews + excluded.pageviews, events = d.events + excluded.events,"
+    " pages = d.pages || excluded.pages, event_names = d.event_names || excluded.event_names"
 )
 
 _FOLDED_MERGE = (
@@ -982,9 +992,10 @@ def _rebuild_sql(cube: Cube) -> str:
 
 _REBUILD_SESSION_DAYS = (
     "INSERT INTO query_rollup_session_days (project_id, day, session_id, distinct_id, pageviews, events,"
-    f" exit_page, {_VISIT_COLUMNS})"
+    f" exit_page, {_VISIT_COLUMNS}, pages, event_names)"
     " SELECT b.project_id, b.day, b.session_id, b.distinct_id, count(*) FILTER (WHERE b.name = 'pageview'), count(*),"
-    f" b.exit_page, {_RAW_VISITS} FROM {_DAY_BASE} b WHERE b.e_in_range"
+    f" b.exit_page, {_RAW_VISITS}, {SESSION_DAY_PAGES.format(alias='b.')},"
+    f" {SESSION_DAY_EVENT_NAMES.format(alias='b.')} FROM {_DAY_BASE} b WHERE b.e_in_range"
     f" GROUP BY b.project_id, b.day, b.session_id, b.distinct_id, b.exit_page, {_RAW_VISITS}"
 )
 # The sessions that started on the day with the pages, domains and event names among their
@@ -1009,9 +1020,11 @@ _REBUILD_FOLDED = (
 )
 
 
-def _rebuild_one_statement() -> str:
+def _rebuild_one_statement(session_day_items: bool = True) -> str:
     """rebuild_day's writes on plain Postgres: one statement of data-modifying CTEs over
-    repository.session_ctes (the shape Citus cannot push down, see above)."""
+    repository.session_ctes (the shape Citus cannot push down, see above). Without
+    `session_day_items`, the session days' pages and event names (0850) are left out: what
+    tools/bench/cube_cost.py compares a rebuild with."""
     inserts = []
     for cube in CUBES:
         columns = ", ".join(("day", "grain", *cube.columns))
@@ -1021,11 +1034,17 @@ def _rebuild_one_statement() -> str:
             f" SELECT :project_id, {columns}, {CUBE_METRIC_COLUMNS} FROM ({computed}) computed"
         )
     raw_visits = ", ".join(DIMENSIONS[name].raw for name in VISIT_DIMENSIONS)
+    items = (
+        (", pages, event_names", f", {SESSION_DAY_PAGES.format(alias='')}, {SESSION_DAY_EVENT_NAMES.format(alias='')}")
+        if session_day_items
+        else ("", "")
+    )
     inserts.append(
         "INSERT INTO query_rollup_session_days (project_id, day, session_id, distinct_id, pageviews, events,"
-        f" exit_page, {_VISIT_COLUMNS})"
+        f" exit_page, {_VISIT_COLUMNS}{items[0]})"
         " SELECT :project_id, day, session_id, distinct_id, count(*) FILTER (WHERE name = 'pageview'), count(*),"
-        f" exit_page, {raw_visits} FROM base WHERE e_in_range"
+        f" exit_page, {raw_visits}{items[1]}"
+        " FROM base WHERE e_in_range"
         f" GROUP BY day, session_id, distinct_id, exit_page, {raw_visits}"
     )
     # The sessions that started on the day with the pages, domains and event names among their

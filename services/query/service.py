@@ -20,7 +20,7 @@ from services.common.ttl_cache import SharedTtlCache
 from services.query import goal_repository, planner, repository
 from services.query.goal_repository import GoalRecord
 from services.query.planner import ResolvedRange, range_of
-from services.query.repository import AggregateQuery, FunnelStepMatch, InvalidPatternError
+from services.query.repository import AggregateQuery, CubePlan, FunnelStepMatch, InvalidPatternError, SessionDayPlan
 from services.query.schemas import (
     ComparisonResult,
     ConversionsResponse,
@@ -274,14 +274,15 @@ class QueryService:
         current = resolve_range(spec, project.timezone, now)
         await repository.configure_transaction(connection)
         query = planner.aggregate_query(project.project_id, project.timezone, spec, current)
-        results, total_rows, from_rollups = await self._rows(connection, query, current)
+        results, total_rows, from_rollups, estimated = await self._rows(connection, query, current)
         comparison = None
         if spec.comparison == "previous_period":
             previous = previous_period(current, project.timezone)
-            previous_results, previous_total, previous_from_rollups = await self._rows(
+            previous_results, previous_total, previous_from_rollups, previous_estimated = await self._rows(
                 connection, replace(query, start=previous.start, end=previous.end), previous
             )
             from_rollups = from_rollups or previous_from_rollups
+            estimated = estimated or previous_estimated
             comparison = ComparisonResult(
                 date_range=DateRange(previous.date_from, previous.date_to),
                 results=previous_results,
@@ -295,28 +296,31 @@ class QueryService:
             total_rows=total_rows,
             limit=spec.limit,
             offset=spec.offset,
-            meta=_meta(project.timezone, from_rollups and "visitors" in spec.metrics, from_rollups),
+            meta=_meta(project.timezone, estimated and "visitors" in spec.metrics, from_rollups),
             comparison=comparison,
         )
 
     async def rows_of(
         self, connection: AsyncConnection, project: ProjectRecord, spec: QuerySpec, span: ResolvedRange
-    ) -> tuple[list[ResultRow], int, bool]:
+    ) -> tuple[list[ResultRow], int, bool, bool]:
         """A validated spec's rows over this range (the caller has configured the transaction)."""
         query = planner.aggregate_query(project.project_id, project.timezone, spec, span)
         return await self._rows(connection, query, span)
 
     async def _rows(
         self, connection: AsyncConnection, query: AggregateQuery, span: ResolvedRange
-    ) -> tuple[list[ResultRow], int, bool]:
-        """Result rows, rows before paging, and whether the figures came from the rollups."""
-        plan = await planner.plan(connection, query, span, self.settings)
+    ) -> tuple[list[ResultRow], int, bool, bool]:
+        """Result rows, rows before paging, whether the figures came from the rollups, and whether
+        their visitors are estimates (the cubes' sketches; the session days count them exactly)."""
+        plan: CubePlan | SessionDayPlan | None = await planner.plan(connection, query, span, self.settings)
+        if plan is None:
+            plan = await planner.session_day_plan(connection, query, span, self.settings)
         try:
             rows, total_rows = await repository.aggregate(connection, query, plan)
         except InvalidPatternError as exc:
             raise invalid(f"A 'matches' pattern is not a valid regular expression: {exc}", "filters") from exc
         results = [ResultRow(dimensions=list(row.dimensions), metrics=list(row.metrics)) for row in rows]
-        return results, total_rows, plan is not None
+        return results, total_rows, plan is not None, isinstance(plan, CubePlan)
 
     async def realtime(
         self, project: ProjectRecord, read: Callable[[], AbstractAsyncContextManager[AsyncConnection]]
@@ -517,7 +521,7 @@ class GoalService:
         _validate(total)
         current = resolve_range(total, project.timezone, now)
         await repository.configure_transaction(connection)
-        rows, _, approximate = await self._queries.rows_of(connection, project, total, current)
+        rows, _, from_rollups, approximate = await self._queries.rows_of(connection, project, total, current)
         visitors = int(rows[0].metrics[0]) if rows else 0
         reached: dict[tuple[str, str], int] = {}
         for kind, dimension in GOAL_DIMENSIONS.items():
@@ -533,8 +537,9 @@ class GoalService:
                 date_to=spec.date_to,
                 limit=len(values),
             )
-            rows, _, from_rollups = await self._queries.rows_of(connection, project, by_value, current)
-            approximate = approximate or from_rollups
+            rows, _, rolled, estimated = await self._queries.rows_of(connection, project, by_value, current)
+            from_rollups = from_rollups or rolled
+            approximate = approximate or estimated
             for row in rows:
                 reached[(kind, str(row.dimensions[0]))] = int(row.metrics[0])
         conversions = [
@@ -552,5 +557,5 @@ class GoalService:
             date_range=DateRange(current.date_from, current.date_to),
             visitors=visitors,
             goals=conversions,
-            meta=_meta(project.timezone, approximate, approximate),
+            meta=_meta(project.timezone, approximate, from_rollups),
         )

@@ -188,6 +188,23 @@ async def test_every_request_statement_is_routed_to_one_shard(
             "period": "30d",
             "filters": [{"dimension": "country", "operator": "is", "values": ["DE"]}],
         },
+        # From the session days' pages and event names (migration 0850): under an exit-page chip,
+        # and under two visit chips.
+        {
+            "metrics": ["visitors", "events"],
+            "dimensions": ["event_name"],
+            "period": "30d",
+            "filters": [{"dimension": "exit_page", "operator": "is", "values": ["/"]}],
+        },
+        {
+            "metrics": ["visitors"],
+            "dimensions": ["page"],
+            "period": "30d",
+            "filters": [
+                {"dimension": "country", "operator": "is", "values": ["DE"]},
+                {"dimension": "device", "operator": "is", "values": ["desktop"]},
+            ],
+        },
     ):
         response = await apps.query.post("/v1/query", json=spec, headers=secret)
         assert response.status_code == 200, response.text

@@ -25,7 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from services.common import rollup_purge_repository
 from services.query import repository
 from services.query.planner import cube_for
-from services.query.repository import AggregateQuery, CubePlan, FilterClause
+from services.query.repository import AggregateQuery, CubePlan, FilterClause, SessionDayPlan
 from services.query.vocabulary import EVENT_NAMES_CUBE, VISIT_DIMENSIONS, grain_id
 from services.replay.erasure import erase_person
 from tests.harness import DatabaseHarness
@@ -76,6 +76,10 @@ def rate(part: int, whole: int) -> float:
     return round(100 * part / whole, 1) if whole else 0.0
 
 
+# Where a SessionDayPlan reads (migration 0850).
+SESSION_DAYS = "query_rollup_session_days"
+
+
 class PlanSpy:
     """Records where each aggregate query of a request was answered: a cube's table or 'events'."""
 
@@ -83,8 +87,9 @@ class PlanSpy:
         self.sources: list[tuple[tuple[str, ...], str]] = []
         original = repository.aggregate
 
-        async def spied(connection: Any, query: AggregateQuery, plan: CubePlan | None) -> Any:
-            self.sources.append((query.dimensions, "events" if plan is None else plan.cube.table))
+        async def spied(connection: Any, query: AggregateQuery, plan: CubePlan | SessionDayPlan | None) -> Any:
+            source = "events" if plan is None else getattr(getattr(plan, "cube", None), "table", SESSION_DAYS)
+            self.sources.append((query.dimensions, source))
             return await original(connection, query, plan)
 
         monkeypatch.setattr(repository, "aggregate", spied)

@@ -39,7 +39,7 @@ from services.query.vocabulary import (
 from services.replay.erasure import erase_person
 from tests.harness import DatabaseHarness
 from tests.query.conftest import Dataset, build_rollups, insert_events, main_events, new_project, query, table
-from tests.query.test_event_name_filters import PlanSpy, chip
+from tests.query.test_event_name_filters import SESSION_DAYS, PlanSpy, chip
 from tests.query.test_goals import _main_goals, conversions
 from tests.query.test_rollup_increments import SCENARIOS, cube_rows, rebuilt_from_scratch
 from tests.query.test_rollups import aggregate
@@ -387,8 +387,8 @@ TWO_CHIPS: dict[str, tuple[list[dict[str, Any]], int, dict[tuple[str, str], int]
 async def test_goal_conversions_under_two_visit_filters(
     client: AsyncTestClient[Any], dataset: Dataset, monkeypatch: pytest.MonkeyPatch, name: str
 ) -> None:
-    """The event goals from the event-name rows of the pair's grain; the page goals still read
-    the events (the page rows hold one visit dimension at most)."""
+    """The event goals from the event-name rows of the pair's grain; the page goals from the
+    session days' pages (migration 0850: the page rows hold one visit dimension at most)."""
     filters, visitors, reached = TWO_CHIPS[name]
     await _main_goals(client, dataset.project)
     spy = PlanSpy(monkeypatch)
@@ -398,7 +398,7 @@ async def test_goal_conversions_under_two_visit_filters(
     assert by_goal == {goal: reached.get(goal, 0) for goal in GOALS}
     sources = dict((dimensions, source) for dimensions, source in spy.sources if dimensions)
     if dataset.source == "rollups":
-        assert sources == {("event_name",): "query_rollup_event_names", ("page",): "events"}
+        assert sources == {("event_name",): "query_rollup_event_names", ("page",): SESSION_DAYS}
 
 
 @pytest.mark.parametrize(

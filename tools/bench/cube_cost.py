@@ -1,12 +1,13 @@
-"""What migration 0810's cubes add to a day's rebuild: main's cubes against this branch's, alternating.
+"""What migration 0850's session-day pages and event names add to a day's rebuild: without and with, alternating.
 
 Run against a `make bench-query` stack whose project is built (the same environment), under the
 bench lock: `flock /work/bench.lock python -m tools.bench.cube_cost PROJECT_ID DAY [ROUNDS]`.
 Each round rebuilds the day (rollup_repository.rebuild_day, plain Postgres's one statement)
-with the cubes as they were before 0810 (event names with one visit dimension at most, domains
-alone, no event-page rows), then with this branch's; the last rebuild is this branch's, so the
-day's rows stay whole. Then each cube table's rows for the project and its size on disk.
-Nothing is asserted; the figures are printed.
+with the session days as they were before 0850 (no pages, no event names), then with this
+branch's; the last rebuild is this branch's, so the day's rows stay whole. Then each cube
+table's and the session days' rows for the project and size on disk. (Before 0850 this
+compared 0810's cubes with the ones before them, in the same way.) Nothing is asserted; the
+figures are printed.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ import argparse
 import asyncio
 import os
 import time
-from dataclasses import replace
 from datetime import date, timedelta
 
 from sqlalchemy import text
@@ -29,24 +29,13 @@ from services.query.repository import configure_transaction
 from services.query.tasks import rollup_engine
 
 BRANCH = vocabulary.CUBES
-MAIN = tuple(
-    replace(cube, grains=vocabulary._SINGLES)
-    if cube is vocabulary.EVENT_NAMES_CUBE
-    else replace(cube, grains=(frozenset(),))
-    if cube is vocabulary.DOMAINS_CUBE
-    else cube
-    for cube in BRANCH
-    if cube not in (vocabulary.EVENT_PAGES_CUBE, vocabulary.ENTRY_EVENT_PAGES_CUBE)
-)
 
 
-def _statements() -> dict[str, tuple[tuple[vocabulary.Cube, ...], str]]:
-    found = {}
-    for label, cubes in (("main", MAIN), ("branch", BRANCH)):
-        # The module's own tuple, swapped for this measurement only (rebuild_day reads it).
-        setattr(rollup_repository, "CUBES", cubes)  # noqa: B010
-        found[label] = (cubes, rollup_repository._rebuild_one_statement())
-    return found
+def _statements() -> dict[str, str]:
+    return {
+        "main": rollup_repository._rebuild_one_statement(session_day_items=False),
+        "branch": rollup_repository._rebuild_one_statement(),
+    }
 
 
 async def rebuild(engine: AsyncEngine, project_id: int, timezone: str, day: date) -> float:
@@ -80,26 +69,24 @@ async def main(arguments: argparse.Namespace) -> None:
         print(f"load average before {os.getloadavg()}", flush=True)
         times: dict[str, list[float]] = {"main": [], "branch": []}
         for label in ("main", "branch") * arguments.rounds:
-            cubes, statement = statements[label]
-            setattr(rollup_repository, "CUBES", cubes)  # noqa: B010
-            rollup_repository._REBUILD_ONE_STATEMENT = statement
+            rollup_repository._REBUILD_ONE_STATEMENT = statements[label]
             times[label].append(await rebuild(engine, arguments.project_id, timezone, arguments.day))
             print(f"  {label}: {times[label][-1]:.2f} s", flush=True)
         print(f"load average after {os.getloadavg()}", flush=True)
         for label, samples in times.items():
             print(f"{label}: mean {sum(samples) / len(samples):.2f} s, each {[round(s, 2) for s in samples]}")
         async with engine.connect() as connection:
-            for cube in BRANCH:
+            for table in (*(cube.table for cube in BRANCH), "query_rollup_session_days"):
                 rows, days = (
                     await connection.execute(
-                        text(f"SELECT count(*), count(DISTINCT day) FROM {cube.table} WHERE project_id = :p"),
+                        text(f"SELECT count(*), count(DISTINCT day) FROM {table} WHERE project_id = :p"),
                         {"p": arguments.project_id},
                     )
                 ).one()
                 size = (
-                    await connection.execute(text(f"SELECT pg_size_pretty(pg_total_relation_size('{cube.table}'))"))
+                    await connection.execute(text(f"SELECT pg_size_pretty(pg_total_relation_size('{table}'))"))
                 ).scalar_one()
-                print(f"{cube.table}: {rows:,} rows over {days} days of the project; with its indexes {size}")
+                print(f"{table}: {rows:,} rows over {days} days of the project; with its indexes {size}")
     finally:
         await engine.dispose()
 

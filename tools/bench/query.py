@@ -140,8 +140,8 @@ BENCH_GOALS = [
 
 # The Goals card's filter chips: visit dimensions (from the event-name rows of their grain, migration
 # 0770), a page, an entry page and an event name (the event-page rows, migration 0810), an exit page
-# (no rollup holds event names or pages with it) and two visit chips (the event-name rows of the
-# pair's grain, 0810; the page goals still read events).
+# (the session days' pages and event names, 0850) and two visit chips (the event-name rows of the
+# pair's grain, 0810; the page goals from the session days' pages, 0850).
 def _chip(dimension: str, value: str | None) -> dict[str, Any]:
     return {"dimension": dimension, "operator": "is", "values": [value]}
 

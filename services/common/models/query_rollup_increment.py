@@ -123,6 +123,9 @@ query_rollup_session_days = Table(
     Column("browser", Text),
     Column("os", Text),
     Column("device", Text),
+    # Migration 0850: the day's paths, and the name of each non-pageview event (repeated per event).
+    Column("pages", ARRAY(Text)),
+    Column("event_names", ARRAY(Text)),
     PrimaryKeyConstraint("project_id", "day", "session_id", "distinct_id", name="pk_query_rollup_session_days"),
     Index("ix_query_rollup_session_days_project_id_day_exit_page", "project_id", "day", "exit_page"),
 )

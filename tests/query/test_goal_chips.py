@@ -1,0 +1,349 @@
+"""Goals and custom events under an exit-page chip and under two visit chips (issues #15, #19; migration 0850).
+
+No cube holds pages or event names with the exit page, nor pages with two visit dimensions;
+each session day (query_rollup_session_days) holds its session's exit page and visit, and since
+0850 its pages and the names of its other events, so those queries read them: exact, whatever
+the chips. Figures on the main data set (tests/query/conftest.py), Jan 12-14 in Berlin:
+
+- s1 (v1, Jan 12; DE, Chrome, google.com): /, /pricing, `signup` on /pricing; exits on /pricing;
+- s2 (v1, Jan 13; DE, direct): /blog;
+- s3 (v2, Jan 12-13 across midnight; US, Firefox): /, then /docs; exits on /docs;
+- s4 (v3, Jan 13; FR, Mobile Safari, mobile, google.com): /pricing, `signup`, /checkout; exits on /checkout;
+- s5 (v4, Jan 14): /; s6 (v5, Jan 14; GB, Firefox): /late.
+
+Goals: pages /pricing, /checkout, /old; events signup, purchase.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import date
+from typing import Any
+
+import pytest
+from litestar.testing import AsyncTestClient
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from services.common import rollup_purge_repository
+from services.query import repository
+from services.query.app import create_app
+from services.query.repository import AggregateQuery, SessionDayPlan
+from services.query.settings import QuerySettings
+from services.replay.erasure import erase_person
+from tests.harness import DatabaseHarness
+from tests.query.conftest import (
+    Dataset,
+    Event,
+    berlin,
+    build_rollups,
+    insert_events,
+    main_events,
+    new_project,
+    query,
+    table,
+)
+from tests.query.test_event_name_filters import SESSION_DAYS, PlanSpy, chip
+from tests.query.test_goals import _main_goals, conversions
+from tests.query.test_rollup_increments import SCENARIOS, rebuilt_from_scratch
+
+GOALS = [("page", "/pricing"), ("event", "signup"), ("page", "/checkout"), ("page", "/old"), ("event", "purchase")]
+NOT_PAGEVIEWS = {"dimension": "event_name", "operator": "is_not", "values": ["pageview"]}
+
+# Each chip set: (visitors under it, {goal: visitors}).
+CHIPS: dict[str, tuple[list[dict[str, Any]], int, dict[tuple[str, str], int]]] = {
+    "exit_page /pricing": (chip("exit_page", "/pricing"), 1, {("page", "/pricing"): 1, ("event", "signup"): 1}),
+    # s4's visitor viewed /pricing and /checkout and signed up.
+    "exit_page /checkout": (
+        chip("exit_page", "/checkout"),
+        1,
+        {("page", "/pricing"): 1, ("page", "/checkout"): 1, ("event", "signup"): 1},
+    ),
+    # s3 (across midnight) reached no goal.
+    "exit_page /docs": (chip("exit_page", "/docs"), 1, {}),
+    "exit_page /checkout, country FR": (
+        [*chip("exit_page", "/checkout"), *chip("country", "FR")],
+        1,
+        {("page", "/pricing"): 1, ("page", "/checkout"): 1, ("event", "signup"): 1},
+    ),
+    "exit_page /pricing, country FR": ([*chip("exit_page", "/pricing"), *chip("country", "FR")], 0, {}),
+    "exit_page /pricing, referrer google.com": (
+        [*chip("exit_page", "/pricing"), *chip("referrer", "google.com")],
+        1,
+        {("page", "/pricing"): 1, ("event", "signup"): 1},
+    ),
+    "country FR, device mobile": (
+        [*chip("country", "FR"), *chip("device", "mobile")],
+        1,
+        {("page", "/pricing"): 1, ("page", "/checkout"): 1, ("event", "signup"): 1},
+    ),
+    # v1's s1 and s2 (DE, Chrome): /pricing and the signup in s1.
+    "country DE, browser Chrome": (
+        [*chip("country", "DE"), *chip("browser", "Chrome")],
+        1,
+        {("page", "/pricing"): 1, ("event", "signup"): 1},
+    ),
+}
+
+
+def rate(part: int, whole: int) -> float:
+    return round(100 * part / whole, 2) if whole else 0.0
+
+
+def by_goal(body: dict[str, Any]) -> dict[tuple[str, str], int]:
+    return {(goal["type"], goal["value"]): goal["visitors"] for goal in body["goals"]}
+
+
+@pytest.fixture
+async def raw_client(db: DatabaseHarness) -> AsyncIterator[AsyncTestClient[Any]]:
+    """A query service that never reads the rollups: the raw path's answer to compare with."""
+    settings = QuerySettings(rollups=False, rollup_interval_s=0)
+    async with AsyncTestClient(create_app(db.database, query_settings=settings)) as test_client:
+        yield test_client
+
+
+@pytest.mark.parametrize("name", list(CHIPS))
+async def test_goal_conversions_under_exit_page_and_two_visit_chips(
+    client: AsyncTestClient[Any], dataset: Dataset, monkeypatch: pytest.MonkeyPatch, name: str
+) -> None:
+    filters, visitors, reached = CHIPS[name]
+    await _main_goals(client, dataset.project)
+    spy = PlanSpy(monkeypatch)
+    body = await conversions(client, dataset.project, filters=filters)
+    assert body["visitors"] == visitors
+    assert {(goal["type"], goal["value"]): (goal["visitors"], goal["conversion_rate"]) for goal in body["goals"]} == {
+        goal: (reached.get(goal, 0), rate(reached.get(goal, 0), visitors)) for goal in GOALS
+    }
+    sources = dict((dimensions, source) for dimensions, source in spy.sources if dimensions)
+    if dataset.source == "rollups":
+        # No goal query reads the events: page goals from the session days; event goals too
+        # under an exit page (under two visit chips the event-name rows of the pair answer).
+        assert sources[("page",)] == SESSION_DAYS
+        if "exit_page" in name:
+            assert sources[("event_name",)] == SESSION_DAYS
+        assert all(source != "events" for _, source in spy.sources), spy.sources
+    else:
+        assert set(sources.values()) == {"events"}
+
+
+@pytest.mark.parametrize(
+    ("filters", "expected"),
+    [
+        (chip("exit_page", "/checkout"), [["signup", 1, 1]]),
+        (chip("exit_page", "/pricing"), [["signup", 1, 1]]),
+        (chip("exit_page", "/blog"), []),
+        ([*chip("exit_page", "/checkout"), *chip("country", "FR")], [["signup", 1, 1]]),
+        ([*chip("exit_page", "/checkout"), *chip("country", "DE")], []),
+        ([*chip("exit_page", None)], []),
+    ],
+)
+async def test_the_custom_events_card_under_an_exit_page_chip(
+    client: AsyncTestClient[Any],
+    dataset: Dataset,
+    monkeypatch: pytest.MonkeyPatch,
+    filters: list[dict[str, Any]],
+    expected: list[list[Any]],
+) -> None:
+    spy = PlanSpy(monkeypatch)
+    body = await query(
+        client,
+        dataset.project,
+        metrics=["visitors", "events"],
+        dimensions=["event_name"],
+        filters=[*filters, NOT_PAGEVIEWS],
+        limit=10,
+    )
+    assert table(body) == expected
+    assert body["meta"]["source"] == dataset.source
+    # The session days count visitors exactly.
+    assert body["meta"]["exact"] is True
+    assert [source for _, source in spy.sources] == [SESSION_DAYS if dataset.source == "rollups" else "events"]
+
+
+async def test_event_names_with_pageviews_and_pages_under_an_exit_page_chip(
+    client: AsyncTestClient[Any], dataset: Dataset
+) -> None:
+    # s4: two pageviews and a signup; its pages /pricing (twice) and /checkout.
+    body = await query(
+        client,
+        dataset.project,
+        metrics=["visitors", "events", "pageviews"],
+        dimensions=["event_name"],
+        filters=chip("exit_page", "/checkout"),
+    )
+    assert table(body) == [["pageview", 1, 2, 2], ["signup", 1, 1, 0]]
+    body = await query(
+        client, dataset.project, metrics=["visitors"], dimensions=["page"], filters=chip("exit_page", "/checkout")
+    )
+    assert table(body) == [["/checkout", 1], ["/pricing", 1]]
+    # s3 crossed midnight: its / on Jan 12 and /docs on Jan 13, one visitor each day, once in all.
+    body = await query(
+        client, dataset.project, metrics=["visitors"], dimensions=["page"], filters=chip("exit_page", "/docs")
+    )
+    assert table(body) == [["/", 1], ["/docs", 1]]
+    assert body["meta"]["source"] == dataset.source
+
+
+async def test_a_late_event_moves_a_session_to_another_exit_page(
+    db: DatabaseHarness,
+    engine: AsyncEngine,
+    client: AsyncTestClient[Any],
+    raw_client: AsyncTestClient[Any],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Merged, not rebuilt: s1 goes on to /checkout (its exit page moves from /pricing), then s4
+    sends a second signup; the session days' answers follow and equal the raw events'."""
+    project = await new_project(db)
+    project_id = int(project["id"])
+    await insert_events(engine, project_id, main_events())
+    await build_rollups(engine, project)
+    await _main_goals(client, project)
+    await insert_events(engine, project_id, [Event("v1", "s1", berlin("2026-01-12T10:20:00"), "/checkout")])
+    await build_rollups(engine, project)
+
+    spy = PlanSpy(monkeypatch)
+    moved = await conversions(client, project, filters=chip("exit_page", "/checkout"))
+    assert moved["visitors"] == 2
+    assert by_goal(moved) == {
+        ("page", "/pricing"): 2,
+        ("event", "signup"): 2,
+        ("page", "/checkout"): 2,
+        ("page", "/old"): 0,
+        ("event", "purchase"): 0,
+    }
+    left = await conversions(client, project, filters=chip("exit_page", "/pricing"))
+    assert left["visitors"] == 0
+    assert set(by_goal(left).values()) == {0}
+    assert {source for dimensions, source in spy.sources if dimensions} == {SESSION_DAYS}
+    for filters in (chip("exit_page", "/checkout"), chip("exit_page", "/pricing")):
+        raw = await conversions(raw_client, project, filters=filters)
+        assert raw["meta"]["source"] == "events"
+        rolled = await conversions(client, project, filters=filters)
+        assert (raw["visitors"], by_goal(raw)) == (rolled["visitors"], by_goal(rolled))
+
+    await insert_events(
+        engine, project_id, [Event("v3", "s4", berlin("2026-01-13T12:03:00"), "/checkout", name="signup", country="FR")]
+    )
+    await build_rollups(engine, project)
+    spec: dict[str, Any] = {
+        "metrics": ["visitors", "events"],
+        "dimensions": ["event_name"],
+        "filters": [*chip("exit_page", "/checkout"), NOT_PAGEVIEWS],
+    }
+    rolled_body = await query(client, project, **spec)
+    assert table(rolled_body) == [["signup", 2, 3]]
+    assert rolled_body["meta"]["source"] == "rollups"
+    assert table(await query(raw_client, project, **spec)) == [["signup", 2, 3]]
+
+
+async def session_day_items(engine: AsyncEngine, project_id: int) -> list[tuple[Any, ...]]:
+    """Each session day with its exit page, visit, distinct pages and every event name."""
+    async with engine.connect() as connection:
+        result = await connection.execute(
+            text(
+                "SELECT day::text, session_id, distinct_id, pageviews, events, exit_page, country, device,"
+                " ARRAY(SELECT DISTINCT p FROM unnest(pages) AS p ORDER BY 1),"
+                " ARRAY(SELECT n FROM unnest(event_names) AS n ORDER BY 1)"
+                " FROM query_rollup_session_days WHERE project_id = :project_id ORDER BY 1, 2, 3"
+            ),
+            {"project_id": project_id},
+        )
+        return [tuple(row) for row in result]
+
+
+MAIN_SESSION_DAYS = [
+    ("2026-01-12", "s1", "v1", 2, 3, "/pricing", "DE", "desktop", ["/", "/pricing"], ["signup"]),
+    ("2026-01-12", "s3", "v2", 1, 1, "/docs", "US", "desktop", ["/"], []),
+    ("2026-01-13", "s2", "v1", 1, 1, "/blog", "DE", "desktop", ["/blog"], []),
+    ("2026-01-13", "s3", "v2", 1, 1, "/docs", "US", "desktop", ["/docs"], []),
+    ("2026-01-13", "s4", "v3", 2, 3, "/checkout", "FR", "mobile", ["/checkout", "/pricing"], ["signup"]),
+    ("2026-01-14", "s5", "v4", 1, 1, "/", None, "desktop", ["/"], []),
+    ("2026-01-14", "s6", "v5", 1, 1, "/late", "GB", "desktop", ["/late"], []),
+]
+
+
+@pytest.mark.parametrize("scenario", list(SCENARIOS))
+async def test_merged_session_day_items_equal_a_rebuild(
+    db: DatabaseHarness, engine: AsyncEngine, scenario: str
+) -> None:
+    """Events in batches with a refresh after each: the same pages and event names per session
+    day as one rebuild, and the hand-computed ones where the scenario adds nothing."""
+    project = await new_project(db)
+    project_id = int(project["id"])
+    for batch in SCENARIOS[scenario](main_events()):
+        await insert_events(engine, project_id, batch)
+        await build_rollups(engine, project)
+    merged = await session_day_items(engine, project_id)
+    in_range = [row for row in merged if "2026-01-12" <= row[0] <= "2026-01-14"]
+    if scenario in ("one event per refresh", "earlier events arriving last"):
+        assert in_range == MAIN_SESSION_DAYS
+    await rebuilt_from_scratch(engine, project)
+    assert await session_day_items(engine, project_id) == merged
+
+
+async def test_erasure_and_retention_remove_the_session_day_items(
+    db: DatabaseHarness, engine: AsyncEngine, admin_engine: AsyncEngine, client: AsyncTestClient[Any]
+) -> None:
+    project = await new_project(db)
+    project_id = int(project["id"])
+    await insert_events(engine, project_id, main_events())
+    await build_rollups(engine, project)
+    await _main_goals(client, project)
+
+    # Erasing v3 takes every session day of her day (Jan 13); the rebuild brings back the
+    # others' and none of hers: nothing exits on /checkout any more.
+    async with admin_engine.begin() as connection:
+        deletion = await erase_person(connection, project_id, "v3")
+    assert deletion.deleted_rows["query_rollup_session_days"] == 3
+    await build_rollups(engine, project)
+    rows = await session_day_items(engine, project_id)
+    assert [row for row in rows if row[2] == "v3"] == []
+    assert [row for row in rows if row[0] == "2026-01-13"] == [
+        ("2026-01-13", "s2", "v1", 1, 1, "/blog", "DE", "desktop", ["/blog"], []),
+        ("2026-01-13", "s3", "v2", 1, 1, "/docs", "US", "desktop", ["/docs"], []),
+    ]
+    body = await conversions(client, project, filters=chip("exit_page", "/checkout"))
+    assert body["visitors"] == 0
+    assert set(by_goal(body).values()) == {0}
+
+    # Retention: every session day before Jan 13 goes.
+    async with admin_engine.begin() as connection:
+        days = await rollup_purge_repository.rollup_days_through(connection, project_id, date(2026, 1, 13))
+        await rollup_purge_repository.lock_days(connection, project_id, days)
+        await rollup_purge_repository.purge_before(connection, project_id, date(2026, 1, 13))
+    assert [row for row in await session_day_items(engine, project_id) if row[0] < "2026-01-13"] == []
+
+
+async def test_days_not_rolled_up_are_computed_from_their_events(
+    db: DatabaseHarness, engine: AsyncEngine, client: AsyncTestClient[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """s1 goes on to /checkout and no refresh follows: Jan 12 is computed from its events (s1 now
+    exits on /checkout), Jan 13 and 14 read from the session days, in one statement."""
+    project = await new_project(db)
+    project_id = int(project["id"])
+    await insert_events(engine, project_id, main_events())
+    await build_rollups(engine, project)
+    await _main_goals(client, project)
+    await insert_events(engine, project_id, [Event("v1", "s1", berlin("2026-01-12T10:20:00"), "/checkout")])
+    plans: list[SessionDayPlan] = []
+    original = repository.aggregate
+
+    async def spied(connection: Any, query: AggregateQuery, plan: Any) -> Any:
+        if isinstance(plan, SessionDayPlan):
+            plans.append(plan)
+        return await original(connection, query, plan)
+
+    monkeypatch.setattr(repository, "aggregate", spied)
+    body = await conversions(client, project, filters=chip("exit_page", "/checkout"))
+    # v1 (s1, Jan 12, computed) and v3 (s4, Jan 13, rolled up): both viewed /pricing and signed
+    # up; v1's /checkout is on Jan 12, v3's on Jan 13.
+    assert by_goal(body) == {
+        ("page", "/pricing"): 2,
+        ("event", "signup"): 2,
+        ("page", "/checkout"): 2,
+        ("page", "/old"): 0,
+        ("event", "purchase"): 0,
+    }
+    assert plans
+    assert all(plan.computed_days == (date(2026, 1, 12),) for plan in plans)
+    assert all(date(2026, 1, 13) in plan.rolled_days for plan in plans)
