@@ -137,7 +137,7 @@ SCALE_ARGS ?= --engines single --visitors 2000 --steps 4 --step-s 20 --generator
 	--generator-cores 1 --probe-core 1 --ingest-workers 1 --out /tmp/sightline-scale
 
 bench-scale: install-dev ## Stepped seed load, Sightline and the generator on separate cores (SCALE_ARGS); scale.md in --out
-	env $(BENCH_SCALE_ENV) $(BIN)/python -m tools.bench.scale $(SCALE_ARGS)
+	env $(BENCH_SCALE_ENV) $(BIN)/python -m tools.loadtest.scale $(SCALE_ARGS)
 
 # The rollup refresh benchmark: its own stack (data dir and ports), the query service's refresher off.
 BENCH_ROLLUPS_ENV := SIGHTLINE_DATA_DIR=/tmp/sightline-bench-rollups SIGHTLINE_POSTGRES_PORT=22032 \

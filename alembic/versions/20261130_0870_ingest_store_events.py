@@ -23,7 +23,7 @@ Citus the function stays on the coordinator (not distributed): its statement is 
 the writer's statement was.
 
 Revision ID: 0870
-Revises: 0840
+Revises: 0850
 Create Date: 2026-11-30
 """
 
@@ -32,7 +32,7 @@ from collections.abc import Sequence
 from alembic import op
 
 revision: str = "0870"
-down_revision: str | None = "0840"
+down_revision: str | None = "0850"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # On a bare larger machine (Python 3.12, root, no PostgreSQL, no internet): installs the bundle
-# that tools/bench/scale_bundle.sh made, then runs tools.bench.scale with the given arguments.
+# that tools/loadtest/scale_bundle.sh made, then runs tools.loadtest.scale with the given arguments.
 # Its files (scale.json, scale.md, the logs) go to $OUT.
 #
-#   OUT=/tmp/out bash tools/bench/scale_device.sh --engines single citus --levels 10000 20000
+#   OUT=/tmp/out bash tools/loadtest/scale_device.sh --engines single citus --levels 10000 20000
 set -euo pipefail
 bundle=${SCALE_BUNDLE:-.devbundle}
 out=${OUT:-/tmp/sightline-scale}
@@ -36,4 +36,4 @@ echo "6432,8001-8003,55432-55440" > /proc/sys/net/ipv4/ip_local_reserved_ports |
 echo "1024 65000" > /proc/sys/net/ipv4/ip_local_port_range || true
 echo "copied libraries: $(ls /opt/sightline-libs | tr '\n' ' ')"
 echo "$(nproc) cores; $(python3 --version)"
-exec python3 -m tools.bench.scale --out "$out" "$@"
+exec python3 -m tools.loadtest.scale --out "$out" "$@"

@@ -4,7 +4,7 @@ Meant for a machine larger than the project's 2-core one (issue 18, "breaking po
 honestly"): Sightline (Postgres, PgBouncer, the services) and the load generator run on
 separate cores, so the generator's own CPU never competes with what it measures.
 
-    python -m tools.bench.scale --engines single citus --visitors 50000 --steps 5 \
+    python -m tools.loadtest.scale --engines single citus --visitors 50000 --steps 5 \
         --step-s 25 --generators 5 --out /tmp/scale
 
 For each engine it starts a fresh stack (`sightline up`, with `--citus-workers N` for Citus)
@@ -399,8 +399,8 @@ def render(runs: list[dict[str, Any]]) -> str:
     """One section for one or more runs (each a scale.json), in the order given."""
     lines = [MARKERS[0], ""]
     lines.append(
-        "`python -m tools.bench.scale` (tools/bench/scale.py; on a bare machine through "
-        "tools/bench/scale_device.sh, with the bundle tools/bench/scale_bundle.sh makes). Sightline (Postgres, "
+        "`python -m tools.loadtest.scale` (tools/loadtest/scale.py; on a bare machine through "
+        "tools/loadtest/scale_device.sh, with the bundle tools/loadtest/scale_bundle.sh makes). Sightline (Postgres, "
         "PgBouncer, the services) on the server cores; the load generator (the asyncio engine of `sightline "
         "load`) in processes of a core each; the probe on a core of its own. Citus: a coordinator and its workers "
         "on the same server cores. Each step's new visitors arrive within a fifth of the step (each starts with "
@@ -492,7 +492,7 @@ def main(argv: Iterable[str] | None = None) -> None:
         "date": f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC",
         "machine": f"{platform.node()} ({os.cpu_count()} cores, {platform.machine()}, Python "
         f"{platform.python_version()})",
-        "command": "python -m tools.bench.scale " + " ".join(sys.argv[1:] if argv is None else argv),
+        "command": "python -m tools.loadtest.scale " + " ".join(sys.argv[1:] if argv is None else argv),
         "step_s": args.step_s,
         **{
             key: getattr(args, key)

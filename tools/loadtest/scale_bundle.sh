@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# Packs what tools/bench/scale_device.sh needs on a larger machine that has Python 3.12 but no
+# Packs what tools/loadtest/scale_device.sh needs on a larger machine that has Python 3.12 but no
 # PostgreSQL and no internet: PostgreSQL 15 with Citus and hll, PgBouncer, every shared library
 # they load (the target copies only those it lacks), the zone database, and the Python packages
 # as cp312 wheels. Run it on a Debian 12 host where `make up` and Citus work (../shared/citus/).
 #
-#   bash tools/bench/scale_bundle.sh [.devbundle]
+#   bash tools/loadtest/scale_bundle.sh [.devbundle]
 set -euo pipefail
 bundle=${1:-.devbundle}
 work=$(mktemp -d)

@@ -6,12 +6,12 @@ import json
 from pathlib import Path
 from typing import Any
 
-from tools.bench.scale import MARKERS, cores, render, step_levels, step_windows, summarise_step
+from tools.loadtest.scale import MARKERS, cores, render, step_levels, step_windows, summarise_step
 from tools.benchmarks_file import BENCHMARKS
 from tools.loadtest.engine import visitor_start_s
 from tools.loadtest.plan import LoadPlan
 
-RUNS = sorted((Path(__file__).resolve().parents[2] / "docs" / "scale-runs").glob("*.json"))
+RUNS = sorted((Path(__file__).resolve().parents[3] / "docs" / "scale-runs").glob("*.json"))
 
 
 def engine_levels(visitors: int, steps: int, generators: int, step_s: float) -> list[int]:
