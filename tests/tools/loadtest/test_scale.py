@@ -6,10 +6,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-from tools.loadtest.scale import MARKERS, cores, render, step_levels, step_windows, summarise_step
 from tools.benchmarks_file import BENCHMARKS
 from tools.loadtest.engine import visitor_start_s
 from tools.loadtest.plan import LoadPlan
+from tools.loadtest.scale import MARKERS, cores, render, step_levels, step_windows, summarise_step
 
 RUNS = sorted((Path(__file__).resolve().parents[3] / "docs" / "scale-runs").glob("*.json"))
 
