@@ -369,6 +369,53 @@ async def test_goals_under_a_page_entry_or_event_chip_are_read_from_the_rollups(
     assert console_problems(browser) == []
 
 
+@SIZES
+async def test_goals_under_an_exit_page_chip_or_two_visit_chips(
+    browser: Any, db: DatabaseHarness, engine: AsyncEngine, pages_stack: PagesStack, size: tuple[int, int]
+) -> None:
+    """The shapes no cube holds (migration 0850 answers them from the session days): small_project's
+    g1 and g2 left from /pricing (g1 signed up there), g3 left from /, g4 from /blog; only g1 came
+    from google.com, and every visitor is on Chrome in DE."""
+    browser.set_window_size(*size)
+    project = await small_project(db, engine, days_ago=2)
+    await refresh_until_current(engine, 100, int(project["id"]))
+    await save_goal(engine, project)
+    async with engine.begin() as connection:
+        await connection.execute(
+            text(
+                "INSERT INTO query_goals (project_id, goal_id, name, kind, value)"
+                " VALUES (:project_id, :goal_id, 'Signed up', 'event', 'signup')"
+            ),
+            {"project_id": project["id"], "goal_id": uuid.uuid4()},
+        )
+
+    def figures(driver: Any) -> dict[str, tuple[str, str]]:
+        # Whether a figure carries the estimate mark is test_the_estimate_mark_...'s concern.
+        return {
+            value: (uniques.lstrip("\u2248"), rate.lstrip("\u2248"))
+            for value, (_, uniques, rate) in goal_rows(driver).items()
+        }
+
+    dashboard = f"{pages_stack.query_url}/dashboard"
+    open_with_key(browser, f"{dashboard}?period=7d&f.exit_page=%2Fpricing", str(project["secretKey"]))
+    wait_for(browser, dashboard_ready, timeout_s=30)
+    assert browser.find_element(By.CSS_SELECTOR, "#filter-chips [data-filter=exit_page]").is_displayed()
+    # g1 and g2 left from /pricing: both saw it, g1 signed up.
+    assert figures(browser) == {"/pricing": ("2", "100.0 %"), "signup": ("1", "50.0 %")}
+    assert [[cell.lstrip("\u2248") for cell in row] for row in custom_event_rows(browser)] == [["signup", "1", "1"]]
+
+    # Two visit chips: google.com and Chrome keep g1 alone.
+    browser.get(f"{dashboard}?period=7d&f.referrer=google.com&f.browser=Chrome")
+    wait_for(browser, dashboard_ready, timeout_s=30)
+    assert figures(browser) == {"/pricing": ("1", "100.0 %"), "signup": ("1", "100.0 %")}
+    # Direct visits in DE: g2 (saw /pricing), g3 and g4.
+    browser.get(f"{dashboard}?period=7d&f.referrer=&f.country=DE")
+    wait_for(browser, dashboard_ready, timeout_s=30)
+    assert figures(browser) == {"/pricing": ("1", "33.3 %"), "signup": ("0", "0.0 %")}
+    assert fits_the_window(browser)
+    assert console_problems(browser) == []
+
+
 async def save_goal(engine: AsyncEngine, project: dict[str, Any]) -> None:
     """The page goal /pricing, as the dashboard's form saves it (POST /v1/goals)."""
     async with engine.begin() as connection:
