@@ -160,7 +160,10 @@ async def test_the_player_plays_the_recorded_visit_from_the_start_and_from_a_lat
         typed_value = driver.execute_script(
             "return document.querySelector('#player iframe').contentDocument.getElementById('email').value"
         )
-        assert typed_value in ("", "*" * len(TYPED_SECRET)), "the replayed input shows the masked value at most"
+        # Playback may be halfway through the typing (each keystroke is an input event): a prefix
+        # of the mask, never a character of the secret.
+        assert set(typed_value) <= {"*"}, f"the replayed input shows the masked value at most, not {typed_value!r}"
+        assert len(typed_value) <= len(TYPED_SECRET)
 
         driver.save_screenshot(str(tmp_path / "player-page.png"))
         screenshot = tmp_path / "player.png"
