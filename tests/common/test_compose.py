@@ -8,6 +8,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import yaml
+
+from services.cli.postgres import DEFAULT_SERVER_SETTINGS, PRIVACY_SERVER_SETTINGS
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -31,3 +34,21 @@ def test_every_build_context_and_dockerfile_exists() -> None:
     for copied in ("pgbouncer.ini.template", "userlist.txt.template", "entrypoint.sh"):
         assert (ROOT / "infra" / "pgbouncer" / copied).is_file()
     assert (ROOT / "infra" / "postgres" / "service-role.sh").is_file()
+
+
+def test_every_postgres_in_compose_runs_with_the_local_stacks_privacy_and_wal_settings() -> None:
+    """What `make up` sets for a reason (services/cli/postgres.py) holds in compose.yaml too."""
+    compose = yaml.safe_load((ROOT / "compose.yaml").read_text())
+    servers = {
+        name: service["command"]
+        for name, service in compose["services"].items()
+        if isinstance(service.get("command"), list) and service["command"][:1] == ["postgres"]
+    }
+    assert {"postgres", "citus-coordinator"} <= servers.keys()
+    required = {**PRIVACY_SERVER_SETTINGS, "wal_compression": DEFAULT_SERVER_SETTINGS["wal_compression"]}
+    for name, command in servers.items():
+        settings = dict(
+            value.split("=", 1) for flag, value in zip(command[1::2], command[2::2], strict=True) if flag == "-c"
+        )
+        missing = {key: value for key, value in required.items() if settings.get(key) != value}
+        assert not missing, f"{name}: {missing}"
