@@ -141,3 +141,65 @@ async def test_a_visit_is_stored_as_pageviews_a_custom_event_and_a_masked_record
     # The pricing page was recorded after the first 5-second chunk had been sent, so the
     # session spans at least that; it cannot be longer than the visit itself.
     assert 5000 <= session.duration_ms <= (left_at - visit_started) * 1000 + 1000
+
+
+# Each change is made in a task of its own (a MessageChannel message), so rrweb's mutation
+# observer reports each one on its own: one rrweb event per change.
+BURST_PAGE = """<!doctype html><title>Busy page</title>{{TRACKER}}
+<ul id="list"></ul>
+<script>
+  window.burst = (count) => new Promise((done) => {
+    const channel = new MessageChannel();
+    let made = 0;
+    channel.port1.onmessage = () => {
+      const item = document.createElement('li');
+      item.textContent = 'item ' + made;
+      document.getElementById('list').appendChild(item);
+      made += 1;
+      if (made < count) channel.port2.postMessage(null); else done(made);
+    };
+    channel.port2.postMessage(null);
+  });
+</script>"""
+BURST_CHANGES = 6000
+
+
+async def test_a_page_emitting_more_events_than_a_chunk_may_hold_loses_none(
+    db: DatabaseHarness, ingest_url: str, site_project: dict[str, Any], admin_engine: AsyncEngine
+) -> None:
+    """Ingest refuses a chunk of over 5,000 rrweb events (MAX_RRWEB_EVENTS_PER_CHUNK): the tracker
+    cuts a 5-second buffer into chunks of at most 1,000, each with its own seq, so a busy page
+    keeps every event."""
+    project_id = site_project["id"]
+    page = BURST_PAGE.replace("{{TRACKER}}", tracker_tag(ingest_url, str(site_project["publicKey"])))
+    with serve_site({"/": page}) as site, chromium(db.root / "log" / "chromedriver-burst.log") as driver:
+        driver.get(f"{site}/")
+        wait_for(driver, tracker_ready)
+        session_id = browser_state(driver)["sessionId"]
+        made = driver.execute_async_script(
+            "const finished = arguments[arguments.length - 1]; window.burst(arguments[0]).then(finished);",
+            BURST_CHANGES,
+        )
+        assert made == BURST_CHANGES
+
+        async def every_change_stored() -> bool:
+            chunks = await stored_chunks(admin_engine, project_id, session_id)
+            return sum(len(chunk_events(chunk)) for chunk in chunks) >= BURST_CHANGES
+
+        await poll(every_change_stored, what="every change's chunk")
+        chunks_numbered = browser_state(driver)["nextSeq"]
+
+    chunks = await stored_chunks(admin_engine, project_id, session_id)
+    assert [chunk.seq for chunk in chunks] == list(range(len(chunks))), "a chunk is missing"
+    assert len(chunks) <= chunks_numbered
+    sizes = [len(chunk_events(chunk)) for chunk in chunks]
+    assert max(sizes) <= 1000, sizes
+    added = [
+        node["node"]["textContent"]
+        for chunk in chunks
+        for event in chunk_events(chunk)
+        if event["type"] == INCREMENTAL_SNAPSHOT and event["data"]["source"] == 0
+        for node in event["data"]["adds"]
+        if node["node"].get("type") == 3  # the item's text node
+    ]
+    assert added == [f"item {index}" for index in range(BURST_CHANGES)], "a change is missing or out of order"

@@ -7,6 +7,13 @@ import { record } from '@rrweb/record';
 export const CHUNK_INTERVAL_MS = 5000;
 // Under the beacon limit (64 KiB) with room for the chunk's envelope and non-ASCII text.
 const BEACON_PIECE_CHARS = 40000;
+// A chunk sent by fetch stays under ingest's 4 MiB body limit even uncompressed and all
+// three-byte characters.
+const PIECE_CHARS = 1000000;
+// Ingest refuses a chunk of over 5,000 rrweb events (MAX_RRWEB_EVENTS_PER_CHUNK, 422): a page
+// that emits more than this in 5 s (an animation, a big list rendered item by item) sends its
+// events as several chunks, each with its own seq, rather than lose them all.
+const PIECE_EVENTS = 1000;
 const INCREMENTAL_SNAPSHOT = 3;
 // rrweb incremental sources that are the visitor's doing (not page mutations): mouse
 // move, mouse interaction, scroll, input, touch move, drag.
@@ -40,26 +47,24 @@ export function startReplay({ projectKey, identity, queue, maskAllInputs }) {
     });
   }
 
-  // forBeacon: the page may be unloading, so the chunk is cut into pieces a beacon can carry.
+  // The buffer goes out as chunks of at most PIECE_EVENTS events and maxChars characters, in
+  // order. forBeacon: the page may be unloading, so the pieces must fit in a beacon.
   function flush(forBeacon = false) {
     if (buffer.length === 0) return;
     const events = buffer;
     buffer = [];
-    if (!forBeacon) {
-      send(bufferSessionId, events);
-      return;
-    }
+    const maxChars = forBeacon ? BEACON_PIECE_CHARS : PIECE_CHARS;
     let piece = [];
-    let pieceBytes = 0;
+    let pieceChars = 0;
     for (const event of events) {
-      const eventBytes = JSON.stringify(event).length;
-      if (piece.length > 0 && pieceBytes + eventBytes > BEACON_PIECE_CHARS) {
+      const eventChars = JSON.stringify(event).length;
+      if (piece.length > 0 && (pieceChars + eventChars > maxChars || piece.length === PIECE_EVENTS)) {
         send(bufferSessionId, piece);
         piece = [];
-        pieceBytes = 0;
+        pieceChars = 0;
       }
       piece.push(event);
-      pieceBytes += eventBytes;
+      pieceChars += eventChars;
     }
     send(bufferSessionId, piece);
   }
