@@ -258,6 +258,50 @@ _STAGE_EVENTS = (
     " SELECT e.project_id, e.occurred_at, (e.occurred_at AT TIME ZONE :timezone)::date, e.name, e.distinct_id,"
     f" e.session_id, e.path, e.domain FROM events e WHERE {_NEW_EVENTS_WHERE}"
 )
+# Under live ingest the keys taken are dense in time (what arrived since the last round): the
+# times given as a few ranges instead of one array element per event. With the array (70k
+# elements under the 5000-visitor load) planning alone took ~0.6 s, pruning partitions element by
+# element, and the day's partition was scanned whole with each row looked up in the hashed array:
+# a cost in proportion to the day (docs/benchmarks.md, branch refcpu2). A range is cut where two
+# consecutive taken times are more than STAGE_RANGE_GAP apart, so an event arriving late does not
+# stretch one range over the events merged before it; with more than MAX_STAGE_RANGES ranges the
+# array is used. Events in a range not taken (committed after the take, bots) fail the key filter.
+STAGE_RANGE_GAP = timedelta(seconds=60)
+# A merge of at least this many events analyses its staged rows first (see refresh_project).
+ANALYZE_STAGED_MIN_EVENTS = 2_000
+MAX_STAGE_RANGES = 16
+_EVENT_KEY_FILTER = (
+    "(CAST(e.event_uuid AS text) || '@' || CAST(extract(epoch FROM e.occurred_at) * 1000000 AS bigint))"
+    " = ANY(CAST(:event_keys AS text[])) AND NOT e.is_bot"
+)
+
+
+def _stage_ranges(occurred_at: list[datetime]) -> list[tuple[datetime, datetime]] | None:
+    """The taken times as ranges (see STAGE_RANGE_GAP), or None if there are too many."""
+    ranges: list[tuple[datetime, datetime]] = []
+    for at in sorted(occurred_at):
+        if ranges and at - ranges[-1][1] <= STAGE_RANGE_GAP:
+            ranges[-1] = (ranges[-1][0], at)
+        else:
+            if len(ranges) == MAX_STAGE_RANGES:
+                return None
+            ranges.append((at, at))
+    return ranges
+
+
+def _stage_events_sql(ranges: int) -> str:
+    """_STAGE_EVENTS with the times as `ranges` ranges (:range_start_<i>, :range_end_<i>)."""
+    times = " OR ".join(
+        f"(e.occurred_at >= :range_start_{index} AND e.occurred_at <= :range_end_{index})" for index in range(ranges)
+    )
+    return (
+        "INSERT INTO query_rollup_events_staged (project_id, occurred_at, day, name, distinct_id, session_id, path,"
+        " domain) SELECT e.project_id, e.occurred_at, (e.occurred_at AT TIME ZONE :timezone)::date, e.name,"
+        f" e.distinct_id, e.session_id, e.path, e.domain FROM events e WHERE e.project_id = :project_id AND ({times})"
+        f" AND {_EVENT_KEY_FILTER}"
+    )
+
+
 _STAGED_EVENTS_WHERE = "e.project_id = :project_id"
 _NEW_EVENTS = (
     "(SELECT e.project_id, e.occurred_at, e.name, e.distinct_id, e.session_id, e.path, e.domain, e.day"
@@ -522,9 +566,14 @@ _EXIT_OLD = _merge_into(
 )
 # The (day, exit page) pairs whose sketches lose a visitor: session days whose exit page or visit
 # the merge changes.
+# One merged day per statement (:day): with the days as `day = ANY(:days)` the planner kept the
+# day out of the session days' index condition and each staged session's probe read the
+# project's session days of every day, (project_id, session_id) matched inside the index: under
+# the 5000-visitor load ~110 pages per session, the day's size times the batch's sessions, the
+# largest statement cost of a merge after the cubes (docs/benchmarks.md, branch refcpu2).
 _SESSION_DAYS_STAGED = (
     "st.project_id = sd.project_id AND st.project_id = :project_id"
-    " AND st.session_id = sd.session_id AND sd.project_id = :project_id AND sd.day = ANY(CAST(:days AS date[]))"
+    " AND st.session_id = sd.session_id AND sd.project_id = :project_id AND sd.day = CAST(:day AS date)"
     # (Implied by the join; said so the session days are found by their key even when the
     # planner, on stale statistics, would start from the staged sessions' side.)
     " AND sd.session_id = ANY(CAST(:sessions AS text[]))"
@@ -774,7 +823,15 @@ async def refresh_project(
             text("SELECT EXISTS (SELECT FROM pg_extension WHERE extname = 'citus')")
         )
         citus = bool(citus_installed.scalar_one())
-        await connection.execute(text(_STAGE_EVENTS), params)
+        ranges = _stage_ranges(occurred_at)
+        if ranges is None:
+            await connection.execute(text(_STAGE_EVENTS), params)
+        else:
+            range_params = dict(params)
+            for index, (first, last) in enumerate(ranges):
+                range_params[f"range_start_{index}"] = first
+                range_params[f"range_end_{index}"] = last
+            await connection.execute(text(_stage_events_sql(len(ranges))), range_params)
         from_empty = await _days_to_merge_from_empty(connection, project_id, timezone, unbuilt - unbuildable, changes)
         unbuilt -= from_empty
         sessions = await connection.execute(
@@ -820,18 +877,31 @@ async def refresh_project(
             # The sessions' new state read once; every cube merge reads it and the folded rows as
             # they were (old), then the folded rows are replaced, last.
             await connection.execute(text(_stage_sessions_sql(citus)), params)
+            if not citus and len(occurred_at) >= ANALYZE_STAGED_MIN_EVENTS:
+                # The staged tables are empty between merges, so their statistics say a row or
+                # two: each cube merge probed the staged sessions once per event and sorted its
+                # rows twice on many text keys (C.UTF-8 collation: no abbreviated keys), where a
+                # hash join and hash aggregates serve. Analysed (this transaction's rows count),
+                # a 70k-event merge's cubes took ~1.3 s of CPU instead of ~2.9 s. SKIP_LOCKED: a
+                # refresher of another project analysing them does not make this one wait. (On
+                # Citus its workers plan the pushed-down statements with their own statistics.)
+                await connection.execute(
+                    text("ANALYZE (SKIP_LOCKED) query_rollup_events_staged, query_rollup_sessions_staged")
+                )
             params["days"] = sorted(merged)
             for cube in _MERGED_CUBES:
                 await connection.execute(text(_merge_sql(cube)), params)
             # Exit pages: the pages touched sessions leave, their old rows out, the session days
             # moved and grown, their rows in (see _EXIT_OLD); the folded rows replaced last.
-            left = await connection.execute(text(_EXIT_PAGES_LEFT), params)
             pages_left: dict[date, set[str | None]] = {}
-            for row in left:
-                pages_left.setdefault(row.day, set()).add(row.exit_page)
+            for day in sorted(merged):
+                left = await connection.execute(text(_EXIT_PAGES_LEFT), {**params, "day": day})
+                for row in left:
+                    pages_left.setdefault(row.day, set()).add(row.exit_page)
             await connection.execute(text(_EXIT_OLD), params)
             await connection.execute(text(_SESSION_DAYS_MERGE), params)
-            await connection.execute(text(_SESSION_DAYS_MOVE), params)
+            for day in sorted(merged):
+                await connection.execute(text(_SESSION_DAYS_MOVE), {**params, "day": day})
             await connection.execute(text(_EXIT_NEW), params)
             await connection.execute(text(_FOLDED_MERGE), params)
             await connection.execute(

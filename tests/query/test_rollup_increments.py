@@ -150,6 +150,55 @@ async def test_refreshing_after_every_batch_equals_one_rebuild_from_scratch(
     assert refreshed == await rebuilt_from_scratch(engine, project)
 
 
+@pytest.mark.parametrize("scenario", ["exit pages moving", "late events for older days"])
+@pytest.mark.parametrize(
+    ("max_ranges", "analyse_from"),
+    [
+        (rollup_repository.MAX_STAGE_RANGES, 1),  # the staged rows analysed before every merge
+        (1, rollup_repository.ANALYZE_STAGED_MIN_EVENTS),  # a batch in several ranges: the keys' array
+    ],
+)
+async def test_the_events_staged_by_ranges_or_by_array_and_analysed_or_not_merge_alike(
+    db: DatabaseHarness,
+    engine: AsyncEngine,
+    monkeypatch: pytest.MonkeyPatch,
+    scenario: str,
+    max_ranges: int,
+    analyse_from: int,
+) -> None:
+    """The two ways a merge stages its events (the taken times as ranges, or one array element
+    per event when they fall in more than MAX_STAGE_RANGES ranges) and a merge analysing its
+    staged rows or not all leave the rows of a rebuild from scratch."""
+    monkeypatch.setattr(rollup_repository, "MAX_STAGE_RANGES", max_ranges)
+    monkeypatch.setattr(rollup_repository, "ANALYZE_STAGED_MIN_EVENTS", analyse_from)
+    project = await new_project(db)
+    project_id = int(project["id"])
+    for batch in SCENARIOS[scenario](main_events()):
+        await insert_events(engine, project_id, batch)
+        await build_rollups(engine, project)
+    refreshed = await cube_rows(engine, project_id)
+    assert all(refreshed[cube.table] for cube in CUBES)
+    assert refreshed == await rebuilt_from_scratch(engine, project)
+
+
+def test_taken_times_are_cut_into_ranges_at_gaps_longer_than_a_minute() -> None:
+    at = berlin("2026-01-12T10:00:00")
+    minute, second = rollup_repository.STAGE_RANGE_GAP, rollup_repository.STAGE_RANGE_GAP / 60
+    times = [at + 3 * minute, at, at + second, at + 2 * second, at + 2 * second + minute]
+    assert rollup_repository._stage_ranges(times) == [
+        (at, at + 2 * second + minute),
+        (at + 3 * minute, at + 3 * minute),
+    ]
+    # A late event an hour before the batch is a range of its own, not an hour of events read.
+    assert rollup_repository._stage_ranges([at, at + second, at - 60 * minute]) == [
+        (at - 60 * minute, at - 60 * minute),
+        (at, at + second),
+    ]
+    spread = [at + index * 2 * minute for index in range(rollup_repository.MAX_STAGE_RANGES + 1)]
+    assert rollup_repository._stage_ranges(spread[:-1]) == [(time, time) for time in spread[:-1]]
+    assert rollup_repository._stage_ranges(spread) is None
+
+
 async def test_a_batch_committed_while_a_refresh_runs_is_merged_by_the_next_one(
     db: DatabaseHarness, engine: AsyncEngine, admin_engine: AsyncEngine
 ) -> None:
