@@ -267,8 +267,6 @@ _STAGE_EVENTS = (
 # stretch one range over the events merged before it; with more than MAX_STAGE_RANGES ranges the
 # array is used. Events in a range not taken (committed after the take, bots) fail the key filter.
 STAGE_RANGE_GAP = timedelta(seconds=60)
-# A merge of at least this many events analyses its staged rows first (see refresh_project).
-ANALYZE_STAGED_MIN_EVENTS = 2_000
 MAX_STAGE_RANGES = 16
 _EVENT_KEY_FILTER = (
     "(CAST(e.event_uuid AS text) || '@' || CAST(extract(epoch FROM e.occurred_at) * 1000000 AS bigint))"
@@ -877,20 +875,22 @@ async def refresh_project(
             # The sessions' new state read once; every cube merge reads it and the folded rows as
             # they were (old), then the folded rows are replaced, last.
             await connection.execute(text(_stage_sessions_sql(citus)), params)
-            if not citus and len(occurred_at) >= ANALYZE_STAGED_MIN_EVENTS:
-                # The staged tables are empty between merges, so their statistics say a row or
-                # two: each cube merge probed the staged sessions once per event and sorted its
-                # rows twice on many text keys (C.UTF-8 collation: no abbreviated keys), where a
-                # hash join and hash aggregates serve. Analysed (this transaction's rows count),
-                # a 70k-event merge's cubes took ~1.3 s of CPU instead of ~2.9 s. SKIP_LOCKED: a
-                # refresher of another project analysing them does not make this one wait. (On
-                # Citus its workers plan the pushed-down statements with their own statistics.)
-                await connection.execute(
-                    text("ANALYZE (SKIP_LOCKED) query_rollup_events_staged, query_rollup_sessions_staged")
-                )
             params["days"] = sorted(merged)
+            # The staged tables are empty between merges, so their statistics say a row or two:
+            # each cube merge probed the staged sessions once per event (nested loop) and sorted
+            # its rows twice on a dozen text keys (C.UTF-8: no abbreviated keys), where a hash
+            # join and hash aggregates serve at any size. Priced out for the cube merges only:
+            # under the 5000-visitor load a 70,792-event merge's cubes took ~1.1 s of CPU instead
+            # of ~2.9 s (docs/benchmarks.md, branch refcpu2). ANALYZE of the staged rows did as
+            # well but would keep sampled session ids in pg_statistic after the merge.
+            await connection.execute(
+                text("SELECT set_config('enable_sort', 'off', true), set_config('enable_nestloop', 'off', true)")
+            )
             for cube in _MERGED_CUBES:
                 await connection.execute(text(_merge_sql(cube)), params)
+            await connection.execute(
+                text("SELECT set_config('enable_sort', 'on', true), set_config('enable_nestloop', 'on', true)")
+            )
             # Exit pages: the pages touched sessions leave, their old rows out, the session days
             # moved and grown, their rows in (see _EXIT_OLD); the folded rows replaced last.
             pages_left: dict[date, set[str | None]] = {}

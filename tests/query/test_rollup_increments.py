@@ -151,26 +151,14 @@ async def test_refreshing_after_every_batch_equals_one_rebuild_from_scratch(
 
 
 @pytest.mark.parametrize("scenario", ["exit pages moving", "late events for older days"])
-@pytest.mark.parametrize(
-    ("max_ranges", "analyse_from"),
-    [
-        (rollup_repository.MAX_STAGE_RANGES, 1),  # the staged rows analysed before every merge
-        (1, rollup_repository.ANALYZE_STAGED_MIN_EVENTS),  # a batch in several ranges: the keys' array
-    ],
-)
-async def test_the_events_staged_by_ranges_or_by_array_and_analysed_or_not_merge_alike(
-    db: DatabaseHarness,
-    engine: AsyncEngine,
-    monkeypatch: pytest.MonkeyPatch,
-    scenario: str,
-    max_ranges: int,
-    analyse_from: int,
+@pytest.mark.parametrize("max_ranges", [rollup_repository.MAX_STAGE_RANGES, 1])
+async def test_the_events_staged_by_ranges_or_by_array_merge_alike(
+    db: DatabaseHarness, engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch, scenario: str, max_ranges: int
 ) -> None:
     """The two ways a merge stages its events (the taken times as ranges, or one array element
-    per event when they fall in more than MAX_STAGE_RANGES ranges) and a merge analysing its
-    staged rows or not all leave the rows of a rebuild from scratch."""
+    per event when they fall in more than MAX_STAGE_RANGES ranges: with 1, every batch over
+    several days) leave the rows of a rebuild from scratch."""
     monkeypatch.setattr(rollup_repository, "MAX_STAGE_RANGES", max_ranges)
-    monkeypatch.setattr(rollup_repository, "ANALYZE_STAGED_MIN_EVENTS", analyse_from)
     project = await new_project(db)
     project_id = int(project["id"])
     for batch in SCENARIOS[scenario](main_events()):
