@@ -312,6 +312,53 @@ async def test_a_new_day_is_merged_from_empty_rollups_not_rebuilt(db: DatabaseHa
     assert await cube_rows(engine, project_id) == await rebuilt_from_scratch(engine, project)
 
 
+class _CommitsBeforePendingCount:
+    """A refresh's connection that commits `batch` (another connection) just before the refresh
+    counts the day's pending events: a batch committed between the take and the counts."""
+
+    def __init__(self, connection: Any, commit_batch: Callable[[], Any]) -> None:
+        self.connection, self.commit_batch, self.committed = connection, commit_batch, False
+
+    async def execute(self, statement: Any, parameters: Any = None) -> Any:
+        if not self.committed and "FROM query_rollup_pending p CROSS JOIN unnest(p.occurred_at)" in str(statement):
+            self.committed = True
+            await self.commit_batch()
+        return await self.connection.execute(statement, parameters)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.connection, name)
+
+
+async def test_a_new_day_is_merged_from_empty_with_a_batch_committed_during_its_counts(
+    db: DatabaseHarness, engine: AsyncEngine
+) -> None:
+    """Under the load hundreds of batches commit a second: one committed while the refresh counts
+    the new day's events must not make it rebuild the day (the day's events and its pending
+    events were two statements, two snapshots: the batch was in the second count only)."""
+    project = await new_project(db)
+    project_id = int(project["id"])
+    refresh = rollup_repository.ProjectToRefresh(project_id, "Europe/Berlin")
+    events = main_events()
+    jan_12 = [event for event in events if event.occurred_at < berlin("2026-01-13T00:00:00")]
+    await insert_events(engine, project_id, jan_12)
+    await build_rollups(engine, project)
+    midnight, next_midnight = berlin("2026-01-13T00:00:00"), berlin("2026-01-14T00:00:00")
+    jan_13 = [event for event in events if midnight <= event.occurred_at < next_midnight]
+    await insert_events(engine, project_id, jan_13[:2])
+    async with engine.begin() as connection:
+        hooked = _CommitsBeforePendingCount(connection, lambda: insert_events(engine, project_id, jan_13[2:3]))
+        first = await rollup_repository.refresh_project(hooked, refresh, 100)  # type: ignore[arg-type]
+    assert hooked.committed
+    assert first is not None
+    assert (first.merged_days, first.rebuilt_days, first.merged_events) == (2, 0, 2)
+    # The batch committed meanwhile is merged by the next refresh; the rows are a rebuild's.
+    async with engine.begin() as connection:
+        second = await rollup_repository.refresh_project(connection, refresh, 100)
+    assert second is not None
+    assert (second.rebuilt_days, second.merged_events) == (0, 1)
+    assert await cube_rows(engine, project_id) == await rebuilt_from_scratch(engine, project)
+
+
 async def test_a_never_built_day_with_events_not_taken_is_rebuilt(db: DatabaseHarness, engine: AsyncEngine) -> None:
     """A delete marks its day never built while the day keeps events merged before: merging
     the new events alone would lose those, so the day is rebuilt."""
