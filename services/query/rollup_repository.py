@@ -1385,12 +1385,22 @@ async def rebuild_retention_week(connection: AsyncConnection, *, project_id: int
         text("SELECT timezone FROM projects WHERE project_id = :project_id"), {"project_id": project_id}
     )
     params["timezone"] = zone.scalar_one()
+    citus = await connection.execute(text("SELECT EXISTS (SELECT FROM pg_extension WHERE extname = 'citus')"))
+    routed = " AND f.project_id = :project_id" if citus.scalar_one() else ""
     # The week's bounds are its local midnights by the same conversion as the days (AT TIME
     # ZONE). Each active visitor's first session ever is one key lookup per visitor
     # ((project_id, distinct_id) index): it starts no later than their session in the week, so
     # no bound is needed. A join here let the planner pick a scan of the project's sessions per
-    # visitor when its estimates were off (seen as a timeout). No CTE: Citus pushes the
-    # statement down to the project's shard only without one.
+    # visitor when its estimates were off (seen as a timeout). The lookup names the project by
+    # the outer row's column, not the constant (as _touched_sessions does): on a new project's
+    # statistics (a row or two per project) `project_id = <constant>` made every index on
+    # project_id look as good, and the planner answered min() by walking the (project_id,
+    # started_at) index until the visitor's first row, a scan of the project's sessions per
+    # visitor: under the 5000-visitor load the load's first retention week took 7.9 s of CPU and
+    # 27.6 s of wall time, which stretched the refresher's pause to 249 s (docs/benchmarks.md,
+    # branch refcpu2). On Citus the constant stays: the statement is routed to the project's
+    # shard by it (its workers plan with their own statistics). No CTE:
+    # Citus pushes the statement down to the project's shard only without one.
     await connection.execute(
         text(
             "INSERT INTO query_rollup_retention (project_id, active_day, first_day, visitors)"
@@ -1398,7 +1408,7 @@ async def rebuild_retention_week(connection: AsyncConnection, *, project_id: int
             " (a.first_at AT TIME ZONE :timezone)::date, count(*)"
             " FROM (SELECT s.project_id, s.distinct_id, min(s.started_at) AS active_at,"
             " (SELECT min(f.started_at) FROM query_sessions f WHERE f.project_id = s.project_id"
-            " AND f.project_id = :project_id AND f.distinct_id = s.distinct_id) AS first_at"
+            f"{routed} AND f.distinct_id = s.distinct_id) AS first_at"
             " FROM query_sessions s WHERE s.project_id = :project_id"
             " AND s.started_at >= CAST(:week AS date)::timestamp AT TIME ZONE :timezone"
             " AND s.started_at < (CAST(:week AS date) + 7)::timestamp AT TIME ZONE :timezone"
