@@ -884,9 +884,10 @@ async def refresh_project(
             # each cube merge probed the staged sessions once per event (nested loop) and sorted
             # its rows twice on a dozen text keys (C.UTF-8: no abbreviated keys), where a hash
             # join and hash aggregates serve at any size. Priced out for the cube merges only:
-            # under the 5000-visitor load a 70,792-event merge's cubes took ~1.1 s of CPU instead
-            # of ~2.9 s (docs/benchmarks.md, branch refcpu2). ANALYZE of the staged rows did as
-            # well but would keep sampled session ids in pg_statistic after the merge.
+            # a 70,792-event batch of the 5000-visitor load's took 1.07 s of CPU in the eight cube
+            # merges instead of 2.75 s (docs/benchmarks.md, branch refcpu2). ANALYZE of the staged
+            # rows did less well, and would keep sampled session ids in pg_statistic after the
+            # merge, out of erasure's reach.
             await connection.execute(
                 text("SELECT set_config('enable_sort', 'off', true), set_config('enable_nestloop', 'off', true)")
             )
