@@ -258,6 +258,48 @@ _STAGE_EVENTS = (
     " SELECT e.project_id, e.occurred_at, (e.occurred_at AT TIME ZONE :timezone)::date, e.name, e.distinct_id,"
     f" e.session_id, e.path, e.domain FROM events e WHERE {_NEW_EVENTS_WHERE}"
 )
+# Under live ingest the keys taken are dense in time (what arrived since the last round): the
+# times given as a few ranges instead of one array element per event. With the array (70k
+# elements under the 5000-visitor load) planning alone took ~0.6 s, pruning partitions element by
+# element, and the day's partition was scanned whole with each row looked up in the hashed array:
+# a cost in proportion to the day (docs/benchmarks.md, branch refcpu2). A range is cut where two
+# consecutive taken times are more than STAGE_RANGE_GAP apart, so an event arriving late does not
+# stretch one range over the events merged before it; with more than MAX_STAGE_RANGES ranges the
+# array is used. Events in a range not taken (committed after the take, bots) fail the key filter.
+STAGE_RANGE_GAP = timedelta(seconds=60)
+MAX_STAGE_RANGES = 16
+_EVENT_KEY_FILTER = (
+    "(CAST(e.event_uuid AS text) || '@' || CAST(extract(epoch FROM e.occurred_at) * 1000000 AS bigint))"
+    " = ANY(CAST(:event_keys AS text[])) AND NOT e.is_bot"
+)
+
+
+def _stage_ranges(occurred_at: list[datetime]) -> list[tuple[datetime, datetime]] | None:
+    """The taken times as ranges (see STAGE_RANGE_GAP), or None if there are too many."""
+    ranges: list[tuple[datetime, datetime]] = []
+    for at in sorted(occurred_at):
+        if ranges and at - ranges[-1][1] <= STAGE_RANGE_GAP:
+            ranges[-1] = (ranges[-1][0], at)
+        else:
+            if len(ranges) == MAX_STAGE_RANGES:
+                return None
+            ranges.append((at, at))
+    return ranges
+
+
+def _stage_events_sql(ranges: int) -> str:
+    """_STAGE_EVENTS with the times as `ranges` ranges (:range_start_<i>, :range_end_<i>)."""
+    times = " OR ".join(
+        f"(e.occurred_at >= :range_start_{index} AND e.occurred_at <= :range_end_{index})" for index in range(ranges)
+    )
+    return (
+        "INSERT INTO query_rollup_events_staged (project_id, occurred_at, day, name, distinct_id, session_id, path,"
+        " domain) SELECT e.project_id, e.occurred_at, (e.occurred_at AT TIME ZONE :timezone)::date, e.name,"
+        f" e.distinct_id, e.session_id, e.path, e.domain FROM events e WHERE e.project_id = :project_id AND ({times})"
+        f" AND {_EVENT_KEY_FILTER}"
+    )
+
+
 _STAGED_EVENTS_WHERE = "e.project_id = :project_id"
 _NEW_EVENTS = (
     "(SELECT e.project_id, e.occurred_at, e.name, e.distinct_id, e.session_id, e.path, e.domain, e.day"
@@ -522,9 +564,14 @@ _EXIT_OLD = _merge_into(
 )
 # The (day, exit page) pairs whose sketches lose a visitor: session days whose exit page or visit
 # the merge changes.
+# One merged day per statement (:day): with the days as `day = ANY(:days)` the planner kept the
+# day out of the session days' index condition and each staged session's probe read the
+# project's session days of every day, (project_id, session_id) matched inside the index: under
+# the 5000-visitor load ~110 pages per session, the day's size times the batch's sessions, the
+# largest statement cost of a merge after the cubes (docs/benchmarks.md, branch refcpu2).
 _SESSION_DAYS_STAGED = (
     "st.project_id = sd.project_id AND st.project_id = :project_id"
-    " AND st.session_id = sd.session_id AND sd.project_id = :project_id AND sd.day = ANY(CAST(:days AS date[]))"
+    " AND st.session_id = sd.session_id AND sd.project_id = :project_id AND sd.day = CAST(:day AS date)"
     # (Implied by the join; said so the session days are found by their key even when the
     # planner, on stale statistics, would start from the staged sessions' side.)
     " AND sd.session_id = ANY(CAST(:sessions AS text[]))"
@@ -650,9 +697,13 @@ async def _days_to_merge_from_empty(
     # statistics (a row or two estimated) that was planned as a loop over the pending keys per
     # event, and ran into the statement timeout under the load. A taken or pending event deleted
     # meanwhile bumps the day's `changes`, so the day is rebuilt next round whatever this says.
-    in_day = int((await connection.execute(text(_DAY_EVENTS), params)).scalar_one())
-    pending = int((await connection.execute(text(_DAY_EVENTS_PENDING), params)).scalar_one())
-    if in_day - pending != taken:
+    #
+    # Both counts in one statement, so one snapshot: as two statements, an insert committed
+    # between them was in the pending count but not in the day's, and under the 5000-visitor
+    # load (hundreds of commits a second) the load's new day was rebuilt instead of merged
+    # (docs/benchmarks.md, branch refcpu2). Each subquery is planned as its statement was.
+    counts = await connection.execute(text(f"SELECT ({_DAY_EVENTS}) - ({_DAY_EVENTS_PENDING})"), params)
+    if int(counts.scalar_one()) != taken:
         return set()
     await _try_lock_days(connection, project_id, [latest])
     for table in (*(cube.table for cube in CUBES), "query_rollup_session_days", "query_rollup_sessions_folded"):
@@ -774,7 +825,15 @@ async def refresh_project(
             text("SELECT EXISTS (SELECT FROM pg_extension WHERE extname = 'citus')")
         )
         citus = bool(citus_installed.scalar_one())
-        await connection.execute(text(_STAGE_EVENTS), params)
+        ranges = _stage_ranges(occurred_at)
+        if ranges is None:
+            await connection.execute(text(_STAGE_EVENTS), params)
+        else:
+            range_params = dict(params)
+            for index, (first, last) in enumerate(ranges):
+                range_params[f"range_start_{index}"] = first
+                range_params[f"range_end_{index}"] = last
+            await connection.execute(text(_stage_events_sql(len(ranges))), range_params)
         from_empty = await _days_to_merge_from_empty(connection, project_id, timezone, unbuilt - unbuildable, changes)
         unbuilt -= from_empty
         sessions = await connection.execute(
@@ -821,17 +880,33 @@ async def refresh_project(
             # they were (old), then the folded rows are replaced, last.
             await connection.execute(text(_stage_sessions_sql(citus)), params)
             params["days"] = sorted(merged)
+            # The staged tables are empty between merges, so their statistics say a row or two:
+            # each cube merge probed the staged sessions once per event (nested loop) and sorted
+            # its rows twice on a dozen text keys (C.UTF-8: no abbreviated keys), where a hash
+            # join and hash aggregates serve at any size. Priced out for the cube merges only:
+            # a 70,792-event batch of the 5000-visitor load's took 1.07 s of CPU in the eight cube
+            # merges instead of 2.75 s (docs/benchmarks.md, branch refcpu2). ANALYZE of the staged
+            # rows did less well, and would keep sampled session ids in pg_statistic after the
+            # merge, out of erasure's reach.
+            await connection.execute(
+                text("SELECT set_config('enable_sort', 'off', true), set_config('enable_nestloop', 'off', true)")
+            )
             for cube in _MERGED_CUBES:
                 await connection.execute(text(_merge_sql(cube)), params)
+            await connection.execute(
+                text("SELECT set_config('enable_sort', 'on', true), set_config('enable_nestloop', 'on', true)")
+            )
             # Exit pages: the pages touched sessions leave, their old rows out, the session days
             # moved and grown, their rows in (see _EXIT_OLD); the folded rows replaced last.
-            left = await connection.execute(text(_EXIT_PAGES_LEFT), params)
             pages_left: dict[date, set[str | None]] = {}
-            for row in left:
-                pages_left.setdefault(row.day, set()).add(row.exit_page)
+            for day in sorted(merged):
+                left = await connection.execute(text(_EXIT_PAGES_LEFT), {**params, "day": day})
+                for row in left:
+                    pages_left.setdefault(row.day, set()).add(row.exit_page)
             await connection.execute(text(_EXIT_OLD), params)
             await connection.execute(text(_SESSION_DAYS_MERGE), params)
-            await connection.execute(text(_SESSION_DAYS_MOVE), params)
+            for day in sorted(merged):
+                await connection.execute(text(_SESSION_DAYS_MOVE), {**params, "day": day})
             await connection.execute(text(_EXIT_NEW), params)
             await connection.execute(text(_FOLDED_MERGE), params)
             await connection.execute(
@@ -1311,12 +1386,22 @@ async def rebuild_retention_week(connection: AsyncConnection, *, project_id: int
         text("SELECT timezone FROM projects WHERE project_id = :project_id"), {"project_id": project_id}
     )
     params["timezone"] = zone.scalar_one()
+    citus = await connection.execute(text("SELECT EXISTS (SELECT FROM pg_extension WHERE extname = 'citus')"))
+    routed = " AND f.project_id = :project_id" if citus.scalar_one() else ""
     # The week's bounds are its local midnights by the same conversion as the days (AT TIME
     # ZONE). Each active visitor's first session ever is one key lookup per visitor
     # ((project_id, distinct_id) index): it starts no later than their session in the week, so
     # no bound is needed. A join here let the planner pick a scan of the project's sessions per
-    # visitor when its estimates were off (seen as a timeout). No CTE: Citus pushes the
-    # statement down to the project's shard only without one.
+    # visitor when its estimates were off (seen as a timeout). The lookup names the project by
+    # the outer row's column, not the constant (as _touched_sessions does): on a new project's
+    # statistics (a row or two per project) `project_id = <constant>` made every index on
+    # project_id look as good, and the planner answered min() by walking the (project_id,
+    # started_at) index until the visitor's first row, a scan of the project's sessions per
+    # visitor: under the 5000-visitor load the load's first retention week took 7.9 s of CPU and
+    # 27.6 s of wall time, which stretched the refresher's pause to 249 s (docs/benchmarks.md,
+    # branch refcpu2). On Citus the constant stays: the statement is routed to the project's
+    # shard by it (its workers plan with their own statistics). No CTE:
+    # Citus pushes the statement down to the project's shard only without one.
     await connection.execute(
         text(
             "INSERT INTO query_rollup_retention (project_id, active_day, first_day, visitors)"
@@ -1324,7 +1409,7 @@ async def rebuild_retention_week(connection: AsyncConnection, *, project_id: int
             " (a.first_at AT TIME ZONE :timezone)::date, count(*)"
             " FROM (SELECT s.project_id, s.distinct_id, min(s.started_at) AS active_at,"
             " (SELECT min(f.started_at) FROM query_sessions f WHERE f.project_id = s.project_id"
-            " AND f.project_id = :project_id AND f.distinct_id = s.distinct_id) AS first_at"
+            f"{routed} AND f.distinct_id = s.distinct_id) AS first_at"
             " FROM query_sessions s WHERE s.project_id = :project_id"
             " AND s.started_at >= CAST(:week AS date)::timestamp AT TIME ZONE :timezone"
             " AND s.started_at < (CAST(:week AS date) + 7)::timestamp AT TIME ZONE :timezone"

@@ -9,7 +9,9 @@ after every round (the backend's pid is asked each round; a new one is counted f
 start). Start the stack with the query service's refresher off
 (`SIGHTLINE_QUERY_ROLLUP_INTERVAL_S=0`), so this loop is the only one, then run the load next
 to it (`sightline load ...`). Nothing is asserted; the figures are printed (and appended to
---out as JSON lines, one per round, then the summary).
+--out as JSON lines, one per round, then the summary). With --by-statement, each statement's
+backend CPU (the same /proc reading before and after it) is summed by the statement's text and
+the costliest are printed with the summary: where a round's CPU goes.
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from sqlalchemy import text
+from sqlalchemy import event, text
+from sqlalchemy.engine import Connection
 
 from services.cli.stack import read_env_file
 from services.common.settings import AdminDatabaseSettings, DatabaseSettings, StackSettings
@@ -35,6 +38,40 @@ CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 def process_cpu_s(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+class StatementCpu:
+    """Backend CPU and wall time per statement text, read around every statement the engine runs."""
+
+    def __init__(self) -> None:
+        self.totals: dict[str, list[float]] = {}  # statement -> [cpu_s, wall_s, calls]
+        self._started: tuple[int, float, float] | None = None
+
+    def attach(self, engine: object) -> None:
+        sync_engine = engine.sync_engine  # type: ignore[attr-defined]
+        event.listen(sync_engine, "before_cursor_execute", self._before)
+        event.listen(sync_engine, "after_cursor_execute", self._after)
+
+    def _before(self, connection: Connection, cursor: object, statement: str, *args: object) -> None:
+        pid = connection.connection.driver_connection.get_server_pid()  # type: ignore[union-attr]
+        self._started = (pid, process_cpu_s(pid), time.monotonic())
+
+    def _after(self, connection: Connection, cursor: object, statement: str, *args: object) -> None:
+        if self._started is None:
+            return
+        pid, cpu, wall = self._started
+        entry = self.totals.setdefault(" ".join(statement.split()), [0.0, 0.0, 0])
+        entry[0] += process_cpu_s(pid) - cpu
+        entry[1] += time.monotonic() - wall
+        entry[2] += 1
+        self._started = None
+
+    def top(self, count: int = 25) -> list[dict[str, object]]:
+        ranked = sorted(self.totals.items(), key=lambda item: -item[1][0])[:count]
+        return [
+            {"cpu_s": round(cpu, 3), "wall_s": round(wall, 3), "calls": int(calls), "statement": statement[:160]}
+            for statement, (cpu, wall, calls) in ranked
+        ]
 
 
 def log(message: str) -> None:
@@ -51,6 +88,9 @@ async def main(arguments: argparse.Namespace) -> None:
     # must not inherit: its interval is --interval (the default's 30 s).
     settings = replace(QuerySettings.from_env(), rollup_interval_s=arguments.interval)
     engine = rollup_engine(database)
+    statements = StatementCpu() if arguments.by_statement else None
+    if statements:
+        statements.attach(engine)
     out = open(arguments.out, "a") if arguments.out else None  # noqa: SIM115
     started = time.monotonic()
     load_before = os.getloadavg()
@@ -96,6 +136,8 @@ async def main(arguments: argparse.Namespace) -> None:
         # What was still waiting when the time was up, merged now (rounds back to back): the
         # cost of every event the load stored, not only of those merged in time.
         engine = rollup_engine(database)
+        if statements:
+            statements.attach(engine)
         try:
             while drain_rounds < 20:
                 async with engine.connect() as connection:
@@ -139,6 +181,9 @@ async def main(arguments: argparse.Namespace) -> None:
         "load_after": [round(x, 2) for x in os.getloadavg()],
     }
     log(json.dumps(summary))
+    if statements:
+        for row in statements.top():
+            log(json.dumps(row))
     if out:
         out.write(json.dumps(summary) + "\n")
         out.close()
@@ -151,6 +196,7 @@ def cli() -> None:
         "--interval", type=float, default=QuerySettings().rollup_interval_s, help="seconds between rounds"
     )
     parser.add_argument("--drain", action="store_true", help="then merge what is still waiting, CPU counted apart")
+    parser.add_argument("--by-statement", action="store_true", help="also sum the backend CPU by statement")
     parser.add_argument("--out", default=None, help="append each round and the summary here (JSON lines)")
     asyncio.run(main(parser.parse_args()))
 
