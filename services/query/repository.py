@@ -488,6 +488,13 @@ _SESSION_DAY_ROWS = {
         f" WHERE {_SESSION_DAYS_WHERE} AND sd.pageviews > 0"
     ),
 }
+# The page rows under an `is` filter on the page (the Goals card's page goals): one row per
+# session day and listed page it holds.
+_SESSION_DAY_LISTED_PAGES = (
+    f"SELECT sd.distinct_id, sd.exit_page, {_SESSION_DAY_VISITS}, x.value AS page, 0 AS ev, 0 AS pv"
+    " FROM query_rollup_session_days sd CROSS JOIN unnest(CAST(:overlap AS text[])) AS x(value)"
+    " WHERE sd.project_id = :project_id AND sd.day = ANY(CAST(:rolled_days AS date[])) AND x.value = ANY(sd.pages)"
+)
 _SESSION_DAY_METRICS: dict[Metric, str] = {
     "visitors": "count(DISTINCT distinct_id)",
     "events": "coalesce(sum(ev), 0)",
@@ -507,11 +514,17 @@ def _session_day_sql(query: AggregateQuery, plan: SessionDayPlan) -> tuple[str, 
         if clause.dimension == dimension and clause.operator == "is" and not clause.includes_null
     ]
     overlap = ""
-    if listed and "pageview" not in listed[0].values:
+    rows = _SESSION_DAY_ROWS[dimension]
+    if listed and dimension == "page":
+        # A page's rows only say which session days hold it, so each listed page is tested for
+        # containment rather than every page of every session day unnested (docs/benchmarks.md,
+        # "Goals under two visit chips ... migration 0920").
         params["overlap"] = list(listed[0].values)
-        array = "pages" if dimension == "page" else "event_names"
-        overlap = f" AND sd.{array} && CAST(:overlap AS text[])"
-    parts = [_SESSION_DAY_ROWS[dimension].format(overlap=overlap)] if plan.rolled_days else []
+        rows = _SESSION_DAY_LISTED_PAGES
+    elif listed and "pageview" not in listed[0].values:
+        params["overlap"] = list(listed[0].values)
+        overlap = " AND sd.event_names && CAST(:overlap AS text[])"
+    parts = [rows.format(overlap=overlap)] if plan.rolled_days else []
     ctes = ""
     if plan.computed_days:
         params.update(
@@ -531,10 +544,20 @@ def _session_day_sql(query: AggregateQuery, plan: SessionDayPlan) -> tuple[str, 
             f" GROUP BY distinct_id, exit_page, {raw_visits}, {raw}"
         )
     dimension_aliases, dimension_columns, where = _dimensions_and_filters(query, _rolled, params)
+    rows_sql = f"({' UNION ALL '.join(parts)}) u{where}"
+    if set(query.metrics) == {"visitors"}:
+        # Visitors alone: each (value, visitor) pair once (hashed), then counted per value; a
+        # count(DISTINCT) sorts every row of each group instead.
+        (alias,) = dimension_aliases
+        return (
+            f"{ctes}SELECT {alias}, count(*) AS visitors, count(*) OVER () AS total_rows"
+            f" FROM (SELECT DISTINCT {dimension_columns[0]}, distinct_id FROM {rows_sql}) g"
+            f"{_order_and_page(query, dimension_aliases, params)}"
+        ), params
     metric_columns = ", ".join(f"{_SESSION_DAY_METRICS[name]} AS {name}" for name in query.metrics)
     sql = (
         f"{ctes}SELECT {', '.join([*dimension_columns, metric_columns])}, count(*) OVER () AS total_rows"
-        f" FROM ({' UNION ALL '.join(parts)}) u{where}{_order_and_page(query, dimension_aliases, params)}"
+        f" FROM {rows_sql}{_order_and_page(query, dimension_aliases, params)}"
     )
     return sql, params
 

@@ -30,6 +30,7 @@ from services.query import repository
 from services.query.app import create_app
 from services.query.repository import AggregateQuery, SessionDayPlan
 from services.query.settings import QuerySettings
+from services.query.vocabulary import DIMENSIONS, VISIT_DIMENSIONS
 from services.replay.erasure import erase_person
 from tests.harness import DatabaseHarness
 from tests.query.conftest import (
@@ -347,3 +348,81 @@ async def test_days_not_rolled_up_are_computed_from_their_events(
     assert plans
     assert all(plan.computed_days == (date(2026, 1, 12),) for plan in plans)
     assert all(date(2026, 1, 13) in plan.rolled_days for plan in plans)
+
+
+async def test_page_goals_under_two_visit_chips_count_each_visitor_once_per_page(
+    db: DatabaseHarness,
+    engine: AsyncEngine,
+    client: AsyncTestClient[Any],
+    raw_client: AsyncTestClient[Any],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Migration 0920's path (each listed page tested for containment, visitors counted once per
+    page): v1 views /pricing on Jan 12 (s1) and, merged in two later batches, twice on Jan 13
+    (s2: its pages now /blog, /pricing, /pricing); both sessions DE and desktop."""
+    project = await new_project(db)
+    project_id = int(project["id"])
+    await insert_events(engine, project_id, main_events())
+    await build_rollups(engine, project)
+    for minute in ("01", "02"):
+        await insert_events(engine, project_id, [Event("v1", "s2", berlin(f"2026-01-13T09:{minute}:00"), "/pricing")])
+        await build_rollups(engine, project)
+    async with engine.connect() as connection:
+        pages = await connection.execute(
+            text("SELECT pages FROM query_rollup_session_days WHERE project_id = :project_id AND session_id = 's2'"),
+            {"project_id": project_id},
+        )
+        assert [row[0] for row in pages] == [["/blog", "/pricing", "/pricing"]]
+    two_chips = [*chip("country", "DE"), *chip("device", "desktop")]
+    cases = [
+        # v1 once per page, whatever the days and repeats; /docs is US (v2) only.
+        (
+            [*two_chips, {"dimension": "page", "operator": "is", "values": ["/pricing", "/blog", "/docs", "/"]}],
+            [["/", 1], ["/blog", 1], ["/pricing", 1]],
+        ),
+        # A second filter on the page narrows the listed pages.
+        (
+            [
+                *two_chips,
+                {"dimension": "page", "operator": "is", "values": ["/pricing", "/blog"]},
+                {"dimension": "page", "operator": "is_not", "values": ["/blog"]},
+            ],
+            [["/pricing", 1]],
+        ),
+        # FR and mobile: v3 (s4) viewed /pricing and /checkout.
+        (
+            [*chip("country", "FR"), *chip("device", "mobile"), *chip("page", "/pricing")],
+            [["/pricing", 1]],
+        ),
+        ([*chip("country", "US"), *chip("device", "mobile"), *chip("page", "/pricing")], []),
+    ]
+    for filters, expected in cases:
+        spy = PlanSpy(monkeypatch)
+        body = await query(client, project, metrics=["visitors"], dimensions=["page"], filters=filters)
+        assert table(body) == expected, filters
+        assert body["meta"]["exact"] is True
+        assert [source for _, source in spy.sources] == [SESSION_DAYS]
+        assert table(await query(raw_client, project, metrics=["visitors"], dimensions=["page"], filters=filters)) == (
+            expected
+        )
+    # Visitors alone by event name (counted after a DISTINCT, as pages are): s1 exits on
+    # /pricing with its pageviews and signup.
+    spy = PlanSpy(monkeypatch)
+    body = await query(
+        client, project, metrics=["visitors"], dimensions=["event_name"], filters=chip("exit_page", "/pricing")
+    )
+    assert table(body) == [["pageview", 1], ["signup", 1]]
+    assert [source for _, source in spy.sources] == [SESSION_DAYS]
+
+
+async def test_every_visit_column_of_the_session_days_is_indexed(engine: AsyncEngine) -> None:
+    """Migration 0920: under two visit chips the planner reads the session days of the chips
+    from these indexes, not every session day of the range; a visit dimension added later needs
+    its own."""
+    async with engine.connect() as connection:
+        result = await connection.execute(
+            text("SELECT indexdef FROM pg_indexes WHERE tablename = 'query_rollup_session_days'")
+        )
+        definitions = {row[0].split(" USING btree ")[1] for row in result if " USING btree " in row[0]}
+    for name in VISIT_DIMENSIONS:
+        assert f"(project_id, day, {DIMENSIONS[name].rolled})" in definitions, name

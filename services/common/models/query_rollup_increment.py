@@ -128,4 +128,10 @@ query_rollup_session_days = Table(
     Column("event_names", ARRAY(Text)),
     PrimaryKeyConstraint("project_id", "day", "session_id", "distinct_id", name="pk_query_rollup_session_days"),
     Index("ix_query_rollup_session_days_project_id_day_exit_page", "project_id", "day", "exit_page"),
+    # Migration 0920: each visit column, so two visit chips read only the session days of both
+    # (a BitmapAnd of their indexes), not every session day of the range.
+    *(
+        Index(f"ix_query_rollup_session_days_project_id_day_{name}", "project_id", "day", name)
+        for name in ("referrer", "utm_source", "utm_medium", "utm_campaign", "country", "browser", "os", "device")
+    ),
 )
