@@ -100,15 +100,52 @@ class ChunkRow:
 
 _ROWS = "@ROWS@"  # where a statement's JSON document goes, as a dollar-quoted literal
 
-# The batch travels as one JSON document that json_to_recordset turns back into rows, inside
-# ingest_store_events (migration 0870), which holds the statement: client uuids are claimed in
-# ingested_events first, an event whose uuid was already there is a retry and is skipped; each
-# (session, visitor, URL) is recorded once in event_session_urls (what the player's "URL
-# contains" searches, 0840), in key order. A plpgsql function's statements are planned once per
-# backend: sent as it is, the statement was parsed and planned again for every batch (~0.07 ms
+# The batch travels as one JSON document that json_to_recordset turns back into rows. Client
+# uuids are claimed in ingested_events first, an event whose uuid was already there is a retry
+# and is skipped; each (session, visitor, URL) is recorded once in event_session_urls (what the
+# player's "URL contains" searches, 0840), in key order. The stored uuid is made inside `input`:
+# Citus 13.2 drops the column from COALESCE(input.event_uuid, gen_random_uuid()) in the outer
+# SELECT. Postgres runs this statement inside ingest_store_events() (migration 0870, which holds
+# the same text, @ROWS@ being its parameter events_json; tests/ingest/test_store_events_function.py
+# compares them), as the chunks' below: a plpgsql function's statements are planned once per
+# backend, where this text, sent as it is, was parsed and planned again for every batch (~0.07 ms
 # of ~0.5 ms of Postgres CPU per 8-event request), and PgBouncer's transaction pooling rules out
-# prepared statements. Its JSON keys are EventRow's (tests/ingest/test_store_events_function.py).
-_INSERT_EVENTS = f"SELECT ingest_store_events(CAST({_ROWS} AS json))"
+# prepared statements. A change here takes a migration that replaces the function.
+_EVENT_SELECTED = ", ".join(f"batch.{_EVENT_KEYS[column]} AS {column}" for column in _EVENT_COLUMNS)
+_EVENT_KEYED_RECORD = ", ".join(
+    f"{_EVENT_KEYS[column]} {type_}" for column, type_ in zip(_EVENT_COLUMNS, _EVENT_TYPES, strict=True)
+)
+_EVENT_STORED = ", ".join(
+    "input.stored_event_uuid" if column == "event_uuid" else f"input.{column}" for column in _EVENT_COLUMNS
+)
+_INSERT_EVENTS = f"""
+        WITH input AS (
+            SELECT {_EVENT_SELECTED},
+                   COALESCE(batch.{_EVENT_KEYS["event_uuid"]}, gen_random_uuid()) AS stored_event_uuid
+            FROM json_to_recordset({_ROWS}) AS batch({_EVENT_KEYED_RECORD})
+        ),
+        first_seen AS (
+            INSERT INTO ingested_events (project_id, event_uuid)
+            SELECT project_id, event_uuid FROM input WHERE event_uuid IS NOT NULL
+            ON CONFLICT DO NOTHING
+            RETURNING project_id, event_uuid
+        ),
+        session_urls AS (
+            INSERT INTO event_session_urls (project_id, session_id, distinct_id, url_hash, url, path, first_seen)
+            SELECT project_id, session_id, distinct_id, md5(url)::uuid, min(url), min(path), min(occurred_at)
+            FROM input
+            GROUP BY project_id, session_id, distinct_id, md5(url)::uuid
+            ORDER BY project_id, session_id, distinct_id, md5(url)::uuid
+            ON CONFLICT DO NOTHING
+        )
+        INSERT INTO events ({", ".join(_EVENT_COLUMNS)})
+        SELECT {_EVENT_STORED}
+        FROM input
+        WHERE input.event_uuid IS NULL
+           OR EXISTS (SELECT 1 FROM first_seen
+                      WHERE first_seen.project_id = input.project_id AND first_seen.event_uuid = input.event_uuid)
+"""
+_STORE_EVENTS = f"SELECT ingest_store_events(CAST({_ROWS} AS json))"
 
 # Chunks travel the same way, their bytes as base64 (msgspec writes bytes so; decoded by
 # Postgres). Hex made the document twice the chunk's size, base64 a third more: the query text
@@ -210,7 +247,7 @@ async def write_batch(connection: asyncpg.Connection, events: list[EventRow], ch
     if chunks:
         statements.append(_STORE_CHUNKS.replace(_ROWS, _dollar_quoted(_chunks_json(chunks))))
     if events:
-        statements.append(_INSERT_EVENTS.replace(_ROWS, _dollar_quoted(msgspec.json.encode(events).decode())))
+        statements.append(_STORE_EVENTS.replace(_ROWS, _dollar_quoted(msgspec.json.encode(events).decode())))
     if statements:
         await connection.execute(";".join(statements))
 

@@ -1,7 +1,7 @@
-"""ingest_store_events (migration 0870) holds the writer's events statement: its JSON record must
-be the writer's EventRow fields, and the writer must go through it. The chunks' statement stays in
-the repository and ingest_store_replay_chunks (0890) holds the same text (tests/ingest/
-test_repository.py); its JSON record must be ChunkRow's fields."""
+"""The writer's events statement lives in the repository (_INSERT_EVENTS) and ingest_store_events
+(migration 0870) runs the same text, word for word, as ingest_store_replay_chunks (0890) does the
+chunks' (tests/ingest/test_repository.py): its JSON record must be the writer's EventRow fields,
+and the writer must go through it. The chunks' JSON record must be ChunkRow's fields."""
 
 from __future__ import annotations
 
@@ -20,6 +20,8 @@ from services.ingest.repository import (
     _EVENT_KEYS,
     _EVENT_TYPES,
     _INSERT_EVENTS,
+    _ROWS,
+    _STORE_EVENTS,
     ChunkRow,
 )
 
@@ -47,6 +49,15 @@ async def test_the_functions_json_keys_and_types_are_the_writers(admin_engine: A
     ]
 
 
+async def test_the_events_function_runs_the_repository_statement_word_for_word(admin_engine: AsyncEngine) -> None:
+    """Migration 0870 holds a copy of _INSERT_EVENTS: a change to one without the other fails here."""
+    async with admin_engine.connect() as connection:
+        statement = await stored_events_statement(connection, "events_json")
+    assert " ".join(statement.replace("CAST(events_json AS json)", "events_json").split()) == " ".join(
+        _INSERT_EVENTS.replace(_ROWS, "events_json").split()
+    )
+
+
 def test_the_chunk_record_is_the_writers_chunk_row() -> None:
     declared = [item.split()[0] for item in _CHUNK_RECORD.split(",")]
     assert sorted(declared) == sorted(field.name for field in dataclasses.fields(ChunkRow))
@@ -55,7 +66,7 @@ def test_the_chunk_record_is_the_writers_chunk_row() -> None:
 async def test_the_writer_calls_the_function_which_stores_a_retry_once(
     admin_engine: AsyncEngine, project: dict[str, Any]
 ) -> None:
-    assert _INSERT_EVENTS.startswith("SELECT ingest_store_events(")
+    assert _STORE_EVENTS.startswith("SELECT ingest_store_events(")
     project_id = int(project["id"])
     event_uuid = uuid.uuid4()
     occurred_at = datetime.now(UTC).isoformat()

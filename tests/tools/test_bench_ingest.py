@@ -59,3 +59,24 @@ def test_the_template_gives_every_event_a_uuid_and_the_visitors_session() -> Non
     assert [(e["uuid"], e["sessionId"], e["distinctId"]) for e in document["events"]] == [
         ("@UUID@", "@SESSION@", "@VISITOR@")
     ] * 3
+
+
+def test_ingest_postgres_sends_the_call_or_the_repositorys_statement_as_text() -> None:
+    from services.ingest import repository
+    from tools.bench.ingest_postgres import request_rows, statement
+
+    rows = request_rows(1, "t", uuids=True)
+    call, as_text = statement(rows), statement(rows, as_text=True)
+    assert call.startswith("SELECT ingest_store_events(CAST($")
+    assert as_text.lstrip().startswith("WITH input AS (")
+    document = call[len("SELECT ingest_store_events(CAST(") : -len(" AS json))")]
+    assert as_text == repository._INSERT_EVENTS.replace(repository._ROWS, f"CAST({document} AS json)")
+
+
+def test_ingest_json_steps_read_the_same_document_into_the_writers_record() -> None:
+    from services.ingest import repository
+    from tools.bench.ingest_json import steps
+
+    sql = steps("$d$[]$d$")
+    assert all("$d$[]$d$" in step for step in sql.values())
+    assert sum(repository._EVENT_KEYED_RECORD in step for step in sql.values()) == 2

@@ -147,29 +147,23 @@ def request_rows(requests: int, session_prefix: str, uuids: bool, url_tag: str =
     ]
 
 
-def statement(rows: list[EventRow], function_statement: str | None = None) -> str:
-    """The writer's events statement for rows; with function_statement (the body of
-    ingest_store_events), that statement itself instead of the call."""
+def statement(rows: list[EventRow], as_text: bool = False) -> str:
+    """The writer's call of ingest_store_events for rows; with as_text, the function's statement
+    itself (the repository's _INSERT_EVENTS, which the function runs word for word)."""
     document = repository._dollar_quoted(msgspec.json.encode(rows).decode())
-    if function_statement is not None:
-        return function_statement.replace("events_json", f"CAST({document} AS json)")
-    return repository._INSERT_EVENTS.replace(repository._ROWS, document)
-
-
-async def function_statement(connection: asyncpg.Connection) -> str:
-    source = str(await connection.fetchval("SELECT prosrc FROM pg_proc WHERE proname = 'ingest_store_events'"))
-    return source[source.index("BEGIN") + len("BEGIN") : source.rindex("END")].strip().rstrip(";")
+    if as_text:
+        return repository._INSERT_EVENTS.replace(repository._ROWS, f"CAST({document} AS json)")
+    return repository._STORE_EVENTS.replace(repository._ROWS, document)
 
 
 async def measure(connection: asyncpg.Connection, variant: Variant, batches: int, requests: int) -> str:
     backend = int(await connection.fetchval("SELECT pg_backend_pid()"))
     prefix = uuid.uuid4().hex[:8]
-    as_text = await function_statement(connection) if variant.planned_per_batch else None
     # A visitor sends a batch every few seconds: each request's session comes back every 8 batches.
     statements = [
         statement(
             request_rows(requests, f"{prefix}-{batch % 8}", variant.uuids, f"-{batch}" if variant.fresh_urls else ""),
-            as_text,
+            variant.planned_per_batch,
         )
         for batch in range(batches + WARM_UP_BATCHES)
     ]
