@@ -20,6 +20,7 @@ from services.query.repository import (
     SAMPLE_RATES,
     AggregateQuery,
     CubePlan,
+    ExitItemsPlan,
     FilterClause,
     FunnelStepMatch,
     FunnelVolume,
@@ -205,6 +206,27 @@ async def session_day_plan(
         computed_start=local_midnight(computed[0], query.timezone) if computed else None,
         computed_end=local_midnight(computed[-1] + timedelta(days=1), query.timezone) if computed else None,
     )
+
+
+def exit_items_answer(query: AggregateQuery) -> bool:
+    """Whether the exit-page items (migration 0900) answer this query: one the session days
+    answer, under an exit-page chip and no visit chip (the items hold no visit)."""
+    filtered = {clause.dimension for clause in query.filters}
+    return session_days_answer(query) and "exit_page" in filtered and filtered <= {"exit_page", *query.dimensions}
+
+
+async def exit_items_plan(
+    connection: AsyncConnection, query: AggregateQuery, span: ResolvedRange, settings: QuerySettings
+) -> ExitItemsPlan | None:
+    """For a page or event-name query under an exit-page chip (the Goals, Custom events and Top
+    pages cards): the exit-page items for the days the rollups hold, events for the others;
+    None: ask session_day_plan."""
+    if not settings.rollups or not exit_items_answer(query):
+        return None
+    plan = await session_day_plan(connection, query, span, settings)
+    if plan is None:
+        return None
+    return ExitItemsPlan(plan.rolled_days, plan.computed_days, plan.computed_start, plan.computed_end)
 
 
 async def retention_from_rollups(

@@ -575,6 +575,54 @@ _EXIT_EMPTY = (
 _EXIT_VISITORS = _exit_visitors_sql()
 
 
+# The exit-page items (migration 0900): per day and exit page, each page (kind 'p') and event
+# name (kind 'e'; the pageviews as 'pageview') of the session days under that exit page, with
+# a visitor sketch and the events. Written from the session days alone: a rebuilt day's from
+# its session days (_EXIT_ITEMS_DAY); a merge takes the touched session days' events out under
+# their old exit page (_EXIT_ITEMS_OLD, before they change) and adds them, visitors too, under
+# their new one (_EXIT_ITEMS_NEW, after they moved); the (day, exit page) pairs a session left
+# (a sketch cannot take a visitor out) are deleted and rewritten from their session days
+# (_EXIT_ITEMS_LEFT_*), as the exit-page cube's sketches are (_EXIT_VISITORS).
+EXIT_ITEMS_TABLE = "query_rollup_exit_items"
+
+
+def exit_items_sql(where: str, sign: int = 1, conflict: bool = True) -> str:
+    """The items of the session days `sd` matching `where` (every `sd` filtered by project_id):
+    with `sign` -1 their events only, subtracted; merged into the rows there (`conflict`)."""
+    visitors = f"hll_add_agg(hll_hash_text(u.distinct_id), {HLL_LOG2M})" if sign > 0 else f"hll_empty({HLL_LOG2M})"
+    on_conflict = (
+        " ON CONFLICT (project_id, day, exit_page, kind, value) DO UPDATE"
+        " SET visitors = hll_union(c.visitors, excluded.visitors), events = c.events + excluded.events"
+        if conflict
+        else ""
+    )
+    return (
+        f"INSERT INTO {EXIT_ITEMS_TABLE} AS c (project_id, day, exit_page, kind, value, visitors, events)"
+        f" SELECT u.project_id, u.day, u.exit_page, u.kind, u.value, {visitors}, {sign} * sum(u.n) FROM ("
+        "SELECT sd.project_id, sd.day, sd.exit_page, 'p' AS kind, x.value, sd.distinct_id, 0 AS n"
+        f" FROM query_rollup_session_days sd CROSS JOIN unnest(sd.pages) AS x(value) WHERE {where}"
+        " UNION ALL SELECT sd.project_id, sd.day, sd.exit_page, 'e', x.value, sd.distinct_id, 1"
+        f" FROM query_rollup_session_days sd CROSS JOIN unnest(sd.event_names) AS x(value) WHERE {where}"
+        " UNION ALL SELECT sd.project_id, sd.day, sd.exit_page, 'e', 'pageview', sd.distinct_id, sd.pageviews"
+        f" FROM query_rollup_session_days sd WHERE {where} AND sd.pageviews > 0"
+        f") u GROUP BY u.project_id, u.day, u.exit_page, u.kind, u.value{on_conflict}"
+    )
+
+
+_TOUCHED_WHERE = _TOUCHED_SESSION_DAYS.removeprefix("query_rollup_session_days sd WHERE ")
+_EXIT_ITEMS_OLD = exit_items_sql(_TOUCHED_WHERE, sign=-1)
+_EXIT_ITEMS_NEW = exit_items_sql(_TOUCHED_WHERE)
+_LEFT_PAIRS = "(exit_page = ANY(CAST(:pages AS text[])) OR (:null_page AND exit_page IS NULL))"
+_EXIT_ITEMS_LEFT_DELETE = (
+    f"DELETE FROM {EXIT_ITEMS_TABLE} WHERE project_id = :project_id AND day = :day AND {_LEFT_PAIRS}"
+)
+_EXIT_ITEMS_LEFT_WRITE = exit_items_sql(
+    f"sd.project_id = :project_id AND sd.day = :day AND {_LEFT_PAIRS.replace('exit_page', 'sd.exit_page')}",
+    conflict=False,
+)
+_EXIT_ITEMS_DAY = exit_items_sql("sd.project_id = :project_id AND sd.day = :day", conflict=False)
+
+
 def _days_between(first: date, last: date) -> list[date]:
     return [first + timedelta(days=offset) for offset in range((last - first).days + 1)]
 
@@ -655,7 +703,8 @@ async def _days_to_merge_from_empty(
     if in_day - pending != taken:
         return set()
     await _try_lock_days(connection, project_id, [latest])
-    for table in (*(cube.table for cube in CUBES), "query_rollup_session_days", "query_rollup_sessions_folded"):
+    tables = (*(cube.table for cube in CUBES), "query_rollup_session_days", "query_rollup_sessions_folded")
+    for table in (*tables, EXIT_ITEMS_TABLE):
         await connection.execute(text(f"DELETE FROM {table} WHERE project_id = :project_id AND day = :day"), params)
     return {latest}
 
@@ -830,9 +879,11 @@ async def refresh_project(
             for row in left:
                 pages_left.setdefault(row.day, set()).add(row.exit_page)
             await connection.execute(text(_EXIT_OLD), params)
+            await connection.execute(text(_EXIT_ITEMS_OLD), params)
             await connection.execute(text(_SESSION_DAYS_MERGE), params)
             await connection.execute(text(_SESSION_DAYS_MOVE), params)
             await connection.execute(text(_EXIT_NEW), params)
+            await connection.execute(text(_EXIT_ITEMS_NEW), params)
             await connection.execute(text(_FOLDED_MERGE), params)
             await connection.execute(
                 text("DELETE FROM query_rollup_sessions_staged WHERE project_id = :project_id"), params
@@ -856,6 +907,8 @@ async def refresh_project(
                 }
                 await connection.execute(text(_EXIT_EMPTY), page_params)
                 await connection.execute(text(_EXIT_VISITORS), page_params)
+                await connection.execute(text(_EXIT_ITEMS_LEFT_DELETE), page_params)
+                await connection.execute(text(_EXIT_ITEMS_LEFT_WRITE), page_params)
             await connection.execute(text("SELECT set_config('enable_seqscan', 'on', true)"))
         await connection.execute(
             text("DELETE FROM query_rollup_events_staged WHERE project_id = :project_id"), {"project_id": project_id}
@@ -1086,7 +1139,7 @@ async def rebuild_day(
     """Replace the day's cube rows, session days and the folded rows of the sessions that
     started on it, from its events less those still pending. Hold the day's lock."""
     params: dict[str, object] = {"project_id": project_id, "timezone": timezone, "day": day, "start": start, "end": end}
-    for table in (*(cube.table for cube in CUBES), "query_rollup_session_days"):
+    for table in (*(cube.table for cube in CUBES), "query_rollup_session_days", EXIT_ITEMS_TABLE):
         await connection.execute(text(f"DELETE FROM {table} WHERE project_id = :project_id AND day = :day"), params)
     await connection.execute(
         text("DELETE FROM query_rollup_sessions_folded WHERE project_id = :project_id AND day = :day"), params
@@ -1097,6 +1150,7 @@ async def rebuild_day(
         # joined to their sessions once (a statement per table read them once per table:
         # 1.75x the CPU for a 325k-event day, docs/benchmarks.md).
         await connection.execute(text(_REBUILD_ONE_STATEMENT), params)
+        await connection.execute(text(_EXIT_ITEMS_DAY), params)
         return
     # Citus: a statement per table, each pushed down to the project's shards. Pushed down, they
     # are planned by the workers with the workers' settings, not the transaction's
@@ -1111,6 +1165,7 @@ async def rebuild_day(
     for cube in CUBES:
         await connection.execute(text(_rebuild_sql(cube)), params)
     await connection.execute(text(_REBUILD_SESSION_DAYS), params)
+    await connection.execute(text(_EXIT_ITEMS_DAY), params)
     await connection.execute(text(_REBUILD_FOLDED), params)
     await connection.execute(text("DELETE FROM query_rollup_sessions_staged WHERE project_id = :project_id"), params)
 

@@ -10,6 +10,7 @@ from sqlalchemy import BigInteger, Column, Date, DateTime, Index, PrimaryKeyCons
 from sqlalchemy.dialects.postgresql import ARRAY
 
 from services.common.models.base import Base
+from services.common.models.query_rollup_visit import Hll
 
 # Per inserting statement and project, the keys of its new non-bot events and their local days
 # (a trigger writes them; `days` and `created_at` since 0800); the refresher takes them. A day
@@ -128,4 +129,31 @@ query_rollup_session_days = Table(
     Column("event_names", ARRAY(Text)),
     PrimaryKeyConstraint("project_id", "day", "session_id", "distinct_id", name="pk_query_rollup_session_days"),
     Index("ix_query_rollup_session_days_project_id_day_exit_page", "project_id", "day", "exit_page"),
+)
+
+
+# Per day and exit page (migration 0900): each page (kind 'p') and event name (kind 'e', the
+# pageviews as 'pageview') of the session days under that exit page, their visitors as a sketch
+# and (event names) their events. Written from the session days only; the Goals, Custom events
+# and Top pages cards under an exit-page chip read it.
+query_rollup_exit_items = Table(
+    "query_rollup_exit_items",
+    Base.metadata,
+    Column("project_id", BigInteger, nullable=False),
+    Column("day", Date, nullable=False),
+    Column("exit_page", Text),
+    Column("kind", Text, nullable=False),
+    Column("value", Text, nullable=False),
+    Column("visitors", Hll, nullable=False),
+    Column("events", BigInteger, nullable=False),
+    Index(
+        "ux_query_rollup_exit_items_group",
+        "project_id",
+        "day",
+        "exit_page",
+        "kind",
+        "value",
+        unique=True,
+        postgresql_nulls_not_distinct=True,
+    ),
 )
