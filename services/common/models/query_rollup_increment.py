@@ -146,14 +146,17 @@ query_rollup_exit_items = Table(
     Column("value", Text, nullable=False),
     Column("visitors", Hll, nullable=False),
     Column("events", BigInteger, nullable=False),
+    # In the order a query reads them: an exit page's rows of the listed values (the goals).
     Index(
         "ux_query_rollup_exit_items_group",
         "project_id",
-        "day",
         "exit_page",
         "kind",
         "value",
+        "day",
         unique=True,
         postgresql_nulls_not_distinct=True,
     ),
+    # The refresher's deletes: a day's rows, a day's exit pages'.
+    Index("ix_query_rollup_exit_items_project_id_day_exit_page", "project_id", "day", "exit_page"),
 )
