@@ -8,7 +8,11 @@ session days under that exit page: a visitor sketch and, for event names, the ev
 written from the session days only (services/query/rollup_repository.py): a rebuilt day's
 rows from its session days; a merge subtracts the touched session days' events under their old
 exit page and adds them under their new one, and rewrites the (day, exit page) pairs a session
-left from those pairs' session days (a sketch cannot take a visitor out).
+left from those pairs' session days (a sketch cannot take a visitor out). That rewrite reads
+every session day of the pairs left: on the day live ingest merges into, nearly the whole day
+at every merge. So merges into a project's latest day leave its items alone and mark them
+stale (``query_rollup_days.exit_items_stale``): queries read that day from its session days,
+and the refresher remakes its items once a later day has events.
 
 Rows are filled here from the session days as they are (the built days' answers do not
 change), one day at a time: measured in docs/benchmarks.md. The table holds per-visitor
@@ -64,6 +68,10 @@ _FILL = (
 
 
 def upgrade() -> None:
+    op.add_column(
+        "query_rollup_days",
+        sa.Column("exit_items_stale", sa.Boolean(), nullable=False, server_default=sa.text("false")),
+    )
     op.create_table(
         "query_rollup_exit_items",
         sa.Column("project_id", sa.BigInteger(), nullable=False),
@@ -102,3 +110,4 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_table("query_rollup_exit_items")
+    op.drop_column("query_rollup_days", "exit_items_stale")

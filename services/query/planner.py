@@ -226,7 +226,16 @@ async def exit_items_plan(
     plan = await session_day_plan(connection, query, span, settings)
     if plan is None:
         return None
-    return ExitItemsPlan(plan.rolled_days, plan.computed_days, plan.computed_start, plan.computed_end)
+    # A day whose items lag its session days (the latest, merged into under live ingest) is read
+    # from its session days, sketched.
+    stale = await rollup_repository.exit_items_stale_days(connection, query.project_id, span.date_from, span.date_to)
+    return ExitItemsPlan(
+        rolled_days=tuple(day for day in plan.rolled_days if day not in stale),
+        computed_days=plan.computed_days,
+        computed_start=plan.computed_start,
+        computed_end=plan.computed_end,
+        session_days=tuple(day for day in plan.rolled_days if day in stale),
+    )
 
 
 async def retention_from_rollups(

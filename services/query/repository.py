@@ -320,13 +320,14 @@ class SessionDayPlan:
 class ExitItemsPlan:
     """Answer a query grouped by page or event name under an exit-page chip (and that dimension's
     own filters) from the exit-page items (query_rollup_exit_items, migration 0900) for
-    `rolled_days`, and from events for `computed_days`: visitors from sketches
-    (planner.exit_items_plan)."""
+    `rolled_days`, from the session days for `session_days` (rolled up, their items stale) and
+    from events for `computed_days`: visitors from sketches (planner.exit_items_plan)."""
 
     rolled_days: tuple[date, ...]
     computed_days: tuple[date, ...]
     computed_start: datetime | None
     computed_end: datetime | None
+    session_days: tuple[date, ...] = ()
     table: str = "query_rollup_exit_items"
 
 
@@ -578,12 +579,18 @@ def _exit_items_sql(query: AggregateQuery, plan: ExitItemsPlan) -> tuple[str, di
             f" FROM {plan.table} WHERE project_id = :project_id AND day = ANY(CAST(:rolled_days AS date[]))"
             " AND kind = :kind"
         )
+    sketched = (
+        f"hll_add_agg(hll_hash_text(distinct_id), {HLL_LOG2M}) AS visitors, sum(ev) AS events, sum(pv) AS pageviews"
+    )
+    if plan.session_days:
+        params["session_days"] = list(plan.session_days)
+        rows = _SESSION_DAY_ROWS[dimension].format(overlap="").replace(":rolled_days", ":session_days")
+        parts.append(f"SELECT exit_page, {column}, {sketched} FROM ({rows}) r GROUP BY exit_page, {column}")
     ctes = ""
     if plan.computed_days:
         ctes = f"WITH {session_ctes(day_condition=True, events_after_end=False)} "
         parts.append(
-            f"SELECT exit_page, {column}, hll_add_agg(hll_hash_text(distinct_id), {HLL_LOG2M}) AS visitors,"
-            f" sum(ev) AS events, sum(pv) AS pageviews FROM ({_computed_session_day_rows(query, plan, params)}) r"
+            f"SELECT exit_page, {column}, {sketched} FROM ({_computed_session_day_rows(query, plan, params)}) r"
             f" GROUP BY exit_page, {column}"
         )
     dimension_aliases, dimension_columns, where = _dimensions_and_filters(query, _rolled, params)

@@ -257,8 +257,10 @@ async def test_a_late_event_moves_a_session_to_another_exit_page(
     assert rolled_body["meta"]["source"] == "rollups"
     assert table(await query(raw_client, project, **spec)) == [["signup", 2, 3]]
     merged = await exit_items(engine, project_id)
+    stale = await stale_item_days(engine, project_id)
     await rebuilt_from_scratch(engine, project)
-    assert await exit_items(engine, project_id) == merged
+    assert await stale_item_days(engine, project_id) == []
+    assert [row for row in await exit_items(engine, project_id) if row[0] not in stale] == merged
 
 
 async def session_day_items(engine: AsyncEngine, project_id: int) -> list[tuple[Any, ...]]:
@@ -277,17 +279,29 @@ async def session_day_items(engine: AsyncEngine, project_id: int) -> list[tuple[
 
 
 async def exit_items(engine: AsyncEngine, project_id: int) -> list[tuple[Any, ...]]:
-    """The exit-page items: (day, exit page, kind, value, visitors, events)."""
+    """The exit-page items of the days whose items are current (not stale): (day, exit page,
+    kind, value, visitors, events)."""
     async with engine.connect() as connection:
         result = await connection.execute(
             text(
-                "SELECT day::text, exit_page, kind, value, round(hll_cardinality(visitors))::int, events"
-                f" FROM {EXIT_ITEMS} WHERE project_id = :project_id"
-                ' ORDER BY day, exit_page COLLATE "C", kind, value COLLATE "C"'
+                "SELECT i.day::text, i.exit_page, i.kind, i.value, round(hll_cardinality(i.visitors))::int, i.events"
+                f" FROM {EXIT_ITEMS} i JOIN query_rollup_days d ON d.project_id = i.project_id AND d.day = i.day"
+                " WHERE i.project_id = :project_id AND NOT d.exit_items_stale"
+                ' ORDER BY i.day, i.exit_page COLLATE "C", i.kind, i.value COLLATE "C"'
             ),
             {"project_id": project_id},
         )
         return [tuple(row) for row in result]
+
+
+async def stale_item_days(engine: AsyncEngine, project_id: int) -> list[str]:
+    """The days whose exit-page items a merge into the latest day left stale."""
+    async with engine.connect() as connection:
+        result = await connection.execute(
+            text("SELECT day::text FROM query_rollup_days WHERE project_id = :p AND exit_items_stale ORDER BY 1"),
+            {"p": project_id},
+        )
+        return list(result.scalars())
 
 
 # The main data set's items, from MAIN_SESSION_DAYS below.
@@ -337,6 +351,9 @@ async def test_merged_session_day_items_equal_a_rebuild(
         await build_rollups(engine, project)
     merged = await session_day_items(engine, project_id)
     merged_items = await exit_items(engine, project_id)
+    # Merges into the project's latest day leave its items stale (read from its session days).
+    stale = await stale_item_days(engine, project_id)
+    assert len(stale) <= 1
     in_range = [row for row in merged if "2026-01-12" <= row[0] <= "2026-01-14"]
     if scenario in ("one event per refresh", "earlier events arriving last"):
         assert in_range == MAIN_SESSION_DAYS
@@ -345,7 +362,7 @@ async def test_merged_session_day_items_equal_a_rebuild(
     assert await session_day_items(engine, project_id) == merged
     # The exit-page items merged equal those of the rebuild (made from its session days).
     assert merged_items
-    assert await exit_items(engine, project_id) == merged_items
+    assert [row for row in await exit_items(engine, project_id) if row[0] not in stale] == merged_items
 
 
 async def test_erasure_and_retention_remove_the_session_day_items(
@@ -422,3 +439,91 @@ async def test_days_not_rolled_up_are_computed_from_their_events(
     assert all(isinstance(plan, ExitItemsPlan) for plan in plans)
     assert all(plan.computed_days == (date(2026, 1, 12),) for plan in plans)
     assert all(date(2026, 1, 13) in plan.rolled_days for plan in plans)
+
+
+async def test_the_latest_day_is_read_from_its_session_days_until_a_later_day_has_events(
+    db: DatabaseHarness,
+    engine: AsyncEngine,
+    client: AsyncTestClient[Any],
+    raw_client: AsyncTestClient[Any],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Merges into the latest day leave its exit-page items stale: that day is read from its
+    session days, the others from the items, in one statement; once a later day has events, a
+    refresh remakes the day's items."""
+    project = await new_project(db)
+    project_id = int(project["id"])
+    await _main_goals(client, project)
+    # Jan 12: v1 views / and /pricing, signs up, exits on /pricing. Jan 13: v2 on /.
+    await insert_events(
+        engine,
+        project_id,
+        [
+            Event("v1", "s1", berlin("2026-01-12T10:00:00"), "/"),
+            Event("v1", "s1", berlin("2026-01-12T10:05:00"), "/pricing"),
+            Event("v1", "s1", berlin("2026-01-12T10:06:00"), "/pricing", name="signup"),
+            Event("v2", "s2", berlin("2026-01-13T09:00:00"), "/"),
+        ],
+    )
+    await build_rollups(engine, project)
+    # Jan 12 rebuilt; Jan 13, the latest, merged from empty: its items are left stale already.
+    assert await stale_item_days(engine, project_id) == ["2026-01-13"]
+    # Merged into Jan 13 (the latest day): v2 goes on to /pricing; v3 lands there and signs up.
+    await insert_events(
+        engine,
+        project_id,
+        [
+            Event("v2", "s2", berlin("2026-01-13T09:05:00"), "/pricing"),
+            Event("v3", "s3", berlin("2026-01-13T11:00:00"), "/pricing"),
+            Event("v3", "s3", berlin("2026-01-13T11:01:00"), "/pricing", name="signup"),
+        ],
+    )
+    await build_rollups(engine, project)
+    assert await stale_item_days(engine, project_id) == ["2026-01-13"]
+    plans: list[ExitItemsPlan] = []
+    original = repository.aggregate
+
+    async def spied(connection: Any, query: AggregateQuery, plan: Any) -> Any:
+        if isinstance(plan, ExitItemsPlan):
+            plans.append(plan)
+        return await original(connection, query, plan)
+
+    monkeypatch.setattr(repository, "aggregate", spied)
+    body = await conversions(client, project, filters=chip("exit_page", "/pricing"))
+    assert body["visitors"] == 3
+    assert by_goal(body) == {
+        ("page", "/pricing"): 3,
+        ("event", "signup"): 2,
+        ("page", "/checkout"): 0,
+        ("page", "/old"): 0,
+        ("event", "purchase"): 0,
+    }
+    raw = await conversions(raw_client, project, filters=chip("exit_page", "/pricing"))
+    assert (raw["visitors"], by_goal(raw)) == (body["visitors"], by_goal(body))
+    assert plans
+    assert all(
+        (plan.rolled_days, plan.session_days, plan.computed_days) == ((date(2026, 1, 12),), (date(2026, 1, 13),), ())
+        for plan in plans
+    )
+    spec: dict[str, Any] = {
+        "metrics": ["visitors", "events"],
+        "dimensions": ["event_name"],
+        "filters": [*chip("exit_page", "/pricing"), NOT_PAGEVIEWS],
+    }
+    assert table(await query(client, project, **spec)) == [["signup", 2, 2]]
+    # Nothing exits on / any more.
+    assert table(await query(client, project, **{**spec, "filters": [*chip("exit_page", "/"), NOT_PAGEVIEWS]})) == []
+
+    # A later day: Jan 13's items are remade from its session days (its exit page / gone).
+    await insert_events(engine, project_id, [Event("v4", "s4", berlin("2026-01-14T08:00:00"), "/")])
+    await build_rollups(engine, project)
+    assert await stale_item_days(engine, project_id) == ["2026-01-14"]
+    assert [row for row in await exit_items(engine, project_id) if row[0] == "2026-01-13"] == [
+        ("2026-01-13", "/pricing", "e", "pageview", 2, 3),
+        ("2026-01-13", "/pricing", "e", "signup", 1, 1),
+        ("2026-01-13", "/pricing", "p", "/", 1, 0),
+        ("2026-01-13", "/pricing", "p", "/pricing", 2, 0),
+    ]
+    plans.clear()
+    assert by_goal(await conversions(client, project, filters=chip("exit_page", "/pricing"))) == by_goal(body)
+    assert all(plan.rolled_days == (date(2026, 1, 12), date(2026, 1, 13)) for plan in plans)
