@@ -11,6 +11,8 @@ Run against a `make bench-query` stack (the same environment), under the bench l
   sessions, which moves their exit page; half new sessions; bench-rollups' BATCH_SQL) and
   refreshes it, alternately without and with the items' statements (the items of the
   "without" merges are left stale: only the time is measured; the project is a throwaway).
+  The day is the project's latest, so since the stale marker the merges leave its items
+  (what is left to measure is the marker); before it they rewrote every exit page left.
 
 Wall time and the Postgres cluster's CPU (/proc) per rebuild and merge. Nothing is asserted;
 the figures are printed.
