@@ -20,6 +20,7 @@ from services.query.repository import (
     SAMPLE_RATES,
     AggregateQuery,
     CubePlan,
+    ExitItemsPlan,
     FilterClause,
     FunnelStepMatch,
     FunnelVolume,
@@ -204,6 +205,36 @@ async def session_day_plan(
         computed_days=tuple(computed),
         computed_start=local_midnight(computed[0], query.timezone) if computed else None,
         computed_end=local_midnight(computed[-1] + timedelta(days=1), query.timezone) if computed else None,
+    )
+
+
+def exit_items_answer(query: AggregateQuery) -> bool:
+    """Whether the exit-page items (migration 0900) answer this query: one the session days
+    answer, under an exit-page chip and no visit chip (the items hold no visit)."""
+    filtered = {clause.dimension for clause in query.filters}
+    return session_days_answer(query) and "exit_page" in filtered and filtered <= {"exit_page", *query.dimensions}
+
+
+async def exit_items_plan(
+    connection: AsyncConnection, query: AggregateQuery, span: ResolvedRange, settings: QuerySettings
+) -> ExitItemsPlan | None:
+    """For a page or event-name query under an exit-page chip (the Goals, Custom events and Top
+    pages cards): the exit-page items for the days the rollups hold, events for the others;
+    None: ask session_day_plan."""
+    if not settings.rollups or not exit_items_answer(query):
+        return None
+    plan = await session_day_plan(connection, query, span, settings)
+    if plan is None:
+        return None
+    # A day whose items lag its session days (the latest, merged into under live ingest) is read
+    # from its session days, sketched.
+    stale = await rollup_repository.exit_items_stale_days(connection, query.project_id, span.date_from, span.date_to)
+    return ExitItemsPlan(
+        rolled_days=tuple(day for day in plan.rolled_days if day not in stale),
+        computed_days=plan.computed_days,
+        computed_start=plan.computed_start,
+        computed_end=plan.computed_end,
+        session_days=tuple(day for day in plan.rolled_days if day in stale),
     )
 
 

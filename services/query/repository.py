@@ -317,6 +317,21 @@ class SessionDayPlan:
 
 
 @dataclass(frozen=True)
+class ExitItemsPlan:
+    """Answer a query grouped by page or event name under an exit-page chip (and that dimension's
+    own filters) from the exit-page items (query_rollup_exit_items, migration 0900) for
+    `rolled_days`, from the session days for `session_days` (rolled up, their items stale) and
+    from events for `computed_days`: visitors from sketches (planner.exit_items_plan)."""
+
+    rolled_days: tuple[date, ...]
+    computed_days: tuple[date, ...]
+    computed_start: datetime | None
+    computed_end: datetime | None
+    session_days: tuple[date, ...] = ()
+    table: str = "query_rollup_exit_items"
+
+
+@dataclass(frozen=True)
 class AggregateRow:
     dimensions: tuple[str | None, ...]
     # Counts as int; rates and durations as float.
@@ -504,7 +519,6 @@ _SESSION_DAY_METRICS: dict[Metric, str] = {
 
 def _session_day_sql(query: AggregateQuery, plan: SessionDayPlan) -> tuple[str, dict[str, Any]]:
     (dimension,) = query.dimensions
-    column = DIMENSIONS[dimension].rolled
     params: dict[str, Any] = {"project_id": query.project_id, "rolled_days": list(plan.rolled_days)}
     # Under `is` on the grouped dimension (the Goals card's goals), only the session days whose
     # array holds one of the values are unnested (implied by the filter; a cheap test first).
@@ -527,22 +541,8 @@ def _session_day_sql(query: AggregateQuery, plan: SessionDayPlan) -> tuple[str, 
     parts = [rows.format(overlap=overlap)] if plan.rolled_days else []
     ctes = ""
     if plan.computed_days:
-        params.update(
-            start=plan.computed_start,
-            end=plan.computed_end,
-            timezone=query.timezone,
-            computed_days=list(plan.computed_days),
-        )
-        # The same rows computed from the days' events, each with its session's exit page and visit.
         ctes = f"WITH {session_ctes(day_condition=True, events_after_end=False)} "
-        named = ", ".join(f"{DIMENSIONS[name].raw} AS {name}" for name in VISIT_DIMENSIONS)
-        raw_visits = ", ".join(DIMENSIONS[name].raw for name in VISIT_DIMENSIONS)
-        raw = DIMENSIONS[dimension].raw
-        parts.append(
-            f"SELECT distinct_id, exit_page, {named}, {raw} AS {column}, count(*) AS ev,"
-            " count(*) FILTER (WHERE name = 'pageview') AS pv FROM base WHERE e_in_range"
-            f" GROUP BY distinct_id, exit_page, {raw_visits}, {raw}"
-        )
+        parts.append(_computed_session_day_rows(query, plan, params))
     dimension_aliases, dimension_columns, where = _dimensions_and_filters(query, _rolled, params)
     rows_sql = f"({' UNION ALL '.join(parts)}) u{where}"
     if set(query.metrics) == {"visitors"}:
@@ -562,14 +562,81 @@ def _session_day_sql(query: AggregateQuery, plan: SessionDayPlan) -> tuple[str, 
     return sql, params
 
 
+def _computed_session_day_rows(
+    query: AggregateQuery, plan: SessionDayPlan | ExitItemsPlan, params: dict[str, Any]
+) -> str:
+    """The session days' rows computed from the computed days' events (over session_ctes' base),
+    each with its session's exit page and visit."""
+    (dimension,) = query.dimensions
+    params.update(
+        start=plan.computed_start,
+        end=plan.computed_end,
+        timezone=query.timezone,
+        computed_days=list(plan.computed_days),
+    )
+    named = ", ".join(f"{DIMENSIONS[name].raw} AS {name}" for name in VISIT_DIMENSIONS)
+    raw_visits = ", ".join(DIMENSIONS[name].raw for name in VISIT_DIMENSIONS)
+    raw = DIMENSIONS[dimension].raw
+    return (
+        f"SELECT distinct_id, exit_page, {named}, {raw} AS {DIMENSIONS[dimension].rolled}, count(*) AS ev,"
+        " count(*) FILTER (WHERE name = 'pageview') AS pv FROM base WHERE e_in_range"
+        f" GROUP BY distinct_id, exit_page, {raw_visits}, {raw}"
+    )
+
+
+def _exit_items_sql(query: AggregateQuery, plan: ExitItemsPlan) -> tuple[str, dict[str, Any]]:
+    """The exit-page items' rows of the rolled days (pages: kind 'p'; event names: 'e', the
+    pageviews under 'pageview') and the computed days' sketched from their events, summed."""
+    (dimension,) = query.dimensions
+    column = DIMENSIONS[dimension].rolled
+    params: dict[str, Any] = {
+        "project_id": query.project_id,
+        "rolled_days": list(plan.rolled_days),
+        "kind": "p" if dimension == "page" else "e",
+    }
+    parts = []
+    if plan.rolled_days:
+        parts.append(
+            f"SELECT exit_page, value AS {column}, visitors, events,"
+            " CASE WHEN kind = 'e' AND value = 'pageview' THEN events ELSE 0 END AS pageviews"
+            f" FROM {plan.table} WHERE project_id = :project_id AND day = ANY(CAST(:rolled_days AS date[]))"
+            " AND kind = :kind"
+        )
+    sketched = (
+        f"hll_add_agg(hll_hash_text(distinct_id), {HLL_LOG2M}) AS visitors, sum(ev) AS events, sum(pv) AS pageviews"
+    )
+    if plan.session_days:
+        params["session_days"] = list(plan.session_days)
+        rows = _SESSION_DAY_ROWS[dimension].format(overlap="").replace(":rolled_days", ":session_days")
+        parts.append(f"SELECT exit_page, {column}, {sketched} FROM ({rows}) r GROUP BY exit_page, {column}")
+    ctes = ""
+    if plan.computed_days:
+        ctes = f"WITH {session_ctes(day_condition=True, events_after_end=False)} "
+        parts.append(
+            f"SELECT exit_page, {column}, {sketched} FROM ({_computed_session_day_rows(query, plan, params)}) r"
+            f" GROUP BY exit_page, {column}"
+        )
+    dimension_aliases, dimension_columns, where = _dimensions_and_filters(query, _rolled, params)
+    metric_columns = ", ".join(f"{_CUBE_METRICS[name]} AS {name}" for name in query.metrics)
+    sql = (
+        f"{ctes}SELECT {', '.join([*dimension_columns, metric_columns])}, count(*) OVER () AS total_rows"
+        f" FROM ({' UNION ALL '.join(parts)}) u{where}{_order_and_page(query, dimension_aliases, params)}"
+    )
+    return sql, params
+
+
 async def _prepared_sql(
-    connection: AsyncConnection, query: AggregateQuery, plan: CubePlan | SessionDayPlan | None
+    connection: AsyncConnection, query: AggregateQuery, plan: CubePlan | SessionDayPlan | ExitItemsPlan | None
 ) -> tuple[str, dict[str, Any]]:
     """The statement that answers the query by this plan, with this transaction set up for it."""
     if plan is None:
         return _raw_sql(query)
     if isinstance(plan, SessionDayPlan):
         return _session_day_sql(query, plan)
+    if isinstance(plan, ExitItemsPlan):
+        # As for the cubes below: sketches are aggregated one group at a time.
+        await connection.execute(text("SELECT set_config('enable_hashagg', 'off', true)"))
+        return _exit_items_sql(query, plan)
     # A HyperLogLog union's aggregate state is ~130 kB whatever the sketches hold, so a hash
     # aggregate over a few hundred groups spills to disk (measured: 65 MB, 4 batches, 500 ms
     # for top pages of one country); sorting the few thousand rows and aggregating one group
@@ -596,7 +663,7 @@ def _number(metric: Metric, value: object) -> float:
 
 
 async def aggregate(
-    connection: AsyncConnection, query: AggregateQuery, plan: CubePlan | SessionDayPlan | None
+    connection: AsyncConnection, query: AggregateQuery, plan: CubePlan | SessionDayPlan | ExitItemsPlan | None
 ) -> tuple[list[AggregateRow], int]:
     """Rows of one page and the number of rows before limit/offset; raw events when plan is None."""
     sql, params = await _prepared_sql(connection, query, plan)
@@ -622,7 +689,7 @@ async def aggregate(
 
 
 async def explain(
-    connection: AsyncConnection, query: AggregateQuery, plan: CubePlan | SessionDayPlan | None
+    connection: AsyncConnection, query: AggregateQuery, plan: CubePlan | SessionDayPlan | ExitItemsPlan | None
 ) -> list[str]:
     """EXPLAIN (ANALYZE, BUFFERS) of the statement `aggregate` runs for this query and plan."""
     sql, params = await _prepared_sql(connection, query, plan)

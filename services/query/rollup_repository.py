@@ -622,6 +622,109 @@ _EXIT_EMPTY = (
 _EXIT_VISITORS = _exit_visitors_sql()
 
 
+# The exit-page items (migration 0900): per day and exit page, each page (kind 'p') and event
+# name (kind 'e'; the pageviews as 'pageview') of the session days under that exit page, with
+# a visitor sketch and the events. Written from the session days alone: a rebuilt day's from
+# its session days (_EXIT_ITEMS_DAY); a merge takes the touched session days' events out under
+# their old exit page (_EXIT_ITEMS_OLD, before they change) and adds them, visitors too, under
+# their new one (_EXIT_ITEMS_NEW, after they moved); the (day, exit page) pairs a session left
+# (a sketch cannot take a visitor out) are deleted and rewritten from their session days
+# (_EXIT_ITEMS_LEFT_*), as the exit-page cube's sketches are (_EXIT_VISITORS). That rewrite
+# reads every session day of the pairs left: on the day live ingest merges into, nearly the
+# whole day at every merge (+1.0 s of Postgres CPU per 500-event merge into a 320k-event day,
+# docs/benchmarks.md). So merges into the project's latest day leave its items alone and mark
+# them stale (query_rollup_days.exit_items_stale; queries read that day from its session days);
+# once a later day has events, a refresh remakes them from the day's session days (_EXIT_ITEMS_DAY,
+# one day per refresh), as a rebuild does.
+EXIT_ITEMS_TABLE = "query_rollup_exit_items"
+
+
+def exit_items_sql(where: str, sign: int = 1, conflict: bool = True) -> str:
+    """The items of the session days `sd` matching `where` (every `sd` filtered by project_id):
+    with `sign` -1 their events only, subtracted; merged into the rows there (`conflict`)."""
+    visitors = f"hll_add_agg(hll_hash_text(u.distinct_id), {HLL_LOG2M})" if sign > 0 else f"hll_empty({HLL_LOG2M})"
+    on_conflict = (
+        " ON CONFLICT (project_id, day, exit_page, kind, value) DO UPDATE"
+        " SET visitors = hll_union(c.visitors, excluded.visitors), events = c.events + excluded.events"
+        if conflict
+        else ""
+    )
+    return (
+        f"INSERT INTO {EXIT_ITEMS_TABLE} AS c (project_id, day, exit_page, kind, value, visitors, events)"
+        f" SELECT u.project_id, u.day, u.exit_page, u.kind, u.value, {visitors}, {sign} * sum(u.n) FROM ("
+        "SELECT sd.project_id, sd.day, sd.exit_page, 'p' AS kind, x.value, sd.distinct_id, 0 AS n"
+        f" FROM query_rollup_session_days sd CROSS JOIN unnest(sd.pages) AS x(value) WHERE {where}"
+        " UNION ALL SELECT sd.project_id, sd.day, sd.exit_page, 'e', x.value, sd.distinct_id, 1"
+        f" FROM query_rollup_session_days sd CROSS JOIN unnest(sd.event_names) AS x(value) WHERE {where}"
+        " UNION ALL SELECT sd.project_id, sd.day, sd.exit_page, 'e', 'pageview', sd.distinct_id, sd.pageviews"
+        f" FROM query_rollup_session_days sd WHERE {where} AND sd.pageviews > 0"
+        f") u GROUP BY u.project_id, u.day, u.exit_page, u.kind, u.value{on_conflict}"
+    )
+
+
+# The merged days but the latest (:item_days).
+_TOUCHED_WHERE = _TOUCHED_SESSION_DAYS.removeprefix("query_rollup_session_days sd WHERE ").replace(
+    ":days", ":item_days"
+)
+_EXIT_ITEMS_OLD = exit_items_sql(_TOUCHED_WHERE, sign=-1)
+_EXIT_ITEMS_NEW = exit_items_sql(_TOUCHED_WHERE)
+_LEFT_PAIRS = "(exit_page = ANY(CAST(:pages AS text[])) OR (:null_page AND exit_page IS NULL))"
+_EXIT_ITEMS_LEFT_DELETE = (
+    f"DELETE FROM {EXIT_ITEMS_TABLE} WHERE project_id = :project_id AND day = :day AND {_LEFT_PAIRS}"
+)
+_EXIT_ITEMS_LEFT_WRITE = exit_items_sql(
+    f"sd.project_id = :project_id AND sd.day = :day AND {_LEFT_PAIRS.replace('exit_page', 'sd.exit_page')}",
+    conflict=False,
+)
+_EXIT_ITEMS_DAY = exit_items_sql("sd.project_id = :project_id AND sd.day = :day", conflict=False)
+
+
+async def _remake_stale_exit_items(
+    connection: AsyncConnection, project_id: int, latest: date | None, busy: set[date]
+) -> set[date]:
+    """The newest built day before `latest` whose exit-page items are stale, not in `busy`, if its
+    lock is free: its items remade from its session days. Returns it (its marker is the caller's)."""
+    if latest is None:
+        return set()
+    stale = await connection.execute(
+        text(
+            "SELECT day FROM query_rollup_days WHERE project_id = :project_id AND exit_items_stale"
+            " AND built_changes IS NOT NULL AND day < :latest AND day <> ALL(CAST(:busy AS date[]))"
+            " ORDER BY day DESC LIMIT 1"
+        ),
+        {"project_id": project_id, "latest": latest, "busy": sorted(busy)},
+    )
+    day = stale.scalar_one_or_none()
+    if day is None:
+        return set()
+    params: dict[str, object] = {"project_id": project_id, "day": day}
+    locked = await connection.execute(
+        text("SELECT pg_try_advisory_xact_lock(:namespace, hashtext(:key))"),
+        {"namespace": ROLLUP_LOCK_NAMESPACE, "key": day_lock_key(project_id, day)},
+    )
+    if not locked.scalar_one():
+        return set()
+    await connection.execute(
+        text(f"DELETE FROM {EXIT_ITEMS_TABLE} WHERE project_id = :project_id AND day = :day"), params
+    )
+    await connection.execute(text(_EXIT_ITEMS_DAY), params)
+    return {day}
+
+
+async def exit_items_stale_days(
+    connection: AsyncConnection, project_id: int, date_from: date, date_to: date
+) -> set[date]:
+    """The days of the range whose exit-page items lag their session days (migration 0900)."""
+    result = await connection.execute(
+        text(
+            "SELECT day FROM query_rollup_days WHERE project_id = :project_id AND day BETWEEN :date_from AND :date_to"
+            " AND exit_items_stale"
+        ),
+        {"project_id": project_id, "date_from": date_from, "date_to": date_to},
+    )
+    return set(result.scalars())
+
+
 def _days_between(first: date, last: date) -> list[date]:
     return [first + timedelta(days=offset) for offset in range((last - first).days + 1)]
 
@@ -706,7 +809,8 @@ async def _days_to_merge_from_empty(
     if int(counts.scalar_one()) != taken:
         return set()
     await _try_lock_days(connection, project_id, [latest])
-    for table in (*(cube.table for cube in CUBES), "query_rollup_session_days", "query_rollup_sessions_folded"):
+    tables = (*(cube.table for cube in CUBES), "query_rollup_session_days", "query_rollup_sessions_folded")
+    for table in (*tables, EXIT_ITEMS_TABLE):
         await connection.execute(text(f"DELETE FROM {table} WHERE project_id = :project_id AND day = :day"), params)
     return {latest}
 
@@ -818,6 +922,8 @@ async def refresh_project(
         "event_keys": [event_key(at, uuid) for at, uuid in zip(occurred_at, event_uuid, strict=True)],
     }
     merged: set[date] = set()
+    # The project's latest day with events: merges leave its exit-page items stale.
+    latest = max(changes) if changes else None
     # Never-built days merged from empty rollups (their markers are written as rebuilt ones).
     from_empty: set[date] = set()
     if occurred_at:
@@ -903,11 +1009,17 @@ async def refresh_project(
                 left = await connection.execute(text(_EXIT_PAGES_LEFT), {**params, "day": day})
                 for row in left:
                     pages_left.setdefault(row.day, set()).add(row.exit_page)
+            # The exit-page items of the merged days but the latest (its items are left stale).
+            params["item_days"] = sorted(day for day in merged if day != latest)
             await connection.execute(text(_EXIT_OLD), params)
+            if params["item_days"]:
+                await connection.execute(text(_EXIT_ITEMS_OLD), params)
             await connection.execute(text(_SESSION_DAYS_MERGE), params)
             for day in sorted(merged):
                 await connection.execute(text(_SESSION_DAYS_MOVE), {**params, "day": day})
             await connection.execute(text(_EXIT_NEW), params)
+            if params["item_days"]:
+                await connection.execute(text(_EXIT_ITEMS_NEW), params)
             await connection.execute(text(_FOLDED_MERGE), params)
             await connection.execute(
                 text("DELETE FROM query_rollup_sessions_staged WHERE project_id = :project_id"), params
@@ -931,6 +1043,9 @@ async def refresh_project(
                 }
                 await connection.execute(text(_EXIT_EMPTY), page_params)
                 await connection.execute(text(_EXIT_VISITORS), page_params)
+                if day != latest:
+                    await connection.execute(text(_EXIT_ITEMS_LEFT_DELETE), page_params)
+                    await connection.execute(text(_EXIT_ITEMS_LEFT_WRITE), page_params)
             await connection.execute(text("SELECT set_config('enable_seqscan', 'on', true)"))
         await connection.execute(
             text("DELETE FROM query_rollup_events_staged WHERE project_id = :project_id"), {"project_id": project_id}
@@ -952,18 +1067,37 @@ async def refresh_project(
         )
         rebuilt.append(day)
     built = {day: changes[day] for day in (merged | stale) - unbuilt if day in changes}
+    # One earlier day whose exit-page items a merge left stale (when it was the latest) gets them
+    # remade from its session days, now final for this refresh.
+    items_remade = await _remake_stale_exit_items(connection, project_id, latest, unbuilt | unbuildable | set(rebuilt))
     # One pass in day order, as the delete trigger takes the markers' locks: no deadlock with it.
-    for day in sorted(built.keys() | set(rebuilt) | unbuildable):
+    for day in sorted(built.keys() | set(rebuilt) | unbuildable | items_remade):
         if day in built or day in rebuilt:
             # A merged day purged meanwhile (never built) stays so; a rebuilt one is built, and so
-            # is one merged from empty (its rows cleared and merged under its lock).
+            # is one merged from empty (its rows cleared and merged under its lock). A rebuilt
+            # day's exit-page items are current; a merged latest day's are left stale.
             condition = "" if day in rebuilt or day in from_empty else " AND built_changes IS NOT NULL"
+            items = (
+                ", exit_items_stale = false"
+                if day in rebuilt or day in items_remade
+                else ", exit_items_stale = true"
+                if day in merged and day == latest
+                else ""
+            )
             await connection.execute(
                 text(
-                    "UPDATE query_rollup_days SET built_changes = :generation, built_at = now()"
+                    f"UPDATE query_rollup_days SET built_changes = :generation, built_at = now(){items}"
                     f" WHERE project_id = :project_id AND day = :day{condition}"
                 ),
                 {"project_id": project_id, "day": day, "generation": changes[day]},
+            )
+        elif day in items_remade:
+            await connection.execute(
+                text(
+                    "UPDATE query_rollup_days SET exit_items_stale = false"
+                    " WHERE project_id = :project_id AND day = :day"
+                ),
+                {"project_id": project_id, "day": day},
             )
         else:
             await connection.execute(
@@ -1161,7 +1295,7 @@ async def rebuild_day(
     """Replace the day's cube rows, session days and the folded rows of the sessions that
     started on it, from its events less those still pending. Hold the day's lock."""
     params: dict[str, object] = {"project_id": project_id, "timezone": timezone, "day": day, "start": start, "end": end}
-    for table in (*(cube.table for cube in CUBES), "query_rollup_session_days"):
+    for table in (*(cube.table for cube in CUBES), "query_rollup_session_days", EXIT_ITEMS_TABLE):
         await connection.execute(text(f"DELETE FROM {table} WHERE project_id = :project_id AND day = :day"), params)
     await connection.execute(
         text("DELETE FROM query_rollup_sessions_folded WHERE project_id = :project_id AND day = :day"), params
@@ -1172,6 +1306,7 @@ async def rebuild_day(
         # joined to their sessions once (a statement per table read them once per table:
         # 1.75x the CPU for a 325k-event day, docs/benchmarks.md).
         await connection.execute(text(_REBUILD_ONE_STATEMENT), params)
+        await connection.execute(text(_EXIT_ITEMS_DAY), params)
         return
     # Citus: a statement per table, each pushed down to the project's shards. Pushed down, they
     # are planned by the workers with the workers' settings, not the transaction's
@@ -1186,6 +1321,7 @@ async def rebuild_day(
     for cube in CUBES:
         await connection.execute(text(_rebuild_sql(cube)), params)
     await connection.execute(text(_REBUILD_SESSION_DAYS), params)
+    await connection.execute(text(_EXIT_ITEMS_DAY), params)
     await connection.execute(text(_REBUILD_FOLDED), params)
     await connection.execute(text("DELETE FROM query_rollup_sessions_staged WHERE project_id = :project_id"), params)
 

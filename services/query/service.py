@@ -20,7 +20,14 @@ from services.common.ttl_cache import SharedTtlCache
 from services.query import goal_repository, planner, repository
 from services.query.goal_repository import GoalRecord
 from services.query.planner import ResolvedRange, range_of
-from services.query.repository import AggregateQuery, CubePlan, FunnelStepMatch, InvalidPatternError, SessionDayPlan
+from services.query.repository import (
+    AggregateQuery,
+    CubePlan,
+    ExitItemsPlan,
+    FunnelStepMatch,
+    InvalidPatternError,
+    SessionDayPlan,
+)
 from services.query.schemas import (
     ComparisonResult,
     ConversionsResponse,
@@ -311,8 +318,13 @@ class QueryService:
         self, connection: AsyncConnection, query: AggregateQuery, span: ResolvedRange
     ) -> tuple[list[ResultRow], int, bool, bool]:
         """Result rows, rows before paging, whether the figures came from the rollups, and whether
-        their visitors are estimates (the cubes' sketches; the session days count them exactly)."""
-        plan: CubePlan | SessionDayPlan | None = await planner.plan(connection, query, span, self.settings)
+        their visitors are estimates (the cubes' and exit-page items' sketches; the session days count
+        them exactly)."""
+        plan: CubePlan | SessionDayPlan | ExitItemsPlan | None = await planner.plan(
+            connection, query, span, self.settings
+        )
+        if plan is None:
+            plan = await planner.exit_items_plan(connection, query, span, self.settings)
         if plan is None:
             plan = await planner.session_day_plan(connection, query, span, self.settings)
         try:
@@ -320,7 +332,7 @@ class QueryService:
         except InvalidPatternError as exc:
             raise invalid(f"A 'matches' pattern is not a valid regular expression: {exc}", "filters") from exc
         results = [ResultRow(dimensions=list(row.dimensions), metrics=list(row.metrics)) for row in rows]
-        return results, total_rows, plan is not None, isinstance(plan, CubePlan)
+        return results, total_rows, plan is not None, isinstance(plan, CubePlan | ExitItemsPlan)
 
     async def realtime(
         self, project: ProjectRecord, read: Callable[[], AbstractAsyncContextManager[AsyncConnection]]

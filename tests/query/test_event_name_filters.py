@@ -88,7 +88,9 @@ class PlanSpy:
         original = repository.aggregate
 
         async def spied(connection: Any, query: AggregateQuery, plan: CubePlan | SessionDayPlan | None) -> Any:
-            source = "events" if plan is None else getattr(getattr(plan, "cube", None), "table", SESSION_DAYS)
+            # A cube's table, the exit-page items' (0900), or the session days.
+            table = getattr(plan, "table", None) or getattr(getattr(plan, "cube", None), "table", SESSION_DAYS)
+            source = "events" if plan is None else table
             self.sources.append((query.dimensions, source))
             return await original(connection, query, plan)
 

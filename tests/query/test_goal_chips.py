@@ -12,6 +12,10 @@ the chips. Figures on the main data set (tests/query/conftest.py), Jan 12-14 in 
 - s5 (v4, Jan 14): /; s6 (v5, Jan 14; GB, Firefox): /late.
 
 Goals: pages /pricing, /checkout, /old; events signup, purchase.
+
+Since 0900 an exit-page chip alone (with the grouped dimension's own filters) reads the exit-page
+items (query_rollup_exit_items: per day and exit page, each page and event name with a visitor
+sketch and the events), made from the session days; with a visit chip too, the session days.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from services.common import rollup_purge_repository
 from services.query import repository
 from services.query.app import create_app
-from services.query.repository import AggregateQuery, SessionDayPlan
+from services.query.repository import AggregateQuery, ExitItemsPlan, SessionDayPlan
 from services.query.settings import QuerySettings
 from services.query.vocabulary import DIMENSIONS, VISIT_DIMENSIONS
 from services.replay.erasure import erase_person
@@ -49,6 +53,7 @@ from tests.query.test_goals import _main_goals, conversions
 from tests.query.test_rollup_increments import SCENARIOS, rebuilt_from_scratch
 
 GOALS = [("page", "/pricing"), ("event", "signup"), ("page", "/checkout"), ("page", "/old"), ("event", "purchase")]
+EXIT_ITEMS = "query_rollup_exit_items"
 NOT_PAGEVIEWS = {"dimension": "event_name", "operator": "is_not", "values": ["pageview"]}
 
 # Each chip set: (visitors under it, {goal: visitors}).
@@ -117,11 +122,14 @@ async def test_goal_conversions_under_exit_page_and_two_visit_chips(
     }
     sources = dict((dimensions, source) for dimensions, source in spy.sources if dimensions)
     if dataset.source == "rollups":
-        # No goal query reads the events: page goals from the session days; event goals too
-        # under an exit page (under two visit chips the event-name rows of the pair answer).
-        assert sources[("page",)] == SESSION_DAYS
+        # No goal query reads the events. Under an exit-page chip alone its page and event goals
+        # come from the exit-page items; with a visit chip too from the session days; under two
+        # visit chips the page goals from the session days (the event-name rows of the pair
+        # answer the event goals).
+        alone = name.startswith("exit_page") and "," not in name
+        assert sources[("page",)] == (EXIT_ITEMS if alone else SESSION_DAYS)
         if "exit_page" in name:
-            assert sources[("event_name",)] == SESSION_DAYS
+            assert sources[("event_name",)] == (EXIT_ITEMS if alone else SESSION_DAYS)
         assert all(source != "events" for _, source in spy.sources), spy.sources
     else:
         assert set(sources.values()) == {"events"}
@@ -156,9 +164,12 @@ async def test_the_custom_events_card_under_an_exit_page_chip(
     )
     assert table(body) == expected
     assert body["meta"]["source"] == dataset.source
-    # The session days count visitors exactly.
-    assert body["meta"]["exact"] is True
-    assert [source for _, source in spy.sources] == [SESSION_DAYS if dataset.source == "rollups" else "events"]
+    # Under the exit-page chip alone the exit-page items answer (visitors from sketches); with a
+    # visit chip the session days (counted exactly).
+    alone = all(item["dimension"] == "exit_page" for item in filters)
+    rolled = EXIT_ITEMS if alone else SESSION_DAYS
+    assert body["meta"]["exact"] is (dataset.source == "events" or not alone)
+    assert [source for _, source in spy.sources] == [rolled if dataset.source == "rollups" else "events"]
 
 
 async def test_event_names_with_pageviews_and_pages_under_an_exit_page_chip(
@@ -215,7 +226,18 @@ async def test_a_late_event_moves_a_session_to_another_exit_page(
     left = await conversions(client, project, filters=chip("exit_page", "/pricing"))
     assert left["visitors"] == 0
     assert set(by_goal(left).values()) == {0}
-    assert {source for dimensions, source in spy.sources if dimensions} == {SESSION_DAYS}
+    assert {source for dimensions, source in spy.sources if dimensions} == {EXIT_ITEMS}
+    # The exit-page items moved with s1: nothing left under /pricing on Jan 12, and /checkout
+    # holds s1's pages, signup and three pageviews.
+    assert [row for row in await exit_items(engine, project_id) if row[0] == "2026-01-12"] == [
+        ("2026-01-12", "/checkout", "e", "pageview", 1, 3),
+        ("2026-01-12", "/checkout", "e", "signup", 1, 1),
+        ("2026-01-12", "/checkout", "p", "/", 1, 0),
+        ("2026-01-12", "/checkout", "p", "/checkout", 1, 0),
+        ("2026-01-12", "/checkout", "p", "/pricing", 1, 0),
+        ("2026-01-12", "/docs", "e", "pageview", 1, 1),
+        ("2026-01-12", "/docs", "p", "/", 1, 0),
+    ]
     for filters in (chip("exit_page", "/checkout"), chip("exit_page", "/pricing")):
         raw = await conversions(raw_client, project, filters=filters)
         assert raw["meta"]["source"] == "events"
@@ -235,6 +257,11 @@ async def test_a_late_event_moves_a_session_to_another_exit_page(
     assert table(rolled_body) == [["signup", 2, 3]]
     assert rolled_body["meta"]["source"] == "rollups"
     assert table(await query(raw_client, project, **spec)) == [["signup", 2, 3]]
+    merged = await exit_items(engine, project_id)
+    stale = await stale_item_days(engine, project_id)
+    await rebuilt_from_scratch(engine, project)
+    assert await stale_item_days(engine, project_id) == []
+    assert [row for row in await exit_items(engine, project_id) if row[0] not in stale] == merged
 
 
 async def session_day_items(engine: AsyncEngine, project_id: int) -> list[tuple[Any, ...]]:
@@ -250,6 +277,55 @@ async def session_day_items(engine: AsyncEngine, project_id: int) -> list[tuple[
             {"project_id": project_id},
         )
         return [tuple(row) for row in result]
+
+
+async def exit_items(engine: AsyncEngine, project_id: int) -> list[tuple[Any, ...]]:
+    """The exit-page items of the days whose items are current (not stale): (day, exit page,
+    kind, value, visitors, events)."""
+    async with engine.connect() as connection:
+        result = await connection.execute(
+            text(
+                "SELECT i.day::text, i.exit_page, i.kind, i.value, round(hll_cardinality(i.visitors))::int, i.events"
+                f" FROM {EXIT_ITEMS} i JOIN query_rollup_days d ON d.project_id = i.project_id AND d.day = i.day"
+                " WHERE i.project_id = :project_id AND NOT d.exit_items_stale"
+                ' ORDER BY i.day, i.exit_page COLLATE "C", i.kind, i.value COLLATE "C"'
+            ),
+            {"project_id": project_id},
+        )
+        return [tuple(row) for row in result]
+
+
+async def stale_item_days(engine: AsyncEngine, project_id: int) -> list[str]:
+    """The days whose exit-page items a merge into the latest day left stale."""
+    async with engine.connect() as connection:
+        result = await connection.execute(
+            text("SELECT day::text FROM query_rollup_days WHERE project_id = :p AND exit_items_stale ORDER BY 1"),
+            {"p": project_id},
+        )
+        return list(result.scalars())
+
+
+# The main data set's items, from MAIN_SESSION_DAYS below.
+MAIN_EXIT_ITEMS = [
+    ("2026-01-12", "/docs", "e", "pageview", 1, 1),
+    ("2026-01-12", "/docs", "p", "/", 1, 0),
+    ("2026-01-12", "/pricing", "e", "pageview", 1, 2),
+    ("2026-01-12", "/pricing", "e", "signup", 1, 1),
+    ("2026-01-12", "/pricing", "p", "/", 1, 0),
+    ("2026-01-12", "/pricing", "p", "/pricing", 1, 0),
+    ("2026-01-13", "/blog", "e", "pageview", 1, 1),
+    ("2026-01-13", "/blog", "p", "/blog", 1, 0),
+    ("2026-01-13", "/checkout", "e", "pageview", 1, 2),
+    ("2026-01-13", "/checkout", "e", "signup", 1, 1),
+    ("2026-01-13", "/checkout", "p", "/checkout", 1, 0),
+    ("2026-01-13", "/checkout", "p", "/pricing", 1, 0),
+    ("2026-01-13", "/docs", "e", "pageview", 1, 1),
+    ("2026-01-13", "/docs", "p", "/docs", 1, 0),
+    ("2026-01-14", "/", "e", "pageview", 1, 1),
+    ("2026-01-14", "/", "p", "/", 1, 0),
+    ("2026-01-14", "/late", "e", "pageview", 1, 1),
+    ("2026-01-14", "/late", "p", "/late", 1, 0),
+]
 
 
 MAIN_SESSION_DAYS = [
@@ -275,11 +351,19 @@ async def test_merged_session_day_items_equal_a_rebuild(
         await insert_events(engine, project_id, batch)
         await build_rollups(engine, project)
     merged = await session_day_items(engine, project_id)
+    merged_items = await exit_items(engine, project_id)
+    # Merges into the project's latest day leave its items stale (read from its session days).
+    stale = await stale_item_days(engine, project_id)
+    assert len(stale) <= 1
     in_range = [row for row in merged if "2026-01-12" <= row[0] <= "2026-01-14"]
     if scenario in ("one event per refresh", "earlier events arriving last"):
         assert in_range == MAIN_SESSION_DAYS
+        assert [row for row in merged_items if "2026-01-12" <= row[0] <= "2026-01-14"] == MAIN_EXIT_ITEMS
     await rebuilt_from_scratch(engine, project)
     assert await session_day_items(engine, project_id) == merged
+    # The exit-page items merged equal those of the rebuild (made from its session days).
+    assert merged_items
+    assert [row for row in await exit_items(engine, project_id) if row[0] not in stale] == merged_items
 
 
 async def test_erasure_and_retention_remove_the_session_day_items(
@@ -296,6 +380,8 @@ async def test_erasure_and_retention_remove_the_session_day_items(
     async with admin_engine.begin() as connection:
         deletion = await erase_person(connection, project_id, "v3")
     assert deletion.deleted_rows["query_rollup_session_days"] == 3
+    assert deletion.deleted_rows[EXIT_ITEMS] == 8
+    assert [row for row in await exit_items(engine, project_id) if row[0] == "2026-01-13"] == []
     await build_rollups(engine, project)
     rows = await session_day_items(engine, project_id)
     assert [row for row in rows if row[2] == "v3"] == []
@@ -306,6 +392,9 @@ async def test_erasure_and_retention_remove_the_session_day_items(
     body = await conversions(client, project, filters=chip("exit_page", "/checkout"))
     assert body["visitors"] == 0
     assert set(by_goal(body).values()) == {0}
+    assert [row for row in await exit_items(engine, project_id) if row[0] == "2026-01-13"] == [
+        row for row in MAIN_EXIT_ITEMS if row[0] == "2026-01-13" and row[1] != "/checkout"
+    ]
 
     # Retention: every session day before Jan 13 goes.
     async with admin_engine.begin() as connection:
@@ -313,6 +402,7 @@ async def test_erasure_and_retention_remove_the_session_day_items(
         await rollup_purge_repository.lock_days(connection, project_id, days)
         await rollup_purge_repository.purge_before(connection, project_id, date(2026, 1, 13))
     assert [row for row in await session_day_items(engine, project_id) if row[0] < "2026-01-13"] == []
+    assert [row for row in await exit_items(engine, project_id) if row[0] < "2026-01-13"] == []
 
 
 async def test_days_not_rolled_up_are_computed_from_their_events(
@@ -326,11 +416,11 @@ async def test_days_not_rolled_up_are_computed_from_their_events(
     await build_rollups(engine, project)
     await _main_goals(client, project)
     await insert_events(engine, project_id, [Event("v1", "s1", berlin("2026-01-12T10:20:00"), "/checkout")])
-    plans: list[SessionDayPlan] = []
+    plans: list[SessionDayPlan | ExitItemsPlan] = []
     original = repository.aggregate
 
     async def spied(connection: Any, query: AggregateQuery, plan: Any) -> Any:
-        if isinstance(plan, SessionDayPlan):
+        if isinstance(plan, SessionDayPlan | ExitItemsPlan):
             plans.append(plan)
         return await original(connection, query, plan)
 
@@ -346,6 +436,8 @@ async def test_days_not_rolled_up_are_computed_from_their_events(
         ("event", "purchase"): 0,
     }
     assert plans
+    # The exit-page items for the rolled days, the events for Jan 12.
+    assert all(isinstance(plan, ExitItemsPlan) for plan in plans)
     assert all(plan.computed_days == (date(2026, 1, 12),) for plan in plans)
     assert all(date(2026, 1, 13) in plan.rolled_days for plan in plans)
 
@@ -405,11 +497,16 @@ async def test_page_goals_under_two_visit_chips_count_each_visitor_once_per_page
         assert table(await query(raw_client, project, metrics=["visitors"], dimensions=["page"], filters=filters)) == (
             expected
         )
-    # Visitors alone by event name (counted after a DISTINCT, as pages are): s1 exits on
-    # /pricing with its pageviews and signup.
+    # Visitors alone by event name (counted after a DISTINCT, as pages are): s1 (DE) exits on
+    # /pricing with its pageviews and signup. (Under the exit-page chip alone the exit-page
+    # items answer, 0900; with a visit chip too, the session days.)
     spy = PlanSpy(monkeypatch)
     body = await query(
-        client, project, metrics=["visitors"], dimensions=["event_name"], filters=chip("exit_page", "/pricing")
+        client,
+        project,
+        metrics=["visitors"],
+        dimensions=["event_name"],
+        filters=[*chip("exit_page", "/pricing"), *chip("country", "DE")],
     )
     assert table(body) == [["pageview", 1], ["signup", 1]]
     assert [source for _, source in spy.sources] == [SESSION_DAYS]
@@ -426,3 +523,91 @@ async def test_every_visit_column_of_the_session_days_is_indexed(engine: AsyncEn
         definitions = {row[0].split(" USING btree ")[1] for row in result if " USING btree " in row[0]}
     for name in VISIT_DIMENSIONS:
         assert f"(project_id, day, {DIMENSIONS[name].rolled})" in definitions, name
+
+
+async def test_the_latest_day_is_read_from_its_session_days_until_a_later_day_has_events(
+    db: DatabaseHarness,
+    engine: AsyncEngine,
+    client: AsyncTestClient[Any],
+    raw_client: AsyncTestClient[Any],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Merges into the latest day leave its exit-page items stale: that day is read from its
+    session days, the others from the items, in one statement; once a later day has events, a
+    refresh remakes the day's items."""
+    project = await new_project(db)
+    project_id = int(project["id"])
+    await _main_goals(client, project)
+    # Jan 12: v1 views / and /pricing, signs up, exits on /pricing. Jan 13: v2 on /.
+    await insert_events(
+        engine,
+        project_id,
+        [
+            Event("v1", "s1", berlin("2026-01-12T10:00:00"), "/"),
+            Event("v1", "s1", berlin("2026-01-12T10:05:00"), "/pricing"),
+            Event("v1", "s1", berlin("2026-01-12T10:06:00"), "/pricing", name="signup"),
+            Event("v2", "s2", berlin("2026-01-13T09:00:00"), "/"),
+        ],
+    )
+    await build_rollups(engine, project)
+    # Jan 12 rebuilt; Jan 13, the latest, merged from empty: its items are left stale already.
+    assert await stale_item_days(engine, project_id) == ["2026-01-13"]
+    # Merged into Jan 13 (the latest day): v2 goes on to /pricing; v3 lands there and signs up.
+    await insert_events(
+        engine,
+        project_id,
+        [
+            Event("v2", "s2", berlin("2026-01-13T09:05:00"), "/pricing"),
+            Event("v3", "s3", berlin("2026-01-13T11:00:00"), "/pricing"),
+            Event("v3", "s3", berlin("2026-01-13T11:01:00"), "/pricing", name="signup"),
+        ],
+    )
+    await build_rollups(engine, project)
+    assert await stale_item_days(engine, project_id) == ["2026-01-13"]
+    plans: list[ExitItemsPlan] = []
+    original = repository.aggregate
+
+    async def spied(connection: Any, query: AggregateQuery, plan: Any) -> Any:
+        if isinstance(plan, ExitItemsPlan):
+            plans.append(plan)
+        return await original(connection, query, plan)
+
+    monkeypatch.setattr(repository, "aggregate", spied)
+    body = await conversions(client, project, filters=chip("exit_page", "/pricing"))
+    assert body["visitors"] == 3
+    assert by_goal(body) == {
+        ("page", "/pricing"): 3,
+        ("event", "signup"): 2,
+        ("page", "/checkout"): 0,
+        ("page", "/old"): 0,
+        ("event", "purchase"): 0,
+    }
+    raw = await conversions(raw_client, project, filters=chip("exit_page", "/pricing"))
+    assert (raw["visitors"], by_goal(raw)) == (body["visitors"], by_goal(body))
+    assert plans
+    assert all(
+        (plan.rolled_days, plan.session_days, plan.computed_days) == ((date(2026, 1, 12),), (date(2026, 1, 13),), ())
+        for plan in plans
+    )
+    spec: dict[str, Any] = {
+        "metrics": ["visitors", "events"],
+        "dimensions": ["event_name"],
+        "filters": [*chip("exit_page", "/pricing"), NOT_PAGEVIEWS],
+    }
+    assert table(await query(client, project, **spec)) == [["signup", 2, 2]]
+    # Nothing exits on / any more.
+    assert table(await query(client, project, **{**spec, "filters": [*chip("exit_page", "/"), NOT_PAGEVIEWS]})) == []
+
+    # A later day: Jan 13's items are remade from its session days (its exit page / gone).
+    await insert_events(engine, project_id, [Event("v4", "s4", berlin("2026-01-14T08:00:00"), "/")])
+    await build_rollups(engine, project)
+    assert await stale_item_days(engine, project_id) == ["2026-01-14"]
+    assert [row for row in await exit_items(engine, project_id) if row[0] == "2026-01-13"] == [
+        ("2026-01-13", "/pricing", "e", "pageview", 2, 3),
+        ("2026-01-13", "/pricing", "e", "signup", 1, 1),
+        ("2026-01-13", "/pricing", "p", "/", 1, 0),
+        ("2026-01-13", "/pricing", "p", "/pricing", 2, 0),
+    ]
+    plans.clear()
+    assert by_goal(await conversions(client, project, filters=chip("exit_page", "/pricing"))) == by_goal(body)
+    assert all(plan.rolled_days == (date(2026, 1, 12), date(2026, 1, 13)) for plan in plans)

@@ -139,6 +139,7 @@ async def test_erasure_removes_every_row_of_the_person_and_their_share_of_the_ro
         "query_rollup_retention_weeks": 1,
         "query_rollup_sessions_folded": 1,
         "query_rollup_session_days": 1,
+        "query_rollup_exit_items": 1,
     }
 
     before = await query(query_client, project, metrics=["visitors", "pageviews"], dimensions=["time:day"])
@@ -184,6 +185,8 @@ async def test_erasure_removes_every_row_of_the_person_and_their_share_of_the_ro
             "query_rollup_retention_weeks": 1,
             "query_rollup_sessions_folded": response.json()["deletedRows"]["query_rollup_sessions_folded"],
             "query_rollup_session_days": response.json()["deletedRows"]["query_rollup_session_days"],
+            # The exit-page items of those days (their sketches hold zed; migration 0900).
+            "query_rollup_exit_items": response.json()["deletedRows"]["query_rollup_exit_items"],
             "query_rollup_days": 0,  # bob still has events on each day
         },
         "rollupDaysToRebuild": 3,
@@ -213,6 +216,7 @@ async def test_erasure_removes_every_row_of_the_person_and_their_share_of_the_ro
         # The refresher's per-visitor counts and session copies of those days (zed's included).
         "query_rollup_sessions_folded": 0,
         "query_rollup_session_days": 0,
+        "query_rollup_exit_items": 0,
     }
     # The session list's URL search no longer finds zed: bob's session keeps only his own URLs.
     assert [row[:3] for row in await session_urls(admin_engine, project_id)] == [

@@ -9,6 +9,7 @@ from services.common.models.query_goal import QueryGoal
 from services.common.models.query_rollup_day import QueryRollupDay
 from services.common.models.query_rollup_increment import (
     query_rollup_events_staged,
+    query_rollup_exit_items,
     query_rollup_pending,
     query_rollup_session_days,
     query_rollup_sessions_folded,
@@ -51,6 +52,7 @@ __all__ = [
     "query_rollup_event_names",
     "query_rollup_event_pages",
     "query_rollup_events_staged",
+    "query_rollup_exit_items",
     "query_rollup_exit_pages",
     "query_rollup_hours",
     "query_rollup_page_weeks",

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from datetime import date, datetime
 
-from sqlalchemy import BigInteger, Date, DateTime, func
+from sqlalchemy import BigInteger, Boolean, Date, DateTime, func, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from services.common.models.base import Base
@@ -26,3 +26,6 @@ class QueryRollupDay(Base):
     changed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     built_changes: Mapped[int | None] = mapped_column(BigInteger)
     built_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # Migration 0900: the day's exit-page items lag its session days (merges into the project's
+    # latest day leave them; the refresher remakes them once a later day has events).
+    exit_items_stale: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))

@@ -10,6 +10,7 @@ from sqlalchemy import BigInteger, Column, Date, DateTime, Index, PrimaryKeyCons
 from sqlalchemy.dialects.postgresql import ARRAY
 
 from services.common.models.base import Base
+from services.common.models.query_rollup_visit import Hll
 
 # Per inserting statement and project, the keys of its new non-bot events and their local days
 # (a trigger writes them; `days` and `created_at` since 0800); the refresher takes them. A day
@@ -134,4 +135,34 @@ query_rollup_session_days = Table(
         Index(f"ix_query_rollup_session_days_project_id_day_{name}", "project_id", "day", name)
         for name in ("referrer", "utm_source", "utm_medium", "utm_campaign", "country", "browser", "os", "device")
     ),
+)
+
+
+# Per day and exit page (migration 0900): each page (kind 'p') and event name (kind 'e', the
+# pageviews as 'pageview') of the session days under that exit page, their visitors as a sketch
+# and (event names) their events. Written from the session days only; the Goals, Custom events
+# and Top pages cards under an exit-page chip read it.
+query_rollup_exit_items = Table(
+    "query_rollup_exit_items",
+    Base.metadata,
+    Column("project_id", BigInteger, nullable=False),
+    Column("day", Date, nullable=False),
+    Column("exit_page", Text),
+    Column("kind", Text, nullable=False),
+    Column("value", Text, nullable=False),
+    Column("visitors", Hll, nullable=False),
+    Column("events", BigInteger, nullable=False),
+    # In the order a query reads them: an exit page's rows of the listed values (the goals).
+    Index(
+        "ux_query_rollup_exit_items_group",
+        "project_id",
+        "exit_page",
+        "kind",
+        "value",
+        "day",
+        unique=True,
+        postgresql_nulls_not_distinct=True,
+    ),
+    # The refresher's deletes: a day's rows, a day's exit pages'.
+    Index("ix_query_rollup_exit_items_project_id_day_exit_page", "project_id", "day", "exit_page"),
 )
