@@ -77,6 +77,13 @@ def _seconds(flag: str, name: str, default: float, help_text: str) -> Callable[[
 @click.option("--limit-start", type=click.IntRange(min=1), default=1000, show_default=True)
 @click.option("--limit-step", type=click.IntRange(min=1), default=1000, show_default=True)
 @click.option("--limit-max", type=click.IntRange(min=1), default=20000, show_default=True)
+@click.option(
+    "--project-file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="Send as the projects in this file (`python -m tools.loadtest.preload` loads them with data) "
+    "instead of fresh ones; stored rows are counted as after minus before.",
+)
 @click.option("--write-benchmarks", is_flag=True, help="Write the figures into docs/benchmarks.md (own section).")
 def load(
     users: int,
@@ -97,6 +104,7 @@ def load(
     limit_start: int,
     limit_step: int,
     limit_max: int,
+    project_file: Path | None,
     write_benchmarks: bool,
 ) -> None:
     """Run the seed's load test against the local stack (`make up` first) and write a report folder.
@@ -125,6 +133,7 @@ def load(
         reports_dir=reports_dir,
         progress_s=progress_s,
         engine="locust" if engine == "locust" else "asyncio",
+        project_file=project_file,
     )
     command = runner.shell_command(sys.argv[2:] if len(sys.argv) > 1 and sys.argv[1] == "load" else [])
     if find_limit:

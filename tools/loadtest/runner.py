@@ -54,6 +54,10 @@ class LoadOptions(Traffic):
     # Which program generates the load: the asyncio engine (tools/loadtest/engine.py, chosen by
     # measurement, docs/load-testing.md) or the Locust scenario (locustfile.py).
     engine: Engine = "asyncio"
+    # Projects that already hold data (tools/loadtest/preload.py writes the file): the load and
+    # the probe post as them instead of fresh projects, and the check compares the rows stored
+    # during the run (after minus before) with what was acknowledged.
+    project_file: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -170,32 +174,44 @@ def run_load(
     folder = options.reports_dir / f"load-{report.stamp(started_at)}{folder_suffix}"
     folder.mkdir(parents=True, exist_ok=False)
 
-    # A project of its own, so the count of stored rows is this run's and nothing else's.
-    project = asyncio.run(
-        admin.create_project(
-            admin_settings,
-            name=f"load test {report.stamp(started_at)}",
-            domains=["example.com", "localhost", "127.0.0.1"],
-            timezone="UTC",
+    if options.project_file is not None:
+        projects = json.loads(options.project_file.read_text())
+        project, probe_project = projects["load"], projects["probe"]
+    else:
+        # A project of its own, so the count of stored rows is this run's and nothing else's.
+        project = asyncio.run(
+            admin.create_project(
+                admin_settings,
+                name=f"load test {report.stamp(started_at)}",
+                domains=["example.com", "localhost", "127.0.0.1"],
+                timezone="UTC",
+            )
         )
-    )
+        # The probe posts as a project of its own, so it never changes this run's count of stored rows.
+        probe_project = asyncio.run(
+            admin.create_project(
+                admin_settings,
+                name=f"load test probe {report.stamp(started_at)}",
+                domains=["example.com", "localhost", "127.0.0.1"],
+                timezone="UTC",
+            )
+        )
+    stored_before = asyncio.run(check.stored_rows(admin_settings, int(str(project["id"]))))
+    if options.project_file is not None:
+        echo(
+            f"project {project['id']} already holds {stored_before['events']:,} events, "
+            f"{stored_before['replay_chunks']:,} replay chunks"
+        )
     plan = LoadPlan(
         **options.traffic(),
         project_key=str(project["publicKey"]),
         secret_key=str(project["secretKey"]),
         run_dir=str(folder),
     )
-    # The probe posts as a project of its own, so it never changes this run's count of stored rows.
-    probe_project = asyncio.run(
-        admin.create_project(
-            admin_settings,
-            name=f"load test probe {report.stamp(started_at)}",
-            domains=["example.com", "localhost", "127.0.0.1"],
-            timezone="UTC",
-        )
-    )
     public_plan = {key: value for key, value in asdict(plan).items() if key != "secret_key"}
-    (folder / "plan.json").write_text(json.dumps({**public_plan, "project_id": project["id"]}, indent=2))
+    (folder / "plan.json").write_text(
+        json.dumps({**public_plan, "project_id": project["id"], "stored_before": stored_before}, indent=2)
+    )
 
     echo("building payloads (rrweb snapshots, incremental chunks, event batches)")
     variants = options.payload_variants
@@ -280,7 +296,8 @@ def run_load(
     load_after = os.getloadavg()
 
     acknowledged, acknowledged_files = check.read_acknowledged(folder)
-    stored = asyncio.run(check.stored_rows(admin_settings, int(str(project["id"]))))
+    stored_after = asyncio.run(check.stored_rows(admin_settings, int(str(project["id"]))))
+    stored = {kind: stored_after[kind] - stored_before[kind] for kind in stored_after}
     checks = check.compare(acknowledged, stored)
     files = trace_files(stack)
     spans, unreadable = read_spans(
