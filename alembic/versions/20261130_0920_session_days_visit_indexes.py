@@ -16,7 +16,7 @@ No new table and no new data: erasure and retention delete these rows already. O
 table is distributed (0730); the indexes are propagated to its shards.
 
 Revision ID: 0920
-Revises: 0890
+Revises: 0900
 Create Date: 2026-11-30
 """
 
@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from alembic import op
 
 revision: str = "0920"
-down_revision: str | None = "0890"
+down_revision: str | None = "0900"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

@@ -21,7 +21,7 @@ resolved by two locked slots; a bulk statement's sessions (thousands per stateme
 measured.
 
 Revision ID: 0960
-Revises: 0890
+Revises: 0920
 Create Date: 2026-11-30
 """
 
@@ -32,7 +32,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0960"
-down_revision: str | None = "0890"
+down_revision: str | None = "0920"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
