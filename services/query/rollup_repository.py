@@ -42,6 +42,7 @@ from uuid import UUID
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from services.common.citus_repository import is_citus
 from services.common.rollup_purge_repository import ROLLUP_LOCK_NAMESPACE, day_lock_key, week_lock_key
 from services.query.repository import CUBE_METRIC_COLUMNS, configure_transaction, cube_select_sql, session_ctes
 from services.query.vocabulary import (
@@ -927,10 +928,7 @@ async def refresh_project(
     # Never-built days merged from empty rollups (their markers are written as rebuilt ones).
     from_empty: set[date] = set()
     if occurred_at:
-        citus_installed = await connection.execute(
-            text("SELECT EXISTS (SELECT FROM pg_extension WHERE extname = 'citus')")
-        )
-        citus = bool(citus_installed.scalar_one())
+        citus = await is_citus(connection)
         ranges = _stage_ranges(occurred_at)
         if ranges is None:
             await connection.execute(text(_STAGE_EVENTS), params)
@@ -1300,8 +1298,7 @@ async def rebuild_day(
     await connection.execute(
         text("DELETE FROM query_rollup_sessions_folded WHERE project_id = :project_id AND day = :day"), params
     )
-    citus = await connection.execute(text("SELECT EXISTS (SELECT FROM pg_extension WHERE extname = 'citus')"))
-    if not citus.scalar_one():
+    if not await is_citus(connection):
         # Plain Postgres: one statement for every table, so the day's events are read and
         # joined to their sessions once (a statement per table read them once per table:
         # 1.75x the CPU for a 325k-event day, docs/benchmarks.md).
@@ -1522,8 +1519,7 @@ async def rebuild_retention_week(connection: AsyncConnection, *, project_id: int
         text("SELECT timezone FROM projects WHERE project_id = :project_id"), {"project_id": project_id}
     )
     params["timezone"] = zone.scalar_one()
-    citus = await connection.execute(text("SELECT EXISTS (SELECT FROM pg_extension WHERE extname = 'citus')"))
-    routed = " AND f.project_id = :project_id" if citus.scalar_one() else ""
+    routed = " AND f.project_id = :project_id" if await is_citus(connection) else ""
     # The week's bounds are its local midnights by the same conversion as the days (AT TIME
     # ZONE). Each active visitor's first session ever is one key lookup per visitor
     # ((project_id, distinct_id) index): it starts no later than their session in the week, so
