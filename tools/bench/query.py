@@ -265,8 +265,10 @@ async def find_or_create_project(admin_settings: AdminDatabaseSettings, name: st
         if project["name"] == name and key_file.exists():
             return json.loads(key_file.read_text()), False
     project = await admin.create_project(admin_settings, name=name, domains=["example.com"], timezone=TIMEZONE)
-    key_file.write_text(json.dumps(project))
+    # Owner-only before the secret key is written, not after.
+    key_file.touch(mode=0o600)
     key_file.chmod(0o600)
+    key_file.write_text(json.dumps(project))
     return project, True
 
 

@@ -99,8 +99,10 @@ async def main(arguments: argparse.Namespace) -> None:
         "probe": await create(f"load probe preloaded {stamp}"),
     }
     # The keys first: a long load interrupted still leaves a usable project file.
-    arguments.project_file.write_text(json.dumps(projects, indent=2))
+    # Owner-only before the secret keys are written, not after.
+    arguments.project_file.touch(mode=0o600)
     arguments.project_file.chmod(0o600)
+    arguments.project_file.write_text(json.dumps(projects, indent=2))
     loaded = {"load": 0, "probe": 0}
     for role, count in (("load", arguments.events), ("probe", arguments.probe_events)):
         if count > 0:
