@@ -1,8 +1,7 @@
 """All SQL of the ingest service: a batch of rows from many requests, written in one round trip.
 
-Each table gets one statement whatever the number of rows, both inside one function call sent
-as one message with one array per column, so a batch of 2,000 events costs one round trip and
-one transaction. They run straight on the pooled
+Each table gets one statement whatever the number of rows, and both go in one message, so a
+batch of 2,000 events costs one round trip and one transaction. They run straight on the pooled
 connection's asyncpg connection: this is the hottest path of the product, and SQLAlchemy's
 adapter (greenlet hops, cursor and result objects, engine events) cost a tenth of an ingest
 worker's CPU at the seed load.
@@ -10,15 +9,13 @@ worker's CPU at the seed load.
 
 from __future__ import annotations
 
-import textwrap
+import secrets
 import uuid
-import weakref
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 import asyncpg
-import asyncpg.prepared_stmt
 import msgspec
 
 _EVENT_RECORD = """
@@ -32,8 +29,22 @@ _EVENT_COLUMNS = [line.split()[0] for line in _EVENT_RECORD.replace("\n", " ").s
 _EVENT_TYPES = [line.split()[1] for line in _EVENT_RECORD.replace("\n", " ").split(",")]
 
 
-class EventRow(msgspec.Struct, gc=False, kw_only=True):
-    """One event as stored; a batch goes to Postgres as one array per column (see write_batch)."""
+def _short_key(index: int) -> str:
+    letters = "abcdefghijklmnopqrstuvwxyz"
+    return (
+        letters[index] if index < len(letters) else letters[index // len(letters) - 1] + letters[index % len(letters)]
+    )
+
+
+# In the JSON document an event's fields are one or two letters, and NULLs are left out
+# (json_to_recordset reads a missing key as NULL): the column names, repeated in every row,
+# were a third of the document, and Postgres's CPU to parse it grows with its bytes (per 8
+# events: 0.12-0.16 ms with the names, 0.07-0.08 ms without them and the NULLs).
+_EVENT_KEYS = {column: _short_key(index) for index, column in enumerate(_EVENT_COLUMNS)}
+
+
+class EventRow(msgspec.Struct, gc=False, kw_only=True, omit_defaults=True, rename=_EVENT_KEYS):
+    """One event as stored; sent to Postgres as one JSON document per batch (short keys, no NULLs)."""
 
     project_id: int
     occurred_at: datetime
@@ -87,57 +98,31 @@ class ChunkRow:
     device_type: str | None
 
 
-# The function that stores a batch, and its parameters: one array per column, events' and chunks'
-# (migration 1040, which holds the same text; tests/ingest/test_store_events_function.py compares
-# them word for word). A PL/pgSQL function's statements are planned once per backend, where
-# their text sent as a query was parsed and planned again for every batch (~0.07 ms of ~0.5 ms
-# of Postgres CPU per 8-event request), and PgBouncer's transaction pooling rules out named
+_ROWS = "@ROWS@"  # where a statement's JSON document goes, as a dollar-quoted literal
+
+# The batch travels as one JSON document that json_to_recordset turns back into rows. Client
+# uuids are claimed in ingested_events first, an event whose uuid was already there is a retry
+# and is skipped; each (session, visitor, URL) is recorded once in event_session_urls (what the
+# player's "URL contains" searches, 0840), in key order. The stored uuid is made inside `input`:
+# Citus 13.2 drops the column from COALESCE(input.event_uuid, gen_random_uuid()) in the outer
+# SELECT. Postgres runs this statement inside ingest_store_events() (migration 0870, which holds
+# the same text, @ROWS@ being its parameter events_json; tests/ingest/test_store_events_function.py
+# compares them), as the chunks' below: a plpgsql function's statements are planned once per
+# backend, where this text, sent as it is, was parsed and planned again for every batch (~0.07 ms
+# of ~0.5 ms of Postgres CPU per 8-event request), and PgBouncer's transaction pooling rules out
 # prepared statements. A change here takes a migration that replaces the function.
-_FUNCTION = "ingest_store_batch"
-_CHUNK_RECORD = """
-    project_id bigint, session_id text, seq integer, first_timestamp timestamptz, last_timestamp timestamptz,
-    event_count integer, has_full_snapshot boolean, content_encoding text, data bytea, distinct_id text,
-    click_count integer, page_count integer, active_ms bigint, first_url text, country text, browser text,
-    os text, device_type text
-"""
-_CHUNK_COLUMNS = [item.split()[0] for item in _CHUNK_RECORD.replace("\n", " ").split(",")]
-_CHUNK_TYPES = [item.split()[1] for item in _CHUNK_RECORD.replace("\n", " ").split(",")]
-# Parameter names carry a prefix: a PL/pgSQL parameter named as a column makes the column's
-# references ambiguous.
-_EVENT_PARAMETERS = [f"in_event_{column}" for column in _EVENT_COLUMNS]
-_CHUNK_PARAMETERS = [f"in_chunk_{column}" for column in _CHUNK_COLUMNS]
-
-
-def _listed(names: list[str]) -> str:
-    # Comma-separated, cut into lines that fit the migration's source (whitespace means nothing to SQL).
-    return textwrap.fill(
-        ", ".join(names), 88, subsequent_indent=" " * 16, break_long_words=False, break_on_hyphens=False
-    )
-
-
-_EVENT_ARRAYS = _listed(_EVENT_PARAMETERS)
-_CHUNK_ARRAYS = _listed(_CHUNK_PARAMETERS)
-_EVENT_SELECTED = _listed(_EVENT_COLUMNS)
-_CHUNK_SELECTED = _listed(_CHUNK_COLUMNS)
-_EVENT_STORED = _listed(
-    ["input.stored_event_uuid" if column == "event_uuid" else f"input.{column}" for column in _EVENT_COLUMNS]
+_EVENT_SELECTED = ", ".join(f"batch.{_EVENT_KEYS[column]} AS {column}" for column in _EVENT_COLUMNS)
+_EVENT_KEYED_RECORD = ", ".join(
+    f"{_EVENT_KEYS[column]} {type_}" for column, type_ in zip(_EVENT_COLUMNS, _EVENT_TYPES, strict=True)
 )
-
-# The batch's events, unnested from their column arrays. Client uuids are claimed in
-# ingested_events first, an event whose uuid was already there is a retry and is skipped; each
-# (session, visitor, URL) is recorded once in event_session_urls (what the player's "URL
-# contains" searches, 0840), in key order. The stored uuid is made inside `input`: Citus 13.2
-# drops the column from COALESCE(input.event_uuid, gen_random_uuid()) in the outer SELECT.
+_EVENT_STORED = ", ".join(
+    "input.stored_event_uuid" if column == "event_uuid" else f"input.{column}" for column in _EVENT_COLUMNS
+)
 _INSERT_EVENTS = f"""
         WITH input AS (
-            SELECT
-                {_EVENT_SELECTED},
-                   COALESCE(batch.event_uuid, gen_random_uuid()) AS stored_event_uuid
-            FROM unnest(
-                {_EVENT_ARRAYS}
-            ) AS batch(
-                {_EVENT_SELECTED}
-            )
+            SELECT {_EVENT_SELECTED},
+                   COALESCE(batch.{_EVENT_KEYS["event_uuid"]}, gen_random_uuid()) AS stored_event_uuid
+            FROM json_to_recordset({_ROWS}) AS batch({_EVENT_KEYED_RECORD})
         ),
         first_seen AS (
             INSERT INTO ingested_events (project_id, event_uuid)
@@ -153,29 +138,38 @@ _INSERT_EVENTS = f"""
             ORDER BY project_id, session_id, distinct_id, md5(url)::uuid
             ON CONFLICT DO NOTHING
         )
-        INSERT INTO events (
-                {_EVENT_SELECTED}
-        )
-        SELECT
-                {_EVENT_STORED}
+        INSERT INTO events ({", ".join(_EVENT_COLUMNS)})
+        SELECT {_EVENT_STORED}
         FROM input
         WHERE input.event_uuid IS NULL
            OR EXISTS (SELECT 1 FROM first_seen
                       WHERE first_seen.project_id = input.project_id AND first_seen.event_uuid = input.event_uuid)
 """
+_STORE_EVENTS = f"SELECT ingest_store_events(CAST({_ROWS} AS json))"
+
+# Chunks travel the same way, their bytes as base64 (msgspec writes bytes so; decoded by
+# Postgres). Hex made the document twice the chunk's size, base64 a third more: the query text
+# Postgres scans and the JSON it parses are what a chunk's bytes cost before they are stored.
+_CHUNK_RECORD = """
+    project_id bigint, session_id text, seq integer, first_timestamp timestamptz, last_timestamp timestamptz,
+    event_count integer, has_full_snapshot boolean, content_encoding text, data text, distinct_id text,
+    click_count integer, page_count integer, active_ms bigint, first_url text, country text, browser text,
+    os text, device_type text
+"""
 
 # New chunks are stored, then folded into their session's summary: only chunks that were
 # really inserted count, so a retried chunk changes nothing. Sessions are upserted in key
 # order, so two writers touching the same sessions lock them in the same order.
+# Postgres runs this statement inside ingest_store_replay_chunks() (migration 0890, which holds
+# the same text, @ROWS@ being its parameter chunk_rows; a test compares them): a PL/pgSQL
+# function keeps its plans for the connection's life, where this text, sent as a query, was
+# parsed and planned again for every batch, which cost more than storing the chunks.
 _INSERT_CHUNKS = f"""
     WITH input AS (
-        SELECT
-                {_CHUNK_SELECTED}
-        FROM unnest(
-                {_CHUNK_ARRAYS}
-            ) AS raw(
-                {_CHUNK_SELECTED}
-            )
+        SELECT project_id, session_id, seq, first_timestamp, last_timestamp, event_count, has_full_snapshot,
+               content_encoding, decode(raw.data, 'base64') AS data, distinct_id, click_count, page_count,
+               active_ms, first_url, country, browser, os, device_type
+        FROM json_to_recordset(CAST({_ROWS} AS json)) AS raw({_CHUNK_RECORD})
     ),
     stored AS (
         INSERT INTO replay_chunks (project_id, session_id, seq, first_timestamp, last_timestamp, event_count,
@@ -231,68 +225,47 @@ _INSERT_CHUNKS = f"""
         -- The column's default, now(): Citus takes only immutable functions in DO UPDATE SET.
         updated_at = EXCLUDED.updated_at
 """
-
-# Chunks first: inserting events fires the query rollups' trigger, which holds the (project,
-# day) counter row until commit, so concurrent batches wait on it; the chunks (tens of kB) stay
-# outside that window.
-_FUNCTION_BODY = f"""
-BEGIN
-    IF cardinality(in_chunk_project_id) > 0 THEN
-{_INSERT_CHUNKS};
-    END IF;
-    IF cardinality(in_event_project_id) > 0 THEN
-{_INSERT_EVENTS};
-    END IF;
-END
-"""
-_FUNCTION_PARAMETERS = ", ".join(
-    [f"{name} {type_}[]" for name, type_ in zip(_CHUNK_PARAMETERS, _CHUNK_TYPES, strict=True)]
-    + [f"{name} {type_}[]" for name, type_ in zip(_EVENT_PARAMETERS, _EVENT_TYPES, strict=True)]
-)
-_STORE_BATCH = "SELECT {}({})".format(
-    _FUNCTION,
-    ", ".join(f"${index}::{type_}[]" for index, type_ in enumerate([*_CHUNK_TYPES, *_EVENT_TYPES], start=1)),
-)
-
-# Each pooled asyncpg connection's statement for _STORE_BATCH: its parameter types, learnt once
-# (a Describe, one round trip), then every batch is one message (Parse, Bind, Execute, Sync).
-_STATEMENTS: weakref.WeakKeyDictionary[asyncpg.Connection, asyncpg.prepared_stmt.PreparedStatement] = (
-    weakref.WeakKeyDictionary()
-)
+_STORE_CHUNKS = f"SELECT ingest_store_replay_chunks(CAST({_ROWS} AS json))"
 
 
 async def write_batch(connection: asyncpg.Connection, events: list[EventRow], chunks: list[ChunkRow]) -> None:
     """Stores the chunks and the events not stored before, in one round trip and one transaction.
 
-    One call of ingest_store_batch, its arguments one array per column sent as binary
-    parameters: Postgres reads each value with its type's binary receive function, where a
-    JSON document was lexed as a literal, validated, parsed again with a hash table per object
-    and each value's text put through its type's input function (~0.09 ms per 8-event request,
-    a quarter of the statement; docs/benchmarks.md). The pooling connections keep no named
-    statements (services/common/db.py: PgBouncer's transaction pooling), so asyncpg sends the
-    call as an unnamed statement, Parse, Bind, Execute and Sync in one message, which Postgres
-    runs as one implicit transaction: all committed or none. Only the first batch of a
-    connection pays one more round trip, the Describe that gives asyncpg the parameter types.
+    Both statements go as one simple-protocol message, which Postgres runs as one implicit
+    transaction: all committed or none. Parameters would take the extended protocol, which
+    needs an explicit transaction (BEGIN, a Parse per statement, the execute, COMMIT: six
+    round trips), each waiting for a turn of a busy event loop; at the seed load the batch's
+    round trips, not Postgres, were what requests waited for. No value is ever spliced into
+    the SQL: each table's rows are one JSON document passed as a dollar-quoted literal, whose
+    content Postgres takes verbatim (see _dollar_quoted).
+
+    Chunks first: inserting events fires the query rollups' trigger, which holds the
+    (project, day) counter row until commit, so concurrent batches wait on it; the chunks
+    (tens of kB) stay outside that window.
     """
-    if not events and not chunks:
-        return
-    statement = _STATEMENTS.get(connection)
-    if statement is None:
-        statement = await connection.prepare(_STORE_BATCH)
-        _STATEMENTS[connection] = statement
-    await statement.fetchval(*batch_arguments(events, chunks))
+    statements = []
+    if chunks:
+        statements.append(_STORE_CHUNKS.replace(_ROWS, _dollar_quoted(_chunks_json(chunks))))
+    if events:
+        statements.append(_STORE_EVENTS.replace(_ROWS, _dollar_quoted(msgspec.json.encode(events).decode())))
+    if statements:
+        await connection.execute(";".join(statements))
 
 
-def batch_arguments(events: list[EventRow], chunks: list[ChunkRow]) -> list[list[Any]]:
-    """ingest_store_batch's arguments: the chunks' columns, then the events', one list each."""
-    arguments: list[list[Any]] = [[getattr(chunk, column) for chunk in chunks] for column in _CHUNK_COLUMNS]
-    for column in _EVENT_COLUMNS:
-        if column == "properties":
-            # asyncpg takes jsonb as text; Postgres parses it once, as it parsed the document's.
-            arguments.append([_encode_json(event.properties).decode() for event in events])
-        else:
-            arguments.append([getattr(event, column) for event in events])
-    return arguments
+def _chunks_json(chunks: list[ChunkRow]) -> str:
+    # msgspec encodes the dataclasses itself, bytes as base64: no dict per row, no hex copy.
+    return msgspec.json.encode(chunks).decode()
 
 
-_encode_json = msgspec.json.Encoder().encode
+def _dollar_quoted(document: str) -> str:
+    """document as a Postgres dollar-quoted string constant: no escapes, taken verbatim.
+
+    The literal ends at the first `$name$` after the opening one. No `$name` in the document
+    means no such sequence starts inside it, including one that would run on into the closing
+    tag (a document ending in `$rows`). JSON never holds a raw NUL (the encoder writes
+    \u0000), which a query text could not carry.
+    """
+    name = "rows"
+    while f"${name}" in document:
+        name = f"rows_{secrets.token_hex(4)}"
+    return f"${name}${document}${name}$"

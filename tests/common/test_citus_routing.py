@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import msgspec
 import pytest
 from litestar.testing import AsyncTestClient
 from sqlalchemy import event, text
@@ -32,6 +33,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.common.db import create_engine
+from services.ingest import repository as ingest_repository
 from services.query import rollup_repository
 from services.query.app import create_app as create_query_app
 from services.query.settings import QuerySettings
@@ -285,14 +287,15 @@ async def test_funnel_sampling_statements_are_routed_to_one_shard(
 async def test_ingest_writes_reach_only_their_projects_shards(
     db: DatabaseHarness, project: dict[str, Any], admin_engine: AsyncEngine
 ) -> None:
-    """The batch statements are INSERT ... SELECT from the unnested column arrays: Citus evaluates
-    them on the coordinator and sends each row to its project's shard; no statement of the plan
-    runs on every shard. The events statement is ingest_store_batch's (1040), explained on its
-    own with the arrays as literals (EXPLAIN of the call would show only the call)."""
+    """The batch statements are INSERT ... SELECT from a JSON document: Citus evaluates the
+    document on the coordinator and sends each row to its project's shard; no statement of the
+    plan runs on every shard. The events statement is ingest_store_events' (0870), explained on
+    its own (EXPLAIN of the call would show only the call)."""
     yesterday = datetime.now(UTC) - timedelta(days=1)
     row = event_row(int(project["id"]), occurred_at=yesterday, distinct_id="alice", session_id="s-alice")
+    document = ingest_repository._dollar_quoted(msgspec.json.encode([row]).decode())
     async with admin_engine.connect() as connection:
-        statement = await stored_events_statement(connection, [row])
+        statement = await stored_events_statement(connection, document)
         plan = "\n".join(row[0] for row in await connection.exec_driver_sql(f"EXPLAIN {statement}"))
     assert "pull to coordinator" in plan, plan
     assert all(int(count) == 1 for count in TASK_COUNT.findall(plan)), plan

@@ -1,43 +1,58 @@
-"""The batch travels as one array per column: ingest_store_batch's parameters in their order,
-each list as long as its table's rows, `properties` as JSON text and a chunk's bytes as they are."""
+"""The batch's JSON travels as a dollar-quoted literal; nothing in it may end the literal; its keys are
+short; the replay chunks' statement the database's function runs is the repository's own."""
 
 from __future__ import annotations
 
-import uuid
 from datetime import UTC, datetime
 
 import msgspec
+import pytest
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
 
-from services.ingest.repository import _CHUNK_COLUMNS, _EVENT_COLUMNS, ChunkRow, EventRow, batch_arguments
-
-AT = datetime(2026, 11, 30, 7, 0, tzinfo=UTC)
+from services.ingest.repository import _EVENT_COLUMNS, _EVENT_KEYS, _INSERT_CHUNKS, _ROWS, EventRow, _dollar_quoted
 
 
-def test_each_column_is_one_list_in_the_functions_order() -> None:
-    event_uuid = uuid.uuid4()
-    events = [
-        EventRow(project_id=7, occurred_at=AT, event_uuid=event_uuid, name="pageview", distinct_id="v",
-                 session_id="s", url="https://example.com/", domain="example.com", path="/", is_bot=False,
-                 properties={"plan": "pro", "n": [1, None]}),
-        EventRow(project_id=7, occurred_at=AT, name="click", distinct_id="v", session_id="s",
-                 url="https://example.com/", domain="example.com", path="/", title="T", is_bot=True, properties={}),
+@pytest.mark.parametrize(
+    "document",
+    ['[{"a": "plain"}]', '["$rows$"]', '["x"] $rows', "$rows", '["$rows_", "$$"]', ""],
+)
+def test_the_literal_closes_only_at_its_own_end(document: str) -> None:
+    quoted = _dollar_quoted(document)
+    tag = quoted[: quoted.index("$", 1) + 1]
+    assert quoted == f"{tag}{document}{tag}"
+    # Postgres ends a dollar-quoted string at the first closing tag after the opening one.
+    assert quoted.index(tag, len(tag)) == len(quoted) - len(tag)
+
+
+def test_every_column_has_its_own_short_key_and_nulls_stay_out_of_the_document() -> None:
+    assert list(EventRow.__struct_fields__) == _EVENT_COLUMNS
+    assert len(set(_EVENT_KEYS.values())) == len(_EVENT_COLUMNS)
+    row = EventRow(
+        project_id=7,
+        occurred_at=datetime(2026, 11, 30, 7, 0, tzinfo=UTC),
+        name="pageview",
+        distinct_id="v",
+        session_id="s",
+        url="https://example.com/",
+        domain="example.com",
+        path="/",
+        is_bot=False,
+        properties={},
+    )
+    assert msgspec.json.decode(msgspec.json.encode([row])) == [
+        {"a": 7, "b": "2026-11-30T07:00:00Z", "d": "pageview", "e": "v", "f": "s", "g": "https://example.com/",
+         "h": "example.com", "i": "/", "x": False, "y": {}}
     ]  # fmt: skip
-    chunk = ChunkRow(
-        project_id=7, session_id="s", seq=3, first_timestamp=AT, last_timestamp=AT, event_count=1,
-        has_full_snapshot=False, content_encoding="gzip", data=b"\x00\xff", distinct_id="v", click_count=0,
-        page_count=0, active_ms=0, first_url=None, country=None, browser=None, os=None, device_type=None,
-    )  # fmt: skip
-    arguments = batch_arguments(events, [chunk])
-    assert len(arguments) == len(_CHUNK_COLUMNS) + len(_EVENT_COLUMNS)
-    by_chunk_column = dict(zip(_CHUNK_COLUMNS, arguments, strict=False))
-    by_event_column = dict(zip(_EVENT_COLUMNS, arguments[len(_CHUNK_COLUMNS) :], strict=True))
-    assert by_chunk_column["data"] == [b"\x00\xff"]
-    assert by_chunk_column["seq"] == [3]
-    assert by_event_column["event_uuid"] == [event_uuid, None]
-    assert by_event_column["title"] == [None, "T"]
-    assert by_event_column["is_bot"] == [False, True]
-    assert [msgspec.json.decode(text) for text in by_event_column["properties"]] == [
-        {"plan": "pro", "n": [1, None]},
-        {},
-    ]
-    assert batch_arguments([], []) == [[]] * (len(_CHUNK_COLUMNS) + len(_EVENT_COLUMNS))
+
+
+async def test_the_replay_writer_function_runs_the_repository_statement_word_for_word(
+    admin_engine: AsyncEngine,
+) -> None:
+    """Migration 0890 holds a copy of _INSERT_CHUNKS: a change to one without the other fails here."""
+    async with admin_engine.connect() as connection:
+        source = (
+            await connection.execute(text("SELECT prosrc FROM pg_proc WHERE proname = 'ingest_store_replay_chunks'"))
+        ).scalar_one()
+    expected = "BEGIN " + _INSERT_CHUNKS.replace(_ROWS, "chunk_rows") + " ; END"
+    assert " ".join(source.split()) == " ".join(expected.split())

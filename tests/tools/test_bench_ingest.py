@@ -61,30 +61,22 @@ def test_the_template_gives_every_event_a_uuid_and_the_visitors_session() -> Non
     ] * 3
 
 
-def test_ingest_postgres_rows_are_what_the_writer_sends_one_visitor_a_request() -> None:
+def test_ingest_postgres_sends_the_call_or_the_repositorys_statement_as_text() -> None:
     from services.ingest import repository
-    from tools.bench.ingest_postgres import EVENTS_PER_REQUEST, request_rows
+    from tools.bench.ingest_postgres import request_rows, statement
 
-    rows = request_rows(2, "t", uuids=True)
-    assert len(rows) == 2 * EVENTS_PER_REQUEST
-    assert len({row.session_id for row in rows}) == 2
-    assert all(row.event_uuid is not None for row in rows)
-    arrays = repository.batch_arguments(rows, [])
-    assert all(len(column) == len(rows) for column in arrays[len(repository._CHUNK_COLUMNS) :])
+    rows = request_rows(1, "t", uuids=True)
+    call, as_text = statement(rows), statement(rows, as_text=True)
+    assert call.startswith("SELECT ingest_store_events(CAST($")
+    assert as_text.lstrip().startswith("WITH input AS (")
+    document = call[len("SELECT ingest_store_events(CAST(") : -len(" AS json))")]
+    assert as_text == repository._INSERT_EVENTS.replace(repository._ROWS, f"CAST({document} AS json)")
 
 
 def test_ingest_json_steps_read_the_same_document_into_the_writers_record() -> None:
     from services.ingest import repository
-    from tools.bench.ingest_json import ARRAYS_STATEMENT, JSON_RECORD, json_document, steps
-    from tools.bench.ingest_postgres import request_rows
+    from tools.bench.ingest_json import steps
 
     sql = steps("$d$[]$d$")
     assert all("$d$[]$d$" in step for step in sql.values())
-    assert sum(JSON_RECORD in step for step in sql.values()) == 2
-    # The old document: a key per column, NULLs left out.
-    document = json_document(request_rows(1, "t", uuids=False))
-    objects = msgspec.json.decode(document[document.index("[") : document.rindex("]") + 1])
-    assert objects[0]["a"] == 1
-    assert "c" not in objects[0]
-    assert "w" not in objects[0]
-    assert ARRAYS_STATEMENT.count("$") == len(repository._EVENT_COLUMNS)
+    assert sum(repository._EVENT_KEYED_RECORD in step for step in sql.values()) == 2

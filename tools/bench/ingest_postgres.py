@@ -1,13 +1,12 @@
 """Postgres's share of a stored event: the writer's statement, with its trigger and indexes on and off.
 
-Runs the ingest writer's own call (services/ingest/repository.py, write_batch:
-ingest_store_batch with one array per column as binary parameters, an unnamed statement each
-time as through PgBouncer) on one direct connection, batch after batch, and reads that backend's
-CPU time from /proc and the WAL it wrote, per 8-event request: with everything on (each session
-sending the same URLs again, then every URL new to its session: what an event_session_urls row
-costs), without client uuids (no ingested_events row), with the pending trigger disabled, then
-also the sessions trigger, then also without the trigram index on the sessions' URLs, the
-distinct_id index and the funnel sample index. What each step saves is that object's cost.
+Runs the ingest writer's own statement (services/ingest/repository.py) on one direct connection,
+batch after batch, and reads that backend's CPU time from /proc and the WAL it wrote, per 8-event
+request: with everything on (each session sending the same URLs again, then every URL new to
+its session: what an event_session_urls row costs), without client uuids (no ingested_events
+row), with the pending trigger disabled, then also the sessions trigger, then also without the
+trigram index on the sessions' URLs, the distinct_id index and the funnel sample index. What
+each step saves is that object's cost.
 
 It changes the schema while it runs (ALTER TABLE ... DISABLE TRIGGER, DROP INDEX) and puts it
 back at the end, so it refuses any database but a throwaway one whose name ends in `_scratch`,
@@ -34,6 +33,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import asyncpg
+import msgspec
 
 from services.ingest import repository
 from services.ingest.repository import EventRow
@@ -52,13 +52,23 @@ class Variant:
     # Every event's URL new to its session (so each adds an event_session_urls row, migration
     # 0840); otherwise each session sends the same 8 URLs again, as a visitor on a few pages does.
     fresh_urls: bool = False
+    # The function's statement sent as text, as the writer did before migration 0870: parsed,
+    # analysed and planned for every batch.
+    planned_per_batch: bool = False
 
 
 # Each step keeps the previous steps' changes; the last one puts everything back.
 VARIANTS = (
-    # Twice: the first variant of a run also pays for whatever the machine was doing before.
+    # The function and its statement sent as text twice, in turns: the first variant of a run
+    # also pays for whatever the machine was doing before.
     Variant("everything on", uuids=True),
+    Variant(
+        "everything on, the statement sent as text (planned for every batch, as before 0870)",
+        uuids=True,
+        planned_per_batch=True,
+    ),
     Variant("everything on (2)", uuids=True),
+    Variant("everything on, the statement sent as text (2)", uuids=True, planned_per_batch=True),
     Variant("everything on, every event's URL new to its session", uuids=True, fresh_urls=True),
     Variant("everything on, events without uuids (no ingested_events row)", uuids=False),
     Variant(
@@ -137,20 +147,32 @@ def request_rows(requests: int, session_prefix: str, uuids: bool, url_tag: str =
     ]
 
 
+def statement(rows: list[EventRow], as_text: bool = False) -> str:
+    """The writer's call of ingest_store_events for rows; with as_text, the function's statement
+    itself (the repository's _INSERT_EVENTS, which the function runs word for word)."""
+    document = repository._dollar_quoted(msgspec.json.encode(rows).decode())
+    if as_text:
+        return repository._INSERT_EVENTS.replace(repository._ROWS, f"CAST({document} AS json)")
+    return repository._STORE_EVENTS.replace(repository._ROWS, document)
+
+
 async def measure(connection: asyncpg.Connection, variant: Variant, batches: int, requests: int) -> str:
     backend = int(await connection.fetchval("SELECT pg_backend_pid()"))
     prefix = uuid.uuid4().hex[:8]
     # A visitor sends a batch every few seconds: each request's session comes back every 8 batches.
-    batch_rows = [
-        request_rows(requests, f"{prefix}-{batch % 8}", variant.uuids, f"-{batch}" if variant.fresh_urls else "")
+    statements = [
+        statement(
+            request_rows(requests, f"{prefix}-{batch % 8}", variant.uuids, f"-{batch}" if variant.fresh_urls else ""),
+            variant.planned_per_batch,
+        )
         for batch in range(batches + WARM_UP_BATCHES)
     ]
-    for rows in batch_rows[:WARM_UP_BATCHES]:
-        await repository.write_batch(connection, rows, [])
+    for sql in statements[:WARM_UP_BATCHES]:
+        await connection.execute(sql)
     wal_before = await connection.fetchval("SELECT pg_current_wal_lsn()")
     cpu_before, wall_before = read_tree(backend).own, time.perf_counter()
-    for rows in batch_rows[WARM_UP_BATCHES:]:
-        await repository.write_batch(connection, rows, [])
+    for sql in statements[WARM_UP_BATCHES:]:
+        await connection.execute(sql)
     cpu_after, wall_after = read_tree(backend).own, time.perf_counter()
     wal = float(await connection.fetchval("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), $1)", wal_before))
     stored_requests = batches * requests
@@ -161,9 +183,7 @@ async def measure(connection: asyncpg.Connection, variant: Variant, batches: int
 
 
 async def run(database_url: str, batches: int, requests: int) -> str:
-    # No statement cache, as the services' connections (services/common/db.py): each batch is
-    # parsed as an unnamed statement, as it is through PgBouncer.
-    connection = await asyncpg.connect(database_url, statement_cache_size=0)
+    connection = await asyncpg.connect(database_url)
     try:
         await connection.execute(
             "INSERT INTO projects (project_id, name, public_key, secret_key_hash)"

@@ -7,7 +7,7 @@ tracker's chunks are sent).
 
 ``ingest``: CPU per call of each Python step /v1/replay runs on a body (services/ingest/routes.py
 and service.py): inflate, skim, typed decode (with its NUL check), the rrweb summary, the chunk
-row and its column arrays (services/ingest/repository.py), timed with
+row and its part of the writer's JSON document (services/ingest/repository.py), timed with
 ``time.process_time`` over many calls in this process. Then, with ``--ingest-url``, whole
 requests sent to a running stack's ingest (`SIGHTLINE_INGEST_BENCHMARK_NOOP=1 sightline up`),
 first to /v1/noop then to /v1/replay with the same bodies, each body a chunk of its own
@@ -40,14 +40,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
-from typing import Any
 from urllib.parse import urlsplit
 
 import asyncpg
@@ -125,7 +123,7 @@ def ingest_steps(payloads: PayloadPools) -> list[str]:
     }
     lines = [
         "| chunk | gzip bytes (mean) | inflated bytes | inflate us | skim us | typed decode us | summary us "
-        "| chunk row + column arrays us | sum us |",
+        "| chunk row + JSON document us | sum us |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for name, members in kinds.items():
@@ -144,7 +142,7 @@ def ingest_steps(payloads: PayloadPools) -> list[str]:
                 partial(skim, inflated),
                 partial(decode_json, inflated, ReplayChunkBody, envelope),
                 partial(summarise_rrweb, chunk.events),
-                partial(lambda b: repository.batch_arguments([], [chunk_row(b)]), body),
+                partial(lambda b: repository._chunks_json([chunk_row(b)]), body),
             ]
             for index, step in enumerate(steps):
                 totals[index] += _cpu_us(step, 0.05)
@@ -288,33 +286,26 @@ VARIANTS = (
 )
 
 
-def _statement(chunks: list[ChunkRow], kind: str) -> tuple[str, list[list[Any]]]:
-    """The statement and its arguments. "full": what the writer sends (since migration 1040 a
-    call of ingest_store_batch with the column arrays; chunks only, no events); "text": the
-    function's chunk statement itself, its arrays as parameters, planned each time."""
-    arguments = repository.batch_arguments([], chunks)
-    if kind == "full":
-        return repository._STORE_BATCH, arguments
-    sql = repository._INSERT_CHUNKS
+def _statement(chunks: list[ChunkRow], kind: str) -> str:
+    document = repository._dollar_quoted(repository._chunks_json(chunks))
+    # "full": what the writer sends (since migration 0890 a call of the function that runs the
+    # statement; before it, the statement's text); "text": the statement's text, planned each time.
+    sql = getattr(repository, "_STORE_CHUNKS", repository._INSERT_CHUNKS)
+    if kind != "full":
+        sql = repository._INSERT_CHUNKS
     if kind == "chunks only":
         # The same input and chunk insert, without the per_session CTE and the sessions' upsert.
         head, _, _ = sql.partition("per_session AS")
         sql = head.rstrip().rstrip(",") + "\n    SELECT count(*) FROM stored"
-    for index, (name, type_) in enumerate(
-        zip(repository._CHUNK_PARAMETERS, repository._CHUNK_TYPES, strict=True), start=1
-    ):
-        sql = re.sub(rf"\b{name}\b", f"${index}::{type_}[]", sql)
-    return sql, arguments[: len(repository._CHUNK_COLUMNS)]
+    return sql.replace(repository._ROWS, document)
 
 
-async def _run_batches(
-    connection: asyncpg.Connection, statements: list[tuple[str, list[list[Any]]]]
-) -> tuple[float, float]:
+async def _run_batches(connection: asyncpg.Connection, statements: list[str]) -> tuple[float, float]:
     backend = int(await connection.fetchval("SELECT pg_backend_pid()"))
     wal_before = await connection.fetchval("SELECT pg_current_wal_lsn()")
     cpu_before = read_tree(backend).own
-    for sql, arguments in statements:
-        await connection.execute(sql, *arguments)
+    for sql in statements:
+        await connection.execute(sql)
     cpu = read_tree(backend).own - cpu_before
     wal = float(await connection.fetchval("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), $1)", wal_before))
     return cpu, wal
@@ -341,14 +332,14 @@ async def measure(
 ) -> str:
     # Steady: seq 1.. of sessions whose seq 0 (a first chunk) was stored beforehand, not measured.
     sessions = [VisitorIdentity(PROJECT_KEY) for _ in range(per_batch * 8)]
-    await _run_batches(connection, [_statement(_rows(payloads, sessions, 0, True, False), "full")])
-    steady: list[tuple[str, list[list[Any]]]] = []
+    await connection.execute(_statement(_rows(payloads, sessions, 0, True, False), "full"))
+    steady: list[str] = []
     for batch in range(WARM_UP_BATCHES + batches):
         # Each session sends its next chunk every 8 batches, 4 chunks per statement from 4 sessions.
         group = sessions[(batch % 8) * per_batch : (batch % 8 + 1) * per_batch]
         rows = _rows(payloads, group, 1 + batch // 8, False, variant.empty_data)
         steady.append(_statement(rows, variant.statement))
-    first: list[tuple[str, list[list[Any]]]] = []
+    first: list[str] = []
     first_batches = max(batches // 2, 10)
     for _ in range(WARM_UP_BATCHES + first_batches):
         rows = _rows(payloads, [VisitorIdentity(PROJECT_KEY) for _ in range(per_batch)], 0, True, variant.empty_data)
@@ -365,8 +356,7 @@ async def measure(
 
 
 async def run_postgres(database_url: str, batches: int, per_batch: int, payloads: PayloadPools) -> list[str]:
-    # No statement cache, as the services' connections: each statement parsed every time.
-    connection = await asyncpg.connect(database_url, statement_cache_size=0)
+    connection = await asyncpg.connect(database_url)
     try:
         await connection.execute(
             "INSERT INTO projects (project_id, name, public_key, secret_key_hash)"
