@@ -106,3 +106,18 @@ def test_ingest_json_arrays_are_the_rows_columns_one_parameter_each() -> None:
     assert matrix[-1] == [by_column[column] for column in TEXT_COLUMNS]
     assert matrix[:-1] == [by_column[column] for column in OTHER_COLUMNS]
     assert MATRIX_STATEMENT.count("::text[])[") == len(TEXT_COLUMNS)
+
+
+def test_ingest_json_columnar_document_keeps_each_columns_positions() -> None:
+    from services.ingest import repository
+    from tools.bench.ingest_json import columnar_document, columnar_statement
+    from tools.bench.ingest_postgres import request_rows
+
+    rows = request_rows(1, "t", uuids=False)
+    document = columnar_document(rows)
+    columns = msgspec.json.decode(document[document.index("{") : document.rindex("}") + 1])
+    assert set(columns) == set(repository._EVENT_KEYS.values())
+    assert all(len(values) == len(rows) for values in columns.values())
+    assert columns[repository._EVENT_KEYS["event_uuid"]] == [None] * len(rows)
+    statement = columnar_statement(document)
+    assert statement.count("jsonb_array_elements") == len(repository._EVENT_COLUMNS)
