@@ -80,3 +80,44 @@ def test_ingest_json_steps_read_the_same_document_into_the_writers_record() -> N
     sql = steps("$d$[]$d$")
     assert all("$d$[]$d$" in step for step in sql.values())
     assert sum(repository._EVENT_KEYED_RECORD in step for step in sql.values()) == 2
+
+
+def test_ingest_json_arrays_are_the_rows_columns_one_parameter_each() -> None:
+    from services.ingest import repository
+    from tools.bench.ingest_json import (
+        ARRAYS_STATEMENT,
+        MATRIX_STATEMENT,
+        OTHER_COLUMNS,
+        TEXT_COLUMNS,
+        column_arrays,
+        matrix_arguments,
+    )
+    from tools.bench.ingest_postgres import request_rows
+
+    rows = request_rows(1, "t", uuids=True)
+    arrays = column_arrays(rows)
+    assert len(arrays) == len(repository._EVENT_COLUMNS) == ARRAYS_STATEMENT.count("::")
+    assert all(len(column) == len(rows) for column in arrays)
+    by_column = dict(zip(repository._EVENT_COLUMNS, arrays, strict=True))
+    assert by_column["event_uuid"] == [row.event_uuid for row in rows]
+    assert [msgspec.json.decode(text) for text in by_column["properties"]] == [row.properties for row in rows]
+    matrix = matrix_arguments(rows)
+    assert len(TEXT_COLUMNS) == 20
+    assert matrix[-1] == [by_column[column] for column in TEXT_COLUMNS]
+    assert matrix[:-1] == [by_column[column] for column in OTHER_COLUMNS]
+    assert MATRIX_STATEMENT.count("::text[])[") == len(TEXT_COLUMNS)
+
+
+def test_ingest_json_columnar_document_keeps_each_columns_positions() -> None:
+    from services.ingest import repository
+    from tools.bench.ingest_json import columnar_document, columnar_statement
+    from tools.bench.ingest_postgres import request_rows
+
+    rows = request_rows(1, "t", uuids=False)
+    document = columnar_document(rows)
+    columns = msgspec.json.decode(document[document.index("{") : document.rindex("}") + 1])
+    assert set(columns) == set(repository._EVENT_KEYS.values())
+    assert all(len(values) == len(rows) for values in columns.values())
+    assert columns[repository._EVENT_KEYS["event_uuid"]] == [None] * len(rows)
+    statement = columnar_statement(document)
+    assert statement.count("jsonb_array_elements") == len(repository._EVENT_COLUMNS)
