@@ -10,8 +10,8 @@ The rows are made from a day's session days only (`_DAY`), never merged into. Th
 (`query_rollup_goal_pair_days`) records the `built_at` of the day's `query_rollup_days` row
 when they were made, which every merge into the day and every rebuild sets anew, and the goal
 pages they were made for. A query reads a day's rows only while both still hold (`current_days`);
-other rolled days are read from their session days. After its merges, a refresh remakes a few
-such days (`remake`), the latest first, never the project's latest day with events (live ingest
+other rolled days are read from their session days. Each refresher round remakes a few such
+days (`days_to_remake`, `remake`), the latest first, never a project's latest day (live ingest
 merges into it all day: that one day is read from its session days). A goal added or deleted
 changes the pages, so every day is remade in turn; until then its days answer from the session
 days. Both tables go with their days (rollup_purge_repository.INCREMENT_TABLES).
@@ -19,6 +19,7 @@ days. Both tables go with their days (rollup_purge_repository.INCREMENT_TABLES).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import date, datetime
 
 from sqlalchemy import text
@@ -29,9 +30,16 @@ from services.query.vocabulary import HLL_LOG2M, VISIT_DIMENSIONS
 
 GOAL_PAIRS_TABLE = "query_rollup_goal_pairs"
 GOAL_PAIR_DAYS_TABLE = "query_rollup_goal_pair_days"
-# Days remade per refresh of a project: ~4 s each for a 93,000-session-day day with five goal
-# pages at 10M events (docs/benchmarks.md); a new goal's 30 days are remade in 15 refreshes.
-REMAKE_DAYS_PER_REFRESH = 2
+# Days remade per refresher round at most: ~4 s each for a day of 93,000 session days with five
+# goal pages at 10M events (docs/benchmarks.md); a new goal's 30 days are remade in 8 rounds.
+REMAKE_DAYS_PER_ROUND = 4
+
+
+@dataclass(frozen=True)
+class DayToRemake:
+    project_id: int
+    day: date
+
 
 _SD_VISITS = ", ".join(f"sd.{name}" for name in VISIT_DIMENSIONS)
 _PAIRS = ", ".join(
@@ -98,39 +106,49 @@ async def remake_day(
     )
 
 
-async def remake(
-    connection: AsyncConnection,
-    project_id: int,
-    latest: date | None,
-    busy: set[date],
-    limit: int = REMAKE_DAYS_PER_REFRESH,
-) -> set[date]:
-    """At most `limit` built days before `latest` (none in `busy`, each with its lock free) whose
-    goal pairs do not match their session days or the goal pages: remade, the latest first."""
-    if latest is None or limit <= 0:
-        return set()
-    pages = await goal_pages(connection, project_id)
-    if not pages:
-        return set()
-    candidates = await connection.execute(
+async def days_to_remake(connection: AsyncConnection, limit: int, project_id: int | None = None) -> list[DayToRemake]:
+    """Built days (not a project's latest) of projects with page goals whose goal pairs do not
+    match their session days or the goal pages, the latest first."""
+    result = await connection.execute(
         text(
-            f"SELECT d.day, d.built_at FROM query_rollup_days d LEFT JOIN {GOAL_PAIR_DAYS_TABLE} m"
-            " ON m.project_id = d.project_id AND m.day = d.day"
-            " WHERE d.project_id = :project_id AND d.built_changes IS NOT NULL AND d.built_at IS NOT NULL"
-            " AND d.day < :latest AND d.day <> ALL(CAST(:busy AS date[]))"
-            " AND (m.day IS NULL OR m.built_at <> d.built_at OR m.pages <> CAST(:pages AS text[]))"
-            " ORDER BY d.day DESC LIMIT :limit"
+            "WITH g AS (SELECT project_id, array_agg(DISTINCT value ORDER BY value) AS pages FROM query_goals"
+            " WHERE kind = 'page' AND (CAST(:project_id AS bigint) IS NULL OR project_id = :project_id)"
+            " GROUP BY project_id),"
+            " l AS (SELECT project_id, max(day) AS latest FROM query_rollup_days"
+            " WHERE CAST(:project_id AS bigint) IS NULL OR project_id = :project_id GROUP BY project_id)"
+            f" SELECT d.project_id, d.day FROM query_rollup_days d JOIN g ON g.project_id = d.project_id"
+            " JOIN l ON l.project_id = d.project_id"
+            f" LEFT JOIN {GOAL_PAIR_DAYS_TABLE} m ON m.project_id = d.project_id AND m.day = d.day"
+            " WHERE d.built_changes IS NOT NULL AND d.built_at IS NOT NULL AND d.day < l.latest"
+            " AND (m.day IS NULL OR m.built_at <> d.built_at OR m.pages <> g.pages)"
+            " ORDER BY d.day DESC, d.project_id LIMIT :limit"
         ),
-        {"project_id": project_id, "latest": latest, "busy": sorted(busy), "pages": pages, "limit": limit},
+        {"project_id": project_id, "limit": limit},
     )
-    remade: set[date] = set()
-    for day, built_at in candidates.all():
-        locked = await connection.execute(
-            text("SELECT pg_try_advisory_xact_lock(:namespace, hashtext(:key))"),
-            {"namespace": ROLLUP_LOCK_NAMESPACE, "key": day_lock_key(project_id, day)},
-        )
-        if not locked.scalar_one():
-            continue
-        await remake_day(connection, project_id, day, built_at, pages)
-        remade.add(day)
-    return remade
+    return [DayToRemake(row.project_id, row.day) for row in result]
+
+
+async def remake(connection: AsyncConnection, project_id: int, day: date) -> bool:
+    """The day's goal pairs made anew if its lock is free and it is still built, not the project's
+    latest day, and the project has page goals; whether they were."""
+    locked = await connection.execute(
+        text("SELECT pg_try_advisory_xact_lock(:namespace, hashtext(:key))"),
+        {"namespace": ROLLUP_LOCK_NAMESPACE, "key": day_lock_key(project_id, day)},
+    )
+    if not locked.scalar_one():
+        return False
+    # Read under the lock: no merge or rebuild of the day commits until this transaction does.
+    marker = await connection.execute(
+        text(
+            "SELECT d.built_at FROM query_rollup_days d WHERE d.project_id = :project_id AND d.day = :day"
+            " AND d.built_changes IS NOT NULL AND d.built_at IS NOT NULL"
+            " AND EXISTS (SELECT FROM query_rollup_days l WHERE l.project_id = :project_id AND l.day > :day)"
+        ),
+        {"project_id": project_id, "day": day},
+    )
+    built_at = marker.scalar_one_or_none()
+    pages = await goal_pages(connection, project_id)
+    if built_at is None or not pages:
+        return False
+    await remake_day(connection, project_id, day, built_at, pages)
+    return True

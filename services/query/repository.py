@@ -345,6 +345,7 @@ class GoalPairsPlan:
     computed_days: tuple[date, ...]
     computed_start: datetime | None
     computed_end: datetime | None
+    table: str = "query_rollup_goal_pairs"
 
 
 @dataclass(frozen=True)

@@ -44,7 +44,6 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.common.citus_repository import is_citus
 from services.common.rollup_purge_repository import ROLLUP_LOCK_NAMESPACE, day_lock_key, week_lock_key
-from services.query import goal_pairs_repository
 from services.query.repository import CUBE_METRIC_COLUMNS, configure_transaction, cube_select_sql, session_ctes
 from services.query.vocabulary import (
     CUBES,
@@ -1069,11 +1068,6 @@ async def refresh_project(
     # One earlier day whose exit-page items a merge left stale (when it was the latest) gets them
     # remade from its session days, now final for this refresh.
     items_remade = await _remake_stale_exit_items(connection, project_id, latest, unbuilt | unbuildable | set(rebuilt))
-    # A few days whose goal pairs lag their session days or the goal pages (migration 1000),
-    # none whose marker this refresh writes (their built_at changes below).
-    await goal_pairs_repository.remake(
-        connection, project_id, latest, unbuilt | unbuildable | set(rebuilt) | built.keys()
-    )
     # One pass in day order, as the delete trigger takes the markers' locks: no deadlock with it.
     for day in sorted(built.keys() | set(rebuilt) | unbuildable | items_remade):
         if day in built or day in rebuilt:
