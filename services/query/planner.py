@@ -275,7 +275,7 @@ async def goal_pairs_plan(
     if plan is None:
         return None
     (listed,) = (clause for clause in query.filters if clause.dimension == "page")
-    pages = sorted({value for value in listed.values if value is not None})
+    pages = sorted(set(listed.values))
     current = await goal_pairs_repository.current_days(
         connection, query.project_id, span.date_from, span.date_to, pages
     )
