@@ -106,21 +106,24 @@ async def remake_day(
     )
 
 
+_PROJECT = "(CAST(:project_id AS bigint) IS NULL OR {alias}project_id = :project_id)"
+
+
 async def days_to_remake(connection: AsyncConnection, limit: int, project_id: int | None = None) -> list[DayToRemake]:
     """Built days (not a project's latest) of projects with page goals whose goal pairs do not
     match their session days or the goal pages, the latest first."""
     result = await connection.execute(
         text(
-            "WITH g AS (SELECT project_id, array_agg(DISTINCT value ORDER BY value) AS pages FROM query_goals"
-            " WHERE kind = 'page' AND (CAST(:project_id AS bigint) IS NULL OR project_id = :project_id)"
-            " GROUP BY project_id),"
-            " l AS (SELECT project_id, max(day) AS latest FROM query_rollup_days"
-            " WHERE CAST(:project_id AS bigint) IS NULL OR project_id = :project_id GROUP BY project_id)"
-            f" SELECT d.project_id, d.day FROM query_rollup_days d JOIN g ON g.project_id = d.project_id"
-            " JOIN l ON l.project_id = d.project_id"
+            # Each part filtered by the project (when given) so that Citus routes it to one shard.
+            "SELECT d.project_id, d.day FROM query_rollup_days d"
+            " JOIN (SELECT project_id, array_agg(DISTINCT value ORDER BY value) AS pages FROM query_goals"
+            f" WHERE kind = 'page' AND {_PROJECT.format(alias='')} GROUP BY project_id) g"
+            " ON g.project_id = d.project_id"
+            " JOIN (SELECT project_id, max(day) AS latest FROM query_rollup_days"
+            f" WHERE {_PROJECT.format(alias='')} GROUP BY project_id) l ON l.project_id = d.project_id"
             f" LEFT JOIN {GOAL_PAIR_DAYS_TABLE} m ON m.project_id = d.project_id AND m.day = d.day"
-            " WHERE d.built_changes IS NOT NULL AND d.built_at IS NOT NULL AND d.day < l.latest"
-            " AND (m.day IS NULL OR m.built_at <> d.built_at OR m.pages <> g.pages)"
+            f" WHERE {_PROJECT.format(alias='d.')} AND d.built_changes IS NOT NULL AND d.built_at IS NOT NULL"
+            " AND d.day < l.latest AND (m.day IS NULL OR m.built_at <> d.built_at OR m.pages <> g.pages)"
             " ORDER BY d.day DESC, d.project_id LIMIT :limit"
         ),
         {"project_id": project_id, "limit": limit},
