@@ -30,7 +30,7 @@ from services.query.vocabulary import HLL_LOG2M, VISIT_DIMENSIONS
 
 GOAL_PAIRS_TABLE = "query_rollup_goal_pairs"
 GOAL_PAIR_DAYS_TABLE = "query_rollup_goal_pair_days"
-# Days remade per refresher round at most: ~4 s each for a day of 93,000 session days with five
+# Days remade per refresher round at most: ~1.5 s each for a day of 93,000 session days with five
 # goal pages at 10M events (docs/benchmarks.md); a new goal's 30 days are remade in 8 rounds.
 REMAKE_DAYS_PER_ROUND = 4
 
