@@ -50,7 +50,7 @@ from tests.query.conftest import (
 )
 from tests.query.test_event_name_filters import SESSION_DAYS, PlanSpy, chip
 from tests.query.test_goals import _main_goals, add_goal, conversions
-from tests.query.test_rollup_increments import rebuilt_from_scratch
+from tests.query.test_rollup_increments import SCENARIOS, rebuilt_from_scratch
 
 GOAL_PAIRS = "query_rollup_goal_pairs"
 GOAL_PAGES = ["/pricing", "/checkout", "/old"]
@@ -289,6 +289,31 @@ async def test_a_day_merged_into_is_read_from_its_session_days_until_remade(
     # From scratch the goal pairs come in the rounds after the days are built.
     await build_rollups(engine, project)
     assert await pair_rows(engine, project_id) == incremental
+
+
+@pytest.mark.parametrize("scenario", list(SCENARIOS))
+async def test_refreshing_after_every_batch_equals_one_rebuild_from_scratch(
+    db: DatabaseHarness, engine: AsyncEngine, client: AsyncTestClient[Any], scenario: str
+) -> None:
+    """Goals saved first, then events in batches with a refresh after each (merges, late events,
+    rebuilds, goal pairs remade as days change): every day's current pairs equal those made
+    after one rebuild from scratch, and so do the markers' days."""
+    project = await new_project(db)
+    project_id = int(project["id"])
+    await _main_goals(client, project)
+    for batch in SCENARIOS[scenario](main_events()):
+        await insert_events(engine, project_id, batch)
+        await build_rollups(engine, project)
+    days = await pair_days(engine, project_id)
+    current = {day for day, _ in days}
+    merged = [row for row in await pair_rows(engine, project_id) if row[0] in current]
+    assert merged
+    # Every built day but the latest (Jan 15) is current after the refresh.
+    assert [day for day, _ in days] == ["2026-01-11", "2026-01-12", "2026-01-13", "2026-01-14"]
+    await rebuilt_from_scratch(engine, project)
+    await build_rollups(engine, project)
+    assert await pair_days(engine, project_id) == days
+    assert await pair_rows(engine, project_id) == merged
 
 
 async def test_days_not_rolled_up_are_computed_from_their_events(
