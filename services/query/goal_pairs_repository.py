@@ -25,6 +25,7 @@ from datetime import date, datetime
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from services.common.citus_repository import is_citus
 from services.common.rollup_purge_repository import ROLLUP_LOCK_NAMESPACE, day_lock_key
 from services.query.vocabulary import HLL_LOG2M, VISIT_DIMENSIONS
 
@@ -87,15 +88,19 @@ async def current_days(
 async def remake_day(
     connection: AsyncConnection, project_id: int, day: date, built_at: datetime, pages: list[str]
 ) -> None:
-    """The day's goal pairs made anew from its session days, and its marker (hold its lock)."""
+    """The day's goal pairs made anew from its session days, and its marker (hold its lock; a
+    transaction of its own: it turns hash aggregation off until it ends)."""
     params: dict[str, object] = {"project_id": project_id, "day": day, "pages": pages, "built_at": built_at}
     await connection.execute(
         text(f"DELETE FROM {GOAL_PAIRS_TABLE} WHERE project_id = :project_id AND day = :day"), params
     )
-    previous = await connection.execute(text("SELECT current_setting('enable_hashagg')"))
-    await connection.execute(text("SELECT set_config('enable_hashagg', 'off', true)"))
+    if await is_citus(connection):
+        # Pushed down, the statement is planned by the worker with its settings unless this
+        # transaction's SET LOCAL goes along (as in rollup_repository.rebuild_day).
+        await connection.execute(text("SET LOCAL citus.propagate_set_commands TO 'local'"))
+    # For the rest of the transaction: the caller's holds this day's remake only.
+    await connection.execute(text("SET LOCAL enable_hashagg TO off"))
     await connection.execute(text(_DAY), params)
-    await connection.execute(text("SELECT set_config('enable_hashagg', :was, true)"), {"was": previous.scalar_one()})
     await connection.execute(
         text(
             f"INSERT INTO {GOAL_PAIR_DAYS_TABLE} AS m (project_id, day, built_at, pages)"
