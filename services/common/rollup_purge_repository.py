@@ -54,8 +54,15 @@ DAY_ROLLUP_TABLES = ("query_rollup_visits", "query_rollup_pages", *SESSION_CUBE_
 # What the incremental refresher keeps per day (migration 0730): each session as folded into
 # its start day's rows (by that `day`), and per day, session and visitor (a distinct_id) the
 # counts folded. Both go with their days; the refresher rebuilds them with the day.
-# The exit-page items (migration 0900) are made from the session days and go with them.
-INCREMENT_TABLES = ("query_rollup_sessions_folded", "query_rollup_session_days", "query_rollup_exit_items")
+# The exit-page items (migration 0900) and the goal pairs with their day markers (1000) are made
+# from the session days and go with them.
+INCREMENT_TABLES = (
+    "query_rollup_sessions_folded",
+    "query_rollup_session_days",
+    "query_rollup_exit_items",
+    "query_rollup_goal_pairs",
+    "query_rollup_goal_pair_days",
+)
 WEEK_ROLLUP_TABLES = ("query_rollup_page_weeks", "query_rollup_weeks")
 # Retention cohorts (migration 0720): counts per (active_day, first_day), and each week's stamp.
 # A week's rows depend on every session up to its Sunday (first-seen days), so a purge of some

@@ -15,7 +15,7 @@ from zoneinfo import ZoneInfo
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from services.query import repository, rollup_repository
+from services.query import goal_pairs_repository, repository, rollup_repository
 from services.query.repository import (
     SAMPLE_RATES,
     AggregateQuery,
@@ -24,12 +24,21 @@ from services.query.repository import (
     FilterClause,
     FunnelStepMatch,
     FunnelVolume,
+    GoalPairsPlan,
     Ordering,
     SessionDayPlan,
 )
 from services.query.schemas import QuerySpec
 from services.query.settings import QuerySettings
-from services.query.vocabulary import CUBES, DIMENSIONS, SESSION_METRICS, TIME_DIMENSIONS, VISIT_DIMENSIONS, Cube
+from services.query.vocabulary import (
+    CUBES,
+    DIMENSIONS,
+    SESSION_METRICS,
+    TIME_DIMENSIONS,
+    VISIT_DIMENSIONS,
+    Cube,
+    grain_id,
+)
 
 
 @dataclass(frozen=True)
@@ -235,6 +244,50 @@ async def exit_items_plan(
         computed_start=plan.computed_start,
         computed_end=plan.computed_end,
         session_days=tuple(day for day in plan.rolled_days if day in stale),
+    )
+
+
+def goal_pairs_grain(query: AggregateQuery) -> frozenset[str] | None:
+    """The pair of visit dimensions whose goal pairs (migration 1000) answer this query, if any:
+    visitors by page under one `is` filter listing pages and filters on exactly two visit
+    dimensions (the Goals card's page goals under two visit chips)."""
+    if query.dimensions != ("page",) or set(query.metrics) != {"visitors"}:
+        return None
+    pages = [clause for clause in query.filters if clause.dimension == "page"]
+    if len(pages) != 1 or pages[0].operator != "is" or pages[0].includes_null:
+        return None
+    visits = {clause.dimension for clause in query.filters if clause.dimension != "page"}
+    if len(visits) != 2 or not visits <= set(VISIT_DIMENSIONS):
+        return None
+    return frozenset(visits)
+
+
+async def goal_pairs_plan(
+    connection: AsyncConnection, query: AggregateQuery, span: ResolvedRange, settings: QuerySettings
+) -> GoalPairsPlan | None:
+    """For the page goals under two visit chips: the goal pairs for the rolled days whose pairs
+    are current and hold every listed page, the session days for the other rolled days, events
+    for the rest; None (ask session_day_plan) when no day's goal pairs answer."""
+    pair = goal_pairs_grain(query) if settings.rollups else None
+    if pair is None:
+        return None
+    plan = await session_day_plan(connection, query, span, settings)
+    if plan is None:
+        return None
+    (listed,) = (clause for clause in query.filters if clause.dimension == "page")
+    pages = sorted(set(listed.values))
+    current = await goal_pairs_repository.current_days(
+        connection, query.project_id, span.date_from, span.date_to, pages
+    )
+    if not current & set(plan.rolled_days):
+        return None
+    return GoalPairsPlan(
+        grain=grain_id(pair),
+        rolled_days=tuple(day for day in plan.rolled_days if day in current),
+        session_days=tuple(day for day in plan.rolled_days if day not in current),
+        computed_days=plan.computed_days,
+        computed_start=plan.computed_start,
+        computed_end=plan.computed_end,
     )
 
 

@@ -332,6 +332,23 @@ class ExitItemsPlan:
 
 
 @dataclass(frozen=True)
+class GoalPairsPlan:
+    """Answer a query grouped by page, visitors only, under an `is` filter listing saved goal
+    pages and filters on two visit dimensions (the Goals card's page goals under two visit chips)
+    from the goal pairs of `grain` (query_rollup_goal_pairs, migration 1000) for `rolled_days`,
+    from the session days for `session_days` (rolled up, their goal pairs not current) and from
+    events for `computed_days`: visitors from sketches (planner.goal_pairs_plan)."""
+
+    grain: int
+    rolled_days: tuple[date, ...]
+    session_days: tuple[date, ...]
+    computed_days: tuple[date, ...]
+    computed_start: datetime | None
+    computed_end: datetime | None
+    table: str = "query_rollup_goal_pairs"
+
+
+@dataclass(frozen=True)
 class AggregateRow:
     dimensions: tuple[str | None, ...]
     # Counts as int; rates and durations as float.
@@ -563,7 +580,7 @@ def _session_day_sql(query: AggregateQuery, plan: SessionDayPlan) -> tuple[str, 
 
 
 def _computed_session_day_rows(
-    query: AggregateQuery, plan: SessionDayPlan | ExitItemsPlan, params: dict[str, Any]
+    query: AggregateQuery, plan: SessionDayPlan | ExitItemsPlan | GoalPairsPlan, params: dict[str, Any]
 ) -> str:
     """The session days' rows computed from the computed days' events (over session_ctes' base),
     each with its session's exit page and visit."""
@@ -625,8 +642,48 @@ def _exit_items_sql(query: AggregateQuery, plan: ExitItemsPlan) -> tuple[str, di
     return sql, params
 
 
+def _goal_pairs_sql(query: AggregateQuery, plan: GoalPairsPlan) -> tuple[str, dict[str, Any]]:
+    """The goal pairs' rows of the rolled days and the other days' sketched from their session
+    days or events, unioned per page under the query's filters."""
+    visits = ", ".join(VISIT_DIMENSIONS)
+    listed = next(clause for clause in query.filters if clause.dimension == "page")
+    params: dict[str, Any] = {
+        "project_id": query.project_id,
+        "grain": plan.grain,
+        "rolled_days": list(plan.rolled_days),
+        "overlap": list(listed.values),
+    }
+    parts = []
+    if plan.rolled_days:
+        parts.append(
+            f"SELECT page, {visits}, visitors FROM query_rollup_goal_pairs WHERE project_id = :project_id"
+            " AND grain = :grain AND page = ANY(CAST(:overlap AS text[])) AND day = ANY(CAST(:rolled_days AS date[]))"
+        )
+    sketched = f"hll_add_agg(hll_hash_text(distinct_id), {HLL_LOG2M}) AS visitors"
+    if plan.session_days:
+        params["session_days"] = list(plan.session_days)
+        rows = _SESSION_DAY_LISTED_PAGES.replace(":rolled_days", ":session_days")
+        parts.append(f"SELECT page, {visits}, {sketched} FROM ({rows}) r GROUP BY page, {visits}")
+    ctes = ""
+    if plan.computed_days:
+        ctes = f"WITH {session_ctes(day_condition=True, events_after_end=False)} "
+        parts.append(
+            f"SELECT page, {visits}, {sketched} FROM ({_computed_session_day_rows(query, plan, params)}) r"
+            f" GROUP BY page, {visits}"
+        )
+    dimension_aliases, dimension_columns, where = _dimensions_and_filters(query, _rolled, params)
+    sql = (
+        f"{ctes}SELECT {dimension_columns[0]}, {_CUBE_METRICS['visitors']} AS visitors, count(*) OVER () AS total_rows"
+        f" FROM ({' UNION ALL '.join(parts)}) u{where}{_order_and_page(query, dimension_aliases, params)}"
+    )
+    return sql, params
+
+
+Plan = CubePlan | SessionDayPlan | ExitItemsPlan | GoalPairsPlan
+
+
 async def _prepared_sql(
-    connection: AsyncConnection, query: AggregateQuery, plan: CubePlan | SessionDayPlan | ExitItemsPlan | None
+    connection: AsyncConnection, query: AggregateQuery, plan: Plan | None
 ) -> tuple[str, dict[str, Any]]:
     """The statement that answers the query by this plan, with this transaction set up for it."""
     if plan is None:
@@ -637,6 +694,9 @@ async def _prepared_sql(
         # As for the cubes below: sketches are aggregated one group at a time.
         await connection.execute(text("SELECT set_config('enable_hashagg', 'off', true)"))
         return _exit_items_sql(query, plan)
+    if isinstance(plan, GoalPairsPlan):
+        await connection.execute(text("SELECT set_config('enable_hashagg', 'off', true)"))
+        return _goal_pairs_sql(query, plan)
     # A HyperLogLog union's aggregate state is ~130 kB whatever the sketches hold, so a hash
     # aggregate over a few hundred groups spills to disk (measured: 65 MB, 4 batches, 500 ms
     # for top pages of one country); sorting the few thousand rows and aggregating one group
@@ -663,7 +723,7 @@ def _number(metric: Metric, value: object) -> float:
 
 
 async def aggregate(
-    connection: AsyncConnection, query: AggregateQuery, plan: CubePlan | SessionDayPlan | ExitItemsPlan | None
+    connection: AsyncConnection, query: AggregateQuery, plan: Plan | None
 ) -> tuple[list[AggregateRow], int]:
     """Rows of one page and the number of rows before limit/offset; raw events when plan is None."""
     sql, params = await _prepared_sql(connection, query, plan)
@@ -688,9 +748,7 @@ async def aggregate(
     return [], 0
 
 
-async def explain(
-    connection: AsyncConnection, query: AggregateQuery, plan: CubePlan | SessionDayPlan | ExitItemsPlan | None
-) -> list[str]:
+async def explain(connection: AsyncConnection, query: AggregateQuery, plan: Plan | None) -> list[str]:
     """EXPLAIN (ANALYZE, BUFFERS) of the statement `aggregate` runs for this query and plan."""
     sql, params = await _prepared_sql(connection, query, plan)
     result = await connection.execute(text(f"EXPLAIN (ANALYZE, BUFFERS) {sql}"), params)

@@ -25,8 +25,9 @@ from services.query.repository import (
     CubePlan,
     ExitItemsPlan,
     FunnelStepMatch,
+    GoalPairsPlan,
     InvalidPatternError,
-    SessionDayPlan,
+    Plan,
 )
 from services.query.schemas import (
     ComparisonResult,
@@ -318,13 +319,13 @@ class QueryService:
         self, connection: AsyncConnection, query: AggregateQuery, span: ResolvedRange
     ) -> tuple[list[ResultRow], int, bool, bool]:
         """Result rows, rows before paging, whether the figures came from the rollups, and whether
-        their visitors are estimates (the cubes' and exit-page items' sketches; the session days count
+        their visitors are estimates (the cubes', exit-page items' and goal pairs' sketches; the session days count
         them exactly)."""
-        plan: CubePlan | SessionDayPlan | ExitItemsPlan | None = await planner.plan(
-            connection, query, span, self.settings
-        )
+        plan: Plan | None = await planner.plan(connection, query, span, self.settings)
         if plan is None:
             plan = await planner.exit_items_plan(connection, query, span, self.settings)
+        if plan is None:
+            plan = await planner.goal_pairs_plan(connection, query, span, self.settings)
         if plan is None:
             plan = await planner.session_day_plan(connection, query, span, self.settings)
         try:
@@ -332,7 +333,7 @@ class QueryService:
         except InvalidPatternError as exc:
             raise invalid(f"A 'matches' pattern is not a valid regular expression: {exc}", "filters") from exc
         results = [ResultRow(dimensions=list(row.dimensions), metrics=list(row.metrics)) for row in rows]
-        return results, total_rows, plan is not None, isinstance(plan, CubePlan | ExitItemsPlan)
+        return results, total_rows, plan is not None, isinstance(plan, CubePlan | ExitItemsPlan | GoalPairsPlan)
 
     async def realtime(
         self, project: ProjectRecord, read: Callable[[], AbstractAsyncContextManager[AsyncConnection]]

@@ -22,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from services.common.app import Lifespan, running_in_background
 from services.common.db import create_engine, set_statement_timeout
 from services.common.settings import DatabaseSettings
-from services.query import rollup_repository
+from services.query import goal_pairs_repository, rollup_repository
 from services.query.settings import QuerySettings
 
 logger = logging.getLogger(__name__)
@@ -33,14 +33,14 @@ REBUILD_STATEMENT_TIMEOUT_MS = 120_000
 
 @dataclass(frozen=True)
 class RoundOutcome:
-    refreshed: int  # days merged or rebuilt, weeks and retention weeks rebuilt
+    refreshed: int  # days merged or rebuilt, weeks, goal pair days and retention weeks rebuilt
     rebuild_s: float  # wall time of the project refreshes that rebuilt a day, and of the weeks rebuilt
 
 
 async def refresh_rollups(engine: AsyncEngine, days_per_round: int, project_id: int | None = None) -> int:
     """Merge every project's pending events and rebuild up to days_per_round unbuilt days per
-    project, then the weeks they complete, then as many stale retention weeks; return how many
-    days and weeks were refreshed."""
+    project, then the weeks they complete, a few days' goal pairs (migration 1000), then as many
+    stale retention weeks; return how many days and weeks were refreshed."""
     return (await refresh_round(engine, days_per_round, project_id)).refreshed
 
 
@@ -72,6 +72,18 @@ async def refresh_round(engine: AsyncEngine, days_per_round: int, project_id: in
         async with engine.begin() as connection:
             await set_statement_timeout(connection, REBUILD_STATEMENT_TIMEOUT_MS)
             if await rollup_repository.rebuild_week(connection, project_id=week.project_id, week=week.week):
+                rebuilt += 1
+                rebuild_s += time.monotonic() - started
+    # The goal pairs (migration 1000) of days whose pairs lag their session days or goal pages.
+    async with engine.begin() as connection:
+        goal_pair_days = await goal_pairs_repository.days_to_remake(
+            connection, min(days_per_round, goal_pairs_repository.REMAKE_DAYS_PER_ROUND), project_id
+        )
+    for remade in goal_pair_days:
+        started = time.monotonic()
+        async with engine.begin() as connection:
+            await set_statement_timeout(connection, REBUILD_STATEMENT_TIMEOUT_MS)
+            if await goal_pairs_repository.remake(connection, remade.project_id, remade.day):
                 rebuilt += 1
                 rebuild_s += time.monotonic() - started
     # Retention weeks last: a week's stamp is the latest build among the days up to its Sunday.

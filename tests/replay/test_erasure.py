@@ -123,6 +123,9 @@ async def test_erasure_removes_every_row_of_the_person_and_their_share_of_the_ro
         ("s-carol", "carol", 1),
         ("s-zed", "zed", 3),
     ]
+    # A page goal, so the goal pairs (migration 1000) hold zed too: her /pricing on Jan 13.
+    goal = await query_client.post("/v1/goals", json={"type": "page", "value": "/pricing"}, headers=auth(project))
+    assert goal.status_code == 201, goal.text
     await build_rollups(engine, project)
     assert await _rollup_rows(admin_engine, project_id) == {
         "query_rollup_visits": 1,
@@ -140,6 +143,8 @@ async def test_erasure_removes_every_row_of_the_person_and_their_share_of_the_ro
         "query_rollup_sessions_folded": 1,
         "query_rollup_session_days": 1,
         "query_rollup_exit_items": 1,
+        "query_rollup_goal_pairs": 1,
+        "query_rollup_goal_pair_days": 1,
     }
 
     before = await query(query_client, project, metrics=["visitors", "pageviews"], dimensions=["time:day"])
@@ -187,6 +192,9 @@ async def test_erasure_removes_every_row_of_the_person_and_their_share_of_the_ro
             "query_rollup_session_days": response.json()["deletedRows"]["query_rollup_session_days"],
             # The exit-page items of those days (their sketches hold zed; migration 0900).
             "query_rollup_exit_items": response.json()["deletedRows"]["query_rollup_exit_items"],
+            # The goal pairs of those days (their sketches hold zed; migration 1000), their markers.
+            "query_rollup_goal_pairs": response.json()["deletedRows"]["query_rollup_goal_pairs"],
+            "query_rollup_goal_pair_days": response.json()["deletedRows"]["query_rollup_goal_pair_days"],
             "query_rollup_days": 0,  # bob still has events on each day
         },
         "rollupDaysToRebuild": 3,
@@ -217,6 +225,8 @@ async def test_erasure_removes_every_row_of_the_person_and_their_share_of_the_ro
         "query_rollup_sessions_folded": 0,
         "query_rollup_session_days": 0,
         "query_rollup_exit_items": 0,
+        "query_rollup_goal_pairs": 0,
+        "query_rollup_goal_pair_days": 0,
     }
     # The session list's URL search no longer finds zed: bob's session keeps only his own URLs.
     assert [row[:3] for row in await session_urls(admin_engine, project_id)] == [

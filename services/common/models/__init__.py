@@ -10,6 +10,8 @@ from services.common.models.query_rollup_day import QueryRollupDay
 from services.common.models.query_rollup_increment import (
     query_rollup_events_staged,
     query_rollup_exit_items,
+    query_rollup_goal_pair_days,
+    query_rollup_goal_pairs,
     query_rollup_pending,
     query_rollup_session_days,
     query_rollup_sessions_folded,
@@ -54,6 +56,8 @@ __all__ = [
     "query_rollup_events_staged",
     "query_rollup_exit_items",
     "query_rollup_exit_pages",
+    "query_rollup_goal_pair_days",
+    "query_rollup_goal_pairs",
     "query_rollup_hours",
     "query_rollup_page_weeks",
     "query_rollup_pages",

@@ -6,7 +6,20 @@ services/common/rollup_purge_repository.py.
 
 from __future__ import annotations
 
-from sqlalchemy import BigInteger, Column, Date, DateTime, Index, PrimaryKeyConstraint, Table, Text, Uuid, func, text
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Date,
+    DateTime,
+    Index,
+    Integer,
+    PrimaryKeyConstraint,
+    Table,
+    Text,
+    Uuid,
+    func,
+    text,
+)
 from sqlalchemy.dialects.postgresql import ARRAY
 
 from services.common.models.base import Base
@@ -165,4 +178,38 @@ query_rollup_exit_items = Table(
     ),
     # The refresher's deletes: a day's rows, a day's exit pages'.
     Index("ix_query_rollup_exit_items_project_id_day_exit_page", "project_id", "day", "exit_page"),
+)
+
+
+# Per day (migration 1000): for each page of the project's saved page goals and each pair of
+# visit dimensions (`grain`, the cubes' GROUPING() bits; the other visit columns NULL), a visitor
+# sketch of the session days holding the page. Written from the session days only; the Goals
+# card under two visit chips reads it while its day's marker below still matches.
+query_rollup_goal_pairs = Table(
+    "query_rollup_goal_pairs",
+    Base.metadata,
+    Column("project_id", BigInteger, nullable=False),
+    Column("day", Date, nullable=False),
+    Column("grain", Integer, nullable=False),
+    Column("page", Text, nullable=False),
+    *(
+        Column(name, Text)
+        for name in ("referrer", "utm_source", "utm_medium", "utm_campaign", "country", "browser", "os", "device")
+    ),
+    Column("visitors", Hll, nullable=False),
+    # A query reads one grain's rows of the listed pages per day; the refresher deletes a day's.
+    Index("ix_query_rollup_goal_pairs_project_id_grain_page_day", "project_id", "grain", "page", "day"),
+    Index("ix_query_rollup_goal_pairs_project_id_day", "project_id", "day"),
+)
+
+# Per day (migration 1000): the day's query_rollup_days.built_at and the goal pages when its
+# goal pairs were made; they answer while both still hold.
+query_rollup_goal_pair_days = Table(
+    "query_rollup_goal_pair_days",
+    Base.metadata,
+    Column("project_id", BigInteger, nullable=False),
+    Column("day", Date, nullable=False),
+    Column("built_at", DateTime(timezone=True), nullable=False),
+    Column("pages", ARRAY(Text), nullable=False),
+    PrimaryKeyConstraint("project_id", "day", name="pk_query_rollup_goal_pair_days"),
 )
