@@ -374,23 +374,25 @@ def _stage_sessions_sql(citus: bool) -> str:
 
 @dataclass(frozen=True)
 class _Fixed:
-    """How a merged cube's fixed column is read: from a new event (`ne`, with its session `q`)
-    and from a session row (`s`); `values` is the session's set it has a row per element of."""
+    """How a merged cube's fixed column is read: from a new event (`e`, a staged event) or, with
+    `of_session`, from the event's session (`q`, staged), and from a session row (`s`); `values`
+    is the session's set it has a row per element of."""
 
     event: str
     session: str
     values: str | None = None
+    of_session: bool = False
 
 
 _FIXED: dict[str, _Fixed] = {
-    "page": _Fixed("ne.path", "v.value", "pages"),
-    "entry_page": _Fixed("q.entry_page", "s.entry_page"),
+    "page": _Fixed("e.path", "v.value", "pages"),
+    "entry_page": _Fixed("q.entry_page", "s.entry_page", of_session=True),
     "hour": _Fixed(
-        "extract(hour FROM ne.occurred_at AT TIME ZONE :timezone)::smallint",
+        "extract(hour FROM e.occurred_at AT TIME ZONE :timezone)::smallint",
         "extract(hour FROM s.started_at AT TIME ZONE :timezone)::smallint",
     ),
-    "domain": _Fixed("ne.domain", "v.value", "domains"),
-    "event_name": _Fixed("ne.name", "v.value", "event_names"),
+    "domain": _Fixed("e.domain", "v.value", "domains"),
+    "event_name": _Fixed("e.name", "v.value", "event_names"),
 }
 
 
@@ -455,20 +457,32 @@ def _merge_sql(cube: Cube) -> str:
     (folded) rows."""
     # Event rows by every fixed column; a cube with session rows has at most one (a cube without
     # them is merged from the new events alone, as they hold no session's figures).
-    event_fixed = "".join(f"{_FIXED[name].event} AS {name}, " for name in cube.fixed)
-    event_keys = "".join(f"{_FIXED[name].event}, " for name in cube.fixed)
-    # Each new event's visit (and entry page) from its session as staged for this merge: every
-    # event on a merged day belongs to a staged session (a session whose start day is skipped
-    # makes each of its days skipped), and the staged sessions, a few per event, are hashed
-    # once instead of an index probe of query_sessions per event and cube.
+    #
+    # The new events are first counted per (day, session, visitor, fixed columns of the event),
+    # then each count row gets its visit (and entry page) from its session as staged for this
+    # merge: every event on a merged day belongs to a staged session (a session whose start day
+    # is skipped makes each of its days skipped), and the staged sessions are hashed once. The
+    # visit columns and the entry page are the session's, so this is one row per (day, fixed
+    # columns, session, visitor, visit) as grouping after the join gave; joined first, every
+    # event was hashed with the eight visit columns of its session as keys, in each of the eight
+    # cube merges (docs/benchmarks.md, branch refcpu3).
+    own = [name for name in cube.fixed if not _FIXED[name].of_session]
+    own_fixed = "".join(f"{_FIXED[name].event} AS {name}, " for name in own)
+    own_keys = "".join(f", {_FIXED[name].event}" for name in own)
+    event_fixed = "".join(
+        f"{_FIXED[name].event} AS {name}, " if _FIXED[name].of_session else f"ne.{name}, " for name in cube.fixed
+    )
+    counts = (
+        f"SELECT e.project_id, e.day, e.session_id, e.distinct_id, {own_fixed}"
+        "count(*) FILTER (WHERE e.name = 'pageview') AS pv, count(*) AS ev"
+        f" FROM query_rollup_events_staged e WHERE {_STAGED_EVENTS_WHERE} AND e.day {_SKIPPED}"
+        f" GROUP BY e.project_id, e.day, e.session_id, e.distinct_id{own_keys}"
+    )
     event_rows = (
         f"SELECT ne.project_id, ne.day, {event_fixed}{_visits_of('q')}, 'e' AS kind, ne.distinct_id,"
-        " count(*) FILTER (WHERE ne.name = 'pageview') AS pv, count(*) AS ev, 1 AS sign,"
-        " NULL::float8 AS m_duration, NULL::bigint AS m_pageviews, NULL::bigint AS m_events"
-        f" FROM {_NEW_EVENTS} ne JOIN query_rollup_sessions_staged q ON q.project_id = ne.project_id"
-        f" AND q.session_id = ne.session_id WHERE q.project_id = :project_id AND ne.day {_SKIPPED}"
-        f" GROUP BY ne.project_id, ne.day, {event_keys}ne.session_id, ne.distinct_id,"
-        f" {_visits_of('q')}"
+        " ne.pv, ne.ev, 1 AS sign, NULL::float8 AS m_duration, NULL::bigint AS m_pageviews,"
+        f" NULL::bigint AS m_events FROM ({counts}) ne JOIN query_rollup_sessions_staged q"
+        " ON q.project_id = ne.project_id AND q.session_id = ne.session_id WHERE q.project_id = :project_id"
     )
     fixed_name = "".join(f"{name}, " for name in cube.fixed)
     key = f"project_id, day, grain, {fixed_name}{_VISIT_COLUMNS}"
