@@ -268,6 +268,8 @@ _STAGE_EVENTS = (
 # stretch one range over the events merged before it; with more than MAX_STAGE_RANGES ranges the
 # array is used. Events in a range not taken (committed after the take, bots) fail the key filter.
 STAGE_RANGE_GAP = timedelta(seconds=60)
+# work_mem of the cube merges (see refresh_project).
+MERGE_WORK_MEM = "128MB"
 MAX_STAGE_RANGES = 16
 _EVENT_KEY_FILTER = (
     "(CAST(e.event_uuid AS text) || '@' || CAST(extract(epoch FROM e.occurred_at) * 1000000 AS bigint))"
@@ -1006,13 +1008,29 @@ async def refresh_project(
             # merges instead of 2.75 s (docs/benchmarks.md, branch refcpu2). ANALYZE of the staged
             # rows did less well, and would keep sampled session ids in pg_statistic after the
             # merge, out of erasure's reach.
-            await connection.execute(
-                text("SELECT set_config('enable_sort', 'off', true), set_config('enable_nestloop', 'off', true)")
+            #
+            # The grouping sets of a cube are hashed, one table per grain (37 for the event-name
+            # cube), in MERGE_WORK_MEM: within the stack's 32MB work_mem the planner hashed only
+            # some of them and sorted the partial rows (90,000 per 140,000 events, on eleven text
+            # keys) for the others, and the hash tables spilled to disk (docs/benchmarks.md,
+            # branch refcpu3). The memory is taken as the tables grow: ~90MB for a 140,000-event
+            # batch of the 5000-visitor load, one backend, for these statements only.
+            work_mem = await connection.execute(
+                text(
+                    "SELECT current_setting('work_mem'), set_config('work_mem', :work_mem, true),"
+                    " set_config('enable_sort', 'off', true), set_config('enable_nestloop', 'off', true)"
+                ),
+                {"work_mem": MERGE_WORK_MEM},
             )
+            previous_work_mem = work_mem.scalar_one()
             for cube in _MERGED_CUBES:
                 await connection.execute(text(_merge_sql(cube)), params)
             await connection.execute(
-                text("SELECT set_config('enable_sort', 'on', true), set_config('enable_nestloop', 'on', true)")
+                text(
+                    "SELECT set_config('work_mem', :work_mem, true), set_config('enable_sort', 'on', true),"
+                    " set_config('enable_nestloop', 'on', true)"
+                ),
+                {"work_mem": previous_work_mem},
             )
             # Exit pages: the pages touched sessions leave, their old rows out, the session days
             # moved and grown, their rows in (see _EXIT_OLD); the folded rows replaced last.
