@@ -529,13 +529,31 @@ SESSION_DAY_EVENT_NAMES = (
     "coalesce(array_agg({alias}name) FILTER (WHERE {alias}name <> 'pageview'), CAST('{{}}' AS text[]))"
 )
 
+# The new events' session days, every aggregate hashed: the events counted per session day and
+# path (so the paths come out distinct), then per session day; the names of the non-pageview
+# events gathered per session day on their own. With array_agg(DISTINCT path) the batch was
+# sorted on (day, session, visitor) and each session day's paths sorted again: ~3 us per event
+# merged, the costliest statement of a merge after the event-name cube (docs/benchmarks.md,
+# branch refcpu3). The same counts and elements (a batch's paths in no particular order: the
+# readers unnest them).
+_SESSION_DAY_KEY = "project_id, day, session_id, distinct_id"
 _SESSION_DAYS_MERGE = (
     "INSERT INTO query_rollup_session_days AS d"
     " (project_id, day, session_id, distinct_id, pageviews, events, pages, event_names)"
-    " SELECT ne.project_id, ne.day, ne.session_id, ne.distinct_id, count(*) FILTER (WHERE ne.name = 'pageview'),"
-    f" count(*), {SESSION_DAY_PAGES.format(alias='ne.')}, {SESSION_DAY_EVENT_NAMES.format(alias='ne.')}"
-    f" FROM {_NEW_EVENTS} ne WHERE ne.day {_SKIPPED}"
-    " GROUP BY ne.project_id, ne.day, ne.session_id, ne.distinct_id"
+    " SELECT c.project_id, c.day, c.session_id, c.distinct_id, c.pageviews, c.events, c.pages,"
+    " coalesce(n.names, CAST('{}' AS text[]))"
+    " FROM (SELECT p.project_id, p.day, p.session_id, p.distinct_id, sum(p.pv) AS pageviews, sum(p.ev) AS events,"
+    " array_agg(p.path) AS pages FROM (SELECT e.project_id, e.day, e.session_id, e.distinct_id, e.path,"
+    " count(*) FILTER (WHERE e.name = 'pageview') AS pv, count(*) AS ev"
+    f" FROM query_rollup_events_staged e WHERE {_STAGED_EVENTS_WHERE} AND e.day {_SKIPPED}"
+    f" GROUP BY e.{_SESSION_DAY_KEY.replace(', ', ', e.')}, e.path) p"
+    " GROUP BY p.project_id, p.day, p.session_id, p.distinct_id) c"
+    " LEFT JOIN (SELECT e.project_id, e.day, e.session_id, e.distinct_id, array_agg(e.name) AS names"
+    f" FROM query_rollup_events_staged e WHERE {_STAGED_EVENTS_WHERE} AND e.day {_SKIPPED}"
+    " AND e.name <> 'pageview'"
+    f" GROUP BY e.{_SESSION_DAY_KEY.replace(', ', ', e.')}) n"
+    " ON n.project_id = c.project_id AND n.day = c.day AND n.session_id = c.session_id"
+    " AND n.distinct_id = c.distinct_id"
     " ON CONFLICT (project_id, day, session_id, distinct_id) DO UPDATE"
     " SET pageviews = d.pageviews + excluded.pageviews, events = d.events + excluded.events,"
     " pages = d.pages || excluded.pages, event_names = d.event_names || excluded.event_names"
@@ -1044,7 +1062,10 @@ async def refresh_project(
             await connection.execute(text(_EXIT_OLD), params)
             if params["item_days"]:
                 await connection.execute(text(_EXIT_ITEMS_OLD), params)
+            # (Hashed: see _SESSION_DAYS_MERGE.)
+            await connection.execute(text("SELECT set_config('enable_sort', 'off', true)"))
             await connection.execute(text(_SESSION_DAYS_MERGE), params)
+            await connection.execute(text("SELECT set_config('enable_sort', 'on', true)"))
             for day in sorted(merged):
                 await connection.execute(text(_SESSION_DAYS_MOVE), {**params, "day": day})
             await connection.execute(text(_EXIT_NEW), params)
