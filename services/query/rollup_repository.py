@@ -1068,10 +1068,17 @@ async def refresh_project(
             await connection.execute(text(_EXIT_OLD), params)
             if params["item_days"]:
                 await connection.execute(text(_EXIT_ITEMS_OLD), params)
-            # (Hashed: see _SESSION_DAYS_MERGE.)
-            await connection.execute(text("SELECT set_config('enable_sort', 'off', true)"))
+            # Hashed (see _SESSION_DAYS_MERGE), its join too: on the staged table's statistics
+            # (a row or two) the planner joined the counts to the names in a nested loop, each
+            # session day's counts against every session day's names, 11 s of CPU for 670,000
+            # events under the 5000-visitor load (docs/benchmarks.md, branch refcpu3).
+            await connection.execute(
+                text("SELECT set_config('enable_sort', 'off', true), set_config('enable_nestloop', 'off', true)")
+            )
             await connection.execute(text(_SESSION_DAYS_MERGE), params)
-            await connection.execute(text("SELECT set_config('enable_sort', 'on', true)"))
+            await connection.execute(
+                text("SELECT set_config('enable_sort', 'on', true), set_config('enable_nestloop', 'on', true)")
+            )
             for day in sorted(merged):
                 await connection.execute(text(_SESSION_DAYS_MOVE), {**params, "day": day})
             await connection.execute(text(_EXIT_NEW), params)
