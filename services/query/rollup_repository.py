@@ -360,19 +360,15 @@ def _touched_sessions(citus: bool) -> str:
 # Step 3a: the touched sessions as they are now (query_sessions, with the union of the folded
 # and the new pages, domains, event names), read once into query_rollup_sessions_staged: the
 # cubes and the folded rows are written from it by separate statements (migration 0760).
-# The new events' (path, domain, name) are made distinct and gathered per session by hashing
-# (run with sorts priced out); the union sorts each session's elements and drops repeats, so
-# the new arrays need not be distinct: array_agg(DISTINCT ...) sorted the whole batch by session
-# and each session's elements three times (docs/benchmarks.md, branch refcpu3).
 def _stage_sessions_sql(citus: bool) -> str:
     return (
         f"INSERT INTO query_rollup_sessions_staged (project_id, {_FOLDED_COLUMNS})"
         " SELECT q.project_id, q.session_id, (q.started_at AT TIME ZONE :timezone)::date, q.started_at, q.first_uuid,"
         f" q.entry_uuid, q.ended_at, q.pageviews, q.events, q.entry_page, q.exit_page, {_visits_of('q')},"
         f" {_union('pages', 'pages')}, {_union('domains', 'domains')}, {_union('event_names', 'names')}"
-        " FROM (SELECT e.project_id, e.session_id, array_agg(e.path) AS pages, array_agg(e.domain) AS domains,"
-        " array_agg(e.name) AS names FROM (SELECT DISTINCT e.project_id, e.session_id, e.path, e.domain, e.name"
-        f" FROM query_rollup_events_staged e WHERE {_STAGED_EVENTS_WHERE}) e GROUP BY e.project_id, e.session_id) n"
+        " FROM (SELECT e.project_id, e.session_id, array_agg(DISTINCT e.path) AS pages,"
+        " array_agg(DISTINCT e.domain) AS domains, array_agg(DISTINCT e.name) AS names"
+        f" FROM query_rollup_events_staged e WHERE {_STAGED_EVENTS_WHERE} GROUP BY e.project_id, e.session_id) n"
         f"{_touched_sessions(citus)}"
         f" WHERE q.project_id = :project_id AND (q.started_at AT TIME ZONE :timezone)::date {_SKIPPED}"
     )
@@ -1020,9 +1016,7 @@ async def refresh_project(
             await connection.execute(text("SELECT set_config('enable_seqscan', 'off', true)"))
             # The sessions' new state read once; every cube merge reads it and the folded rows as
             # they were (old), then the folded rows are replaced, last.
-            await connection.execute(text("SELECT set_config('enable_sort', 'off', true)"))
             await connection.execute(text(_stage_sessions_sql(citus)), params)
-            await connection.execute(text("SELECT set_config('enable_sort', 'on', true)"))
             params["days"] = sorted(merged)
             # The staged tables are empty between merges, so their statistics say a row or two:
             # each cube merge probed the staged sessions once per event (nested loop) and sorted
