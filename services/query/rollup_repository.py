@@ -268,6 +268,8 @@ _STAGE_EVENTS = (
 # stretch one range over the events merged before it; with more than MAX_STAGE_RANGES ranges the
 # array is used. Events in a range not taken (committed after the take, bots) fail the key filter.
 STAGE_RANGE_GAP = timedelta(seconds=60)
+# work_mem of the cube merges (see refresh_project).
+MERGE_WORK_MEM = "128MB"
 MAX_STAGE_RANGES = 16
 _EVENT_KEY_FILTER = (
     "(CAST(e.event_uuid AS text) || '@' || CAST(extract(epoch FROM e.occurred_at) * 1000000 AS bigint))"
@@ -374,23 +376,25 @@ def _stage_sessions_sql(citus: bool) -> str:
 
 @dataclass(frozen=True)
 class _Fixed:
-    """How a merged cube's fixed column is read: from a new event (`ne`, with its session `q`)
-    and from a session row (`s`); `values` is the session's set it has a row per element of."""
+    """How a merged cube's fixed column is read: from a new event (`e`, a staged event) or, with
+    `of_session`, from the event's session (`q`, staged), and from a session row (`s`); `values`
+    is the session's set it has a row per element of."""
 
     event: str
     session: str
     values: str | None = None
+    of_session: bool = False
 
 
 _FIXED: dict[str, _Fixed] = {
-    "page": _Fixed("ne.path", "v.value", "pages"),
-    "entry_page": _Fixed("q.entry_page", "s.entry_page"),
+    "page": _Fixed("e.path", "v.value", "pages"),
+    "entry_page": _Fixed("q.entry_page", "s.entry_page", of_session=True),
     "hour": _Fixed(
-        "extract(hour FROM ne.occurred_at AT TIME ZONE :timezone)::smallint",
+        "extract(hour FROM e.occurred_at AT TIME ZONE :timezone)::smallint",
         "extract(hour FROM s.started_at AT TIME ZONE :timezone)::smallint",
     ),
-    "domain": _Fixed("ne.domain", "v.value", "domains"),
-    "event_name": _Fixed("ne.name", "v.value", "event_names"),
+    "domain": _Fixed("e.domain", "v.value", "domains"),
+    "event_name": _Fixed("e.name", "v.value", "event_names"),
 }
 
 
@@ -455,20 +459,32 @@ def _merge_sql(cube: Cube) -> str:
     (folded) rows."""
     # Event rows by every fixed column; a cube with session rows has at most one (a cube without
     # them is merged from the new events alone, as they hold no session's figures).
-    event_fixed = "".join(f"{_FIXED[name].event} AS {name}, " for name in cube.fixed)
-    event_keys = "".join(f"{_FIXED[name].event}, " for name in cube.fixed)
-    # Each new event's visit (and entry page) from its session as staged for this merge: every
-    # event on a merged day belongs to a staged session (a session whose start day is skipped
-    # makes each of its days skipped), and the staged sessions, a few per event, are hashed
-    # once instead of an index probe of query_sessions per event and cube.
+    #
+    # The new events are first counted per (day, session, visitor, fixed columns of the event),
+    # then each count row gets its visit (and entry page) from its session as staged for this
+    # merge: every event on a merged day belongs to a staged session (a session whose start day
+    # is skipped makes each of its days skipped), and the staged sessions are hashed once. The
+    # visit columns and the entry page are the session's, so this is one row per (day, fixed
+    # columns, session, visitor, visit) as grouping after the join gave; joined first, every
+    # event was hashed with the eight visit columns of its session as keys, in each of the eight
+    # cube merges (docs/benchmarks.md, branch refcpu3).
+    own = [name for name in cube.fixed if not _FIXED[name].of_session]
+    own_fixed = "".join(f"{_FIXED[name].event} AS {name}, " for name in own)
+    own_keys = "".join(f", {_FIXED[name].event}" for name in own)
+    event_fixed = "".join(
+        f"{_FIXED[name].event} AS {name}, " if _FIXED[name].of_session else f"ne.{name}, " for name in cube.fixed
+    )
+    counts = (
+        f"SELECT e.project_id, e.day, e.session_id, e.distinct_id, {own_fixed}"
+        "count(*) FILTER (WHERE e.name = 'pageview') AS pv, count(*) AS ev"
+        f" FROM query_rollup_events_staged e WHERE {_STAGED_EVENTS_WHERE} AND e.day {_SKIPPED}"
+        f" GROUP BY e.project_id, e.day, e.session_id, e.distinct_id{own_keys}"
+    )
     event_rows = (
         f"SELECT ne.project_id, ne.day, {event_fixed}{_visits_of('q')}, 'e' AS kind, ne.distinct_id,"
-        " count(*) FILTER (WHERE ne.name = 'pageview') AS pv, count(*) AS ev, 1 AS sign,"
-        " NULL::float8 AS m_duration, NULL::bigint AS m_pageviews, NULL::bigint AS m_events"
-        f" FROM {_NEW_EVENTS} ne JOIN query_rollup_sessions_staged q ON q.project_id = ne.project_id"
-        f" AND q.session_id = ne.session_id WHERE q.project_id = :project_id AND ne.day {_SKIPPED}"
-        f" GROUP BY ne.project_id, ne.day, {event_keys}ne.session_id, ne.distinct_id,"
-        f" {_visits_of('q')}"
+        " ne.pv, ne.ev, 1 AS sign, NULL::float8 AS m_duration, NULL::bigint AS m_pageviews,"
+        f" NULL::bigint AS m_events FROM ({counts}) ne JOIN query_rollup_sessions_staged q"
+        " ON q.project_id = ne.project_id AND q.session_id = ne.session_id WHERE q.project_id = :project_id"
     )
     fixed_name = "".join(f"{name}, " for name in cube.fixed)
     key = f"project_id, day, grain, {fixed_name}{_VISIT_COLUMNS}"
@@ -513,13 +529,31 @@ SESSION_DAY_EVENT_NAMES = (
     "coalesce(array_agg({alias}name) FILTER (WHERE {alias}name <> 'pageview'), CAST('{{}}' AS text[]))"
 )
 
+# The new events' session days, every aggregate hashed: the events counted per session day and
+# path (so the paths come out distinct), then per session day; the names of the non-pageview
+# events gathered per session day on their own. With array_agg(DISTINCT path) the batch was
+# sorted on (day, session, visitor) and each session day's paths sorted again: ~3 us per event
+# merged, the costliest statement of a merge after the event-name cube (docs/benchmarks.md,
+# branch refcpu3). The same counts and elements (a batch's paths in no particular order: the
+# readers unnest them).
+_SESSION_DAY_KEY = "project_id, day, session_id, distinct_id"
 _SESSION_DAYS_MERGE = (
     "INSERT INTO query_rollup_session_days AS d"
     " (project_id, day, session_id, distinct_id, pageviews, events, pages, event_names)"
-    " SELECT ne.project_id, ne.day, ne.session_id, ne.distinct_id, count(*) FILTER (WHERE ne.name = 'pageview'),"
-    f" count(*), {SESSION_DAY_PAGES.format(alias='ne.')}, {SESSION_DAY_EVENT_NAMES.format(alias='ne.')}"
-    f" FROM {_NEW_EVENTS} ne WHERE ne.day {_SKIPPED}"
-    " GROUP BY ne.project_id, ne.day, ne.session_id, ne.distinct_id"
+    " SELECT c.project_id, c.day, c.session_id, c.distinct_id, c.pageviews, c.events, c.pages,"
+    " coalesce(n.names, CAST('{}' AS text[]))"
+    " FROM (SELECT p.project_id, p.day, p.session_id, p.distinct_id, sum(p.pv) AS pageviews, sum(p.ev) AS events,"
+    " array_agg(p.path) AS pages FROM (SELECT e.project_id, e.day, e.session_id, e.distinct_id, e.path,"
+    " count(*) FILTER (WHERE e.name = 'pageview') AS pv, count(*) AS ev"
+    f" FROM query_rollup_events_staged e WHERE {_STAGED_EVENTS_WHERE} AND e.day {_SKIPPED}"
+    f" GROUP BY e.{_SESSION_DAY_KEY.replace(', ', ', e.')}, e.path) p"
+    " GROUP BY p.project_id, p.day, p.session_id, p.distinct_id) c"
+    " LEFT JOIN (SELECT e.project_id, e.day, e.session_id, e.distinct_id, array_agg(e.name) AS names"
+    f" FROM query_rollup_events_staged e WHERE {_STAGED_EVENTS_WHERE} AND e.day {_SKIPPED}"
+    " AND e.name <> 'pageview'"
+    f" GROUP BY e.{_SESSION_DAY_KEY.replace(', ', ', e.')}) n"
+    " ON n.project_id = c.project_id AND n.day = c.day AND n.session_id = c.session_id"
+    " AND n.distinct_id = c.distinct_id"
     " ON CONFLICT (project_id, day, session_id, distinct_id) DO UPDATE"
     " SET pageviews = d.pageviews + excluded.pageviews, events = d.events + excluded.events,"
     " pages = d.pages || excluded.pages, event_names = d.event_names || excluded.event_names"
@@ -992,13 +1026,29 @@ async def refresh_project(
             # merges instead of 2.75 s (docs/benchmarks.md, branch refcpu2). ANALYZE of the staged
             # rows did less well, and would keep sampled session ids in pg_statistic after the
             # merge, out of erasure's reach.
-            await connection.execute(
-                text("SELECT set_config('enable_sort', 'off', true), set_config('enable_nestloop', 'off', true)")
+            #
+            # The grouping sets of a cube are hashed, one table per grain (37 for the event-name
+            # cube), in MERGE_WORK_MEM: within the stack's 32MB work_mem the planner hashed only
+            # some of them and sorted the partial rows (90,000 per 140,000 events, on eleven text
+            # keys) for the others, and the hash tables spilled to disk (docs/benchmarks.md,
+            # branch refcpu3). The memory is taken as the tables grow: ~90MB for a 140,000-event
+            # batch of the 5000-visitor load, one backend, for these statements only.
+            work_mem = await connection.execute(
+                text(
+                    "SELECT current_setting('work_mem'), set_config('work_mem', :work_mem, true),"
+                    " set_config('enable_sort', 'off', true), set_config('enable_nestloop', 'off', true)"
+                ),
+                {"work_mem": MERGE_WORK_MEM},
             )
+            previous_work_mem = work_mem.scalar_one()
             for cube in _MERGED_CUBES:
                 await connection.execute(text(_merge_sql(cube)), params)
             await connection.execute(
-                text("SELECT set_config('enable_sort', 'on', true), set_config('enable_nestloop', 'on', true)")
+                text(
+                    "SELECT set_config('work_mem', :work_mem, true), set_config('enable_sort', 'on', true),"
+                    " set_config('enable_nestloop', 'on', true)"
+                ),
+                {"work_mem": previous_work_mem},
             )
             # Exit pages: the pages touched sessions leave, their old rows out, the session days
             # moved and grown, their rows in (see _EXIT_OLD); the folded rows replaced last.
@@ -1012,7 +1062,17 @@ async def refresh_project(
             await connection.execute(text(_EXIT_OLD), params)
             if params["item_days"]:
                 await connection.execute(text(_EXIT_ITEMS_OLD), params)
+            # Hashed (see _SESSION_DAYS_MERGE), its join too: on the staged table's statistics
+            # (a row or two) the planner joined the counts to the names in a nested loop, each
+            # session day's counts against every session day's names, 11 s of CPU for 670,000
+            # events under the 5000-visitor load (docs/benchmarks.md, branch refcpu3).
+            await connection.execute(
+                text("SELECT set_config('enable_sort', 'off', true), set_config('enable_nestloop', 'off', true)")
+            )
             await connection.execute(text(_SESSION_DAYS_MERGE), params)
+            await connection.execute(
+                text("SELECT set_config('enable_sort', 'on', true), set_config('enable_nestloop', 'on', true)")
+            )
             for day in sorted(merged):
                 await connection.execute(text(_SESSION_DAYS_MOVE), {**params, "day": day})
             await connection.execute(text(_EXIT_NEW), params)

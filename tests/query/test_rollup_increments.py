@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 from litestar.testing import AsyncTestClient
-from sqlalchemy import text
+from sqlalchemy import event, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.common import rollup_purge_repository
@@ -281,6 +281,40 @@ async def test_events_after_a_build_are_merged_without_rebuilding_their_day(
     assert (second.rebuilt_days, second.merged_events) == (0, 4)
     assert second.merged_days == 2
     assert await cube_rows(engine, project_id) == await rebuilt_from_scratch(engine, project)
+
+
+async def test_a_merge_gives_the_cubes_more_work_mem_and_restores_the_transactions(
+    db: DatabaseHarness, engine: AsyncEngine
+) -> None:
+    """The cube merges run with MERGE_WORK_MEM (their grouping sets hashed, not sorted); what
+    follows them in the refresh's transaction (the rebuilds, the caller's statements) gets the
+    work_mem it had before."""
+    project = await new_project(db)
+    project_id = int(project["id"])
+    refresh = rollup_repository.ProjectToRefresh(project_id, "Europe/Berlin")
+    events = main_events()
+    await insert_events(engine, project_id, events[:5])
+    async with engine.begin() as connection:
+        await rollup_repository.refresh_project(connection, refresh, 100)
+    await insert_events(engine, project_id, events[5:9])
+    seen: list[str] = []
+    async with engine.begin() as connection:
+        await connection.execute(text("SELECT set_config('work_mem', '7MB', true)"))
+
+        def note(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+            if statement.startswith("INSERT INTO query_rollup_event_names AS c"):
+                seen.append(conn.exec_driver_sql("SHOW work_mem").scalar_one())
+
+        event.listen(engine.sync_engine, "after_cursor_execute", note)
+        try:
+            outcome = await rollup_repository.refresh_project(connection, refresh, 100)
+        finally:
+            event.remove(engine.sync_engine, "after_cursor_execute", note)
+        after = (await connection.execute(text("SHOW work_mem"))).scalar_one()
+    assert outcome is not None
+    assert outcome.merged_events == 4
+    assert seen == [rollup_repository.MERGE_WORK_MEM]
+    assert after == "7MB"
 
 
 async def test_a_new_day_is_merged_from_empty_rollups_not_rebuilt(db: DatabaseHarness, engine: AsyncEngine) -> None:
