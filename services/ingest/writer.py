@@ -126,6 +126,8 @@ class _Lane:
         self.name = name
         self.queue: deque[Submission] = deque()
         self.wakeup = asyncio.Event()
+        # Batches of this lane being written now.
+        self.in_flight = 0
 
 
 class BatchWriter:
@@ -252,18 +254,22 @@ class BatchWriter:
             while not queue:
                 lane.wakeup.clear()
                 await lane.wakeup.wait()
-            if self._limits.linger_s > 0 and len(queue) < LINGER_UNLESS_QUEUED:
-                # A moment for concurrent requests to join this batch. Not when enough are
-                # already waiting: on a busy process the sleep costs a whole event-loop turn.
+            if self._limits.linger_s > 0 and lane.in_flight and len(queue) < LINGER_UNLESS_QUEUED:
+                # A moment for concurrent requests to join this batch, while another batch of
+                # the lane is being written (and will share the WAL flush with it). Not on an idle
+                # lane: the request would wait linger_s for nothing (issue 18 item 3). Not when
+                # enough are already waiting: on a busy process the sleep costs a loop turn.
                 await asyncio.sleep(self._limits.linger_s)
             batch = self._take_batch(queue)
             if not batch:
                 continue
             self._in_flight += 1
+            lane.in_flight += 1
             try:
                 await self._write(batch)
             finally:
                 self._in_flight -= 1
+                lane.in_flight -= 1
 
     async def _write(self, batch: list[Submission]) -> None:
         try:

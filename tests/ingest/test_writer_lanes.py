@@ -8,6 +8,7 @@ chunk with one shared queue. Either way nothing is acknowledged before its commi
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -72,3 +73,19 @@ async def test_events_commit_while_a_chunk_batch_waits_only_with_split_lanes(
         await writer.close()
     assert await count(admin_engine, "events", project_id) == 8
     assert await count(admin_engine, "replay_chunks", project_id) == 2
+
+
+async def test_an_idle_lane_does_not_linger(
+    engine: AsyncEngine, admin_engine: AsyncEngine, project: dict[str, Any]
+) -> None:
+    """The linger only gathers requests while another batch of the lane is being written: with
+    nothing in flight a request's rows go at once, not after linger_s (here 30 s)."""
+    project_id = int(project["id"])
+    writer = BatchWriter(engine, replace(limits(split_lanes=True), linger_s=30.0))
+    await writer.start()
+    try:
+        await asyncio.wait_for(writer.submit([event_row(project_id)], []), timeout=10)
+        await asyncio.wait_for(writer.submit([], [chunk_row(project_id, "idle", 0)]), timeout=10)
+    finally:
+        await writer.close()
+    assert await count(admin_engine, "events", project_id) == 1
