@@ -5,8 +5,8 @@ single-row inserts/s through PgBouncer here, against 8,000-16,000 rows/s batched
 request hands its rows to the writer and waits; a writer task takes everything queued,
 writes it in one transaction (one statement per table) and releases each waiting request
 only when its rows are committed. Database round trips grow with time, not with requests.
-Events and replay chunks queue in separate lanes (WriterLimits.split_lanes), each with its own
-writer tasks and transactions, so an events request never waits for replay bytes.
+With WriterLimits.split_lanes, events and replay chunks queue in separate lanes, each with its
+own writer tasks and transactions, so an events request never waits for replay bytes.
 
 An acknowledged event is a stored event: a request is answered 202 only after the commit
 that holds its rows succeeded. Anything else (database unreachable, queue full, commit
@@ -111,8 +111,8 @@ class WriterLimits:
     max_queue_bytes: int = 128 * 1024 * 1024
     # Events and replay chunks in separate transactions, each kind with its own `concurrency`
     # writer tasks: an events request then never waits for a batch's replay bytes (tens of kB
-    # per first chunk: their statement, their WAL and its flush).
-    split_lanes: bool = True
+    # per first chunk: their statement, their WAL and its flush). Off by default (settings.py).
+    split_lanes: bool = False
 
 
 EVENTS_LANE = 0
