@@ -34,7 +34,6 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import math
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -168,30 +167,49 @@ async def read_body_with_deadline(receive: Receive, max_bytes: int, limits: Admi
     The deadline is the client's, not the server's: when this process is so busy that the timer
     itself fires late (the event loop lagging), the lag is added to the deadline instead of
     being blamed on the upload.
+
+    Each message is awaited directly under one timer of the loop's (no task and no
+    ``asyncio.wait`` per message: those were the largest item of our own code on the events
+    path, docs/benchmarks.md); when the timer finds the upload behind, it cancels the wait.
     """
-    started = time.monotonic()
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    assert task is not None
+    started = loop.time()
     parts: list[bytes] = []
     received = 0
+    expired = False
+    timer: asyncio.TimerHandle | None = None
+
+    def due() -> float:
+        # The moment the upload falls behind the minimum rate, counting what it has sent.
+        return started + limits.body_grace_s + received / limits.min_upload_bytes_per_s
+
+    def on_due(when: float) -> None:
+        nonlocal started, timer, expired
+        lag = loop.time() - when
+        if lag > LOOP_LAG_TOLERANCE_S:
+            started += lag
+            timer = loop.call_at(due(), on_due, due())
+            return
+        expired = True
+        task.cancel()
+
     while True:
-        pending = asyncio.ensure_future(receive())
-        while True:
-            # The moment the upload falls behind the minimum rate, counting what it has sent.
-            due = started + limits.body_grace_s + received / limits.min_upload_bytes_per_s
-            done, _ = await asyncio.wait({pending}, timeout=max(due - time.monotonic(), 0.0))
-            if done:
-                break
-            lag = time.monotonic() - due
-            if lag > LOOP_LAG_TOLERANCE_S:
-                started += lag
-                continue
-            pending.cancel()
-            raise _BodyRefused(
-                408,
-                "request_timeout",
-                f"The body arrived too slowly (under {limits.min_upload_bytes_per_s:.0f} bytes/s "
-                f"after {limits.body_grace_s:.0f} s).",
-            )
-        message = pending.result()
+        cancelling = task.cancelling()
+        timer = loop.call_at(due(), on_due, due())
+        try:
+            message = await receive()
+        except asyncio.CancelledError:
+            if expired and task.uncancel() <= cancelling:
+                raise _too_slow(limits) from None
+            raise  # cancelled from outside (the client went away, shutdown)
+        finally:
+            timer.cancel()
+        if expired:
+            # receive() took the cancel and answered all the same: the deadline has passed.
+            task.uncancel()
+            raise _too_slow(limits)
         if message["type"] == "http.disconnect":
             raise _ClientGone
         chunk: bytes = message.get("body", b"")  # type: ignore[assignment]
@@ -202,6 +220,15 @@ async def read_body_with_deadline(receive: Receive, max_bytes: int, limits: Admi
             parts.append(chunk)
         if not message.get("more_body", False):
             return b"".join(parts)
+
+
+def _too_slow(limits: AdmissionLimits) -> _BodyRefused:
+    return _BodyRefused(
+        408,
+        "request_timeout",
+        f"The body arrived too slowly (under {limits.min_upload_bytes_per_s:.0f} bytes/s "
+        f"after {limits.body_grace_s:.0f} s).",
+    )
 
 
 # A deadline timer that fires this much late says the event loop is lagging, not the client.

@@ -50,6 +50,7 @@ def create_app(
                 concurrency=settings.writer_concurrency,
                 commit_timeout_s=settings.writer_commit_timeout_s,
                 max_queue_bytes=settings.writer_max_queue_bytes,
+                split_lanes=settings.writer_split_lanes,
             ),
         )
         project_cache = ProjectCache(ttl_s=settings.project_cache_ttl_s)

@@ -59,6 +59,11 @@ class IngestSettings:
     # Also bounded in bytes (replay chunks as stored, events roughly): past either, 503.
     writer_max_queue_bytes: int = setting("WRITER_MAX_QUEUE_BYTES", 128 * MIB)
     writer_concurrency: int = setting("WRITER_CONCURRENCY", 2)
+    # Events and replay chunks committed in separate transactions (each with writer_concurrency
+    # in flight), so an events request does not wait for replay bytes. Off by default: it adds
+    # commits, each waiting for a WAL flush, and the 2000-visitor runs on the shared machine could
+    # not show a gain (docs/benchmarks.md, "The commit's WAL flush").
+    writer_split_lanes: bool = setting("WRITER_SPLIT_LANES", False)
     # A request waits at most this long for its rows to commit, then answers 503; a retry
     # with the same uuids is stored once.
     writer_commit_timeout_s: float = setting("WRITER_COMMIT_TIMEOUT_S", 10.0)

@@ -5,6 +5,8 @@ single-row inserts/s through PgBouncer here, against 8,000-16,000 rows/s batched
 request hands its rows to the writer and waits; a writer task takes everything queued,
 writes it in one transaction (one statement per table) and releases each waiting request
 only when its rows are committed. Database round trips grow with time, not with requests.
+With WriterLimits.split_lanes, events and replay chunks queue in separate lanes, each with its
+own writer tasks and transactions, so an events request never waits for replay bytes.
 
 An acknowledged event is a stored event: a request is answered 202 only after the commit
 that holds its rows succeeded. Anything else (database unreachable, queue full, commit
@@ -107,16 +109,35 @@ class WriterLimits:
     concurrency: int
     commit_timeout_s: float
     max_queue_bytes: int = 128 * 1024 * 1024
+    # Events and replay chunks in separate transactions, each kind with its own `concurrency`
+    # writer tasks: an events request then never waits for a batch's replay bytes (tens of kB
+    # per first chunk: their statement, their WAL and its flush). Off by default (settings.py).
+    split_lanes: bool = False
+
+
+EVENTS_LANE = 0
+CHUNKS_LANE = 1
+
+
+class _Lane:
+    """One queue and the writer tasks that empty it."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.queue: deque[Submission] = deque()
+        self.wakeup = asyncio.Event()
+        # Batches of this lane being written now.
+        self.in_flight = 0
 
 
 class BatchWriter:
     def __init__(self, engine: AsyncEngine, limits: WriterLimits) -> None:
         self._engine = engine
         self._limits = limits
-        self._queue: deque[Submission] = deque()
+        lane_names = ("events", "chunks") if limits.split_lanes else ("all",)
+        self._lanes = [_Lane(name) for name in lane_names]
         self._queued_rows = 0
         self._queued_bytes = 0
-        self._wakeup = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._accepting = False
         self._in_flight = 0
@@ -127,7 +148,9 @@ class BatchWriter:
     async def start(self) -> None:
         self._accepting = True
         self._tasks = [
-            asyncio.create_task(self._run(), name=f"batch-writer-{n}") for n in range(self._limits.concurrency)
+            asyncio.create_task(self._run(lane), name=f"batch-writer-{lane.name}-{n}")
+            for lane in self._lanes
+            for n in range(self._limits.concurrency)
         ]
 
     async def submit(self, events: list[EventRow], chunks: list[ChunkRow]) -> None:
@@ -147,10 +170,11 @@ class BatchWriter:
                 "Too much is waiting to be written; retry shortly.",
                 DATABASE_OUTAGE.retry_after_s(backlog=3),
             )
-        self._queue.append(submission)
+        lane = self._lanes[CHUNKS_LANE if chunks and len(self._lanes) > 1 else EVENTS_LANE]
+        lane.queue.append(submission)
         self._queued_rows += submission.rows
         self._queued_bytes += submission.queued_bytes
-        self._wakeup.set()
+        lane.wakeup.set()
         try:
             # shield: a timed-out request stops waiting, but its rows may still commit;
             # the client's retry with the same uuids is then a no-op.
@@ -180,26 +204,27 @@ class BatchWriter:
     async def close(self) -> None:
         """Stops taking submissions, writes everything already queued, then stops."""
         self._accepting = False
-        while self._queue or self._in_flight:
-            self._wakeup.set()
+        while any(lane.queue for lane in self._lanes) or self._in_flight:
+            for lane in self._lanes:
+                lane.wakeup.set()
             await asyncio.sleep(0.01)
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         logger.info("batch writer stopped after %d batches, %d rows", self.batches_committed, self.rows_committed)
 
-    def _take_batch(self) -> list[Submission]:
+    def _take_batch(self, queue: deque[Submission]) -> list[Submission]:
         batch: list[Submission] = []
         rows = chunk_bytes = 0
         timings = BatchTimings(picked_at=time.perf_counter())
-        while self._queue and (
+        while queue and (
             not batch
             or (
-                rows + self._queue[0].rows <= self._limits.max_batch_rows
-                and chunk_bytes + self._queue[0].chunk_bytes <= self._limits.max_batch_chunk_bytes
+                rows + queue[0].rows <= self._limits.max_batch_rows
+                and chunk_bytes + queue[0].chunk_bytes <= self._limits.max_batch_chunk_bytes
             )
         ):
-            submission = self._queue.popleft()
+            submission = queue.popleft()
             self._queued_rows -= submission.rows
             self._queued_bytes -= submission.queued_bytes
             if submission.abandoned:
@@ -217,29 +242,34 @@ class BatchWriter:
             batch.append(submission)
         return batch
 
-    async def _run(self) -> None:
+    async def _run(self, lane: _Lane) -> None:
         # The writer's own statements belong to no request: keep them out of the traces
         # (each request gets copies of its batch's steps instead, see _record_write_spans).
         with trace.use_span(unsampled_span(), end_on_exit=False):
-            await self._loop()
+            await self._loop(lane)
 
-    async def _loop(self) -> None:
+    async def _loop(self, lane: _Lane) -> None:
+        queue = lane.queue
         while True:
-            while not self._queue:
-                self._wakeup.clear()
-                await self._wakeup.wait()
-            if self._limits.linger_s > 0 and len(self._queue) < LINGER_UNLESS_QUEUED:
-                # A moment for concurrent requests to join this batch. Not when enough are
-                # already waiting: on a busy process the sleep costs a whole event-loop turn.
+            while not queue:
+                lane.wakeup.clear()
+                await lane.wakeup.wait()
+            if self._limits.linger_s > 0 and lane.in_flight and len(queue) < LINGER_UNLESS_QUEUED:
+                # A moment for concurrent requests to join this batch, while another batch of
+                # the lane is being written (and will share the WAL flush with it). Not on an idle
+                # lane: the request would wait linger_s for nothing (issue 18 item 3). Not when
+                # enough are already waiting: on a busy process the sleep costs a loop turn.
                 await asyncio.sleep(self._limits.linger_s)
-            batch = self._take_batch()
+            batch = self._take_batch(queue)
             if not batch:
                 continue
             self._in_flight += 1
+            lane.in_flight += 1
             try:
                 await self._write(batch)
             finally:
                 self._in_flight -= 1
+                lane.in_flight -= 1
 
     async def _write(self, batch: list[Submission]) -> None:
         try:

@@ -116,19 +116,29 @@ async def test_the_queue_is_bounded_in_bytes(engine: AsyncEngine, project: dict[
 async def test_a_submission_whose_request_gave_up_is_not_written_later(
     engine: AsyncEngine, admin_engine: AsyncEngine, project: dict[str, Any]
 ) -> None:
-    # The writer lingers 1 s before it takes a batch; the request waits only 0.1 s.
-    batch_writer = BatchWriter(engine, limits(linger_s=1.0, commit_timeout_s=0.1))
+    # One writer task, whose first batch waits on a lock held here; the requests wait only 0.1 s.
+    project_id = int(project["id"])
+    batch_writer = BatchWriter(engine, limits(linger_s=0.05, commit_timeout_s=0.1))
     await batch_writer.start()
     try:
-        with pytest.raises(ServiceUnavailable) as gave_up:
-            await batch_writer.submit([event_row(int(project["id"]))], [])
-        assert gave_up.value.code == "commit_timeout"
-        await asyncio.sleep(1.5)  # past the linger: the writer has taken (and dropped) it
+        async with admin_engine.connect() as holder:
+            transaction = await holder.begin()
+            await holder.execute(text("LOCK TABLE ingested_events IN SHARE MODE"))
+            in_flight = asyncio.create_task(batch_writer.submit([event_row(project_id)], []))
+            await asyncio.sleep(0.05)  # taken at once (the lane was idle), now blocked on the lock
+            with pytest.raises(ServiceUnavailable) as gave_up:
+                await batch_writer.submit([event_row(project_id)], [])  # queued behind it
+            assert gave_up.value.code == "commit_timeout"
+            with pytest.raises(ServiceUnavailable):
+                await in_flight  # its request gave up too, but its batch is already being written
+            await transaction.rollback()
+        await asyncio.sleep(1.0)  # the first batch commits; the writer takes (and drops) the second
         assert batch_writer.queued_bytes == 0
     finally:
         await batch_writer.close()
-    assert batch_writer.rows_committed == 0
-    assert await scalar(admin_engine, "SELECT count(*) FROM events WHERE project_id = :p", p=int(project["id"])) == 0
+    # Only the batch that held its submission before the request gave up was written.
+    assert batch_writer.rows_committed == 1
+    assert await scalar(admin_engine, "SELECT count(*) FROM events WHERE project_id = :p", p=project_id) == 1
 
 
 async def test_any_bytes_are_stored_exactly_as_given(
