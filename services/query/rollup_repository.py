@@ -398,42 +398,27 @@ _FIXED: dict[str, _Fixed] = {
 }
 
 
-# The staged events counted once per merge (migration 1100) per (day, session, visitor) and each
-# set of event columns a cube merge groups them by (_merge_sql): the columns of
-# query_rollup_events_counted each cube's fixed columns are read from, and the grouping sets.
-# A row's grain is GROUPING() over _COUNTED_COLUMNS: a bit set for each column left out (NULL).
-# Each of the eight cube merges counted every staged event itself: eight passes over the round's
-# events, where each now reads the rows of its grain (under the 5000-visitor load, per 140,024
-# events: 5,000 rows for the visits, entry-page, hour and domain cubes, 23,660 for pages, 30,000
-# for event names, 87,740 for the event-page cubes; docs/benchmarks.md, branch refcpu4).
-_COUNTED: dict[str, str] = {"page": "path", "domain": "domain", "event_name": "name", "hour": "hour"}
-_COUNTED_COLUMNS = ("path", "domain", "name", "hour")
+# The staged events counted once per merge (migration 1100) per (day, session, visitor, domain,
+# hour) into query_rollup_events_counted: the cube merges whose event columns are among those
+# (visits, entry pages, hours, domains) count their events from these rows, and the touched
+# sessions are read from them. Under the 5000-visitor load a round's 140,024 events are 5,000
+# such rows (docs/benchmarks.md, branch refcpu4): each of those four cube merges counted, and
+# the touched sessions were found by, a pass over every staged event. The cubes by page or event
+# name still count the staged events: their grains (23,660 to 87,740 rows per 140,024 events)
+# cost more to write once than to count again.
+_COUNTED: dict[str, str] = {"domain": "domain", "hour": "hour"}
+_COUNT_EVENTS = (
+    "INSERT INTO query_rollup_events_counted (project_id, day, session_id, distinct_id, domain, hour, pageviews,"
+    " events) SELECT e.project_id, e.day, e.session_id, e.distinct_id, e.domain, e.hour,"
+    " count(*) FILTER (WHERE e.name = 'pageview'), count(*) FROM (SELECT e.project_id, e.day, e.session_id,"
+    f" e.distinct_id, e.domain, e.name, {_FIXED['hour'].event} AS hour FROM query_rollup_events_staged e"
+    f" WHERE {_STAGED_EVENTS_WHERE}) e GROUP BY e.project_id, e.day, e.session_id, e.distinct_id, e.domain, e.hour"
+)
 
 
-def _counted_grain(fixed: Iterable[str]) -> int:
-    """The grain (GROUPING() over _COUNTED_COLUMNS) of the counts by the cube's event columns `fixed`."""
-    kept = {_COUNTED[name] for name in fixed}
-    return sum(
-        1 << (len(_COUNTED_COLUMNS) - 1 - index) for index, column in enumerate(_COUNTED_COLUMNS) if column not in kept
-    )
-
-
-def _count_events_sql() -> str:
-    """Counts the staged events into query_rollup_events_counted, one grouping set per grain a
-    merged cube reads."""
-    grains = sorted(
-        {tuple(_COUNTED[name] for name in cube.fixed if not _FIXED[name].of_session) for cube in _MERGED_CUBES}
-    )
-    sets = ", ".join("(" + ", ".join(f"e.{column}" for column in grain) + ")" for grain in grains)
-    columns = ", ".join(f"e.{column}" for column in _COUNTED_COLUMNS)
-    return (
-        "INSERT INTO query_rollup_events_counted (project_id, grain, day, session_id, distinct_id,"
-        f" {', '.join(_COUNTED_COLUMNS)}, pageviews, events) SELECT e.project_id, GROUPING({columns}), e.day,"
-        f" e.session_id, e.distinct_id, {columns}, count(*) FILTER (WHERE e.name = 'pageview'), count(*)"
-        " FROM (SELECT e.project_id, e.day, e.session_id, e.distinct_id, e.path, e.domain, e.name,"
-        f" {_FIXED['hour'].event} AS hour FROM query_rollup_events_staged e WHERE {_STAGED_EVENTS_WHERE}) e"
-        f" GROUP BY e.project_id, e.day, e.session_id, e.distinct_id, GROUPING SETS ({sets})"
-    )
+def _counted(own: Iterable[str]) -> bool:
+    """Whether a cube merge's event columns `own` are all in query_rollup_events_counted."""
+    return all(name in _COUNTED for name in own)
 
 
 def _aggregate_sql(cube: Cube, rows: str) -> str:
@@ -507,18 +492,29 @@ def _merge_sql(cube: Cube) -> str:
     # event was hashed with the eight visit columns of its session as keys, in each of the eight
     # cube merges (docs/benchmarks.md, branch refcpu3).
     #
-    # Those counts are read from query_rollup_events_counted, the rows of the cube's grain
-    # (_COUNT_EVENTS, once per merge), not counted here from every staged event.
+    # A cube whose event columns are domain or hour at most sums those counts from
+    # query_rollup_events_counted (_COUNT_EVENTS, once per merge) instead.
     own = [name for name in cube.fixed if not _FIXED[name].of_session]
-    own_fixed = "".join(f"k.{_COUNTED[name]} AS {name}, " for name in own)
     event_fixed = "".join(
         f"{_FIXED[name].event} AS {name}, " if _FIXED[name].of_session else f"ne.{name}, " for name in cube.fixed
     )
-    counts = (
-        f"SELECT k.project_id, k.day, k.session_id, k.distinct_id, {own_fixed}k.pageviews AS pv, k.events AS ev"
-        f" FROM query_rollup_events_counted k WHERE k.project_id = :project_id AND k.grain = {_counted_grain(own)}"
-        f" AND k.day {_SKIPPED}"
-    )
+    if _counted(own):
+        own_fixed = "".join(f"k.{_COUNTED[name]} AS {name}, " for name in own)
+        own_keys = "".join(f", k.{_COUNTED[name]}" for name in own)
+        counts = (
+            f"SELECT k.project_id, k.day, k.session_id, k.distinct_id, {own_fixed}sum(k.pageviews) AS pv,"
+            f" sum(k.events) AS ev FROM query_rollup_events_counted k WHERE k.project_id = :project_id"
+            f" AND k.day {_SKIPPED} GROUP BY k.project_id, k.day, k.session_id, k.distinct_id{own_keys}"
+        )
+    else:
+        own_fixed = "".join(f"{_FIXED[name].event} AS {name}, " for name in own)
+        own_keys = "".join(f", {_FIXED[name].event}" for name in own)
+        counts = (
+            f"SELECT e.project_id, e.day, e.session_id, e.distinct_id, {own_fixed}"
+            "count(*) FILTER (WHERE e.name = 'pageview') AS pv, count(*) AS ev"
+            f" FROM query_rollup_events_staged e WHERE {_STAGED_EVENTS_WHERE} AND e.day {_SKIPPED}"
+            f" GROUP BY e.project_id, e.day, e.session_id, e.distinct_id{own_keys}"
+        )
     event_rows = (
         f"SELECT ne.project_id, ne.day, {event_fixed}{_visits_of('q')}, 'e' AS kind, ne.distinct_id,"
         " ne.pv, ne.ev, 1 AS sign, NULL::float8 AS m_duration, NULL::bigint AS m_pageviews,"
@@ -559,7 +555,6 @@ def _merge_into(cube: Cube, rows: str) -> str:
 
 
 _MERGED_CUBES = tuple(cube for cube in CUBES if cube is not EXIT_PAGES_CUBE)
-_COUNT_EVENTS = _count_events_sql()
 
 # A session day's pages and event names (migration 0850): the batch's distinct paths and the
 # name of each of its non-pageview events are appended (a path may repeat across batches; the
@@ -1012,6 +1007,11 @@ async def refresh_project(
                 range_params[f"range_start_{index}"] = first
                 range_params[f"range_end_{index}"] = last
             await connection.execute(text(_stage_events_sql(len(ranges))), range_params)
+        # Hashed, as the cube merges' counts (see below): on the staged table's statistics (a row
+        # or two) the planner may sort instead.
+        await connection.execute(text("SELECT set_config('enable_sort', 'off', true)"))
+        await connection.execute(text(_COUNT_EVENTS), params)
+        await connection.execute(text("SELECT set_config('enable_sort', 'on', true)"))
         from_empty = await _days_to_merge_from_empty(connection, project_id, timezone, unbuilt - unbuildable, changes)
         unbuilt -= from_empty
         sessions = await connection.execute(
@@ -1020,7 +1020,7 @@ async def refresh_project(
                 " (q.ended_at AT TIME ZONE :timezone)::date AS end_day, f.day AS folded_day,"
                 " (f.session_id IS NOT NULL AND (f.first_uuid <> q.first_uuid OR f.started_at <> q.started_at"
                 " OR f.entry_uuid IS DISTINCT FROM q.entry_uuid)) AS moved"
-                " FROM (SELECT DISTINCT e.project_id, e.session_id FROM query_rollup_events_staged e"
+                " FROM (SELECT DISTINCT e.project_id, e.session_id FROM query_rollup_events_counted e"
                 f" WHERE {_STAGED_EVENTS_WHERE}) n"
                 f"{_touched_sessions(citus)}"
                 " WHERE q.project_id = :project_id"
@@ -1081,12 +1081,8 @@ async def refresh_project(
                 {"work_mem": MERGE_WORK_MEM},
             )
             previous_work_mem = work_mem.scalar_one()
-            await connection.execute(text(_COUNT_EVENTS), params)
             for cube in _MERGED_CUBES:
                 await connection.execute(text(_merge_sql(cube)), params)
-            await connection.execute(
-                text("DELETE FROM query_rollup_events_counted WHERE project_id = :project_id"), params
-            )
             await connection.execute(
                 text(
                     "SELECT set_config('work_mem', :work_mem, true), set_config('enable_sort', 'on', true),"
@@ -1149,9 +1145,10 @@ async def refresh_project(
                     await connection.execute(text(_EXIT_ITEMS_LEFT_DELETE), page_params)
                     await connection.execute(text(_EXIT_ITEMS_LEFT_WRITE), page_params)
             await connection.execute(text("SELECT set_config('enable_seqscan', 'on', true)"))
-        await connection.execute(
-            text("DELETE FROM query_rollup_events_staged WHERE project_id = :project_id"), {"project_id": project_id}
-        )
+        for staged in ("query_rollup_events_staged", "query_rollup_events_counted"):
+            await connection.execute(
+                text(f"DELETE FROM {staged} WHERE project_id = :project_id"), {"project_id": project_id}
+            )
     else:
         await _try_lock_days(connection, project_id, unbuilt)
     rebuilt: list[date] = []

@@ -118,24 +118,20 @@ query_rollup_events_staged = Table(
     Index("ix_query_rollup_events_staged_project_id", "project_id"),
 )
 
-# The staged events counted once per grain the cube merges read (migration 1100: the GROUPING()
-# bitmask over path, domain, name and hour); UNLOGGED, its rows live only inside the refresh's
-# transaction.
+# The staged events counted per day, session, visitor, domain and hour (migration 1100); UNLOGGED,
+# its rows live only inside the refresh's transaction.
 query_rollup_events_counted = Table(
     "query_rollup_events_counted",
     Base.metadata,
     Column("project_id", BigInteger, nullable=False),
-    Column("grain", SmallInteger, nullable=False),
     Column("day", Date, nullable=False),
     Column("session_id", Text, nullable=False),
     Column("distinct_id", Text, nullable=False),
-    Column("path", Text),
-    Column("domain", Text),
-    Column("name", Text),
-    Column("hour", SmallInteger),
+    Column("domain", Text, nullable=False),
+    Column("hour", SmallInteger, nullable=False),
     Column("pageviews", BigInteger, nullable=False),
     Column("events", BigInteger, nullable=False),
-    Index("ix_query_rollup_events_counted_project_id_grain", "project_id", "grain"),
+    Index("ix_query_rollup_events_counted_project_id", "project_id"),
     prefixes=["UNLOGGED"],
 )
 
