@@ -521,18 +521,26 @@ def _merge_sql(cube: Cube) -> str:
         f" NULL::bigint AS m_events FROM ({counts}) ne JOIN query_rollup_sessions_staged q"
         " ON q.project_id = ne.project_id AND q.session_id = ne.session_id WHERE q.project_id = :project_id"
     )
-    if not cube.session_rows and not frozenset().union(*cube.grains) and own == list(cube.fixed):
-        # Nothing of the session is kept (no visit column, no entry page; the event-page cube):
-        # the events are aggregated as they are, with no count per session to join. Every event
-        # on a merged day belongs to a staged session (above), so the join dropped none. The
-        # count per session (87,740 rows per 140,024 events under the 5000-visitor load) and its
-        # join to the staged sessions were most of this cube's cost (docs/benchmarks.md, branch
-        # refcpu4).
+    if not cube.session_rows and not frozenset().union(*cube.grains):
+        # No visit column kept, no session rows (the event-page cubes): the events are aggregated
+        # as they are, each with its session's entry page if the cube keeps it (the staged
+        # sessions hashed once, one column read), not counted per session first. Every event on
+        # a merged day belongs to a staged session (above). The count per (session, name, path),
+        # 87,740 rows per 140,024 events under the 5000-visitor load, and its join were most of
+        # these cubes' cost (docs/benchmarks.md, branch refcpu4).
+        direct_fixed = "".join(f"{_FIXED[name].event} AS {name}, " for name in cube.fixed)
+        of_session = len(own) < len(cube.fixed)
+        join = (
+            " JOIN query_rollup_sessions_staged q ON q.project_id = e.project_id AND q.session_id = e.session_id"
+            " AND q.project_id = :project_id"
+            if of_session
+            else ""
+        )
         event_rows = (
-            f"SELECT e.project_id, e.day, {''.join(f'{_FIXED[name].event} AS {name}, ' for name in own)}"
+            f"SELECT e.project_id, e.day, {direct_fixed}"
             f"{', '.join(f'NULL::text AS {name}' for name in VISIT_DIMENSIONS)}, 'e' AS kind, e.distinct_id,"
             " CASE WHEN e.name = 'pageview' THEN 1 ELSE 0 END AS pv, 1 AS ev, 1 AS sign, NULL::float8 AS m_duration,"
-            " NULL::bigint AS m_pageviews, NULL::bigint AS m_events FROM query_rollup_events_staged e"
+            f" NULL::bigint AS m_pageviews, NULL::bigint AS m_events FROM query_rollup_events_staged e{join}"
             f" WHERE {_STAGED_EVENTS_WHERE} AND e.day {_SKIPPED}"
         )
     fixed_name = "".join(f"{name}, " for name in cube.fixed)
