@@ -203,7 +203,8 @@ async def count_days_to_build(connection: AsyncConnection, project_id: int | Non
 #    the markers' `changes` are those of exactly the batches taken. A batch that commits later
 #    is taken next time.
 # 2. The taken events are read once from events into query_rollup_events_staged (migration
-#    0820); every statement below reads them there. Sessions whose first event or entry
+#    0820); every statement below reads them there, or their counts per (day, session, visitor,
+#    domain, hour) in query_rollup_events_counted (migration 1100, _COUNT_EVENTS). Sessions whose first event or entry
 #    pageview moved (an earlier event arrived late), or whose start day is unbuilt, make their
 #    days unbuildable: their visit attributes, or the day of their session row, changed under
 #    rows already written, or their session row is not there to replace, and a sketch cannot
