@@ -203,7 +203,8 @@ async def count_days_to_build(connection: AsyncConnection, project_id: int | Non
 #    the markers' `changes` are those of exactly the batches taken. A batch that commits later
 #    is taken next time.
 # 2. The taken events are read once from events into query_rollup_events_staged (migration
-#    0820); every statement below reads them there. Sessions whose first event or entry
+#    0820); every statement below reads them there, or their counts per (day, session, visitor,
+#    domain, hour) in query_rollup_events_counted (migration 1100, _COUNT_EVENTS). Sessions whose first event or entry
 #    pageview moved (an earlier event arrived late), or whose start day is unbuilt, make their
 #    days unbuildable: their visit attributes, or the day of their session row, changed under
 #    rows already written, or their session row is not there to replace, and a sketch cannot
@@ -398,6 +399,31 @@ _FIXED: dict[str, _Fixed] = {
 }
 
 
+# The staged events counted once per merge (migration 1100) per (day, session, visitor, domain,
+# hour) into query_rollup_events_counted: the cube merges whose event columns are among those
+# (visits, entry pages, hours, domains) count their events from these rows, and the touched
+# sessions are read from them. Under the 5000-visitor load a round's 140,024 events are 5,000
+# such rows (docs/benchmarks.md, branch refcpu4): each of those four cube merges counted, and
+# the touched sessions were found by, a pass over every staged event. The cubes by page or event
+# name still count the staged events: their grains (23,660 to 87,740 rows per 140,024 events)
+# cost more to write once than to count again. (The hour by date_part, a float8: extract() is a
+# numeric, computed per event.)
+_COUNTED: dict[str, str] = {"domain": "domain", "hour": "hour"}
+_COUNT_EVENTS = (
+    "INSERT INTO query_rollup_events_counted (project_id, day, session_id, distinct_id, domain, hour, pageviews,"
+    " events) SELECT e.project_id, e.day, e.session_id, e.distinct_id, e.domain, e.hour,"
+    " count(*) FILTER (WHERE e.name = 'pageview'), count(*) FROM (SELECT e.project_id, e.day, e.session_id,"
+    " e.distinct_id, e.domain, e.name, date_part('hour', e.occurred_at AT TIME ZONE :timezone)::smallint AS hour"
+    " FROM query_rollup_events_staged e"
+    f" WHERE {_STAGED_EVENTS_WHERE}) e GROUP BY e.project_id, e.day, e.session_id, e.distinct_id, e.domain, e.hour"
+)
+
+
+def _counted(own: Iterable[str]) -> bool:
+    """Whether a cube merge's event columns `own` are all in query_rollup_events_counted."""
+    return all(name in _COUNTED for name in own)
+
+
 def _aggregate_sql(cube: Cube, rows: str) -> str:
     """Cube rows (project_id, day, grain, fixed, visit columns, metrics) from `rows`: project_id,
     day, fixed (if any), the visit columns, kind ('e' event row, 's' session row), distinct_id,
@@ -468,24 +494,58 @@ def _merge_sql(cube: Cube) -> str:
     # columns, session, visitor, visit) as grouping after the join gave; joined first, every
     # event was hashed with the eight visit columns of its session as keys, in each of the eight
     # cube merges (docs/benchmarks.md, branch refcpu3).
+    #
+    # A cube whose event columns are domain or hour at most sums those counts from
+    # query_rollup_events_counted (_COUNT_EVENTS, once per merge) instead.
     own = [name for name in cube.fixed if not _FIXED[name].of_session]
-    own_fixed = "".join(f"{_FIXED[name].event} AS {name}, " for name in own)
-    own_keys = "".join(f", {_FIXED[name].event}" for name in own)
     event_fixed = "".join(
         f"{_FIXED[name].event} AS {name}, " if _FIXED[name].of_session else f"ne.{name}, " for name in cube.fixed
     )
-    counts = (
-        f"SELECT e.project_id, e.day, e.session_id, e.distinct_id, {own_fixed}"
-        "count(*) FILTER (WHERE e.name = 'pageview') AS pv, count(*) AS ev"
-        f" FROM query_rollup_events_staged e WHERE {_STAGED_EVENTS_WHERE} AND e.day {_SKIPPED}"
-        f" GROUP BY e.project_id, e.day, e.session_id, e.distinct_id{own_keys}"
-    )
+    if _counted(own):
+        own_fixed = "".join(f"k.{_COUNTED[name]} AS {name}, " for name in own)
+        own_keys = "".join(f", k.{_COUNTED[name]}" for name in own)
+        counts = (
+            f"SELECT k.project_id, k.day, k.session_id, k.distinct_id, {own_fixed}sum(k.pageviews) AS pv,"
+            f" sum(k.events) AS ev FROM query_rollup_events_counted k WHERE k.project_id = :project_id"
+            f" AND k.day {_SKIPPED} GROUP BY k.project_id, k.day, k.session_id, k.distinct_id{own_keys}"
+        )
+    else:
+        own_fixed = "".join(f"{_FIXED[name].event} AS {name}, " for name in own)
+        own_keys = "".join(f", {_FIXED[name].event}" for name in own)
+        counts = (
+            f"SELECT e.project_id, e.day, e.session_id, e.distinct_id, {own_fixed}"
+            "count(*) FILTER (WHERE e.name = 'pageview') AS pv, count(*) AS ev"
+            f" FROM query_rollup_events_staged e WHERE {_STAGED_EVENTS_WHERE} AND e.day {_SKIPPED}"
+            f" GROUP BY e.project_id, e.day, e.session_id, e.distinct_id{own_keys}"
+        )
     event_rows = (
         f"SELECT ne.project_id, ne.day, {event_fixed}{_visits_of('q')}, 'e' AS kind, ne.distinct_id,"
         " ne.pv, ne.ev, 1 AS sign, NULL::float8 AS m_duration, NULL::bigint AS m_pageviews,"
         f" NULL::bigint AS m_events FROM ({counts}) ne JOIN query_rollup_sessions_staged q"
         " ON q.project_id = ne.project_id AND q.session_id = ne.session_id WHERE q.project_id = :project_id"
     )
+    if not cube.session_rows and not frozenset().union(*cube.grains):
+        # No visit column kept, no session rows (the event-page cubes): the events are aggregated
+        # as they are, each with its session's entry page if the cube keeps it (the staged
+        # sessions hashed once, one column read), not counted per session first. Every event on
+        # a merged day belongs to a staged session (above). The count per (session, name, path),
+        # 87,740 rows per 140,024 events under the 5000-visitor load, and its join were most of
+        # these cubes' cost (docs/benchmarks.md, branch refcpu4).
+        direct_fixed = "".join(f"{_FIXED[name].event} AS {name}, " for name in cube.fixed)
+        of_session = len(own) < len(cube.fixed)
+        join = (
+            " JOIN query_rollup_sessions_staged q ON q.project_id = e.project_id AND q.session_id = e.session_id"
+            " AND q.project_id = :project_id"
+            if of_session
+            else ""
+        )
+        event_rows = (
+            f"SELECT e.project_id, e.day, {direct_fixed}"
+            f"{', '.join(f'NULL::text AS {name}' for name in VISIT_DIMENSIONS)}, 'e' AS kind, e.distinct_id,"
+            " CASE WHEN e.name = 'pageview' THEN 1 ELSE 0 END AS pv, 1 AS ev, 1 AS sign, NULL::float8 AS m_duration,"
+            f" NULL::bigint AS m_pageviews, NULL::bigint AS m_events FROM query_rollup_events_staged e{join}"
+            f" WHERE {_STAGED_EVENTS_WHERE} AND e.day {_SKIPPED}"
+        )
     fixed_name = "".join(f"{name}, " for name in cube.fixed)
     key = f"project_id, day, grain, {fixed_name}{_VISIT_COLUMNS}"
     if not cube.session_rows:
@@ -972,6 +1032,11 @@ async def refresh_project(
                 range_params[f"range_start_{index}"] = first
                 range_params[f"range_end_{index}"] = last
             await connection.execute(text(_stage_events_sql(len(ranges))), range_params)
+        # Hashed, as the cube merges' counts (see below): on the staged table's statistics (a row
+        # or two) the planner may sort instead.
+        await connection.execute(text("SELECT set_config('enable_sort', 'off', true)"))
+        await connection.execute(text(_COUNT_EVENTS), params)
+        await connection.execute(text("SELECT set_config('enable_sort', 'on', true)"))
         from_empty = await _days_to_merge_from_empty(connection, project_id, timezone, unbuilt - unbuildable, changes)
         unbuilt -= from_empty
         sessions = await connection.execute(
@@ -980,7 +1045,7 @@ async def refresh_project(
                 " (q.ended_at AT TIME ZONE :timezone)::date AS end_day, f.day AS folded_day,"
                 " (f.session_id IS NOT NULL AND (f.first_uuid <> q.first_uuid OR f.started_at <> q.started_at"
                 " OR f.entry_uuid IS DISTINCT FROM q.entry_uuid)) AS moved"
-                " FROM (SELECT DISTINCT e.project_id, e.session_id FROM query_rollup_events_staged e"
+                " FROM (SELECT DISTINCT e.project_id, e.session_id FROM query_rollup_events_counted e"
                 f" WHERE {_STAGED_EVENTS_WHERE}) n"
                 f"{_touched_sessions(citus)}"
                 " WHERE q.project_id = :project_id"
@@ -1105,9 +1170,10 @@ async def refresh_project(
                     await connection.execute(text(_EXIT_ITEMS_LEFT_DELETE), page_params)
                     await connection.execute(text(_EXIT_ITEMS_LEFT_WRITE), page_params)
             await connection.execute(text("SELECT set_config('enable_seqscan', 'on', true)"))
-        await connection.execute(
-            text("DELETE FROM query_rollup_events_staged WHERE project_id = :project_id"), {"project_id": project_id}
-        )
+        for staged in ("query_rollup_events_staged", "query_rollup_events_counted"):
+            await connection.execute(
+                text(f"DELETE FROM {staged} WHERE project_id = :project_id"), {"project_id": project_id}
+            )
     else:
         await _try_lock_days(connection, project_id, unbuilt)
     rebuilt: list[date] = []

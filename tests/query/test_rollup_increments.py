@@ -142,7 +142,7 @@ async def test_refreshing_after_every_batch_equals_one_rebuild_from_scratch(
     assert sum(row[-2] for row in totals) == non_bot
     # The sessions and events each merge and rebuild staged (with their visitor) do not outlive it.
     async with engine.connect() as connection:
-        for table in ("query_rollup_sessions_staged", "query_rollup_events_staged"):
+        for table in ("query_rollup_sessions_staged", "query_rollup_events_staged", "query_rollup_events_counted"):
             staged = await connection.execute(
                 text(f"SELECT count(*) FROM {table} WHERE project_id = :project_id"), {"project_id": project_id}
             )

@@ -14,6 +14,7 @@ from sqlalchemy import (
     Index,
     Integer,
     PrimaryKeyConstraint,
+    SmallInteger,
     Table,
     Text,
     Uuid,
@@ -115,6 +116,23 @@ query_rollup_events_staged = Table(
     Column("path", Text, nullable=False),
     Column("domain", Text, nullable=False),
     Index("ix_query_rollup_events_staged_project_id", "project_id"),
+)
+
+# The staged events counted per day, session, visitor, domain and hour (migration 1100); UNLOGGED,
+# its rows live only inside the refresh's transaction.
+query_rollup_events_counted = Table(
+    "query_rollup_events_counted",
+    Base.metadata,
+    Column("project_id", BigInteger, nullable=False),
+    Column("day", Date, nullable=False),
+    Column("session_id", Text, nullable=False),
+    Column("distinct_id", Text, nullable=False),
+    Column("domain", Text, nullable=False),
+    Column("hour", SmallInteger, nullable=False),
+    Column("pageviews", BigInteger, nullable=False),
+    Column("events", BigInteger, nullable=False),
+    Index("ix_query_rollup_events_counted_project_id", "project_id"),
+    prefixes=["UNLOGGED"],
 )
 
 # Per day, session and visitor: the pageviews and events folded, with the session's exit page and
