@@ -1,0 +1,126 @@
+"""A day too large for one rebuild, built by the refresher: time until usable, longest statement.
+
+On a stack whose query service runs no refresher (SIGHTLINE_QUERY_ROLLUP_INTERVAL_S=0), with a
+project preloaded into one day (`python -m tools.loadtest.preload`), this runs the refresher's
+loop as `run_refresher` does (services/query/tasks.py: a round, then the pause
+`pause_after_round` gives, with the query settings of the environment, the defaults unless set)
+until every day of the project is built, and prints each round, the longest statement and the
+Postgres CPU. With --lock, the lock file is held (flock) during each round only, not during the
+pauses: the rounds are the timing, the pauses idle. Nothing is written but the rollups.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import fcntl
+import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import event, text
+
+from services.cli.stack import read_env_file
+from services.common.db import create_admin_engine
+from services.common.settings import AdminDatabaseSettings, DatabaseSettings, StackSettings
+from services.query.settings import QuerySettings
+from services.query.tasks import pause_after_round, refresh_round, rollup_engine
+from tools.bench.rollups import postgres_cpu_s
+
+
+@contextmanager
+def held(lock: Path | None) -> Iterator[None]:
+    if lock is None:
+        yield
+        return
+    with lock.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def loadavg() -> str:
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
+async def main(arguments: argparse.Namespace) -> None:
+    stack = StackSettings.from_env()
+    for key, value in read_env_file(stack.data_dir / "sightline.env").items():
+        os.environ.setdefault(key, value)
+    settings = QuerySettings.from_env()
+    postmaster_pid = int((stack.data_dir / "postgres" / "postmaster.pid").read_text().split()[0])
+    admin_engine = create_admin_engine(AdminDatabaseSettings.from_env())
+    engine = rollup_engine(DatabaseSettings.from_env("query"))
+    statements: list[tuple[float, str]] = []
+    starts: dict[int, float] = {}
+
+    def before(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, executemany: bool) -> None:
+        starts[id(cursor)] = time.monotonic()
+
+    def after(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, executemany: bool) -> None:
+        statements.append((time.monotonic() - starts.pop(id(cursor), time.monotonic()), " ".join(statement.split())))
+
+    event.listen(engine.sync_engine, "before_cursor_execute", before)
+    event.listen(engine.sync_engine, "after_cursor_execute", after)
+    unbuilt = text(
+        "SELECT count(*) FILTER (WHERE built_changes IS DISTINCT FROM changes), coalesce(max(piece_events), 0)"
+        " FROM query_rollup_days WHERE project_id = :project_id"
+    )
+    print(
+        f"settings: rollup_interval_s={settings.rollup_interval_s}, rollup_max_busy_share="
+        f"{settings.rollup_max_busy_share}, rollup_days_per_round={settings.rollup_days_per_round}",
+        flush=True,
+    )
+    print(f"load average before: {loadavg()}", flush=True)
+    cpu_before, started = postgres_cpu_s(postmaster_pid), time.monotonic()
+    busy_total = 0.0
+    try:
+        for number in range(1, arguments.max_rounds + 1):
+            with held(arguments.lock):
+                round_started, cpu_round = time.monotonic(), postgres_cpu_s(postmaster_pid)
+                first = len(statements)
+                outcome = await refresh_round(engine, settings.rollup_days_per_round)
+                took = time.monotonic() - round_started
+                cpu = postgres_cpu_s(postmaster_pid) - cpu_round
+                longest = max(statements[first:], default=(0.0, ""))
+                async with admin_engine.connect() as connection:
+                    left, events = (await connection.execute(unbuilt, {"project_id": arguments.project})).one()
+                load = loadavg()
+            busy_total += took
+            print(
+                f"round {number} at {time.monotonic() - started:7.1f} s: {took:6.1f} s wall, {cpu:6.1f} s Postgres CPU,"
+                f" refreshed {outcome.refreshed}, busy {outcome.rebuild_s:.1f} s, day events in pieces so far"
+                f" {events:,}, days not built {left}; longest statement {longest[0]:.1f} s ({longest[1][:70]});"
+                f" load {load}",
+                flush=True,
+            )
+            if left == 0:
+                break
+            await asyncio.sleep(pause_after_round(outcome.rebuild_s, settings))
+        total = time.monotonic() - started
+        cpu_total = postgres_cpu_s(postmaster_pid) - cpu_before
+        slowest = sorted(statements, reverse=True)[:5]
+        print(f"usable after {total:.1f} s ({busy_total:.1f} s in rounds), {cpu_total:.1f} s Postgres CPU", flush=True)
+        for seconds, statement in slowest:
+            print(f"  {seconds:6.2f} s  {statement[:110]}", flush=True)
+        print(f"load average after: {loadavg()}", flush=True)
+    finally:
+        await engine.dispose()
+        await admin_engine.dispose()
+
+
+def cli() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--project", type=int, required=True, help="the preloaded project, for the progress")
+    parser.add_argument("--max-rounds", type=int, default=200)
+    parser.add_argument("--lock", type=Path, default=None, help="a lock file held during each round")
+    asyncio.run(main(parser.parse_args()))
+
+
+if __name__ == "__main__":
+    cli()
