@@ -8,8 +8,9 @@ inserted since the last one and replaces the touched sessions' rows (exit pages 
 it costs in proportion to what arrived (and to the visitors of the exit pages sessions left);
 days that cannot be corrected by adding (deletes, an earlier event arriving late, purges, days
 never built) are rebuilt from their events (`rebuild_day`), except a new day whose every event
-arrived since the last refresh, which is merged into empty rollups. The steps are
-described above `refresh_project`.
+arrived since the last refresh, which is merged into empty rollups, and a day too large for one
+rebuild, built by merging its events in bounded pieces, one per refresh (`build_day_piece`).
+The steps are described above `refresh_project`.
 
 Freshness: every inserting statement writes a `query_rollup_pending` row (the keys of its
 events and their local `days`, migrations 0730 and 0800), committed with the events and taken
@@ -254,7 +255,9 @@ async def count_days_to_build(connection: AsyncConnection, project_id: int | Non
 #    sessions.
 # 5. Unbuilt days (newest first, at most max_rebuilds) are rebuilt from their events, leaving
 #    out events still pending (the next refresh merges them), with their sessions' folded rows
-#    and their session days.
+#    and their session days. A day of more than MAX_REBUILD_EVENTS events (or one already in
+#    pieces) gets its next piece instead: at most PIECE_EVENTS of its events merged in time
+#    order (build_day_piece); built once its last piece is.
 # 6. The markers get the `changes` read in step 1 (or none, for unbuildable days left for a
 #    later round), last and in day order: a delete bumps its days' markers (since 0800 an
 #    insert only creates a missing one, and does not wait for this update).

@@ -32,12 +32,15 @@ from tools.bench.rollups import postgres_cpu_s
 
 
 @contextmanager
-def held(lock: Path | None) -> Iterator[None]:
+def held(lock: Path | None, waits: list[float]) -> Iterator[None]:
+    """The lock held for the block; how long it was waited for appended to `waits`."""
     if lock is None:
         yield
         return
     with lock.open("a") as handle:
+        started = time.monotonic()
         fcntl.flock(handle, fcntl.LOCK_EX)
+        waits.append(time.monotonic() - started)
         try:
             yield
         finally:
@@ -79,9 +82,10 @@ async def main(arguments: argparse.Namespace) -> None:
     print(f"load average before: {loadavg()}", flush=True)
     cpu_before, started = postgres_cpu_s(postmaster_pid), time.monotonic()
     busy_total = 0.0
+    waits: list[float] = []
     try:
         for number in range(1, arguments.max_rounds + 1):
-            with held(arguments.lock):
+            with held(arguments.lock, waits):
                 round_started, cpu_round = time.monotonic(), postgres_cpu_s(postmaster_pid)
                 first = len(statements)
                 outcome = await refresh_round(engine, settings.rollup_days_per_round)
@@ -105,7 +109,12 @@ async def main(arguments: argparse.Namespace) -> None:
         total = time.monotonic() - started
         cpu_total = postgres_cpu_s(postmaster_pid) - cpu_before
         slowest = sorted(statements, reverse=True)[:5]
-        print(f"usable after {total:.1f} s ({busy_total:.1f} s in rounds), {cpu_total:.1f} s Postgres CPU", flush=True)
+        waited = sum(waits)
+        print(
+            f"usable after {total:.1f} s, {waited:.1f} s of it waiting for the lock: {total - waited:.1f} s without"
+            f" ({busy_total:.1f} s in rounds, the rest pauses), {cpu_total:.1f} s Postgres CPU",
+            flush=True,
+        )
         for seconds, statement in slowest:
             print(f"  {seconds:6.2f} s  {statement[:110]}", flush=True)
         print(f"load average after: {loadavg()}", flush=True)
