@@ -7,6 +7,10 @@ loop as `run_refresher` does (services/query/tasks.py: a round, then the pause
 until every day of the project is built, and prints each round, the longest statement and the
 Postgres CPU. With --lock, the lock file is held (flock) during each round only, not during the
 pauses: the rounds are the timing, the pauses idle. Nothing is written but the rollups.
+
+--unbuild first marks the project's days never built (as a purge or a bulk load does), for a
+second run on the same data; --max-rebuild-events sets rollup_repository.MAX_REBUILD_EVENTS (a
+large value: every day rebuilt in one go, as before pieces).
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from sqlalchemy import event, text
 from services.cli.stack import read_env_file
 from services.common.db import create_admin_engine
 from services.common.settings import AdminDatabaseSettings, DatabaseSettings, StackSettings
+from services.query import rollup_repository
 from services.query.settings import QuerySettings
 from services.query.tasks import pause_after_round, refresh_round, rollup_engine
 from tools.bench.rollups import postgres_cpu_s
@@ -79,6 +84,21 @@ async def main(arguments: argparse.Namespace) -> None:
         f"{settings.rollup_max_busy_share}, rollup_days_per_round={settings.rollup_days_per_round}",
         flush=True,
     )
+    if arguments.max_rebuild_events is not None:
+        rollup_repository.MAX_REBUILD_EVENTS = arguments.max_rebuild_events
+    print(
+        f"MAX_REBUILD_EVENTS={rollup_repository.MAX_REBUILD_EVENTS}, PIECE_EVENTS={rollup_repository.PIECE_EVENTS}",
+        flush=True,
+    )
+    if arguments.unbuild:
+        async with admin_engine.begin() as connection:
+            await connection.execute(
+                text(
+                    "UPDATE query_rollup_days SET built_changes = NULL, built_at = NULL, piece_until = NULL,"
+                    " piece_changes = NULL, piece_events = NULL WHERE project_id = :project_id"
+                ),
+                {"project_id": arguments.project},
+            )
     print(f"load average before: {loadavg()}", flush=True)
     cpu_before, started = postgres_cpu_s(postmaster_pid), time.monotonic()
     busy_total = 0.0
@@ -128,6 +148,8 @@ def cli() -> None:
     parser.add_argument("--project", type=int, required=True, help="the preloaded project, for the progress")
     parser.add_argument("--max-rounds", type=int, default=200)
     parser.add_argument("--lock", type=Path, default=None, help="a lock file held during each round")
+    parser.add_argument("--unbuild", action="store_true", help="mark the project's days never built first")
+    parser.add_argument("--max-rebuild-events", type=int, default=None, help="rollup_repository.MAX_REBUILD_EVENTS")
     asyncio.run(main(parser.parse_args()))
 
 
