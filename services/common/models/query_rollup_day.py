@@ -29,3 +29,9 @@ class QueryRollupDay(Base):
     # Migration 0900: the day's exit-page items lag its session days (merges into the project's
     # latest day leave them; the refresher remakes them once a later day has events).
     exit_items_stale: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
+    # Migration 1140: a day too large for one rebuild, built in pieces (rollup_repository's
+    # build_day_piece): its events before `piece_until` (`piece_events` of them) are in its
+    # rollups, built from `changes` = `piece_changes`. NULL while not in pieces.
+    piece_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    piece_changes: Mapped[int | None] = mapped_column(BigInteger)
+    piece_events: Mapped[int | None] = mapped_column(BigInteger)
