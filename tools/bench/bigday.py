@@ -32,7 +32,7 @@ from services.common.db import create_admin_engine
 from services.common.settings import AdminDatabaseSettings, DatabaseSettings, StackSettings
 from services.query import rollup_repository
 from services.query.settings import QuerySettings
-from services.query.tasks import pause_after_round, refresh_round, rollup_engine
+from services.query.tasks import RoundOutcome, pause_after_round, refresh_round, rollup_engine
 from tools.bench.rollups import postgres_cpu_s
 
 
@@ -108,7 +108,13 @@ async def main(arguments: argparse.Namespace) -> None:
             with held(arguments.lock, waits):
                 round_started, cpu_round = time.monotonic(), postgres_cpu_s(postmaster_pid)
                 first = len(statements)
-                outcome = await refresh_round(engine, settings.rollup_days_per_round)
+                try:
+                    outcome = await refresh_round(engine, settings.rollup_days_per_round)
+                except Exception as exc:  # as run_refresher: logged, spaced out by its whole time
+                    failed: str | None = " ".join(str(exc).split())[:160]
+                    outcome = RoundOutcome(0, time.monotonic() - round_started)
+                else:
+                    failed = None
                 took = time.monotonic() - round_started
                 cpu = postgres_cpu_s(postmaster_pid) - cpu_round
                 longest = max(statements[first:], default=(0.0, ""))
@@ -120,7 +126,7 @@ async def main(arguments: argparse.Namespace) -> None:
                 f"round {number} at {time.monotonic() - started:7.1f} s: {took:6.1f} s wall, {cpu:6.1f} s Postgres CPU,"
                 f" refreshed {outcome.refreshed}, busy {outcome.rebuild_s:.1f} s, day events in pieces so far"
                 f" {events:,}, days not built {left}; longest statement {longest[0]:.1f} s ({longest[1][:70]});"
-                f" load {load}",
+                f" load {load}" + (f"; FAILED: {failed}" if failed else ""),
                 flush=True,
             )
             if left == 0:
