@@ -8,7 +8,10 @@ until every day of the project is built, and prints each round, the longest stat
 Postgres CPU. With --lock, the lock file is held (flock) during each round only, not during the
 pauses: the rounds are the timing, the pauses idle. Nothing is written but the rollups.
 
---unbuild first marks the project's days never built (as a purge or a bulk load does), for a
+--no-sleep computes each pause (pause_after_round) without sleeping it, holding --lock for the
+whole run instead: the pauses are idle time given by the rounds' times, so the time until usable
+is the rounds' wall time plus the pauses computed, without hours of waits for the lock between
+rounds on a shared machine. --unbuild first marks the project's days never built (as a purge or a bulk load does), for a
 second run on the same data; --max-rebuild-events sets rollup_repository.MAX_REBUILD_EVENTS (a
 large value: every day rebuilt in one go, as before pieces).
 """
@@ -21,7 +24,7 @@ import fcntl
 import os
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -102,43 +105,52 @@ async def main(arguments: argparse.Namespace) -> None:
     print(f"load average before: {loadavg()}", flush=True)
     cpu_before, started = postgres_cpu_s(postmaster_pid), time.monotonic()
     busy_total = 0.0
+    paused = 0.0
     waits: list[float] = []
+    whole_run = held(arguments.lock, waits) if arguments.no_sleep else nullcontext()
+    round_lock = None if arguments.no_sleep else arguments.lock
     try:
-        for number in range(1, arguments.max_rounds + 1):
-            with held(arguments.lock, waits):
-                round_started, cpu_round = time.monotonic(), postgres_cpu_s(postmaster_pid)
-                first = len(statements)
-                try:
-                    outcome = await refresh_round(engine, settings.rollup_days_per_round)
-                except Exception as exc:  # as run_refresher: logged, spaced out by its whole time
-                    failed: str | None = " ".join(str(exc).split())[:160]
-                    outcome = RoundOutcome(0, time.monotonic() - round_started)
-                else:
-                    failed = None
-                took = time.monotonic() - round_started
-                cpu = postgres_cpu_s(postmaster_pid) - cpu_round
-                longest = max(statements[first:], default=(0.0, ""))
-                async with admin_engine.connect() as connection:
-                    left, events = (await connection.execute(unbuilt, {"project_id": arguments.project})).one()
-                load = loadavg()
-            busy_total += took
-            print(
-                f"round {number} at {time.monotonic() - started:7.1f} s: {took:6.1f} s wall, {cpu:6.1f} s Postgres CPU,"
-                f" refreshed {outcome.refreshed}, busy {outcome.rebuild_s:.1f} s, day events in pieces so far"
-                f" {events:,}, days not built {left}; longest statement {longest[0]:.1f} s ({longest[1][:70]});"
-                f" load {load}" + (f"; FAILED: {failed}" if failed else ""),
-                flush=True,
-            )
-            if left == 0:
-                break
-            await asyncio.sleep(pause_after_round(outcome.rebuild_s, settings))
-        total = time.monotonic() - started
+        with whole_run:
+            for number in range(1, arguments.max_rounds + 1):
+                with held(round_lock, waits):
+                    round_started, cpu_round = time.monotonic(), postgres_cpu_s(postmaster_pid)
+                    first = len(statements)
+                    try:
+                        outcome = await refresh_round(engine, settings.rollup_days_per_round)
+                    except Exception as exc:  # as run_refresher: logged, spaced out by its whole time
+                        failed: str | None = " ".join(str(exc).split())[:160]
+                        outcome = RoundOutcome(0, time.monotonic() - round_started)
+                    else:
+                        failed = None
+                    took = time.monotonic() - round_started
+                    cpu = postgres_cpu_s(postmaster_pid) - cpu_round
+                    longest = max(statements[first:], default=(0.0, ""))
+                    async with admin_engine.connect() as connection:
+                        left, events = (await connection.execute(unbuilt, {"project_id": arguments.project})).one()
+                    load = loadavg()
+                busy_total += took
+                print(
+                    f"round {number} at {time.monotonic() - started:7.1f} s: {took:6.1f} s wall,"
+                    f" {cpu:6.1f} s Postgres CPU,"
+                    f" refreshed {outcome.refreshed}, busy {outcome.rebuild_s:.1f} s, day events in pieces so far"
+                    f" {events:,}, days not built {left}; longest statement {longest[0]:.1f} s ({longest[1][:70]});"
+                    f" load {load}" + (f"; FAILED: {failed}" if failed else ""),
+                    flush=True,
+                )
+                if left == 0:
+                    break
+                pause = pause_after_round(outcome.rebuild_s, settings)
+                paused += pause
+                if not arguments.no_sleep:
+                    await asyncio.sleep(pause)
+        total = time.monotonic() - started + (paused if arguments.no_sleep else 0.0)
         cpu_total = postgres_cpu_s(postmaster_pid) - cpu_before
         slowest = sorted(statements, reverse=True)[:5]
         waited = sum(waits)
         print(
             f"usable after {total:.1f} s, {waited:.1f} s of it waiting for the lock: {total - waited:.1f} s without"
-            f" ({busy_total:.1f} s in rounds, the rest pauses), {cpu_total:.1f} s Postgres CPU",
+            f" ({busy_total:.1f} s in rounds, {paused:.1f} s of pauses"
+            f"{' computed, not slept' if arguments.no_sleep else ''}), {cpu_total:.1f} s Postgres CPU",
             flush=True,
         )
         for seconds, statement in slowest:
@@ -154,6 +166,7 @@ def cli() -> None:
     parser.add_argument("--project", type=int, required=True, help="the preloaded project, for the progress")
     parser.add_argument("--max-rounds", type=int, default=200)
     parser.add_argument("--lock", type=Path, default=None, help="a lock file held during each round")
+    parser.add_argument("--no-sleep", action="store_true", help="pauses computed, not slept; --lock held throughout")
     parser.add_argument("--unbuild", action="store_true", help="mark the project's days never built first")
     parser.add_argument("--max-rebuild-events", type=int, default=None, help="rollup_repository.MAX_REBUILD_EVENTS")
     asyncio.run(main(parser.parse_args()))
