@@ -272,6 +272,8 @@ async def test_a_piece_ends_a_minute_before_now_but_the_last(
     project_id = int(project["id"])
     now = datetime.now(UTC)
     midnight = local_midnight(now.astimezone(BERLIN).date(), "Europe/Berlin")
+    if now - midnight < timedelta(minutes=2):
+        pytest.skip("too close to midnight in Berlin for a few minutes of today's events")
     # 150 events over the last few minutes of today (Berlin), the newest 2 s old.
     span = min(timedelta(minutes=5), now - midnight - timedelta(seconds=5))
     times = [now - timedelta(seconds=2) - span * index / 150 for index in range(150)]
