@@ -169,7 +169,8 @@ class PieceProgress:
     day: date
     piece_events: int  # events this piece merged
     events: int  # events merged into the day since its first piece
-    until: datetime | None  # the day's events before this are built (None: done, or starting over)
+    until: datetime | None  # the day's events before (until, until_uuid) are built (None: done, or starting over)
+    until_uuid: UUID | None
     done: bool  # the day is built (its last piece, checked against the day's events)
     restarted: bool  # the day starts over next refresh (a session moved, or an event was missed)
     day_start: datetime
@@ -1187,7 +1188,7 @@ async def refresh_project(
             await connection.execute(
                 text(
                     "UPDATE query_rollup_days SET built_changes = NULL, built_at = NULL,"
-                    " piece_until = CAST(:until AS timestamptz),"
+                    " piece_until = CAST(:until AS timestamptz), piece_until_uuid = CAST(:until_uuid AS uuid),"
                     " piece_changes = CASE WHEN CAST(:until AS timestamptz) IS NULL THEN NULL"
                     " ELSE CAST(:generation AS bigint) END,"
                     " piece_events = CASE WHEN CAST(:until AS timestamptz) IS NULL THEN NULL"
@@ -1198,6 +1199,7 @@ async def refresh_project(
                     "project_id": project_id,
                     "day": day,
                     "until": piece.until,
+                    "until_uuid": piece.until_uuid,
                     "generation": changes[day],
                     "events": piece.events,
                 },
@@ -1221,7 +1223,7 @@ async def refresh_project(
             await connection.execute(
                 text(
                     f"UPDATE query_rollup_days SET built_changes = :generation, built_at = now(){items},"
-                    " piece_until = NULL, piece_changes = NULL, piece_events = NULL"
+                    " piece_until = NULL, piece_until_uuid = NULL, piece_changes = NULL, piece_events = NULL"
                     f" WHERE project_id = :project_id AND day = :day{condition}"
                 ),
                 {"project_id": project_id, "day": day, "generation": changes[day]},
@@ -1236,7 +1238,11 @@ async def refresh_project(
             )
         else:
             # (A day in pieces with a session moved on it starts over.)
-            restart = ", piece_until = NULL, piece_changes = NULL, piece_events = NULL" if day in restart_pieces else ""
+            restart = (
+                ", piece_until = NULL, piece_until_uuid = NULL, piece_changes = NULL, piece_events = NULL"
+                if day in restart_pieces
+                else ""
+            )
             await connection.execute(
                 text(
                     f"UPDATE query_rollup_days SET built_changes = NULL, built_at = NULL{restart}"
@@ -1486,18 +1492,20 @@ async def rebuild_day(
 # event committed behind the pieces, e.g. a second load). Until done the day stays unbuilt:
 # queries read it from raw events, and merges of live events skip it (the pieces read them).
 _PIECE_STATE = (
-    "SELECT day, piece_until, piece_changes, piece_events FROM query_rollup_days"
+    "SELECT day, piece_until, piece_until_uuid, piece_changes, piece_events FROM query_rollup_days"
     " WHERE project_id = :project_id AND piece_until IS NOT NULL"
 )
-# Whether the day has more than :limit events (any, bots too: a bound, not a count).
+# Pieces are cut in the events' key order (occurred_at, event_uuid), the primary key's after
+# project_id, so that events at one instant (a load clamped to its end: 400,000 at one
+# microsecond) still split; the time bounds alone prune the partitions. The event :offset
+# places after (:from, :from_uuid), bots too (a bound, not a count).
 _DAY_EVENT_AT = (
-    "SELECT e.occurred_at FROM events e WHERE e.project_id = :project_id AND e.occurred_at >= :from"
-    " AND e.occurred_at < :end ORDER BY e.occurred_at OFFSET :offset LIMIT 1"
+    "SELECT e.occurred_at, e.event_uuid FROM events e WHERE e.project_id = :project_id AND e.occurred_at >= :from"
+    " AND e.occurred_at < :end AND (e.occurred_at, e.event_uuid) >= (:from, CAST(:from_uuid AS uuid))"
+    " ORDER BY e.occurred_at, e.event_uuid OFFSET :offset LIMIT 1"
 )
-_DAY_NEXT_TIME = (
-    "SELECT min(e.occurred_at) FROM events e WHERE e.project_id = :project_id AND e.occurred_at > :from"
-    " AND e.occurred_at < :end"
-)
+# Before any event at its time.
+_FIRST_UUID = UUID(int=0)
 # Pending events are left out as the rebuild leaves them out (_DAY_BASE): the refresh that
 # takes them merges them once the day is built; until then they are read by a later piece.
 _NOT_PENDING = (
@@ -1513,7 +1521,9 @@ _STAGED_VALUES = (
 )
 _STAGE_PIECE = (
     f"INSERT INTO query_rollup_events_staged ({_STAGED_COLUMNS}) SELECT {_STAGED_VALUES} FROM events e"
-    " WHERE e.project_id = :project_id AND e.occurred_at >= :from AND e.occurred_at < :to AND NOT e.is_bot"
+    " WHERE e.project_id = :project_id AND e.occurred_at >= :from AND e.occurred_at <= :to AND NOT e.is_bot"
+    " AND (e.occurred_at, e.event_uuid) >= (:from, CAST(:from_uuid AS uuid))"
+    " AND (e.occurred_at, e.event_uuid) < (:to, CAST(:to_uuid AS uuid))"
     f"{_NOT_PENDING}"
 )
 # The last piece: the events after the day of the sessions begun on it, up to the last end.
@@ -1554,6 +1564,7 @@ class PieceState:
     """A day's progress as its marker holds it (migration 1140)."""
 
     until: datetime
+    until_uuid: UUID
     changes: int
     events: int
 
@@ -1561,15 +1572,18 @@ class PieceState:
 async def piece_states(connection: AsyncConnection, project_id: int) -> dict[date, PieceState]:
     """The project's days being built in pieces."""
     result = await connection.execute(text(_PIECE_STATE), {"project_id": project_id})
-    return {row.day: PieceState(row.piece_until, row.piece_changes, row.piece_events) for row in result}
+    return {
+        row.day: PieceState(row.piece_until, row.piece_until_uuid, row.piece_changes, row.piece_events)
+        for row in result
+    }
 
 
 async def too_large_to_rebuild(
     connection: AsyncConnection, project_id: int, start: datetime, end: datetime, limit: int
 ) -> bool:
     """More than `limit` events in [start, end): reads at most `limit` index entries."""
-    params = {"project_id": project_id, "from": start, "end": end, "offset": limit}
-    return (await connection.execute(text(_DAY_EVENT_AT), params)).scalar_one_or_none() is not None
+    params = {"project_id": project_id, "from": start, "from_uuid": _FIRST_UUID, "end": end, "offset": limit}
+    return (await connection.execute(text(_DAY_EVENT_AT), params)).first() is not None
 
 
 async def _clear_day(connection: AsyncConnection, params: dict[str, object]) -> None:
@@ -1597,21 +1611,25 @@ async def build_day_piece(
     params: dict[str, object] = {"project_id": project_id, "timezone": timezone, "day": day, "start": start, "end": end}
     if state is None or state.changes != changes:
         await _clear_day(connection, params)
-        state = PieceState(start, changes, 0)
-    params.update({"from": state.until, "offset": piece_events})
-    to = (await connection.execute(text(_DAY_EVENT_AT), params)).scalar_one_or_none()
-    if to is not None and to == state.until:
-        # More than a piece at one instant: the piece holds that instant whole.
-        to = (await connection.execute(text(_DAY_NEXT_TIME), params)).scalar_one_or_none()
+        state = PieceState(start, _FIRST_UUID, changes, 0)
+    params.update({"from": state.until, "from_uuid": state.until_uuid, "offset": piece_events})
+    next_piece = (await connection.execute(text(_DAY_EVENT_AT), params)).first()
+    to: tuple[datetime, UUID] | None = None if next_piece is None else (next_piece[0], next_piece[1])
     if to is not None:
         settled = (await connection.execute(text("SELECT now()"))).scalar_one() - PIECE_SETTLE
         # Not past what has settled (see PIECE_SETTLE); with nothing settled left, the last piece.
-        to = min(to, settled) if settled > state.until else None
+        if settled <= state.until:
+            to = None
+        elif to[0] > settled:
+            to = (settled, _FIRST_UUID)
     last = to is None
-    params["to"] = end if to is None else to
+    params["to"], params["to_uuid"] = (end, _FIRST_UUID) if to is None else to
 
-    def progress(events: int, until: datetime | None, *, done: bool = False, restarted: bool = False) -> PieceProgress:
-        return PieceProgress(day, events, state.events + events, until, done, restarted, start, end)
+    def progress(
+        events: int, until: tuple[datetime, UUID] | None, *, done: bool = False, restarted: bool = False
+    ) -> PieceProgress:
+        at, at_uuid = (None, None) if until is None else until
+        return PieceProgress(day, events, state.events + events, at, at_uuid, done, restarted, start, end)
 
     await connection.execute(text(_STAGE_PIECE), params)
     if last:

@@ -98,7 +98,7 @@ async def main(arguments: argparse.Namespace) -> None:
             await connection.execute(
                 text(
                     "UPDATE query_rollup_days SET built_changes = NULL, built_at = NULL, piece_until = NULL,"
-                    " piece_changes = NULL, piece_events = NULL WHERE project_id = :project_id"
+                    " piece_until_uuid = NULL, piece_changes = NULL, piece_events = NULL WHERE project_id = :project_id"
                 ),
                 {"project_id": arguments.project},
             )
