@@ -302,3 +302,41 @@ async def test_a_piece_ends_a_minute_before_now_but_the_last(
         assert len(pieces) >= 2
     await build_rollups(engine, project)
     assert await every_row(engine, project_id) == await rebuilt_plainly(engine, project, monkeypatch)
+
+
+async def test_a_person_erased_while_their_day_is_in_pieces_is_in_no_rollup_after(
+    db: DatabaseHarness, engine: AsyncEngine, admin_engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An erasure purges the day's rows (pieces included) and bumps its `changes`: the pieces
+    start over without the person, and the day ends as its rebuild."""
+    from services.replay.erasure import erase_person
+
+    project = await new_project(db)
+    project_id = int(project["id"])
+    await insert_events(engine, project_id, [*main_events(), *big_day()])
+    small_pieces(monkeypatch)
+    for _ in range(3):
+        await refresh_round_with_pieces(engine, project_id)
+    person = {"project_id": project_id, "distinct_id": "v3"}
+    held = (
+        "SELECT count(*) FROM query_rollup_session_days WHERE project_id = :project_id AND distinct_id = :distinct_id"
+    )
+    async with engine.connect() as connection:
+        assert (await connection.execute(text(held), person)).scalar_one() > 0  # in a piece already
+    async with admin_engine.begin() as connection:
+        await erase_person(connection, project_id, "v3")
+    pieces = await rounds_until_built(engine, project_id, limit=60)
+    assert pieces[-1].done
+    await build_rollups(engine, project)
+    async with engine.connect() as connection:
+        assert (await connection.execute(text(held), person)).scalar_one() == 0
+        # v3's sessions: s4 (main_events) and big3, big48 (big_day's visitors cycle through 45).
+        folded = await connection.execute(
+            text(
+                "SELECT count(*) FROM query_rollup_sessions_folded WHERE project_id = :project_id"
+                " AND session_id = ANY(CAST(:sessions AS text[]))"
+            ),
+            {"project_id": project_id, "sessions": ["s4", "big3", "big48"]},
+        )
+        assert folded.scalar_one() == 0
+    assert await every_row(engine, project_id) == await rebuilt_plainly(engine, project, monkeypatch)
