@@ -1474,8 +1474,8 @@ async def rebuild_day(
 #
 # A day to rebuild with more than MAX_REBUILD_EVENTS events (an import, a preload, a rebuild
 # after a purge) is built by successive merges of bounded time ranges of its events into its
-# emptied rollups, in time order, one piece per refresh, each committed with its progress on
-# the day's marker (migration 1140: piece_until, piece_changes, piece_events). The merge is exact
+# emptied rollups, in key order, one piece per refresh, each committed with its progress on
+# the day's marker (migration 1140: piece_until and piece_until_uuid, piece_changes, piece_events). The merge is exact
 # against a rebuild (tests/query/test_rollup_increments.py), and here every session is merged at
 # its final state (query_sessions), so each piece adds the events of its range to the sessions'
 # rows; the last piece also stages the events after the day of the sessions begun on it (the
@@ -1605,8 +1605,10 @@ async def build_day_piece(
     state: PieceState | None,
     piece_events: int,
 ) -> PieceProgress:
-    """Merge the day's next piece (at most `piece_events` events, in time order) into its rollups,
-    from its emptied rollups at the first piece (`state` None, or made at other `changes`).
+    """Merge the day's next piece (at most `piece_events` events, in key order: time, then uuid)
+    into its rollups, from its emptied rollups at the first piece (`state` None, or made at
+    other `changes`); the last piece is all that is left, with the events after the day of the
+    sessions begun on it.
     Hold the day's lock; the caller writes the progress on the marker (or the day as built)."""
     params: dict[str, object] = {"project_id": project_id, "timezone": timezone, "day": day, "start": start, "end": end}
     if state is None or state.changes != changes:
