@@ -8,8 +8,9 @@ inserted since the last one and replaces the touched sessions' rows (exit pages 
 it costs in proportion to what arrived (and to the visitors of the exit pages sessions left);
 days that cannot be corrected by adding (deletes, an earlier event arriving late, purges, days
 never built) are rebuilt from their events (`rebuild_day`), except a new day whose every event
-arrived since the last refresh, which is merged into empty rollups. The steps are
-described above `refresh_project`.
+arrived since the last refresh, which is merged into empty rollups, and a day too large for one
+rebuild, built by merging its events in bounded pieces, one per refresh (`build_day_piece`).
+The steps are described above `refresh_project`.
 
 Freshness: every inserting statement writes a `query_rollup_pending` row (the keys of its
 events and their local `days`, migrations 0730 and 0800), committed with the events and taken
@@ -128,6 +129,18 @@ async def usable_weeks(
 # empty day is still rebuilt.
 MAX_MERGED_EVENTS = 200_000
 BULK_SHARE_OF_DAYS = 0.5
+# A day to rebuild holding more events than this is built in pieces instead (build_day_piece):
+# one rebuild reads the whole day in statements that must end within the refresher's statement
+# timeout (tasks.REBUILD_STATEMENT_TIMEOUT_MS, 120 s), and on the 2-core machine a day of ~1.5-2
+# million events did not (closing note 7: a 6-million-event day cancelled every round, its
+# queries left on raw events). Each piece merges at most PIECE_EVENTS of the day's events, in
+# time order, one piece per refresh, each committed (docs/benchmarks.md, "A day too large for one
+# rebuild"). A piece ends no later than PIECE_SETTLE before now, unless it is the day's last:
+# an event committed after a piece with a time before the piece's end would be missed (the final
+# count restarts the day), and live events arrive a few seconds after their time.
+MAX_REBUILD_EVENTS = 1_000_000
+PIECE_EVENTS = 200_000
+PIECE_SETTLE = timedelta(seconds=60)
 
 
 @dataclass(frozen=True)
@@ -141,10 +154,27 @@ class RefreshOutcome:
     merged_days: int
     rebuilt_days: int
     merged_events: int
+    # Days built in pieces (too large for one rebuild), a piece each this refresh.
+    pieces: tuple[PieceProgress, ...] = ()
 
     @property
     def days(self) -> int:
         return self.merged_days + self.rebuilt_days
+
+
+@dataclass(frozen=True)
+class PieceProgress:
+    """One piece of a day built in pieces (build_day_piece)."""
+
+    day: date
+    piece_events: int  # events this piece merged
+    events: int  # events merged into the day since its first piece
+    until: datetime | None  # the day's events before (until, until_uuid) are built (None: done, or starting over)
+    until_uuid: UUID | None
+    done: bool  # the day is built (its last piece, checked against the day's events)
+    restarted: bool  # the day starts over next refresh (a session moved, or an event was missed)
+    day_start: datetime
+    day_end: datetime
 
 
 class DaysBusy(Exception):
@@ -227,7 +257,9 @@ async def count_days_to_build(connection: AsyncConnection, project_id: int | Non
 #    sessions.
 # 5. Unbuilt days (newest first, at most max_rebuilds) are rebuilt from their events, leaving
 #    out events still pending (the next refresh merges them), with their sessions' folded rows
-#    and their session days.
+#    and their session days. A day of more than MAX_REBUILD_EVENTS events (or one already in
+#    pieces) gets its next piece instead: at most PIECE_EVENTS of its events merged in time
+#    order (build_day_piece); built once its last piece is.
 # 6. The markers get the `changes` read in step 1 (or none, for unbuildable days left for a
 #    later round), last and in day order: a delete bumps its days' markers (since 0800 an
 #    insert only creates a missing one, and does not wait for this update).
@@ -914,7 +946,8 @@ async def refresh_project(
     connection: AsyncConnection, project: ProjectToRefresh, max_rebuilds: int
 ) -> RefreshOutcome | None:
     """Merges the project's pending events into its rollups and rebuilds its unbuilt days (at
-    most max_rebuilds); None if another refresher holds the project. Raises DaysBusy (roll
+    most max_rebuilds; a day over MAX_REBUILD_EVENTS gets its next piece instead,
+    build_day_piece); None if another refresher holds the project. Raises DaysBusy (roll
     back) if a day it must write is held. The steps are described above."""
     # Here, not at the top: the planner reads this module's day states.
     from services.query.planner import local_midnight
@@ -1021,6 +1054,8 @@ async def refresh_project(
     latest = max(changes) if changes else None
     # Never-built days merged from empty rollups (their markers are written as rebuilt ones).
     from_empty: set[date] = set()
+    # Days being built in pieces whose rows no longer hold (a session on them moved).
+    restart_pieces: set[date] = set()
     if occurred_at:
         citus = await is_citus(connection)
         ranges = _stage_ranges(occurred_at)
@@ -1058,6 +1093,9 @@ async def refresh_project(
             new_event_sessions.append(session.session_id)
             first = min(session.start_day, session.folded_day or session.start_day)
             span = _days_between(first, session.end_day)
+            if session.moved:
+                # A day being built in pieces holds rows of this session's old visit: it starts over.
+                restart_pieces.update(span)
             # A session whose start day is not built is not staged (its session row lives
             # there): its other days cannot move its session days to its new exit page.
             if session.moved or session.start_day in unbuilt:
@@ -1177,32 +1215,72 @@ async def refresh_project(
     else:
         await _try_lock_days(connection, project_id, unbuilt)
     rebuilt: list[date] = []
+    pieces: dict[date, PieceProgress] = {}
     to_rebuild = sorted(unbuilt, reverse=True)[:max_rebuilds]
+    in_pieces = await piece_states(connection, project_id) if to_rebuild else {}
     if to_rebuild:
         await configure_transaction(connection)
     for day in to_rebuild:
-        await rebuild_day(
-            connection,
-            project_id=project_id,
-            timezone=timezone,
-            day=day,
-            start=local_midnight(day, timezone),
-            end=local_midnight(day + timedelta(days=1), timezone),
-        )
+        start, end = local_midnight(day, timezone), local_midnight(day + timedelta(days=1), timezone)
+        if day in in_pieces or await too_large_to_rebuild(connection, project_id, start, end, MAX_REBUILD_EVENTS):
+            # Too large for one rebuild within the statement timeout: its next piece (see
+            # build_day_piece), the day built once its last one is.
+            pieces[day] = await build_day_piece(
+                connection,
+                project_id=project_id,
+                timezone=timezone,
+                day=day,
+                start=start,
+                end=end,
+                changes=changes[day],
+                state=None if day in restart_pieces else in_pieces.get(day),
+                piece_events=PIECE_EVENTS,
+            )
+            if pieces[day].done:
+                rebuilt.append(day)
+            await configure_transaction(connection)
+            continue
+        await rebuild_day(connection, project_id=project_id, timezone=timezone, day=day, start=start, end=end)
         rebuilt.append(day)
     built = {day: changes[day] for day in (merged | stale) - unbuilt if day in changes}
     # One earlier day whose exit-page items a merge left stale (when it was the latest) gets them
     # remade from its session days, now final for this refresh.
     items_remade = await _remake_stale_exit_items(connection, project_id, latest, unbuilt | unbuildable | set(rebuilt))
     # One pass in day order, as the delete trigger takes the markers' locks: no deadlock with it.
-    for day in sorted(built.keys() | set(rebuilt) | unbuildable | items_remade):
-        if day in built or day in rebuilt:
+    for day in sorted(built.keys() | set(rebuilt) | unbuildable | items_remade | pieces.keys()):
+        piece = pieces.get(day)
+        if piece is not None and not piece.done:
+            # A day in pieces stays unbuilt; its progress (none: it starts over) is kept.
+            await connection.execute(
+                text(
+                    "UPDATE query_rollup_days SET built_changes = NULL, built_at = NULL,"
+                    " piece_until = CAST(:until AS timestamptz), piece_until_uuid = CAST(:until_uuid AS uuid),"
+                    " piece_changes = CASE WHEN CAST(:until AS timestamptz) IS NULL THEN NULL"
+                    " ELSE CAST(:generation AS bigint) END,"
+                    " piece_events = CASE WHEN CAST(:until AS timestamptz) IS NULL THEN NULL"
+                    " ELSE CAST(:events AS bigint) END"
+                    " WHERE project_id = :project_id AND day = :day"
+                ),
+                {
+                    "project_id": project_id,
+                    "day": day,
+                    "until": piece.until,
+                    "until_uuid": piece.until_uuid,
+                    "generation": changes[day],
+                    "events": piece.events,
+                },
+            )
+        elif day in built or day in rebuilt:
             # A merged day purged meanwhile (never built) stays so; a rebuilt one is built, and so
             # is one merged from empty (its rows cleared and merged under its lock). A rebuilt
             # day's exit-page items are current; a merged latest day's are left stale.
             condition = "" if day in rebuilt or day in from_empty else " AND built_changes IS NOT NULL"
+            # A day built in pieces has its items made from its session days later, as a merged
+            # latest day's (they are marked stale); a built day is in pieces no longer.
             items = (
-                ", exit_items_stale = false"
+                ", exit_items_stale = true"
+                if piece is not None
+                else ", exit_items_stale = false"
                 if day in rebuilt or day in items_remade
                 else ", exit_items_stale = true"
                 if day in merged and day == latest
@@ -1210,7 +1288,8 @@ async def refresh_project(
             )
             await connection.execute(
                 text(
-                    f"UPDATE query_rollup_days SET built_changes = :generation, built_at = now(){items}"
+                    f"UPDATE query_rollup_days SET built_changes = :generation, built_at = now(){items},"
+                    " piece_until = NULL, piece_until_uuid = NULL, piece_changes = NULL, piece_events = NULL"
                     f" WHERE project_id = :project_id AND day = :day{condition}"
                 ),
                 {"project_id": project_id, "day": day, "generation": changes[day]},
@@ -1224,14 +1303,22 @@ async def refresh_project(
                 {"project_id": project_id, "day": day},
             )
         else:
+            # (A day in pieces with a session moved on it starts over.)
+            restart = (
+                ", piece_until = NULL, piece_until_uuid = NULL, piece_changes = NULL, piece_events = NULL"
+                if day in restart_pieces
+                else ""
+            )
             await connection.execute(
                 text(
-                    "UPDATE query_rollup_days SET built_changes = NULL, built_at = NULL"
+                    f"UPDATE query_rollup_days SET built_changes = NULL, built_at = NULL{restart}"
                     " WHERE project_id = :project_id AND day = :day"
                 ),
                 {"project_id": project_id, "day": day},
             )
-    return RefreshOutcome(len(built), len(rebuilt), len(occurred_at))
+    # (A day whose last piece was built counts among the pieces, not the rebuilt days.)
+    rebuilt_days = len(rebuilt) - sum(piece.done for piece in pieces.values())
+    return RefreshOutcome(len(built), rebuilt_days, len(occurred_at), tuple(pieces.values()))
 
 
 # A day's rebuild (rebuild_day) on Citus: the sessions overlapping the day, staged once; the
@@ -1447,6 +1534,272 @@ async def rebuild_day(
     await connection.execute(text(_EXIT_ITEMS_DAY), params)
     await connection.execute(text(_REBUILD_FOLDED), params)
     await connection.execute(text("DELETE FROM query_rollup_sessions_staged WHERE project_id = :project_id"), params)
+
+
+# --- A day too large for one rebuild, built in pieces ---------------------------------------
+#
+# A day to rebuild with more than MAX_REBUILD_EVENTS events (an import, a preload, a rebuild
+# after a purge) is built by successive merges of bounded time ranges of its events into its
+# emptied rollups, in key order, one piece per refresh, each committed with its progress on
+# the day's marker (migration 1140: piece_until and piece_until_uuid, piece_changes, piece_events). The merge is exact
+# against a rebuild (tests/query/test_rollup_increments.py), and here every session is merged at
+# its final state (query_sessions), so each piece adds the events of its range to the sessions'
+# rows; the last piece also stages the events after the day of the sessions begun on it (the
+# day's rebuild folds their pages, domains and event names into those sessions' rows) with the
+# later days skipped, so it leaves those days' rows alone as a rebuild of this day does. Events
+# of sessions begun on an earlier day replace those sessions' rows there (the day is locked
+# too): with the day's pages already folded in, unchanged.
+#
+# The day starts over (its rows cleared at its next piece) when what was built no longer
+# holds: its `changes` moved since the first piece (a delete, a purge), a session touched had
+# its first event or entry pageview moved (its visit changed under rows already written; the
+# refresh also restarts a day in pieces on which a merged session moved), or, at the last
+# piece, the day's events (less those pending) are not the events its session days count (an
+# event committed behind the pieces, e.g. a second load). Until done the day stays unbuilt:
+# queries read it from raw events, and merges of live events skip it (the pieces read them).
+_PIECE_STATE = (
+    "SELECT day, piece_until, piece_until_uuid, piece_changes, piece_events FROM query_rollup_days"
+    " WHERE project_id = :project_id AND piece_until IS NOT NULL"
+)
+# Pieces are cut in the events' key order (occurred_at, event_uuid), the primary key's after
+# project_id, so that events at one instant (a load clamped to its end: 400,000 at one
+# microsecond) still split; the time bounds alone prune the partitions. The event :offset
+# places after (:from, :from_uuid), bots too (a bound, not a count).
+_DAY_EVENT_AT = (
+    "SELECT e.occurred_at, e.event_uuid FROM events e WHERE e.project_id = :project_id AND e.occurred_at >= :from"
+    " AND e.occurred_at < :end AND (e.occurred_at, e.event_uuid) >= (:from, CAST(:from_uuid AS uuid))"
+    " ORDER BY e.occurred_at, e.event_uuid OFFSET :offset LIMIT 1"
+)
+# Before any event at its time.
+_FIRST_UUID = UUID(int=0)
+# Pending events are left out as the rebuild leaves them out (_DAY_BASE): the refresh that
+# takes them merges them once the day is built; until then they are read by a later piece.
+_NOT_PENDING = (
+    " AND NOT EXISTS (SELECT FROM query_rollup_pending p"
+    " CROSS JOIN unnest(p.occurred_at, p.event_uuid) AS k(occurred_at, event_uuid)"
+    " WHERE p.project_id = e.project_id AND p.project_id = :project_id"
+    " AND k.occurred_at = e.occurred_at AND k.event_uuid = e.event_uuid)"
+)
+_STAGED_COLUMNS = "project_id, occurred_at, day, name, distinct_id, session_id, path, domain"
+_STAGED_VALUES = (
+    "e.project_id, e.occurred_at, (e.occurred_at AT TIME ZONE :timezone)::date, e.name, e.distinct_id,"
+    " e.session_id, e.path, e.domain"
+)
+_STAGE_PIECE = (
+    f"INSERT INTO query_rollup_events_staged ({_STAGED_COLUMNS}) SELECT {_STAGED_VALUES} FROM events e"
+    " WHERE e.project_id = :project_id AND e.occurred_at >= :from AND e.occurred_at <= :to AND NOT e.is_bot"
+    " AND (e.occurred_at, e.event_uuid) >= (:from, CAST(:from_uuid AS uuid))"
+    " AND (e.occurred_at, e.event_uuid) < (:to, CAST(:to_uuid AS uuid))"
+    f"{_NOT_PENDING}"
+)
+# The last piece: the events after the day of the sessions begun on it, up to the last end.
+_PIECE_EVENTS_END = (
+    "SELECT max(q.ended_at) FROM query_sessions q WHERE q.project_id = :project_id"
+    " AND q.started_at >= :start AND q.started_at < :end"
+)
+_STAGE_PIECE_AFTER = (
+    f"INSERT INTO query_rollup_events_staged ({_STAGED_COLUMNS}) SELECT {_STAGED_VALUES} FROM events e"
+    " JOIN query_sessions q ON q.project_id = e.project_id AND q.session_id = e.session_id"
+    " WHERE e.project_id = :project_id AND q.project_id = :project_id AND e.occurred_at >= :end"
+    " AND e.occurred_at <= :events_end AND NOT e.is_bot AND q.started_at >= :start AND q.started_at < :end"
+    f"{_NOT_PENDING}"
+)
+_PIECE_SESSIONS = (
+    "SELECT q.session_id, (q.started_at AT TIME ZONE :timezone)::date AS start_day,"
+    " (f.session_id IS NOT NULL AND (f.first_uuid <> q.first_uuid OR f.started_at <> q.started_at"
+    " OR f.entry_uuid IS DISTINCT FROM q.entry_uuid)) AS moved"
+    " FROM (SELECT DISTINCT e.project_id, e.session_id FROM query_rollup_events_staged e"
+    f" WHERE {_STAGED_EVENTS_WHERE}) n"
+    "{touched} WHERE q.project_id = :project_id"
+)
+_PIECE_STAGED_IN_DAY = (
+    f"SELECT count(*) FROM query_rollup_events_staged e WHERE {_STAGED_EVENTS_WHERE} AND e.day = :day"
+)
+_PIECE_STAGED_DAYS = f"SELECT DISTINCT e.day FROM query_rollup_events_staged e WHERE {_STAGED_EVENTS_WHERE}"
+# The day's events less those pending against the events its session days count: one snapshot.
+_PIECE_MISSING = (
+    "SELECT (SELECT count(*) FROM events e WHERE e.project_id = :project_id AND e.occurred_at >= :start"
+    f" AND e.occurred_at < :end AND NOT e.is_bot{_NOT_PENDING})"
+    " - (SELECT coalesce(sum(d.events), 0) FROM query_rollup_session_days d WHERE d.project_id = :project_id"
+    " AND d.day = :day)"
+)
+
+
+@dataclass(frozen=True)
+class PieceState:
+    """A day's progress as its marker holds it (migration 1140)."""
+
+    until: datetime
+    until_uuid: UUID
+    changes: int
+    events: int
+
+
+async def piece_states(connection: AsyncConnection, project_id: int) -> dict[date, PieceState]:
+    """The project's days being built in pieces."""
+    result = await connection.execute(text(_PIECE_STATE), {"project_id": project_id})
+    return {
+        row.day: PieceState(row.piece_until, row.piece_until_uuid, row.piece_changes, row.piece_events)
+        for row in result
+    }
+
+
+async def too_large_to_rebuild(
+    connection: AsyncConnection, project_id: int, start: datetime, end: datetime, limit: int
+) -> bool:
+    """More than `limit` events in [start, end): reads at most `limit` index entries."""
+    params = {"project_id": project_id, "from": start, "from_uuid": _FIRST_UUID, "end": end, "offset": limit}
+    return (await connection.execute(text(_DAY_EVENT_AT), params)).first() is not None
+
+
+async def _clear_day(connection: AsyncConnection, params: dict[str, object]) -> None:
+    """Every rollup row of the day (:project_id, :day), as rebuild_day clears it."""
+    tables = (*(cube.table for cube in CUBES), "query_rollup_session_days", EXIT_ITEMS_TABLE)
+    for table in (*tables, "query_rollup_sessions_folded"):
+        await connection.execute(text(f"DELETE FROM {table} WHERE project_id = :project_id AND day = :day"), params)
+
+
+async def build_day_piece(
+    connection: AsyncConnection,
+    *,
+    project_id: int,
+    timezone: str,
+    day: date,
+    start: datetime,
+    end: datetime,
+    changes: int,
+    state: PieceState | None,
+    piece_events: int,
+) -> PieceProgress:
+    """Merge the day's next piece (at most `piece_events` events, in key order: time, then uuid)
+    into its rollups, from its emptied rollups at the first piece (`state` None, or made at
+    other `changes`); the last piece is all that is left, with the events after the day of the
+    sessions begun on it.
+    Hold the day's lock; the caller writes the progress on the marker (or the day as built)."""
+    params: dict[str, object] = {"project_id": project_id, "timezone": timezone, "day": day, "start": start, "end": end}
+    if state is None or state.changes != changes:
+        await _clear_day(connection, params)
+        state = PieceState(start, _FIRST_UUID, changes, 0)
+    params.update({"from": state.until, "from_uuid": state.until_uuid, "offset": piece_events})
+    next_piece = (await connection.execute(text(_DAY_EVENT_AT), params)).first()
+    to: tuple[datetime, UUID] | None = None if next_piece is None else (next_piece[0], next_piece[1])
+    if to is not None:
+        settled = (await connection.execute(text("SELECT now()"))).scalar_one() - PIECE_SETTLE
+        # Not past what has settled (see PIECE_SETTLE); with nothing settled left, the last piece.
+        if settled <= state.until:
+            to = None
+        elif to[0] > settled:
+            to = (settled, _FIRST_UUID)
+    last = to is None
+    params["to"], params["to_uuid"] = (end, _FIRST_UUID) if to is None else to
+
+    def progress(
+        events: int, until: tuple[datetime, UUID] | None, *, done: bool = False, restarted: bool = False
+    ) -> PieceProgress:
+        at, at_uuid = (None, None) if until is None else until
+        return PieceProgress(day, events, state.events + events, at, at_uuid, done, restarted, start, end)
+
+    await connection.execute(text(_STAGE_PIECE), params)
+    if last:
+        events_end = (await connection.execute(text(_PIECE_EVENTS_END), params)).scalar_one()
+        params["events_end"] = events_end
+        if events_end is not None and events_end >= end:
+            await connection.execute(text(_STAGE_PIECE_AFTER), params)
+    citus = await is_citus(connection)
+    sessions = list(await connection.execute(text(_PIECE_SESSIONS.format(touched=_touched_sessions(citus))), params))
+    staged_days = set((await connection.execute(text(_PIECE_STAGED_DAYS), params)).scalars())
+    in_day = (await connection.execute(text(_PIECE_STAGED_IN_DAY), params)).scalar_one()
+    if any(session.moved for session in sessions):
+        await connection.execute(text("DELETE FROM query_rollup_events_staged WHERE project_id = :project_id"), params)
+        return progress(0, None, restarted=True)
+    earlier = {session.start_day for session in sessions} - {day}
+    await _try_lock_days(connection, project_id, earlier)
+    params["skip"] = sorted(staged_days - earlier - {day})
+    params["sessions"] = sorted(session.session_id for session in sessions)
+    params["days"] = sorted(earlier | {day})
+    # The earlier days' exit-page items are kept as a merge keeps them; this day's are made once
+    # it is built (marked stale, remade from its session days as a merged latest day's are).
+    params["item_days"] = sorted(earlier)
+    if sessions:
+        await _merge_staged(connection, params, citus, day)
+    await connection.execute(text("DELETE FROM query_rollup_events_staged WHERE project_id = :project_id"), params)
+    if not last:
+        return progress(in_day, to)
+    missing = int((await connection.execute(text(_PIECE_MISSING), params)).scalar_one())
+    if missing != 0:
+        return progress(in_day, None, restarted=True)
+    return progress(in_day, None, done=True)
+
+
+async def _merge_staged(connection: AsyncConnection, params: dict[str, object], citus: bool, day: date) -> None:
+    """Steps 3 and 4 of refresh_project (see there, and the statements' comments, for the
+    settings) for the staged events of a piece: :days the days merged (`day` and the start days
+    of sessions begun earlier), :skip the later days, :item_days the days whose exit-page items
+    are kept. The same statements in the same order as refresh_project's merge."""
+    await connection.execute(text("SELECT set_config('enable_seqscan', 'off', true)"))
+    await connection.execute(text(_stage_sessions_sql(citus)), params)
+    work_mem = await connection.execute(
+        text(
+            "SELECT current_setting('work_mem'), set_config('work_mem', :work_mem, true),"
+            " set_config('enable_sort', 'off', true), set_config('enable_nestloop', 'off', true)"
+        ),
+        {"work_mem": MERGE_WORK_MEM},
+    )
+    previous_work_mem = work_mem.scalar_one()
+    for cube in _MERGED_CUBES:
+        await connection.execute(text(_merge_sql(cube)), params)
+    await connection.execute(
+        text(
+            "SELECT set_config('work_mem', :work_mem, true), set_config('enable_sort', 'on', true),"
+            " set_config('enable_nestloop', 'on', true)"
+        ),
+        {"work_mem": previous_work_mem},
+    )
+    days = list(params["days"])  # type: ignore[call-overload]
+    pages_left: dict[date, set[str | None]] = {}
+    for merged_day in days:
+        left = await connection.execute(text(_EXIT_PAGES_LEFT), {**params, "day": merged_day})
+        for row in left:
+            pages_left.setdefault(row.day, set()).add(row.exit_page)
+    await connection.execute(text(_EXIT_OLD), params)
+    if params["item_days"]:
+        await connection.execute(text(_EXIT_ITEMS_OLD), params)
+    await connection.execute(
+        text("SELECT set_config('enable_sort', 'off', true), set_config('enable_nestloop', 'off', true)")
+    )
+    await connection.execute(text(_SESSION_DAYS_MERGE), params)
+    await connection.execute(
+        text("SELECT set_config('enable_sort', 'on', true), set_config('enable_nestloop', 'on', true)")
+    )
+    for merged_day in days:
+        await connection.execute(text(_SESSION_DAYS_MOVE), {**params, "day": merged_day})
+    await connection.execute(text(_EXIT_NEW), params)
+    if params["item_days"]:
+        await connection.execute(text(_EXIT_ITEMS_NEW), params)
+    await connection.execute(text(_FOLDED_MERGE), params)
+    await connection.execute(text("DELETE FROM query_rollup_sessions_staged WHERE project_id = :project_id"), params)
+    touched = {"project_id": params["project_id"], "days": days}
+    for cube in CUBES:
+        await connection.execute(
+            text(
+                f"DELETE FROM {cube.table} WHERE project_id = :project_id"
+                " AND day = ANY(CAST(:days AS date[])) AND sessions = 0 AND events = 0"
+            ),
+            touched,
+        )
+    for left_day, pages in sorted(pages_left.items()):
+        page_params = {
+            "project_id": params["project_id"],
+            "day": left_day,
+            "pages": sorted(page for page in pages if page is not None),
+            "null_page": None in pages,
+        }
+        await connection.execute(text(_EXIT_EMPTY), page_params)
+        await connection.execute(text(_EXIT_VISITORS), page_params)
+        if left_day != day:
+            await connection.execute(text(_EXIT_ITEMS_LEFT_DELETE), page_params)
+            await connection.execute(text(_EXIT_ITEMS_LEFT_WRITE), page_params)
+    await connection.execute(text("SELECT set_config('enable_seqscan', 'on', true)"))
 
 
 async def weeks_to_build(connection: AsyncConnection, limit: int, project_id: int | None = None) -> list[WeekToBuild]:

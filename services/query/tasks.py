@@ -33,8 +33,9 @@ REBUILD_STATEMENT_TIMEOUT_MS = 120_000
 
 @dataclass(frozen=True)
 class RoundOutcome:
-    refreshed: int  # days merged or rebuilt, weeks, goal pair days and retention weeks rebuilt
-    rebuild_s: float  # wall time of the project refreshes that rebuilt a day, and of the weeks rebuilt
+    refreshed: int  # days merged or rebuilt (or a piece built), weeks, goal pair days and retention weeks rebuilt
+    rebuild_s: float  # wall time of the project refreshes that rebuilt a day (or a piece), and of the weeks rebuilt
+    pieces_advanced: bool = False  # a day too large for one rebuild got a piece further (not started over)
 
 
 async def refresh_rollups(engine: AsyncEngine, days_per_round: int, project_id: int | None = None) -> int:
@@ -51,6 +52,7 @@ async def refresh_round(engine: AsyncEngine, days_per_round: int, project_id: in
         projects = await rollup_repository.projects_to_refresh(connection, project_id)
     rebuilt = 0
     rebuild_s = 0.0
+    pieces_advanced = False
     for project in projects:
         started = time.monotonic()
         try:
@@ -62,9 +64,12 @@ async def refresh_round(engine: AsyncEngine, days_per_round: int, project_id: in
             logger.info("rollup refresh of project %s postponed: a day is busy", project.project_id)
             continue
         if outcome is not None:
-            rebuilt += outcome.days
-            if outcome.rebuilt_days:
+            rebuilt += outcome.days + len(outcome.pieces)
+            if outcome.rebuilt_days or outcome.pieces:
                 rebuild_s += time.monotonic() - started
+            pieces_advanced |= any(not piece.restarted for piece in outcome.pieces)
+            for piece in outcome.pieces:
+                log_piece(project.project_id, piece, time.monotonic() - started)
     async with engine.begin() as connection:
         weeks = await rollup_repository.weeks_to_build(connection, days_per_round, project_id)
     for week in weeks:
@@ -96,22 +101,61 @@ async def refresh_round(engine: AsyncEngine, days_per_round: int, project_id: in
             if await rollup_repository.rebuild_retention_week(connection, project_id=week.project_id, week=week.week):
                 rebuilt += 1
                 rebuild_s += time.monotonic() - started
-    return RoundOutcome(rebuilt, rebuild_s)
+    return RoundOutcome(rebuilt, rebuild_s, pieces_advanced)
 
 
 async def refresh_until_current(engine: AsyncEngine, days_per_round: int, project_id: int | None = None) -> int:
     """Rounds until a round rebuilds nothing (days held by another builder are theirs), at most
-    enough rounds for the days changed at the start: under live ingest today keeps changing."""
+    enough rounds for the days changed at the start, not counting the rounds that build a day
+    in pieces while it advances: under live ingest today keeps changing."""
     async with engine.connect() as connection:
         changed = await rollup_repository.count_days_to_build(connection, project_id)
     total = 0
     # Twice the rounds the days need: the weeks they complete are built in rounds of their own.
-    for _ in range(2 * (changed // days_per_round) + 2):
-        rebuilt = await refresh_rollups(engine, days_per_round, project_id)
-        total += rebuilt
-        if rebuilt == 0:
+    rounds = 2 * (changed // days_per_round) + 2
+    while rounds > 0:
+        outcome = await refresh_round(engine, days_per_round, project_id)
+        total += outcome.refreshed
+        if outcome.refreshed == 0:
             break
+        if not outcome.pieces_advanced:
+            rounds -= 1
     return total
+
+
+def log_piece(project_id: int, piece: rollup_repository.PieceProgress, took_s: float) -> None:
+    """How far a day built in pieces got (build_day_piece)."""
+    if piece.done:
+        logger.info(
+            "rollup day %s of project %s built in pieces: last piece of %d events, %d in all (%.1f s)",
+            piece.day,
+            project_id,
+            piece.piece_events,
+            piece.events,
+            took_s,
+        )
+    elif piece.restarted:
+        logger.warning(
+            "rollup day %s of project %s, built in pieces, starts over after %d events: a session on it moved,"
+            " or events arrived behind its pieces",
+            piece.day,
+            project_id,
+            piece.events,
+        )
+    else:
+        assert piece.until is not None
+        share = (piece.until - piece.day_start) / (piece.day_end - piece.day_start)
+        logger.info(
+            "rollup day %s of project %s too large for one rebuild, built in pieces: a piece of %d events,"
+            " %d so far, through %s (%.0f%% of the day's time) (%.1f s)",
+            piece.day,
+            project_id,
+            piece.piece_events,
+            piece.events,
+            piece.until.isoformat(),
+            100 * share,
+            took_s,
+        )
 
 
 def rollup_engine(database: DatabaseSettings) -> AsyncEngine:

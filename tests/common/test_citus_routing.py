@@ -344,3 +344,29 @@ async def test_every_refresh_statement_is_routed_to_one_shard(
     assert "hll_union(c.visitors, excluded.visitors)" in written
     problems = await not_routed(admin_engine, statements)
     assert problems == [], "\n".join(problems)
+
+
+async def test_every_statement_of_a_day_built_in_pieces_is_routed_to_one_shard(
+    db: DatabaseHarness, admin_engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A day too large for one rebuild (bounds made small) built in pieces: the pieces, the last
+    one with the events after the day of the sessions begun on it, and the final count."""
+    from tests.query.test_rollup_pieces import big_day, rounds_until_built, small_pieces
+
+    project = await new_project(db)
+    project_id = int(project["id"])
+    engine = create_engine("query-rollup-test", db.database)
+    try:
+        await insert_events(engine, project_id, [*main_events(), *big_day()])
+        small_pieces(monkeypatch)
+        with recording() as recorded:
+            pieces = await rounds_until_built(engine, project_id)
+        assert len(pieces) > 2
+        assert pieces[-1].done
+    finally:
+        await engine.dispose()
+    written = " ".join(statement for statement, _ in recorded.statements)
+    assert "JOIN query_sessions q ON q.project_id = e.project_id" in written  # the last piece's later events
+    assert "SELECT coalesce(sum(d.events), 0) FROM query_rollup_session_days d" in written  # the final count
+    problems = await not_routed(admin_engine, recorded.statements)
+    assert problems == [], "\n".join(problems)

@@ -9,9 +9,10 @@ row touches the day.
 
 from __future__ import annotations
 
+import uuid
 from datetime import date, datetime
 
-from sqlalchemy import BigInteger, Boolean, Date, DateTime, func, text
+from sqlalchemy import BigInteger, Boolean, Date, DateTime, Uuid, func, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from services.common.models.base import Base
@@ -29,3 +30,11 @@ class QueryRollupDay(Base):
     # Migration 0900: the day's exit-page items lag its session days (merges into the project's
     # latest day leave them; the refresher remakes them once a later day has events).
     exit_items_stale: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
+    # Migration 1140: a day too large for one rebuild, built in pieces (rollup_repository's
+    # build_day_piece): its events before the key (`piece_until`, `piece_until_uuid`)
+    # (`piece_events` of them) are in its rollups, built from `changes` = `piece_changes`. NULL
+    # while not in pieces.
+    piece_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    piece_until_uuid: Mapped[uuid.UUID | None] = mapped_column(Uuid)
+    piece_changes: Mapped[int | None] = mapped_column(BigInteger)
+    piece_events: Mapped[int | None] = mapped_column(BigInteger)
