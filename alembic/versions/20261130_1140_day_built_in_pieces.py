@@ -10,7 +10,7 @@ events that is, and ``piece_changes`` the day's ``changes`` when it began: a del
 bumps ``changes``, and the day starts over. All are NULL while no day is being built in pieces (and once it is built).
 
 Revision ID: 1140
-Revises: 1000
+Revises: 1100
 Create Date: 2026-11-30
 """
 
@@ -21,7 +21,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "1140"
-down_revision: str | None = "1000"
+down_revision: str | None = "1100"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
