@@ -360,15 +360,29 @@ def _touched_sessions(citus: bool) -> str:
 # Step 3a: the touched sessions as they are now (query_sessions, with the union of the folded
 # and the new pages, domains, event names), read once into query_rollup_sessions_staged: the
 # cubes and the folded rows are written from it by separate statements (migration 0760).
+#
+# The new events are grouped per session by sorting them (an aggregate with DISTINCT is never
+# hashed), and that sort, on the database's C.UTF-8 collation, compared every pair of session
+# ids through strcoll with no abbreviated keys: most of the statement's CPU. Sorted and made
+# distinct under "C" (byte order, abbreviated keys), then given back the default collation: the
+# groups and the elements are the same (C.UTF-8 is deterministic; equal means equal bytes), and
+# the union below sorts the arrays again under the default collation, so the staged rows are
+# the same (docs/benchmarks.md, branch refcpu5).
+_C = 'COLLATE "C"'
+_DEFAULT = 'COLLATE "default"'
+
+
 def _stage_sessions_sql(citus: bool) -> str:
     return (
         f"INSERT INTO query_rollup_sessions_staged (project_id, {_FOLDED_COLUMNS})"
         " SELECT q.project_id, q.session_id, (q.started_at AT TIME ZONE :timezone)::date, q.started_at, q.first_uuid,"
         f" q.entry_uuid, q.ended_at, q.pageviews, q.events, q.entry_page, q.exit_page, {_visits_of('q')},"
         f" {_union('pages', 'pages')}, {_union('domains', 'domains')}, {_union('event_names', 'names')}"
-        " FROM (SELECT e.project_id, e.session_id, array_agg(DISTINCT e.path) AS pages,"
-        " array_agg(DISTINCT e.domain) AS domains, array_agg(DISTINCT e.name) AS names"
-        f" FROM query_rollup_events_staged e WHERE {_STAGED_EVENTS_WHERE} GROUP BY e.project_id, e.session_id) n"
+        f" FROM (SELECT e.project_id, (e.session_id {_C}) {_DEFAULT} AS session_id,"
+        f" array_agg(DISTINCT e.path {_C}) {_DEFAULT} AS pages,"
+        f" array_agg(DISTINCT e.domain {_C}) {_DEFAULT} AS domains,"
+        f" array_agg(DISTINCT e.name {_C}) {_DEFAULT} AS names FROM query_rollup_events_staged e"
+        f" WHERE {_STAGED_EVENTS_WHERE} GROUP BY e.project_id, (e.session_id {_C})) n"
         f"{_touched_sessions(citus)}"
         f" WHERE q.project_id = :project_id AND (q.started_at AT TIME ZONE :timezone)::date {_SKIPPED}"
     )
@@ -536,12 +550,20 @@ SESSION_DAY_EVENT_NAMES = (
 # merged, the costliest statement of a merge after the event-name cube (docs/benchmarks.md,
 # branch refcpu3). The same counts and elements (a batch's paths in no particular order: the
 # readers unnest them).
+#
+# Each session day also gets its session's exit page and visit (staged) here, the move's work
+# (_SESSION_DAYS_MOVE) for the session days the batch has events on: under live ingest nearly
+# every touched session has a new exit page each round, and the move rewrote each row this
+# merge had just written (a second tuple with its ten index entries: the exit page, the key and
+# 0920's eight visit indexes). The move is left the session days without new events. A session
+# day of a session with no row (none staged) gets no exit page or visit, as a new one did.
 _SESSION_DAY_KEY = "project_id, day, session_id, distinct_id"
+_SESSION_DAY_PLACE = f"exit_page, {_VISIT_COLUMNS}"
 _SESSION_DAYS_MERGE = (
     "INSERT INTO query_rollup_session_days AS d"
-    " (project_id, day, session_id, distinct_id, pageviews, events, pages, event_names)"
+    f" (project_id, day, session_id, distinct_id, pageviews, events, pages, event_names, {_SESSION_DAY_PLACE})"
     " SELECT c.project_id, c.day, c.session_id, c.distinct_id, c.pageviews, c.events, c.pages,"
-    " coalesce(n.names, CAST('{}' AS text[]))"
+    f" coalesce(n.names, CAST('{{}}' AS text[])), st.exit_page, {_visits_of('st')}"
     " FROM (SELECT p.project_id, p.day, p.session_id, p.distinct_id, sum(p.pv) AS pageviews, sum(p.ev) AS events,"
     " array_agg(p.path) AS pages FROM (SELECT e.project_id, e.day, e.session_id, e.distinct_id, e.path,"
     " count(*) FILTER (WHERE e.name = 'pageview') AS pv, count(*) AS ev"
@@ -554,9 +576,12 @@ _SESSION_DAYS_MERGE = (
     f" GROUP BY e.{_SESSION_DAY_KEY.replace(', ', ', e.')}) n"
     " ON n.project_id = c.project_id AND n.day = c.day AND n.session_id = c.session_id"
     " AND n.distinct_id = c.distinct_id"
+    " LEFT JOIN query_rollup_sessions_staged st ON st.project_id = c.project_id AND st.session_id = c.session_id"
+    " AND st.project_id = :project_id"
     " ON CONFLICT (project_id, day, session_id, distinct_id) DO UPDATE"
     " SET pageviews = d.pageviews + excluded.pageviews, events = d.events + excluded.events,"
-    " pages = d.pages || excluded.pages, event_names = d.event_names || excluded.event_names"
+    " pages = d.pages || excluded.pages, event_names = d.event_names || excluded.event_names, "
+    + ", ".join(f"{name} = excluded.{name}" for name in _SESSION_DAY_PLACE.split(", "))
 )
 
 _FOLDED_MERGE = (
@@ -604,6 +629,14 @@ _EXIT_OLD = _merge_into(
 # project's session days of every day, (project_id, session_id) matched inside the index: under
 # the 5000-visitor load ~110 pages per session, the day's size times the batch's sessions, the
 # largest statement cost of a merge after the cubes (docs/benchmarks.md, branch refcpu2).
+#
+# Joined with no nested loop (refresh_project prices them out for _EXIT_PAGES_LEFT and the move):
+# the staged sessions are hashed and the session days read once. On a new project's statistics
+# (a row or two for its day) every (project_id, day, ...) index of the session days costs the
+# same as the key's, 0920's eight visit indexes included; a nested loop probing the day through
+# one of those per staged session, the session a filter, would read the whole day once per
+# session: the day's size times the batch's sessions. That is the likely shape of the 3.9-5.4 s
+# moves refcpu3 saw under the 5000-visitor load (not reproduced; docs/benchmarks.md, refcpu5).
 _SESSION_DAYS_STAGED = (
     "st.project_id = sd.project_id AND st.project_id = :project_id"
     " AND st.session_id = sd.session_id AND sd.project_id = :project_id AND sd.day = CAST(:day AS date)"
@@ -618,7 +651,8 @@ _EXIT_PAGES_LEFT = (
     f" WHERE {_SESSION_DAYS_STAGED}"
 )
 # After the new events' session days are added: every session day of a touched session under its
-# session's exit page and visit now.
+# session's exit page and visit now (those with new events were put there by the merge; the rest:
+# a session's other days and visitors).
 _SESSION_DAYS_MOVE = (
     "UPDATE query_rollup_session_days sd SET exit_page = st.exit_page, "
     + ", ".join(f"{name} = st.{name}" for name in VISIT_DIMENSIONS)
@@ -1052,11 +1086,16 @@ async def refresh_project(
             )
             # Exit pages: the pages touched sessions leave, their old rows out, the session days
             # moved and grown, their rows in (see _EXIT_OLD); the folded rows replaced last.
+            #
+            # The pages left and the move join the staged sessions to their session days with nested
+            # loops priced out (see _SESSION_DAYS_STAGED).
+            await connection.execute(text("SELECT set_config('enable_nestloop', 'off', true)"))
             pages_left: dict[date, set[str | None]] = {}
             for day in sorted(merged):
                 left = await connection.execute(text(_EXIT_PAGES_LEFT), {**params, "day": day})
                 for row in left:
                     pages_left.setdefault(row.day, set()).add(row.exit_page)
+            await connection.execute(text("SELECT set_config('enable_nestloop', 'on', true)"))
             # The exit-page items of the merged days but the latest (its items are left stale).
             params["item_days"] = sorted(day for day in merged if day != latest)
             await connection.execute(text(_EXIT_OLD), params)
@@ -1070,11 +1109,10 @@ async def refresh_project(
                 text("SELECT set_config('enable_sort', 'off', true), set_config('enable_nestloop', 'off', true)")
             )
             await connection.execute(text(_SESSION_DAYS_MERGE), params)
-            await connection.execute(
-                text("SELECT set_config('enable_sort', 'on', true), set_config('enable_nestloop', 'on', true)")
-            )
+            await connection.execute(text("SELECT set_config('enable_sort', 'on', true)"))
             for day in sorted(merged):
                 await connection.execute(text(_SESSION_DAYS_MOVE), {**params, "day": day})
+            await connection.execute(text("SELECT set_config('enable_nestloop', 'on', true)"))
             await connection.execute(text(_EXIT_NEW), params)
             if params["item_days"]:
                 await connection.execute(text(_EXIT_ITEMS_NEW), params)
