@@ -388,6 +388,28 @@ def _stage_sessions_sql(citus: bool) -> str:
     )
 
 
+# The staged sessions' days (start, end, folded) and whether the session moved (a new first or
+# entry event: its folded rows cannot be corrected by adding), the folded row found as in
+# _touched_sessions.
+def _staged_session_days_sql(citus: bool) -> str:
+    folded = (
+        " LEFT JOIN query_rollup_sessions_folded f ON f.project_id = st.project_id"
+        " AND f.session_id = st.session_id AND f.project_id = :project_id"
+        if citus
+        else " LEFT JOIN LATERAL (SELECT * FROM query_rollup_sessions_folded f WHERE f.project_id = st.project_id"
+        " AND f.session_id = st.session_id LIMIT 1) f ON true"
+    )
+    return (
+        "SELECT st.session_id, st.day AS start_day, (st.ended_at AT TIME ZONE :timezone)::date AS end_day,"
+        " f.day AS folded_day, (f.session_id IS NOT NULL AND (f.first_uuid <> st.first_uuid"
+        " OR f.started_at <> st.started_at OR f.entry_uuid IS DISTINCT FROM st.entry_uuid)) AS moved"
+        f" FROM query_rollup_sessions_staged st{folded} WHERE st.project_id = :project_id"
+    )
+
+
+_STAGED_SESSION_DAYS_SQL = {citus: _staged_session_days_sql(citus) for citus in (False, True)}
+
+
 @dataclass(frozen=True)
 class _Fixed:
     """How a merged cube's fixed column is read: from a new event (`e`, a staged event) or, with
@@ -1008,27 +1030,25 @@ async def refresh_project(
             await connection.execute(text(_stage_events_sql(len(ranges))), range_params)
         from_empty = await _days_to_merge_from_empty(connection, project_id, timezone, unbuilt - unbuildable, changes)
         unbuilt -= from_empty
-        sessions = await connection.execute(
-            text(
-                "SELECT q.session_id, (q.started_at AT TIME ZONE :timezone)::date AS start_day,"
-                " (q.ended_at AT TIME ZONE :timezone)::date AS end_day, f.day AS folded_day,"
-                " (f.session_id IS NOT NULL AND (f.first_uuid <> q.first_uuid OR f.started_at <> q.started_at"
-                " OR f.entry_uuid IS DISTINCT FROM q.entry_uuid)) AS moved"
-                " FROM (SELECT DISTINCT e.project_id, e.session_id FROM query_rollup_events_staged e"
-                f" WHERE {_STAGED_EVENTS_WHERE}) n"
-                f"{_touched_sessions(citus)}"
-                " WHERE q.project_id = :project_id"
-            ),
-            params,
-        )
+        # Every statement from here to the end of the merge reads and writes by key. Right after a
+        # burst the tables' statistics are stale: the planner could pick a scan per key (seen as a
+        # timeout in the suite, 6,000 events). Scans are priced out for these statements only
+        # (where no index serves, Postgres still scans).
+        await connection.execute(text("SELECT set_config('enable_seqscan', 'off', true)"))
+        # The touched sessions' new state read once (step 3a), before the days to merge are known:
+        # the sessions of days left unbuilt are deleted from it below. The days are read from it,
+        # not from the staged events again (a scan and a hash of the whole batch).
+        await connection.execute(text(_stage_sessions_sql(citus)), {**params, "skip": []})
+        sessions = await connection.execute(text(_STAGED_SESSION_DAYS_SQL[citus]), params)
         moved_days: set[date] = set()
         new_event_sessions: list[str] = []
         for session in sessions:
             new_event_sessions.append(session.session_id)
             first = min(session.start_day, session.folded_day or session.start_day)
             span = _days_between(first, session.end_day)
-            # A session whose start day is not built is not staged (its session row lives
-            # there): its other days cannot move its session days to its new exit page.
+            # A session whose start day is not built is not merged (its session row lives
+            # there; its staged row is deleted below): its other days cannot move its session
+            # days to its new exit page.
             if session.moved or session.start_day in unbuilt:
                 moved_days.update(span)
             else:
@@ -1040,17 +1060,20 @@ async def refresh_project(
         await _try_lock_days(connection, project_id, merged | unbuilt)
         params["skip"] = sorted(unbuilt)
         params["sessions"] = sorted(new_event_sessions)
+        if unbuilt and merged:
+            # A session whose start day is not built is not merged (its session row lives there).
+            await connection.execute(
+                text(
+                    "DELETE FROM query_rollup_sessions_staged WHERE project_id = :project_id"
+                    " AND day = ANY(CAST(:skip AS date[]))"
+                ),
+                params,
+            )
         if merged:
             # Every new event and touched session lies on a merged or an unbuilt day: with none
             # merged (a load into days never built) each statement below would write nothing.
-            # Every statement reads and writes by key. Right after a burst the tables' statistics
-            # are stale: the planner could pick a scan per key (seen as a timeout in the suite,
-            # 6,000 events). Scans are priced out for these statements only (where no index serves,
-            # Postgres still scans).
-            await connection.execute(text("SELECT set_config('enable_seqscan', 'off', true)"))
-            # The sessions' new state read once; every cube merge reads it and the folded rows as
+            # The staged sessions' new state: every cube merge reads it and the folded rows as
             # they were (old), then the folded rows are replaced, last.
-            await connection.execute(text(_stage_sessions_sql(citus)), params)
             params["days"] = sorted(merged)
             # The staged tables are empty between merges, so their statistics say a row or two:
             # each cube merge probed the staged sessions once per event (nested loop) and sorted
@@ -1142,7 +1165,11 @@ async def refresh_project(
                 if day != latest:
                     await connection.execute(text(_EXIT_ITEMS_LEFT_DELETE), page_params)
                     await connection.execute(text(_EXIT_ITEMS_LEFT_WRITE), page_params)
-            await connection.execute(text("SELECT set_config('enable_seqscan', 'on', true)"))
+        else:
+            await connection.execute(
+                text("DELETE FROM query_rollup_sessions_staged WHERE project_id = :project_id"), params
+            )
+        await connection.execute(text("SELECT set_config('enable_seqscan', 'on', true)"))
         await connection.execute(
             text("DELETE FROM query_rollup_events_staged WHERE project_id = :project_id"), {"project_id": project_id}
         )
