@@ -316,9 +316,14 @@ def event_key(occurred_at: datetime, event_uuid: UUID) -> str:
     return f"{event_uuid}@{micros}"
 
 
+# A folded set grown by the batch's elements: sorted and distinct (default collation), as every
+# writer of the folded rows leaves it. A folded set that already holds every new element (the
+# common case under live ingest: a session's pages, domains and event names repeat) is kept as
+# it is, not unnested and sorted again per session: the same array.
 def _union(column: str, new: str) -> str:
     return (
-        f"ARRAY(SELECT DISTINCT x FROM unnest(coalesce(f.{column}, CAST('{{}}' AS text[])) || n.{new}) AS x ORDER BY 1)"
+        f"CASE WHEN f.{column} @> n.{new} THEN f.{column} ELSE ARRAY(SELECT DISTINCT x"
+        f" FROM unnest(coalesce(f.{column}, CAST('{{}}' AS text[])) || n.{new}) AS x ORDER BY 1) END"
     )
 
 
