@@ -203,14 +203,16 @@ async def count_days_to_build(connection: AsyncConnection, project_id: int | Non
 #    the markers' `changes` are those of exactly the batches taken. A batch that commits later
 #    is taken next time.
 # 2. The taken events are read once from events into query_rollup_events_staged (migration
-#    0820); every statement below reads them there. Sessions whose first event or entry
-#    pageview moved (an earlier event arrived late), or whose start day is unbuilt, make their
-#    days unbuildable: their visit attributes, or the day of their session row, changed under
-#    rows already written, or their session row is not there to replace, and a sketch cannot
-#    take a visitor out. Those days are rebuilt (step 5), except a never-built latest day all of
-#    whose events were taken: it is emptied and merged (_days_to_merge_from_empty). More
-#    than MAX_MERGED_EVENTS waiting, and more than BULK_SHARE_OF_DAYS of what their days hold
-#    (a bulk load, `_is_bulk`), make every changed day unbuildable.
+#    0820); every statement below reads them there. The touched sessions are staged next
+#    (query_rollup_sessions_staged, step 3a) and their days read from there. Sessions whose
+#    first event or entry pageview moved (an earlier event arrived late), or whose start day is
+#    unbuilt, make their days unbuildable: their visit attributes, or the day of their session
+#    row, changed under rows already written, or their session row is not there to replace, and
+#    a sketch cannot take a visitor out. Those days are rebuilt (step 5), except a never-built
+#    latest day all of whose events were taken: it is emptied and merged
+#    (_days_to_merge_from_empty). More than MAX_MERGED_EVENTS waiting, and more than
+#    BULK_SHARE_OF_DAYS of what their days hold (a bulk load, `_is_bulk`), make every changed
+#    day unbuildable.
 # 3. Every other day gets the new events' rows added (counts summed, visitors unioned) and each
 #    touched session's old row (query_rollup_sessions_folded) replaced by its new one
 #    (subtracted, added); the sessions' pages, domains and event names are the union of
@@ -218,8 +220,9 @@ async def count_days_to_build(connection: AsyncConnection, project_id: int | Non
 # 4. Exit pages (migration 0820): a new pageview moves a session's earlier events to its new
 #    exit page. Each touched session's session days (query_rollup_session_days: per day,
 #    session and visitor, the pageviews and events folded, under the exit page and visit they
-#    were folded with) are subtracted, grown by the new events, moved to the session's new exit
-#    page and added back; its session row replaced as in step 3. A sketch cannot take a
+#    were folded with) are subtracted, grown by the new events and moved to the session's new
+#    exit page (one write: _SESSION_DAYS_MERGE; the others by _SESSION_DAYS_MOVE) and added
+#    back; its session row replaced as in step 3. A sketch cannot take a
 #    visitor out, so the sketches of the (day, exit page) pairs the touched sessions left are
 #    recomputed from those pages' session days (_EXIT_VISITORS): the one part that reads more
 #    than what changed, the visitors of the pages left, not the whole day joined to its
