@@ -234,14 +234,16 @@ async def count_days_to_build(connection: AsyncConnection, project_id: int | Non
 #    is taken next time.
 # 2. The taken events are read once from events into query_rollup_events_staged (migration
 #    0820); every statement below reads them there, or their counts per (day, session, visitor,
-#    domain, hour) in query_rollup_events_counted (migration 1100, _COUNT_EVENTS). Sessions whose first event or entry
-#    pageview moved (an earlier event arrived late), or whose start day is unbuilt, make their
-#    days unbuildable: their visit attributes, or the day of their session row, changed under
-#    rows already written, or their session row is not there to replace, and a sketch cannot
-#    take a visitor out. Those days are rebuilt (step 5), except a never-built latest day all of
-#    whose events were taken: it is emptied and merged (_days_to_merge_from_empty). More
-#    than MAX_MERGED_EVENTS waiting, and more than BULK_SHARE_OF_DAYS of what their days hold
-#    (a bulk load, `_is_bulk`), make every changed day unbuildable.
+#    domain, hour) in query_rollup_events_counted (migration 1100, _COUNT_EVENTS). The touched
+#    sessions are staged next (query_rollup_sessions_staged, step 3a) and their days read from
+#    there. Sessions whose first event or entry pageview moved (an earlier event arrived late),
+#    or whose start day is unbuilt, make their days unbuildable: their visit attributes, or the
+#    day of their session row, changed under rows already written, or their session row is not
+#    there to replace, and a sketch cannot take a visitor out. Those days are rebuilt (step 5),
+#    except a never-built latest day all of whose events were taken: it is emptied and merged
+#    (_days_to_merge_from_empty). More than MAX_MERGED_EVENTS waiting, and more than
+#    BULK_SHARE_OF_DAYS of what their days hold (a bulk load, `_is_bulk`), make every changed
+#    day unbuildable.
 # 3. Every other day gets the new events' rows added (counts summed, visitors unioned) and each
 #    touched session's old row (query_rollup_sessions_folded) replaced by its new one
 #    (subtracted, added); the sessions' pages, domains and event names are the union of
@@ -249,8 +251,9 @@ async def count_days_to_build(connection: AsyncConnection, project_id: int | Non
 # 4. Exit pages (migration 0820): a new pageview moves a session's earlier events to its new
 #    exit page. Each touched session's session days (query_rollup_session_days: per day,
 #    session and visitor, the pageviews and events folded, under the exit page and visit they
-#    were folded with) are subtracted, grown by the new events, moved to the session's new exit
-#    page and added back; its session row replaced as in step 3. A sketch cannot take a
+#    were folded with) are subtracted, grown by the new events and moved to the session's new
+#    exit page (one write: _SESSION_DAYS_MERGE; the others by _SESSION_DAYS_MOVE) and added
+#    back; its session row replaced as in step 3. A sketch cannot take a
 #    visitor out, so the sketches of the (day, exit page) pairs the touched sessions left are
 #    recomputed from those pages' session days (_EXIT_VISITORS): the one part that reads more
 #    than what changed, the visitors of the pages left, not the whole day joined to its
@@ -349,9 +352,14 @@ def event_key(occurred_at: datetime, event_uuid: UUID) -> str:
     return f"{event_uuid}@{micros}"
 
 
+# A folded set grown by the batch's elements: sorted and distinct (default collation), as every
+# writer of the folded rows leaves it. A folded set that already holds every new element (the
+# common case under live ingest: a session's pages, domains and event names repeat) is kept as
+# it is, not unnested and sorted again per session: the same array.
 def _union(column: str, new: str) -> str:
     return (
-        f"ARRAY(SELECT DISTINCT x FROM unnest(coalesce(f.{column}, CAST('{{}}' AS text[])) || n.{new}) AS x ORDER BY 1)"
+        f"CASE WHEN f.{column} @> n.{new} THEN f.{column} ELSE ARRAY(SELECT DISTINCT x"
+        f" FROM unnest(coalesce(f.{column}, CAST('{{}}' AS text[])) || n.{new}) AS x ORDER BY 1) END"
     )
 
 
@@ -393,18 +401,54 @@ def _touched_sessions(citus: bool) -> str:
 # Step 3a: the touched sessions as they are now (query_sessions, with the union of the folded
 # and the new pages, domains, event names), read once into query_rollup_sessions_staged: the
 # cubes and the folded rows are written from it by separate statements (migration 0760).
+#
+# The new events are grouped per session by sorting them (an aggregate with DISTINCT is never
+# hashed), and that sort, on the database's C.UTF-8 collation, compared every pair of session
+# ids through strcoll with no abbreviated keys: most of the statement's CPU. Sorted and made
+# distinct under "C" (byte order, abbreviated keys), then given back the default collation: the
+# groups and the elements are the same (C.UTF-8 is deterministic; equal means equal bytes), and
+# the union below sorts the arrays again under the default collation, so the staged rows are
+# the same (docs/benchmarks.md, branch refcpu5).
+_C = 'COLLATE "C"'
+_DEFAULT = 'COLLATE "default"'
+
+
 def _stage_sessions_sql(citus: bool) -> str:
     return (
         f"INSERT INTO query_rollup_sessions_staged (project_id, {_FOLDED_COLUMNS})"
         " SELECT q.project_id, q.session_id, (q.started_at AT TIME ZONE :timezone)::date, q.started_at, q.first_uuid,"
         f" q.entry_uuid, q.ended_at, q.pageviews, q.events, q.entry_page, q.exit_page, {_visits_of('q')},"
         f" {_union('pages', 'pages')}, {_union('domains', 'domains')}, {_union('event_names', 'names')}"
-        " FROM (SELECT e.project_id, e.session_id, array_agg(DISTINCT e.path) AS pages,"
-        " array_agg(DISTINCT e.domain) AS domains, array_agg(DISTINCT e.name) AS names"
-        f" FROM query_rollup_events_staged e WHERE {_STAGED_EVENTS_WHERE} GROUP BY e.project_id, e.session_id) n"
+        f" FROM (SELECT e.project_id, (e.session_id {_C}) {_DEFAULT} AS session_id,"
+        f" array_agg(DISTINCT e.path {_C}) {_DEFAULT} AS pages,"
+        f" array_agg(DISTINCT e.domain {_C}) {_DEFAULT} AS domains,"
+        f" array_agg(DISTINCT e.name {_C}) {_DEFAULT} AS names FROM query_rollup_events_staged e"
+        f" WHERE {_STAGED_EVENTS_WHERE} GROUP BY e.project_id, (e.session_id {_C})) n"
         f"{_touched_sessions(citus)}"
         f" WHERE q.project_id = :project_id AND (q.started_at AT TIME ZONE :timezone)::date {_SKIPPED}"
     )
+
+
+# The staged sessions' days (start, end, folded) and whether the session moved (a new first or
+# entry event: its folded rows cannot be corrected by adding), the folded row found as in
+# _touched_sessions.
+def _staged_session_days_sql(citus: bool) -> str:
+    folded = (
+        " LEFT JOIN query_rollup_sessions_folded f ON f.project_id = st.project_id"
+        " AND f.session_id = st.session_id AND f.project_id = :project_id"
+        if citus
+        else " LEFT JOIN LATERAL (SELECT * FROM query_rollup_sessions_folded f WHERE f.project_id = st.project_id"
+        " AND f.session_id = st.session_id LIMIT 1) f ON true"
+    )
+    return (
+        "SELECT st.session_id, st.day AS start_day, (st.ended_at AT TIME ZONE :timezone)::date AS end_day,"
+        " f.day AS folded_day, (f.session_id IS NOT NULL AND (f.first_uuid <> st.first_uuid"
+        " OR f.started_at <> st.started_at OR f.entry_uuid IS DISTINCT FROM st.entry_uuid)) AS moved"
+        f" FROM query_rollup_sessions_staged st{folded} WHERE st.project_id = :project_id"
+    )
+
+
+_STAGED_SESSION_DAYS_SQL = {citus: _staged_session_days_sql(citus) for citus in (False, True)}
 
 
 @dataclass(frozen=True)
@@ -628,12 +672,20 @@ SESSION_DAY_EVENT_NAMES = (
 # merged, the costliest statement of a merge after the event-name cube (docs/benchmarks.md,
 # branch refcpu3). The same counts and elements (a batch's paths in no particular order: the
 # readers unnest them).
+#
+# Each session day also gets its session's exit page and visit (staged) here, the move's work
+# (_SESSION_DAYS_MOVE) for the session days the batch has events on: under live ingest nearly
+# every touched session has a new exit page each round, and the move rewrote each row this
+# merge had just written (a second tuple with its ten index entries: the exit page, the key and
+# 0920's eight visit indexes). The move is left the session days without new events. A session
+# day of a session with no row (none staged) gets no exit page or visit, as a new one did.
 _SESSION_DAY_KEY = "project_id, day, session_id, distinct_id"
+_SESSION_DAY_PLACE = f"exit_page, {_VISIT_COLUMNS}"
 _SESSION_DAYS_MERGE = (
     "INSERT INTO query_rollup_session_days AS d"
-    " (project_id, day, session_id, distinct_id, pageviews, events, pages, event_names)"
+    f" (project_id, day, session_id, distinct_id, pageviews, events, pages, event_names, {_SESSION_DAY_PLACE})"
     " SELECT c.project_id, c.day, c.session_id, c.distinct_id, c.pageviews, c.events, c.pages,"
-    " coalesce(n.names, CAST('{}' AS text[]))"
+    f" coalesce(n.names, CAST('{{}}' AS text[])), st.exit_page, {_visits_of('st')}"
     " FROM (SELECT p.project_id, p.day, p.session_id, p.distinct_id, sum(p.pv) AS pageviews, sum(p.ev) AS events,"
     " array_agg(p.path) AS pages FROM (SELECT e.project_id, e.day, e.session_id, e.distinct_id, e.path,"
     " count(*) FILTER (WHERE e.name = 'pageview') AS pv, count(*) AS ev"
@@ -646,9 +698,12 @@ _SESSION_DAYS_MERGE = (
     f" GROUP BY e.{_SESSION_DAY_KEY.replace(', ', ', e.')}) n"
     " ON n.project_id = c.project_id AND n.day = c.day AND n.session_id = c.session_id"
     " AND n.distinct_id = c.distinct_id"
+    " LEFT JOIN query_rollup_sessions_staged st ON st.project_id = c.project_id AND st.session_id = c.session_id"
+    " AND st.project_id = :project_id"
     " ON CONFLICT (project_id, day, session_id, distinct_id) DO UPDATE"
     " SET pageviews = d.pageviews + excluded.pageviews, events = d.events + excluded.events,"
-    " pages = d.pages || excluded.pages, event_names = d.event_names || excluded.event_names"
+    " pages = d.pages || excluded.pages, event_names = d.event_names || excluded.event_names, "
+    + ", ".join(f"{name} = excluded.{name}" for name in _SESSION_DAY_PLACE.split(", "))
 )
 
 _FOLDED_MERGE = (
@@ -696,6 +751,14 @@ _EXIT_OLD = _merge_into(
 # project's session days of every day, (project_id, session_id) matched inside the index: under
 # the 5000-visitor load ~110 pages per session, the day's size times the batch's sessions, the
 # largest statement cost of a merge after the cubes (docs/benchmarks.md, branch refcpu2).
+#
+# Joined with no nested loop (refresh_project prices them out for _EXIT_PAGES_LEFT and the move):
+# the staged sessions are hashed and the session days read once. On a new project's statistics
+# (a row or two for its day) every (project_id, day, ...) index of the session days costs the
+# same as the key's, 0920's eight visit indexes included; a nested loop probing the day through
+# one of those per staged session, the session a filter, would read the whole day once per
+# session: the day's size times the batch's sessions. That is the likely shape of the 3.9-5.4 s
+# moves refcpu3 saw under the 5000-visitor load (not reproduced; docs/benchmarks.md, refcpu5).
 _SESSION_DAYS_STAGED = (
     "st.project_id = sd.project_id AND st.project_id = :project_id"
     " AND st.session_id = sd.session_id AND sd.project_id = :project_id AND sd.day = CAST(:day AS date)"
@@ -710,7 +773,8 @@ _EXIT_PAGES_LEFT = (
     f" WHERE {_SESSION_DAYS_STAGED}"
 )
 # After the new events' session days are added: every session day of a touched session under its
-# session's exit page and visit now.
+# session's exit page and visit now (those with new events were put there by the merge; the rest:
+# a session's other days and visitors).
 _SESSION_DAYS_MOVE = (
     "UPDATE query_rollup_session_days sd SET exit_page = st.exit_page, "
     + ", ".join(f"{name} = st.{name}" for name in VISIT_DIMENSIONS)
@@ -1074,19 +1138,16 @@ async def refresh_project(
         await connection.execute(text("SELECT set_config('enable_sort', 'on', true)"))
         from_empty = await _days_to_merge_from_empty(connection, project_id, timezone, unbuilt - unbuildable, changes)
         unbuilt -= from_empty
-        sessions = await connection.execute(
-            text(
-                "SELECT q.session_id, (q.started_at AT TIME ZONE :timezone)::date AS start_day,"
-                " (q.ended_at AT TIME ZONE :timezone)::date AS end_day, f.day AS folded_day,"
-                " (f.session_id IS NOT NULL AND (f.first_uuid <> q.first_uuid OR f.started_at <> q.started_at"
-                " OR f.entry_uuid IS DISTINCT FROM q.entry_uuid)) AS moved"
-                " FROM (SELECT DISTINCT e.project_id, e.session_id FROM query_rollup_events_counted e"
-                f" WHERE {_STAGED_EVENTS_WHERE}) n"
-                f"{_touched_sessions(citus)}"
-                " WHERE q.project_id = :project_id"
-            ),
-            params,
-        )
+        # Every statement from here to the end of the merge reads and writes by key. Right after a
+        # burst the tables' statistics are stale: the planner could pick a scan per key (seen as a
+        # timeout in the suite, 6,000 events). Scans are priced out for these statements only
+        # (where no index serves, Postgres still scans).
+        await connection.execute(text("SELECT set_config('enable_seqscan', 'off', true)"))
+        # The touched sessions' new state read once (step 3a), before the days to merge are known:
+        # the sessions of days left unbuilt are deleted from it below. The days are read from it,
+        # not from the staged events again (a scan and a hash of the whole batch).
+        await connection.execute(text(_stage_sessions_sql(citus)), {**params, "skip": []})
+        sessions = await connection.execute(text(_STAGED_SESSION_DAYS_SQL[citus]), params)
         moved_days: set[date] = set()
         new_event_sessions: list[str] = []
         for session in sessions:
@@ -1096,8 +1157,9 @@ async def refresh_project(
             if session.moved:
                 # A day being built in pieces holds rows of this session's old visit: it starts over.
                 restart_pieces.update(span)
-            # A session whose start day is not built is not staged (its session row lives
-            # there): its other days cannot move its session days to its new exit page.
+            # A session whose start day is not built is not merged (its session row lives
+            # there; its staged row is deleted below): its other days cannot move its session
+            # days to its new exit page.
             if session.moved or session.start_day in unbuilt:
                 moved_days.update(span)
             else:
@@ -1109,109 +1171,30 @@ async def refresh_project(
         await _try_lock_days(connection, project_id, merged | unbuilt)
         params["skip"] = sorted(unbuilt)
         params["sessions"] = sorted(new_event_sessions)
+        if unbuilt and merged:
+            # A session whose start day is not built is not merged (its session row lives there).
+            await connection.execute(
+                text(
+                    "DELETE FROM query_rollup_sessions_staged WHERE project_id = :project_id"
+                    " AND day = ANY(CAST(:skip AS date[]))"
+                ),
+                params,
+            )
         if merged:
             # Every new event and touched session lies on a merged or an unbuilt day: with none
             # merged (a load into days never built) each statement below would write nothing.
-            # Every statement reads and writes by key. Right after a burst the tables' statistics
-            # are stale: the planner could pick a scan per key (seen as a timeout in the suite,
-            # 6,000 events). Scans are priced out for these statements only (where no index serves,
-            # Postgres still scans).
-            await connection.execute(text("SELECT set_config('enable_seqscan', 'off', true)"))
-            # The sessions' new state read once; every cube merge reads it and the folded rows as
+            # The staged sessions' new state: every cube merge reads it and the folded rows as
             # they were (old), then the folded rows are replaced, last.
-            await connection.execute(text(_stage_sessions_sql(citus)), params)
             params["days"] = sorted(merged)
-            # The staged tables are empty between merges, so their statistics say a row or two:
-            # each cube merge probed the staged sessions once per event (nested loop) and sorted
-            # its rows twice on a dozen text keys (C.UTF-8: no abbreviated keys), where a hash
-            # join and hash aggregates serve at any size. Priced out for the cube merges only:
-            # a 70,792-event batch of the 5000-visitor load's took 1.07 s of CPU in the eight cube
-            # merges instead of 2.75 s (docs/benchmarks.md, branch refcpu2). ANALYZE of the staged
-            # rows did less well, and would keep sampled session ids in pg_statistic after the
-            # merge, out of erasure's reach.
-            #
-            # The grouping sets of a cube are hashed, one table per grain (37 for the event-name
-            # cube), in MERGE_WORK_MEM: within the stack's 32MB work_mem the planner hashed only
-            # some of them and sorted the partial rows (90,000 per 140,000 events, on eleven text
-            # keys) for the others, and the hash tables spilled to disk (docs/benchmarks.md,
-            # branch refcpu3). The memory is taken as the tables grow: ~90MB for a 140,000-event
-            # batch of the 5000-visitor load, one backend, for these statements only.
-            work_mem = await connection.execute(
-                text(
-                    "SELECT current_setting('work_mem'), set_config('work_mem', :work_mem, true),"
-                    " set_config('enable_sort', 'off', true), set_config('enable_nestloop', 'off', true)"
-                ),
-                {"work_mem": MERGE_WORK_MEM},
-            )
-            previous_work_mem = work_mem.scalar_one()
-            for cube in _MERGED_CUBES:
-                await connection.execute(text(_merge_sql(cube)), params)
-            await connection.execute(
-                text(
-                    "SELECT set_config('work_mem', :work_mem, true), set_config('enable_sort', 'on', true),"
-                    " set_config('enable_nestloop', 'on', true)"
-                ),
-                {"work_mem": previous_work_mem},
-            )
-            # Exit pages: the pages touched sessions leave, their old rows out, the session days
-            # moved and grown, their rows in (see _EXIT_OLD); the folded rows replaced last.
-            pages_left: dict[date, set[str | None]] = {}
-            for day in sorted(merged):
-                left = await connection.execute(text(_EXIT_PAGES_LEFT), {**params, "day": day})
-                for row in left:
-                    pages_left.setdefault(row.day, set()).add(row.exit_page)
             # The exit-page items of the merged days but the latest (its items are left stale).
             params["item_days"] = sorted(day for day in merged if day != latest)
-            await connection.execute(text(_EXIT_OLD), params)
-            if params["item_days"]:
-                await connection.execute(text(_EXIT_ITEMS_OLD), params)
-            # Hashed (see _SESSION_DAYS_MERGE), its join too: on the staged table's statistics
-            # (a row or two) the planner joined the counts to the names in a nested loop, each
-            # session day's counts against every session day's names, 11 s of CPU for 670,000
-            # events under the 5000-visitor load (docs/benchmarks.md, branch refcpu3).
-            await connection.execute(
-                text("SELECT set_config('enable_sort', 'off', true), set_config('enable_nestloop', 'off', true)")
-            )
-            await connection.execute(text(_SESSION_DAYS_MERGE), params)
-            await connection.execute(
-                text("SELECT set_config('enable_sort', 'on', true), set_config('enable_nestloop', 'on', true)")
-            )
-            for day in sorted(merged):
-                await connection.execute(text(_SESSION_DAYS_MOVE), {**params, "day": day})
-            await connection.execute(text(_EXIT_NEW), params)
-            if params["item_days"]:
-                await connection.execute(text(_EXIT_ITEMS_NEW), params)
-            await connection.execute(text(_FOLDED_MERGE), params)
+            await _merge_staged(connection, params)
+        else:
             await connection.execute(
                 text("DELETE FROM query_rollup_sessions_staged WHERE project_id = :project_id"), params
             )
-            touched = {"project_id": project_id, "days": sorted(merged)}
-            for cube in CUBES:
-                # A group whose sessions and events went back to none is not in a rebuild either.
-                await connection.execute(
-                    text(
-                        f"DELETE FROM {cube.table} WHERE project_id = :project_id"
-                        " AND day = ANY(CAST(:days AS date[])) AND sessions = 0 AND events = 0"
-                    ),
-                    touched,
-                )
-            for day, pages in sorted(pages_left.items()):
-                page_params = {
-                    "project_id": project_id,
-                    "day": day,
-                    "pages": sorted(page for page in pages if page is not None),
-                    "null_page": None in pages,
-                }
-                await connection.execute(text(_EXIT_EMPTY), page_params)
-                await connection.execute(text(_EXIT_VISITORS), page_params)
-                if day != latest:
-                    await connection.execute(text(_EXIT_ITEMS_LEFT_DELETE), page_params)
-                    await connection.execute(text(_EXIT_ITEMS_LEFT_WRITE), page_params)
-            await connection.execute(text("SELECT set_config('enable_seqscan', 'on', true)"))
-        for staged in ("query_rollup_events_staged", "query_rollup_events_counted"):
-            await connection.execute(
-                text(f"DELETE FROM {staged} WHERE project_id = :project_id"), {"project_id": project_id}
-            )
+        await connection.execute(text("SELECT set_config('enable_seqscan', 'on', true)"))
+        await _clear_staged_events(connection, project_id)
     else:
         await _try_lock_days(connection, project_id, unbuilt)
     rebuilt: list[date] = []
@@ -1710,7 +1693,7 @@ async def build_day_piece(
     staged_days = set((await connection.execute(text(_PIECE_STAGED_DAYS), params)).scalars())
     in_day = (await connection.execute(text(_PIECE_STAGED_IN_DAY), params)).scalar_one()
     if any(session.moved for session in sessions):
-        await connection.execute(text("DELETE FROM query_rollup_events_staged WHERE project_id = :project_id"), params)
+        await _clear_staged_events(connection, project_id)
         return progress(0, None, restarted=True)
     earlier = {session.start_day for session in sessions} - {day}
     await _try_lock_days(connection, project_id, earlier)
@@ -1721,8 +1704,15 @@ async def build_day_piece(
     # it is built (marked stale, remade from its session days as a merged latest day's are).
     params["item_days"] = sorted(earlier)
     if sessions:
-        await _merge_staged(connection, params, citus, day)
-    await connection.execute(text("DELETE FROM query_rollup_events_staged WHERE project_id = :project_id"), params)
+        # As refresh_project merges (see there for the settings): the counts, the sessions, the merge.
+        await connection.execute(text("SELECT set_config('enable_sort', 'off', true)"))
+        await connection.execute(text(_COUNT_EVENTS), params)
+        await connection.execute(text("SELECT set_config('enable_sort', 'on', true)"))
+        await connection.execute(text("SELECT set_config('enable_seqscan', 'off', true)"))
+        await connection.execute(text(_stage_sessions_sql(citus)), params)
+        await _merge_staged(connection, params)
+        await connection.execute(text("SELECT set_config('enable_seqscan', 'on', true)"))
+    await _clear_staged_events(connection, project_id)
     if not last:
         return progress(in_day, to)
     missing = int((await connection.execute(text(_PIECE_MISSING), params)).scalar_one())
@@ -1731,13 +1721,38 @@ async def build_day_piece(
     return progress(in_day, None, done=True)
 
 
-async def _merge_staged(connection: AsyncConnection, params: dict[str, object], citus: bool, day: date) -> None:
-    """Steps 3 and 4 of refresh_project (see there, and the statements' comments, for the
-    settings) for the staged events of a piece: :days the days merged (`day` and the start days
-    of sessions begun earlier), :skip the later days, :item_days the days whose exit-page items
-    are kept. The same statements in the same order as refresh_project's merge."""
-    await connection.execute(text("SELECT set_config('enable_seqscan', 'off', true)"))
-    await connection.execute(text(_stage_sessions_sql(citus)), params)
+async def _clear_staged_events(connection: AsyncConnection, project_id: int) -> None:
+    """The staged events and their counts gone, in the refresh's transaction: a staged copy of
+    personal data never outlives it."""
+    for staged in ("query_rollup_events_staged", "query_rollup_events_counted"):
+        await connection.execute(
+            text(f"DELETE FROM {staged} WHERE project_id = :project_id"), {"project_id": project_id}
+        )
+
+
+async def _merge_staged(connection: AsyncConnection, params: dict[str, object]) -> None:
+    """Steps 3 and 4 of refresh_project (see there): the staged events, their counts and the staged
+    sessions merged into the days :days (the sessions of other days already out of the staged
+    rows, or skipped by :skip), the exit-page items kept current on :item_days. Used by
+    refresh_project and, for the pieces of a day too large for one rebuild, by build_day_piece;
+    the caller prices scans out, stages the sessions and empties the staged events after."""
+    days: list[date] = list(params["days"])  # type: ignore[call-overload]
+    item_days: set[date] = set(params["item_days"])  # type: ignore[call-overload]
+    # The staged tables are empty between merges, so their statistics say a row or two:
+    # each cube merge probed the staged sessions once per event (nested loop) and sorted
+    # its rows twice on a dozen text keys (C.UTF-8: no abbreviated keys), where a hash
+    # join and hash aggregates serve at any size. Priced out for the cube merges only:
+    # a 70,792-event batch of the 5000-visitor load's took 1.07 s of CPU in the eight cube
+    # merges instead of 2.75 s (docs/benchmarks.md, branch refcpu2). ANALYZE of the staged
+    # rows did less well, and would keep sampled session ids in pg_statistic after the
+    # merge, out of erasure's reach.
+    #
+    # The grouping sets of a cube are hashed, one table per grain (37 for the event-name
+    # cube), in MERGE_WORK_MEM: within the stack's 32MB work_mem the planner hashed only
+    # some of them and sorted the partial rows (90,000 per 140,000 events, on eleven text
+    # keys) for the others, and the hash tables spilled to disk (docs/benchmarks.md,
+    # branch refcpu3). The memory is taken as the tables grow: ~90MB for a 140,000-event
+    # batch of the 5000-visitor load, one backend, for these statements only.
     work_mem = await connection.execute(
         text(
             "SELECT current_setting('work_mem'), set_config('work_mem', :work_mem, true),"
@@ -1755,24 +1770,33 @@ async def _merge_staged(connection: AsyncConnection, params: dict[str, object], 
         ),
         {"work_mem": previous_work_mem},
     )
-    days = list(params["days"])  # type: ignore[call-overload]
+    # Exit pages: the pages touched sessions leave, their old rows out, the session days
+    # moved and grown, their rows in (see _EXIT_OLD); the folded rows replaced last.
+    #
+    # The pages left and the move join the staged sessions to their session days with nested
+    # loops priced out (see _SESSION_DAYS_STAGED).
+    await connection.execute(text("SELECT set_config('enable_nestloop', 'off', true)"))
     pages_left: dict[date, set[str | None]] = {}
-    for merged_day in days:
-        left = await connection.execute(text(_EXIT_PAGES_LEFT), {**params, "day": merged_day})
+    for day in days:
+        left = await connection.execute(text(_EXIT_PAGES_LEFT), {**params, "day": day})
         for row in left:
             pages_left.setdefault(row.day, set()).add(row.exit_page)
+    await connection.execute(text("SELECT set_config('enable_nestloop', 'on', true)"))
     await connection.execute(text(_EXIT_OLD), params)
     if params["item_days"]:
         await connection.execute(text(_EXIT_ITEMS_OLD), params)
+    # Hashed (see _SESSION_DAYS_MERGE), its join too: on the staged table's statistics
+    # (a row or two) the planner joined the counts to the names in a nested loop, each
+    # session day's counts against every session day's names, 11 s of CPU for 670,000
+    # events under the 5000-visitor load (docs/benchmarks.md, branch refcpu3).
     await connection.execute(
         text("SELECT set_config('enable_sort', 'off', true), set_config('enable_nestloop', 'off', true)")
     )
     await connection.execute(text(_SESSION_DAYS_MERGE), params)
-    await connection.execute(
-        text("SELECT set_config('enable_sort', 'on', true), set_config('enable_nestloop', 'on', true)")
-    )
-    for merged_day in days:
-        await connection.execute(text(_SESSION_DAYS_MOVE), {**params, "day": merged_day})
+    await connection.execute(text("SELECT set_config('enable_sort', 'on', true)"))
+    for day in days:
+        await connection.execute(text(_SESSION_DAYS_MOVE), {**params, "day": day})
+    await connection.execute(text("SELECT set_config('enable_nestloop', 'on', true)"))
     await connection.execute(text(_EXIT_NEW), params)
     if params["item_days"]:
         await connection.execute(text(_EXIT_ITEMS_NEW), params)
@@ -1780,6 +1804,7 @@ async def _merge_staged(connection: AsyncConnection, params: dict[str, object], 
     await connection.execute(text("DELETE FROM query_rollup_sessions_staged WHERE project_id = :project_id"), params)
     touched = {"project_id": params["project_id"], "days": days}
     for cube in CUBES:
+        # A group whose sessions and events went back to none is not in a rebuild either.
         await connection.execute(
             text(
                 f"DELETE FROM {cube.table} WHERE project_id = :project_id"
@@ -1787,19 +1812,18 @@ async def _merge_staged(connection: AsyncConnection, params: dict[str, object], 
             ),
             touched,
         )
-    for left_day, pages in sorted(pages_left.items()):
+    for day, pages in sorted(pages_left.items()):
         page_params = {
             "project_id": params["project_id"],
-            "day": left_day,
+            "day": day,
             "pages": sorted(page for page in pages if page is not None),
             "null_page": None in pages,
         }
         await connection.execute(text(_EXIT_EMPTY), page_params)
         await connection.execute(text(_EXIT_VISITORS), page_params)
-        if left_day != day:
+        if day in item_days:
             await connection.execute(text(_EXIT_ITEMS_LEFT_DELETE), page_params)
             await connection.execute(text(_EXIT_ITEMS_LEFT_WRITE), page_params)
-    await connection.execute(text("SELECT set_config('enable_seqscan', 'on', true)"))
 
 
 async def weeks_to_build(connection: AsyncConnection, limit: int, project_id: int | None = None) -> list[WeekToBuild]:

@@ -610,3 +610,47 @@ async def test_a_new_projects_retention_week_looks_each_visitor_up_by_key(
     assert "ix_query_sessions_project_id_distinct_id" in lookup, explained.plan
     assert "distinct_id = s.distinct_id" in lookup, explained.plan
     assert "Limit" not in lookup, explained.plan
+
+
+async def test_a_session_of_a_day_left_unbuilt_is_not_merged_beside_a_merged_day(
+    db: DatabaseHarness, engine: AsyncEngine
+) -> None:
+    """One refresh, no rebuild allowed, takes events of a built day and of a never-built one: the
+    touched sessions are staged before the days to merge are known, and the session begun on the
+    unbuilt day (its session row lives there) is taken out again, so the merge of the built day
+    writes neither its folded row nor rows of its day; the day is rebuilt later."""
+    project = await new_project(db)
+    project_id = int(project["id"])
+    refresh = rollup_repository.ProjectToRefresh(project_id, "Europe/Berlin")
+    await insert_events(engine, project_id, [Event("v1", "s1", berlin("2026-01-13T10:00:00"), "/")])
+    await build_rollups(engine, project)
+    await insert_events(
+        engine,
+        project_id,
+        [
+            Event("v9", "s9", berlin("2026-01-12T10:00:00"), "/docs"),
+            Event("v1", "s1", berlin("2026-01-13T10:01:00"), "/pricing"),
+        ],
+    )
+    async with engine.begin() as connection:
+        outcome = await rollup_repository.refresh_project(connection, refresh, 0)
+    assert outcome == rollup_repository.RefreshOutcome(merged_days=1, rebuilt_days=0, merged_events=2)
+    async with engine.connect() as connection:
+        folded = await connection.execute(
+            text("SELECT session_id FROM query_rollup_sessions_folded WHERE project_id = :project_id ORDER BY 1"),
+            {"project_id": project_id},
+        )
+        assert list(folded.scalars()) == ["s1"]
+        for cube in CUBES:
+            rows = await connection.execute(
+                text(f"SELECT count(*) FROM {cube.table} WHERE project_id = :project_id AND day = '2026-01-12'"),
+                {"project_id": project_id},
+            )
+            assert rows.scalar_one() == 0, cube.table
+        for staged in ("query_rollup_sessions_staged", "query_rollup_events_staged"):
+            left = await connection.execute(
+                text(f"SELECT count(*) FROM {staged} WHERE project_id = :project_id"), {"project_id": project_id}
+            )
+            assert left.scalar_one() == 0, staged
+    await build_rollups(engine, project)
+    assert await cube_rows(engine, project_id) == await rebuilt_from_scratch(engine, project)
