@@ -252,6 +252,33 @@ async def test_realtime_counts_the_last_five_minutes(
     assert (await client.get("/v1/realtime", headers={"Authorization": "Bearer sk_wrong"})).status_code == 401
 
 
+async def test_realtime_counts_visitors_without_pageviews_and_an_empty_window(
+    client: AsyncTestClient[Any], db: DatabaseHarness, engine: AsyncEngine
+) -> None:
+    # Grouped by visitor (services/query/repository.py realtime): a visitor with only other
+    # events is still a visitor, pageviews add up across visitors, and no event is 0 and 0.
+    project, empty = await new_project(db), await new_project(db)
+    now = datetime.now(UTC)
+    await insert_events(
+        engine,
+        int(project["id"]),
+        [
+            Event("a", "sa", now - timedelta(minutes=1)),
+            Event("a", "sa", now - timedelta(minutes=1), name="click"),
+            Event("b", "sb", now - timedelta(minutes=2), name="signup"),
+            Event("b", "sb", now - timedelta(minutes=3), name="click"),
+            Event("c", "sc", now - timedelta(minutes=2)),
+            Event("c", "sc2", now - timedelta(minutes=3)),
+            Event("c", "sc2", now - timedelta(minutes=4)),
+            Event("d", "sd", now - timedelta(minutes=6)),  # too old: neither a visitor nor a pageview
+        ],
+    )
+    response = await client.get("/v1/realtime", headers=auth(project))
+    assert response.json() == {"visitors": 3, "pageviews": 4, "window_seconds": 300}
+    response = await client.get("/v1/realtime", headers=auth(empty))
+    assert response.json() == {"visitors": 0, "pageviews": 0, "window_seconds": 300}
+
+
 async def test_realtime_is_counted_once_per_project_for_the_cache_time(
     db: DatabaseHarness, engine: AsyncEngine
 ) -> None:
