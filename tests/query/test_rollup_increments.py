@@ -612,6 +612,53 @@ async def test_a_new_projects_retention_week_looks_each_visitor_up_by_key(
     assert "Limit" not in lookup, explained.plan
 
 
+class _ExplainsStagedSessions:
+    """A connection that plans the staging of the touched sessions (EXPLAIN) instead of running it."""
+
+    def __init__(self, connection: Any) -> None:
+        self.connection, self.plan = connection, ""
+
+    async def execute(self, statement: Any, parameters: Any = None) -> Any:
+        if str(statement).startswith("INSERT INTO query_rollup_sessions_staged "):
+            result = await self.connection.execute(text(f"EXPLAIN {statement}"), parameters)
+            self.plan = "\n".join(row[0] for row in result)
+            return result
+        return await self.connection.execute(statement, parameters)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.connection, name)
+
+
+async def test_a_new_projects_first_merge_looks_each_touched_session_up_by_key(
+    db: DatabaseHarness, engine: AsyncEngine, admin_engine: AsyncEngine
+) -> None:
+    """On statistics gathered before a project's sessions existed (a row or two per project), the
+    batch's sessions must still be grouped once and each session row looked up by its key, on Citus too: a
+    join let the planner read the project's sessions outside and group the whole batch again per
+    session (a 6,400-event load ran past the suite's command timeout on Citus)."""
+    insert = text(
+        "INSERT INTO events (project_id, occurred_at, event_uuid, name, distinct_id, session_id, url, domain, path)"
+        " SELECT :p, CAST(:t AS timestamptz) + n * interval '1 second', gen_random_uuid(), 'pageview', 'v' || n,"
+        " 's' || n, 'https://example.com/', 'example.com', '/' FROM generate_series(1, :n) AS n"
+    )
+    old, new = int((await new_project(db))["id"]), int((await new_project(db))["id"])
+    async with admin_engine.begin() as connection:
+        await connection.execute(insert, {"p": old, "t": berlin("2026-01-12T08:00:00"), "n": 3000})
+        await connection.execute(text("ANALYZE query_sessions"))
+        await connection.execute(insert, {"p": new, "t": berlin("2026-01-12T08:00:00"), "n": 3000})
+    async with engine.begin() as connection:
+        explained = _ExplainsStagedSessions(connection)
+        refresh = rollup_repository.ProjectToRefresh(new, "Europe/Berlin")
+        await rollup_repository.refresh_project(explained, refresh, 0)  # type: ignore[arg-type]
+    assert explained.plan, "the touched sessions were not staged"
+    lines = explained.plan.splitlines()
+    sessions_at = next(index for index, line in enumerate(lines) if " on query_sessions" in line)
+    assert "session_id = " in lines[sessions_at + 1], explained.plan  # the session row by its key
+    batch = [index for index, line in enumerate(lines) if " on query_rollup_events_staged" in line]
+    assert len(batch) == 1, explained.plan  # the batch read once
+    assert batch[0] < sessions_at, explained.plan  # and outside the lookups
+
+
 async def test_a_session_of_a_day_left_unbuilt_is_not_merged_beside_a_merged_day(
     db: DatabaseHarness, engine: AsyncEngine
 ) -> None:
