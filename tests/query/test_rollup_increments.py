@@ -629,13 +629,15 @@ class _ExplainsStagedSessions:
         return getattr(self.connection, name)
 
 
-async def test_a_new_projects_first_merge_looks_each_touched_session_up_by_key(
+async def test_a_new_projects_first_merge_groups_its_batch_once_outside_the_lookups(
     db: DatabaseHarness, engine: AsyncEngine, admin_engine: AsyncEngine
 ) -> None:
     """On statistics gathered before a project's sessions existed (a row or two per project), the
-    batch's sessions must still be grouped once and each session row looked up by its key, on Citus too: a
+    batch's sessions must still be grouped once, outside the lookups of their rows, on Citus too: a
     join let the planner read the project's sessions outside and group the whole batch again per
-    session (a 6,400-event load ran past the suite's command timeout on Citus)."""
+    session (a 6,400-event load ran past the suite's command timeout on Citus). On plain Postgres
+    each session row is looked up by its key; on Citus, where the constant names the project, the
+    planner may serve it from the project's other index on such an estimate (seen in CI)."""
     insert = text(
         "INSERT INTO events (project_id, occurred_at, event_uuid, name, distinct_id, session_id, url, domain, path)"
         " SELECT :p, CAST(:t AS timestamptz) + n * interval '1 second', gen_random_uuid(), 'pageview', 'v' || n,"
@@ -653,7 +655,10 @@ async def test_a_new_projects_first_merge_looks_each_touched_session_up_by_key(
     assert explained.plan, "the touched sessions were not staged"
     lines = explained.plan.splitlines()
     sessions_at = next(index for index, line in enumerate(lines) if " on query_sessions" in line)
-    assert "session_id = " in lines[sessions_at + 1], explained.plan  # the session row by its key
+    # Each session's row found by its session (a join matched every row read to the batch instead).
+    assert any("session_id = e.session_id" in line for line in lines[sessions_at + 1 : sessions_at + 3]), explained.plan
+    if db.citus is None:  # by the column, not the constant: the key's index (see _touched_sessions)
+        assert "session_id = e.session_id" in lines[sessions_at + 1], explained.plan
     batch = [index for index, line in enumerate(lines) if " on query_rollup_events_staged" in line]
     assert len(batch) == 1, explained.plan  # the batch read once
     assert batch[0] < sessions_at, explained.plan  # and outside the lookups
