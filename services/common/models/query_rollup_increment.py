@@ -72,7 +72,8 @@ query_rollup_sessions_folded = Table(
 )
 
 # The sessions a merge or a day rebuild reads, staged once inside a refresh's transaction
-# (migration 0760): every cube and query_rollup_sessions_folded are written from them.
+# (migration 0760): every cube and query_rollup_sessions_folded are written from them. UNLOGGED
+# (1160): its rows never outlive the transaction.
 query_rollup_sessions_staged = Table(
     "query_rollup_sessions_staged",
     Base.metadata,
@@ -100,10 +101,11 @@ query_rollup_sessions_staged = Table(
     Column("domains", ARRAY(Text), nullable=False),
     Column("event_names", ARRAY(Text), nullable=False),
     PrimaryKeyConstraint("project_id", "session_id", name="pk_query_rollup_sessions_staged"),
+    prefixes=["UNLOGGED"],
 )
 
 # The events a merge takes, read once from events by their keys (migration 0820); like the staged
-# sessions, its rows live only inside the refresh's transaction.
+# sessions, its rows live only inside the refresh's transaction; UNLOGGED (1160).
 query_rollup_events_staged = Table(
     "query_rollup_events_staged",
     Base.metadata,
@@ -116,6 +118,7 @@ query_rollup_events_staged = Table(
     Column("path", Text, nullable=False),
     Column("domain", Text, nullable=False),
     Index("ix_query_rollup_events_staged_project_id", "project_id"),
+    prefixes=["UNLOGGED"],
 )
 
 # The staged events counted per day, session, visitor, domain and hour (migration 1100); UNLOGGED,
