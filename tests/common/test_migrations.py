@@ -191,3 +191,33 @@ def test_every_key_includes_project_id(scratch_database: AdminDatabaseSettings) 
             # its keys' unique columns are unique across tenants by design.
             continue
         assert "project_id" in columns, f"{table}.{constraint} lacks project_id"
+
+
+# Tables whose rows live only inside a refresh's transaction (migrations 1100, 1160).
+TRANSIENT_TABLES = ("query_rollup_events_counted", "query_rollup_events_staged", "query_rollup_sessions_staged")
+
+
+def test_the_refreshs_transient_tables_write_no_wal(db: DatabaseHarness) -> None:
+    """Their rows never outlive the refresh's transaction, so they are UNLOGGED; on Citus every
+    shard placement too (the coordinator's table alone would leave the rows' WAL on the workers)."""
+
+    def persistence(connection: Connection) -> dict[str, set[str]]:
+        found: dict[str, set[str]] = {}
+        for table in TRANSIENT_TABLES:
+            found[table] = {
+                connection.execute(
+                    text(f"SELECT CAST(relpersistence AS text) FROM pg_class WHERE oid = '{table}'::regclass")
+                ).scalar_one()
+            }
+            if db.citus is not None:
+                placements = connection.execute(
+                    text(
+                        "SELECT result FROM run_command_on_placements(CAST(:table AS regclass),"
+                        " 'SELECT CAST(relpersistence AS text) FROM pg_class WHERE oid = ''%s''::regclass')"
+                    ),
+                    {"table": table},
+                )
+                found[table] |= set(placements.scalars())
+        return found
+
+    assert _with_connection(db.admin, persistence) == {table: {"u"} for table in TRANSIENT_TABLES}
