@@ -567,14 +567,14 @@ async def test_a_round_counts_only_its_rebuilding_time_for_the_pause(
         assert outcome.rebuild_s == 0.0
 
 
-class _ExplainsRetentionRows:
-    """A connection that plans the retention week's rows statement (EXPLAIN) instead of running it."""
+class _ExplainsStatement:
+    """A connection that plans the statement opening with `opening` (EXPLAIN) instead of running it."""
 
-    def __init__(self, connection: Any) -> None:
-        self.connection, self.plan = connection, ""
+    def __init__(self, connection: Any, opening: str) -> None:
+        self.connection, self.opening, self.plan = connection, opening, ""
 
     async def execute(self, statement: Any, parameters: Any = None) -> Any:
-        if str(statement).startswith("INSERT INTO query_rollup_retention "):
+        if str(statement).startswith(self.opening):
             result = await self.connection.execute(text(f"EXPLAIN {statement}"), parameters)
             self.plan = "\n".join(row[0] for row in result)
             return result
@@ -582,6 +582,22 @@ class _ExplainsRetentionRows:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.connection, name)
+
+
+async def new_project_on_stale_statistics(db: DatabaseHarness, admin_engine: AsyncEngine) -> int:
+    """A project of 3,000 one-event sessions on 2026-01-12 whose rows came after the last ANALYZE
+    of query_sessions (which saw another project's 3,000): its estimate is a row or two."""
+    insert = text(
+        "INSERT INTO events (project_id, occurred_at, event_uuid, name, distinct_id, session_id, url, domain, path)"
+        " SELECT :p, CAST(:t AS timestamptz) + n * interval '1 second', gen_random_uuid(), 'pageview', 'v' || n,"
+        " 's' || n, 'https://example.com/', 'example.com', '/' FROM generate_series(1, :n) AS n"
+    )
+    old, new = int((await new_project(db))["id"]), int((await new_project(db))["id"])
+    async with admin_engine.begin() as connection:
+        await connection.execute(insert, {"p": old, "t": berlin("2026-01-12T08:00:00"), "n": 3000})
+        await connection.execute(text("ANALYZE query_sessions"))
+        await connection.execute(insert, {"p": new, "t": berlin("2026-01-12T08:00:00"), "n": 3000})
+    return new
 
 
 async def test_a_new_projects_retention_week_looks_each_visitor_up_by_key(
@@ -593,40 +609,14 @@ async def test_a_new_projects_retention_week_looks_each_visitor_up_by_key(
     (a scan of the project's sessions per visitor: 7.9 s for the load's first week)."""
     if db.citus is not None:
         pytest.skip("on Citus the statement is routed by the constant; the workers plan it")
-    insert = text(
-        "INSERT INTO events (project_id, occurred_at, event_uuid, name, distinct_id, session_id, url, domain, path)"
-        " SELECT :p, CAST(:t AS timestamptz) + n * interval '1 second', gen_random_uuid(), 'pageview', 'v' || n,"
-        " 's' || n, 'https://example.com/', 'example.com', '/' FROM generate_series(1, :n) AS n"
-    )
-    old, new = int((await new_project(db))["id"]), int((await new_project(db))["id"])
-    async with admin_engine.begin() as connection:
-        await connection.execute(insert, {"p": old, "t": berlin("2026-01-12T08:00:00"), "n": 3000})
-        await connection.execute(text("ANALYZE query_sessions"))
-        await connection.execute(insert, {"p": new, "t": berlin("2026-01-12T08:00:00"), "n": 3000})
+    new = await new_project_on_stale_statistics(db, admin_engine)
     async with engine.begin() as connection:
-        explained = _ExplainsRetentionRows(connection)
+        explained = _ExplainsStatement(connection, "INSERT INTO query_rollup_retention ")
         assert await rollup_repository.rebuild_retention_week(explained, project_id=new, week=date(2026, 1, 12))  # type: ignore[arg-type]
     lookup = explained.plan.split("SubPlan", 1)[1]
     assert "ix_query_sessions_project_id_distinct_id" in lookup, explained.plan
     assert "distinct_id = s.distinct_id" in lookup, explained.plan
     assert "Limit" not in lookup, explained.plan
-
-
-class _ExplainsStagedSessions:
-    """A connection that plans the staging of the touched sessions (EXPLAIN) instead of running it."""
-
-    def __init__(self, connection: Any) -> None:
-        self.connection, self.plan = connection, ""
-
-    async def execute(self, statement: Any, parameters: Any = None) -> Any:
-        if str(statement).startswith("INSERT INTO query_rollup_sessions_staged "):
-            result = await self.connection.execute(text(f"EXPLAIN {statement}"), parameters)
-            self.plan = "\n".join(row[0] for row in result)
-            return result
-        return await self.connection.execute(statement, parameters)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.connection, name)
 
 
 async def test_a_new_projects_first_merge_groups_its_batch_once_outside_the_lookups(
@@ -638,18 +628,9 @@ async def test_a_new_projects_first_merge_groups_its_batch_once_outside_the_look
     session (a 6,400-event load ran past the suite's command timeout on Citus). On plain Postgres
     each session row is looked up by its key; on Citus, where the constant names the project, the
     planner may serve it from the project's other index on such an estimate (seen in CI)."""
-    insert = text(
-        "INSERT INTO events (project_id, occurred_at, event_uuid, name, distinct_id, session_id, url, domain, path)"
-        " SELECT :p, CAST(:t AS timestamptz) + n * interval '1 second', gen_random_uuid(), 'pageview', 'v' || n,"
-        " 's' || n, 'https://example.com/', 'example.com', '/' FROM generate_series(1, :n) AS n"
-    )
-    old, new = int((await new_project(db))["id"]), int((await new_project(db))["id"])
-    async with admin_engine.begin() as connection:
-        await connection.execute(insert, {"p": old, "t": berlin("2026-01-12T08:00:00"), "n": 3000})
-        await connection.execute(text("ANALYZE query_sessions"))
-        await connection.execute(insert, {"p": new, "t": berlin("2026-01-12T08:00:00"), "n": 3000})
+    new = await new_project_on_stale_statistics(db, admin_engine)
     async with engine.begin() as connection:
-        explained = _ExplainsStagedSessions(connection)
+        explained = _ExplainsStatement(connection, "INSERT INTO query_rollup_sessions_staged ")
         refresh = rollup_repository.ProjectToRefresh(new, "Europe/Berlin")
         await rollup_repository.refresh_project(explained, refresh, 0)  # type: ignore[arg-type]
     assert explained.plan, "the touched sessions were not staged"
