@@ -340,10 +340,6 @@ def _stage_events_sql(ranges: int) -> str:
 
 
 _STAGED_EVENTS_WHERE = "e.project_id = :project_id"
-_NEW_EVENTS = (
-    "(SELECT e.project_id, e.occurred_at, e.name, e.distinct_id, e.session_id, e.path, e.domain, e.day"
-    f" FROM query_rollup_events_staged e WHERE {_STAGED_EVENTS_WHERE})"
-)
 
 
 def event_key(occurred_at: datetime, event_uuid: UUID) -> str:
