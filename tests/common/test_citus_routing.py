@@ -114,11 +114,16 @@ def literal(value: Any) -> str:
     if isinstance(value, int | float):
         return repr(value)
     if isinstance(value, list | tuple):
-        elements = ",".join('"' + str(item).replace("\\", "\\\\").replace('"', '\\"') + '"' for item in value)
+        elements = ",".join('"' + text_form(item).replace("\\", "\\\\").replace('"', '\\"') + '"' for item in value)
         return literal("{" + elements + "}")
     if isinstance(value, datetime):
         return literal(value.isoformat()) + "::timestamptz"
-    return "'" + str(value).replace("'", "''") + "'"
+    return "'" + text_form(value).replace("'", "''") + "'"
+
+
+def text_form(value: Any) -> str:
+    """value as Postgres reads it from text: bytes (an event's key) in bytea's hex form."""
+    return "\\x" + value.hex() if isinstance(value, bytes) else str(value)
 
 
 async def plan_lines(admin_engine: AsyncEngine, statement: str, parameters: tuple[Any, ...]) -> list[str]:

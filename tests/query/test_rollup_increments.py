@@ -11,7 +11,9 @@ then compares every cube table with the rows a from-scratch rebuild writes.
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import date
 from typing import Any
 
@@ -167,6 +169,43 @@ async def test_the_events_staged_by_ranges_or_by_array_merge_alike(
     refreshed = await cube_rows(engine, project_id)
     assert all(refreshed[cube.table] for cube in CUBES)
     assert refreshed == await rebuilt_from_scratch(engine, project)
+
+
+async def test_an_event_sharing_a_merged_events_uuid_at_another_time_is_not_merged_again(
+    db: DatabaseHarness, engine: AsyncEngine
+) -> None:
+    """An event's key is its uuid and its time (the primary key's): a client may send one uuid at
+    two times, and the second's round reads a time range that holds the first, already merged."""
+    project = await new_project(db)
+    project_id = int(project["id"])
+    first = Event("a", "sa", berlin("2026-01-13T10:00:00"), "/")
+    await insert_events(engine, project_id, [first])
+    await build_rollups(engine, project)
+    twin = replace(first, occurred_at=berlin("2026-01-13T10:00:30"), path="/pricing")
+    # With an event before the first one, the round's one time range holds the first event.
+    earlier = Event("b", "sb", berlin("2026-01-13T09:59:50"), "/docs")
+    await insert_events(engine, project_id, [twin, earlier])
+    await build_rollups(engine, project)
+    refreshed = await cube_rows(engine, project_id)
+    totals = [row for row in refreshed["query_rollup_visits"] if row[1] == (1 << len(VISIT_DIMENSIONS)) - 1]
+    assert [(row[0], row[-3], row[-2]) for row in totals] == [("2026-01-13", 3, 3)]
+    assert refreshed == await rebuilt_from_scratch(engine, project)
+
+
+async def test_an_events_key_is_the_one_postgres_builds_from_its_uuid_and_time(engine: AsyncEngine) -> None:
+    times = [berlin("2026-01-13T10:00:00.000001"), berlin("1999-12-31T23:59:59.999999"), berlin("2100-03-01T00:00:00")]
+    keys = [uuid.uuid4() for _ in times]
+    async with engine.connect() as connection:
+        built = await connection.execute(
+            text(
+                "SELECT uuid_send(k.u) || timestamptz_send(k.t) FROM unnest(CAST(:u AS uuid[]),"
+                " CAST(:t AS timestamptz[])) WITH ORDINALITY AS k(u, t, n) ORDER BY k.n"
+            ),
+            {"u": keys, "t": times},
+        )
+        assert list(built.scalars()) == [
+            rollup_repository.event_key(at, key) for at, key in zip(times, keys, strict=True)
+        ]
 
 
 def test_taken_times_are_cut_into_ranges_at_gaps_longer_than_a_minute() -> None:
