@@ -280,7 +280,8 @@ def _visits_of(alias: str) -> str:
 # microseconds since 1970 through extract(epoch), a numeric), which cost more per row. The CASE
 # keeps the planner from estimating `= ANY(...)` one array element at a time (~55 ms of planning
 # for 93k keys); it takes a default selectivity instead, and the array is still hashed. Together:
-# staging the events 6.1 -> 4.1 us of CPU per event (docs/benchmarks.md, "The events' key").
+# staging the events -18 to -33 % of CPU per event (tools.bench.event_key_filter; docs/benchmarks.md,
+# "The events' key").
 _EVENT_KEY_FILTER = (
     "CASE WHEN (uuid_send(e.event_uuid) || timestamptz_send(e.occurred_at)) = ANY(CAST(:event_keys AS bytea[]))"
     " THEN true END AND NOT e.is_bot"

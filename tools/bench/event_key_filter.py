@@ -1,0 +1,134 @@
+"""A merge's staging statement timed with its event-key filter and the filters it replaced.
+
+Takes a window of a project's stored non-bot events as `tools.bench.merge_replay` does (the
+project with the most events in the last day unless --project-id), and runs the staging
+statement of `rollup_repository.refresh_project` on their keys (`_stage_events_sql`), alternating
+three filters on one connection, each run rolled back: the landed one (`_EVENT_KEY_FILTER`: the
+key as bytes under a CASE), the same bytes without the CASE (the planner estimates `= ANY(...)`
+one array element at a time), and the text key used before (the uuid's text form and
+`extract(epoch)` as numeric). Each run's backend CPU comes from /proc. Run it against a stack
+`sightline up` started, with its refresher off and no load running. Nothing is asserted; each
+filter's CPU per run and per event is printed as a JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+from collections.abc import Callable
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from uuid import UUID
+
+from sqlalchemy import text
+
+from services.cli.stack import read_env_file
+from services.common.settings import AdminDatabaseSettings, DatabaseSettings, StackSettings
+from services.query import rollup_repository
+from services.query.tasks import rollup_engine
+from tools.bench.merge_replay import _BUSIEST, _LATEST
+from tools.bench.refresher_cpu import process_cpu_s
+
+_LANDED = rollup_repository._EVENT_KEY_FILTER
+_BYTES_WITHOUT_CASE = (
+    "(uuid_send(e.event_uuid) || timestamptz_send(e.occurred_at)) = ANY(CAST(:event_keys AS bytea[])) AND NOT e.is_bot"
+)
+_TEXT_KEY = (
+    "(CAST(e.event_uuid AS text) || '@' || CAST(extract(epoch FROM e.occurred_at) * 1000000 AS bigint))"
+    " = ANY(CAST(:event_keys AS text[])) AND NOT e.is_bot"
+)
+
+
+def _text_key(occurred_at: datetime, event_uuid: UUID) -> str:
+    return f"{event_uuid}@{(occurred_at - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1)}"
+
+
+_FILTERS: dict[str, tuple[str, Callable[[datetime, UUID], object]]] = {
+    "bytes under a CASE (landed)": (_LANDED, rollup_repository.event_key),
+    "bytes": (_BYTES_WITHOUT_CASE, rollup_repository.event_key),
+    "text (before)": (_TEXT_KEY, _text_key),
+}
+_WINDOW = (
+    "SELECT occurred_at, event_uuid FROM events WHERE project_id = :project_id AND occurred_at >= :start"
+    " AND occurred_at < :end AND NOT is_bot"
+)
+
+
+async def main(arguments: argparse.Namespace) -> None:
+    stack = StackSettings.from_env()
+    for key, value in read_env_file(stack.data_dir / "sightline.env").items():
+        os.environ.setdefault(key, value)
+    admin = AdminDatabaseSettings.from_env()
+    # The services' engine settings: no statement cache, so every run is planned with its keys
+    # (a generic plan would not hash the array).
+    engine = rollup_engine(replace(DatabaseSettings.from_env("query"), url=admin.url))
+    try:
+        async with engine.connect() as connection:
+            if arguments.project_id is None:
+                found = (await connection.execute(text(_BUSIEST))).one()
+            else:
+                found = (await connection.execute(text(_LATEST), {"project_id": arguments.project_id})).one()
+            project_id, latest = int(found[0]), found[1]
+            timezone = (
+                await connection.execute(
+                    text("SELECT timezone FROM projects WHERE project_id = :project_id"), {"project_id": project_id}
+                )
+            ).scalar_one()
+            end = latest - timedelta(seconds=arguments.before_end)
+            window = {"project_id": project_id, "start": end - timedelta(seconds=arguments.seconds), "end": end}
+            keys = [(row[0], row[1]) for row in await connection.execute(text(_WINDOW), window)]
+            await connection.rollback()
+            ranges = rollup_repository._stage_ranges([at for at, _ in keys])
+            if ranges is None:
+                raise SystemExit("the window's times fall in too many ranges; choose a shorter --seconds")
+            base: dict[str, object] = {"project_id": project_id, "timezone": timezone}
+            for index, (first, last) in enumerate(ranges):
+                base[f"range_start_{index}"] = first
+                base[f"range_end_{index}"] = last
+            staging = rollup_repository._stage_events_sql(len(ranges))
+            raw = await connection.get_raw_connection()
+            pid = raw.driver_connection.get_server_pid()  # type: ignore[union-attr]
+            cpu: dict[str, list[float]] = {name: [] for name in _FILTERS}
+            for _ in range(arguments.repeat):
+                for name, (where, key_of) in _FILTERS.items():
+                    params = dict(base, event_keys=[key_of(at, event_uuid) for at, event_uuid in keys])
+                    async with connection.begin() as transaction:
+                        before = process_cpu_s(pid)
+                        staged = await connection.execute(text(staging.replace(_LANDED, where)), params)
+                        cpu[name].append(process_cpu_s(pid) - before)
+                        await transaction.rollback()
+                    if staged.rowcount != len(keys):
+                        raise SystemExit(f"{name}: staged {staged.rowcount} of {len(keys)} events")
+            for name, runs in cpu.items():
+                print(
+                    json.dumps(
+                        {
+                            "filter": name,
+                            "project_id": project_id,
+                            "events": len(keys),
+                            "cpu_s": [round(run, 2) for run in runs],
+                            "mean_s": round(statistics.mean(runs), 3),
+                            "us_per_event": round(statistics.mean(runs) / len(keys) * 1e6, 2),
+                            "load": os.getloadavg(),
+                        }
+                    ),
+                    flush=True,
+                )
+    finally:
+        await engine.dispose()
+
+
+def cli() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--project-id", type=int, default=None, help="default: most events in the last day")
+    parser.add_argument("--seconds", type=float, default=35.0, help="the window's length (a round's worth)")
+    parser.add_argument("--before-end", type=float, default=60.0, help="the window ends this long before the latest")
+    parser.add_argument("--repeat", type=int, default=10, help="runs of each filter, alternated")
+    asyncio.run(main(parser.parse_args()))
+
+
+if __name__ == "__main__":
+    cli()
