@@ -221,3 +221,33 @@ def test_the_refreshs_transient_tables_write_no_wal(db: DatabaseHarness) -> None
         return found
 
     assert _with_connection(db.admin, persistence) == {table: {"u"} for table in TRANSIENT_TABLES}
+
+
+def test_the_refreshs_staged_and_counted_events_carry_no_index(db: DatabaseHarness) -> None:
+    """Every reader takes every row of its project (a scan); an index entry per staged event cost
+    the staging statement a quarter of its CPU (migration 1170). On Citus, every shard placement."""
+
+    def indexes(connection: Connection) -> dict[str, set[str]]:
+        found: dict[str, set[str]] = {}
+        for table in ("query_rollup_events_counted", "query_rollup_events_staged"):
+            found[table] = {
+                str(count)
+                for count in connection.execute(
+                    text(f"SELECT count(*) FROM pg_index WHERE indrelid = '{table}'::regclass")
+                ).scalars()
+            }
+            if db.citus is not None:
+                placements = connection.execute(
+                    text(
+                        "SELECT result FROM run_command_on_placements(CAST(:table AS regclass),"
+                        " 'SELECT count(*) FROM pg_index WHERE indrelid = ''%s''::regclass')"
+                    ),
+                    {"table": table},
+                )
+                found[table] |= set(placements.scalars())
+        return found
+
+    assert _with_connection(db.admin, indexes) == {
+        "query_rollup_events_counted": {"0"},
+        "query_rollup_events_staged": {"0"},
+    }

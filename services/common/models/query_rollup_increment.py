@@ -105,7 +105,8 @@ query_rollup_sessions_staged = Table(
 )
 
 # The events a merge takes, read once from events by their keys (migration 0820); like the staged
-# sessions, its rows live only inside the refresh's transaction; UNLOGGED (1160).
+# sessions, its rows live only inside the refresh's transaction; UNLOGGED (1160), no index (1170:
+# every reader takes every row of the project).
 query_rollup_events_staged = Table(
     "query_rollup_events_staged",
     Base.metadata,
@@ -117,12 +118,11 @@ query_rollup_events_staged = Table(
     Column("session_id", Text, nullable=False),
     Column("path", Text, nullable=False),
     Column("domain", Text, nullable=False),
-    Index("ix_query_rollup_events_staged_project_id", "project_id"),
     prefixes=["UNLOGGED"],
 )
 
 # The staged events counted per day, session, visitor, domain and hour (migration 1100); UNLOGGED,
-# its rows live only inside the refresh's transaction.
+# its rows live only inside the refresh's transaction; no index (1170), as the staged events.
 query_rollup_events_counted = Table(
     "query_rollup_events_counted",
     Base.metadata,
@@ -134,7 +134,6 @@ query_rollup_events_counted = Table(
     Column("hour", SmallInteger, nullable=False),
     Column("pageviews", BigInteger, nullable=False),
     Column("events", BigInteger, nullable=False),
-    Index("ix_query_rollup_events_counted_project_id", "project_id"),
     prefixes=["UNLOGGED"],
 )
 
