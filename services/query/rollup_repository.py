@@ -280,7 +280,7 @@ def _visits_of(alias: str) -> str:
 # microseconds since 1970 through extract(epoch), a numeric), which cost more per row. The CASE
 # keeps the planner from estimating `= ANY(...)` one array element at a time (~55 ms of planning
 # for 93k keys); it takes a default selectivity instead, and the array is still hashed. Together:
-# staging the events -18 to -33 % of CPU per event (tools.bench.event_key_filter; docs/benchmarks.md,
+# staging the events -18 to -33 % of CPU per event (tools.bench.stage_events; docs/benchmarks.md,
 # "The events' key").
 _EVENT_KEY_FILTER = (
     "CASE WHEN (uuid_send(e.event_uuid) || timestamptz_send(e.occurred_at)) = ANY(CAST(:event_keys AS bytea[]))"

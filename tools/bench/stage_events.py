@@ -1,14 +1,20 @@
-"""A merge's staging statement timed with its event-key filter and the filters it replaced.
+"""A merge's staging statement timed as it is and as it was.
 
 Takes a window of a project's stored non-bot events as `tools.bench.merge_replay` does (the
 project with the most events in the last day unless --project-id), and runs the staging
 statement of `rollup_repository.refresh_project` on their keys (`_stage_events_sql`), alternating
-three filters on one connection, each run rolled back: the landed one (`_EVENT_KEY_FILTER`: the
-key as bytes under a CASE), the same bytes without the CASE (the planner estimates `= ANY(...)`
-one array element at a time), and the text key used before (the uuid's text form and
-`extract(epoch)` as numeric). Each run's backend CPU comes from /proc. Run it against a stack
-`sightline up` started, with its refresher off and no load running. Nothing is asserted; each
-filter's CPU per run and per event is printed as a JSON line.
+its variants on one connection, each run rolled back:
+
+- as landed: the event-key filter `_EVENT_KEY_FILTER` (the key as bytes under a CASE), into the
+  staged table without an index (migration 1170);
+- the staged table with its `project_id` index (before 1170), created inside the run;
+- the same bytes without the CASE (the planner estimates `= ANY(...)` one array element at a time);
+- the text key used before (the uuid's text form and `extract(epoch)` as numeric);
+- the rows read and not inserted (`SELECT count(*)` of the statement's query): what the insert adds.
+
+Each run's backend CPU comes from /proc. Run it against a stack `sightline up` started, with its
+refresher off and no load running. Nothing is asserted; each variant's CPU per run and per event
+is printed as a JSON line.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ import json
 import os
 import statistics
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from uuid import UUID
 
@@ -46,10 +52,21 @@ def _text_key(occurred_at: datetime, event_uuid: UUID) -> str:
     return f"{event_uuid}@{(occurred_at - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1)}"
 
 
-_FILTERS: dict[str, tuple[str, Callable[[datetime, UUID], object]]] = {
-    "bytes under a CASE (landed)": (_LANDED, rollup_repository.event_key),
-    "bytes": (_BYTES_WITHOUT_CASE, rollup_repository.event_key),
-    "text (before)": (_TEXT_KEY, _text_key),
+@dataclass(frozen=True)
+class Variant:
+    where: str  # the key filter
+    key_of: Callable[[datetime, UUID], object]
+    setup: str | None = None  # run in the transaction first, untimed
+    read_only: bool = False  # the statement's query counted, nothing inserted
+
+
+_STAGED_INDEX = "CREATE INDEX ix_query_rollup_events_staged_project_id ON query_rollup_events_staged (project_id)"
+_VARIANTS = {
+    "landed": Variant(_LANDED, rollup_repository.event_key),
+    "staged table indexed (before 1170)": Variant(_LANDED, rollup_repository.event_key, setup=_STAGED_INDEX),
+    "bytes without the CASE": Variant(_BYTES_WITHOUT_CASE, rollup_repository.event_key),
+    "text key (before the bytes key)": Variant(_TEXT_KEY, _text_key),
+    "read only": Variant(_LANDED, rollup_repository.event_key, read_only=True),
 }
 _WINDOW = (
     "SELECT occurred_at, event_uuid FROM events WHERE project_id = :project_id AND occurred_at >= :start"
@@ -89,24 +106,29 @@ async def main(arguments: argparse.Namespace) -> None:
                 base[f"range_start_{index}"] = first
                 base[f"range_end_{index}"] = last
             staging = rollup_repository._stage_events_sql(len(ranges))
+            query = "SELECT count(*) FROM (" + staging[staging.index(" SELECT ") + 1 :] + ") staged"
             raw = await connection.get_raw_connection()
             pid = raw.driver_connection.get_server_pid()  # type: ignore[union-attr]
-            cpu: dict[str, list[float]] = {name: [] for name in _FILTERS}
+            cpu: dict[str, list[float]] = {name: [] for name in _VARIANTS}
             for _ in range(arguments.repeat):
-                for name, (where, key_of) in _FILTERS.items():
-                    params = dict(base, event_keys=[key_of(at, event_uuid) for at, event_uuid in keys])
+                for name, variant in _VARIANTS.items():
+                    params = dict(base, event_keys=[variant.key_of(at, event_uuid) for at, event_uuid in keys])
+                    statement = (query if variant.read_only else staging).replace(_LANDED, variant.where)
                     async with connection.begin() as transaction:
+                        if variant.setup is not None:
+                            await connection.execute(text(variant.setup))
                         before = process_cpu_s(pid)
-                        staged = await connection.execute(text(staging.replace(_LANDED, where)), params)
+                        result = await connection.execute(text(statement), params)
                         cpu[name].append(process_cpu_s(pid) - before)
+                        staged = result.scalar_one() if variant.read_only else result.rowcount
                         await transaction.rollback()
-                    if staged.rowcount != len(keys):
-                        raise SystemExit(f"{name}: staged {staged.rowcount} of {len(keys)} events")
+                    if staged != len(keys):
+                        raise SystemExit(f"{name}: staged {staged} of {len(keys)} events")
             for name, runs in cpu.items():
                 print(
                     json.dumps(
                         {
-                            "filter": name,
+                            "variant": name,
                             "project_id": project_id,
                             "events": len(keys),
                             "cpu_s": [round(run, 2) for run in runs],
@@ -126,7 +148,7 @@ def cli() -> None:
     parser.add_argument("--project-id", type=int, default=None, help="default: most events in the last day")
     parser.add_argument("--seconds", type=float, default=35.0, help="the window's length (a round's worth)")
     parser.add_argument("--before-end", type=float, default=60.0, help="the window ends this long before the latest")
-    parser.add_argument("--repeat", type=int, default=10, help="runs of each filter, alternated")
+    parser.add_argument("--repeat", type=int, default=10, help="runs of each variant, alternated")
     asyncio.run(main(parser.parse_args()))
 
 
