@@ -197,57 +197,36 @@ def test_every_key_includes_project_id(scratch_database: AdminDatabaseSettings) 
 TRANSIENT_TABLES = ("query_rollup_events_counted", "query_rollup_events_staged", "query_rollup_sessions_staged")
 
 
-def test_the_refreshs_transient_tables_write_no_wal(db: DatabaseHarness) -> None:
-    """Their rows never outlive the refresh's transaction, so they are UNLOGGED; on Citus every
-    shard placement too (the coordinator's table alone would leave the rows' WAL on the workers)."""
+def _catalog_answers(db: DatabaseHarness, tables: tuple[str, ...], query: str) -> dict[str, set[str]]:
+    """Per table, the distinct answers (as text) of `query`, a one-value catalog query whose %s is
+    the table's oid: on the coordinator and, on Citus, on every shard placement (a setting made on
+    the coordinator's table alone would leave the workers' shards as they were)."""
 
-    def persistence(connection: Connection) -> dict[str, set[str]]:
+    def answers(connection: Connection) -> dict[str, set[str]]:
         found: dict[str, set[str]] = {}
-        for table in TRANSIENT_TABLES:
-            found[table] = {
-                connection.execute(
-                    text(f"SELECT CAST(relpersistence AS text) FROM pg_class WHERE oid = '{table}'::regclass")
-                ).scalar_one()
-            }
+        for table in tables:
+            found[table] = {str(connection.execute(text(query % f"'{table}'::regclass")).scalar_one())}
             if db.citus is not None:
                 placements = connection.execute(
-                    text(
-                        "SELECT result FROM run_command_on_placements(CAST(:table AS regclass),"
-                        " 'SELECT CAST(relpersistence AS text) FROM pg_class WHERE oid = ''%s''::regclass')"
-                    ),
-                    {"table": table},
+                    text("SELECT result FROM run_command_on_placements(CAST(:table AS regclass), :command)"),
+                    {"table": table, "command": query % "'%s'::regclass"},
                 )
                 found[table] |= set(placements.scalars())
         return found
 
-    assert _with_connection(db.admin, persistence) == {table: {"u"} for table in TRANSIENT_TABLES}
+    return _with_connection(db.admin, answers)
+
+
+def test_the_refreshs_transient_tables_write_no_wal(db: DatabaseHarness) -> None:
+    """Their rows never outlive the refresh's transaction, so they are UNLOGGED; on Citus every
+    shard placement too (the coordinator's table alone would leave the rows' WAL on the workers)."""
+    persistence = "SELECT CAST(relpersistence AS text) FROM pg_class WHERE oid = %s"
+    assert _catalog_answers(db, TRANSIENT_TABLES, persistence) == {table: {"u"} for table in TRANSIENT_TABLES}
 
 
 def test_the_refreshs_staged_and_counted_events_carry_no_index(db: DatabaseHarness) -> None:
     """Every reader takes every row of its project (a scan); an index entry per staged event cost
     the staging statement a quarter of its CPU (migration 1170). On Citus, every shard placement."""
-
-    def indexes(connection: Connection) -> dict[str, set[str]]:
-        found: dict[str, set[str]] = {}
-        for table in ("query_rollup_events_counted", "query_rollup_events_staged"):
-            found[table] = {
-                str(count)
-                for count in connection.execute(
-                    text(f"SELECT count(*) FROM pg_index WHERE indrelid = '{table}'::regclass")
-                ).scalars()
-            }
-            if db.citus is not None:
-                placements = connection.execute(
-                    text(
-                        "SELECT result FROM run_command_on_placements(CAST(:table AS regclass),"
-                        " 'SELECT count(*) FROM pg_index WHERE indrelid = ''%s''::regclass')"
-                    ),
-                    {"table": table},
-                )
-                found[table] |= set(placements.scalars())
-        return found
-
-    assert _with_connection(db.admin, indexes) == {
-        "query_rollup_events_counted": {"0"},
-        "query_rollup_events_staged": {"0"},
-    }
+    tables = ("query_rollup_events_counted", "query_rollup_events_staged")
+    indexes = "SELECT count(*) FROM pg_index WHERE indrelid = %s"
+    assert _catalog_answers(db, tables, indexes) == {table: {"0"} for table in tables}

@@ -23,8 +23,10 @@ import json
 import os
 from dataclasses import asdict, replace
 from datetime import timedelta
+from typing import Any
 
 from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from services.cli.stack import read_env_file
 from services.common.settings import AdminDatabaseSettings, DatabaseSettings, StackSettings
@@ -47,33 +49,54 @@ _PENDING = (
 )
 
 
-async def main(arguments: argparse.Namespace) -> None:
+def stack_rollup_engine() -> AsyncEngine:
+    """The refresher's engine (no statement cache: a generic plan would not hash the merge's key
+    array) on the admin URL of the stack `sightline up` started (its env file)."""
     stack = StackSettings.from_env()
     for key, value in read_env_file(stack.data_dir / "sightline.env").items():
         os.environ.setdefault(key, value)
     admin = AdminDatabaseSettings.from_env()
-    engine = rollup_engine(replace(DatabaseSettings.from_env("query"), url=admin.url))
+    return rollup_engine(replace(DatabaseSettings.from_env("query"), url=admin.url))
+
+
+def add_window_arguments(parser: argparse.ArgumentParser, before_end: float) -> None:
+    """--project-id, --seconds and --before-end: the window of stored events replayed."""
+    parser.add_argument("--project-id", type=int, default=None, help="default: most events in the last day")
+    parser.add_argument("--seconds", type=float, default=35.0, help="the window's length (a round's worth)")
+    parser.add_argument(
+        "--before-end", type=float, default=before_end, help="the window ends this long before the latest"
+    )
+
+
+async def find_window(connection: AsyncConnection, arguments: argparse.Namespace) -> dict[str, Any]:
+    """The window the arguments name: project_id, its timezone, start and end."""
+    if arguments.project_id is None:
+        found = (await connection.execute(text(_BUSIEST))).one()
+    else:
+        found = (await connection.execute(text(_LATEST), {"project_id": arguments.project_id})).one()
+    project_id, latest = int(found[0]), found[1]
+    timezone = (
+        await connection.execute(
+            text("SELECT timezone FROM projects WHERE project_id = :project_id"), {"project_id": project_id}
+        )
+    ).scalar_one()
+    end = latest - timedelta(seconds=arguments.before_end)
+    return {
+        "project_id": project_id,
+        "timezone": timezone,
+        "start": end - timedelta(seconds=arguments.seconds),
+        "end": end,
+    }
+
+
+async def main(arguments: argparse.Namespace) -> None:
+    engine = stack_rollup_engine()
     statements = StatementCpu()
     statements.attach(engine)
     try:
         async with engine.connect() as connection:
-            if arguments.project_id is None:
-                found = (await connection.execute(text(_BUSIEST))).one()
-            else:
-                found = (await connection.execute(text(_LATEST), {"project_id": arguments.project_id})).one()
-            project_id, latest = int(found[0]), found[1]
-            timezone = (
-                await connection.execute(
-                    text("SELECT timezone FROM projects WHERE project_id = :project_id"), {"project_id": project_id}
-                )
-            ).scalar_one()
-            end = latest - timedelta(seconds=arguments.before_end)
-            window = {
-                "project_id": project_id,
-                "timezone": timezone,
-                "start": end - timedelta(seconds=arguments.seconds),
-                "end": end,
-            }
+            window = await find_window(connection, arguments)
+            project_id, timezone = window["project_id"], window["timezone"]
             await connection.rollback()
             for replay in range(arguments.repeat):
                 async with connection.begin() as transaction:
@@ -110,9 +133,7 @@ async def main(arguments: argparse.Namespace) -> None:
 
 def cli() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--project-id", type=int, default=None, help="default: most events in the last day")
-    parser.add_argument("--seconds", type=float, default=35.0, help="the window's length (a round's worth)")
-    parser.add_argument("--before-end", type=float, default=120.0, help="the window ends this long before the latest")
+    add_window_arguments(parser, before_end=120.0)
     parser.add_argument("--repeat", type=int, default=3, help="replays, one after the other")
     parser.add_argument("--top", type=int, default=20, help="statements listed (of the last replay)")
     asyncio.run(main(parser.parse_args()))

@@ -25,17 +25,14 @@ import json
 import os
 import statistics
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from uuid import UUID
 
 from sqlalchemy import text
 
-from services.cli.stack import read_env_file
-from services.common.settings import AdminDatabaseSettings, DatabaseSettings, StackSettings
 from services.query import rollup_repository
-from services.query.tasks import rollup_engine
-from tools.bench.merge_replay import _BUSIEST, _LATEST
+from tools.bench.merge_replay import add_window_arguments, find_window, stack_rollup_engine
 from tools.bench.refresher_cpu import process_cpu_s
 
 _LANDED = rollup_repository._EVENT_KEY_FILTER
@@ -75,27 +72,13 @@ _WINDOW = (
 
 
 async def main(arguments: argparse.Namespace) -> None:
-    stack = StackSettings.from_env()
-    for key, value in read_env_file(stack.data_dir / "sightline.env").items():
-        os.environ.setdefault(key, value)
-    admin = AdminDatabaseSettings.from_env()
     # The services' engine settings: no statement cache, so every run is planned with its keys
     # (a generic plan would not hash the array).
-    engine = rollup_engine(replace(DatabaseSettings.from_env("query"), url=admin.url))
+    engine = stack_rollup_engine()
     try:
         async with engine.connect() as connection:
-            if arguments.project_id is None:
-                found = (await connection.execute(text(_BUSIEST))).one()
-            else:
-                found = (await connection.execute(text(_LATEST), {"project_id": arguments.project_id})).one()
-            project_id, latest = int(found[0]), found[1]
-            timezone = (
-                await connection.execute(
-                    text("SELECT timezone FROM projects WHERE project_id = :project_id"), {"project_id": project_id}
-                )
-            ).scalar_one()
-            end = latest - timedelta(seconds=arguments.before_end)
-            window = {"project_id": project_id, "start": end - timedelta(seconds=arguments.seconds), "end": end}
+            window = await find_window(connection, arguments)
+            project_id, timezone = window["project_id"], window["timezone"]
             keys = [(row[0], row[1]) for row in await connection.execute(text(_WINDOW), window)]
             await connection.rollback()
             ranges = rollup_repository._stage_ranges([at for at, _ in keys])
@@ -145,9 +128,7 @@ async def main(arguments: argparse.Namespace) -> None:
 
 def cli() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--project-id", type=int, default=None, help="default: most events in the last day")
-    parser.add_argument("--seconds", type=float, default=35.0, help="the window's length (a round's worth)")
-    parser.add_argument("--before-end", type=float, default=60.0, help="the window ends this long before the latest")
+    add_window_arguments(parser, before_end=60.0)
     parser.add_argument("--repeat", type=int, default=10, help="runs of each variant, alternated")
     asyncio.run(main(parser.parse_args()))
 
