@@ -5,9 +5,10 @@ merge's rows, inside its transaction: written once, each read whole by the proje
 before the commit. Their index on ``project_id`` saved no statement anything (every reader wants
 every row of the project, which is every live row of the table but a concurrent refresh's, and
 the readers are hash joins and aggregates), while each staged row paid an index entry: the
-staging statement took ~0.95 us more per event with it than without, a quarter of the statement
-(a 105,448-event round of the 5000-visitor load, docs/benchmarks.md). Their readers now scan the
-table, as their deletes already did, and a vacuum of them has no index to clean.
+staging statement cost 5.38 us per event with it and 3.53 without on a 111,296-event window of
+the 5000-visitor load (tools.bench.stage_events; -22 to -34 % in three comparisons,
+docs/benchmarks.md). Their readers now scan the table, as their deletes already did, and a
+vacuum of them has no index to clean.
 
 On Citus DROP INDEX is propagated to the shards.
 
