@@ -10,6 +10,7 @@ from sqlalchemy import delete, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.common.models import Event, IngestedEvent, Project, ReplayChunk, ReplaySession
+from services.common.models.query_session import ended_at_before, ended_at_or_after
 from services.common.partition_repository import existing_event_partitions
 
 _DAILY_PARTITION = re.compile(r"events_p(\d{8})")
@@ -69,7 +70,8 @@ async def delete_session_urls_before(connection: AsyncConnection, project_id: in
             "WITH gone AS (DELETE FROM event_session_urls WHERE project_id = :project_id AND first_seen < :cutoff"
             " RETURNING session_id, distinct_id, url_hash),"
             " straddling AS (SELECT session_id, ended_at FROM query_sessions WHERE project_id = :project_id"
-            " AND started_at < :cutoff AND ended_at >= :cutoff AND session_id IN (SELECT session_id FROM gone)),"
+            f" AND started_at < :cutoff AND {ended_at_or_after(':cutoff')}"
+            " AND session_id IN (SELECT session_id FROM gone)),"
             " kept AS (SELECT e.project_id, e.session_id, e.distinct_id, md5(e.url)::uuid AS url_hash,"
             " min(e.url) AS url, min(e.path) AS path, min(e.occurred_at) AS first_seen"
             " FROM events e WHERE e.project_id = :project_id AND e.occurred_at >= :cutoff"
@@ -95,7 +97,7 @@ async def delete_sessions_before(connection: AsyncConnection, project_id: int, c
     A session that straddles the cutoff is recomputed from its events kept (``recompute_straddling_sessions``).
     """
     result = await connection.execute(
-        text("DELETE FROM query_sessions WHERE project_id = :project_id AND ended_at < :cutoff"),
+        text(f"DELETE FROM query_sessions WHERE project_id = :project_id AND {ended_at_before(':cutoff')}"),
         {"project_id": project_id, "cutoff": cutoff},
     )
     return int(result.rowcount)

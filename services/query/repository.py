@@ -38,6 +38,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from services.common.models.query_session import ended_at_or_after
 from services.query.vocabulary import (
     DIMENSIONS,
     HLL_LOG2M,
@@ -119,7 +120,7 @@ def session_ctes(
         f" events::bigint AS s_events, entry_page, exit_page, {visit_columns}, first_uuid AS s_first_uuid,"
         " entry_uuid AS s_entry_uuid,"
         f" (started_at >= :start AND started_at < :end{days}) AS s_in_range"
-        " FROM query_sessions WHERE project_id = :project_id AND ended_at >= :start AND started_at < :end),"
+        f" FROM query_sessions WHERE project_id = :project_id AND {ended_at_or_after(':start')} AND started_at < :end),"
         " ev AS (SELECT occurred_at, name, distinct_id, session_id, path, domain,"
         " (occurred_at AT TIME ZONE :timezone)::date AS day,"
         f" (occurred_at < :end{event_days}) AS e_in_range"

@@ -44,6 +44,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.common.citus_repository import is_citus
+from services.common.models.query_session import ended_at_or_after
 from services.common.rollup_purge_repository import ROLLUP_LOCK_NAMESPACE, day_lock_key, week_lock_key
 from services.query.repository import CUBE_METRIC_COLUMNS, configure_transaction, cube_select_sql, session_ctes
 from services.query.vocabulary import (
@@ -1093,7 +1094,8 @@ async def refresh_project(
             extended = await connection.execute(
                 text(
                     "SELECT DISTINCT (q.started_at AT TIME ZONE :timezone)::date FROM query_sessions q"
-                    " WHERE q.project_id = :project_id AND q.ended_at >= :start AND q.started_at < :end"
+                    f" WHERE q.project_id = :project_id AND {ended_at_or_after(':start', alias='q')}"
+                    " AND q.started_at < :end"
                     " AND EXISTS (SELECT FROM unnest(CAST(:days AS date[])) AS l(day)"
                     " WHERE l.day > (q.started_at AT TIME ZONE :timezone)::date"
                     " AND l.day <= (q.ended_at AT TIME ZONE :timezone)::date)"
@@ -1318,7 +1320,7 @@ _STAGE_DAY_SESSIONS = (
     " SELECT project_id, distinct_id, session_id, (started_at AT TIME ZONE :timezone)::date, started_at, first_uuid,"
     f" entry_uuid, ended_at, pageviews, events, entry_page, exit_page, {_VISIT_COLUMNS},"
     " CAST('{}' AS text[]), CAST('{}' AS text[]), CAST('{}' AS text[])"
-    " FROM query_sessions WHERE project_id = :project_id AND ended_at >= :start AND started_at < :end"
+    f" FROM query_sessions WHERE project_id = :project_id AND {ended_at_or_after(':start')} AND started_at < :end"
 )
 _DAY_EVENTS_END = (
     "SELECT greatest(CAST(:end AS timestamptz), max(ended_at) FILTER (WHERE started_at >= :start"

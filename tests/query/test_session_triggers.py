@@ -203,3 +203,75 @@ def test_every_citus_worker_runs_the_set_based_functions(db: DatabaseHarness) ->
     assert db.citus.workers
     for worker in db.citus.workers:
         assert worker.psql(fingerprint, database="sightline").strip() == on_coordinator
+
+
+_UPDATES = (
+    "SELECT pg_stat_get_xact_tuples_updated('query_sessions'::regclass),"
+    " pg_stat_get_xact_tuples_hot_updated('query_sessions'::regclass)"
+)
+
+
+async def _stored_hour_and_update_kind(engine: AsyncEngine, rows: list[Row]) -> tuple[datetime, int, int]:
+    """Inserts rows in one statement and reads, in the same transaction, the session's
+    ended_hour and how many updates of query_sessions the insert made, and how many of those
+    were heap-only. (Postgres 15's xact counters hold what the backend has not reported yet,
+    earlier transactions' included: the insert's are the difference.)"""
+    columns = list(Row.__dataclass_fields__)
+    async with engine.begin() as connection:
+        updated_before, heap_only_before = (await connection.execute(text(_UPDATES))).one()
+        await connection.execute(
+            text(
+                f"INSERT INTO events ({', '.join(columns)}, url, domain) VALUES"
+                f" ({', '.join(':' + column for column in columns)}, 'https://example.com/', 'example.com')"
+            ),
+            [{column: getattr(row, column) for column in columns} for row in rows],
+        )
+        updated, heap_only = (await connection.execute(text(_UPDATES))).one()
+        result = await connection.execute(
+            text("SELECT ended_hour FROM query_sessions WHERE project_id = :project_id AND session_id = :session_id"),
+            {"project_id": rows[0].project_id, "session_id": rows[0].session_id},
+        )
+        hour = result.scalar_one()
+    return hour, updated - updated_before, heap_only - heap_only_before
+
+
+async def test_a_batch_within_the_sessions_hour_rewrites_no_index_entry(
+    db: DatabaseHarness, engine: AsyncEngine
+) -> None:
+    """Migration 1180: the sessions are indexed by the UTC hour they ended in, not by their end,
+    so a batch that extends a session within that hour changes no indexed column, and its update
+    is heap-only (HOT); one that carries it into the next hour moves ended_hour, and cannot be.
+    Before 1180 no update of a session was heap-only. On Citus the update runs on a worker's
+    shard (its counters are the worker's); the hours are checked there too."""
+    project_id = int((await new_project(db))["id"])
+    start = datetime(2026, 3, 2, 10, 5, tzinfo=UTC)
+    generator = random.Random(1180)
+
+    def event(at: datetime) -> Row:
+        return Row(
+            project_id,
+            "hot-session",
+            "visitor",
+            at,
+            uuid.UUID(int=generator.getrandbits(128)),
+            "pageview",
+            "/",
+            None,
+            None,
+            "DE",
+            "Chrome",
+            "Linux",
+            "desktop",
+            False,
+        )
+
+    ten = datetime(2026, 3, 2, 10, tzinfo=UTC)
+    assert (await _stored_hour_and_update_kind(engine, [event(start)]))[0] == ten
+    hour, updated, heap_only = await _stored_hour_and_update_kind(engine, [event(start + timedelta(minutes=50))])
+    assert hour == ten
+    if db.citus is None:
+        assert (updated, heap_only) == (1, 1)
+    hour, updated, heap_only = await _stored_hour_and_update_kind(engine, [event(start + timedelta(minutes=56))])
+    assert hour == ten + timedelta(hours=1)
+    if db.citus is None:
+        assert (updated, heap_only) == (1, 0)

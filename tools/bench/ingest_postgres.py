@@ -3,7 +3,8 @@
 Runs the ingest writer's own statement (services/ingest/repository.py) on one direct connection,
 batch after batch, and reads that backend's CPU time from /proc and the WAL it wrote, per 8-event
 request: with everything on (each session sending the same URLs again, then every URL new to
-its session: what an event_session_urls row costs), without client uuids (no ingested_events
+its session: what an event_session_urls row costs), in turns with the sessions indexed by their
+end as before migration 1180 (no heap-only update of a session), without client uuids (no ingested_events
 row), with the pending trigger disabled, then also the sessions trigger, then also without the
 trigram index on the sessions' URLs, the distinct_id index and the funnel sample index. What
 each step saves is that object's cost.
@@ -57,6 +58,9 @@ class Variant:
     planned_per_batch: bool = False
 
 
+_OLD_ENDED_AT_INDEX = "CREATE INDEX ix_query_sessions_project_id_ended_at ON query_sessions (project_id, ended_at)"
+_DROP_OLD_ENDED_AT_INDEX = "DROP INDEX IF EXISTS ix_query_sessions_project_id_ended_at"
+
 # Each step keeps the previous steps' changes; the last one puts everything back.
 VARIANTS = (
     # The function and its statement sent as text twice, in turns: the first variant of a run
@@ -69,6 +73,21 @@ VARIANTS = (
     ),
     Variant("everything on (2)", uuids=True),
     Variant("everything on, the statement sent as text (2)", uuids=True, planned_per_batch=True),
+    # Migration 1180: with the sessions indexed by their end again, no update of a session is
+    # heap-only (each writes an entry in every index of query_sessions); in turns with the
+    # landed schema, where a batch within the session's hour is.
+    Variant(
+        "the sessions' (project_id, ended_at) index as before 1180 (no HOT update)",
+        uuids=True,
+        before=(_OLD_ENDED_AT_INDEX,),
+    ),
+    Variant("everything on (3)", uuids=True, before=(_DROP_OLD_ENDED_AT_INDEX,)),
+    Variant(
+        "the sessions' (project_id, ended_at) index as before 1180 (2)",
+        uuids=True,
+        before=(_OLD_ENDED_AT_INDEX,),
+    ),
+    Variant("everything on (4)", uuids=True, before=(_DROP_OLD_ENDED_AT_INDEX,)),
     Variant("everything on, every event's URL new to its session", uuids=True, fresh_urls=True),
     Variant("everything on, events without uuids (no ingested_events row)", uuids=False),
     Variant(
@@ -100,6 +119,7 @@ VARIANTS = (
         "everything on again",
         uuids=True,
         before=(
+            _DROP_OLD_ENDED_AT_INDEX,
             "CREATE INDEX IF NOT EXISTS ix_events_funnel_sample ON events"
             " (project_id, name, path, (hashtext(distinct_id) & 511), occurred_at) INCLUDE (distinct_id)"
             " WHERE NOT is_bot AND (hashtext(distinct_id) & 7) = 0",
@@ -158,6 +178,17 @@ def statement(rows: list[EventRow], as_text: bool = False) -> str:
     return repository._STORE_EVENTS.replace(repository._ROWS, document)
 
 
+async def session_updates(connection: asyncpg.Connection) -> tuple[int, int]:
+    """query_sessions' updates so far and how many were heap-only, this backend's included: it
+    reports its counters when it goes idle after asking for the next report to be forced."""
+    await connection.execute("SELECT pg_stat_force_next_flush()")
+    row = await connection.fetchrow(
+        "SELECT n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables WHERE relid = 'query_sessions'::regclass"
+    )
+    assert row is not None
+    return int(row[0]), int(row[1])
+
+
 async def measure(connection: asyncpg.Connection, variant: Variant, batches: int, requests: int) -> str:
     backend = int(await connection.fetchval("SELECT pg_backend_pid()"))
     prefix = uuid.uuid4().hex[:8]
@@ -171,16 +202,20 @@ async def measure(connection: asyncpg.Connection, variant: Variant, batches: int
     ]
     for sql in statements[:WARM_UP_BATCHES]:
         await connection.execute(sql)
+    updated_before, heap_only_before = await session_updates(connection)
     wal_before = await connection.fetchval("SELECT pg_current_wal_lsn()")
     cpu_before, wall_before = read_tree(backend).own, time.perf_counter()
     for sql in statements[WARM_UP_BATCHES:]:
         await connection.execute(sql)
     cpu_after, wall_after = read_tree(backend).own, time.perf_counter()
     wal = float(await connection.fetchval("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), $1)", wal_before))
+    updated, heap_only = await session_updates(connection)
+    updated, heap_only = updated - updated_before, heap_only - heap_only_before
     stored_requests = batches * requests
     return (
         f"| {variant.name} | {(cpu_after - cpu_before) * 1000 / stored_requests:.3f} | "
-        f"{(wall_after - wall_before) * 1000 / stored_requests:.3f} | {wal / stored_requests:.0f} |"
+        f"{(wall_after - wall_before) * 1000 / stored_requests:.3f} | {wal / stored_requests:.0f} | "
+        f"{100 * heap_only / max(updated, 1):.0f} % of {updated} |"
     )
 
 
@@ -196,8 +231,9 @@ async def run(database_url: str, batches: int, requests: int, variants: int = le
             f"load average {load_average()} at start; {batches} batches of {requests} requests"
             f" ({requests * EVENTS_PER_REQUEST} events) per variant, one connection, one after another",
             "",
-            "| variant | backend CPU ms per 8-event request | wall ms per request | WAL bytes per request |",
-            "| --- | --- | --- | --- |",
+            "| variant | backend CPU ms per 8-event request | wall ms per request | WAL bytes per request"
+            " | sessions' updates heap-only |",
+            "| --- | --- | --- | --- | --- |",
         ]
         # The first `variants` only (all by default); the schema is put back whatever the count.
         for variant in (*VARIANTS[:variants], *(VARIANTS[-1:] if variants < len(VARIANTS) else ())):
