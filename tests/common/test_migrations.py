@@ -18,6 +18,7 @@ from services.cli import admin
 from services.common import partition_repository
 from services.common.db import create_admin_engine
 from services.common.models import Base
+from services.common.rollup_purge_repository import SESSION_CUBE_TABLES
 from services.common.settings import AdminDatabaseSettings
 from tests.harness import DatabaseHarness
 
@@ -230,3 +231,74 @@ def test_the_refreshs_staged_and_counted_events_carry_no_index(db: DatabaseHarne
     tables = ("query_rollup_events_counted", "query_rollup_events_staged")
     indexes = "SELECT count(*) FROM pg_index WHERE indrelid = %s"
     assert _catalog_answers(db, tables, indexes) == {table: {"0"} for table in tables}
+
+
+def test_the_sessions_pages_keep_room_for_heap_only_updates(db: DatabaseHarness) -> None:
+    """Each batch rewrites its sessions' rows; a heap-only update needs room on the row's own page
+    (migration 1180). On Citus, every shard placement."""
+    options = "SELECT array_to_string(reloptions, ',') FROM pg_class WHERE oid = %s"
+    assert _catalog_answers(db, ("query_sessions",), options) == {"query_sessions": {"fillfactor=90"}}
+
+
+# The rows in the TOAST table of the table whose oid is %s (a superuser's query: pg_toast is theirs).
+_TOAST_ROWS = (
+    "SELECT (xpath('/row/n/text()', query_to_xml("
+    "format('SELECT count(*) AS n FROM %%s', reltoastrelid::regclass), false, true, '')))[1]::text"
+    " FROM pg_class WHERE oid = %s"
+)
+
+
+def _hours_toast_rows(db: DatabaseHarness) -> int:
+    """The TOAST rows of `query_rollup_hours`: the coordinator's and, on Citus, every placement's."""
+    database = db.admin.url.rsplit("/", 1)[1]
+    rows = int(db.postgres.psql(_TOAST_ROWS % "'query_rollup_hours'::regclass", database))
+    if db.citus is not None:
+        # run_command_on_placements formats the command with the shard's name: format()'s own %s doubled.
+        on_placements = _TOAST_ROWS.replace("%%s", "%%%%s") % "'%s'::regclass"
+        rows += int(
+            db.postgres.psql(
+                "SELECT coalesce(sum(result::bigint), 0) FROM run_command_on_placements("
+                f"'query_rollup_hours', $${on_placements}$$)",
+                database,
+            )
+        )
+    return rows
+
+
+def test_every_day_cubes_sketch_stays_in_its_row(db: DatabaseHarness) -> None:
+    """A full `visitors` sketch (~2.6 kB, past the 2 kB TOAST threshold) is stored in its cube's
+    row: a merge of the group reads and writes it with the row, not as TOAST rows. Visits and
+    pages store it PLAIN (0101), the session cubes keep rows of up to 8 kB inline (1190): on
+    Citus on every shard placement. Its effect, on one session cube."""
+    storage = "SELECT CAST(attstorage AS text) FROM pg_attribute WHERE attrelid = %s AND attname = 'visitors'"
+    plain = ("query_rollup_visits", "query_rollup_pages")
+    assert _catalog_answers(db, plain, storage) == {table: {"p"} for table in plain}
+    options = "SELECT array_to_string(reloptions, ',') FROM pg_class WHERE oid = %s"
+    assert _catalog_answers(db, SESSION_CUBE_TABLES, options) == {
+        table: {"toast_tuple_target=8160"} for table in SESSION_CUBE_TABLES
+    }
+    project_id = 900_000 + uuid.uuid4().int % 100_000
+
+    def insert_full_sketch(connection: Connection) -> int:
+        inserted = connection.execute(
+            text(
+                "INSERT INTO query_rollup_hours (project_id, day, grain, hour, visitors, sessions, bounces,"
+                " duration_s, pageviews, events, session_pageviews)"
+                " SELECT :project_id, DATE '2026-12-01', 255, 9, hll_add_agg(hll_hash_integer(g), 12), 1, 0, 0, 1, 1, 1"
+                " FROM generate_series(1, 200000) g RETURNING pg_column_size(visitors)"
+            ),
+            {"project_id": project_id},
+        ).scalar_one()
+        connection.commit()
+        return int(inserted)
+
+    def delete_it(connection: Connection) -> None:
+        connection.execute(text("DELETE FROM query_rollup_hours WHERE project_id = :p"), {"p": project_id})
+        connection.commit()
+
+    before = _hours_toast_rows(db)
+    try:
+        assert _with_connection(db.admin, insert_full_sketch) > 2_500
+        assert _hours_toast_rows(db) == before
+    finally:
+        _with_connection(db.admin, delete_it)
