@@ -45,7 +45,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.common.citus_repository import is_citus
 from services.common.models.query_session import ended_at_or_after
-from services.common.rollup_purge_repository import ROLLUP_LOCK_NAMESPACE, day_lock_key, week_lock_key
+from services.common.rollup_purge_repository import ROLLUP_LOCK_NAMESPACE, day_lock_key, week_lock_key, week_of
 from services.query.repository import CUBE_METRIC_COLUMNS, configure_transaction, cube_select_sql, session_ctes
 from services.query.vocabulary import (
     CUBES,
@@ -371,7 +371,8 @@ def _union(column: str, new: str) -> str:
 
 
 _FOLDED_COLUMNS = (
-    "session_id, day, started_at, first_uuid, entry_uuid, ended_at, pageviews, events, entry_page, exit_page, "
+    "session_id, distinct_id, day, started_at, first_uuid, entry_uuid, ended_at, pageviews, events, entry_page,"
+    " exit_page, "
     f"{_VISIT_COLUMNS}, pages, domains, event_names"
 )
 _FOLDED_UPDATE = ", ".join(f"{column.strip()} = excluded.{column.strip()}" for column in _FOLDED_COLUMNS.split(",")[1:])
@@ -423,7 +424,8 @@ _DEFAULT = 'COLLATE "default"'
 def _stage_sessions_sql(citus: bool) -> str:
     return (
         f"INSERT INTO query_rollup_sessions_staged (project_id, {_FOLDED_COLUMNS})"
-        " SELECT q.project_id, q.session_id, (q.started_at AT TIME ZONE :timezone)::date, q.started_at, q.first_uuid,"
+        " SELECT q.project_id, q.session_id, q.distinct_id, (q.started_at AT TIME ZONE :timezone)::date, q.started_at,"
+        " q.first_uuid,"
         f" q.entry_uuid, q.ended_at, q.pageviews, q.events, q.entry_page, q.exit_page, {_visits_of('q')},"
         f" {_union('pages', 'pages')}, {_union('domains', 'domains')}, {_union('event_names', 'names')}"
         f" FROM (SELECT e.project_id, (e.session_id {_C}) {_DEFAULT} AS session_id,"
@@ -1126,6 +1128,8 @@ async def refresh_project(
     from_empty: set[date] = set()
     # Days being built in pieces whose rows no longer hold (a session on them moved).
     restart_pieces: set[date] = set()
+    # The merge's change to the retention rows; None: not kept (no merge, or a week was held).
+    retention: RetentionChange | None = None
     if occurred_at:
         citus = await is_citus(connection)
         ranges = _stage_ranges(occurred_at)
@@ -1194,7 +1198,11 @@ async def refresh_project(
             params["days"] = sorted(merged)
             # The exit-page items of the merged days but the latest (its items are left stale).
             params["item_days"] = sorted(day for day in merged if day != latest)
+            assert latest is not None  # merged days have markers
+            retention = await take_retention_out(connection, project_id, latest)
             await _merge_staged(connection, params)
+            if retention is not None:
+                await put_retention_back(connection, project_id, retention)
         else:
             await connection.execute(
                 text("DELETE FROM query_rollup_sessions_staged WHERE project_id = :project_id"), params
@@ -1235,6 +1243,12 @@ async def refresh_project(
     # One earlier day whose exit-page items a merge left stale (when it was the latest) gets them
     # remade from its session days, now final for this refresh.
     items_remade = await _remake_stale_exit_items(connection, project_id, latest, unbuilt | unbuildable | set(rebuilt))
+    # The retention weeks current before this refresh stay current after it when the merge kept
+    # their rows and nothing else changed the folded sessions (see "Retention cohorts").
+    current_weeks: dict[date, datetime] = {}
+    if retention is not None and built and not (bulk or unbuildable or to_rebuild):
+        assert latest is not None
+        current_weeks = await current_retention_weeks(connection, project_id, week_of(min(built)), week_of(latest))
     # One pass in day order, as the delete trigger takes the markers' locks: no deadlock with it.
     for day in sorted(built.keys() | set(rebuilt) | unbuildable | items_remade | pieces.keys()):
         piece = pieces.get(day)
@@ -1305,6 +1319,9 @@ async def refresh_project(
                 ),
                 {"project_id": project_id, "day": day},
             )
+    if current_weeks:
+        assert latest is not None
+        await advance_retention_weeks(connection, project_id, current_weeks, week_of(latest))
     # (A day whose last piece was built counts among the pieces, not the rebuilt days.)
     rebuilt_days = len(rebuilt) - sum(piece.done for piece in pieces.values())
     return RefreshOutcome(len(built), rebuilt_days, len(occurred_at), tuple(pieces.values()))
@@ -1316,8 +1333,8 @@ async def refresh_project(
 # statement of its own, without CTEs (see the merge above). On plain Postgres the one
 # statement below reads the events once for every table instead.
 _STAGE_DAY_SESSIONS = (
-    f"INSERT INTO query_rollup_sessions_staged (project_id, distinct_id, {_FOLDED_COLUMNS})"
-    " SELECT project_id, distinct_id, session_id, (started_at AT TIME ZONE :timezone)::date, started_at, first_uuid,"
+    f"INSERT INTO query_rollup_sessions_staged (project_id, {_FOLDED_COLUMNS})"
+    " SELECT project_id, session_id, distinct_id, (started_at AT TIME ZONE :timezone)::date, started_at, first_uuid,"
     f" entry_uuid, ended_at, pageviews, events, entry_page, exit_page, {_VISIT_COLUMNS},"
     " CAST('{}' AS text[]), CAST('{}' AS text[]), CAST('{}' AS text[])"
     f" FROM query_sessions WHERE project_id = :project_id AND {ended_at_or_after(':start')} AND started_at < :end"
@@ -1411,7 +1428,7 @@ _REBUILD_SESSION_DAYS = (
 # events: grouped from one union, not joined.
 _REBUILD_FOLDED = (
     f"INSERT INTO query_rollup_sessions_folded AS f (project_id, {_FOLDED_COLUMNS})"
-    " SELECT u.project_id, u.session_id, :day, max(u.s_started_at), CAST(max(u.first_uuid) AS uuid),"
+    " SELECT u.project_id, u.session_id, max(u.s_visitor), :day, max(u.s_started_at), CAST(max(u.first_uuid) AS uuid),"
     " CAST(max(u.entry_uuid) AS uuid), max(u.s_ended_at), max(u.s_pageviews), max(u.s_events), max(u.entry_page),"
     " max(u.exit_page), "
     + ", ".join(f"max(u.{DIMENSIONS[name].raw})" for name in VISIT_DIMENSIONS)
@@ -1419,10 +1436,10 @@ _REBUILD_FOLDED = (
     " coalesce(array_agg(DISTINCT u.domain ORDER BY u.domain) FILTER (WHERE u.domain IS NOT NULL),"
     " CAST('{}' AS text[])),"
     " coalesce(array_agg(DISTINCT u.name ORDER BY u.name) FILTER (WHERE u.name IS NOT NULL), CAST('{}' AS text[]))"
-    " FROM (SELECT b.project_id, b.session_id, b.s_started_at, CAST(b.s_first_uuid AS text) AS first_uuid,"
+    " FROM (SELECT b.project_id, b.session_id, b.s_visitor, b.s_started_at, CAST(b.s_first_uuid AS text) AS first_uuid,"
     " CAST(b.s_entry_uuid AS text) AS entry_uuid, b.s_ended_at, b.s_pageviews, b.s_events, b.entry_page,"
     f" b.exit_page, {_RAW_VISITS}, NULL AS path, NULL AS domain, NULL AS name FROM {_DAY_SESS} b WHERE b.s_in_range"
-    " UNION ALL SELECT b.project_id, b.session_id, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, "
+    " UNION ALL SELECT b.project_id, b.session_id, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, "
     + ", ".join(["NULL"] * len(VISIT_DIMENSIONS))
     + f", b.path, b.domain, b.name FROM {_DAY_BASE} b WHERE b.s_in_range) u GROUP BY u.project_id, u.session_id"
     f" ON CONFLICT (project_id, session_id) DO UPDATE SET {_FOLDED_UPDATE}"
@@ -1462,17 +1479,17 @@ def _rebuild_one_statement(session_day_items: bool = True) -> str:
     folded = ", ".join(f"max({DIMENSIONS[name].raw})" for name in VISIT_DIMENSIONS)
     inserts.append(
         f"INSERT INTO query_rollup_sessions_folded AS f (project_id, {_FOLDED_COLUMNS})"
-        " SELECT :project_id, session_id, :day, max(s_started_at), CAST(max(first_uuid) AS uuid),"
+        " SELECT :project_id, session_id, max(s_visitor), :day, max(s_started_at), CAST(max(first_uuid) AS uuid),"
         " CAST(max(entry_uuid) AS uuid), max(s_ended_at), max(s_pageviews), max(s_events), max(entry_page),"
         f" max(exit_page), {folded},"
         " coalesce(array_agg(DISTINCT path ORDER BY path) FILTER (WHERE path IS NOT NULL), CAST('{}' AS text[])),"
         " coalesce(array_agg(DISTINCT domain ORDER BY domain) FILTER (WHERE domain IS NOT NULL),"
         " CAST('{}' AS text[])),"
         " coalesce(array_agg(DISTINCT name ORDER BY name) FILTER (WHERE name IS NOT NULL), CAST('{}' AS text[]))"
-        " FROM (SELECT session_id, s_started_at, CAST(s_first_uuid AS text) AS first_uuid,"
+        " FROM (SELECT session_id, s_visitor, s_started_at, CAST(s_first_uuid AS text) AS first_uuid,"
         " CAST(s_entry_uuid AS text) AS entry_uuid, s_ended_at, s_pageviews, s_events, entry_page, exit_page,"
         f" {raw_visits}, NULL AS path, NULL AS domain, NULL AS name FROM sess WHERE s_in_range"
-        " UNION ALL SELECT session_id, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,"
+        " UNION ALL SELECT session_id, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,"
         f" {nulls}, path, domain, name FROM base WHERE s_in_range) u GROUP BY session_id"
         f" ON CONFLICT (project_id, session_id) DO UPDATE SET {_FOLDED_UPDATE}"
     )
@@ -1898,12 +1915,23 @@ async def rebuild_week(connection: AsyncConnection, *, project_id: int, week: da
 
 # Retention cohorts (migration 0720). A week's rows count, per (active_day, first_day), the
 # visitors whose first session of the week began on active_day and whose first session ever began
-# on first_day. They depend on every session begun up to the week's Sunday (first-seen days go
-# back to the first ever), so a week is stamped with the latest build among the project's days
-# up to its Sunday: a day rebuilt since (events arrived, or were erased) makes the week and
-# every later one stale until rebuilt. query_sessions is kept at ingest, so a rebuild reads
-# sessions at least as fresh as the days' builds; `retention_week_states` says whether the rows
-# are exactly current (stamp equal, every day current).
+# on first_day. They are made of the folded sessions (query_rollup_sessions_folded, each with its
+# visitor since 1200): what the days' builds and merges hold, never sessions ahead of them. They
+# depend on every session begun up to the week's Sunday (first-seen days go back to the first
+# ever), so a week is stamped with the latest build among the project's days up to its Sunday;
+# `retention_week_states` says whether the rows are exactly current (stamp equal, every day
+# current).
+#
+# A merge keeps them (`take_retention_out`, `put_retention_back`): the visitors whose days it
+# changes (a session new to the folded rows on a day the visitor had none, or a session whose
+# visitor changed) have their rows taken out of every week from the first one changed, before the
+# sessions are folded, and put back after, one lookup per visitor; then `advance_retention_weeks`
+# moves on the stamps of the weeks that were current. What a merge does not account for (a day
+# rebuilt, built in pieces or purged, a merge that could not take its weeks' locks) leaves the
+# weeks from that day on stale (their stamp behind the days' builds), and `rebuild_retention_week`
+# remakes each whole. Under live ingest that was the current week in every round, ~7 us per
+# visitor active in it, however few had arrived (docs/benchmarks.md, "Retention weeks kept by
+# the merges").
 
 
 # The Monday of a date column or parameter (date_trunc on a date goes through the session's zone).
@@ -1989,13 +2017,46 @@ async def retention_weeks_to_build(
     return [WeekToBuild(row.project_id, row.week) for row in result]
 
 
+def _retention_rows_sql(*, merge: bool, citus: bool) -> str:
+    """The retention rows of the folded sessions: of the visitors active in the week :week (a
+    rebuild, into emptied rows), or (`merge`) of the visitors :visitors in every week from
+    :first_week on, added :sign times into the rows there.
+
+    Each visitor's first session ever is one lookup of the (project_id, distinct_id, day) index:
+    it starts no later than their session in the week, so no bound is needed. The lookup names
+    the project by the outer row's column, not the constant: on a new project's statistics (a
+    row or two per project) `project_id = <constant>` made every index on project_id look as
+    good, and the planner answered min() by walking another index until the visitor's first row,
+    a scan of the project's sessions per visitor (seen under the 5000-visitor load as a 7.9 s
+    retention week, docs/benchmarks.md, branch refcpu2). On Citus the constant stays: the
+    statement is routed to the project's shard by it. No CTE: Citus pushes the statement down to
+    the project's shard only without one."""
+    routed = " AND g.project_id = :project_id" if citus else ""
+    if merge:
+        where = "f.distinct_id = ANY(CAST(:visitors AS text[])) AND f.day >= :first_week"
+        per = f", {_monday('f.day')}"
+        visitors = "CAST(:sign AS bigint) * count(*)"
+        conflict = (
+            " ON CONFLICT (project_id, active_day, first_day) DO UPDATE SET visitors = r.visitors + excluded.visitors"
+        )
+    else:
+        where = "f.day BETWEEN :week AND CAST(:week AS date) + 6"
+        per, visitors, conflict = "", "count(*)", ""
+    return (
+        "INSERT INTO query_rollup_retention AS r (project_id, active_day, first_day, visitors)"
+        f" SELECT a.project_id, a.active_day, a.first_day, {visitors}"
+        " FROM (SELECT f.project_id, min(f.day) AS active_day,"
+        " (SELECT min(g.day) FROM query_rollup_sessions_folded g WHERE g.project_id = f.project_id"
+        f"{routed} AND g.distinct_id = f.distinct_id) AS first_day"
+        f" FROM query_rollup_sessions_folded f WHERE f.project_id = :project_id AND {where}"
+        f" GROUP BY f.project_id, f.distinct_id{per}) a"
+        f" GROUP BY a.project_id, a.active_day, a.first_day{conflict}"
+    )
+
+
 async def rebuild_retention_week(connection: AsyncConnection, *, project_id: int, week: date) -> bool:
     """Replace the week's retention rows; False if another process holds the week's lock (a
-    builder, or a purge).
-
-    The project's timezone is read here under the week's lock, not passed in: a timezone change
-    takes the week's lock (``lock_days``), so a build after it sees the new zone.
-    """
+    builder, a merge keeping the week, or a purge)."""
     locked = await connection.execute(
         text("SELECT pg_try_advisory_xact_lock(:namespace, hashtext(:key))"),
         {"namespace": ROLLUP_LOCK_NAMESPACE, "key": week_lock_key(project_id, week)},
@@ -2022,41 +2083,126 @@ async def rebuild_retention_week(connection: AsyncConnection, *, project_id: int
         ),
         params,
     )
-    # Read under the week's lock (a timezone change takes it), in a statement of its own: a
-    # join to the projects reference table made Citus send the rows' statement to every shard.
-    zone = await connection.execute(
-        text("SELECT timezone FROM projects WHERE project_id = :project_id"), {"project_id": project_id}
+    citus = await is_citus(connection)
+    await connection.execute(text(_retention_rows_sql(merge=False, citus=citus)), params)
+    return True
+
+
+# The visitors whose days a merge changes, with the days: each staged session new to the folded
+# rows (or whose visitor changed) on a day its visitor has no folded session yet, and the old
+# visitor of a session whose visitor changed. The folded rows are found as in _touched_sessions.
+def _retention_changes_sql(citus: bool) -> str:
+    routed = " AND {table}.project_id = :project_id" if citus else ""
+    return (
+        "SELECT st.distinct_id, st.day FROM query_rollup_sessions_staged st"
+        " LEFT JOIN LATERAL (SELECT f.distinct_id FROM query_rollup_sessions_folded f"
+        f" WHERE f.project_id = st.project_id{routed.format(table='f')} AND f.session_id = st.session_id LIMIT 1) f"
+        " ON true WHERE st.project_id = :project_id AND f.distinct_id IS DISTINCT FROM st.distinct_id"
+        " AND NOT EXISTS (SELECT FROM query_rollup_sessions_folded g WHERE g.project_id = st.project_id"
+        f"{routed.format(table='g')} AND g.distinct_id = st.distinct_id AND g.day = st.day)"
+        " UNION ALL SELECT f.distinct_id, f.day FROM query_rollup_sessions_staged st"
+        " JOIN query_rollup_sessions_folded f ON f.project_id = st.project_id AND f.session_id = st.session_id"
+        " WHERE st.project_id = :project_id AND f.project_id = :project_id AND f.distinct_id <> st.distinct_id"
     )
-    params["timezone"] = zone.scalar_one()
-    routed = " AND f.project_id = :project_id" if await is_citus(connection) else ""
-    # The week's bounds are its local midnights by the same conversion as the days (AT TIME
-    # ZONE). Each active visitor's first session ever is one key lookup per visitor
-    # ((project_id, distinct_id) index): it starts no later than their session in the week, so
-    # no bound is needed. A join here let the planner pick a scan of the project's sessions per
-    # visitor when its estimates were off (seen as a timeout). The lookup names the project by
-    # the outer row's column, not the constant (as _touched_sessions does): on a new project's
-    # statistics (a row or two per project) `project_id = <constant>` made every index on
-    # project_id look as good, and the planner answered min() by walking the (project_id,
-    # started_at) index until the visitor's first row, a scan of the project's sessions per
-    # visitor: under the 5000-visitor load the load's first retention week took 7.9 s of CPU and
-    # 27.6 s of wall time, which stretched the refresher's pause to 249 s (docs/benchmarks.md,
-    # branch refcpu2). On Citus the constant stays: the statement is routed to the project's
-    # shard by it (its workers plan with their own statistics). No CTE:
-    # Citus pushes the statement down to the project's shard only without one.
+
+
+_RETENTION_CHANGES_SQL = {citus: _retention_changes_sql(citus) for citus in (False, True)}
+_RETENTION_ROWS_SQL = {citus: _retention_rows_sql(merge=True, citus=citus) for citus in (False, True)}
+
+
+@dataclass(frozen=True)
+class RetentionChange:
+    """The visitors whose retention rows a merge took out, in the weeks from first_week on."""
+
+    visitors: tuple[str, ...]
+    first_week: date | None
+
+
+async def take_retention_out(connection: AsyncConnection, project_id: int, last_day: date) -> RetentionChange | None:
+    """Before the staged sessions are folded: the rows of the visitors whose days they change
+    taken out of every week from the first one changed to last_day's, under those weeks' locks;
+    None if one is held (a week being rebuilt or purged: the weeks go stale and are rebuilt)."""
+    citus = await is_citus(connection)
+    rows = list(await connection.execute(text(_RETENTION_CHANGES_SQL[citus]), {"project_id": project_id}))
+    if not rows:
+        return RetentionChange((), None)
+    first_week = week_of(min(row.day for row in rows))
+    last_week = max(first_week, week_of(last_day))
+    keys = [
+        week_lock_key(project_id, first_week + timedelta(weeks=offset))
+        for offset in range((last_week - first_week).days // 7 + 1)
+    ]
+    # Every lock tried (an aggregate reads every row), none waited for.
+    locked = await connection.execute(
+        text(
+            "SELECT bool_and(pg_try_advisory_xact_lock(:namespace, hashtext(key)))"
+            " FROM unnest(CAST(:keys AS text[])) AS key"
+        ),
+        {"namespace": ROLLUP_LOCK_NAMESPACE, "keys": keys},
+    )
+    if not locked.scalar_one():
+        return None
+    change = RetentionChange(tuple(sorted({row.distinct_id for row in rows})), first_week)
+    await _add_retention_rows(connection, project_id, change, sign=-1)
+    return change
+
+
+async def put_retention_back(connection: AsyncConnection, project_id: int, change: RetentionChange) -> None:
+    """After the staged sessions are folded: the visitors' rows as they are now, and the rows
+    left at no visitor gone."""
+    if change.first_week is None:
+        return
+    await _add_retention_rows(connection, project_id, change, sign=1)
     await connection.execute(
         text(
-            "INSERT INTO query_rollup_retention (project_id, active_day, first_day, visitors)"
-            " SELECT a.project_id, (a.active_at AT TIME ZONE :timezone)::date,"
-            " (a.first_at AT TIME ZONE :timezone)::date, count(*)"
-            " FROM (SELECT s.project_id, s.distinct_id, min(s.started_at) AS active_at,"
-            " (SELECT min(f.started_at) FROM query_sessions f WHERE f.project_id = s.project_id"
-            f"{routed} AND f.distinct_id = s.distinct_id) AS first_at"
-            " FROM query_sessions s WHERE s.project_id = :project_id"
-            " AND s.started_at >= CAST(:week AS date)::timestamp AT TIME ZONE :timezone"
-            " AND s.started_at < (CAST(:week AS date) + 7)::timestamp AT TIME ZONE :timezone"
-            " GROUP BY s.project_id, s.distinct_id) a"
-            " GROUP BY a.project_id, 2, 3"
+            "DELETE FROM query_rollup_retention WHERE project_id = :project_id"
+            " AND active_day >= :first_week AND visitors = 0"
         ),
-        params,
+        {"project_id": project_id, "first_week": change.first_week},
     )
-    return True
+
+
+async def _add_retention_rows(
+    connection: AsyncConnection, project_id: int, change: RetentionChange, *, sign: int
+) -> None:
+    citus = await is_citus(connection)
+    await connection.execute(
+        text(_RETENTION_ROWS_SQL[citus]),
+        {"project_id": project_id, "visitors": list(change.visitors), "first_week": change.first_week, "sign": sign},
+    )
+
+
+async def current_retention_weeks(
+    connection: AsyncConnection, project_id: int, first_week: date, last_week: date
+) -> dict[date, datetime]:
+    """The weeks in [first_week, last_week] whose rows are as current as their days' builds
+    (stamp equal to the latest build among the days up to their Sunday), with that stamp."""
+    states = await retention_week_states(connection, project_id, first_week, last_week, 0)
+    return {
+        state.week: state.stamp for state in states if state.stamp is not None and state.stamp == state.days_built_at
+    }
+
+
+async def advance_retention_weeks(
+    connection: AsyncConnection, project_id: int, current: dict[date, datetime], last_week: date
+) -> int:
+    """After a refresh whose every change to the folded sessions a merge kept in the retention
+    rows (take_retention_out, put_retention_back) has written its days' markers: the weeks that
+    were current before it (``current``) are stamped with their days' latest build now, those
+    whose days are all built. Returns how many."""
+    if not current:
+        return 0
+    advanced = 0
+    for state in await retention_week_states(connection, project_id, min(current), last_week, 0):
+        old = current.get(state.week)
+        if old is None or not state.days_built or state.days_built_at == old:
+            continue
+        result = await connection.execute(
+            text(
+                "UPDATE query_rollup_retention_weeks SET days_built_at = :days_built_at, built_at = now()"
+                " WHERE project_id = :project_id AND week = :week AND days_built_at = :old"
+            ),
+            {"project_id": project_id, "week": state.week, "days_built_at": state.days_built_at, "old": old},
+        )
+        advanced += result.rowcount
+    return advanced

@@ -12,6 +12,8 @@ from litestar.testing import AsyncTestClient
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from services.common import rollup_purge_repository
+from services.query import rollup_repository
 from services.query.app import create_app
 from services.query.schemas import QuerySpec
 from services.query.service import resolve_range
@@ -220,6 +222,151 @@ async def test_retention_rollup_follows_late_events(
     assert (stale["meta"], cohort_rows(stale)) == ({"source": "events"}, expected)
     await build_rollups(engine, project)
     rebuilt = await retention(client, project)
+    assert (rebuilt["meta"], cohort_rows(rebuilt)) == ({"source": "rollups"}, expected)
+
+
+async def retention_cells(engine: AsyncEngine, project_id: int) -> list[tuple[str, str, int]]:
+    """The project's retention rows as (active_day, first_day, visitors)."""
+    async with engine.connect() as connection:
+        result = await connection.execute(
+            text(
+                "SELECT active_day::text, first_day::text, visitors FROM query_rollup_retention"
+                " WHERE project_id = :project_id ORDER BY 1, 2"
+            ),
+            {"project_id": project_id},
+        )
+        return [tuple(row) for row in result]  # type: ignore[misc]
+
+
+async def current_weeks(engine: AsyncEngine, project_id: int) -> dict[str, bool]:
+    """Per week with events in January 2026: whether its retention rows may be read as current."""
+    async with engine.connect() as connection:
+        states = await rollup_repository.retention_week_states(
+            connection, project_id, date(2026, 1, 5), date(2026, 1, 26), 3600
+        )
+    return {str(s.week): s.stamp is not None and s.stamp == s.days_built_at and s.days_current for s in states}
+
+
+async def test_merges_keep_the_retention_weeks_without_rebuilding_them(
+    client: AsyncTestClient[Any], db: DatabaseHarness, engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Once its weeks are built, a merge takes out the rows of the visitors whose days it changes
+    and puts them back (migration 1200): a new visitor, a returning one, a late session that moves
+    a visitor's first day back a week, a session whose visitor changes. The weeks stay current
+    with no week rebuilt, and the rows are those a rebuild from scratch writes."""
+    project = await new_project(db)
+    project_id = int(project["id"])
+    # W1 is Monday Jan 5, W2 Monday Jan 12 (Berlin). r9 has a session on each day the merges below
+    # write to, so that no merge lands on a day never built (that day is rebuilt, not merged).
+    await insert_events(
+        engine,
+        project_id,
+        [
+            Event("r1", "a", berlin("2026-01-12T10:00:00")),
+            Event("r2", "b", berlin("2026-01-05T10:00:00")),
+            Event("r9", "z1", berlin("2026-01-08T09:00:00")),
+            Event("r9", "z2", berlin("2026-01-13T09:00:00")),
+            Event("r9", "z3", berlin("2026-01-14T09:00:00")),
+        ],
+    )
+    await build_rollups(engine, project)
+    assert await retention_cells(engine, project_id) == [
+        ("2026-01-05", "2026-01-05", 1),  # r2
+        ("2026-01-08", "2026-01-08", 1),  # r9 in W1
+        ("2026-01-12", "2026-01-12", 1),  # r1
+        ("2026-01-13", "2026-01-08", 1),  # r9 in W2
+    ]
+
+    async def no_rebuild(*args: object, **kwargs: object) -> bool:
+        raise AssertionError("a retention week was rebuilt after a merge")
+
+    monkeypatch.setattr(rollup_repository, "rebuild_retention_week", no_rebuild)
+    await insert_events(
+        engine,
+        project_id,
+        [
+            Event("r3", "c", berlin("2026-01-13T10:00:00")),  # new
+            Event("r2", "d", berlin("2026-01-14T10:00:00")),  # back in W2
+            Event("r1", "e", berlin("2026-01-08T10:00:00")),  # seen a week before: first day Jan 8
+        ],
+    )
+    await build_rollups(engine, project)
+    assert await current_weeks(engine, project_id) == {"2026-01-05": True, "2026-01-12": True}
+    assert await retention_cells(engine, project_id) == [
+        ("2026-01-05", "2026-01-05", 1),  # r2 in W1
+        ("2026-01-08", "2026-01-08", 2),  # r1 and r9 in W1
+        ("2026-01-12", "2026-01-08", 1),  # r1 in W2
+        ("2026-01-13", "2026-01-08", 1),  # r9 in W2
+        ("2026-01-13", "2026-01-13", 1),  # r3
+        ("2026-01-14", "2026-01-05", 1),  # r2 in W2
+    ]
+    # r3's session turns out to be r2's (a session's visitor is the least of its events'):
+    # r3 is gone, and r2's first session of W2 is now on the 13th.
+    await insert_events(engine, project_id, [Event("r2", "c", berlin("2026-01-13T10:05:00"))])
+    await build_rollups(engine, project)
+    assert await current_weeks(engine, project_id) == {"2026-01-05": True, "2026-01-12": True}
+    kept = await retention_cells(engine, project_id)
+    assert kept == [
+        ("2026-01-05", "2026-01-05", 1),
+        ("2026-01-08", "2026-01-08", 2),
+        ("2026-01-12", "2026-01-08", 1),
+        ("2026-01-13", "2026-01-05", 1),  # r2 in W2
+        ("2026-01-13", "2026-01-08", 1),
+    ]
+    body = await retention(client, project, date_to="2026-01-18")
+    assert (body["meta"], cohort_rows(body)) == (
+        {"source": "rollups"},
+        [("2026-01-05", 3, [(0, 3, 100.0), (1, 3, 100.0)])],
+    )
+    monkeypatch.undo()
+    async with engine.begin() as connection:
+        days = await rollup_purge_repository.rollup_days_through(connection, project_id, date(2026, 12, 31))
+        await rollup_purge_repository.lock_days(connection, project_id, days)
+        await rollup_purge_repository.forget_every_day(connection, project_id)
+    await build_rollups(engine, project)
+    assert await retention_cells(engine, project_id) == kept
+
+
+async def test_a_merge_that_cannot_lock_a_week_leaves_it_to_be_rebuilt(
+    client: AsyncTestClient[Any], db: DatabaseHarness, engine: AsyncEngine
+) -> None:
+    """A week held by another process (a rebuild, a purge) is neither written nor stamped by a
+    merge: it goes stale, is read from the sessions meanwhile, and is rebuilt exactly."""
+    project = await new_project(db)
+    project_id = int(project["id"])
+    await insert_events(
+        engine,
+        project_id,
+        [Event("r1", "a", berlin("2026-01-05T10:00:00")), Event("r9", "z", berlin("2026-01-13T09:00:00"))],
+    )
+    await build_rollups(engine, project)
+    await insert_events(engine, project_id, [Event("r1", "b", berlin("2026-01-13T10:00:00"))])
+    week = rollup_purge_repository.week_lock_key(project_id, date(2026, 1, 12))
+    async with engine.connect() as holder, holder.begin():
+        await holder.execute(
+            text("SELECT pg_advisory_xact_lock(:namespace, hashtext(:key))"),
+            {"namespace": rollup_purge_repository.ROLLUP_LOCK_NAMESPACE, "key": week},
+        )
+        async with engine.begin() as connection:
+            refresh = rollup_repository.ProjectToRefresh(project_id, "Europe/Berlin")
+            outcome = await rollup_repository.refresh_project(connection, refresh, 0)
+        assert outcome is not None
+        assert outcome.merged_events == 1
+    assert await current_weeks(engine, project_id) == {"2026-01-05": True, "2026-01-12": False}
+    assert await retention_cells(engine, project_id) == [
+        ("2026-01-05", "2026-01-05", 1),
+        ("2026-01-13", "2026-01-13", 1),  # r9; r1's return not counted yet
+    ]
+    expected = [("2026-01-05", 1, [(0, 1, 100.0), (1, 1, 100.0)]), ("2026-01-12", 1, [(0, 1, 100.0)])]
+    stale = await retention(client, project, date_to="2026-01-18")
+    assert (stale["meta"], cohort_rows(stale)) == ({"source": "events"}, expected)
+    await build_rollups(engine, project)
+    assert await retention_cells(engine, project_id) == [
+        ("2026-01-05", "2026-01-05", 1),
+        ("2026-01-13", "2026-01-05", 1),
+        ("2026-01-13", "2026-01-13", 1),
+    ]
+    rebuilt = await retention(client, project, date_to="2026-01-18")
     assert (rebuilt["meta"], cohort_rows(rebuilt)) == ({"source": "rollups"}, expected)
 
 

@@ -41,7 +41,8 @@ query_rollup_pending = Table(
     Index("ix_query_rollup_pending_project_id", "project_id"),
 )
 
-# Each session as folded into its start day's rollup rows.
+# Each session as folded into its start day's rollup rows, with its visitor (1200: the retention
+# cohorts are made of them, by the (project_id, distinct_id, day) index).
 query_rollup_sessions_folded = Table(
     "query_rollup_sessions_folded",
     Base.metadata,
@@ -67,8 +68,10 @@ query_rollup_sessions_folded = Table(
     Column("pages", ARRAY(Text), nullable=False),
     Column("domains", ARRAY(Text), nullable=False),
     Column("event_names", ARRAY(Text), nullable=False),
+    Column("distinct_id", Text, nullable=False),
     PrimaryKeyConstraint("project_id", "session_id", name="pk_query_rollup_sessions_folded"),
     Index("ix_query_rollup_sessions_folded_project_id_day", "project_id", "day"),
+    Index("ix_query_rollup_sessions_folded_project_id_distinct_id_day", "project_id", "distinct_id", "day"),
 )
 
 # The sessions a merge or a day rebuild reads, staged once inside a refresh's transaction
