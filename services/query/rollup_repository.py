@@ -440,7 +440,7 @@ def _stage_sessions_sql(citus: bool) -> str:
 
 # The staged sessions' days (start, end, folded) and whether the session moved (a new first or
 # entry event: its folded rows cannot be corrected by adding), the folded row found as in
-# _touched_sessions.
+# _touched_sessions; with the session's visitor now and as folded (the retention cohorts').
 def _staged_session_days_sql(citus: bool) -> str:
     routed = " AND f.project_id = :project_id" if citus else ""
     folded = (
@@ -449,7 +449,8 @@ def _staged_session_days_sql(citus: bool) -> str:
     )
     return (
         "SELECT st.session_id, st.day AS start_day, (st.ended_at AT TIME ZONE :timezone)::date AS end_day,"
-        " f.day AS folded_day, (f.session_id IS NOT NULL AND (f.first_uuid <> st.first_uuid"
+        " f.day AS folded_day, st.distinct_id, f.distinct_id AS folded_visitor,"
+        " (f.session_id IS NOT NULL AND (f.first_uuid <> st.first_uuid"
         " OR f.started_at <> st.started_at OR f.entry_uuid IS DISTINCT FROM st.entry_uuid)) AS moved"
         f" FROM query_rollup_sessions_staged st{folded} WHERE st.project_id = :project_id"
     )
@@ -1160,8 +1161,14 @@ async def refresh_project(
         sessions = await connection.execute(text(_STAGED_SESSION_DAYS_SQL[citus]), params)
         moved_days: set[date] = set()
         new_event_sessions: list[str] = []
+        # Sessions new to the folded rows, or whose visitor changed: the retention cohorts' changes.
+        new_visitors: list[SessionVisitor] = []
         for session in sessions:
             new_event_sessions.append(session.session_id)
+            if not session.moved and session.folded_visitor != session.distinct_id:
+                new_visitors.append(
+                    SessionVisitor(session.distinct_id, session.start_day, session.folded_visitor, session.folded_day)
+                )
             first = min(session.start_day, session.folded_day or session.start_day)
             span = _days_between(first, session.end_day)
             if session.moved:
@@ -1199,7 +1206,8 @@ async def refresh_project(
             # The exit-page items of the merged days but the latest (its items are left stale).
             params["item_days"] = sorted(day for day in merged if day != latest)
             assert latest is not None  # merged days have markers
-            retention = await take_retention_out(connection, project_id, latest)
+            merged_visitors = [visitor for visitor in new_visitors if visitor.day not in unbuilt]
+            retention = await take_retention_out(connection, project_id, merged_visitors, latest)
             await _merge_staged(connection, params)
             if retention is not None:
                 await put_retention_back(connection, project_id, retention)
@@ -2088,25 +2096,24 @@ async def rebuild_retention_week(connection: AsyncConnection, *, project_id: int
     return True
 
 
-# The visitors whose days a merge changes, with the days: each staged session new to the folded
-# rows (or whose visitor changed) on a day its visitor has no folded session yet, and the old
-# visitor of a session whose visitor changed. The folded rows are found as in _touched_sessions.
-def _retention_changes_sql(citus: bool) -> str:
-    routed = " AND {table}.project_id = :project_id" if citus else ""
-    return (
-        "SELECT st.distinct_id, st.day FROM query_rollup_sessions_staged st"
-        " LEFT JOIN LATERAL (SELECT f.distinct_id FROM query_rollup_sessions_folded f"
-        f" WHERE f.project_id = st.project_id{routed.format(table='f')} AND f.session_id = st.session_id LIMIT 1) f"
-        " ON true WHERE st.project_id = :project_id AND f.distinct_id IS DISTINCT FROM st.distinct_id"
-        " AND NOT EXISTS (SELECT FROM query_rollup_sessions_folded g WHERE g.project_id = st.project_id"
-        f"{routed.format(table='g')} AND g.distinct_id = st.distinct_id AND g.day = st.day)"
-        " UNION ALL SELECT f.distinct_id, f.day FROM query_rollup_sessions_staged st"
-        " JOIN query_rollup_sessions_folded f ON f.project_id = st.project_id AND f.session_id = st.session_id"
-        " WHERE st.project_id = :project_id AND f.project_id = :project_id AND f.distinct_id <> st.distinct_id"
-    )
+@dataclass(frozen=True)
+class SessionVisitor:
+    """A merged session new to the folded rows (folded_visitor None) or whose visitor changed:
+    its visitor and start day, and as folded."""
+
+    distinct_id: str
+    day: date
+    folded_visitor: str | None
+    folded_day: date | None
 
 
-_RETENTION_CHANGES_SQL = {citus: _retention_changes_sql(citus) for citus in (False, True)}
+# Of the (visitor, day) pairs a merge folds sessions on, those on which the visitor has no folded
+# session yet: the pairs whose visitor's retention rows change (one key lookup each).
+_NEW_VISITOR_DAYS = (
+    "SELECT v.distinct_id, v.day FROM unnest(CAST(:visitors AS text[]), CAST(:days AS date[])) AS v(distinct_id, day)"
+    " WHERE NOT EXISTS (SELECT FROM query_rollup_sessions_folded g WHERE g.project_id = :project_id"
+    " AND g.distinct_id = v.distinct_id AND g.day = v.day)"
+)
 _RETENTION_ROWS_SQL = {citus: _retention_rows_sql(merge=True, citus=citus) for citus in (False, True)}
 
 
@@ -2118,15 +2125,30 @@ class RetentionChange:
     first_week: date | None
 
 
-async def take_retention_out(connection: AsyncConnection, project_id: int, last_day: date) -> RetentionChange | None:
-    """Before the staged sessions are folded: the rows of the visitors whose days they change
+async def take_retention_out(
+    connection: AsyncConnection, project_id: int, sessions: list[SessionVisitor], last_day: date
+) -> RetentionChange | None:
+    """Before the merged sessions are folded: the rows of the visitors whose days they change
+    (a visitor's first session on a day, and both visitors of a session whose visitor changed)
     taken out of every week from the first one changed to last_day's, under those weeks' locks;
     None if one is held (a week being rebuilt or purged: the weeks go stale and are rebuilt)."""
-    citus = await is_citus(connection)
-    rows = list(await connection.execute(text(_RETENTION_CHANGES_SQL[citus]), {"project_id": project_id}))
-    if not rows:
+    pairs = sorted({(session.distinct_id, session.day) for session in sessions})
+    changed: set[tuple[str, date]] = set()
+    if pairs:
+        result = await connection.execute(
+            text(_NEW_VISITOR_DAYS),
+            {"project_id": project_id, "visitors": [pair[0] for pair in pairs], "days": [pair[1] for pair in pairs]},
+        )
+        changed = {(row.distinct_id, row.day) for row in result}
+    # The visitor a session leaves may have had no other session on its day.
+    changed |= {
+        (session.folded_visitor, session.folded_day)
+        for session in sessions
+        if session.folded_visitor is not None and session.folded_day is not None
+    }
+    if not changed:
         return RetentionChange((), None)
-    first_week = week_of(min(row.day for row in rows))
+    first_week = week_of(min(day for _, day in changed))
     last_week = max(first_week, week_of(last_day))
     keys = [
         week_lock_key(project_id, first_week + timedelta(weeks=offset))
@@ -2142,7 +2164,7 @@ async def take_retention_out(connection: AsyncConnection, project_id: int, last_
     )
     if not locked.scalar_one():
         return None
-    change = RetentionChange(tuple(sorted({row.distinct_id for row in rows})), first_week)
+    change = RetentionChange(tuple(sorted({visitor for visitor, _ in changed})), first_week)
     await _add_retention_rows(connection, project_id, change, sign=-1)
     return change
 
