@@ -2031,34 +2031,45 @@ def _retention_rows_sql(*, merge: bool, citus: bool) -> str:
     :first_week on, added :sign times into the rows there.
 
     Each visitor's first session ever is one lookup of the (project_id, distinct_id, day) index:
-    it starts no later than their session in the week, so no bound is needed. The lookup names
-    the project by the outer row's column, not the constant: on a new project's statistics (a
-    row or two per project) `project_id = <constant>` made every index on project_id look as
-    good, and the planner answered min() by walking another index until the visitor's first row,
-    a scan of the project's sessions per visitor (seen under the 5000-visitor load as a 7.9 s
-    retention week, docs/benchmarks.md, branch refcpu2). On Citus the constant stays: the
-    statement is routed to the project's shard by it. No CTE: Citus pushes the statement down to
-    the project's shard only without one."""
-    routed = " AND g.project_id = :project_id" if citus else ""
+    it starts no later than their session in the week, so no bound is needed. The lookups name
+    the project by a row's column, not the constant: on a new project's statistics (a row or two
+    per project, as right after its first days are built) `project_id = <constant>` made every
+    index on project_id look as good, and the planner answered min() by walking another index
+    until the visitor's first row, a scan of the project's sessions per visitor (seen under the
+    5000-visitor load as a 7.9 s retention week, docs/benchmarks.md, branch refcpu2); by a column
+    no plan can restrict the table to the project except through the lookup's key. For the same
+    reason a merge's visitors come with their project as an array (`:projects`, the project
+    repeated) beside theirs, each looked up by that row's column: with the constant, a batch's
+    visitors were found by reading the project's sessions of every week from :first_week (the
+    (project_id, day) index) and filtering them, a cost that grew with the week
+    (tools/bench/retention_merge.py). On Citus the constant stays: the statement is routed to the
+    project's shard by it. No CTE: Citus pushes the statement down to the project's shard only
+    without one."""
+    routed = " AND {table}.project_id = :project_id" if citus else ""
+    first_day = (
+        "(SELECT min(g.day) FROM query_rollup_sessions_folded g WHERE g.project_id = {row}.project_id"
+        f"{routed.format(table='g')} AND g.distinct_id = {{row}}.distinct_id)"
+    )
     if merge:
-        where = "f.distinct_id = ANY(CAST(:visitors AS text[])) AND f.day >= :first_week"
-        per = f", {_monday('f.day')}"
-        visitors = "CAST(:sign AS bigint) * count(*)"
-        conflict = (
+        return (
+            "INSERT INTO query_rollup_retention AS r (project_id, active_day, first_day, visitors)"
+            " SELECT a.project_id, a.active_day, a.first_day, CAST(:sign AS bigint) * count(*)"
+            f" FROM (SELECT f.project_id, min(f.day) AS active_day, {first_day.format(row='v')} AS first_day"
+            " FROM unnest(CAST(:projects AS bigint[]), CAST(:visitors AS text[])) AS v(project_id, distinct_id)"
+            " JOIN query_rollup_sessions_folded f ON f.project_id = v.project_id"
+            f"{routed.format(table='f')} AND f.distinct_id = v.distinct_id AND f.day >= :first_week"
+            f" GROUP BY f.project_id, v.project_id, v.distinct_id, {_monday('f.day')}) a"
+            " GROUP BY a.project_id, a.active_day, a.first_day"
             " ON CONFLICT (project_id, active_day, first_day) DO UPDATE SET visitors = r.visitors + excluded.visitors"
         )
-    else:
-        where = "f.day BETWEEN :week AND CAST(:week AS date) + 6"
-        per, visitors, conflict = "", "count(*)", ""
     return (
-        "INSERT INTO query_rollup_retention AS r (project_id, active_day, first_day, visitors)"
-        f" SELECT a.project_id, a.active_day, a.first_day, {visitors}"
-        " FROM (SELECT f.project_id, min(f.day) AS active_day,"
-        " (SELECT min(g.day) FROM query_rollup_sessions_folded g WHERE g.project_id = f.project_id"
-        f"{routed} AND g.distinct_id = f.distinct_id) AS first_day"
-        f" FROM query_rollup_sessions_folded f WHERE f.project_id = :project_id AND {where}"
-        f" GROUP BY f.project_id, f.distinct_id{per}) a"
-        f" GROUP BY a.project_id, a.active_day, a.first_day{conflict}"
+        "INSERT INTO query_rollup_retention (project_id, active_day, first_day, visitors)"
+        " SELECT a.project_id, a.active_day, a.first_day, count(*)"
+        f" FROM (SELECT f.project_id, min(f.day) AS active_day, {first_day.format(row='f')} AS first_day"
+        " FROM query_rollup_sessions_folded f WHERE f.project_id = :project_id"
+        " AND f.day BETWEEN :week AND CAST(:week AS date) + 6"
+        " GROUP BY f.project_id, f.distinct_id) a"
+        " GROUP BY a.project_id, a.active_day, a.first_day"
     )
 
 
@@ -2109,11 +2120,20 @@ class SessionVisitor:
 
 # Of the (visitor, day) pairs a merge folds sessions on, those on which the visitor has no folded
 # session yet: the pairs whose visitor's retention rows change (one key lookup each).
-_NEW_VISITOR_DAYS = (
-    "SELECT v.distinct_id, v.day FROM unnest(CAST(:visitors AS text[]), CAST(:days AS date[])) AS v(distinct_id, day)"
-    " WHERE NOT EXISTS (SELECT FROM query_rollup_sessions_folded g WHERE g.project_id = :project_id"
-    " AND g.distinct_id = v.distinct_id AND g.day = v.day)"
-)
+def _new_visitor_days_sql(citus: bool) -> str:
+    # Each pair looked up on its own (LIMIT 1 keeps the lookup a parameterized scan), the project
+    # by the row's column (see _retention_rows_sql).
+    routed = " AND g.project_id = :project_id" if citus else ""
+    return (
+        "SELECT v.distinct_id, v.day FROM unnest(CAST(:projects AS bigint[]), CAST(:visitors AS text[]),"
+        " CAST(:days AS date[])) AS v(project_id, distinct_id, day)"
+        " LEFT JOIN LATERAL (SELECT true AS folded FROM query_rollup_sessions_folded g"
+        f" WHERE g.project_id = v.project_id{routed} AND g.distinct_id = v.distinct_id AND g.day = v.day LIMIT 1) g"
+        " ON true WHERE g.folded IS NULL"
+    )
+
+
+_NEW_VISITOR_DAYS_SQL = {citus: _new_visitor_days_sql(citus) for citus in (False, True)}
 _RETENTION_ROWS_SQL = {citus: _retention_rows_sql(merge=True, citus=citus) for citus in (False, True)}
 
 
@@ -2136,8 +2156,13 @@ async def take_retention_out(
     changed: set[tuple[str, date]] = set()
     if pairs:
         result = await connection.execute(
-            text(_NEW_VISITOR_DAYS),
-            {"project_id": project_id, "visitors": [pair[0] for pair in pairs], "days": [pair[1] for pair in pairs]},
+            text(_NEW_VISITOR_DAYS_SQL[await is_citus(connection)]),
+            {
+                "project_id": project_id,
+                "projects": [project_id] * len(pairs),
+                "visitors": [pair[0] for pair in pairs],
+                "days": [pair[1] for pair in pairs],
+            },
         )
         changed = {(row.distinct_id, row.day) for row in result}
     # The visitor a session leaves may have had no other session on its day.
@@ -2190,7 +2215,13 @@ async def _add_retention_rows(
     citus = await is_citus(connection)
     await connection.execute(
         text(_RETENTION_ROWS_SQL[citus]),
-        {"project_id": project_id, "visitors": list(change.visitors), "first_week": change.first_week, "sign": sign},
+        {
+            "project_id": project_id,
+            "projects": [project_id] * len(change.visitors),
+            "visitors": list(change.visitors),
+            "first_week": change.first_week,
+            "sign": sign,
+        },
     )
 
 

@@ -347,6 +347,9 @@ async def test_every_refresh_statement_is_routed_to_one_shard(
     for table in (*(cube.table for cube in CUBES), "query_rollup_page_weeks", "query_rollup_retention"):
         assert f"INSERT INTO {table} " in written, table
     assert "hll_union(c.visitors, excluded.visitors)" in written
+    # The merge kept the retention cohorts: the new session's visitor probed, their rows moved.
+    assert "LEFT JOIN LATERAL (SELECT true AS folded FROM query_rollup_sessions_folded g" in written
+    assert "INSERT INTO query_rollup_retention AS r " in written
     problems = await not_routed(admin_engine, statements)
     assert problems == [], "\n".join(problems)
 
