@@ -1205,7 +1205,6 @@ async def refresh_project(
             params["days"] = sorted(merged)
             # The exit-page items of the merged days but the latest (its items are left stale).
             params["item_days"] = sorted(day for day in merged if day != latest)
-            assert latest is not None  # merged days have markers
             merged_visitors = [visitor for visitor in new_visitors if visitor.day not in unbuilt]
             retention = await take_retention_out(connection, project_id, merged_visitors, latest)
             await _merge_staged(connection, params)
@@ -1254,8 +1253,7 @@ async def refresh_project(
     # The retention weeks current before this refresh stay current after it when the merge kept
     # their rows and nothing else changed the folded sessions (see "Retention cohorts").
     current_weeks: dict[date, datetime] = {}
-    if retention is not None and built and not (bulk or unbuildable or to_rebuild):
-        assert latest is not None
+    if retention is not None and built and latest is not None and not (bulk or unbuildable or to_rebuild):
         current_weeks = await current_retention_weeks(connection, project_id, week_of(min(built)), week_of(latest))
     # One pass in day order, as the delete trigger takes the markers' locks: no deadlock with it.
     for day in sorted(built.keys() | set(rebuilt) | unbuildable | items_remade | pieces.keys()):
@@ -1327,8 +1325,7 @@ async def refresh_project(
                 ),
                 {"project_id": project_id, "day": day},
             )
-    if current_weeks:
-        assert latest is not None
+    if current_weeks and latest is not None:
         await advance_retention_weeks(connection, project_id, current_weeks, week_of(latest))
     # (A day whose last piece was built counts among the pieces, not the rebuilt days.)
     rebuilt_days = len(rebuilt) - sum(piece.done for piece in pieces.values())
@@ -2146,7 +2143,7 @@ class RetentionChange:
 
 
 async def take_retention_out(
-    connection: AsyncConnection, project_id: int, sessions: list[SessionVisitor], last_day: date
+    connection: AsyncConnection, project_id: int, sessions: list[SessionVisitor], last_day: date | None
 ) -> RetentionChange | None:
     """Before the merged sessions are folded: the rows of the visitors whose days they change
     (a visitor's first session on a day, and both visitors of a session whose visitor changed)
@@ -2174,24 +2171,26 @@ async def take_retention_out(
     if not changed:
         return RetentionChange((), None)
     first_week = week_of(min(day for _, day in changed))
-    last_week = max(first_week, week_of(last_day))
-    keys = [
-        week_lock_key(project_id, first_week + timedelta(weeks=offset))
-        for offset in range((last_week - first_week).days // 7 + 1)
-    ]
-    # Every lock tried (an aggregate reads every row), none waited for.
+    last_week = first_week if last_day is None else max(first_week, week_of(last_day))
+    weeks = [first_week + timedelta(weeks=offset) for offset in range((last_week - first_week).days // 7 + 1)]
+    if not await _try_lock_weeks(connection, project_id, weeks):
+        return None
+    change = RetentionChange(tuple(sorted({visitor for visitor, _ in changed})), first_week)
+    await _add_retention_rows(connection, project_id, change, sign=-1)
+    return change
+
+
+async def _try_lock_weeks(connection: AsyncConnection, project_id: int, weeks: list[date]) -> bool:
+    """The weeks' locks (as rebuild_retention_week and lock_days take them), every one tried
+    (an aggregate reads every row), none waited for; False if one is held elsewhere."""
     locked = await connection.execute(
         text(
             "SELECT bool_and(pg_try_advisory_xact_lock(:namespace, hashtext(key)))"
             " FROM unnest(CAST(:keys AS text[])) AS key"
         ),
-        {"namespace": ROLLUP_LOCK_NAMESPACE, "keys": keys},
+        {"namespace": ROLLUP_LOCK_NAMESPACE, "keys": [week_lock_key(project_id, week) for week in weeks]},
     )
-    if not locked.scalar_one():
-        return None
-    change = RetentionChange(tuple(sorted({visitor for visitor, _ in changed})), first_week)
-    await _add_retention_rows(connection, project_id, change, sign=-1)
-    return change
+    return bool(locked.scalar_one())
 
 
 async def put_retention_back(connection: AsyncConnection, project_id: int, change: RetentionChange) -> None:
@@ -2242,13 +2241,16 @@ async def advance_retention_weeks(
     """After a refresh whose every change to the folded sessions a merge kept in the retention
     rows (take_retention_out, put_retention_back) has written its days' markers: the weeks that
     were current before it (``current``) are stamped with their days' latest build now, those
-    whose days are all built. Returns how many."""
+    whose days are all built, and whose lock it holds or can take (a week held elsewhere is being
+    rebuilt or purged). Returns how many."""
     if not current:
         return 0
     advanced = 0
     for state in await retention_week_states(connection, project_id, min(current), last_week, 0):
         old = current.get(state.week)
         if old is None or not state.days_built or state.days_built_at == old:
+            continue
+        if not await _try_lock_weeks(connection, project_id, [state.week]):
             continue
         result = await connection.execute(
             text(

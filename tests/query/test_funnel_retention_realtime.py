@@ -368,6 +368,22 @@ async def test_a_merge_that_cannot_lock_a_week_leaves_it_to_be_rebuilt(
     ]
     rebuilt = await retention(client, project, date_to="2026-01-18")
     assert (rebuilt["meta"], cohort_rows(rebuilt)) == ({"source": "rollups"}, expected)
+    # A merge that changes no visitor's days (r1's session goes on) moves no stamp of a week
+    # held elsewhere either: that week's rebuild stamps it.
+    await insert_events(engine, project_id, [Event("r1", "b", berlin("2026-01-13T10:05:00"))])
+    async with engine.connect() as holder, holder.begin():
+        await holder.execute(
+            text("SELECT pg_advisory_xact_lock(:namespace, hashtext(:key))"),
+            {"namespace": rollup_purge_repository.ROLLUP_LOCK_NAMESPACE, "key": week},
+        )
+        async with engine.begin() as connection:
+            refresh = rollup_repository.ProjectToRefresh(project_id, "Europe/Berlin")
+            outcome = await rollup_repository.refresh_project(connection, refresh, 0)
+        assert outcome is not None
+        assert outcome.merged_events == 1
+    assert await current_weeks(engine, project_id) == {"2026-01-05": True, "2026-01-12": False}
+    await build_rollups(engine, project)
+    assert await current_weeks(engine, project_id) == {"2026-01-05": True, "2026-01-12": True}
 
 
 async def test_retention_rollup_over_an_empty_range(client: AsyncTestClient[Any], db: DatabaseHarness) -> None:
