@@ -86,8 +86,9 @@ async def _insert(engine: AsyncEngine, project_id: int, **params: Any) -> None:
         await connection.execute(text(_SESSIONS), {"project_id": project_id, **params})
 
 
-async def prepare(engine: AsyncEngine, visitors: int, batch: int) -> int:
-    """A project holding `visitors` visitors in WEEK (built), and a batch of new sessions pending."""
+async def prepare(engine: AsyncEngine, visitors: int, batch: int, analyze: bool) -> int:
+    """A project holding `visitors` visitors in WEEK (built), and a batch of new sessions pending;
+    with `analyze`, the database's statistics gathered after the build (as autovacuum would soon)."""
     settings = AdminDatabaseSettings.from_env()
     project: dict[str, Any] = await admin.create_project(
         settings, name=f"retention bench {visitors} {datetime.now(UTC):%H%M%S}", domains=["example.com"], timezone="UTC"
@@ -109,6 +110,10 @@ async def prepare(engine: AsyncEngine, visitors: int, batch: int) -> int:
             session_prefix=f"d{index}s",
         )
     await refresh_until_current(engine, 100, project_id)
+    if analyze:
+        async with engine.connect() as connection:
+            await connection.execution_options(isolation_level="AUTOCOMMIT")
+            await connection.execute(text("ANALYZE"))
     thursday = datetime.combine(BATCH_DAY, datetime.min.time(), UTC)
     # Half new visitors, half of the week's back (visitors v1, v2, ...).
     await _insert(engine, project_id, first=thursday, sessions=batch // 2, prefix="n", offset=0, session_prefix="bn")
@@ -185,7 +190,7 @@ async def main(arguments: argparse.Namespace) -> None:
     statements.attach(engine)
     try:
         for visitors in arguments.visitors:
-            project_id = await prepare(engine, visitors, arguments.batch)
+            project_id = await prepare(engine, visitors, arguments.batch, arguments.analyze)
             figures, top = await measure(engine, statements, project_id, arguments.repeat)
             print(
                 json.dumps(
@@ -195,6 +200,7 @@ async def main(arguments: argparse.Namespace) -> None:
                         "project_id": project_id,
                         "median_cpu_ms": figures,
                         "repeat": arguments.repeat,
+                        "analyzed": arguments.analyze,
                         "merge_statements_cpu_ms_summed": top[: arguments.top],
                     }
                 ),
@@ -210,6 +216,7 @@ def parse_arguments() -> argparse.Namespace:
     parser.add_argument("--batch", type=int, default=200, help="sessions merged (half new visitors, half back)")
     parser.add_argument("--repeat", type=int, default=5, help="runs of each, in turns (the median is printed)")
     parser.add_argument("--top", type=int, default=10, help="the merge's costliest statements printed")
+    parser.add_argument("--analyze", action="store_true", help="ANALYZE after the build, before the batch")
     return parser.parse_args()
 
 
