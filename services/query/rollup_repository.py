@@ -2073,11 +2073,7 @@ def _retention_rows_sql(*, merge: bool, citus: bool) -> str:
 async def rebuild_retention_week(connection: AsyncConnection, *, project_id: int, week: date) -> bool:
     """Replace the week's retention rows; False if another process holds the week's lock (a
     builder, a merge keeping the week, or a purge)."""
-    locked = await connection.execute(
-        text("SELECT pg_try_advisory_xact_lock(:namespace, hashtext(:key))"),
-        {"namespace": ROLLUP_LOCK_NAMESPACE, "key": week_lock_key(project_id, week)},
-    )
-    if not locked.scalar_one():
+    if not await _try_lock_weeks(connection, project_id, [week]):
         return False
     params: dict[str, object] = {"project_id": project_id, "week": week}
     await connection.execute(
@@ -2181,8 +2177,8 @@ async def take_retention_out(
 
 
 async def _try_lock_weeks(connection: AsyncConnection, project_id: int, weeks: list[date]) -> bool:
-    """The weeks' locks (as rebuild_retention_week and lock_days take them), every one tried
-    (an aggregate reads every row), none waited for; False if one is held elsewhere."""
+    """The weeks' locks (as lock_days takes them), every one tried (an aggregate reads every
+    row), none waited for; False if one is held elsewhere."""
     locked = await connection.execute(
         text(
             "SELECT bool_and(pg_try_advisory_xact_lock(:namespace, hashtext(key)))"
@@ -2237,27 +2233,24 @@ async def current_retention_weeks(
 
 async def advance_retention_weeks(
     connection: AsyncConnection, project_id: int, current: dict[date, datetime], last_week: date
-) -> int:
+) -> None:
     """After a refresh whose every change to the folded sessions a merge kept in the retention
     rows (take_retention_out, put_retention_back) has written its days' markers: the weeks that
     were current before it (``current``) are stamped with their days' latest build now, those
     whose days are all built, and whose lock it holds or can take (a week held elsewhere is being
-    rebuilt or purged). Returns how many."""
+    rebuilt or purged)."""
     if not current:
-        return 0
-    advanced = 0
+        return
     for state in await retention_week_states(connection, project_id, min(current), last_week, 0):
         old = current.get(state.week)
         if old is None or not state.days_built or state.days_built_at == old:
             continue
         if not await _try_lock_weeks(connection, project_id, [state.week]):
             continue
-        result = await connection.execute(
+        await connection.execute(
             text(
                 "UPDATE query_rollup_retention_weeks SET days_built_at = :days_built_at, built_at = now()"
                 " WHERE project_id = :project_id AND week = :week AND days_built_at = :old"
             ),
             {"project_id": project_id, "week": state.week, "days_built_at": state.days_built_at, "old": old},
         )
-        advanced += result.rowcount
-    return advanced

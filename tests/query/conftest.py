@@ -130,6 +130,20 @@ class Dataset:
     source: str  # where the figures come from: "events" or "rollups"
 
 
+async def retention_rows(engine: AsyncEngine, project_id: int) -> list[tuple[Any, ...]]:
+    """The project's retention rows as (active_day, first_day, visitors); meaningful for the
+    weeks whose rows are current (after build_rollups, every week)."""
+    async with engine.connect() as connection:
+        result = await connection.execute(
+            text(
+                "SELECT active_day::text, first_day::text, visitors FROM query_rollup_retention"
+                " WHERE project_id = :project_id ORDER BY 1, 2"
+            ),
+            {"project_id": project_id},
+        )
+        return [tuple(row) for row in result]
+
+
 async def build_rollups(engine: AsyncEngine, project: dict[str, Any]) -> None:
     await refresh_until_current(engine, 100, int(project["id"]))
 

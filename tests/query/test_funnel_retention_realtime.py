@@ -29,6 +29,7 @@ from tests.query.conftest import (
     insert_events,
     new_project,
     query,
+    retention_rows,
     table,
 )
 
@@ -225,19 +226,6 @@ async def test_retention_rollup_follows_late_events(
     assert (rebuilt["meta"], cohort_rows(rebuilt)) == ({"source": "rollups"}, expected)
 
 
-async def retention_cells(engine: AsyncEngine, project_id: int) -> list[tuple[str, str, int]]:
-    """The project's retention rows as (active_day, first_day, visitors)."""
-    async with engine.connect() as connection:
-        result = await connection.execute(
-            text(
-                "SELECT active_day::text, first_day::text, visitors FROM query_rollup_retention"
-                " WHERE project_id = :project_id ORDER BY 1, 2"
-            ),
-            {"project_id": project_id},
-        )
-        return [tuple(row) for row in result]  # type: ignore[misc]
-
-
 async def current_weeks(engine: AsyncEngine, project_id: int) -> dict[str, bool]:
     """Per week with events in January 2026: whether its retention rows may be read as current."""
     async with engine.connect() as connection:
@@ -270,7 +258,7 @@ async def test_merges_keep_the_retention_weeks_without_rebuilding_them(
         ],
     )
     await build_rollups(engine, project)
-    assert await retention_cells(engine, project_id) == [
+    assert await retention_rows(engine, project_id) == [
         ("2026-01-05", "2026-01-05", 1),  # r2
         ("2026-01-08", "2026-01-08", 1),  # r9 in W1
         ("2026-01-12", "2026-01-12", 1),  # r1
@@ -292,7 +280,7 @@ async def test_merges_keep_the_retention_weeks_without_rebuilding_them(
     )
     await build_rollups(engine, project)
     assert await current_weeks(engine, project_id) == {"2026-01-05": True, "2026-01-12": True}
-    assert await retention_cells(engine, project_id) == [
+    assert await retention_rows(engine, project_id) == [
         ("2026-01-05", "2026-01-05", 1),  # r2 in W1
         ("2026-01-08", "2026-01-08", 2),  # r1 and r9 in W1
         ("2026-01-12", "2026-01-08", 1),  # r1 in W2
@@ -305,7 +293,7 @@ async def test_merges_keep_the_retention_weeks_without_rebuilding_them(
     await insert_events(engine, project_id, [Event("r2", "c", berlin("2026-01-13T10:05:00"))])
     await build_rollups(engine, project)
     assert await current_weeks(engine, project_id) == {"2026-01-05": True, "2026-01-12": True}
-    kept = await retention_cells(engine, project_id)
+    kept = await retention_rows(engine, project_id)
     assert kept == [
         ("2026-01-05", "2026-01-05", 1),
         ("2026-01-08", "2026-01-08", 2),
@@ -324,7 +312,22 @@ async def test_merges_keep_the_retention_weeks_without_rebuilding_them(
         await rollup_purge_repository.lock_days(connection, project_id, days)
         await rollup_purge_repository.forget_every_day(connection, project_id)
     await build_rollups(engine, project)
-    assert await retention_cells(engine, project_id) == kept
+    assert await retention_rows(engine, project_id) == kept
+
+
+async def merge_while_week_is_held(engine: AsyncEngine, project_id: int, week: date) -> None:
+    """One refresh merging the one waiting event while another connection holds the week's lock."""
+    key = rollup_purge_repository.week_lock_key(project_id, week)
+    async with engine.connect() as holder, holder.begin():
+        await holder.execute(
+            text("SELECT pg_advisory_xact_lock(:namespace, hashtext(:key))"),
+            {"namespace": rollup_purge_repository.ROLLUP_LOCK_NAMESPACE, "key": key},
+        )
+        async with engine.begin() as connection:
+            refresh = rollup_repository.ProjectToRefresh(project_id, "Europe/Berlin")
+            outcome = await rollup_repository.refresh_project(connection, refresh, 0)
+        assert outcome is not None
+        assert outcome.merged_events == 1
 
 
 async def test_a_merge_that_cannot_lock_a_week_leaves_it_to_be_rebuilt(
@@ -341,19 +344,9 @@ async def test_a_merge_that_cannot_lock_a_week_leaves_it_to_be_rebuilt(
     )
     await build_rollups(engine, project)
     await insert_events(engine, project_id, [Event("r1", "b", berlin("2026-01-13T10:00:00"))])
-    week = rollup_purge_repository.week_lock_key(project_id, date(2026, 1, 12))
-    async with engine.connect() as holder, holder.begin():
-        await holder.execute(
-            text("SELECT pg_advisory_xact_lock(:namespace, hashtext(:key))"),
-            {"namespace": rollup_purge_repository.ROLLUP_LOCK_NAMESPACE, "key": week},
-        )
-        async with engine.begin() as connection:
-            refresh = rollup_repository.ProjectToRefresh(project_id, "Europe/Berlin")
-            outcome = await rollup_repository.refresh_project(connection, refresh, 0)
-        assert outcome is not None
-        assert outcome.merged_events == 1
+    await merge_while_week_is_held(engine, project_id, date(2026, 1, 12))
     assert await current_weeks(engine, project_id) == {"2026-01-05": True, "2026-01-12": False}
-    assert await retention_cells(engine, project_id) == [
+    assert await retention_rows(engine, project_id) == [
         ("2026-01-05", "2026-01-05", 1),
         ("2026-01-13", "2026-01-13", 1),  # r9; r1's return not counted yet
     ]
@@ -361,7 +354,7 @@ async def test_a_merge_that_cannot_lock_a_week_leaves_it_to_be_rebuilt(
     stale = await retention(client, project, date_to="2026-01-18")
     assert (stale["meta"], cohort_rows(stale)) == ({"source": "events"}, expected)
     await build_rollups(engine, project)
-    assert await retention_cells(engine, project_id) == [
+    assert await retention_rows(engine, project_id) == [
         ("2026-01-05", "2026-01-05", 1),
         ("2026-01-13", "2026-01-05", 1),
         ("2026-01-13", "2026-01-13", 1),
@@ -371,16 +364,7 @@ async def test_a_merge_that_cannot_lock_a_week_leaves_it_to_be_rebuilt(
     # A merge that changes no visitor's days (r1's session goes on) moves no stamp of a week
     # held elsewhere either: that week's rebuild stamps it.
     await insert_events(engine, project_id, [Event("r1", "b", berlin("2026-01-13T10:05:00"))])
-    async with engine.connect() as holder, holder.begin():
-        await holder.execute(
-            text("SELECT pg_advisory_xact_lock(:namespace, hashtext(:key))"),
-            {"namespace": rollup_purge_repository.ROLLUP_LOCK_NAMESPACE, "key": week},
-        )
-        async with engine.begin() as connection:
-            refresh = rollup_repository.ProjectToRefresh(project_id, "Europe/Berlin")
-            outcome = await rollup_repository.refresh_project(connection, refresh, 0)
-        assert outcome is not None
-        assert outcome.merged_events == 1
+    await merge_while_week_is_held(engine, project_id, date(2026, 1, 12))
     assert await current_weeks(engine, project_id) == {"2026-01-05": True, "2026-01-12": False}
     await build_rollups(engine, project)
     assert await current_weeks(engine, project_id) == {"2026-01-05": True, "2026-01-12": True}

@@ -29,7 +29,17 @@ from services.query.settings import QuerySettings
 from services.query.tasks import refresh_rollups, refresh_round
 from services.query.vocabulary import CUBES, VISIT_DIMENSIONS
 from tests.harness import DatabaseHarness
-from tests.query.conftest import Event, berlin, build_rollups, insert_events, main_events, new_project, query, table
+from tests.query.conftest import (
+    Event,
+    berlin,
+    build_rollups,
+    insert_events,
+    main_events,
+    new_project,
+    query,
+    retention_rows,
+    table,
+)
 
 Rows = dict[str, list[tuple[Any, ...]]]
 
@@ -59,19 +69,6 @@ async def cube_rows(engine: AsyncEngine, project_id: int) -> Rows:
         )
         rows["query_rollup_sessions_folded"] = [tuple(row) for row in result]
     return rows
-
-
-async def retention_rows(engine: AsyncEngine, project_id: int) -> list[tuple[Any, ...]]:
-    """The project's retention rows; meaningful once its weeks are built (build_rollups)."""
-    async with engine.connect() as connection:
-        result = await connection.execute(
-            text(
-                "SELECT active_day::text, first_day::text, visitors FROM query_rollup_retention"
-                " WHERE project_id = :project_id ORDER BY 1, 2"
-            ),
-            {"project_id": project_id},
-        )
-        return [tuple(row) for row in result]
 
 
 async def rebuilt_from_scratch(engine: AsyncEngine, project: dict[str, Any]) -> Rows:
