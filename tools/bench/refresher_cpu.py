@@ -5,8 +5,9 @@ Runs the refresher's loop (services/query/tasks.py: `refresh_rollups`, then the 
 for --duration seconds against the stack `sightline up` started with the same environment, on
 a connection of its own straight to Postgres (the admin URL, not PgBouncer), so exactly one
 backend does its work. Its CPU is that backend's utime + stime from /proc, read before and
-after every round (the backend's pid is asked each round; a new one is counted from its
-start). Start the stack with the query service's refresher off
+after every round (the backend's pid is asked each round, and every backend the pool hands out
+is noted: one that replaced it during the round, as the pool does with a connection past its
+recycle time, is counted from its start). Start the stack with the query service's refresher off
 (`SIGHTLINE_QUERY_ROLLUP_INTERVAL_S=0`), so this loop is the only one, then run the load next
 to it (`sightline load ...`). Nothing is asserted; the figures are printed (and appended to
 --out as JSON lines, one per round, then the summary). With --by-statement, each statement's
@@ -23,6 +24,7 @@ import os
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import event, text
 from sqlalchemy.engine import Connection
@@ -74,6 +76,33 @@ class StatementCpu:
         ]
 
 
+class Backends:
+    """The server pid of every connection the engine hands out, in order: the pool replaces a
+    connection older than its recycle time (300 s) at checkout, so a round may run on a backend
+    that started after the one asked before it."""
+
+    def __init__(self, engine: object) -> None:
+        self.pids: list[int] = []
+        pool = engine.sync_engine.pool  # type: ignore[attr-defined]
+        event.listen(pool, "checkout", self._checkout)
+
+    def _checkout(self, dbapi_connection: Any, record: object, proxy: object) -> None:
+        self.pids.append(dbapi_connection.driver_connection.get_server_pid())
+
+    def cpu_since(self, mark: int, pid: int, cpu_before: float) -> float:
+        """The CPU of the backends checked out since `mark` (self.pids' length then): pid's own
+        from cpu_before, a new backend's from its start; one gone (closed by the pool when
+        replaced, before the round used it) counts nothing."""
+        cpu = 0.0
+        for backend in dict.fromkeys([pid, *self.pids[mark:]]):
+            try:
+                now = process_cpu_s(backend)
+            except FileNotFoundError:
+                continue
+            cpu += now - cpu_before if backend == pid else now
+        return cpu
+
+
 def log(message: str) -> None:
     print(message, flush=True)
 
@@ -91,6 +120,7 @@ async def main(arguments: argparse.Namespace) -> None:
     statements = StatementCpu() if arguments.by_statement else None
     if statements:
         statements.attach(engine)
+    backends = Backends(engine)
     out = open(arguments.out, "a") if arguments.out else None  # noqa: SIM115
     started = time.monotonic()
     load_before = os.getloadavg()
@@ -105,7 +135,7 @@ async def main(arguments: argparse.Namespace) -> None:
                     )
                 ).scalar_one()
                 await connection.rollback()
-            cpu_before, round_started = process_cpu_s(pid), time.monotonic()
+            cpu_before, round_started, mark = process_cpu_s(pid), time.monotonic(), len(backends.pids)
             try:
                 outcome = await refresh_round(engine, settings.rollup_days_per_round)
             except Exception as error:  # noqa: BLE001 - as run_refresher: a failed round is retried next round
@@ -113,7 +143,7 @@ async def main(arguments: argparse.Namespace) -> None:
                 outcome = RoundOutcome(0, time.monotonic() - round_started)
             done = outcome.refreshed
             round_s = time.monotonic() - round_started
-            cpu = process_cpu_s(pid) - cpu_before
+            cpu = backends.cpu_since(mark, pid, cpu_before)
             total_cpu, busy, rounds, refreshed = total_cpu + cpu, busy + round_s, rounds + 1, refreshed + done
             record = {
                 "at_s": round(round_started - started, 1),
@@ -138,6 +168,7 @@ async def main(arguments: argparse.Namespace) -> None:
         engine = rollup_engine(database)
         if statements:
             statements.attach(engine)
+        backends = Backends(engine)
         try:
             while drain_rounds < 20:
                 async with engine.connect() as connection:
@@ -150,9 +181,9 @@ async def main(arguments: argparse.Namespace) -> None:
                     await connection.rollback()
                 if not waiting and drain_rounds:
                     break
-                cpu_before = process_cpu_s(pid)
+                cpu_before, mark = process_cpu_s(pid), len(backends.pids)
                 outcome = await refresh_round(engine, settings.rollup_days_per_round)
-                cpu = process_cpu_s(pid) - cpu_before
+                cpu = backends.cpu_since(mark, pid, cpu_before)
                 drain_cpu, drain_rounds = drain_cpu + cpu, drain_rounds + 1
                 log(
                     json.dumps(
