@@ -511,10 +511,10 @@ _SESSION_DAY_ROWS = {
         f"SELECT sd.distinct_id, sd.exit_page, {_SESSION_DAY_VISITS}, x.value AS page, 0 AS ev, 0 AS pv"
         f" FROM query_rollup_session_days sd CROSS JOIN unnest(sd.pages) AS x(value) WHERE {_SESSION_DAYS_WHERE}"
     ),
-    # Each element is one event (pageviews excepted: the pageviews column counts them).
+    # Each name with its events (pageviews excepted: the pageviews column counts them).
     "event_name": (
-        f"SELECT sd.distinct_id, sd.exit_page, {_SESSION_DAY_VISITS}, x.value AS event_name, 1 AS ev, 0 AS pv"
-        f" FROM query_rollup_session_days sd CROSS JOIN unnest(sd.event_names) AS x(value)"
+        f"SELECT sd.distinct_id, sd.exit_page, {_SESSION_DAY_VISITS}, x.value AS event_name, x.n AS ev, 0 AS pv"
+        " FROM query_rollup_session_days sd CROSS JOIN unnest(sd.event_names, sd.event_counts) AS x(value, n)"
         f" WHERE {_SESSION_DAYS_WHERE}"
         f" UNION ALL SELECT sd.distinct_id, sd.exit_page, {_SESSION_DAY_VISITS}, 'pageview' AS event_name,"
         " sd.pageviews AS ev, sd.pageviews AS pv FROM query_rollup_session_days sd"

@@ -665,21 +665,74 @@ def _merge_into(cube: Cube, rows: str) -> str:
 
 _MERGED_CUBES = tuple(cube for cube in CUBES if cube is not EXIT_PAGES_CUBE)
 
-# A session day's pages and event names (migration 0850): the batch's distinct paths and the
-# name of each of its non-pageview events are appended (a path may repeat across batches; the
-# events of a name are the count of its elements), so no merge reads the arrays it grows.
-SESSION_DAY_PAGES = "array_agg(DISTINCT {alias}path)"
-SESSION_DAY_EVENT_NAMES = (
-    "coalesce(array_agg({alias}name) FILTER (WHERE {alias}name <> 'pageview'), CAST('{{}}' AS text[]))"
+# A session day's pages and event names (migration 0850; 1210): each path and each non-pageview
+# event name once, sorted (byte order), and event_counts the events of each name, element by
+# element. A row is as long as its session day's distinct pages and names, however long the
+# session goes on.
+#
+# From rows `g` of (session day, name) and (session day, path) counts (`by_name` tells which),
+# fed in order of name, then path: the pages, the names and their counts. array_agg keeps the
+# order it is fed in; an aggregate's own ORDER BY would rule out hashing the session days
+# (Postgres 15 sorts all of them for it: a sort of the batch and a merge join on it, seconds
+# per round under the seed load).
+_SESSION_DAY_ITEMS = (
+    "array_agg(g.path) FILTER (WHERE NOT g.by_name) AS pages,"
+    " coalesce(array_agg(g.name) FILTER (WHERE g.by_name AND g.name <> 'pageview'),"
+    " CAST('{}' AS text[])) AS event_names,"
+    " coalesce(array_agg(g.n) FILTER (WHERE g.by_name AND g.name <> 'pageview'),"
+    " CAST('{}' AS bigint[])) AS event_counts"
 )
+_ITEMS_ORDER = f"ORDER BY name {_C}, path {_C}"
+
+
+def session_days_insert(source: str, project: str = "b.project_id", items: bool = True) -> str:
+    """The session days of the events `source` (aliased `b`: day, session, visitor, the session's
+    exit page and raw visit columns, name, path; those with `e_in_range`) inserted, under the
+    project `project` (a column of `b`, or the :project_id parameter). Without `items`, the pages,
+    names and counts are left out (what tools/bench/cube_cost.py compares a rebuild with)."""
+    by_column = project == "b.project_id"
+    visits = [DIMENSIONS[name].raw for name in VISIT_DIMENSIONS]
+    keys = ["day", "session_id", "distinct_id", "exit_page", *visits]
+    grouped = (["project_id"] if by_column else []) + keys
+    columns = f"project_id, day, session_id, distinct_id, pageviews, events, exit_page, {_VISIT_COLUMNS}"
+
+    def of(alias: str, names: list[str]) -> str:
+        return ", ".join(f"{alias}.{name}" for name in names)
+
+    if not items:
+        return (
+            f"INSERT INTO query_rollup_session_days ({columns}) SELECT {project}, {of('b', keys[:3])},"
+            f" count(*) FILTER (WHERE b.name = 'pageview'), count(*), {of('b', keys[3:])}"
+            f" FROM {source} WHERE b.e_in_range GROUP BY {of('b', grouped)}"
+        )
+    # The events counted per (session day, name) and per (session day, path) in one pass.
+    counts = (
+        f"SELECT {of('b', grouped)}, b.name, b.path, GROUPING(b.name) = 0 AS by_name, count(*) AS n"
+        f" FROM {source} WHERE b.e_in_range GROUP BY {of('b', grouped)}, GROUPING SETS ((b.name), (b.path))"
+        f" {_ITEMS_ORDER}"
+    )
+    return (
+        f"INSERT INTO query_rollup_session_days ({columns}, pages, event_names, event_counts)"
+        f" SELECT {'g.project_id' if by_column else project}, {of('g', keys[:3])},"
+        " coalesce(sum(g.n) FILTER (WHERE g.by_name AND g.name = 'pageview'), 0)::bigint,"
+        f" coalesce(sum(g.n) FILTER (WHERE g.by_name), 0)::bigint, {of('g', keys[3:])}, {_SESSION_DAY_ITEMS}"
+        f" FROM ({counts}) g GROUP BY {of('g', grouped)}"
+    )
+
 
 # The new events' session days, every aggregate hashed: the events counted per session day and
-# path (so the paths come out distinct), then per session day; the names of the non-pageview
-# events gathered per session day on their own. With array_agg(DISTINCT path) the batch was
-# sorted on (day, session, visitor) and each session day's paths sorted again: ~3 us per event
-# merged, the costliest statement of a merge after the event-name cube (docs/benchmarks.md,
-# branch refcpu3). The same counts and elements (a batch's paths in no particular order: the
-# readers unnest them).
+# path (so the paths come out distinct), then per session day; the non-pageview events counted
+# per session day and name, then gathered per session day in order of name (array_agg keeps the
+# order it is fed; its own ORDER BY would rule out hashing, see _SESSION_DAY_ITEMS). With
+# array_agg(DISTINCT path) the batch was sorted on (day, session, visitor) and each session
+# day's paths sorted again: ~3 us per event merged (docs/benchmarks.md, branch refcpu3). A new
+# session day's pages are in no particular order (the readers take them as a set).
+#
+# A session day already folded adds the counts; its pages and names stay the same arrays when
+# the batch brings none new (the common case under live ingest: a session's pages and event
+# names repeat), else they are made again from both, each once and sorted. Before 1210 the
+# batch's paths and names were appended, so each merge rewrote a row that grew by an element
+# per custom event for as long as the session went on.
 #
 # Each session day also gets its session's exit page and visit (staged) here, the move's work
 # (_SESSION_DAYS_MOVE) for the session days the batch has events on: under live ingest nearly
@@ -689,28 +742,39 @@ SESSION_DAY_EVENT_NAMES = (
 # day of a session with no row (none staged) gets no exit page or visit, as a new one did.
 _SESSION_DAY_KEY = "project_id, day, session_id, distinct_id"
 _SESSION_DAY_PLACE = f"exit_page, {_VISIT_COLUMNS}"
+_BOTH_NAMES = "unnest(d.event_names || excluded.event_names, d.event_counts || excluded.event_counts) AS u(name, n)"
 _SESSION_DAYS_MERGE = (
-    "INSERT INTO query_rollup_session_days AS d"
-    f" (project_id, day, session_id, distinct_id, pageviews, events, pages, event_names, {_SESSION_DAY_PLACE})"
+    "INSERT INTO query_rollup_session_days AS d (project_id, day, session_id, distinct_id, pageviews, events,"
+    f" pages, event_names, event_counts, {_SESSION_DAY_PLACE})"
     " SELECT c.project_id, c.day, c.session_id, c.distinct_id, c.pageviews, c.events, c.pages,"
-    f" coalesce(n.names, CAST('{{}}' AS text[])), st.exit_page, {_visits_of('st')}"
+    " coalesce(n.names, CAST('{}' AS text[])), coalesce(n.counts, CAST('{}' AS bigint[])),"
+    f" st.exit_page, {_visits_of('st')}"
     " FROM (SELECT p.project_id, p.day, p.session_id, p.distinct_id, sum(p.pv) AS pageviews, sum(p.ev) AS events,"
     " array_agg(p.path) AS pages FROM (SELECT e.project_id, e.day, e.session_id, e.distinct_id, e.path,"
     " count(*) FILTER (WHERE e.name = 'pageview') AS pv, count(*) AS ev"
     f" FROM query_rollup_events_staged e WHERE {_STAGED_EVENTS_WHERE} AND e.day {_SKIPPED}"
     f" GROUP BY e.{_SESSION_DAY_KEY.replace(', ', ', e.')}, e.path) p"
     " GROUP BY p.project_id, p.day, p.session_id, p.distinct_id) c"
-    " LEFT JOIN (SELECT e.project_id, e.day, e.session_id, e.distinct_id, array_agg(e.name) AS names"
+    " LEFT JOIN (SELECT k.project_id, k.day, k.session_id, k.distinct_id, array_agg(k.name) AS names,"
+    " array_agg(k.n) AS counts FROM (SELECT e.project_id, e.day, e.session_id, e.distinct_id, e.name, count(*) AS n"
     f" FROM query_rollup_events_staged e WHERE {_STAGED_EVENTS_WHERE} AND e.day {_SKIPPED}"
-    " AND e.name <> 'pageview'"
-    f" GROUP BY e.{_SESSION_DAY_KEY.replace(', ', ', e.')}) n"
+    f" AND e.name <> 'pageview' GROUP BY e.{_SESSION_DAY_KEY.replace(', ', ', e.')}, e.name ORDER BY e.name {_C}) k"
+    " GROUP BY k.project_id, k.day, k.session_id, k.distinct_id) n"
     " ON n.project_id = c.project_id AND n.day = c.day AND n.session_id = c.session_id"
     " AND n.distinct_id = c.distinct_id"
     " LEFT JOIN query_rollup_sessions_staged st ON st.project_id = c.project_id AND st.session_id = c.session_id"
     " AND st.project_id = :project_id"
     " ON CONFLICT (project_id, day, session_id, distinct_id) DO UPDATE"
     " SET pageviews = d.pageviews + excluded.pageviews, events = d.events + excluded.events,"
-    " pages = d.pages || excluded.pages, event_names = d.event_names || excluded.event_names, "
+    " pages = CASE WHEN d.pages @> excluded.pages THEN d.pages"
+    " ELSE ARRAY(SELECT x FROM unnest(coalesce(d.pages, CAST('{}' AS text[])) || excluded.pages) AS x"
+    f" GROUP BY x ORDER BY x {_C}) END,"
+    " event_names = CASE WHEN excluded.event_names = CAST('{}' AS text[]) OR d.event_names = excluded.event_names"
+    f" THEN d.event_names ELSE ARRAY(SELECT u.name FROM {_BOTH_NAMES} GROUP BY u.name ORDER BY u.name {_C}) END,"
+    " event_counts = CASE WHEN excluded.event_names = CAST('{}' AS text[]) THEN d.event_counts"
+    " WHEN d.event_names = excluded.event_names THEN ARRAY(SELECT u.was + u.added"
+    " FROM unnest(d.event_counts, excluded.event_counts) WITH ORDINALITY AS u(was, added, i) ORDER BY u.i)"
+    f" ELSE ARRAY(SELECT CAST(sum(u.n) AS bigint) FROM {_BOTH_NAMES} GROUP BY u.name ORDER BY u.name {_C}) END, "
     + ", ".join(f"{name} = excluded.{name}" for name in _SESSION_DAY_PLACE.split(", "))
 )
 
@@ -853,8 +917,9 @@ def exit_items_sql(where: str, sign: int = 1, conflict: bool = True) -> str:
         f" SELECT u.project_id, u.day, u.exit_page, u.kind, u.value, {visitors}, {sign} * sum(u.n) FROM ("
         "SELECT sd.project_id, sd.day, sd.exit_page, 'p' AS kind, x.value, sd.distinct_id, 0 AS n"
         f" FROM query_rollup_session_days sd CROSS JOIN unnest(sd.pages) AS x(value) WHERE {where}"
-        " UNION ALL SELECT sd.project_id, sd.day, sd.exit_page, 'e', x.value, sd.distinct_id, 1"
-        f" FROM query_rollup_session_days sd CROSS JOIN unnest(sd.event_names) AS x(value) WHERE {where}"
+        " UNION ALL SELECT sd.project_id, sd.day, sd.exit_page, 'e', x.value, sd.distinct_id, x.n"
+        f" FROM query_rollup_session_days sd CROSS JOIN unnest(sd.event_names, sd.event_counts) AS x(value, n)"
+        f" WHERE {where}"
         " UNION ALL SELECT sd.project_id, sd.day, sd.exit_page, 'e', 'pageview', sd.distinct_id, sd.pageviews"
         f" FROM query_rollup_session_days sd WHERE {where} AND sd.pageviews > 0"
         f") u GROUP BY u.project_id, u.day, u.exit_page, u.kind, u.value{on_conflict}"
@@ -1421,14 +1486,7 @@ def _rebuild_sql(cube: Cube) -> str:
     return f"INSERT INTO {cube.table} ({columns}, {CUBE_METRIC_COLUMNS}) {_aggregate_sql(cube, _rebuild_rows(cube))}"
 
 
-_REBUILD_SESSION_DAYS = (
-    "INSERT INTO query_rollup_session_days (project_id, day, session_id, distinct_id, pageviews, events,"
-    f" exit_page, {_VISIT_COLUMNS}, pages, event_names)"
-    " SELECT b.project_id, b.day, b.session_id, b.distinct_id, count(*) FILTER (WHERE b.name = 'pageview'), count(*),"
-    f" b.exit_page, {_RAW_VISITS}, {SESSION_DAY_PAGES.format(alias='b.')},"
-    f" {SESSION_DAY_EVENT_NAMES.format(alias='b.')} FROM {_DAY_BASE} b WHERE b.e_in_range"
-    f" GROUP BY b.project_id, b.day, b.session_id, b.distinct_id, b.exit_page, {_RAW_VISITS}"
-)
+_REBUILD_SESSION_DAYS = session_days_insert(f"{_DAY_BASE} b")
 # The sessions that started on the day with the pages, domains and event names among their
 # events: grouped from one union, not joined.
 _REBUILD_FOLDED = (
@@ -1465,19 +1523,7 @@ def _rebuild_one_statement(session_day_items: bool = True) -> str:
             f" SELECT :project_id, {columns}, {CUBE_METRIC_COLUMNS} FROM ({computed}) computed"
         )
     raw_visits = ", ".join(DIMENSIONS[name].raw for name in VISIT_DIMENSIONS)
-    items = (
-        (", pages, event_names", f", {SESSION_DAY_PAGES.format(alias='')}, {SESSION_DAY_EVENT_NAMES.format(alias='')}")
-        if session_day_items
-        else ("", "")
-    )
-    inserts.append(
-        "INSERT INTO query_rollup_session_days (project_id, day, session_id, distinct_id, pageviews, events,"
-        f" exit_page, {_VISIT_COLUMNS}{items[0]})"
-        " SELECT :project_id, day, session_id, distinct_id, count(*) FILTER (WHERE name = 'pageview'), count(*),"
-        f" exit_page, {raw_visits}{items[1]}"
-        " FROM base WHERE e_in_range"
-        f" GROUP BY day, session_id, distinct_id, exit_page, {raw_visits}"
-    )
+    inserts.append(session_days_insert("base b", project=":project_id", items=session_day_items))
     # The sessions that started on the day with the pages, domains and event names among their
     # events: grouped from one union, not joined (a join of two CTEs has no estimates to go by).
     nulls = ", ".join(["NULL"] * len(VISIT_DIMENSIONS))

@@ -265,13 +265,13 @@ async def test_a_late_event_moves_a_session_to_another_exit_page(
 
 
 async def session_day_items(engine: AsyncEngine, project_id: int) -> list[tuple[Any, ...]]:
-    """Each session day with its exit page, visit, distinct pages and every event name."""
+    """Each session day with its exit page, visit, pages, event names and their counts, as stored
+    (since 1210 each page and name once, sorted: a merge and a rebuild write the same arrays)."""
     async with engine.connect() as connection:
         result = await connection.execute(
             text(
                 "SELECT day::text, session_id, distinct_id, pageviews, events, exit_page, country, device,"
-                " ARRAY(SELECT DISTINCT p FROM unnest(pages) AS p ORDER BY 1),"
-                " ARRAY(SELECT n FROM unnest(event_names) AS n ORDER BY 1)"
+                ' ARRAY(SELECT x FROM unnest(pages) AS x ORDER BY x COLLATE "C"), event_names, event_counts'
                 " FROM query_rollup_session_days WHERE project_id = :project_id ORDER BY 1, 2, 3"
             ),
             {"project_id": project_id},
@@ -329,13 +329,13 @@ MAIN_EXIT_ITEMS = [
 
 
 MAIN_SESSION_DAYS = [
-    ("2026-01-12", "s1", "v1", 2, 3, "/pricing", "DE", "desktop", ["/", "/pricing"], ["signup"]),
-    ("2026-01-12", "s3", "v2", 1, 1, "/docs", "US", "desktop", ["/"], []),
-    ("2026-01-13", "s2", "v1", 1, 1, "/blog", "DE", "desktop", ["/blog"], []),
-    ("2026-01-13", "s3", "v2", 1, 1, "/docs", "US", "desktop", ["/docs"], []),
-    ("2026-01-13", "s4", "v3", 2, 3, "/checkout", "FR", "mobile", ["/checkout", "/pricing"], ["signup"]),
-    ("2026-01-14", "s5", "v4", 1, 1, "/", None, "desktop", ["/"], []),
-    ("2026-01-14", "s6", "v5", 1, 1, "/late", "GB", "desktop", ["/late"], []),
+    ("2026-01-12", "s1", "v1", 2, 3, "/pricing", "DE", "desktop", ["/", "/pricing"], ["signup"], [1]),
+    ("2026-01-12", "s3", "v2", 1, 1, "/docs", "US", "desktop", ["/"], [], []),
+    ("2026-01-13", "s2", "v1", 1, 1, "/blog", "DE", "desktop", ["/blog"], [], []),
+    ("2026-01-13", "s3", "v2", 1, 1, "/docs", "US", "desktop", ["/docs"], [], []),
+    ("2026-01-13", "s4", "v3", 2, 3, "/checkout", "FR", "mobile", ["/checkout", "/pricing"], ["signup"], [1]),
+    ("2026-01-14", "s5", "v4", 1, 1, "/", None, "desktop", ["/"], [], []),
+    ("2026-01-14", "s6", "v5", 1, 1, "/late", "GB", "desktop", ["/late"], [], []),
 ]
 
 
@@ -366,6 +366,78 @@ async def test_merged_session_day_items_equal_a_rebuild(
     assert [row for row in await exit_items(engine, project_id) if row[0] not in stale] == merged_items
 
 
+def long_session() -> list[Event]:
+    """One session of a day with the same pages and event names over and over (as a long visit
+    sends them), a new page and a new name late, and a second visitor's session beside it."""
+    at = "2026-01-13T10:{:02d}:00"
+    events = [
+        Event("v1", "s1", berlin(at.format(0)), "/"),
+        Event("v1", "s1", berlin(at.format(1)), "/", name="scroll"),
+        Event("v1", "s1", berlin(at.format(2)), "/pricing"),
+        Event("v1", "s1", berlin(at.format(3)), "/pricing", name="scroll"),
+        Event("v1", "s1", berlin(at.format(4)), "/pricing", name="signup"),
+        Event("v1", "s1", berlin(at.format(5)), "/", name="scroll"),
+        Event("v2", "s2", berlin(at.format(6)), "/docs"),
+        Event("v1", "s1", berlin(at.format(7)), "/pricing", name="scroll"),
+        Event("v1", "s1", berlin(at.format(8)), "/checkout"),
+        Event("v1", "s1", berlin(at.format(9)), "/checkout", name="purchase"),
+        Event("v1", "s1", berlin(at.format(10)), "/checkout", name="scroll"),
+    ]
+    return events
+
+
+LONG_SESSION_DAYS = [
+    (
+        "2026-01-13",
+        "s1",
+        "v1",
+        3,
+        10,
+        "/checkout",
+        "DE",
+        "desktop",
+        ["/", "/checkout", "/pricing"],
+        ["purchase", "scroll", "signup"],
+        [1, 5, 1],
+    ),
+    ("2026-01-13", "s2", "v2", 1, 1, "/docs", "DE", "desktop", ["/docs"], [], []),
+]
+
+
+async def custom_events_exiting_on_checkout(client: AsyncTestClient[Any], project: dict[str, Any]) -> list[Any]:
+    body = await query(
+        client,
+        project,
+        metrics=["visitors", "events"],
+        dimensions=["event_name"],
+        filters=[*chip("exit_page", "/checkout"), NOT_PAGEVIEWS],
+    )
+    return sorted(table(body))
+
+
+@pytest.mark.parametrize("per_refresh", [1, 2, 11])
+async def test_a_session_day_holds_each_page_and_name_once_with_its_events(
+    db: DatabaseHarness, engine: AsyncEngine, client: AsyncTestClient[Any], per_refresh: int
+) -> None:
+    """Merged one event, two events or all events at a time: each page and name once, each
+    name's events counted (1210; before, a name per event, and pages repeated per batch), the
+    same arrays as a rebuild. The custom events under an exit-page chip count them, read from
+    the session days (merged into: the day's items stale) and from the items a rebuild made."""
+    project = await new_project(db)
+    project_id = int(project["id"])
+    events = long_session()
+    for start in range(0, len(events), per_refresh):
+        await insert_events(engine, project_id, events[start : start + per_refresh])
+        await build_rollups(engine, project)
+    assert await session_day_items(engine, project_id) == LONG_SESSION_DAYS
+    expected = [["purchase", 1, 1], ["scroll", 1, 5], ["signup", 1, 1]]
+    assert await custom_events_exiting_on_checkout(client, project) == expected
+    await rebuilt_from_scratch(engine, project)
+    assert await session_day_items(engine, project_id) == LONG_SESSION_DAYS
+    assert await stale_item_days(engine, project_id) == []
+    assert await custom_events_exiting_on_checkout(client, project) == expected
+
+
 async def test_erasure_and_retention_remove_the_session_day_items(
     db: DatabaseHarness, engine: AsyncEngine, admin_engine: AsyncEngine, client: AsyncTestClient[Any]
 ) -> None:
@@ -386,8 +458,8 @@ async def test_erasure_and_retention_remove_the_session_day_items(
     rows = await session_day_items(engine, project_id)
     assert [row for row in rows if row[2] == "v3"] == []
     assert [row for row in rows if row[0] == "2026-01-13"] == [
-        ("2026-01-13", "s2", "v1", 1, 1, "/blog", "DE", "desktop", ["/blog"], []),
-        ("2026-01-13", "s3", "v2", 1, 1, "/docs", "US", "desktop", ["/docs"], []),
+        ("2026-01-13", "s2", "v1", 1, 1, "/blog", "DE", "desktop", ["/blog"], [], []),
+        ("2026-01-13", "s3", "v2", 1, 1, "/docs", "US", "desktop", ["/docs"], [], []),
     ]
     body = await conversions(client, project, filters=chip("exit_page", "/checkout"))
     assert body["visitors"] == 0
@@ -451,7 +523,7 @@ async def test_page_goals_under_two_visit_chips_count_each_visitor_once_per_page
 ) -> None:
     """Migration 0920's path (each listed page tested for containment, visitors counted once per
     page): v1 views /pricing on Jan 12 (s1) and, merged in two later batches, twice on Jan 13
-    (s2: its pages now /blog, /pricing, /pricing); both sessions DE and desktop."""
+    (s2: its pages /blog, /pricing, each once since 1210); both sessions DE and desktop."""
     project = await new_project(db)
     project_id = int(project["id"])
     await insert_events(engine, project_id, main_events())
@@ -464,7 +536,7 @@ async def test_page_goals_under_two_visit_chips_count_each_visitor_once_per_page
             text("SELECT pages FROM query_rollup_session_days WHERE project_id = :project_id AND session_id = 's2'"),
             {"project_id": project_id},
         )
-        assert [row[0] for row in pages] == [["/blog", "/pricing", "/pricing"]]
+        assert [row[0] for row in pages] == [["/blog", "/pricing"]]
     two_chips = [*chip("country", "DE"), *chip("device", "desktop")]
     cases = [
         # v1 once per page, whatever the days and repeats; /docs is US (v2) only.

@@ -69,15 +69,15 @@ def big_day(seed: int = 7) -> list[Event]:
 
 async def every_row(engine: AsyncEngine, project_id: int) -> Rows:
     """The cubes (as cube_rows), the session days, the sessions' folded rows, the exit-page items
-    and the day markers of the project; arrays a merge appends to (pages) compared as sets."""
+    and the day markers of the project; the session days' arrays as stored (each page and name
+    once, sorted, since 1210), the folded rows' compared as sets."""
     rows = await cube_rows(engine, project_id)
     visits = ", ".join(VISIT_DIMENSIONS)
     latest = "SELECT max(day) FROM query_rollup_days WHERE project_id = :project_id"
     statements = {
         "session_days": (
             f"SELECT day::text, session_id, distinct_id, pageviews, events, exit_page, {visits},"
-            " ARRAY(SELECT DISTINCT x FROM unnest(pages) x ORDER BY 1),"
-            " ARRAY(SELECT x FROM unnest(event_names) x ORDER BY 1)"
+            ' ARRAY(SELECT x FROM unnest(pages) AS x ORDER BY x COLLATE "C"), event_names, event_counts'
             " FROM query_rollup_session_days WHERE project_id = :project_id"
         ),
         "folded": (

@@ -160,9 +160,11 @@ query_rollup_session_days = Table(
     Column("browser", Text),
     Column("os", Text),
     Column("device", Text),
-    # Migration 0850: the day's paths, and the name of each non-pageview event (repeated per event).
+    # Migration 0850: the day's paths and the names of its non-pageview events; since 1210 each
+    # path and name once (sorted), with event_counts holding the events of each name.
     Column("pages", ARRAY(Text)),
     Column("event_names", ARRAY(Text)),
+    Column("event_counts", ARRAY(BigInteger), nullable=False, server_default="{}"),
     PrimaryKeyConstraint("project_id", "day", "session_id", "distinct_id", name="pk_query_rollup_session_days"),
     Index("ix_query_rollup_session_days_project_id_day_exit_page", "project_id", "day", "exit_page"),
     # Migration 0920: each visit column, so two visit chips read only the session days of both
