@@ -302,3 +302,41 @@ def test_every_day_cubes_sketch_stays_in_its_row(db: DatabaseHarness) -> None:
         assert _hours_toast_rows(db) == before
     finally:
         _with_connection(db.admin, delete_it)
+
+
+def test_session_days_keep_each_page_and_name_once_with_its_count(scratch_database: AdminDatabaseSettings) -> None:
+    """1210 turns a session day's arrays (0850: a path per batch, a name per event) into each page
+    and name once with the events of each name; its downgrade gives each name back that often."""
+    config = admin.alembic_config(scratch_database.url)
+    command.upgrade(config, "1200")
+    insert = (
+        "INSERT INTO query_rollup_session_days (project_id, day, session_id, distinct_id, pageviews, events, pages,"
+        " event_names) VALUES (1, '2026-01-13', 's1', 'v1', 3, 8, :pages, :names),"
+        " (1, '2026-01-13', 's2', 'v2', 1, 1, '{/}', '{}')"
+    )
+    pages = ["/pricing", "/", "/pricing", "/checkout", "/"]
+    names = ["scroll", "signup", "scroll", "purchase", "scroll"]
+
+    def write(connection: Connection) -> None:
+        connection.execute(text(insert), {"pages": pages, "names": names})
+        connection.commit()
+
+    def arrays(counts: bool) -> Callable[[Connection], list[tuple[Any, ...]]]:
+        def read(connection: Connection) -> list[tuple[Any, ...]]:
+            columns = "pages, event_names" + (", event_counts" if counts else "")
+            rows = connection.execute(text(f"SELECT {columns} FROM query_rollup_session_days ORDER BY session_id"))
+            return [tuple(row) for row in rows]
+
+        return read
+
+    _with_connection(scratch_database, write)
+    command.upgrade(config, "1210")
+    assert _with_connection(scratch_database, arrays(counts=True)) == [
+        (["/", "/checkout", "/pricing"], ["purchase", "scroll", "signup"], [1, 3, 1]),
+        (["/"], [], []),
+    ]
+    command.downgrade(config, "1200")
+    assert _with_connection(scratch_database, arrays(counts=False)) == [
+        (["/", "/checkout", "/pricing"], ["purchase", "scroll", "scroll", "scroll", "signup"]),
+        (["/"], []),
+    ]
