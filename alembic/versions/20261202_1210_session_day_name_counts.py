@@ -9,7 +9,7 @@ and each merge read, concatenated and wrote the whole of it again (TOAST-compres
 A merge's cost grew with the length of the sessions it touched, not with what arrived; every
 reader unnested one element per event.
 
-Now ``pages`` holds each path once and ``event_names`` each name once (both in byte order), and the new
+Now ``pages`` holds each path once and ``event_names`` each name once (in byte order), and the new
 ``event_counts`` holds the events of each name, element by element: a row as long as the
 session day's distinct pages and names. A merge whose batch brings no new page or name keeps
 the arrays as they are and adds the counts (services/query/rollup_repository.py,

@@ -665,9 +665,9 @@ def _merge_into(cube: Cube, rows: str) -> str:
 
 _MERGED_CUBES = tuple(cube for cube in CUBES if cube is not EXIT_PAGES_CUBE)
 
-# A session day's pages and event names (migration 0850; 1210): each path and each non-pageview
-# event name once, sorted (byte order), and event_counts the events of each name, element by
-# element. A row is as long as its session day's distinct pages and names, however long the
+# A session day's pages and event names (migration 0850; 1210): each path once, each
+# non-pageview event name once in byte order, and event_counts the events of each name, element
+# by element. A row is as long as its session day's distinct pages and names, however long the
 # session goes on.
 #
 # From rows `g` of (session day, name) and (session day, path) counts (`by_name` tells which),
@@ -685,7 +685,7 @@ _SESSION_DAY_ITEMS = (
 _ITEMS_ORDER = f"ORDER BY name {_C}, path {_C}"
 
 
-def session_days_insert(source: str, project: str = "b.project_id", items: bool = True) -> str:
+def _session_days_insert(source: str, project: str = "b.project_id", items: bool = True) -> str:
     """The session days of the events `source` (aliased `b`: day, session, visitor, the session's
     exit page and raw visit columns, name, path; those with `e_in_range`) inserted, under the
     project `project` (a column of `b`, or the :project_id parameter). Without `items`, the pages,
@@ -728,9 +728,10 @@ def session_days_insert(source: str, project: str = "b.project_id", items: bool 
 # day's paths sorted again: ~3 us per event merged (docs/benchmarks.md, branch refcpu3). A new
 # session day's pages are in no particular order (the readers take them as a set).
 #
-# A session day already folded adds the counts; its pages and names stay the same arrays when
-# the batch brings none new (the common case under live ingest: a session's pages and event
-# names repeat), else they are made again from both, each once and sorted. Before 1210 the
+# A session day already folded keeps its pages and names as they are when the batch brings none
+# new (the common case under live ingest: a session's pages and event names repeat) and adds
+# each of the batch's names' events to its count (found by array_position in the batch's few
+# names); else they are made again from both, each once and sorted. Before 1210 the
 # batch's paths and names were appended, so each merge rewrote a row that grew by an element
 # per custom event for as long as the session went on.
 #
@@ -769,11 +770,12 @@ _SESSION_DAYS_MERGE = (
     " pages = CASE WHEN d.pages @> excluded.pages THEN d.pages"
     " ELSE ARRAY(SELECT x FROM unnest(coalesce(d.pages, CAST('{}' AS text[])) || excluded.pages) AS x"
     f" GROUP BY x ORDER BY x {_C}) END,"
-    " event_names = CASE WHEN excluded.event_names = CAST('{}' AS text[]) OR d.event_names = excluded.event_names"
-    f" THEN d.event_names ELSE ARRAY(SELECT u.name FROM {_BOTH_NAMES} GROUP BY u.name ORDER BY u.name {_C}) END,"
+    " event_names = CASE WHEN d.event_names @> excluded.event_names THEN d.event_names"
+    f" ELSE ARRAY(SELECT u.name FROM {_BOTH_NAMES} GROUP BY u.name ORDER BY u.name {_C}) END,"
     " event_counts = CASE WHEN excluded.event_names = CAST('{}' AS text[]) THEN d.event_counts"
-    " WHEN d.event_names = excluded.event_names THEN ARRAY(SELECT u.was + u.added"
-    " FROM unnest(d.event_counts, excluded.event_counts) WITH ORDINALITY AS u(was, added, i) ORDER BY u.i)"
+    " WHEN d.event_names @> excluded.event_names THEN ARRAY(SELECT u.was"
+    " + coalesce(excluded.event_counts[array_position(excluded.event_names, u.name)], 0)"
+    " FROM unnest(d.event_names, d.event_counts) WITH ORDINALITY AS u(name, was, i) ORDER BY u.i)"
     f" ELSE ARRAY(SELECT CAST(sum(u.n) AS bigint) FROM {_BOTH_NAMES} GROUP BY u.name ORDER BY u.name {_C}) END, "
     + ", ".join(f"{name} = excluded.{name}" for name in _SESSION_DAY_PLACE.split(", "))
 )
@@ -1486,7 +1488,7 @@ def _rebuild_sql(cube: Cube) -> str:
     return f"INSERT INTO {cube.table} ({columns}, {CUBE_METRIC_COLUMNS}) {_aggregate_sql(cube, _rebuild_rows(cube))}"
 
 
-_REBUILD_SESSION_DAYS = session_days_insert(f"{_DAY_BASE} b")
+_REBUILD_SESSION_DAYS = _session_days_insert(f"{_DAY_BASE} b")
 # The sessions that started on the day with the pages, domains and event names among their
 # events: grouped from one union, not joined.
 _REBUILD_FOLDED = (
@@ -1523,7 +1525,7 @@ def _rebuild_one_statement(session_day_items: bool = True) -> str:
             f" SELECT :project_id, {columns}, {CUBE_METRIC_COLUMNS} FROM ({computed}) computed"
         )
     raw_visits = ", ".join(DIMENSIONS[name].raw for name in VISIT_DIMENSIONS)
-    inserts.append(session_days_insert("base b", project=":project_id", items=session_day_items))
+    inserts.append(_session_days_insert("base b", project=":project_id", items=session_day_items))
     # The sessions that started on the day with the pages, domains and event names among their
     # events: grouped from one union, not joined (a join of two CTEs has no estimates to go by).
     nulls = ", ".join(["NULL"] * len(VISIT_DIMENSIONS))

@@ -265,8 +265,9 @@ async def test_a_late_event_moves_a_session_to_another_exit_page(
 
 
 async def session_day_items(engine: AsyncEngine, project_id: int) -> list[tuple[Any, ...]]:
-    """Each session day with its exit page, visit, pages, event names and their counts, as stored
-    (since 1210 each page and name once, sorted: a merge and a rebuild write the same arrays)."""
+    """Each session day with its exit page, visit, pages (sorted here: a merge leaves a new
+    session day's in no particular order), event names and their counts as stored (since 1210
+    each page and name once, the names in byte order)."""
     async with engine.connect() as connection:
         result = await connection.execute(
             text(
