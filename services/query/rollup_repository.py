@@ -730,8 +730,10 @@ def _session_days_insert(source: str, project: str = "b.project_id", items: bool
 #
 # A session day already folded keeps its pages and names as they are when the batch brings none
 # new (the common case under live ingest: a session's pages and event names repeat) and adds
-# each of the batch's names' events to its count (found by array_position in the batch's few
-# names); else they are made again from both, each once and sorted. Before 1210 the
+# each of the batch's names' events to its count: element by element where the batch has the
+# same names (the seed load's every batch; ~10 us a row cheaper than the lookup), else found by
+# array_position in the batch's few names; a new page or name makes them again from both, each
+# once and sorted. Before 1210 the
 # batch's paths and names were appended, so each merge rewrote a row that grew by an element
 # per custom event for as long as the session went on.
 #
@@ -773,6 +775,8 @@ _SESSION_DAYS_MERGE = (
     " event_names = CASE WHEN d.event_names @> excluded.event_names THEN d.event_names"
     f" ELSE ARRAY(SELECT u.name FROM {_BOTH_NAMES} GROUP BY u.name ORDER BY u.name {_C}) END,"
     " event_counts = CASE WHEN excluded.event_names = CAST('{}' AS text[]) THEN d.event_counts"
+    " WHEN d.event_names = excluded.event_names THEN ARRAY(SELECT u.was + u.added"
+    " FROM unnest(d.event_counts, excluded.event_counts) WITH ORDINALITY AS u(was, added, i) ORDER BY u.i)"
     " WHEN d.event_names @> excluded.event_names THEN ARRAY(SELECT u.was"
     " + coalesce(excluded.event_counts[array_position(excluded.event_names, u.name)], 0)"
     " FROM unnest(d.event_names, d.event_counts) WITH ORDINALITY AS u(name, was, i) ORDER BY u.i)"
