@@ -733,9 +733,8 @@ def _session_days_insert(source: str, project: str = "b.project_id", items: bool
 # each of the batch's names' events to its count: element by element where the batch has the
 # same names (the seed load's every batch; ~10 us a row cheaper than the lookup), else found by
 # array_position in the batch's few names; a new page or name makes them again from both, each
-# once and sorted. Before 1210 the
-# batch's paths and names were appended, so each merge rewrote a row that grew by an element
-# per custom event for as long as the session went on.
+# once and sorted. Before 1210 the batch's paths and names were appended, so each merge rewrote
+# a row that grew by an element per custom event for as long as the session went on.
 #
 # Each session day also gets its session's exit page and visit (staged) here, the move's work
 # (_SESSION_DAYS_MOVE) for the session days the batch has events on: under live ingest nearly

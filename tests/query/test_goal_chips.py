@@ -371,7 +371,7 @@ def long_session() -> list[Event]:
     """One session of a day with the same pages and event names over and over (as a long visit
     sends them), a new page and a new name late, and a second visitor's session beside it."""
     at = "2026-01-13T10:{:02d}:00"
-    events = [
+    return [
         Event("v1", "s1", berlin(at.format(0)), "/"),
         Event("v1", "s1", berlin(at.format(1)), "/", name="scroll"),
         Event("v1", "s1", berlin(at.format(2)), "/pricing"),
@@ -384,7 +384,6 @@ def long_session() -> list[Event]:
         Event("v1", "s1", berlin(at.format(9)), "/checkout", name="purchase"),
         Event("v1", "s1", berlin(at.format(10)), "/checkout", name="scroll"),
     ]
-    return events
 
 
 LONG_SESSION_DAYS = [

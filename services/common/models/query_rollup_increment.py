@@ -161,7 +161,7 @@ query_rollup_session_days = Table(
     Column("os", Text),
     Column("device", Text),
     # Migration 0850: the day's paths and the names of its non-pageview events; since 1210 each
-    # path and name once (sorted), with event_counts holding the events of each name.
+    # path once and each name once (byte order), with event_counts the events of each name.
     Column("pages", ARRAY(Text)),
     Column("event_names", ARRAY(Text)),
     Column("event_counts", ARRAY(BigInteger), nullable=False, server_default="{}"),
