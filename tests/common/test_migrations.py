@@ -194,8 +194,13 @@ def test_every_key_includes_project_id(scratch_database: AdminDatabaseSettings) 
         assert "project_id" in columns, f"{table}.{constraint} lacks project_id"
 
 
-# Tables whose rows live only inside a refresh's transaction (migrations 1100, 1160).
-TRANSIENT_TABLES = ("query_rollup_events_counted", "query_rollup_events_staged", "query_rollup_sessions_staged")
+# Tables whose rows live only inside a refresh's transaction (migrations 1100, 1160, 1220).
+TRANSIENT_TABLES = (
+    "query_rollup_events_counted",
+    "query_rollup_events_items",
+    "query_rollup_events_staged",
+    "query_rollup_sessions_staged",
+)
 
 
 def _catalog_answers(db: DatabaseHarness, tables: tuple[str, ...], query: str) -> dict[str, set[str]]:
@@ -228,7 +233,7 @@ def test_the_refreshs_transient_tables_write_no_wal(db: DatabaseHarness) -> None
 def test_the_refreshs_staged_and_counted_events_carry_no_index(db: DatabaseHarness) -> None:
     """Every reader takes every row of its project (a scan); an index entry per staged event cost
     the staging statement a quarter of its CPU (migration 1170). On Citus, every shard placement."""
-    tables = ("query_rollup_events_counted", "query_rollup_events_staged")
+    tables = ("query_rollup_events_counted", "query_rollup_events_items", "query_rollup_events_staged")
     indexes = "SELECT count(*) FROM pg_index WHERE indrelid = %s"
     assert _catalog_answers(db, tables, indexes) == {table: {"0"} for table in tables}
 

@@ -11,6 +11,7 @@ then compares every cube table with the rows a from-scratch rebuild writes.
 from __future__ import annotations
 
 import asyncio
+import re
 import uuid
 from collections.abc import Callable
 from dataclasses import replace
@@ -171,7 +172,12 @@ async def test_refreshing_after_every_batch_equals_one_rebuild_from_scratch(
     assert sum(row[-2] for row in totals) == non_bot
     # The sessions and events each merge and rebuild staged (with their visitor) do not outlive it.
     async with engine.connect() as connection:
-        for table in ("query_rollup_sessions_staged", "query_rollup_events_staged", "query_rollup_events_counted"):
+        for table in (
+            "query_rollup_sessions_staged",
+            "query_rollup_events_staged",
+            "query_rollup_events_counted",
+            "query_rollup_events_items",
+        ):
             staged = await connection.execute(
                 text(f"SELECT count(*) FROM {table} WHERE project_id = :project_id"), {"project_id": project_id}
             )
@@ -708,12 +714,16 @@ async def test_a_new_projects_first_merge_groups_its_batch_once_outside_the_look
     lines = explained.plan.splitlines()
     sessions_at = next(index for index, line in enumerate(lines) if " on query_sessions" in line)
     # Each session's row found by its session (a join matched every row read to the batch instead).
-    assert any("session_id = e.session_id" in line for line in lines[sessions_at + 1 : sessions_at + 3]), explained.plan
+    by_session = re.compile(r"session_id = [^()]+\.session_id\)")
+    assert any(by_session.search(line) for line in lines[sessions_at + 1 : sessions_at + 3]), explained.plan
     if db.citus is None:  # by the column, not the constant: the key's index (see _touched_sessions)
-        assert "session_id = e.session_id" in lines[sessions_at + 1], explained.plan
-    batch = [index for index, line in enumerate(lines) if " on query_rollup_events_staged" in line]
-    assert len(batch) == 1, explained.plan  # the batch read once
-    assert batch[0] < sessions_at, explained.plan  # and outside the lookups
+        assert by_session.search(lines[sessions_at + 1]), explained.plan
+    # The batch read once, as its counts per path and name and per domain (_COUNT_ITEMS, _COUNT_EVENTS)
+    for counted in ("query_rollup_events_items", "query_rollup_events_counted"):
+        batch = [index for index, line in enumerate(lines) if f" on {counted}" in line]
+        assert len(batch) == 1, explained.plan
+        assert batch[0] < sessions_at, explained.plan  # and outside the lookups
+    assert " on query_rollup_events_staged" not in explained.plan, explained.plan
 
 
 async def test_a_session_of_a_day_left_unbuilt_is_not_merged_beside_a_merged_day(

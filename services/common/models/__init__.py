@@ -9,6 +9,7 @@ from services.common.models.query_goal import QueryGoal
 from services.common.models.query_rollup_day import QueryRollupDay
 from services.common.models.query_rollup_increment import (
     query_rollup_events_counted,
+    query_rollup_events_items,
     query_rollup_events_staged,
     query_rollup_exit_items,
     query_rollup_goal_pair_days,
@@ -55,6 +56,7 @@ __all__ = [
     "query_rollup_event_names",
     "query_rollup_event_pages",
     "query_rollup_events_counted",
+    "query_rollup_events_items",
     "query_rollup_events_staged",
     "query_rollup_exit_items",
     "query_rollup_exit_pages",

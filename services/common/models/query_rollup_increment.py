@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from sqlalchemy import (
     BigInteger,
+    CheckConstraint,
     Column,
     Date,
     DateTime,
@@ -137,6 +138,24 @@ query_rollup_events_counted = Table(
     Column("hour", SmallInteger, nullable=False),
     Column("pageviews", BigInteger, nullable=False),
     Column("events", BigInteger, nullable=False),
+    prefixes=["UNLOGGED"],
+)
+
+# The staged events counted per day, session, visitor and path, and per day, session, visitor
+# and name (migration 1220): a row holds one of the two, the other NULL. UNLOGGED, no index, its
+# rows live only inside the refresh's transaction, as the counted events.
+query_rollup_events_items = Table(
+    "query_rollup_events_items",
+    Base.metadata,
+    Column("project_id", BigInteger, nullable=False),
+    Column("day", Date, nullable=False),
+    Column("session_id", Text, nullable=False),
+    Column("distinct_id", Text, nullable=False),
+    Column("path", Text),
+    Column("name", Text),
+    Column("pageviews", BigInteger, nullable=False),
+    Column("events", BigInteger, nullable=False),
+    CheckConstraint("(path IS NULL) <> (name IS NULL)", name="path_or_name"),
     prefixes=["UNLOGGED"],
 )
 
