@@ -245,6 +245,14 @@ def test_the_sessions_pages_keep_room_for_heap_only_updates(db: DatabaseHarness)
     assert _catalog_answers(db, ("query_sessions",), options) == {"query_sessions": {"fillfactor=90"}}
 
 
+def test_the_folded_sessions_pages_keep_room_for_heap_only_updates(db: DatabaseHarness) -> None:
+    """Each merge replaces its touched sessions' folded rows, indexed columns unchanged (migration
+    1230). On Citus, every shard placement."""
+    options = "SELECT array_to_string(reloptions, ',') FROM pg_class WHERE oid = %s"
+    table = "query_rollup_sessions_folded"
+    assert _catalog_answers(db, (table,), options) == {table: {"fillfactor=70"}}
+
+
 # The rows in the TOAST table of the table whose oid is %s (a superuser's query: pg_toast is theirs).
 _TOAST_ROWS = (
     "SELECT (xpath('/row/n/text()', query_to_xml("
