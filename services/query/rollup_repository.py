@@ -411,15 +411,18 @@ def _touched_sessions(citus: bool) -> str:
 # and the new pages, domains, event names), read once into query_rollup_sessions_staged: the
 # cubes and the folded rows are written from it by separate statements (migration 0760).
 #
-# The new events are grouped per session by sorting them (an aggregate with DISTINCT is never
-# hashed), and that sort, on the database's C.UTF-8 collation, compared every pair of session
-# ids through strcoll with no abbreviated keys: most of the statement's CPU. Sorted and made
-# distinct under "C" (byte order, abbreviated keys), then given back the default collation: the
-# groups and the elements are the same (C.UTF-8 is deterministic; equal means equal bytes), and
-# the union below sorts the arrays again under the default collation, so the staged rows are
-# the same (docs/benchmarks.md, branch refcpu5).
+# Each touched session's new pages and names come from the batch's counts per session day and
+# path or name (query_rollup_events_items), its domains from those per session day, domain and
+# hour (query_rollup_events_counted), gathered per session by hashing (_stage_sessions): an
+# element may come more than once (a session over two days or visitors) and in any order, as
+# the union below makes each set distinct and sorted again unless the folded set already holds
+# it. Until 1220 the staged events were grouped here, sorted by session for array_agg(DISTINCT):
+# under the default collation (C.UTF-8) with no abbreviated keys, most of the statement's CPU,
+# then under "C" (docs/benchmarks.md, branch refcpu5 and "A round grouped once").
+#
+# Sorting under "C" (byte order, abbreviated keys) groups and orders text as the default
+# collation's equality does (C.UTF-8 is deterministic: equal means equal bytes).
 _C = 'COLLATE "C"'
-_DEFAULT = 'COLLATE "default"'
 
 
 def _stage_sessions_sql(citus: bool) -> str:
@@ -498,12 +501,12 @@ _FIXED: dict[str, _Fixed] = {
 # The staged events counted once per merge (migration 1100) per (day, session, visitor, domain,
 # hour) into query_rollup_events_counted: the cube merges whose event columns are among those
 # (visits, entry pages, hours, domains) count their events from these rows, and the touched
-# sessions are read from them. Under the 5000-visitor load a round's 140,024 events are 5,000
-# such rows (docs/benchmarks.md, branch refcpu4): each of those four cube merges counted, and
-# the touched sessions were found by, a pass over every staged event. The cubes by page or event
-# name still count the staged events: their grains (23,660 to 87,740 rows per 140,024 events)
-# cost more to write once than to count again. (The hour by date_part, a float8: extract() is a
-# numeric, computed per event.)
+# sessions' domains are read from them. Under the 5000-visitor load a round's 140,024 events are
+# 5,000 such rows (docs/benchmarks.md, branch refcpu4): each of those four cube merges counted a
+# pass over every staged event. The cubes by page or by event name read the counts per path or
+# name (_COUNT_ITEMS, below); those by event name and page count the staged events: their grain
+# (87,740 rows per 140,024 events) costs more to write once than to count again. (The hour by
+# date_part, a float8: extract() is a numeric, computed per event.)
 _COUNTED: dict[str, str] = {"domain": "domain", "hour": "hour"}
 _COUNT_EVENTS = (
     "INSERT INTO query_rollup_events_counted (project_id, day, session_id, distinct_id, domain, hour, pageviews,"
@@ -768,13 +771,14 @@ def _session_days_insert(source: str, project: str = "b.project_id", items: bool
     )
 
 
-# The new events' session days, every aggregate hashed: the events counted per session day and
-# path (so the paths come out distinct), then per session day; the non-pageview events counted
-# per session day and name, then gathered per session day in order of name (array_agg keeps the
-# order it is fed; its own ORDER BY would rule out hashing, see _SESSION_DAY_ITEMS). With
-# array_agg(DISTINCT path) the batch was sorted on (day, session, visitor) and each session
-# day's paths sorted again: ~3 us per event merged (docs/benchmarks.md, branch refcpu3). A new
-# session day's pages are in no particular order (the readers take them as a set).
+# The new events' session days, every aggregate hashed, from the batch's counts per session day
+# and path and per session day and name (query_rollup_events_items, _COUNT_ITEMS): the paths,
+# each once, and their counts summed per session day; the non-pageview names' counts gathered
+# per session day in order of name (array_agg keeps the order it is fed; its own ORDER BY would
+# rule out hashing, see _SESSION_DAY_ITEMS). With array_agg(DISTINCT path) the batch was sorted
+# on (day, session, visitor) and each session day's paths sorted again: ~3 us per event merged
+# (docs/benchmarks.md, branch refcpu3). A new session day's pages are in no particular order
+# (the readers take them as a set).
 #
 # A session day already folded keeps its pages and names as they are when the batch brings none
 # new (the common case under live ingest: a session's pages and event names repeat) and adds
@@ -790,7 +794,6 @@ def _session_days_insert(source: str, project: str = "b.project_id", items: bool
 # merge had just written (a second tuple with its ten index entries: the exit page, the key and
 # 0920's eight visit indexes). The move is left the session days without new events. A session
 # day of a session with no row (none staged) gets no exit page or visit, as a new one did.
-_SESSION_DAY_KEY = "project_id, day, session_id, distinct_id"
 _SESSION_DAY_PLACE = f"exit_page, {_VISIT_COLUMNS}"
 _BOTH_NAMES = "unnest(d.event_names || excluded.event_names, d.event_counts || excluded.event_counts) AS u(name, n)"
 _SESSION_DAYS_MERGE = (
