@@ -61,6 +61,7 @@ def seed_section(result: RunResult, command: str) -> str:
         f"{figures.get('hold_ingest_p99', 0):.0f} ms, {figures.get('hold_noop_p95', 0):.0f} ms"
     )
     said = report.verdicts(figures)
+    stack = report.stack_verdicts(figures)
     f = figures
 
     def three(prefix: str) -> str:
@@ -96,7 +97,7 @@ def seed_section(result: RunResult, command: str) -> str:
 
 Command: `{command}`
 
-{" ".join(said) if said else "The generator kept to its plan and was not saturated."}
+{" ".join(said or ["The generator kept to its plan and was not saturated."])}{"".join(" " + line for line in stack)}
 
 | figure | value |
 | --- | --- |

@@ -54,6 +54,15 @@ class RunData:
 # The report says at the top, in words, when the generator's own figures cannot be trusted.
 LATE_P95_MS = 50.0
 SATURATED_SHARE = 0.9
+# And when the stack did not take the load planned: the visitors' deliveries at full load below
+# DELIVERED_SHARE of the planned rate; more than TURNED_AWAY_SHARE of the attempts at full load
+# sent again (a 503 at the admission door, a connection lost); the machine's cores busy above
+# MACHINE_SATURATED_SHARE on average at full load, the probe's ingest p95 within
+# QUEUE_RATIO of its no-op p95 (both waited in the same queue).
+DELIVERED_SHARE = 0.9
+TURNED_AWAY_SHARE = 0.01
+MACHINE_SATURATED_SHARE = 0.9
+QUEUE_RATIO = 1.5
 # The breakdown should account for at least this share of server time; less is flagged.
 EXPLAINED_SHARE = 0.9
 PROBE_EVENTS, PROBE_NOOP = "/v1/events", "/v1/noop"
@@ -163,6 +172,55 @@ def verdicts(figures: Mapping[str, float]) -> list[str]:
             f"**The generator was saturated**: it used {100 * figures['generator_cpu_share']:.0f} % of its core at "
             f"full load (bound {100 * SATURATED_SHARE:.0f} %). Its latencies include time its answers waited "
             "for it; trust the probe's figures."
+        )
+    return said
+
+
+def stack_shortfalls(figures: Mapping[str, float]) -> dict[str, float]:
+    """Where the stack did not take the load planned, each with its figure: "behind" (the share of
+    the planned deliveries the visitors started at full load), "turned_away" (the share of the
+    attempts at full load sent again), "saturated" (the share of the machine's cores busy)."""
+    found = {}
+    planned, delivered = figures.get("planned_rps", 0.0), figures.get("hold_deliveries_rps")
+    if planned and delivered is not None and delivered < DELIVERED_SHARE * planned:
+        found["behind"] = delivered / planned
+    if figures.get("hold_retried_share", 0.0) > TURNED_AWAY_SHARE:
+        found["turned_away"] = figures["hold_retried_share"]
+    if figures.get("hold_machine_cpu_share", 0.0) > MACHINE_SATURATED_SHARE:
+        found["saturated"] = figures["hold_machine_cpu_share"]
+    return found
+
+
+def stack_verdicts(figures: Mapping[str, float]) -> list[str]:
+    """Sentences for the top of the report: did the stack take the load planned, and is the latency
+    measured its own work or the machine's queue? Empty when it kept up on a machine with room."""
+    found = stack_shortfalls(figures)
+    said = []
+    if "behind" in found:
+        said.append(
+            f"**The stack did not keep up with the planned load**: at full load the visitors started "
+            f"{figures['hold_deliveries_rps']:.0f} deliveries a second against the {figures['planned_rps']:.0f} "
+            f"planned ({100 * found['behind']:.0f} %). A visitor sends its next request only once its last one was "
+            "delivered, as the tracker does, so deliveries slower than the pacing lower the load offered: the "
+            "figures below are for the load the stack took, not for the load planned."
+        )
+    if "turned_away" in found:
+        said.append(
+            f"**{100 * found['turned_away']:.0f} % of the attempts at full load were turned away** (answered 503 by "
+            "the admission door, or their connection lost) and sent again with the same body."
+        )
+    if "saturated" in found:
+        noop = figures.get("probe_noop_p95", 0.0)
+        ratio = figures.get("probe_ingest_p95", 0.0) / noop if noop else float("inf")
+        queue = (
+            f", and the probe's no-op waited about as long as ingest (ingest p95 {ratio:.1f}× the no-op's): the "
+            "latency measured is the machine's queue, not ingest's own work"
+            if ratio <= QUEUE_RATIO
+            else ""
+        )
+        said.append(
+            f"**The machine was saturated**: {100 * found['saturated']:.0f} % of its cores busy on average at full "
+            f"load{queue}."
         )
     return said
 
@@ -348,9 +406,15 @@ def hold_figures(timeseries: Sequence[Mapping[str, Any]]) -> dict[str, float]:
     noop = merge({int(k): v for k, v in record["histograms"]["noop"].items()} for record in at_peak)
     seconds = sum(record["interval_s"] for record in at_peak)
     requests = sum(sum(endpoint["requests"] for endpoint in record["endpoints"].values()) for record in at_peak)
+    # The visitors' (and no-op users') POSTs: a delivery's first attempt, and the attempts sent again.
+    posts = [(name, entry) for record in at_peak for name, entry in record["endpoints"].items() if name[:5] == "POST "]
+    first = sum(entry["requests"] for name, entry in posts if not name.endswith(RETRIED_SUFFIX))
+    again = sum(entry["requests"] for name, entry in posts if name.endswith(RETRIED_SUFFIX))
     return {
         "hold_s": seconds,
         "hold_rps": requests / seconds if seconds else 0.0,
+        "hold_deliveries_rps": first / seconds if seconds else 0.0,
+        "hold_retried_share": again / (first + again) if first + again else 0.0,
         **{f"hold_ingest_{key}": value for key, value in summary(ingest).items()},
         **{f"hold_noop_{key}": value for key, value in summary(noop).items()},
     }
@@ -366,7 +430,16 @@ def summary_figures(data: RunData) -> dict[str, float]:
     retried = sum(entry["requests"] for name, entry in endpoints.items() if name.endswith(RETRIED_SUFFIX))
     pgbouncer = [record["pgbouncer"]["server_connections"] for record in data.monitor if "pgbouncer" in record]
     window = hold_window(data.timeseries)
+    # The machine's CPU (psutil's mean over its cores, in %) at full load.
+    machine = [
+        float(record["machine_cpu"])
+        for record in data.monitor
+        if "machine_cpu" in record and (window is None or window[0] <= record["t"] <= window[1])
+    ]
+    plan = data.plan
     return {
+        "planned_rps": (plan.users + plan.noop_users) / plan.pacing_s if plan.pacing_s else 0.0,
+        **({"hold_machine_cpu_share": sum(machine) / len(machine) / 100} if machine else {}),
         "requests": float(all_requests),
         "failures": float(all_failures),
         "failure_ratio": all_failures / all_requests if all_requests else 0.0,
@@ -434,17 +507,23 @@ def write_report(data: RunData, folder: Path) -> Path:
         f"{figures.get('hold_ingest_p95', 0):.0f} / {figures.get('hold_ingest_p99', 0):.0f} ms; "
         f"{figures.get('hold_noop_p95', 0):.0f} ms"
     )
+    delivered = (
+        f"{figures.get('hold_deliveries_rps', 0):.1f}, {figures['planned_rps']:.0f}; "
+        f"{100 * figures.get('hold_retried_share', 0):.1f} %"
+    )
     latencies = f"{figures['ingest_p50']:.0f} / {figures['ingest_p95']:.0f} / {figures['ingest_p99']:.0f}"
     connections = f"{figures['server_connections_max']:.0f} (pool {pool}, reserve {reserve}: {connections_verdict})"
     said = verdicts(figures)
-    warnings = (
-        "\n\n".join(said)
-        if said
-        else (
-            f"The generator kept to its plan (p95 scheduling delay {figures.get('schedule_delay_p95', 0):.0f} ms ≤ "
-            f"{LATE_P95_MS:.0f} ms) and was not saturated ({100 * figures['generator_cpu_share']:.0f} % of its core at "
-            f"full load ≤ {100 * SATURATED_SHARE:.0f} %)."
+    warnings = "\n\n".join(
+        (
+            said
+            or [
+                f"The generator kept to its plan (p95 scheduling delay {figures.get('schedule_delay_p95', 0):.0f} ms ≤ "
+                f"{LATE_P95_MS:.0f} ms) and was not saturated ({100 * figures['generator_cpu_share']:.0f} % of its "
+                f"core at full load ≤ {100 * SATURATED_SHARE:.0f} %)."
+            ]
         )
+        + stack_verdicts(figures)
     )
     probe_ratio = (
         figures["probe_ingest_p95"] / figures["probe_noop_p95"] if figures.get("probe_noop_p95") else float("nan")
@@ -516,6 +595,7 @@ Ingest {plan.ingest_url}, query {plan.query_url}, replay {plan.replay_url}.
 | ingest p50 / p95 / p99 (events + replay) | {latencies} ms |
 | no-op p95 in the same run | {figures["noop_p95"]:.0f} ms (ingest p95 is {ratio:.1f}× that) |
 | at full load only ({figures.get("hold_s", 0):.0f} s): requests/s, ingest p50 / p95 / p99, no-op p95 | {hold} |
+| at full load: deliveries started a second (first attempts), planned; attempts sent again | {delivered} |
 | PgBouncer server connections, max | {connections} |
 | load generator CPU per request | {figures["generator_cpu_ms_per_request"]:.2f} ms |
 | acknowledged = stored | {"yes" if all_passed else "**NO**"} |

@@ -10,7 +10,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -347,8 +347,20 @@ def describe(result: RunResult) -> str:
         f"{100 * figures.get('generator_cpu_share', 0):.0f} % of its core, "
         f"{figures['generator_cpu_ms_per_request']:.2f} ms CPU per request"
         f"{' (GENERATOR ' + ' AND '.join(flags).upper() + ')' if flags else ''}; "
-        f"server connections max {figures['server_connections_max']:.0f}; {checks}"
+        f"server connections max {figures['server_connections_max']:.0f}; {checks}" + stack_flags(figures)
     )
+
+
+def stack_flags(figures: Mapping[str, float]) -> str:
+    """The report's verdicts on the stack (report.stack_shortfalls) in a few words, if any."""
+    found = report.stack_shortfalls(figures)
+    words = {
+        "behind": lambda share: f"the stack took {100 * share:.0f} % of the planned deliveries",
+        "turned_away": lambda share: f"{100 * share:.0f} % of attempts turned away",
+        "saturated": lambda share: f"machine {100 * share:.0f} % busy",
+    }
+    said = [words[key](value) for key, value in found.items()]
+    return f" (AT FULL LOAD: {'; '.join(said).upper()})" if said else ""
 
 
 def find_limit(

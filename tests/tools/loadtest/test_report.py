@@ -1,4 +1,5 @@
-"""The report's judgement on synthetic runs: headline from the probe, the generator's lateness and saturation."""
+"""The report's judgement on synthetic runs: headline from the probe, the generator's lateness and
+saturation, whether the stack took the load planned."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import pytest
 
 from tools.loadtest import report, stats
 from tools.loadtest.check import DeliveryCheck
-from tools.loadtest.runner import within_bounds
+from tools.loadtest.runner import stack_flags, within_bounds
 
 T0 = 1_764_000_000.0
 
@@ -129,3 +130,60 @@ def test_late_but_idle_means_the_machine_had_no_cpu_for_the_generator() -> None:
     [said] = report.verdicts(figures)
     assert "**The generator was late**" in said
     assert "It used only 20 % of its core" in said
+
+
+def at_peak(t: float, endpoints: dict[str, int]) -> dict[str, Any]:
+    """One 2-s record at full load (100 users) with these requests per endpoint."""
+    return {**interval(t, 100), "endpoints": {name: {"requests": count} for name, count in endpoints.items()}}
+
+
+def test_deliveries_at_full_load_count_first_attempts_of_posts_and_the_share_sent_again() -> None:
+    counts = {"POST /v1/events": 100, "POST /v1/events (retried)": 25, "POST /v1/noop": 20, "GET query /v1/goals": 5}
+    series = [interval(0, 50), at_peak(2, counts), at_peak(4, counts)]
+    figures = report.hold_figures(series)
+    # 2 x 120 first attempts in 4 s; 2 x 25 sent again of 2 x 145 attempts; the reader's GETs are neither.
+    assert figures["hold_deliveries_rps"] == pytest.approx(60.0)
+    assert figures["hold_retried_share"] == pytest.approx(50 / 290)
+    assert figures["hold_rps"] == pytest.approx(2 * 150 / 4)
+
+
+def test_a_stack_that_did_not_take_the_planned_load_on_a_saturated_machine_is_said_in_words() -> None:
+    figures = {
+        "planned_rps": 1050.0,
+        "hold_deliveries_rps": 603.0,
+        "hold_retried_share": 0.134,
+        "hold_machine_cpu_share": 0.99,
+        "probe_ingest_p95": 5146.0,
+        "probe_noop_p95": 5240.0,
+    }
+    assert report.stack_shortfalls(figures) == pytest.approx(
+        {"behind": 603 / 1050, "turned_away": 0.134, "saturated": 0.99}
+    )
+    said = report.stack_verdicts(figures)
+    assert len(said) == 3
+    assert "**The stack did not keep up with the planned load**" in said[0]
+    assert "603 deliveries a second against the 1050 planned (57 %)" in said[0]
+    assert "**13 % of the attempts at full load were turned away**" in said[1]
+    assert "**The machine was saturated**: 99 % of its cores" in said[2]
+    assert "the machine's queue, not ingest's own work" in said[2]  # ingest p95 1.0x the no-op's
+    # Saturated while ingest is three times slower than the no-op: the queue is not all it measured.
+    [slow] = report.stack_verdicts({**figures, "planned_rps": 0.0, "hold_retried_share": 0.0, "probe_noop_p95": 1700.0})
+    assert "99 % of its cores" in slow
+    assert "queue" not in slow
+
+
+def test_a_stack_that_kept_up_with_room_to_spare_is_not_flagged() -> None:
+    # At the bounds: 90 % of the planned deliveries, 1 % sent again, 90 % of the cores busy.
+    figures = {"planned_rps": 1000.0, "hold_deliveries_rps": 900.0, "hold_retried_share": 0.01}
+    assert report.stack_verdicts({**figures, "hold_machine_cpu_share": 0.9}) == []
+    # Without the full-load figures (no hold, no monitor) nothing is claimed either way.
+    assert report.stack_verdicts({"planned_rps": 1000.0}) == []
+
+
+def test_the_runs_last_line_names_what_the_stack_did_not_take() -> None:
+    figures = {"planned_rps": 1000.0, "hold_deliveries_rps": 570.0, "hold_retried_share": 0.13}
+    assert (
+        stack_flags(figures)
+        == " (AT FULL LOAD: THE STACK TOOK 57 % OF THE PLANNED DELIVERIES; 13 % OF ATTEMPTS TURNED AWAY)"
+    )
+    assert stack_flags({"planned_rps": 1000.0, "hold_deliveries_rps": 1000.0}) == ""
