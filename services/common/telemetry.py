@@ -22,8 +22,10 @@ import json
 import os
 import random
 import threading
+import time
 from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -50,6 +52,38 @@ def step_span(name: str) -> AbstractContextManager[Span]:
     if trace.get_current_span().is_recording():
         return tracer.start_as_current_span(name)
     return nullcontext(trace.INVALID_SPAN)
+
+
+def past_span(name: str, start_ns: int, end_ns: int, parent: Span) -> None:
+    """A finished child span of `parent` (a recording span) between two times, in ns since the
+    epoch: a step whose start was not seen from inside it (before a middleware ran, around an
+    ASGI send)."""
+    span = tracer.start_span(name, context=trace.set_span_in_context(parent), start_time=start_ns)
+    span.end(end_time=end_ns)
+
+
+# Moments of a traced request that a later step's span starts from, kept in its task's context
+# (begun by the middleware that traces its steps): "routed" (its tracker slot taken, routing to
+# its handler begins), "answer" (its task ran again after its last wait, the commit: its answer
+# begins). Untraced requests have none, and marking costs them one lookup.
+_request_marks: ContextVar[dict[str, int] | None] = ContextVar("sightline_request_marks", default=None)
+
+
+def begin_request_marks() -> None:
+    """This task's request keeps its marks from now (a fresh set: not an earlier request's)."""
+    _request_marks.set({})
+
+
+def mark_request(name: str, at_ns: int | None = None) -> None:
+    """Marks a moment (now, or at_ns since the epoch) of this task's traced request."""
+    marks = _request_marks.get()
+    if marks is not None:
+        marks[name] = time.time_ns() if at_ns is None else at_ns
+
+
+def request_mark(name: str) -> int | None:
+    marks = _request_marks.get()
+    return None if marks is None else marks.get(name)
 
 
 # Share of requests traced when OTEL_TRACES_SAMPLER is not set: at the seed load (~1,000

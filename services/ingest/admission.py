@@ -34,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import math
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -42,10 +43,12 @@ import msgspec
 from litestar.enums import ScopeType
 from litestar.middleware import ASGIMiddleware
 from litestar.types import ASGIApp, HTTPRequestEvent, Message, Receive, ReceiveMessage, Scope, Send
+from opentelemetry import trace
+from opentelemetry.trace import Span
 
 from services.common.errors import DATABASE_OUTAGE, ErrorBody, ErrorDetail
 from services.common.rate_limit import CostBuckets
-from services.common.telemetry import step_span
+from services.common.telemetry import begin_request_marks, mark_request, past_span, request_mark, step_span
 from services.ingest.enrichment import MAX_USER_AGENT_CHARS, IpNetwork, client_ip
 
 
@@ -301,6 +304,9 @@ class TrackerAdmissionMiddleware(ASGIMiddleware):
         if max_bytes is None or scope.get("method") != "POST":
             await next_app(scope, receive, send)
             return
+        server = trace.get_current_span()
+        if server.is_recording():
+            send = _traced_dispatch_and_response(server, send)
         refusals = self._refusals
         address = refusals.address(scope) if refusals is not None else None
         if refusals is not None and address is not None:
@@ -371,10 +377,37 @@ class TrackerAdmissionMiddleware(ASGIMiddleware):
             return
         finally:
             self._waiting -= 1
+        mark_request("routed")  # ingest.route, from here to the handler's first step
         try:
             await next_app(scope, receive, send)
         finally:
             self._slots.release()
+
+
+def _traced_dispatch_and_response(server: Span, send: Send) -> Send:
+    """For a traced request, two steps of its server span that no code inside them can time: from
+    the span's start to this middleware (the tracing middleware's own work and the framework's
+    routing to here), "ingest.dispatch"; and its answer, "ingest.respond": from where its task ran
+    again after the commit (its "answer" mark; else the response's first message) to the return
+    of its last send: the handler's return, the response built, its bytes handed to the server
+    (under load mostly the event loop's turns between those), timed around the `send` returned."""
+    started_ns: int | None = getattr(server, "start_time", None)
+    if started_ns is not None:
+        past_span("ingest.dispatch", started_ns, time.time_ns(), server)
+    begin_request_marks()
+    responding_ns = 0
+
+    async def timed(message: Message) -> None:
+        nonlocal responding_ns
+        if message["type"] == "http.response.start":
+            responding_ns = request_mark("answer") or time.time_ns()
+        await send(message)
+        if message["type"] == "http.response.body" and not message.get("more_body", False) and responding_ns:
+            # The tracing middleware ends the server span as the last send returns, before this does.
+            ended_ns: int | None = getattr(server, "end_time", None)
+            past_span("ingest.respond", responding_ns, ended_ns or time.time_ns(), server)
+
+    return timed
 
 
 def _counting_refusals(send: Send, refusals: AddressRefusals, address: str) -> Send:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
@@ -10,10 +11,11 @@ from litestar import Request, Response, post
 from litestar.datastructures import State
 from litestar.params import JSONBody, QueryParameter
 from litestar.status_codes import HTTP_202_ACCEPTED
+from opentelemetry import trace
 
 from services.common.errors import ApiError, error_responses
 from services.common.project_repository import ProjectRecord
-from services.common.telemetry import step_span
+from services.common.telemetry import past_span, request_mark, step_span
 from services.ingest.admission import client_address
 from services.ingest.decoding import (
     check_content_headers,
@@ -67,6 +69,9 @@ class TrackerRequest(Request[Any, Any, Any]):
     """
 
     async def json(self) -> Any:
+        routed_ns = request_mark("routed")
+        if routed_ns is not None:  # a traced request: from its slot taken to here, the framework's routing
+            past_span("ingest.route", routed_ns, time.time_ns(), trace.get_current_span())
         body_type: type[Any] = self.route_handler.opt["tracker_body"]
         settings: IngestSettings = self.app.state.ingest_settings
         service: IngestService = self.app.state.ingest_service
@@ -77,7 +82,10 @@ class TrackerRequest(Request[Any, Any, Any]):
         address = client_address(self.scope, settings.trusted_proxies)
         service.check_address_budget(address)
         url_key = self.query_params.get("key")
-        project = await service.admit(url_key) if url_key is not None else None
+        project = None
+        if url_key is not None:
+            with step_span("ingest.admit"):
+                project = await service.admit(url_key)
         body = await self.body()
         if is_gzip:
             with step_span("ingest.decompress") as span:

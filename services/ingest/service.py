@@ -90,12 +90,13 @@ class IngestService:
     ) -> int:
         project = admitted or await self.admit(chunk.project_key)
         _refuse_too_many(self._settings.max_rrweb_events_per_chunk, len(chunk.events), "A chunk", "rrweb events")
-        if len(chunk.events) > THREADED_SUMMARY_EVENTS:
-            # A long chunk's summary is a Python loop over every event (11 ms for 50,000): on a
-            # thread, the interpreter hands the event loop a turn every few milliseconds meanwhile.
-            summary = await asyncio.to_thread(summarise_rrweb, chunk.events)
-        else:
-            summary = summarise_rrweb(chunk.events)
+        with step_span("ingest.summarise"):
+            if len(chunk.events) > THREADED_SUMMARY_EVENTS:
+                # A long chunk's summary is a Python loop over every event (11 ms for 50,000): on a
+                # thread, the interpreter hands the event loop a turn every few milliseconds meanwhile.
+                summary = await asyncio.to_thread(summarise_rrweb, chunk.events)
+            else:
+                summary = summarise_rrweb(chunk.events)
         with step_span("ingest.enrich"):
             row = self._chunk_row(chunk, summary, stored_body, content_encoding, project, context)
         # rrweb timestamps come from the client's clock with nothing to correct it by;

@@ -42,7 +42,7 @@ from services.common.errors import (
     is_database_unavailable,
     retry_after_s,
 )
-from services.common.telemetry import tracer, unsampled_span
+from services.common.telemetry import mark_request, tracer, unsampled_span
 from services.ingest import repository
 from services.ingest.repository import ChunkRow, EventRow
 
@@ -380,6 +380,8 @@ def _record_write_spans(submission: Submission) -> None:
             span = tracer.start_span(name, start_time=epoch_offset_ns + int(started * 1e9))
             span.set_attribute("sightline.rows", submission.rows)
             span.end(end_time=epoch_offset_ns + int(ended * 1e9))
+    # The request's answer begins where the loop's lag ended (its span: ingest.respond).
+    mark_request("answer", epoch_offset_ns + int(steps[-1][2] * 1e9))
 
 
 def tracer_is_recording() -> bool:

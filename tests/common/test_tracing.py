@@ -123,9 +123,12 @@ def test_an_ingest_request_leaves_its_breakdown_in_the_trace_file(
     traced_ingest: tuple[str, Path], project: dict[str, Any]
 ) -> None:
     url, trace_file = traced_ingest
-    response = httpx.post(f"{url}/v1/events", json=_one_pageview(project, uuid=str(uuid.uuid4())))
+    response = httpx.post(
+        f"{url}/v1/events", params={"key": project["publicKey"]}, json=_one_pageview(project, uuid=str(uuid.uuid4()))
+    )
     assert response.status_code == 202
     _wait_for_span(trace_file, "POST /v1/events")
+    _wait_for_span(trace_file, "ingest.respond", "the response's span was not exported")
     spans = _spans(trace_file)
     [server] = [s for s in spans if s["name"] == "POST /v1/events"]
     assert server["kind"] == 2
@@ -139,12 +142,26 @@ def test_an_ingest_request_leaves_its_breakdown_in_the_trace_file(
         "db.sql",  # the batch's statements and their commit: one round trip
         "ingest.read_body",
         "ingest.resume_wait",  # from the commit to the request's task running again
+        "ingest.dispatch",  # from the server span's start to the tracker door
+        "ingest.route",  # from the slot taken to the handler's first step
+        "ingest.admit",  # the URL key's project
+        "ingest.respond",  # the answer handed to the server
     } <= children
     in_trace = {s["name"]: s for s in spans if s["traceId"] == server["traceId"]}
     # The loop's lag begins where the SQL (with its commit) ended, and ends inside the request.
     sql, resume = in_trace["db.sql"], in_trace["ingest.resume_wait"]
     assert int(sql["endTimeUnixNano"]) == int(resume["startTimeUnixNano"])
     assert int(resume["startTimeUnixNano"]) <= int(resume["endTimeUnixNano"]) <= int(server["endTimeUnixNano"])
+    # The steps no code inside them can time sit at the server span's two ends, as its children.
+    dispatch, read, respond = in_trace["ingest.dispatch"], in_trace["ingest.read_body"], in_trace["ingest.respond"]
+    assert int(dispatch["startTimeUnixNano"]) == int(server["startTimeUnixNano"])
+    assert int(dispatch["endTimeUnixNano"]) <= int(read["startTimeUnixNano"])
+    route, admit = in_trace["ingest.route"], in_trace["ingest.admit"]
+    assert int(in_trace["ingest.admission_wait"]["endTimeUnixNano"]) <= int(route["startTimeUnixNano"])
+    assert int(route["endTimeUnixNano"]) <= int(admit["startTimeUnixNano"])
+    assert int(resume["endTimeUnixNano"]) == int(respond["startTimeUnixNano"])  # the answer begins there
+    assert int(respond["endTimeUnixNano"]) <= int(server["endTimeUnixNano"])
+    assert dispatch["parentSpanId"] == route["parentSpanId"] == respond["parentSpanId"] == server["spanId"]
     # Health checks and per-message ASGI spans are not traced.
     assert not any(s["name"].startswith("GET /health") for s in spans)
     assert not any("http send" in s["name"] or "http receive" in s["name"] for s in spans)

@@ -3,10 +3,15 @@
 Each line of a trace file is one OTLP/JSON ExportTraceServiceRequest. For every server span
 (kind 2) the durations of its descendants are summed by category; a categorised span's own
 descendants are not counted again, so nested spans never count twice. "rest" is the server
-span's duration minus the categorised time: routing, validation, serialisation. Ingest's
-"body receive" (reading the request body from the connection), "admission wait" (a tracker
-slot of the process) and "event-loop lag" (from the commit to the request's task running again)
-are their own categories.
+span's duration minus the categorised time: the handler's own Python between its steps
+(validation, serialisation). Ingest's own categories: "dispatch" (from the server span's start
+to the tracker door, and from its slot taken to the handler's first step: the tracing
+middleware and the framework's routing), "body receive" (reading the request body from the
+connection), "admission wait" (a tracker slot of the process), "key lookup" (the project of a
+key in the URL), "enrichment" (a replay chunk's summary included), "event-loop lag" (from the
+commit to the request's task running again) and "response" (from the task running again after
+the commit, or from the response's first message, to its last send's return: the handler's
+return, the answer built and handed to the server).
 Sampling keeps only a few percent of traces; shares are computed over whatever was sampled.
 """
 
@@ -31,6 +36,7 @@ SPAN_KIND_NAMES = {
 }
 
 CATEGORIES = (
+    "dispatch",
     "body receive",
     "admission wait",
     "pool wait",
@@ -41,8 +47,12 @@ CATEGORIES = (
     "JSON decoding",
     "enrichment",
     "event-loop lag",
+    "key lookup",
+    "response",
 )
 SPAN_CATEGORIES = {
+    "ingest.dispatch": "dispatch",
+    "ingest.route": "dispatch",
     "ingest.read_body": "body receive",
     "ingest.admission_wait": "admission wait",
     "ingest.resume_wait": "event-loop lag",
@@ -53,6 +63,9 @@ SPAN_CATEGORIES = {
     "ingest.decompress": "decompression",
     "ingest.decode_json": "JSON decoding",
     "ingest.enrich": "enrichment",
+    "ingest.summarise": "enrichment",
+    "ingest.admit": "key lookup",
+    "ingest.respond": "response",
 }
 
 

@@ -35,6 +35,9 @@ def test_breakdown_sums_each_category_once_per_endpoint() -> None:
     # Trace a: 10 ms; trace b: 20 ms, its server span exported in a later line than its children.
     assert (events.requests, events.total_ns) == (2, 30 * MS)
     assert events.by_category_ns == {
+        "dispatch": 0,
+        "key lookup": 0,
+        "response": 0,
         "body receive": 0,
         "admission wait": 0,
         "event-loop lag": 0,
