@@ -23,6 +23,15 @@ from services.common import pgbouncer_console
 # SHOW POOLS columns that are server connections; which exist depends on PgBouncer's version.
 SERVER_COLUMNS = ("sv_active", "sv_active_cancel", "sv_being_canceled", "sv_idle", "sv_used", "sv_tested", "sv_login")
 
+# The stack's processes, each found from the pid file `sightline up` leaves under its data folder.
+STACK_PID_FILES = {
+    "ingest": Path("run/ingest.pid"),
+    "query": Path("run/query.pid"),
+    "replay": Path("run/replay.pid"),
+    "pgbouncer": Path("run/pgbouncer.pid"),
+    "postgres": Path("postgres/postmaster.pid"),
+}
+
 
 def server_connections(pools: list[dict[str, Any]], database: str) -> dict[str, int]:
     """Server connections PgBouncer holds to Postgres for `database`, summed over its users."""
@@ -62,15 +71,8 @@ class ProcessGroups:
 
     @classmethod
     def for_stack(cls, data_dir: Path) -> ProcessGroups:
-        candidates = {
-            "ingest": data_dir / "run" / "ingest.pid",
-            "query": data_dir / "run" / "query.pid",
-            "replay": data_dir / "run" / "replay.pid",
-            "pgbouncer": data_dir / "run" / "pgbouncer.pid",
-            "postgres": data_dir / "postgres" / "postmaster.pid",
-        }
         # Read at every sample, not once: the fault run restarts these processes mid-run.
-        return cls({}, extra={name: _pid_file_reader(pid_file) for name, pid_file in candidates.items()})
+        return cls({}, extra={name: _pid_file_reader(data_dir / file) for name, file in STACK_PID_FILES.items()})
 
     def pids(self) -> dict[str, list[int]]:
         groups: dict[str, list[int]] = {}

@@ -17,6 +17,7 @@ matplotlib.use("Agg")  # files only, no display; set before pyplot is imported
 import matplotlib.pyplot as plt  # noqa: E402
 
 from tools.loadtest.check import Acknowledged, DeliveryCheck  # noqa: E402
+from tools.loadtest.monitor import STACK_PID_FILES  # noqa: E402
 from tools.loadtest.plan import LoadPlan  # noqa: E402
 from tools.loadtest.stats import merge, summary  # noqa: E402
 from tools.loadtest.traces import CATEGORIES, EndpointBreakdown  # noqa: E402
@@ -348,7 +349,7 @@ def plot_breakdown(data: RunData, path: Path) -> None:
     _save(figure, path)
 
 
-def _cpu_table(records: Sequence[Mapping[str, Any]]) -> str:
+def cpu_table(records: Sequence[Mapping[str, Any]]) -> str:
     cores = os.cpu_count() or 1
     cpu_records = [
         {**record["cpu"], "(whole machine)": record.get("machine_cpu", 0.0) * cores}
@@ -360,7 +361,22 @@ def _cpu_table(records: Sequence[Mapping[str, Any]]) -> str:
     for name in names:
         values = [record.get(name, 0.0) for record in cpu_records]
         rows.append(f"| {name} | {sum(values) / max(1, len(values)):.0f} | {max(values, default=0):.0f} |")
-    return "| process group | mean % of a core | max % |\n| --- | --- | --- |\n" + "\n".join(rows)
+    table = "| process group | mean % of a core | max % |\n| --- | --- | --- |\n" + "\n".join(rows)
+    unmeasured = unmeasured_stack_processes(records)
+    if cpu_records and unmeasured:
+        table += (
+            f"\n\n**Not measured: {', '.join(unmeasured)}.** No process of theirs was found at any sample from"
+            " the pid files in the stack's data folder: `sightline load` looks under its own SIGHTLINE_DATA_DIR"
+            " (default `.data`). Run it with the SIGHTLINE_DATA_DIR the stack was started with to have them"
+            " here; the whole machine's figure above still counts them."
+        )
+    return table
+
+
+def unmeasured_stack_processes(records: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The stack's processes (ingest, Postgres, ...) that no CPU sample of the run found."""
+    found = {name for record in records for name in record.get("cpu", {})}
+    return [name for name in STACK_PID_FILES if name not in found]
 
 
 def _endpoint_table(final: Mapping[str, Any]) -> str:
@@ -625,7 +641,7 @@ Percent of one core ({os.cpu_count()} cores = {100 * (os.cpu_count() or 1)} %), 
 Granian workers, PgBouncer, Postgres with its backends, the load generator (all its processes).
 "(whole machine)" includes work outside this run: whatever else shares the machine.
 
-{_cpu_table(data.monitor)}
+{cpu_table(data.monitor)}
 
 ![cpu](cpu.png)
 

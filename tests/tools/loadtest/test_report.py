@@ -187,3 +187,18 @@ def test_the_runs_last_line_names_what_the_stack_did_not_take() -> None:
         == " (AT FULL LOAD: THE STACK TOOK 57 % OF THE PLANNED DELIVERIES; 13 % OF ATTEMPTS TURNED AWAY)"
     )
     assert stack_flags({"planned_rps": 1000.0, "hold_deliveries_rps": 1000.0}) == ""
+
+
+def test_the_cpu_table_names_the_stack_processes_no_sample_found() -> None:
+    # ingest restarted mid-run (missing from one sample) was measured; query and replay never were.
+    monitor = [
+        {"t": T0 + 2, "machine_cpu": 50.0, "cpu": {"ingest": 40.0, "postgres": 20.0, "pgbouncer": 1.0}},
+        {"t": T0 + 4, "machine_cpu": 50.0, "cpu": {"postgres": 30.0, "pgbouncer": 2.0, "load generator": 45.0}},
+    ]
+    assert report.unmeasured_stack_processes(monitor) == ["query", "replay"]
+    table = report.cpu_table(monitor)
+    assert "| postgres | 25 | 30 |" in table
+    assert "**Not measured: query, replay.**" in table
+    everything = {name: 1.0 for name in ("ingest", "query", "replay", "pgbouncer", "postgres")}
+    assert "Not measured" not in report.cpu_table([{"t": T0 + 2, "cpu": everything}])
+    assert "Not measured" not in report.cpu_table([{"t": T0 + 2, "interval_s": 2.0}])  # no CPU sampled at all
