@@ -365,10 +365,10 @@ def cpu_table(records: Sequence[Mapping[str, Any]]) -> str:
     unmeasured = unmeasured_stack_processes(records)
     if cpu_records and unmeasured:
         table += (
-            f"\n\n**Not measured: {', '.join(unmeasured)}.** No process of theirs was found at any sample from"
-            " the pid files in the stack's data folder: `sightline load` looks under its own SIGHTLINE_DATA_DIR"
-            " (default `.data`). Run it with the SIGHTLINE_DATA_DIR the stack was started with to have them"
-            " here; the whole machine's figure above still counts them."
+            f"\n\n**Not measured: {', '.join(unmeasured)}.** No sample found a running process from their pid"
+            " files under the data folder `sightline load` read (its SIGHTLINE_DATA_DIR, default `.data`):"
+            " they were not running, or the stack was started with another SIGHTLINE_DATA_DIR (run the load"
+            " with the same one). The whole machine's figure above counts them either way."
         )
     return table
 
