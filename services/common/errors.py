@@ -240,13 +240,32 @@ def is_database_unavailable(exc: BaseException) -> bool:
     )
 
 
+def describe_database_error(exc: BaseException) -> str:
+    """What a log line needs to tell one database failure from another, without the statement.
+
+    The wrapper's class alone ("InternalError") does not say whether the server sent an error
+    (its SQLSTATE and message), the driver gave up on the protocol, or the connection closed
+    under the request. The statement and its parameters are left out: they hold personal data.
+    """
+    driver = _driver_error(exc)
+    sqlstate = getattr(driver, "sqlstate", None)
+    first_line = str(driver).splitlines()[0] if str(driver) else ""
+    closed = isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated
+    return (
+        f"{type(exc).__name__} from {type(driver).__module__}.{type(driver).__name__}"
+        + (f" [{sqlstate}]" if sqlstate else "")
+        + (f": {first_line[:200]}" if first_line else "")
+        + (" (connection closed)" if closed else "")
+    )
+
+
 def is_statement_timeout(exc: BaseException) -> bool:
     return isinstance(_driver_error(exc), asyncpg.QueryCanceledError)
 
 
 def _unexpected_error(request: Request[Any, Any, Any], exc: Exception) -> Response[ErrorBody]:
     if is_database_unavailable(exc):
-        logger.warning("database unavailable: %s", type(exc).__name__)
+        logger.warning("database unavailable: %s", describe_database_error(exc))
         DATABASE_OUTAGE.failed()
         return error_response(
             HTTP_503_SERVICE_UNAVAILABLE,

@@ -6,8 +6,12 @@ import asyncio
 
 import pytest
 from litestar.testing import AsyncTestClient
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
 
 from services.cli.processes import free_port
+from services.common.db import create_engine
+from services.common.errors import describe_database_error, is_database_unavailable
 from services.common.settings import DatabaseSettings
 from services.ingest.app import create_app as create_ingest
 from services.query.app import create_app as create_query
@@ -57,3 +61,26 @@ async def test_unknown_route_gets_the_json_error_body(db: DatabaseHarness) -> No
         response = await client.get("/no/such/route")
     assert response.status_code == 404
     assert response.json() == {"error": {"code": "not_found", "message": "Not Found"}}
+
+
+async def test_a_connection_lost_mid_request_is_logged_with_its_cause_not_its_statement(
+    db: DatabaseHarness, caplog: pytest.LogCaptureFixture
+) -> None:
+    # What the 503 log line said before was only the wrapper's class ("InternalError"), which
+    # cannot tell a server's error from a dropped connection; the statement's parameters
+    # (personal data) stay out of it.
+    engine = create_engine("test", db.database)
+    try:
+        with pytest.raises(DBAPIError) as raised:
+            async with engine.begin() as connection:
+                await connection.execute(
+                    text("SELECT :visitor, pg_terminate_backend(pg_backend_pid())"), {"visitor": "visitor-42"}
+                )
+    finally:
+        await engine.dispose()
+    assert is_database_unavailable(raised.value)
+    described = describe_database_error(raised.value)
+    assert "visitor-42" not in described
+    assert "SELECT" not in described
+    assert described.startswith(type(raised.value).__name__ + " from asyncpg.")
+    assert described.endswith("(connection closed)")
