@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.common.api_reference import API_REFERENCE_POLICY, PlainReferencePlugin
 from services.common.auth import ProjectCache
-from services.common.db import create_engine, set_read_only, set_statement_timeout, transaction
+from services.common.db import create_engine, set_read_only, statement_timeout, transaction
 from services.common.errors import EXCEPTION_HANDLERS, JsonBodyRequest
 from services.common.gc_pauses import GcPauseLog
 from services.common.health import HealthController, ReadyProbe
@@ -51,16 +51,15 @@ async def provide_read_transaction(
     async with transaction(state.engine) as connection:
         # Must come first in the transaction; a query can then never write, whatever it says.
         await set_read_only(connection)
-        await set_statement_timeout(connection, state.statement_timeout_ms)
-        yield connection
+        async with statement_timeout(connection, state.statement_timeout_ms):
+            yield connection
 
 
 async def provide_write_transaction(
     state: State, project: NamedDependency[ProjectRecord]
 ) -> AsyncIterator[AsyncConnection]:
     """Like provide_read_transaction, for the routes that change rows (erasure)."""
-    async with transaction(state.engine) as connection:
-        await set_statement_timeout(connection, state.statement_timeout_ms)
+    async with transaction(state.engine) as connection, statement_timeout(connection, state.statement_timeout_ms):
         yield connection
 
 

@@ -5,14 +5,17 @@ Engines are created in each app's lifespan (never at import) and disposed on shu
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
 import asyncpg
-from sqlalchemy import text
+from sqlalchemy import event, text
+from sqlalchemy.engine import ExceptionContext
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
+from services.common.errors import StatementTimeoutLost, is_lost_statement_timeout
 from services.common.settings import AdminDatabaseSettings, DatabaseSettings
 from services.common.telemetry import step_span
 
@@ -30,7 +33,7 @@ def _unnamed_statement() -> str:
 
 def create_engine(service_name: str, settings: DatabaseSettings) -> AsyncEngine:
     """Engine for a service's requests; every connection goes through PgBouncer."""
-    return create_async_engine(
+    engine = create_async_engine(
         settings.url,
         pool_size=settings.pool_size,
         max_overflow=settings.max_overflow,
@@ -40,6 +43,8 @@ def create_engine(service_name: str, settings: DatabaseSettings) -> AsyncEngine:
         pool_recycle=300,
         connect_args=_asyncpg_connect_args(f"sightline-{service_name}", settings),
     )
+    event.listen(engine.sync_engine, "handle_error", _raise_lost_statement_timeout)
+    return engine
 
 
 def _asyncpg_connect_args(application_name: str, settings: DatabaseSettings) -> dict[str, Any]:
@@ -52,7 +57,7 @@ def _asyncpg_connect_args(application_name: str, settings: DatabaseSettings) -> 
         "command_timeout": settings.command_timeout_s,
         # PgBouncer passes these startup parameters to every server connection it pairs
         # with this client (application_name is tracked by PgBouncer; statement_timeout is
-        # set per transaction in repositories that need it, see statement_timeout()).
+        # set per transaction where the transaction begins, see statement_timeout()).
         "server_settings": {"application_name": application_name},
     }
 
@@ -77,6 +82,43 @@ async def set_statement_timeout(connection: AsyncConnection, timeout_ms: int) ->
     await connection.execute(
         text("SELECT set_config('statement_timeout', :value, true)"), {"value": f"{int(timeout_ms)}ms"}
     )
+
+
+# connection.info key: (timeout_ms, time.monotonic() when it was set) while statement_timeout() runs.
+_STATEMENT_TIMEOUT = "sightline.statement_timeout"
+
+
+@asynccontextmanager
+async def statement_timeout(connection: AsyncConnection, timeout_ms: int) -> AsyncIterator[None]:
+    """The block's statements capped by set_statement_timeout(), and a timeout that the driver
+    lost raised as the timeout it was (StatementTimeoutLost, see _raise_lost_statement_timeout)."""
+    await set_statement_timeout(connection, timeout_ms)
+    info = connection.info  # held: an invalidated connection refuses to hand it out again
+    info[_STATEMENT_TIMEOUT] = (timeout_ms, time.monotonic())
+    try:
+        yield
+    finally:
+        info.pop(_STATEMENT_TIMEOUT, None)
+
+
+def _raise_lost_statement_timeout(context: ExceptionContext) -> None:
+    """``handle_error`` listener: asyncpg's lost statement timeout raised as StatementTimeoutLost.
+
+    Raised where the statement runs, so that a service's own timeout handling (an exact funnel's
+    advice) sees it too, not only the exception handler. The connection is still discarded (its
+    protocol state is lost), but not the pool's other connections: nothing happened to the server.
+    """
+    if context.connection is None or context.sqlalchemy_exception is None:
+        return
+    timing = context.connection.info.get(_STATEMENT_TIMEOUT)
+    if timing is None:
+        return
+    timeout_ms, started = timing
+    if is_lost_statement_timeout(context.sqlalchemy_exception, (time.monotonic() - started) * 1000, timeout_ms):
+        context.invalidate_pool_on_disconnect = False
+        raise StatementTimeoutLost(
+            f"statement timeout of {timeout_ms} ms, its error lost by the driver"
+        ) from context.sqlalchemy_exception
 
 
 async def set_read_only(connection: AsyncConnection) -> None:

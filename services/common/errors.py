@@ -259,8 +259,30 @@ def describe_database_error(exc: BaseException) -> str:
     )
 
 
+class StatementTimeoutLost(Exception):
+    """A statement timeout whose error the driver lost on its way.
+
+    Postgres times a statement from its Parse. asyncpg prepares a statement (Parse, Describe,
+    Flush) and binds it once the answer is in; when the timeout fires just after the Describe's
+    answer, the error arrives while asyncpg expects nothing. asyncpg then fails the bind with an
+    InternalClientError ("cannot switch to state 12; another operation (2) is in progress") and
+    closes the connection, and the server's error is gone (asyncpg issue #1069). Read as a
+    dropped connection it was a 503 database_unavailable, which also widened every refusal's
+    Retry-After. Inside db.statement_timeout(), the engine raises this instead once the
+    statements have run past the timeout (db._raise_lost_statement_timeout).
+    """
+
+
+def is_lost_statement_timeout(exc: BaseException, elapsed_ms: float, timeout_ms: int) -> bool:
+    """``exc`` is asyncpg's protocol error in a transaction whose statements ran past ``timeout_ms``.
+
+    Before the timeout, the same error cannot be the timeout's: it stays what it was.
+    """
+    return isinstance(_driver_error(exc), asyncpg.InternalClientError) and elapsed_ms >= timeout_ms
+
+
 def is_statement_timeout(exc: BaseException) -> bool:
-    return isinstance(_driver_error(exc), asyncpg.QueryCanceledError)
+    return isinstance(exc, StatementTimeoutLost) or isinstance(_driver_error(exc), asyncpg.QueryCanceledError)
 
 
 def _unexpected_error(request: Request[Any, Any, Any], exc: Exception) -> Response[ErrorBody]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import struct
 from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -10,9 +11,11 @@ from typing import Any
 import pytest
 from litestar.testing import AsyncTestClient
 from sqlalchemy import text
+from sqlalchemy.dialects.postgresql.asyncpg import AsyncAdapt_asyncpg_connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.common import rollup_purge_repository
+from services.common.errors import DATABASE_OUTAGE
 from services.query import rollup_repository
 from services.query.app import create_app
 from services.query.schemas import QuerySpec
@@ -505,6 +508,76 @@ async def test_statement_timeout_answers_a_clear_error(
     assert response.status_code == 503
     assert response.json()["error"]["code"] == "query_timeout"
     assert response.headers["retry-after"] == "2"
+
+
+# What Postgres sends when a statement runs out of time: ErrorResponse, SQLSTATE 57014.
+_TIMEOUT_FIELDS = b"SERROR\0VERROR\0C57014\0Mcanceling statement due to statement timeout\0\0"
+STATEMENT_TIMEOUT_ERROR = b"E" + struct.pack("!i", len(_TIMEOUT_FIELDS) + 4) + _TIMEOUT_FIELDS
+
+
+_VISITORS = ("/v1/query", {"metrics": ["visitors"]})
+_EXACT_FUNNEL = (
+    "/v1/funnel",
+    {"steps": [{"type": "page", "value": "/"}, {"type": "page", "value": "/pricing"}], "sampling": "exact"},
+)
+
+
+@pytest.mark.parametrize(
+    ("request_", "timeout_ms", "pause_s", "code", "field"),
+    [
+        (_VISITORS, 50, 0.2, "query_timeout", None),
+        # a service's own timeout handling sees it too: an exact funnel's advice names sampling
+        (_EXACT_FUNNEL, 50, 0.2, "query_timeout", "sampling"),
+        (_VISITORS, 10_000, 0.0, "database_unavailable", None),
+    ],
+    ids=["after-the-timeout", "exact-funnel", "before-the-timeout"],
+)
+async def test_a_timeout_error_between_prepare_and_bind_is_answered_as_a_timeout(
+    db: DatabaseHarness,
+    dataset: Dataset,
+    monkeypatch: pytest.MonkeyPatch,
+    request_: tuple[str, dict[str, Any]],
+    timeout_ms: int,
+    pause_s: float,
+    code: str,
+    field: str | None,
+) -> None:
+    # Postgres times a statement from its Parse; asyncpg prepares (Parse, Describe, Flush) and
+    # binds once the answer is in. When the timeout fires just after the Describe's answer, its
+    # error reaches asyncpg while asyncpg expects nothing: asyncpg fails the bind with an
+    # InternalClientError and closes the connection (asyncpg issue #1069). The 1 ms test above
+    # hit this by chance on a loaded machine and answered "database_unavailable". The window is
+    # too narrow to hit on purpose, so the server's error is handed to asyncpg's protocol right
+    # there, once the statement has run past the timeout (or, in the second case, long before).
+    original = AsyncAdapt_asyncpg_connection._prepare
+    timed: set[int] = set()  # the connections whose transaction has just set its statement timeout
+
+    async def prepare_then_time_out(self: AsyncAdapt_asyncpg_connection, operation: str, *args: Any) -> Any:
+        prepared = await original(self, operation, *args)
+        if "'statement_timeout'" in operation:
+            timed.add(id(self))
+        elif id(self) in timed:  # the first statement under the timeout
+            timed.discard(id(self))
+            await asyncio.sleep(pause_s)
+            self._connection._protocol.data_received(STATEMENT_TIMEOUT_ERROR)
+        return prepared
+
+    monkeypatch.setattr(AsyncAdapt_asyncpg_connection, "_prepare", prepare_then_time_out)
+    app = create_app(
+        db.database_for("query", statement_timeout_ms=timeout_ms), query_settings=QuerySettings(rollup_interval_s=0)
+    )
+    try:
+        async with AsyncTestClient(app) as client:
+            path, body = request_
+            response = await client.post(path, json={**RANGE, **body}, headers=auth(dataset.project))
+        outage_s = DATABASE_OUTAGE.seconds()
+    finally:
+        DATABASE_OUTAGE.recovered()  # the second case's refusal must not widen later tests' Retry-After
+    assert response.status_code == 503
+    assert response.json()["error"]["code"] == code
+    assert response.json()["error"].get("field") == field
+    # a timeout is not an outage: the database answered, so other refusals' Retry-After stays
+    assert (outage_s == 0.0) == (code == "query_timeout")
 
 
 async def test_openapi_documents_the_endpoints(client: AsyncTestClient[Any]) -> None:
