@@ -43,8 +43,38 @@ def create_engine(service_name: str, settings: DatabaseSettings) -> AsyncEngine:
         pool_recycle=300,
         connect_args=_asyncpg_connect_args(f"sightline-{service_name}", settings),
     )
+    event.listen(engine.sync_engine, "connect", _learn_array_codecs)
     event.listen(engine.sync_engine, "handle_error", _raise_lost_statement_timeout)
     return engine
+
+
+# The array types the services' statements bind or return. asyncpg knows the scalar built-in
+# types but learns an array type's codec by querying the catalog (a recursive CTE), once per
+# connection, inside whatever transaction first needs it.
+_ARRAY_TYPES = (
+    "text[]",
+    "date[]",
+    "bigint[]",
+    "integer[]",
+    "timestamptz[]",
+    "bytea[]",
+    "uuid[]",
+    "double precision[]",
+    "numeric[]",
+    "boolean[]",
+)
+_LEARN_ARRAY_CODECS = "SELECT " + ", ".join(f"CAST(NULL AS {name})" for name in _ARRAY_TYPES)
+
+
+def _learn_array_codecs(dbapi_connection: Any, _record: object) -> None:
+    """``connect`` listener: asyncpg learns the array codecs as the connection opens.
+
+    Learned later, the catalog query ran under the transaction's own settings: the query
+    service turns nested loops off, under which it took 2-3 s, and over 10 s (a statement
+    timeout, a 503) once the catalog had grown with partitions and Citus shards. Here it runs
+    alone, with the server's settings: one short statement per connection.
+    """
+    dbapi_connection.run_async(lambda driver: driver.fetchrow(_LEARN_ARRAY_CODECS))
 
 
 def _asyncpg_connect_args(application_name: str, settings: DatabaseSettings) -> dict[str, Any]:

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, date, datetime
 from pathlib import Path
+from typing import Any
 
+import asyncpg
 import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
@@ -112,3 +115,44 @@ def test_pgbouncer_may_open_a_descriptor_per_allowed_client(db: DatabaseHarness)
     [open_files] = [line for line in limits if line.startswith("Max open files")]
     soft_limit = int(open_files.split()[3])
     assert soft_limit >= db.pgbouncer.max_client_conn + 2 * TEST_POOL_SIZE
+
+
+async def test_array_codecs_are_learned_when_a_connection_opens_not_under_a_requests_settings(
+    db: DatabaseHarness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # asyncpg learns an array type's codec by querying the catalog (a recursive CTE), once per
+    # connection, inside whatever transaction first needs it. The query service's transactions
+    # turn nested loops off: under that setting the catalog query took 2-3 s, and over 10 s
+    # (a statement timeout, a 503) once the catalog had grown with a day's partitions and
+    # Citus shards. The engine now has asyncpg learn those codecs when a connection opens.
+    introspected: list[list[int]] = []
+    learn = asyncpg.Connection._introspect_types
+
+    async def recorded(self: asyncpg.Connection, typeoids: Any, timeout: Any) -> Any:
+        introspected.append(sorted(typeoids))
+        return await learn(self, typeoids, timeout)
+
+    monkeypatch.setattr(asyncpg.Connection, "_introspect_types", recorded)
+    engine = create_engine("codecs", db.database)
+    try:
+        async with engine.begin() as connection:
+            opened = len(introspected)
+            await connection.execute(text("SELECT set_config('enable_nestloop', 'off', true)"))
+            rows = await connection.execute(
+                text(
+                    "SELECT CAST(:days AS date[]), CAST(:names AS text[]), CAST(:ids AS bigint[]),"
+                    " CAST(:times AS timestamptz[]), CAST(:keys AS bytea[])"
+                ),
+                {
+                    "days": [date(2026, 1, 12)],
+                    "names": ["a"],
+                    "ids": [1],
+                    "times": [datetime(2026, 1, 12, tzinfo=UTC)],
+                    "keys": [b"k"],
+                },
+            )
+            assert rows.one() == ([date(2026, 1, 12)], ["a"], [1], [datetime(2026, 1, 12, tzinfo=UTC)], [b"k"])
+    finally:
+        await engine.dispose()
+    assert opened >= 1  # learned when the connection opened...
+    assert introspected[opened:] == []  # ...so nothing is looked up under the transaction's settings
