@@ -72,9 +72,17 @@ def _learn_array_codecs(dbapi_connection: Any, _record: object) -> None:
     Learned later, the catalog query ran under the transaction's own settings: the query
     service turns nested loops off, under which it took 2-3 s, and over 10 s (a statement
     timeout, a 503) once the catalog had grown with partitions and Citus shards. Here it runs
-    alone, with the server's settings: one short statement per connection.
+    alone, with the server's settings: one short transaction per connection. A transaction, so
+    that PgBouncer keeps it on one server connection: asyncpg turns jit off for its catalog
+    query with a session-level set_config and back on after it, which must land on the same
+    server connection.
     """
-    dbapi_connection.run_async(lambda driver: driver.fetchrow(_LEARN_ARRAY_CODECS))
+
+    async def learn(driver: asyncpg.Connection) -> None:
+        async with driver.transaction():
+            await driver.fetchrow(_LEARN_ARRAY_CODECS)
+
+    dbapi_connection.run_async(learn)
 
 
 def _asyncpg_connect_args(application_name: str, settings: DatabaseSettings) -> dict[str, Any]:
