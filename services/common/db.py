@@ -5,6 +5,7 @@ Engines are created in each app's lifespan (never at import) and disposed on shu
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -18,6 +19,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from services.common.errors import StatementTimeoutLost, is_lost_statement_timeout
 from services.common.settings import AdminDatabaseSettings, DatabaseSettings
 from services.common.telemetry import step_span
+
+logger = logging.getLogger(__name__)
 
 
 def _unnamed_statement() -> str:
@@ -48,41 +51,38 @@ def create_engine(service_name: str, settings: DatabaseSettings) -> AsyncEngine:
     return engine
 
 
-# The array types the services' statements bind or return. asyncpg knows the scalar built-in
-# types but learns an array type's codec by querying the catalog (a recursive CTE), once per
-# connection, inside whatever transaction first needs it.
-_ARRAY_TYPES = (
-    "text[]",
-    "date[]",
-    "bigint[]",
-    "integer[]",
-    "timestamptz[]",
-    "bytea[]",
-    "uuid[]",
-    "double precision[]",
-    "numeric[]",
-    "boolean[]",
-)
-_LEARN_ARRAY_CODECS = "SELECT " + ", ".join(f"CAST(NULL AS {name})" for name in _ARRAY_TYPES)
+# The built-in array types the services' statements bind or return, by oid (fixed for
+# built-in types): date[], bigint[], integer[], timestamptz[], bytea[], uuid[],
+# double precision[], numeric[], boolean[]. (text[] and oid[] asyncpg knows already.)
+_ARRAY_TYPE_OIDS = (1182, 1016, 1007, 1185, 1001, 2951, 1022, 1231, 1000)
+# asyncpg's catalog rows for them, read once per process (key "rows").
+_ARRAY_TYPE_ROWS: dict[str, Any] = {}
 
 
 def _learn_array_codecs(dbapi_connection: Any, _record: object) -> None:
-    """``connect`` listener: asyncpg learns the array codecs as the connection opens.
+    """``connect`` listener: the connection knows the array codecs before its first statement.
 
-    Learned later, the catalog query ran under the transaction's own settings: the query
-    service turns nested loops off, under which it took 2-3 s, and over 10 s (a statement
-    timeout, a 503) once the catalog had grown with partitions and Citus shards. Here it runs
-    alone, with the server's settings: one short transaction per connection. A transaction, so
-    that PgBouncer keeps it on one server connection: asyncpg turns jit off for its catalog
-    query with a session-level set_config and back on after it, which must land on the same
-    server connection.
+    asyncpg learns an array type's codec by querying the catalog (a recursive CTE), once per
+    connection, inside whatever transaction first binds or returns one. That query costs with
+    the catalog's size: ~2 s for these nine types on the Citus test coordinator after the
+    ingest tests' partitions, 2-3 s for date[] alone, and over 10 s (a statement timeout, a
+    503) under the query service's transactions, which turn nested loops off. So it is read
+    once per process, in a transaction of its own (asyncpg's session-level jit off and back on
+    then stay on one PgBouncer server connection), and every later connection is handed the
+    rows: no catalog query at all.
     """
+    dbapi_connection.run_async(_register_array_codecs)
 
-    async def learn(driver: asyncpg.Connection) -> None:
-        async with driver.transaction():
-            await driver.fetchrow(_LEARN_ARRAY_CODECS)
 
-    dbapi_connection.run_async(learn)
+async def _register_array_codecs(driver: asyncpg.Connection) -> None:
+    try:
+        if "rows" not in _ARRAY_TYPE_ROWS:
+            async with driver.transaction():
+                rows, _ = await driver._introspect_types(_ARRAY_TYPE_OIDS, None)
+            _ARRAY_TYPE_ROWS["rows"] = rows
+        driver._protocol.get_settings().register_data_types(_ARRAY_TYPE_ROWS["rows"])
+    except (AttributeError, TypeError) as exc:  # asyncpg's internals moved: it learns them itself, later
+        logger.warning("array codecs not preloaded (asyncpg internals changed?): %r", exc)
 
 
 def _asyncpg_connect_args(application_name: str, settings: DatabaseSettings) -> dict[str, Any]:

@@ -13,6 +13,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from services.common import db as db_module
 from services.common import pgbouncer_console
 from services.common.db import create_engine, set_statement_timeout
 from tests.harness import TEST_MAX_CONNECTIONS, TEST_POOL_SIZE, DatabaseHarness
@@ -117,14 +118,15 @@ def test_pgbouncer_may_open_a_descriptor_per_allowed_client(db: DatabaseHarness)
     assert soft_limit >= db.pgbouncer.max_client_conn + 2 * TEST_POOL_SIZE
 
 
-async def test_array_codecs_are_learned_when_a_connection_opens_not_under_a_requests_settings(
+async def test_array_codecs_are_read_once_per_process_not_under_a_requests_settings(
     db: DatabaseHarness, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # asyncpg learns an array type's codec by querying the catalog (a recursive CTE), once per
     # connection, inside whatever transaction first needs it. The query service's transactions
     # turn nested loops off: under that setting the catalog query took 2-3 s, and over 10 s
     # (a statement timeout, a 503) once the catalog had grown with a day's partitions and
-    # Citus shards. The engine now has asyncpg learn those codecs when a connection opens.
+    # Citus shards. The engine now reads those codecs once per process and hands them to
+    # every connection as it opens.
     introspected: list[list[int]] = []
     learn = asyncpg.Connection._introspect_types
 
@@ -133,26 +135,29 @@ async def test_array_codecs_are_learned_when_a_connection_opens_not_under_a_requ
         return await learn(self, typeoids, timeout)
 
     monkeypatch.setattr(asyncpg.Connection, "_introspect_types", recorded)
-    engine = create_engine("codecs", db.database)
-    try:
-        async with engine.begin() as connection:
-            opened = len(introspected)
-            await connection.execute(text("SELECT set_config('enable_nestloop', 'off', true)"))
-            rows = await connection.execute(
-                text(
-                    "SELECT CAST(:days AS date[]), CAST(:names AS text[]), CAST(:ids AS bigint[]),"
-                    " CAST(:times AS timestamptz[]), CAST(:keys AS bytea[])"
-                ),
-                {
-                    "days": [date(2026, 1, 12)],
-                    "names": ["a"],
-                    "ids": [1],
-                    "times": [datetime(2026, 1, 12, tzinfo=UTC)],
-                    "keys": [b"k"],
-                },
-            )
-            assert rows.one() == ([date(2026, 1, 12)], ["a"], [1], [datetime(2026, 1, 12, tzinfo=UTC)], [b"k"])
-    finally:
-        await engine.dispose()
-    assert opened >= 1  # learned when the connection opened...
-    assert introspected[opened:] == []  # ...so nothing is looked up under the transaction's settings
+    monkeypatch.setattr(db_module, "_ARRAY_TYPE_ROWS", {})  # as in a process just started
+    statement = text(
+        "SELECT CAST(:days AS date[]), CAST(:names AS text[]), CAST(:ids AS bigint[]),"
+        " CAST(:times AS timestamptz[]), CAST(:keys AS bytea[])"
+    )
+    values = {
+        "days": [date(2026, 1, 12)],
+        "names": ["a"],
+        "ids": [1],
+        "times": [datetime(2026, 1, 12, tzinfo=UTC)],
+        "keys": [b"k"],
+    }
+    read_at_open: list[int] = []
+    for _engine_number in range(2):  # two engines: two connections of one process
+        engine = create_engine("codecs", db.database)
+        try:
+            async with engine.begin() as connection:
+                read_at_open.append(len(introspected))
+                await connection.execute(text("SELECT set_config('enable_nestloop', 'off', true)"))
+                rows = await connection.execute(statement, values)
+                assert rows.one() == tuple(values.values())
+        finally:
+            await engine.dispose()
+        # nothing is looked up under the transaction's settings
+        assert len(introspected) == read_at_open[-1]
+    assert read_at_open == [1, 1]  # read when the first connection opened, never again
