@@ -59,8 +59,18 @@ async def configure_transaction(connection: AsyncConnection) -> None:
     The per-session CTE's row estimate is Postgres's default of 200 whatever the range holds,
     which makes the planner join it to the events with a nested loop: quadratic, minutes on a
     busy day. A hash join is right for every statement here.
+
+    On Citus a statement pushed down to a worker is planned with the worker's settings, not
+    the transaction's, unless Citus sends the transaction's SET LOCAL commands along
+    (`citus.propagate_set_commands`; on plain Postgres a placeholder that does nothing). So
+    these are SET LOCAL commands, not set_config() calls, which Citus does not propagate.
+    Without it a worker with fresh-from-insert statistics joined a 6,000-event range with a
+    nested loop past the 10 s statement timeout (the Citus suite's flaky
+    test_visitor_estimates_stay_within_the_stated_bound, seen in pg_stat_activity: the worker's
+    backend busy on the CTE for the whole 10 s).
     """
-    await connection.execute(text("SELECT set_config('enable_nestloop', 'off', true)"))
+    await connection.execute(text("SET LOCAL citus.propagate_set_commands TO 'local'"))
+    await connection.execute(text("SET LOCAL enable_nestloop TO off"))
 
 
 # The columns of `base` (an event joined with its session): event columns, then the session's.
@@ -693,16 +703,16 @@ async def _prepared_sql(
         return _session_day_sql(query, plan)
     if isinstance(plan, ExitItemsPlan):
         # As for the cubes below: sketches are aggregated one group at a time.
-        await connection.execute(text("SELECT set_config('enable_hashagg', 'off', true)"))
+        await connection.execute(text("SET LOCAL enable_hashagg TO off"))
         return _exit_items_sql(query, plan)
     if isinstance(plan, GoalPairsPlan):
-        await connection.execute(text("SELECT set_config('enable_hashagg', 'off', true)"))
+        await connection.execute(text("SET LOCAL enable_hashagg TO off"))
         return _goal_pairs_sql(query, plan)
     # A HyperLogLog union's aggregate state is ~130 kB whatever the sketches hold, so a hash
     # aggregate over a few hundred groups spills to disk (measured: 65 MB, 4 batches, 500 ms
     # for top pages of one country); sorting the few thousand rows and aggregating one group
     # at a time does not.
-    await connection.execute(text("SELECT set_config('enable_hashagg', 'off', true)"))
+    await connection.execute(text("SET LOCAL enable_hashagg TO off"))
     return _cube_sql(query, plan)
 
 

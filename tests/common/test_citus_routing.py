@@ -34,6 +34,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.common.db import create_engine
 from services.ingest import repository as ingest_repository
+from services.query import repository as query_repository
 from services.query import rollup_repository
 from services.query.app import create_app as create_query_app
 from services.query.settings import QuerySettings
@@ -378,3 +379,19 @@ async def test_every_statement_of_a_day_built_in_pieces_is_routed_to_one_shard(
     assert "SELECT coalesce(sum(d.events), 0) FROM query_rollup_session_days d" in written  # the final count
     problems = await not_routed(admin_engine, recorded.statements)
     assert problems == [], "\n".join(problems)
+
+
+async def test_the_query_transactions_planner_settings_reach_the_worker(
+    engine: AsyncEngine, project: dict[str, Any]
+) -> None:
+    # Pushed down, a statement is planned with the worker's settings unless Citus sends the
+    # transaction's SET LOCAL along (query_repository.configure_transaction). Without it a worker
+    # with fresh statistics joined a 6,000-event range with a nested loop past the 10 s statement
+    # timeout. On plain Postgres the statement runs where the settings are.
+    async with engine.begin() as connection:
+        await query_repository.configure_transaction(connection)
+        result = await connection.execute(
+            text("SELECT current_setting('enable_nestloop'), count(*) FROM events WHERE project_id = :project_id"),
+            {"project_id": int(project["id"])},
+        )
+        assert result.one()[0] == "off"
