@@ -123,9 +123,9 @@ async def test_array_codecs_are_read_once_per_process_not_under_a_requests_setti
 ) -> None:
     # asyncpg learns an array type's codec by querying the catalog (a recursive CTE), once per
     # connection, inside whatever transaction first needs it. The query service's transactions
-    # turn nested loops off: under that setting the catalog query took 2-3 s, and over 10 s
-    # (a statement timeout, a 503) once the catalog had grown with a day's partitions and
-    # Citus shards. The engine now reads those codecs once per process and hands them to
+    # turn nested loops off: under that setting the catalog query took 2-3 s on the Citus test
+    # coordinator once the catalog had grown with partitions, on the first query of every new
+    # pooled connection. The engine now reads those codecs once per process and hands them to
     # every connection as it opens.
     introspected: list[list[int]] = []
     learn = asyncpg.Connection._introspect_types
