@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import uuid
 from collections.abc import Callable
 from dataclasses import replace
 from datetime import date
@@ -227,22 +226,6 @@ async def test_an_event_sharing_a_merged_events_uuid_at_another_time_is_not_merg
     totals = [row for row in refreshed["query_rollup_visits"] if row[1] == (1 << len(VISIT_DIMENSIONS)) - 1]
     assert [(row[0], row[-3], row[-2]) for row in totals] == [("2026-01-13", 3, 3)]
     assert refreshed == await rebuilt_from_scratch(engine, project)
-
-
-async def test_an_events_key_is_the_one_postgres_builds_from_its_uuid_and_time(engine: AsyncEngine) -> None:
-    times = [berlin("2026-01-13T10:00:00.000001"), berlin("1999-12-31T23:59:59.999999"), berlin("2100-03-01T00:00:00")]
-    keys = [uuid.uuid4() for _ in times]
-    async with engine.connect() as connection:
-        built = await connection.execute(
-            text(
-                "SELECT uuid_send(k.u) || timestamptz_send(k.t) FROM unnest(CAST(:u AS uuid[]),"
-                " CAST(:t AS timestamptz[])) WITH ORDINALITY AS k(u, t, n) ORDER BY k.n"
-            ),
-            {"u": keys, "t": times},
-        )
-        assert list(built.scalars()) == [
-            rollup_repository.event_key(at, key) for at, key in zip(times, keys, strict=True)
-        ]
 
 
 def test_taken_times_are_cut_into_ranges_at_gaps_longer_than_a_minute() -> None:

@@ -12,7 +12,9 @@ recycle time, is counted from its start). Start the stack with the query service
 to it (`sightline load ...`). Nothing is asserted; the figures are printed (and appended to
 --out as JSON lines, one per round, then the summary). With --by-statement, each statement's
 backend CPU (the same /proc reading before and after it) is summed by the statement's text and
-the costliest are printed with the summary: where a round's CPU goes.
+the costliest are printed with the summary: where a round's CPU goes. Each round's CPU in this
+process (`process_cpu_s`: the refresher's Python side, as a query worker spends it, with the
+driver's; --by-statement adds its two /proc reads per statement) is reported beside it.
 """
 
 from __future__ import annotations
@@ -124,7 +126,7 @@ async def main(arguments: argparse.Namespace) -> None:
     out = open(arguments.out, "a") if arguments.out else None  # noqa: SIM115
     started = time.monotonic()
     load_before = os.getloadavg()
-    total_cpu, busy, rounds, refreshed = 0.0, 0.0, 0, 0
+    total_cpu, total_process_cpu, busy, rounds, refreshed = 0.0, 0.0, 0.0, 0, 0
     try:
         while time.monotonic() - started < arguments.duration:
             async with engine.connect() as connection:
@@ -136,6 +138,7 @@ async def main(arguments: argparse.Namespace) -> None:
                 ).scalar_one()
                 await connection.rollback()
             cpu_before, round_started, mark = process_cpu_s(pid), time.monotonic(), len(backends.pids)
+            process_before = time.process_time()
             try:
                 outcome = await refresh_round(engine, settings.rollup_days_per_round)
             except Exception as error:  # noqa: BLE001 - as run_refresher: a failed round is retried next round
@@ -144,12 +147,15 @@ async def main(arguments: argparse.Namespace) -> None:
             done = outcome.refreshed
             round_s = time.monotonic() - round_started
             cpu = backends.cpu_since(mark, pid, cpu_before)
+            process_cpu = time.process_time() - process_before
             total_cpu, busy, rounds, refreshed = total_cpu + cpu, busy + round_s, rounds + 1, refreshed + done
+            total_process_cpu += process_cpu
             record = {
                 "at_s": round(round_started - started, 1),
                 "pending_events": int(pending),
                 "wall_s": round(round_s, 3),
                 "backend_cpu_s": round(cpu, 3),
+                "process_cpu_s": round(process_cpu, 3),
                 "days_weeks_refreshed": done,
                 "rebuild_s": round(outcome.rebuild_s, 3),
             }
@@ -204,6 +210,8 @@ async def main(arguments: argparse.Namespace) -> None:
         "backend_cpu_s": round(total_cpu, 2),
         "cpu_share_of_one_core": round(total_cpu / elapsed, 4),
         "cpu_s_per_minute": round(60 * total_cpu / elapsed, 2),
+        "process_cpu_s": round(total_process_cpu, 2),
+        "process_cpu_share_of_one_core": round(total_process_cpu / elapsed, 4),
         "busy_wall_s": round(busy, 1),
         "drain_rounds": drain_rounds,
         "drain_cpu_s": round(drain_cpu, 2),

@@ -45,6 +45,12 @@ _TEXT_KEY = (
 )
 
 
+def _bytes_key(occurred_at: datetime, event_uuid: UUID) -> bytes:
+    """The landed key (rollup_repository._EVENT_KEY) built here: uuid_send's bytes, then timestamptz_send's."""
+    micros = (occurred_at - datetime(2000, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1)
+    return event_uuid.bytes + micros.to_bytes(8, "big", signed=True)
+
+
 def _text_key(occurred_at: datetime, event_uuid: UUID) -> str:
     return f"{event_uuid}@{(occurred_at - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1)}"
 
@@ -59,11 +65,11 @@ class Variant:
 
 _STAGED_INDEX = "CREATE INDEX ix_query_rollup_events_staged_project_id ON query_rollup_events_staged (project_id)"
 _VARIANTS = {
-    "landed": Variant(_LANDED, rollup_repository.event_key),
-    "staged table indexed (before 1170)": Variant(_LANDED, rollup_repository.event_key, setup=_STAGED_INDEX),
-    "bytes without the CASE": Variant(_BYTES_WITHOUT_CASE, rollup_repository.event_key),
+    "landed": Variant(_LANDED, _bytes_key),
+    "staged table indexed (before 1170)": Variant(_LANDED, _bytes_key, setup=_STAGED_INDEX),
+    "bytes without the CASE": Variant(_BYTES_WITHOUT_CASE, _bytes_key),
     "text key (before the bytes key)": Variant(_TEXT_KEY, _text_key),
-    "read only": Variant(_LANDED, rollup_repository.event_key, read_only=True),
+    "read only": Variant(_LANDED, _bytes_key, read_only=True),
 }
 _WINDOW = (
     "SELECT occurred_at, event_uuid FROM events WHERE project_id = :project_id AND occurred_at >= :start"
