@@ -24,10 +24,7 @@ import asyncio
 import json
 import os
 import statistics
-from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
-from uuid import UUID
 
 from sqlalchemy import text
 
@@ -36,44 +33,33 @@ from tools.bench.merge_replay import add_window_arguments, find_window, stack_ro
 from tools.bench.refresher_cpu import process_cpu_s
 
 _LANDED = rollup_repository._EVENT_KEY_FILTER
-_BYTES_WITHOUT_CASE = (
-    "(uuid_send(e.event_uuid) || timestamptz_send(e.occurred_at)) = ANY(CAST(:event_keys AS bytea[])) AND NOT e.is_bot"
-)
-_TEXT_KEY = (
-    "(CAST(e.event_uuid AS text) || '@' || CAST(extract(epoch FROM e.occurred_at) * 1000000 AS bigint))"
-    " = ANY(CAST(:event_keys AS text[])) AND NOT e.is_bot"
-)
-
-
-def _bytes_key(occurred_at: datetime, event_uuid: UUID) -> bytes:
-    """The landed key (rollup_repository._EVENT_KEY) built here: uuid_send's bytes, then timestamptz_send's."""
-    micros = (occurred_at - datetime(2000, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1)
-    return event_uuid.bytes + micros.to_bytes(8, "big", signed=True)
-
-
-def _text_key(occurred_at: datetime, event_uuid: UUID) -> str:
-    return f"{event_uuid}@{(occurred_at - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1)}"
+# Each key form as Postgres builds it: the bench reads the window's keys in both forms, as the
+# refresher's take reads the landed one, so no form is encoded a second time in Python.
+_BYTES_KEY = rollup_repository._EVENT_KEY.format(uuid="e.event_uuid", occurred_at="e.occurred_at")
+_TEXT_KEY_OF = "(CAST(e.event_uuid AS text) || '@' || CAST(extract(epoch FROM e.occurred_at) * 1000000 AS bigint))"
+_BYTES_WITHOUT_CASE = f"{_BYTES_KEY} = ANY(CAST(:event_keys AS bytea[])) AND NOT e.is_bot"
+_TEXT_KEY = f"{_TEXT_KEY_OF} = ANY(CAST(:event_keys AS text[])) AND NOT e.is_bot"
 
 
 @dataclass(frozen=True)
 class Variant:
     where: str  # the key filter
-    key_of: Callable[[datetime, UUID], object]
+    key: str  # the window's column holding the keys this filter compares: "bytes_key" or "text_key"
     setup: str | None = None  # run in the transaction first, untimed
     read_only: bool = False  # the statement's query counted, nothing inserted
 
 
 _STAGED_INDEX = "CREATE INDEX ix_query_rollup_events_staged_project_id ON query_rollup_events_staged (project_id)"
 _VARIANTS = {
-    "landed": Variant(_LANDED, _bytes_key),
-    "staged table indexed (before 1170)": Variant(_LANDED, _bytes_key, setup=_STAGED_INDEX),
-    "bytes without the CASE": Variant(_BYTES_WITHOUT_CASE, _bytes_key),
-    "text key (before the bytes key)": Variant(_TEXT_KEY, _text_key),
-    "read only": Variant(_LANDED, _bytes_key, read_only=True),
+    "landed": Variant(_LANDED, "bytes_key"),
+    "staged table indexed (before 1170)": Variant(_LANDED, "bytes_key", setup=_STAGED_INDEX),
+    "bytes without the CASE": Variant(_BYTES_WITHOUT_CASE, "bytes_key"),
+    "text key (before the bytes key)": Variant(_TEXT_KEY, "text_key"),
+    "read only": Variant(_LANDED, "bytes_key", read_only=True),
 }
 _WINDOW = (
-    "SELECT occurred_at, event_uuid FROM events WHERE project_id = :project_id AND occurred_at >= :start"
-    " AND occurred_at < :end AND NOT is_bot"
+    f"SELECT e.occurred_at, {_BYTES_KEY} AS bytes_key, {_TEXT_KEY_OF} AS text_key FROM events e"
+    " WHERE e.project_id = :project_id AND e.occurred_at >= :start AND e.occurred_at < :end AND NOT e.is_bot"
 )
 
 
@@ -85,9 +71,9 @@ async def main(arguments: argparse.Namespace) -> None:
         async with engine.connect() as connection:
             window = await find_window(connection, arguments)
             project_id, timezone = window["project_id"], window["timezone"]
-            keys = [(row[0], row[1]) for row in await connection.execute(text(_WINDOW), window)]
+            keys = list(await connection.execute(text(_WINDOW), window))
             await connection.rollback()
-            ranges = rollup_repository._stage_ranges([at for at, _ in keys])
+            ranges = rollup_repository._stage_ranges([row.occurred_at for row in keys])
             if ranges is None:
                 raise SystemExit("the window's times fall in too many ranges; choose a shorter --seconds")
             base: dict[str, object] = {"project_id": project_id, "timezone": timezone}
@@ -101,7 +87,7 @@ async def main(arguments: argparse.Namespace) -> None:
             cpu: dict[str, list[float]] = {name: [] for name in _VARIANTS}
             for _ in range(arguments.repeat):
                 for name, variant in _VARIANTS.items():
-                    params = dict(base, event_keys=[variant.key_of(at, event_uuid) for at, event_uuid in keys])
+                    params = dict(base, event_keys=[getattr(row, variant.key) for row in keys])
                     statement = (query if variant.read_only else staging).replace(_LANDED, variant.where)
                     async with connection.begin() as transaction:
                         if variant.setup is not None:
