@@ -73,6 +73,8 @@ async def main(arguments: argparse.Namespace) -> None:
             project_id, timezone = window["project_id"], window["timezone"]
             keys = list(await connection.execute(text(_WINDOW), window))
             await connection.rollback()
+            if not keys:
+                raise SystemExit("no non-bot events in the window; move it with --seconds and --before-end")
             ranges = rollup_repository._stage_ranges([row.occurred_at for row in keys])
             if ranges is None:
                 raise SystemExit("the window's times fall in too many ranges; choose a shorter --seconds")
